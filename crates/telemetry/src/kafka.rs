@@ -1,0 +1,315 @@
+//! Kafka client settings shared by every service, read from the environment so that the same
+//! image runs against the local broker and a managed SASL_SSL cluster.
+
+use std::fmt;
+
+use rdkafka::ClientConfig;
+
+use crate::Secret;
+
+/// `KAFKA_SECURITY_PROTOCOL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// SASL mechanisms librdkafka supports in our build (no GSSAPI/Kerberos).
+const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// Every problem found in the Kafka environment variables, reported at once.
+#[derive(Debug, thiserror::Error)]
+pub struct KafkaConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for KafkaConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid Kafka settings in the environment:")?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Validated Kafka connection settings.
+///
+/// | variable | meaning | default |
+/// |---|---|---|
+/// | `KAFKA_BROKERS` | bootstrap servers, comma-separated `host:port` | `127.0.0.1:9092` |
+/// | `KAFKA_SECURITY_PROTOCOL` | `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl` | `plaintext` |
+/// | `KAFKA_SASL_MECHANISM` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` | none |
+/// | `KAFKA_SASL_USERNAME` | SASL user | none |
+/// | `KAFKA_SASL_PASSWORD` / `KAFKA_SASL_PASSWORD_FILE` | SASL password, or a file holding it | none |
+/// | `KAFKA_SSL_CA_LOCATION` | PEM file of CA certificates to trust | system roots |
+/// | `KAFKA_SSL_CERTIFICATE_LOCATION`, `KAFKA_SSL_KEY_LOCATION` | client certificate and key (mTLS) | none |
+/// | `KAFKA_CLIENT_ID` | client id shown in broker logs and quotas | the service name |
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub security_protocol: SecurityProtocol,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+    pub ssl_ca_location: Option<String>,
+    pub ssl_certificate_location: Option<String>,
+    pub ssl_key_location: Option<String>,
+    pub client_id: Option<String>,
+}
+
+impl KafkaSettings {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, KafkaConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads and validates settings from `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, KafkaConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let mut problems = Vec::new();
+
+        let brokers = get("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+        for broker in brokers.split(',') {
+            let valid = broker
+                .trim()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                problems.push(format!(
+                    "KAFKA_BROKERS: `{broker}` is not host:port (example: `kafka-0:9092,kafka-1:9092`)"
+                ));
+            }
+        }
+
+        let security_protocol = match get("KAFKA_SECURITY_PROTOCOL").map(|v| v.to_ascii_lowercase())
+        {
+            None => SecurityProtocol::Plaintext,
+            Some(v) => match v.as_str() {
+                "plaintext" => SecurityProtocol::Plaintext,
+                "ssl" => SecurityProtocol::Ssl,
+                "sasl_plaintext" => SecurityProtocol::SaslPlaintext,
+                "sasl_ssl" => SecurityProtocol::SaslSsl,
+                _ => {
+                    problems.push(format!(
+                        "KAFKA_SECURITY_PROTOCOL: must be one of plaintext, ssl, sasl_plaintext, sasl_ssl; got `{v}`"
+                    ));
+                    SecurityProtocol::Plaintext
+                }
+            },
+        };
+
+        let sasl_mechanism = get("KAFKA_SASL_MECHANISM").map(|v| v.to_ascii_uppercase());
+        let sasl_username = get("KAFKA_SASL_USERNAME");
+        let sasl_password = match (get("KAFKA_SASL_PASSWORD"), get("KAFKA_SASL_PASSWORD_FILE")) {
+            (Some(_), Some(_)) => {
+                problems.push(
+                    "KAFKA_SASL_PASSWORD and KAFKA_SASL_PASSWORD_FILE: set only one".to_owned(),
+                );
+                None
+            }
+            (Some(password), None) => Some(Secret::new(password)),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(password) => Some(Secret::new(password.trim_end_matches(['\r', '\n']))),
+                Err(e) => {
+                    problems.push(format!("KAFKA_SASL_PASSWORD_FILE: cannot read `{path}`: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+
+        if security_protocol.uses_sasl() {
+            match &sasl_mechanism {
+                None => problems.push(format!(
+                    "KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL={}; one of {}",
+                    security_protocol.as_librdkafka(),
+                    SASL_MECHANISMS.join(", ")
+                )),
+                Some(m) if !SASL_MECHANISMS.contains(&m.as_str()) => problems.push(format!(
+                    "KAFKA_SASL_MECHANISM: must be one of {}; got `{m}`",
+                    SASL_MECHANISMS.join(", ")
+                )),
+                Some(_) => {}
+            }
+            if sasl_username.is_none() {
+                problems.push("KAFKA_SASL_USERNAME: required with SASL".to_owned());
+            }
+            if sasl_password.is_none() {
+                problems.push(
+                    "KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE): required with SASL"
+                        .to_owned(),
+                );
+            }
+        } else if sasl_mechanism.is_some() || sasl_username.is_some() || sasl_password.is_some() {
+            problems.push(format!(
+                "KAFKA_SASL_*: set, but KAFKA_SECURITY_PROTOCOL is {}; set it to sasl_ssl (or sasl_plaintext) or remove them",
+                security_protocol.as_librdkafka()
+            ));
+        }
+
+        let ssl_ca_location = get("KAFKA_SSL_CA_LOCATION");
+        let ssl_certificate_location = get("KAFKA_SSL_CERTIFICATE_LOCATION");
+        let ssl_key_location = get("KAFKA_SSL_KEY_LOCATION");
+        let uses_tls = matches!(security_protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl);
+        for (name, value) in [
+            ("KAFKA_SSL_CA_LOCATION", &ssl_ca_location),
+            ("KAFKA_SSL_CERTIFICATE_LOCATION", &ssl_certificate_location),
+            ("KAFKA_SSL_KEY_LOCATION", &ssl_key_location),
+        ] {
+            if let Some(path) = value {
+                if !uses_tls {
+                    problems.push(format!(
+                        "{name}: set, but KAFKA_SECURITY_PROTOCOL is {} (no TLS); set it to ssl or sasl_ssl",
+                        security_protocol.as_librdkafka()
+                    ));
+                } else if !std::path::Path::new(path).is_file() {
+                    problems.push(format!("{name}: `{path}` is not a readable file"));
+                }
+            }
+        }
+        if ssl_certificate_location.is_some() != ssl_key_location.is_some() {
+            problems.push(
+                "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION: set both or neither"
+                    .to_owned(),
+            );
+        }
+
+        if !problems.is_empty() {
+            return Err(KafkaConfigError { problems });
+        }
+        Ok(Self {
+            brokers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            sasl_password,
+            ssl_ca_location,
+            ssl_certificate_location,
+            ssl_key_location,
+            client_id: get("KAFKA_CLIENT_ID"),
+        })
+    }
+
+    /// A librdkafka client config with the connection settings; callers add what their role
+    /// needs (group id, transactional id, …). `default_client_id` is used unless
+    /// `KAFKA_CLIENT_ID` is set.
+    pub fn client_config(&self, default_client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", self.client_id.as_deref().unwrap_or(default_client_id))
+            .set("security.protocol", self.security_protocol.as_librdkafka());
+        if let Some(mechanism) = &self.sasl_mechanism {
+            config.set("sasl.mechanism", mechanism);
+        }
+        if let Some(username) = &self.sasl_username {
+            config.set("sasl.username", username);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password.expose());
+        }
+        for (key, value) in [
+            ("ssl.ca.location", &self.ssl_ca_location),
+            ("ssl.certificate.location", &self.ssl_certificate_location),
+            ("ssl.key.location", &self.ssl_key_location),
+        ] {
+            if let Some(value) = value {
+                config.set(key, value);
+            }
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<KafkaSettings, KafkaConfigError> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        KafkaSettings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_to_the_local_broker() {
+        let config = settings(&[]).unwrap().client_config("delivery");
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(config.get("security.protocol"), Some("plaintext"));
+        assert_eq!(config.get("client.id"), Some("delivery"));
+        assert_eq!(config.get("sasl.password"), None);
+    }
+
+    #[test]
+    fn sasl_ssl_is_passed_through() {
+        let dir = std::env::temp_dir().join(format!("telemetry-ca-{}", std::process::id()));
+        std::fs::write(&dir, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let ca = dir.to_str().unwrap();
+        let settings = settings(&[
+            ("KAFKA_BROKERS", "b-1.example.com:9096,b-2.example.com:9096"),
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "relay"),
+            ("KAFKA_SASL_PASSWORD", "s3cret"),
+            ("KAFKA_SSL_CA_LOCATION", ca),
+            ("KAFKA_CLIENT_ID", "relay-prod"),
+        ])
+        .unwrap();
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        let config = settings.client_config("delivery");
+        assert_eq!(config.get("bootstrap.servers"), Some("b-1.example.com:9096,b-2.example.com:9096"));
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("sasl.username"), Some("relay"));
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert_eq!(config.get("ssl.ca.location"), Some(ca));
+        assert_eq!(config.get("client.id"), Some("relay-prod"));
+        std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_variable() {
+        let error = settings(&[
+            ("KAFKA_BROKERS", "kafka-0"),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+        ])
+        .unwrap_err();
+        let text = error.to_string();
+        for expected in [
+            "KAFKA_BROKERS: `kafka-0` is not host:port",
+            "KAFKA_SASL_MECHANISM: must be one of",
+            "KAFKA_SASL_USERNAME: required",
+            "KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE): required",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+        assert_eq!(error.problems.len(), 4);
+    }
+
+    #[test]
+    fn sasl_settings_without_a_sasl_protocol_are_refused() {
+        let error = settings(&[("KAFKA_SASL_USERNAME", "relay")]).unwrap_err();
+        assert!(error.to_string().contains("set it to sasl_ssl"), "{error}");
+    }
+}

@@ -1,0 +1,16 @@
+//! What every segment-relay service shares at run time: logging, the Prometheus registry and
+//! admin HTTP server (`/metrics`, `/healthz`, `/readyz`), Kafka client settings from the
+//! environment, secrets that never print, and the shutdown signal.
+
+mod admin;
+mod kafka;
+mod logging;
+mod secret;
+mod shutdown;
+
+pub use admin::{AdminServer, Health};
+pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol};
+pub use logging::{LogFormat, LoggingError, init_logging};
+pub use prometheus;
+pub use secret::Secret;
+pub use shutdown::shutdown_signal;
