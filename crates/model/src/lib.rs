@@ -6,7 +6,12 @@
 
 /// Protobuf messages of the `segment_relay.v1` package.
 pub mod pb {
-    #![allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+    #![allow(
+        missing_docs,
+        clippy::all,
+        clippy::pedantic,
+        missing_debug_implementations
+    )]
     include!(concat!(env!("OUT_DIR"), "/segment_relay.v1.rs"));
 }
 

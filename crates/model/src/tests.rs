@@ -1,8 +1,8 @@
 //! Known-answer vectors (bytes worked out by hand from the protobuf encoding rules, not by
 //! running the encoder) and round trips for the topic messages.
 
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 use crate::pb::{
     self, ChangeReason, DeadLetterRecord, ErrorClass, Origin, PartnerIds, SegmentChange,
@@ -16,7 +16,10 @@ fn example_update() -> SegmentStatusUpdate {
     SegmentStatusUpdate {
         user_id: "u1".into(),
         regions: vec![6, 7],
-        partner_ids: vec![PartnerIds { data_partner_id: 1234, partner_uuids: vec!["p1".into()] }],
+        partner_ids: vec![PartnerIds {
+            data_partner_id: 1234,
+            partner_uuids: vec!["p1".into()],
+        }],
         changes: vec![SegmentChange {
             segment_id: 14356,
             status: SegmentStatus::Active as i32,
@@ -36,7 +39,10 @@ fn segment_status_update_known_answer() {
         hex::decode("0a027531120206071a0708d20912027031220e0894701001180120d0d495e9e22a2801")
             .unwrap();
     assert_eq!(example_update().encode_to_vec(), expected);
-    assert_eq!(SegmentStatusUpdate::decode(expected.as_slice()).unwrap(), example_update());
+    assert_eq!(
+        SegmentStatusUpdate::decode(expected.as_slice()).unwrap(),
+        example_update()
+    );
 }
 
 #[test]
@@ -44,11 +50,13 @@ fn trait_event_known_answer() {
     let event = TraitEvent {
         user_id: "u1".into(),
         origin: Origin::Batch as i32,
-        event: Some(pb::trait_event::Event::TraitRealization(pb::TraitRealization {
-            trait_id: 101,
-            time_unix_ms: JUL_27_2016_MS,
-            region: Some(6),
-        })),
+        event: Some(pb::trait_event::Event::TraitRealization(
+            pb::TraitRealization {
+                trait_id: 101,
+                time_unix_ms: JUL_27_2016_MS,
+                region: Some(6),
+            },
+        )),
     };
     let expected = hex::decode("0a02753110021a0b086510d0d495e9e22a1806").unwrap();
     assert_eq!(event.encode_to_vec(), expected);
@@ -81,7 +89,11 @@ fn dead_letter_and_state_round_trip() {
         first_attempt_unix_ms: JUL_27_2016_MS,
         last_attempt_unix_ms: JUL_27_2016_MS + 3_100,
         dead_lettered_unix_ms: JUL_27_2016_MS + 6_200,
-        source: Some(SourcePosition { topic: "segment-status".into(), partition: 3, offset: 42 }),
+        source: Some(SourcePosition {
+            topic: "segment-status".into(),
+            partition: 3,
+            offset: 42,
+        }),
         raw: vec![],
     };
     let bytes = record.encode_to_vec();
@@ -89,15 +101,24 @@ fn dead_letter_and_state_round_trip() {
 
     let state = UserState {
         user_id: "u1".into(),
-        traits: vec![pb::TraitHistory { trait_id: 101, times_unix_ms: vec![1, 2, 3] }],
+        traits: vec![pb::TraitHistory {
+            trait_id: 101,
+            times_unix_ms: vec![1, 2, 3],
+        }],
         regions: vec![6],
         partner_ids: vec![],
-        memberships: vec![pb::Membership { segment_id: 14356, since_unix_ms: 2 }],
+        memberships: vec![pb::Membership {
+            segment_id: 14356,
+            since_unix_ms: 2,
+        }],
         last_seen_unix_ms: 3,
         opted_out: false,
         opted_out_unix_ms: 0,
     };
-    assert_eq!(UserState::decode(state.encode_to_vec().as_slice()).unwrap(), state);
+    assert_eq!(
+        UserState::decode(state.encode_to_vec().as_slice()).unwrap(),
+        state
+    );
 }
 
 fn arb_update() -> impl Strategy<Value = SegmentStatusUpdate> {
@@ -109,8 +130,12 @@ fn arb_update() -> impl Strategy<Value = SegmentStatusUpdate> {
             time_unix_ms,
         },
     );
-    let partner = (any::<u64>(), proptest::collection::vec(".{0,40}", 0..3))
-        .prop_map(|(data_partner_id, partner_uuids)| PartnerIds { data_partner_id, partner_uuids });
+    let partner = (any::<u64>(), proptest::collection::vec(".{0,40}", 0..3)).prop_map(
+        |(data_partner_id, partner_uuids)| PartnerIds {
+            data_partner_id,
+            partner_uuids,
+        },
+    );
     (
         ".{0,40}",
         proptest::collection::vec(any::<u32>(), 0..8),
@@ -119,9 +144,18 @@ fn arb_update() -> impl Strategy<Value = SegmentStatusUpdate> {
         0..3_i32,
         any::<i64>(),
     )
-        .prop_map(|(user_id, regions, partner_ids, changes, origin, produced_unix_ms)| {
-            SegmentStatusUpdate { user_id, regions, partner_ids, changes, origin, produced_unix_ms }
-        })
+        .prop_map(
+            |(user_id, regions, partner_ids, changes, origin, produced_unix_ms)| {
+                SegmentStatusUpdate {
+                    user_id,
+                    regions,
+                    partner_ids,
+                    changes,
+                    origin,
+                    produced_unix_ms,
+                }
+            },
+        )
 }
 
 proptest! {

@@ -22,21 +22,45 @@ pub struct Health {
 
 impl Health {
     pub fn new(initial_reason: impl Into<String>) -> Self {
-        Self { not_ready: Arc::new(Mutex::new(Some(initial_reason.into()))) }
+        Self {
+            not_ready: Arc::new(Mutex::new(Some(initial_reason.into()))),
+        }
     }
 
     pub fn set_ready(&self) {
-        *self.not_ready.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .not_ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self.not_ready.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
+        *self
+            .not_ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
     }
 
     /// `None` when ready, else why not.
     pub fn not_ready_reason(&self) -> Option<String> {
-        self.not_ready.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.not_ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
+}
+
+/// A registry with the process collector (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, open fds…) already registered; services add their own.
+pub fn new_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    if let Err(error) = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::warn!(%error, "Cannot register the process metrics collector.");
+    }
+    registry
 }
 
 #[derive(Clone)]
@@ -77,7 +101,9 @@ impl AdminServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 }
 
@@ -85,11 +111,18 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let encoder = TextEncoder::new();
     let mut body = Vec::with_capacity(16 * 1024);
     match encoder.encode(&state.registry.gather(), &mut body) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body)
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        )
             .into_response(),
         Err(error) => {
             tracing::warn!(%error, "Cannot encode metrics.");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {error}\n"))
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode metrics: {error}\n"),
+            )
                 .into_response()
         }
     }
@@ -98,7 +131,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match state.health.not_ready_reason() {
         None => (StatusCode::OK, "ready\n".to_owned()),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -133,17 +169,42 @@ mod tests {
         let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
         assert_eq!(metrics.status(), 200);
         assert!(
-            metrics.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain")
+            metrics.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
         );
         let text = metrics.text().await.unwrap();
-        assert!(text.contains("test_events_total{destination=\"423\"} 7"), "{text}");
+        assert!(
+            text.contains("test_events_total{destination=\"423\"} 7"),
+            "{text}"
+        );
 
-        assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
         let not_ready = client.get(format!("{base}/readyz")).send().await.unwrap();
         assert_eq!(not_ready.status(), 503);
-        assert_eq!(not_ready.text().await.unwrap(), "not ready: connecting to Kafka\n");
+        assert_eq!(
+            not_ready.text().await.unwrap(),
+            "not ready: connecting to Kafka\n"
+        );
         health.set_ready();
-        assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
 
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();

@@ -2,8 +2,11 @@
 //! image runs against the local broker and a managed SASL_SSL cluster.
 
 use std::fmt;
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 
 use crate::Secret;
 
@@ -83,7 +86,11 @@ impl KafkaSettings {
 
     /// Reads and validates settings from `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, KafkaConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let mut problems = Vec::new();
 
         let brokers = get("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned());
@@ -129,7 +136,9 @@ impl KafkaSettings {
             (None, Some(path)) => match std::fs::read_to_string(&path) {
                 Ok(password) => Some(Secret::new(password.trim_end_matches(['\r', '\n']))),
                 Err(e) => {
-                    problems.push(format!("KAFKA_SASL_PASSWORD_FILE: cannot read `{path}`: {e}"));
+                    problems.push(format!(
+                        "KAFKA_SASL_PASSWORD_FILE: cannot read `{path}`: {e}"
+                    ));
                     None
                 }
             },
@@ -168,7 +177,10 @@ impl KafkaSettings {
         let ssl_ca_location = get("KAFKA_SSL_CA_LOCATION");
         let ssl_certificate_location = get("KAFKA_SSL_CERTIFICATE_LOCATION");
         let ssl_key_location = get("KAFKA_SSL_KEY_LOCATION");
-        let uses_tls = matches!(security_protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl);
+        let uses_tls = matches!(
+            security_protocol,
+            SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
+        );
         for (name, value) in [
             ("KAFKA_SSL_CA_LOCATION", &ssl_ca_location),
             ("KAFKA_SSL_CERTIFICATE_LOCATION", &ssl_certificate_location),
@@ -215,7 +227,10 @@ impl KafkaSettings {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", self.client_id.as_deref().unwrap_or(default_client_id))
+            .set(
+                "client.id",
+                self.client_id.as_deref().unwrap_or(default_client_id),
+            )
             .set("security.protocol", self.security_protocol.as_librdkafka());
         if let Some(mechanism) = &self.sasl_mechanism {
             config.set("sasl.mechanism", mechanism);
@@ -237,6 +252,13 @@ impl KafkaSettings {
         }
         config
     }
+
+    /// Asks the cluster for its metadata: `Ok` once a broker answers within `timeout`. Blocks
+    /// the calling thread (use `spawn_blocking` from async code).
+    pub fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let consumer: BaseConsumer = self.client_config("segment-relay-probe").create()?;
+        consumer.fetch_metadata(None, timeout).map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -246,8 +268,10 @@ mod tests {
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<KafkaSettings, KafkaConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         KafkaSettings::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -277,7 +301,10 @@ mod tests {
         .unwrap();
         assert!(!format!("{settings:?}").contains("s3cret"));
         let config = settings.client_config("delivery");
-        assert_eq!(config.get("bootstrap.servers"), Some("b-1.example.com:9096,b-2.example.com:9096"));
+        assert_eq!(
+            config.get("bootstrap.servers"),
+            Some("b-1.example.com:9096,b-2.example.com:9096")
+        );
         assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(config.get("sasl.username"), Some("relay"));

@@ -5,12 +5,14 @@
 mod admin;
 mod kafka;
 mod logging;
+mod runtime;
 mod secret;
 mod shutdown;
 
-pub use admin::{AdminServer, Health};
+pub use admin::{AdminServer, Health, new_registry};
 pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol};
 pub use logging::{LogFormat, LoggingError, init_logging};
 pub use prometheus;
+pub use runtime::{ServiceRuntime, StartError};
 pub use secret::Secret;
 pub use shutdown::shutdown_signal;

@@ -45,7 +45,9 @@ pub fn init_logging() -> Result<LogFormat, LoggingError> {
         }
         _ => EnvFilter::new("info"),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     let installed = match format {
         LogFormat::Json => builder
             .json()
@@ -65,9 +67,20 @@ mod tests {
 
     #[test]
     fn log_format_values() {
-        assert_eq!(LogFormat::from_env_value(Some("json")).unwrap(), LogFormat::Json);
-        assert_eq!(LogFormat::from_env_value(Some("PRETTY")).unwrap(), LogFormat::Pretty);
-        let error = LogFormat::from_env_value(Some("xml")).unwrap_err().to_string();
-        assert!(error.contains("LOG_FORMAT") && error.contains("`xml`"), "{error}");
+        assert_eq!(
+            LogFormat::from_env_value(Some("json")).unwrap(),
+            LogFormat::Json
+        );
+        assert_eq!(
+            LogFormat::from_env_value(Some("PRETTY")).unwrap(),
+            LogFormat::Pretty
+        );
+        let error = LogFormat::from_env_value(Some("xml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("LOG_FORMAT") && error.contains("`xml`"),
+            "{error}"
+        );
     }
 }

@@ -1,0 +1,91 @@
+//! The start-up every service shares: logging, Kafka settings, metrics registry, health, and
+//! the admin server running in the background.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::task::JoinHandle;
+
+use crate::{AdminServer, Health, KafkaConfigError, KafkaSettings, LoggingError, new_registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Logging(#[from] LoggingError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaConfigError),
+    #[error(
+        "ADMIN_ADDR={addr}: cannot listen ({source}); pick a free port, e.g. ADMIN_ADDR=0.0.0.0:9102"
+    )]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What a running service holds from [`ServiceRuntime::start`].
+#[derive(Debug)]
+pub struct ServiceRuntime {
+    pub kafka: KafkaSettings,
+    pub registry: Registry,
+    pub health: Health,
+    pub admin_addr: SocketAddr,
+    admin: JoinHandle<std::io::Result<()>>,
+}
+
+impl ServiceRuntime {
+    /// Installs logging, validates the Kafka environment, and serves the admin endpoints on
+    /// `admin_addr` (not ready until the service says so) until the process receives SIGTERM.
+    pub async fn start(admin_addr: SocketAddr) -> Result<Self, StartError> {
+        crate::init_logging()?;
+        let kafka = KafkaSettings::from_env()?;
+        let registry = new_registry();
+        let health = Health::new("starting");
+        let server = AdminServer::bind(admin_addr, registry.clone(), health.clone())
+            .await
+            .map_err(|source| StartError::AdminBind {
+                addr: admin_addr,
+                source,
+            })?;
+        let admin_addr = server.local_addr().unwrap_or(admin_addr);
+        let admin = tokio::spawn(server.serve(crate::shutdown_signal()));
+        tracing::info!(%admin_addr, brokers = %kafka.brokers, "Admin server listening.");
+        Ok(Self {
+            kafka,
+            registry,
+            health,
+            admin_addr,
+            admin,
+        })
+    }
+
+    /// Waits until a Kafka broker answers a metadata request, retrying every few seconds and
+    /// saying so in `/readyz` meanwhile.
+    pub async fn wait_for_kafka(&self) {
+        self.health
+            .set_not_ready(format!("waiting for Kafka at {}", self.kafka.brokers));
+        loop {
+            let kafka = self.kafka.clone();
+            let answer =
+                tokio::task::spawn_blocking(move || kafka.check_connection(Duration::from_secs(5)))
+                    .await;
+            match answer {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, brokers = %self.kafka.brokers, "Kafka does not answer yet; retrying.");
+                }
+                Err(error) => tracing::warn!(%error, "Kafka connection check failed; retrying."),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Waits for the admin server to finish (it stops on SIGTERM / SIGINT).
+    pub async fn wait_for_shutdown(self) -> std::io::Result<()> {
+        match self.admin.await {
+            Ok(result) => result,
+            Err(join) => Err(std::io::Error::other(join)),
+        }
+    }
+}
