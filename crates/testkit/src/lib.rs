@@ -1,1 +1,50 @@
+//! The test harness for segment-relay's integration and end-to-end tests.
+//!
+//! - [`kafka`]: the real broker (a test fails loudly when there is none), and topics and
+//!   consumer groups unique to each test, so tests run in parallel without seeing each other.
+//! - [`service`]: run a service binary with a config, wait for `/readyz`, scrape `/metrics`,
+//!   stop it with SIGTERM or `kill -9`.
+//! - [`receiver`]: a real HTTPS endpoint (certificates made at test time) that records every
+//!   request and whose status and delay can change during a test.
+//! - [`wait_until`]: wait on a condition with a deadline instead of sleeping.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod kafka;
+pub mod receiver;
+pub mod service;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 50 ms until it returns true; panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A name no other test (in this run or an earlier one against the same broker) uses.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,111 @@
+//! The real broker, and per-test topics and consumer groups.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use telemetry::KafkaSettings;
+
+use crate::wait_until;
+
+/// Client settings for the test broker: the same environment variables the services read
+/// (`KAFKA_BROKERS`, default `127.0.0.1:9092`).
+pub fn settings() -> KafkaSettings {
+    KafkaSettings::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn client_config() -> ClientConfig {
+    settings().client_config("segment-relay-tests")
+}
+
+/// Panics with instructions when no broker answers: a test that needs Kafka never skips.
+pub fn require_broker() {
+    let settings = settings();
+    let consumer: BaseConsumer = settings
+        .client_config("segment-relay-tests")
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create a Kafka client: {e}"));
+    if let Err(e) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
+        panic!(
+            "no Kafka broker answers at {} ({e}). These tests need a real broker: run `make kafka-up` \
+             (or `make test`, which starts it), or point KAFKA_BROKERS at one.",
+            settings.brokers
+        );
+    }
+}
+
+/// Creates `name` with `partitions` partitions (replication 1) and waits until every
+/// partition has a leader, so a consumer or producer can use it at once.
+pub async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    require_broker();
+    let admin: AdminClient<DefaultClientContext> = client_config().create().unwrap();
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in config {
+        topic = topic.set(key, value);
+    }
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot create topic {name}: {e}"));
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => panic!("cannot create topic {topic}: {code}"),
+        }
+    }
+    let probe: BaseConsumer = client_config().create().unwrap();
+    let expected = usize::try_from(partitions).unwrap();
+    wait_until(
+        &format!("topic {name} to have leaders"),
+        Duration::from_secs(20),
+        || {
+            let ready = probe
+                .fetch_metadata(Some(name), Duration::from_secs(2))
+                .ok()
+                .and_then(|m| {
+                    m.topics().first().map(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() == expected
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            async move { ready }
+        },
+    )
+    .await;
+}
+
+/// A unique topic with `partitions` partitions, created and ready.
+pub async fn unique_topic(prefix: &str, partitions: i32) -> String {
+    let name = crate::unique_name(prefix);
+    create_topic(&name, partitions, &[]).await;
+    name
+}
+
+/// An idempotent producer (acks=all) for writing test input.
+pub fn producer() -> FutureProducer {
+    client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// A consumer in its own group that reads from the beginning and never commits.
+pub fn consumer(group: &str) -> StreamConsumer {
+    client_config()
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap()
+}

@@ -1,0 +1,213 @@
+//! Runs a service binary the way an operator would: a config file, environment, an admin
+//! port; waits for `/readyz`; stops it with SIGTERM or `kill -9`.
+//!
+//! Binaries are taken from the cargo target directory of the running test (`make test`
+//! builds them first with `cargo build --workspace --bins`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::wait_until;
+
+/// The cargo profile directory the running test binary was built into (`target/debug`).
+pub fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// The path of a workspace binary, or a panic that says how to build it.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_profile_dir().join(name);
+    assert!(
+        path.is_file(),
+        "binary `{name}` not found at {}: run `cargo build --workspace --bins` first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; the service binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to start a service.
+#[derive(Debug)]
+pub struct ServiceBuilder {
+    name: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
+impl ServiceBuilder {
+    pub fn new(binary_name: &str) -> Self {
+        let mut env = BTreeMap::new();
+        env.insert("LOG_FORMAT".to_owned(), "pretty".to_owned());
+        env.insert("RUST_LOG".to_owned(), "info".to_owned());
+        if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
+            env.insert("KAFKA_BROKERS".to_owned(), brokers);
+        }
+        Self {
+            name: binary_name.to_owned(),
+            args: Vec::new(),
+            env,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Starts the process with `ADMIN_ADDR` on a free port; output goes to a log file.
+    pub fn spawn(self) -> Service {
+        let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let log_dir = target_profile_dir().join("test-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log_path = log_dir.join(format!("{}.log", crate::unique_name(&self.name)));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(binary(&self.name))
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .env("ADMIN_ADDR", admin_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        Service {
+            name: self.name,
+            child,
+            admin_addr,
+            log_path,
+        }
+    }
+}
+
+/// A running service process; killed when dropped.
+#[derive(Debug)]
+pub struct Service {
+    name: String,
+    child: Child,
+    admin_addr: SocketAddr,
+    log_path: PathBuf,
+}
+
+impl Service {
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// What the process wrote so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200; panics with the process's log if it exits first or
+    /// the timeout passes.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let url = self.admin_url("/readyz");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited with {status} before it was ready; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            let answer = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if answer.is_ok_and(|response| response.status().is_success()) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "{} was not ready within {timeout:?}; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::get(self.admin_url("/metrics")).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET /metrics: {}",
+            response.status()
+        );
+        response.text().await.unwrap()
+    }
+
+    /// Sends SIGTERM (what Kubernetes does to stop a pod).
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("process already reaped");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// `kill -9`: no chance to flush or commit.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Waits for the process to exit; panics with its log after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "{} did not exit within {timeout:?}; its log:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+}
+
+/// Reads one metric sample's value from Prometheus text, e.g.
+/// `metric_value(text, "delivery_events_total{destination=\"423\",outcome=\"delivered\"}")`.
+pub fn metric_value(metrics_text: &str, series: &str) -> Option<f64> {
+    metrics_text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// Waits until `check` holds for the service's `/metrics` text.
+pub async fn wait_for_metrics(
+    service: &Service,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&str) -> bool,
+) {
+    wait_until(what, timeout, || async { check(&service.metrics().await) }).await;
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real binaries against the real broker (`make kafka-up`) and a real
+//! HTTPS receiver. Every test uses its own topics and consumer groups.
+
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
+mod kafka_roundtrip;
+mod service_shell;
