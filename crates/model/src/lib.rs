@@ -2,7 +2,8 @@
 //!
 //! [`pb`] holds the protobuf messages carried on Kafka topics, generated at build time from
 //! `proto/` (the only source of truth for bytes on topics). Field numbers there are frozen once
-//! released: see the header of each `.proto` file.
+//! released: see the header of each `.proto` file. [`partner`] is the JSON body partners
+//! receive.
 
 /// Protobuf messages of the `segment_relay.v1` package.
 pub mod pb {
@@ -14,6 +15,8 @@ pub mod pb {
     )]
     include!(concat!(env!("OUT_DIR"), "/segment_relay.v1.rs"));
 }
+
+pub mod partner;
 
 pub use pb::{
     ChangeReason, DeadLetterRecord, ErrorClass, Origin, PartnerIds, SegmentChange, SegmentStatus,

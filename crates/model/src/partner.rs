@@ -1,0 +1,165 @@
+//! The JSON body a partner receives (`spec/outbound-contract.md` §2) and its date format.
+//!
+//! Every scalar is a JSON *string*, even the numeric ones, exactly as the reference's code
+//! sample shows. The types here borrow from the batch being sent, so building a body costs one
+//! `Vec` of user entries per request and no per-field allocation: numbers and dates are
+//! written straight into the output through `Display`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::ser::{SerializeStruct, Serializer};
+use serde::Serialize;
+
+/// A request body: one destination, one batch.
+#[derive(Debug)]
+pub struct PartnerRequest<'a> {
+    /// When this request was built (`ProcessTime`), ms since the Unix epoch.
+    pub process_time_unix_ms: i64,
+    /// The device-ID namespace of the users (`User_DPID`, e.g. 20915 = iOS IDFA).
+    pub user_dpid: u64,
+    /// The receiving system's client id (`Client_ID`).
+    pub client_id: &'a str,
+    /// The id the partner assigned to this destination (`AAM_Destination_Id`).
+    pub destination_id: u64,
+    /// One entry per (user, partner id); `User_count` is their number.
+    pub users: &'a [PartnerUser<'a>],
+}
+
+/// One `Users` entry.
+#[derive(Debug)]
+pub struct PartnerUser<'a> {
+    /// Our user id (`AAM_UUID`).
+    pub aam_uuid: &'a str,
+    /// The user's id at the destination's data partner (`DataPartner_UUID`); `""` when none.
+    pub data_partner_uuid: &'a str,
+    /// Regions the user was seen in (`AAM_Regions`); omitted from the JSON when empty.
+    pub regions: &'a [u32],
+    pub segments: &'a [PartnerSegment],
+}
+
+/// One `Segments` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerSegment {
+    /// The destination's id for the segment (`Segment_ID`), from its segment mapping.
+    pub segment_id: Arc<str>,
+    /// `Status`: `"1"` when active, `"0"` when inactive, opted out or unsegmented.
+    pub active: bool,
+    /// `DateTime`: when the user qualified or was unsegmented, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+}
+
+impl Serialize for PartnerRequest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("PartnerRequest", 6)?;
+        s.serialize_field("ProcessTime", &PartnerDate(self.process_time_unix_ms))?;
+        s.serialize_field("User_DPID", &AsString(self.user_dpid))?;
+        s.serialize_field("Client_ID", self.client_id)?;
+        s.serialize_field("AAM_Destination_Id", &AsString(self.destination_id))?;
+        s.serialize_field("User_count", &AsString(self.users.len()))?;
+        s.serialize_field("Users", self.users)?;
+        s.end()
+    }
+}
+
+impl Serialize for PartnerUser<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields = if self.regions.is_empty() { 3 } else { 4 };
+        let mut s = serializer.serialize_struct("PartnerUser", fields)?;
+        s.serialize_field("AAM_UUID", self.aam_uuid)?;
+        s.serialize_field("DataPartner_UUID", self.data_partner_uuid)?;
+        if self.regions.is_empty() {
+            s.skip_field("AAM_Regions")?;
+        } else {
+            s.serialize_field("AAM_Regions", &Regions(self.regions))?;
+        }
+        s.serialize_field("Segments", self.segments)?;
+        s.end()
+    }
+}
+
+impl Serialize for PartnerSegment {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("PartnerSegment", 3)?;
+        s.serialize_field("Segment_ID", &*self.segment_id)?;
+        s.serialize_field("Status", if self.active { "1" } else { "0" })?;
+        s.serialize_field("DateTime", &PartnerDate(self.time_unix_ms))?;
+        s.end()
+    }
+}
+
+/// Serializes a number as a JSON string without allocating.
+struct AsString<T>(T);
+
+impl<T: fmt::Display> Serialize for AsString<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+struct Regions<'a>(&'a [u32]);
+
+impl Serialize for Regions<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(AsString))
+    }
+}
+
+/// A time in the partner date format, `EEE MMM dd HH:mm:ss 'UTC' yyyy` in UTC with English
+/// names and a zero-padded day: `Wed Jul 06 16:17:42 UTC 2016` (Java's `Date.toString()` in
+/// UTC). Holds ms since the Unix epoch; the milliseconds are not shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartnerDate(pub i64);
+
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] =
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+impl fmt::Display for PartnerDate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(1000);
+        let days = secs.div_euclid(86_400);
+        let second_of_day = secs.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        // 1970-01-01 was a Thursday.
+        let weekday = WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
+        let month = MONTHS[usize::try_from(month - 1).unwrap_or(0)];
+        write!(
+            f,
+            "{weekday} {month} {day:02} {:02}:{:02}:{:02} UTC {year}",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        )
+    }
+}
+
+impl Serialize for PartnerDate {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Days since 1970-01-01 → (year, month 1–12, day 1–31) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Serializes `request` as JSON into `out` (cleared first), reusing its capacity.
+pub fn write_request(request: &PartnerRequest<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    out.clear();
+    request.serialize(&mut serde_json::Serializer::new(out))
+}
+
+#[cfg(test)]
+mod tests;
