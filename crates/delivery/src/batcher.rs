@@ -1,0 +1,303 @@
+//! What goes into one request to one destination: the events of a batch, one entry per user
+//! with the latest status per (user, partner segment), and the exact size of the JSON body
+//! they will make, so a batch closes before it would pass `max_bytes` or `max_users`.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use model::SegmentStatusUpdate;
+use model::partner::PartnerSegment;
+
+use crate::config::DestinationConfig;
+use crate::offsets::PartitionAssignment;
+
+/// Where an event was read from, so its offset can be finished once the batch is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSource {
+    pub assignment: PartitionAssignment,
+    pub offset: i64,
+}
+
+/// An update on its way to one destination.
+#[derive(Debug, Clone)]
+pub struct RoutedEvent {
+    pub update: Arc<SegmentStatusUpdate>,
+    /// `None` for replayed dead letters, which have no input offset.
+    pub source: Option<EventSource>,
+}
+
+/// One user in a batch: their latest update (regions and synced ids come from it) and their
+/// changed segments, latest status per partner `Segment_ID`, in order of first change.
+#[derive(Debug)]
+pub struct BatchUser {
+    pub latest: Arc<SegmentStatusUpdate>,
+    pub segments: Vec<PartnerSegment>,
+    /// JSON bytes of this user's `Users` entries (one per partner id), commas included.
+    bytes: usize,
+    /// Number of `Users` entries: one per partner id, at least one.
+    entries: usize,
+}
+
+impl BatchUser {
+    /// The user's ids at the destination's data partner; one `Users` entry each, or one entry
+    /// with `""` when there are none.
+    pub fn partner_uuids(&self, data_partner: Option<u64>) -> &[String] {
+        partner_uuids(&self.latest, data_partner)
+    }
+}
+
+/// Hashes an update by its user id, so the batch can index users without copying the id.
+#[derive(Debug)]
+struct UserKey(Arc<SegmentStatusUpdate>);
+
+impl PartialEq for UserKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.user_id == other.0.user_id
+    }
+}
+impl Eq for UserKey {}
+impl Hash for UserKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.user_id.hash(state);
+    }
+}
+
+/// The batch a destination lane is filling.
+#[derive(Debug)]
+pub struct DestinationBatch {
+    destination: Arc<DestinationConfig>,
+    pub events: Vec<RoutedEvent>,
+    pub users: Vec<BatchUser>,
+    index: HashMap<UserKey, usize>,
+    users_bytes: usize,
+    entries: usize,
+    header_bytes: usize,
+}
+
+/// Why an event was not added.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    Added,
+    /// Adding it would pass a limit: send this batch first, then add it to the next.
+    Full,
+}
+
+impl DestinationBatch {
+    pub fn new(destination: Arc<DestinationConfig>) -> Self {
+        let header_bytes = header_bytes(&destination);
+        Self {
+            destination,
+            events: Vec::new(),
+            users: Vec::new(),
+            index: HashMap::new(),
+            users_bytes: 0,
+            entries: 0,
+            header_bytes,
+        }
+    }
+
+    pub fn destination(&self) -> &Arc<DestinationConfig> {
+        &self.destination
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The exact length of the JSON body this batch makes.
+    pub fn body_bytes(&self) -> usize {
+        self.header_bytes + digits(self.entries as u64) + self.users_bytes
+    }
+
+    /// Number of `Users` entries (users × their partner ids): `User_count`.
+    pub fn entry_count(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether the batch reached a limit and should be sent now.
+    pub fn is_full(&self) -> bool {
+        let limits = &self.destination.batch;
+        self.users.len() >= limits.max_users || self.body_bytes() >= limits.max_bytes
+    }
+
+    /// Adds `event` unless that would pass `max_users` or `max_bytes` (an empty batch always
+    /// takes it, so one oversized user is still sent, alone).
+    pub fn add(&mut self, event: RoutedEvent) -> AddOutcome {
+        let limits = self.destination.batch;
+        let key = UserKey(event.update.clone());
+        let existing = self.index.get(&key).copied();
+        let (old_bytes, old_entries, candidate) = match existing {
+            Some(i) => {
+                let user = &self.users[i];
+                let mut segments = user.segments.clone();
+                merge_segments(&self.destination, &mut segments, &event.update);
+                (user.bytes, user.entries, segments)
+            }
+            None => {
+                let mut segments = Vec::with_capacity(event.update.changes.len());
+                merge_segments(&self.destination, &mut segments, &event.update);
+                (0, 0, segments)
+            }
+        };
+        let (new_bytes, new_entries) = user_bytes(&self.destination, &event.update, &candidate);
+        // A new user after others needs the comma before their entries.
+        let comma = usize::from(existing.is_none() && !self.users.is_empty());
+        let users_bytes = self.users_bytes - old_bytes + new_bytes + comma;
+        let entries = self.entries - old_entries + new_entries;
+        if !self.is_empty() {
+            let users_after = self.users.len() + usize::from(existing.is_none());
+            let body_after = self.header_bytes + digits(entries as u64) + users_bytes;
+            if users_after > limits.max_users || body_after > limits.max_bytes {
+                return AddOutcome::Full;
+            }
+        }
+        let user = BatchUser {
+            latest: event.update.clone(),
+            segments: candidate,
+            bytes: new_bytes,
+            entries: new_entries,
+        };
+        match existing {
+            Some(i) => self.users[i] = user,
+            None => {
+                self.index.insert(key, self.users.len());
+                self.users.push(user);
+            }
+        }
+        self.users_bytes = users_bytes;
+        self.entries = entries;
+        self.events.push(event);
+        AddOutcome::Added
+    }
+
+    /// Empties the batch for reuse, returning its events.
+    pub fn take_events(&mut self) -> Vec<RoutedEvent> {
+        self.users.clear();
+        self.index.clear();
+        self.users_bytes = 0;
+        self.entries = 0;
+        std::mem::take(&mut self.events)
+    }
+
+    /// Keeps only the events `keep` accepts, rebuilding the users from them (used when a
+    /// partition was revoked while its events waited).
+    pub fn retain(&mut self, mut keep: impl FnMut(&RoutedEvent) -> bool) {
+        if self.events.iter().all(&mut keep) {
+            return;
+        }
+        let events = self.take_events();
+        for event in events.into_iter().filter(|e| keep(e)) {
+            // Fewer events than before: they fit.
+            let _ = self.add(event);
+        }
+    }
+}
+
+/// Applies `update`'s mapped changes to `segments`: the latest status per partner segment wins,
+/// keeping the position of its first change.
+fn merge_segments(
+    destination: &DestinationConfig,
+    segments: &mut Vec<PartnerSegment>,
+    update: &SegmentStatusUpdate,
+) {
+    for change in &update.changes {
+        let Some(their_id) = destination.segments.get(&change.segment_id) else { continue };
+        let active = change.status() == model::SegmentStatus::Active;
+        match segments.iter_mut().find(|s| s.segment_id == *their_id) {
+            Some(segment) => {
+                segment.active = active;
+                segment.time_unix_ms = change.time_unix_ms;
+            }
+            None => segments.push(PartnerSegment {
+                segment_id: their_id.clone(),
+                active,
+                time_unix_ms: change.time_unix_ms,
+            }),
+        }
+    }
+}
+
+/// Length of `"…"` with JSON escapes, as serde_json writes it.
+fn json_str_bytes(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+fn digits(mut n: u64) -> usize {
+    let mut count = 1;
+    while n >= 10 {
+        n /= 10;
+        count += 1;
+    }
+    count
+}
+
+/// `DateTime` is always 28 characters (`Wed Jul 27 16:17:22 UTC 2016`) for years 1000–9999.
+const DATE_BYTES: usize = 28;
+
+/// `{"ProcessTime":"…","User_DPID":"…","Client_ID":"…","AAM_Destination_Id":"…","User_count":"","Users":[]}`
+/// without the digits of `User_count`.
+fn header_bytes(destination: &DestinationConfig) -> usize {
+    r#"{"ProcessTime":"","User_DPID":"","Client_ID":,"AAM_Destination_Id":"","User_count":"","Users":[]}"#.len()
+        + DATE_BYTES
+        + digits(destination.user_dpid)
+        + json_str_bytes(&destination.client_id)
+        + digits(destination.id)
+}
+
+/// JSON bytes of one user's entries (one per partner id), with the commas between them, and
+/// the number of entries.
+fn user_bytes(
+    destination: &DestinationConfig,
+    update: &SegmentStatusUpdate,
+    segments: &[PartnerSegment],
+) -> (usize, usize) {
+    // {"Segment_ID":…,"Status":"1","DateTime":"…"} and commas between segments.
+    let segments_bytes: usize = segments
+        .iter()
+        .map(|s| {
+            r#"{"Segment_ID":,"Status":"1","DateTime":""}"#.len()
+                + json_str_bytes(&s.segment_id)
+                + DATE_BYTES
+        })
+        .sum::<usize>()
+        + segments.len().saturating_sub(1);
+    let regions_bytes = if update.regions.is_empty() {
+        0
+    } else {
+        r#""AAM_Regions":[],"#.len()
+            + update.regions.iter().map(|&r| digits(u64::from(r)) + 2).sum::<usize>()
+            + update.regions.len() - 1
+    };
+    let entry = |partner_uuid: &str| {
+        r#"{"AAM_UUID":,"DataPartner_UUID":,"Segments":[]}"#.len()
+            + json_str_bytes(&update.user_id)
+            + json_str_bytes(partner_uuid)
+            + regions_bytes
+            + segments_bytes
+    };
+    let partner_uuids = partner_uuids(update, destination.data_partner);
+    if partner_uuids.is_empty() {
+        (entry(""), 1)
+    } else {
+        let bytes = partner_uuids.iter().map(|p| entry(p)).sum::<usize>() + partner_uuids.len() - 1;
+        (bytes, partner_uuids.len())
+    }
+}
+
+/// The user's ids at `data_partner` (none when the destination names no data partner).
+pub fn partner_uuids(update: &SegmentStatusUpdate, data_partner: Option<u64>) -> &[String] {
+    data_partner
+        .and_then(|dp| update.partner_ids.iter().find(|p| p.data_partner_id == dp))
+        .map_or(&[], |p| p.partner_uuids.as_slice())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Golden payloads and batch limits. The bodies are compared as exact strings: what the
+//! partner receives, byte for byte.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate};
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::{DeliveryConfig, DestinationConfig};
+use crate::payload::{idempotency_key, write_body};
+
+/// 2016-07-27T16:17:22Z.
+const T0: i64 = 1_469_636_242_000;
+
+fn destination(extra: &str) -> Arc<DestinationConfig> {
+    let yaml = format!(
+        "destinations:\n  - {{ id: 423, url: https://p.example/aam, client_id: \"74323\", user_dpid: 20915, \
+         segments: {{ 14356: \"14356\", 12176: \"99\", 500: \"99\" }}{extra} }}\n"
+    );
+    DeliveryConfig::parse(Path::new("test.yaml"), &yaml, &|_| None).unwrap().destinations.remove(0)
+}
+
+fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
+    SegmentChange {
+        segment_id,
+        status: if active { SegmentStatus::Active } else { SegmentStatus::Inactive } as i32,
+        reason: if active { ChangeReason::Qualified } else { ChangeReason::Rule } as i32,
+        time_unix_ms,
+    }
+}
+
+fn update(user: &str, regions: &[u32], partner_ids: &[&str], changes: Vec<SegmentChange>) -> RoutedEvent {
+    let partner_ids = if partner_ids.is_empty() {
+        vec![]
+    } else {
+        vec![PartnerIds { data_partner_id: 1234, partner_uuids: partner_ids.iter().map(|s| (*s).to_owned()).collect() }]
+    };
+    RoutedEvent {
+        update: Arc::new(SegmentStatusUpdate {
+            user_id: user.to_owned(),
+            regions: regions.to_vec(),
+            partner_ids,
+            changes,
+            origin: Origin::Realtime as i32,
+            produced_unix_ms: T0,
+        }),
+        source: None,
+    }
+}
+
+fn body(batch: &DestinationBatch) -> String {
+    let mut out = Vec::new();
+    write_body(batch, T0 + 20_000, &mut out);
+    assert_eq!(out.len(), batch.body_bytes(), "size accounting must match the body");
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn golden_body_strings_everywhere_regions_omitted_when_empty() {
+    let mut batch = DestinationBatch::new(destination(""));
+    batch.add(update("u1", &[6, 7], &[], vec![change(14356, true, T0), change(12176, false, T0)]));
+    batch.add(update("u2", &[], &[], vec![change(14356, true, T0 - 1_000), change(777, true, T0)]));
+    assert_eq!(
+        body(&batch),
+        concat!(
+            r#"{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"20915","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"2","Users":["#,
+            r#"{"AAM_UUID":"u1","DataPartner_UUID":"","AAM_Regions":["6","7"],"Segments":["#,
+            r#"{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"},"#,
+            r#"{"Segment_ID":"99","Status":"0","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]},"#,
+            r#"{"AAM_UUID":"u2","DataPartner_UUID":"","Segments":["#,
+            r#"{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:21 UTC 2016"}]}]}"#,
+        ),
+        "unmapped segment 777 is left out; segment ids are the destination's"
+    );
+}
+
+#[test]
+fn golden_body_one_entry_per_synced_partner_id() {
+    let mut batch = DestinationBatch::new(destination(", data_partner: 1234"));
+    batch.add(update("u1", &[], &["p-a", "p-b"], vec![change(14356, false, 1_467_821_862_000)]));
+    batch.add(update("u2", &[3], &[], vec![change(14356, true, T0)]));
+    assert_eq!(batch.entry_count(), 3);
+    assert_eq!(
+        body(&batch),
+        concat!(
+            r#"{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"20915","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"3","Users":["#,
+            r#"{"AAM_UUID":"u1","DataPartner_UUID":"p-a","Segments":[{"Segment_ID":"14356","Status":"0","DateTime":"Wed Jul 06 16:17:42 UTC 2016"}]},"#,
+            r#"{"AAM_UUID":"u1","DataPartner_UUID":"p-b","Segments":[{"Segment_ID":"14356","Status":"0","DateTime":"Wed Jul 06 16:17:42 UTC 2016"}]},"#,
+            r#"{"AAM_UUID":"u2","DataPartner_UUID":"","AAM_Regions":["3"],"Segments":[{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]}]}"#,
+        )
+    );
+}
+
+#[test]
+fn latest_status_per_user_and_segment_wins_within_a_batch() {
+    let mut batch = DestinationBatch::new(destination(""));
+    batch.add(update("u1", &[6], &[], vec![change(14356, true, T0), change(12176, true, T0)]));
+    batch.add(update("u2", &[], &[], vec![change(14356, true, T0)]));
+    batch.add(update("u1", &[6, 9], &[], vec![change(14356, false, T0 + 1_000)]));
+    // Our 500 maps to their 99 too: the partner sees one status for Segment_ID 99.
+    batch.add(update("u1", &[6, 9], &[], vec![change(500, false, T0 + 2_000)]));
+    assert_eq!(batch.users.len(), 2);
+    assert_eq!(batch.events.len(), 4);
+    assert_eq!(
+        body(&batch),
+        concat!(
+            r#"{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"20915","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"2","Users":["#,
+            r#"{"AAM_UUID":"u1","DataPartner_UUID":"","AAM_Regions":["6","9"],"Segments":["#,
+            r#"{"Segment_ID":"14356","Status":"0","DateTime":"Wed Jul 27 16:17:23 UTC 2016"},"#,
+            r#"{"Segment_ID":"99","Status":"0","DateTime":"Wed Jul 27 16:17:24 UTC 2016"}]},"#,
+            r#"{"AAM_UUID":"u2","DataPartner_UUID":"","Segments":[{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]}]}"#,
+        )
+    );
+}
+
+#[test]
+fn max_users_closes_the_batch() {
+    let mut batch = DestinationBatch::new(destination(", batch: { max_users: 2 }"));
+    assert_eq!(batch.add(update("u1", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Added);
+    assert_eq!(batch.add(update("u2", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Added);
+    assert!(batch.is_full());
+    assert_eq!(batch.add(update("u1", &[], &[], vec![change(14356, false, T0)])), AddOutcome::Added, "a known user fits");
+    assert_eq!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Full);
+    assert_eq!(batch.take_events().len(), 3);
+    assert!(batch.is_empty());
+    assert_eq!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Added);
+}
+
+#[test]
+fn idempotency_key_depends_on_the_events_only() {
+    let make = |users: &[&str]| {
+        let mut batch = DestinationBatch::new(destination(""));
+        for user in users {
+            batch.add(update(user, &[], &[], vec![change(14356, true, T0)]));
+        }
+        batch
+    };
+    let key = idempotency_key(&make(&["a", "b"]), "segment-status");
+    assert_eq!(key.len(), 32);
+    assert_eq!(key, idempotency_key(&make(&["a", "b"]), "segment-status"));
+    assert_ne!(key, idempotency_key(&make(&["a", "c"]), "segment-status"));
+    assert_ne!(key, idempotency_key(&make(&["a", "b"]), "segment-status-batch"));
+}
+
+proptest! {
+    /// Whatever the events, the accounted size equals the body's length, and no batch of two
+    /// or more users passes max_bytes.
+    #[test]
+    fn accounted_size_is_exact_and_limits_hold(
+        events in proptest::collection::vec(
+            (0_usize..6, "[a-z\"\\\\\u{1}é]{0,12}", proptest::collection::vec(0_u32..300, 0..3),
+             proptest::collection::vec("[a-z0-9]{0,6}", 0..3),
+             proptest::collection::vec((prop_oneof![Just(14356_u64), Just(12176), Just(500), Just(1)], any::<bool>(), 0_i64..4_102_444_799_000), 1..4)),
+            1..40),
+        max_bytes in 1_024_usize..4_096,
+    ) {
+        let destination = destination(&format!(", data_partner: 1234, batch: {{ max_users: 5, max_bytes: {max_bytes} }}"));
+        let mut batch = DestinationBatch::new(destination);
+        for (user, suffix, regions, partner_ids, changes) in events {
+            let partner_ids: Vec<&str> = partner_ids.iter().map(String::as_str).collect();
+            let changes = changes.into_iter().map(|(s, a, t)| change(s, a, t)).collect();
+            let event = update(&format!("user-{user}{suffix}"), &regions, &partner_ids, changes);
+            if batch.add(event.clone()) == AddOutcome::Full {
+                let text = body(&batch);
+                prop_assert!(batch.users.len() <= 5);
+                prop_assert!(text.len() <= max_bytes || batch.users.len() == 1);
+                batch.take_events();
+                prop_assert_eq!(batch.add(event), AddOutcome::Added);
+            }
+            let text = body(&batch);
+            prop_assert!(text.len() <= max_bytes || batch.users.len() == 1);
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(parsed["User_count"].as_str().unwrap().parse::<usize>().unwrap(), parsed["Users"].as_array().unwrap().len());
+        }
+    }
+}

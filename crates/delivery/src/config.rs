@@ -1,0 +1,691 @@
+//! `destinations.yaml`: parsed strictly (unknown keys are errors), then validated into a
+//! [`DeliveryConfig`] in one pass that reports every problem at once, each naming the file,
+//! the key and the fix. Only a validated config can be built into a running service.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use telemetry::Secret;
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    kafka: RawKafka,
+    #[serde(default)]
+    defaults: RawTuning,
+    #[serde(default)]
+    destinations: Vec<RawDestination>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    group_id: Option<String>,
+    topic: Option<String>,
+    batch_topic: Option<String>,
+    dlq_topic: Option<String>,
+    session_timeout_ms: Option<u64>,
+    commit_interval_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+}
+
+/// Keys that `defaults:` sets for every destination and each destination may override.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTuning {
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    success_codes: Option<Vec<u16>>,
+    batch: Option<RawBatch>,
+    max_in_flight: Option<usize>,
+    queue_capacity: Option<usize>,
+    circuit: Option<RawCircuit>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_users: Option<usize>,
+    max_bytes: Option<usize>,
+    linger_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCircuit {
+    failure_threshold: Option<u32>,
+    cooldown_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    id: Option<u64>,
+    name: Option<String>,
+    url: Option<String>,
+    client_id: Option<Scalar>,
+    user_dpid: Option<u64>,
+    data_partner: Option<u64>,
+    #[serde(default)]
+    segments: BTreeMap<Scalar, Scalar>,
+    auth: Option<RawAuth>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+    #[serde(default)]
+    rate_limit_rps: u32,
+    #[serde(default)]
+    gzip: bool,
+    #[serde(flatten)]
+    tuning: RawTuning,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    hmac: Option<RawHmac>,
+    oauth2: Option<RawOauth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHmac {
+    key_env: Option<String>,
+    key_file: Option<PathBuf>,
+    header: Option<String>,
+    algorithm: Option<String>,
+    previous_key_env: Option<String>,
+    previous_key_file: Option<PathBuf>,
+    previous_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOauth {
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_id_env: Option<String>,
+    client_id_file: Option<PathBuf>,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+}
+
+/// A YAML scalar that may be written as a number or a string (`14356` or `"14356"`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(u64),
+    Str(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(n) => write!(f, "{n}"),
+            Self::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated config.
+
+/// Everything delivery needs, validated.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub kafka: KafkaConfig,
+    pub destinations: Vec<Arc<DestinationConfig>>,
+}
+
+/// Topics, group and timing of the Kafka side (`kafka:`; every key optional).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Consumer group shared by every delivery process. Default `delivery`.
+    pub group_id: String,
+    /// Real-time input. Default `segment-status`.
+    pub topic: String,
+    /// Offline/onboarded input, a lower-priority lane. Default `segment-status-batch`;
+    /// `""` disables the lane.
+    pub batch_topic: Option<String>,
+    /// Where undeliverable events go. Default `segment-status-dlq`.
+    pub dlq_topic: String,
+    /// Consumer session timeout: how soon a crashed process's partitions move. Default 10 s.
+    pub session_timeout: Duration,
+    /// How often finished offsets are committed. Default 1 s.
+    pub commit_interval: Duration,
+    /// On SIGTERM, how long in-flight batches may take to finish before the process commits
+    /// what is done and exits. Default 20 s (keep it below the pod's grace period).
+    pub drain_timeout: Duration,
+}
+
+/// One partner destination.
+#[derive(Debug)]
+pub struct DestinationConfig {
+    /// `AAM_Destination_Id`: the id the partner assigned.
+    pub id: u64,
+    /// A name for logs; defaults to the id.
+    pub name: String,
+    pub url: reqwest::Url,
+    /// `Client_ID`.
+    pub client_id: String,
+    /// `User_DPID`.
+    pub user_dpid: u64,
+    /// Whose synced ids fill `DataPartner_UUID`; none → `""`.
+    pub data_partner: Option<u64>,
+    /// Our segment id → the partner's `Segment_ID`.
+    pub segments: BTreeMap<u64, Arc<str>>,
+    pub auth: AuthConfig,
+    /// Extra trust root (PEM) for the partner's certificate, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub allow_insecure_http: bool,
+    /// Requests per second at most; `None` = unlimited.
+    pub rate_limit_rps: Option<std::num::NonZeroU32>,
+    /// Compress bodies with gzip (`Content-Encoding: gzip`); the uncompressed JSON is signed.
+    pub gzip: bool,
+    /// Per-attempt timeout. Default 3000 ms.
+    pub timeout: Duration,
+    /// Attempts after the first. Default 1.
+    pub retries: u32,
+    /// Base wait before a retry; the actual wait is jittered between half and one and a half
+    /// times this. Default 200 ms.
+    pub retry_backoff: Duration,
+    /// HTTP statuses that mean success. Default `[200]`.
+    pub success_codes: Vec<u16>,
+    pub batch: BatchLimits,
+    /// Concurrent requests; each user always goes through the same one of these lanes, so
+    /// their order holds. Default 4.
+    pub max_in_flight: usize,
+    /// Events buffered per lane before the consumer waits. Default 10000.
+    pub queue_capacity: usize,
+    pub circuit: CircuitConfig,
+}
+
+/// When a batch is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Distinct users per request. Default 1000.
+    pub max_users: usize,
+    /// Body bytes per request (uncompressed JSON). Default 1 MiB.
+    pub max_bytes: usize,
+    /// How long the first event of a batch may wait for more. Default 250 ms.
+    pub linger: Duration,
+}
+
+/// When a destination is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitConfig {
+    /// Consecutive failed batches (after retries) that open the circuit. Default 5.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe batch is let through. Default 30 s.
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// No authentication (logged at WARN on every start).
+    None,
+    Hmac(HmacConfig),
+    OAuth2(OAuthConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacAlgorithm {
+    Md5,
+    Sha1,
+    Sha256,
+}
+
+#[derive(Debug, Clone)]
+pub struct HmacConfig {
+    pub key: Secret,
+    pub header: String,
+    pub algorithm: HmacAlgorithm,
+    /// During a key rotation: the previous key, signing into `previous_header` too.
+    pub previous: Option<(Secret, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub token_url: reqwest::Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: invalid configuration", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl DeliveryConfig {
+    /// Reads, parses and validates `path`; secrets come from the process environment or files.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::parse(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates `text` (read from `path`), looking secrets up with `env`.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![e.to_string()],
+        })?;
+        let mut problems = Problems(Vec::new());
+        let config = validate(raw, env, &mut problems);
+        if problems.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { file: path.to_owned(), problems: problems.0 })
+        }
+    }
+}
+
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, key: &str, message: impl fmt::Display) {
+        self.0.push(format!("{key}: {message}"));
+    }
+}
+
+fn validate(
+    raw: RawFile,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> DeliveryConfig {
+    let kafka = validate_kafka(raw.kafka, problems);
+    if raw.destinations.is_empty() {
+        problems.add(
+            "destinations",
+            "at least one destination is required (example: `destinations: [{ id: 423, url: https://…, … }]`)",
+        );
+    }
+    let mut seen_ids = BTreeMap::new();
+    let destinations = raw
+        .destinations
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw_destination)| {
+            let key = format!("destinations[{i}]");
+            let destination =
+                validate_destination(&key, raw_destination, &raw.defaults, env, problems);
+            if let Some(first) = seen_ids.insert(destination.id, i) {
+                problems.add(
+                    &format!("{key}.id"),
+                    format!(
+                        "{} is already the id of destinations[{first}]; ids must be unique",
+                        destination.id
+                    ),
+                );
+            }
+            Arc::new(destination)
+        })
+        .collect();
+    DeliveryConfig { kafka, destinations }
+}
+
+fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
+    let mut name = |key: &str, value: Option<String>, default: &str| {
+        let value = value.unwrap_or_else(|| default.to_owned());
+        if value.trim().is_empty() {
+            problems.add(&format!("kafka.{key}"), format!("must not be empty (default `{default}`)"));
+        }
+        value
+    };
+    let group_id = name("group_id", raw.group_id, "delivery");
+    let topic = name("topic", raw.topic, "segment-status");
+    let dlq_topic = name("dlq_topic", raw.dlq_topic, "segment-status-dlq");
+    let batch_topic = match raw.batch_topic {
+        None => Some("segment-status-batch".to_owned()),
+        Some(t) if t.trim().is_empty() => None,
+        Some(t) => Some(t),
+    };
+    let session_timeout_ms = raw.session_timeout_ms.unwrap_or(10_000);
+    if !(6_000..=300_000).contains(&session_timeout_ms) {
+        problems.add(
+            "kafka.session_timeout_ms",
+            format!("must be between 6000 and 300000 (the broker's limits), got {session_timeout_ms}"),
+        );
+    }
+    let commit_interval_ms = raw.commit_interval_ms.unwrap_or(1_000);
+    if !(10..=60_000).contains(&commit_interval_ms) {
+        problems.add(
+            "kafka.commit_interval_ms",
+            format!("must be between 10 and 60000, got {commit_interval_ms}"),
+        );
+    }
+    KafkaConfig {
+        group_id,
+        topic,
+        batch_topic,
+        dlq_topic,
+        session_timeout: Duration::from_millis(session_timeout_ms),
+        commit_interval: Duration::from_millis(commit_interval_ms),
+        drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(20_000)),
+    }
+}
+
+fn validate_destination(
+    key: &str,
+    raw: RawDestination,
+    defaults: &RawTuning,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> DestinationConfig {
+    let id = raw.id.unwrap_or_else(|| {
+        problems.add(&format!("{key}.id"), "required: the partner's AAM_Destination_Id (example: `id: 423`)");
+        0
+    });
+    let allow_insecure_http = raw.allow_insecure_http;
+    let url = parse_url(&format!("{key}.url"), raw.url.as_deref(), allow_insecure_http, problems);
+    let client_id = raw.client_id.map(|c| c.to_string()).unwrap_or_else(|| {
+        problems.add(&format!("{key}.client_id"), "required: the Client_ID the partner uses (example: `client_id: \"74323\"`)");
+        String::new()
+    });
+    let user_dpid = raw.user_dpid.unwrap_or_else(|| {
+        problems.add(&format!("{key}.user_dpid"), "required: the device-ID namespace (20914 = Android GAID, 20915 = iOS IDFA)");
+        0
+    });
+
+    let mut segments = BTreeMap::new();
+    if raw.segments.is_empty() {
+        problems.add(
+            &format!("{key}.segments"),
+            "map at least one of our segment ids to the partner's Segment_ID (example: `segments: { \"14356\": \"99\" }`)",
+        );
+    }
+    for (ours, theirs) in raw.segments {
+        let ours_id = match &ours {
+            Scalar::Int(n) => Some(*n),
+            Scalar::Str(s) => s.trim().parse().ok(),
+        };
+        let theirs = theirs.to_string();
+        match ours_id {
+            Some(ours_id) if !theirs.trim().is_empty() => {
+                segments.insert(ours_id, Arc::from(theirs.as_str()));
+            }
+            Some(_) => problems.add(&format!("{key}.segments.{ours}"), "the partner's Segment_ID must not be empty"),
+            None => problems.add(&format!("{key}.segments"), format!("`{ours}` is not one of our segment ids (an unsigned integer)")),
+        }
+    }
+
+    let auth = match raw.auth {
+        None => AuthConfig::None,
+        Some(RawAuth { hmac: Some(_), oauth2: Some(_) }) => {
+            problems.add(&format!("{key}.auth"), "set either `hmac` or `oauth2`, not both");
+            AuthConfig::None
+        }
+        Some(RawAuth { hmac: Some(hmac), oauth2: None }) => {
+            AuthConfig::Hmac(validate_hmac(&format!("{key}.auth.hmac"), hmac, env, problems))
+        }
+        Some(RawAuth { hmac: None, oauth2: Some(oauth) }) => AuthConfig::OAuth2(validate_oauth(
+            &format!("{key}.auth.oauth2"),
+            oauth,
+            allow_insecure_http,
+            env,
+            problems,
+        )),
+        Some(RawAuth { hmac: None, oauth2: None }) => {
+            problems.add(&format!("{key}.auth"), "set `hmac: {…}` or `oauth2: {…}`, or remove `auth`");
+            AuthConfig::None
+        }
+    };
+    if let Some(ca_file) = &raw.ca_file {
+        if let Err(e) = std::fs::read(ca_file) {
+            problems.add(&format!("{key}.ca_file"), format!("cannot read `{}`: {e}", ca_file.display()));
+        }
+    }
+
+    let tuning = validate_tuning(key, &raw.tuning, defaults, problems);
+    DestinationConfig {
+        id,
+        name: raw.name.unwrap_or_else(|| id.to_string()),
+        url,
+        client_id,
+        user_dpid,
+        data_partner: raw.data_partner,
+        segments,
+        auth,
+        ca_file: raw.ca_file,
+        allow_insecure_http,
+        rate_limit_rps: std::num::NonZeroU32::new(raw.rate_limit_rps),
+        gzip: raw.gzip,
+        timeout: tuning.timeout,
+        retries: tuning.retries,
+        retry_backoff: tuning.retry_backoff,
+        success_codes: tuning.success_codes,
+        batch: tuning.batch,
+        max_in_flight: tuning.max_in_flight,
+        queue_capacity: tuning.queue_capacity,
+        circuit: tuning.circuit,
+    }
+}
+
+struct Tuning {
+    timeout: Duration,
+    retries: u32,
+    retry_backoff: Duration,
+    success_codes: Vec<u16>,
+    batch: BatchLimits,
+    max_in_flight: usize,
+    queue_capacity: usize,
+    circuit: CircuitConfig,
+}
+
+/// A destination's value for a tunable key, else `defaults:`'s, else the built-in default.
+fn validate_tuning(key: &str, own: &RawTuning, defaults: &RawTuning, problems: &mut Problems) -> Tuning {
+    let batch = |f: fn(&RawBatch) -> Option<u64>| {
+        own.batch.as_ref().and_then(f).or_else(|| defaults.batch.as_ref().and_then(f))
+    };
+    let circuit = |f: fn(&RawCircuit) -> Option<u64>| {
+        own.circuit.as_ref().and_then(f).or_else(|| defaults.circuit.as_ref().and_then(f))
+    };
+    let mut in_range = |name: &str, value: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
+        if !range.contains(&value) {
+            problems.add(
+                &format!("{key}.{name}"),
+                format!("must be between {} and {}{unit}, got {value}", range.start(), range.end()),
+            );
+        }
+        value
+    };
+
+    let timeout_ms = in_range("timeout_ms", own.timeout_ms.or(defaults.timeout_ms).unwrap_or(3_000), 1..=600_000, " ms");
+    let retries = in_range("retries", own.retries.or(defaults.retries).unwrap_or(1).into(), 0..=10, "");
+    let retry_backoff_ms = in_range("retry_backoff_ms", own.retry_backoff_ms.or(defaults.retry_backoff_ms).unwrap_or(200), 0..=60_000, " ms");
+    let max_users = in_range("batch.max_users", batch(|b| b.max_users.map(|v| v as u64)).unwrap_or(1_000), 1..=100_000, "");
+    let max_bytes = in_range("batch.max_bytes", batch(|b| b.max_bytes.map(|v| v as u64)).unwrap_or(1 << 20), 1_024..=(64 << 20), " bytes");
+    let linger_ms = in_range("batch.linger_ms", batch(|b| b.linger_ms).unwrap_or(250), 0..=60_000, " ms");
+    let max_in_flight = in_range("max_in_flight", own.max_in_flight.or(defaults.max_in_flight).unwrap_or(4) as u64, 1..=256, "");
+    let queue_capacity = in_range("queue_capacity", own.queue_capacity.or(defaults.queue_capacity).unwrap_or(10_000) as u64, 1..=10_000_000, "");
+    let failure_threshold = in_range("circuit.failure_threshold", circuit(|c| c.failure_threshold.map(u64::from)).unwrap_or(5), 1..=1_000_000, "");
+    let cooldown_ms = in_range("circuit.cooldown_ms", circuit(|c| c.cooldown_ms).unwrap_or(30_000), 1..=3_600_000, " ms");
+
+    let success_codes = own.success_codes.clone().or_else(|| defaults.success_codes.clone()).unwrap_or_else(|| vec![200]);
+    if success_codes.is_empty() || success_codes.iter().any(|c| !(100..=599).contains(c)) {
+        problems.add(&format!("{key}.success_codes"), format!("must list HTTP statuses (100–599), e.g. `[200]`; got {success_codes:?}"));
+    }
+
+    Tuning {
+        timeout: Duration::from_millis(timeout_ms),
+        retries: u32::try_from(retries).unwrap_or(1),
+        retry_backoff: Duration::from_millis(retry_backoff_ms),
+        success_codes,
+        batch: BatchLimits {
+            max_users: usize::try_from(max_users).unwrap_or(1_000),
+            max_bytes: usize::try_from(max_bytes).unwrap_or(1 << 20),
+            linger: Duration::from_millis(linger_ms),
+        },
+        max_in_flight: usize::try_from(max_in_flight).unwrap_or(4),
+        queue_capacity: usize::try_from(queue_capacity).unwrap_or(10_000),
+        circuit: CircuitConfig {
+            failure_threshold: u32::try_from(failure_threshold).unwrap_or(5),
+            cooldown: Duration::from_millis(cooldown_ms),
+        },
+    }
+}
+
+fn parse_url(key: &str, url: Option<&str>, allow_insecure_http: bool, problems: &mut Problems) -> reqwest::Url {
+    let fallback = || reqwest::Url::parse("https://invalid.invalid/").unwrap_or_else(|_| unreachable!());
+    let Some(text) = url else {
+        problems.add(key, "required (example: `https://partner.example.com/aam`)");
+        return fallback();
+    };
+    match reqwest::Url::parse(text) {
+        Ok(url) if url.scheme() == "https" => url,
+        Ok(url) if url.scheme() == "http" && allow_insecure_http => url,
+        Ok(url) if url.scheme() == "http" => {
+            problems.add(key, format!("must be https (set `allow_insecure_http: true` to allow http), got `{url}`"));
+            fallback()
+        }
+        Ok(url) => {
+            problems.add(key, format!("must be an https URL, got `{url}`"));
+            fallback()
+        }
+        Err(e) => {
+            problems.add(key, format!("not a URL ({e}): `{text}`"));
+            fallback()
+        }
+    }
+}
+
+/// A secret from `<name>_env` (an environment variable) or `<name>_file` (a file, e.g. a
+/// Kubernetes secret mount; a trailing newline is dropped).
+fn secret(
+    key: &str,
+    name: &str,
+    from_env: Option<&str>,
+    from_file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<Secret> {
+    match (from_env, from_file) {
+        (Some(_), Some(_)) => {
+            problems.add(&format!("{key}.{name}_env"), format!("set either `{name}_env` or `{name}_file`, not both"));
+            None
+        }
+        (Some(var), None) => match env(var).filter(|v| !v.is_empty()) {
+            Some(value) => Some(Secret::new(value)),
+            None => {
+                problems.add(&format!("{key}.{name}_env"), format!("environment variable `{var}` is not set or empty"));
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim_end_matches(['\r', '\n']))),
+            Ok(_) => {
+                problems.add(&format!("{key}.{name}_file"), format!("`{}` is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                problems.add(&format!("{key}.{name}_file"), format!("cannot read `{}`: {e}", path.display()));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn validate_hmac(
+    key: &str,
+    raw: RawHmac,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> HmacConfig {
+    let signing_key = secret(key, "key", raw.key_env.as_deref(), raw.key_file.as_deref(), env, problems);
+    if signing_key.is_none() && raw.key_env.is_none() && raw.key_file.is_none() {
+        problems.add(&format!("{key}.key_env"), "required: the environment variable (or `key_file`) holding the shared secret key");
+    }
+    let algorithm = match raw.algorithm.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("sha256") => HmacAlgorithm::Sha256,
+        Some("sha1") => HmacAlgorithm::Sha1,
+        Some("md5") => HmacAlgorithm::Md5,
+        Some(other) => {
+            problems.add(&format!("{key}.algorithm"), format!("must be md5, sha1 or sha256, got `{other}`"));
+            HmacAlgorithm::Sha256
+        }
+    };
+    let header = raw.header.unwrap_or_else(|| "X-Signature".to_owned());
+    check_header_name(&format!("{key}.header"), &header, problems);
+    let previous_key = secret(key, "previous_key", raw.previous_key_env.as_deref(), raw.previous_key_file.as_deref(), env, problems);
+    let previous = match (previous_key, raw.previous_header) {
+        (Some(previous_key), header) => {
+            let header = header.unwrap_or_else(|| "X-Signature-Previous".to_owned());
+            check_header_name(&format!("{key}.previous_header"), &header, problems);
+            Some((previous_key, header))
+        }
+        (None, Some(_)) => {
+            if raw.previous_key_env.is_none() && raw.previous_key_file.is_none() {
+                problems.add(&format!("{key}.previous_header"), "set only with `previous_key_env` or `previous_key_file`");
+            }
+            None
+        }
+        (None, None) => None,
+    };
+    HmacConfig { key: signing_key.unwrap_or_else(|| Secret::new("")), header, algorithm, previous }
+}
+
+fn check_header_name(key: &str, header: &str, problems: &mut Problems) {
+    if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        problems.add(key, format!("`{header}` is not a valid HTTP header name"));
+    }
+}
+
+fn validate_oauth(
+    key: &str,
+    raw: RawOauth,
+    allow_insecure_http: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> OAuthConfig {
+    let token_url = parse_url(&format!("{key}.token_url"), raw.token_url.as_deref(), allow_insecure_http, problems);
+    let client_id = match (raw.client_id, secret(key, "client_id", raw.client_id_env.as_deref(), raw.client_id_file.as_deref(), env, problems)) {
+        (Some(_), Some(_)) => {
+            problems.add(&format!("{key}.client_id"), "set one of `client_id`, `client_id_env`, `client_id_file`");
+            String::new()
+        }
+        (Some(id), None) => id,
+        (None, Some(id)) => id.expose().to_owned(),
+        (None, None) => {
+            if raw.client_id_env.is_none() && raw.client_id_file.is_none() {
+                problems.add(&format!("{key}.client_id"), "required: `client_id`, `client_id_env` or `client_id_file`");
+            }
+            String::new()
+        }
+    };
+    let client_secret = secret(key, "client_secret", raw.client_secret_env.as_deref(), raw.client_secret_file.as_deref(), env, problems);
+    if client_secret.is_none() && raw.client_secret_env.is_none() && raw.client_secret_file.is_none() {
+        problems.add(&format!("{key}.client_secret_env"), "required: the environment variable (or `client_secret_file`) holding the client secret");
+    }
+    OAuthConfig { token_url, client_id, client_secret: client_secret.unwrap_or_else(|| Secret::new("")) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! segment-relay delivery: consumes segment status changes from Kafka, batches them per
+//! partner destination and POSTs them as signed JSON over HTTPS, at least once, in order per
+//! user, with retries, a dead-letter topic and a circuit breaker per destination.
+//!
+//! One file per stage of an event's way through the service:
+//! [`config`] → [`consumer`] → [`router`] → [`batcher`] → [`payload`] → [`auth`] →
+//! [`sender`] → [`dead_letter`], with [`offsets`] deciding what may be committed.
+
+pub mod config;
+pub mod batcher;
+pub mod metrics;
+pub mod offsets;
+pub mod payload;
+pub mod router;

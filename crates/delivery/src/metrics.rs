@@ -1,0 +1,187 @@
+//! Delivery's Prometheus metrics. The names and labels are a public interface (dashboards and
+//! alerts use them): see the README before changing one.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Every delivery metric, registered once; per-destination handles come from
+/// [`Metrics::destination`] so the hot path does no label lookups.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    events: IntCounterVec,
+    requests: IntCounterVec,
+    retries: IntCounterVec,
+    request_duration: HistogramVec,
+    end_to_end_latency: HistogramVec,
+    batch_users: HistogramVec,
+    batch_bytes: HistogramVec,
+    queue_depth: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    circuit_open: IntGaugeVec,
+    oauth_token_requests: IntCounterVec,
+    pub decode_errors: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub committed_offset: IntGaugeVec,
+}
+
+/// The outcome label of `delivery_requests_total`: a closed set, so cardinality stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    Success,
+    HttpStatus,
+    Timeout,
+    Connect,
+    Tls,
+}
+
+impl RequestOutcome {
+    pub const ALL: [Self; 5] = [Self::Success, Self::HttpStatus, Self::Timeout, Self::Connect, Self::Tls];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::HttpStatus => "http_status",
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+/// The handles of one destination.
+#[derive(Debug, Clone)]
+pub struct DestinationMetrics {
+    pub delivered: IntCounter,
+    pub dead_lettered: IntCounter,
+    requests: [IntCounter; 5],
+    pub retries: IntCounter,
+    pub request_duration: Histogram,
+    pub end_to_end_latency: Histogram,
+    pub batch_users: Histogram,
+    pub batch_bytes: Histogram,
+    pub queue_depth: IntGauge,
+    pub in_flight: IntGauge,
+    pub circuit_open: IntGauge,
+    pub oauth_token_ok: IntCounter,
+    pub oauth_token_error: IntCounter,
+}
+
+impl DestinationMetrics {
+    pub fn request(&self, outcome: RequestOutcome) -> &IntCounter {
+        &self.requests[outcome as usize]
+    }
+}
+
+fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    prometheus::exponential_buckets(start, factor, count).unwrap_or_default()
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let latency = buckets(0.005, 2.0, 13); // 5 ms … 20 s
+        let metrics = Self {
+            events: IntCounterVec::new(
+                Opts::new("delivery_events_total", "Status changes finished per destination: delivered (200) or dead-lettered."),
+                &["destination", "outcome"],
+            )?,
+            requests: IntCounterVec::new(
+                Opts::new("delivery_requests_total", "HTTP attempts per destination by outcome."),
+                &["destination", "outcome"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new("delivery_retries_total", "Retried requests per destination."),
+                &["destination"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new("delivery_request_duration_seconds", "Duration of one HTTP attempt.")
+                    .buckets(latency.clone()),
+                &["destination"],
+            )?,
+            end_to_end_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "delivery_end_to_end_latency_seconds",
+                    "From a status change's time to the partner's success answer.",
+                )
+                .buckets(buckets(0.01, 2.0, 14)),
+                &["destination"],
+            )?,
+            batch_users: HistogramVec::new(
+                HistogramOpts::new("delivery_batch_users", "Distinct users per request.")
+                    .buckets(buckets(1.0, 2.0, 15)),
+                &["destination"],
+            )?,
+            batch_bytes: HistogramVec::new(
+                HistogramOpts::new("delivery_batch_bytes", "JSON body bytes per request (before gzip).")
+                    .buckets(buckets(256.0, 2.0, 15)),
+                &["destination"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("delivery_queue_depth", "Status changes waiting in the destination's queues and open batches."),
+                &["destination"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new("delivery_in_flight_requests", "Requests being sent to the destination now."),
+                &["destination"],
+            )?,
+            circuit_open: IntGaugeVec::new(
+                Opts::new("delivery_circuit_open", "1 while the destination is cut off after sustained failure."),
+                &["destination"],
+            )?,
+            oauth_token_requests: IntCounterVec::new(
+                Opts::new("delivery_oauth_token_requests_total", "OAuth token requests per destination by outcome (ok, error)."),
+                &["destination", "outcome"],
+            )?,
+            decode_errors: IntCounter::new(
+                "delivery_decode_errors_total",
+                "Input messages that could not be decoded (dead-lettered with their bytes).",
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new("delivery_consumer_lag", "Messages behind the partition's end, per assigned partition."),
+                &["topic", "partition"],
+            )?,
+            committed_offset: IntGaugeVec::new(
+                Opts::new("delivery_committed_offset", "Last committed offset per partition."),
+                &["topic", "partition"],
+            )?,
+        };
+        registry.register(Box::new(metrics.events.clone()))?;
+        registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.retries.clone()))?;
+        registry.register(Box::new(metrics.request_duration.clone()))?;
+        registry.register(Box::new(metrics.end_to_end_latency.clone()))?;
+        registry.register(Box::new(metrics.batch_users.clone()))?;
+        registry.register(Box::new(metrics.batch_bytes.clone()))?;
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
+        registry.register(Box::new(metrics.in_flight.clone()))?;
+        registry.register(Box::new(metrics.circuit_open.clone()))?;
+        registry.register(Box::new(metrics.oauth_token_requests.clone()))?;
+        registry.register(Box::new(metrics.decode_errors.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.committed_offset.clone()))?;
+        Ok(metrics)
+    }
+
+    /// The handles of destination `id`; every series exists (at 0) from start-up on, so
+    /// dashboards and alerts see it before the first event.
+    pub fn destination(&self, id: u64) -> DestinationMetrics {
+        let id = id.to_string();
+        let d = id.as_str();
+        DestinationMetrics {
+            delivered: self.events.with_label_values(&[d, "delivered"]),
+            dead_lettered: self.events.with_label_values(&[d, "dead_lettered"]),
+            requests: RequestOutcome::ALL.map(|o| self.requests.with_label_values(&[d, o.label()])),
+            retries: self.retries.with_label_values(&[d]),
+            request_duration: self.request_duration.with_label_values(&[d]),
+            end_to_end_latency: self.end_to_end_latency.with_label_values(&[d]),
+            batch_users: self.batch_users.with_label_values(&[d]),
+            batch_bytes: self.batch_bytes.with_label_values(&[d]),
+            queue_depth: self.queue_depth.with_label_values(&[d]),
+            in_flight: self.in_flight.with_label_values(&[d]),
+            circuit_open: self.circuit_open.with_label_values(&[d]),
+            oauth_token_ok: self.oauth_token_requests.with_label_values(&[d, "ok"]),
+            oauth_token_error: self.oauth_token_requests.with_label_values(&[d, "error"]),
+        }
+    }
+}
