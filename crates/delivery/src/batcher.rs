@@ -75,14 +75,6 @@ pub struct DestinationBatch {
     header_bytes: usize,
 }
 
-/// Why an event was not added.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AddOutcome {
-    Added,
-    /// Adding it would pass a limit: send this batch first, then add it to the next.
-    Full,
-}
-
 impl DestinationBatch {
     pub fn new(destination: Arc<DestinationConfig>) -> Self {
         let header_bytes = header_bytes(&destination);
@@ -121,9 +113,10 @@ impl DestinationBatch {
         self.users.len() >= limits.max_users || self.body_bytes() >= limits.max_bytes
     }
 
-    /// Adds `event` unless that would pass `max_users` or `max_bytes` (an empty batch always
-    /// takes it, so one oversized user is still sent, alone).
-    pub fn add(&mut self, event: RoutedEvent) -> AddOutcome {
+    /// Adds `event` unless that would pass `max_users` or `max_bytes`: then it is handed back,
+    /// to go into the next batch once this one is sent. An empty batch always takes it, so one
+    /// oversized user is still sent, alone.
+    pub fn add(&mut self, event: RoutedEvent) -> Result<(), RoutedEvent> {
         let limits = self.destination.batch;
         let key = UserKey(event.update.clone());
         let existing = self.index.get(&key).copied();
@@ -149,7 +142,7 @@ impl DestinationBatch {
             let users_after = self.users.len() + usize::from(existing.is_none());
             let body_after = self.header_bytes + digits(entries as u64) + users_bytes;
             if users_after > limits.max_users || body_after > limits.max_bytes {
-                return AddOutcome::Full;
+                return Err(event);
             }
         }
         let user = BatchUser {
@@ -168,7 +161,7 @@ impl DestinationBatch {
         self.users_bytes = users_bytes;
         self.entries = entries;
         self.events.push(event);
-        AddOutcome::Added
+        Ok(())
     }
 
     /// Empties the batch for reuse, returning its events.
@@ -189,7 +182,7 @@ impl DestinationBatch {
         let events = self.take_events();
         for event in events.into_iter().filter(|e| keep(e)) {
             // Fewer events than before: they fit.
-            let _ = self.add(event);
+            let _fits = self.add(event);
         }
     }
 }

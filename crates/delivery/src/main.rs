@@ -1,34 +1,113 @@
-//! `delivery`: Delivers segment status changes to partner destinations as batched, signed JSON over HTTPS.
-//!
-//! Today this binary is the service's shell (admin endpoints, Kafka connectivity, clean
-//! shutdown); the pipeline itself lands with its own issue.
+//! `delivery`: delivers segment status changes to partner destinations as batched, signed JSON
+//! over HTTPS — at least once, in order per user, with retries and a dead-letter topic.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use delivery::config::DeliveryConfig;
 use telemetry::ServiceRuntime;
 
-/// Delivers segment status changes to partner destinations as batched, signed JSON over HTTPS.
+/// Delivers segment status changes from Kafka to partner destinations as batched, signed JSON
+/// over HTTPS: at least once, in order per user, with one retry and a dead-letter topic.
+///
+/// Kafka connection settings come from the environment (KAFKA_BROKERS, KAFKA_SECURITY_PROTOCOL,
+/// KAFKA_SASL_*, KAFKA_SSL_*); see the README.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
+    /// The destinations file (destinations.yaml).
+    #[arg(long, env = "DELIVERY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
     /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9102")]
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9102", global = true)]
     admin_addr: SocketAddr,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Validate a destinations file and print every problem at once; exit 1 if any.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Re-send a destination's dead-lettered events through the normal path and report how
+    /// many were delivered. Events that fail again are dead-lettered again.
+    Replay {
+        /// The destination id (`AAM_Destination_Id`) whose dead letters to re-send.
+        #[arg(long)]
+        destination: u64,
+        /// Only dead letters written at or after this time (RFC 3339, e.g. 2026-11-28T10:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Only dead letters written at or before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+    },
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time like 2026-11-28T10:00:00Z: {e}"))?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).map_err(|_| "time out of range".to_owned())
+}
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<DeliveryConfig> {
+    let path = config.context("--config FILE (or DELIVERY_CONFIG) is required: the destinations file")?;
+    Ok(DeliveryConfig::load(path)?)
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = ServiceRuntime::start(cli.admin_addr).await?;
-    runtime.wait_for_kafka().await;
-    runtime.health.set_ready();
-    tracing::info!("Ready.");
-    runtime
-        .wait_for_shutdown()
-        .await
-        .context("admin server failed")?;
-    tracing::info!("Stopped.");
-    Ok(())
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            // Plain text on stderr, whatever the log format: this is for the operator.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("delivery: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { file } => {
+            DeliveryConfig::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let config = load(cli.config.as_ref())?;
+            let runtime = ServiceRuntime::start(cli.admin_addr).await?;
+            if runtime.wait_for_kafka().await {
+                delivery::service::run(config, &runtime).await?;
+            }
+            runtime.finish().await.context("admin server failed")?;
+            tracing::info!("Stopped.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { destination, since, until } => {
+            let config = load(cli.config.as_ref())?;
+            telemetry::init_logging()?;
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let report = delivery::replay::replay(&config, &kafka, destination, since, until).await?;
+            println!(
+                "replayed {} events from {} dead letters of destination {destination}: {} delivered, {} dead-lettered again",
+                report.events, report.records, report.delivered, report.dead_lettered_again
+            );
+            Ok(if report.dead_lettered_again == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        }
+    }
 }

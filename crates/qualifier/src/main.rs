@@ -22,13 +22,12 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = ServiceRuntime::start(cli.admin_addr).await?;
-    runtime.wait_for_kafka().await;
-    runtime.health.set_ready();
-    tracing::info!("Ready.");
-    runtime
-        .wait_for_shutdown()
-        .await
-        .context("admin server failed")?;
+    if runtime.wait_for_kafka().await {
+        runtime.health.set_ready();
+        tracing::info!("Ready.");
+        runtime.shutdown.cancelled().await;
+    }
+    runtime.finish().await.context("admin server failed")?;
     tracing::info!("Stopped.");
     Ok(())
 }

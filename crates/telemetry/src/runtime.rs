@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::{AdminServer, Health, KafkaConfigError, KafkaSettings, LoggingError, new_registry};
 
@@ -31,12 +32,16 @@ pub struct ServiceRuntime {
     pub registry: Registry,
     pub health: Health,
     pub admin_addr: SocketAddr,
+    /// Cancelled on the first SIGTERM / SIGINT: the service stops taking work and drains.
+    pub shutdown: CancellationToken,
+    admin_stop: CancellationToken,
     admin: JoinHandle<std::io::Result<()>>,
 }
 
 impl ServiceRuntime {
     /// Installs logging, validates the Kafka environment, and serves the admin endpoints on
-    /// `admin_addr` (not ready until the service says so) until the process receives SIGTERM.
+    /// `admin_addr` (not ready until the service says so) until [`ServiceRuntime::finish`],
+    /// so `/metrics` stays up while the service drains after SIGTERM.
     pub async fn start(admin_addr: SocketAddr) -> Result<Self, StartError> {
         crate::init_logging()?;
         let kafka = KafkaSettings::from_env()?;
@@ -49,40 +54,45 @@ impl ServiceRuntime {
                 source,
             })?;
         let admin_addr = server.local_addr().unwrap_or(admin_addr);
-        let admin = tokio::spawn(server.serve(crate::shutdown_signal()));
+        let admin_stop = CancellationToken::new();
+        let admin = tokio::spawn(server.serve(admin_stop.clone().cancelled_owned()));
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            on_signal.cancel();
+        });
         tracing::info!(%admin_addr, brokers = %kafka.brokers, "Admin server listening.");
-        Ok(Self {
-            kafka,
-            registry,
-            health,
-            admin_addr,
-            admin,
-        })
+        Ok(Self { kafka, registry, health, admin_addr, shutdown, admin_stop, admin })
     }
 
     /// Waits until a Kafka broker answers a metadata request, retrying every few seconds and
-    /// saying so in `/readyz` meanwhile.
-    pub async fn wait_for_kafka(&self) {
-        self.health
-            .set_not_ready(format!("waiting for Kafka at {}", self.kafka.brokers));
+    /// saying so in `/readyz` meanwhile. Returns false if shutdown was requested first.
+    pub async fn wait_for_kafka(&self) -> bool {
+        self.health.set_not_ready(format!("waiting for Kafka at {}", self.kafka.brokers));
         loop {
             let kafka = self.kafka.clone();
             let answer =
                 tokio::task::spawn_blocking(move || kafka.check_connection(Duration::from_secs(5)))
                     .await;
             match answer {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => return true,
                 Ok(Err(error)) => {
                     tracing::warn!(%error, brokers = %self.kafka.brokers, "Kafka does not answer yet; retrying.");
                 }
                 Err(error) => tracing::warn!(%error, "Kafka connection check failed; retrying."),
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::select! {
+                () = self.shutdown.cancelled() => return false,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
         }
     }
 
-    /// Waits for the admin server to finish (it stops on SIGTERM / SIGINT).
-    pub async fn wait_for_shutdown(self) -> std::io::Result<()> {
+    /// Stops the admin server: the last step of a shutdown.
+    pub async fn finish(self) -> std::io::Result<()> {
+        self.health.set_not_ready("shutting down");
+        self.admin_stop.cancel();
         match self.admin.await {
             Ok(result) => result,
             Err(join) => Err(std::io::Error::other(join)),

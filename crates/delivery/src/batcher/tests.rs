@@ -60,8 +60,8 @@ fn body(batch: &DestinationBatch) -> String {
 #[test]
 fn golden_body_strings_everywhere_regions_omitted_when_empty() {
     let mut batch = DestinationBatch::new(destination(""));
-    batch.add(update("u1", &[6, 7], &[], vec![change(14356, true, T0), change(12176, false, T0)]));
-    batch.add(update("u2", &[], &[], vec![change(14356, true, T0 - 1_000), change(777, true, T0)]));
+    batch.add(update("u1", &[6, 7], &[], vec![change(14356, true, T0), change(12176, false, T0)])).unwrap();
+    batch.add(update("u2", &[], &[], vec![change(14356, true, T0 - 1_000), change(777, true, T0)])).unwrap();
     assert_eq!(
         body(&batch),
         concat!(
@@ -79,8 +79,8 @@ fn golden_body_strings_everywhere_regions_omitted_when_empty() {
 #[test]
 fn golden_body_one_entry_per_synced_partner_id() {
     let mut batch = DestinationBatch::new(destination(", data_partner: 1234"));
-    batch.add(update("u1", &[], &["p-a", "p-b"], vec![change(14356, false, 1_467_821_862_000)]));
-    batch.add(update("u2", &[3], &[], vec![change(14356, true, T0)]));
+    batch.add(update("u1", &[], &["p-a", "p-b"], vec![change(14356, false, 1_467_821_862_000)])).unwrap();
+    batch.add(update("u2", &[3], &[], vec![change(14356, true, T0)])).unwrap();
     assert_eq!(batch.entry_count(), 3);
     assert_eq!(
         body(&batch),
@@ -96,11 +96,11 @@ fn golden_body_one_entry_per_synced_partner_id() {
 #[test]
 fn latest_status_per_user_and_segment_wins_within_a_batch() {
     let mut batch = DestinationBatch::new(destination(""));
-    batch.add(update("u1", &[6], &[], vec![change(14356, true, T0), change(12176, true, T0)]));
-    batch.add(update("u2", &[], &[], vec![change(14356, true, T0)]));
-    batch.add(update("u1", &[6, 9], &[], vec![change(14356, false, T0 + 1_000)]));
+    batch.add(update("u1", &[6], &[], vec![change(14356, true, T0), change(12176, true, T0)])).unwrap();
+    batch.add(update("u2", &[], &[], vec![change(14356, true, T0)])).unwrap();
+    batch.add(update("u1", &[6, 9], &[], vec![change(14356, false, T0 + 1_000)])).unwrap();
     // Our 500 maps to their 99 too: the partner sees one status for Segment_ID 99.
-    batch.add(update("u1", &[6, 9], &[], vec![change(500, false, T0 + 2_000)]));
+    batch.add(update("u1", &[6, 9], &[], vec![change(500, false, T0 + 2_000)])).unwrap();
     assert_eq!(batch.users.len(), 2);
     assert_eq!(batch.events.len(), 4);
     assert_eq!(
@@ -118,14 +118,14 @@ fn latest_status_per_user_and_segment_wins_within_a_batch() {
 #[test]
 fn max_users_closes_the_batch() {
     let mut batch = DestinationBatch::new(destination(", batch: { max_users: 2 }"));
-    assert_eq!(batch.add(update("u1", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Added);
-    assert_eq!(batch.add(update("u2", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Added);
+    assert!(batch.add(update("u1", &[], &[], vec![change(14356, true, T0)])).is_ok());
+    assert!(batch.add(update("u2", &[], &[], vec![change(14356, true, T0)])).is_ok());
     assert!(batch.is_full());
-    assert_eq!(batch.add(update("u1", &[], &[], vec![change(14356, false, T0)])), AddOutcome::Added, "a known user fits");
-    assert_eq!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Full);
+    assert!(batch.add(update("u1", &[], &[], vec![change(14356, false, T0)])).is_ok(), "a known user fits");
+    assert!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])).is_err());
     assert_eq!(batch.take_events().len(), 3);
     assert!(batch.is_empty());
-    assert_eq!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])), AddOutcome::Added);
+    assert!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])).is_ok());
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn idempotency_key_depends_on_the_events_only() {
     let make = |users: &[&str]| {
         let mut batch = DestinationBatch::new(destination(""));
         for user in users {
-            batch.add(update(user, &[], &[], vec![change(14356, true, T0)]));
+            batch.add(update(user, &[], &[], vec![change(14356, true, T0)])).unwrap();
         }
         batch
     };
@@ -162,12 +162,12 @@ proptest! {
             let partner_ids: Vec<&str> = partner_ids.iter().map(String::as_str).collect();
             let changes = changes.into_iter().map(|(s, a, t)| change(s, a, t)).collect();
             let event = update(&format!("user-{user}{suffix}"), &regions, &partner_ids, changes);
-            if batch.add(event.clone()) == AddOutcome::Full {
+            if let Err(event) = batch.add(event) {
                 let text = body(&batch);
                 prop_assert!(batch.users.len() <= 5);
                 prop_assert!(text.len() <= max_bytes || batch.users.len() == 1);
                 batch.take_events();
-                prop_assert_eq!(batch.add(event), AddOutcome::Added);
+                prop_assert!(batch.add(event).is_ok());
             }
             let text = body(&batch);
             prop_assert!(text.len() <= max_bytes || batch.users.len() == 1);

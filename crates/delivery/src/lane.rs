@@ -1,0 +1,130 @@
+//! One lane of one destination: a bounded queue feeding a batcher and at most one request in
+//! flight. A user always goes through the same lane of a destination (by hash of the user id),
+//! so with `max_in_flight` lanes sending in parallel a user's changes still reach the partner
+//! in order — retries included, since a lane sends nothing new until its batch is finished.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::batcher::{DestinationBatch, RoutedEvent};
+use crate::dead_letter::DeadLetterWriter;
+use crate::offsets::Watermarks;
+use crate::payload::{idempotency_key, write_body};
+use crate::sender::{DestinationSender, unix_ms_now};
+
+/// The lane a user's events go through, of `lanes` lanes.
+pub fn lane_of(user_id: &str, lanes: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    user_id.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
+}
+
+#[derive(Debug)]
+pub struct Lane {
+    pub events: mpsc::Receiver<RoutedEvent>,
+    pub sender: Arc<DestinationSender>,
+    pub dead_letters: Arc<DeadLetterWriter>,
+    /// The input's watermarks (`None` when replaying dead letters, which have no offsets).
+    pub watermarks: Option<Watermarks>,
+    /// The input topic, part of the idempotency key.
+    pub input_topic: Arc<str>,
+}
+
+impl Lane {
+    /// Runs until the queue is closed and drained: the last batch is sent before returning.
+    pub async fn run(mut self) {
+        let destination = self.sender.config.clone();
+        let linger = destination.batch.linger;
+        let mut batch = DestinationBatch::new(destination);
+        let mut carried: Option<RoutedEvent> = None;
+        loop {
+            let first = match carried.take() {
+                Some(event) => event,
+                None => match self.events.recv().await {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            let _fits_an_empty_batch = batch.add(first);
+            let deadline = Instant::now() + linger;
+            let mut closed = false;
+            while !batch.is_full() {
+                tokio::select! {
+                    biased;
+                    event = self.events.recv() => match event {
+                        Some(event) => {
+                            if let Err(event) = batch.add(event) {
+                                carried = Some(event);
+                                break;
+                            }
+                        }
+                        None => {
+                            closed = true;
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.finish_batch(&mut batch).await;
+            if closed && carried.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Sends the batch (or dead-letters it), then finishes its events' offsets.
+    async fn finish_batch(&self, batch: &mut DestinationBatch) {
+        let queued = batch.events.len();
+        if let Some(watermarks) = &self.watermarks {
+            // Events of a partition revoked meanwhile belong to its new owner now.
+            let table = watermarks.lock();
+            batch.retain(|e| e.source.is_none_or(|s| table.is_current(s.assignment)));
+        }
+        let metrics = &self.sender.metrics;
+        if !batch.is_empty() {
+            let mut body = Vec::with_capacity(batch.body_bytes());
+            write_body(batch, unix_ms_now(), &mut body);
+            let key = idempotency_key(batch, &self.input_topic);
+            metrics.batch_users.observe(batch.users.len() as f64);
+            metrics.batch_bytes.observe(body.len() as f64);
+            match self.sender.send(body, &key).await {
+                Ok(()) => {
+                    let now = unix_ms_now();
+                    for user in &batch.users {
+                        for segment in &user.segments {
+                            let latency_ms = now.saturating_sub(segment.time_unix_ms).max(0);
+                            metrics.end_to_end_latency.observe(latency_ms as f64 / 1000.0);
+                        }
+                    }
+                    metrics.delivered.inc_by(batch.events.len() as u64);
+                }
+                Err(failure) => {
+                    tracing::warn!(
+                        destination = self.sender.config.id,
+                        events = batch.events.len(),
+                        attempts = failure.attempts,
+                        error_class = failure.class.as_str_name(),
+                        error = %failure.error,
+                        "Batch not delivered; its events go to the dead-letter topic."
+                    );
+                    self.dead_letters
+                        .write_failed_batch(self.sender.config.id, &batch.events, &failure)
+                        .await;
+                    metrics.dead_lettered.inc_by(batch.events.len() as u64);
+                }
+            }
+        }
+        let events = batch.take_events();
+        if let Some(watermarks) = &self.watermarks {
+            let mut table = watermarks.lock();
+            for source in events.iter().filter_map(|e| e.source) {
+                table.finish(source.assignment, source.offset);
+            }
+        }
+        metrics.queue_depth.sub(queued as i64);
+    }
+}

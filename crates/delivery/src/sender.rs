@@ -1,0 +1,273 @@
+//! A body → one destination over HTTPS: authentication, timeout per attempt, success only for
+//! the destination's success codes, one retry (by default) with jitter, the circuit breaker,
+//! the rate limit, and the metrics of every attempt.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use model::ErrorClass;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+
+use crate::auth::{Auth, HmacSigner, OAuthTokenSource};
+use crate::circuit::Circuit;
+use crate::config::{AuthConfig, DestinationConfig};
+use crate::metrics::{DestinationMetrics, RequestOutcome};
+
+/// Why a batch was not delivered, after its last attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub class: ErrorClass,
+    /// The last error, without URLs, secrets or tokens.
+    pub error: String,
+    pub attempts: u32,
+    pub first_attempt_unix_ms: i64,
+    pub last_attempt_unix_ms: i64,
+}
+
+/// Retry or not, after one attempt.
+enum Attempt {
+    Success,
+    Retry { class: ErrorClass, error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SenderBuildError {
+    #[error("destination {id}: ca_file `{path}`: {reason}")]
+    CaFile { id: u64, path: String, reason: String },
+    #[error("destination {id}: cannot build an HTTPS client: {0}", id = .1)]
+    Client(reqwest::Error, u64),
+}
+
+/// Everything needed to send to one destination, shared by all its lanes (and by the
+/// real-time and batch pipelines): one connection pool, one token cache, one circuit.
+#[derive(Debug)]
+pub struct DestinationSender {
+    pub config: Arc<DestinationConfig>,
+    client: reqwest::Client,
+    auth: Auth,
+    circuit: Circuit,
+    rate_limiter: Option<DefaultDirectRateLimiter>,
+    pub metrics: DestinationMetrics,
+}
+
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl DestinationSender {
+    pub fn new(
+        config: Arc<DestinationConfig>,
+        metrics: DestinationMetrics,
+    ) -> Result<Self, SenderBuildError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .pool_max_idle_per_host(config.max_in_flight * 2)
+            .user_agent(concat!("segment-relay-delivery/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let ca_error = |reason: String| SenderBuildError::CaFile {
+                id: config.id,
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_error(format!("not PEM certificates: {e}")))?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder.build().map_err(|e| SenderBuildError::Client(e, config.id))?;
+        let auth = match &config.auth {
+            AuthConfig::None => Auth::None,
+            AuthConfig::Hmac(hmac) => Auth::Hmac(HmacSigner::new(hmac.clone())),
+            AuthConfig::OAuth2(oauth) => Auth::OAuth2(OAuthTokenSource::new(
+                oauth.clone(),
+                client.clone(),
+                config.timeout,
+                metrics.oauth_token_ok.clone(),
+                metrics.oauth_token_error.clone(),
+            )),
+        };
+        let circuit = Circuit::new(config.circuit, metrics.circuit_open.clone());
+        let rate_limiter = config.rate_limit_rps.map(|rps| RateLimiter::direct(Quota::per_second(rps)));
+        Ok(Self { config, client, auth, circuit, rate_limiter, metrics })
+    }
+
+    /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent.
+    pub async fn send(&self, json: Vec<u8>, idempotency_key: &str) -> Result<(), Failure> {
+        let first_attempt_unix_ms = unix_ms_now();
+        if !self.circuit.allow() {
+            return Err(Failure {
+                class: ErrorClass::CircuitOpen,
+                error: format!(
+                    "circuit open: {} batches in a row failed; next probe after the cool-down",
+                    self.config.circuit.failure_threshold
+                ),
+                attempts: 0,
+                first_attempt_unix_ms,
+                last_attempt_unix_ms: first_attempt_unix_ms,
+            });
+        }
+        let signatures: Vec<_> = match &self.auth {
+            Auth::Hmac(signer) => signer.headers(&json).collect(),
+            Auth::None | Auth::OAuth2(_) => Vec::new(),
+        };
+        let body = Bytes::from(if self.config.gzip { gzip(&json) } else { json });
+
+        let attempts = 1 + self.config.retries;
+        let mut last = (ErrorClass::Unspecified, String::new());
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                self.metrics.retries.inc();
+                tokio::time::sleep(jittered(self.config.retry_backoff)).await;
+            }
+            if let Some(limiter) = &self.rate_limiter {
+                limiter.until_ready().await;
+            }
+            match self.attempt(&body, idempotency_key, &signatures).await {
+                Attempt::Success => {
+                    if self.circuit.record_success() {
+                        tracing::info!(destination = self.config.id, "Destination answers again; circuit closed.");
+                    }
+                    return Ok(());
+                }
+                Attempt::Retry { class, error } => last = (class, error),
+            }
+        }
+        if self.circuit.record_failure() {
+            tracing::warn!(
+                destination = self.config.id,
+                cooldown_ms = self.config.circuit.cooldown.as_millis() as u64,
+                "Destination keeps failing; circuit opened: its batches go to the dead-letter topic until a probe succeeds."
+            );
+        }
+        Err(Failure {
+            class: last.0,
+            error: last.1,
+            attempts,
+            first_attempt_unix_ms,
+            last_attempt_unix_ms: unix_ms_now(),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        body: &Bytes,
+        idempotency_key: &str,
+        signatures: &[(reqwest::header::HeaderName, HeaderValue)],
+    ) -> Attempt {
+        let mut request = self
+            .client
+            .post(self.config.url.clone())
+            .timeout(self.config.timeout)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("Idempotency-Key", idempotency_key)
+            .body(body.clone());
+        if self.config.gzip {
+            request = request.header(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        for (name, value) in signatures {
+            request = request.header(name.clone(), value.clone());
+        }
+        let token = match &self.auth {
+            Auth::OAuth2(tokens) => match tokens.token().await {
+                Ok(token) => {
+                    request = request.bearer_auth(&token);
+                    Some((tokens, token))
+                }
+                Err(error) => {
+                    return Attempt::Retry { class: ErrorClass::Auth, error: error.to_string() };
+                }
+            },
+            Auth::None | Auth::Hmac(_) => None,
+        };
+
+        self.metrics.in_flight.inc();
+        let started = tokio::time::Instant::now();
+        // The whole response, body included, must arrive within the timeout.
+        let result = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                response.bytes().await.map(|_| status)
+            }
+            Err(error) => Err(error),
+        };
+        self.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+
+        match result {
+            Ok(status) if self.config.success_codes.contains(&status.as_u16()) => {
+                self.metrics.request(RequestOutcome::Success).inc();
+                Attempt::Success
+            }
+            Ok(status) => {
+                self.metrics.request(RequestOutcome::HttpStatus).inc();
+                if status == StatusCode::UNAUTHORIZED {
+                    if let Some((tokens, token)) = token {
+                        // Fetch a fresh token for the retry.
+                        tokens.invalidate(&token).await;
+                    }
+                }
+                tracing::warn!(destination = self.config.id, status = status.as_u16(), "Partner did not accept a batch.");
+                Attempt::Retry { class: ErrorClass::HttpStatus, error: format!("HTTP {}", status.as_u16()) }
+            }
+            Err(error) => {
+                let (outcome, class) = classify(&error);
+                self.metrics.request(outcome).inc();
+                let error = error.without_url();
+                tracing::warn!(destination = self.config.id, outcome = outcome.label(), error = %error, "Request to partner failed.");
+                Attempt::Retry { class, error: error_chain(&error) }
+            }
+        }
+    }
+}
+
+/// Timeout, TLS or connection: the closed set that becomes a metric label.
+fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
+    if error.is_timeout() {
+        return (RequestOutcome::Timeout, ErrorClass::Timeout);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        let is_tls = e.downcast_ref::<rustls::Error>().is_some()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if is_tls {
+            return (RequestOutcome::Tls, ErrorClass::Tls);
+        }
+        source = e.source();
+    }
+    (RequestOutcome::Connect, ErrorClass::Connect)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Between half and one and a half times `base`, so retries of many lanes spread out.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.5 + fastrand::f64())
+}
+
+fn gzip(json: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(json);
+    encoder.finish().unwrap_or_default()
+}
