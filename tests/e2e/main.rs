@@ -3,5 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+mod delivery;
 mod kafka_roundtrip;
 mod service_shell;

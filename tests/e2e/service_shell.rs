@@ -1,5 +1,6 @@
-//! Every service binary starts with the shared runtime: admin endpoints, readiness once Kafka
-//! answers, clean exit on SIGTERM, and a clear refusal of bad settings.
+//! The shared service runtime (today exercised through the qualifier's shell): admin
+//! endpoints, readiness once Kafka answers, clean exit on SIGTERM, and a clear refusal of bad
+//! Kafka settings. Delivery's own tests cover the same for delivery.
 
 use std::time::Duration;
 
@@ -28,18 +29,13 @@ async fn serves_admin_endpoints_and_stops_on_sigterm(binary: &str) {
 }
 
 #[tokio::test]
-async fn delivery_serves_admin_endpoints_and_stops_on_sigterm() {
-    serves_admin_endpoints_and_stops_on_sigterm("delivery").await;
-}
-
-#[tokio::test]
 async fn qualifier_serves_admin_endpoints_and_stops_on_sigterm() {
     serves_admin_endpoints_and_stops_on_sigterm("qualifier").await;
 }
 
 #[tokio::test]
 async fn bad_kafka_settings_stop_start_up_naming_the_variable() {
-    let mut service = ServiceBuilder::new("delivery")
+    let mut service = ServiceBuilder::new("qualifier")
         .env("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")
         .env("KAFKA_SASL_MECHANISM", "PLAIN")
         .spawn();

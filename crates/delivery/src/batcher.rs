@@ -195,7 +195,9 @@ fn merge_segments(
     update: &SegmentStatusUpdate,
 ) {
     for change in &update.changes {
-        let Some(their_id) = destination.segments.get(&change.segment_id) else { continue };
+        let Some(their_id) = destination.segments.get(&change.segment_id) else {
+            continue;
+        };
         let active = change.status() == model::SegmentStatus::Active;
         match segments.iter_mut().find(|s| s.segment_id == *their_id) {
             Some(segment) => {
@@ -266,8 +268,13 @@ fn user_bytes(
         0
     } else {
         r#""AAM_Regions":[],"#.len()
-            + update.regions.iter().map(|&r| digits(u64::from(r)) + 2).sum::<usize>()
-            + update.regions.len() - 1
+            + update
+                .regions
+                .iter()
+                .map(|&r| digits(u64::from(r)) + 2)
+                .sum::<usize>()
+            + update.regions.len()
+            - 1
     };
     let entry = |partner_uuid: &str| {
         r#"{"AAM_UUID":,"DataPartner_UUID":,"Segments":[]}"#.len()

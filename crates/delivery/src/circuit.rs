@@ -11,8 +11,12 @@ use crate::config::CircuitConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { consecutive_failures: u32 },
-    Open { until: Instant },
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// The cool-down passed and one probe batch is on its way.
     Probing,
 }
@@ -27,7 +31,13 @@ pub struct Circuit {
 impl Circuit {
     pub fn new(config: CircuitConfig, open_gauge: IntGauge) -> Self {
         open_gauge.set(0);
-        Self { config, state: Mutex::new(State::Closed { consecutive_failures: 0 }), open_gauge }
+        Self {
+            config,
+            state: Mutex::new(State::Closed {
+                consecutive_failures: 0,
+            }),
+            open_gauge,
+        }
     }
 
     /// Whether a batch may be sent now (when it may, its outcome must be recorded).
@@ -47,7 +57,9 @@ impl Circuit {
     pub fn record_success(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let was_open = !matches!(*state, State::Closed { .. });
-        *state = State::Closed { consecutive_failures: 0 };
+        *state = State::Closed {
+            consecutive_failures: 0,
+        };
         self.open_gauge.set(0);
         was_open
     }
@@ -56,10 +68,14 @@ impl Circuit {
     pub fn record_failure(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let open = match *state {
-            State::Closed { consecutive_failures } => {
+            State::Closed {
+                consecutive_failures,
+            } => {
                 let failures = consecutive_failures + 1;
                 if failures < self.config.failure_threshold {
-                    *state = State::Closed { consecutive_failures: failures };
+                    *state = State::Closed {
+                        consecutive_failures: failures,
+                    };
                     return false;
                 }
                 true
@@ -68,7 +84,9 @@ impl Circuit {
             State::Open { .. } => false,
         };
         if open {
-            *state = State::Open { until: Instant::now() + self.config.cooldown };
+            *state = State::Open {
+                until: Instant::now() + self.config.cooldown,
+            };
             self.open_gauge.set(1);
         }
         open
@@ -85,14 +103,20 @@ mod tests {
     async fn opens_after_the_threshold_probes_after_cooldown_and_closes_on_success() {
         let gauge = IntGauge::new("g", "g").unwrap();
         let circuit = Circuit::new(
-            CircuitConfig { failure_threshold: 3, cooldown: Duration::from_secs(30) },
+            CircuitConfig {
+                failure_threshold: 3,
+                cooldown: Duration::from_secs(30),
+            },
             gauge.clone(),
         );
         assert!(circuit.allow());
         assert!(!circuit.record_failure());
         assert!(!circuit.record_failure());
         circuit.record_success();
-        assert!(!circuit.record_failure() && !circuit.record_failure(), "a success resets the count");
+        assert!(
+            !circuit.record_failure() && !circuit.record_failure(),
+            "a success resets the count"
+        );
         assert!(circuit.record_failure(), "third failure in a row opens");
         assert_eq!(gauge.get(), 1);
         assert!(!circuit.allow());

@@ -302,7 +302,10 @@ impl DeliveryConfig {
         if problems.0.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError { file: path.to_owned(), problems: problems.0 })
+            Err(ConfigError {
+                file: path.to_owned(),
+                problems: problems.0,
+            })
         }
     }
 }
@@ -348,14 +351,20 @@ fn validate(
             Arc::new(destination)
         })
         .collect();
-    DeliveryConfig { kafka, destinations }
+    DeliveryConfig {
+        kafka,
+        destinations,
+    }
 }
 
 fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
     let mut name = |key: &str, value: Option<String>, default: &str| {
         let value = value.unwrap_or_else(|| default.to_owned());
         if value.trim().is_empty() {
-            problems.add(&format!("kafka.{key}"), format!("must not be empty (default `{default}`)"));
+            problems.add(
+                &format!("kafka.{key}"),
+                format!("must not be empty (default `{default}`)"),
+            );
         }
         value
     };
@@ -371,7 +380,9 @@ fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
     if !(6_000..=300_000).contains(&session_timeout_ms) {
         problems.add(
             "kafka.session_timeout_ms",
-            format!("must be between 6000 and 300000 (the broker's limits), got {session_timeout_ms}"),
+            format!(
+                "must be between 6000 and 300000 (the broker's limits), got {session_timeout_ms}"
+            ),
         );
     }
     let commit_interval_ms = raw.commit_interval_ms.unwrap_or(1_000);
@@ -400,17 +411,31 @@ fn validate_destination(
     problems: &mut Problems,
 ) -> DestinationConfig {
     let id = raw.id.unwrap_or_else(|| {
-        problems.add(&format!("{key}.id"), "required: the partner's AAM_Destination_Id (example: `id: 423`)");
+        problems.add(
+            &format!("{key}.id"),
+            "required: the partner's AAM_Destination_Id (example: `id: 423`)",
+        );
         0
     });
     let allow_insecure_http = raw.allow_insecure_http;
-    let url = parse_url(&format!("{key}.url"), raw.url.as_deref(), allow_insecure_http, problems);
+    let url = parse_url(
+        &format!("{key}.url"),
+        raw.url.as_deref(),
+        allow_insecure_http,
+        problems,
+    );
     let client_id = raw.client_id.map(|c| c.to_string()).unwrap_or_else(|| {
-        problems.add(&format!("{key}.client_id"), "required: the Client_ID the partner uses (example: `client_id: \"74323\"`)");
+        problems.add(
+            &format!("{key}.client_id"),
+            "required: the Client_ID the partner uses (example: `client_id: \"74323\"`)",
+        );
         String::new()
     });
     let user_dpid = raw.user_dpid.unwrap_or_else(|| {
-        problems.add(&format!("{key}.user_dpid"), "required: the device-ID namespace (20914 = Android GAID, 20915 = iOS IDFA)");
+        problems.add(
+            &format!("{key}.user_dpid"),
+            "required: the device-ID namespace (20914 = Android GAID, 20915 = iOS IDFA)",
+        );
         0
     });
 
@@ -431,36 +456,66 @@ fn validate_destination(
             Some(ours_id) if !theirs.trim().is_empty() => {
                 segments.insert(ours_id, Arc::from(theirs.as_str()));
             }
-            Some(_) => problems.add(&format!("{key}.segments.{ours}"), "the partner's Segment_ID must not be empty"),
-            None => problems.add(&format!("{key}.segments"), format!("`{ours}` is not one of our segment ids (an unsigned integer)")),
+            Some(_) => problems.add(
+                &format!("{key}.segments.{ours}"),
+                "the partner's Segment_ID must not be empty",
+            ),
+            None => problems.add(
+                &format!("{key}.segments"),
+                format!("`{ours}` is not one of our segment ids (an unsigned integer)"),
+            ),
         }
     }
 
     let auth = match raw.auth {
         None => AuthConfig::None,
-        Some(RawAuth { hmac: Some(_), oauth2: Some(_) }) => {
-            problems.add(&format!("{key}.auth"), "set either `hmac` or `oauth2`, not both");
+        Some(RawAuth {
+            hmac: Some(_),
+            oauth2: Some(_),
+        }) => {
+            problems.add(
+                &format!("{key}.auth"),
+                "set either `hmac` or `oauth2`, not both",
+            );
             AuthConfig::None
         }
-        Some(RawAuth { hmac: Some(hmac), oauth2: None }) => {
-            AuthConfig::Hmac(validate_hmac(&format!("{key}.auth.hmac"), hmac, env, problems))
-        }
-        Some(RawAuth { hmac: None, oauth2: Some(oauth) }) => AuthConfig::OAuth2(validate_oauth(
+        Some(RawAuth {
+            hmac: Some(hmac),
+            oauth2: None,
+        }) => AuthConfig::Hmac(validate_hmac(
+            &format!("{key}.auth.hmac"),
+            hmac,
+            env,
+            problems,
+        )),
+        Some(RawAuth {
+            hmac: None,
+            oauth2: Some(oauth),
+        }) => AuthConfig::OAuth2(validate_oauth(
             &format!("{key}.auth.oauth2"),
             oauth,
             allow_insecure_http,
             env,
             problems,
         )),
-        Some(RawAuth { hmac: None, oauth2: None }) => {
-            problems.add(&format!("{key}.auth"), "set `hmac: {…}` or `oauth2: {…}`, or remove `auth`");
+        Some(RawAuth {
+            hmac: None,
+            oauth2: None,
+        }) => {
+            problems.add(
+                &format!("{key}.auth"),
+                "set `hmac: {…}` or `oauth2: {…}`, or remove `auth`",
+            );
             AuthConfig::None
         }
     };
-    if let Some(ca_file) = &raw.ca_file {
-        if let Err(e) = std::fs::read(ca_file) {
-            problems.add(&format!("{key}.ca_file"), format!("cannot read `{}`: {e}", ca_file.display()));
-        }
+    if let Some(ca_file) = &raw.ca_file
+        && let Err(e) = std::fs::read(ca_file)
+    {
+        problems.add(
+            &format!("{key}.ca_file"),
+            format!("cannot read `{}`: {e}", ca_file.display()),
+        );
     }
 
     let tuning = validate_tuning(key, &raw.tuning, defaults, problems);
@@ -500,37 +555,114 @@ struct Tuning {
 }
 
 /// A destination's value for a tunable key, else `defaults:`'s, else the built-in default.
-fn validate_tuning(key: &str, own: &RawTuning, defaults: &RawTuning, problems: &mut Problems) -> Tuning {
+fn validate_tuning(
+    key: &str,
+    own: &RawTuning,
+    defaults: &RawTuning,
+    problems: &mut Problems,
+) -> Tuning {
     let batch = |f: fn(&RawBatch) -> Option<u64>| {
-        own.batch.as_ref().and_then(f).or_else(|| defaults.batch.as_ref().and_then(f))
+        own.batch
+            .as_ref()
+            .and_then(f)
+            .or_else(|| defaults.batch.as_ref().and_then(f))
     };
     let circuit = |f: fn(&RawCircuit) -> Option<u64>| {
-        own.circuit.as_ref().and_then(f).or_else(|| defaults.circuit.as_ref().and_then(f))
+        own.circuit
+            .as_ref()
+            .and_then(f)
+            .or_else(|| defaults.circuit.as_ref().and_then(f))
     };
-    let mut in_range = |name: &str, value: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
-        if !range.contains(&value) {
-            problems.add(
-                &format!("{key}.{name}"),
-                format!("must be between {} and {}{unit}, got {value}", range.start(), range.end()),
-            );
-        }
-        value
-    };
+    let mut in_range =
+        |name: &str, value: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
+            if !range.contains(&value) {
+                problems.add(
+                    &format!("{key}.{name}"),
+                    format!(
+                        "must be between {} and {}{unit}, got {value}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            }
+            value
+        };
 
-    let timeout_ms = in_range("timeout_ms", own.timeout_ms.or(defaults.timeout_ms).unwrap_or(3_000), 1..=600_000, " ms");
-    let retries = in_range("retries", own.retries.or(defaults.retries).unwrap_or(1).into(), 0..=10, "");
-    let retry_backoff_ms = in_range("retry_backoff_ms", own.retry_backoff_ms.or(defaults.retry_backoff_ms).unwrap_or(200), 0..=60_000, " ms");
-    let max_users = in_range("batch.max_users", batch(|b| b.max_users.map(|v| v as u64)).unwrap_or(1_000), 1..=100_000, "");
-    let max_bytes = in_range("batch.max_bytes", batch(|b| b.max_bytes.map(|v| v as u64)).unwrap_or(1 << 20), 1_024..=(64 << 20), " bytes");
-    let linger_ms = in_range("batch.linger_ms", batch(|b| b.linger_ms).unwrap_or(250), 0..=60_000, " ms");
-    let max_in_flight = in_range("max_in_flight", own.max_in_flight.or(defaults.max_in_flight).unwrap_or(4) as u64, 1..=256, "");
-    let queue_capacity = in_range("queue_capacity", own.queue_capacity.or(defaults.queue_capacity).unwrap_or(10_000) as u64, 1..=10_000_000, "");
-    let failure_threshold = in_range("circuit.failure_threshold", circuit(|c| c.failure_threshold.map(u64::from)).unwrap_or(5), 1..=1_000_000, "");
-    let cooldown_ms = in_range("circuit.cooldown_ms", circuit(|c| c.cooldown_ms).unwrap_or(30_000), 1..=3_600_000, " ms");
+    let timeout_ms = in_range(
+        "timeout_ms",
+        own.timeout_ms.or(defaults.timeout_ms).unwrap_or(3_000),
+        1..=600_000,
+        " ms",
+    );
+    let retries = in_range(
+        "retries",
+        own.retries.or(defaults.retries).unwrap_or(1).into(),
+        0..=10,
+        "",
+    );
+    let retry_backoff_ms = in_range(
+        "retry_backoff_ms",
+        own.retry_backoff_ms
+            .or(defaults.retry_backoff_ms)
+            .unwrap_or(200),
+        0..=60_000,
+        " ms",
+    );
+    let max_users = in_range(
+        "batch.max_users",
+        batch(|b| b.max_users.map(|v| v as u64)).unwrap_or(1_000),
+        1..=100_000,
+        "",
+    );
+    let max_bytes = in_range(
+        "batch.max_bytes",
+        batch(|b| b.max_bytes.map(|v| v as u64)).unwrap_or(1 << 20),
+        1_024..=(64 << 20),
+        " bytes",
+    );
+    let linger_ms = in_range(
+        "batch.linger_ms",
+        batch(|b| b.linger_ms).unwrap_or(250),
+        0..=60_000,
+        " ms",
+    );
+    let max_in_flight = in_range(
+        "max_in_flight",
+        own.max_in_flight.or(defaults.max_in_flight).unwrap_or(4) as u64,
+        1..=256,
+        "",
+    );
+    let queue_capacity = in_range(
+        "queue_capacity",
+        own.queue_capacity
+            .or(defaults.queue_capacity)
+            .unwrap_or(10_000) as u64,
+        1..=10_000_000,
+        "",
+    );
+    let failure_threshold = in_range(
+        "circuit.failure_threshold",
+        circuit(|c| c.failure_threshold.map(u64::from)).unwrap_or(5),
+        1..=1_000_000,
+        "",
+    );
+    let cooldown_ms = in_range(
+        "circuit.cooldown_ms",
+        circuit(|c| c.cooldown_ms).unwrap_or(30_000),
+        1..=3_600_000,
+        " ms",
+    );
 
-    let success_codes = own.success_codes.clone().or_else(|| defaults.success_codes.clone()).unwrap_or_else(|| vec![200]);
+    let success_codes = own
+        .success_codes
+        .clone()
+        .or_else(|| defaults.success_codes.clone())
+        .unwrap_or_else(|| vec![200]);
     if success_codes.is_empty() || success_codes.iter().any(|c| !(100..=599).contains(c)) {
-        problems.add(&format!("{key}.success_codes"), format!("must list HTTP statuses (100–599), e.g. `[200]`; got {success_codes:?}"));
+        problems.add(
+            &format!("{key}.success_codes"),
+            format!("must list HTTP statuses (100–599), e.g. `[200]`; got {success_codes:?}"),
+        );
     }
 
     Tuning {
@@ -552,8 +684,14 @@ fn validate_tuning(key: &str, own: &RawTuning, defaults: &RawTuning, problems: &
     }
 }
 
-fn parse_url(key: &str, url: Option<&str>, allow_insecure_http: bool, problems: &mut Problems) -> reqwest::Url {
-    let fallback = || reqwest::Url::parse("https://invalid.invalid/").unwrap_or_else(|_| unreachable!());
+fn parse_url(
+    key: &str,
+    url: Option<&str>,
+    allow_insecure_http: bool,
+    problems: &mut Problems,
+) -> reqwest::Url {
+    let fallback =
+        || reqwest::Url::parse("https://invalid.invalid/").unwrap_or_else(|_| unreachable!());
     let Some(text) = url else {
         problems.add(key, "required (example: `https://partner.example.com/aam`)");
         return fallback();
@@ -562,7 +700,12 @@ fn parse_url(key: &str, url: Option<&str>, allow_insecure_http: bool, problems: 
         Ok(url) if url.scheme() == "https" => url,
         Ok(url) if url.scheme() == "http" && allow_insecure_http => url,
         Ok(url) if url.scheme() == "http" => {
-            problems.add(key, format!("must be https (set `allow_insecure_http: true` to allow http), got `{url}`"));
+            problems.add(
+                key,
+                format!(
+                    "must be https (set `allow_insecure_http: true` to allow http), got `{url}`"
+                ),
+            );
             fallback()
         }
         Ok(url) => {
@@ -588,24 +731,38 @@ fn secret(
 ) -> Option<Secret> {
     match (from_env, from_file) {
         (Some(_), Some(_)) => {
-            problems.add(&format!("{key}.{name}_env"), format!("set either `{name}_env` or `{name}_file`, not both"));
+            problems.add(
+                &format!("{key}.{name}_env"),
+                format!("set either `{name}_env` or `{name}_file`, not both"),
+            );
             None
         }
         (Some(var), None) => match env(var).filter(|v| !v.is_empty()) {
             Some(value) => Some(Secret::new(value)),
             None => {
-                problems.add(&format!("{key}.{name}_env"), format!("environment variable `{var}` is not set or empty"));
+                problems.add(
+                    &format!("{key}.{name}_env"),
+                    format!("environment variable `{var}` is not set or empty"),
+                );
                 None
             }
         },
         (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim_end_matches(['\r', '\n']))),
+            Ok(value) if !value.trim().is_empty() => {
+                Some(Secret::new(value.trim_end_matches(['\r', '\n'])))
+            }
             Ok(_) => {
-                problems.add(&format!("{key}.{name}_file"), format!("`{}` is empty", path.display()));
+                problems.add(
+                    &format!("{key}.{name}_file"),
+                    format!("`{}` is empty", path.display()),
+                );
                 None
             }
             Err(e) => {
-                problems.add(&format!("{key}.{name}_file"), format!("cannot read `{}`: {e}", path.display()));
+                problems.add(
+                    &format!("{key}.{name}_file"),
+                    format!("cannot read `{}`: {e}", path.display()),
+                );
                 None
             }
         },
@@ -619,22 +776,47 @@ fn validate_hmac(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> HmacConfig {
-    let signing_key = secret(key, "key", raw.key_env.as_deref(), raw.key_file.as_deref(), env, problems);
+    let signing_key = secret(
+        key,
+        "key",
+        raw.key_env.as_deref(),
+        raw.key_file.as_deref(),
+        env,
+        problems,
+    );
     if signing_key.is_none() && raw.key_env.is_none() && raw.key_file.is_none() {
-        problems.add(&format!("{key}.key_env"), "required: the environment variable (or `key_file`) holding the shared secret key");
+        problems.add(
+            &format!("{key}.key_env"),
+            "required: the environment variable (or `key_file`) holding the shared secret key",
+        );
     }
-    let algorithm = match raw.algorithm.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let algorithm = match raw
+        .algorithm
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("sha256") => HmacAlgorithm::Sha256,
         Some("sha1") => HmacAlgorithm::Sha1,
         Some("md5") => HmacAlgorithm::Md5,
         Some(other) => {
-            problems.add(&format!("{key}.algorithm"), format!("must be md5, sha1 or sha256, got `{other}`"));
+            problems.add(
+                &format!("{key}.algorithm"),
+                format!("must be md5, sha1 or sha256, got `{other}`"),
+            );
             HmacAlgorithm::Sha256
         }
     };
     let header = raw.header.unwrap_or_else(|| "X-Signature".to_owned());
     check_header_name(&format!("{key}.header"), &header, problems);
-    let previous_key = secret(key, "previous_key", raw.previous_key_env.as_deref(), raw.previous_key_file.as_deref(), env, problems);
+    let previous_key = secret(
+        key,
+        "previous_key",
+        raw.previous_key_env.as_deref(),
+        raw.previous_key_file.as_deref(),
+        env,
+        problems,
+    );
     let previous = match (previous_key, raw.previous_header) {
         (Some(previous_key), header) => {
             let header = header.unwrap_or_else(|| "X-Signature-Previous".to_owned());
@@ -643,13 +825,21 @@ fn validate_hmac(
         }
         (None, Some(_)) => {
             if raw.previous_key_env.is_none() && raw.previous_key_file.is_none() {
-                problems.add(&format!("{key}.previous_header"), "set only with `previous_key_env` or `previous_key_file`");
+                problems.add(
+                    &format!("{key}.previous_header"),
+                    "set only with `previous_key_env` or `previous_key_file`",
+                );
             }
             None
         }
         (None, None) => None,
     };
-    HmacConfig { key: signing_key.unwrap_or_else(|| Secret::new("")), header, algorithm, previous }
+    HmacConfig {
+        key: signing_key.unwrap_or_else(|| Secret::new("")),
+        header,
+        algorithm,
+        previous,
+    }
 }
 
 fn check_header_name(key: &str, header: &str, problems: &mut Problems) {
@@ -665,26 +855,61 @@ fn validate_oauth(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> OAuthConfig {
-    let token_url = parse_url(&format!("{key}.token_url"), raw.token_url.as_deref(), allow_insecure_http, problems);
-    let client_id = match (raw.client_id, secret(key, "client_id", raw.client_id_env.as_deref(), raw.client_id_file.as_deref(), env, problems)) {
+    let token_url = parse_url(
+        &format!("{key}.token_url"),
+        raw.token_url.as_deref(),
+        allow_insecure_http,
+        problems,
+    );
+    let client_id = match (
+        raw.client_id,
+        secret(
+            key,
+            "client_id",
+            raw.client_id_env.as_deref(),
+            raw.client_id_file.as_deref(),
+            env,
+            problems,
+        ),
+    ) {
         (Some(_), Some(_)) => {
-            problems.add(&format!("{key}.client_id"), "set one of `client_id`, `client_id_env`, `client_id_file`");
+            problems.add(
+                &format!("{key}.client_id"),
+                "set one of `client_id`, `client_id_env`, `client_id_file`",
+            );
             String::new()
         }
         (Some(id), None) => id,
         (None, Some(id)) => id.expose().to_owned(),
         (None, None) => {
             if raw.client_id_env.is_none() && raw.client_id_file.is_none() {
-                problems.add(&format!("{key}.client_id"), "required: `client_id`, `client_id_env` or `client_id_file`");
+                problems.add(
+                    &format!("{key}.client_id"),
+                    "required: `client_id`, `client_id_env` or `client_id_file`",
+                );
             }
             String::new()
         }
     };
-    let client_secret = secret(key, "client_secret", raw.client_secret_env.as_deref(), raw.client_secret_file.as_deref(), env, problems);
-    if client_secret.is_none() && raw.client_secret_env.is_none() && raw.client_secret_file.is_none() {
+    let client_secret = secret(
+        key,
+        "client_secret",
+        raw.client_secret_env.as_deref(),
+        raw.client_secret_file.as_deref(),
+        env,
+        problems,
+    );
+    if client_secret.is_none()
+        && raw.client_secret_env.is_none()
+        && raw.client_secret_file.is_none()
+    {
         problems.add(&format!("{key}.client_secret_env"), "required: the environment variable (or `client_secret_file`) holding the client secret");
     }
-    OAuthConfig { token_url, client_id, client_secret: client_secret.unwrap_or_else(|| Secret::new("")) }
+    OAuthConfig {
+        token_url,
+        client_id,
+        client_secret: client_secret.unwrap_or_else(|| Secret::new("")),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use model::{SegmentStatus, SegmentStatusUpdate, SourcePosition};
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -38,7 +40,9 @@ struct PipelineContext {
 
 impl ClientContext for PipelineContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
         for (partition, stats) in &topic.partitions {
             if *partition >= 0 && stats.consumer_lag >= 0 {
                 self.metrics
@@ -52,26 +56,34 @@ impl ClientContext for PipelineContext {
 
 impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(partitions) = rebalance else { return };
+        let Rebalance::Revoke(partitions) = rebalance else {
+            return;
+        };
         let mut commit = TopicPartitionList::new();
         {
             let mut table = self.watermarks.lock();
             for element in partitions.elements() {
                 if let Some(offset) = table.revoke(element.partition()) {
-                    let _ = commit.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset));
+                    let _ = commit.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Offset(offset),
+                    );
                 }
             }
         }
-        if commit.count() > 0 {
-            if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
-                tracing::warn!(%error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
-            }
+        if commit.count() > 0
+            && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
+        {
+            tracing::warn!(%error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
         }
         tracing::info!(topic = %self.topic, partitions = partitions.count(), "Partitions revoked.");
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(partitions) = rebalance else { return };
+        let Rebalance::Assign(partitions) = rebalance else {
+            return;
+        };
         let mut table = self.watermarks.lock();
         for element in partitions.elements() {
             table.assign(element.partition());
@@ -105,21 +117,31 @@ pub struct InputPipeline {
 
 impl std::fmt::Debug for InputPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InputPipeline").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("InputPipeline")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
 /// Why an input message is not a usable update.
 fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
-    let update = SegmentStatusUpdate::decode(payload).map_err(|e| format!("not a SegmentStatusUpdate: {e}"))?;
+    let update = SegmentStatusUpdate::decode(payload)
+        .map_err(|e| format!("not a SegmentStatusUpdate: {e}"))?;
     if update.user_id.is_empty() {
         return Err("user_id is empty".to_owned());
     }
     if update.changes.is_empty() {
         return Err("no changes".to_owned());
     }
-    if let Some(change) = update.changes.iter().find(|c| c.status() == SegmentStatus::Unspecified) {
-        return Err(format!("segment {}: status is unspecified", change.segment_id));
+    if let Some(change) = update
+        .changes
+        .iter()
+        .find(|c| c.status() == SegmentStatus::Unspecified)
+    {
+        return Err(format!(
+            "segment {}: status is unspecified",
+            change.segment_id
+        ));
     }
     Ok(update)
 }
@@ -145,7 +167,10 @@ impl InputPipeline {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
             .set("statistics.interval.ms", "5000")
             .create_with_context(context)?;
         consumer.subscribe(&[topic])?;
@@ -222,7 +247,13 @@ impl InputPipeline {
         self.drain().await;
     }
 
-    async fn route(&mut self, update: SegmentStatusUpdate, partition: i32, offset: i64, targets: &mut Vec<usize>) {
+    async fn route(
+        &mut self,
+        update: SegmentStatusUpdate,
+        partition: i32,
+        offset: i64,
+        targets: &mut Vec<usize>,
+    ) {
         self.router.route(&update, targets);
         let needed = u32::try_from(targets.len()).unwrap_or(u32::MAX);
         let Some(assignment) = self.watermarks.lock().track(partition, offset, needed) else {
@@ -238,17 +269,41 @@ impl InputPipeline {
             let lane = &lanes[lane_of(&update.user_id, lanes.len())];
             self.shared.senders[destination].metrics.queue_depth.inc();
             // A full queue makes the consumer wait: backpressure rather than loss.
-            if lane.send(RoutedEvent { update: update.clone(), source }).await.is_err() {
-                tracing::error!(destination = self.shared.senders[destination].config.id, "A destination lane stopped; its events will be re-read after a restart.");
+            if lane
+                .send(RoutedEvent {
+                    update: update.clone(),
+                    source,
+                })
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    destination = self.shared.senders[destination].config.id,
+                    "A destination lane stopped; its events will be re-read after a restart."
+                );
             }
         }
     }
 
-    async fn dead_letter_undecodable(&mut self, partition: i32, offset: i64, key: &[u8], payload: &[u8], reason: String) {
+    async fn dead_letter_undecodable(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: &[u8],
+        payload: &[u8],
+        reason: String,
+    ) {
         self.shared.metrics.decode_errors.inc();
         tracing::warn!(topic = %self.topic, partition, offset, %reason, "Undecodable input message; dead-lettering it.");
-        let source = SourcePosition { topic: self.topic.to_string(), partition, offset };
-        self.shared.dead_letters.write_undecodable(source, key, payload, reason).await;
+        let source = SourcePosition {
+            topic: self.topic.to_string(),
+            partition,
+            offset,
+        };
+        self.shared
+            .dead_letters
+            .write_undecodable(source, key, payload, reason)
+            .await;
         self.watermarks.lock().track(partition, offset, 0);
     }
 
@@ -259,7 +314,8 @@ impl InputPipeline {
             let table = self.watermarks.lock();
             for (partition, offset) in table.committable() {
                 if self.committed.get(&partition) != Some(&offset) {
-                    let _ = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+                    let _ =
+                        list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
                 }
             }
         }
@@ -279,7 +335,9 @@ impl InputPipeline {
                     }
                 }
             }
-            Err(error) => tracing::warn!(topic = %self.topic, %error, "Offset commit failed; retrying at the next interval."),
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "Offset commit failed; retrying at the next interval.")
+            }
         }
     }
 

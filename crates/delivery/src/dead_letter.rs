@@ -20,7 +20,9 @@ pub struct DeadLetterWriter {
 
 impl std::fmt::Debug for DeadLetterWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetterWriter").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("DeadLetterWriter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -33,7 +35,10 @@ impl DeadLetterWriter {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
             .create()?;
-        Ok(Self { producer, topic: topic.to_owned() })
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -42,7 +47,12 @@ impl DeadLetterWriter {
 
     /// Writes the events of a failed batch for `destination_id`, one record per user (their
     /// updates in arrival order). Returns once every record is acknowledged by the broker.
-    pub async fn write_failed_batch(&self, destination_id: u64, events: &[RoutedEvent], failure: &Failure) {
+    pub async fn write_failed_batch(
+        &self,
+        destination_id: u64,
+        events: &[RoutedEvent],
+        failure: &Failure,
+    ) {
         let dead_lettered_unix_ms = unix_ms_now();
         let mut by_user: Vec<(&str, Vec<SegmentStatusUpdate>)> = Vec::new();
         let mut index = std::collections::HashMap::new();
@@ -72,7 +82,13 @@ impl DeadLetterWriter {
     }
 
     /// Keeps an input message that could not be decoded, with where it came from.
-    pub async fn write_undecodable(&self, source: SourcePosition, key: &[u8], raw: &[u8], error: String) {
+    pub async fn write_undecodable(
+        &self,
+        source: SourcePosition,
+        key: &[u8],
+        raw: &[u8],
+        error: String,
+    ) {
         let now = unix_ms_now();
         let record = DeadLetterRecord {
             updates: Vec::new(),
@@ -86,7 +102,8 @@ impl DeadLetterWriter {
             source: Some(source),
             raw: raw.to_vec(),
         };
-        self.write(&String::from_utf8_lossy(key), &record.encode_to_vec()).await;
+        self.write(&String::from_utf8_lossy(key), &record.encode_to_vec())
+            .await;
     }
 
     /// Produces until the broker acknowledges: a dead letter may not be lost, and the input

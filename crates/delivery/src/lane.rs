@@ -97,7 +97,9 @@ impl Lane {
                     for user in &batch.users {
                         for segment in &user.segments {
                             let latency_ms = now.saturating_sub(segment.time_unix_ms).max(0);
-                            metrics.end_to_end_latency.observe(latency_ms as f64 / 1000.0);
+                            metrics
+                                .end_to_end_latency
+                                .observe(latency_ms as f64 / 1000.0);
                         }
                     }
                     metrics.delivered.inc_by(batch.events.len() as u64);

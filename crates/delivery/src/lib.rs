@@ -6,17 +6,17 @@
 //! [`config`] → [`consumer`] → [`router`] → [`batcher`] → [`payload`] → [`auth`] →
 //! [`sender`] → [`dead_letter`], with [`offsets`] deciding what may be committed.
 
-pub mod config;
-pub mod batcher;
-pub mod metrics;
-pub mod offsets;
-pub mod payload;
-pub mod router;
 pub mod auth;
+pub mod batcher;
 pub mod circuit;
-pub mod sender;
+pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod lane;
+pub mod metrics;
+pub mod offsets;
+pub mod payload;
 pub mod replay;
+pub mod router;
+pub mod sender;
 pub mod service;

@@ -23,7 +23,12 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9102", global = true)]
+    #[arg(
+        long,
+        env = "ADMIN_ADDR",
+        default_value = "0.0.0.0:9102",
+        global = true
+    )]
     admin_addr: SocketAddr,
 
     #[command(subcommand)]
@@ -57,11 +62,13 @@ enum Command {
 fn parse_time(text: &str) -> Result<i64, String> {
     let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("not an RFC 3339 time like 2026-11-28T10:00:00Z: {e}"))?;
-    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).map_err(|_| "time out of range".to_owned())
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| "time out of range".to_owned())
 }
 
 fn load(config: Option<&PathBuf>) -> anyhow::Result<DeliveryConfig> {
-    let path = config.context("--config FILE (or DELIVERY_CONFIG) is required: the destinations file")?;
+    let path =
+        config.context("--config FILE (or DELIVERY_CONFIG) is required: the destinations file")?;
     Ok(DeliveryConfig::load(path)?)
 }
 
@@ -98,16 +105,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("Stopped.");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay { destination, since, until } => {
+        Command::Replay {
+            destination,
+            since,
+            until,
+        } => {
             let config = load(cli.config.as_ref())?;
             telemetry::init_logging()?;
             let kafka = telemetry::KafkaSettings::from_env()?;
-            let report = delivery::replay::replay(&config, &kafka, destination, since, until).await?;
+            let report =
+                delivery::replay::replay(&config, &kafka, destination, since, until).await?;
             println!(
                 "replayed {} events from {} dead letters of destination {destination}: {} delivered, {} dead-lettered again",
                 report.events, report.records, report.delivered, report.dead_lettered_again
             );
-            Ok(if report.dead_lettered_again == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+            Ok(if report.dead_lettered_again == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
     }
 }

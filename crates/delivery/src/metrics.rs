@@ -37,7 +37,13 @@ pub enum RequestOutcome {
 }
 
 impl RequestOutcome {
-    pub const ALL: [Self; 5] = [Self::Success, Self::HttpStatus, Self::Timeout, Self::Connect, Self::Tls];
+    pub const ALL: [Self; 5] = [
+        Self::Success,
+        Self::HttpStatus,
+        Self::Timeout,
+        Self::Connect,
+        Self::Tls,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -83,20 +89,32 @@ impl Metrics {
         let latency = buckets(0.005, 2.0, 13); // 5 ms … 20 s
         let metrics = Self {
             events: IntCounterVec::new(
-                Opts::new("delivery_events_total", "Status changes finished per destination: delivered (200) or dead-lettered."),
+                Opts::new(
+                    "delivery_events_total",
+                    "Status changes finished per destination: delivered (200) or dead-lettered.",
+                ),
                 &["destination", "outcome"],
             )?,
             requests: IntCounterVec::new(
-                Opts::new("delivery_requests_total", "HTTP attempts per destination by outcome."),
+                Opts::new(
+                    "delivery_requests_total",
+                    "HTTP attempts per destination by outcome.",
+                ),
                 &["destination", "outcome"],
             )?,
             retries: IntCounterVec::new(
-                Opts::new("delivery_retries_total", "Retried requests per destination."),
+                Opts::new(
+                    "delivery_retries_total",
+                    "Retried requests per destination.",
+                ),
                 &["destination"],
             )?,
             request_duration: HistogramVec::new(
-                HistogramOpts::new("delivery_request_duration_seconds", "Duration of one HTTP attempt.")
-                    .buckets(latency.clone()),
+                HistogramOpts::new(
+                    "delivery_request_duration_seconds",
+                    "Duration of one HTTP attempt.",
+                )
+                .buckets(latency.clone()),
                 &["destination"],
             )?,
             end_to_end_latency: HistogramVec::new(
@@ -113,24 +131,39 @@ impl Metrics {
                 &["destination"],
             )?,
             batch_bytes: HistogramVec::new(
-                HistogramOpts::new("delivery_batch_bytes", "JSON body bytes per request (before gzip).")
-                    .buckets(buckets(256.0, 2.0, 15)),
+                HistogramOpts::new(
+                    "delivery_batch_bytes",
+                    "JSON body bytes per request (before gzip).",
+                )
+                .buckets(buckets(256.0, 2.0, 15)),
                 &["destination"],
             )?,
             queue_depth: IntGaugeVec::new(
-                Opts::new("delivery_queue_depth", "Status changes waiting in the destination's queues and open batches."),
+                Opts::new(
+                    "delivery_queue_depth",
+                    "Status changes waiting in the destination's queues and open batches.",
+                ),
                 &["destination"],
             )?,
             in_flight: IntGaugeVec::new(
-                Opts::new("delivery_in_flight_requests", "Requests being sent to the destination now."),
+                Opts::new(
+                    "delivery_in_flight_requests",
+                    "Requests being sent to the destination now.",
+                ),
                 &["destination"],
             )?,
             circuit_open: IntGaugeVec::new(
-                Opts::new("delivery_circuit_open", "1 while the destination is cut off after sustained failure."),
+                Opts::new(
+                    "delivery_circuit_open",
+                    "1 while the destination is cut off after sustained failure.",
+                ),
                 &["destination"],
             )?,
             oauth_token_requests: IntCounterVec::new(
-                Opts::new("delivery_oauth_token_requests_total", "OAuth token requests per destination by outcome (ok, error)."),
+                Opts::new(
+                    "delivery_oauth_token_requests_total",
+                    "OAuth token requests per destination by outcome (ok, error).",
+                ),
                 &["destination", "outcome"],
             )?,
             decode_errors: IntCounter::new(
@@ -138,11 +171,17 @@ impl Metrics {
                 "Input messages that could not be decoded (dead-lettered with their bytes).",
             )?,
             consumer_lag: IntGaugeVec::new(
-                Opts::new("delivery_consumer_lag", "Messages behind the partition's end, per assigned partition."),
+                Opts::new(
+                    "delivery_consumer_lag",
+                    "Messages behind the partition's end, per assigned partition.",
+                ),
                 &["topic", "partition"],
             )?,
             committed_offset: IntGaugeVec::new(
-                Opts::new("delivery_committed_offset", "Last committed offset per partition."),
+                Opts::new(
+                    "delivery_committed_offset",
+                    "Last committed offset per partition.",
+                ),
                 &["topic", "partition"],
             )?,
         };

@@ -88,40 +88,57 @@ impl WatermarkTable {
     /// Starts tracking a newly assigned partition.
     pub fn assign(&mut self, partition: i32) {
         self.next_generation += 1;
-        self.partitions.insert(partition, (self.next_generation, OffsetWatermark::default()));
+        self.partitions.insert(
+            partition,
+            (self.next_generation, OffsetWatermark::default()),
+        );
     }
 
     /// Stops tracking a revoked partition; returns its committable offset.
     pub fn revoke(&mut self, partition: i32) -> Option<i64> {
-        self.partitions.remove(&partition).and_then(|(_, w)| w.committable())
+        self.partitions
+            .remove(&partition)
+            .and_then(|(_, w)| w.committable())
     }
 
     /// Registers an event of an owned partition; `None` if the partition is not owned (an
     /// event fetched just before a revocation).
-    pub fn track(&mut self, partition: i32, offset: i64, destinations: u32) -> Option<PartitionAssignment> {
+    pub fn track(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        destinations: u32,
+    ) -> Option<PartitionAssignment> {
         let (generation, watermark) = self.partitions.get_mut(&partition)?;
         watermark.track(offset, destinations);
-        Some(PartitionAssignment { partition, generation: *generation })
+        Some(PartitionAssignment {
+            partition,
+            generation: *generation,
+        })
     }
 
     /// A destination finished the event; ignored if that assignment is gone.
     pub fn finish(&mut self, assignment: PartitionAssignment, offset: i64) {
-        if let Some((generation, watermark)) = self.partitions.get_mut(&assignment.partition) {
-            if *generation == assignment.generation {
-                watermark.finish(offset);
-            }
+        if let Some((generation, watermark)) = self.partitions.get_mut(&assignment.partition)
+            && *generation == assignment.generation
+        {
+            watermark.finish(offset);
         }
     }
 
     /// Whether the assignment is still ours (else its events need not be sent: the new owner
     /// reads them again from the committed offset).
     pub fn is_current(&self, assignment: PartitionAssignment) -> bool {
-        self.partitions.get(&assignment.partition).is_some_and(|(g, _)| *g == assignment.generation)
+        self.partitions
+            .get(&assignment.partition)
+            .is_some_and(|(g, _)| *g == assignment.generation)
     }
 
     /// (partition, offset to commit) of every owned partition with finished events.
     pub fn committable(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.partitions.iter().filter_map(|(&p, (_, w))| w.committable().map(|o| (p, o)))
+        self.partitions
+            .iter()
+            .filter_map(|(&p, (_, w))| w.committable().map(|o| (p, o)))
     }
 
     /// Events read but not finished, over all owned partitions.
@@ -150,7 +167,11 @@ mod tests {
         w.finish(10);
         assert_eq!(w.committable(), Some(13));
         w.track(13, 0);
-        assert_eq!(w.committable(), Some(14), "an unrouted event finishes at once");
+        assert_eq!(
+            w.committable(),
+            Some(14),
+            "an unrouted event finishes at once"
+        );
         w.finish(99);
         assert_eq!(w.committable(), Some(14));
     }

@@ -44,7 +44,9 @@ pub async fn replay(
         .destinations
         .iter()
         .position(|d| d.id == destination_id)
-        .with_context(|| format!("--destination {destination_id}: no such destination in the config"))?;
+        .with_context(|| {
+            format!("--destination {destination_id}: no such destination in the config")
+        })?;
     let dlq_topic = config.kafka.dlq_topic.clone();
     require_topics(kafka, &[&dlq_topic]).await?;
     let registry = prometheus::Registry::new();
@@ -68,13 +70,22 @@ pub async fn replay(
     // Read the dead letters on a blocking thread and hand them to the lanes.
     let (records_tx, mut records_rx) = mpsc::channel::<DeadLetterRecord>(1024);
     let kafka = kafka.clone();
-    let reader = tokio::task::spawn_blocking(move || read_dead_letters(&kafka, &dlq_topic, &records_tx));
+    let reader =
+        tokio::task::spawn_blocking(move || read_dead_letters(&kafka, &dlq_topic, &records_tx));
 
-    let mut report = ReplayReport { records: 0, events: 0, delivered: 0, dead_lettered_again: 0 };
+    let mut report = ReplayReport {
+        records: 0,
+        events: 0,
+        delivered: 0,
+        dead_lettered_again: 0,
+    };
     while let Some(record) = records_rx.recv().await {
         let in_window = since_unix_ms.is_none_or(|t| record.dead_lettered_unix_ms >= t)
             && until_unix_ms.is_none_or(|t| record.dead_lettered_unix_ms <= t);
-        if record.destination_id != destination_id || !in_window || record.error_class() == ErrorClass::Undecodable {
+        if record.destination_id != destination_id
+            || !in_window
+            || record.error_class() == ErrorClass::Undecodable
+        {
             continue;
         }
         report.records += 1;
@@ -82,7 +93,12 @@ pub async fn replay(
             let update = Arc::new(update);
             let lane = &lanes[lane_of(&update.user_id, lanes.len())].0;
             sender.metrics.queue_depth.inc();
-            lane.send(RoutedEvent { update, source: None }).await.context("a replay lane stopped")?;
+            lane.send(RoutedEvent {
+                update,
+                source: None,
+            })
+            .await
+            .context("a replay lane stopped")?;
             report.events += 1;
         }
     }
@@ -97,7 +113,11 @@ pub async fn replay(
 }
 
 /// Sends every record of `topic`, from the start to its current end, to `out`.
-fn read_dead_letters(kafka: &KafkaSettings, topic: &str, out: &mpsc::Sender<DeadLetterRecord>) -> anyhow::Result<()> {
+fn read_dead_letters(
+    kafka: &KafkaSettings,
+    topic: &str,
+    out: &mpsc::Sender<DeadLetterRecord>,
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = kafka
         .client_config("delivery-replay")
         .set("group.id", "delivery-replay")
@@ -105,7 +125,11 @@ fn read_dead_letters(kafka: &KafkaSettings, topic: &str, out: &mpsc::Sender<Dead
         .set("isolation.level", "read_committed")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for &partition in &partitions {
@@ -118,7 +142,10 @@ fn read_dead_letters(kafka: &KafkaSettings, topic: &str, out: &mpsc::Sender<Dead
     consumer.assign(&assignment)?;
     while !ends.is_empty() {
         let Some(message) = consumer.poll(Duration::from_secs(10)) else {
-            anyhow::bail!("no dead letters arrived for 10 s while {} partitions were unread", ends.len());
+            anyhow::bail!(
+                "no dead letters arrived for 10 s while {} partitions were unread",
+                ends.len()
+            );
         };
         let message = message?;
         let partition = message.partition();
@@ -128,9 +155,14 @@ fn read_dead_letters(kafka: &KafkaSettings, topic: &str, out: &mpsc::Sender<Dead
                     return Ok(());
                 }
             }
-            Err(error) => tracing::warn!(topic, partition, offset = message.offset(), %error, "Skipping an undecodable dead-letter record."),
+            Err(error) => {
+                tracing::warn!(topic, partition, offset = message.offset(), %error, "Skipping an undecodable dead-letter record.")
+            }
         }
-        if ends.get(&partition).is_some_and(|&end| message.offset() + 1 >= end) {
+        if ends
+            .get(&partition)
+            .is_some_and(|&end| message.offset() + 1 >= end)
+        {
             ends.remove(&partition);
         }
     }

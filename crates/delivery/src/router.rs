@@ -24,7 +24,10 @@ impl Router {
                 by_segment.entry(segment).or_default().push(index);
             }
         }
-        Self { by_segment, seen: vec![false; destinations.len()] }
+        Self {
+            by_segment,
+            seen: vec![false; destinations.len()],
+        }
     }
 
     /// Fills `out` with the distinct destinations `update` goes to, in destination order of

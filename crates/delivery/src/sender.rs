@@ -39,7 +39,11 @@ enum Attempt {
 #[derive(Debug, thiserror::Error)]
 pub enum SenderBuildError {
     #[error("destination {id}: ca_file `{path}`: {reason}")]
-    CaFile { id: u64, path: String, reason: String },
+    CaFile {
+        id: u64,
+        path: String,
+        reason: String,
+    },
     #[error("destination {id}: cannot build an HTTPS client: {0}", id = .1)]
     Client(reqwest::Error, u64),
 }
@@ -70,7 +74,10 @@ impl DestinationSender {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(config.max_in_flight * 2)
-            .user_agent(concat!("segment-relay-delivery/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!(
+                "segment-relay-delivery/",
+                env!("CARGO_PKG_VERSION")
+            ));
         if let Some(path) = &config.ca_file {
             let ca_error = |reason: String| SenderBuildError::CaFile {
                 id: config.id,
@@ -84,7 +91,9 @@ impl DestinationSender {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let client = builder.build().map_err(|e| SenderBuildError::Client(e, config.id))?;
+        let client = builder
+            .build()
+            .map_err(|e| SenderBuildError::Client(e, config.id))?;
         let auth = match &config.auth {
             AuthConfig::None => Auth::None,
             AuthConfig::Hmac(hmac) => Auth::Hmac(HmacSigner::new(hmac.clone())),
@@ -97,8 +106,17 @@ impl DestinationSender {
             )),
         };
         let circuit = Circuit::new(config.circuit, metrics.circuit_open.clone());
-        let rate_limiter = config.rate_limit_rps.map(|rps| RateLimiter::direct(Quota::per_second(rps)));
-        Ok(Self { config, client, auth, circuit, rate_limiter, metrics })
+        let rate_limiter = config
+            .rate_limit_rps
+            .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
+        Ok(Self {
+            config,
+            client,
+            auth,
+            circuit,
+            rate_limiter,
+            metrics,
+        })
     }
 
     /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent.
@@ -135,7 +153,10 @@ impl DestinationSender {
             match self.attempt(&body, idempotency_key, &signatures).await {
                 Attempt::Success => {
                     if self.circuit.record_success() {
-                        tracing::info!(destination = self.config.id, "Destination answers again; circuit closed.");
+                        tracing::info!(
+                            destination = self.config.id,
+                            "Destination answers again; circuit closed."
+                        );
                     }
                     return Ok(());
                 }
@@ -184,7 +205,10 @@ impl DestinationSender {
                     Some((tokens, token))
                 }
                 Err(error) => {
-                    return Attempt::Retry { class: ErrorClass::Auth, error: error.to_string() };
+                    return Attempt::Retry {
+                        class: ErrorClass::Auth,
+                        error: error.to_string(),
+                    };
                 }
             },
             Auth::None | Auth::Hmac(_) => None,
@@ -200,7 +224,9 @@ impl DestinationSender {
             }
             Err(error) => Err(error),
         };
-        self.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.in_flight.dec();
 
         match result {
@@ -210,21 +236,31 @@ impl DestinationSender {
             }
             Ok(status) => {
                 self.metrics.request(RequestOutcome::HttpStatus).inc();
-                if status == StatusCode::UNAUTHORIZED {
-                    if let Some((tokens, token)) = token {
-                        // Fetch a fresh token for the retry.
-                        tokens.invalidate(&token).await;
-                    }
+                if status == StatusCode::UNAUTHORIZED
+                    && let Some((tokens, token)) = token
+                {
+                    // Fetch a fresh token for the retry.
+                    tokens.invalidate(&token).await;
                 }
-                tracing::warn!(destination = self.config.id, status = status.as_u16(), "Partner did not accept a batch.");
-                Attempt::Retry { class: ErrorClass::HttpStatus, error: format!("HTTP {}", status.as_u16()) }
+                tracing::warn!(
+                    destination = self.config.id,
+                    status = status.as_u16(),
+                    "Partner did not accept a batch."
+                );
+                Attempt::Retry {
+                    class: ErrorClass::HttpStatus,
+                    error: format!("HTTP {}", status.as_u16()),
+                }
             }
             Err(error) => {
                 let (outcome, class) = classify(&error);
                 self.metrics.request(outcome).inc();
                 let error = error.without_url();
                 tracing::warn!(destination = self.config.id, outcome = outcome.label(), error = %error, "Request to partner failed.");
-                Attempt::Retry { class, error: error_chain(&error) }
+                Attempt::Retry {
+                    class,
+                    error: error_chain(&error),
+                }
             }
         }
     }

@@ -36,9 +36,14 @@ pub fn build_shared(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let dead_letters = Arc::new(
-        DeadLetterWriter::new(kafka, &config.kafka.dlq_topic).context("cannot create the dead-letter producer")?,
+        DeadLetterWriter::new(kafka, &config.kafka.dlq_topic)
+            .context("cannot create the dead-letter producer")?,
     );
-    Ok(Shared { senders, dead_letters, metrics })
+    Ok(Shared {
+        senders,
+        dead_letters,
+        metrics,
+    })
 }
 
 /// Fails with the fix when a topic the service needs does not exist (consumers do not create
@@ -69,9 +74,19 @@ pub async fn run(config: DeliveryConfig, runtime: &ServiceRuntime) -> anyhow::Re
     require_topics(&runtime.kafka, &topics).await?;
 
     let shared = build_shared(&config, &runtime.kafka, &runtime.registry)?;
-    let mut pipelines = vec![InputPipeline::start(&runtime.kafka, &config.kafka, &config.kafka.topic, shared.clone())?];
+    let mut pipelines = vec![InputPipeline::start(
+        &runtime.kafka,
+        &config.kafka,
+        &config.kafka.topic,
+        shared.clone(),
+    )?];
     if let Some(batch_topic) = &config.kafka.batch_topic {
-        pipelines.push(InputPipeline::start(&runtime.kafka, &config.kafka, batch_topic, shared.clone())?);
+        pipelines.push(InputPipeline::start(
+            &runtime.kafka,
+            &config.kafka,
+            batch_topic,
+            shared.clone(),
+        )?);
     }
     runtime.health.set_ready();
     tracing::info!(destinations = shared.senders.len(), group = %config.kafka.group_id, "Delivery is running.");

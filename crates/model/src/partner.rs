@@ -8,8 +8,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
 
 /// A request body: one destination, one batch.
 #[derive(Debug)]
@@ -112,8 +112,9 @@ impl Serialize for Regions<'_> {
 pub struct PartnerDate(pub i64);
 
 const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] =
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 impl fmt::Display for PartnerDate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -63,13 +63,22 @@ impl ServiceRuntime {
             on_signal.cancel();
         });
         tracing::info!(%admin_addr, brokers = %kafka.brokers, "Admin server listening.");
-        Ok(Self { kafka, registry, health, admin_addr, shutdown, admin_stop, admin })
+        Ok(Self {
+            kafka,
+            registry,
+            health,
+            admin_addr,
+            shutdown,
+            admin_stop,
+            admin,
+        })
     }
 
     /// Waits until a Kafka broker answers a metadata request, retrying every few seconds and
     /// saying so in `/readyz` meanwhile. Returns false if shutdown was requested first.
     pub async fn wait_for_kafka(&self) -> bool {
-        self.health.set_not_ready(format!("waiting for Kafka at {}", self.kafka.brokers));
+        self.health
+            .set_not_ready(format!("waiting for Kafka at {}", self.kafka.brokers));
         loop {
             let kafka = self.kafka.clone();
             let answer =

@@ -37,10 +37,34 @@ impl RecordedRequest {
 }
 
 /// How the receiver answers. A scripted response, if any, is used (once) before the default.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
     pub delay: Duration,
+    /// A JSON body (e.g. an OAuth token response); empty for none.
+    pub body: String,
+}
+
+impl Response {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+            body: String::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    #[must_use]
+    pub fn json(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
 }
 
 #[derive(Debug)]
@@ -98,10 +122,7 @@ impl Receiver {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             behaviour: Mutex::new(Behaviour {
-                default: Response {
-                    status: 200,
-                    delay: Duration::ZERO,
-                },
+                default: Response::status(200),
                 script: VecDeque::new(),
             }),
         });
@@ -152,7 +173,12 @@ impl Receiver {
 
     /// From now on answer every request with `status` after `delay`.
     pub fn respond(&self, status: u16, delay: Duration) {
-        lock(&self.shared.behaviour).default = Response { status, delay };
+        self.respond_with(Response::status(status).delay(delay));
+    }
+
+    /// From now on answer every request with `response`.
+    pub fn respond_with(&self, response: Response) {
+        lock(&self.shared.behaviour).default = response;
     }
 
     /// Answer the next requests with these, in order, then fall back to the default.
@@ -192,7 +218,7 @@ async fn record(
     let received_at = Instant::now();
     let response = {
         let mut behaviour = lock(&shared.behaviour);
-        let default = behaviour.default;
+        let default = behaviour.default.clone();
         behaviour.script.pop_front().unwrap_or(default)
     };
     // Recorded on arrival, so a test sees a request even while its answer is delayed.
@@ -205,7 +231,17 @@ async fn record(
         status: response.status,
     });
     tokio::time::sleep(response.delay).await;
-    StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if response.body.is_empty() {
+        status.into_response()
+    } else {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            response.body,
+        )
+            .into_response()
+    }
 }
 
 #[cfg(test)]
@@ -225,10 +261,7 @@ mod tests {
         };
 
         assert_eq!(post("one").await.unwrap().status(), 200);
-        receiver.script([Response {
-            status: 500,
-            delay: Duration::ZERO,
-        }]);
+        receiver.script([Response::status(500)]);
         assert_eq!(post("two").await.unwrap().status(), 500);
         assert_eq!(
             post("three").await.unwrap().status(),

@@ -39,7 +39,11 @@ impl HmacSigner {
             HeaderName::from_bytes(name.as_bytes())
                 .unwrap_or(HeaderName::from_static("x-signature-previous"))
         });
-        Self { config, header, previous_header }
+        Self {
+            config,
+            header,
+            previous_header,
+        }
     }
 
     /// The signature headers for `body`.
@@ -68,7 +72,11 @@ mod tests {
     fn the_contract_known_answer_vector() {
         // spec/outbound-contract.md §3, from the reference.
         assert_eq!(
-            sign(HmacAlgorithm::Sha1, b"sample_partner_private_key", b"POST message content"),
+            sign(
+                HmacAlgorithm::Sha1,
+                b"sample_partner_private_key",
+                b"POST message content"
+            ),
             "+wFdR/afZNoVqtGl8/e1KJ4ykPU="
         );
     }
@@ -78,8 +86,14 @@ mod tests {
         // RFC 2104 (MD5) test case 2, RFC 2202 (SHA-1) test case 2, RFC 4231 (SHA-256) test
         // case 2: key "Jefe", data "what do ya want for nothing?" — as Base64.
         let (key, data) = (b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(sign(HmacAlgorithm::Md5, key, data), "dQx4PmqwtQPqqG4xCl23OA==" /* 750c783e…a5db738 */);
-        assert_eq!(sign(HmacAlgorithm::Sha1, key, data), "7/zfauXrL6LSdBbV8YTfnCWafHk=");
+        assert_eq!(
+            sign(HmacAlgorithm::Md5, key, data),
+            "dQx4PmqwtQPqqG4xCl23OA==" /* 750c783e…a5db738 */
+        );
+        assert_eq!(
+            sign(HmacAlgorithm::Sha1, key, data),
+            "7/zfauXrL6LSdBbV8YTfnCWafHk="
+        );
         assert_eq!(
             sign(HmacAlgorithm::Sha256, key, data),
             "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM="

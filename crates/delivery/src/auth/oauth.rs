@@ -58,16 +58,23 @@ impl OAuthTokenSource {
         requests_ok: IntCounter,
         requests_failed: IntCounter,
     ) -> Self {
-        Self { config, client, timeout, cached: Mutex::new(None), requests_ok, requests_failed }
+        Self {
+            config,
+            client,
+            timeout,
+            cached: Mutex::new(None),
+            requests_ok,
+            requests_failed,
+        }
     }
 
     /// A valid token: the cached one, or a new one.
     pub async fn token(&self) -> Result<Arc<str>, TokenError> {
         let mut cached = self.cached.lock().await;
-        if let Some(token) = cached.as_ref() {
-            if token.refresh_at.is_none_or(|at| Instant::now() < at) {
-                return Ok(token.value.clone());
-            }
+        if let Some(token) = cached.as_ref()
+            && token.refresh_at.is_none_or(|at| Instant::now() < at)
+        {
+            return Ok(token.value.clone());
         }
         let fetched = self.fetch().await;
         match &fetched {
@@ -83,7 +90,10 @@ impl OAuthTokenSource {
     /// The partner refused `token` (401): drop it, unless another request already replaced it.
     pub async fn invalidate(&self, token: &Arc<str>) {
         let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| Arc::ptr_eq(&c.value, token)) {
+        if cached
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.value, token))
+        {
             *cached = None;
         }
     }
@@ -111,7 +121,10 @@ impl OAuthTokenSource {
         if !status.is_success() {
             return Err(TokenError::Status(status.as_u16()));
         }
-        let body = response.bytes().await.map_err(|e| TokenError::Request(e.without_url().to_string()))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| TokenError::Request(e.without_url().to_string()))?;
         let token: TokenResponse =
             serde_json::from_slice(&body).map_err(|_| TokenError::BadResponse)?;
         if !token.token_type.eq_ignore_ascii_case("bearer") {
@@ -125,6 +138,9 @@ impl OAuthTokenSource {
             let lifetime = Duration::from_secs(secs);
             Instant::now() + lifetime.saturating_sub((lifetime / 10).min(Duration::from_secs(60)))
         });
-        Ok(CachedToken { value: Arc::from(token.access_token), refresh_at })
+        Ok(CachedToken {
+            value: Arc::from(token.access_token),
+            refresh_at,
+        })
     }
 }

@@ -19,23 +19,42 @@ fn destination(extra: &str) -> Arc<DestinationConfig> {
         "destinations:\n  - {{ id: 423, url: https://p.example/aam, client_id: \"74323\", user_dpid: 20915, \
          segments: {{ 14356: \"14356\", 12176: \"99\", 500: \"99\" }}{extra} }}\n"
     );
-    DeliveryConfig::parse(Path::new("test.yaml"), &yaml, &|_| None).unwrap().destinations.remove(0)
+    DeliveryConfig::parse(Path::new("test.yaml"), &yaml, &|_| None)
+        .unwrap()
+        .destinations
+        .remove(0)
 }
 
 fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
     SegmentChange {
         segment_id,
-        status: if active { SegmentStatus::Active } else { SegmentStatus::Inactive } as i32,
-        reason: if active { ChangeReason::Qualified } else { ChangeReason::Rule } as i32,
+        status: if active {
+            SegmentStatus::Active
+        } else {
+            SegmentStatus::Inactive
+        } as i32,
+        reason: if active {
+            ChangeReason::Qualified
+        } else {
+            ChangeReason::Rule
+        } as i32,
         time_unix_ms,
     }
 }
 
-fn update(user: &str, regions: &[u32], partner_ids: &[&str], changes: Vec<SegmentChange>) -> RoutedEvent {
+fn update(
+    user: &str,
+    regions: &[u32],
+    partner_ids: &[&str],
+    changes: Vec<SegmentChange>,
+) -> RoutedEvent {
     let partner_ids = if partner_ids.is_empty() {
         vec![]
     } else {
-        vec![PartnerIds { data_partner_id: 1234, partner_uuids: partner_ids.iter().map(|s| (*s).to_owned()).collect() }]
+        vec![PartnerIds {
+            data_partner_id: 1234,
+            partner_uuids: partner_ids.iter().map(|s| (*s).to_owned()).collect(),
+        }]
     };
     RoutedEvent {
         update: Arc::new(SegmentStatusUpdate {
@@ -53,15 +72,33 @@ fn update(user: &str, regions: &[u32], partner_ids: &[&str], changes: Vec<Segmen
 fn body(batch: &DestinationBatch) -> String {
     let mut out = Vec::new();
     write_body(batch, T0 + 20_000, &mut out);
-    assert_eq!(out.len(), batch.body_bytes(), "size accounting must match the body");
+    assert_eq!(
+        out.len(),
+        batch.body_bytes(),
+        "size accounting must match the body"
+    );
     String::from_utf8(out).unwrap()
 }
 
 #[test]
 fn golden_body_strings_everywhere_regions_omitted_when_empty() {
     let mut batch = DestinationBatch::new(destination(""));
-    batch.add(update("u1", &[6, 7], &[], vec![change(14356, true, T0), change(12176, false, T0)])).unwrap();
-    batch.add(update("u2", &[], &[], vec![change(14356, true, T0 - 1_000), change(777, true, T0)])).unwrap();
+    batch
+        .add(update(
+            "u1",
+            &[6, 7],
+            &[],
+            vec![change(14356, true, T0), change(12176, false, T0)],
+        ))
+        .unwrap();
+    batch
+        .add(update(
+            "u2",
+            &[],
+            &[],
+            vec![change(14356, true, T0 - 1_000), change(777, true, T0)],
+        ))
+        .unwrap();
     assert_eq!(
         body(&batch),
         concat!(
@@ -79,8 +116,17 @@ fn golden_body_strings_everywhere_regions_omitted_when_empty() {
 #[test]
 fn golden_body_one_entry_per_synced_partner_id() {
     let mut batch = DestinationBatch::new(destination(", data_partner: 1234"));
-    batch.add(update("u1", &[], &["p-a", "p-b"], vec![change(14356, false, 1_467_821_862_000)])).unwrap();
-    batch.add(update("u2", &[3], &[], vec![change(14356, true, T0)])).unwrap();
+    batch
+        .add(update(
+            "u1",
+            &[],
+            &["p-a", "p-b"],
+            vec![change(14356, false, 1_467_821_862_000)],
+        ))
+        .unwrap();
+    batch
+        .add(update("u2", &[3], &[], vec![change(14356, true, T0)]))
+        .unwrap();
     assert_eq!(batch.entry_count(), 3);
     assert_eq!(
         body(&batch),
@@ -96,11 +142,34 @@ fn golden_body_one_entry_per_synced_partner_id() {
 #[test]
 fn latest_status_per_user_and_segment_wins_within_a_batch() {
     let mut batch = DestinationBatch::new(destination(""));
-    batch.add(update("u1", &[6], &[], vec![change(14356, true, T0), change(12176, true, T0)])).unwrap();
-    batch.add(update("u2", &[], &[], vec![change(14356, true, T0)])).unwrap();
-    batch.add(update("u1", &[6, 9], &[], vec![change(14356, false, T0 + 1_000)])).unwrap();
+    batch
+        .add(update(
+            "u1",
+            &[6],
+            &[],
+            vec![change(14356, true, T0), change(12176, true, T0)],
+        ))
+        .unwrap();
+    batch
+        .add(update("u2", &[], &[], vec![change(14356, true, T0)]))
+        .unwrap();
+    batch
+        .add(update(
+            "u1",
+            &[6, 9],
+            &[],
+            vec![change(14356, false, T0 + 1_000)],
+        ))
+        .unwrap();
     // Our 500 maps to their 99 too: the partner sees one status for Segment_ID 99.
-    batch.add(update("u1", &[6, 9], &[], vec![change(500, false, T0 + 2_000)])).unwrap();
+    batch
+        .add(update(
+            "u1",
+            &[6, 9],
+            &[],
+            vec![change(500, false, T0 + 2_000)],
+        ))
+        .unwrap();
     assert_eq!(batch.users.len(), 2);
     assert_eq!(batch.events.len(), 4);
     assert_eq!(
@@ -118,14 +187,35 @@ fn latest_status_per_user_and_segment_wins_within_a_batch() {
 #[test]
 fn max_users_closes_the_batch() {
     let mut batch = DestinationBatch::new(destination(", batch: { max_users: 2 }"));
-    assert!(batch.add(update("u1", &[], &[], vec![change(14356, true, T0)])).is_ok());
-    assert!(batch.add(update("u2", &[], &[], vec![change(14356, true, T0)])).is_ok());
+    assert!(
+        batch
+            .add(update("u1", &[], &[], vec![change(14356, true, T0)]))
+            .is_ok()
+    );
+    assert!(
+        batch
+            .add(update("u2", &[], &[], vec![change(14356, true, T0)]))
+            .is_ok()
+    );
     assert!(batch.is_full());
-    assert!(batch.add(update("u1", &[], &[], vec![change(14356, false, T0)])).is_ok(), "a known user fits");
-    assert!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])).is_err());
+    assert!(
+        batch
+            .add(update("u1", &[], &[], vec![change(14356, false, T0)]))
+            .is_ok(),
+        "a known user fits"
+    );
+    assert!(
+        batch
+            .add(update("u3", &[], &[], vec![change(14356, true, T0)]))
+            .is_err()
+    );
     assert_eq!(batch.take_events().len(), 3);
     assert!(batch.is_empty());
-    assert!(batch.add(update("u3", &[], &[], vec![change(14356, true, T0)])).is_ok());
+    assert!(
+        batch
+            .add(update("u3", &[], &[], vec![change(14356, true, T0)]))
+            .is_ok()
+    );
 }
 
 #[test]
@@ -133,7 +223,9 @@ fn idempotency_key_depends_on_the_events_only() {
     let make = |users: &[&str]| {
         let mut batch = DestinationBatch::new(destination(""));
         for user in users {
-            batch.add(update(user, &[], &[], vec![change(14356, true, T0)])).unwrap();
+            batch
+                .add(update(user, &[], &[], vec![change(14356, true, T0)]))
+                .unwrap();
         }
         batch
     };
@@ -141,7 +233,10 @@ fn idempotency_key_depends_on_the_events_only() {
     assert_eq!(key.len(), 32);
     assert_eq!(key, idempotency_key(&make(&["a", "b"]), "segment-status"));
     assert_ne!(key, idempotency_key(&make(&["a", "c"]), "segment-status"));
-    assert_ne!(key, idempotency_key(&make(&["a", "b"]), "segment-status-batch"));
+    assert_ne!(
+        key,
+        idempotency_key(&make(&["a", "b"]), "segment-status-batch")
+    );
 }
 
 proptest! {

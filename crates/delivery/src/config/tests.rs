@@ -50,11 +50,17 @@ fn the_documented_example_parses_with_defaults_and_overrides() {
     let config = parse(EXAMPLE).unwrap();
     assert_eq!(config.kafka.group_id, "delivery");
     assert_eq!(config.kafka.topic, "segment-status");
-    assert_eq!(config.kafka.batch_topic.as_deref(), Some("segment-status-batch"));
+    assert_eq!(
+        config.kafka.batch_topic.as_deref(),
+        Some("segment-status-batch")
+    );
     assert_eq!(config.kafka.dlq_topic, "segment-status-dlq");
 
     let acme = &config.destinations[0];
-    assert_eq!((acme.id, acme.name.as_str(), acme.user_dpid), (423, "acme-dsp", 20915));
+    assert_eq!(
+        (acme.id, acme.name.as_str(), acme.user_dpid),
+        (423, "acme-dsp", 20915)
+    );
     assert_eq!(acme.client_id, "74323");
     assert_eq!(acme.data_partner, Some(1234));
     assert_eq!(acme.segments[&12176].as_ref(), "99");
@@ -63,10 +69,17 @@ fn the_documented_example_parses_with_defaults_and_overrides() {
     assert_eq!(acme.success_codes, [200]);
     assert_eq!(acme.max_in_flight, 4);
     assert_eq!(acme.rate_limit_rps, None);
-    let AuthConfig::Hmac(hmac) = &acme.auth else { panic!("hmac expected") };
+    let AuthConfig::Hmac(hmac) = &acme.auth else {
+        panic!("hmac expected")
+    };
     assert_eq!(hmac.algorithm, HmacAlgorithm::Sha1);
     assert_eq!(hmac.key.expose(), "k1");
-    assert_eq!(hmac.previous.as_ref().map(|(k, h)| (k.expose(), h.as_str())), Some(("k0", "X-Signature-Previous")));
+    assert_eq!(
+        hmac.previous
+            .as_ref()
+            .map(|(k, h)| (k.expose(), h.as_str())),
+        Some(("k0", "X-Signature-Previous"))
+    );
 
     let other = &config.destinations[1];
     assert_eq!(other.name, "424");
@@ -75,10 +88,15 @@ fn the_documented_example_parses_with_defaults_and_overrides() {
     assert_eq!(other.batch.linger, Duration::from_millis(50));
     assert_eq!(other.batch.max_users, 1000, "inherited from defaults");
     assert_eq!(other.max_in_flight, 2);
-    let AuthConfig::OAuth2(oauth) = &other.auth else { panic!("oauth2 expected") };
+    let AuthConfig::OAuth2(oauth) = &other.auth else {
+        panic!("oauth2 expected")
+    };
     assert_eq!(oauth.client_id, "client");
     assert_eq!(oauth.client_secret.expose(), "s3cret");
-    assert!(!format!("{config:?}").contains("s3cret"), "secrets never print");
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "secrets never print"
+    );
 }
 
 #[test]
@@ -121,7 +139,9 @@ destinations:
 
 #[test]
 fn unknown_keys_are_refused_with_their_name() {
-    let error = parse("destinations: []\nretry: 3\n").unwrap_err().to_string();
+    let error = parse("destinations: []\nretry: 3\n")
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("retry"), "{error}");
     let error = parse(
         "destinations:\n  - { id: 1, url: https://a.example, client_id: a, user_dpid: 1, segments: {1: 1}, timout_ms: 5 }\n",
@@ -151,9 +171,15 @@ fn secrets_can_come_from_files() {
         dir.join("key").display()
     );
     let config = parse(&text).unwrap();
-    let AuthConfig::Hmac(hmac) = &config.destinations[0].auth else { panic!() };
+    let AuthConfig::Hmac(hmac) = &config.destinations[0].auth else {
+        panic!()
+    };
     assert_eq!(hmac.key.expose(), "from-file");
-    assert_eq!(hmac.algorithm, HmacAlgorithm::Sha256, "sha256 is the default");
+    assert_eq!(
+        hmac.algorithm,
+        HmacAlgorithm::Sha256,
+        "sha256 is the default"
+    );
     assert_eq!(hmac.header, "X-Signature");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,7 +7,11 @@ use proptest::prelude::*;
 use super::*;
 
 fn segment(id: &str, active: bool, time_unix_ms: i64) -> PartnerSegment {
-    PartnerSegment { segment_id: Arc::from(id), active, time_unix_ms }
+    PartnerSegment {
+        segment_id: Arc::from(id),
+        active,
+        time_unix_ms,
+    }
 }
 
 #[test]
@@ -40,7 +44,10 @@ proptest! {
 
 #[test]
 fn body_is_the_reference_shape_with_strings_everywhere() {
-    let first = [segment("14356", true, 1_469_636_242_000), segment("12176", false, 1_469_636_242_000)];
+    let first = [
+        segment("14356", true, 1_469_636_242_000),
+        segment("12176", false, 1_469_636_242_000),
+    ];
     let second = [segment("10329", true, 1_469_636_241_000)];
     let users = [
         PartnerUser {

@@ -1,0 +1,165 @@
+//! What the partner receives: the exact body and valid signatures (checked here with the
+//! hmac crates directly, not with delivery's code).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use testkit::receiver::Receiver;
+use testkit::service::metric_value;
+
+use super::{DeliveryTest, T0, change, destination, json, update};
+
+fn hmac_base64<M: Mac + hmac::digest::KeyInit>(key: &str, body: &[u8]) -> String {
+    let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(body);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn partner_receives_the_exact_body_signed_with_both_keys_during_rotation() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        423,
+        &receiver,
+        ", data_partner: 1234, max_in_flight: 1, batch: { linger_ms: 300 }, auth: { hmac: { key_env: ACME_KEY, header: X-Signature, algorithm: sha1, previous_key_env: ACME_OLD_KEY, previous_header: X-Signature-Previous } }",
+    )]);
+    // All three in one batch (one partition, one lane, long linger): latest status per
+    // segment wins.
+    test.produce(
+        &test.topic,
+        &[
+            update(
+                "u1",
+                &[6, 7],
+                &["p-a", "p-b"],
+                vec![change(14356, true, T0), change(12176, true, T0)],
+            ),
+            update(
+                "u2",
+                &[],
+                &[],
+                vec![
+                    change(14356, true, 1_467_821_862_000),
+                    change(777, true, T0),
+                ],
+            ),
+            update(
+                "u1",
+                &[6, 7],
+                &["p-a", "p-b"],
+                vec![change(12176, false, T0 + 1_000)],
+            ),
+        ],
+    )
+    .await;
+    let service = test
+        .start(
+            &config,
+            &[
+                ("ACME_KEY", "sample_partner_private_key"),
+                ("ACME_OLD_KEY", "old-key"),
+            ],
+        )
+        .await;
+
+    let request = receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/aam");
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(request.header("idempotency-key").map(str::len), Some(32));
+    assert_eq!(
+        request.header("x-signature"),
+        Some(hmac_base64::<Hmac<sha1::Sha1>>("sample_partner_private_key", &request.body).as_str())
+    );
+    assert_eq!(
+        request.header("x-signature-previous"),
+        Some(hmac_base64::<Hmac<sha1::Sha1>>("old-key", &request.body).as_str())
+    );
+
+    let body = String::from_utf8(request.body.to_vec()).unwrap();
+    let process_time = json(&request.body)["ProcessTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        process_time.len(),
+        28,
+        "EEE MMM dd HH:mm:ss UTC yyyy: {process_time}"
+    );
+    assert!(process_time.contains(" UTC 20"), "{process_time}");
+    let expected = format!(
+        concat!(
+            r#"{{"ProcessTime":"{}","User_DPID":"20915","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"3","Users":["#,
+            r#"{{"AAM_UUID":"u1","DataPartner_UUID":"p-a","AAM_Regions":["6","7"],"Segments":[{{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}},{{"Segment_ID":"99","Status":"0","DateTime":"Wed Jul 27 16:17:23 UTC 2016"}}]}},"#,
+            r#"{{"AAM_UUID":"u1","DataPartner_UUID":"p-b","AAM_Regions":["6","7"],"Segments":[{{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}},{{"Segment_ID":"99","Status":"0","DateTime":"Wed Jul 27 16:17:23 UTC 2016"}}]}},"#,
+            r#"{{"AAM_UUID":"u2","DataPartner_UUID":"","Segments":[{{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 06 16:17:42 UTC 2016"}}]}}]}}"#,
+        ),
+        process_time
+    );
+    assert_eq!(body, expected);
+
+    testkit::wait_until(
+        "events counted as delivered",
+        Duration::from_secs(10),
+        || async {
+            metric_value(
+                &service.metrics().await,
+                r#"delivery_events_total{destination="423",outcome="delivered"}"#,
+            ) == Some(3.0)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn md5_sha1_and_sha256_signatures_verify() {
+    let test = DeliveryTest::new(1).await;
+    let receivers = [
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    ];
+    let algorithms = ["md5", "sha1", "sha256"];
+    let destinations: Vec<String> = receivers
+        .iter()
+        .zip(algorithms)
+        .enumerate()
+        .map(|(i, (receiver, algorithm))| {
+            destination(500 + i as u64, receiver, &format!(", auth: {{ hmac: {{ key_env: KEY, header: X-Sig-{algorithm}, algorithm: {algorithm} }} }}"))
+        })
+        .collect();
+    let config = test.config(&destinations);
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let _service = test.start(&config, &[("KEY", "k3y")]).await;
+
+    for (receiver, algorithm) in receivers.iter().zip(algorithms) {
+        let request = receiver
+            .wait_for_requests(1, Duration::from_secs(20))
+            .await
+            .remove(0);
+        let expected = match algorithm {
+            "md5" => hmac_base64::<Hmac<md5::Md5>>("k3y", &request.body),
+            "sha1" => hmac_base64::<Hmac<sha1::Sha1>>("k3y", &request.body),
+            _ => hmac_base64::<Hmac<sha2::Sha256>>("k3y", &request.body),
+        };
+        assert_eq!(
+            request.header(&format!("x-sig-{algorithm}")),
+            Some(expected.as_str()),
+            "{algorithm}"
+        );
+        assert_eq!(
+            request.header("x-signature-previous"),
+            None,
+            "no rotation configured"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Bad input and bad config, and a clean stop.
+
+use std::time::Duration;
+
+use model::ErrorClass;
+use testkit::receiver::Receiver;
+use testkit::service::{ServiceBuilder, metric_value};
+
+use super::{DeliveryTest, T0, change, destination, entries, json, update};
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_counted_and_processing_continues() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(11, &receiver, "")]);
+    test.produce_raw("bad-user", b"\xff\xfe not protobuf").await;
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let service = test.start(&config, &[]).await;
+
+    let request = receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(
+        entries([json(&request.body)]),
+        [("u1".into(), "14356".into(), "1".into())]
+    );
+    let records = test.dead_letters(1, Duration::from_secs(20)).await;
+    let record = &records[0];
+    assert_eq!(record.error_class(), ErrorClass::Undecodable);
+    assert_eq!(record.raw, b"\xff\xfe not protobuf");
+    let source = record.source.as_ref().unwrap();
+    assert_eq!(
+        (source.topic.as_str(), source.partition, source.offset),
+        (test.topic.as_str(), 0, 0)
+    );
+    testkit::wait_until(
+        "decode error counted, both offsets committed",
+        Duration::from_secs(10),
+        || async {
+            metric_value(&service.metrics().await, "delivery_decode_errors_total") == Some(1.0)
+                && test.committed(1).get(&0) == Some(&2)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_batches_commits_and_exits_0() {
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    // Slow partner: batches are in flight when SIGTERM arrives.
+    receiver.respond(200, Duration::from_millis(800));
+    let config = test.config(&[destination(12, &receiver, ", max_in_flight: 2")]);
+    let mut service = test.start(&config, &[]).await;
+    let updates: Vec<_> = (0..20)
+        .map(|i| update(&format!("u{i}"), &[], &[], vec![change(14356, true, T0)]))
+        .collect();
+    test.produce(&test.topic, &updates).await;
+    receiver.wait_for_requests(1, Duration::from_secs(20)).await;
+
+    service.terminate();
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        service.log()
+    );
+    let delivered = entries(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| json(&r.body)),
+    );
+    let mut users: Vec<_> = delivered.iter().map(|(u, _, _)| u.clone()).collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 20, "every event was delivered before exit");
+    let committed: i64 = test.committed(2).values().sum();
+    assert_eq!(committed, 20, "every offset was committed before exit");
+}
+
+#[tokio::test]
+async fn bad_config_stops_start_up_naming_file_key_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("destinations.yaml");
+    std::fs::write(
+        &path,
+        "destinations:\n  - { id: 1, url: http://partner.example.com/in, client_id: a, user_dpid: 1, segments: { 1: 1 } }\n",
+    )
+    .unwrap();
+    let mut service = ServiceBuilder::new("delivery")
+        .arg("--config")
+        .arg(path.to_str().unwrap())
+        .spawn();
+    let status = service.wait_exit(Duration::from_secs(10)).await;
+    assert!(!status.success());
+    let log = service.log();
+    assert!(
+        log.contains(&format!("{}: invalid configuration", path.display())),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "destinations[0].url: must be https (set `allow_insecure_http: true` to allow http)"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // check-config prints the same, and accepts a good file.
+    let mut check = ServiceBuilder::new("delivery")
+        .arg("check-config")
+        .arg(path.to_str().unwrap())
+        .spawn();
+    assert!(!check.wait_exit(Duration::from_secs(10)).await.success());
+    assert!(
+        check.log().contains("destinations[0].url"),
+        "{}",
+        check.log()
+    );
+    std::fs::write(&path, "destinations:\n  - { id: 1, url: https://partner.example.com/in, client_id: a, user_dpid: 1, segments: { 1: 1 } }\n").unwrap();
+    let mut check = ServiceBuilder::new("delivery")
+        .arg("check-config")
+        .arg(path.to_str().unwrap())
+        .spawn();
+    assert!(
+        check.wait_exit(Duration::from_secs(10)).await.success(),
+        "{}",
+        check.log()
+    );
+}

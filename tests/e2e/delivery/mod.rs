@@ -1,0 +1,222 @@
+//! Delivery end to end: the real `delivery` binary, the real broker, real HTTPS receivers.
+
+mod contract;
+mod failures;
+mod lifecycle;
+mod oauth;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use model::{
+    ChangeReason, DeadLetterRecord, Origin, PartnerIds, SegmentChange, SegmentStatus,
+    SegmentStatusUpdate,
+};
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureRecord;
+use testkit::kafka;
+use testkit::receiver::Receiver;
+use testkit::service::{Service, ServiceBuilder};
+
+/// 2016-07-27T16:17:22Z.
+pub const T0: i64 = 1_469_636_242_000;
+
+/// Topics and a consumer group of one test, and where its config files go.
+pub struct DeliveryTest {
+    pub topic: String,
+    pub batch_topic: String,
+    pub dlq_topic: String,
+    pub group: String,
+    dir: tempfile::TempDir,
+}
+
+impl DeliveryTest {
+    pub async fn new(partitions: i32) -> Self {
+        let topic = kafka::unique_topic("status", partitions).await;
+        let batch_topic = kafka::unique_topic("status-batch", partitions).await;
+        let dlq_topic = kafka::unique_topic("status-dlq", partitions).await;
+        Self {
+            topic,
+            batch_topic,
+            dlq_topic,
+            group: testkit::unique_name("delivery"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes a config with this test's topics and `destinations` (YAML list items).
+    pub fn config(&self, destinations: &[String]) -> PathBuf {
+        let yaml = format!(
+            "kafka:\n  group_id: {}\n  topic: {}\n  batch_topic: {}\n  dlq_topic: {}\n  commit_interval_ms: 100\n  session_timeout_ms: 6000\n  drain_timeout_ms: 15000\ndestinations:\n{}",
+            self.group,
+            self.topic,
+            self.batch_topic,
+            self.dlq_topic,
+            destinations
+                .iter()
+                .map(|d| format!("  - {d}\n"))
+                .collect::<String>()
+        );
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.yaml", testkit::unique_name("destinations")));
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    pub async fn start(&self, config: &std::path::Path, env: &[(&str, &str)]) -> Service {
+        let mut builder = ServiceBuilder::new("delivery")
+            .arg("--config")
+            .arg(config.to_str().unwrap());
+        for (key, value) in env {
+            builder = builder.env(key, *value);
+        }
+        let mut service = builder.spawn();
+        service.wait_ready(Duration::from_secs(30)).await;
+        service
+    }
+
+    pub async fn produce(&self, topic: &str, updates: &[SegmentStatusUpdate]) {
+        let producer = kafka::producer();
+        for update in updates {
+            let bytes = update.encode_to_vec();
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&update.user_id).payload(&bytes),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+        }
+    }
+
+    pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
+        kafka::producer()
+            .send(
+                FutureRecord::to(&self.topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+    }
+
+    /// Reads the dead-letter topic until `n` records arrived.
+    pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<DeadLetterRecord> {
+        let consumer = kafka::consumer(&testkit::unique_name("dlq-reader"));
+        consumer.subscribe(&[&self.dlq_topic]).unwrap();
+        let mut records = Vec::new();
+        while records.len() < n {
+            let message = tokio::time::timeout(timeout, consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} dead letters arrived", records.len()))
+                .unwrap();
+            records.push(DeadLetterRecord::decode(message.payload().unwrap()).unwrap());
+        }
+        records
+    }
+
+    /// The group's committed offsets of the real-time topic, by partition.
+    pub fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
+        let consumer = kafka::consumer(&self.group);
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(&self.topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap();
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A destination entry for `receiver` mapping our 14356 → "14356" and 12176 → "99", with a
+/// 50 ms linger unless `extra` sets `batch`.
+pub fn destination(id: u64, receiver: &Receiver, extra: &str) -> String {
+    let batch = if extra.contains("batch:") {
+        ""
+    } else {
+        ", batch: { linger_ms: 50 }"
+    };
+    format!(
+        "{{ id: {id}, url: \"{}\", ca_file: \"{}\", client_id: \"74323\", user_dpid: 20915, \
+         segments: {{ 14356: \"14356\", 12176: \"99\" }}{batch}{extra} }}",
+        receiver.url("/aam"),
+        receiver.ca_file().display()
+    )
+}
+
+pub fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
+    SegmentChange {
+        segment_id,
+        status: if active {
+            SegmentStatus::Active
+        } else {
+            SegmentStatus::Inactive
+        } as i32,
+        reason: if active {
+            ChangeReason::Qualified
+        } else {
+            ChangeReason::Ttl
+        } as i32,
+        time_unix_ms,
+    }
+}
+
+pub fn update(
+    user: &str,
+    regions: &[u32],
+    partner_ids: &[&str],
+    changes: Vec<SegmentChange>,
+) -> SegmentStatusUpdate {
+    SegmentStatusUpdate {
+        user_id: user.to_owned(),
+        regions: regions.to_vec(),
+        partner_ids: if partner_ids.is_empty() {
+            vec![]
+        } else {
+            vec![PartnerIds {
+                data_partner_id: 1234,
+                partner_uuids: partner_ids.iter().map(|s| (*s).to_owned()).collect(),
+            }]
+        },
+        changes,
+        origin: Origin::Realtime as i32,
+        produced_unix_ms: T0,
+    }
+}
+
+/// The body as JSON.
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// (user, Segment_ID, Status) of every segment entry in the bodies, in order.
+pub fn entries(
+    bodies: impl IntoIterator<Item = serde_json::Value>,
+) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for body in bodies {
+        for user in body["Users"].as_array().unwrap() {
+            for segment in user["Segments"].as_array().unwrap() {
+                out.push((
+                    user["AAM_UUID"].as_str().unwrap().to_owned(),
+                    segment["Segment_ID"].as_str().unwrap().to_owned(),
+                    segment["Status"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
