@@ -29,6 +29,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawKafka {
     group_id: Option<String>,
+    batch_group_id: Option<String>,
     topic: Option<String>,
     batch_topic: Option<String>,
     dlq_topic: Option<String>,
@@ -149,8 +150,12 @@ pub struct DeliveryConfig {
 /// Topics, group and timing of the Kafka side (`kafka:`; every key optional).
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
-    /// Consumer group shared by every delivery process. Default `delivery`.
+    /// Consumer group of the real-time input, shared by every delivery process. Default
+    /// `delivery`.
     pub group_id: String,
+    /// Consumer group of the batch input. Default `<group_id>-batch`: a group of its own, so
+    /// batch consumers joining or leaving never pause real-time consumption for a rebalance.
+    pub batch_group_id: String,
     /// Real-time input. Default `segment-status`.
     pub topic: String,
     /// Offline/onboarded input, a lower-priority lane. Default `segment-status-batch`;
@@ -371,6 +376,15 @@ fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
     let group_id = name("group_id", raw.group_id, "delivery");
     let topic = name("topic", raw.topic, "segment-status");
     let dlq_topic = name("dlq_topic", raw.dlq_topic, "segment-status-dlq");
+    let batch_group_id = raw
+        .batch_group_id
+        .unwrap_or_else(|| format!("{group_id}-batch"));
+    if batch_group_id == group_id {
+        problems.add(
+            "kafka.batch_group_id",
+            "must differ from kafka.group_id: one group per input keeps their rebalances apart",
+        );
+    }
     let batch_topic = match raw.batch_topic {
         None => Some("segment-status-batch".to_owned()),
         Some(t) if t.trim().is_empty() => None,
@@ -394,6 +408,7 @@ fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
     }
     KafkaConfig {
         group_id,
+        batch_group_id,
         topic,
         batch_topic,
         dlq_topic,

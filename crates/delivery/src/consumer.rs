@@ -152,6 +152,7 @@ impl InputPipeline {
         kafka: &KafkaSettings,
         config: &KafkaConfig,
         topic: &str,
+        group_id: &str,
         shared: Shared,
     ) -> Result<Self, KafkaError> {
         let watermarks = Watermarks::default();
@@ -162,7 +163,7 @@ impl InputPipeline {
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .client_config(&format!("delivery-{topic}"))
-            .set("group.id", &config.group_id)
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -170,6 +171,14 @@ impl InputPipeline {
             .set(
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
+            )
+            // A member learns of a rebalance at its next heartbeat: keep that short.
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout / 5)
+                    .as_millis()
+                    .min(3_000)
+                    .to_string(),
             )
             .set("statistics.interval.ms", "5000")
             .create_with_context(context)?;

@@ -78,6 +78,7 @@ pub async fn run(config: DeliveryConfig, runtime: &ServiceRuntime) -> anyhow::Re
         &runtime.kafka,
         &config.kafka,
         &config.kafka.topic,
+        &config.kafka.group_id,
         shared.clone(),
     )?];
     if let Some(batch_topic) = &config.kafka.batch_topic {
@@ -85,6 +86,7 @@ pub async fn run(config: DeliveryConfig, runtime: &ServiceRuntime) -> anyhow::Re
             &runtime.kafka,
             &config.kafka,
             batch_topic,
+            &config.kafka.batch_group_id,
             shared.clone(),
         )?);
     }

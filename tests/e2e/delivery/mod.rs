@@ -4,6 +4,8 @@ mod contract;
 mod failures;
 mod lifecycle;
 mod oauth;
+mod ordering;
+mod recovery;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ pub struct DeliveryTest {
     pub batch_topic: String,
     pub dlq_topic: String,
     pub group: String,
+    producer: rdkafka::producer::FutureProducer,
     dir: tempfile::TempDir,
 }
 
@@ -43,6 +46,7 @@ impl DeliveryTest {
             batch_topic,
             dlq_topic,
             group: testkit::unique_name("delivery"),
+            producer: kafka::producer(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -80,28 +84,30 @@ impl DeliveryTest {
         service
     }
 
-    pub async fn produce(&self, topic: &str, updates: &[SegmentStatusUpdate]) {
-        let producer = kafka::producer();
+    /// Produces `updates` in order and returns where each landed (partition, offset).
+    pub async fn produce(&self, topic: &str, updates: &[SegmentStatusUpdate]) -> Vec<(i32, i64)> {
+        let mut positions = Vec::with_capacity(updates.len());
         for update in updates {
             let bytes = update.encode_to_vec();
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&update.user_id).payload(&bytes),
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+            positions.push(self.produce_raw_to(topic, &update.user_id, &bytes).await);
         }
+        positions
     }
 
     pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
-        kafka::producer()
+        self.produce_raw_to(&self.topic, key, payload).await;
+    }
+
+    async fn produce_raw_to(&self, topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
+        let delivery = self
+            .producer
             .send(
-                FutureRecord::to(&self.topic).key(key).payload(payload),
+                FutureRecord::to(topic).key(key).payload(payload),
                 Duration::from_secs(10),
             )
             .await
             .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+        (delivery.partition, delivery.offset)
     }
 
     /// Reads the dead-letter topic until `n` records arrived.

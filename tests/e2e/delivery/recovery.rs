@@ -1,0 +1,186 @@
+//! Crashes, scaling out and in, and replaying dead letters: nothing is missing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use testkit::receiver::Receiver;
+use testkit::service::{ServiceBuilder, metric_value};
+
+use super::{DeliveryTest, T0, change, destination, entries, json, update};
+
+/// Users seen in successful requests.
+fn delivered_users(receiver: &Receiver) -> HashSet<String> {
+    entries(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| json(&r.body)),
+    )
+    .into_iter()
+    .map(|(user, _, _)| user)
+    .collect()
+}
+
+/// Produces one update per user and returns where each landed.
+async fn produce_users(
+    test: &DeliveryTest,
+    users: impl Iterator<Item = String>,
+) -> HashMap<String, (i32, i64)> {
+    let users: Vec<String> = users.collect();
+    let updates: Vec<_> = users
+        .iter()
+        .map(|user| update(user, &[], &[], vec![change(14356, true, T0)]))
+        .collect();
+    users
+        .into_iter()
+        .zip(test.produce(&test.topic, &updates).await)
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_loses_nothing_and_resends_only_the_uncommitted_window() {
+    let test = DeliveryTest::new(3).await;
+    let receiver = Receiver::start().await;
+    receiver.respond(200, Duration::from_millis(30));
+    let config = test.config(&[destination(
+        50,
+        &receiver,
+        ", batch: { linger_ms: 20, max_users: 5 }",
+    )]);
+    let positions = produce_users(&test, (0..300).map(|i| format!("u{i}"))).await;
+    let mut first = test.start(&config, &[]).await;
+    testkit::wait_until("some batches delivered", Duration::from_secs(30), || {
+        let n = delivered_users(&receiver).len();
+        async move { n >= 40 }
+    })
+    .await;
+    first.kill9().await;
+    let before_restart = receiver.requests().len();
+    let committed_at_kill = test.committed(3);
+    assert!(delivered_users(&receiver).len() < 300, "killed mid-stream");
+
+    let _second = test.start(&config, &[]).await;
+    testkit::wait_until(
+        "every user delivered after the restart",
+        Duration::from_secs(60),
+        || {
+            let n = delivered_users(&receiver).len();
+            async move { n == 300 }
+        },
+    )
+    .await;
+    // What the restarted process sent again was not committed when the first one died.
+    let resent = entries(
+        receiver.requests()[before_restart..]
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| json(&r.body)),
+    );
+    for (user, _, _) in resent {
+        let (partition, offset) = positions[&user];
+        let committed = committed_at_kill.get(&partition).copied().unwrap_or(0);
+        assert!(
+            offset >= committed,
+            "{user} at {partition}/{offset} re-sent though committed up to {committed}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_processes_split_the_partitions_and_one_takes_over_when_the_other_stops() {
+    let test = DeliveryTest::new(6).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(51, &receiver, "")]);
+    let a = test.start(&config, &[]).await;
+    let mut b = test.start(&config, &[]).await;
+    // Let the group settle with both members before producing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce_users(&test, (0..120).map(|i| format!("a{i}"))).await;
+    testkit::wait_until("first wave delivered", Duration::from_secs(30), || {
+        let n = delivered_users(&receiver).len();
+        async move { n == 120 }
+    })
+    .await;
+    let delivered = |metrics: &str| {
+        metric_value(
+            metrics,
+            r#"delivery_events_total{destination="51",outcome="delivered"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let (by_a, by_b) = (delivered(&a.metrics().await), delivered(&b.metrics().await));
+    assert!(
+        by_a > 0.0 && by_b > 0.0,
+        "both processes delivered: {by_a} and {by_b}"
+    );
+    assert_eq!(by_a + by_b, 120.0);
+
+    b.terminate();
+    assert!(b.wait_exit(Duration::from_secs(30)).await.success());
+    produce_users(&test, (0..120).map(|i| format!("b{i}"))).await;
+    testkit::wait_until(
+        "second wave delivered by the remaining process",
+        Duration::from_secs(60),
+        || {
+            let n = delivered_users(&receiver).len();
+            async move { n == 240 }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn replay_re_delivers_dead_letters_once_the_partner_is_healthy() {
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    receiver.respond(500, Duration::ZERO);
+    let config = test.config(&[destination(52, &receiver, ", retries: 0")]);
+    let service = test.start(&config, &[]).await;
+    produce_users(&test, (0..5).map(|i| format!("r{i}"))).await;
+    testkit::wait_until(
+        "5 events dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            metric_value(
+                &service.metrics().await,
+                r#"delivery_events_total{destination="52",outcome="dead_lettered"}"#,
+            ) == Some(5.0)
+        },
+    )
+    .await;
+    assert!(delivered_users(&receiver).is_empty());
+
+    receiver.respond(200, Duration::ZERO);
+    let mut replay = ServiceBuilder::new("delivery")
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("replay")
+        .arg("--destination")
+        .arg("52")
+        .arg("--since")
+        .arg("2020-01-01T00:00:00Z")
+        .spawn();
+    let status = replay.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "replay failed: {}", replay.log());
+    assert!(replay.log().contains("replayed 5 events from 5 dead letters of destination 52: 5 delivered, 0 dead-lettered again"), "{}", replay.log());
+    let expected: HashSet<String> = (0..5).map(|i| format!("r{i}")).collect();
+    assert_eq!(delivered_users(&receiver), expected);
+
+    // A window that excludes them replays nothing.
+    let mut none = ServiceBuilder::new("delivery")
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("replay")
+        .arg("--destination")
+        .arg("52")
+        .arg("--until")
+        .arg("2020-01-01T00:00:00Z")
+        .spawn();
+    assert!(
+        none.wait_exit(Duration::from_secs(60)).await.success(),
+        "{}",
+        none.log()
+    );
+    assert!(none.log().contains("replayed 0 events"), "{}", none.log());
+}
