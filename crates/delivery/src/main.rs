@@ -97,9 +97,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             let config = load(cli.config.as_ref())?;
+            let path = cli.config.unwrap_or_default();
             let runtime = ServiceRuntime::start(cli.admin_addr).await?;
             if runtime.wait_for_kafka().await {
-                delivery::service::run(config, &runtime).await?;
+                delivery::service::run(&path, config, &runtime).await?;
             }
             runtime.finish().await.context("admin server failed")?;
             tracing::info!("Stopped.");

@@ -49,8 +49,8 @@ pub async fn replay(
         })?;
     let dlq_topic = config.kafka.dlq_topic.clone();
     require_topics(kafka, &[&dlq_topic]).await?;
-    let registry = prometheus::Registry::new();
-    let shared = build_shared(config, kafka, &registry)?;
+    let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new())?;
+    let shared = build_shared(config, kafka, &metrics)?;
     let sender = shared.senders[index].clone();
 
     let lanes: Vec<_> = (0..sender.config.max_in_flight)

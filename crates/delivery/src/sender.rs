@@ -266,7 +266,9 @@ impl DestinationSender {
     }
 }
 
-/// Timeout, TLS or connection: the closed set that becomes a metric label.
+/// Timeout, TLS or connection: the closed set that becomes a metric label. TLS failures are
+/// recognised by a `rustls::Error` in the source chain, or by the text rustls gives them
+/// (hyper-util flattens some handshake errors into its connect error).
 fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
     if error.is_timeout() {
         return (RequestOutcome::Timeout, ErrorClass::Timeout);
@@ -281,6 +283,13 @@ fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
             return (RequestOutcome::Tls, ErrorClass::Tls);
         }
         source = e.source();
+    }
+    let text = error_chain(error).to_ascii_lowercase();
+    if ["certificate", "handshake", "tls", "alert"]
+        .iter()
+        .any(|word| text.contains(word))
+    {
+        return (RequestOutcome::Tls, ErrorClass::Tls);
     }
     (RequestOutcome::Connect, ErrorClass::Connect)
 }

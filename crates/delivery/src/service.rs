@@ -2,6 +2,7 @@
 //! the dead-letter writer, and an input pipeline per topic (real-time, and the lower-priority
 //! batch lane with its own consumer and lanes, so a bulk backlog never delays real time).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +16,12 @@ use crate::dead_letter::DeadLetterWriter;
 use crate::metrics::Metrics;
 use crate::sender::DestinationSender;
 
-/// Metrics, senders and the dead-letter writer, built once per process.
+/// Senders for the config's destinations and the dead-letter writer, reporting to `metrics`.
 pub fn build_shared(
     config: &DeliveryConfig,
     kafka: &KafkaSettings,
-    registry: &prometheus::Registry,
+    metrics: &Metrics,
 ) -> anyhow::Result<Shared> {
-    let metrics = Metrics::register(registry).context("cannot register metrics")?;
     let senders = config
         .destinations
         .iter()
@@ -42,7 +42,7 @@ pub fn build_shared(
     Ok(Shared {
         senders,
         dead_letters,
-        metrics,
+        metrics: metrics.clone(),
     })
 }
 
@@ -67,13 +67,84 @@ pub async fn require_topics(kafka: &KafkaSettings, topics: &[&str]) -> anyhow::R
     .await?
 }
 
-/// Runs delivery until SIGTERM, then drains every pipeline.
-pub async fn run(config: DeliveryConfig, runtime: &ServiceRuntime) -> anyhow::Result<()> {
+/// How often the config file is checked for changes. Polling the content (not inotify)
+/// also sees Kubernetes ConfigMap updates, which swap a symlink instead of writing the file.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs delivery until SIGTERM, then drains every pipeline. When the config file changes and
+/// the new one is valid, the pipelines drain (as on SIGTERM: finished offsets committed) and
+/// start again with it; an invalid new file is rejected with a log line and the running
+/// config stays in force.
+pub async fn run(
+    config_path: &Path,
+    mut config: DeliveryConfig,
+    runtime: &ServiceRuntime,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::register(&runtime.registry).context("cannot register metrics")?;
+    let mut loaded = std::fs::read(config_path).unwrap_or_default();
+    loop {
+        let generation = runtime.shutdown.child_token();
+        let watcher = tokio::spawn(watch_config(
+            config_path.to_owned(),
+            loaded.clone(),
+            generation.clone(),
+        ));
+        run_generation(&config, runtime, &metrics, generation).await?;
+        watcher.abort();
+        let Ok(Some((bytes, new_config))) = watcher.await else {
+            return Ok(());
+        };
+        if runtime.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tracing::info!(file = %config_path.display(), destinations = new_config.destinations.len(), "Config reloaded.");
+        (loaded, config) = (bytes, new_config);
+    }
+}
+
+/// Resolves with a new valid config (and cancels `generation`) when the file changes.
+async fn watch_config(
+    path: std::path::PathBuf,
+    mut current: Vec<u8>,
+    generation: tokio_util::sync::CancellationToken,
+) -> Option<(Vec<u8>, DeliveryConfig)> {
+    loop {
+        tokio::select! {
+            () = generation.cancelled() => return None,
+            () = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if bytes == current {
+            continue;
+        }
+        match DeliveryConfig::parse(&path, &String::from_utf8_lossy(&bytes), &|name| {
+            std::env::var(name).ok()
+        }) {
+            Ok(config) => {
+                generation.cancel();
+                return Some((bytes, config));
+            }
+            Err(error) => {
+                tracing::error!(%error, "The changed config file is invalid and was rejected; the running config stays in force.");
+                current = bytes;
+            }
+        }
+    }
+}
+
+async fn run_generation(
+    config: &DeliveryConfig,
+    runtime: &ServiceRuntime,
+    metrics: &Metrics,
+    generation: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let mut topics = vec![config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
     topics.extend(config.kafka.batch_topic.as_deref());
     require_topics(&runtime.kafka, &topics).await?;
 
-    let shared = build_shared(&config, &runtime.kafka, &runtime.registry)?;
+    let shared = build_shared(config, &runtime.kafka, metrics)?;
     let mut pipelines = vec![InputPipeline::start(
         &runtime.kafka,
         &config.kafka,
@@ -95,7 +166,7 @@ pub async fn run(config: DeliveryConfig, runtime: &ServiceRuntime) -> anyhow::Re
 
     let running: Vec<_> = pipelines
         .into_iter()
-        .map(|pipeline| tokio::spawn(pipeline.run(runtime.shutdown.clone())))
+        .map(|pipeline| tokio::spawn(pipeline.run(generation.clone())))
         .collect();
     for pipeline in running {
         pipeline.await.context("an input pipeline panicked")?;

@@ -163,3 +163,60 @@ async fn md5_sha1_and_sha256_signatures_verify() {
         );
     }
 }
+
+#[tokio::test]
+async fn gzip_bodies_are_compressed_and_the_uncompressed_json_is_signed() {
+    use std::io::Read as _;
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        501,
+        &receiver,
+        ", gzip: true, auth: { hmac: { key_env: KEY, algorithm: sha256 } }",
+    )]);
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let _service = test.start(&config, &[("KEY", "k")]).await;
+    let request = receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(request.header("content-encoding"), Some("gzip"));
+    let mut json_bytes = Vec::new();
+    flate2::read::GzDecoder::new(&request.body[..])
+        .read_to_end(&mut json_bytes)
+        .unwrap();
+    assert_eq!(json(&json_bytes)["Users"][0]["AAM_UUID"], "u1");
+    assert_eq!(
+        request.header("x-signature"),
+        Some(hmac_base64::<Hmac<sha2::Sha256>>("k", &json_bytes).as_str())
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_spaces_requests_out() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        502,
+        &receiver,
+        ", rate_limit_rps: 4, max_in_flight: 1, batch: { max_users: 1, linger_ms: 0 }",
+    )]);
+    let updates: Vec<_> = (0..12)
+        .map(|i| update(&format!("u{i}"), &[], &[], vec![change(14356, true, T0)]))
+        .collect();
+    test.produce(&test.topic, &updates).await;
+    let _service = test.start(&config, &[]).await;
+    let requests = receiver
+        .wait_for_requests(12, Duration::from_secs(20))
+        .await;
+    // 4 per second with a burst of 4: the 12th request comes 2 s after the first at least.
+    let span = requests[11].received_at - requests[0].received_at;
+    assert!(
+        span >= Duration::from_millis(1_900),
+        "12 requests in {span:?}"
+    );
+}

@@ -177,3 +177,38 @@ async fn the_circuit_opens_after_sustained_failure_and_closes_after_a_good_probe
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_tls_failure_and_never_sends_the_body() {
+    let test = DeliveryTest::new(1).await;
+    let partner = Receiver::start().await;
+    let stranger = Receiver::start().await;
+    // Trust another receiver's CA only: the partner's certificate does not verify.
+    let entry = destination(15, &partner, ", retry_backoff_ms: 5").replace(
+        &partner.ca_file().display().to_string(),
+        &stranger.ca_file().display().to_string(),
+    );
+    let config = test.config(&[entry]);
+    let service = test.start(&config, &[]).await;
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+
+    let records = test.dead_letters(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        records[0].error_class(),
+        ErrorClass::Tls,
+        "{}",
+        records[0].error
+    );
+    assert!(partner.requests().is_empty());
+    assert_eq!(
+        metric_value(
+            &service.metrics().await,
+            r#"delivery_requests_total{destination="15",outcome="tls"}"#
+        ),
+        Some(2.0)
+    );
+}

@@ -135,3 +135,59 @@ async fn bad_config_stops_start_up_naming_file_key_and_fix() {
         check.log()
     );
 }
+
+#[tokio::test]
+async fn a_changed_config_is_applied_and_a_broken_one_is_rejected() {
+    let test = DeliveryTest::new(1).await;
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    let config = test.config(&[destination(13, &first, "")]);
+    let service = test.start(&config, &[]).await;
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    first.wait_for_requests(1, Duration::from_secs(20)).await;
+
+    // Add a second destination: new events reach both.
+    let both = test.config(&[destination(13, &first, ""), destination(14, &second, "")]);
+    std::fs::copy(&both, &config).unwrap();
+    testkit::wait_until("reload logged", Duration::from_secs(20), || {
+        let reloaded = service.log().contains("Config reloaded.");
+        async move { reloaded }
+    })
+    .await;
+    test.produce(
+        &test.topic,
+        &[update("u2", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let at_second = second.wait_for_requests(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        entries([json(&at_second[0].body)]),
+        [("u2".into(), "14356".into(), "1".into())]
+    );
+    first.wait_for_requests(2, Duration::from_secs(20)).await;
+
+    // A broken file is rejected; the running config stays in force.
+    std::fs::write(&config, "destinations: [ { id: 15, url: http://x } ]\n").unwrap();
+    testkit::wait_until("rejection logged", Duration::from_secs(20), || {
+        let rejected = service
+            .log()
+            .contains("The changed config file is invalid and was rejected");
+        async move { rejected }
+    })
+    .await;
+    test.produce(
+        &test.topic,
+        &[update("u3", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    second.wait_for_requests(2, Duration::from_secs(20)).await;
+    assert!(
+        service.log().contains("destinations[0].url: must be https"),
+        "{}",
+        service.log()
+    );
+}

@@ -4,6 +4,7 @@ mod contract;
 mod failures;
 mod lifecycle;
 mod oauth;
+mod observability;
 mod ordering;
 mod recovery;
 
