@@ -237,10 +237,10 @@ impl InputPipeline {
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
                         let (partition, offset) = (message.partition(), message.offset());
-                        let key = message.key().unwrap_or_default().to_vec();
                         match decode(message.payload().unwrap_or_default()) {
                             Ok(update) => self.route(update, partition, offset, &mut targets).await,
                             Err(reason) => {
+                                let key = message.key().unwrap_or_default().to_vec();
                                 let payload = message.payload().unwrap_or_default().to_vec();
                                 drop(message);
                                 self.dead_letter_undecodable(partition, offset, &key, &payload, reason).await;
