@@ -1,0 +1,4 @@
+//! segment-relay qualifier: evaluates segment rules over users' trait events and publishes
+//! every change of segment status, exactly once within Kafka.
+
+pub mod rules;
