@@ -2,3 +2,4 @@
 //! every change of segment status, exactly once within Kafka.
 
 pub mod rules;
+pub mod config;

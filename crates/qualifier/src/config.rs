@@ -1,0 +1,302 @@
+//! `segments.yaml`: traits (with time-to-live), segments (with rules) and the inactivity
+//! period, validated into [`Definitions`] with every problem reported at once, each naming
+//! the file, the segment and the line and column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::rules::{self, Expr, Program};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    inactivity: Option<Spanned<String>>,
+    #[serde(default)]
+    traits: Vec<RawTrait>,
+    #[serde(default)]
+    segments: Vec<RawSegment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrait {
+    id: u64,
+    ttl: Option<Spanned<DurationText>>,
+}
+
+/// A duration written as `30d`, `2s` or `0`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Zero(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegment {
+    id: Spanned<u64>,
+    name: Option<String>,
+    rule: Spanned<String>,
+}
+
+/// A trait and how long a realization of it stays alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraitDef {
+    /// Time-to-live in ms; 0 = never expires. Default 120 days.
+    pub ttl_ms: i64,
+}
+
+/// A segment and its compiled rule.
+#[derive(Debug, Clone)]
+pub struct SegmentDef {
+    pub id: u64,
+    pub name: String,
+    pub rule: Expr,
+    pub program: Program,
+}
+
+/// What the qualifier keeps of a trait's realizations: the newest `count`, and none older
+/// than `horizon_ms` (the time-to-live) — enough to decide every rule that uses the trait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub count: u32,
+    pub horizon_ms: Option<i64>,
+}
+
+/// Validated definitions.
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    /// Users unseen this long drop out of everything. Default 120 days.
+    pub inactivity_ms: i64,
+    pub traits: HashMap<u64, TraitDef>,
+    pub segments: Vec<SegmentDef>,
+    /// Per trait used by a rule: what to keep.
+    pub retention: HashMap<u64, Retention>,
+    /// Per trait: the distinct `WITHIN` windows rules use (a realization crossing one can
+    /// change a segment without a new event).
+    pub windows: HashMap<u64, Vec<i64>>,
+}
+
+pub const DEFAULT_TTL_MS: i64 = 120 * 86_400_000;
+pub const DEFAULT_INACTIVITY_MS: i64 = 120 * 86_400_000;
+
+/// Every problem found in a definitions file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: invalid definitions", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Definitions {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError { file: path.to_owned(), problems };
+        let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
+        let mut problems = Vec::new();
+
+        let inactivity_ms = match &raw.inactivity {
+            None => DEFAULT_INACTIVITY_MS,
+            Some(spanned) => match rules::parse_duration(&spanned.value) {
+                Some(ms) if ms > 0 => ms,
+                _ => {
+                    problems.push(format!(
+                        "inactivity (line {}): `{}` is not a positive duration (a number and s, m, h or d, e.g. `120d`)",
+                        spanned.referenced.line(),
+                        spanned.value
+                    ));
+                    DEFAULT_INACTIVITY_MS
+                }
+            },
+        };
+
+        let mut traits = HashMap::new();
+        for (i, raw_trait) in raw.traits.iter().enumerate() {
+            let ttl_ms = match &raw_trait.ttl {
+                None => DEFAULT_TTL_MS,
+                Some(spanned) => {
+                    let parsed = match &spanned.value {
+                        DurationText::Zero(0) => Some(0),
+                        DurationText::Zero(_) => None,
+                        DurationText::Text(text) => rules::parse_duration(text),
+                    };
+                    parsed.unwrap_or_else(|| {
+                        problems.push(format!(
+                            "traits[{i}] (id {}) ttl (line {}): not a duration; write e.g. `30d`, `2s`, or `0` for never",
+                            raw_trait.id,
+                            spanned.referenced.line()
+                        ));
+                        DEFAULT_TTL_MS
+                    })
+                }
+            };
+            if traits.insert(raw_trait.id, TraitDef { ttl_ms }).is_some() {
+                problems.push(format!("traits[{i}]: trait id {} is defined twice", raw_trait.id));
+            }
+        }
+
+        let mut segments = Vec::new();
+        let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+        for raw_segment in &raw.segments {
+            let id = raw_segment.id.value;
+            let id_line = raw_segment.id.referenced.line();
+            if let Some(first_line) = seen.insert(id, id_line) {
+                problems.push(format!(
+                    "segment {id} (line {id_line}, column {}): duplicate segment id (first defined at line {first_line})",
+                    raw_segment.id.referenced.column()
+                ));
+            }
+            let (line, column) = rule_position(text, &raw_segment.rule);
+            match rules::parse(&raw_segment.rule.value) {
+                Ok(rule) => {
+                    for condition in rule.conditions() {
+                        if !traits.contains_key(&condition.trait_id) {
+                            problems.push(format!(
+                                "segment {id} (line {line}): rule uses T{}, which is not in `traits` (add `- {{ id: {} }}` there)",
+                                condition.trait_id, condition.trait_id
+                            ));
+                        }
+                    }
+                    let program = Program::compile(&rule);
+                    segments.push(SegmentDef {
+                        id,
+                        name: raw_segment.name.clone().unwrap_or_else(|| id.to_string()),
+                        rule,
+                        program,
+                    });
+                }
+                Err(error) => problems.push(format!(
+                    "segment {id} (line {line}, column {}): {} in rule `{}`",
+                    column.map_or(error.column, |c| c + error.column - 1),
+                    error.message,
+                    raw_segment.rule.value
+                )),
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        let mut retention: HashMap<u64, Retention> = HashMap::new();
+        let mut windows: HashMap<u64, Vec<i64>> = HashMap::new();
+        for condition in segments.iter().flat_map(|s| s.rule.conditions()) {
+            let ttl_ms = traits[&condition.trait_id].ttl_ms;
+            let keep = retention.entry(condition.trait_id).or_insert(Retention {
+                count: 1,
+                horizon_ms: (ttl_ms > 0).then_some(ttl_ms),
+            });
+            keep.count = keep.count.max(condition.count_needed());
+            if let Some(window) = condition.within_ms {
+                let list = windows.entry(condition.trait_id).or_default();
+                if !list.contains(&window) {
+                    list.push(window);
+                }
+            }
+        }
+        Ok(Self { inactivity_ms, traits, segments, retention, windows })
+    }
+}
+
+/// The line of a rule in the file, and its first column when the rule is on one line (a
+/// quoted scalar's column is past its quote).
+fn rule_position(text: &str, rule: &Spanned<String>) -> (u64, Option<usize>) {
+    let line = rule.referenced.line();
+    let column = usize::try_from(rule.referenced.column()).unwrap_or(0);
+    let source_line = text.lines().nth(usize::try_from(line).unwrap_or(1).saturating_sub(1)).unwrap_or("");
+    let first = source_line.chars().nth(column.saturating_sub(1));
+    let start = if matches!(first, Some('"' | '\'')) { column + 1 } else { column };
+    let on_one_line = source_line.chars().skip(start.saturating_sub(1)).collect::<String>().starts_with(rule.value.as_str());
+    (line, (column > 0 && on_one_line).then_some(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"inactivity: 120d             # users unseen this long drop out of everything
+traits:
+  - { id: 101, ttl: 30d }
+  - { id: 102 }
+  - { id: 103, ttl: 0 }
+segments:
+  - id: 14356
+    name: sports-fans
+    rule: "T101 AND (T102 OR NOT T103)"
+  - id: 12176
+    rule: T102 >= 3 WITHIN 7d
+"#;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let defs = Definitions::parse(Path::new("segments.yaml"), EXAMPLE).unwrap();
+        assert_eq!(defs.inactivity_ms, DEFAULT_INACTIVITY_MS);
+        assert_eq!(defs.traits[&101].ttl_ms, 30 * 86_400_000);
+        assert_eq!(defs.traits[&102].ttl_ms, DEFAULT_TTL_MS);
+        assert_eq!(defs.traits[&103].ttl_ms, 0);
+        assert_eq!(defs.segments.len(), 2);
+        assert_eq!(defs.segments[0].name, "sports-fans");
+        assert_eq!(defs.segments[1].name, "12176");
+        assert_eq!(defs.retention[&102], Retention { count: 4, horizon_ms: Some(DEFAULT_TTL_MS) });
+        assert_eq!(defs.retention[&103], Retention { count: 2, horizon_ms: None });
+        assert_eq!(defs.windows[&102], [7 * 86_400_000]);
+    }
+
+    #[test]
+    fn errors_give_segment_line_and_column() {
+        let text = r#"traits:
+  - { id: 101 }
+segments:
+  - id: 1
+    rule: "T101 AND (T102"
+  - id: 2
+    rule: T101 OR T999
+  - id: 1
+    rule: T101
+  - id: 3
+    rule: T101 WITHIN 3x
+"#;
+        let error = Definitions::parse(Path::new("segments.yaml"), text).unwrap_err();
+        let text = error.to_string();
+        for expected in [
+            "segments.yaml: invalid definitions",
+            "segment 1 (line 5, column 26): expected `)`, found the end of the rule in rule `T101 AND (T102`",
+            "segment 2 (line 7): rule uses T999, which is not in `traits`",
+            "segment 1 (line 8, column 9): duplicate segment id (first defined at line 4)",
+            "segment 3 (line 11, column 23): `3x` is not a duration",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        let error = Definitions::parse(Path::new("s.yaml"), "traits: []\nsegmnts: []\n").unwrap_err().to_string();
+        assert!(error.contains("segmnts"), "{error}");
+        let error = Definitions::parse(Path::new("s.yaml"), "inactivity: soon\ntraits:\n  - { id: 1, ttl: 5y }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("inactivity (line 1): `soon` is not a positive duration"), "{error}");
+        assert!(error.contains("traits[0] (id 1) ttl (line 3): not a duration"), "{error}");
+    }
+}
