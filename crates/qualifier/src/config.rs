@@ -112,7 +112,10 @@ impl Definitions {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let fail = |problems| ConfigError { file: path.to_owned(), problems };
+        let fail = |problems| ConfigError {
+            file: path.to_owned(),
+            problems,
+        };
         let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
         let mut problems = Vec::new();
 
@@ -152,7 +155,10 @@ impl Definitions {
                 }
             };
             if traits.insert(raw_trait.id, TraitDef { ttl_ms }).is_some() {
-                problems.push(format!("traits[{i}]: trait id {} is defined twice", raw_trait.id));
+                problems.push(format!(
+                    "traits[{i}]: trait id {} is defined twice",
+                    raw_trait.id
+                ));
             }
         }
 
@@ -214,7 +220,13 @@ impl Definitions {
                 }
             }
         }
-        Ok(Self { inactivity_ms, traits, segments, retention, windows })
+        Ok(Self {
+            inactivity_ms,
+            traits,
+            segments,
+            retention,
+            windows,
+        })
     }
 }
 
@@ -223,10 +235,21 @@ impl Definitions {
 fn rule_position(text: &str, rule: &Spanned<String>) -> (u64, Option<usize>) {
     let line = rule.referenced.line();
     let column = usize::try_from(rule.referenced.column()).unwrap_or(0);
-    let source_line = text.lines().nth(usize::try_from(line).unwrap_or(1).saturating_sub(1)).unwrap_or("");
+    let source_line = text
+        .lines()
+        .nth(usize::try_from(line).unwrap_or(1).saturating_sub(1))
+        .unwrap_or("");
     let first = source_line.chars().nth(column.saturating_sub(1));
-    let start = if matches!(first, Some('"' | '\'')) { column + 1 } else { column };
-    let on_one_line = source_line.chars().skip(start.saturating_sub(1)).collect::<String>().starts_with(rule.value.as_str());
+    let start = if matches!(first, Some('"' | '\'')) {
+        column + 1
+    } else {
+        column
+    };
+    let on_one_line = source_line
+        .chars()
+        .skip(start.saturating_sub(1))
+        .collect::<String>()
+        .starts_with(rule.value.as_str());
     (line, (column > 0 && on_one_line).then_some(start))
 }
 
@@ -257,8 +280,20 @@ segments:
         assert_eq!(defs.segments.len(), 2);
         assert_eq!(defs.segments[0].name, "sports-fans");
         assert_eq!(defs.segments[1].name, "12176");
-        assert_eq!(defs.retention[&102], Retention { count: 4, horizon_ms: Some(DEFAULT_TTL_MS) });
-        assert_eq!(defs.retention[&103], Retention { count: 2, horizon_ms: None });
+        assert_eq!(
+            defs.retention[&102],
+            Retention {
+                count: 4,
+                horizon_ms: Some(DEFAULT_TTL_MS)
+            }
+        );
+        assert_eq!(
+            defs.retention[&103],
+            Retention {
+                count: 2,
+                horizon_ms: None
+            }
+        );
         assert_eq!(defs.windows[&102], [7 * 86_400_000]);
     }
 
@@ -291,12 +326,23 @@ segments:
 
     #[test]
     fn unknown_keys_and_bad_durations_are_refused() {
-        let error = Definitions::parse(Path::new("s.yaml"), "traits: []\nsegmnts: []\n").unwrap_err().to_string();
-        assert!(error.contains("segmnts"), "{error}");
-        let error = Definitions::parse(Path::new("s.yaml"), "inactivity: soon\ntraits:\n  - { id: 1, ttl: 5y }\n")
+        let error = Definitions::parse(Path::new("s.yaml"), "traits: []\nsegmnts: []\n")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("inactivity (line 1): `soon` is not a positive duration"), "{error}");
-        assert!(error.contains("traits[0] (id 1) ttl (line 3): not a duration"), "{error}");
+        assert!(error.contains("segmnts"), "{error}");
+        let error = Definitions::parse(
+            Path::new("s.yaml"),
+            "inactivity: soon\ntraits:\n  - { id: 1, ttl: 5y }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("inactivity (line 1): `soon` is not a positive duration"),
+            "{error}"
+        );
+        assert!(
+            error.contains("traits[0] (id 1) ttl (line 3): not a duration"),
+            "{error}"
+        );
     }
 }

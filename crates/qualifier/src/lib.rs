@@ -1,5 +1,6 @@
 //! segment-relay qualifier: evaluates segment rules over users' trait events and publishes
 //! every change of segment status, exactly once within Kafka.
 
-pub mod rules;
 pub mod config;
+pub mod evaluate;
+pub mod rules;

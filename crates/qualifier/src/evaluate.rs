@@ -1,0 +1,363 @@
+//! One user, one step: an event or a due timer → the user's new state and the changes of
+//! segment status it causes (1 qualified; 0 by rule, ttl, inactivity or opt-out). Pure: the
+//! time is a parameter, so every rule about time is tested without waiting.
+
+use model::pb::{Membership, TraitHistory, trait_event};
+use model::{
+    ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate,
+    TraitEvent, UserState,
+};
+
+use crate::config::Definitions;
+use crate::rules::TraitTimes;
+
+/// What a step did to a user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The user's state afterwards; `None` = forget the user (a changelog tombstone).
+    pub state: Option<UserState>,
+    /// Whether `state` differs from before (the changelog needs a record).
+    pub state_changed: bool,
+    /// The changes of segment status, if any.
+    pub update: Option<SegmentStatusUpdate>,
+    /// The event was ignored (the user opted out earlier).
+    pub ignored: bool,
+}
+
+/// Why an event cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    #[error("user_id is empty")]
+    NoUser,
+    #[error("the event has no trait realization, id sync or opt-out")]
+    Empty,
+}
+
+/// A user's trait histories as the rules see them: only realizations alive under the trait's
+/// time-to-live.
+struct LiveView<'a> {
+    state: &'a UserState,
+    definitions: &'a Definitions,
+}
+
+impl TraitTimes for LiveView<'_> {
+    fn live_times(&self, trait_id: u64, now: i64) -> &[i64] {
+        let Some(history) = self.state.traits.iter().find(|h| h.trait_id == trait_id) else {
+            return &[];
+        };
+        let times = history.times_unix_ms.as_slice();
+        match self.definitions.traits.get(&trait_id).map(|t| t.ttl_ms) {
+            Some(ttl) if ttl > 0 => &times[times.partition_point(|&t| t <= now - ttl)..],
+            _ => times,
+        }
+    }
+}
+
+/// Evaluates users; holds the rule programs' scratch stack so evaluations allocate nothing
+/// for it.
+#[derive(Debug, Default)]
+pub struct Evaluator {
+    stack: Vec<bool>,
+}
+
+impl Evaluator {
+    /// Applies `event` to the user's state (`None` for a user not seen before) at `now`.
+    pub fn on_event(
+        &mut self,
+        definitions: &Definitions,
+        state: Option<UserState>,
+        event: &TraitEvent,
+        now: i64,
+    ) -> Result<Step, InvalidEvent> {
+        if event.user_id.is_empty() {
+            return Err(InvalidEvent::NoUser);
+        }
+        let kind = event.event.as_ref().ok_or(InvalidEvent::Empty)?;
+        if state.as_ref().is_some_and(|s| s.opted_out) {
+            return Ok(Step {
+                state,
+                state_changed: false,
+                update: None,
+                ignored: true,
+            });
+        }
+        let mut state = state.unwrap_or_else(|| UserState {
+            user_id: event.user_id.clone(),
+            ..UserState::default()
+        });
+        let origin = event.origin();
+        match kind {
+            trait_event::Event::OptOut(opt_out) => {
+                let time = opt_out.time_unix_ms.min(now);
+                let changes = state
+                    .memberships
+                    .iter()
+                    .map(|m| inactive(m.segment_id, ChangeReason::OptOut, time))
+                    .collect();
+                let update = build_update(&state, changes, origin, now);
+                let marker = UserState {
+                    user_id: state.user_id,
+                    opted_out: true,
+                    opted_out_unix_ms: time,
+                    ..UserState::default()
+                };
+                Ok(Step {
+                    state: Some(marker),
+                    state_changed: true,
+                    update,
+                    ignored: false,
+                })
+            }
+            trait_event::Event::IdSync(sync) => {
+                let seen = if sync.time_unix_ms > 0 {
+                    sync.time_unix_ms.min(now)
+                } else {
+                    now
+                };
+                state.last_seen_unix_ms = state.last_seen_unix_ms.max(seen);
+                add_partner_id(
+                    &mut state.partner_ids,
+                    sync.data_partner_id,
+                    &sync.partner_uuid,
+                );
+                Ok(Step {
+                    state: Some(state),
+                    state_changed: true,
+                    update: None,
+                    ignored: false,
+                })
+            }
+            trait_event::Event::TraitRealization(realization) => {
+                let time = realization.time_unix_ms.min(now);
+                state.last_seen_unix_ms = state.last_seen_unix_ms.max(time);
+                if let Some(region) = realization.region
+                    && let Err(at) = state.regions.binary_search(&region)
+                {
+                    state.regions.insert(at, region);
+                }
+                if definitions.retention.contains_key(&realization.trait_id) {
+                    insert_time(&mut state.traits, realization.trait_id, time);
+                }
+                prune(definitions, &mut state, now);
+                let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Rule, time);
+                let update = build_update(&state, changes, origin, now);
+                Ok(Step {
+                    state: Some(state),
+                    state_changed: true,
+                    update,
+                    ignored: false,
+                })
+            }
+        }
+    }
+
+    /// Re-evaluates a user whose timer is due at `now`: trait realizations that aged out of
+    /// their time-to-live or a rule's window (reason ttl), or inactivity (every segment ends,
+    /// reason inactive, and the user is forgotten).
+    pub fn on_timer(&mut self, definitions: &Definitions, mut state: UserState, now: i64) -> Step {
+        if state.opted_out {
+            return Step {
+                state: Some(state),
+                state_changed: false,
+                update: None,
+                ignored: false,
+            };
+        }
+        let inactive_at = state
+            .last_seen_unix_ms
+            .saturating_add(definitions.inactivity_ms);
+        if now >= inactive_at {
+            let changes = state
+                .memberships
+                .iter()
+                .map(|m| inactive(m.segment_id, ChangeReason::Inactive, inactive_at))
+                .collect();
+            let update = build_update(&state, changes, Origin::Realtime, now);
+            return Step {
+                state: None,
+                state_changed: true,
+                update,
+                ignored: false,
+            };
+        }
+        let before = state.clone();
+        prune(definitions, &mut state, now);
+        let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Ttl, now);
+        let update = build_update(&state, changes, Origin::Realtime, now);
+        let state_changed = state != before;
+        Step {
+            state: Some(state),
+            state_changed,
+            update,
+            ignored: false,
+        }
+    }
+
+    /// Evaluates every segment; returns the changes and updates the memberships. Memberships of
+    /// segments no longer defined end with reason `rule`.
+    fn evaluate(
+        &mut self,
+        definitions: &Definitions,
+        state: &mut UserState,
+        now: i64,
+        reason_for_0: ChangeReason,
+        time: i64,
+    ) -> Vec<SegmentChange> {
+        let mut changes = Vec::new();
+        let mut qualified = Vec::new();
+        for segment in &definitions.segments {
+            let view = LiveView { state, definitions };
+            let holds = segment.program.evaluate(&view, now, &mut self.stack);
+            let member = state.memberships.iter().any(|m| m.segment_id == segment.id);
+            if holds && !member {
+                qualified.push(segment.id);
+                changes.push(SegmentChange {
+                    segment_id: segment.id,
+                    status: SegmentStatus::Active as i32,
+                    reason: ChangeReason::Qualified as i32,
+                    time_unix_ms: time,
+                });
+            } else if !holds && member {
+                changes.push(inactive(segment.id, reason_for_0, time));
+            }
+        }
+        state.memberships.retain(|m| {
+            let defined = definitions.segments.iter().any(|s| s.id == m.segment_id);
+            let still = defined && !changes.iter().any(|c| c.segment_id == m.segment_id);
+            if !defined {
+                changes.push(inactive(m.segment_id, ChangeReason::Rule, time));
+            }
+            still
+        });
+        state
+            .memberships
+            .extend(qualified.into_iter().map(|segment_id| Membership {
+                segment_id,
+                since_unix_ms: time,
+            }));
+        changes
+    }
+}
+
+fn inactive(segment_id: u64, reason: ChangeReason, time: i64) -> SegmentChange {
+    SegmentChange {
+        segment_id,
+        status: SegmentStatus::Inactive as i32,
+        reason: reason as i32,
+        time_unix_ms: time,
+    }
+}
+
+fn build_update(
+    state: &UserState,
+    changes: Vec<SegmentChange>,
+    origin: Origin,
+    now: i64,
+) -> Option<SegmentStatusUpdate> {
+    (!changes.is_empty()).then(|| SegmentStatusUpdate {
+        user_id: state.user_id.clone(),
+        regions: state.regions.clone(),
+        partner_ids: state.partner_ids.clone(),
+        changes,
+        origin: if origin == Origin::Unspecified {
+            Origin::Realtime
+        } else {
+            origin
+        } as i32,
+        produced_unix_ms: now,
+    })
+}
+
+fn add_partner_id(partner_ids: &mut Vec<PartnerIds>, data_partner_id: u64, uuid: &str) {
+    if uuid.is_empty() {
+        return;
+    }
+    let index = match partner_ids
+        .iter()
+        .position(|p| p.data_partner_id == data_partner_id)
+    {
+        Some(i) => i,
+        None => {
+            partner_ids.push(PartnerIds {
+                data_partner_id,
+                partner_uuids: Vec::new(),
+            });
+            partner_ids.len() - 1
+        }
+    };
+    let uuids = &mut partner_ids[index].partner_uuids;
+    if !uuids.iter().any(|u| u == uuid) {
+        uuids.push(uuid.to_owned());
+    }
+}
+
+fn insert_time(traits: &mut Vec<TraitHistory>, trait_id: u64, time: i64) {
+    let index = match traits.iter().position(|h| h.trait_id == trait_id) {
+        Some(i) => i,
+        None => {
+            traits.push(TraitHistory {
+                trait_id,
+                times_unix_ms: Vec::new(),
+            });
+            traits.len() - 1
+        }
+    };
+    let times = &mut traits[index].times_unix_ms;
+    let at = times.partition_point(|&t| t <= time);
+    times.insert(at, time);
+}
+
+/// Keeps only what the rules can still use: realizations within the trait's time-to-live,
+/// at most the newest `count` the rules can tell apart; nothing of traits no rule uses.
+fn prune(definitions: &Definitions, state: &mut UserState, now: i64) {
+    state.traits.retain_mut(|history| {
+        let Some(keep) = definitions.retention.get(&history.trait_id) else {
+            return false;
+        };
+        let times = &mut history.times_unix_ms;
+        if let Some(horizon) = keep.horizon_ms {
+            let dead = times.partition_point(|&t| t <= now - horizon);
+            times.drain(..dead);
+        }
+        let excess = times.len().saturating_sub(keep.count as usize);
+        times.drain(..excess);
+        !times.is_empty()
+    });
+}
+
+/// When this user must be evaluated again without a new event: the first moment after `now`
+/// at which a realization leaves its time-to-live or a rule's window, or the user becomes
+/// inactive. `None` for an opted-out marker (kept forever).
+pub fn next_due(definitions: &Definitions, state: &UserState, now: i64) -> Option<i64> {
+    if state.opted_out {
+        return None;
+    }
+    let mut due = state
+        .last_seen_unix_ms
+        .saturating_add(definitions.inactivity_ms);
+    for history in &state.traits {
+        let ttl = definitions
+            .traits
+            .get(&history.trait_id)
+            .map_or(0, |t| t.ttl_ms);
+        let windows = definitions
+            .windows
+            .get(&history.trait_id)
+            .map_or(&[][..], Vec::as_slice);
+        for &t in &history.times_unix_ms {
+            let boundaries = (ttl > 0)
+                .then_some(t.saturating_add(ttl))
+                .into_iter()
+                .chain(windows.iter().map(|w| t.saturating_add(*w)));
+            for boundary in boundaries {
+                if boundary > now && boundary < due {
+                    due = boundary;
+                }
+            }
+        }
+    }
+    Some(due)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! Time-dependent behaviour at its boundaries, with time as a parameter.
+
+use std::path::Path;
+
+use model::pb::{IdSync, OptOut, TraitRealization, trait_event};
+
+use super::*;
+
+const S: i64 = 1_000;
+
+fn definitions(text: &str) -> Definitions {
+    Definitions::parse(Path::new("test.yaml"), text).unwrap()
+}
+
+fn realization(user: &str, trait_id: u64, time: i64, region: Option<u32>) -> TraitEvent {
+    TraitEvent {
+        user_id: user.to_owned(),
+        origin: Origin::Realtime as i32,
+        event: Some(trait_event::Event::TraitRealization(TraitRealization {
+            trait_id,
+            time_unix_ms: time,
+            region,
+        })),
+    }
+}
+
+fn changes(step: &Step) -> Vec<(u64, SegmentStatus, ChangeReason, i64)> {
+    step.update
+        .as_ref()
+        .map(|u| {
+            u.changes
+                .iter()
+                .map(|c| (c.segment_id, c.status(), c.reason(), c.time_unix_ms))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn qualifies_once_and_a_repeat_changes_nothing() {
+    let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let step = evaluator
+        .on_event(&defs, None, &realization("u", 1, 100 * S, Some(6)), 100 * S)
+        .unwrap();
+    assert_eq!(
+        changes(&step),
+        [(10, SegmentStatus::Active, ChangeReason::Qualified, 100 * S)]
+    );
+    assert_eq!(step.update.as_ref().unwrap().regions, [6]);
+    let again = evaluator
+        .on_event(
+            &defs,
+            step.state,
+            &realization("u", 1, 101 * S, Some(6)),
+            101 * S,
+        )
+        .unwrap();
+    assert_eq!(again.update, None);
+}
+
+#[test]
+fn a_rule_turning_false_sends_0_reason_rule() {
+    let defs = definitions(
+        "traits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 10, rule: T1 AND NOT T2 }]\n",
+    );
+    let mut evaluator = Evaluator::default();
+    let step = evaluator
+        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .unwrap();
+    let step = evaluator
+        .on_event(
+            &defs,
+            step.state,
+            &realization("u", 2, 11 * S, None),
+            11 * S,
+        )
+        .unwrap();
+    assert_eq!(
+        changes(&step),
+        [(10, SegmentStatus::Inactive, ChangeReason::Rule, 11 * S)]
+    );
+}
+
+#[test]
+fn ttl_expiry_fires_from_the_timer_at_its_boundary() {
+    let defs = definitions("traits: [{ id: 1, ttl: 2s }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let step = evaluator
+        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .unwrap();
+    let state = step.state.unwrap();
+    assert_eq!(next_due(&defs, &state, 10 * S), Some(12 * S));
+    let early = evaluator.on_timer(&defs, state.clone(), 12 * S - 1);
+    assert_eq!(early.update, None, "alive until exactly 2 s");
+    let expired = evaluator.on_timer(&defs, state, 12 * S);
+    assert_eq!(
+        changes(&expired),
+        [(10, SegmentStatus::Inactive, ChangeReason::Ttl, 12 * S)]
+    );
+    assert!(
+        expired.state.as_ref().unwrap().traits.is_empty(),
+        "the dead realization is pruned"
+    );
+}
+
+#[test]
+fn a_new_realization_before_expiry_keeps_the_user_in() {
+    let defs = definitions("traits: [{ id: 1, ttl: 2s }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let step = evaluator
+        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .unwrap();
+    let step = evaluator
+        .on_event(
+            &defs,
+            step.state,
+            &realization("u", 1, 11 * S, None),
+            11 * S,
+        )
+        .unwrap();
+    assert_eq!(step.update, None);
+    let state = step.state.unwrap();
+    assert_eq!(
+        next_due(&defs, &state, 11 * S),
+        Some(12 * S),
+        "the old realization's boundary"
+    );
+    assert_eq!(
+        evaluator.on_timer(&defs, state.clone(), 12 * S).update,
+        None,
+        "still in: the newer one lives"
+    );
+    assert_eq!(next_due(&defs, &state, 12 * S), Some(13 * S));
+    let out = evaluator.on_timer(&defs, state, 13 * S);
+    assert_eq!(
+        changes(&out),
+        [(10, SegmentStatus::Inactive, ChangeReason::Ttl, 13 * S)]
+    );
+}
+
+#[test]
+fn frequency_and_recency_at_their_boundaries() {
+    let defs = definitions(
+        "traits: [{ id: 1, ttl: 0 }]\nsegments: [{ id: 10, rule: T1 >= 3 WITHIN 10s }]\n",
+    );
+    let mut evaluator = Evaluator::default();
+    let mut state = None;
+    for (i, t) in [0, 4 * S, 9 * S].into_iter().enumerate() {
+        let step = evaluator
+            .on_event(&defs, state, &realization("u", 1, t, None), t)
+            .unwrap();
+        if i < 2 {
+            assert_eq!(step.update, None, "{} realizations are not 3", i + 1);
+        } else {
+            assert_eq!(
+                changes(&step),
+                [(10, SegmentStatus::Active, ChangeReason::Qualified, 9 * S)]
+            );
+        }
+        state = step.state;
+    }
+    let state = state.unwrap();
+    // The first realization leaves the 10 s window at exactly t = 10 s.
+    assert_eq!(next_due(&defs, &state, 9 * S), Some(10 * S));
+    assert_eq!(
+        evaluator.on_timer(&defs, state.clone(), 10 * S - 1).update,
+        None
+    );
+    let out = evaluator.on_timer(&defs, state, 10 * S);
+    assert_eq!(
+        changes(&out),
+        [(10, SegmentStatus::Inactive, ChangeReason::Ttl, 10 * S)]
+    );
+}
+
+#[test]
+fn inactivity_ends_every_segment_and_forgets_the_user() {
+    let defs = definitions(
+        "inactivity: 3s\ntraits: [{ id: 1, ttl: 0 }, { id: 2, ttl: 0 }]\nsegments: [{ id: 10, rule: T1 }, { id: 11, rule: T2 }]\n",
+    );
+    let mut evaluator = Evaluator::default();
+    let step = evaluator
+        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .unwrap();
+    let step = evaluator
+        .on_event(
+            &defs,
+            step.state,
+            &realization("u", 2, 11 * S, None),
+            11 * S,
+        )
+        .unwrap();
+    let state = step.state.unwrap();
+    assert_eq!(next_due(&defs, &state, 11 * S), Some(14 * S));
+    let out = evaluator.on_timer(&defs, state, 14 * S);
+    assert_eq!(
+        changes(&out),
+        [
+            (10, SegmentStatus::Inactive, ChangeReason::Inactive, 14 * S),
+            (11, SegmentStatus::Inactive, ChangeReason::Inactive, 14 * S)
+        ]
+    );
+    assert_eq!(out.state, None);
+    assert!(out.state_changed);
+}
+
+#[test]
+fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
+    let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let step = evaluator
+        .on_event(&defs, None, &realization("u", 1, 10 * S, Some(3)), 10 * S)
+        .unwrap();
+    let sync = TraitEvent {
+        user_id: "u".into(),
+        origin: 0,
+        event: Some(trait_event::Event::IdSync(IdSync {
+            data_partner_id: 7,
+            partner_uuid: "p7".into(),
+            time_unix_ms: 0,
+        })),
+    };
+    let step = evaluator
+        .on_event(&defs, step.state, &sync, 11 * S)
+        .unwrap();
+    assert_eq!(step.update, None, "an id sync alone changes no segment");
+    let opt_out = TraitEvent {
+        user_id: "u".into(),
+        origin: 0,
+        event: Some(trait_event::Event::OptOut(OptOut {
+            time_unix_ms: 12 * S,
+        })),
+    };
+    let step = evaluator
+        .on_event(&defs, step.state, &opt_out, 12 * S)
+        .unwrap();
+    assert_eq!(
+        changes(&step),
+        [(10, SegmentStatus::Inactive, ChangeReason::OptOut, 12 * S)]
+    );
+    let update = step.update.as_ref().unwrap();
+    assert_eq!(
+        update.partner_ids,
+        [PartnerIds {
+            data_partner_id: 7,
+            partner_uuids: vec!["p7".into()]
+        }],
+        "every synced id gets the 0"
+    );
+    let marker = step.state.clone().unwrap();
+    assert!(
+        marker.opted_out
+            && marker.traits.is_empty()
+            && marker.memberships.is_empty()
+            && marker.partner_ids.is_empty()
+    );
+    assert_eq!(next_due(&defs, &marker, 12 * S), None);
+    let later = evaluator
+        .on_event(
+            &defs,
+            step.state,
+            &realization("u", 1, 13 * S, None),
+            13 * S,
+        )
+        .unwrap();
+    assert!(later.ignored && later.update.is_none() && !later.state_changed);
+}
+
+#[test]
+fn retention_keeps_only_what_rules_can_use() {
+    let defs = definitions(
+        "traits: [{ id: 1, ttl: 0 }, { id: 5 }]\nsegments: [{ id: 10, rule: T1 >= 2 }]\n",
+    );
+    let mut evaluator = Evaluator::default();
+    let mut state = None;
+    for t in 0..10 {
+        state = evaluator
+            .on_event(&defs, state, &realization("u", 1, t * S, None), t * S)
+            .unwrap()
+            .state;
+        state = evaluator
+            .on_event(&defs, state, &realization("u", 5, t * S, None), t * S)
+            .unwrap()
+            .state;
+    }
+    let state = state.unwrap();
+    assert_eq!(state.traits.len(), 1, "trait 5 is used by no rule");
+    assert_eq!(
+        state.traits[0].times_unix_ms,
+        [7 * S, 8 * S, 9 * S],
+        ">= 2 needs the newest 3"
+    );
+}
