@@ -4,10 +4,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use telemetry::{KafkaSettings, ServiceRuntime};
 
 use crate::config::{AuthConfig, DeliveryConfig};
@@ -46,30 +44,16 @@ pub fn build_shared(
     })
 }
 
-/// Fails with the fix when a topic the service needs does not exist (consumers do not create
-/// topics, and a typo would otherwise wait forever).
+/// Fails with the fix when a topic the service needs does not exist.
 pub async fn require_topics(kafka: &KafkaSettings, topics: &[&str]) -> anyhow::Result<()> {
     let kafka = kafka.clone();
     let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let probe: BaseConsumer = kafka.client_config("delivery-probe").create()?;
-        for topic in &topics {
-            let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-            let exists = metadata.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
-            anyhow::ensure!(
-                exists,
-                "topic `{topic}` does not exist on {}: create it (make kafka-up creates the defaults) or set kafka.* in the config",
-                kafka.brokers
-            );
-        }
-        Ok(())
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        kafka.require_topics(&names).map(drop).map_err(anyhow::Error::msg)
     })
     .await?
 }
-
-/// How often the config file is checked for changes. Polling the content (not inotify)
-/// also sees Kubernetes ConfigMap updates, which swap a symlink instead of writing the file.
-const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs delivery until SIGTERM, then drains every pipeline. When the config file changes and
 /// the new one is valid, the pipelines drain (as on SIGTERM: finished offsets committed) and
@@ -102,26 +86,16 @@ pub async fn run(
     }
 }
 
-/// Resolves with a new valid config (and cancels `generation`) when the file changes.
+/// Resolves with a new valid config (and cancels `generation`) when the file changes; an
+/// invalid change is logged and waited past.
 async fn watch_config(
     path: std::path::PathBuf,
     mut current: Vec<u8>,
     generation: tokio_util::sync::CancellationToken,
 ) -> Option<(Vec<u8>, DeliveryConfig)> {
     loop {
-        tokio::select! {
-            () = generation.cancelled() => return None,
-            () = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
-        }
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        if bytes == current {
-            continue;
-        }
-        match DeliveryConfig::parse(&path, &String::from_utf8_lossy(&bytes), &|name| {
-            std::env::var(name).ok()
-        }) {
+        let bytes = telemetry::watch::file_change(&path, &current, &generation).await?;
+        match DeliveryConfig::parse(&path, &String::from_utf8_lossy(&bytes), &|name| std::env::var(name).ok()) {
             Ok(config) => {
                 generation.cancel();
                 return Some((bytes, config));

@@ -4,3 +4,9 @@
 pub mod config;
 pub mod evaluate;
 pub mod rules;
+pub mod metrics;
+pub mod processor;
+pub mod store;
+pub mod events;
+pub mod ingest;
+pub mod service;

@@ -1,33 +1,158 @@
-//! `qualifier`: Evaluates segment rules over users' trait events and publishes every change of segment status to Kafka.
-//!
-//! Today this binary is the service's shell (admin endpoints, Kafka connectivity, clean
-//! shutdown); the pipeline itself lands with its own issue.
+//! `qualifier`: evaluates segment rules over users' trait events and publishes every change
+//! of segment status to Kafka, exactly once within Kafka.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use qualifier::config::Definitions;
+use qualifier::ingest::EventWriter;
+use qualifier::processor::Topology;
 use telemetry::ServiceRuntime;
 
-/// Evaluates segment rules over users' trait events and publishes every change of segment status to Kafka.
+/// Evaluates segment rules over users' trait events (time-to-live, inactivity, opt-out, ID
+/// sync, regions) and publishes every change of segment status to Kafka.
+///
+/// Kafka connection settings come from the environment (KAFKA_BROKERS, KAFKA_SECURITY_PROTOCOL,
+/// KAFKA_SASL_*, KAFKA_SSL_*); see the README.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
+    /// The definitions file (segments.yaml); reloaded when it changes.
+    #[arg(long, env = "QUALIFIER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(flatten)]
+    topics: TopicArgs,
+
     /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9101")]
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9101", global = true)]
     admin_addr: SocketAddr,
+
+    /// Address of the ingest API (`POST /v1/events`).
+    #[arg(long, env = "INGEST_ADDR", default_value = "0.0.0.0:8080", global = true)]
+    ingest_addr: SocketAddr,
+
+    /// Largest ingest request body, in bytes.
+    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 10 << 20, global = true)]
+    ingest_max_body_bytes: usize,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+struct TopicArgs {
+    /// Consumer group of the qualifier processes.
+    #[arg(long, env = "QUALIFIER_GROUP_ID", default_value = "qualifier", global = true)]
+    group_id: String,
+    /// This process's stable identity (e.g. the pod name): its transactional id is
+    /// `<group-id>-<instance-id>`, so a restarted process fences its previous incarnation.
+    #[arg(long, env = "QUALIFIER_INSTANCE_ID", global = true)]
+    instance_id: Option<String>,
+    /// Input topic.
+    #[arg(long, env = "EVENTS_TOPIC", default_value = "trait-events", global = true)]
+    events_topic: String,
+    /// Output topic of real-time changes.
+    #[arg(long, env = "STATUS_TOPIC", default_value = "segment-status", global = true)]
+    status_topic: String,
+    /// Output topic of changes caused by batch (offline/onboarded) events.
+    #[arg(long, env = "STATUS_BATCH_TOPIC", default_value = "segment-status-batch", global = true)]
+    status_batch_topic: String,
+    /// The compacted state topic (one partition per input partition).
+    #[arg(long, env = "CHANGELOG_TOPIC", default_value = "qualifier-changelog", global = true)]
+    changelog_topic: String,
+    /// Where invalid input events are kept.
+    #[arg(long, env = "DLQ_TOPIC", default_value = "segment-status-dlq", global = true)]
+    dlq_topic: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Validate a definitions file and print every problem at once; exit 1 if any.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Produce the events of an NDJSON file (the ingest API's shapes) as batch-origin input:
+    /// their status changes go to the batch topic, a lane that never delays real time.
+    Onboard {
+        /// The NDJSON file.
+        file: PathBuf,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = ServiceRuntime::start(cli.admin_addr).await?;
-    if runtime.wait_for_kafka().await {
-        runtime.health.set_ready();
-        tracing::info!("Ready.");
-        runtime.shutdown.cancelled().await;
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("qualifier: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
     }
-    runtime.finish().await.context("admin server failed")?;
-    tracing::info!("Stopped.");
-    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::CheckConfig { file }) => {
+            let definitions = Definitions::load(&file)?;
+            println!("{}: ok ({} traits, {} segments)", file.display(), definitions.traits.len(), definitions.segments.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Onboard { file }) => {
+            telemetry::init_logging()?;
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let events = qualifier::events::parse_body(&body, model::Origin::Batch).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(|e| format!("  - line {}: {}", e.line, e.error)).collect();
+                anyhow::anyhow!("{}: invalid events, nothing produced:\n{}", file.display(), lines.join("\n"))
+            })?;
+            let writer = EventWriter::new(&kafka, &cli.topics.events_topic)?;
+            writer.write(&events).await.context("Kafka did not acknowledge the events")?;
+            println!("onboarded {} events from {} as batch input", events.len(), file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None | Some(Command::Run) => {
+            let path = cli.config.context("--config FILE (or QUALIFIER_CONFIG) is required: the definitions file")?;
+            let definitions = Definitions::load(&path)?;
+            let runtime = ServiceRuntime::start(cli.admin_addr).await?;
+            let instance = cli
+                .topics
+                .instance_id
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "0".to_owned());
+            let topology = Topology {
+                transactional_id: format!("{}-{instance}", cli.topics.group_id),
+                group_id: cli.topics.group_id,
+                events_topic: cli.topics.events_topic,
+                status_topic: cli.topics.status_topic,
+                status_batch_topic: cli.topics.status_batch_topic,
+                changelog_topic: cli.topics.changelog_topic,
+                dlq_topic: cli.topics.dlq_topic,
+            };
+            let options = qualifier::service::Options {
+                definitions_path: path,
+                ingest_addr: cli.ingest_addr,
+                max_body_bytes: cli.ingest_max_body_bytes,
+            };
+            let result = if runtime.wait_for_kafka().await {
+                qualifier::service::run(options, definitions, topology, &runtime).await
+            } else {
+                Ok(())
+            };
+            runtime.finish().await.context("admin server failed")?;
+            result?;
+            tracing::info!("Stopped.");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -253,6 +253,29 @@ impl KafkaSettings {
         config
     }
 
+    /// Fails with the fix when a topic a service needs does not exist (consumers do not create
+    /// topics, and a typo would otherwise wait forever). Returns each topic's partition count.
+    /// Blocks the calling thread.
+    pub fn require_topics(&self, topics: &[&str]) -> Result<Vec<usize>, String> {
+        let probe: BaseConsumer =
+            self.client_config("segment-relay-probe").create().map_err(|e| e.to_string())?;
+        topics
+            .iter()
+            .map(|topic| {
+                let metadata = probe
+                    .fetch_metadata(Some(topic), Duration::from_secs(10))
+                    .map_err(|e| format!("cannot read metadata of topic `{topic}`: {e}"))?;
+                match metadata.topics().first() {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
+                    _ => Err(format!(
+                        "topic `{topic}` does not exist on {}: create it (`make kafka-up` creates the defaults) or point the service at another",
+                        self.brokers
+                    )),
+                }
+            })
+            .collect()
+    }
+
     /// Asks the cluster for its metadata: `Ok` once a broker answers within `timeout`. Blocks
     /// the calling thread (use `spawn_blocking` from async code).
     pub fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {

@@ -8,6 +8,7 @@ mod logging;
 mod runtime;
 mod secret;
 mod shutdown;
+pub mod watch;
 
 pub use admin::{AdminServer, Health, new_registry};
 pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol};

@@ -1,0 +1,419 @@
+//! The exactly-once loop: consume `trait-events` → update users → produce status updates and
+//! changelog records → commit the input offsets, all in one Kafka transaction; timers (ttl,
+//! windows, inactivity) are processed in the same transactions. It runs on a thread of its
+//! own: librdkafka's transaction calls block.
+//!
+//! When this process gains a partition, the rebalance callback restores the partition's users
+//! from the changelog before any of its events are processed. A transaction that cannot be
+//! committed ends the process (non-zero): the in-memory state ran ahead of what Kafka has, and
+//! a restart restores both from Kafka.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use model::{DeadLetterRecord, ErrorClass, Origin, SegmentStatus, SourcePosition, TraitEvent, UserState};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use telemetry::{Health, KafkaSettings};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Definitions;
+use crate::evaluate::{Evaluator, Step, next_due};
+use crate::metrics::Metrics;
+use crate::store::{PartitionStore, Store};
+
+/// Topics, group and transactional identity.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub group_id: String,
+    pub events_topic: String,
+    pub status_topic: String,
+    pub status_batch_topic: String,
+    pub changelog_topic: String,
+    pub dlq_topic: String,
+    /// Stable per process (e.g. the pod name): a restarted process with the same id aborts
+    /// what its previous incarnation left open, instead of waiting for the timeout.
+    pub transactional_id: String,
+}
+
+/// The definitions in force; replaced when `segments.yaml` changes.
+pub type SharedDefinitions = Arc<RwLock<Arc<Definitions>>>;
+
+fn current(definitions: &SharedDefinitions) -> Arc<Definitions> {
+    definitions.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Restores assigned partitions from the changelog and drops revoked ones.
+struct RebalanceContext {
+    kafka: KafkaSettings,
+    topology: Topology,
+    store: Arc<Mutex<Store>>,
+    definitions: SharedDefinitions,
+    metrics: Metrics,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut store = lock(&self.store);
+            for element in partitions.elements() {
+                store.partitions.remove(&element.partition());
+            }
+            self.metrics.users.set(store.users() as i64);
+            tracing::info!(partitions = partitions.count(), "Partitions revoked; their users were dropped.");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(partitions) = rebalance else { return };
+        let wanted: Vec<i32> = partitions.elements().iter().map(|e| e.partition()).collect();
+        let started = Instant::now();
+        match restore(&self.kafka, &self.topology.changelog_topic, &wanted, &current(&self.definitions)) {
+            Ok(restored) => {
+                let mut store = lock(&self.store);
+                let users: usize = restored.values().map(PartitionStore::len).sum();
+                store.partitions.extend(restored);
+                self.metrics.users.set(store.users() as i64);
+                self.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
+                tracing::info!(partitions = ?wanted, users, ms = started.elapsed().as_millis() as u64, "Partitions assigned and restored from the changelog.");
+            }
+            Err(error) => {
+                // Processing these partitions without their state would publish wrong changes.
+                tracing::error!(%error, partitions = ?wanted, "Cannot restore partitions from the changelog; exiting so a restart can retry.");
+                std::process::exit(70);
+            }
+        }
+    }
+}
+
+/// Reads the changelog partitions from their start to their end into stores.
+fn restore(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partitions: &[i32],
+    definitions: &Definitions,
+) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
+    let mut stores: HashMap<i32, PartitionStore> = partitions.iter().map(|&p| (p, PartitionStore::default())).collect();
+    let consumer: BaseConsumer = kafka
+        .client_config("qualifier-restore")
+        .set("group.id", "qualifier-restore")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut ends = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(partition, high);
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    if ends.is_empty() {
+        return Ok(stores);
+    }
+    consumer.assign(&assignment)?;
+    let mut latest: HashMap<i32, HashMap<String, Option<UserState>>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                let state = message.payload().and_then(|p| UserState::decode(p).ok());
+                latest.entry(partition).or_default().insert(key, state);
+                if ends.get(&partition).is_some_and(|&end| message.offset() + 1 >= end) {
+                    ends.remove(&partition);
+                }
+            }
+            Some(Err(error)) => return Err(error),
+            None => {
+                // Aborted records and transaction markers end a partition without a message.
+                let positions = consumer.position()?;
+                for element in positions.elements() {
+                    if let (Offset::Offset(position), Some(&end)) = (element.offset(), ends.get(&element.partition()))
+                        && position >= end
+                    {
+                        ends.remove(&element.partition());
+                    }
+                }
+            }
+        }
+    }
+    let now = now_ms();
+    for (partition, users) in latest {
+        let store = stores.entry(partition).or_default();
+        for state in users.into_values().flatten() {
+            let due = next_due(definitions, &state, now);
+            store.put(state, due);
+        }
+    }
+    Ok(stores)
+}
+
+/// An input message, detached from the consumer so a batch can be collected.
+struct Input {
+    message: OwnedMessage,
+}
+
+/// The processing loop and what it owns.
+pub struct Processor {
+    consumer: BaseConsumer<RebalanceContext>,
+    producer: BaseProducer,
+    topology: Topology,
+    store: Arc<Mutex<Store>>,
+    definitions: SharedDefinitions,
+    metrics: Metrics,
+    evaluator: Evaluator,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor").field("topology", &self.topology).finish_non_exhaustive()
+    }
+}
+
+const MAX_BATCH: usize = 1_000;
+const MAX_TIMERS_PER_TRANSACTION: usize = 5_000;
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Processor {
+    /// Creates the transactional producer (fencing a previous incarnation) and subscribes.
+    pub fn start(
+        kafka: &KafkaSettings,
+        topology: Topology,
+        definitions: SharedDefinitions,
+        metrics: Metrics,
+    ) -> Result<Self, KafkaError> {
+        let producer: BaseProducer = kafka
+            .client_config("qualifier")
+            .set("transactional.id", &topology.transactional_id)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            // A crashed process's open transaction blocks read_committed readers until this
+            // passes (unless it restarts with the same transactional id first).
+            .set("transaction.timeout.ms", "10000")
+            .create()?;
+        producer.init_transactions(TRANSACTION_TIMEOUT)?;
+        let store = Arc::new(Mutex::new(Store::default()));
+        let context = RebalanceContext {
+            kafka: kafka.clone(),
+            topology: topology.clone(),
+            store: store.clone(),
+            definitions: definitions.clone(),
+            metrics: metrics.clone(),
+        };
+        let consumer: BaseConsumer<RebalanceContext> = kafka
+            .client_config("qualifier")
+            .set("group.id", &topology.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            .create_with_context(context)?;
+        consumer.subscribe(&[&topology.events_topic])?;
+        Ok(Self { consumer, producer, topology, store, definitions, metrics, evaluator: Evaluator::default() })
+    }
+
+    /// Runs until `shutdown`; returns an error when a transaction failed.
+    pub fn run(mut self, shutdown: &CancellationToken, health: &Health) -> Result<(), KafkaError> {
+        health.set_ready();
+        while !shutdown.is_cancelled() {
+            let inputs = self.poll_batch();
+            let now = now_ms();
+            let due = {
+                let store = lock(&self.store);
+                self.metrics.expiry_due.set(store.due_count(now) as i64);
+                store.due(now, MAX_TIMERS_PER_TRANSACTION)
+            };
+            if inputs.is_empty() && due.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            if let Err(error) = self.transaction(inputs, due, now) {
+                self.metrics.transactions_failed.inc();
+                tracing::error!(%error, "A Kafka transaction failed; exiting so that a restart restores state and offsets from Kafka.");
+                let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                return Err(error);
+            }
+            self.metrics.transaction_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics.users.set(lock(&self.store).users() as i64);
+        }
+        tracing::info!("Processing stopped.");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Up to `MAX_BATCH` messages: waits up to 100 ms for the first, then takes what is there.
+    fn poll_batch(&self) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        let mut timeout = Duration::from_millis(100);
+        while inputs.len() < MAX_BATCH {
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => inputs.push(Input { message: message.detach() }),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "Kafka consumer error.");
+                    break;
+                }
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        // A rebalance during the polls may have taken partitions away: their events are the
+        // new owner's now.
+        let store = lock(&self.store);
+        inputs.retain(|i| store.partitions.contains_key(&i.message.partition()));
+        inputs
+    }
+
+    fn transaction(&mut self, inputs: Vec<Input>, due: Vec<(i32, String)>, now: i64) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        let definitions = current(&self.definitions);
+        let mut offsets: HashMap<i32, i64> = HashMap::new();
+        for input in &inputs {
+            let partition = input.message.partition();
+            offsets.insert(partition, input.message.offset() + 1);
+            self.process_event(&definitions, input, now)?;
+        }
+        for (partition, user) in due {
+            let state = lock(&self.store).partitions.get_mut(&partition).and_then(|p| p.take(&user));
+            if let Some(state) = state {
+                let started = Instant::now();
+                let step = self.evaluator.on_timer(&definitions, state, now);
+                self.metrics.eval_duration.observe(started.elapsed().as_secs_f64());
+                self.publish(&definitions, partition, &user, step, now)?;
+            }
+        }
+        if !offsets.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for (partition, offset) in offsets {
+                list.add_partition_offset(&self.topology.events_topic, partition, Offset::Offset(offset))?;
+            }
+            let group = self.consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
+            self.producer.send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)?;
+        }
+        self.producer.commit_transaction(TRANSACTION_TIMEOUT)
+    }
+
+    fn process_event(&mut self, definitions: &Definitions, input: &Input, now: i64) -> Result<(), KafkaError> {
+        let message = &input.message;
+        let partition = message.partition();
+        let event = match TraitEvent::decode(message.payload().unwrap_or_default()) {
+            Ok(event) => event,
+            Err(error) => return self.dead_letter(message, "unknown", format!("not a TraitEvent: {error}")),
+        };
+        let kind = match &event.event {
+            Some(model::pb::trait_event::Event::TraitRealization(_)) => "trait",
+            Some(model::pb::trait_event::Event::IdSync(_)) => "id_sync",
+            Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
+            None => "unknown",
+        };
+        let state = lock(&self.store).partitions.get_mut(&partition).and_then(|p| p.take(&event.user_id));
+        let started = Instant::now();
+        let step = self.evaluator.on_event(definitions, state, &event, now);
+        self.metrics.eval_duration.observe(started.elapsed().as_secs_f64());
+        match step {
+            Ok(step) => {
+                let outcome = if step.ignored { "ignored" } else { "applied" };
+                self.metrics.events.with_label_values(&[kind, outcome]).inc();
+                self.publish(definitions, partition, &event.user_id, step, now)
+            }
+            Err(invalid) => self.dead_letter(message, kind, invalid.to_string()),
+        }
+    }
+
+    /// Produces a step's update and changelog record and puts the user back in the store.
+    fn publish(&mut self, definitions: &Definitions, partition: i32, user: &str, step: Step, now: i64) -> Result<(), KafkaError> {
+        if let Some(update) = &step.update {
+            let topic = if update.origin() == Origin::Batch { &self.topology.status_batch_topic } else { &self.topology.status_topic };
+            for change in &update.changes {
+                let status = if change.status() == SegmentStatus::Active { "1" } else { "0" };
+                let reason = match change.reason() {
+                    model::ChangeReason::Qualified => "qualified",
+                    model::ChangeReason::Rule => "rule",
+                    model::ChangeReason::Ttl => "ttl",
+                    model::ChangeReason::Inactive => "inactive",
+                    model::ChangeReason::OptOut => "opt_out",
+                    model::ChangeReason::Unspecified => "unspecified",
+                };
+                self.metrics.status_changes.with_label_values(&[status, reason]).inc();
+            }
+            let payload = update.encode_to_vec();
+            send(&self.producer, BaseRecord::to(topic).key(user).payload(&payload))?;
+        }
+        if step.state_changed {
+            let payload = step.state.as_ref().map(prost::Message::encode_to_vec);
+            let mut record: BaseRecord<'_, str, Vec<u8>> = BaseRecord::to(&self.topology.changelog_topic).key(user).partition(partition);
+            if let Some(payload) = &payload {
+                record = record.payload(payload);
+            }
+            send(&self.producer, record)?;
+        }
+        if let Some(state) = step.state {
+            let due = next_due(definitions, &state, now);
+            if let Some(store) = lock(&self.store).partitions.get_mut(&partition) {
+                store.put(state, due);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps an input event that cannot be applied, in the same transaction.
+    fn dead_letter(&mut self, message: &OwnedMessage, kind: &str, error: String) -> Result<(), KafkaError> {
+        self.metrics.events.with_label_values(&[kind, "invalid"]).inc();
+        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
+        let now = now_ms();
+        let record = DeadLetterRecord {
+            error_class: ErrorClass::Undecodable as i32,
+            error,
+            first_attempt_unix_ms: now,
+            last_attempt_unix_ms: now,
+            dead_lettered_unix_ms: now,
+            source: Some(SourcePosition { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() }),
+            raw: message.payload().unwrap_or_default().to_vec(),
+            ..DeadLetterRecord::default()
+        };
+        let payload = record.encode_to_vec();
+        let key = message.key().unwrap_or_default();
+        send(&self.producer, BaseRecord::to(&self.topology.dlq_topic).key(key).payload(&payload))
+    }
+}
+
+/// Enqueues a record, waiting while librdkafka's queue is full.
+fn send<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                producer.poll(Duration::from_millis(20));
+                record = returned;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The embedded state store: the users of each owned input partition, in memory, with a timer
+//! index of when each must be evaluated again. Its durable copy is the compacted changelog
+//! topic (one partition per input partition), from which a partition is restored when this
+//! process gains it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use model::UserState;
+
+/// The users of one input partition.
+#[derive(Debug, Default)]
+pub struct PartitionStore {
+    users: HashMap<String, (UserState, Option<i64>)>,
+    timers: BTreeSet<(i64, String)>,
+}
+
+impl PartitionStore {
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Takes a user out for an update (put it back with [`PartitionStore::put`]).
+    pub fn take(&mut self, user_id: &str) -> Option<UserState> {
+        let (state, due) = self.users.remove(user_id)?;
+        if let Some(due) = due {
+            self.timers.remove(&(due, user_id.to_owned()));
+        }
+        Some(state)
+    }
+
+    /// Stores a user with the time its timer is due (`None`: no timer).
+    pub fn put(&mut self, state: UserState, due: Option<i64>) {
+        if let Some(due) = due {
+            self.timers.insert((due, state.user_id.clone()));
+        }
+        self.users.insert(state.user_id.clone(), (state, due));
+    }
+
+    /// Users whose timer is due at `now`, earliest first, at most `limit`.
+    pub fn due(&self, now: i64, limit: usize) -> impl Iterator<Item = &str> {
+        self.timers.iter().take_while(move |(due, _)| *due <= now).take(limit).map(|(_, user)| user.as_str())
+    }
+
+    pub fn due_count(&self, now: i64) -> usize {
+        self.timers.iter().take_while(|(due, _)| *due <= now).count()
+    }
+}
+
+/// The partitions this process owns.
+#[derive(Debug, Default)]
+pub struct Store {
+    pub partitions: HashMap<i32, PartitionStore>,
+}
+
+impl Store {
+    pub fn users(&self) -> usize {
+        self.partitions.values().map(PartitionStore::len).sum()
+    }
+
+    pub fn due_count(&self, now: i64) -> usize {
+        self.partitions.values().map(|p| p.due_count(now)).sum()
+    }
+
+    /// (partition, user) pairs due at `now`, at most `limit` in all.
+    pub fn due(&self, now: i64, limit: usize) -> Vec<(i32, String)> {
+        let mut out = Vec::new();
+        for (&partition, store) in &self.partitions {
+            let room = limit.saturating_sub(out.len());
+            out.extend(store.due(now, room).map(|user| (partition, user.to_owned())));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> UserState {
+        UserState { user_id: id.to_owned(), ..UserState::default() }
+    }
+
+    #[test]
+    fn timers_follow_their_users() {
+        let mut store = PartitionStore::default();
+        store.put(user("a"), Some(30));
+        store.put(user("b"), Some(10));
+        store.put(user("c"), None);
+        assert_eq!(store.due(30, 10).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(store.due(30, 1).collect::<Vec<_>>(), ["b"]);
+        let b = store.take("b").unwrap();
+        store.put(b, Some(50));
+        assert_eq!(store.due(30, 10).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(store.due_count(60), 2);
+        assert_eq!(store.len(), 3);
+        assert!(store.take("zzz").is_none());
+    }
+}
