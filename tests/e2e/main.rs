@@ -5,4 +5,4 @@
 
 mod delivery;
 mod kafka_roundtrip;
-mod service_shell;
+mod qualifier;

@@ -50,7 +50,10 @@ pub async fn require_topics(kafka: &KafkaSettings, topics: &[&str]) -> anyhow::R
     let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        kafka.require_topics(&names).map(drop).map_err(anyhow::Error::msg)
+        kafka
+            .require_topics(&names)
+            .map(drop)
+            .map_err(anyhow::Error::msg)
     })
     .await?
 }
@@ -95,7 +98,9 @@ async fn watch_config(
 ) -> Option<(Vec<u8>, DeliveryConfig)> {
     loop {
         let bytes = telemetry::watch::file_change(&path, &current, &generation).await?;
-        match DeliveryConfig::parse(&path, &String::from_utf8_lossy(&bytes), &|name| std::env::var(name).ok()) {
+        match DeliveryConfig::parse(&path, &String::from_utf8_lossy(&bytes), &|name| {
+            std::env::var(name).ok()
+        }) {
             Ok(config) => {
                 generation.cancel();
                 return Some((bytes, config));

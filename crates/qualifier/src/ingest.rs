@@ -33,7 +33,9 @@ pub struct EventWriter {
 
 impl std::fmt::Debug for EventWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventWriter").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("EventWriter")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,7 +48,10 @@ impl EventWriter {
             .set("linger.ms", "2")
             .set("message.timeout.ms", "15000")
             .create()?;
-        Ok(Self { producer, topic: topic.to_owned() })
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
     }
 
     /// Writes every event (keyed by user, so a user's events stay in order on one partition)
@@ -55,8 +60,13 @@ impl EventWriter {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let payload = event.encode_to_vec();
-            let record = FutureRecord::to(&self.topic).key(&event.user_id).payload(&payload);
-            let delivery = self.producer.send_result(record).map_err(|(error, _)| error)?;
+            let record = FutureRecord::to(&self.topic)
+                .key(&event.user_id)
+                .payload(&payload);
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(error, _)| error)?;
             pending.push(delivery);
         }
         for delivery in pending {
@@ -98,21 +108,39 @@ pub async fn serve(
     tracing::info!(%addr, "Ingest API listening.");
     let app = Router::new()
         .route("/v1/events", post(ingest))
-        .with_state(IngestState { writer, metrics, max_body_bytes });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        .with_state(IngestState {
+            writer,
+            metrics,
+            max_body_bytes,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 fn reply(state: &IngestState, status: StatusCode, body: serde_json::Value) -> Response {
-    state.metrics.ingest_requests.with_label_values(&[status.as_str()]).inc();
+    state
+        .metrics
+        .ingest_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
     (status, axum::Json(body)).into_response()
 }
 
-async fn ingest(State(state): State<IngestState>, Query(query): Query<IngestQuery>, body: Body) -> Response {
+async fn ingest(
+    State(state): State<IngestState>,
+    Query(query): Query<IngestQuery>,
+    body: Body,
+) -> Response {
     let origin = match query.origin.as_deref() {
         None | Some("realtime") => Origin::Realtime,
         Some("batch") => Origin::Batch,
         Some(other) => {
-            return reply(&state, StatusCode::BAD_REQUEST, json!({"errors": [{"line": 0, "error": format!("origin: must be `realtime` or `batch`, got `{other}`")}]}));
+            return reply(
+                &state,
+                StatusCode::BAD_REQUEST,
+                json!({"errors": [{"line": 0, "error": format!("origin: must be `realtime` or `batch`, got `{other}`")}]}),
+            );
         }
     };
     let Ok(bytes) = axum::body::to_bytes(body, state.max_body_bytes).await else {
@@ -127,7 +155,11 @@ async fn ingest(State(state): State<IngestState>, Query(query): Query<IngestQuer
         Err(errors) => return reply(&state, StatusCode::BAD_REQUEST, json!({ "errors": errors })),
     };
     match state.writer.write(&events).await {
-        Ok(()) => reply(&state, StatusCode::ACCEPTED, json!({ "accepted": events.len() })),
+        Ok(()) => reply(
+            &state,
+            StatusCode::ACCEPTED,
+            json!({ "accepted": events.len() }),
+        ),
         Err(error) => {
             tracing::warn!(%error, "Cannot write ingested events to Kafka.");
             reply(

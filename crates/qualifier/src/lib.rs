@@ -3,10 +3,10 @@
 
 pub mod config;
 pub mod evaluate;
-pub mod rules;
-pub mod metrics;
-pub mod processor;
-pub mod store;
 pub mod events;
 pub mod ingest;
+pub mod metrics;
+pub mod processor;
+pub mod rules;
 pub mod service;
+pub mod store;

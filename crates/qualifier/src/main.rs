@@ -28,11 +28,21 @@ struct Cli {
     topics: TopicArgs,
 
     /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9101", global = true)]
+    #[arg(
+        long,
+        env = "ADMIN_ADDR",
+        default_value = "0.0.0.0:9101",
+        global = true
+    )]
     admin_addr: SocketAddr,
 
     /// Address of the ingest API (`POST /v1/events`).
-    #[arg(long, env = "INGEST_ADDR", default_value = "0.0.0.0:8080", global = true)]
+    #[arg(
+        long,
+        env = "INGEST_ADDR",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
     ingest_addr: SocketAddr,
 
     /// Largest ingest request body, in bytes.
@@ -46,26 +56,56 @@ struct Cli {
 #[derive(Debug, Args)]
 struct TopicArgs {
     /// Consumer group of the qualifier processes.
-    #[arg(long, env = "QUALIFIER_GROUP_ID", default_value = "qualifier", global = true)]
+    #[arg(
+        long,
+        env = "QUALIFIER_GROUP_ID",
+        default_value = "qualifier",
+        global = true
+    )]
     group_id: String,
     /// This process's stable identity (e.g. the pod name): its transactional id is
     /// `<group-id>-<instance-id>`, so a restarted process fences its previous incarnation.
     #[arg(long, env = "QUALIFIER_INSTANCE_ID", global = true)]
     instance_id: Option<String>,
     /// Input topic.
-    #[arg(long, env = "EVENTS_TOPIC", default_value = "trait-events", global = true)]
+    #[arg(
+        long,
+        env = "EVENTS_TOPIC",
+        default_value = "trait-events",
+        global = true
+    )]
     events_topic: String,
     /// Output topic of real-time changes.
-    #[arg(long, env = "STATUS_TOPIC", default_value = "segment-status", global = true)]
+    #[arg(
+        long,
+        env = "STATUS_TOPIC",
+        default_value = "segment-status",
+        global = true
+    )]
     status_topic: String,
     /// Output topic of changes caused by batch (offline/onboarded) events.
-    #[arg(long, env = "STATUS_BATCH_TOPIC", default_value = "segment-status-batch", global = true)]
+    #[arg(
+        long,
+        env = "STATUS_BATCH_TOPIC",
+        default_value = "segment-status-batch",
+        global = true
+    )]
     status_batch_topic: String,
     /// The compacted state topic (one partition per input partition).
-    #[arg(long, env = "CHANGELOG_TOPIC", default_value = "qualifier-changelog", global = true)]
+    #[arg(
+        long,
+        env = "CHANGELOG_TOPIC",
+        default_value = "qualifier-changelog",
+        global = true
+    )]
     changelog_topic: String,
     /// Where invalid input events are kept.
-    #[arg(long, env = "DLQ_TOPIC", default_value = "segment-status-dlq", global = true)]
+    #[arg(
+        long,
+        env = "DLQ_TOPIC",
+        default_value = "segment-status-dlq",
+        global = true
+    )]
     dlq_topic: String,
 }
 
@@ -105,24 +145,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::CheckConfig { file }) => {
             let definitions = Definitions::load(&file)?;
-            println!("{}: ok ({} traits, {} segments)", file.display(), definitions.traits.len(), definitions.segments.len());
+            println!(
+                "{}: ok ({} traits, {} segments)",
+                file.display(),
+                definitions.traits.len(),
+                definitions.segments.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Onboard { file }) => {
             telemetry::init_logging()?;
             let kafka = telemetry::KafkaSettings::from_env()?;
-            let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let events = qualifier::events::parse_body(&body, model::Origin::Batch).map_err(|errors| {
-                let lines: Vec<String> = errors.iter().map(|e| format!("  - line {}: {}", e.line, e.error)).collect();
-                anyhow::anyhow!("{}: invalid events, nothing produced:\n{}", file.display(), lines.join("\n"))
-            })?;
+            let body =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let events =
+                qualifier::events::parse_body(&body, model::Origin::Batch).map_err(|errors| {
+                    let lines: Vec<String> = errors
+                        .iter()
+                        .map(|e| format!("  - line {}: {}", e.line, e.error))
+                        .collect();
+                    anyhow::anyhow!(
+                        "{}: invalid events, nothing produced:\n{}",
+                        file.display(),
+                        lines.join("\n")
+                    )
+                })?;
             let writer = EventWriter::new(&kafka, &cli.topics.events_topic)?;
-            writer.write(&events).await.context("Kafka did not acknowledge the events")?;
-            println!("onboarded {} events from {} as batch input", events.len(), file.display());
+            writer
+                .write(&events)
+                .await
+                .context("Kafka did not acknowledge the events")?;
+            println!(
+                "onboarded {} events from {} as batch input",
+                events.len(),
+                file.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         None | Some(Command::Run) => {
-            let path = cli.config.context("--config FILE (or QUALIFIER_CONFIG) is required: the definitions file")?;
+            let path = cli
+                .config
+                .context("--config FILE (or QUALIFIER_CONFIG) is required: the definitions file")?;
             let definitions = Definitions::load(&path)?;
             let runtime = ServiceRuntime::start(cli.admin_addr).await?;
             let instance = cli

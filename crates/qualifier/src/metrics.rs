@@ -17,10 +17,14 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let buckets = |start, count| prometheus::exponential_buckets(start, 2.0, count).unwrap_or_default();
+        let buckets =
+            |start, count| prometheus::exponential_buckets(start, 2.0, count).unwrap_or_default();
         let metrics = Self {
             ingest_requests: IntCounterVec::new(
-                Opts::new("qualifier_ingest_requests_total", "Ingest API requests by HTTP status code."),
+                Opts::new(
+                    "qualifier_ingest_requests_total",
+                    "Ingest API requests by HTTP status code.",
+                ),
                 &["code"],
             )?,
             events: IntCounterVec::new(
@@ -31,18 +35,33 @@ impl Metrics {
                 &["type", "outcome"],
             )?,
             status_changes: IntCounterVec::new(
-                Opts::new("qualifier_status_changes_total", "Segment status changes published, by status (1, 0) and reason."),
+                Opts::new(
+                    "qualifier_status_changes_total",
+                    "Segment status changes published, by status (1, 0) and reason.",
+                ),
                 &["status", "reason"],
             )?,
             eval_duration: Histogram::with_opts(
-                HistogramOpts::new("qualifier_eval_duration_seconds", "Evaluating one user for one event or timer.")
-                    .buckets(buckets(0.000_001, 16)),
+                HistogramOpts::new(
+                    "qualifier_eval_duration_seconds",
+                    "Evaluating one user for one event or timer.",
+                )
+                .buckets(buckets(0.000_001, 16)),
             )?,
-            users: IntGauge::new("qualifier_users", "Users (and opt-out markers) held by this process.")?,
-            expiry_due: IntGauge::new("qualifier_expiry_due", "Timers (ttl, windows, inactivity) due now and not yet processed.")?,
+            users: IntGauge::new(
+                "qualifier_users",
+                "Users (and opt-out markers) held by this process.",
+            )?,
+            expiry_due: IntGauge::new(
+                "qualifier_expiry_due",
+                "Timers (ttl, windows, inactivity) due now and not yet processed.",
+            )?,
             restore_duration: Histogram::with_opts(
-                HistogramOpts::new("qualifier_restore_duration_seconds", "Restoring a partition's users from the changelog.")
-                    .buckets(buckets(0.001, 16)),
+                HistogramOpts::new(
+                    "qualifier_restore_duration_seconds",
+                    "Restoring a partition's users from the changelog.",
+                )
+                .buckets(buckets(0.001, 16)),
             )?,
             transaction_duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -70,7 +89,13 @@ impl Metrics {
                 metrics.events.with_label_values(&[kind, outcome]);
             }
         }
-        for (status, reason) in [("1", "qualified"), ("0", "rule"), ("0", "ttl"), ("0", "inactive"), ("0", "opt_out")] {
+        for (status, reason) in [
+            ("1", "qualified"),
+            ("0", "rule"),
+            ("0", "ttl"),
+            ("0", "inactive"),
+            ("0", "opt_out"),
+        ] {
             metrics.status_changes.with_label_values(&[status, reason]);
         }
         Ok(metrics)

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use model::{DeadLetterRecord, ErrorClass, Origin, SegmentStatus, SourcePosition, TraitEvent, UserState};
+use model::{
+    DeadLetterRecord, ErrorClass, Origin, SegmentStatus, SourcePosition, TraitEvent, UserState,
+};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -45,7 +47,10 @@ pub struct Topology {
 pub type SharedDefinitions = Arc<RwLock<Arc<Definitions>>>;
 
 fn current(definitions: &SharedDefinitions) -> Arc<Definitions> {
-    definitions.read().unwrap_or_else(PoisonError::into_inner).clone()
+    definitions
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
@@ -77,21 +82,37 @@ impl ConsumerContext for RebalanceContext {
                 store.partitions.remove(&element.partition());
             }
             self.metrics.users.set(store.users() as i64);
-            tracing::info!(partitions = partitions.count(), "Partitions revoked; their users were dropped.");
+            tracing::info!(
+                partitions = partitions.count(),
+                "Partitions revoked; their users were dropped."
+            );
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(partitions) = rebalance else { return };
-        let wanted: Vec<i32> = partitions.elements().iter().map(|e| e.partition()).collect();
+        let Rebalance::Assign(partitions) = rebalance else {
+            return;
+        };
+        let wanted: Vec<i32> = partitions
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         let started = Instant::now();
-        match restore(&self.kafka, &self.topology.changelog_topic, &wanted, &current(&self.definitions)) {
+        match restore(
+            &self.kafka,
+            &self.topology.changelog_topic,
+            &wanted,
+            &current(&self.definitions),
+        ) {
             Ok(restored) => {
                 let mut store = lock(&self.store);
                 let users: usize = restored.values().map(PartitionStore::len).sum();
                 store.partitions.extend(restored);
                 self.metrics.users.set(store.users() as i64);
-                self.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .restore_duration
+                    .observe(started.elapsed().as_secs_f64());
                 tracing::info!(partitions = ?wanted, users, ms = started.elapsed().as_millis() as u64, "Partitions assigned and restored from the changelog.");
             }
             Err(error) => {
@@ -110,7 +131,10 @@ fn restore(
     partitions: &[i32],
     definitions: &Definitions,
 ) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
-    let mut stores: HashMap<i32, PartitionStore> = partitions.iter().map(|&p| (p, PartitionStore::default())).collect();
+    let mut stores: HashMap<i32, PartitionStore> = partitions
+        .iter()
+        .map(|&p| (p, PartitionStore::default()))
+        .collect();
     let consumer: BaseConsumer = kafka
         .client_config("qualifier-restore")
         .set("group.id", "qualifier-restore")
@@ -142,7 +166,10 @@ fn restore(
                 let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
                 let state = message.payload().and_then(|p| UserState::decode(p).ok());
                 latest.entry(partition).or_default().insert(key, state);
-                if ends.get(&partition).is_some_and(|&end| message.offset() + 1 >= end) {
+                if ends
+                    .get(&partition)
+                    .is_some_and(|&end| message.offset() + 1 >= end)
+                {
                     ends.remove(&partition);
                 }
             }
@@ -151,7 +178,8 @@ fn restore(
                 // Aborted records and transaction markers end a partition without a message.
                 let positions = consumer.position()?;
                 for element in positions.elements() {
-                    if let (Offset::Offset(position), Some(&end)) = (element.offset(), ends.get(&element.partition()))
+                    if let (Offset::Offset(position), Some(&end)) =
+                        (element.offset(), ends.get(&element.partition()))
                         && position >= end
                     {
                         ends.remove(&element.partition());
@@ -189,7 +217,9 @@ pub struct Processor {
 
 impl std::fmt::Debug for Processor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Processor").field("topology", &self.topology).finish_non_exhaustive()
+        f.debug_struct("Processor")
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
     }
 }
 
@@ -233,7 +263,15 @@ impl Processor {
             .set("heartbeat.interval.ms", "2000")
             .create_with_context(context)?;
         consumer.subscribe(&[&topology.events_topic])?;
-        Ok(Self { consumer, producer, topology, store, definitions, metrics, evaluator: Evaluator::default() })
+        Ok(Self {
+            consumer,
+            producer,
+            topology,
+            store,
+            definitions,
+            metrics,
+            evaluator: Evaluator::default(),
+        })
     }
 
     /// Runs until `shutdown`; returns an error when a transaction failed.
@@ -257,7 +295,9 @@ impl Processor {
                 let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
                 return Err(error);
             }
-            self.metrics.transaction_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .transaction_duration
+                .observe(started.elapsed().as_secs_f64());
             self.metrics.users.set(lock(&self.store).users() as i64);
         }
         tracing::info!("Processing stopped.");
@@ -271,7 +311,9 @@ impl Processor {
         let mut timeout = Duration::from_millis(100);
         while inputs.len() < MAX_BATCH {
             match self.consumer.poll(timeout) {
-                Some(Ok(message)) => inputs.push(Input { message: message.detach() }),
+                Some(Ok(message)) => inputs.push(Input {
+                    message: message.detach(),
+                }),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "Kafka consumer error.");
                     break;
@@ -287,7 +329,12 @@ impl Processor {
         inputs
     }
 
-    fn transaction(&mut self, inputs: Vec<Input>, due: Vec<(i32, String)>, now: i64) -> Result<(), KafkaError> {
+    fn transaction(
+        &mut self,
+        inputs: Vec<Input>,
+        due: Vec<(i32, String)>,
+        now: i64,
+    ) -> Result<(), KafkaError> {
         self.producer.begin_transaction()?;
         let definitions = current(&self.definitions);
         let mut offsets: HashMap<i32, i64> = HashMap::new();
@@ -297,31 +344,51 @@ impl Processor {
             self.process_event(&definitions, input, now)?;
         }
         for (partition, user) in due {
-            let state = lock(&self.store).partitions.get_mut(&partition).and_then(|p| p.take(&user));
+            let state = lock(&self.store)
+                .partitions
+                .get_mut(&partition)
+                .and_then(|p| p.take(&user));
             if let Some(state) = state {
                 let started = Instant::now();
                 let step = self.evaluator.on_timer(&definitions, state, now);
-                self.metrics.eval_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .eval_duration
+                    .observe(started.elapsed().as_secs_f64());
                 self.publish(&definitions, partition, &user, step, now)?;
             }
         }
         if !offsets.is_empty() {
             let mut list = TopicPartitionList::new();
             for (partition, offset) in offsets {
-                list.add_partition_offset(&self.topology.events_topic, partition, Offset::Offset(offset))?;
+                list.add_partition_offset(
+                    &self.topology.events_topic,
+                    partition,
+                    Offset::Offset(offset),
+                )?;
             }
-            let group = self.consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-            self.producer.send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)?;
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
+            self.producer
+                .send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)?;
         }
         self.producer.commit_transaction(TRANSACTION_TIMEOUT)
     }
 
-    fn process_event(&mut self, definitions: &Definitions, input: &Input, now: i64) -> Result<(), KafkaError> {
+    fn process_event(
+        &mut self,
+        definitions: &Definitions,
+        input: &Input,
+        now: i64,
+    ) -> Result<(), KafkaError> {
         let message = &input.message;
         let partition = message.partition();
         let event = match TraitEvent::decode(message.payload().unwrap_or_default()) {
             Ok(event) => event,
-            Err(error) => return self.dead_letter(message, "unknown", format!("not a TraitEvent: {error}")),
+            Err(error) => {
+                return self.dead_letter(message, "unknown", format!("not a TraitEvent: {error}"));
+            }
         };
         let kind = match &event.event {
             Some(model::pb::trait_event::Event::TraitRealization(_)) => "trait",
@@ -329,14 +396,22 @@ impl Processor {
             Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
             None => "unknown",
         };
-        let state = lock(&self.store).partitions.get_mut(&partition).and_then(|p| p.take(&event.user_id));
+        let state = lock(&self.store)
+            .partitions
+            .get_mut(&partition)
+            .and_then(|p| p.take(&event.user_id));
         let started = Instant::now();
         let step = self.evaluator.on_event(definitions, state, &event, now);
-        self.metrics.eval_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .eval_duration
+            .observe(started.elapsed().as_secs_f64());
         match step {
             Ok(step) => {
                 let outcome = if step.ignored { "ignored" } else { "applied" };
-                self.metrics.events.with_label_values(&[kind, outcome]).inc();
+                self.metrics
+                    .events
+                    .with_label_values(&[kind, outcome])
+                    .inc();
                 self.publish(definitions, partition, &event.user_id, step, now)
             }
             Err(invalid) => self.dead_letter(message, kind, invalid.to_string()),
@@ -344,11 +419,26 @@ impl Processor {
     }
 
     /// Produces a step's update and changelog record and puts the user back in the store.
-    fn publish(&mut self, definitions: &Definitions, partition: i32, user: &str, step: Step, now: i64) -> Result<(), KafkaError> {
+    fn publish(
+        &mut self,
+        definitions: &Definitions,
+        partition: i32,
+        user: &str,
+        step: Step,
+        now: i64,
+    ) -> Result<(), KafkaError> {
         if let Some(update) = &step.update {
-            let topic = if update.origin() == Origin::Batch { &self.topology.status_batch_topic } else { &self.topology.status_topic };
+            let topic = if update.origin() == Origin::Batch {
+                &self.topology.status_batch_topic
+            } else {
+                &self.topology.status_topic
+            };
             for change in &update.changes {
-                let status = if change.status() == SegmentStatus::Active { "1" } else { "0" };
+                let status = if change.status() == SegmentStatus::Active {
+                    "1"
+                } else {
+                    "0"
+                };
                 let reason = match change.reason() {
                     model::ChangeReason::Qualified => "qualified",
                     model::ChangeReason::Rule => "rule",
@@ -357,14 +447,23 @@ impl Processor {
                     model::ChangeReason::OptOut => "opt_out",
                     model::ChangeReason::Unspecified => "unspecified",
                 };
-                self.metrics.status_changes.with_label_values(&[status, reason]).inc();
+                self.metrics
+                    .status_changes
+                    .with_label_values(&[status, reason])
+                    .inc();
             }
             let payload = update.encode_to_vec();
-            send(&self.producer, BaseRecord::to(topic).key(user).payload(&payload))?;
+            send(
+                &self.producer,
+                BaseRecord::to(topic).key(user).payload(&payload),
+            )?;
         }
         if step.state_changed {
             let payload = step.state.as_ref().map(prost::Message::encode_to_vec);
-            let mut record: BaseRecord<'_, str, Vec<u8>> = BaseRecord::to(&self.topology.changelog_topic).key(user).partition(partition);
+            let mut record: BaseRecord<'_, str, Vec<u8>> =
+                BaseRecord::to(&self.topology.changelog_topic)
+                    .key(user)
+                    .partition(partition);
             if let Some(payload) = &payload {
                 record = record.payload(payload);
             }
@@ -380,8 +479,16 @@ impl Processor {
     }
 
     /// Keeps an input event that cannot be applied, in the same transaction.
-    fn dead_letter(&mut self, message: &OwnedMessage, kind: &str, error: String) -> Result<(), KafkaError> {
-        self.metrics.events.with_label_values(&[kind, "invalid"]).inc();
+    fn dead_letter(
+        &mut self,
+        message: &OwnedMessage,
+        kind: &str,
+        error: String,
+    ) -> Result<(), KafkaError> {
+        self.metrics
+            .events
+            .with_label_values(&[kind, "invalid"])
+            .inc();
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
         let now = now_ms();
         let record = DeadLetterRecord {
@@ -390,13 +497,22 @@ impl Processor {
             first_attempt_unix_ms: now,
             last_attempt_unix_ms: now,
             dead_lettered_unix_ms: now,
-            source: Some(SourcePosition { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() }),
+            source: Some(SourcePosition {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
             raw: message.payload().unwrap_or_default().to_vec(),
             ..DeadLetterRecord::default()
         };
         let payload = record.encode_to_vec();
         let key = message.key().unwrap_or_default();
-        send(&self.producer, BaseRecord::to(&self.topology.dlq_topic).key(key).payload(&payload))
+        send(
+            &self.producer,
+            BaseRecord::to(&self.topology.dlq_topic)
+                .key(key)
+                .payload(&payload),
+        )
     }
 }
 

@@ -21,7 +21,12 @@ pub struct Options {
     pub max_body_bytes: usize,
 }
 
-pub async fn run(options: Options, definitions: Definitions, topology: Topology, runtime: &ServiceRuntime) -> anyhow::Result<()> {
+pub async fn run(
+    options: Options,
+    definitions: Definitions,
+    topology: Topology,
+    runtime: &ServiceRuntime,
+) -> anyhow::Result<()> {
     let metrics = Metrics::register(&runtime.registry).context("cannot register metrics")?;
     let kafka = runtime.kafka.clone();
     let topics = [
@@ -48,13 +53,28 @@ pub async fn run(options: Options, definitions: Definitions, topology: Topology,
 
     let loaded = std::fs::read(&options.definitions_path).unwrap_or_default();
     let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(definitions)));
-    let writer = Arc::new(EventWriter::new(&runtime.kafka, &topology.events_topic).context("cannot create the ingest producer")?);
+    let writer = Arc::new(
+        EventWriter::new(&runtime.kafka, &topology.events_topic)
+            .context("cannot create the ingest producer")?,
+    );
 
     let stop = runtime.shutdown.child_token();
-    let ingest = tokio::spawn(serve(options.ingest_addr, writer.clone(), metrics.clone(), options.max_body_bytes, stop.clone()));
-    let watcher = tokio::spawn(watch_definitions(options.definitions_path.clone(), loaded, definitions.clone(), stop.clone()));
+    let ingest = tokio::spawn(serve(
+        options.ingest_addr,
+        writer.clone(),
+        metrics.clone(),
+        options.max_body_bytes,
+        stop.clone(),
+    ));
+    let watcher = tokio::spawn(watch_definitions(
+        options.definitions_path.clone(),
+        loaded,
+        definitions.clone(),
+        stop.clone(),
+    ));
 
-    let (kafka, health, processing_stop) = (runtime.kafka.clone(), runtime.health.clone(), stop.clone());
+    let (kafka, health, processing_stop) =
+        (runtime.kafka.clone(), runtime.health.clone(), stop.clone());
     let processing = tokio::task::spawn_blocking(move || {
         let processor = Processor::start(&kafka, topology, definitions, metrics)?;
         processor.run(&processing_stop, &health)
@@ -63,12 +83,20 @@ pub async fn run(options: Options, definitions: Definitions, topology: Topology,
     stop.cancel();
     writer.flush();
     let _ = watcher.await;
-    ingest.await.context("the ingest server panicked")?.context("the ingest server failed")?;
+    ingest
+        .await
+        .context("the ingest server panicked")?
+        .context("the ingest server failed")?;
     result.context("processing failed")
 }
 
 /// Replaces the definitions when the file changes and the new one is valid.
-async fn watch_definitions(path: PathBuf, mut current: Vec<u8>, definitions: SharedDefinitions, stop: tokio_util::sync::CancellationToken) {
+async fn watch_definitions(
+    path: PathBuf,
+    mut current: Vec<u8>,
+    definitions: SharedDefinitions,
+    stop: tokio_util::sync::CancellationToken,
+) {
     while let Some(bytes) = telemetry::watch::file_change(&path, &current, &stop).await {
         match Definitions::parse(&path, &String::from_utf8_lossy(&bytes)) {
             Ok(new) => {

@@ -42,11 +42,18 @@ impl PartitionStore {
 
     /// Users whose timer is due at `now`, earliest first, at most `limit`.
     pub fn due(&self, now: i64, limit: usize) -> impl Iterator<Item = &str> {
-        self.timers.iter().take_while(move |(due, _)| *due <= now).take(limit).map(|(_, user)| user.as_str())
+        self.timers
+            .iter()
+            .take_while(move |(due, _)| *due <= now)
+            .take(limit)
+            .map(|(_, user)| user.as_str())
     }
 
     pub fn due_count(&self, now: i64) -> usize {
-        self.timers.iter().take_while(|(due, _)| *due <= now).count()
+        self.timers
+            .iter()
+            .take_while(|(due, _)| *due <= now)
+            .count()
     }
 }
 
@@ -70,7 +77,11 @@ impl Store {
         let mut out = Vec::new();
         for (&partition, store) in &self.partitions {
             let room = limit.saturating_sub(out.len());
-            out.extend(store.due(now, room).map(|user| (partition, user.to_owned())));
+            out.extend(
+                store
+                    .due(now, room)
+                    .map(|user| (partition, user.to_owned())),
+            );
         }
         out
     }
@@ -81,7 +92,10 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> UserState {
-        UserState { user_id: id.to_owned(), ..UserState::default() }
+        UserState {
+            user_id: id.to_owned(),
+            ..UserState::default()
+        }
     }
 
     #[test]

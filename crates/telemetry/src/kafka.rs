@@ -257,8 +257,10 @@ impl KafkaSettings {
     /// topics, and a typo would otherwise wait forever). Returns each topic's partition count.
     /// Blocks the calling thread.
     pub fn require_topics(&self, topics: &[&str]) -> Result<Vec<usize>, String> {
-        let probe: BaseConsumer =
-            self.client_config("segment-relay-probe").create().map_err(|e| e.to_string())?;
+        let probe: BaseConsumer = self
+            .client_config("segment-relay-probe")
+            .create()
+            .map_err(|e| e.to_string())?;
         topics
             .iter()
             .map(|topic| {

@@ -1,0 +1,151 @@
+//! Qualifier end to end: the real `qualifier` binary, the real broker, its ingest API.
+
+mod lifecycle;
+mod recovery;
+mod rules;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use model::{ChangeReason, SegmentStatus, SegmentStatusUpdate};
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use testkit::kafka;
+use testkit::service::{Service, ServiceBuilder, free_port};
+
+/// Topics and group of one test.
+pub struct QualifierTest {
+    pub events: String,
+    pub status: String,
+    pub status_batch: String,
+    pub changelog: String,
+    pub dlq: String,
+    pub group: String,
+    dir: tempfile::TempDir,
+}
+
+/// A running qualifier and its ingest URL.
+pub struct Qualifier {
+    pub service: Service,
+    pub ingest: String,
+}
+
+impl QualifierTest {
+    pub async fn new(partitions: i32) -> Self {
+        let events = kafka::unique_topic("events", partitions).await;
+        let status = kafka::unique_topic("q-status", partitions).await;
+        let status_batch = kafka::unique_topic("q-status-batch", partitions).await;
+        let changelog = testkit::unique_name("changelog");
+        kafka::create_topic(&changelog, partitions, &[("cleanup.policy", "compact")]).await;
+        let dlq = kafka::unique_topic("q-dlq", 1).await;
+        Self {
+            events,
+            status,
+            status_batch,
+            changelog,
+            dlq,
+            group: testkit::unique_name("qualifier"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn definitions(&self, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join("segments.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    pub async fn start(&self, definitions: &Path, instance: &str) -> Qualifier {
+        let port = free_port();
+        let mut service = ServiceBuilder::new("qualifier")
+            .arg("--config")
+            .arg(definitions.to_str().unwrap())
+            .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
+            .env("QUALIFIER_GROUP_ID", &self.group)
+            .env("QUALIFIER_INSTANCE_ID", instance)
+            .env("EVENTS_TOPIC", &self.events)
+            .env("STATUS_TOPIC", &self.status)
+            .env("STATUS_BATCH_TOPIC", &self.status_batch)
+            .env("CHANGELOG_TOPIC", &self.changelog)
+            .env("DLQ_TOPIC", &self.dlq)
+            .spawn();
+        service.wait_ready(Duration::from_secs(30)).await;
+        Qualifier {
+            service,
+            ingest: format!("http://127.0.0.1:{port}/v1/events"),
+        }
+    }
+
+    /// A read_committed reader of `topic` from its start.
+    pub fn reader(&self, topic: &str) -> StreamConsumer {
+        let consumer = kafka::consumer(&testkit::unique_name("reader"));
+        consumer.subscribe(&[topic]).unwrap();
+        consumer
+    }
+}
+
+/// POSTs NDJSON lines; returns (status, body).
+pub async fn post(url: &str, lines: &[String]) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+pub fn trait_event(user: &str, trait_id: u64, time: &str, region: Option<u32>) -> String {
+    let region = region
+        .map(|r| format!(r#","region":{r}"#))
+        .unwrap_or_default();
+    format!(r#"{{"type":"trait","user":"{user}","trait":{trait_id},"time":"{time}"{region}}}"#)
+}
+
+/// Now as RFC 3339.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// Reads updates until `n` arrived (panics after `timeout`).
+pub async fn updates(
+    reader: &StreamConsumer,
+    n: usize,
+    timeout: Duration,
+) -> Vec<SegmentStatusUpdate> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let message = tokio::time::timeout(timeout, reader.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} updates arrived: {out:?}", out.len()))
+            .unwrap();
+        out.push(SegmentStatusUpdate::decode(message.payload().unwrap()).unwrap());
+    }
+    out
+}
+
+/// Asserts nothing more arrives within `wait`.
+pub async fn no_more(reader: &StreamConsumer, wait: Duration) {
+    if let Ok(Ok(message)) = tokio::time::timeout(wait, reader.recv()).await {
+        panic!(
+            "unexpected update: {:?}",
+            SegmentStatusUpdate::decode(message.payload().unwrap())
+        );
+    }
+}
+
+/// (segment, status, reason) of an update's changes.
+pub fn changes(update: &SegmentStatusUpdate) -> Vec<(u64, SegmentStatus, ChangeReason)> {
+    update
+        .changes
+        .iter()
+        .map(|c| (c.segment_id, c.status(), c.reason()))
+        .collect()
+}
