@@ -96,6 +96,13 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
+    /// Adds a service's own admin routes (e.g. partner-sim's `/stats`).
+    #[must_use]
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.router = self.router.merge(routes);
+        self
+    }
+
     /// Serves until `shutdown` resolves.
     pub async fn serve(
         self,

@@ -1,0 +1,465 @@
+//! The HTTPS server: data endpoints (check, behave, record) and OAuth token endpoints, plus
+//! `/stats` for the admin port.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde_json::json;
+
+use crate::auth::{TokenIssuer, verify};
+use crate::config::{AuthConfig, EndpointConfig, SimConfig};
+use crate::contract::{Rejection, Violation, check_body};
+
+/// What one endpoint received.
+#[derive(Debug, Default)]
+struct EndpointStats {
+    requests: u64,
+    accepted: u64,
+    rejected: u64,
+    injected_errors: u64,
+    violations: BTreeMap<&'static str, u64>,
+    users: u64,
+    distinct_users: HashSet<String>,
+    segments_active: u64,
+    segments_inactive: u64,
+    duplicates: u64,
+    order_violations: u64,
+    token_requests: u64,
+    token_rejected: u64,
+    keys: HashSet<String>,
+    /// Last `DateTime` per (user, partner id, segment) accepted.
+    last_time: HashMap<(String, String, String), i64>,
+}
+
+struct Endpoint {
+    config: EndpointConfig,
+    hmac_key: Option<Vec<u8>>,
+    oauth_secret: Option<String>,
+    tokens: TokenIssuer,
+    stats: Mutex<EndpointStats>,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    requests: IntCounterVec,
+    violations: IntCounterVec,
+    segments: IntCounterVec,
+    duplicates: IntCounterVec,
+    order_violations: IntCounterVec,
+    token_requests: IntCounterVec,
+}
+
+/// The simulator's shared state.
+pub struct Simulator {
+    endpoints: HashMap<String, Endpoint>,
+    token_paths: HashMap<String, String>,
+    started: Instant,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig, registry: &Registry) -> anyhow::Result<Arc<Self>> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let metrics = Metrics {
+            requests: counter(
+                "partner_sim_requests_total",
+                "Data requests by outcome (accepted, rejected, injected_error).",
+                &["endpoint", "outcome"],
+            )?,
+            violations: counter(
+                "partner_sim_violations_total",
+                "Contract violations by reason.",
+                &["endpoint", "reason"],
+            )?,
+            segments: counter(
+                "partner_sim_segments_total",
+                "Accepted segment entries by status.",
+                &["endpoint", "status"],
+            )?,
+            duplicates: counter(
+                "partner_sim_duplicates_total",
+                "Accepted requests whose Idempotency-Key was accepted before.",
+                &["endpoint"],
+            )?,
+            order_violations: counter(
+                "partner_sim_order_violations_total",
+                "Segment entries older than one accepted before for the same user and segment.",
+                &["endpoint"],
+            )?,
+            token_requests: counter(
+                "partner_sim_token_requests_total",
+                "OAuth token requests by outcome (issued, rejected).",
+                &["endpoint", "outcome"],
+            )?,
+        };
+        let mut endpoints = HashMap::new();
+        let mut token_paths = HashMap::new();
+        for config in config.endpoints {
+            let (mut hmac_key, mut oauth_secret) = (None, None);
+            match &config.auth {
+                Some(AuthConfig::Hmac(hmac)) => hmac_key = Some(hmac.key()?.into_bytes()),
+                Some(AuthConfig::Oauth2(oauth)) => {
+                    oauth_secret = Some(oauth.secret()?);
+                    token_paths.insert(oauth.token_path.clone(), config.path.clone());
+                }
+                None => {}
+            }
+            for reason in Violation::ALL {
+                metrics
+                    .violations
+                    .with_label_values(&[&config.path, reason.label()]);
+            }
+            endpoints.insert(
+                config.path.clone(),
+                Endpoint {
+                    config,
+                    hmac_key,
+                    oauth_secret,
+                    tokens: TokenIssuer::default(),
+                    stats: Mutex::new(EndpointStats::default()),
+                },
+            );
+        }
+        Ok(Arc::new(Self {
+            endpoints,
+            token_paths,
+            started: Instant::now(),
+            metrics,
+        }))
+    }
+
+    /// Everything received so far, per endpoint, as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (path, endpoint) in &self.endpoints {
+            let s = endpoint
+                .stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            out.insert(
+                path.clone(),
+                json!({
+                    "requests": s.requests,
+                    "accepted": s.accepted,
+                    "rejected": s.rejected,
+                    "injected_errors": s.injected_errors,
+                    "violations": s.violations,
+                    "users": s.users,
+                    "distinct_users": s.distinct_users.len(),
+                    "segments": {"1": s.segments_active, "0": s.segments_inactive},
+                    "duplicates": s.duplicates,
+                    "order_violations": s.order_violations,
+                    "token_requests": s.token_requests,
+                    "token_rejected": s.token_rejected,
+                }),
+            );
+        }
+        json!({ "endpoints": out })
+    }
+
+    /// The router of the partner-facing server.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(self.clone())
+    }
+
+    /// The admin routes (`/stats`).
+    pub fn admin_routes(self: &Arc<Self>) -> axum::Router {
+        let sim = self.clone();
+        axum::Router::new().route(
+            "/stats",
+            axum::routing::get(move || async move { axum::Json(sim.stats()) }),
+        )
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle(
+    State(sim): State<Arc<Simulator>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path();
+    if let Some(endpoint_path) = sim.token_paths.get(path) {
+        return token(
+            &sim,
+            &sim.endpoints[endpoint_path],
+            &method,
+            &headers,
+            &body,
+        );
+    }
+    let Some(endpoint) = sim.endpoints.get(path) else {
+        return (StatusCode::NOT_FOUND, "no such endpoint\n").into_response();
+    };
+    let rejection = match check(endpoint, &method, &headers, &body) {
+        Ok(received) => {
+            let latency = {
+                let mut rng = fastrand::Rng::new();
+                let latency = endpoint.config.behaviour.latency(&mut rng);
+                let forced = endpoint
+                    .config
+                    .behaviour
+                    .forced_status(sim.started.elapsed(), &mut rng);
+                (latency, forced)
+            };
+            tokio::time::sleep(latency.0).await;
+            let mut stats = endpoint
+                .stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            stats.requests += 1;
+            if let Some(status) = latency.1 {
+                stats.injected_errors += 1;
+                sim.metrics
+                    .requests
+                    .with_label_values(&[path, "injected_error"])
+                    .inc();
+                return StatusCode::from_u16(status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                    .into_response();
+            }
+            record(
+                &sim.metrics,
+                path,
+                &mut stats,
+                header(&headers, "idempotency-key").unwrap_or_default(),
+                received,
+            );
+            sim.metrics
+                .requests
+                .with_label_values(&[path, "accepted"])
+                .inc();
+            return StatusCode::OK.into_response();
+        }
+        Err(rejection) => rejection,
+    };
+    let mut stats = endpoint
+        .stats
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    stats.requests += 1;
+    stats.rejected += 1;
+    *stats
+        .violations
+        .entry(rejection.violation.label())
+        .or_default() += 1;
+    sim.metrics
+        .requests
+        .with_label_values(&[path, "rejected"])
+        .inc();
+    sim.metrics
+        .violations
+        .with_label_values(&[path, rejection.violation.label()])
+        .inc();
+    tracing::warn!(endpoint = path, reason = rejection.violation.label(), detail = %rejection.detail, "Contract violation.");
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"violation": rejection.violation.label(), "detail": rejection.detail})),
+    )
+        .into_response()
+}
+
+/// Every check a partner makes before accepting a request.
+fn check(
+    endpoint: &Endpoint,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<crate::contract::ReceivedBody, Rejection> {
+    let fail = |violation, detail: &str| Rejection {
+        violation,
+        detail: detail.to_owned(),
+    };
+    if method != Method::POST {
+        return Err(fail(Violation::NotPost, "data must be POSTed"));
+    }
+    if header(headers, "content-type").map(|v| v.split(';').next().unwrap_or("").trim())
+        != Some("application/json")
+    {
+        return Err(fail(
+            Violation::BadContentType,
+            "Content-Type must be application/json",
+        ));
+    }
+    if header(headers, "idempotency-key").is_none_or(str::is_empty) {
+        return Err(fail(
+            Violation::MissingIdempotencyKey,
+            "Idempotency-Key header missing",
+        ));
+    }
+    let json: std::borrow::Cow<'_, [u8]> = if header(headers, "content-encoding") == Some("gzip") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .map_err(|_| fail(Violation::BadGzip, "body is not valid gzip"))?;
+        out.into()
+    } else {
+        body.into()
+    };
+    match &endpoint.config.auth {
+        Some(AuthConfig::Hmac(hmac)) => {
+            let given = header(headers, &hmac.header)
+                .ok_or_else(|| fail(Violation::MissingSignature, "signature header missing"))?;
+            let key = endpoint.hmac_key.as_deref().unwrap_or_default();
+            if !verify(hmac.algorithm, key, &json, given) {
+                return Err(fail(
+                    Violation::BadSignature,
+                    "signature does not match the body",
+                ));
+            }
+        }
+        Some(AuthConfig::Oauth2(_)) => {
+            endpoint
+                .tokens
+                .check(header(headers, "authorization"))
+                .map_err(|v| fail(v, "bearer token missing, unknown or expired"))?;
+        }
+        None => {}
+    }
+    let received = check_body(&json)?;
+    if let Some(expected) = endpoint.config.destination_id
+        && received.destination_id != expected.to_string()
+    {
+        return Err(fail(
+            Violation::WrongDestination,
+            "AAM_Destination_Id is not this endpoint's",
+        ));
+    }
+    Ok(received)
+}
+
+fn record(
+    metrics: &Metrics,
+    path: &str,
+    stats: &mut EndpointStats,
+    key: &str,
+    received: crate::contract::ReceivedBody,
+) {
+    stats.accepted += 1;
+    if !stats.keys.insert(key.to_owned()) {
+        // A re-send of a batch already accepted: counted, not recorded again.
+        stats.duplicates += 1;
+        metrics.duplicates.with_label_values(&[path]).inc();
+        return;
+    }
+    for user in received.users {
+        stats.users += 1;
+        stats.distinct_users.insert(user.aam_uuid.clone());
+        for segment in user.segments {
+            if segment.active {
+                stats.segments_active += 1;
+            } else {
+                stats.segments_inactive += 1;
+            }
+            metrics
+                .segments
+                .with_label_values(&[path, if segment.active { "1" } else { "0" }])
+                .inc();
+            let slot = (
+                user.aam_uuid.clone(),
+                user.data_partner_uuid.clone(),
+                segment.segment_id,
+            );
+            let last = stats.last_time.entry(slot).or_insert(segment.time);
+            if segment.time < *last {
+                stats.order_violations += 1;
+                metrics.order_violations.with_label_values(&[path]).inc();
+            } else {
+                *last = segment.time;
+            }
+        }
+    }
+}
+
+/// The client-credentials token endpoint of an OAuth endpoint.
+fn token(
+    sim: &Simulator,
+    endpoint: &Endpoint,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let Some(AuthConfig::Oauth2(oauth)) = &endpoint.config.auth else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let path = endpoint.config.path.as_str();
+    let expected = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        oauth.client_id,
+        endpoint.oauth_secret.as_deref().unwrap_or_default()
+    ));
+    let problem = if method != Method::POST {
+        Some((StatusCode::METHOD_NOT_ALLOWED, "POST the token request"))
+    } else if header(headers, "authorization") != Some(&format!("Basic {expected}")) {
+        Some((StatusCode::UNAUTHORIZED, "invalid client credentials"))
+    } else if !header(headers, "content-type")
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+    {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "Content-Type must be application/x-www-form-urlencoded",
+        ))
+    } else if body != b"grant_type=client_credentials" {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "body must be grant_type=client_credentials",
+        ))
+    } else {
+        None
+    };
+    let mut stats = endpoint
+        .stats
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    stats.token_requests += 1;
+    if let Some((status, error)) = problem {
+        stats.token_rejected += 1;
+        sim.metrics
+            .token_requests
+            .with_label_values(&[path, "rejected"])
+            .inc();
+        return (
+            status,
+            axum::Json(json!({"error": "invalid_request", "error_description": error})),
+        )
+            .into_response();
+    }
+    sim.metrics
+        .token_requests
+        .with_label_values(&[path, "issued"])
+        .inc();
+    let token = endpoint
+        .tokens
+        .issue(Duration::from_secs(oauth.token_ttl_s));
+    axum::Json(
+        json!({"access_token": token, "token_type": "bearer", "expires_in": oauth.token_ttl_s}),
+    )
+    .into_response()
+}
