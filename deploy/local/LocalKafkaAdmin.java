@@ -2,7 +2,8 @@
 // program (`java -cp '.kafka/lib/*' LocalKafkaAdmin.java …`): no Kafka CLI distribution needed.
 //
 //   wait SECONDS               until the broker answers a metadata request (exit 1 on timeout)
-//   create-topics PARTITIONS   the default topics of DESIGN.md; existing ones are left alone
+//   create-topics PARTITIONS [SUFFIX]   the default topics of DESIGN.md (each name + SUFFIX, e.g.
+//                                       "-demo-1" for a demo run); existing ones are left alone
 import java.util.*;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
@@ -19,9 +20,9 @@ public class LocalKafkaAdmin {
         try (Admin admin = Admin.create(props)) {
             switch (args.length > 0 ? args[0] : "") {
                 case "wait" -> System.exit(waitReady(admin, Integer.parseInt(args[1])) ? 0 : 1);
-                case "create-topics" -> createTopics(admin, Integer.parseInt(args[1]));
+                case "create-topics" -> createTopics(admin, Integer.parseInt(args[1]), args.length > 2 ? args[2] : "");
                 default -> {
-                    System.err.println("usage: LocalKafkaAdmin wait SECONDS | create-topics PARTITIONS");
+                    System.err.println("usage: LocalKafkaAdmin wait SECONDS | create-topics PARTITIONS [SUFFIX]");
                     System.exit(2);
                 }
             }
@@ -42,7 +43,7 @@ public class LocalKafkaAdmin {
         return false;
     }
 
-    static void createTopics(Admin admin, int partitions) throws Exception {
+    static void createTopics(Admin admin, int partitions, String suffix) throws Exception {
         Map<String, Map<String, String>> topics = new LinkedHashMap<>();
         topics.put("trait-events", Map.of());
         topics.put("segment-status", Map.of());
@@ -52,13 +53,14 @@ public class LocalKafkaAdmin {
         // Dead letters wait for `delivery replay`; time must not delete them.
         topics.put("segment-status-dlq", Map.of("retention.ms", "-1"));
         for (var topic : topics.entrySet()) {
-            NewTopic newTopic = new NewTopic(topic.getKey(), partitions, (short) 1).configs(topic.getValue());
+            String name = topic.getKey() + suffix;
+            NewTopic newTopic = new NewTopic(name, partitions, (short) 1).configs(topic.getValue());
             try {
                 admin.createTopics(List.of(newTopic)).all().get(10, TimeUnit.SECONDS);
-                System.out.println("created topic " + topic.getKey() + " (" + partitions + " partitions)");
+                System.out.println("created topic " + name + " (" + partitions + " partitions)");
             } catch (ExecutionException e) {
                 if (!(e.getCause() instanceof TopicExistsException)) throw e;
-                System.out.println("topic " + topic.getKey() + " exists");
+                System.out.println("topic " + name + " exists");
             }
         }
     }

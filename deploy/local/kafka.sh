@@ -7,6 +7,7 @@
 #   kafka.sh down    stop it; no Java process of ours is left behind
 #   kafka.sh reset   stop it and wipe its data (jars are kept)
 #   kafka.sh status  say whether it runs
+#   kafka.sh topics SUFFIX   create the default topics with SUFFIX appended (make demo's runs)
 #
 # Environment: KAFKA_PARTITIONS (default 6) for the default topics, KAFKA_HEAP (default 512m).
 set -euo pipefail
@@ -120,7 +121,13 @@ status() {
   if pid_alive; then say "running (pid $(cat "$pidfile"))"; else say "not running"; return 1; fi
 }
 
+topics() {
+  pid_alive || die "not running: make kafka-up first"
+  admin create-topics "$partitions" "${1:?suffix}"
+}
+
 case "${1:-}" in
   up | down | reset | status) "$1" ;;
-  *) echo "usage: $0 up|down|reset|status" >&2; exit 2 ;;
+  topics) topics "${2:-}" ;;
+  *) echo "usage: $0 up|down|reset|status|topics SUFFIX" >&2; exit 2 ;;
 esac

@@ -20,3 +20,4 @@ pub mod replay;
 pub mod router;
 pub mod sender;
 pub mod service;
+pub mod audit;

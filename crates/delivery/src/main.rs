@@ -39,6 +39,10 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Run,
+    /// Count, per destination, the updates on the input topics that route to it and the ones
+    /// dead-lettered for it (JSON on stdout): with delivery_events_total from /metrics, it
+    /// shows whether every routed change was delivered or dead-lettered.
+    Audit,
     /// Validate a destinations file and print every problem at once; exit 1 if any.
     CheckConfig {
         /// The file to check.
@@ -104,6 +108,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             runtime.finish().await.context("admin server failed")?;
             tracing::info!("Stopped.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit => {
+            let config = load(cli.config.as_ref())?;
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let counts =
+                tokio::task::spawn_blocking(move || delivery::audit::audit(&config, &kafka)).await??;
+            println!("{}", serde_json::to_string(&counts)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay {

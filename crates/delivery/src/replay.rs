@@ -3,15 +3,12 @@
 //! were dead-lettered. The dead-letter topic is read from its start to the end it had when the
 //! replay began; nothing is committed, so a replay can be repeated.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use model::{DeadLetterRecord, ErrorClass};
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message as _;
 use telemetry::KafkaSettings;
 use tokio::sync::mpsc;
 
@@ -112,59 +109,14 @@ pub async fn replay(
     Ok(report)
 }
 
-/// Sends every record of `topic`, from the start to its current end, to `out`.
-fn read_dead_letters(
-    kafka: &KafkaSettings,
-    topic: &str,
-    out: &mpsc::Sender<DeadLetterRecord>,
-) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = kafka
-        .client_config("delivery-replay")
-        .set("group.id", "delivery-replay")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut ends = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &partition in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        if high > low {
-            ends.insert(partition, high);
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+/// Sends every dead-letter record of `topic`, from its start to its current end, to `out`.
+fn read_dead_letters(kafka: &KafkaSettings, topic: &str, out: &mpsc::Sender<DeadLetterRecord>) -> anyhow::Result<()> {
+    kafka.read_to_end(topic, None, |message| match DeadLetterRecord::decode(message.payload().unwrap_or_default()) {
+        Ok(record) => {
+            // The receiver only goes away when the replay failed; the error is reported there.
+            let _ = out.blocking_send(record);
         }
-    }
-    consumer.assign(&assignment)?;
-    while !ends.is_empty() {
-        let Some(message) = consumer.poll(Duration::from_secs(10)) else {
-            anyhow::bail!(
-                "no dead letters arrived for 10 s while {} partitions were unread",
-                ends.len()
-            );
-        };
-        let message = message?;
-        let partition = message.partition();
-        match DeadLetterRecord::decode(message.payload().unwrap_or_default()) {
-            Ok(record) => {
-                if out.blocking_send(record).is_err() {
-                    return Ok(());
-                }
-            }
-            Err(error) => {
-                tracing::warn!(topic, partition, offset = message.offset(), %error, "Skipping an undecodable dead-letter record.")
-            }
-        }
-        if ends
-            .get(&partition)
-            .is_some_and(|&end| message.offset() + 1 >= end)
-        {
-            ends.remove(&partition);
-        }
-    }
+        Err(error) => tracing::warn!(topic, %error, "Skipping an undecodable dead-letter record."),
+    })?;
     Ok(())
 }

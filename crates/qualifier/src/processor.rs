@@ -131,64 +131,15 @@ fn restore(
     partitions: &[i32],
     definitions: &Definitions,
 ) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
-    let mut stores: HashMap<i32, PartitionStore> = partitions
-        .iter()
-        .map(|&p| (p, PartitionStore::default()))
-        .collect();
-    let consumer: BaseConsumer = kafka
-        .client_config("qualifier-restore")
-        .set("group.id", "qualifier-restore")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let mut ends = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        if high > low {
-            ends.insert(partition, high);
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-    }
-    if ends.is_empty() {
-        return Ok(stores);
-    }
-    consumer.assign(&assignment)?;
+    // The latest record per user wins; a tombstone (no payload) forgets the user.
     let mut latest: HashMap<i32, HashMap<String, Option<UserState>>> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                let state = message.payload().and_then(|p| UserState::decode(p).ok());
-                latest.entry(partition).or_default().insert(key, state);
-                if ends
-                    .get(&partition)
-                    .is_some_and(|&end| message.offset() + 1 >= end)
-                {
-                    ends.remove(&partition);
-                }
-            }
-            Some(Err(error)) => return Err(error),
-            None => {
-                // Aborted records and transaction markers end a partition without a message.
-                let positions = consumer.position()?;
-                for element in positions.elements() {
-                    if let (Offset::Offset(position), Some(&end)) =
-                        (element.offset(), ends.get(&element.partition()))
-                        && position >= end
-                    {
-                        ends.remove(&element.partition());
-                    }
-                }
-            }
-        }
-    }
+    kafka.read_to_end(topic, Some(partitions), |message| {
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let state = message.payload().and_then(|p| UserState::decode(p).ok());
+        latest.entry(message.partition()).or_default().insert(key, state);
+    })?;
     let now = now_ms();
+    let mut stores: HashMap<i32, PartitionStore> = partitions.iter().map(|&p| (p, PartitionStore::default())).collect();
     for (partition, users) in latest {
         let store = stores.entry(partition).or_default();
         for state in users.into_values().flatten() {

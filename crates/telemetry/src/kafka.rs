@@ -1,12 +1,15 @@
 //! Kafka client settings shared by every service, read from the environment so that the same
 //! image runs against the local broker and a managed SASL_SSL cluster.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::Secret;
 
@@ -276,6 +279,69 @@ impl KafkaSettings {
                 }
             })
             .collect()
+    }
+
+    /// Reads `topic` (only `partitions`, if given) from its start to the end it has now,
+    /// `read_committed`, calling `each` with every message; commits nothing. Blocks.
+    pub fn read_to_end(
+        &self,
+        topic: &str,
+        partitions: Option<&[i32]>,
+        mut each: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(), KafkaError> {
+        let consumer: BaseConsumer = self
+            .client_config("segment-relay-reader")
+            .set("group.id", "segment-relay-reader")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let all: Vec<i32> = match partitions {
+            Some(wanted) => wanted.to_vec(),
+            None => {
+                let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+                metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect()
+            }
+        };
+        let mut ends = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for partition in all {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            if high > low {
+                ends.insert(partition, high);
+                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            }
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+        consumer.assign(&assignment)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ends.is_empty() {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(message) => {
+                    let message = message?;
+                    each(&message);
+                    if ends.get(&message.partition()).is_some_and(|&end| message.offset() + 1 >= end) {
+                        ends.remove(&message.partition());
+                    }
+                }
+                None => {
+                    // Aborted records and transaction markers end a partition without a message.
+                    for element in consumer.position()?.elements() {
+                        if let (Offset::Offset(position), Some(&end)) =
+                            (element.offset(), ends.get(&element.partition()))
+                            && position >= end
+                        {
+                            ends.remove(&element.partition());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Asks the cluster for its metadata: `Ok` once a broker answers within `timeout`. Blocks

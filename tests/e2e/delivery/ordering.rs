@@ -39,13 +39,14 @@ async fn per_user_order_holds_with_four_requests_in_flight_random_delays_and_ret
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let delay = Duration::from_millis(rng % 120);
-        // Every seventh answer fails, so retries are part of the run.
+        // Every seventh answer fails, so retries are part of the run (with 4 retries a batch
+        // cannot fail every attempt: its attempts would all have to land 7 answers apart).
         Response::status(if i % 7 == 3 { 500 } else { 200 }).delay(delay)
     }));
     let config = test.config(&[destination(
         30,
         &receiver,
-        ", max_in_flight: 4, retry_backoff_ms: 5, batch: { linger_ms: 20, max_users: 3 }",
+        ", max_in_flight: 4, retries: 4, retry_backoff_ms: 5, batch: { linger_ms: 20, max_users: 3 }",
     )]);
     let _service = test.start(&config, &[]).await;
 
