@@ -23,9 +23,16 @@ pub struct AuditCounts {
 }
 
 /// Counts, per destination id, routed and dead-lettered updates.
-pub fn audit(config: &DeliveryConfig, kafka: &KafkaSettings) -> anyhow::Result<BTreeMap<u64, AuditCounts>> {
+pub fn audit(
+    config: &DeliveryConfig,
+    kafka: &KafkaSettings,
+) -> anyhow::Result<BTreeMap<u64, AuditCounts>> {
     let mut router = Router::new(&config.destinations);
-    let mut counts: BTreeMap<u64, AuditCounts> = config.destinations.iter().map(|d| (d.id, AuditCounts::default())).collect();
+    let mut counts: BTreeMap<u64, AuditCounts> = config
+        .destinations
+        .iter()
+        .map(|d| (d.id, AuditCounts::default()))
+        .collect();
     let mut targets = Vec::new();
     let mut topics = vec![config.kafka.topic.as_str()];
     topics.extend(config.kafka.batch_topic.as_deref());

@@ -6,6 +6,7 @@
 //! [`config`] → [`consumer`] → [`router`] → [`batcher`] → [`payload`] → [`auth`] →
 //! [`sender`] → [`dead_letter`], with [`offsets`] deciding what may be committed.
 
+pub mod audit;
 pub mod auth;
 pub mod batcher;
 pub mod circuit;
@@ -20,4 +21,3 @@ pub mod replay;
 pub mod router;
 pub mod sender;
 pub mod service;
-pub mod audit;

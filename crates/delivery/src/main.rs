@@ -114,7 +114,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(cli.config.as_ref())?;
             let kafka = telemetry::KafkaSettings::from_env()?;
             let counts =
-                tokio::task::spawn_blocking(move || delivery::audit::audit(&config, &kafka)).await??;
+                tokio::task::spawn_blocking(move || delivery::audit::audit(&config, &kafka))
+                    .await??;
             println!("{}", serde_json::to_string(&counts)?);
             Ok(ExitCode::SUCCESS)
         }

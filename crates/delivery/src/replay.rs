@@ -110,13 +110,21 @@ pub async fn replay(
 }
 
 /// Sends every dead-letter record of `topic`, from its start to its current end, to `out`.
-fn read_dead_letters(kafka: &KafkaSettings, topic: &str, out: &mpsc::Sender<DeadLetterRecord>) -> anyhow::Result<()> {
-    kafka.read_to_end(topic, None, |message| match DeadLetterRecord::decode(message.payload().unwrap_or_default()) {
-        Ok(record) => {
-            // The receiver only goes away when the replay failed; the error is reported there.
-            let _ = out.blocking_send(record);
+fn read_dead_letters(
+    kafka: &KafkaSettings,
+    topic: &str,
+    out: &mpsc::Sender<DeadLetterRecord>,
+) -> anyhow::Result<()> {
+    kafka.read_to_end(topic, None, |message| {
+        match DeadLetterRecord::decode(message.payload().unwrap_or_default()) {
+            Ok(record) => {
+                // The receiver only goes away when the replay failed; the error is reported there.
+                let _ = out.blocking_send(record);
+            }
+            Err(error) => {
+                tracing::warn!(topic, %error, "Skipping an undecodable dead-letter record.")
+            }
         }
-        Err(error) => tracing::warn!(topic, %error, "Skipping an undecodable dead-letter record."),
     })?;
     Ok(())
 }

@@ -136,10 +136,16 @@ fn restore(
     kafka.read_to_end(topic, Some(partitions), |message| {
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
         let state = message.payload().and_then(|p| UserState::decode(p).ok());
-        latest.entry(message.partition()).or_default().insert(key, state);
+        latest
+            .entry(message.partition())
+            .or_default()
+            .insert(key, state);
     })?;
     let now = now_ms();
-    let mut stores: HashMap<i32, PartitionStore> = partitions.iter().map(|&p| (p, PartitionStore::default())).collect();
+    let mut stores: HashMap<i32, PartitionStore> = partitions
+        .iter()
+        .map(|&p| (p, PartitionStore::default()))
+        .collect();
     for (partition, users) in latest {
         let store = stores.entry(partition).or_default();
         for state in users.into_values().flatten() {

@@ -299,13 +299,18 @@ impl KafkaSettings {
             Some(wanted) => wanted.to_vec(),
             None => {
                 let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-                metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect()
+                metadata
+                    .topics()
+                    .iter()
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect()
             }
         };
         let mut ends = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for partition in all {
-            let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
             if high > low {
                 ends.insert(partition, high);
                 assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
@@ -324,7 +329,10 @@ impl KafkaSettings {
                 Some(message) => {
                     let message = message?;
                     each(&message);
-                    if ends.get(&message.partition()).is_some_and(|&end| message.offset() + 1 >= end) {
+                    if ends
+                        .get(&message.partition())
+                        .is_some_and(|&end| message.offset() + 1 >= end)
+                    {
                         ends.remove(&message.partition());
                     }
                 }
