@@ -6,7 +6,7 @@ CARGO ?= cargo
 PARTITIONS ?= 6
 export KAFKA_PARTITIONS := $(PARTITIONS)
 
-.PHONY: help demo demo-check test lint build kafka-up kafka-down kafka-reset kafka-lifecycle-check
+.PHONY: help demo demo-check deploy-check test lint build kafka-up kafka-down kafka-reset kafka-lifecycle-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -14,12 +14,15 @@ help: ## List the targets
 demo: ## The whole system end to end for DEMO_SECONDS (default 60), then a per-destination summary
 	deploy/local/demo.sh
 
-test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every test (unit, integration, end-to-end, a short demo)
+test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every test (unit, integration, end-to-end, deploy checks with a short demo)
 	$(CARGO) test --workspace --locked
-	$(MAKE) demo-check
+	$(MAKE) deploy-check
 
 demo-check: ## The demo, short and on debug binaries: fails on any contract violation or loss
 	DEMO_SECONDS=15 DEMO_PROFILE=debug deploy/local/demo.sh
+
+deploy-check: ## Kubernetes manifests, alert rules, Dockerfile, and every dashboard query against a short demo run
+	deploy/check.sh
 
 lint: ## rustfmt and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets --locked -- -D warnings

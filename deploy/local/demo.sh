@@ -185,5 +185,9 @@ fi
 say "OK: zero contract violations, zero order violations, every routed change delivered or dead-lettered."
 if [[ ${DEMO_KEEP_RUNNING:-0} == 1 ]]; then
   say "services keep running; Ctrl-C stops them."
-  while true; do sleep 3600; done
+  # `wait` (unlike a foreground sleep) lets the INT/TERM trap run at once.
+  while true; do
+    sleep 3600 &
+    wait $!
+  done
 fi
