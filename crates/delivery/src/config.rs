@@ -265,30 +265,15 @@ pub struct OAuthConfig {
     pub client_secret: Secret,
 }
 
-/// Every problem found in a config file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<String>,
-}
+pub use telemetry::ConfigError;
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: invalid configuration", self.file.display())?;
-        for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
-        }
-        Ok(())
-    }
-}
+/// What `destinations.yaml` holds, for error messages.
+const WHAT: &str = "configuration";
 
 impl DeliveryConfig {
     /// Reads, parses and validates `path`; secrets come from the process environment or files.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            problems: vec![format!("cannot read the file: {e}")],
-        })?;
+        let text = ConfigError::read(path, WHAT)?;
         Self::parse(path, &text, &|name| std::env::var(name).ok())
     }
 
@@ -298,19 +283,14 @@ impl DeliveryConfig {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            problems: vec![e.to_string()],
-        })?;
+        let raw: RawFile = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::new(path, WHAT, vec![e.to_string()]))?;
         let mut problems = Problems(Vec::new());
         let config = validate(raw, env, &mut problems);
         if problems.0.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError {
-                file: path.to_owned(),
-                problems: problems.0,
-            })
+            Err(ConfigError::new(path, WHAT, problems.0))
         }
     }
 }

@@ -78,18 +78,7 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<DeliveryConfig> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => code,
-        Err(error) => {
-            // Plain text on stderr, whatever the log format: this is for the operator.
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("delivery: {error:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::exit_code("delivery", run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -78,17 +78,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => code,
-        Err(error) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("partner-sim: {error:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::exit_code("partner-sim", run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

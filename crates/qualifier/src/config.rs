@@ -3,8 +3,7 @@
 //! the file, the segment and the line and column.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -85,37 +84,16 @@ pub struct Definitions {
 pub const DEFAULT_TTL_MS: i64 = 120 * 86_400_000;
 pub const DEFAULT_INACTIVITY_MS: i64 = 120 * 86_400_000;
 
-/// Every problem found in a definitions file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: invalid definitions", self.file.display())?;
-        for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
-        }
-        Ok(())
-    }
-}
+pub use telemetry::ConfigError;
 
 impl Definitions {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            problems: vec![format!("cannot read the file: {e}")],
-        })?;
+        let text = ConfigError::read(path, "definitions")?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: path.to_owned(),
-            problems,
-        };
+        let fail = |problems| ConfigError::new(path, "definitions", problems);
         let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
         let mut problems = Vec::new();
 

@@ -128,17 +128,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => code,
-        Err(error) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("qualifier: {error:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::exit_code("qualifier", run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! environment, secrets that never print, and the shutdown signal.
 
 mod admin;
+mod errors;
 mod kafka;
 mod logging;
 mod runtime;
@@ -11,6 +12,7 @@ mod shutdown;
 pub mod watch;
 
 pub use admin::{AdminServer, Health, new_registry};
+pub use errors::{ConfigError, exit_code};
 pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol};
 pub use logging::{LogFormat, LoggingError, init_logging};
 pub use prometheus;
