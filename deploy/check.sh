@@ -81,6 +81,7 @@ demo_pid=""
 cleanup() {
   local status=$?
   # TERM, not INT: a background job of a script ignores SIGINT.
+  set +e # the demo exits 130 on TERM: that is how it was asked to stop
   if [[ -n $demo_pid ]]; then kill -TERM "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null; fi
   kill "$prometheus_pid" 2>/dev/null && wait "$prometheus_pid" 2>/dev/null
   exit "$status"

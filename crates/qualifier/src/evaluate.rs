@@ -60,6 +60,17 @@ pub struct Evaluator {
     stack: Vec<bool>,
 }
 
+/// Whether an event can be applied at all (checked before the user's state is touched).
+pub fn validate(event: &TraitEvent) -> Result<(), InvalidEvent> {
+    if event.user_id.is_empty() {
+        return Err(InvalidEvent::NoUser);
+    }
+    if event.event.is_none() {
+        return Err(InvalidEvent::Empty);
+    }
+    Ok(())
+}
+
 impl Evaluator {
     /// Applies `event` to the user's state (`None` for a user not seen before) at `now`.
     pub fn on_event(
@@ -69,9 +80,7 @@ impl Evaluator {
         event: &TraitEvent,
         now: i64,
     ) -> Result<Step, InvalidEvent> {
-        if event.user_id.is_empty() {
-            return Err(InvalidEvent::NoUser);
-        }
+        validate(event)?;
         let kind = event.event.as_ref().ok_or(InvalidEvent::Empty)?;
         if state.as_ref().is_some_and(|s| s.opted_out) {
             return Ok(Step {

@@ -353,6 +353,11 @@ impl Processor {
             Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
             None => "unknown",
         };
+        // Reject before taking the user out of the store: an invalid event must not cost the
+        // user their state.
+        if let Err(invalid) = crate::evaluate::validate(&event) {
+            return self.dead_letter(message, kind, invalid.to_string());
+        }
         let state = lock(&self.store)
             .partitions
             .get_mut(&partition)

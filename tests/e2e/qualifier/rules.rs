@@ -176,3 +176,63 @@ async fn opt_out_ends_everything_with_every_synced_id_and_later_events_are_ignor
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_invalid_kafka_event_is_dead_lettered_and_the_users_state_survives_it() {
+    use prost::Message as _;
+    let test = QualifierTest::new(1).await;
+    let q = test.start(&test.definitions(RULES), "a").await;
+    let reader = test.reader(&test.status);
+    post(&q.ingest, &[trait_event("v1", 1, &now(), None)]).await;
+    updates(&reader, 1, Duration::from_secs(20)).await;
+
+    // Straight to Kafka: a TraitEvent for v1 with no event in it, then garbage.
+    let empty = model::TraitEvent {
+        user_id: "v1".into(),
+        origin: 1,
+        event: None,
+    }
+    .encode_to_vec();
+    let producer = testkit::kafka::producer();
+    for payload in [empty, b"\xff\xff".to_vec()] {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&test.events)
+                    .key("v1")
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    // v1 still holds T1: T2 now ends segment 100 (state survived the invalid event).
+    post(&q.ingest, &[trait_event("v1", 2, &now(), None)]).await;
+    let update = updates(&reader, 1, Duration::from_secs(20)).await.remove(0);
+    assert_eq!(
+        changes(&update),
+        [(100, SegmentStatus::Inactive, ChangeReason::Rule)]
+    );
+
+    let dlq = test.reader(&test.dlq);
+    let mut records = Vec::new();
+    while records.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
+            .await
+            .expect("two dead letters")
+            .unwrap();
+        records.push(model::DeadLetterRecord::decode(message.payload().unwrap()).unwrap());
+    }
+    assert!(
+        records
+            .iter()
+            .all(|r| r.error_class() == model::ErrorClass::Undecodable && r.source.is_some())
+    );
+    let m = q.service.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"qualifier_events_total{outcome="invalid",type="unknown"}"#
+        ),
+        Some(2.0)
+    );
+}
