@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::wait_until;
 
 /// The cargo profile directory the running test binary was built into (`target/debug`).
 pub fn target_profile_dir() -> PathBuf {
@@ -200,14 +199,4 @@ pub fn metric_value(metrics_text: &str, series: &str) -> Option<f64> {
         let rest = line.strip_prefix(series)?;
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
-}
-
-/// Waits until `check` holds for the service's `/metrics` text.
-pub async fn wait_for_metrics(
-    service: &Service,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&str) -> bool,
-) {
-    wait_until(what, timeout, || async { check(&service.metrics().await) }).await;
 }
