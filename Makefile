@@ -6,7 +6,7 @@ CARGO ?= cargo
 PARTITIONS ?= 6
 export KAFKA_PARTITIONS := $(PARTITIONS)
 
-.PHONY: help demo demo-check deploy-check test lint build kafka-up kafka-down kafka-reset kafka-lifecycle-check
+.PHONY: help demo demo-check deploy-check bench test lint build kafka-up kafka-down kafka-reset kafka-lifecycle-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -16,7 +16,11 @@ demo: ## The whole system end to end for DEMO_SECONDS (default 60), then a per-d
 
 test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every test (unit, integration, end-to-end, deploy checks with a short demo)
 	$(CARGO) test --workspace --locked
+	$(CARGO) test --locked -p delivery -p qualifier --bench hot_paths --bench evaluate
 	$(MAKE) deploy-check
+
+bench: ## Micro-benchmarks of the hot paths; appends the figures to docs/BENCHMARKS.md (not part of make test)
+	deploy/bench.sh
 
 demo-check: ## The demo, short and on debug binaries: fails on any contract violation or loss
 	DEMO_SECONDS=15 DEMO_PROFILE=debug deploy/local/demo.sh

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-
 /// The cargo profile directory the running test binary was built into (`target/debug`).
 pub fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -1,0 +1,89 @@
+//! The qualifier's hot path: one event applied to one user, with 1,000 segments of 2–8
+//! conditions over 5,000 traits. `make bench` records the figures in docs/BENCHMARKS.md.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use model::pb::{TraitRealization, trait_event};
+use model::{Origin, TraitEvent};
+use qualifier::config::Definitions;
+use qualifier::evaluate::Evaluator;
+
+fn definitions() -> Definitions {
+    let mut rng = fastrand::Rng::with_seed(1);
+    let mut yaml = String::from("traits:\n");
+    for t in 1..=5_000 {
+        yaml.push_str(&format!("  - {{ id: {t}, ttl: 30d }}\n"));
+    }
+    yaml.push_str("segments:\n");
+    for s in 1..=1_000 {
+        let conditions: Vec<String> = (0..rng.usize(2..=8))
+            .map(|i| {
+                let t = rng.u64(1..=5_000);
+                match i % 4 {
+                    0 => format!("T{t}"),
+                    1 => format!("NOT T{t}"),
+                    2 => format!("T{t} >= 2"),
+                    _ => format!("T{t} WITHIN 7d"),
+                }
+            })
+            .collect();
+        let rule = if conditions.iter().all(|c| c.starts_with("NOT")) {
+            format!("T1 AND {}", conditions.join(" AND "))
+        } else {
+            conditions.join(" OR ")
+        };
+        yaml.push_str(&format!("  - {{ id: {s}, rule: \"{rule}\" }}\n"));
+    }
+    Definitions::parse(Path::new("bench.yaml"), &yaml).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let definitions = definitions();
+    let mut evaluator = Evaluator::default();
+    let now = 1_764_000_000_000_i64;
+    // A user with 20 realizations of traits the rules use.
+    let mut state = None;
+    let mut rng = fastrand::Rng::with_seed(2);
+    for i in 0..20 {
+        let event = TraitEvent {
+            user_id: "u".into(),
+            origin: Origin::Realtime as i32,
+            event: Some(trait_event::Event::TraitRealization(TraitRealization {
+                trait_id: rng.u64(1..=5_000),
+                time_unix_ms: now - 1_000 * i,
+                region: Some(6),
+            })),
+        };
+        state = evaluator
+            .on_event(&definitions, state, &event, now)
+            .unwrap()
+            .state;
+    }
+    let event = TraitEvent {
+        user_id: "u".into(),
+        origin: Origin::Realtime as i32,
+        event: Some(trait_event::Event::TraitRealization(TraitRealization {
+            trait_id: 42,
+            time_unix_ms: now,
+            region: Some(7),
+        })),
+    };
+    c.bench_function("apply one event (1000 segments, 5000 traits)", |b| {
+        b.iter(|| {
+            evaluator
+                .on_event(
+                    &definitions,
+                    black_box(state.clone()),
+                    black_box(&event),
+                    now,
+                )
+                .unwrap()
+        })
+    });
+}
+
+criterion_group!(evaluate, benches);
+criterion_main!(evaluate);
