@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate};
+use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer;
@@ -13,6 +13,7 @@ use testkit::kafka;
 
 fn update(user: usize, seq: usize) -> SegmentStatusUpdate {
     let active = seq.is_multiple_of(2);
+    let time = 1_469_636_242_000 + i64::try_from(seq).unwrap();
     SegmentStatusUpdate {
         user_id: format!("user-{user}"),
         regions: vec![6, 7],
@@ -20,19 +21,10 @@ fn update(user: usize, seq: usize) -> SegmentStatusUpdate {
             data_partner_id: 1234,
             partner_uuids: vec![format!("p-{user}-a"), format!("p-{user}-b")],
         }],
-        changes: vec![SegmentChange {
-            segment_id: 14356,
-            status: if active {
-                SegmentStatus::Active
-            } else {
-                SegmentStatus::Inactive
-            } as i32,
-            reason: if active {
-                ChangeReason::Qualified
-            } else {
-                ChangeReason::Ttl
-            } as i32,
-            time_unix_ms: 1_469_636_242_000 + i64::try_from(seq).unwrap(),
+        changes: vec![if active {
+            SegmentChange::qualified(14356, time)
+        } else {
+            SegmentChange::unsegmented(14356, ChangeReason::Ttl, time)
         }],
         origin: Origin::Realtime as i32,
         produced_unix_ms: 1_469_636_242_500,

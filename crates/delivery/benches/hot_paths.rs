@@ -12,7 +12,7 @@ use delivery::batcher::{DestinationBatch, RoutedEvent};
 use delivery::config::{DeliveryConfig, HmacAlgorithm};
 use delivery::payload::{idempotency_key, write_body};
 use delivery::router::Router;
-use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate};
+use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate};
 use prost::Message as _;
 
 /// 20 destinations, each mapping 50 of 1000 segments (overlapping).
@@ -40,19 +40,13 @@ fn update(user: u64) -> SegmentStatusUpdate {
             partner_uuids: vec![format!("p-{user}")],
         }],
         changes: (0..3)
-            .map(|i| SegmentChange {
-                segment_id: (user * 13 + i * 101) % 1000,
-                status: if i % 2 == 0 {
-                    SegmentStatus::Active
+            .map(|i| {
+                let (segment, time) = ((user * 13 + i * 101) % 1000, 1_764_000_000_000 + i as i64);
+                if i % 2 == 0 {
+                    SegmentChange::qualified(segment, time)
                 } else {
-                    SegmentStatus::Inactive
-                } as i32,
-                reason: if i % 2 == 0 {
-                    ChangeReason::Qualified
-                } else {
-                    ChangeReason::Ttl
-                } as i32,
-                time_unix_ms: 1_764_000_000_000 + i as i64,
+                    SegmentChange::unsegmented(segment, ChangeReason::Ttl, time)
+                }
             })
             .collect(),
         origin: Origin::Realtime as i32,

@@ -23,5 +23,27 @@ pub use pb::{
     SegmentStatusUpdate, SourcePosition, TraitEvent, UserState,
 };
 
+impl SegmentChange {
+    /// The user qualified for `segment_id` at `time_unix_ms` (status 1).
+    pub fn qualified(segment_id: u64, time_unix_ms: i64) -> Self {
+        Self {
+            segment_id,
+            status: SegmentStatus::Active as i32,
+            reason: ChangeReason::Qualified as i32,
+            time_unix_ms,
+        }
+    }
+
+    /// The user left `segment_id` for `reason` at `time_unix_ms` (status 0).
+    pub fn unsegmented(segment_id: u64, reason: ChangeReason, time_unix_ms: i64) -> Self {
+        Self {
+            segment_id,
+            status: SegmentStatus::Inactive as i32,
+            reason: reason as i32,
+            time_unix_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

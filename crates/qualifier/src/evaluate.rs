@@ -4,8 +4,7 @@
 
 use model::pb::{Membership, TraitHistory, trait_event};
 use model::{
-    ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate,
-    TraitEvent, UserState,
+    ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate, TraitEvent, UserState,
 };
 
 use crate::config::Definitions;
@@ -101,7 +100,7 @@ impl Evaluator {
                 let changes = state
                     .memberships
                     .iter()
-                    .map(|m| inactive(m.segment_id, ChangeReason::OptOut, time))
+                    .map(|m| SegmentChange::unsegmented(m.segment_id, ChangeReason::OptOut, time))
                     .collect();
                 let update = build_update(&state, changes, origin, now);
                 let marker = UserState {
@@ -179,7 +178,9 @@ impl Evaluator {
             let changes = state
                 .memberships
                 .iter()
-                .map(|m| inactive(m.segment_id, ChangeReason::Inactive, inactive_at))
+                .map(|m| {
+                    SegmentChange::unsegmented(m.segment_id, ChangeReason::Inactive, inactive_at)
+                })
                 .collect();
             let update = build_update(&state, changes, Origin::Realtime, now);
             return Step {
@@ -220,21 +221,20 @@ impl Evaluator {
             let member = state.memberships.iter().any(|m| m.segment_id == segment.id);
             if holds && !member {
                 qualified.push(segment.id);
-                changes.push(SegmentChange {
-                    segment_id: segment.id,
-                    status: SegmentStatus::Active as i32,
-                    reason: ChangeReason::Qualified as i32,
-                    time_unix_ms: time,
-                });
+                changes.push(SegmentChange::qualified(segment.id, time));
             } else if !holds && member {
-                changes.push(inactive(segment.id, reason_for_0, time));
+                changes.push(SegmentChange::unsegmented(segment.id, reason_for_0, time));
             }
         }
         state.memberships.retain(|m| {
             let defined = definitions.segments.iter().any(|s| s.id == m.segment_id);
             let still = defined && !changes.iter().any(|c| c.segment_id == m.segment_id);
             if !defined {
-                changes.push(inactive(m.segment_id, ChangeReason::Rule, time));
+                changes.push(SegmentChange::unsegmented(
+                    m.segment_id,
+                    ChangeReason::Rule,
+                    time,
+                ));
             }
             still
         });
@@ -245,15 +245,6 @@ impl Evaluator {
                 since_unix_ms: time,
             }));
         changes
-    }
-}
-
-fn inactive(segment_id: u64, reason: ChangeReason, time: i64) -> SegmentChange {
-    SegmentChange {
-        segment_id,
-        status: SegmentStatus::Inactive as i32,
-        reason: reason as i32,
-        time_unix_ms: time,
     }
 }
 

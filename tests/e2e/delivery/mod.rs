@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use model::{
-    ChangeReason, DeadLetterRecord, Origin, PartnerIds, SegmentChange, SegmentStatus,
-    SegmentStatusUpdate,
+    ChangeReason, DeadLetterRecord, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate,
 };
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -164,19 +163,10 @@ pub fn destination(id: u64, receiver: &Receiver, extra: &str) -> String {
 }
 
 pub fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
-    SegmentChange {
-        segment_id,
-        status: if active {
-            SegmentStatus::Active
-        } else {
-            SegmentStatus::Inactive
-        } as i32,
-        reason: if active {
-            ChangeReason::Qualified
-        } else {
-            ChangeReason::Ttl
-        } as i32,
-        time_unix_ms,
+    if active {
+        SegmentChange::qualified(segment_id, time_unix_ms)
+    } else {
+        SegmentChange::unsegmented(segment_id, ChangeReason::Ttl, time_unix_ms)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate};
+use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate};
 use proptest::prelude::*;
 
 use super::*;
@@ -26,19 +26,10 @@ fn destination(extra: &str) -> Arc<DestinationConfig> {
 }
 
 fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
-    SegmentChange {
-        segment_id,
-        status: if active {
-            SegmentStatus::Active
-        } else {
-            SegmentStatus::Inactive
-        } as i32,
-        reason: if active {
-            ChangeReason::Qualified
-        } else {
-            ChangeReason::Rule
-        } as i32,
-        time_unix_ms,
+    if active {
+        SegmentChange::qualified(segment_id, time_unix_ms)
+    } else {
+        SegmentChange::unsegmented(segment_id, ChangeReason::Rule, time_unix_ms)
     }
 }
 
