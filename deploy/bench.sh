@@ -3,7 +3,7 @@
 # summary table and appends it, with date, commit and machine, to docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-raw=$(cargo bench --locked -p delivery -p qualifier -- --output-format bencher 2>/dev/null | grep '^test ')
+raw=$(cargo bench --locked -p delivery -p qualifier --bench hot_paths --bench evaluate -- --output-format bencher 2>/dev/null | grep '^test ')
 commit=$(git rev-parse --short HEAD)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 table=$(awk '
