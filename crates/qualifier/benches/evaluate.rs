@@ -58,7 +58,7 @@ fn benches(c: &mut Criterion) {
             })),
         };
         state = evaluator
-            .on_event(&definitions, state, &event, now)
+            .on_event(&definitions, state, None, &event, now)
             .unwrap()
             .state;
     }
@@ -71,12 +71,29 @@ fn benches(c: &mut Criterion) {
             region: Some(7),
         })),
     };
+    // The user's timer lies ahead: only the segments using trait 42 are evaluated.
+    let later = Some(now + 60_000);
     c.bench_function("apply one event (1000 segments, 5000 traits)", |b| {
         b.iter(|| {
             evaluator
                 .on_event(
                     &definitions,
                     black_box(state.clone()),
+                    later,
+                    black_box(&event),
+                    now,
+                )
+                .unwrap()
+        })
+    });
+    // A timer boundary has passed (or the user is new): every segment is evaluated.
+    c.bench_function("apply one event, evaluating all 1000 segments", |b| {
+        b.iter(|| {
+            evaluator
+                .on_event(
+                    &definitions,
+                    black_box(state.clone()),
+                    None,
                     black_box(&event),
                     now,
                 )

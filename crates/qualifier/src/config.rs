@@ -79,6 +79,11 @@ pub struct Definitions {
     /// Per trait: the distinct `WITHIN` windows rules use (a realization crossing one can
     /// change a segment without a new event).
     pub windows: HashMap<u64, Vec<i64>>,
+    /// Per trait: the segments (indices into `segments`) whose rules use it — all an event of
+    /// that trait can change while no time boundary has passed.
+    pub segments_by_trait: HashMap<u64, Vec<usize>>,
+    /// Segment id → index into `segments`.
+    pub segment_index: HashMap<u64, usize>,
 }
 
 pub const DEFAULT_TTL_MS: i64 = 120 * 86_400_000;
@@ -198,12 +203,28 @@ impl Definitions {
                 }
             }
         }
+        let mut segments_by_trait: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (index, segment) in segments.iter().enumerate() {
+            for condition in segment.rule.conditions() {
+                let list = segments_by_trait.entry(condition.trait_id).or_default();
+                if list.last() != Some(&index) {
+                    list.push(index);
+                }
+            }
+        }
+        let segment_index = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
         Ok(Self {
             inactivity_ms,
             traits,
             segments,
             retention,
             windows,
+            segments_by_trait,
+            segment_index,
         })
     }
 }

@@ -72,10 +72,15 @@ pub fn validate(event: &TraitEvent) -> Result<(), InvalidEvent> {
 
 impl Evaluator {
     /// Applies `event` to the user's state (`None` for a user not seen before) at `now`.
+    /// `due` is the user's timer ([`next_due`] of the last step): while it lies ahead, no time
+    /// boundary has passed since the user was last evaluated, so only the segments whose
+    /// rules use the event's trait can change and only those are evaluated; otherwise (and
+    /// for a new user) every segment is.
     pub fn on_event(
         &mut self,
         definitions: &Definitions,
         state: Option<UserState>,
+        due: Option<i64>,
         event: &TraitEvent,
         now: i64,
     ) -> Result<Step, InvalidEvent> {
@@ -89,6 +94,7 @@ impl Evaluator {
                 ignored: true,
             });
         }
+        let evaluate_all = state.is_none() || due.is_none_or(|due| due <= now);
         let mut state = state.unwrap_or_else(|| UserState {
             user_id: event.user_id.clone(),
             ..UserState::default()
@@ -147,7 +153,24 @@ impl Evaluator {
                     insert_time(&mut state.traits, realization.trait_id, time);
                 }
                 prune(definitions, &mut state, now);
-                let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Rule, time);
+                let affected = if evaluate_all {
+                    None
+                } else {
+                    Some(
+                        definitions
+                            .segments_by_trait
+                            .get(&realization.trait_id)
+                            .map_or(&[][..], Vec::as_slice),
+                    )
+                };
+                let changes = self.evaluate(
+                    definitions,
+                    &mut state,
+                    now,
+                    ChangeReason::Rule,
+                    time,
+                    affected,
+                );
                 let update = build_update(&state, changes, origin, now);
                 Ok(Step {
                     state: Some(state),
@@ -192,7 +215,7 @@ impl Evaluator {
         }
         let before = state.clone();
         prune(definitions, &mut state, now);
-        let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Ttl, now);
+        let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Ttl, now, None);
         let update = build_update(&state, changes, Origin::Realtime, now);
         let state_changed = state != before;
         Step {
@@ -203,8 +226,10 @@ impl Evaluator {
         }
     }
 
-    /// Evaluates every segment; returns the changes and updates the memberships. Memberships of
-    /// segments no longer defined end with reason `rule`.
+    /// Evaluates the `affected` segments (indices; `None` = every segment); returns the
+    /// changes and updates the memberships. Memberships of segments no longer defined end with
+    /// reason `rule`.
+    #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &mut self,
         definitions: &Definitions,
@@ -212,10 +237,15 @@ impl Evaluator {
         now: i64,
         reason_for_0: ChangeReason,
         time: i64,
+        affected: Option<&[usize]>,
     ) -> Vec<SegmentChange> {
         let mut changes = Vec::new();
         let mut qualified = Vec::new();
-        for segment in &definitions.segments {
+        let segments: Box<dyn Iterator<Item = &crate::config::SegmentDef>> = match affected {
+            Some(indices) => Box::new(indices.iter().map(|&i| &definitions.segments[i])),
+            None => Box::new(definitions.segments.iter()),
+        };
+        for segment in segments {
             let view = LiveView { state, definitions };
             let holds = segment.program.evaluate(&view, now, &mut self.stack);
             let member = state.memberships.iter().any(|m| m.segment_id == segment.id);
@@ -227,7 +257,7 @@ impl Evaluator {
             }
         }
         state.memberships.retain(|m| {
-            let defined = definitions.segments.iter().any(|s| s.id == m.segment_id);
+            let defined = definitions.segment_index.contains_key(&m.segment_id);
             let still = defined && !changes.iter().any(|c| c.segment_id == m.segment_id);
             if !defined {
                 changes.push(SegmentChange::unsegmented(

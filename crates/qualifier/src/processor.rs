@@ -305,7 +305,7 @@ impl Processor {
                 .partitions
                 .get_mut(&partition)
                 .and_then(|p| p.take(&user));
-            if let Some(state) = state {
+            if let Some((state, _)) = state {
                 let started = Instant::now();
                 let step = self.evaluator.on_timer(&definitions, state, now);
                 self.metrics
@@ -362,8 +362,11 @@ impl Processor {
             .partitions
             .get_mut(&partition)
             .and_then(|p| p.take(&event.user_id));
+        let (state, due) = state.map_or((None, None), |(state, due)| (Some(state), due));
         let started = Instant::now();
-        let step = self.evaluator.on_event(definitions, state, &event, now);
+        let step = self
+            .evaluator
+            .on_event(definitions, state, due, &event, now);
         self.metrics
             .eval_duration
             .observe(started.elapsed().as_secs_f64());

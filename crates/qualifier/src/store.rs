@@ -23,13 +23,14 @@ impl PartitionStore {
         self.users.is_empty()
     }
 
-    /// Takes a user out for an update (put it back with [`PartitionStore::put`]).
-    pub fn take(&mut self, user_id: &str) -> Option<UserState> {
+    /// Takes a user out for an update, with their timer (put them back with
+    /// [`PartitionStore::put`]).
+    pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
         let (state, due) = self.users.remove(user_id)?;
         if let Some(due) = due {
             self.timers.remove(&(due, user_id.to_owned()));
         }
-        Some(state)
+        Some((state, due))
     }
 
     /// Stores a user with the time its timer is due (`None`: no timer).
@@ -106,7 +107,8 @@ mod tests {
         store.put(user("c"), None);
         assert_eq!(store.due(30, 10).collect::<Vec<_>>(), ["b", "a"]);
         assert_eq!(store.due(30, 1).collect::<Vec<_>>(), ["b"]);
-        let b = store.take("b").unwrap();
+        let (b, due) = store.take("b").unwrap();
+        assert_eq!(due, Some(10));
         store.put(b, Some(50));
         assert_eq!(store.due(30, 10).collect::<Vec<_>>(), ["a"]);
         assert_eq!(store.due_count(60), 2);

@@ -42,7 +42,13 @@ fn qualifies_once_and_a_repeat_changes_nothing() {
     let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
     let step = evaluator
-        .on_event(&defs, None, &realization("u", 1, 100 * S, Some(6)), 100 * S)
+        .on_event(
+            &defs,
+            None,
+            None,
+            &realization("u", 1, 100 * S, Some(6)),
+            100 * S,
+        )
         .unwrap();
     assert_eq!(
         changes(&step),
@@ -53,6 +59,7 @@ fn qualifies_once_and_a_repeat_changes_nothing() {
         .on_event(
             &defs,
             step.state,
+            None,
             &realization("u", 1, 101 * S, Some(6)),
             101 * S,
         )
@@ -67,12 +74,19 @@ fn a_rule_turning_false_sends_0_reason_rule() {
     );
     let mut evaluator = Evaluator::default();
     let step = evaluator
-        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .on_event(
+            &defs,
+            None,
+            None,
+            &realization("u", 1, 10 * S, None),
+            10 * S,
+        )
         .unwrap();
     let step = evaluator
         .on_event(
             &defs,
             step.state,
+            None,
             &realization("u", 2, 11 * S, None),
             11 * S,
         )
@@ -88,7 +102,13 @@ fn ttl_expiry_fires_from_the_timer_at_its_boundary() {
     let defs = definitions("traits: [{ id: 1, ttl: 2s }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
     let step = evaluator
-        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .on_event(
+            &defs,
+            None,
+            None,
+            &realization("u", 1, 10 * S, None),
+            10 * S,
+        )
         .unwrap();
     let state = step.state.unwrap();
     assert_eq!(next_due(&defs, &state, 10 * S), Some(12 * S));
@@ -110,12 +130,19 @@ fn a_new_realization_before_expiry_keeps_the_user_in() {
     let defs = definitions("traits: [{ id: 1, ttl: 2s }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
     let step = evaluator
-        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .on_event(
+            &defs,
+            None,
+            None,
+            &realization("u", 1, 10 * S, None),
+            10 * S,
+        )
         .unwrap();
     let step = evaluator
         .on_event(
             &defs,
             step.state,
+            None,
             &realization("u", 1, 11 * S, None),
             11 * S,
         )
@@ -149,7 +176,7 @@ fn frequency_and_recency_at_their_boundaries() {
     let mut state = None;
     for (i, t) in [0, 4 * S, 9 * S].into_iter().enumerate() {
         let step = evaluator
-            .on_event(&defs, state, &realization("u", 1, t, None), t)
+            .on_event(&defs, state, None, &realization("u", 1, t, None), t)
             .unwrap();
         if i < 2 {
             assert_eq!(step.update, None, "{} realizations are not 3", i + 1);
@@ -182,12 +209,19 @@ fn inactivity_ends_every_segment_and_forgets_the_user() {
     );
     let mut evaluator = Evaluator::default();
     let step = evaluator
-        .on_event(&defs, None, &realization("u", 1, 10 * S, None), 10 * S)
+        .on_event(
+            &defs,
+            None,
+            None,
+            &realization("u", 1, 10 * S, None),
+            10 * S,
+        )
         .unwrap();
     let step = evaluator
         .on_event(
             &defs,
             step.state,
+            None,
             &realization("u", 2, 11 * S, None),
             11 * S,
         )
@@ -211,7 +245,13 @@ fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
     let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
     let step = evaluator
-        .on_event(&defs, None, &realization("u", 1, 10 * S, Some(3)), 10 * S)
+        .on_event(
+            &defs,
+            None,
+            None,
+            &realization("u", 1, 10 * S, Some(3)),
+            10 * S,
+        )
         .unwrap();
     let sync = TraitEvent {
         user_id: "u".into(),
@@ -223,7 +263,7 @@ fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
         })),
     };
     let step = evaluator
-        .on_event(&defs, step.state, &sync, 11 * S)
+        .on_event(&defs, step.state, None, &sync, 11 * S)
         .unwrap();
     assert_eq!(step.update, None, "an id sync alone changes no segment");
     let opt_out = TraitEvent {
@@ -234,7 +274,7 @@ fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
         })),
     };
     let step = evaluator
-        .on_event(&defs, step.state, &opt_out, 12 * S)
+        .on_event(&defs, step.state, None, &opt_out, 12 * S)
         .unwrap();
     assert_eq!(
         changes(&step),
@@ -261,6 +301,7 @@ fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
         .on_event(
             &defs,
             step.state,
+            None,
             &realization("u", 1, 13 * S, None),
             13 * S,
         )
@@ -277,11 +318,11 @@ fn retention_keeps_only_what_rules_can_use() {
     let mut state = None;
     for t in 0..10 {
         state = evaluator
-            .on_event(&defs, state, &realization("u", 1, t * S, None), t * S)
+            .on_event(&defs, state, None, &realization("u", 1, t * S, None), t * S)
             .unwrap()
             .state;
         state = evaluator
-            .on_event(&defs, state, &realization("u", 5, t * S, None), t * S)
+            .on_event(&defs, state, None, &realization("u", 5, t * S, None), t * S)
             .unwrap()
             .state;
     }
@@ -292,4 +333,123 @@ fn retention_keeps_only_what_rules_can_use() {
         [7 * S, 8 * S, 9 * S],
         ">= 2 needs the newest 3"
     );
+}
+
+mod partial_evaluation {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn a_passed_boundary_makes_the_next_event_evaluate_every_segment() {
+        let defs = definitions(
+            "traits: [{ id: 1 }, { id: 2, ttl: 1s }]\nsegments: [{ id: 10, rule: T2 }, { id: 11, rule: T1 }]\n",
+        );
+        let mut evaluator = Evaluator::default();
+        let step = evaluator
+            .on_event(
+                &defs,
+                None,
+                None,
+                &realization("u", 2, 10 * S, None),
+                10 * S,
+            )
+            .unwrap();
+        let state = step.state.unwrap();
+        let due = next_due(&defs, &state, 10 * S);
+        assert_eq!(due, Some(11 * S));
+        // The T2 timer has not run yet when a T1 event arrives at 12 s: segment 10 must end too.
+        let step = evaluator
+            .on_event(
+                &defs,
+                Some(state.clone()),
+                due,
+                &realization("u", 1, 12 * S, None),
+                12 * S,
+            )
+            .unwrap();
+        assert_eq!(
+            changes(&step),
+            [
+                (10, SegmentStatus::Inactive, ChangeReason::Rule, 12 * S),
+                (11, SegmentStatus::Active, ChangeReason::Qualified, 12 * S)
+            ]
+        );
+        // With the timer still ahead, only T1's segments are evaluated.
+        let step = evaluator
+            .on_event(
+                &defs,
+                Some(state),
+                Some(11 * S),
+                &realization("u", 1, 10 * S + 500, None),
+                10 * S + 500,
+            )
+            .unwrap();
+        assert_eq!(
+            changes(&step),
+            [(
+                11,
+                SegmentStatus::Active,
+                ChangeReason::Qualified,
+                10 * S + 500
+            )]
+        );
+    }
+
+    fn rule(parts: &[(u8, u64)]) -> String {
+        let conditions: Vec<String> = parts
+            .iter()
+            .map(|&(kind, t)| match kind % 5 {
+                0 => format!("T{t}"),
+                1 => format!("NOT T{t}"),
+                2 => format!("T{t} >= 2"),
+                3 => format!("T{t} < 2"),
+                _ => format!("T{t} WITHIN 2s"),
+            })
+            .collect();
+        format!("T{} OR ({})", parts[0].1, conditions.join(" AND "))
+    }
+
+    proptest! {
+        /// Evaluating only the segments that use the event's trait (the user's timer lies
+        /// ahead) gives exactly what evaluating every segment gives, whatever the rules,
+        /// ttls and the order of events and timers.
+        #[test]
+        fn matches_evaluating_every_segment(
+            rules in proptest::collection::vec(proptest::collection::vec((0_u8..5, 1_u64..6), 1..4), 1..8),
+            ttls in proptest::collection::vec(prop_oneof![Just("0"), Just("1s"), Just("3s")], 5),
+            events in proptest::collection::vec((1_u64..6, 0_i64..2_500, any::<bool>()), 1..40),
+        ) {
+            let traits: Vec<String> = ttls.iter().enumerate().map(|(i, ttl)| format!("{{ id: {}, ttl: {ttl} }}", i + 1)).collect();
+            let segments: Vec<String> = rules.iter().enumerate().map(|(i, parts)| format!("{{ id: {}, rule: \"{}\" }}", i + 1, rule(parts))).collect();
+            let defs = definitions(&format!("traits: [{}]\nsegments: [{}]\n", traits.join(", "), segments.join(", ")));
+            let (mut full, mut partial) = (Evaluator::default(), Evaluator::default());
+            let (mut state_full, mut state_partial): (Option<UserState>, Option<UserState>) = (None, None);
+            let mut now = 1_000_000;
+            // The user's timer, as the store keeps it: next_due after each step.
+            let mut due: Option<i64> = None;
+            for (trait_id, dt, fire_timers_first) in events {
+                now += dt;
+                if fire_timers_first {
+                    // The processor's timer pass: every due timer, at its due time.
+                    while let Some(at) = due.filter(|&d| d <= now) {
+                        let a = full.on_timer(&defs, state_full.take().unwrap(), at);
+                        let b = partial.on_timer(&defs, state_partial.take().unwrap(), at);
+                        prop_assert_eq!(&a.update, &b.update);
+                        state_full = a.state;
+                        state_partial = b.state;
+                        due = state_partial.as_ref().and_then(|s| next_due(&defs, s, at));
+                    }
+                }
+                let event = realization("u", trait_id, now, None);
+                let a = full.on_event(&defs, state_full.take(), None, &event, now).unwrap();
+                let b = partial.on_event(&defs, state_partial.take(), due, &event, now).unwrap();
+                prop_assert_eq!(a.update.as_ref().map(|u| &u.changes), b.update.as_ref().map(|u| &u.changes));
+                prop_assert_eq!(&a.state, &b.state);
+                state_full = a.state;
+                state_partial = b.state;
+                due = state_partial.as_ref().and_then(|s| next_due(&defs, s, now));
+            }
+        }
+    }
 }
