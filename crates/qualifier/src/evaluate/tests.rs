@@ -25,6 +25,17 @@ fn realization(user: &str, trait_id: u64, time: i64, region: Option<u32>) -> Tra
     }
 }
 
+/// Applies `event` at `now` with every segment evaluated (no timer known for the user).
+fn apply(
+    evaluator: &mut Evaluator,
+    defs: &Definitions,
+    state: Option<UserState>,
+    event: &TraitEvent,
+    now: i64,
+) -> Step {
+    evaluator.on_event(defs, state, None, event, now).unwrap()
+}
+
 fn changes(step: &Step) -> Vec<(u64, SegmentStatus, ChangeReason, i64)> {
     step.update
         .as_ref()
@@ -41,29 +52,25 @@ fn changes(step: &Step) -> Vec<(u64, SegmentStatus, ChangeReason, i64)> {
 fn qualifies_once_and_a_repeat_changes_nothing() {
     let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
-    let step = evaluator
-        .on_event(
-            &defs,
-            None,
-            None,
-            &realization("u", 1, 100 * S, Some(6)),
-            100 * S,
-        )
-        .unwrap();
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 100 * S, Some(6)),
+        100 * S,
+    );
     assert_eq!(
         changes(&step),
         [(10, SegmentStatus::Active, ChangeReason::Qualified, 100 * S)]
     );
     assert_eq!(step.update.as_ref().unwrap().regions, [6]);
-    let again = evaluator
-        .on_event(
-            &defs,
-            step.state,
-            None,
-            &realization("u", 1, 101 * S, Some(6)),
-            101 * S,
-        )
-        .unwrap();
+    let again = apply(
+        &mut evaluator,
+        &defs,
+        step.state,
+        &realization("u", 1, 101 * S, Some(6)),
+        101 * S,
+    );
     assert_eq!(again.update, None);
 }
 
@@ -73,24 +80,20 @@ fn a_rule_turning_false_sends_0_reason_rule() {
         "traits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 10, rule: T1 AND NOT T2 }]\n",
     );
     let mut evaluator = Evaluator::default();
-    let step = evaluator
-        .on_event(
-            &defs,
-            None,
-            None,
-            &realization("u", 1, 10 * S, None),
-            10 * S,
-        )
-        .unwrap();
-    let step = evaluator
-        .on_event(
-            &defs,
-            step.state,
-            None,
-            &realization("u", 2, 11 * S, None),
-            11 * S,
-        )
-        .unwrap();
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 10 * S, None),
+        10 * S,
+    );
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        step.state,
+        &realization("u", 2, 11 * S, None),
+        11 * S,
+    );
     assert_eq!(
         changes(&step),
         [(10, SegmentStatus::Inactive, ChangeReason::Rule, 11 * S)]
@@ -101,15 +104,13 @@ fn a_rule_turning_false_sends_0_reason_rule() {
 fn ttl_expiry_fires_from_the_timer_at_its_boundary() {
     let defs = definitions("traits: [{ id: 1, ttl: 2s }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
-    let step = evaluator
-        .on_event(
-            &defs,
-            None,
-            None,
-            &realization("u", 1, 10 * S, None),
-            10 * S,
-        )
-        .unwrap();
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 10 * S, None),
+        10 * S,
+    );
     let state = step.state.unwrap();
     assert_eq!(next_due(&defs, &state, 10 * S), Some(12 * S));
     let early = evaluator.on_timer(&defs, state.clone(), 12 * S - 1);
@@ -129,24 +130,20 @@ fn ttl_expiry_fires_from_the_timer_at_its_boundary() {
 fn a_new_realization_before_expiry_keeps_the_user_in() {
     let defs = definitions("traits: [{ id: 1, ttl: 2s }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
-    let step = evaluator
-        .on_event(
-            &defs,
-            None,
-            None,
-            &realization("u", 1, 10 * S, None),
-            10 * S,
-        )
-        .unwrap();
-    let step = evaluator
-        .on_event(
-            &defs,
-            step.state,
-            None,
-            &realization("u", 1, 11 * S, None),
-            11 * S,
-        )
-        .unwrap();
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 10 * S, None),
+        10 * S,
+    );
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        step.state,
+        &realization("u", 1, 11 * S, None),
+        11 * S,
+    );
     assert_eq!(step.update, None);
     let state = step.state.unwrap();
     assert_eq!(
@@ -175,9 +172,13 @@ fn frequency_and_recency_at_their_boundaries() {
     let mut evaluator = Evaluator::default();
     let mut state = None;
     for (i, t) in [0, 4 * S, 9 * S].into_iter().enumerate() {
-        let step = evaluator
-            .on_event(&defs, state, None, &realization("u", 1, t, None), t)
-            .unwrap();
+        let step = apply(
+            &mut evaluator,
+            &defs,
+            state,
+            &realization("u", 1, t, None),
+            t,
+        );
         if i < 2 {
             assert_eq!(step.update, None, "{} realizations are not 3", i + 1);
         } else {
@@ -208,24 +209,20 @@ fn inactivity_ends_every_segment_and_forgets_the_user() {
         "inactivity: 3s\ntraits: [{ id: 1, ttl: 0 }, { id: 2, ttl: 0 }]\nsegments: [{ id: 10, rule: T1 }, { id: 11, rule: T2 }]\n",
     );
     let mut evaluator = Evaluator::default();
-    let step = evaluator
-        .on_event(
-            &defs,
-            None,
-            None,
-            &realization("u", 1, 10 * S, None),
-            10 * S,
-        )
-        .unwrap();
-    let step = evaluator
-        .on_event(
-            &defs,
-            step.state,
-            None,
-            &realization("u", 2, 11 * S, None),
-            11 * S,
-        )
-        .unwrap();
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 10 * S, None),
+        10 * S,
+    );
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        step.state,
+        &realization("u", 2, 11 * S, None),
+        11 * S,
+    );
     let state = step.state.unwrap();
     assert_eq!(next_due(&defs, &state, 11 * S), Some(14 * S));
     let out = evaluator.on_timer(&defs, state, 14 * S);
@@ -244,15 +241,13 @@ fn inactivity_ends_every_segment_and_forgets_the_user() {
 fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
     let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
     let mut evaluator = Evaluator::default();
-    let step = evaluator
-        .on_event(
-            &defs,
-            None,
-            None,
-            &realization("u", 1, 10 * S, Some(3)),
-            10 * S,
-        )
-        .unwrap();
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 10 * S, Some(3)),
+        10 * S,
+    );
     let sync = TraitEvent {
         user_id: "u".into(),
         origin: 0,
@@ -262,9 +257,7 @@ fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
             time_unix_ms: 0,
         })),
     };
-    let step = evaluator
-        .on_event(&defs, step.state, None, &sync, 11 * S)
-        .unwrap();
+    let step = apply(&mut evaluator, &defs, step.state, &sync, 11 * S);
     assert_eq!(step.update, None, "an id sync alone changes no segment");
     let opt_out = TraitEvent {
         user_id: "u".into(),
@@ -273,9 +266,7 @@ fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
             time_unix_ms: 12 * S,
         })),
     };
-    let step = evaluator
-        .on_event(&defs, step.state, None, &opt_out, 12 * S)
-        .unwrap();
+    let step = apply(&mut evaluator, &defs, step.state, &opt_out, 12 * S);
     assert_eq!(
         changes(&step),
         [(10, SegmentStatus::Inactive, ChangeReason::OptOut, 12 * S)]
@@ -297,15 +288,13 @@ fn opt_out_ends_everything_keeps_a_marker_and_ignores_later_events() {
             && marker.partner_ids.is_empty()
     );
     assert_eq!(next_due(&defs, &marker, 12 * S), None);
-    let later = evaluator
-        .on_event(
-            &defs,
-            step.state,
-            None,
-            &realization("u", 1, 13 * S, None),
-            13 * S,
-        )
-        .unwrap();
+    let later = apply(
+        &mut evaluator,
+        &defs,
+        step.state,
+        &realization("u", 1, 13 * S, None),
+        13 * S,
+    );
     assert!(later.ignored && later.update.is_none() && !later.state_changed);
 }
 
@@ -317,14 +306,22 @@ fn retention_keeps_only_what_rules_can_use() {
     let mut evaluator = Evaluator::default();
     let mut state = None;
     for t in 0..10 {
-        state = evaluator
-            .on_event(&defs, state, None, &realization("u", 1, t * S, None), t * S)
-            .unwrap()
-            .state;
-        state = evaluator
-            .on_event(&defs, state, None, &realization("u", 5, t * S, None), t * S)
-            .unwrap()
-            .state;
+        state = apply(
+            &mut evaluator,
+            &defs,
+            state,
+            &realization("u", 1, t * S, None),
+            t * S,
+        )
+        .state;
+        state = apply(
+            &mut evaluator,
+            &defs,
+            state,
+            &realization("u", 5, t * S, None),
+            t * S,
+        )
+        .state;
     }
     let state = state.unwrap();
     assert_eq!(state.traits.len(), 1, "trait 5 is used by no rule");
@@ -346,15 +343,13 @@ mod partial_evaluation {
             "traits: [{ id: 1 }, { id: 2, ttl: 1s }]\nsegments: [{ id: 10, rule: T2 }, { id: 11, rule: T1 }]\n",
         );
         let mut evaluator = Evaluator::default();
-        let step = evaluator
-            .on_event(
-                &defs,
-                None,
-                None,
-                &realization("u", 2, 10 * S, None),
-                10 * S,
-            )
-            .unwrap();
+        let step = apply(
+            &mut evaluator,
+            &defs,
+            None,
+            &realization("u", 2, 10 * S, None),
+            10 * S,
+        );
         let state = step.state.unwrap();
         let due = next_due(&defs, &state, 10 * S);
         assert_eq!(due, Some(11 * S));
