@@ -9,7 +9,9 @@
 #   kafka.sh status  say whether it runs
 #   kafka.sh topics SUFFIX   create the default topics with SUFFIX appended (make demo's runs)
 #
-# Environment: KAFKA_PARTITIONS (default 6) for the default topics, KAFKA_HEAP (default 512m).
+# Environment: KAFKA_PARTITIONS (default 6) for the default topics, KAFKA_HEAP (default 512m),
+# KAFKA_PORT (default 9092; the controller listens on KAFKA_PORT+1) with KAFKA_STATE_DIR for a
+# second, independent broker (the chaos runs stop and start their own).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,6 +19,9 @@ repo=$(cd "$here/../.." && pwd)
 state=${KAFKA_STATE_DIR:-$repo/.kafka}
 partitions=${KAFKA_PARTITIONS:-6}
 heap=${KAFKA_HEAP:-512m}
+port=${KAFKA_PORT:-9092}
+controller_port=$((port + 1))
+export KAFKA_BROKERS=127.0.0.1:$port
 pidfile=$state/kafka.pid
 props=$state/server.properties
 
@@ -24,7 +29,7 @@ say() { echo "kafka: $*"; }
 die() { echo "kafka: error: $*" >&2; exit 1; }
 
 pid_alive() { [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; }
+port_open() { (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; }
 # Every broker JVM started from this state dir, whether or not the pid file still knows it.
 our_jvms() { pgrep -f "kafka\.Kafka $props" || true; }
 admin() { java -cp "$state/lib/*" "$here/LocalKafkaAdmin.java" "$@"; }
@@ -48,12 +53,13 @@ up() {
     return
   fi
   if port_open; then
-    die "127.0.0.1:9092 is taken by a process not started by kafka.sh; stop it, or use it by setting KAFKA_BROKERS and skipping kafka-up"
+    die "127.0.0.1:$port is taken by a process not started by kafka.sh; stop it, or use it by setting KAFKA_BROKERS and skipping kafka-up"
   fi
   command -v java >/dev/null || die "java not found: install a Java 17 runtime (Debian: openjdk-17-jre-headless)"
   mkdir -p "$state/data" "$state/logs"
   ensure_jars
-  { cat "$here/server.properties"; echo "log.dirs=$state/data"; } >"$props"
+  { sed -e "s/127.0.0.1:9093/127.0.0.1:$controller_port/g" -e "s/127.0.0.1:9092/127.0.0.1:$port/g" \
+    "$here/server.properties"; echo "log.dirs=$state/data"; } >"$props"
 
   if [[ ! -f $state/data/meta.properties ]]; then
     local cluster_id
@@ -77,7 +83,7 @@ up() {
       rm -f "$pidfile"
       die "the broker exited during start-up (logs above)"
     fi
-    (( SECONDS - started < 90 )) || die "the broker did not open 127.0.0.1:9092 within 90 s; see $state/logs/server.log"
+    (( SECONDS - started < 90 )) || die "the broker did not open 127.0.0.1:$port within 90 s; see $state/logs/server.log"
     sleep 0.2
   done
   admin wait 60 || die "the broker did not answer metadata requests within 60 s; see $state/logs/server.log"
