@@ -23,27 +23,9 @@ ingest_port=18080 qualifier_admin=19101 delivery1_admin=19102 delivery2_admin=19
 export ACME_KEY=demo-acme-key FLAKY_KEY=demo-flaky-key OAUTH_SECRET=demo-oauth-secret
 export LOG_FORMAT=json RUST_LOG=${RUST_LOG:-info}
 
-say() { echo "demo: $*"; }
-die() { echo "demo: error: $*" >&2; exit 1; }
-
-pids=()
-cleanup() {
-  local status=$?
-  if ((${#pids[@]})); then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-      local alive=0
-      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-      ((alive)) || break
-      sleep 0.1
-    done
-    kill -KILL "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+tag=demo
+# shellcheck source=deploy/local/lib.sh
+source deploy/local/lib.sh
 
 # ---- build and infrastructure -----------------------------------------------------------
 if [[ $profile == release ]]; then
@@ -54,44 +36,28 @@ else
   cargo build --locked --bins
   bin=target/debug
 fi
-for port in $ingest_port $qualifier_admin $delivery1_admin $delivery2_admin $sim_port $sim_admin; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    die "port $port is in use (another demo still running?); stop it and try again"
-  fi
-done
+require_free_ports $ingest_port $qualifier_admin $delivery1_admin $delivery2_admin $sim_port $sim_admin
 deploy/local/kafka.sh up
 deploy/local/kafka.sh topics "-$run" >/dev/null
 say "run $run: topics *-$run, logs in $dir/"
 
-metrics() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; }
-# Sum of every sample whose series starts with $2 (name and, optionally, labels) in $1.
-sum() { awk -v s="$2" 'index($0, s) == 1 { total += $NF } END { printf "%d", total }' <<<"$1"; }
-wait_ready() {
-  for _ in $(seq 1 300); do
-    curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || die "$3 exited during start-up; see $dir/$3.log"
-    sleep 0.1
-  done
-  die "$3 not ready after 30 s; see $dir/$3.log"
-}
-
 # ---- services ---------------------------------------------------------------------------
 "$bin/partner-sim" --config deploy/local/partner-sim.yaml --listen "127.0.0.1:$sim_port" \
   --admin-addr "127.0.0.1:$sim_admin" --ca-out .demo/partner-sim-ca.pem >"$dir/partner-sim.log" 2>&1 &
-pids+=($!); wait_ready $sim_admin $! partner-sim
+pids+=($!); wait_ready $sim_admin $! partner-sim "$dir"
 
 EVENTS_TOPIC=trait-events-$run STATUS_TOPIC=segment-status-$run STATUS_BATCH_TOPIC=segment-status-batch-$run \
 CHANGELOG_TOPIC=qualifier-changelog-$run DLQ_TOPIC=segment-status-dlq-$run \
 QUALIFIER_GROUP_ID=qualifier-$run QUALIFIER_INSTANCE_ID=demo \
   "$bin/qualifier" --config deploy/local/segments.yaml --ingest-addr "127.0.0.1:$ingest_port" \
   --admin-addr "127.0.0.1:$qualifier_admin" >"$dir/qualifier.log" 2>&1 &
-pids+=($!); wait_ready $qualifier_admin $! qualifier
+pids+=($!); wait_ready $qualifier_admin $! qualifier "$dir"
 
 sed -E "s/^(  (topic|batch_topic|dlq_topic|group_id): .*)$/\1-$run/" deploy/local/destinations.yaml >"$dir/destinations.yaml"
 for admin in $delivery1_admin $delivery2_admin; do
   name=delivery-$admin
   "$bin/delivery" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$admin" >"$dir/$name.log" 2>&1 &
-  pids+=($!); wait_ready "$admin" $! "$name"
+  pids+=($!); wait_ready "$admin" $! "$name" "$dir"
 done
 say "partner-sim, qualifier and two delivery workers are up; loadgen runs for ${seconds} s at ${rate}/s"
 

@@ -1,0 +1,47 @@
+# Shared by deploy/local/demo.sh and deploy/bench.sh (source it; set `tag` first): messages,
+# the processes a script started (stopped on exit, also on Ctrl-C), readiness, metrics.
+# shellcheck shell=bash
+
+say() { echo "$tag: $*"; }
+die() { echo "$tag: error: $*" >&2; exit 1; }
+
+pids=()
+cleanup() {
+  local status=$?
+  if ((${#pids[@]})); then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+      local alive=0
+      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+      ((alive)) || break
+      sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Fails if any of the given TCP ports on 127.0.0.1 is taken.
+require_free_ports() {
+  for port in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "port $port is in use (another run still going?); stop it and try again"
+    fi
+  done
+}
+
+metrics() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; }
+# Sum of every sample whose series starts with $2 (name and, optionally, labels) in $1.
+sum() { awk -v s="$2" 'index($0, s) == 1 { total += $NF } END { printf "%d", total }' <<<"$1"; }
+# wait_ready ADMIN_PORT PID NAME LOG_DIR: until /readyz answers 200; fails if the process exits.
+wait_ready() {
+  for _ in $(seq 1 300); do
+    curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || die "$3 exited during start-up; see $4/$3.log"
+    sleep 0.1
+  done
+  die "$3 not ready after 30 s; see $4/$3.log"
+}
