@@ -14,12 +14,12 @@ help: ## List the targets
 demo: ## The whole system end to end for DEMO_SECONDS (default 60), then a per-destination summary
 	deploy/local/demo.sh
 
-test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every test (unit, integration, end-to-end, deploy checks with a short demo)
+test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every test (unit, integration, end-to-end, a benchmark smoke, deploy checks with a short demo)
 	$(CARGO) test --workspace --locked
-	$(CARGO) test --locked -p delivery -p qualifier --bench hot_paths --bench evaluate
+	BENCH_SCALE=smoke deploy/bench.sh
 	$(MAKE) deploy-check
 
-bench: ## Micro-benchmarks of the hot paths; appends the figures to docs/BENCHMARKS.md (not part of make test)
+bench: ## Every benchmark (micro, delivery alone, qualifier alone, end to end; release build); appends the figures to docs/BENCHMARKS.md
 	deploy/bench.sh
 
 demo-check: ## The demo, short and on debug binaries: fails on any contract violation or loss

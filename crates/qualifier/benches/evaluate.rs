@@ -12,31 +12,7 @@ use qualifier::config::Definitions;
 use qualifier::evaluate::Evaluator;
 
 fn definitions() -> Definitions {
-    let mut rng = fastrand::Rng::with_seed(1);
-    let mut yaml = String::from("traits:\n");
-    for t in 1..=5_000 {
-        yaml.push_str(&format!("  - {{ id: {t}, ttl: 30d }}\n"));
-    }
-    yaml.push_str("segments:\n");
-    for s in 1..=1_000 {
-        let conditions: Vec<String> = (0..rng.usize(2..=8))
-            .map(|i| {
-                let t = rng.u64(1..=5_000);
-                match i % 4 {
-                    0 => format!("T{t}"),
-                    1 => format!("NOT T{t}"),
-                    2 => format!("T{t} >= 2"),
-                    _ => format!("T{t} WITHIN 7d"),
-                }
-            })
-            .collect();
-        let rule = if conditions.iter().all(|c| c.starts_with("NOT")) {
-            format!("T1 AND {}", conditions.join(" AND "))
-        } else {
-            conditions.join(" OR ")
-        };
-        yaml.push_str(&format!("  - {{ id: {s}, rule: \"{rule}\" }}\n"));
-    }
+    let yaml = relay_bench::qualifier_definitions_yaml(1_000, 5_000, 1);
     Definitions::parse(Path::new("bench.yaml"), &yaml).unwrap()
 }
 

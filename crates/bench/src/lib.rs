@@ -1,0 +1,176 @@
+//! The workloads of `make bench` (deploy/bench.sh), shared by the macro benchmarks (through
+//! the `relay-bench` binary) and the criterion micro-benchmarks, so both measure the same
+//! shapes: 1,000 segments of 2–8 conditions over 5,000 traits; 20 destinations, each segment
+//! routed to two of them; 1–3 changes per status update.
+
+use std::fmt::Write as _;
+
+use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate};
+
+/// Data partner of every benchmark user's synced partner id.
+pub const DATA_PARTNER: u64 = 1234;
+/// First destination id; destination `d` has id `DESTINATION_BASE + d`.
+pub const DESTINATION_BASE: u64 = 500;
+
+/// The qualifier's definitions (`segments.yaml`): `traits` traits with a 30-day time-to-live
+/// and `segments` segments (ids 1…) of 2–8 conditions each, deterministic for `seed`. A rule
+/// is any of its positive conditions (presence, frequency, recency) and none of its exclusions,
+/// `(A OR B >= 2 OR C WITHIN 7d) AND NOT D` — as audiences are built — so a user qualifies for
+/// the few segments whose traits they show, not for every segment by a lone `NOT`.
+pub fn qualifier_definitions_yaml(segments: u64, traits: u64, seed: u64) -> String {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut yaml = String::from("traits:\n");
+    for t in 1..=traits {
+        let _ = writeln!(yaml, "  - {{ id: {t}, ttl: 30d }}");
+    }
+    yaml.push_str("segments:\n");
+    for s in 1..=segments {
+        let (mut any, mut none) = (Vec::new(), Vec::new());
+        for i in 0..rng.usize(2..=8) {
+            let t = rng.u64(1..=traits);
+            match i % 4 {
+                0 => any.push(format!("T{t}")),
+                1 => none.push(format!("NOT T{t}")),
+                2 => any.push(format!("T{t} >= 2")),
+                _ => any.push(format!("T{t} WITHIN 7d")),
+            }
+        }
+        let mut rule = format!("({})", any.join(" OR "));
+        for exclusion in none {
+            rule.push_str(" AND ");
+            rule.push_str(&exclusion);
+        }
+        let _ = writeln!(yaml, "  - {{ id: {s}, rule: \"{rule}\" }}");
+    }
+    yaml
+}
+
+/// The two destinations (indexes `0..destinations`) segment `segment` is routed to.
+pub fn routes(segment: u64, destinations: u64) -> [u64; 2] {
+    let first = segment % destinations;
+    [first, (first + 1) % destinations]
+}
+
+/// Where the benchmark's delivery sends and what it reads.
+#[derive(Debug, Clone)]
+pub struct DeliveryFixture {
+    pub destinations: u64,
+    pub segments: u64,
+    /// `https://host:port`; destination `d` posts to `{base_url}/d{d}`.
+    pub base_url: String,
+    pub ca_file: String,
+    /// Suffix of the topic and group names (`kafka.sh topics SUFFIX` creates the topics).
+    pub suffix: String,
+    pub max_users: u32,
+    pub linger_ms: u64,
+}
+
+impl DeliveryFixture {
+    /// delivery's `destinations.yaml`: every destination HMAC-SHA256 signed (key from
+    /// `BENCH_HMAC_KEY`), maps the segments [`routes`] gives it.
+    pub fn destinations_yaml(&self) -> String {
+        let s = &self.suffix;
+        let mut yaml = format!(
+            "kafka:\n  group_id: delivery-bench{s}\n  topic: segment-status{s}\n  batch_topic: segment-status-batch{s}\n  dlq_topic: segment-status-dlq{s}\n\
+             defaults:\n  batch: {{ max_users: {}, linger_ms: {} }}\ndestinations:\n",
+            self.max_users, self.linger_ms
+        );
+        for d in 0..self.destinations {
+            let segments: Vec<String> = (1..=self.segments)
+                .filter(|&segment| routes(segment, self.destinations).contains(&d))
+                .map(|segment| format!("\"{segment}\": \"{segment}\""))
+                .collect();
+            let _ = writeln!(
+                yaml,
+                "  - {{ id: {id}, name: bench-{d}, url: \"{base}/d{d}\", ca_file: \"{ca}\", client_id: \"{id}\", user_dpid: 20915, \
+                 data_partner: {DATA_PARTNER}, segments: {{ {map} }}, auth: {{ hmac: {{ key_env: BENCH_HMAC_KEY, header: X-Signature, algorithm: sha256 }} }} }}",
+                id = DESTINATION_BASE + d,
+                base = self.base_url,
+                ca = self.ca_file,
+                map = segments.join(", "),
+            );
+        }
+        yaml
+    }
+
+    /// partner-sim's endpoints for those destinations, answering in 1–5 ms.
+    pub fn partner_sim_yaml(&self) -> String {
+        let mut yaml = String::from("endpoints:\n");
+        for d in 0..self.destinations {
+            let _ = writeln!(
+                yaml,
+                "  - {{ path: /d{d}, destination_id: {}, auth: {{ hmac: {{ key_env: BENCH_HMAC_KEY, header: X-Signature, algorithm: sha256 }} }}, \
+                 behaviour: {{ latency_ms: [1, 5] }} }}",
+                DESTINATION_BASE + d
+            );
+        }
+        yaml
+    }
+}
+
+/// The `index`-th status update of the delivery benchmark: user `index % users`, 1–3 changes,
+/// each (user, segment) pair at most once in the whole run (for `index < users * segments / 3`)
+/// so the partner's count of distinct changes is exact.
+pub fn status_update(
+    index: u64,
+    users: u64,
+    segments: u64,
+    now_unix_ms: i64,
+) -> SegmentStatusUpdate {
+    let user = index % users;
+    let round = index / users;
+    let changes = 1 + index % 3;
+    SegmentStatusUpdate {
+        user_id: format!("{:038}", user * 7_919 + 1),
+        regions: vec![6, 7],
+        partner_ids: vec![PartnerIds {
+            data_partner_id: DATA_PARTNER,
+            partner_uuids: vec![format!("p-{user}")],
+        }],
+        changes: (0..changes)
+            .map(|k| {
+                let segment = 1 + (user * 7 + round * 3 + k) % segments;
+                if k == 1 {
+                    SegmentChange::unsegmented(segment, ChangeReason::Ttl, now_unix_ms)
+                } else {
+                    SegmentChange::qualified(segment, now_unix_ms)
+                }
+            })
+            .collect(),
+        origin: Origin::Realtime as i32,
+        produced_unix_ms: now_unix_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_segment_goes_to_two_distinct_destinations() {
+        for segment in 1..=1_000 {
+            let [a, b] = routes(segment, 20);
+            assert_ne!(a, b);
+            assert!(a < 20 && b < 20);
+        }
+    }
+
+    #[test]
+    fn no_user_and_segment_pair_repeats_within_the_benchmark_sizes() {
+        let (users, segments) = (1_000, 1_000);
+        let mut seen = HashSet::new();
+        for index in 0..(users * 20) {
+            let update = status_update(index, users, segments, 0);
+            for change in &update.changes {
+                assert!(
+                    seen.insert((update.user_id.clone(), change.segment_id)),
+                    "update {index} repeats segment {}",
+                    change.segment_id
+                );
+            }
+        }
+    }
+}
