@@ -71,7 +71,15 @@ impl DestinationSender {
         config: Arc<DestinationConfig>,
         metrics: DestinationMetrics,
     ) -> Result<Self, SenderBuildError> {
+        // Certificates and host names are always verified (rustls with the system roots plus
+        // `ca_file`); no setting turns that off. Redirects are not followed: a partner answers
+        // with a success code or the attempt failed. Following one would send the signed body
+        // (307/308) to a URL nobody configured, possibly over plain HTTP, or turn the POST
+        // into a body-less GET (301/302/303) whose 200 would count a batch as delivered that
+        // the partner never received. Plain `http://` only with `dangerous_allow_http`.
         let mut builder = reqwest::Client::builder()
+            .https_only(!config.dangerous_allow_http)
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(config.max_in_flight * 2)
             .user_agent(concat!(
