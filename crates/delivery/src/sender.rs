@@ -213,6 +213,7 @@ impl DestinationSender {
                     Some((tokens, token))
                 }
                 Err(error) => {
+                    tracing::warn!(destination = self.config.id, %error, "No OAuth token for a batch; the batch is retried, then dead-lettered.");
                     return Attempt::Retry {
                         class: ErrorClass::Auth,
                         error: error.to_string(),
@@ -302,7 +303,8 @@ fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
     (RequestOutcome::Connect, ErrorClass::Connect)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, `: `-separated.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
