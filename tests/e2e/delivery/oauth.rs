@@ -152,7 +152,7 @@ async fn a_token_is_refreshed_before_it_expires() {
 }
 
 /// One PEM file trusting every given receiver.
-fn test_ca_bundle(receivers: &[&Receiver]) -> std::path::PathBuf {
+pub(super) fn test_ca_bundle(receivers: &[&Receiver]) -> std::path::PathBuf {
     let pem: String = receivers
         .iter()
         .map(|r| r.ca_pem().to_owned())
