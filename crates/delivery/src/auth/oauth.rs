@@ -103,11 +103,20 @@ fn printable(text: &str, max: usize) -> String {
     out
 }
 
-#[derive(Debug)]
 struct CachedToken {
     value: Arc<str>,
     /// When to fetch a new one (ahead of `expires_in`); `None` = until the partner says 401.
     refresh_at: Option<Instant>,
+}
+
+/// The token is a bearer credential: `Debug` (of the token source, the sender, …) hides it.
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("value", &"***")
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
 }
 
 /// OAuth 2.0 client-credentials tokens for one destination: cached and shared by all its
@@ -424,6 +433,11 @@ mod tests {
             (ok.get(), failed.get()),
             (1, 0),
             "one request, cached after"
+        );
+        let debug = format!("{source:?} {source:#?}");
+        assert!(
+            !debug.contains("tok-1") && !debug.contains("client-secret-77"),
+            "{debug}"
         );
         let request = requests.recv().await.unwrap().to_ascii_lowercase();
         assert!(request.starts_with("post /oauth2/token "), "{request}");
