@@ -214,7 +214,14 @@ async fn no_secret_or_token_reaches_trace_logs_metrics_dead_letters_or_error_tex
     assert!(service.wait_exit(Duration::from_secs(30)).await.success());
     let log = service.log();
     // The trace output really is there, the HTTP and TLS stacks' included.
-    for target in ["delivery::", "reqwest::", "hyper_util::", "rustls::"] {
+    for target in [
+        "delivery::",
+        "reqwest::",
+        "hyper_util::",
+        "h2::",
+        "rustls::",
+        "rdkafka::",
+    ] {
         assert!(
             log.lines()
                 .any(|line| line.contains(&format!(r#""target":"{target}"#))),
