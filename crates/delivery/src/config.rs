@@ -289,7 +289,10 @@ impl DeliveryConfig {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawFile = serde_saphyr::from_str(text)
+        // No source snippet in parse errors: the line it quotes could be a secret written
+        // inline by mistake (`key: …` instead of `key_env`); line, column and key remain.
+        let options = serde_saphyr::options! { with_snippet: false };
+        let raw: RawFile = serde_saphyr::from_str_with_options(text, options)
             .map_err(|e| ConfigError::new(path, WHAT, vec![e.to_string()]))?;
         let mut problems = Problems(Vec::new());
         let config = validate(raw, env, &mut problems);

@@ -281,3 +281,23 @@ fn secrets_can_come_from_files() {
     assert_eq!(hmac.header, "X-Signature");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_secret_written_inline_by_mistake_is_not_echoed_by_the_parse_error() {
+    // `key:` is not a key of delivery's hmac (secrets come from `key_env`/`key_file`), but
+    // partner-sim accepts it, so an operator may well write it.
+    let error = parse(
+        "destinations:\n  - { id: 1, url: https://a.example, client_id: a, user_dpid: 1, segments: {1: 1}, auth: { hmac: { key: inline-hmac-secret-5f4e } } }\n",
+    )
+    .unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(
+        text.contains("destinations.yaml: invalid configuration"),
+        "{text}"
+    );
+    assert!(
+        text.contains("line 2") && text.contains("unknown field `key`"),
+        "{text}"
+    );
+    assert!(!text.contains("inline-hmac-secret-5f4e"), "{text}");
+}
