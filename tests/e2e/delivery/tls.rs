@@ -38,6 +38,12 @@ async fn expired_other_name_and_self_signed_certificates_are_refused_and_never_g
         &ca.display().to_string(),
     );
     let config = test.config(&[
+        // The dangerous switch allows http:// URLs; it never relaxes https verification.
+        destination(
+            30,
+            &expired,
+            ", retry_backoff_ms: 5, dangerous_allow_http: true",
+        ),
         destination(31, &expired, ", retry_backoff_ms: 5"),
         destination(32, &other_name, ", retry_backoff_ms: 5"),
         destination(33, &self_signed, ", retry_backoff_ms: 5"),
@@ -51,17 +57,18 @@ async fn expired_other_name_and_self_signed_certificates_are_refused_and_never_g
     test.produce(&test.topic, std::slice::from_ref(&sent)).await;
 
     let records: BTreeMap<u64, _> = test
-        .dead_letters(4, Duration::from_secs(30))
+        .dead_letters(5, Duration::from_secs(30))
         .await
         .into_iter()
         .map(|r| (r.destination_id, r))
         .collect();
     assert_eq!(
         records.keys().copied().collect::<Vec<_>>(),
-        [31, 32, 33, 35],
+        [30, 31, 32, 33, 35],
         "every refused destination dead-lettered its batch, the valid one did not"
     );
     for (id, fragment) in [
+        (30, "expired"),
         (31, "expired"),
         (32, "not valid for name"),
         (33, "unknownissuer"),
@@ -112,9 +119,9 @@ async fn expired_other_name_and_self_signed_certificates_are_refused_and_never_g
                     ),
                 )
             };
-            [31, 32, 33]
-                .iter()
-                .all(|&id| requests(id, "tls") == Some(2.0) && requests(id, "success") == Some(0.0))
+            let refused =
+                |id| requests(id, "tls") == Some(2.0) && requests(id, "success") == Some(0.0);
+            [30, 31, 32, 33].into_iter().all(refused)
                 && requests(34, "success") == Some(1.0)
                 && requests(35, "tls") == Some(0.0)
                 && metric_value(
