@@ -81,7 +81,10 @@ struct RawDestination {
     auth: Option<RawAuth>,
     ca_file: Option<PathBuf>,
     #[serde(default)]
-    allow_insecure_http: bool,
+    dangerous_allow_http: bool,
+    /// The key's old name, kept only to refuse it with the new name in the message (renamed
+    /// on purpose, so that a config turning TLS off says so).
+    allow_insecure_http: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     rate_limit_rps: u32,
     #[serde(default)]
@@ -191,7 +194,10 @@ pub struct DestinationConfig {
     pub auth: AuthConfig,
     /// Extra trust root (PEM) for the partner's certificate, besides the system roots.
     pub ca_file: Option<PathBuf>,
-    pub allow_insecure_http: bool,
+    /// `dangerous_allow_http`: the destination URL and the OAuth token URL may be plain
+    /// `http://` (no TLS at all). For tests and local demos only; logged at WARN on every
+    /// start. Default false. Nothing else turns certificate verification off.
+    pub dangerous_allow_http: bool,
     /// Requests per second at most; `None` = unlimited.
     pub rate_limit_rps: Option<std::num::NonZeroU32>,
     /// Compress bodies with gzip (`Content-Encoding: gzip`); the uncompressed JSON is signed.
@@ -283,7 +289,10 @@ impl DeliveryConfig {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawFile = serde_saphyr::from_str(text)
+        // No source snippet in parse errors: the line it quotes could be a secret written
+        // inline by mistake (`key: …` instead of `key_env`); line, column and key remain.
+        let options = serde_saphyr::options! { with_snippet: false };
+        let raw: RawFile = serde_saphyr::from_str_with_options(text, options)
             .map_err(|e| ConfigError::new(path, WHAT, vec![e.to_string()]))?;
         let mut problems = Problems(Vec::new());
         let config = validate(raw, env, &mut problems);
@@ -412,11 +421,17 @@ fn validate_destination(
         );
         0
     });
-    let allow_insecure_http = raw.allow_insecure_http;
+    if raw.allow_insecure_http.is_some() {
+        problems.add(
+            &format!("{key}.allow_insecure_http"),
+            "this key was renamed to `dangerous_allow_http` (it turns TLS off for this destination and its token endpoint): write `dangerous_allow_http: true` only for tests and local demos, or remove the key",
+        );
+    }
+    let dangerous_allow_http = raw.dangerous_allow_http;
     let url = parse_url(
         &format!("{key}.url"),
         raw.url.as_deref(),
-        allow_insecure_http,
+        dangerous_allow_http,
         problems,
     );
     let client_id = raw.client_id.map(|c| c.to_string()).unwrap_or_else(|| {
@@ -489,7 +504,7 @@ fn validate_destination(
         }) => AuthConfig::OAuth2(validate_oauth(
             &format!("{key}.auth.oauth2"),
             oauth,
-            allow_insecure_http,
+            dangerous_allow_http,
             env,
             problems,
         )),
@@ -524,7 +539,7 @@ fn validate_destination(
         segments,
         auth,
         ca_file: raw.ca_file,
-        allow_insecure_http,
+        dangerous_allow_http,
         rate_limit_rps: std::num::NonZeroU32::new(raw.rate_limit_rps),
         gzip: raw.gzip,
         timeout: tuning.timeout,
@@ -679,10 +694,14 @@ fn validate_tuning(
     }
 }
 
+/// An `https://` URL, or `http://` when the destination sets `dangerous_allow_http`. A URL
+/// must not carry credentials (`https://user:password@…`): they would bypass `auth` and the
+/// secret handling, and reach logs and error messages with the URL. Error messages print the
+/// URL without them.
 fn parse_url(
     key: &str,
     url: Option<&str>,
-    allow_insecure_http: bool,
+    dangerous_allow_http: bool,
     problems: &mut Problems,
 ) -> reqwest::Url {
     let fallback =
@@ -691,27 +710,52 @@ fn parse_url(
         problems.add(key, "required (example: `https://partner.example.com/aam`)");
         return fallback();
     };
-    match reqwest::Url::parse(text) {
-        Ok(url) if url.scheme() == "https" => url,
-        Ok(url) if url.scheme() == "http" && allow_insecure_http => url,
-        Ok(url) if url.scheme() == "http" => {
+    let url = match reqwest::Url::parse(text) {
+        Ok(url) => url,
+        Err(e) => {
+            // The text itself is not echoed: an unparsable URL may still hold a password.
+            problems.add(
+                key,
+                format!("not a URL ({e}); example: `https://partner.example.com/aam`"),
+            );
+            return fallback();
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        problems.add(
+            key,
+            format!(
+                "must not contain a user name or password, got `{}`; put credentials in `auth` (from `*_env` or `*_file`)",
+                without_credentials(&url)
+            ),
+        );
+        return fallback();
+    }
+    match url.scheme() {
+        "https" => url,
+        "http" if dangerous_allow_http => url,
+        "http" => {
             problems.add(
                 key,
                 format!(
-                    "must be https (set `allow_insecure_http: true` to allow http), got `{url}`"
+                    "must be https (set `dangerous_allow_http: true` on the destination to allow plain http, for tests only), got `{url}`"
                 ),
             );
             fallback()
         }
-        Ok(url) => {
+        _ => {
             problems.add(key, format!("must be an https URL, got `{url}`"));
             fallback()
         }
-        Err(e) => {
-            problems.add(key, format!("not a URL ({e}): `{text}`"));
-            fallback()
-        }
     }
+}
+
+fn without_credentials(url: &reqwest::Url) -> reqwest::Url {
+    let mut url = url.clone();
+    // Only URLs that cannot have credentials refuse these, and those have none to remove.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
 }
 
 /// A secret from `<name>_env` (an environment variable) or `<name>_file` (a file, e.g. a
@@ -846,14 +890,14 @@ fn check_header_name(key: &str, header: &str, problems: &mut Problems) {
 fn validate_oauth(
     key: &str,
     raw: RawOauth,
-    allow_insecure_http: bool,
+    dangerous_allow_http: bool,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> OAuthConfig {
     let token_url = parse_url(
         &format!("{key}.token_url"),
         raw.token_url.as_deref(),
-        allow_insecure_http,
+        dangerous_allow_http,
         problems,
     );
     let client_id = match (

@@ -71,7 +71,15 @@ impl DestinationSender {
         config: Arc<DestinationConfig>,
         metrics: DestinationMetrics,
     ) -> Result<Self, SenderBuildError> {
+        // Certificates and host names are always verified (rustls with the system roots plus
+        // `ca_file`); no setting turns that off. Redirects are not followed: a partner answers
+        // with a success code or the attempt failed. Following one would send the signed body
+        // (307/308) to a URL nobody configured, possibly over plain HTTP, or turn the POST
+        // into a body-less GET (301/302/303) whose 200 would count a batch as delivered that
+        // the partner never received. Plain `http://` only with `dangerous_allow_http`.
         let mut builder = reqwest::Client::builder()
+            .https_only(!config.dangerous_allow_http)
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(config.max_in_flight * 2)
             .user_agent(concat!(
@@ -205,6 +213,7 @@ impl DestinationSender {
                     Some((tokens, token))
                 }
                 Err(error) => {
+                    tracing::warn!(destination = self.config.id, %error, "No OAuth token for a batch; the batch is retried, then dead-lettered.");
                     return Attempt::Retry {
                         class: ErrorClass::Auth,
                         error: error.to_string(),
@@ -294,7 +303,8 @@ fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
     (RequestOutcome::Connect, ErrorClass::Connect)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, `: `-separated.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

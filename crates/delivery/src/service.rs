@@ -24,8 +24,12 @@ pub fn build_shared(
         .destinations
         .iter()
         .map(|destination| {
-            if destination.allow_insecure_http {
-                tracing::warn!(destination = destination.id, url = %destination.url, "allow_insecure_http is set: this destination may receive data over plain HTTP.");
+            if destination.dangerous_allow_http {
+                let token_url = match &destination.auth {
+                    AuthConfig::OAuth2(oauth) => Some(oauth.token_url.as_str()),
+                    AuthConfig::None | AuthConfig::Hmac(_) => None,
+                };
+                tracing::warn!(destination = destination.id, url = %destination.url, token_url, "dangerous_allow_http is set: this destination (and its OAuth token endpoint) may be sent data and credentials over plain HTTP, unencrypted and unauthenticated. Use it for tests and local demos only.");
             }
             if matches!(destination.auth, AuthConfig::None) {
                 tracing::warn!(destination = destination.id, "No auth configured: requests to this destination are neither signed nor authenticated.");

@@ -1,6 +1,8 @@
 //! A real HTTPS endpoint for tests: a fresh CA and a `localhost`/`127.0.0.1` certificate per
 //! receiver, every request recorded (method, path, headers, body, arrival time), and a
-//! behaviour (status, delay, or a script of next responses) that can change mid-test.
+//! behaviour (status, delay, headers, or a script of next responses) that can change mid-test.
+//! [`Tls`] asks for a certificate a client must refuse (expired, for another name,
+//! self-signed), or for plain HTTP.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -41,8 +43,12 @@ impl RecordedRequest {
 pub struct Response {
     pub status: u16,
     pub delay: Duration,
-    /// A JSON body (e.g. an OAuth token response); empty for none.
+    /// A body (e.g. an OAuth token response); empty for none.
     pub body: String,
+    /// `Content-Type` of a non-empty body. Default `application/json`.
+    pub content_type: String,
+    /// More response headers (e.g. `Location` of a redirect).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -51,7 +57,23 @@ impl Response {
             status,
             delay: Duration::ZERO,
             body: String::new(),
+            content_type: "application/json".to_owned(),
+            headers: Vec::new(),
         }
+    }
+
+    /// A body of another content type than JSON.
+    #[must_use]
+    pub fn body(mut self, content_type: &str, body: impl Into<String>) -> Self {
+        self.content_type = content_type.to_owned();
+        self.body = body.into();
+        self
+    }
+
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     #[must_use]
@@ -65,6 +87,24 @@ impl Response {
         self.body = body.into();
         self
     }
+}
+
+/// What the receiver presents to a client. Every certificate but [`Tls::Valid`]'s must be
+/// refused by a client that trusts the receiver's CA ([`Receiver::ca_file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Issued by the receiver's CA for `localhost` and `127.0.0.1`, valid now.
+    Valid,
+    /// Issued by the receiver's CA for `localhost` and `127.0.0.1`, but valid only in 2020.
+    Expired,
+    /// Issued by the receiver's CA, valid now, but for this name only (not the address the
+    /// client connects to).
+    OtherName(String),
+    /// For `localhost` and `127.0.0.1`, valid now, but signed by its own key: not issued by
+    /// the receiver's CA.
+    SelfSigned,
+    /// No TLS: plain `http://`.
+    None,
 }
 
 #[derive(Debug)]
@@ -89,6 +129,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Receiver {
     addr: SocketAddr,
+    /// `https`, or `http` for [`Tls::None`].
+    scheme: &'static str,
     ca_pem: String,
     ca_dir: tempfile::TempDir,
     shared: Arc<Shared>,
@@ -98,6 +140,11 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a free loopback port answering `200` at once.
     pub async fn start() -> Self {
+        Self::start_with(Tls::Valid).await
+    }
+
+    /// Starts a receiver presenting `tls`, on a free loopback port answering `200` at once.
+    pub async fn start_with(tls: Tls) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -106,16 +153,23 @@ impl Receiver {
             .push(rcgen::DnType::CommonName, "segment-relay test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
-        let tls = RustlsConfig::from_pem(
-            leaf.pem().into_bytes(),
-            leaf_key.serialize_pem().into_bytes(),
-        )
-        .await
-        .unwrap();
+        let names = match &tls {
+            Tls::OtherName(name) => vec![name.clone()],
+            _ => vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+        };
+        let mut leaf_params = CertificateParams::new(names).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "segment-relay test receiver");
+        if tls == Tls::Expired {
+            leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let leaf = if tls == Tls::SelfSigned {
+            leaf_params.self_signed(&leaf_key).unwrap()
+        } else {
+            leaf_params.signed_by(&leaf_key, &ca).unwrap()
+        };
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -130,16 +184,30 @@ impl Receiver {
             .fallback(record)
             .with_state(shared.clone());
         let handle = Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, tls)
-            .unwrap()
-            .handle(handle.clone());
-        tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        if tls == Tls::None {
+            let server = axum_server::from_tcp(listener)
+                .unwrap()
+                .handle(handle.clone());
+            tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        } else {
+            let config = RustlsConfig::from_pem(
+                leaf.pem().into_bytes(),
+                leaf_key.serialize_pem().into_bytes(),
+            )
+            .await
+            .unwrap();
+            let server = axum_server::from_tcp_rustls(listener, config)
+                .unwrap()
+                .handle(handle.clone());
+            tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        }
 
         let ca_dir = tempfile::tempdir().unwrap();
         let ca_pem = ca.pem();
         std::fs::write(ca_dir.path().join("ca.pem"), &ca_pem).unwrap();
         Self {
             addr,
+            scheme: if tls == Tls::None { "http" } else { "https" },
             ca_pem,
             ca_dir,
             shared,
@@ -147,9 +215,9 @@ impl Receiver {
         }
     }
 
-    /// `https://127.0.0.1:<port><path>`.
+    /// `https://127.0.0.1:<port><path>` (`http://` for [`Tls::None`]).
     pub fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.addr.port())
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.addr.port())
     }
 
     /// The CA certificate (PEM) that signed the receiver's certificate.
@@ -232,16 +300,23 @@ async fn record(
     });
     tokio::time::sleep(response.delay).await;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if response.body.is_empty() {
+    let mut answer = if response.body.is_empty() {
         status.into_response()
     } else {
         (
             status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            [(axum::http::header::CONTENT_TYPE, response.content_type)],
             response.body,
         )
             .into_response()
+    };
+    for (name, value) in &response.headers {
+        answer.headers_mut().append(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(value).unwrap(),
+        );
     }
+    answer
 }
 
 #[cfg(test)]
@@ -284,6 +359,82 @@ mod tests {
             requests.iter().map(|r| r.status).collect::<Vec<_>>(),
             [200, 500, 200, 503]
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_certificate_of_each_kind_is_refused_by_a_client_trusting_the_ca() {
+        for tls in [
+            Tls::Expired,
+            Tls::OtherName("partner.example.com".to_owned()),
+            Tls::SelfSigned,
+        ] {
+            let receiver = Receiver::start_with(tls.clone()).await;
+            let error = receiver
+                .client()
+                .get(receiver.url("/"))
+                .send()
+                .await
+                .expect_err(&format!("{tls:?} must be refused"));
+            let mut chain = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(e) = source {
+                chain.push_str(&format!(": {e}"));
+                source = e.source();
+            }
+            let expected = match tls {
+                Tls::Expired => "certificate expired",
+                Tls::OtherName(_) => "not valid for name",
+                _ => "unknownissuer",
+            };
+            assert!(
+                chain.to_ascii_lowercase().contains(expected),
+                "{tls:?}: {chain}"
+            );
+            assert!(receiver.requests().is_empty());
+        }
+        // The same client code accepts a valid one, and plain HTTP serves as http://.
+        let valid = Receiver::start_with(Tls::Valid).await;
+        assert_eq!(
+            valid
+                .client()
+                .get(valid.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let plain = Receiver::start_with(Tls::None).await;
+        assert!(plain.url("/x").starts_with("http://127.0.0.1:"));
+        assert_eq!(reqwest::get(plain.url("/x")).await.unwrap().status(), 200);
+        assert_eq!(plain.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_with_headers_and_other_content_types() {
+        let receiver = Receiver::start().await;
+        receiver.script([Response::status(307).header("Location", "https://elsewhere.example/x")]);
+        receiver.respond_with(Response::status(200).body("text/plain", "hello"));
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(receiver.ca_pem().as_bytes()).unwrap(),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let redirect = client.post(receiver.url("/")).send().await.unwrap();
+        assert_eq!(redirect.status(), 307);
+        assert_eq!(
+            redirect.headers()["location"].to_str().unwrap(),
+            "https://elsewhere.example/x"
+        );
+        let text = client.get(receiver.url("/")).send().await.unwrap();
+        assert_eq!(
+            text.headers()["content-type"].to_str().unwrap(),
+            "text/plain"
+        );
+        assert_eq!(text.text().await.unwrap(), "hello");
     }
 
     #[tokio::test]

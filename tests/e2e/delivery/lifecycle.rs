@@ -107,7 +107,7 @@ async fn bad_config_stops_start_up_naming_file_key_and_fix() {
     );
     assert!(
         log.contains(
-            "destinations[0].url: must be https (set `allow_insecure_http: true` to allow http)"
+            "destinations[0].url: must be https (set `dangerous_allow_http: true` on the destination to allow plain http, for tests only)"
         ),
         "{log}"
     );

@@ -7,6 +7,8 @@ mod oauth;
 mod observability;
 mod ordering;
 mod recovery;
+mod secrets;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

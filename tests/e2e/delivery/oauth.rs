@@ -152,7 +152,7 @@ async fn a_token_is_refreshed_before_it_expires() {
 }
 
 /// One PEM file trusting every given receiver.
-fn test_ca_bundle(receivers: &[&Receiver]) -> std::path::PathBuf {
+pub(super) fn test_ca_bundle(receivers: &[&Receiver]) -> std::path::PathBuf {
     let pem: String = receivers
         .iter()
         .map(|r| r.ca_pem().to_owned())
@@ -161,4 +161,115 @@ fn test_ca_bundle(receivers: &[&Receiver]) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}.pem", testkit::unique_name("ca-bundle")));
     std::fs::write(&path, pem).unwrap();
     path
+}
+
+#[tokio::test]
+async fn every_bad_token_response_is_a_clear_error_the_batch_retried_then_dead_lettered() {
+    let test = DeliveryTest::new(1).await;
+    let partner = Receiver::start().await;
+    let tokens = Receiver::start().await;
+    // Two token requests per batch (the attempt and its retry), each answered badly.
+    tokens.script([
+        Response::status(200).body("text/html", "<html>sign in</html>"),
+        Response::status(200).json(r#"{"token_type":"bearer","expires_in":60}"#),
+        Response::status(200).json(r#"{"access_token":"","token_type":"bearer"}"#),
+        Response::status(200).json(r#"{"access_token":"tok-mac-1","token_type":"mac"}"#),
+        Response::status(500).json(r#"{"error":"server_error"}"#),
+        Response::status(401).json(r#"{"error":"invalid_client"}"#),
+    ]);
+    tokens.respond_with(token("tok-good", None));
+    let ca = test_ca_bundle(&[&partner, &tokens]);
+    let entry = destination(
+        22,
+        &partner,
+        &format!("{}, retry_backoff_ms: 10", oauth(&tokens)),
+    )
+    .replace(
+        &partner.ca_file().display().to_string(),
+        &ca.display().to_string(),
+    );
+    let config = test.config(&[entry]);
+    let service = test
+        .start(
+            &config,
+            &[("OAUTH_SECRET", "bad-token-s3cret"), ("LOG_FORMAT", "json")],
+        )
+        .await;
+
+    for (n, expected) in [
+        "token response has no `access_token` string",
+        r#"token response is not a bearer token: token_type "mac" (expected `bearer`)"#,
+        "token endpoint answered HTTP 401 (expected 200 with a bearer token)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sent = update(&format!("u{n}"), &[], &[], vec![change(14356, true, T0)]);
+        test.produce(&test.topic, std::slice::from_ref(&sent)).await;
+        let records = test.dead_letters(n + 1, Duration::from_secs(20)).await;
+        let record = &records[n];
+        assert_eq!(
+            (record.error_class(), record.error.as_str(), record.attempts),
+            (model::ErrorClass::Auth, expected, 2)
+        );
+        assert_eq!(record.updates, [sent]);
+    }
+    assert!(partner.requests().is_empty(), "no token, no request");
+    assert_eq!(tokens.requests().len(), 6);
+
+    // The endpoint answers properly again: the next batch goes out with its token.
+    test.produce(
+        &test.topic,
+        &[update("u9", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let delivered = partner.wait_for_requests(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        (delivered[0].status, delivered[0].header("authorization")),
+        (200, Some("Bearer tok-good"))
+    );
+    testkit::wait_until("token requests counted", Duration::from_secs(10), || async {
+        let metrics = service.metrics().await;
+        let requests = |outcome: &str| {
+            metric_value(
+                &metrics,
+                &format!(
+                    r#"delivery_oauth_token_requests_total{{destination="22",outcome="{outcome}"}}"#
+                ),
+            )
+        };
+        requests("error") == Some(6.0) && requests("ok") == Some(1.0)
+    })
+    .await;
+
+    // Each failure was logged once, as a WARN naming the destination and the reason.
+    let log = service.log();
+    let warnings: Vec<String> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| {
+            line["level"] == "WARN"
+                && line["destination"] == 22
+                && line["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("No OAuth token"))
+        })
+        .map(|line| line["error"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "token response is not a JSON object (content type `text/html`)",
+            "token response has no `access_token` string",
+            "token response has an empty `access_token`",
+            r#"token response is not a bearer token: token_type "mac" (expected `bearer`)"#,
+            "token endpoint answered HTTP 500 (expected 200 with a bearer token)",
+            "token endpoint answered HTTP 401 (expected 200 with a bearer token)",
+        ]
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    let basic = base64::engine::general_purpose::STANDARD.encode("relay-client:bad-token-s3cret");
+    for secret in ["bad-token-s3cret", basic.as_str(), "tok-mac-1", "tok-good"] {
+        assert!(!log.contains(secret), "`{secret}` logged");
+    }
 }

@@ -31,7 +31,7 @@ destinations:
     auth:
       hmac: { key_env: ACME_KEY, header: X-Signature, algorithm: sha1,
               previous_key_env: ACME_OLD_KEY, previous_header: X-Signature-Previous }
-    allow_insecure_http: false
+    dangerous_allow_http: false
     rate_limit_rps: 0
     gzip: false
   - id: 424
@@ -122,7 +122,7 @@ destinations:
     let text = error.to_string();
     for expected in [
         "destinations.yaml: invalid configuration",
-        "destinations[0].url: must be https (set `allow_insecure_http: true` to allow http), got `http://partner.example.com/aam`",
+        "destinations[0].url: must be https (set `dangerous_allow_http: true` on the destination to allow plain http, for tests only), got `http://partner.example.com/aam`",
         "destinations[0].client_id: required",
         "destinations[0].segments: `x` is not one of our segment ids",
         "destinations[0].segments.2: the partner's Segment_ID must not be empty",
@@ -154,11 +154,109 @@ fn unknown_keys_are_refused_with_their_name() {
 #[test]
 fn http_is_allowed_only_when_asked_for() {
     let config = parse(
-        "destinations:\n  - { id: 1, url: http://127.0.0.1:9/x, allow_insecure_http: true, client_id: a, user_dpid: 1, segments: {1: 1} }\n",
+        "destinations:\n  - { id: 1, url: http://127.0.0.1:9/x, dangerous_allow_http: true, client_id: a, user_dpid: 1, segments: {1: 1} }\n",
     )
     .unwrap();
     assert_eq!(config.destinations[0].url.scheme(), "http");
-    assert!(config.destinations[0].allow_insecure_http);
+    assert!(config.destinations[0].dangerous_allow_http);
+}
+
+#[test]
+fn the_old_allow_insecure_http_key_is_refused_naming_its_new_name() {
+    for value in ["true", "false"] {
+        let error = parse(&format!(
+            "destinations:\n  - {{ id: 1, url: https://a.example, allow_insecure_http: {value}, client_id: a, user_dpid: 1, segments: {{1: 1}} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(error.problems.len(), 1, "{error}");
+        assert!(
+            error.problems[0].starts_with(
+                "destinations[0].allow_insecure_http: this key was renamed to `dangerous_allow_http`"
+            ),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn the_token_endpoint_must_be_https_too_unless_the_destination_allows_http() {
+    let oauth = |url: &str, extra: &str| {
+        format!(
+            "destinations:\n  - {{ id: 1, url: {url}, client_id: a, user_dpid: 1, segments: {{1: 1}}{extra}, auth: {{ oauth2: {{ token_url: http://idp.example/token, client_id: c, client_secret_env: OAUTH_SECRET }} }} }}\n"
+        )
+    };
+    let error = parse(&oauth("https://a.example", "")).unwrap_err();
+    assert_eq!(
+        error.problems,
+        [
+            "destinations[0].auth.oauth2.token_url: must be https (set `dangerous_allow_http: true` on the destination to allow plain http, for tests only), got `http://idp.example/token`"
+        ]
+    );
+    let error = parse(
+        &oauth("https://a.example", "").replace("http://idp.example/token", "ftp://idp.example/t"),
+    )
+    .unwrap_err();
+    assert!(
+        error.problems[0].contains("token_url: must be an https URL"),
+        "{error}"
+    );
+    let config = parse(&oauth("http://a.example", ", dangerous_allow_http: true")).unwrap();
+    let AuthConfig::OAuth2(oauth) = &config.destinations[0].auth else {
+        panic!("oauth2 expected")
+    };
+    assert_eq!(oauth.token_url.scheme(), "http");
+}
+
+#[test]
+fn urls_with_credentials_are_refused_without_printing_them() {
+    let error = parse(
+        "destinations:\n  - { id: 1, url: \"https://relay:pa55word@a.example/in\", client_id: a, user_dpid: 1, segments: {1: 1}, auth: { oauth2: { token_url: \"https://relay:t0ken@idp.example/token\", client_id: c, client_secret_env: OAUTH_SECRET } } }\n",
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("destinations[0].url: must not contain a user name or password, got `https://a.example/in`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("destinations[0].auth.oauth2.token_url: must not contain a user name or password, got `https://idp.example/token`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("pa55word") && !text.contains("t0ken"),
+        "{text}"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output_or_config_errors() {
+    let env = |name: &str| match name {
+        "KEY" => Some("hmac-current-9f8e7d".to_owned()),
+        "OLD_KEY" => Some("hmac-previous-6c5b4a".to_owned()),
+        "SECRET" => Some("client-secret-3d2c1b".to_owned()),
+        _ => None,
+    };
+    let good = "destinations:\n  - { id: 1, url: https://a.example, client_id: a, user_dpid: 1, segments: {1: 1}, auth: { hmac: { key_env: KEY, previous_key_env: OLD_KEY } } }\n  - { id: 2, url: https://b.example, client_id: b, user_dpid: 1, segments: {1: 1}, auth: { oauth2: { token_url: https://idp.example/t, client_id: c, client_secret_env: SECRET } } }\n";
+    let config = DeliveryConfig::parse(Path::new("d.yaml"), good, &env).unwrap();
+    let secrets = [
+        "hmac-current-9f8e7d",
+        "hmac-previous-6c5b4a",
+        "client-secret-3d2c1b",
+    ];
+    let debug = format!("{config:?} {:#?}", config.destinations);
+    for secret in secrets {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    // Every other problem of the same destinations: the errors name keys, never values.
+    let bad = good
+        .replace("https://a.example", "http://a.example")
+        .replace("segments: {1: 1}", "segments: {x: 1}");
+    let error = DeliveryConfig::parse(Path::new("d.yaml"), &bad, &env).unwrap_err();
+    assert!(error.problems.len() >= 3, "{error}");
+    let text = format!("{error} {error:?}");
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
 }
 
 #[test]
@@ -182,4 +280,24 @@ fn secrets_can_come_from_files() {
     );
     assert_eq!(hmac.header, "X-Signature");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_secret_written_inline_by_mistake_is_not_echoed_by_the_parse_error() {
+    // `key:` is not a key of delivery's hmac (secrets come from `key_env`/`key_file`), but
+    // partner-sim accepts it, so an operator may well write it.
+    let error = parse(
+        "destinations:\n  - { id: 1, url: https://a.example, client_id: a, user_dpid: 1, segments: {1: 1}, auth: { hmac: { key: inline-hmac-secret-5f4e } } }\n",
+    )
+    .unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(
+        text.contains("destinations.yaml: invalid configuration"),
+        "{text}"
+    );
+    assert!(
+        text.contains("line 2") && text.contains("unknown field `key`"),
+        "{text}"
+    );
+    assert!(!text.contains("inline-hmac-secret-5f4e"), "{text}");
 }
