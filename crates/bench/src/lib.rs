@@ -63,6 +63,8 @@ pub struct DeliveryFixture {
     pub suffix: String,
     pub max_users: u32,
     pub linger_ms: u64,
+    /// Concurrent requests per destination.
+    pub max_in_flight: u32,
 }
 
 impl DeliveryFixture {
@@ -72,8 +74,8 @@ impl DeliveryFixture {
         let s = &self.suffix;
         let mut yaml = format!(
             "kafka:\n  group_id: delivery-bench{s}\n  topic: segment-status{s}\n  batch_topic: segment-status-batch{s}\n  dlq_topic: segment-status-dlq{s}\n\
-             defaults:\n  batch: {{ max_users: {}, linger_ms: {} }}\ndestinations:\n",
-            self.max_users, self.linger_ms
+             defaults:\n  batch: {{ max_users: {}, linger_ms: {} }}\n  max_in_flight: {}\ndestinations:\n",
+            self.max_users, self.linger_ms, self.max_in_flight
         );
         for d in 0..self.destinations {
             let segments: Vec<String> = (1..=self.segments)

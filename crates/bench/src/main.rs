@@ -52,6 +52,9 @@ enum Command {
         max_users: u32,
         #[arg(long, default_value_t = 200)]
         linger_ms: u64,
+        /// Concurrent requests per destination (one partner-sim serves all 20 here).
+        #[arg(long, default_value_t = 1)]
+        max_in_flight: u32,
         #[arg(long)]
         dir: PathBuf,
     },
@@ -165,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             suffix,
             max_users,
             linger_ms,
+            max_in_flight,
             dir,
         } => {
             anyhow::ensure!(
@@ -179,6 +183,7 @@ fn main() -> anyhow::Result<()> {
                 suffix,
                 max_users,
                 linger_ms,
+                max_in_flight,
             };
             write(&dir.join("destinations.yaml"), &fixture.destinations_yaml())?;
             write(&dir.join("partner-sim.yaml"), &fixture.partner_sim_yaml())

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{EventSource, RoutedEvent};
 use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetterWriter;
-use crate::lane::{Lane, lane_of};
+use crate::lane::{Lane, LaneHasher};
 use crate::metrics::Metrics;
 use crate::offsets::Watermarks;
 use crate::router::Router;
@@ -108,6 +108,7 @@ pub struct InputPipeline {
     router: Router,
     /// Per destination, its lanes' queues.
     lanes: Vec<Vec<mpsc::Sender<RoutedEvent>>>,
+    lane_hasher: LaneHasher,
     lane_tasks: JoinSet<()>,
     shared: Shared,
     commit_interval: Duration,
@@ -216,6 +217,7 @@ impl InputPipeline {
             watermarks,
             router: Router::new(&destinations),
             lanes,
+            lane_hasher: LaneHasher::default(),
             lane_tasks,
             shared,
             commit_interval: config.commit_interval,
@@ -272,10 +274,11 @@ impl InputPipeline {
             return;
         }
         let source = Some(EventSource { assignment, offset });
+        let user_hash = self.lane_hasher.user(&update.user_id);
         let update = Arc::new(update);
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];
-            let lane = &lanes[lane_of(&update.user_id, lanes.len())];
+            let lane = &lanes[LaneHasher::lane(user_hash, lanes.len())];
             self.shared.senders[destination].metrics.queue_depth.inc();
             // A full queue makes the consumer wait: backpressure rather than loss.
             if lane

@@ -3,7 +3,7 @@
 //! so with `max_in_flight` lanes sending in parallel a user's changes still reach the partner
 //! in order — retries included, since a lane sends nothing new until its batch is finished.
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -15,11 +15,27 @@ use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
 use crate::sender::{DestinationSender, unix_ms_now};
 
-/// The lane a user's events go through, of `lanes` lanes.
-pub fn lane_of(user_id: &str, lanes: usize) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    user_id.hash(&mut hasher);
-    (hasher.finish() % lanes as u64) as usize
+/// Hashes user ids to lanes: seeded once per process, so a user keeps their lane for the life
+/// of the process (which is all per-user order needs), without SipHash's cost per event.
+#[derive(Debug, Clone)]
+pub struct LaneHasher(foldhash::fast::FixedState);
+
+impl Default for LaneHasher {
+    fn default() -> Self {
+        Self(foldhash::fast::FixedState::with_seed(fastrand::u64(..)))
+    }
+}
+
+impl LaneHasher {
+    /// The user's hash; [`LaneHasher::lane`] turns it into a lane of each destination.
+    pub fn user(&self, user_id: &str) -> u64 {
+        self.0.hash_one(user_id)
+    }
+
+    /// The lane of `lanes` a user of hash `user_hash` goes through.
+    pub fn lane(user_hash: u64, lanes: usize) -> usize {
+        (user_hash % lanes as u64) as usize
+    }
 }
 
 #[derive(Debug)]

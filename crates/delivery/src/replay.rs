@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::batcher::RoutedEvent;
 use crate::config::DeliveryConfig;
-use crate::lane::{Lane, lane_of};
+use crate::lane::{Lane, LaneHasher};
 use crate::service::{build_shared, require_topics};
 
 /// What a replay did.
@@ -76,6 +76,7 @@ pub async fn replay(
         delivered: 0,
         dead_lettered_again: 0,
     };
+    let hasher = LaneHasher::default();
     while let Some(record) = records_rx.recv().await {
         let in_window = since_unix_ms.is_none_or(|t| record.dead_lettered_unix_ms >= t)
             && until_unix_ms.is_none_or(|t| record.dead_lettered_unix_ms <= t);
@@ -88,7 +89,7 @@ pub async fn replay(
         report.records += 1;
         for update in record.updates {
             let update = Arc::new(update);
-            let lane = &lanes[lane_of(&update.user_id, lanes.len())].0;
+            let lane = &lanes[LaneHasher::lane(hasher.user(&update.user_id), lanes.len())].0;
             sender.metrics.queue_depth.inc();
             lane.send(RoutedEvent {
                 update,
