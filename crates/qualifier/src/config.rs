@@ -5,6 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// A map by trait or segment id, looked up on every event: foldhash rather than SipHash (the
+/// keys come from the operator's definitions, not from users).
+pub type IdMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -72,18 +76,18 @@ pub struct Retention {
 pub struct Definitions {
     /// Users unseen this long drop out of everything. Default 120 days.
     pub inactivity_ms: i64,
-    pub traits: HashMap<u64, TraitDef>,
+    pub traits: IdMap<TraitDef>,
     pub segments: Vec<SegmentDef>,
     /// Per trait used by a rule: what to keep.
-    pub retention: HashMap<u64, Retention>,
+    pub retention: IdMap<Retention>,
     /// Per trait: the distinct `WITHIN` windows rules use (a realization crossing one can
     /// change a segment without a new event).
-    pub windows: HashMap<u64, Vec<i64>>,
+    pub windows: IdMap<Vec<i64>>,
     /// Per trait: the segments (indices into `segments`) whose rules use it — all an event of
     /// that trait can change while no time boundary has passed.
-    pub segments_by_trait: HashMap<u64, Vec<usize>>,
+    pub segments_by_trait: IdMap<Vec<usize>>,
     /// Segment id → index into `segments`.
-    pub segment_index: HashMap<u64, usize>,
+    pub segment_index: IdMap<usize>,
 }
 
 pub const DEFAULT_TTL_MS: i64 = 120 * 86_400_000;
@@ -117,7 +121,7 @@ impl Definitions {
             },
         };
 
-        let mut traits = HashMap::new();
+        let mut traits = IdMap::default();
         for (i, raw_trait) in raw.traits.iter().enumerate() {
             let ttl_ms = match &raw_trait.ttl {
                 None => DEFAULT_TTL_MS,
@@ -187,8 +191,8 @@ impl Definitions {
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        let mut retention: HashMap<u64, Retention> = HashMap::new();
-        let mut windows: HashMap<u64, Vec<i64>> = HashMap::new();
+        let mut retention: IdMap<Retention> = IdMap::default();
+        let mut windows: IdMap<Vec<i64>> = IdMap::default();
         for condition in segments.iter().flat_map(|s| s.rule.conditions()) {
             let ttl_ms = traits[&condition.trait_id].ttl_ms;
             let keep = retention.entry(condition.trait_id).or_insert(Retention {
@@ -203,7 +207,7 @@ impl Definitions {
                 }
             }
         }
-        let mut segments_by_trait: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut segments_by_trait: IdMap<Vec<usize>> = IdMap::default();
         for (index, segment) in segments.iter().enumerate() {
             for condition in segment.rule.conditions() {
                 let list = segments_by_trait.entry(condition.trait_id).or_default();

@@ -21,6 +21,10 @@ pub struct Step {
     pub update: Option<SegmentStatusUpdate>,
     /// The event was ignored (the user opted out earlier).
     pub ignored: bool,
+    /// When the user must be evaluated again without an event (`None`: never). Never later
+    /// than [`next_due`] of the new state, possibly earlier (after an event that did not
+    /// evaluate every segment): an early timer costs one evaluation that changes nothing.
+    pub due: Option<i64>,
 }
 
 /// Why an event cannot be applied.
@@ -41,9 +45,14 @@ struct LiveView<'a> {
 
 impl TraitTimes for LiveView<'_> {
     fn live_times(&self, trait_id: u64, now: i64) -> &[i64] {
-        let Some(history) = self.state.traits.iter().find(|h| h.trait_id == trait_id) else {
+        let Ok(index) = self
+            .state
+            .traits
+            .binary_search_by_key(&trait_id, |h| h.trait_id)
+        else {
             return &[];
         };
+        let history = &self.state.traits[index];
         let times = history.times_unix_ms.as_slice();
         match self.definitions.traits.get(&trait_id).map(|t| t.ttl_ms) {
             Some(ttl) if ttl > 0 => &times[times.partition_point(|&t| t <= now - ttl)..],
@@ -92,6 +101,7 @@ impl Evaluator {
                 state_changed: false,
                 update: None,
                 ignored: true,
+                due: None,
             });
         }
         let evaluate_all = state.is_none() || due.is_none_or(|due| due <= now);
@@ -120,6 +130,7 @@ impl Evaluator {
                     state_changed: true,
                     update,
                     ignored: false,
+                    due: None,
                 })
             }
             trait_event::Event::IdSync(sync) => {
@@ -134,11 +145,15 @@ impl Evaluator {
                     sync.data_partner_id,
                     &sync.partner_uuid,
                 );
+                // Nothing is evaluated: a timer already set (even one that is due now) still
+                // stands, since a later last-seen only moves the inactivity boundary later.
+                let due = due.or_else(|| next_due(definitions, &state, now));
                 Ok(Step {
                     state: Some(state),
                     state_changed: true,
                     update: None,
                     ignored: false,
+                    due,
                 })
             }
             trait_event::Event::TraitRealization(realization) => {
@@ -152,10 +167,13 @@ impl Evaluator {
                 if definitions.retention.contains_key(&realization.trait_id) {
                     insert_time(&mut state.traits, realization.trait_id, time);
                 }
-                prune(definitions, &mut state, now);
                 let affected = if evaluate_all {
+                    prune(definitions, &mut state, now);
                     None
                 } else {
+                    // No time boundary passed since the user was last evaluated, so no other
+                    // trait's realizations aged out: only this trait can hold too many.
+                    prune_trait(definitions, &mut state, realization.trait_id, now);
                     Some(
                         definitions
                             .segments_by_trait
@@ -172,11 +190,25 @@ impl Evaluator {
                     affected,
                 );
                 let update = build_update(&state, changes, origin, now);
+                let due = match due {
+                    // Boundaries of other traits are unchanged: the old timer, or this
+                    // realization's own boundaries if they come first.
+                    Some(due) if !evaluate_all => {
+                        let (ttl, windows) = trait_horizons(definitions, realization.trait_id);
+                        Some(
+                            boundaries(ttl, windows, time)
+                                .filter(|&b| b > now)
+                                .fold(due, i64::min),
+                        )
+                    }
+                    _ => next_due(definitions, &state, now),
+                };
                 Ok(Step {
                     state: Some(state),
                     state_changed: true,
                     update,
                     ignored: false,
+                    due,
                 })
             }
         }
@@ -192,6 +224,7 @@ impl Evaluator {
                 state_changed: false,
                 update: None,
                 ignored: false,
+                due: None,
             };
         }
         let inactive_at = state
@@ -211,6 +244,7 @@ impl Evaluator {
                 state_changed: true,
                 update,
                 ignored: false,
+                due: None,
             };
         }
         let before = state.clone();
@@ -218,11 +252,13 @@ impl Evaluator {
         let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Ttl, now, None);
         let update = build_update(&state, changes, Origin::Realtime, now);
         let state_changed = state != before;
+        let due = next_due(definitions, &state, now);
         Step {
             state: Some(state),
             state_changed,
             update,
             ignored: false,
+            due,
         }
     }
 
@@ -321,15 +357,20 @@ fn add_partner_id(partner_ids: &mut Vec<PartnerIds>, data_partner_id: u64, uuid:
     }
 }
 
+/// Adds a realization, keeping the histories in ascending trait id (rules find a trait by
+/// binary search; [`normalize`] restores that order for states written before it was kept).
 fn insert_time(traits: &mut Vec<TraitHistory>, trait_id: u64, time: i64) {
-    let index = match traits.iter().position(|h| h.trait_id == trait_id) {
-        Some(i) => i,
-        None => {
-            traits.push(TraitHistory {
-                trait_id,
-                times_unix_ms: Vec::new(),
-            });
-            traits.len() - 1
+    let index = match traits.binary_search_by_key(&trait_id, |h| h.trait_id) {
+        Ok(i) => i,
+        Err(i) => {
+            traits.insert(
+                i,
+                TraitHistory {
+                    trait_id,
+                    times_unix_ms: Vec::new(),
+                },
+            );
+            i
         }
     };
     let times = &mut traits[index].times_unix_ms;
@@ -340,19 +381,61 @@ fn insert_time(traits: &mut Vec<TraitHistory>, trait_id: u64, time: i64) {
 /// Keeps only what the rules can still use: realizations within the trait's time-to-live,
 /// at most the newest `count` the rules can tell apart; nothing of traits no rule uses.
 fn prune(definitions: &Definitions, state: &mut UserState, now: i64) {
-    state.traits.retain_mut(|history| {
-        let Some(keep) = definitions.retention.get(&history.trait_id) else {
-            return false;
-        };
-        let times = &mut history.times_unix_ms;
-        if let Some(horizon) = keep.horizon_ms {
-            let dead = times.partition_point(|&t| t <= now - horizon);
-            times.drain(..dead);
-        }
-        let excess = times.len().saturating_sub(keep.count as usize);
-        times.drain(..excess);
-        !times.is_empty()
-    });
+    state
+        .traits
+        .retain_mut(|history| prune_history(definitions, history, now));
+}
+
+/// [`prune`] of one trait's history only.
+fn prune_trait(definitions: &Definitions, state: &mut UserState, trait_id: u64, now: i64) {
+    if let Ok(index) = state.traits.binary_search_by_key(&trait_id, |h| h.trait_id)
+        && !prune_history(definitions, &mut state.traits[index], now)
+    {
+        state.traits.remove(index);
+    }
+}
+
+/// Drops what the rules can no longer use from one history; whether anything is left.
+fn prune_history(definitions: &Definitions, history: &mut TraitHistory, now: i64) -> bool {
+    let Some(keep) = definitions.retention.get(&history.trait_id) else {
+        return false;
+    };
+    let times = &mut history.times_unix_ms;
+    if let Some(horizon) = keep.horizon_ms {
+        let dead = times.partition_point(|&t| t <= now - horizon);
+        times.drain(..dead);
+    }
+    let excess = times.len().saturating_sub(keep.count as usize);
+    times.drain(..excess);
+    !times.is_empty()
+}
+
+/// Puts a state read from the changelog in the order this version keeps: trait histories in
+/// ascending trait id.
+pub fn normalize(state: &mut UserState) {
+    if !state.traits.is_sorted_by_key(|h| h.trait_id) {
+        state.traits.sort_by_key(|h| h.trait_id);
+    }
+}
+
+/// What makes a realization of `trait_id` matter to the rules over time: the trait's
+/// time-to-live (0: none) and the rule windows over it.
+fn trait_horizons(definitions: &Definitions, trait_id: u64) -> (i64, &[i64]) {
+    let ttl = definitions.traits.get(&trait_id).map_or(0, |d| d.ttl_ms);
+    let windows = definitions
+        .windows
+        .get(&trait_id)
+        .map_or(&[][..], Vec::as_slice);
+    (ttl, windows)
+}
+
+/// The moments a realization at `t` matters, given its trait's [`trait_horizons`]: when it
+/// leaves the time-to-live and each rule window.
+fn boundaries(ttl: i64, windows: &[i64], t: i64) -> impl Iterator<Item = i64> + '_ {
+    (ttl > 0)
+        .then_some(t.saturating_add(ttl))
+        .into_iter()
+        .chain(windows.iter().map(move |w| t.saturating_add(*w)))
 }
 
 /// When this user must be evaluated again without a new event: the first moment after `now`
@@ -366,20 +449,9 @@ pub fn next_due(definitions: &Definitions, state: &UserState, now: i64) -> Optio
         .last_seen_unix_ms
         .saturating_add(definitions.inactivity_ms);
     for history in &state.traits {
-        let ttl = definitions
-            .traits
-            .get(&history.trait_id)
-            .map_or(0, |t| t.ttl_ms);
-        let windows = definitions
-            .windows
-            .get(&history.trait_id)
-            .map_or(&[][..], Vec::as_slice);
+        let (ttl, windows) = trait_horizons(definitions, history.trait_id);
         for &t in &history.times_unix_ms {
-            let boundaries = (ttl > 0)
-                .then_some(t.saturating_add(ttl))
-                .into_iter()
-                .chain(windows.iter().map(|w| t.saturating_add(*w)));
-            for boundary in boundaries {
+            for boundary in boundaries(ttl, windows, t) {
                 if boundary > now && boundary < due {
                     due = boundary;
                 }

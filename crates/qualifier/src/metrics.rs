@@ -84,8 +84,8 @@ impl Metrics {
         registry.register(Box::new(metrics.restore_duration.clone()))?;
         registry.register(Box::new(metrics.transaction_duration.clone()))?;
         registry.register(Box::new(metrics.transactions_failed.clone()))?;
-        for kind in ["trait", "id_sync", "opt_out", "unknown"] {
-            for outcome in ["applied", "ignored", "invalid"] {
+        for kind in KINDS {
+            for outcome in OUTCOMES {
                 metrics.events.with_label_values(&[kind, outcome]);
             }
         }
@@ -101,3 +101,93 @@ impl Metrics {
         Ok(metrics)
     }
 }
+
+const KINDS: [&str; 4] = ["trait", "id_sync", "opt_out", "unknown"];
+const OUTCOMES: [&str; 3] = ["applied", "ignored", "invalid"];
+
+/// The per-event counters, resolved once so the processing loop does no label lookup per
+/// event or change.
+#[derive(Debug, Clone)]
+pub struct HotCounters {
+    events: Vec<IntCounter>,
+    changes: Vec<(model::SegmentStatus, model::ChangeReason, IntCounter)>,
+    all_changes: IntCounterVec,
+}
+
+impl HotCounters {
+    pub fn new(metrics: &Metrics) -> Self {
+        use model::{ChangeReason, SegmentStatus};
+        let events = KINDS
+            .iter()
+            .flat_map(|kind| {
+                OUTCOMES
+                    .iter()
+                    .map(move |outcome| metrics.events.with_label_values(&[kind, outcome]))
+            })
+            .collect();
+        let changes = [
+            (SegmentStatus::Active, ChangeReason::Qualified),
+            (SegmentStatus::Inactive, ChangeReason::Rule),
+            (SegmentStatus::Inactive, ChangeReason::Ttl),
+            (SegmentStatus::Inactive, ChangeReason::Inactive),
+            (SegmentStatus::Inactive, ChangeReason::OptOut),
+        ]
+        .into_iter()
+        .map(|(status, reason)| {
+            let counter = metrics
+                .status_changes
+                .with_label_values(&[status_label(status), reason_label(reason)]);
+            (status, reason, counter)
+        })
+        .collect();
+        Self {
+            events,
+            changes,
+            all_changes: metrics.status_changes.clone(),
+        }
+    }
+
+    /// `qualifier_events_total{type=kind, outcome}`; `kind` and `outcome` are among the
+    /// documented labels.
+    pub fn event(&self, kind: &str, outcome: &str) {
+        let k = KINDS.iter().position(|k| *k == kind).unwrap_or(KINDS.len() - 1);
+        let o = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.events[k * OUTCOMES.len() + o].inc();
+    }
+
+    /// `qualifier_status_changes_total{status, reason}` for one change.
+    pub fn change(&self, change: &model::SegmentChange) {
+        let (status, reason) = (change.status(), change.reason());
+        match self
+            .changes
+            .iter()
+            .find(|(s, r, _)| *s == status && *r == reason)
+        {
+            Some((_, _, counter)) => counter.inc(),
+            None => self
+                .all_changes
+                .with_label_values(&[status_label(status), reason_label(reason)])
+                .inc(),
+        }
+    }
+}
+
+fn status_label(status: model::SegmentStatus) -> &'static str {
+    if status == model::SegmentStatus::Active {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+fn reason_label(reason: model::ChangeReason) -> &'static str {
+    match reason {
+        model::ChangeReason::Qualified => "qualified",
+        model::ChangeReason::Rule => "rule",
+        model::ChangeReason::Ttl => "ttl",
+        model::ChangeReason::Inactive => "inactive",
+        model::ChangeReason::OptOut => "opt_out",
+        model::ChangeReason::Unspecified => "unspecified",
+    }
+}
+
