@@ -50,7 +50,9 @@ impl TraitTimes for LiveView<'_> {
         };
         let times = history.times_unix_ms.as_slice();
         match self.definitions.traits.get(&trait_id).map(|t| t.ttl_ms) {
-            Some(ttl) if ttl > 0 => &times[times.partition_point(|&t| t <= now - ttl)..],
+            Some(ttl) if ttl > 0 => {
+                &times[times.partition_point(|&t| t <= now.saturating_sub(ttl))..]
+            }
             _ => times,
         }
     }
@@ -364,7 +366,7 @@ fn prune(definitions: &Definitions, state: &mut UserState, now: i64) {
         };
         let times = &mut history.times_unix_ms;
         if let Some(horizon) = keep.horizon_ms {
-            let dead = times.partition_point(|&t| t <= now - horizon);
+            let dead = times.partition_point(|&t| t <= now.saturating_sub(horizon));
             times.drain(..dead);
         }
         let excess = times.len().saturating_sub(keep.count as usize);

@@ -248,6 +248,10 @@ pub fn parse_body(body: &[u8], origin: Origin) -> Result<Vec<TraitEvent>, BodyEr
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -307,5 +311,133 @@ not json
             "{errors:?}"
         );
         assert!(errors[4].error.contains("extra"), "{errors:?}");
+    }
+
+    /// What every body must do: parse, quickly, into valid events or into at most
+    /// [`MAX_REPORTED_ERRORS`] errors that each name a line inside the body.
+    fn check_body(body: &[u8]) -> Result<(), TestCaseError> {
+        let parsed = testkit::fuzz::within(Duration::from_secs(2), "parsing a body", || {
+            parse_body(body, Origin::Batch)
+        });
+        let lines = body.split(|&b| b == b'\n').count().max(1);
+        match parsed {
+            Ok(events) => {
+                for event in &events {
+                    prop_assert_eq!(crate::evaluate::validate(event), Ok(()));
+                    prop_assert_eq!(event.origin(), Origin::Batch);
+                }
+            }
+            Err(errors) => {
+                prop_assert!(!errors.is_empty());
+                prop_assert!(errors.errors.len() <= MAX_REPORTED_ERRORS);
+                for error in &errors.errors {
+                    prop_assert!(
+                        (1..=lines.max(body.len())).contains(&error.line),
+                        "line {} outside the body",
+                        error.line
+                    );
+                    prop_assert!(!error.error.is_empty());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ingest_corpus() -> Vec<(String, Vec<u8>)> {
+        testkit::fuzz::corpus(env!("CARGO_MANIFEST_DIR"), "ingest")
+    }
+
+    #[test]
+    fn every_body_in_the_corpus_parses_or_fails_cleanly() {
+        for (name, bytes) in ingest_corpus() {
+            if let Err(failure) = check_body(&bytes) {
+                panic!("corpus file {name}: {failure}");
+            }
+        }
+        // The valid seeds stay valid: a parser change that rejects them shows here.
+        for name in [
+            "array.json",
+            "blank-lines.ndjson",
+            "crlf.ndjson",
+            "ndjson-three-shapes.ndjson",
+        ] {
+            let bytes = std::fs::read(
+                testkit::fuzz::corpus_dir(env!("CARGO_MANIFEST_DIR"), "ingest").join(name),
+            )
+            .unwrap();
+            assert!(parse_body(&bytes, Origin::Realtime).is_ok(), "{name}");
+        }
+    }
+
+    /// A valid event as JSON, and what it must become.
+    fn arb_event() -> impl Strategy<Value = (String, TraitEvent)> {
+        let user = "[a-zA-Z0-9_-]{1,40}";
+        let time = 0_i64..4_000_000_000_000;
+        let rfc3339 = |ms: i64| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        prop_oneof![
+            (user, any::<u64>(), time.clone(), proptest::option::of(any::<u32>())).prop_map(
+                move |(user, trait_id, ms, region)| {
+                    let region_json = region.map(|r| format!(r#","region":{r}"#)).unwrap_or_default();
+                    (
+                        format!(r#"{{"type":"trait","user":"{user}","trait":{trait_id},"time":"{}"{region_json}}}"#, rfc3339(ms)),
+                        TraitEvent {
+                            user_id: user,
+                            origin: Origin::Realtime as i32,
+                            event: Some(trait_event::Event::TraitRealization(TraitRealization {
+                                trait_id,
+                                time_unix_ms: ms,
+                                region,
+                            })),
+                        },
+                    )
+                }
+            ),
+            (user, any::<u64>(), "[a-z0-9-]{1,36}").prop_map(|(user, data_partner, uuid)| (
+                format!(r#"{{"type":"id_sync","user":"{user}","data_partner":{data_partner},"partner_uuid":"{uuid}"}}"#),
+                TraitEvent {
+                    user_id: user,
+                    origin: Origin::Realtime as i32,
+                    event: Some(trait_event::Event::IdSync(IdSync {
+                        data_partner_id: data_partner,
+                        partner_uuid: uuid,
+                        time_unix_ms: 0,
+                    })),
+                },
+            )),
+            (user, time).prop_map(move |(user, ms)| (
+                format!(r#"{{"type":"opt_out","user":"{user}","time":"{}"}}"#, rfc3339(ms)),
+                TraitEvent {
+                    user_id: user,
+                    origin: Origin::Realtime as i32,
+                    event: Some(trait_event::Event::OptOut(OptOut { time_unix_ms: ms })),
+                },
+            )),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(testkit::fuzz::config())]
+
+        /// Fuzzing the ingest parser: arbitrary bytes and mutated corpus bodies; no panic, no
+        /// hang, a bounded error list.
+        #[test]
+        fn fuzz_ingest_parser(body in testkit::fuzz::bytes(ingest_corpus().into_iter().map(|(_, b)| b).collect())) {
+            check_body(&body)?;
+        }
+
+        /// Valid events, as NDJSON or as an array, come out exactly as they went in.
+        #[test]
+        fn valid_events_round_trip(events in proptest::collection::vec(arb_event(), 1..20), array in any::<bool>()) {
+            let lines: Vec<&str> = events.iter().map(|(json, _)| json.as_str()).collect();
+            let body = if array { format!("[{}]", lines.join(",")) } else { lines.join("\n") };
+            let parsed = parse_body(body.as_bytes(), Origin::Realtime);
+            let expected: Vec<TraitEvent> = events.into_iter().map(|(_, e)| e).collect();
+            prop_assert_eq!(parsed, Ok(expected));
+        }
     }
 }

@@ -431,7 +431,7 @@ pub fn evaluate_naive(expr: &Expr, user: &impl TraitTimes, now: i64) -> bool {
             let count = user
                 .live_times(c.trait_id, now)
                 .iter()
-                .filter(|&&t| c.within_ms.is_none_or(|w| t > now - w))
+                .filter(|&&t| c.within_ms.is_none_or(|w| t > now.saturating_sub(w)))
                 .count();
             c.cmp.holds(u32::try_from(count).unwrap_or(u32::MAX), c.n)
         }
@@ -491,7 +491,9 @@ impl Program {
                     let times = user.live_times(c.trait_id, now);
                     // Times are ascending: the ones within the window are a suffix.
                     let count = match c.within_ms {
-                        Some(w) => times.len() - times.partition_point(|&t| t <= now - w),
+                        Some(w) => {
+                            times.len() - times.partition_point(|&t| t <= now.saturating_sub(w))
+                        }
                         None => times.len(),
                     };
                     stack.push(c.cmp.holds(u32::try_from(count).unwrap_or(u32::MAX), c.n));
