@@ -114,7 +114,12 @@ impl Lane {
                         "Batch not delivered; its events go to the dead-letter topic."
                     );
                     self.dead_letters
-                        .write_failed_batch(self.sender.config.id, &batch.events, &failure)
+                        .write_failed_batch(
+                            self.sender.config.id,
+                            &self.input_topic,
+                            &batch.events,
+                            &failure,
+                        )
                         .await;
                     metrics.dead_lettered.inc_by(batch.events.len() as u64);
                 }
