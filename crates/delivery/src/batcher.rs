@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use model::SegmentStatusUpdate;
-use model::partner::PartnerSegment;
+use model::partner::{PartnerDate, PartnerSegment};
 
 use crate::config::DestinationConfig;
 use crate::offsets::PartitionAssignment;
@@ -234,7 +234,9 @@ fn digits(mut n: u64) -> usize {
     count
 }
 
-/// `DateTime` is always 28 characters (`Wed Jul 27 16:17:22 UTC 2016`) for years 1000–9999.
+/// `ProcessTime` (now) is 28 characters (`Wed Jul 27 16:17:22 UTC 2016`) until year 9999. A
+/// segment's `DateTime` is measured with [`PartnerDate::formatted_len`]: its time comes from the
+/// input and may be anything.
 const DATE_BYTES: usize = 28;
 
 /// `{"ProcessTime":"…","User_DPID":"…","Client_ID":"…","AAM_Destination_Id":"…","User_count":"","Users":[]}`
@@ -260,7 +262,7 @@ fn user_bytes(
         .map(|s| {
             r#"{"Segment_ID":,"Status":"1","DateTime":""}"#.len()
                 + json_str_bytes(&s.segment_id)
-                + DATE_BYTES
+                + PartnerDate(s.time_unix_ms).formatted_len()
         })
         .sum::<usize>()
         + segments.len().saturating_sub(1);
