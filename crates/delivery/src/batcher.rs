@@ -107,6 +107,12 @@ impl DestinationBatch {
         self.entries
     }
 
+    /// Whether the batch passes `max_bytes`: it then holds one user (a batch with others never
+    /// takes a user that would pass it) whom no request within the limit can carry.
+    pub fn is_oversized(&self) -> bool {
+        self.body_bytes() > self.destination.batch.max_bytes
+    }
+
     /// Whether the batch reached a limit and should be sent now.
     pub fn is_full(&self) -> bool {
         let limits = &self.destination.batch;
@@ -114,8 +120,9 @@ impl DestinationBatch {
     }
 
     /// Adds `event` unless that would pass `max_users` or `max_bytes`: then it is handed back,
-    /// to go into the next batch once this one is sent. An empty batch always takes it, so one
-    /// oversized user is still sent, alone.
+    /// to go into the next batch once this one is sent. An empty batch always takes it: a user
+    /// whose entries alone pass `max_bytes` makes a batch over the limit ([`Self::is_oversized`]),
+    /// which is dead-lettered instead of sent.
     pub fn add(&mut self, event: RoutedEvent) -> Result<(), RoutedEvent> {
         let limits = self.destination.batch;
         let key = UserKey(event.update.clone());

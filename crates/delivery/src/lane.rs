@@ -6,14 +6,16 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use model::ErrorClass;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::batcher::{DestinationBatch, RoutedEvent};
+use crate::config::DestinationConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
-use crate::sender::{DestinationSender, unix_ms_now};
+use crate::sender::{DestinationSender, Failure, unix_ms_now};
 
 /// The lane a user's events go through, of `lanes` lanes.
 pub fn lane_of(user_id: &str, lanes: usize) -> usize {
@@ -86,12 +88,17 @@ impl Lane {
         }
         let metrics = &self.sender.metrics;
         if !batch.is_empty() {
-            let mut body = Vec::with_capacity(batch.body_bytes());
-            write_body(batch, unix_ms_now(), &mut body);
-            let key = idempotency_key(batch, &self.input_topic);
-            metrics.batch_users.observe(batch.users.len() as f64);
-            metrics.batch_bytes.observe(body.len() as f64);
-            match self.sender.send(body, &key).await {
+            let result = if batch.is_oversized() {
+                Err(oversized(batch, &self.sender.config))
+            } else {
+                let mut body = Vec::with_capacity(batch.body_bytes());
+                write_body(batch, unix_ms_now(), &mut body);
+                let key = idempotency_key(batch, &self.input_topic);
+                metrics.batch_users.observe(batch.users.len() as f64);
+                metrics.batch_bytes.observe(body.len() as f64);
+                self.sender.send(body, &key).await
+            };
+            match result {
                 Ok(()) => {
                     let now = unix_ms_now();
                     for user in &batch.users {
@@ -133,5 +140,23 @@ impl Lane {
             }
         }
         metrics.queue_depth.sub(queued as i64);
+    }
+}
+
+/// Why a batch over `max_bytes` is dead-lettered without a request: a partner sized its
+/// limit for a reason, and a request it refuses would also count against the destination's
+/// circuit, cutting off users who fit.
+fn oversized(batch: &DestinationBatch, destination: &DestinationConfig) -> Failure {
+    let now = unix_ms_now();
+    Failure {
+        class: ErrorClass::Oversized,
+        error: format!(
+            "the user's entries alone make a {}-byte body, more than the destination's batch.max_bytes ({}): raise it if the partner accepts larger requests, then replay",
+            batch.body_bytes(),
+            destination.batch.max_bytes
+        ),
+        attempts: 0,
+        first_attempt_unix_ms: now,
+        last_attempt_unix_ms: now,
     }
 }

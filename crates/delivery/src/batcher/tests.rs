@@ -257,6 +257,8 @@ proptest! {
             }
             let text = body(&batch);
             prop_assert!(text.len() <= max_bytes || batch.users.len() == 1);
+            // Over the limit (one user alone) is what the lane dead-letters instead of sending.
+            prop_assert_eq!(batch.is_oversized(), text.len() > max_bytes);
             let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
             prop_assert_eq!(parsed["User_count"].as_str().unwrap().parse::<usize>().unwrap(), parsed["Users"].as_array().unwrap().len());
         }
