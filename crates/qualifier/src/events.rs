@@ -430,7 +430,11 @@ not json
             check_body(&body)?;
         }
 
-        /// Valid events, as NDJSON or as an array, come out exactly as they went in.
+    }
+
+    proptest! {
+        /// Valid events, as NDJSON or as an array, come out exactly as they went in (a
+        /// property of the parser, on proptest's default case count).
         #[test]
         fn valid_events_round_trip(events in proptest::collection::vec(arb_event(), 1..20), array in any::<bool>()) {
             let lines: Vec<&str> = events.iter().map(|(json, _)| json.as_str()).collect();
