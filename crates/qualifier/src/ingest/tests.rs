@@ -310,3 +310,26 @@ async fn slow_clients_time_out_and_the_server_answers_others_meanwhile() {
     assert_eq!(server.sink.written(), 5, "nothing of the slow requests");
     assert_eq!(count(&server, "408"), 20);
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
+    let timeout = Duration::from_millis(500);
+    let server = start(1 << 20, timeout).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{EVENT}",
+        EVENT.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The answer comes on the open connection; then the connection idles.
+    let mut answer = vec![0; 1024];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 202"));
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(timeout * 10, stream.read_to_end(&mut rest))
+        .await
+        .expect("an idle connection is closed")
+        .unwrap();
+    assert!(started.elapsed() >= timeout / 2, "{:?}", started.elapsed());
+}
