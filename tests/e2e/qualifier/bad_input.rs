@@ -203,3 +203,45 @@ async fn slow_and_wrong_clients_get_a_clear_error_nothing_is_produced_and_others
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn an_undecodable_changelog_record_is_skipped_on_restore_not_read_as_forgetting_the_user() {
+    let test = QualifierTest::new(1).await;
+    let definitions = test.definitions(RULES);
+    let mut q = test.start(&definitions, "a").await;
+    let reader = test.reader(&test.status);
+    post(&q.ingest, &[trait_event("c1", 1, &now(), None)]).await;
+    updates(&reader, 1, Duration::from_secs(20)).await;
+    q.service.terminate();
+    assert!(q.service.wait_exit(Duration::from_secs(20)).await.success());
+
+    // A corrupt record becomes the user's latest on the changelog.
+    testkit::kafka::producer()
+        .send(
+            rdkafka::producer::FutureRecord::to(&test.changelog)
+                .key("c1")
+                .partition(0)
+                .payload(&b"\xff\xff corrupt"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let q = test.start(&definitions, "a").await;
+    // c1 is still a member of 100: another T1 changes nothing. (Read as a tombstone, c1 was
+    // forgotten and qualified again.)
+    post(&q.ingest, &[trait_event("c1", 1, &now(), None)]).await;
+    post(&q.ingest, &[trait_event("c2", 1, &now(), None)]).await;
+    let update = updates(&reader, 1, Duration::from_secs(20)).await.remove(0);
+    assert_eq!(
+        update.user_id, "c2",
+        "c1 qualified twice: its state was lost"
+    );
+    super::no_more(&reader, Duration::from_secs(2)).await;
+    assert!(
+        q.service
+            .log()
+            .contains("An undecodable changelog record was skipped."),
+        "{}",
+        q.service.log()
+    );
+}
