@@ -238,7 +238,7 @@ proptest! {
         events in proptest::collection::vec(
             (0_usize..6, "[a-z\"\\\\\u{1}é]{0,12}", proptest::collection::vec(0_u32..300, 0..3),
              proptest::collection::vec("[a-z0-9]{0,6}", 0..3),
-             proptest::collection::vec((prop_oneof![Just(14356_u64), Just(12176), Just(500), Just(1)], any::<bool>(), 0_i64..4_102_444_799_000), 1..4)),
+             proptest::collection::vec((prop_oneof![Just(14356_u64), Just(12176), Just(500), Just(1)], any::<bool>(), prop_oneof![0_i64..4_102_444_799_000, any::<i64>()]), 1..4)),
             1..40),
         max_bytes in 1_024_usize..4_096,
     ) {
