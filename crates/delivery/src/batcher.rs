@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use model::SegmentStatusUpdate;
-use model::partner::PartnerSegment;
+use model::partner::{PartnerDate, PartnerSegment};
 
 use crate::config::DestinationConfig;
 use crate::offsets::PartitionAssignment;
@@ -107,6 +107,12 @@ impl DestinationBatch {
         self.entries
     }
 
+    /// Whether the batch passes `max_bytes`: it then holds one user (a batch with others never
+    /// takes a user that would pass it) whom no request within the limit can carry.
+    pub fn is_oversized(&self) -> bool {
+        self.body_bytes() > self.destination.batch.max_bytes
+    }
+
     /// Whether the batch reached a limit and should be sent now.
     pub fn is_full(&self) -> bool {
         let limits = &self.destination.batch;
@@ -114,8 +120,9 @@ impl DestinationBatch {
     }
 
     /// Adds `event` unless that would pass `max_users` or `max_bytes`: then it is handed back,
-    /// to go into the next batch once this one is sent. An empty batch always takes it, so one
-    /// oversized user is still sent, alone.
+    /// to go into the next batch once this one is sent. An empty batch always takes it: a user
+    /// whose entries alone pass `max_bytes` makes a batch over the limit ([`Self::is_oversized`]),
+    /// which is dead-lettered instead of sent.
     pub fn add(&mut self, event: RoutedEvent) -> Result<(), RoutedEvent> {
         let limits = self.destination.batch;
         let key = UserKey(event.update.clone());
@@ -234,7 +241,9 @@ fn digits(mut n: u64) -> usize {
     count
 }
 
-/// `DateTime` is always 28 characters (`Wed Jul 27 16:17:22 UTC 2016`) for years 1000–9999.
+/// `ProcessTime` (now) is 28 characters (`Wed Jul 27 16:17:22 UTC 2016`) until year 9999. A
+/// segment's `DateTime` is measured with [`PartnerDate::formatted_len`]: its time comes from the
+/// input and may be anything.
 const DATE_BYTES: usize = 28;
 
 /// `{"ProcessTime":"…","User_DPID":"…","Client_ID":"…","AAM_Destination_Id":"…","User_count":"","Users":[]}`
@@ -260,7 +269,7 @@ fn user_bytes(
         .map(|s| {
             r#"{"Segment_ID":,"Status":"1","DateTime":""}"#.len()
                 + json_str_bytes(&s.segment_id)
-                + DATE_BYTES
+                + PartnerDate(s.time_unix_ms).formatted_len()
         })
         .sum::<usize>()
         + segments.len().saturating_sub(1);

@@ -139,10 +139,14 @@ fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
         .iter()
         .find(|c| c.status() == SegmentStatus::Unspecified)
     {
-        return Err(format!(
-            "segment {}: status is unspecified",
-            change.segment_id
-        ));
+        return Err(if change.status == 0 {
+            format!("segment {}: status is unspecified", change.segment_id)
+        } else {
+            format!(
+                "segment {}: unknown status {} (written by a newer version?)",
+                change.segment_id, change.status
+            )
+        });
     }
     Ok(update)
 }
@@ -371,3 +375,6 @@ impl InputPipeline {
         tracing::info!(topic = %self.topic, "Drained.");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use model::{DeadLetterRecord, ErrorClass, SegmentStatusUpdate, SourcePosition};
+use model::{DeadLetterRecord, ErrorClass, MAX_DEAD_LETTER_BYTES, SourcePosition};
 use prost::Message as _;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -46,15 +46,28 @@ impl DeadLetterWriter {
     }
 
     /// Writes the events of a failed batch for `destination_id`, one record per user (their
-    /// updates in arrival order). Returns once every record is acknowledged by the broker.
+    /// updates in arrival order) — several when they would not fit in one record. Returns once
+    /// every record is acknowledged by the broker. `input_topic` is where the events were read.
     pub async fn write_failed_batch(
         &self,
         destination_id: u64,
+        input_topic: &str,
         events: &[RoutedEvent],
         failure: &Failure,
     ) {
-        let dead_lettered_unix_ms = unix_ms_now();
-        let mut by_user: Vec<(&str, Vec<SegmentStatusUpdate>)> = Vec::new();
+        let template = DeadLetterRecord {
+            updates: Vec::new(),
+            destination_id,
+            attempts: failure.attempts,
+            error_class: failure.class as i32,
+            error: failure.error.clone(),
+            first_attempt_unix_ms: failure.first_attempt_unix_ms,
+            last_attempt_unix_ms: failure.last_attempt_unix_ms,
+            dead_lettered_unix_ms: unix_ms_now(),
+            source: None,
+            raw: Vec::new(),
+        };
+        let mut by_user: Vec<(&str, Vec<&RoutedEvent>)> = Vec::new();
         let mut index = std::collections::HashMap::new();
         for event in events {
             let user = event.update.user_id.as_str();
@@ -62,26 +75,17 @@ impl DeadLetterWriter {
                 by_user.push((user, Vec::new()));
                 by_user.len() - 1
             });
-            by_user[i].1.push((*event.update).clone());
+            by_user[i].1.push(event);
         }
-        for (user, updates) in by_user {
-            let record = DeadLetterRecord {
-                updates,
-                destination_id,
-                attempts: failure.attempts,
-                error_class: failure.class as i32,
-                error: failure.error.clone(),
-                first_attempt_unix_ms: failure.first_attempt_unix_ms,
-                last_attempt_unix_ms: failure.last_attempt_unix_ms,
-                dead_lettered_unix_ms,
-                source: None,
-                raw: Vec::new(),
-            };
-            self.write(user, &record.encode_to_vec()).await;
+        for (user, events) in by_user {
+            for record in user_records(&template, user, &events, input_topic) {
+                self.write(user, &record.encode_to_vec()).await;
+            }
         }
     }
 
-    /// Keeps an input message that could not be decoded, with where it came from.
+    /// Keeps an input message that could not be decoded, with where it came from (its bytes
+    /// too, when they fit in a record).
     pub async fn write_undecodable(
         &self,
         source: SourcePosition,
@@ -90,7 +94,7 @@ impl DeadLetterWriter {
         error: String,
     ) {
         let now = unix_ms_now();
-        let record = DeadLetterRecord {
+        let mut record = DeadLetterRecord {
             updates: Vec::new(),
             destination_id: 0,
             attempts: 0,
@@ -102,6 +106,7 @@ impl DeadLetterWriter {
             source: Some(source),
             raw: raw.to_vec(),
         };
+        let key = record.fit_undecodable(key);
         self.write(&String::from_utf8_lossy(key), &record.encode_to_vec())
             .await;
     }
@@ -120,6 +125,162 @@ impl DeadLetterWriter {
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
+        }
+    }
+}
+
+/// One user's dead letters as records of at most [`MAX_DEAD_LETTER_BYTES`] (with the key), the
+/// updates in order: a record Kafka refuses would stall the destination for ever. An update
+/// too large for a record of its own (it nearly filled an input message) is recorded by its
+/// input position instead, with the reason in `error`.
+fn user_records(
+    template: &DeadLetterRecord,
+    user: &str,
+    events: &[&RoutedEvent],
+    input_topic: &str,
+) -> Vec<DeadLetterRecord> {
+    let fixed = user.len() + template.encoded_len();
+    let mut records = Vec::new();
+    let mut current = template.clone();
+    let mut size = fixed;
+    for event in events {
+        let length = event.update.encoded_len();
+        // Field tag (1 byte) and length prefix of one `updates` entry.
+        let entry = 1 + prost::encoding::encoded_len_varint(length as u64) + length;
+        if fixed + entry > MAX_DEAD_LETTER_BYTES {
+            let mut alone = template.clone();
+            alone.source = event.source.map(|s| SourcePosition {
+                topic: input_topic.to_owned(),
+                partition: s.assignment.partition,
+                offset: s.offset,
+            });
+            alone.error = format!(
+                "{}; the update ({length} bytes) is too large to keep in a dead-letter record: read it at its source position",
+                template.error
+            );
+            if !current.updates.is_empty() {
+                records.push(std::mem::replace(&mut current, template.clone()));
+                size = fixed;
+            }
+            records.push(alone);
+            continue;
+        }
+        if size + entry > MAX_DEAD_LETTER_BYTES {
+            records.push(std::mem::replace(&mut current, template.clone()));
+            size = fixed;
+        }
+        current.updates.push((*event.update).clone());
+        size += entry;
+    }
+    if !current.updates.is_empty() {
+        records.push(current);
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use model::{Origin, SegmentChange, SegmentStatusUpdate};
+
+    use super::*;
+    use crate::batcher::EventSource;
+    use crate::offsets::PartitionAssignment;
+
+    fn event(user: &str, padding: usize, offset: i64) -> RoutedEvent {
+        RoutedEvent {
+            update: Arc::new(SegmentStatusUpdate {
+                user_id: user.to_owned(),
+                regions: Vec::new(),
+                partner_ids: vec![model::PartnerIds {
+                    data_partner_id: 1,
+                    partner_uuids: vec!["p".repeat(padding)],
+                }],
+                changes: vec![SegmentChange::qualified(14356, 1)],
+                origin: Origin::Realtime as i32,
+                produced_unix_ms: 1,
+            }),
+            source: Some(EventSource {
+                assignment: PartitionAssignment {
+                    partition: 3,
+                    generation: 1,
+                },
+                offset,
+            }),
+        }
+    }
+
+    fn template() -> DeadLetterRecord {
+        DeadLetterRecord {
+            destination_id: 423,
+            attempts: 2,
+            error_class: ErrorClass::HttpStatus as i32,
+            error: "HTTP 413".into(),
+            ..DeadLetterRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_users_updates_are_split_into_records_that_fit_in_order() {
+        // Three updates of ~400 KB: two records (two fit, then one).
+        let events: Vec<_> = (0..3).map(|i| event("u1", 400_000, i)).collect();
+        let refs: Vec<&RoutedEvent> = events.iter().collect();
+        let records = user_records(&template(), "u1", &refs, "segment-status");
+        assert_eq!(
+            records.iter().map(|r| r.updates.len()).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        for record in &records {
+            assert!(2 + record.encoded_len() <= MAX_DEAD_LETTER_BYTES);
+            assert_eq!(record.error, "HTTP 413");
+        }
+        let kept: Vec<_> = records.iter().flat_map(|r| r.updates.iter()).collect();
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().zip(&events).all(|(k, e)| **k == *e.update));
+
+        // Small ones stay in one record.
+        let small: Vec<_> = (0..50).map(|i| event("u1", 10, i)).collect();
+        let refs: Vec<&RoutedEvent> = small.iter().collect();
+        let records = user_records(&template(), "u1", &refs, "segment-status");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].updates.len(), 50);
+    }
+
+    #[test]
+    fn an_update_too_large_for_any_record_is_kept_by_its_position() {
+        let events = [
+            event("u1", 10, 7),
+            event("u1", 950_000, 8),
+            event("u1", 10, 9),
+        ];
+        let refs: Vec<&RoutedEvent> = events.iter().collect();
+        let records = user_records(&template(), "u1", &refs, "segment-status");
+        assert_eq!(
+            records.len(),
+            3,
+            "before, the position of the huge one, after"
+        );
+        assert_eq!(records[0].updates.len(), 1);
+        assert!(records[1].updates.is_empty());
+        let source = records[1].source.as_ref().unwrap();
+        assert_eq!(
+            (source.topic.as_str(), source.partition, source.offset),
+            ("segment-status", 3, 8)
+        );
+        assert!(
+            records[1].error.starts_with("HTTP 413; the update ("),
+            "{}",
+            records[1].error
+        );
+        assert!(
+            records[1]
+                .error
+                .contains("too large to keep in a dead-letter record")
+        );
+        assert_eq!(records[2].updates.len(), 1);
+        for record in &records {
+            assert!(2 + record.encoded_len() <= MAX_DEAD_LETTER_BYTES);
         }
     }
 }

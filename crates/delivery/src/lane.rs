@@ -6,14 +6,16 @@
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
+use model::ErrorClass;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::batcher::{DestinationBatch, RoutedEvent};
+use crate::config::DestinationConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
-use crate::sender::{DestinationSender, unix_ms_now};
+use crate::sender::{DestinationSender, Failure, unix_ms_now};
 
 /// Hashes user ids to lanes: seeded once per process, so a user keeps their lane for the life
 /// of the process (which is all per-user order needs), without SipHash's cost per event.
@@ -102,12 +104,17 @@ impl Lane {
         }
         let metrics = &self.sender.metrics;
         if !batch.is_empty() {
-            let mut body = Vec::with_capacity(batch.body_bytes());
-            write_body(batch, unix_ms_now(), &mut body);
-            let key = idempotency_key(batch, &self.input_topic);
-            metrics.batch_users.observe(batch.users.len() as f64);
-            metrics.batch_bytes.observe(body.len() as f64);
-            match self.sender.send(body, &key).await {
+            let result = if batch.is_oversized() {
+                Err(oversized(batch, &self.sender.config))
+            } else {
+                let mut body = Vec::with_capacity(batch.body_bytes());
+                write_body(batch, unix_ms_now(), &mut body);
+                let key = idempotency_key(batch, &self.input_topic);
+                metrics.batch_users.observe(batch.users.len() as f64);
+                metrics.batch_bytes.observe(body.len() as f64);
+                self.sender.send(body, &key).await
+            };
+            match result {
                 Ok(()) => {
                     let now = unix_ms_now();
                     for user in &batch.users {
@@ -130,7 +137,12 @@ impl Lane {
                         "Batch not delivered; its events go to the dead-letter topic."
                     );
                     self.dead_letters
-                        .write_failed_batch(self.sender.config.id, &batch.events, &failure)
+                        .write_failed_batch(
+                            self.sender.config.id,
+                            &self.input_topic,
+                            &batch.events,
+                            &failure,
+                        )
                         .await;
                     metrics.dead_lettered.inc_by(batch.events.len() as u64);
                 }
@@ -144,5 +156,23 @@ impl Lane {
             }
         }
         metrics.queue_depth.sub(queued as i64);
+    }
+}
+
+/// Why a batch over `max_bytes` is dead-lettered without a request: a partner sized its
+/// limit for a reason, and a request it refuses would also count against the destination's
+/// circuit, cutting off users who fit.
+fn oversized(batch: &DestinationBatch, destination: &DestinationConfig) -> Failure {
+    let now = unix_ms_now();
+    Failure {
+        class: ErrorClass::Oversized,
+        error: format!(
+            "the user's entries alone make a {}-byte body, more than the destination's batch.max_bytes ({}): raise it if the partner accepts larger requests, then replay",
+            batch.body_bytes(),
+            destination.batch.max_bytes
+        ),
+        attempts: 0,
+        first_attempt_unix_ms: now,
+        last_attempt_unix_ms: now,
     }
 }

@@ -18,6 +18,8 @@ pub mod pb {
 
 pub mod partner;
 
+use prost::Message as _;
+
 pub use pb::{
     ChangeReason, DeadLetterRecord, ErrorClass, Origin, PartnerIds, SegmentChange, SegmentStatus,
     SegmentStatusUpdate, SourcePosition, TraitEvent, UserState,
@@ -42,6 +44,42 @@ impl SegmentChange {
             reason: reason as i32,
             time_unix_ms,
         }
+    }
+}
+
+/// The most bytes a dead-letter record (key and value) may take: below the 1 MB message limit
+/// of Kafka's producers and brokers by default, with room for the record's other fields.
+pub const MAX_DEAD_LETTER_BYTES: usize = 900 * 1024;
+
+/// The longest Kafka key kept on a dead-letter record of undecodable input.
+pub const MAX_DEAD_LETTER_KEY_BYTES: usize = 1024;
+
+impl DeadLetterRecord {
+    /// Makes a record of undecodable input fit in [`MAX_DEAD_LETTER_BYTES`] and returns the
+    /// key to write it with: a key longer than [`MAX_DEAD_LETTER_KEY_BYTES`] is replaced by
+    /// none, and when the input's `raw` bytes do not fit they are left out; `error` says what
+    /// was left out, and `source` still tells where the message is on the input topic.
+    /// Without this, a near-1 MB input message makes a dead-letter record the producer
+    /// refuses, for ever.
+    pub fn fit_undecodable<'k>(&mut self, key: &'k [u8]) -> &'k [u8] {
+        let key = if key.len() > MAX_DEAD_LETTER_KEY_BYTES {
+            self.error = format!(
+                "{}; the key ({} bytes) is too long to keep",
+                self.error,
+                key.len()
+            );
+            &[]
+        } else {
+            key
+        };
+        if key.len() + self.encoded_len() > MAX_DEAD_LETTER_BYTES {
+            let dropped = std::mem::take(&mut self.raw).len();
+            self.error = format!(
+                "{}; the message ({dropped} bytes) is too large to keep in the dead-letter record: read it at its source position",
+                self.error
+            );
+        }
+        key
     }
 }
 

@@ -165,6 +165,27 @@ impl fmt::Display for PartnerDate {
     }
 }
 
+impl PartnerDate {
+    /// The length of the formatted date, without formatting it: 24 characters and the year's
+    /// (28 for years 1000–9999; times far in the past or future have longer or shorter years).
+    pub fn formatted_len(self) -> usize {
+        // 1000-01-01T00:00Z ..= 9999-12-31T23:59:59.999Z: the common case, without the calendar.
+        if (-30_610_224_000_000..253_402_300_800_000).contains(&self.0) {
+            return 28;
+        }
+        let days = self.0.div_euclid(1000).div_euclid(86_400);
+        let (year, _, _) = civil_from_days(days);
+        let sign = usize::from(year < 0);
+        let mut digits = 1;
+        let mut rest = year.unsigned_abs();
+        while rest >= 10 {
+            rest /= 10;
+            digits += 1;
+        }
+        24 + sign + digits
+    }
+}
+
 impl Serialize for PartnerDate {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.fixed_width() {

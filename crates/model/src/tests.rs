@@ -169,3 +169,50 @@ proptest! {
         prop_assert_eq!(decoded.encode_to_vec(), bytes);
     }
 }
+
+#[test]
+fn a_dead_letter_of_a_huge_message_fits_under_the_limit_and_says_what_was_left_out() {
+    let record = |raw: Vec<u8>| DeadLetterRecord {
+        error_class: ErrorClass::Undecodable as i32,
+        error: "not a SegmentStatusUpdate".into(),
+        source: Some(SourcePosition {
+            topic: "segment-status".into(),
+            partition: 1,
+            offset: 7,
+        }),
+        raw,
+        ..DeadLetterRecord::default()
+    };
+    // Small enough: kept whole.
+    let mut small = record(vec![0xff; 1000]);
+    assert_eq!(small.fit_undecodable(b"user-1"), b"user-1");
+    assert_eq!(small.raw.len(), 1000);
+    assert_eq!(small.error, "not a SegmentStatusUpdate");
+
+    // Just over the limit with its key: the bytes are left out, the position stays.
+    let mut big = record(vec![0xff; crate::MAX_DEAD_LETTER_BYTES - 20]);
+    let key = big.fit_undecodable(b"user-1");
+    assert_eq!(key, b"user-1");
+    assert!(big.raw.is_empty());
+    assert!(key.len() + big.encoded_len() <= crate::MAX_DEAD_LETTER_BYTES);
+    assert!(
+        big.error.contains(&format!(
+            "the message ({} bytes) is too large",
+            crate::MAX_DEAD_LETTER_BYTES - 20
+        )),
+        "{}",
+        big.error
+    );
+    assert_eq!(big.source.as_ref().map(|s| s.offset), Some(7));
+
+    // A huge key is not kept either.
+    let long_key = vec![b'k'; crate::MAX_DEAD_LETTER_KEY_BYTES + 1];
+    let mut keyed = record(vec![1, 2, 3]);
+    assert!(keyed.fit_undecodable(&long_key).is_empty());
+    assert_eq!(keyed.raw, [1, 2, 3]);
+    assert!(
+        keyed.error.contains("the key (1025 bytes) is too long"),
+        "{}",
+        keyed.error
+    );
+}

@@ -32,6 +32,10 @@ pub struct Step {
 pub enum InvalidEvent {
     #[error("user_id is empty")]
     NoUser,
+    #[error("user_id is {0} bytes long, more than the {MAX_ID_BYTES} allowed")]
+    UserIdTooLong(usize),
+    #[error("partner_uuid is {0} bytes long, more than the {MAX_ID_BYTES} allowed")]
+    PartnerUuidTooLong(usize),
     #[error("the event has no trait realization, id sync or opt-out")]
     Empty,
 }
@@ -55,7 +59,9 @@ impl TraitTimes for LiveView<'_> {
         let history = &self.state.traits[index];
         let times = history.times_unix_ms.as_slice();
         match self.definitions.traits.get(&trait_id).map(|t| t.ttl_ms) {
-            Some(ttl) if ttl > 0 => &times[times.partition_point(|&t| t <= now - ttl)..],
+            Some(ttl) if ttl > 0 => {
+                &times[times.partition_point(|&t| t <= now.saturating_sub(ttl))..]
+            }
             _ => times,
         }
     }
@@ -68,10 +74,24 @@ pub struct Evaluator {
     stack: Vec<bool>,
 }
 
+/// The longest user id and partner id, in bytes. Ids are copied into every status update,
+/// changelog record and partner request of the user: an id near Kafka's 1 MB message limit
+/// would make those records too large to produce, and the transaction that carries them
+/// could never commit (the process would restart into the same event for ever).
+pub const MAX_ID_BYTES: usize = 512;
+
 /// Whether an event can be applied at all (checked before the user's state is touched).
 pub fn validate(event: &TraitEvent) -> Result<(), InvalidEvent> {
     if event.user_id.is_empty() {
         return Err(InvalidEvent::NoUser);
+    }
+    if event.user_id.len() > MAX_ID_BYTES {
+        return Err(InvalidEvent::UserIdTooLong(event.user_id.len()));
+    }
+    if let Some(trait_event::Event::IdSync(sync)) = &event.event
+        && sync.partner_uuid.len() > MAX_ID_BYTES
+    {
+        return Err(InvalidEvent::PartnerUuidTooLong(sync.partner_uuid.len()));
     }
     if event.event.is_none() {
         return Err(InvalidEvent::Empty);
@@ -402,7 +422,7 @@ fn prune_history(definitions: &Definitions, history: &mut TraitHistory, now: i64
     };
     let times = &mut history.times_unix_ms;
     if let Some(horizon) = keep.horizon_ms {
-        let dead = times.partition_point(|&t| t <= now - horizon);
+        let dead = times.partition_point(|&t| t <= now.saturating_sub(horizon));
         times.drain(..dead);
     }
     let excess = times.len().saturating_sub(keep.count as usize);

@@ -1,7 +1,10 @@
 //! The ingest API: `POST /v1/events` with a JSON array or NDJSON of events (see [`crate::events`]).
 //! All-or-nothing: any invalid line → `400 {"errors":[{"line":n,"error":"…"}]}` and nothing is
 //! produced; otherwise `202 {"accepted":n}` once the broker acknowledged every event.
-//! `?origin=batch` marks the events as offline/onboarded data. Bodies above the limit → `413`.
+//! `?origin=batch` marks the events as offline/onboarded data. Bodies above the limit → `413`;
+//! a `Content-Type` that is not JSON / NDJSON, or a compressed body → `415`; a body that does
+//! not arrive within the read timeout → `408` (and headers that do not → the connection is
+//! closed). Nothing is produced for any of these.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +13,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use model::{Origin, TraitEvent};
 use prost::Message as _;
 use rdkafka::error::KafkaError;
@@ -20,6 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::json;
 use telemetry::KafkaSettings;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::parse_body;
@@ -84,11 +90,42 @@ impl EventWriter {
     }
 }
 
-#[derive(Clone)]
-struct IngestState {
-    writer: Arc<EventWriter>,
+/// Where accepted events go: Kafka ([`EventWriter`]), or a recording fake in tests.
+pub trait EventSink: Send + Sync + 'static {
+    /// Writes every event and returns once all are acknowledged, or the first error.
+    fn write(&self, events: &[TraitEvent]) -> impl Future<Output = Result<(), KafkaError>> + Send;
+}
+
+impl EventSink for EventWriter {
+    fn write(&self, events: &[TraitEvent]) -> impl Future<Output = Result<(), KafkaError>> + Send {
+        EventWriter::write(self, events)
+    }
+}
+
+/// How much a client may send, and how slowly.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// Largest request body, in bytes (`413` above).
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers (else the connection is
+    /// closed), and then its whole body (else `408`). Default 30 s.
+    pub read_timeout: Duration,
+}
+
+struct IngestState<W> {
+    writer: Arc<W>,
     metrics: Metrics,
-    max_body_bytes: usize,
+    limits: IngestLimits,
+}
+
+impl<W> Clone for IngestState<W> {
+    fn clone(&self) -> Self {
+        Self {
+            writer: self.writer.clone(),
+            metrics: self.metrics.clone(),
+            limits: self.limits,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -96,29 +133,93 @@ struct IngestQuery {
     origin: Option<String>,
 }
 
+/// The ingest API's routes, writing accepted events to `writer`.
+pub fn router<W: EventSink>(writer: Arc<W>, metrics: Metrics, limits: IngestLimits) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::<W>))
+        .with_state(IngestState {
+            writer,
+            metrics,
+            limits,
+        })
+}
+
 /// Serves the ingest API on `addr` until `shutdown`.
-pub async fn serve(
+pub async fn serve<W: EventSink>(
     addr: SocketAddr,
-    writer: Arc<EventWriter>,
+    writer: Arc<W>,
     metrics: Metrics,
-    max_body_bytes: usize,
+    limits: IngestLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "Ingest API listening.");
-    let app = Router::new()
-        .route("/v1/events", post(ingest))
-        .with_state(IngestState {
-            writer,
-            metrics,
-            max_body_bytes,
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_on(
+        listener,
+        router(writer, metrics, limits),
+        limits.read_timeout,
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
 
-fn reply(state: &IngestState, status: StatusCode, body: serde_json::Value) -> Response {
+/// Serves `app` on `listener` until `shutdown`, then lets requests in progress finish. Unlike
+/// `axum::serve`, every connection has a header read timeout: a client that opens connections
+/// and trickles their headers (or sends none) cannot hold them open for ever.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // E.g. out of file descriptors: wait a little rather than spin.
+                    tracing::warn!(%error, "Cannot accept an ingest connection.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let mut connection =
+                std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    // A request in progress is bounded by the read timeout and the broker's acknowledgement.
+    let drained = tokio::time::timeout(header_timeout + Duration::from_secs(20), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "Ingest connections still open at shutdown; closing them."
+        );
+        connections.abort_all();
+    }
+}
+
+fn reply<W>(state: &IngestState<W>, status: StatusCode, body: serde_json::Value) -> Response {
     state
         .metrics
         .ingest_requests
@@ -127,9 +228,61 @@ fn reply(state: &IngestState, status: StatusCode, body: serde_json::Value) -> Re
     (status, axum::Json(body)).into_response()
 }
 
-async fn ingest(
-    State(state): State<IngestState>,
+/// Media types of a body of events: JSON (an array, or one object per line) and the names
+/// NDJSON / JSON Lines go by. A request without a `Content-Type` is read as events too.
+fn check_content_type(headers: &HeaderMap) -> Result<(), String> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes());
+        if !encoding.trim().eq_ignore_ascii_case("identity") {
+            return Err(format!(
+                "Content-Encoding `{encoding}` is not supported: send the body uncompressed"
+            ));
+        }
+    }
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = matches!(
+        essence.as_str(),
+        "application/json"
+            | "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/jsonlines"
+            | "application/x-jsonlines"
+    ) || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(format!(
+            "Content-Type `{text}` is not accepted: send events as `application/json` (an array or one object per line) or `application/x-ndjson`"
+        ))
+    }
+}
+
+/// Whether reading the body failed because it passed the size limit.
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+async fn ingest<W: EventSink>(
+    State(state): State<IngestState<W>>,
     Query(query): Query<IngestQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let origin = match query.origin.as_deref() {
@@ -143,16 +296,50 @@ async fn ingest(
             );
         }
     };
-    let Ok(bytes) = axum::body::to_bytes(body, state.max_body_bytes).await else {
+    if let Err(error) = check_content_type(&headers) {
         return reply(
             &state,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": format!("body larger than {} bytes: split it into several requests", state.max_body_bytes)}),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({ "error": error }),
         );
+    }
+    let limit = state.limits.max_body_bytes;
+    let too_large = || json!({"error": format!("body larger than {limit} bytes: split it into several requests")});
+    // A declared size above the limit is refused before a byte is read (or allocated).
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return reply(&state, StatusCode::PAYLOAD_TOO_LARGE, too_large());
+    }
+    let timeout = state.limits.read_timeout;
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) if is_length_limit(&error) => {
+            return reply(&state, StatusCode::PAYLOAD_TOO_LARGE, too_large());
+        }
+        Ok(Err(error)) => {
+            return reply(
+                &state,
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read the body: {error}")}),
+            );
+        }
+        Err(_) => {
+            return reply(
+                &state,
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": format!("the body did not arrive within {} ms: send it at once, or in several smaller requests", timeout.as_millis())}),
+            );
+        }
     };
     let events = match parse_body(&bytes, origin) {
         Ok(events) => events,
-        Err(errors) => return reply(&state, StatusCode::BAD_REQUEST, json!({ "errors": errors })),
+        Err(errors) => {
+            let body = serde_json::to_value(&errors).unwrap_or_default();
+            return reply(&state, StatusCode::BAD_REQUEST, body);
+        }
     };
     match state.writer.write(&events).await {
         Ok(()) => reply(
@@ -170,3 +357,6 @@ async fn ingest(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

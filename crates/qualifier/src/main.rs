@@ -54,6 +54,17 @@ struct Cli {
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 10 << 20, global = true)]
     ingest_max_body_bytes: usize,
 
+    /// How long an ingest client may take to send a request's headers (else the connection is
+    /// closed), and then its whole body (else 408), in milliseconds.
+    #[arg(
+        long,
+        env = "INGEST_READ_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    ingest_read_timeout_ms: u64,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -155,10 +166,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let events =
                 qualifier::events::parse_body(&body, model::Origin::Batch).map_err(|errors| {
-                    let lines: Vec<String> = errors
+                    let mut lines: Vec<String> = errors
+                        .errors
                         .iter()
                         .map(|e| format!("  - line {}: {}", e.line, e.error))
                         .collect();
+                    if errors.more > 0 {
+                        lines.push(format!("  - and {} more invalid lines", errors.more));
+                    }
                     anyhow::anyhow!(
                         "{}: invalid events, nothing produced:\n{}",
                         file.display(),
@@ -200,7 +215,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = qualifier::service::Options {
                 definitions_path: path,
                 ingest_addr: cli.ingest_addr,
-                max_body_bytes: cli.ingest_max_body_bytes,
+                limits: qualifier::ingest::IngestLimits {
+                    max_body_bytes: cli.ingest_max_body_bytes,
+                    read_timeout: std::time::Duration::from_millis(cli.ingest_read_timeout_ms),
+                },
             };
             let result = if runtime.wait_for_kafka().await {
                 qualifier::service::run(options, definitions, topology, &runtime).await

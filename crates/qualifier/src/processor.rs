@@ -135,7 +135,16 @@ fn restore(
     let mut latest: HashMap<i32, HashMap<String, Option<UserState>>> = HashMap::new();
     kafka.read_to_end(topic, Some(partitions), |message| {
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let state = message.payload().and_then(|p| UserState::decode(p).ok());
+        let state = match message.payload().map(UserState::decode) {
+            None => None,
+            Some(Ok(state)) => Some(state),
+            Some(Err(error)) => {
+                // Not a tombstone: forgetting the user would end their segments silently.
+                // Their previous record (if any) stands.
+                tracing::error!(topic, partition = message.partition(), offset = message.offset(), %error, "An undecodable changelog record was skipped.");
+                return;
+            }
+        };
         latest
             .entry(message.partition())
             .or_default()
@@ -154,6 +163,24 @@ fn restore(
         }
     }
     Ok(stores)
+}
+
+/// An input message's value → its event and type (the `type` label of
+/// `qualifier_events_total`), or the type and why it cannot be applied (it is dead-lettered).
+/// Fields this version does not know are skipped, so a newer producer's events still decode.
+pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, &'static str), (&'static str, String)> {
+    let event =
+        TraitEvent::decode(payload).map_err(|e| ("unknown", format!("not a TraitEvent: {e}")))?;
+    let kind = match &event.event {
+        Some(model::pb::trait_event::Event::TraitRealization(_)) => "trait",
+        Some(model::pb::trait_event::Event::IdSync(_)) => "id_sync",
+        Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
+        None => "unknown",
+    };
+    match crate::evaluate::validate(&event) {
+        Ok(()) => Ok((event, kind)),
+        Err(invalid) => Err((kind, invalid.to_string())),
+    }
 }
 
 /// An input message, detached from the consumer so a batch can be collected.
@@ -341,23 +368,12 @@ impl Processor {
     ) -> Result<(), KafkaError> {
         let message = &input.message;
         let partition = message.partition();
-        let event = match TraitEvent::decode(message.payload().unwrap_or_default()) {
-            Ok(event) => event,
-            Err(error) => {
-                return self.dead_letter(message, "unknown", format!("not a TraitEvent: {error}"));
-            }
+        // Rejected before the user is taken out of the store: an invalid event must not cost
+        // the user their state.
+        let (event, kind) = match decode_event(message.payload().unwrap_or_default()) {
+            Ok(decoded) => decoded,
+            Err((kind, error)) => return self.dead_letter(message, kind, error),
         };
-        let kind = match &event.event {
-            Some(model::pb::trait_event::Event::TraitRealization(_)) => "trait",
-            Some(model::pb::trait_event::Event::IdSync(_)) => "id_sync",
-            Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
-            None => "unknown",
-        };
-        // Reject before taking the user out of the store: an invalid event must not cost the
-        // user their state.
-        if let Err(invalid) = crate::evaluate::validate(&event) {
-            return self.dead_letter(message, kind, invalid.to_string());
-        }
         let state = lock(&self.store)
             .partitions
             .get_mut(&partition)
@@ -456,7 +472,7 @@ impl Processor {
             .inc();
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
         let now = now_ms();
-        let record = DeadLetterRecord {
+        let mut record = DeadLetterRecord {
             error_class: ErrorClass::Undecodable as i32,
             error,
             first_attempt_unix_ms: now,
@@ -470,8 +486,8 @@ impl Processor {
             raw: message.payload().unwrap_or_default().to_vec(),
             ..DeadLetterRecord::default()
         };
+        let key = record.fit_undecodable(message.key().unwrap_or_default());
         let payload = record.encode_to_vec();
-        let key = message.key().unwrap_or_default();
         send(
             &self.producer,
             BaseRecord::to(&self.topology.dlq_topic)
@@ -498,3 +514,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,10 +15,21 @@
 //! Durations are a number and a unit: `s`, `m`, `h`, `d`. A rule needs at least one condition
 //! that is not negated (a user who did nothing cannot be "in" a segment).
 //!
+//! A rule is at most [`MAX_RULE_BYTES`] long and nests parentheses and `NOT` at most
+//! [`MAX_NESTING`] deep: parsing, checking and compiling a rule then take time linear in its
+//! length and a bounded stack, whatever the text.
+//!
 //! A parsed rule ([`Expr`]) is compiled into a [`Program`], a flat postfix program over
 //! counting instructions, which is what the qualifier runs for every user evaluation.
 
 use std::fmt;
+
+/// The longest rule text, in bytes (room for hundreds of conditions).
+pub const MAX_RULE_BYTES: usize = 16 * 1024;
+
+/// The deepest nesting of `(` and `NOT`: the parser, the checks and the compiler recurse
+/// once per level, so this bounds their stack.
+pub const MAX_NESTING: usize = 64;
 
 /// A comparison of a condition's count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +174,9 @@ fn lex(rule: &str) -> Result<Vec<(Token, usize)>, RuleError> {
     let mut tokens = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let column = rule[..i].chars().count() + 1;
+        // Everything before `i` is ASCII (any other character ends the lexing with an error),
+        // so the byte offset is the column: no counting from the start (quadratic).
+        let column = i + 1;
         let c = bytes[i];
         if c.is_ascii_whitespace() {
             i += 1;
@@ -246,6 +259,8 @@ struct Parser {
     tokens: Vec<(Token, usize)>,
     pos: usize,
     end_column: usize,
+    /// Open `(` and `NOT` around the current position.
+    depth: usize,
 }
 
 impl Parser {
@@ -295,19 +310,38 @@ impl Parser {
         })
     }
 
+    /// Enters one level of `(` or `NOT`, refusing to go deeper than [`MAX_NESTING`].
+    fn nest(&mut self) -> Result<(), RuleError> {
+        if self.depth >= MAX_NESTING {
+            return Err(RuleError {
+                column: self.column(),
+                message: format!(
+                    "parentheses and NOT are nested more than {MAX_NESTING} deep: simplify the rule"
+                ),
+            });
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Expr, RuleError> {
         match self.peek() {
             Some(Token::Not) => {
+                self.nest()?;
                 self.pos += 1;
-                Ok(Expr::Not(Box::new(self.unary()?)))
+                let inner = self.unary()?;
+                self.depth -= 1;
+                Ok(Expr::Not(Box::new(inner)))
             }
             Some(Token::Open) => {
+                self.nest()?;
                 self.pos += 1;
                 let inner = self.or()?;
                 if self.peek() != Some(&Token::Close) {
                     return Err(self.error("`)`"));
                 }
                 self.pos += 1;
+                self.depth -= 1;
                 Ok(inner)
             }
             Some(&Token::Trait(trait_id)) => {
@@ -351,11 +385,21 @@ impl Parser {
 
 /// Parses `rule`.
 pub fn parse(rule: &str) -> Result<Expr, RuleError> {
+    if rule.len() > MAX_RULE_BYTES {
+        return Err(RuleError {
+            column: 1,
+            message: format!(
+                "the rule is {} bytes long, more than the {MAX_RULE_BYTES} allowed: split it into several segments",
+                rule.len()
+            ),
+        });
+    }
     let tokens = lex(rule)?;
     let mut parser = Parser {
         tokens,
         pos: 0,
         end_column: rule.chars().count() + 1,
+        depth: 0,
     };
     let expr = parser.or()?;
     if parser.pos < parser.tokens.len() {
@@ -387,7 +431,7 @@ pub fn evaluate_naive(expr: &Expr, user: &impl TraitTimes, now: i64) -> bool {
             let count = user
                 .live_times(c.trait_id, now)
                 .iter()
-                .filter(|&&t| c.within_ms.is_none_or(|w| t > now - w))
+                .filter(|&&t| c.within_ms.is_none_or(|w| t > now.saturating_sub(w)))
                 .count();
             c.cmp.holds(u32::try_from(count).unwrap_or(u32::MAX), c.n)
         }
@@ -399,8 +443,8 @@ enum Op {
     Cond(Condition),
     Not,
     /// Pops this many values, pushes whether all were true.
-    And(u16),
-    Or(u16),
+    And(u32),
+    Or(u32),
 }
 
 /// A compiled rule: a postfix program over a small stack, no allocation per evaluation
@@ -423,7 +467,8 @@ impl Program {
                     for item in items {
                         emit(item, ops);
                     }
-                    let n = u16::try_from(items.len()).unwrap_or(u16::MAX);
+                    // At most MAX_RULE_BYTES / 2 items ("T1" plus a separator each).
+                    let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
                     ops.push(if matches!(expr, Expr::And(_)) {
                         Op::And(n)
                     } else {
@@ -446,7 +491,9 @@ impl Program {
                     let times = user.live_times(c.trait_id, now);
                     // Times are ascending: the ones within the window are a suffix.
                     let count = match c.within_ms {
-                        Some(w) => times.len() - times.partition_point(|&t| t <= now - w),
+                        Some(w) => {
+                            times.len() - times.partition_point(|&t| t <= now.saturating_sub(w))
+                        }
                         None => times.len(),
                     };
                     stack.push(c.cmp.holds(u32::try_from(count).unwrap_or(u32::MAX), c.n));
@@ -457,7 +504,9 @@ impl Program {
                     }
                 }
                 Op::And(n) | Op::Or(n) => {
-                    let at = stack.len().saturating_sub(usize::from(n));
+                    let at = stack
+                        .len()
+                        .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
                     let result = if matches!(op, Op::And(_)) {
                         stack[at..].iter().all(|&b| b)
                     } else {

@@ -18,7 +18,7 @@ use crate::processor::{Processor, SharedDefinitions, Topology};
 pub struct Options {
     pub definitions_path: PathBuf,
     pub ingest_addr: SocketAddr,
-    pub max_body_bytes: usize,
+    pub limits: crate::ingest::IngestLimits,
 }
 
 pub async fn run(
@@ -63,7 +63,7 @@ pub async fn run(
         options.ingest_addr,
         writer.clone(),
         metrics.clone(),
-        options.max_body_bytes,
+        options.limits,
         stop.clone(),
     ));
     let watcher = tokio::spawn(watch_definitions(

@@ -6,9 +6,12 @@
 //!   stop it with SIGTERM or `kill -9`.
 //! - [`receiver`]: a real HTTPS endpoint (certificates made at test time) that records every
 //!   request and whose status and delay can change during a test.
+//! - [`fuzz`]: proptest fuzzing seeded from committed corpora; `FUZZ_CASES` selects the long
+//!   run.
 //! - [`wait_until`]: wait on a condition with a deadline instead of sleeping.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod fuzz;
 pub mod kafka;
 pub mod receiver;
 pub mod service;

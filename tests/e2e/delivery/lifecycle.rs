@@ -191,3 +191,127 @@ async fn a_changed_config_is_applied_and_a_broken_one_is_rejected() {
         service.log()
     );
 }
+
+#[tokio::test]
+async fn an_input_message_too_large_to_dead_letter_whole_is_kept_by_position_and_processing_continues()
+ {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(16, &receiver, "")]);
+    // Nearly the 1 MB a producer may write: its dead-letter record (the bytes plus the
+    // record's own fields) would pass the limit, and the writer retried it for ever.
+    let huge = vec![0xff_u8; 999_900];
+    test.produce_raw("big", &huge).await;
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let service = test.start(&config, &[]).await;
+
+    let request = receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(
+        entries([json(&request.body)]),
+        [("u1".into(), "14356".into(), "1".into())]
+    );
+    let record = test
+        .dead_letters(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(record.error_class(), ErrorClass::Undecodable);
+    assert!(record.raw.is_empty(), "the bytes are left out");
+    assert!(
+        record
+            .error
+            .contains("the message (999900 bytes) is too large to keep in the dead-letter record"),
+        "{}",
+        record.error
+    );
+    let source = record.source.as_ref().unwrap();
+    assert_eq!(
+        (source.topic.as_str(), source.partition, source.offset),
+        (test.topic.as_str(), 0, 0)
+    );
+    testkit::wait_until(
+        "decode error counted, both offsets committed",
+        Duration::from_secs(10),
+        || async {
+            metric_value(&service.metrics().await, "delivery_decode_errors_total") == Some(1.0)
+                && test.committed(1).get(&0) == Some(&2)
+        },
+    )
+    .await;
+    assert!(!service.log().contains("panicked"), "{}", service.log());
+}
+
+#[tokio::test]
+async fn a_user_too_large_for_any_batch_is_dead_lettered_unsent_and_the_others_are_delivered() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        17,
+        &receiver,
+        ", data_partner: 1234, batch: { max_bytes: 2048, linger_ms: 50 }, circuit: { failure_threshold: 1, cooldown_ms: 60000 }",
+    )]);
+    // 40 synced ids: 40 `Users` entries, far more than 2048 bytes for this one user.
+    let ids: Vec<String> = (0..40).map(|i| format!("partner-id-{i:04}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let big = update("big", &[6], &ids, vec![change(14356, true, T0)]);
+    test.produce(
+        &test.topic,
+        &[
+            big.clone(),
+            update("u1", &[], &["p1"], vec![change(14356, true, T0)]),
+        ],
+    )
+    .await;
+    let service = test.start(&config, &[]).await;
+
+    let record = test
+        .dead_letters(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert_eq!(record.error_class(), ErrorClass::Oversized);
+    assert_eq!(record.destination_id, 17);
+    assert_eq!(record.attempts, 0);
+    assert_eq!(record.updates, [big], "the update itself, for replay");
+    assert!(
+        record
+            .error
+            .contains("more than the destination's batch.max_bytes (2048): raise it"),
+        "{}",
+        record.error
+    );
+    testkit::wait_until(
+        "u1 delivered, big dead-lettered, both offsets committed",
+        Duration::from_secs(20),
+        || async {
+            let m = service.metrics().await;
+            metric_value(
+                &m,
+                r#"delivery_events_total{destination="17",outcome="delivered"}"#,
+            ) == Some(1.0)
+                && metric_value(
+                    &m,
+                    r#"delivery_events_total{destination="17",outcome="dead_lettered"}"#,
+                ) == Some(1.0)
+                && test.committed(1).get(&0) == Some(&2)
+        },
+    )
+    .await;
+    // Never sent: the partner saw only u1, and the circuit (cut off after one failure) is
+    // still closed.
+    let requests = receiver.requests();
+    assert_eq!(
+        entries(requests.iter().map(|r| json(&r.body))),
+        [("u1".into(), "14356".into(), "1".into())]
+    );
+    let m = service.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"delivery_circuit_open{destination="17"}"#),
+        Some(0.0)
+    );
+}

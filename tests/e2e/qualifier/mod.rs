@@ -1,5 +1,6 @@
 //! Qualifier end to end: the real `qualifier` binary, the real broker, its ingest API.
 
+mod bad_input;
 mod lifecycle;
 mod recovery;
 mod rules;
@@ -57,8 +58,18 @@ impl QualifierTest {
     }
 
     pub async fn start(&self, definitions: &Path, instance: &str) -> Qualifier {
+        self.start_with(definitions, instance, &[]).await
+    }
+
+    /// Starts the qualifier with extra environment variables.
+    pub async fn start_with(
+        &self,
+        definitions: &Path,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Qualifier {
         let port = free_port();
-        let mut service = ServiceBuilder::new("qualifier")
+        let mut builder = ServiceBuilder::new("qualifier")
             .arg("--config")
             .arg(definitions.to_str().unwrap())
             .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
@@ -68,8 +79,11 @@ impl QualifierTest {
             .env("STATUS_TOPIC", &self.status)
             .env("STATUS_BATCH_TOPIC", &self.status_batch)
             .env("CHANGELOG_TOPIC", &self.changelog)
-            .env("DLQ_TOPIC", &self.dlq)
-            .spawn();
+            .env("DLQ_TOPIC", &self.dlq);
+        for (key, value) in env {
+            builder = builder.env(key, *value);
+        }
+        let mut service = builder.spawn();
         service.wait_ready(Duration::from_secs(30)).await;
         Qualifier {
             service,
@@ -137,6 +151,16 @@ pub async fn no_more(reader: &StreamConsumer, wait: Duration) {
         panic!(
             "unexpected update: {:?}",
             SegmentStatusUpdate::decode(message.payload().unwrap())
+        );
+    }
+}
+
+/// Asserts no message at all arrives within `wait` (for topics that are not status updates).
+pub async fn no_more_messages(reader: &StreamConsumer, wait: Duration) {
+    if let Ok(Ok(message)) = tokio::time::timeout(wait, reader.recv()).await {
+        panic!(
+            "unexpected message with key {:?}",
+            message.key().map(String::from_utf8_lossy)
         );
     }
 }

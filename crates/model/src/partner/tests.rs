@@ -109,3 +109,21 @@ fn strings_are_escaped() {
     assert_eq!(parsed["Users"][0]["DataPartner_UUID"], "p\\1");
     assert_eq!(parsed["Users"][0]["Segments"][0]["Segment_ID"], "a\"b");
 }
+
+#[test]
+fn formatted_len_is_the_length_of_the_formatted_date() {
+    for ms in [
+        0,
+        1_469_636_242_000,
+        -1,
+        -62_135_596_800_000, // year 1
+        -62_167_219_200_001, // year -1 (0 is 1 BC)
+        253_402_300_799_999, // 9999-12-31T23:59:59.999
+        253_402_300_800_000, // year 10000
+        i64::MAX,
+        i64::MIN,
+    ] {
+        let date = PartnerDate(ms);
+        assert_eq!(date.formatted_len(), date.to_string().len(), "{ms}: {date}");
+    }
+}

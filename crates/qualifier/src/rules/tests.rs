@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -200,5 +201,133 @@ proptest! {
         if let Ok(reparsed) = parse(&print(&expr)) {
             prop_assert_eq!(Program::compile(&reparsed).evaluate(&history, now, &mut stack), expected);
         }
+    }
+}
+
+#[test]
+fn nesting_deeper_than_the_limit_is_an_error_not_a_stack_overflow() {
+    let deep = |levels: usize| format!("{}T1{}", "(".repeat(levels), ")".repeat(levels));
+    assert!(parse(&deep(MAX_NESTING)).is_ok());
+    let error = parse(&deep(MAX_NESTING + 1)).unwrap_err();
+    assert_eq!(error.column, MAX_NESTING + 1, "{error}");
+    assert!(
+        error.message.contains("nested more than 64 deep"),
+        "{error}"
+    );
+    // Far deeper: without the limit the recursive parser overflows its stack (an abort).
+    assert!(parse(&deep(1_000_000)).is_err());
+    let nots = format!("{}T1", "NOT ".repeat(1_000_000));
+    let error = parse(&nots).unwrap_err();
+    assert!(error.message.contains("bytes long"), "{error}");
+    let nots = format!("{}T1 AND T2", "NOT ".repeat(MAX_NESTING + 1));
+    assert!(parse(&nots).unwrap_err().message.contains("nested"));
+}
+
+#[test]
+fn a_rule_longer_than_the_limit_is_refused_and_a_long_one_parses_in_linear_time() {
+    let long = "T1 OR ".repeat(MAX_RULE_BYTES / 6 + 1) + "T2";
+    assert!(long.len() > MAX_RULE_BYTES);
+    let Err(error) = parse(&long) else {
+        panic!("a rule of {} bytes was accepted", long.len())
+    };
+    assert_eq!(error.column, 1);
+    assert!(
+        error
+            .message
+            .contains(&format!("more than the {MAX_RULE_BYTES} allowed")),
+        "{error}"
+    );
+    let fits = "T1 OR ".repeat(MAX_RULE_BYTES / 6 - 1) + "T2";
+    let expr =
+        testkit::fuzz::within(Duration::from_secs(1), "a 16 KiB rule", || parse(&fits)).unwrap();
+    let Expr::Or(items) = &expr else {
+        panic!("not an OR")
+    };
+    assert_eq!(items.len(), MAX_RULE_BYTES / 6);
+    // The lexer itself is linear: 1.2 MB of tokens in well under a second (counting each
+    // token's column from the start made this quadratic: minutes).
+    let huge = "T1 OR ".repeat(200_000);
+    let tokens =
+        testkit::fuzz::within(Duration::from_secs(2), "lexing 1.2 MB", || lex(&huge)).unwrap();
+    assert_eq!(tokens.len(), 400_000);
+    assert_eq!(tokens[399_999], (Token::Or, huge.len() - 2));
+}
+
+/// What every rule text must do: parse or fail with an error inside the text, quickly; a
+/// parsed rule has a positive condition, compiles, agrees with the naive evaluator and prints
+/// back to itself.
+fn check_rule_text(text: &str) -> Result<(), TestCaseError> {
+    let parsed = testkit::fuzz::within(Duration::from_secs(1), "parsing a rule", || parse(text));
+    match parsed {
+        Err(error) => {
+            prop_assert!(!error.message.is_empty());
+            prop_assert!(
+                (1..=text.chars().count() + 1).contains(&error.column),
+                "column {} outside the rule: {error}",
+                error.column
+            );
+        }
+        Ok(expr) => {
+            prop_assert!(expr.has_positive_condition(false));
+            prop_assert!(!expr.conditions().is_empty());
+            let history = History(
+                expr.conditions()
+                    .iter()
+                    .map(|c| (c.trait_id, vec![0, 1_000, 5_000]))
+                    .collect(),
+            );
+            let mut stack = Vec::new();
+            for now in [0, 5_000, 100_000] {
+                prop_assert_eq!(
+                    Program::compile(&expr).evaluate(&history, now, &mut stack),
+                    evaluate_naive(&expr, &history, now)
+                );
+            }
+            match parse(&print(&expr)) {
+                Ok(reparsed) => prop_assert_eq!(reparsed, expr),
+                // Printing adds parentheses around every AND and OR.
+                Err(error) => prop_assert!(error.message.contains("nested"), "{error}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rule_corpus() -> Vec<(String, Vec<u8>)> {
+    testkit::fuzz::corpus(env!("CARGO_MANIFEST_DIR"), "rules")
+}
+
+#[test]
+fn every_rule_in_the_corpus_parses_or_fails_cleanly() {
+    for (name, bytes) in rule_corpus() {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(failure) = check_rule_text(&text) {
+            panic!("corpus file {name}: {failure}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(testkit::fuzz::config())]
+
+    /// Fuzzing the rule parser: arbitrary text, rule-like token soup, and mutated corpus
+    /// rules; no panic, no hang.
+    #[test]
+    fn fuzz_rule_parser(
+        text in prop_oneof![
+            any::<String>(),
+            proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "T1", "t22", "T", "AND", "or", "NOT", "WITHIN", "(", ")", ">=", ">", "=",
+                    "<=", "<", "3", "7d", "2s", "0", "18446744073709551616", " ", "é",
+                ]),
+                0..40,
+            )
+            .prop_map(|words| words.join(" ")),
+            testkit::fuzz::mutated(rule_corpus().into_iter().map(|(_, b)| b).collect())
+                .prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+        ]
+    ) {
+        check_rule_text(&text)?;
     }
 }

@@ -1,0 +1,166 @@
+//! Delivery's input decoding, fuzzed through the path a message takes: `decode`, routing,
+//! a destination batch and the partner body; and forward compatibility (unknown fields).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::{ChangeReason, Origin, PartnerIds, SegmentChange};
+use proptest::prelude::*;
+use testkit::fuzz::{length_delimited, with_unknown_fields};
+
+use super::*;
+use crate::batcher::{DestinationBatch, RoutedEvent};
+use crate::config::{DeliveryConfig, DestinationConfig};
+use crate::payload::write_body;
+
+static DESTINATIONS: std::sync::LazyLock<Vec<Arc<DestinationConfig>>> = std::sync::LazyLock::new(
+    || {
+        let yaml = "destinations:\n\
+          - { id: 423, url: https://a.example/aam, client_id: \"74323\", user_dpid: 20915, data_partner: 1234, \
+              segments: { 14356: \"14356\", 12176: \"99\" } }\n\
+          - { id: 424, url: https://b.example/aam, client_id: \"x\", user_dpid: 20914, \
+              segments: { 12176: \"12176\", 1: \"one\" }, batch: { max_users: 2, max_bytes: 1024 } }\n";
+        DeliveryConfig::parse(Path::new("fuzz.yaml"), yaml, &|_| None)
+            .unwrap()
+            .destinations
+    },
+);
+
+/// What the consumer does with a message's value, checked: decoding never panics or hangs;
+/// a decoded update is valid, routes, batches, and makes a body that is JSON of exactly the
+/// size the batch computed.
+fn check_update(payload: &[u8]) -> Result<(), TestCaseError> {
+    let decoded = testkit::fuzz::within(Duration::from_secs(1), "decoding an update", || {
+        decode(payload)
+    });
+    let Ok(update) = decoded else {
+        return Ok(());
+    };
+    prop_assert!(!update.user_id.is_empty());
+    prop_assert!(!update.changes.is_empty());
+    prop_assert!(
+        update
+            .changes
+            .iter()
+            .all(|c| c.status() != SegmentStatus::Unspecified)
+    );
+    let mut router = Router::new(&DESTINATIONS);
+    let mut targets = Vec::new();
+    router.route(&update, &mut targets);
+    let update = Arc::new(update);
+    for &destination in &targets {
+        let mut batch = DestinationBatch::new(DESTINATIONS[destination].clone());
+        // An empty batch always takes the event.
+        let taken = batch.add(RoutedEvent {
+            update: update.clone(),
+            source: None,
+        });
+        prop_assert!(taken.is_ok());
+        let mut body = Vec::new();
+        write_body(&batch, 1_469_636_242_000, &mut body);
+        prop_assert_eq!(body.len(), batch.body_bytes());
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| TestCaseError::fail(format!("body is not JSON: {e}")))?;
+        prop_assert!(json["Users"].as_array().is_some_and(|u| !u.is_empty()));
+    }
+    Ok(())
+}
+
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    testkit::fuzz::corpus(env!("CARGO_MANIFEST_DIR"), "segment_status_update")
+}
+
+#[test]
+fn every_update_in_the_corpus_is_handled() {
+    for (name, bytes) in corpus() {
+        if let Err(failure) = check_update(&bytes) {
+            panic!("segment_status_update/{name}: {failure}");
+        }
+    }
+    let verdict = |name: &str| {
+        let path = testkit::fuzz::corpus_dir(env!("CARGO_MANIFEST_DIR"), "segment_status_update")
+            .join(name);
+        decode(&std::fs::read(path).unwrap())
+    };
+    assert!(verdict("update.bin").is_ok());
+    assert!(verdict("unknown-fields-nested.bin").is_ok());
+    assert_eq!(
+        verdict("unknown-enum-values.bin").unwrap_err(),
+        "segment 14356: unknown status 7 (written by a newer version?)"
+    );
+    assert_eq!(verdict("no-changes.bin").unwrap_err(), "no changes");
+    assert_eq!(verdict("empty-user.bin").unwrap_err(), "user_id is empty");
+    assert_eq!(
+        verdict("unspecified-status.bin").unwrap_err(),
+        "segment 14356: status is unspecified"
+    );
+    assert!(
+        verdict("garbage.bin")
+            .unwrap_err()
+            .starts_with("not a SegmentStatusUpdate")
+    );
+}
+
+proptest! {
+    #![proptest_config(testkit::fuzz::config())]
+
+    /// Fuzzing the decoding of `segment-status` messages (arbitrary bytes, mutated seeds).
+    #[test]
+    fn fuzz_segment_status_update_decoding(
+        payload in testkit::fuzz::bytes(corpus().into_iter().map(|(_, b)| b).collect())
+    ) {
+        check_update(&payload)?;
+    }
+}
+
+#[test]
+fn updates_from_a_newer_qualifier_decode_with_their_unknown_fields_skipped() {
+    let update = SegmentStatusUpdate {
+        user_id: "u1".into(),
+        regions: vec![6, 7],
+        partner_ids: vec![PartnerIds {
+            data_partner_id: 1234,
+            partner_uuids: vec!["p-1".into()],
+        }],
+        changes: vec![
+            SegmentChange::qualified(14356, 1_469_636_242_000),
+            SegmentChange::unsegmented(12176, ChangeReason::Ttl, 1_469_636_242_000),
+        ],
+        origin: Origin::Realtime as i32,
+        produced_unix_ms: 1_469_636_242_000,
+    };
+    // Unknown fields at the top level…
+    let top = with_unknown_fields(&update.encode_to_vec());
+    assert_eq!(decode(&top).unwrap(), update);
+    // …and inside a change and a partner id entry (repeated nested messages).
+    let mut nested = SegmentStatusUpdate {
+        changes: vec![update.changes[0]],
+        partner_ids: Vec::new(),
+        ..update.clone()
+    }
+    .encode_to_vec();
+    nested.extend(length_delimited(
+        4,
+        &with_unknown_fields(&update.changes[1].encode_to_vec()),
+    ));
+    nested.extend(length_delimited(
+        3,
+        &with_unknown_fields(&update.partner_ids[0].encode_to_vec()),
+    ));
+    assert_eq!(decode(&nested).unwrap(), update);
+    // A reason this version does not know is kept as it is: partners get the status only.
+    let mut future_reason = update.clone();
+    future_reason.changes[0].reason = 9;
+    assert_eq!(
+        decode(&future_reason.encode_to_vec()).unwrap(),
+        future_reason
+    );
+    // A status it does not know is never read as "inactive": the update is refused.
+    let mut future_status = update.clone();
+    future_status.changes[0].status = 9;
+    assert_eq!(
+        decode(&future_status.encode_to_vec()).unwrap_err(),
+        "segment 14356: unknown status 9 (written by a newer version?)"
+    );
+}

@@ -1,0 +1,245 @@
+//! The qualifier's protobuf inputs, fuzzed through the code the processor runs on them:
+//! `decode_event` then one evaluation for input events, `UserState::decode` then the timer
+//! path for changelog records; and forward compatibility (unknown fields decode).
+
+use std::path::Path;
+use std::time::Duration;
+
+use model::pb::{IdSync, OptOut, PartnerIds, TraitHistory, TraitRealization, trait_event};
+use proptest::prelude::*;
+use testkit::fuzz::{length_delimited, with_unknown_fields};
+
+use super::*;
+
+const NOW: i64 = 1_764_324_000_000;
+
+/// Parsed once: the properties run thousands of cases.
+static DEFINITIONS: std::sync::LazyLock<Definitions> = std::sync::LazyLock::new(|| {
+    Definitions::parse(
+        Path::new("fuzz.yaml"),
+        "traits: [{ id: 101, ttl: 30d }, { id: 102, ttl: 0 }, { id: 103, ttl: 2s }]\n\
+         segments:\n\
+         - { id: 100, rule: \"T101\" }\n\
+         - { id: 200, rule: \"T101 >= 2 WITHIN 7d AND NOT T103\" }\n\
+         - { id: 300, rule: \"T102 OR (T103 WITHIN 1s)\" }\n",
+    )
+    .unwrap()
+});
+
+/// Kafka's default limit on one record (key and value) that the processor produces.
+const MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// What the processor does with an input message's value, checked: decoding never panics or
+/// hangs; a decoded event is valid, evaluates (new user and known user), and makes records
+/// Kafka accepts.
+fn check_event(payload: &[u8]) -> Result<(), TestCaseError> {
+    let defs = &*DEFINITIONS;
+    let decoded = testkit::fuzz::within(Duration::from_secs(1), "decoding an event", || {
+        decode_event(payload)
+    });
+    let Ok((event, kind)) = decoded else {
+        return Ok(());
+    };
+    prop_assert!(["trait", "id_sync", "opt_out"].contains(&kind));
+    let mut evaluator = Evaluator::default();
+    let known = UserState {
+        user_id: event.user_id.clone(),
+        traits: vec![TraitHistory {
+            trait_id: 101,
+            times_unix_ms: vec![NOW - 5_000, NOW - 1_000],
+        }],
+        memberships: vec![model::pb::Membership {
+            segment_id: 100,
+            since_unix_ms: NOW - 5_000,
+        }],
+        last_seen_unix_ms: NOW - 1_000,
+        ..UserState::default()
+    };
+    for (state, due) in [(None, None), (Some(known), Some(NOW + 1))] {
+        let step = evaluator.on_event(defs, state, due, &event, NOW);
+        prop_assert!(step.is_ok(), "a valid event was refused: {:?}", step);
+        let step = step.unwrap_or_else(|_| unreachable!());
+        let key = event.user_id.len();
+        if let Some(update) = &step.update {
+            prop_assert_eq!(&update.user_id, &event.user_id);
+            prop_assert!(key + update.encoded_len() < MAX_RECORD_BYTES);
+        }
+        if let Some(state) = &step.state {
+            prop_assert!(key + state.encoded_len() < MAX_RECORD_BYTES);
+            let _ = next_due(defs, state, NOW);
+        }
+    }
+    Ok(())
+}
+
+/// What restoring a changelog record does, checked: decoding, the user's next timer and the
+/// timer's evaluation never panic or hang.
+fn check_state(payload: &[u8]) -> Result<(), TestCaseError> {
+    let defs = &*DEFINITIONS;
+    let decoded = testkit::fuzz::within(Duration::from_secs(1), "decoding a state", || {
+        UserState::decode(payload)
+    });
+    let Ok(state) = decoded else {
+        return Ok(());
+    };
+    let mut evaluator = Evaluator::default();
+    for now in [NOW, i64::MIN, i64::MAX] {
+        if let Some(due) = next_due(defs, &state, now) {
+            let step = evaluator.on_timer(defs, state.clone(), due.max(now));
+            if let Some(update) = &step.update {
+                prop_assert!(!update.changes.is_empty());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    testkit::fuzz::corpus(env!("CARGO_MANIFEST_DIR"), target)
+}
+
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    corpus(target).into_iter().map(|(_, bytes)| bytes).collect()
+}
+
+#[test]
+fn every_event_and_state_in_the_corpora_is_handled() {
+    for (name, bytes) in corpus("trait_event") {
+        if let Err(failure) = check_event(&bytes) {
+            panic!("trait_event/{name}: {failure}");
+        }
+    }
+    for (name, bytes) in corpus("user_state") {
+        if let Err(failure) = check_state(&bytes) {
+            panic!("user_state/{name}: {failure}");
+        }
+    }
+    // Seeds that must keep their verdict.
+    let verdict = |name: &str| {
+        decode_event(
+            &std::fs::read(
+                testkit::fuzz::corpus_dir(env!("CARGO_MANIFEST_DIR"), "trait_event").join(name),
+            )
+            .unwrap(),
+        )
+    };
+    assert_eq!(
+        verdict("trait-realization.bin").map(|(_, kind)| kind),
+        Ok("trait")
+    );
+    assert_eq!(
+        verdict("unknown-fields-nested.bin").map(|(_, kind)| kind),
+        Ok("trait")
+    );
+    assert_eq!(
+        verdict("no-event.bin").unwrap_err(),
+        (
+            "unknown",
+            "the event has no trait realization, id sync or opt-out".to_owned()
+        )
+    );
+    assert_eq!(
+        verdict("long-user-id.bin").unwrap_err(),
+        (
+            "trait",
+            "user_id is 600 bytes long, more than the 512 allowed".to_owned()
+        )
+    );
+    assert!(
+        verdict("truncated-length.bin")
+            .unwrap_err()
+            .1
+            .starts_with("not a TraitEvent")
+    );
+}
+
+proptest! {
+    #![proptest_config(testkit::fuzz::config())]
+
+    /// Fuzzing the decoding of `trait-events` messages (arbitrary bytes, mutated seeds).
+    #[test]
+    fn fuzz_trait_event_decoding(payload in testkit::fuzz::bytes(seeds("trait_event"))) {
+        check_event(&payload)?;
+    }
+
+    /// Fuzzing the decoding of `qualifier-changelog` records (arbitrary bytes, mutated seeds).
+    #[test]
+    fn fuzz_changelog_decoding(payload in testkit::fuzz::bytes(seeds("user_state"))) {
+        check_state(&payload)?;
+    }
+}
+
+fn events() -> Vec<TraitEvent> {
+    let event = |event| TraitEvent {
+        user_id: "u1".into(),
+        origin: Origin::Realtime as i32,
+        event: Some(event),
+    };
+    vec![
+        event(trait_event::Event::TraitRealization(TraitRealization {
+            trait_id: 101,
+            time_unix_ms: NOW,
+            region: Some(6),
+        })),
+        event(trait_event::Event::IdSync(IdSync {
+            data_partner_id: 1234,
+            partner_uuid: "p-1".into(),
+            time_unix_ms: NOW,
+        })),
+        event(trait_event::Event::OptOut(OptOut { time_unix_ms: NOW })),
+    ]
+}
+
+#[test]
+fn events_from_a_newer_producer_decode_with_their_unknown_fields_skipped() {
+    for event in events() {
+        let bytes = event.encode_to_vec();
+        // Unknown fields after the event, and inside its nested message.
+        let (field, nested) = match event.event.as_ref().unwrap() {
+            trait_event::Event::TraitRealization(m) => (3, m.encode_to_vec()),
+            trait_event::Event::IdSync(m) => (4, m.encode_to_vec()),
+            trait_event::Event::OptOut(m) => (5, m.encode_to_vec()),
+        };
+        let mut inner = TraitEvent {
+            event: None,
+            ..event.clone()
+        }
+        .encode_to_vec();
+        inner.extend(length_delimited(field, &with_unknown_fields(&nested)));
+        for newer in [with_unknown_fields(&bytes), with_unknown_fields(&inner)] {
+            let (decoded, _) = decode_event(&newer).unwrap();
+            assert_eq!(decoded, event);
+        }
+    }
+}
+
+#[test]
+fn changelog_records_from_a_newer_qualifier_restore_with_their_unknown_fields_skipped() {
+    let state = UserState {
+        user_id: "u1".into(),
+        traits: vec![TraitHistory {
+            trait_id: 101,
+            times_unix_ms: vec![NOW - 1, NOW],
+        }],
+        regions: vec![6],
+        partner_ids: vec![PartnerIds {
+            data_partner_id: 1234,
+            partner_uuids: vec!["p-1".into()],
+        }],
+        memberships: vec![model::pb::Membership {
+            segment_id: 100,
+            since_unix_ms: NOW,
+        }],
+        last_seen_unix_ms: NOW,
+        opted_out: false,
+        opted_out_unix_ms: 0,
+    };
+    let mut newer = with_unknown_fields(&state.encode_to_vec());
+    // And a trait history written with an extra field.
+    let history = with_unknown_fields(&state.traits[0].encode_to_vec());
+    newer.extend(length_delimited(2, &history));
+    let decoded = UserState::decode(newer.as_slice()).unwrap();
+    let mut expected = state.clone();
+    expected.traits.push(state.traits[0].clone());
+    assert_eq!(decoded, expected);
+}
