@@ -65,14 +65,16 @@ stop() { # stop PID: SIGTERM and wait for its exit
   kill -TERM "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
-# Appends a titled summary to docs/BENCHMARKS.md at full scale; prints it either way.
+# record TITLE BENCH PROBLEMS TABLE: prints the summary; appends it to docs/BENCHMARKS.md at
+# full scale, unless PROBLEMS (a failed run: the figures are printed, then it fails).
 record() {
   local summary
   summary=$(printf '### %s — %s — commit %s — %s\n\nCommand: `make bench` (`deploy/bench.sh %s`, %s binaries).\n\n%s\n' \
-    "$1" "$(date -u +%Y-%m-%dT%H:%MZ)" "$commit" "$machine" "$2" "$profile" "$3")
+    "$1" "$(date -u +%Y-%m-%dT%H:%MZ)" "$commit" "$machine" "$2" "$profile" "$4")
   echo
   echo "$summary"
   echo
+  [[ -z $3 ]] || die "$1: $3"
   if [[ $scale == full ]]; then
     printf '\n%s\n' "$summary" >>docs/BENCHMARKS.md
     say "appended to docs/BENCHMARKS.md"
@@ -193,7 +195,7 @@ bench_micro() {
       per = (name ~ /^batch of 1000 users/) ? sprintf("%.1f ns", ns / 1000) : "-"
       printf "| %s | %s | %s | %s |\n", name, ns, pm, per
     }' <<<"$raw")
-  profile=release record "Micro-benchmarks" micro "$table"
+  profile=release record "Micro-benchmarks" micro "" "$table"
 }
 
 # ---- delivery alone ---------------------------------------------------------------------
@@ -216,10 +218,11 @@ bench_delivery() {
   dead=$(awk '/^delivery_events_total\{.*outcome="dead_lettered"/ { t += $NF } END { printf "%d", t }' <<<"$(metrics $delivery1_admin)")
   stop "$delivery_pid"
   stop "$sim_pid"
-  ((received == deliveries)) || die "partner-sim counted $received changes, expected $deliveries"
-  ((violations == 0 && order == 0)) || die "partner-sim saw $violations contract and $order order violations"
-  ((dead == 0)) || die "$dead changes were dead-lettered"
-  record "Delivery alone" delivery "$(printf '%s\n' \
+  local problems=""
+  ((received == deliveries)) || problems+="partner-sim counted $received changes, expected $deliveries. "
+  ((violations == 0 && order == 0)) || problems+="partner-sim saw $violations contract and $order order violations. "
+  ((dead == 0)) || problems+="$dead changes were dead-lettered (see $dir/delivery.log). "
+  record "Delivery alone" delivery "$problems" "$(printf '%s\n' \
     "| updates | changes | deliveries (change × destination) | seconds | changes/s | CPU-s | **CPU-s per million changes** | CPU-s per million deliveries | peak RSS | requests | partner-sim: arrived / duplicates / violations |" \
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" \
     "| $updates | $changes | $deliveries | $seconds | $(calc %.0f "$changes / $seconds") | $cpu | **$(calc %.2f "$cpu * 1000000 / $changes")** | $(calc %.2f "$cpu * 1000000 / $deliveries") | $hwm MB | $requests | $received / $dups / $violations |" \
@@ -236,7 +239,7 @@ bench_qualifier() {
   stop "$qualifier_pid"
   say "qualifier: pre-loading $events trait events ($users users, 5000 traits) into trait-events-$run…"
   "$bin/loadgen" --topic "trait-events-$run" --count "$events" --rate 0 --duration 3600 --users "$users" \
-    --traits "$(seq -s, 1 5000)" --batch 1000 --seed 11 >"$dir/loadgen.log" 2>&1 || die "loadgen failed; see $dir/loadgen.log"
+    --traits "$(seq -s, 1 5000)" --opt-out-share 0.00001 --batch 1000 --seed 11 >"$dir/loadgen.log" 2>&1 || die "loadgen failed; see $dir/loadgen.log"
   start_qualifier qualifier
   started=$(now)
   say "qualifier: working through $events events (1,000 segments, transactions on)…"
@@ -257,11 +260,11 @@ bench_qualifier() {
   rss=$(mem_mb "$qualifier_pid" VmRSS)
   qusers=$(qualifier_users)
   stop "$qualifier_pid"
-  record "Qualifier alone" qualifier "$(printf '%s\n' \
+  record "Qualifier alone" qualifier "" "$(printf '%s\n' \
     "| events | users (state) | seconds | events/s | CPU-s | **CPU-s per million events** | status changes | peak RSS | state per user: changelog / memory | restore |" \
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" \
     "| $events ($applied applied) | $state_users | $seconds | $(calc %.0f "$events / $seconds") | $cpu | **$(calc %.2f "$cpu * 1000000 / $events")** | $changes | $hwm MB | $per_user B / $(calc %.0f "($rss - $baseline) * 1048576 / ($qusers > 0 ? $qusers : 1)") B | $restore s |" \
-    "" "1,000 segments of 2–8 conditions over 5,000 traits (30-day TTL), $users users with Zipf-like activity (5% ID syncs, 0.1% opt-outs), one transaction per poll batch. State per user: changelog = latest record bytes per user; memory = (RSS after restoring − RSS of an empty qualifier $baseline MB) / users. Restore: the changelog read back by a new process (qualifier_restore_duration_seconds).")"
+    "" "1,000 segments of 2–8 conditions over 5,000 traits (30-day TTL), $users users with Zipf-like activity (5% ID syncs, 0.001% opt-outs: with Zipf-heavy users a higher share soon opts the heaviest out and their events are merely ignored), one transaction per poll batch. State per user: changelog = latest record bytes per user; memory = (RSS after restoring − RSS of an empty qualifier $baseline MB) / users. Restore: the changelog read back by a new process (qualifier_restore_duration_seconds).")"
 }
 
 # ---- end to end -------------------------------------------------------------------------
@@ -281,7 +284,7 @@ bench_e2e() {
   step() {
     both >"$dir/before.prom"
     loadgen_out=$("$bin/loadgen" --ingest "http://127.0.0.1:$ingest_port/v1/events" --rate "$1" --duration "$e2e_seconds" \
-      --users "$users" --traits "$(seq -s, 1 5000)" --batch "$(( $1 >= 10000 ? 1000 : 100 ))" --seed "$1" 2>&1) \
+      --users "$users" --traits "$(seq -s, 1 5000)" --opt-out-share 0.00001 --batch "$(( $1 >= 10000 ? 1000 : 100 ))" --seed "$1" 2>&1) \
       || die "loadgen failed at $1 events/s: $loadgen_out"
     achieved=$(tail -n 1 <<<"$loadgen_out" | sed -E 's/.*: ([0-9]+) events\/s.*/\1/')
     sent=$(tail -n 1 <<<"$loadgen_out" | sed -E 's/.*sent ([0-9]+) events.*/\1/')
@@ -312,7 +315,7 @@ bench_e2e() {
   ((violations == 0)) || die "partner-sim saw $violations contract violations"
   ((delivered_changes > 0)) || die "no change reached partner-sim (logs in $dir/)"
   if [[ $scale == smoke ]]; then # the smoke checks the pipeline, not the rate
-    record "End to end" e2e "$(printf '%s\n' "| target events/s | sent | achieved events/s | p50 s | p99 s | sustained |" "|---:|---:|---:|---:|---:|---|" "${rows%$'\n'}")"
+    record "End to end" e2e "" "$(printf '%s\n' "| target events/s | sent | achieved events/s | p50 s | p99 s | sustained |" "|---:|---:|---:|---:|---:|---|" "${rows%$'\n'}")"
     return
   fi
   ((best > 0)) || die "no rate was sustained with p99 < 1 s (rows: $rows)"
@@ -321,7 +324,7 @@ bench_e2e() {
   rows+="| $((best / 2)) (half) | $sent | $achieved | $p50 | $p99 | - |"$'\n'
   read -r _ _ violations _ _ <<<"$(partner_totals)"
   ((violations == 0)) || die "partner-sim saw $violations contract violations"
-  record "End to end" e2e "$(printf '%s\n' \
+  record "End to end" e2e "" "$(printf '%s\n' \
     "| target events/s | sent | achieved events/s | p50 s | p99 s | sustained (≥ 95% of target, p99 < 1 s) |" \
     "|---:|---:|---:|---:|---:|---|" "${rows%$'\n'}" \
     "" "**Highest sustained rate: $best events/s.** Everything on this machine: Kafka, loadgen (ingest API, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained.")"

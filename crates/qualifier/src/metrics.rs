@@ -150,7 +150,10 @@ impl HotCounters {
     /// `qualifier_events_total{type=kind, outcome}`; `kind` and `outcome` are among the
     /// documented labels.
     pub fn event(&self, kind: &str, outcome: &str) {
-        let k = KINDS.iter().position(|k| *k == kind).unwrap_or(KINDS.len() - 1);
+        let k = KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(KINDS.len() - 1);
         let o = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
         self.events[k * OUTCOMES.len() + o].inc();
     }
@@ -190,4 +193,3 @@ fn reason_label(reason: model::ChangeReason) -> &'static str {
         model::ChangeReason::Unspecified => "unspecified",
     }
 }
-

@@ -8,13 +8,11 @@
 //! committed ends the process (non-zero): the in-memory state ran ahead of what Kafka has, and
 //! a restart restores both from Kafka.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use model::{
-    DeadLetterRecord, ErrorClass, Origin, SegmentStatus, SourcePosition, TraitEvent, UserState,
-};
+use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition, TraitEvent, UserState};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -25,8 +23,8 @@ use telemetry::{Health, KafkaSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Definitions;
-use crate::evaluate::{Evaluator, Step, next_due};
-use crate::metrics::Metrics;
+use crate::evaluate::{Evaluator, Step, next_due, normalize};
+use crate::metrics::{HotCounters, Metrics};
 use crate::store::{PartitionStore, Store};
 
 /// Topics, group and transactional identity.
@@ -157,7 +155,8 @@ fn restore(
         .collect();
     for (partition, users) in latest {
         let store = stores.entry(partition).or_default();
-        for state in users.into_values().flatten() {
+        for mut state in users.into_values().flatten() {
+            normalize(&mut state);
             let due = next_due(definitions, &state, now);
             store.put(state, due);
         }
@@ -196,7 +195,13 @@ pub struct Processor {
     store: Arc<Mutex<Store>>,
     definitions: SharedDefinitions,
     metrics: Metrics,
+    counters: HotCounters,
     evaluator: Evaluator,
+    /// Users whose state changed in the open transaction: their changelog record is written
+    /// once, at its end, however many of their events it holds.
+    changed: HashMap<i32, HashSet<String>>,
+    /// Reused for encoding changelog records.
+    buffer: Vec<u8>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -253,8 +258,11 @@ impl Processor {
             topology,
             store,
             definitions,
+            counters: HotCounters::new(&metrics),
             metrics,
             evaluator: Evaluator::default(),
+            changed: HashMap::new(),
+            buffer: Vec::new(),
         })
     }
 
@@ -338,9 +346,10 @@ impl Processor {
                 self.metrics
                     .eval_duration
                     .observe(started.elapsed().as_secs_f64());
-                self.publish(&definitions, partition, &user, step, now)?;
+                self.publish(partition, &user, step)?;
             }
         }
+        self.write_changelog()?;
         if !offsets.is_empty() {
             let mut list = TopicPartitionList::new();
             for (partition, offset) in offsets {
@@ -389,25 +398,16 @@ impl Processor {
         match step {
             Ok(step) => {
                 let outcome = if step.ignored { "ignored" } else { "applied" };
-                self.metrics
-                    .events
-                    .with_label_values(&[kind, outcome])
-                    .inc();
-                self.publish(definitions, partition, &event.user_id, step, now)
+                self.counters.event(kind, outcome);
+                self.publish(partition, &event.user_id, step)
             }
             Err(invalid) => self.dead_letter(message, kind, invalid.to_string()),
         }
     }
 
-    /// Produces a step's update and changelog record and puts the user back in the store.
-    fn publish(
-        &mut self,
-        definitions: &Definitions,
-        partition: i32,
-        user: &str,
-        step: Step,
-        now: i64,
-    ) -> Result<(), KafkaError> {
+    /// Produces a step's update, puts the user back in the store with their timer, and notes
+    /// a changed state for the transaction's changelog records.
+    fn publish(&mut self, partition: i32, user: &str, step: Step) -> Result<(), KafkaError> {
         if let Some(update) = &step.update {
             let topic = if update.origin() == Origin::Batch {
                 &self.topology.status_batch_topic
@@ -415,47 +415,51 @@ impl Processor {
                 &self.topology.status_topic
             };
             for change in &update.changes {
-                let status = if change.status() == SegmentStatus::Active {
-                    "1"
-                } else {
-                    "0"
-                };
-                let reason = match change.reason() {
-                    model::ChangeReason::Qualified => "qualified",
-                    model::ChangeReason::Rule => "rule",
-                    model::ChangeReason::Ttl => "ttl",
-                    model::ChangeReason::Inactive => "inactive",
-                    model::ChangeReason::OptOut => "opt_out",
-                    model::ChangeReason::Unspecified => "unspecified",
-                };
-                self.metrics
-                    .status_changes
-                    .with_label_values(&[status, reason])
-                    .inc();
+                self.counters.change(change);
             }
-            let payload = update.encode_to_vec();
-            send(
+            update.encode_raw(&mut self.buffer);
+            let sent = send(
                 &self.producer,
-                BaseRecord::to(topic).key(user).payload(&payload),
-            )?;
+                BaseRecord::to(topic).key(user).payload(&self.buffer),
+            );
+            self.buffer.clear();
+            sent?;
         }
         if step.state_changed {
-            let payload = step.state.as_ref().map(prost::Message::encode_to_vec);
-            let mut record: BaseRecord<'_, str, Vec<u8>> =
-                BaseRecord::to(&self.topology.changelog_topic)
-                    .key(user)
-                    .partition(partition);
-            if let Some(payload) = &payload {
-                record = record.payload(payload);
-            }
-            send(&self.producer, record)?;
-        }
-        if let Some(state) = step.state {
-            let due = next_due(definitions, &state, now);
-            if let Some(store) = lock(&self.store).partitions.get_mut(&partition) {
-                store.put(state, due);
+            let changed = self.changed.entry(partition).or_default();
+            if !changed.contains(user) {
+                changed.insert(user.to_owned());
             }
         }
+        if let Some(state) = step.state
+            && let Some(store) = lock(&self.store).partitions.get_mut(&partition)
+        {
+            store.put(state, step.due);
+        }
+        Ok(())
+    }
+
+    /// One changelog record per user whose state changed in this transaction: their state as
+    /// it is now, or a tombstone for a user the store forgot.
+    fn write_changelog(&mut self) -> Result<(), KafkaError> {
+        let store = self.store.clone();
+        let store = lock(&store);
+        for (partition, users) in &mut self.changed {
+            for user in users.drain() {
+                let state = store.partitions.get(partition).and_then(|p| p.get(&user));
+                let mut record: BaseRecord<'_, str, Vec<u8>> =
+                    BaseRecord::to(&self.topology.changelog_topic)
+                        .key(user.as_str())
+                        .partition(*partition);
+                if let Some(state) = state {
+                    self.buffer.clear();
+                    state.encode_raw(&mut self.buffer);
+                    record = record.payload(&self.buffer);
+                }
+                send(&self.producer, record)?;
+            }
+        }
+        self.buffer.clear();
         Ok(())
     }
 
@@ -466,10 +470,7 @@ impl Processor {
         kind: &str,
         error: String,
     ) -> Result<(), KafkaError> {
-        self.metrics
-            .events
-            .with_label_values(&[kind, "invalid"])
-            .inc();
+        self.counters.event(kind, "invalid");
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
         let now = now_ms();
         let mut record = DeadLetterRecord {

@@ -33,6 +33,11 @@ impl PartitionStore {
         Some((state, due))
     }
 
+    /// A user's state, left in place.
+    pub fn get(&self, user_id: &str) -> Option<&UserState> {
+        self.users.get(user_id).map(|(state, _)| state)
+    }
+
     /// Stores a user with the time its timer is due (`None`: no timer).
     pub fn put(&mut self, state: UserState, due: Option<i64>) {
         if let Some(due) = due {
