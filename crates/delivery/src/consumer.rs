@@ -186,6 +186,10 @@ impl InputPipeline {
                     .to_string(),
             )
             .set("statistics.interval.ms", "5000")
+            // librdkafka pre-fetches up to 64 MB per consumer by default; the lanes' queues
+            // already buffer thousands of updates, so 16 MB keeps fetching ahead without
+            // holding a quarter of the memory budget in raw messages.
+            .set("queued.max.messages.kbytes", "16384")
             .create_with_context(context)?;
         consumer.subscribe(&[topic])?;
 

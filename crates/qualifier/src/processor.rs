@@ -212,7 +212,9 @@ impl std::fmt::Debug for Processor {
     }
 }
 
-const MAX_BATCH: usize = 1_000;
+// Under a backlog a transaction takes up to this many events: its commit (a round trip to the
+// coordinator and markers on every partition, ~100 ms on a busy machine) is paid once per batch.
+const MAX_BATCH: usize = 10_000;
 const MAX_TIMERS_PER_TRANSACTION: usize = 5_000;
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
