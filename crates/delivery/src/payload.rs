@@ -12,11 +12,12 @@ pub fn write_body(batch: &DestinationBatch, process_time_unix_ms: i64, out: &mut
     let destination = batch.destination();
     let mut users = Vec::with_capacity(batch.entry_count());
     for user in &batch.users {
-        let partner_uuids = user.partner_uuids(destination.data_partner);
+        let latest = batch.latest(user);
+        let partner_uuids = batch.partner_uuids(user, destination.data_partner);
         let entry = |data_partner_uuid| PartnerUser {
-            aam_uuid: &user.latest.user_id,
+            aam_uuid: &latest.user_id,
             data_partner_uuid,
-            regions: &user.latest.regions,
+            regions: &latest.regions,
             segments: &user.segments,
         };
         if partner_uuids.is_empty() {
