@@ -16,6 +16,7 @@
 #
 # Environment: BENCH_SCALE=full|smoke (smoke: small sizes on debug binaries, nothing appended;
 # `make test` runs it), BENCH_PROFILE=release|debug, BENCH_UPDATES, BENCH_EVENTS, BENCH_USERS,
+# BENCH_DESTINATIONS (delivery alone; default 20), BENCH_QUEUE_CAPACITY (delivery's queue_capacity),
 # BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated events/s).
 set -euo pipefail
 
@@ -162,7 +163,7 @@ fresh_topics() { # fresh_topics: a new run suffix with its own topics
 }
 delivery_fixture() { # delivery_fixture DESTINATIONS
   "$bin/relay-bench" delivery-fixture --destinations "$1" --base-url "https://127.0.0.1:$sim_port" \
-    --ca-file "$dir/ca.pem" --suffix="-$run" --dir "$dir"
+    --ca-file "$dir/ca.pem" --suffix="-$run" --dir "$dir" ${BENCH_QUEUE_CAPACITY:+--queue-capacity "$BENCH_QUEUE_CAPACITY"}
 }
 
 # ---- build and infrastructure -----------------------------------------------------------
@@ -200,7 +201,7 @@ bench_micro() {
 
 # ---- delivery alone ---------------------------------------------------------------------
 bench_delivery() {
-  local destinations=20 counts changes deliveries started seconds cpu hwm totals received dups violations order requests dead
+  local destinations=${BENCH_DESTINATIONS:-20} counts changes deliveries started seconds cpu hwm totals received dups violations order requests dead
   fresh_topics
   delivery_fixture $destinations
   start_partner_sim

@@ -65,6 +65,8 @@ pub struct DeliveryFixture {
     pub linger_ms: u64,
     /// Concurrent requests per destination.
     pub max_in_flight: u32,
+    /// Updates buffered per lane (`None`: delivery's default).
+    pub queue_capacity: Option<u32>,
 }
 
 impl DeliveryFixture {
@@ -74,8 +76,12 @@ impl DeliveryFixture {
         let s = &self.suffix;
         let mut yaml = format!(
             "kafka:\n  group_id: delivery-bench{s}\n  topic: segment-status{s}\n  batch_topic: segment-status-batch{s}\n  dlq_topic: segment-status-dlq{s}\n\
-             defaults:\n  batch: {{ max_users: {}, linger_ms: {} }}\n  max_in_flight: {}\ndestinations:\n",
-            self.max_users, self.linger_ms, self.max_in_flight
+             defaults:\n  batch: {{ max_users: {}, linger_ms: {} }}\n  max_in_flight: {}\n{}destinations:\n",
+            self.max_users,
+            self.linger_ms,
+            self.max_in_flight,
+            self.queue_capacity
+                .map_or(String::new(), |q| format!("  queue_capacity: {q}\n")),
         );
         for d in 0..self.destinations {
             let segments: Vec<String> = (1..=self.segments)

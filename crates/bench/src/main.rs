@@ -55,6 +55,9 @@ enum Command {
         /// Concurrent requests per destination (one partner-sim serves all 20 here).
         #[arg(long, default_value_t = 1)]
         max_in_flight: u32,
+        /// Updates buffered per lane (default: delivery's).
+        #[arg(long)]
+        queue_capacity: Option<u32>,
         #[arg(long)]
         dir: PathBuf,
     },
@@ -169,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             max_users,
             linger_ms,
             max_in_flight,
+            queue_capacity,
             dir,
         } => {
             anyhow::ensure!(
@@ -184,6 +188,7 @@ fn main() -> anyhow::Result<()> {
                 max_users,
                 linger_ms,
                 max_in_flight,
+                queue_capacity,
             };
             write(&dir.join("destinations.yaml"), &fixture.destinations_yaml())?;
             write(&dir.join("partner-sim.yaml"), &fixture.partner_sim_yaml())

@@ -186,10 +186,13 @@ impl InputPipeline {
                     .to_string(),
             )
             .set("statistics.interval.ms", "5000")
-            // librdkafka pre-fetches up to 64 MB per consumer by default; the lanes' queues
-            // already buffer thousands of updates, so 16 MB keeps fetching ahead without
-            // holding a quarter of the memory budget in raw messages.
-            .set("queued.max.messages.kbytes", "16384")
+            // librdkafka pre-fetches up to 64 MB (and 100,000 messages a partition) per
+            // consumer by default, in fetch responses of up to 50 MB; the lanes' queues already
+            // buffer thousands of updates, so a few MB keep fetching ahead without holding half
+            // of the memory budget in raw messages.
+            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.min.messages", "10000")
+            .set("fetch.max.bytes", "4194304")
             .create_with_context(context)?;
         consumer.subscribe(&[topic])?;
 
