@@ -646,7 +646,7 @@ fn validate_tuning(
         "queue_capacity",
         own.queue_capacity
             .or(defaults.queue_capacity)
-            .unwrap_or(1_000) as u64,
+            .unwrap_or(2_000) as u64,
         1..=10_000_000,
         "",
     );
