@@ -220,6 +220,7 @@ impl System {
         for _ in 0..spec.workers {
             workers.push(launch.start_worker().await);
         }
+        wait_balanced(&workers, &launch.topics.status).await;
         let mut sim = ServiceBuilder::new("partner-sim")
             .arg("--config")
             .arg(sim_config.to_str().unwrap())
@@ -323,6 +324,66 @@ impl Launch {
         let status = replay.wait_exit(Duration::from_secs(180)).await;
         (status, replay.log())
     }
+}
+
+/// How many partitions of `topic` a delivery worker owns, by its last "Partitions
+/// assigned/revoked" log line (the eager protocol: a rebalance revokes everything first).
+fn owned_partitions(log: &str, topic: &str) -> usize {
+    let needle = format!("topic={topic} ");
+    let mut owned: usize = 0;
+    for line in log.lines() {
+        let line = strip_ansi(line);
+        if !line.contains(&needle) {
+            continue;
+        }
+        let count = line
+            .rsplit("partitions=")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        if line.contains("Partitions assigned.") {
+            owned = count;
+        } else if line.contains("Partitions revoked.") {
+            owned = owned.saturating_sub(count);
+        }
+    }
+    owned
+}
+
+/// A pretty log line without its colour escapes (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits until every worker owns some partitions of `topic` and together all of them, so the
+/// load does not start in the middle of the group's first rebalance.
+async fn wait_balanced(workers: &[Service], topic: &str) {
+    let partitions = usize::try_from(PARTITIONS).unwrap();
+    testkit::wait_until(
+        "the delivery workers to share the partitions",
+        Duration::from_secs(60),
+        || {
+            let owned: Vec<usize> = workers
+                .iter()
+                .map(|w| owned_partitions(&w.log(), topic))
+                .collect();
+            async move { owned.iter().all(|&n| n > 0) && owned.iter().sum::<usize>() == partitions }
+        },
+    )
+    .await;
 }
 
 /// The last `lines` lines of a log.
