@@ -24,7 +24,7 @@ bench: ## Micro-benchmarks of the hot paths; appends the figures to docs/BENCHMA
 
 # The long fault runs with exact accounting (issue 8); their short form is part of `cargo test
 # --workspace`. Long fuzzing runs (issue 8, bad input) go here too, one line each, after the chaos line.
-chaos: build ## Fault runs, long form (~15 min, own broker on 29092): broker down, partner outage, slow partner, kill -9, rolling restart; ledgers in target/chaos-ledger.txt
+chaos: build ## Fault runs, long form (~11 min, own broker on 29092): broker down, partner outage, slow partner, kill -9, rolling restart; ledgers in target/chaos-ledger.txt
 	CHAOS_SCALE=long $(CARGO) test --locked -p segment-relay-e2e --test chaos -- --nocapture
 
 demo-check: ## The demo, short and on debug binaries: fails on any contract violation or loss
