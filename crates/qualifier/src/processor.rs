@@ -315,6 +315,13 @@ impl Processor {
                     Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {
                         Ok(())
                     }
+                    // A commit that timed out is still in progress, and librdkafka allows
+                    // nothing but resuming it. Committed or not, the transaction is then over:
+                    // the rewind below is right either way (a failed commit is aborted first
+                    // on the next attempt).
+                    Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::Conflict => {
+                        self.producer.commit_transaction(RECOVERY_TIMEOUT)
+                    }
                     other => other,
                 }
             };
