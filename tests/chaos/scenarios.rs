@@ -53,7 +53,9 @@ impl Scale {
                 users: 2_000,
                 load: Duration::from_secs(24),
                 partner_outage: Duration::from_secs(10),
-                broker_down: Duration::from_secs(10),
+                // Longer than the ingest API's 15 s produce timeout, so that it must answer
+                // 503 even when the broker restarts quickly.
+                broker_down: Duration::from_secs(16),
                 drain: Duration::from_secs(150),
             },
             Ok(other) => panic!("CHAOS_SCALE: `long` or `short`, got `{other}`"),
