@@ -6,7 +6,7 @@ CARGO ?= cargo
 PARTITIONS ?= 6
 export KAFKA_PARTITIONS := $(PARTITIONS)
 
-.PHONY: help demo demo-check deploy-check bench test lint build kafka-up kafka-down kafka-reset kafka-lifecycle-check
+.PHONY: help demo demo-check deploy-check bench chaos test lint build kafka-up kafka-down kafka-reset kafka-lifecycle-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -21,6 +21,12 @@ test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every te
 
 bench: ## Every benchmark (micro, delivery alone, qualifier alone, end to end; release build); appends the figures to docs/BENCHMARKS.md
 	deploy/bench.sh
+
+# The long fault runs with exact accounting (issue 8); their short form is part of `cargo test
+# --workspace`. Long fuzzing runs (issue 8, bad input) go here too, one line each, after the chaos line.
+chaos: build ## Fault runs, long form (~11 min, own broker on 29092): broker down, partner outage, slow partner, kill -9, rolling restart (ledgers in target/chaos-ledger.txt); then long fuzzing (~10 min)
+	CHAOS_SCALE=long $(CARGO) test --locked -p segment-relay-e2e --test chaos -- --nocapture
+	FUZZ_CASES=200000 $(CARGO) test --locked -p qualifier -p delivery --lib -- fuzz
 
 demo-check: ## The demo, short and on debug binaries: fails on any contract violation or loss
 	DEMO_SECONDS=15 DEMO_PROFILE=debug deploy/local/demo.sh

@@ -32,7 +32,7 @@ struct RunArgs {
     /// Where the partner endpoints listen.
     #[arg(long, env = "PARTNER_SIM_LISTEN", default_value = "127.0.0.1:9443")]
     listen: SocketAddr,
-    /// Admin server (`/stats`, `/metrics`, `/healthz`, `/readyz`).
+    /// Admin server (`/stats`, `/accepted`, `/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9103")]
     admin_addr: SocketAddr,
     /// Certificate (PEM) to serve; without it a CA and certificate are made at start.

@@ -37,6 +37,19 @@ struct EndpointStats {
     keys: HashSet<String>,
     /// Last `DateTime` per (user, partner id, segment) accepted.
     last_time: HashMap<(String, String, String), i64>,
+    /// Every segment entry of every accepted request, re-sends included, as how many times
+    /// each (user, segment, status, time) was accepted: the partner's side of a ledger.
+    accepted_changes: HashMap<AcceptedChange, u64>,
+}
+
+/// One segment entry as accepted: `AAM_UUID`, `Segment_ID`, `Status` and `DateTime` (seconds
+/// since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct AcceptedChange {
+    user: String,
+    segment: String,
+    active: bool,
+    time: i64,
 }
 
 struct Endpoint {
@@ -177,6 +190,27 @@ impl Simulator {
         json!({ "endpoints": out })
     }
 
+    /// Every segment entry accepted so far, per endpoint: `[user, Segment_ID, status, DateTime
+    /// (Unix seconds), times accepted]`, sorted. Entries of a re-sent request count again, so a
+    /// count above 1 is a duplicate; rejected and failed requests are not in it.
+    pub fn accepted(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (path, endpoint) in &self.endpoints {
+            let s = endpoint
+                .stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut changes: Vec<_> = s.accepted_changes.iter().collect();
+            changes.sort();
+            let changes: Vec<_> = changes
+                .into_iter()
+                .map(|(c, n)| json!([c.user, c.segment, u8::from(c.active), c.time, n]))
+                .collect();
+            out.insert(path.clone(), json!({ "changes": changes }));
+        }
+        json!({ "endpoints": out })
+    }
+
     /// The router of the partner-facing server.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
@@ -184,13 +218,18 @@ impl Simulator {
             .with_state(self.clone())
     }
 
-    /// The admin routes (`/stats`).
+    /// The admin routes (`/stats`, `/accepted`).
     pub fn admin_routes(self: &Arc<Self>) -> axum::Router {
-        let sim = self.clone();
-        axum::Router::new().route(
-            "/stats",
-            axum::routing::get(move || async move { axum::Json(sim.stats()) }),
-        )
+        let (sim, accepted) = (self.clone(), self.clone());
+        axum::Router::new()
+            .route(
+                "/stats",
+                axum::routing::get(move || async move { axum::Json(sim.stats()) }),
+            )
+            .route(
+                "/accepted",
+                axum::routing::get(move || async move { axum::Json(accepted.accepted()) }),
+            )
     }
 }
 
@@ -363,6 +402,19 @@ fn record(
     received: crate::contract::ReceivedBody,
 ) {
     stats.accepted += 1;
+    for user in &received.users {
+        for segment in &user.segments {
+            *stats
+                .accepted_changes
+                .entry(AcceptedChange {
+                    user: user.aam_uuid.clone(),
+                    segment: segment.segment_id.clone(),
+                    active: segment.active,
+                    time: segment.time,
+                })
+                .or_default() += 1;
+        }
+    }
     if !stats.keys.insert(key.to_owned()) {
         // A re-send of a batch already accepted: counted, not recorded again.
         stats.duplicates += 1;

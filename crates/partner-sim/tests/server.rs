@@ -125,6 +125,11 @@ async fn hmac_endpoint_accepts_good_requests_and_names_each_violation() {
     ] {
         assert_eq!(acme["violations"][reason], 1, "{reason}");
     }
+    // Only the accepted request is on the partner's side of a ledger.
+    assert_eq!(
+        sim.accepted()["endpoints"]["/acme"]["changes"],
+        serde_json::json!([["u1", "14356", 1, 1_469_636_242, 1]])
+    );
 }
 
 #[tokio::test]
@@ -209,6 +214,14 @@ async fn duplicates_and_order_violations_are_recorded() {
     let p = &sim.stats()["endpoints"]["/p"];
     assert_eq!(p["duplicates"], 1);
     assert_eq!(p["order_violations"], 1);
+    // A re-send counts its entries again: the ledger sees it as a duplicate.
+    assert_eq!(
+        sim.accepted()["endpoints"]["/p"]["changes"],
+        serde_json::json!([
+            ["u1", "14356", 1, 1_469_636_241, 1],
+            ["u1", "14356", 1, 1_469_636_242, 2]
+        ])
+    );
 }
 
 #[tokio::test]
@@ -225,4 +238,9 @@ async fn injected_errors_follow_the_configured_rate() {
         502
     );
     assert_eq!(sim.stats()["endpoints"]["/f"]["injected_errors"], 1);
+    assert_eq!(
+        sim.accepted()["endpoints"]["/f"]["changes"],
+        serde_json::json!([]),
+        "a failed request accepted nothing"
+    );
 }

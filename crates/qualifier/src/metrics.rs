@@ -72,7 +72,7 @@ impl Metrics {
             )?,
             transactions_failed: IntCounter::new(
                 "qualifier_transactions_failed_total",
-                "Kafka transactions that could not be committed (the process restarts from the changelog).",
+                "Kafka transactions that could not be committed (each is aborted; state and input are rewound to the changelog and committed offsets).",
             )?,
         };
         registry.register(Box::new(metrics.ingest_requests.clone()))?;

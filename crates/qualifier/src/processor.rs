@@ -5,8 +5,11 @@
 //!
 //! When this process gains a partition, the rebalance callback restores the partition's users
 //! from the changelog before any of its events are processed. A transaction that cannot be
-//! committed ends the process (non-zero): the in-memory state ran ahead of what Kafka has, and
-//! a restart restores both from Kafka.
+//! committed (e.g. the broker is down) is aborted, and the process does in place what a restart
+//! would: it replaces its transactional producer if that one is fenced (the coordinator aborts
+//! a transaction that outlives its timeout), restores its partitions' users from the changelog
+//! and seeks the input back to the committed offsets — the in-memory state ran ahead of what
+//! Kafka has. It retries until the broker answers, so an outage needs no restart.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -17,7 +20,7 @@ use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use telemetry::{Health, KafkaSettings};
 use tokio_util::sync::CancellationToken;
@@ -182,6 +185,32 @@ pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, &'static str), (&'sta
     }
 }
 
+/// The transactional producer, initialized: a previous producer with the same transactional
+/// id (a killed incarnation, or this process's own fenced one) is fenced and what it left
+/// open is aborted.
+fn transactional_producer(
+    kafka: &KafkaSettings,
+    topology: &Topology,
+) -> Result<BaseProducer, KafkaError> {
+    let producer: BaseProducer = kafka
+        .client_config("qualifier")
+        .set("transactional.id", &topology.transactional_id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        // A crashed process's open transaction blocks read_committed readers until this
+        // passes (unless it restarts with the same transactional id first).
+        .set("transaction.timeout.ms", "10000")
+        .create()?;
+    producer.init_transactions(TRANSACTION_TIMEOUT)?;
+    Ok(producer)
+}
+
+/// A transaction error no retry can mend: the producer is unusable (e.g. fenced by a newer
+/// process with the same transactional id).
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.is_fatal())
+}
+
 /// An input message, detached from the consumer so a batch can be collected.
 struct Input {
     message: OwnedMessage,
@@ -189,6 +218,7 @@ struct Input {
 
 /// The processing loop and what it owns.
 pub struct Processor {
+    kafka: KafkaSettings,
     consumer: BaseConsumer<RebalanceContext>,
     producer: BaseProducer,
     topology: Topology,
@@ -217,6 +247,9 @@ impl std::fmt::Debug for Processor {
 const MAX_BATCH: usize = 10_000;
 const MAX_TIMERS_PER_TRANSACTION: usize = 5_000;
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per attempt while recovering from a failed transaction: short, so that the recovery
+/// finishes soon after the broker is back.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Processor {
     /// Creates the transactional producer (fencing a previous incarnation) and subscribes.
@@ -226,16 +259,7 @@ impl Processor {
         definitions: SharedDefinitions,
         metrics: Metrics,
     ) -> Result<Self, KafkaError> {
-        let producer: BaseProducer = kafka
-            .client_config("qualifier")
-            .set("transactional.id", &topology.transactional_id)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            // A crashed process's open transaction blocks read_committed readers until this
-            // passes (unless it restarts with the same transactional id first).
-            .set("transaction.timeout.ms", "10000")
-            .create()?;
-        producer.init_transactions(TRANSACTION_TIMEOUT)?;
+        let producer = transactional_producer(kafka, &topology)?;
         let store = Arc::new(Mutex::new(Store::default()));
         let context = RebalanceContext {
             kafka: kafka.clone(),
@@ -255,6 +279,7 @@ impl Processor {
             .create_with_context(context)?;
         consumer.subscribe(&[&topology.events_topic])?;
         Ok(Self {
+            kafka: kafka.clone(),
             consumer,
             producer,
             topology,
@@ -285,9 +310,13 @@ impl Processor {
             let started = Instant::now();
             if let Err(error) = self.transaction(inputs, due, now) {
                 self.metrics.transactions_failed.inc();
-                tracing::error!(%error, "A Kafka transaction failed; exiting so that a restart restores state and offsets from Kafka.");
-                let _ = self.producer.abort_transaction(TRANSACTION_TIMEOUT);
-                return Err(error);
+                tracing::warn!(%error, "A Kafka transaction failed; aborting it and rewinding state and input to what Kafka has.");
+                health.set_not_ready(format!("recovering from a failed transaction: {error}"));
+                // What the failed transaction changed is rewound with the store.
+                self.changed.clear();
+                self.recover(shutdown)?;
+                health.set_ready();
+                continue;
             }
             self.metrics
                 .transaction_duration
@@ -296,6 +325,124 @@ impl Processor {
         }
         tracing::info!("Processing stopped.");
         self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// After a failed transaction: aborts it, then replaces the users of the assigned
+    /// partitions with the changelog's and seeks the input back to the committed offsets, so
+    /// the events of the aborted transaction are processed again. Retries every second while
+    /// the broker does not answer; returns a fatal error, or `Ok` once rewound (or shut down).
+    fn recover(&mut self, shutdown: &CancellationToken) -> Result<(), KafkaError> {
+        // Until rewound, nothing polled may be processed against the state that ran ahead:
+        // without its partitions in the store, `poll_batch` drops every message. (Rebalance
+        // callbacks run only inside `poll`, so none interleaves with the recovery.)
+        let assigned: Vec<i32> = lock(&self.store).partitions.keys().copied().collect();
+        lock(&self.store).partitions.clear();
+        let mut aborted = false;
+        let mut attempts = 0_u32;
+        while !shutdown.is_cancelled() {
+            let step = if aborted {
+                self.rewind(&assigned)
+            } else {
+                // The failed transaction's records are to be aborted anyway; librdkafka's abort
+                // waits for their delivery reports, which a BaseProducer serves only when polled.
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                let _ = self.producer.flush(Duration::from_secs(1));
+                match self.producer.abort_transaction(RECOVERY_TIMEOUT) {
+                    // No transaction open (it failed before one began): nothing to abort.
+                    Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {
+                        Ok(())
+                    }
+                    // A commit that timed out is still in progress, and librdkafka allows
+                    // nothing but resuming it. Committed or not, the transaction is then over:
+                    // the rewind below is right either way (a failed commit is aborted first
+                    // on the next attempt).
+                    Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::Conflict => {
+                        self.producer.commit_transaction(RECOVERY_TIMEOUT)
+                    }
+                    other => other,
+                }
+            };
+            match step {
+                Ok(()) if aborted => {
+                    tracing::info!(
+                        attempts,
+                        partitions = ?assigned,
+                        "Recovered from the failed transaction: state and input rewound to what Kafka has."
+                    );
+                    return Ok(());
+                }
+                Ok(()) => aborted = true,
+                // E.g. the coordinator aborted the transaction (it timed out while the broker
+                // was away) and fenced this producer's epoch: a new producer, as a restart
+                // would make, fences the old one and starts clean.
+                Err(error) if is_fatal(&error) && !aborted => {
+                    tracing::warn!(%error, "The transactional producer cannot continue; replacing it.");
+                    match transactional_producer(&self.kafka, &self.topology) {
+                        Ok(producer) => {
+                            self.producer = producer;
+                            aborted = true;
+                        }
+                        Err(error) => {
+                            attempts += 1;
+                            tracing::warn!(%error, attempts, "Cannot create a new transactional producer yet; retrying in 1 s.");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+                Err(error) => {
+                    attempts += 1;
+                    tracing::warn!(%error, attempts, "Cannot recover from the failed transaction yet; retrying in 1 s.");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores `partitions` (those still assigned) from the changelog and seeks each to its
+    /// committed offset.
+    fn rewind(&mut self, partitions: &[i32]) -> Result<(), KafkaError> {
+        let assignment = self.consumer.assignment()?;
+        let still: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|&p| {
+                assignment
+                    .find_partition(&self.topology.events_topic, p)
+                    .is_some()
+            })
+            .collect();
+        let mut list = TopicPartitionList::new();
+        for &partition in &still {
+            list.add_partition(&self.topology.events_topic, partition);
+        }
+        let committed = self.consumer.committed_offsets(list, RECOVERY_TIMEOUT)?;
+        let restored = restore(
+            &self.kafka,
+            &self.topology.changelog_topic,
+            &still,
+            &current(&self.definitions),
+        )?;
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                _ => Offset::Beginning,
+            };
+            self.consumer.seek(
+                &self.topology.events_topic,
+                element.partition(),
+                offset,
+                RECOVERY_TIMEOUT,
+            )?;
+        }
+        let mut store = lock(&self.store);
+        // A rebalance during the recovery may have assigned (and restored) partitions already.
+        for (partition, users) in restored {
+            store.partitions.entry(partition).or_insert(users);
+        }
+        self.metrics.users.set(store.users() as i64);
         Ok(())
     }
 
@@ -447,8 +594,13 @@ impl Processor {
         let store = self.store.clone();
         let store = lock(&store);
         for (partition, users) in &mut self.changed {
+            // A partition no longer owned is its new owner's to write (no tombstone from here).
+            let Some(owned) = store.partitions.get(partition) else {
+                users.clear();
+                continue;
+            };
             for user in users.drain() {
-                let state = store.partitions.get(partition).and_then(|p| p.get(&user));
+                let state = owned.get(&user);
                 let mut record: BaseRecord<'_, str, Vec<u8>> =
                     BaseRecord::to(&self.topology.changelog_topic)
                         .key(user.as_str())

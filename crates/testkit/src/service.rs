@@ -163,6 +163,16 @@ impl Service {
         response.text().await.unwrap()
     }
 
+    /// The process id, while the process has not been reaped (e.g. to read `/proc/<pid>`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// How the process ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Sends SIGTERM (what Kubernetes does to stop a pod).
     pub fn terminate(&self) {
         let pid = self.child.id().expect("process already reaped");

@@ -1,0 +1,447 @@
+//! The whole system of one scenario, as real processes on the chaos broker: the qualifier
+//! (with its ingest API), two delivery workers, and partner-sim serving three partners.
+//!
+//! Every scenario has its own topics and consumer groups. partner-sim is started last (with a
+//! certificate made here), so that its outage window, counted from its start, falls into the
+//! load.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use testkit::service::{Service, ServiceBuilder, free_port};
+
+use crate::broker::ChaosBroker;
+
+/// One partner destination: delivery's side (id, segment mapping) and partner-sim's (path).
+#[derive(Debug, Clone, Copy)]
+pub struct Destination {
+    pub id: u64,
+    pub path: &'static str,
+    /// Our segment id → the partner's `Segment_ID`.
+    pub segments: &'static [(u64, &'static str)],
+}
+
+impl Destination {
+    pub fn partner_segment(&self, segment: u64) -> Option<&'static str> {
+        self.segments
+            .iter()
+            .find(|(ours, _)| *ours == segment)
+            .map(|(_, theirs)| *theirs)
+    }
+}
+
+/// The three partners: HMAC (sha256), OAuth 2.0, and HMAC (sha1) — the last is the one the
+/// scenarios make fail or slow; the other two show it does not affect them.
+pub const DESTINATIONS: [Destination; 3] = [
+    Destination {
+        id: 423,
+        path: "/acme",
+        segments: &[(1, "a-1"), (2, "a-2"), (3, "a-3")],
+    },
+    Destination {
+        id: 424,
+        path: "/oauth",
+        segments: &[(2, "o-2"), (3, "o-3"), (4, "o-4")],
+    },
+    Destination {
+        id: 425,
+        path: "/faulty",
+        segments: &[(1, "f-1"), (4, "f-4")],
+    },
+];
+
+/// The destination the scenarios break.
+pub const FAULTY: Destination = DESTINATIONS[2];
+
+/// Traits with short lives, so that status 0 follows status 1 within a run. With these rules
+/// a user's status in a segment cannot change twice within a second, so a change is
+/// identified by (user, segment, status, `DateTime` in seconds).
+const DEFINITIONS: &str = "\
+inactivity: 120d
+traits:
+  - { id: 1, ttl: 6s }
+  - { id: 2, ttl: 10s }
+  - { id: 3, ttl: 0 }
+segments:
+  - { id: 1, name: one, rule: \"T1\" }
+  - { id: 2, name: one-and-two, rule: \"T1 AND T2\" }
+  - { id: 3, name: two-or-three, rule: \"T2 OR T3\" }
+  - { id: 4, name: three-not-one, rule: \"T3 AND NOT T1\" }
+";
+
+/// The longest trait TTL: after the load stops, the qualifier's timers go on producing
+/// changes this long.
+pub const LONGEST_TTL: Duration = Duration::from_secs(10);
+
+const HMAC_KEY_A: &str = "chaos-acme-key";
+const HMAC_KEY_F: &str = "chaos-faulty-key";
+const OAUTH_SECRET: &str = "chaos-oauth-secret";
+
+/// How a scenario sets the system up.
+#[derive(Debug, Clone)]
+pub struct SystemSpec {
+    /// partner-sim `behaviour` of the faulty partner (a YAML flow mapping).
+    pub faulty_behaviour: String,
+    /// delivery's `defaults` (a YAML flow mapping).
+    pub delivery_defaults: String,
+    pub workers: usize,
+}
+
+impl Default for SystemSpec {
+    fn default() -> Self {
+        Self {
+            faulty_behaviour: "{ latency_ms: [2, 20] }".to_owned(),
+            delivery_defaults: "{ batch: { max_users: 100, linger_ms: 100 }, max_in_flight: 2, \
+                                queue_capacity: 1000, retry_backoff_ms: 100, \
+                                circuit: { failure_threshold: 5, cooldown_ms: 2000 } }"
+                .to_owned(),
+            workers: 2,
+        }
+    }
+}
+
+/// Topic names of one scenario.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub events: String,
+    pub status: String,
+    pub status_batch: String,
+    pub changelog: String,
+    pub qualifier_dlq: String,
+    pub dlq: String,
+}
+
+pub const PARTITIONS: i32 = 6;
+
+/// How to start the scenario's services: everything but the processes.
+#[derive(Debug)]
+pub struct Launch {
+    pub brokers: String,
+    pub topics: Topics,
+    pub ingest: String,
+    ingest_port: u16,
+    pub qualifier_group: String,
+    definitions: PathBuf,
+    pub delivery_config: PathBuf,
+}
+
+/// The running system.
+#[derive(Debug)]
+pub struct System {
+    pub launch: Launch,
+    pub qualifier: Service,
+    pub workers: Vec<Service>,
+    pub sim: Service,
+    _dir: tempfile::TempDir,
+}
+
+/// A CA and a `127.0.0.1` certificate signed by it, as PEM files in `dir`.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "segment-relay chaos CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+impl System {
+    /// Creates the scenario's topics and starts qualifier, delivery workers and partner-sim,
+    /// each ready.
+    pub async fn start(broker: &ChaosBroker, name: &str, spec: &SystemSpec) -> Self {
+        let unique = |what: &str| testkit::unique_name(&format!("chaos-{name}-{what}"));
+        let topics = Topics {
+            events: unique("events"),
+            status: unique("status"),
+            status_batch: unique("status-batch"),
+            changelog: unique("changelog"),
+            qualifier_dlq: unique("qualifier-dlq"),
+            dlq: unique("dlq"),
+        };
+        for topic in [
+            &topics.events,
+            &topics.status,
+            &topics.status_batch,
+            &topics.qualifier_dlq,
+            &topics.dlq,
+        ] {
+            broker.create_topic(topic, PARTITIONS, &[]).await;
+        }
+        broker
+            .create_topic(
+                &topics.changelog,
+                PARTITIONS,
+                &[("cleanup.policy", "compact")],
+            )
+            .await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = certificates(dir.path());
+        let sim_port = free_port();
+        let definitions = dir.path().join("segments.yaml");
+        std::fs::write(&definitions, DEFINITIONS).unwrap();
+        let delivery_config = dir.path().join("destinations.yaml");
+        std::fs::write(
+            &delivery_config,
+            delivery_yaml(&topics, &unique("delivery"), spec, sim_port, &ca),
+        )
+        .unwrap();
+        let sim_config = dir.path().join("partner-sim.yaml");
+        std::fs::write(&sim_config, sim_yaml(spec)).unwrap();
+
+        let ingest_port = free_port();
+        let launch = Launch {
+            brokers: broker.brokers(),
+            topics,
+            ingest: format!("http://127.0.0.1:{ingest_port}/v1/events"),
+            ingest_port,
+            qualifier_group: unique("qualifier"),
+            definitions,
+            delivery_config,
+        };
+        let qualifier = launch.start_qualifier().await;
+        let mut workers = Vec::new();
+        for _ in 0..spec.workers {
+            workers.push(launch.start_worker().await);
+        }
+        wait_balanced(&workers, &launch.topics.status).await;
+        let mut sim = ServiceBuilder::new("partner-sim")
+            .arg("--config")
+            .arg(sim_config.to_str().unwrap())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{sim_port}"))
+            .arg("--tls-cert")
+            .arg(cert.to_str().unwrap())
+            .arg("--tls-key")
+            .arg(key.to_str().unwrap())
+            .spawn();
+        sim.wait_ready(Duration::from_secs(30)).await;
+        Self {
+            launch,
+            qualifier,
+            workers,
+            sim,
+            _dir: dir,
+        }
+    }
+
+    /// GETs a JSON document from partner-sim's admin port.
+    pub async fn sim_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.sim.admin_url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Panics naming the process and its log if a service ended.
+    pub fn assert_running(&mut self) {
+        let mut all: Vec<(&str, &mut Service)> = vec![("qualifier", &mut self.qualifier)];
+        all.push(("partner-sim", &mut self.sim));
+        for worker in &mut self.workers {
+            all.push(("delivery", worker));
+        }
+        for (name, service) in all {
+            if let Some(status) = service.exit_status() {
+                panic!(
+                    "{name} exited ({status}) though nothing stopped it; its log:\n{}",
+                    tail(&service.log(), 60)
+                );
+            }
+        }
+    }
+}
+
+impl Launch {
+    /// Starts (or restarts) the qualifier, always with the same instance id, so a restart
+    /// fences what a killed incarnation left open.
+    pub async fn start_qualifier(&self) -> Service {
+        let mut service = ServiceBuilder::new("qualifier")
+            .arg("--config")
+            .arg(self.definitions.to_str().unwrap())
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("INGEST_ADDR", format!("127.0.0.1:{}", self.ingest_port))
+            .env("QUALIFIER_GROUP_ID", &self.qualifier_group)
+            .env("QUALIFIER_INSTANCE_ID", "chaos-0")
+            .env("EVENTS_TOPIC", &self.topics.events)
+            .env("STATUS_TOPIC", &self.topics.status)
+            .env("STATUS_BATCH_TOPIC", &self.topics.status_batch)
+            .env("CHANGELOG_TOPIC", &self.topics.changelog)
+            .env("DLQ_TOPIC", &self.topics.qualifier_dlq)
+            .spawn();
+        service.wait_ready(Duration::from_secs(60)).await;
+        service
+    }
+
+    fn delivery(&self) -> ServiceBuilder {
+        ServiceBuilder::new("delivery")
+            .arg("--config")
+            .arg(self.delivery_config.to_str().unwrap())
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("CHAOS_ACME_KEY", HMAC_KEY_A)
+            .env("CHAOS_FAULTY_KEY", HMAC_KEY_F)
+            .env("CHAOS_OAUTH_SECRET", OAUTH_SECRET)
+    }
+
+    /// Starts one more delivery worker (ready).
+    pub async fn start_worker(&self) -> Service {
+        let mut service = self.delivery().spawn();
+        service.wait_ready(Duration::from_secs(60)).await;
+        service
+    }
+
+    /// `delivery replay --destination <id> --since <since>`: its exit status and its log.
+    pub async fn replay(
+        &self,
+        destination: u64,
+        since: &str,
+    ) -> (std::process::ExitStatus, String) {
+        let mut replay = self
+            .delivery()
+            .arg("replay")
+            .arg("--destination")
+            .arg(destination.to_string())
+            .arg("--since")
+            .arg(since)
+            .spawn();
+        let status = replay.wait_exit(Duration::from_secs(180)).await;
+        (status, replay.log())
+    }
+}
+
+/// How many partitions of `topic` a delivery worker owns, by its last "Partitions
+/// assigned/revoked" log line (the eager protocol: a rebalance revokes everything first).
+fn owned_partitions(log: &str, topic: &str) -> usize {
+    let needle = format!("topic={topic} ");
+    let mut owned: usize = 0;
+    for line in log.lines() {
+        let line = strip_ansi(line);
+        if !line.contains(&needle) {
+            continue;
+        }
+        let count = line
+            .rsplit("partitions=")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        if line.contains("Partitions assigned.") {
+            owned = count;
+        } else if line.contains("Partitions revoked.") {
+            owned = owned.saturating_sub(count);
+        }
+    }
+    owned
+}
+
+/// A pretty log line without its colour escapes (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits until every worker owns some partitions of `topic` and together all of them, so the
+/// load does not start in the middle of the group's first rebalance.
+async fn wait_balanced(workers: &[Service], topic: &str) {
+    let partitions = usize::try_from(PARTITIONS).unwrap();
+    testkit::wait_until(
+        "the delivery workers to share the partitions",
+        Duration::from_secs(60),
+        || {
+            let owned: Vec<usize> = workers
+                .iter()
+                .map(|w| owned_partitions(&w.log(), topic))
+                .collect();
+            async move { owned.iter().all(|&n| n > 0) && owned.iter().sum::<usize>() == partitions }
+        },
+    )
+    .await;
+}
+
+/// The last `lines` lines of a log.
+pub fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn delivery_yaml(
+    topics: &Topics,
+    group: &str,
+    spec: &SystemSpec,
+    sim_port: u16,
+    ca: &Path,
+) -> String {
+    let auth = |d: &Destination| match d.id {
+        424 => format!(
+            "{{ oauth2: {{ token_url: \"https://127.0.0.1:{sim_port}/oauth/token\", client_id: segment-relay, client_secret_env: CHAOS_OAUTH_SECRET }} }}"
+        ),
+        423 => "{ hmac: { key_env: CHAOS_ACME_KEY, header: X-Signature, algorithm: sha256 } }"
+            .to_owned(),
+        _ => "{ hmac: { key_env: CHAOS_FAULTY_KEY, header: X-Signature, algorithm: sha1 } }"
+            .to_owned(),
+    };
+    let destinations: String = DESTINATIONS
+        .iter()
+        .map(|d| {
+            let segments: Vec<String> = d
+                .segments
+                .iter()
+                .map(|(ours, theirs)| format!("\"{ours}\": \"{theirs}\""))
+                .collect();
+            format!(
+                "  - {{ id: {}, url: \"https://127.0.0.1:{sim_port}{}\", ca_file: \"{}\", client_id: \"{}\", \
+                 user_dpid: 20915, segments: {{ {} }}, auth: {} }}\n",
+                d.id,
+                d.path,
+                ca.display(),
+                d.id,
+                segments.join(", "),
+                auth(d)
+            )
+        })
+        .collect();
+    format!(
+        "kafka:\n  group_id: {group}\n  topic: {}\n  batch_topic: {}\n  dlq_topic: {}\n  \
+         commit_interval_ms: 200\n  session_timeout_ms: 6000\n  drain_timeout_ms: 15000\n\
+         defaults: {}\ndestinations:\n{destinations}",
+        topics.status, topics.status_batch, topics.dlq, spec.delivery_defaults
+    )
+}
+
+fn sim_yaml(spec: &SystemSpec) -> String {
+    format!(
+        "endpoints:\n\
+         \x20 - {{ path: /acme, destination_id: 423, auth: {{ hmac: {{ key: {HMAC_KEY_A}, header: X-Signature, algorithm: sha256 }} }}, behaviour: {{ latency_ms: [2, 20] }} }}\n\
+         \x20 - {{ path: /oauth, destination_id: 424, auth: {{ oauth2: {{ client_id: segment-relay, client_secret: {OAUTH_SECRET}, token_path: /oauth/token, token_ttl_s: 20 }} }}, behaviour: {{ latency_ms: [2, 20] }} }}\n\
+         \x20 - {{ path: /faulty, destination_id: 425, auth: {{ hmac: {{ key: {HMAC_KEY_F}, header: X-Signature, algorithm: sha1 }} }}, behaviour: {} }}\n",
+        spec.faulty_behaviour
+    )
+}
