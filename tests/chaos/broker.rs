@@ -7,10 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::types::RDKafkaErrorCode;
 use telemetry::KafkaSettings;
 
 /// A single-node broker on `127.0.0.1:<port>` (controller on `port + 1`) with its state in
@@ -117,44 +113,6 @@ impl ChaosBroker {
 
     /// Creates `name` and waits until every partition has a leader.
     pub async fn create_topic(&self, name: &str, partitions: i32, config: &[(&str, &str)]) {
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create().unwrap();
-        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        for (key, value) in config {
-            topic = topic.set(key, value);
-        }
-        let results = admin
-            .create_topics(
-                [&topic],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("cannot create topic {name}: {e}"));
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => panic!("cannot create topic {topic}: {code}"),
-            }
-        }
-        let probe: BaseConsumer = self.client_config().create().unwrap();
-        let expected = usize::try_from(partitions).unwrap();
-        testkit::wait_until(
-            &format!("topic {name} to have leaders"),
-            Duration::from_secs(30),
-            || {
-                let ready = probe
-                    .fetch_metadata(Some(name), Duration::from_secs(2))
-                    .ok()
-                    .and_then(|m| {
-                        m.topics().first().map(|t| {
-                            t.error().is_none()
-                                && t.partitions().len() == expected
-                                && t.partitions().iter().all(|p| p.leader() >= 0)
-                        })
-                    })
-                    .unwrap_or(false);
-                async move { ready }
-            },
-        )
-        .await;
+        testkit::kafka::create_topic_on(&self.client_config(), name, partitions, config).await;
     }
 }

@@ -42,7 +42,17 @@ pub fn require_broker() {
 /// partition has a leader, so a consumer or producer can use it at once.
 pub async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
     require_broker();
-    let admin: AdminClient<DefaultClientContext> = client_config().create().unwrap();
+    create_topic_on(&client_config(), name, partitions, config).await;
+}
+
+/// [`create_topic`] on the broker `client` points at (e.g. a test's own broker).
+pub async fn create_topic_on(
+    client: &ClientConfig,
+    name: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) {
+    let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (key, value) in config {
         topic = topic.set(key, value);
@@ -50,7 +60,7 @@ pub async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) 
     let results = admin
         .create_topics(
             [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
         )
         .await
         .unwrap_or_else(|e| panic!("cannot create topic {name}: {e}"));
@@ -60,11 +70,11 @@ pub async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) 
             Err((topic, code)) => panic!("cannot create topic {topic}: {code}"),
         }
     }
-    let probe: BaseConsumer = client_config().create().unwrap();
+    let probe: BaseConsumer = client.create().unwrap();
     let expected = usize::try_from(partitions).unwrap();
     wait_until(
         &format!("topic {name} to have leaders"),
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             let ready = probe
                 .fetch_metadata(Some(name), Duration::from_secs(2))

@@ -62,6 +62,21 @@ async fn sigterm_drains_in_flight_batches_commits_and_exits_0() {
         .collect();
     test.produce(&test.topic, &updates).await;
     receiver.wait_for_requests(1, Duration::from_secs(20)).await;
+    // SIGTERM stops fetching: first let the consumer take all 20 (queued or finished), so
+    // what is checked is the drain, not how fast the two partitions were fetched.
+    testkit::wait_until("all 20 updates fetched", Duration::from_secs(20), || {
+        let service = &service;
+        async move {
+            let m = service.metrics().await;
+            let queued = metric_value(&m, r#"delivery_queue_depth{destination="12"}"#);
+            let done = metric_value(
+                &m,
+                r#"delivery_events_total{destination="12",outcome="delivered"}"#,
+            );
+            queued.unwrap_or(0.0) + done.unwrap_or(0.0) >= 20.0
+        }
+    })
+    .await;
 
     service.terminate();
     let status = service.wait_exit(Duration::from_secs(30)).await;
