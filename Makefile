@@ -22,11 +22,12 @@ test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every te
 bench: ## Every benchmark (micro, delivery alone, qualifier alone, end to end; release build); appends the figures to docs/BENCHMARKS.md
 	deploy/bench.sh
 
-# The long fault runs with exact accounting (issue 8); their short form is part of `cargo test
-# --workspace`. Long fuzzing runs (issue 8, bad input) go here too, one line each, after the chaos line.
-chaos: build ## Fault runs, long form (~11 min, own broker on 29092): broker down, partner outage, slow partner, kill -9, rolling restart (ledgers in target/chaos-ledger.txt); then long fuzzing (~10 min)
+# Issue 8 in one target: the long fault runs with exact accounting (their short form is part
+# of `cargo test --workspace`), the fuzzers at 200,000 cases, the bad-input and security tests.
+chaos: build ## Fault runs, long form (~11 min, own broker on 29092): broker down, partner outage, slow partner, kill -9, rolling restart (ledgers in target/chaos-ledger.txt); then long fuzzing (~10 min) and the bad-input and security tests
 	CHAOS_SCALE=long $(CARGO) test --locked -p segment-relay-e2e --test chaos -- --nocapture
 	FUZZ_CASES=200000 $(CARGO) test --locked -p qualifier -p delivery --lib -- fuzz
+	$(CARGO) test --locked -p segment-relay-e2e --test e2e -- secrets tls oauth bad_input lifecycle
 
 demo-check: ## The demo, short and on debug binaries: fails on any contract violation or loss
 	DEMO_SECONDS=15 DEMO_PROFILE=debug deploy/local/demo.sh
