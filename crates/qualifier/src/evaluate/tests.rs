@@ -452,3 +452,44 @@ mod partial_evaluation {
         }
     }
 }
+
+/// A user known only by an ID sync has no realization and no membership: their first trait
+/// event must still reach the segments that hold for nobody's traits (`NOT T2` here), not only
+/// those using the event's trait — with the timer of the ID sync lying ahead.
+#[test]
+fn the_first_trait_event_after_an_id_sync_reaches_segments_that_hold_without_realizations() {
+    let defs = definitions(
+        "traits: [{ id: 1 }, { id: 2 }, { id: 3 }]\nsegments:\n  - { id: 10, rule: \"T1 OR NOT T2\" }\n  - { id: 11, rule: \"T3\" }\n",
+    );
+    assert_eq!(defs.hold_when_empty, vec![0]);
+    let mut evaluator = Evaluator::default();
+    let sync = TraitEvent {
+        user_id: "u".into(),
+        origin: Origin::Realtime as i32,
+        event: Some(trait_event::Event::IdSync(IdSync {
+            data_partner_id: 1234,
+            partner_uuid: "p".into(),
+            time_unix_ms: 10 * S,
+        })),
+    };
+    let synced = evaluator
+        .on_event(&defs, None, None, &sync, 10 * S)
+        .unwrap();
+    assert!(synced.due.is_some_and(|d| d > 11 * S));
+    let step = evaluator
+        .on_event(
+            &defs,
+            synced.state,
+            synced.due,
+            &realization("u", 3, 11 * S, None),
+            11 * S,
+        )
+        .unwrap();
+    assert_eq!(
+        changes(&step),
+        [
+            (10, SegmentStatus::Active, ChangeReason::Qualified, 11 * S),
+            (11, SegmentStatus::Active, ChangeReason::Qualified, 11 * S),
+        ]
+    );
+}
