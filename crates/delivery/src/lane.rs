@@ -17,8 +17,9 @@ use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
 use crate::sender::{DestinationSender, Failure, unix_ms_now};
 
-/// Hashes user ids to lanes: seeded once per process, so a user keeps their lane for the life
-/// of the process (which is all per-user order needs), without SipHash's cost per event.
+/// Hashes user ids to lanes: seeded once per input pipeline, so a user keeps their lane for the
+/// life of the pipeline — all per-user order needs, since a reload drains the old pipeline
+/// before the new one starts — without SipHash's cost per event.
 #[derive(Debug, Clone)]
 pub struct LaneHasher(foldhash::fast::FixedState);
 
