@@ -85,8 +85,8 @@ impl DestinationBatch {
         partner_uuids(self.latest(user), data_partner)
     }
 
-    fn find(&self, user_id: &str) -> Option<usize> {
-        let hash = self.hasher.hash_one(user_id);
+    /// The user's position in `users`, by the hash of their id.
+    fn find(&self, hash: u64, user_id: &str) -> Option<usize> {
         self.index
             .find(hash, |&i| self.latest(&self.users[i]).user_id == user_id)
             .copied()
@@ -124,7 +124,8 @@ impl DestinationBatch {
     /// which is dead-lettered instead of sent.
     pub fn add(&mut self, event: RoutedEvent) -> Result<(), RoutedEvent> {
         let limits = self.destination.batch;
-        let existing = self.find(&event.update.user_id);
+        let hash = self.hasher.hash_one(&event.update.user_id);
+        let existing = self.find(hash, &event.update.user_id);
         let (old_bytes, old_entries, candidate) = match existing {
             Some(i) => {
                 let user = &self.users[i];
@@ -159,7 +160,6 @@ impl DestinationBatch {
         match existing {
             Some(i) => self.users[i] = user,
             None => {
-                let hash = self.hasher.hash_one(&event.update.user_id);
                 let (users, events, hasher) = (&self.users, &self.events, &self.hasher);
                 self.index.insert_unique(hash, users.len(), |&i| {
                     hasher.hash_one(&events[users[i].latest].update.user_id)

@@ -116,30 +116,47 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
+/// A date's fields as the partner format shows them.
+struct DateParts {
+    weekday: &'static str,
+    month: &'static str,
+    day: i64,
+    second_of_day: i64,
+    year: i64,
+}
+
 impl PartnerDate {
+    fn parts(self) -> DateParts {
+        let secs = self.0.div_euclid(1000);
+        let days = secs.div_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        DateParts {
+            // 1970-01-01 was a Thursday.
+            weekday: WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],
+            month: MONTHS[usize::try_from(month - 1).unwrap_or(0)],
+            day,
+            second_of_day: secs.rem_euclid(86_400),
+            year,
+        }
+    }
+
     /// The date's 28 bytes, written without the formatting machinery (this runs for every
     /// segment of every body), for years 1000–9999; `None` outside them.
     fn fixed_width(self) -> Option<[u8; 28]> {
-        let secs = self.0.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let second_of_day = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
-        if !(1000..=9999).contains(&year) {
+        let p = self.parts();
+        if !(1000..=9999).contains(&p.year) {
             return None;
         }
-        // 1970-01-01 was a Thursday.
-        let weekday = WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)].as_bytes();
-        let month = MONTHS[usize::try_from(month - 1).unwrap_or(0)].as_bytes();
         let two = |n: i64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
         let mut out = *b"Thu Jan 01 00:00:00 UTC 1970";
-        out[0..3].copy_from_slice(weekday);
-        out[4..7].copy_from_slice(month);
-        out[8..10].copy_from_slice(&two(day));
-        out[11..13].copy_from_slice(&two(second_of_day / 3600));
-        out[14..16].copy_from_slice(&two(second_of_day / 60 % 60));
-        out[17..19].copy_from_slice(&two(second_of_day % 60));
-        out[24..26].copy_from_slice(&two(year / 100));
-        out[26..28].copy_from_slice(&two(year % 100));
+        out[0..3].copy_from_slice(p.weekday.as_bytes());
+        out[4..7].copy_from_slice(p.month.as_bytes());
+        out[8..10].copy_from_slice(&two(p.day));
+        out[11..13].copy_from_slice(&two(p.second_of_day / 3600));
+        out[14..16].copy_from_slice(&two(p.second_of_day / 60 % 60));
+        out[17..19].copy_from_slice(&two(p.second_of_day % 60));
+        out[24..26].copy_from_slice(&two(p.year / 100));
+        out[26..28].copy_from_slice(&two(p.year % 100));
         Some(out)
     }
 }
@@ -149,18 +166,17 @@ impl fmt::Display for PartnerDate {
         if let Some(bytes) = self.fixed_width() {
             return f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?);
         }
-        let secs = self.0.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let second_of_day = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
-        let weekday = WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
-        let month = MONTHS[usize::try_from(month - 1).unwrap_or(0)];
+        let p = self.parts();
         write!(
             f,
-            "{weekday} {month} {day:02} {:02}:{:02}:{:02} UTC {year}",
-            second_of_day / 3600,
-            second_of_day / 60 % 60,
-            second_of_day % 60
+            "{} {} {:02} {:02}:{:02}:{:02} UTC {}",
+            p.weekday,
+            p.month,
+            p.day,
+            p.second_of_day / 3600,
+            p.second_of_day / 60 % 60,
+            p.second_of_day % 60,
+            p.year
         )
     }
 }
