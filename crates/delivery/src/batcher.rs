@@ -1,6 +1,11 @@
 //! What goes into one request to one destination: the events of a batch, one entry per user
 //! with the latest status per (user, partner segment), and the exact size of the JSON body
 //! they will make, so a batch closes before it would pass `max_bytes` or `max_users`.
+//!
+//! A change replaced within the batch by a later status of the same user and partner segment
+//! (the contract's "latest status wins") is *coalesced*: the batch keeps a record of each, so
+//! that delivery can account for every change it was given — sent, dead-lettered, or merged
+//! into a later one — and a change that is none of these is a loss someone can see.
 
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
@@ -40,6 +45,19 @@ pub struct BatchUser {
     entries: usize,
 }
 
+/// A change the batch replaced by a later status of the same user and partner segment: it is
+/// not sent, and the later one stands for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalescedChange {
+    /// Position of the user in [`DestinationBatch::users`].
+    pub user: usize,
+    /// Position of the segment (the one that replaced it) in the user's `segments`.
+    pub segment: usize,
+    /// The replaced change's status and time.
+    pub active: bool,
+    pub time_unix_ms: i64,
+}
+
 /// The batch a destination lane is filling.
 #[derive(Debug)]
 pub struct DestinationBatch {
@@ -50,6 +68,9 @@ pub struct DestinationBatch {
     /// per event was an atomic on a cache line the other lanes share (perf: a third of `add`).
     index: hashbrown::HashTable<usize>,
     hasher: foldhash::fast::RandomState,
+    /// Changes replaced within this batch; reused across batches, so it allocates only while
+    /// it grows past its largest batch.
+    pub coalesced: Vec<CoalescedChange>,
     users_bytes: usize,
     entries: usize,
     header_bytes: usize,
@@ -64,6 +85,7 @@ impl DestinationBatch {
             users: Vec::new(),
             index: hashbrown::HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
+            coalesced: Vec::new(),
             users_bytes: 0,
             entries: 0,
             header_bytes,
@@ -126,16 +148,36 @@ impl DestinationBatch {
         let limits = self.destination.batch;
         let hash = self.hasher.hash_one(&event.update.user_id);
         let existing = self.find(hash, &event.update.user_id);
+        let position = existing.unwrap_or(self.users.len());
+        let coalesced_before = self.coalesced.len();
+        let mut replaced = |segment: usize, old: &PartnerSegment| {
+            self.coalesced.push(CoalescedChange {
+                user: position,
+                segment,
+                active: old.active,
+                time_unix_ms: old.time_unix_ms,
+            });
+        };
         let (old_bytes, old_entries, candidate) = match existing {
             Some(i) => {
                 let user = &self.users[i];
                 let mut segments = user.segments.clone();
-                merge_segments(&self.destination, &mut segments, &event.update);
+                merge_segments(
+                    &self.destination,
+                    &mut segments,
+                    &event.update,
+                    &mut replaced,
+                );
                 (user.bytes, user.entries, segments)
             }
             None => {
                 let mut segments = Vec::with_capacity(event.update.changes.len());
-                merge_segments(&self.destination, &mut segments, &event.update);
+                merge_segments(
+                    &self.destination,
+                    &mut segments,
+                    &event.update,
+                    &mut replaced,
+                );
                 (0, 0, segments)
             }
         };
@@ -148,6 +190,8 @@ impl DestinationBatch {
             let users_after = self.users.len() + usize::from(existing.is_none());
             let body_after = self.header_bytes + digits(entries as u64) + users_bytes;
             if users_after > limits.max_users || body_after > limits.max_bytes {
+                // The event goes into the next batch: it replaced nothing in this one.
+                self.coalesced.truncate(coalesced_before);
                 return Err(event);
             }
         }
@@ -177,6 +221,7 @@ impl DestinationBatch {
     pub fn take_events(&mut self) -> Vec<RoutedEvent> {
         self.users.clear();
         self.index.clear();
+        self.coalesced.clear();
         self.users_bytes = 0;
         self.entries = 0;
         std::mem::take(&mut self.events)
@@ -197,19 +242,22 @@ impl DestinationBatch {
 }
 
 /// Applies `update`'s mapped changes to `segments`: the latest status per partner segment wins,
-/// keeping the position of its first change.
+/// keeping the position of its first change; `replaced` hears of every change it overwrites.
 fn merge_segments(
     destination: &DestinationConfig,
     segments: &mut Vec<PartnerSegment>,
     update: &SegmentStatusUpdate,
+    replaced: &mut impl FnMut(usize, &PartnerSegment),
 ) {
     for change in &update.changes {
         let Some(their_id) = destination.segments.get(&change.segment_id) else {
             continue;
         };
         let active = change.status() == model::SegmentStatus::Active;
-        match segments.iter_mut().find(|s| s.segment_id == *their_id) {
-            Some(segment) => {
+        match segments.iter().position(|s| s.segment_id == *their_id) {
+            Some(position) => {
+                let segment = &mut segments[position];
+                replaced(position, segment);
                 segment.active = active;
                 segment.time_unix_ms = change.time_unix_ms;
             }

@@ -11,6 +11,7 @@ use prometheus::{
 #[derive(Debug, Clone)]
 pub struct Metrics {
     events: IntCounterVec,
+    changes: IntCounterVec,
     requests: IntCounterVec,
     retries: IntCounterVec,
     request_duration: HistogramVec,
@@ -61,6 +62,10 @@ impl RequestOutcome {
 pub struct DestinationMetrics {
     pub delivered: IntCounter,
     pub dead_lettered: IntCounter,
+    /// `delivery_changes_total`: one per segment change, by what became of it.
+    pub changes_delivered: IntCounter,
+    pub changes_dead_lettered: IntCounter,
+    pub changes_coalesced: IntCounter,
     requests: [IntCounter; 5],
     pub retries: IntCounter,
     pub request_duration: Histogram,
@@ -92,6 +97,13 @@ impl Metrics {
                 Opts::new(
                     "delivery_events_total",
                     "Status changes finished per destination: delivered (200) or dead-lettered.",
+                ),
+                &["destination", "outcome"],
+            )?,
+            changes: IntCounterVec::new(
+                Opts::new(
+                    "delivery_changes_total",
+                    "Segment changes finished per destination: delivered (sent in a batch the partner accepted), dead_lettered, or coalesced (replaced by a later status of the same user and segment in a delivered batch).",
                 ),
                 &["destination", "outcome"],
             )?,
@@ -186,6 +198,7 @@ impl Metrics {
             )?,
         };
         registry.register(Box::new(metrics.events.clone()))?;
+        registry.register(Box::new(metrics.changes.clone()))?;
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.retries.clone()))?;
         registry.register(Box::new(metrics.request_duration.clone()))?;
@@ -210,6 +223,9 @@ impl Metrics {
         DestinationMetrics {
             delivered: self.events.with_label_values(&[d, "delivered"]),
             dead_lettered: self.events.with_label_values(&[d, "dead_lettered"]),
+            changes_delivered: self.changes.with_label_values(&[d, "delivered"]),
+            changes_dead_lettered: self.changes.with_label_values(&[d, "dead_lettered"]),
+            changes_coalesced: self.changes.with_label_values(&[d, "coalesced"]),
             requests: RequestOutcome::ALL.map(|o| self.requests.with_label_values(&[d, o.label()])),
             retries: self.retries.with_label_values(&[d]),
             request_duration: self.request_duration.with_label_values(&[d]),

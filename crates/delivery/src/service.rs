@@ -20,6 +20,7 @@ pub fn build_shared(
     kafka: &KafkaSettings,
     metrics: &Metrics,
 ) -> anyhow::Result<Shared> {
+    crate::lane::announce_coalesced_reporting();
     let senders = config
         .destinations
         .iter()

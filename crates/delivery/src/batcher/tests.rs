@@ -175,6 +175,88 @@ fn latest_status_per_user_and_segment_wins_within_a_batch() {
     );
 }
 
+/// What the batch says it coalesced: (user, their segment, status, time).
+fn coalesced(batch: &DestinationBatch) -> Vec<(String, String, bool, i64)> {
+    batch
+        .coalesced
+        .iter()
+        .map(|c| {
+            let user = &batch.users[c.user];
+            (
+                batch.latest(user).user_id.clone(),
+                user.segments[c.segment].segment_id.to_string(),
+                c.active,
+                c.time_unix_ms,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_replaced_change_is_reported_coalesced_and_nothing_else() {
+    let mut batch = DestinationBatch::new(destination(""));
+    let events = [
+        update(
+            "u1",
+            &[],
+            &[],
+            vec![change(14356, true, T0), change(12176, true, T0)],
+        ),
+        update("u2", &[], &[], vec![change(14356, true, T0)]),
+        update("u1", &[], &[], vec![change(14356, false, T0 + 1_000)]),
+        // Our 500 maps to their 99 as 12176 does: it replaces u1's 12176.
+        update("u1", &[], &[], vec![change(500, false, T0 + 2_000)]),
+        update("u1", &[], &[], vec![change(14356, true, T0 + 3_000)]),
+    ];
+    for event in events {
+        batch.add(event).unwrap();
+    }
+    assert_eq!(
+        coalesced(&batch),
+        vec![
+            ("u1".to_owned(), "14356".to_owned(), true, T0),
+            ("u1".to_owned(), "99".to_owned(), true, T0),
+            ("u1".to_owned(), "14356".to_owned(), false, T0 + 1_000),
+        ]
+    );
+    // Each change given is either in the body or coalesced: 6 = 3 segments sent + 3 replaced.
+    let sent: usize = batch.users.iter().map(|u| u.segments.len()).sum();
+    assert_eq!(sent + batch.coalesced.len(), 6);
+    batch.take_events();
+    assert!(
+        batch.coalesced.is_empty(),
+        "a new batch starts with nothing coalesced"
+    );
+}
+
+#[test]
+fn an_event_handed_back_to_the_next_batch_coalesces_nothing_in_this_one() {
+    let mut batch = DestinationBatch::new(destination(
+        ", data_partner: 1234, batch: { max_bytes: 1024 }",
+    ));
+    batch
+        .add(update("u1", &[], &[], vec![change(14356, true, T0)]))
+        .unwrap();
+    // The same segment again, with partner ids that make u1's entries too big for this batch.
+    let ids: Vec<String> = (0..10).map(|i| format!("partner-id-{i:0>90}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let handed_back = batch.add(update(
+        "u1",
+        &[],
+        &ids,
+        vec![change(14356, false, T0 + 1_000)],
+    ));
+    assert!(
+        handed_back.is_err(),
+        "the test needs an event that does not fit"
+    );
+    assert!(
+        batch.coalesced.is_empty(),
+        "u1's 1 was not replaced in this batch: {:?}",
+        coalesced(&batch)
+    );
+}
+
 #[test]
 fn max_users_closes_the_batch() {
     let mut batch = DestinationBatch::new(destination(", batch: { max_users: 2 }"));
