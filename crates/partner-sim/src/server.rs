@@ -402,17 +402,21 @@ fn record(
     received: crate::contract::ReceivedBody,
 ) {
     stats.accepted += 1;
+    // A user with several partner ids has one entry each, all carrying the same changes: a
+    // change counts once per request, so only a re-sent request makes a duplicate.
+    let mut in_request = std::collections::HashSet::new();
     for user in &received.users {
         for segment in &user.segments {
-            *stats
-                .accepted_changes
-                .entry(AcceptedChange {
-                    user: user.aam_uuid.clone(),
-                    segment: segment.segment_id.clone(),
-                    active: segment.active,
-                    time: segment.time,
-                })
-                .or_default() += 1;
+            let change = AcceptedChange {
+                user: user.aam_uuid.clone(),
+                segment: segment.segment_id.clone(),
+                active: segment.active,
+                time: segment.time,
+            };
+            if !in_request.contains(&change) {
+                *stats.accepted_changes.entry(change.clone()).or_default() += 1;
+                in_request.insert(change);
+            }
         }
     }
     if !stats.keys.insert(key.to_owned()) {

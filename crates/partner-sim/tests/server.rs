@@ -244,3 +244,37 @@ async fn injected_errors_follow_the_configured_rate() {
         "a failed request accepted nothing"
     );
 }
+
+#[tokio::test]
+async fn a_change_sent_for_each_partner_id_of_a_user_is_accepted_once_per_request() {
+    let (sim, base) = start("endpoints:\n  - { path: /p }\n").await;
+    let entry = |partner_uuid: &str| {
+        format!(
+            r#"{{"AAM_UUID":"u1","DataPartner_UUID":"{partner_uuid}","Segments":[{{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}}]}}"#
+        )
+    };
+    let body = format!(
+        r#"{{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"20915","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"2","Users":[{},{}]}}"#,
+        entry("idfa-1"),
+        entry("idfa-2")
+    );
+    assert_eq!(
+        post(&format!("{base}/p"), &body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        sim.stats()["endpoints"]["/p"]["violations"],
+        serde_json::json!({}),
+        "{}",
+        sim.stats()
+    );
+    // One change, sent in two entries of one request: one acceptance, not a duplicate.
+    assert_eq!(
+        sim.accepted()["endpoints"]["/p"]["changes"],
+        serde_json::json!([["u1", "14356", 1, 1_469_636_242, 1]])
+    );
+}

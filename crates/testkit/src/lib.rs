@@ -8,11 +8,14 @@
 //!   request and whose status and delay can change during a test.
 //! - [`fuzz`]: proptest fuzzing seeded from committed corpora; `FUZZ_CASES` selects the long
 //!   run.
+//! - [`ledger`]: the exact ledger of a run — every committed change delivered,
+//!   dead-lettered or reported coalesced, else missing (also the `relay-ledger` command).
 //! - [`wait_until`]: wait on a condition with a deadline instead of sleeping.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod fuzz;
 pub mod kafka;
+pub mod ledger;
 pub mod receiver;
 pub mod service;
 

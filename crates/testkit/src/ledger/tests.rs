@@ -1,0 +1,189 @@
+//! Known answers of the ledger, its known-bad cases first: each must fail a run.
+
+use super::*;
+
+fn change(user: &str, active: bool, time: i64) -> Change {
+    (user.to_owned(), "a-1".to_owned(), active, time)
+}
+
+fn changes(entries: &[(Change, u64)]) -> Changes {
+    entries.iter().cloned().collect()
+}
+
+fn destination() -> Destination {
+    Destination {
+        id: 423,
+        path: "/acme".to_owned(),
+        segments: [(1, "a-1".to_owned())].into_iter().collect(),
+    }
+}
+
+#[test]
+fn a_dropped_non_final_change_is_missing_unless_delivery_reported_it_coalesced() {
+    // u1 qualified, then left: only the 0 reached the partner.
+    let expected = changes(&[(change("u1", true, 100), 1), (change("u1", false, 107), 1)]);
+    let accepted = changes(&[(change("u1", false, 107), 1)]);
+    let none = Changes::new();
+    let lost = line(&destination(), &expected, &accepted, &none, &none);
+    assert_eq!((lost.delivered, lost.coalesced, lost.missing), (1, 0, 1));
+    assert_eq!(lost.missing_examples, vec![change("u1", true, 100)]);
+    assert_eq!(lost.problems().len(), 1, "{:?}", lost.problems());
+    assert!(
+        lost.problems()[0].contains("neither delivered, nor dead-lettered, nor reported coalesced")
+    );
+
+    let reported = changes(&[(change("u1", true, 100), 1)]);
+    let merged = line(&destination(), &expected, &accepted, &none, &reported);
+    assert_eq!(
+        (merged.delivered, merged.coalesced, merged.missing),
+        (1, 1, 0)
+    );
+    assert!(merged.problems().is_empty(), "{:?}", merged.problems());
+}
+
+#[test]
+fn a_duplicate_never_offsets_a_loss() {
+    // Two changes committed, two accepted: but one of them twice and the other never.
+    let expected = changes(&[(change("u1", true, 100), 1), (change("u2", true, 100), 1)]);
+    let accepted = changes(&[(change("u1", true, 100), 2)]);
+    let none = Changes::new();
+    let l = line(&destination(), &expected, &accepted, &none, &none);
+    assert_eq!(
+        (l.committed, l.delivered, l.duplicates, l.missing),
+        (2, 1, 1, 1)
+    );
+    assert!(!l.problems().is_empty());
+}
+
+#[test]
+fn the_same_change_committed_twice_needs_two_receptions() {
+    let expected = changes(&[(change("u1", true, 100), 2)]);
+    let accepted = changes(&[(change("u1", true, 100), 1)]);
+    let none = Changes::new();
+    let l = line(&destination(), &expected, &accepted, &none, &none);
+    assert_eq!((l.delivered, l.missing), (1, 1));
+}
+
+#[test]
+fn delivered_dead_lettered_coalesced_and_unexpected_are_told_apart() {
+    let expected = changes(&[
+        (change("u1", true, 100), 1),
+        (change("u2", true, 100), 1),
+        (change("u3", true, 100), 1),
+        (change("u3", false, 101), 1),
+    ]);
+    let accepted = changes(&[
+        (change("u1", true, 100), 2),
+        (change("u3", false, 101), 1),
+        (change("u9", true, 100), 1),
+    ]);
+    let dlq = changes(&[(change("u2", true, 100), 1)]);
+    let coalesced = changes(&[(change("u3", true, 100), 1), (change("u8", true, 5), 1)]);
+    let l = line(&destination(), &expected, &accepted, &dlq, &coalesced);
+    assert_eq!(
+        (
+            l.committed,
+            l.delivered,
+            l.dead_lettered,
+            l.coalesced,
+            l.duplicates,
+            l.missing,
+            l.unexpected
+        ),
+        (4, 2, 1, 1, 1, 0, 2)
+    );
+    assert_eq!(
+        l.problems().len(),
+        1,
+        "unexpected changes fail the run: {:?}",
+        l.problems()
+    );
+}
+
+#[test]
+fn a_replay_that_leaves_a_dead_letter_at_the_dlq_is_missing_at_the_partner() {
+    let expected = changes(&[(change("u1", true, 100), 1), (change("u2", true, 100), 1)]);
+    let before = Changes::new();
+    let after = changes(&[(change("u1", true, 100), 1)]);
+    let dlq = changes(&[(change("u1", true, 100), 1), (change("u2", true, 100), 1)]);
+    let none = Changes::new();
+    let mut l = line(&destination(), &expected, &before, &dlq, &none);
+    assert_eq!(l.missing, 0);
+    add_replay(&mut l, &expected, &before, &after, &none);
+    assert_eq!((l.replayed, l.missing_at_partner), (Some(1), Some(1)));
+    assert!(!l.problems().is_empty());
+}
+
+#[test]
+fn order_and_contract_violations_fail_a_run() {
+    let l = Line {
+        out_of_order: 1,
+        violations: 2,
+        ..Line::default()
+    };
+    assert_eq!(l.problems().len(), 2);
+}
+
+const ANNOUNCE: &str = r#"{"timestamp":"t","level":"DEBUG","message":"Coalesced changes are reported on this target, one line each.","target":"delivery::coalesced"}"#;
+
+#[test]
+fn coalesced_changes_are_read_from_delivery_json_logs() {
+    let log = format!(
+        "{ANNOUNCE}\nnot json: librdkafka said something\n\
+         {{\"level\":\"INFO\",\"message\":\"Delivery is running.\",\"target\":\"delivery::service\"}}\n\
+         {{\"level\":\"DEBUG\",\"message\":\"Change coalesced.\",\"destination\":423,\"user\":\"u1\",\"segment\":\"a-1\",\"status\":1,\"time_unix_ms\":100999,\"target\":\"delivery::coalesced\"}}\n"
+    );
+    let got = coalesced(&log, "w1.log").unwrap();
+    assert_eq!(got[&423], changes(&[(change("u1", true, 100), 1)]));
+}
+
+#[test]
+fn a_log_that_does_not_report_coalesced_changes_is_an_error_not_zero() {
+    let error = coalesced(
+        "{\"level\":\"INFO\",\"message\":\"Delivery is running.\",\"target\":\"delivery::service\"}\n",
+        "w1.log",
+    )
+    .unwrap_err();
+    assert!(
+        error.0.contains("w1.log does not report coalesced changes"),
+        "{error}"
+    );
+    let garbled = format!(
+        "{ANNOUNCE}\n{{\"message\":\"Change coalesced.\",\"destination\":423,\"target\":\"delivery::coalesced\"}}\n"
+    );
+    assert!(coalesced(&garbled, "w1.log").is_err());
+}
+
+#[test]
+fn a_partner_document_without_its_fields_is_an_error() {
+    assert!(accepted(&serde_json::json!({})).is_err());
+    assert!(
+        accepted(&serde_json::json!({"endpoints": {"/a": {"changes": [["u", "s", 1]]}}})).is_err()
+    );
+    let good = serde_json::json!({"endpoints": {"/a": {"changes": [["u1", "a-1", 1, 100, 2]]}}});
+    assert_eq!(
+        accepted(&good).unwrap()["/a"],
+        changes(&[(change("u1", true, 100), 2)])
+    );
+    assert!(violations(&serde_json::json!({"endpoints": {"/a": {}}})).is_err());
+    let stats = serde_json::json!({"endpoints": {"/a": {"order_violations": 1, "violations": {"body": 2, "auth": 1}}}});
+    assert_eq!(violations(&stats).unwrap()["/a"], (1, 3));
+}
+
+#[test]
+fn qualifier_duplicates_count_recommits_and_repeated_statuses() {
+    let committed = |user: &str, active, time_unix_ms| Committed {
+        user: user.to_owned(),
+        segment: 1,
+        active,
+        time_unix_ms,
+    };
+    let q = qualifier_duplicates(&[
+        committed("u1", true, 1),
+        committed("u1", false, 2),
+        committed("u1", false, 3),
+        committed("u2", true, 1),
+        committed("u2", true, 1),
+    ]);
+    assert_eq!((q.identical, q.repeated_status), (1, 2));
+}
