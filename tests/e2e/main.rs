@@ -5,4 +5,5 @@
 
 mod delivery;
 mod kafka_roundtrip;
+mod ledger;
 mod qualifier;
