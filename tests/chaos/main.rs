@@ -123,10 +123,10 @@ async fn run(filters: Vec<String>) -> ExitCode {
         })
         .collect();
     if chosen.is_empty() {
-        println!("chaos: no scenario matches {filters:?}");
-        return ExitCode::SUCCESS;
+        let names: Vec<&str> = SCENARIOS.iter().map(|(name, _, _)| *name).collect();
+        println!("chaos: FAILED: no scenario matches {filters:?}; the scenarios are {names:?}");
+        return ExitCode::FAILURE;
     }
-    ledger::self_check();
     let broker: &'static ChaosBroker = Box::leak(Box::new(ChaosBroker::from_env()));
     println!(
         "chaos: {} scale, {} scenario(s); starting the chaos broker on {}",

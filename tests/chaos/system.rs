@@ -22,15 +22,6 @@ pub struct Destination {
     pub segments: &'static [(u64, &'static str)],
 }
 
-impl Destination {
-    pub fn partner_segment(&self, segment: u64) -> Option<&'static str> {
-        self.segments
-            .iter()
-            .find(|(ours, _)| *ours == segment)
-            .map(|(_, theirs)| *theirs)
-    }
-}
-
 /// The three partners: HMAC (sha256), OAuth 2.0, and HMAC (sha1) — the last is the one the
 /// scenarios make fail or slow; the other two show it does not affect them.
 pub const DESTINATIONS: [Destination; 3] = [
@@ -124,6 +115,9 @@ pub struct Launch {
     pub qualifier_group: String,
     definitions: PathBuf,
     pub delivery_config: PathBuf,
+    /// The log of every delivery process started (workers, restarts, replays): the ledger
+    /// reads the changes each one coalesced.
+    delivery_logs: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// The running system.
@@ -214,6 +208,7 @@ impl System {
             qualifier_group: unique("qualifier"),
             definitions,
             delivery_config,
+            delivery_logs: std::sync::Mutex::default(),
         };
         let qualifier = launch.start_qualifier().await;
         let mut workers = Vec::new();
@@ -238,6 +233,14 @@ impl System {
             workers,
             sim,
             _dir: dir,
+        }
+    }
+
+    /// What partner-sim accepted and its statistics, for the ledger.
+    pub async fn partner_record(&self) -> crate::ledger::PartnerRecord {
+        crate::ledger::PartnerRecord {
+            accepted: self.sim_json("/accepted").await,
+            stats: self.sim_json("/stats").await,
         }
     }
 
@@ -290,19 +293,39 @@ impl Launch {
         service
     }
 
+    /// JSON logs with the coalesced changes reported: the ledger reads them.
     fn delivery(&self) -> ServiceBuilder {
         ServiceBuilder::new("delivery")
             .arg("--config")
             .arg(self.delivery_config.to_str().unwrap())
             .env("KAFKA_BROKERS", &self.brokers)
+            .env("LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                format!("info,{}=debug", testkit::ledger::COALESCED_TARGET),
+            )
             .env("CHAOS_ACME_KEY", HMAC_KEY_A)
             .env("CHAOS_FAULTY_KEY", HMAC_KEY_F)
             .env("CHAOS_OAUTH_SECRET", OAUTH_SECRET)
     }
 
+    fn spawn_delivery(&self, builder: ServiceBuilder) -> Service {
+        let service = builder.spawn();
+        self.delivery_logs
+            .lock()
+            .unwrap()
+            .push(service.log_path().to_owned());
+        service
+    }
+
+    /// Every delivery process's log so far.
+    pub fn delivery_logs(&self) -> Vec<PathBuf> {
+        self.delivery_logs.lock().unwrap().clone()
+    }
+
     /// Starts one more delivery worker (ready).
     pub async fn start_worker(&self) -> Service {
-        let mut service = self.delivery().spawn();
+        let mut service = self.spawn_delivery(self.delivery());
         service.wait_ready(Duration::from_secs(60)).await;
         service
     }
@@ -313,59 +336,41 @@ impl Launch {
         destination: u64,
         since: &str,
     ) -> (std::process::ExitStatus, String) {
-        let mut replay = self
-            .delivery()
-            .arg("replay")
-            .arg("--destination")
-            .arg(destination.to_string())
-            .arg("--since")
-            .arg(since)
-            .spawn();
+        let mut replay = self.spawn_delivery(
+            self.delivery()
+                .arg("replay")
+                .arg("--destination")
+                .arg(destination.to_string())
+                .arg("--since")
+                .arg(since),
+        );
         let status = replay.wait_exit(Duration::from_secs(180)).await;
         (status, replay.log())
     }
 }
 
 /// How many partitions of `topic` a delivery worker owns, by its last "Partitions
-/// assigned/revoked" log line (the eager protocol: a rebalance revokes everything first).
+/// assigned/revoked" log line (JSON; the eager protocol: a rebalance revokes everything first).
 fn owned_partitions(log: &str, topic: &str) -> usize {
-    let needle = format!("topic={topic} ");
     let mut owned: usize = 0;
     for line in log.lines() {
-        let line = strip_ansi(line);
-        if !line.contains(&needle) {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if event["topic"] != topic {
             continue;
         }
-        let count = line
-            .rsplit("partitions=")
-            .next()
-            .and_then(|n| n.trim().parse().ok())
+        let count = event["partitions"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(0);
-        if line.contains("Partitions assigned.") {
-            owned = count;
-        } else if line.contains("Partitions revoked.") {
-            owned = owned.saturating_sub(count);
+        match event["message"].as_str() {
+            Some("Partitions assigned.") => owned = count,
+            Some("Partitions revoked.") => owned = owned.saturating_sub(count),
+            _ => {}
         }
     }
     owned
-}
-
-/// A pretty log line without its colour escapes (`ESC [ … m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Waits until every worker owns some partitions of `topic` and together all of them, so the
