@@ -16,6 +16,7 @@ demo: ## The whole system end to end for DEMO_SECONDS (default 60), then a per-d
 
 test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every test (unit, integration, end-to-end, a benchmark smoke, deploy checks with a short demo)
 	$(CARGO) test --workspace --locked
+	@out=$$($(CARGO) test --locked -q -p segment-relay-e2e --test chaos -- no-such-scenario 2>&1) && { echo "$$out"; echo "FAILED: the chaos harness ran no scenario and passed"; exit 1; }; grep -q "no scenario matches" <<<"$$out" || { echo "$$out"; exit 1; }
 	BENCH_SCALE=smoke deploy/bench.sh
 	$(MAKE) deploy-check
 
