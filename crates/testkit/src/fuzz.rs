@@ -4,8 +4,10 @@
 //! case). `FUZZ_CASES` sets the cases per property: a short run by default (`make test`), a
 //! long one when set (`make chaos` sets `FUZZ_CASES=200000`).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -69,14 +71,82 @@ pub fn corpus(manifest_dir: &str, target: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// Runs `f` and panics if it took longer than `limit`: an input that makes a parser hang
-/// (or go quadratic) is a failure like a panic.
-pub fn within<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
-    let started = Instant::now();
-    let out = f();
-    let took = started.elapsed();
-    assert!(took <= limit, "{what} took {took:?}, more than {limit:?}");
-    out
+/// How long a call that overran its limit may still run before [`within`] stops the test
+/// process: time for a slow but finite call to come back, so that its failure goes through the
+/// test harness (and proptest shrinks the input) instead of ending the process.
+pub const HUNG_CALL_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `f` and panics, naming `what`, if it has not returned within `limit`: an input that
+/// makes a parser hang (or go quadratic) is a failure like a panic.
+///
+/// A watchdog enforces the limit: `f` runs on a thread of its own and the panic is raised as
+/// soon as the limit passes, while `f` still runs. `f` may borrow the caller's input, so the
+/// panic can only leave this function once `f` has returned; if `f` is still running
+/// [`HUNG_CALL_GRACE`] later, the message is written to stderr and the test process exits
+/// with status 101, so a hang fails the suite instead of hanging it.
+pub fn within<T: Send>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send) -> T {
+    watch(limit, what, f, |returned| {
+        stop_if_still_running(what, limit, returned, HUNG_CALL_GRACE);
+    })
+}
+
+/// [`within`] with what happens on an overrun, before the panic, left to `on_overrun`; it gets
+/// the receiver that hears when `f` returns.
+fn watch<T: Send>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send,
+    on_overrun: impl FnOnce(mpsc::Receiver<()>),
+) -> T {
+    let (returned_tx, returned) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let call = std::thread::Builder::new()
+            .name(format!("within: {what}"))
+            .spawn_scoped(scope, move || {
+                let out = f();
+                // Nobody listens once the caller gave up and the grace passed.
+                let _ = returned_tx.send(());
+                out
+            })
+            .unwrap_or_else(|e| panic!("cannot start a thread for {what}: {e}"));
+        match returned.recv_timeout(limit) {
+            // Returned in time, or panicked (the sender is gone): `join` says which.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                on_overrun(returned);
+                panic!(
+                    "{what} has not returned within {limit:?}: the input makes it hang or blow up"
+                );
+            }
+        }
+        match call.join() {
+            Ok(out) => out,
+            // The caller sees `f`'s own panic, as if `f` had run on its thread.
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    })
+}
+
+/// Exits the process with status 101 unless `returned` hears within `grace` that the call
+/// came back.
+fn stop_if_still_running(
+    what: &str,
+    limit: Duration,
+    returned: mpsc::Receiver<()>,
+    grace: Duration,
+) {
+    let what = what.to_owned();
+    std::thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = returned.recv_timeout(grace) {
+            // Straight to stderr: the test harness captures `eprintln!` and would never show it.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{what} has not returned within {limit:?}, nor {grace:?} after that: it hangs; \
+                 stopping the test process"
+            );
+            std::process::exit(101);
+        }
+    });
 }
 
 /// One edit of a seed.
@@ -242,6 +312,132 @@ mod tests {
         assert_eq!(i, tail.len());
         assert_eq!(fields, [(1000, 0), (1001, 1), (1002, 2), (1003, 5)]);
         assert_eq!(length_delimited(4, b"ab"), [0x22, 2, b'a', b'b']);
+    }
+
+    #[test]
+    fn a_call_within_its_limit_returns_its_value() {
+        let input = [1_u8, 2, 3];
+        let sum = within(Duration::from_secs(5), "summing a borrowed input", || {
+            input.iter().map(|&b| u32::from(b)).sum::<u32>()
+        });
+        assert_eq!(sum, 6);
+    }
+
+    #[test]
+    #[should_panic(expected = "sleeping past the limit has not returned within 20ms")]
+    fn a_call_past_its_limit_panics_naming_the_input() {
+        within(Duration::from_millis(20), "sleeping past the limit", || {
+            std::thread::sleep(Duration::from_millis(300));
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "the call's own panic")]
+    fn a_panic_inside_the_call_is_the_callers_panic() {
+        within(Duration::from_secs(5), "a panicking call", || {
+            panic!("the call's own panic")
+        });
+    }
+
+    #[test]
+    fn the_panic_is_raised_while_the_call_still_runs() {
+        // The call waits up to 10 s to be let go, and only the overrun handler lets it go: if
+        // it was let go, the watchdog acted while the call was still running.
+        let (release, released) = mpsc::channel::<()>();
+        let let_go = &std::sync::atomic::AtomicBool::new(false);
+        let started = std::time::Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            watch(
+                Duration::from_millis(50),
+                "a blocked call",
+                move || {
+                    let was_let_go = released.recv_timeout(Duration::from_secs(10)).is_ok();
+                    let_go.store(was_let_go, std::sync::atomic::Ordering::SeqCst);
+                },
+                |_returned| release.send(()).unwrap(),
+            );
+        }));
+        let message = *outcome
+            .expect_err("a call past its limit did not panic")
+            .downcast::<String>()
+            .unwrap();
+        assert!(
+            message.contains("a blocked call has not returned within 50ms"),
+            "{message}"
+        );
+        assert!(
+            let_go.load(std::sync::atomic::Ordering::SeqCst),
+            "the call was never let go: the watchdog did not act while it ran"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the panic took {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Set for the child process of `a_call_that_never_returns_stops_the_test_process`.
+    const HANG_CHILD: &str = "TESTKIT_FUZZ_HANG_CHILD";
+
+    /// A call that never returns, when run as that child (alone, it passes at once).
+    #[test]
+    fn never_returning_call_child() {
+        if std::env::var_os(HANG_CHILD).is_none() {
+            return;
+        }
+        let limit = Duration::from_millis(50);
+        watch(
+            limit,
+            "a call that never returns",
+            || {
+                loop {
+                    std::thread::park();
+                }
+            },
+            |returned| {
+                stop_if_still_running(
+                    "a call that never returns",
+                    limit,
+                    returned,
+                    Duration::from_millis(200),
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn a_call_that_never_returns_stops_the_test_process() {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "fuzz::tests::never_returning_call_child",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(HANG_CHILD, "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                child.kill().unwrap();
+                panic!("the test process with a hung call still runs after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(101), "{stderr}");
+        assert!(
+            stderr.contains(
+                "a call that never returns has not returned within 50ms, nor 200ms after that"
+            ),
+            "{stderr}"
+        );
     }
 
     #[test]
