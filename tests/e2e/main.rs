@@ -7,3 +7,4 @@ mod delivery;
 mod kafka_roundtrip;
 mod ledger;
 mod qualifier;
+mod wait;

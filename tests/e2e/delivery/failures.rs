@@ -52,8 +52,15 @@ async fn a_500_then_200_is_delivered_by_the_retry_with_the_same_idempotency_key(
         },
     )
     .await;
-    // Exactly one retry: nothing else arrives.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly one retry: once the event is committed, delivery is done with it, and nothing
+    // else arrived.
+    crate::wait::wait_for(
+        "the delivered event committed",
+        Duration::from_secs(10),
+        || async { test.committed(1) },
+        |committed| committed.get(&0) == Some(&1),
+    )
+    .await;
     assert_eq!(receiver.requests().len(), 2);
 }
 

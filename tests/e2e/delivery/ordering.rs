@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use testkit::receiver::{Receiver, Response};
+use testkit::service::metric_value;
 
 use super::{DeliveryTest, T0, change, destination, json, update};
 
@@ -168,10 +169,23 @@ async fn a_hanging_destination_does_not_delay_another() {
         !hanging.requests().is_empty(),
         "the hanging destination was tried"
     );
-    assert!(
-        service
-            .metrics()
-            .await
-            .contains(r#"delivery_in_flight_requests{destination="40"}"#)
-    );
+    // The hanging partner's requests show in its metrics: in flight, then timed out (3 s).
+    let hanging_series = |series: &'static str| {
+        let service = &service;
+        move || async move { metric_value(&service.metrics().await, series) }
+    };
+    crate::wait::wait_for(
+        "a request in flight to the hanging destination",
+        Duration::from_secs(10),
+        hanging_series(r#"delivery_in_flight_requests{destination="40"}"#),
+        |n| n.is_some_and(|n| n >= 1.0),
+    )
+    .await;
+    crate::wait::wait_for(
+        "a timed-out request to the hanging destination counted",
+        Duration::from_secs(10),
+        hanging_series(r#"delivery_requests_total{destination="40",outcome="timeout"}"#),
+        |n| n.is_some_and(|n| n >= 1.0),
+    )
+    .await;
 }

@@ -94,8 +94,8 @@ async fn two_processes_split_the_partitions_and_one_takes_over_when_the_other_st
     let config = test.config(&[destination(51, &receiver, "")]);
     let a = test.start(&config, &[]).await;
     let mut b = test.start(&config, &[]).await;
-    // Let the group settle with both members before producing.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both members hold partitions before anything is produced, so both have work.
+    crate::wait::group_settled(&test.group, 2, Duration::from_secs(30)).await;
     produce_users(&test, (0..120).map(|i| format!("a{i}"))).await;
     testkit::wait_until("first wave delivered", Duration::from_secs(30), || {
         let n = delivered_users(&receiver).len();

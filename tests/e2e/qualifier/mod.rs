@@ -11,7 +11,7 @@ use std::time::Duration;
 use model::{ChangeReason, SegmentStatus, SegmentStatusUpdate};
 use prost::Message as _;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use testkit::kafka;
 use testkit::service::{Service, ServiceBuilder, free_port};
 
@@ -89,6 +89,32 @@ impl QualifierTest {
             service,
             ingest: format!("http://127.0.0.1:{port}/v1/events"),
         }
+    }
+
+    /// How many input events the qualifier's group has committed (its transactions' input
+    /// offsets, summed over the events topic's `partitions`). Read without requiring stable
+    /// offsets, so that a transaction left open by a killed process does not hold the answer
+    /// back: its offsets were never committed and are not counted.
+    pub fn committed_input(&self, partitions: i32) -> i64 {
+        let client: BaseConsumer = kafka::client_config()
+            .set("group.id", &self.group)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(&self.events, partition);
+        }
+        client
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("cannot read the committed offsets of {}: {e}", self.group))
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                rdkafka::Offset::Offset(offset) => offset,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// A read_committed reader of `topic` from its start.

@@ -57,10 +57,34 @@ async fn kill_9_mid_stream_then_restart_gives_the_output_of_an_uninterrupted_run
     let definitions = test.definitions(RULES);
     let mut first = test.start(&definitions, "a").await;
     let rounds = script(0..USERS);
-    post(&first.ingest, &rounds[0]).await;
-    post(&first.ingest, &rounds[1]).await;
+    let (status, _) = post(&first.ingest, &rounds[0]).await;
+    assert_eq!(status, 202);
+    // The first round committed before the second is sent, so that the kill right after the
+    // second lands with some input committed and some not.
+    let round = i64::try_from(USERS).unwrap();
+    crate::wait::wait_for(
+        "the first round's input committed",
+        Duration::from_secs(30),
+        || async { test.committed_input(3) },
+        |&committed| committed == round,
+    )
+    .await;
+    let (status, _) = post(&first.ingest, &rounds[1]).await;
+    assert_eq!(status, 202);
     // Kill it while the second round is being processed.
     first.service.kill9().await;
+    let committed_at_kill = test.committed_input(3);
+    assert!(
+        committed_at_kill > 0,
+        "the kill landed before the qualifier committed any input: nothing to restore"
+    );
+    assert!(
+        committed_at_kill < 2 * round,
+        "the kill landed after the qualifier had committed all {} input events ({committed_at_kill} \
+         committed), not in the middle of the stream: the test no longer interrupts a \
+         transaction (give the second round more events)",
+        2 * round
+    );
     let second = test.start(&definitions, "a").await;
     let (status, _) = post(&second.ingest, &rounds[2]).await;
     assert_eq!(status, 202);
@@ -82,7 +106,8 @@ async fn a_process_that_takes_over_restores_users_and_their_timers_still_fire() 
     let definitions = test.definitions(RULES);
     let a = test.start(&definitions, "a").await;
     let mut b = test.start(&definitions, "b").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both members hold partitions before the users arrive, so both hold users.
+    crate::wait::group_settled(&test.group, 2, Duration::from_secs(30)).await;
     let t = now();
     let lines: Vec<String> = (0..USERS)
         .map(|u| trait_event(&format!("x{u}"), 1, &t, None))
