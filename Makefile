@@ -18,6 +18,7 @@ test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every te
 	$(CARGO) test --workspace --locked
 	@out=$$($(CARGO) test --locked -q -p segment-relay-e2e --test chaos -- no-such-scenario 2>&1) && { echo "$$out"; echo "FAILED: the chaos harness ran no scenario and passed"; exit 1; }; grep -q "no scenario matches" <<<"$$out" || { echo "$$out"; exit 1; }
 	BENCH_SCALE=smoke deploy/bench.sh
+	deploy/test-bench-checks.sh
 	$(MAKE) deploy-check
 
 bench: ## Every benchmark (micro, delivery alone, qualifier alone, end to end; release build); appends the figures to docs/BENCHMARKS.md

@@ -67,6 +67,9 @@ pub struct DeliveryFixture {
     pub max_in_flight: u32,
     /// Updates buffered per lane (`None`: delivery's default).
     pub queue_capacity: Option<u32>,
+    /// Share of requests (0–1) partner-sim answers 503: 0 in a benchmark, 1 in bench.sh's
+    /// known-bad run `BENCH_FAULT=failing-partner`, whose checks must then fail.
+    pub partner_error_rate: f64,
 }
 
 impl DeliveryFixture {
@@ -101,15 +104,17 @@ impl DeliveryFixture {
         yaml
     }
 
-    /// partner-sim's endpoints for those destinations, answering in 1–5 ms.
+    /// partner-sim's endpoints for those destinations, answering in 1–5 ms (and failing
+    /// `partner_error_rate` of the requests with 503).
     pub fn partner_sim_yaml(&self) -> String {
         let mut yaml = String::from("endpoints:\n");
         for d in 0..self.destinations {
             let _ = writeln!(
                 yaml,
                 "  - {{ path: /d{d}, destination_id: {}, auth: {{ hmac: {{ key_env: BENCH_HMAC_KEY, header: X-Signature, algorithm: sha256 }} }}, \
-                 behaviour: {{ latency_ms: [1, 5] }} }}",
-                DESTINATION_BASE + d
+                 behaviour: {{ latency_ms: [1, 5], error_rate: {}, error_status: 503 }} }}",
+                DESTINATION_BASE + d,
+                self.partner_error_rate
             );
         }
         yaml
@@ -150,6 +155,44 @@ pub fn status_update(
     }
 }
 
+/// What the qualifier must make of a topic of trait events: the events read back, in order
+/// per user, and which of them it ignores. A user's events after their first opt-out are
+/// ignored (the qualifier keeps no traits of an opted-out user); with Zipf-like activity a
+/// handful of opt-outs among the heaviest users make that a large share of all events, so the
+/// expected count is read from the events themselves rather than guessed from the opt-out
+/// share.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EventOutcomes {
+    /// Records in the topic.
+    pub events: u64,
+    /// Opt-out events among them.
+    pub opt_outs: u64,
+    /// Events whose user opted out earlier: exactly what the qualifier counts as ignored.
+    pub after_opt_out: u64,
+    /// Records that are not a `TraitEvent` (the qualifier counts them as invalid).
+    pub undecodable: u64,
+    opted_out: std::collections::HashSet<String>,
+}
+
+impl EventOutcomes {
+    /// Counts one record, in topic order (a user's records share a partition, so topic order
+    /// is the order the qualifier applies them in).
+    pub fn add(&mut self, event: Option<&model::TraitEvent>) {
+        self.events += 1;
+        let Some(event) = event else {
+            self.undecodable += 1;
+            return;
+        };
+        let opt_out = matches!(event.event, Some(model::pb::trait_event::Event::OptOut(_)));
+        self.opt_outs += u64::from(opt_out);
+        if self.opted_out.contains(&event.user_id) {
+            self.after_opt_out += 1;
+        } else if opt_out {
+            self.opted_out.insert(event.user_id.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -164,6 +207,44 @@ mod tests {
             assert_ne!(a, b);
             assert!(a < 20 && b < 20);
         }
+    }
+
+    #[test]
+    fn only_the_events_after_a_users_first_opt_out_are_ignored() {
+        use model::pb::{OptOut, TraitRealization, trait_event::Event};
+        let event = |user: &str, opt_out: bool| model::TraitEvent {
+            user_id: user.to_owned(),
+            origin: 0,
+            event: Some(if opt_out {
+                Event::OptOut(OptOut { time_unix_ms: 0 })
+            } else {
+                Event::TraitRealization(TraitRealization {
+                    trait_id: 1,
+                    time_unix_ms: 0,
+                    region: None,
+                })
+            }),
+        };
+        let mut outcomes = EventOutcomes::default();
+        for e in [
+            event("a", false),
+            event("a", true),  // applied: the opt-out itself
+            event("b", false), // another user: applied
+            event("a", false), // ignored
+            event("a", true),  // ignored: already opted out
+        ] {
+            outcomes.add(Some(&e));
+        }
+        outcomes.add(None);
+        assert_eq!(
+            (
+                outcomes.events,
+                outcomes.opt_outs,
+                outcomes.after_opt_out,
+                outcomes.undecodable
+            ),
+            (6, 2, 2, 1)
+        );
     }
 
     #[test]

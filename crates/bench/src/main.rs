@@ -1,6 +1,7 @@
 //! `relay-bench`: the fixtures and load of `make bench` (deploy/bench.sh runs it). Writes the
-//! benchmark configurations, pre-loads status updates into a topic, and reads back how many
-//! bytes of state the qualifier's changelog holds per user.
+//! benchmark configurations, pre-loads status updates into a topic, reads back what the
+//! qualifier must make of the trait events (how many it ignores) and how many bytes of state
+//! its changelog holds per user, and writes the invalid events of a known-bad run.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use prost::Message as _;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use relay_bench::{DeliveryFixture, qualifier_definitions_yaml, status_update};
+use relay_bench::{DeliveryFixture, EventOutcomes, qualifier_definitions_yaml, status_update};
 
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -58,6 +59,10 @@ enum Command {
         /// Updates buffered per lane (default: delivery's).
         #[arg(long)]
         queue_capacity: Option<u32>,
+        /// Share of requests (0–1) partner-sim answers 503 (bench.sh's known-bad run
+        /// `BENCH_FAULT=failing-partner`).
+        #[arg(long, default_value_t = 0.0)]
+        partner_error_rate: f64,
         #[arg(long)]
         dir: PathBuf,
     },
@@ -78,6 +83,22 @@ enum Command {
     StateSize {
         #[arg(long)]
         topic: String,
+    },
+    /// Read the trait events --topic to its end; prints `events opt_outs after_opt_out
+    /// undecodable`: `after_opt_out` are the events of users who opted out earlier, exactly
+    /// the ones the qualifier must count as ignored.
+    EventOutcomes {
+        #[arg(long)]
+        topic: String,
+    },
+    /// Produce --count trait events without an event (valid protobuf, but nothing to apply:
+    /// the qualifier must count them invalid) to --topic, for users of their own. The fixture
+    /// of bench.sh's known-bad run `BENCH_FAULT=invalid-events`.
+    InvalidEvents {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 10)]
+        count: u64,
     },
 }
 
@@ -155,6 +176,43 @@ fn state_size(topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn event_outcomes(topic: &str) -> anyhow::Result<()> {
+    let kafka = telemetry::KafkaSettings::from_env()?;
+    let mut outcomes = EventOutcomes::default();
+    kafka.read_to_end(topic, None, |message| {
+        use rdkafka::Message as _;
+        let event = model::TraitEvent::decode(message.payload().unwrap_or_default()).ok();
+        outcomes.add(event.as_ref());
+    })?;
+    println!(
+        "{} {} {} {}",
+        outcomes.events, outcomes.opt_outs, outcomes.after_opt_out, outcomes.undecodable
+    );
+    Ok(())
+}
+
+fn invalid_events(topic: &str, count: u64) -> anyhow::Result<()> {
+    let kafka = telemetry::KafkaSettings::from_env()?;
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka
+        .client_config("relay-bench")
+        .set("enable.idempotence", "true")
+        .create()?;
+    for index in 0..count {
+        let event = model::TraitEvent {
+            user_id: format!("bench-invalid-{index}"),
+            origin: model::Origin::Realtime as i32,
+            event: None,
+        };
+        let payload = event.encode_to_vec();
+        producer
+            .send(BaseRecord::to(topic).key(&event.user_id).payload(&payload))
+            .map_err(|(e, _)| e)
+            .context("producing an invalid event")?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::QualifierFixture {
@@ -173,11 +231,16 @@ fn main() -> anyhow::Result<()> {
             linger_ms,
             max_in_flight,
             queue_capacity,
+            partner_error_rate,
             dir,
         } => {
             anyhow::ensure!(
                 destinations >= 2,
                 "--destinations: at least 2 (each segment goes to two)"
+            );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&partner_error_rate),
+                "--partner-error-rate: a share between 0 and 1, got {partner_error_rate}"
             );
             let fixture = DeliveryFixture {
                 destinations,
@@ -189,6 +252,7 @@ fn main() -> anyhow::Result<()> {
                 linger_ms,
                 max_in_flight,
                 queue_capacity,
+                partner_error_rate,
             };
             write(&dir.join("destinations.yaml"), &fixture.destinations_yaml())?;
             write(&dir.join("partner-sim.yaml"), &fixture.partner_sim_yaml())
@@ -200,5 +264,7 @@ fn main() -> anyhow::Result<()> {
             segments,
         } => preload_status(&topic, updates, users, segments),
         Command::StateSize { topic } => state_size(&topic),
+        Command::EventOutcomes { topic } => event_outcomes(&topic),
+        Command::InvalidEvents { topic, count } => invalid_events(&topic, count),
     }
 }

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Known-bad runs of deploy/bench.sh (issue 12, items 4 and 6): each breaks one benchmark on
+# purpose (BENCH_FAULT, the script's test hook) and must fail — exit non-zero with the
+# message naming what went wrong — and append nothing to docs/BENCHMARKS.md. `make test` runs
+# them after the benchmark smoke.
+#
+#   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [invalid-events]   (default: all)
+#
+#   stopped-delivery  e2e, both delivery workers stopped: the drain never completes and the
+#                     run must say how many changes were missing after how long
+#   failing-partner   e2e, partner-sim fails every request: every change is dead-lettered
+#   invalid-events    qualifier alone, 10 invalid events in the fixture
+#
+# The runs use BENCH_SCALE=full — the scale at which bench.sh appends figures, so a check that
+# let a failed run through would show here — with small sizes, debug binaries and a short
+# drain: a few seconds of load each, about 20 s per run.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+tag=test-bench-checks
+say() { echo "$tag: $*"; }
+die() { echo "$tag: error: $*" >&2; exit 1; }
+
+cases=("$@")
+((${#cases[@]})) || cases=(stopped-delivery failing-partner invalid-events)
+mkdir -p target
+results=docs/BENCHMARKS.md
+# Result sections are headed "### <title> — <date> — commit <sha> — <machine>".
+recorded() { grep -c '^### .* — commit ' "$results" || true; }
+
+for fault in "${cases[@]}"; do
+  case $fault in
+    stopped-delivery)
+      bench=e2e expected='End to end failed its checks, so nothing is recorded: At 300 events/s: The drain did not complete: [0-9]+ of the [0-9]+ changes routed to partner-sim were still missing after [0-9]+ s\.' ;;
+    failing-partner)
+      bench=e2e expected='End to end failed its checks, so nothing is recorded: At 300 events/s: [0-9]+ of the [0-9]+ changes routed to partner-sim were dead-lettered instead of delivered\.' ;;
+    invalid-events)
+      bench=qualifier expected='Qualifier alone failed its checks, so nothing is recorded: The qualifier found 10 invalid events' ;;
+    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events)" ;;
+  esac
+  log=target/bench-check-$fault.log
+  before=$(recorded)
+  say "$fault: running deploy/bench.sh $bench with BENCH_FAULT=$fault (must fail)…"
+  status=0
+  BENCH_FAULT=$fault BENCH_SCALE=full BENCH_PROFILE=debug BENCH_EVENTS=2000 BENCH_USERS=2000 \
+    BENCH_E2E_RATES=300 BENCH_E2E_SECONDS=3 BENCH_E2E_DRAIN_SECONDS=10 \
+    deploy/bench.sh "$bench" >"$log" 2>&1 || status=$?
+  message=$(grep -E -m1 "^bench: error: " "$log" || true)
+  if ((status == 0)); then
+    tail -n 30 "$log" >&2
+    die "$fault: deploy/bench.sh $bench passed, but this run is broken on purpose: its checks let a bad run through (log: $log)"
+  fi
+  if ! grep -Eq "^bench: error: $expected" "$log"; then
+    tail -n 30 "$log" >&2
+    die "$fault: deploy/bench.sh $bench failed (exit $status), but not with the expected message /$expected/ (log: $log)"
+  fi
+  if grep -q 'appended to docs/BENCHMARKS.md' "$log" || [[ $(recorded) != "$before" ]]; then
+    die "$fault: the failed run appended a result to $results; remove it (log: $log)"
+  fi
+  say "$fault: failed as intended (exit $status), nothing appended: ${message#bench: error: }"
+done
+say "all ${#cases[@]} known-bad runs failed as intended"
