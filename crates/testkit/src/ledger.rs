@@ -415,25 +415,52 @@ pub fn add_replay(
     line.missing_at_partner = Some(at_partner.missing);
 }
 
-/// What the qualifier's output shows of exactly-once: the same change committed twice, and
-/// a status repeated for a user and segment (1 then 1 again, or 0 then 0) — a re-processed
-/// input would show as either.
+/// What the qualifier's output shows of exactly-once, per user and segment in commit order:
+/// a status repeated (1 then 1 again, or 0 then 0), and a change committed again after the
+/// history had moved on to another time — how a re-processed input shows (1@t, 0@t2, 1@t).
+/// Changes of one instant may legitimately flip back (1@t, 0@t, 1@t: several events of the
+/// user stamped with the same millisecond), so only a return to an earlier instant counts.
 #[derive(Debug, Default)]
 pub struct QualifierDuplicates {
     pub identical: u64,
     pub repeated_status: u64,
+    /// A few of them, to look up.
+    pub examples: Vec<Committed>,
 }
 
 pub fn qualifier_duplicates(changes: &[Committed]) -> QualifierDuplicates {
-    let mut seen = std::collections::HashSet::new();
-    let mut last: HashMap<(&str, u64), bool> = HashMap::new();
+    /// One (user, segment)'s history so far: its last status, the instant it is at, the
+    /// changes of that instant, and those of every earlier instant.
+    #[derive(Default)]
+    struct History {
+        last: Option<bool>,
+        instant: Option<i64>,
+        current: Vec<bool>,
+        earlier: std::collections::HashSet<(bool, i64)>,
+    }
+    let mut histories: HashMap<(&str, u64), History> = HashMap::new();
     let mut out = QualifierDuplicates::default();
     for change in changes {
-        if !seen.insert(change) {
-            out.identical += 1;
-        }
-        if last.insert((&change.user, change.segment), change.active) == Some(change.active) {
+        let h = histories.entry((&change.user, change.segment)).or_default();
+        let mut bad = false;
+        if h.last == Some(change.active) {
             out.repeated_status += 1;
+            bad = true;
+        }
+        h.last = Some(change.active);
+        if h.instant != Some(change.time_unix_ms) {
+            if let Some(instant) = h.instant {
+                h.earlier.extend(h.current.drain(..).map(|a| (a, instant)));
+            }
+            h.instant = Some(change.time_unix_ms);
+        }
+        if h.earlier.contains(&(change.active, change.time_unix_ms)) {
+            out.identical += 1;
+            bad = true;
+        }
+        h.current.push(change.active);
+        if bad && out.examples.len() < 5 {
+            out.examples.push(change.clone());
         }
     }
     out

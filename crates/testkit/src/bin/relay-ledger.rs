@@ -145,6 +145,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // What was received is read before what was committed: a change is committed before it
+    // can reach the partner or the DLQ, so nothing received can look uncommitted (unexpected)
+    // while the pipeline runs; a change committed meanwhile may look missing, which a caller
+    // waiting for the drain asks again about.
     let mut coalesced: HashMap<u64, Changes> = HashMap::new();
     for path in &args.delivery_logs {
         let text = std::fs::read_to_string(path)
@@ -170,14 +174,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             destinations.clone(),
         );
         move || -> anyhow::Result<_> {
+            let dlq = ledger::dead_letters(&settings, &dlq_topic, &destinations)?;
             let mut committed = Vec::new();
             for topic in &topics {
                 committed.extend(ledger::committed(&settings, topic)?);
             }
-            Ok((
-                committed,
-                ledger::dead_letters(&settings, &dlq_topic, &destinations)?,
-            ))
+            Ok((committed, dlq))
         }
     })
     .await??;
@@ -215,8 +217,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let qualifier = ledger::qualifier_duplicates(&committed);
     if qualifier.identical > 0 || qualifier.repeated_status > 0 {
         problems.push(format!(
-            "the qualifier committed {} changes twice and repeated a status {} times: its output is not exactly-once",
-            qualifier.identical, qualifier.repeated_status
+            "the qualifier re-committed {} changes and repeated a status {} times: its output is not exactly-once, e.g. {:?}",
+            qualifier.identical, qualifier.repeated_status, qualifier.examples
         ));
     }
     println!(

@@ -170,20 +170,42 @@ fn a_partner_document_without_its_fields_is_an_error() {
     assert_eq!(violations(&stats).unwrap()["/a"], (1, 3));
 }
 
-#[test]
-fn qualifier_duplicates_count_recommits_and_repeated_statuses() {
-    let committed = |user: &str, active, time_unix_ms| Committed {
+fn committed(user: &str, active: bool, time_unix_ms: i64) -> Committed {
+    Committed {
         user: user.to_owned(),
         segment: 1,
         active,
         time_unix_ms,
-    };
+    }
+}
+
+#[test]
+fn a_reprocessed_input_shows_in_the_qualifier_output() {
+    // u1: re-committed after its history moved on (1@1, 0@2, then 1@1 again).
+    // u2: the same change twice in a row (a repeated status).
     let q = qualifier_duplicates(&[
         committed("u1", true, 1),
         committed("u1", false, 2),
-        committed("u1", false, 3),
+        committed("u1", true, 1),
         committed("u2", true, 1),
         committed("u2", true, 1),
     ]);
-    assert_eq!((q.identical, q.repeated_status), (1, 2));
+    assert_eq!((q.identical, q.repeated_status), (1, 1), "{q:?}");
+    assert_eq!(
+        q.examples,
+        vec![committed("u1", true, 1), committed("u2", true, 1)]
+    );
+}
+
+#[test]
+fn changes_of_one_instant_may_flip_back() {
+    // Three events of u1 stamped with the same millisecond: 1, 0, 1 all at t = 5; then 0 at 9.
+    let q = qualifier_duplicates(&[
+        committed("u1", true, 5),
+        committed("u1", false, 5),
+        committed("u1", true, 5),
+        committed("u1", false, 9),
+        committed("u2", true, 5),
+    ]);
+    assert_eq!((q.identical, q.repeated_status), (0, 0), "{q:?}");
 }
