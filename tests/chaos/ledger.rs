@@ -58,24 +58,7 @@ pub fn accepted(document: &serde_json::Value) -> HashMap<String, Changes> {
 
 /// The coalesced changes every delivery process of the scenario reported, per destination.
 pub fn coalesced(logs: &[PathBuf]) -> HashMap<u64, Changes> {
-    assert!(
-        !logs.is_empty(),
-        "no delivery log to read coalesced changes from"
-    );
-    let mut out: HashMap<u64, Changes> = HashMap::new();
-    for path in logs {
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        for (id, changes) in
-            exact::coalesced(&text, &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"))
-        {
-            let all = out.entry(id).or_default();
-            for (change, n) in changes {
-                *all.entry(change).or_default() += n;
-            }
-        }
-    }
-    out
+    exact::coalesced_in_logs(logs).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What partner-sim saw of one scenario: its `/accepted` and `/stats` documents.

@@ -268,6 +268,28 @@ pub fn coalesced(log: &str, name: &str) -> Result<HashMap<u64, Changes>, InputEr
     }
 }
 
+/// [`coalesced`] over the logs of every delivery process of a run, added up.
+pub fn coalesced_in_logs(logs: &[std::path::PathBuf]) -> Result<HashMap<u64, Changes>, InputError> {
+    if logs.is_empty() {
+        return Err(InputError(
+            "no delivery log to read coalesced changes from".to_owned(),
+        ));
+    }
+    let mut out: HashMap<u64, Changes> = HashMap::new();
+    for path in logs {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| InputError(format!("cannot read the delivery log {name}: {e}")))?;
+        for (id, changes) in coalesced(&text, &name)? {
+            let all = out.entry(id).or_default();
+            for (change, n) in changes {
+                *all.entry(change).or_default() += n;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// One destination's line of the ledger.
 #[derive(Debug, Default, Clone)]
 pub struct Line {

@@ -149,17 +149,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // can reach the partner or the DLQ, so nothing received can look uncommitted (unexpected)
     // while the pipeline runs; a change committed meanwhile may look missing, which a caller
     // waiting for the drain asks again about.
-    let mut coalesced: HashMap<u64, Changes> = HashMap::new();
-    for path in &args.delivery_logs {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the delivery log {}", path.display()))?;
-        for (id, changes) in ledger::coalesced(&text, &path.display().to_string())? {
-            let all = coalesced.entry(id).or_default();
-            for (change, n) in changes {
-                *all.entry(change).or_default() += n;
-            }
-        }
-    }
+    let coalesced = ledger::coalesced_in_logs(&args.delivery_logs)?;
     let accepted = ledger::accepted(&get_json(&args.partner_sim, "/accepted").await?)?;
     let violations = ledger::violations(&get_json(&args.partner_sim, "/stats").await?)?;
 
