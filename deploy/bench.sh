@@ -339,11 +339,11 @@ bench_e2e() {
   [[ $fault != failing-partner ]] || say "e2e: BENCH_FAULT=failing-partner: partner-sim answers 503 to every request…"
   start_partner_sim
   start_qualifier qualifier "127.0.0.1:$ingest_port"
-  # Each worker logs every change it coalesced into a later one (a JSON line on its own target):
+  # Each worker reports every change it coalesced into a later one (--coalesced-report):
   # relay-ledger needs them to tell a coalesced change from a lost one.
-  RUST_LOG="$RUST_LOG,delivery::coalesced=debug" start_delivery $delivery1_admin delivery-1
+  DELIVERY_COALESCED_REPORT="$dir/coalesced-1.jsonl" start_delivery $delivery1_admin delivery-1
   local first_delivery=$delivery_pid
-  RUST_LOG="$RUST_LOG,delivery::coalesced=debug" start_delivery $delivery2_admin delivery-2
+  DELIVERY_COALESCED_REPORT="$dir/coalesced-2.jsonl" start_delivery $delivery2_admin delivery-2
   if [[ $fault == stopped-delivery ]]; then
     say "e2e: BENCH_FAULT=stopped-delivery: stopping both delivery workers before the load…"
     stop "$first_delivery"
@@ -362,7 +362,7 @@ bench_e2e() {
   ledger() {
     l_status=0
     "$bin/relay-ledger" --config "$dir/destinations.yaml" --partner-sim "http://127.0.0.1:$sim_admin" \
-      --delivery-log "$dir/delivery-1.log" --delivery-log "$dir/delivery-2.log" >"$dir/ledger.txt" 2>&1 || l_status=$?
+      --coalesced-report "$dir/coalesced-1.jsonl" --coalesced-report "$dir/coalesced-2.jsonl" >"$dir/ledger.txt" 2>&1 || l_status=$?
     read -r l_committed l_delivered l_coalesced l_dead l_missing l_unexpected l_order l_violations <<<"$(awk '
       $1 == "destination" && !header { for (i = 2; i <= NF; i++) if (!($i in col)) col[$i] = i; header = 1; next }
       header && $1 ~ /^[0-9]+$/ { for (k in col) t[k] += $(col[k] + 1) }

@@ -60,9 +60,8 @@ pids+=($!); wait_ready $qualifier_admin $! qualifier "$dir"
 sed -E "s/^(  (topic|batch_topic|dlq_topic|group_id): .*)$/\1-$run/" deploy/local/destinations.yaml >"$dir/destinations.yaml"
 for admin in $delivery1_admin $delivery2_admin; do
   name=delivery-$admin
-  # The coalesced changes are logged for the ledger (one line each; see the README's metrics).
-  RUST_LOG="$RUST_LOG,delivery::coalesced=debug" \
-    "$bin/delivery" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$admin" >"$dir/$name.log" 2>&1 &
+  # Each worker reports the changes it coalesced, for the ledger.
+  DELIVERY_COALESCED_REPORT="$dir/coalesced-$admin.jsonl" "$bin/delivery" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$admin" >"$dir/$name.log" 2>&1 &
   pids+=($!); wait_ready "$admin" $! "$name" "$dir"
 done
 say "partner-sim, qualifier and two delivery workers are up; loadgen runs for ${seconds} s at ${rate}/s"
@@ -103,7 +102,7 @@ while ((stable < 5 && SECONDS < drain_seconds)); do
 done
 ((stable >= 5)) || die "the qualifier still published status changes ${drain_seconds} s after the load"
 ledger_args=(--config "$dir/destinations.yaml" --partner-sim "http://127.0.0.1:$sim_admin"
-  --delivery-log "$dir/delivery-$delivery1_admin.log" --delivery-log "$dir/delivery-$delivery2_admin.log")
+  --coalesced-report "$dir/coalesced-$delivery1_admin.jsonl" --coalesced-report "$dir/coalesced-$delivery2_admin.jsonl")
 while true; do
   ledger_status=0
   "$bin/relay-ledger" "${ledger_args[@]}" >"$dir/ledger.txt" 2>&1 || ledger_status=$?

@@ -1,7 +1,7 @@
 //! The yardstick of every fault run: `testkit::ledger`, the exact ledger, over one scenario's
-//! topics, partner-sim's record and the delivery workers' logs. Per destination, every change
+//! topics, partner-sim's record and the delivery processes' coalesced-change reports. Per destination, every change
 //! the qualifier committed (read back `read_committed`) must be accepted by partner-sim,
-//! dead-lettered, or reported coalesced by the worker that coalesced it; anything else is
+//! dead-lettered, or reported coalesced (`--coalesced-report`) by the process that coalesced it; anything else is
 //! missing and fails the scenario. Duplicates are counted apart and never offset a loss.
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,8 +57,8 @@ pub fn accepted(document: &serde_json::Value) -> HashMap<String, Changes> {
 }
 
 /// The coalesced changes every delivery process of the scenario reported, per destination.
-pub fn coalesced(logs: &[PathBuf]) -> HashMap<u64, Changes> {
-    exact::coalesced_in_logs(logs).unwrap_or_else(|e| panic!("{e}"))
+pub fn coalesced(reports: &[PathBuf]) -> HashMap<u64, Changes> {
+    exact::coalesced_in_reports(reports).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What partner-sim saw of one scenario: its `/accepted` and `/stats` documents.
@@ -114,7 +114,7 @@ pub async fn build(
     status_topic: &str,
     dlq_topic: &str,
     partner: &PartnerRecord,
-    delivery_logs: &[PathBuf],
+    coalesced_reports: &[PathBuf],
 ) -> (Ledger, Vec<Committed>) {
     let changes = committed(settings, status_topic).await;
     let dlq = {
@@ -126,7 +126,7 @@ pub async fn build(
     };
     let accepted = accepted(&partner.accepted);
     let violations = exact::violations(&partner.stats).unwrap_or_else(|e| panic!("{e}"));
-    let coalesced = coalesced(delivery_logs);
+    let coalesced = coalesced(coalesced_reports);
     let empty = Changes::new();
     let lines = destinations()
         .iter()
@@ -154,15 +154,15 @@ pub async fn build(
 }
 
 /// Adds the effect of `delivery replay` to every line: `before` and `after` are the partner's
-/// accepted changes around the replay, `delivery_logs` those of the workers and the replays.
+/// accepted changes around the replay, `coalesced_reports` those of the workers and the replays.
 pub fn add_replay(
     ledger: &mut Ledger,
     changes: &[Committed],
     before: &HashMap<String, Changes>,
     after: &HashMap<String, Changes>,
-    delivery_logs: &[PathBuf],
+    coalesced_reports: &[PathBuf],
 ) {
-    let coalesced = coalesced(delivery_logs);
+    let coalesced = coalesced(coalesced_reports);
     let empty = Changes::new();
     for line in &mut ledger.lines {
         let destination = DESTINATIONS.iter().find(|d| d.id == line.id).unwrap();

@@ -174,7 +174,7 @@ async fn drain(name: &str, system: &System, settings: &KafkaSettings, drain: Dur
             &topics.status,
             &topics.dlq,
             &partner,
-            &system.launch.delivery_logs(),
+            &system.launch.coalesced_reports(),
         )
         .await;
         if ledger.missing() == 0 || Instant::now() > deadline {
@@ -291,7 +291,7 @@ async fn replay_all(system: &System, settings: &KafkaSettings, ledger: &mut Ledg
         &changes,
         &before,
         &after,
-        &system.launch.delivery_logs(),
+        &system.launch.coalesced_reports(),
     );
 }
 

@@ -115,9 +115,9 @@ pub struct Launch {
     pub qualifier_group: String,
     definitions: PathBuf,
     pub delivery_config: PathBuf,
-    /// The log of every delivery process started (workers, restarts, replays): the ledger
-    /// reads the changes each one coalesced.
-    delivery_logs: std::sync::Mutex<Vec<PathBuf>>,
+    /// The coalesced-change report of every delivery process started (workers, restarts,
+    /// replays): the ledger reads them all.
+    coalesced_reports: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// The running system.
@@ -208,7 +208,7 @@ impl System {
             qualifier_group: unique("qualifier"),
             definitions,
             delivery_config,
-            delivery_logs: std::sync::Mutex::default(),
+            coalesced_reports: std::sync::Mutex::default(),
         };
         let qualifier = launch.start_qualifier().await;
         let mut workers = Vec::new();
@@ -293,34 +293,33 @@ impl Launch {
         service
     }
 
-    /// JSON logs with the coalesced changes reported: the ledger reads them.
+    /// JSON logs (the partition assignments are read from them).
     fn delivery(&self) -> ServiceBuilder {
         ServiceBuilder::new("delivery")
             .arg("--config")
             .arg(self.delivery_config.to_str().unwrap())
             .env("KAFKA_BROKERS", &self.brokers)
             .env("LOG_FORMAT", "json")
-            .env(
-                "RUST_LOG",
-                format!("info,{}=debug", testkit::ledger::COALESCED_TARGET),
-            )
             .env("CHAOS_ACME_KEY", HMAC_KEY_A)
             .env("CHAOS_FAULTY_KEY", HMAC_KEY_F)
             .env("CHAOS_OAUTH_SECRET", OAUTH_SECRET)
     }
 
+    /// Starts a delivery process with a coalesced-change report of its own.
     fn spawn_delivery(&self, builder: ServiceBuilder) -> Service {
-        let service = builder.spawn();
-        self.delivery_logs
-            .lock()
-            .unwrap()
-            .push(service.log_path().to_owned());
-        service
+        let mut reports = self.coalesced_reports.lock().unwrap();
+        let report = self
+            .delivery_config
+            .with_file_name(format!("coalesced-{}.jsonl", reports.len()));
+        reports.push(report.clone());
+        builder
+            .env("DELIVERY_COALESCED_REPORT", report.to_str().unwrap())
+            .spawn()
     }
 
-    /// Every delivery process's log so far.
-    pub fn delivery_logs(&self) -> Vec<PathBuf> {
-        self.delivery_logs.lock().unwrap().clone()
+    /// Every delivery process's coalesced-change report so far.
+    pub fn coalesced_reports(&self) -> Vec<PathBuf> {
+        self.coalesced_reports.lock().unwrap().clone()
     }
 
     /// Starts one more delivery worker (ready).

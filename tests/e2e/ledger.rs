@@ -1,7 +1,8 @@
 //! `relay-ledger`, the judge of `make demo` and `make bench`, against its known-bad cases on the
 //! real broker and a real partner-sim: a lost non-final change fails the run even though a
 //! later change of the same user and segment arrived; it passes only once delivery reports it
-//! coalesced; an input it cannot read stops it instead of reading as zero.
+//! coalesced (delivery's `--coalesced-report`); an input it cannot read stops it instead of
+//! reading as zero.
 
 use std::path::Path;
 use std::process::Output;
@@ -15,9 +16,8 @@ use testkit::service::{ServiceBuilder, binary, free_port};
 
 /// 2016-07-27T16:17:22Z.
 const T0: i64 = 1_469_636_242_000;
-const ANNOUNCE: &str = r#"{"level":"DEBUG","message":"Coalesced changes are reported on this target, one line each.","target":"delivery::coalesced"}"#;
 
-async fn relay_ledger(config: &Path, partner_sim: &str, log: &Path) -> (i32, String) {
+async fn relay_ledger(config: &Path, partner_sim: &str, report: &Path) -> (i32, String) {
     let Output {
         status,
         stdout,
@@ -27,8 +27,8 @@ async fn relay_ledger(config: &Path, partner_sim: &str, log: &Path) -> (i32, Str
         .arg(config)
         .arg("--partner-sim")
         .arg(partner_sim)
-        .arg("--delivery-log")
-        .arg(log)
+        .arg("--coalesced-report")
+        .arg(report)
         .env("KAFKA_BROKERS", &kafka::settings().brokers)
         .output()
         .await
@@ -112,8 +112,9 @@ async fn relay_ledger_fails_a_lost_change_and_an_unreadable_input() {
         ),
     )
     .unwrap();
-    let log = dir.path().join("delivery.log");
-    std::fs::write(&log, format!("{ANNOUNCE}\n")).unwrap();
+    // delivery's coalesced-change report: on, and nothing coalesced.
+    let log = dir.path().join("coalesced.jsonl");
+    std::fs::write(&log, "").unwrap();
 
     let (code, output) = relay_ledger(&config, &partner_sim, &log).await;
     assert_eq!(
@@ -131,22 +132,24 @@ async fn relay_ledger_fails_a_lost_change_and_an_unreadable_input() {
     std::fs::write(
         &log,
         format!(
-            "{ANNOUNCE}\n{{\"level\":\"DEBUG\",\"message\":\"Change coalesced.\",\"destination\":423,\"user\":\"u1\",\
-             \"segment\":\"14356\",\"status\":1,\"time_unix_ms\":{T0},\"target\":\"delivery::coalesced\"}}\n"
+            "{{\"destination\":423,\"user\":\"u1\",\"segment\":\"14356\",\"status\":1,\"time_unix_ms\":{T0}}}\n"
         ),
     )
     .unwrap();
     let (code, output) = relay_ledger(&config, &partner_sim, &log).await;
     assert_eq!(code, 0, "a coalesced change is accounted for:\n{output}");
 
-    // Inputs it cannot read: a log without the coalesced report, partner-sim not answering.
-    std::fs::write(&log, "{\"level\":\"INFO\",\"message\":\"Delivery is running.\",\"target\":\"delivery::service\"}\n").unwrap();
-    let (code, output) = relay_ledger(&config, &partner_sim, &log).await;
+    // Inputs it cannot read: no report (delivery ran without one), partner-sim not answering.
+    let (code, output) = relay_ledger(
+        &config,
+        &partner_sim,
+        &dir.path().join("never-written.jsonl"),
+    )
+    .await;
     assert!(
-        code == 2 && output.contains("does not report coalesced changes"),
-        "a log without the coalesced report must stop the ledger ({code}):\n{output}"
+        code == 2 && output.contains("cannot read the coalesced-change report"),
+        "a missing report must stop the ledger ({code}):\n{output}"
     );
-    std::fs::write(&log, format!("{ANNOUNCE}\n")).unwrap();
     let (code, output) =
         relay_ledger(&config, &format!("http://127.0.0.1:{}", free_port()), &log).await;
     assert!(

@@ -133,7 +133,7 @@ impl Lane {
                     metrics
                         .changes_coalesced
                         .inc_by(batch.coalesced.len() as u64);
-                    report_coalesced(batch);
+                    crate::coalesced::record(batch);
                 }
                 Err(failure) => {
                     tracing::warn!(
@@ -169,42 +169,6 @@ impl Lane {
             }
         }
         metrics.queue_depth.sub(queued as i64);
-    }
-}
-
-/// The log target of [`report_coalesced`]; the chaos runs' and the demo's ledgers read it.
-pub const COALESCED_TARGET: &str = "delivery::coalesced";
-
-/// Says, on the coalesced target, that it is enabled: a ledger reading this log can tell "no
-/// change was coalesced" from "the report was off".
-pub fn announce_coalesced_reporting() {
-    tracing::debug!(
-        target: COALESCED_TARGET,
-        "Coalesced changes are reported on this target, one line each."
-    );
-}
-
-/// Logs each change of a delivered batch that a later one replaced, at DEBUG on its own target
-/// (`RUST_LOG=info,delivery::coalesced=debug`): the exact changes a ledger needs to tell a
-/// coalesced change from a lost one. Off by default: it is a line per change.
-fn report_coalesced(batch: &DestinationBatch) {
-    if batch.coalesced.is_empty()
-        || !tracing::enabled!(target: COALESCED_TARGET, tracing::Level::DEBUG)
-    {
-        return;
-    }
-    let destination = batch.destination().id;
-    for change in &batch.coalesced {
-        let user = &batch.users[change.user];
-        tracing::debug!(
-            target: COALESCED_TARGET,
-            destination,
-            user = %batch.latest(user).user_id,
-            segment = %user.segments[change.segment].segment_id,
-            status = u8::from(change.active),
-            time_unix_ms = change.time_unix_ms,
-            "Change coalesced into a later one of the same user and segment in a delivered batch."
-        );
     }
 }
 

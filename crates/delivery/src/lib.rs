@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod batcher;
 pub mod circuit;
+pub mod coalesced;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;

@@ -36,6 +36,12 @@ struct Cli {
     )]
     admin_addr: SocketAddr,
 
+    /// Append each change that a delivered batch replaced by a later status of the same user
+    /// and segment (coalesced) to this file, as JSON lines: what `relay-ledger` needs to tell a
+    /// coalesced change from a lost one. Off by default.
+    #[arg(long, env = "DELIVERY_COALESCED_REPORT", global = true)]
+    coalesced_report: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -87,6 +93,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &cli.coalesced_report {
+        delivery::coalesced::install(path).with_context(|| {
+            format!(
+                "--coalesced-report (DELIVERY_COALESCED_REPORT) {}: cannot open it for appending",
+                path.display()
+            )
+        })?;
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig { file } => {
             DeliveryConfig::load(&file)?;

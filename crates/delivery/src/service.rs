@@ -20,7 +20,6 @@ pub fn build_shared(
     kafka: &KafkaSettings,
     metrics: &Metrics,
 ) -> anyhow::Result<Shared> {
-    crate::lane::announce_coalesced_reporting();
     let senders = config
         .destinations
         .iter()

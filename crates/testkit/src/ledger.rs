@@ -1,7 +1,7 @@
 //! The exact ledger: every status change the qualifier committed for a destination is
 //! accounted for as delivered (partner-sim accepted it), dead-lettered (its record is in the
-//! dead-letter topic) or coalesced (delivery says it replaced that very change by a later one
-//! of the same user and segment in a delivered batch). Anything else is missing, and missing
+//! dead-letter topic) or coalesced (delivery's `--coalesced-report` says it replaced that very
+//! change by a later one of the same user and segment in a delivered batch). Anything else is missing, and missing
 //! always fails. The demo, the chaos runs and the end-to-end benchmark judge a run with it.
 //!
 //! A change is (user, partner `Segment_ID`, status, `DateTime` in seconds): what both the
@@ -21,9 +21,6 @@ use telemetry::KafkaSettings;
 pub type Change = (String, String, bool, i64);
 /// How many times each change was seen.
 pub type Changes = HashMap<Change, u64>;
-
-/// The log target on which delivery reports each coalesced change (`delivery::lane`).
-pub const COALESCED_TARGET: &str = "delivery::coalesced";
 
 /// What the ledger needs of a destination: its id, partner-sim's path for it, and its
 /// segment mapping (our id → the partner's `Segment_ID`).
@@ -215,71 +212,58 @@ pub fn violations(document: &serde_json::Value) -> Result<HashMap<String, (u64, 
     Ok(out)
 }
 
-/// The coalesced changes a delivery process reported in its JSON log (`LOG_FORMAT=json`,
-/// `RUST_LOG=…,delivery::coalesced=debug`), per destination id. A log without delivery's
-/// announcement on that target is an error: it would read as "nothing coalesced".
-pub fn coalesced(log: &str, name: &str) -> Result<HashMap<u64, Changes>, InputError> {
-    let mut announced = false;
+/// The coalesced changes in one delivery process's report (`delivery --coalesced-report
+/// FILE`: a JSON line per change), per destination id. A line that is not such a change is an
+/// error, never skipped.
+pub fn coalesced(report: &str, name: &str) -> Result<HashMap<u64, Changes>, InputError> {
     let mut out: HashMap<u64, Changes> = HashMap::new();
-    for line in log.lines() {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if event["target"] != COALESCED_TARGET {
-            continue;
-        }
-        let change = (|| {
-            Some((
-                event["destination"].as_u64()?,
-                (
-                    event["user"].as_str()?.to_owned(),
-                    event["segment"].as_str()?.to_owned(),
-                    event["status"].as_u64()? == 1,
-                    seconds(event["time_unix_ms"].as_i64()?),
-                ),
-            ))
-        })();
-        match change {
-            Some((destination, change)) => {
-                *out.entry(destination)
-                    .or_default()
-                    .entry(change)
-                    .or_default() += 1;
-            }
-            None if event["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("Coalesced changes are reported")) =>
-            {
-                announced = true;
-            }
-            None => {
-                return Err(InputError(format!(
-                    "{name}: a {COALESCED_TARGET} line without destination, user, segment, status and time_unix_ms: {line}"
-                )));
-            }
-        }
+    for (number, line) in report.lines().enumerate() {
+        let change = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|c| {
+                Some((
+                    c["destination"].as_u64()?,
+                    (
+                        c["user"].as_str()?.to_owned(),
+                        c["segment"].as_str()?.to_owned(),
+                        c["status"].as_u64()? == 1,
+                        seconds(c["time_unix_ms"].as_i64()?),
+                    ),
+                ))
+            })
+            .ok_or_else(|| {
+                InputError(format!(
+                    "{name}:{}: not a coalesced change (destination, user, segment, status, time_unix_ms): {line:.200}",
+                    number + 1
+                ))
+            })?;
+        *out.entry(change.0)
+            .or_default()
+            .entry(change.1)
+            .or_default() += 1;
     }
-    if announced {
-        Ok(out)
-    } else {
-        Err(InputError(format!(
-            "{name} does not report coalesced changes: run delivery with LOG_FORMAT=json and RUST_LOG=info,{COALESCED_TARGET}=debug"
-        )))
-    }
+    Ok(out)
 }
 
-/// [`coalesced`] over the logs of every delivery process of a run, added up.
-pub fn coalesced_in_logs(logs: &[std::path::PathBuf]) -> Result<HashMap<u64, Changes>, InputError> {
-    if logs.is_empty() {
+/// [`coalesced`] over the reports of every delivery process of a run, added up. A report that
+/// does not exist is an error: the process did not write one, and "nothing coalesced" would be
+/// a guess.
+pub fn coalesced_in_reports(
+    reports: &[std::path::PathBuf],
+) -> Result<HashMap<u64, Changes>, InputError> {
+    if reports.is_empty() {
         return Err(InputError(
-            "no delivery log to read coalesced changes from".to_owned(),
+            "no coalesced-change report to read (delivery --coalesced-report FILE)".to_owned(),
         ));
     }
     let mut out: HashMap<u64, Changes> = HashMap::new();
-    for path in logs {
+    for path in reports {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| InputError(format!("cannot read the delivery log {name}: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InputError(format!(
+                "cannot read the coalesced-change report {name} (was delivery run with --coalesced-report {name}?): {e}"
+            ))
+        })?;
         for (id, changes) in coalesced(&text, &name)? {
             let all = out.entry(id).or_default();
             for (change, n) in changes {

@@ -114,11 +114,6 @@ impl Service {
         format!("http://{}{path}", self.admin_addr)
     }
 
-    /// The file the process writes its output to.
-    pub fn log_path(&self) -> &std::path::Path {
-        &self.log_path
-    }
-
     /// What the process wrote so far (stdout and stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

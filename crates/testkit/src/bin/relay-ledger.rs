@@ -2,7 +2,7 @@
 //!
 //! Reads the committed status changes (`read_committed`) from the real-time and batch status
 //! topics of a delivery config, the dead letters, partner-sim's `/accepted` and `/stats`, and
-//! the coalesced changes the delivery workers logged; prints one line per destination and
+//! the coalesced changes the delivery processes reported (`--coalesced-report`); prints one line per destination and
 //! exits 0 when every committed change was delivered, dead-lettered or coalesced with nothing
 //! unexpected, out of order or against the contract, 1 when not, 2 when an input cannot be read
 //! (a missing input never reads as zero).
@@ -29,10 +29,10 @@ struct Args {
     /// partner-sim's admin base URL (serving `/accepted` and `/stats`), e.g. `http://127.0.0.1:19103`.
     #[arg(long)]
     partner_sim: String,
-    /// A delivery worker's log, written with `LOG_FORMAT=json` and
-    /// `RUST_LOG=…,delivery::coalesced=debug` (repeat for every worker that ran).
-    #[arg(long = "delivery-log", required = true)]
-    delivery_logs: Vec<PathBuf>,
+    /// A delivery process's coalesced-change report (`delivery --coalesced-report FILE`);
+    /// repeat for every process that ran (workers, restarts, replays).
+    #[arg(long = "coalesced-report", required = true)]
+    coalesced_reports: Vec<PathBuf>,
     /// Kafka bootstrap servers (default: `KAFKA_BROKERS`, else `127.0.0.1:9092`).
     #[arg(long)]
     brokers: Option<String>,
@@ -149,7 +149,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // can reach the partner or the DLQ, so nothing received can look uncommitted (unexpected)
     // while the pipeline runs; a change committed meanwhile may look missing, which a caller
     // waiting for the drain asks again about.
-    let coalesced = ledger::coalesced_in_logs(&args.delivery_logs)?;
+    let coalesced = ledger::coalesced_in_reports(&args.coalesced_reports)?;
     let accepted = ledger::accepted(&get_json(&args.partner_sim, "/accepted").await?)?;
     let violations = ledger::violations(&get_json(&args.partner_sim, "/stats").await?)?;
 
@@ -212,10 +212,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ));
     }
     println!(
-        "ledger: {} status changes committed in {}; {} delivery logs read",
+        "ledger: {} status changes committed in {}; {} coalesced-change reports read",
         committed.len(),
         topics.join(" + "),
-        args.delivery_logs.len()
+        args.coalesced_reports.len()
     );
     print!("{}", ledger::render(&lines));
     for problem in &problems {

@@ -124,34 +124,33 @@ fn order_and_contract_violations_fail_a_run() {
     assert_eq!(l.problems().len(), 2);
 }
 
-const ANNOUNCE: &str = r#"{"timestamp":"t","level":"DEBUG","message":"Coalesced changes are reported on this target, one line each.","target":"delivery::coalesced"}"#;
-
 #[test]
-fn coalesced_changes_are_read_from_delivery_json_logs() {
-    let log = format!(
-        "{ANNOUNCE}\nnot json: librdkafka said something\n\
-         {{\"level\":\"INFO\",\"message\":\"Delivery is running.\",\"target\":\"delivery::service\"}}\n\
-         {{\"level\":\"DEBUG\",\"message\":\"Change coalesced.\",\"destination\":423,\"user\":\"u1\",\"segment\":\"a-1\",\"status\":1,\"time_unix_ms\":100999,\"target\":\"delivery::coalesced\"}}\n"
-    );
-    let got = coalesced(&log, "w1.log").unwrap();
+fn coalesced_changes_are_read_from_delivery_reports() {
+    let report = "{\"destination\":423,\"user\":\"u1\",\"segment\":\"a-1\",\"status\":1,\"time_unix_ms\":100999}\n";
+    let got = coalesced(report, "w1.jsonl").unwrap();
     assert_eq!(got[&423], changes(&[(change("u1", true, 100), 1)]));
+    assert!(
+        coalesced("", "w1.jsonl").unwrap().is_empty(),
+        "an empty report: nothing coalesced"
+    );
 }
 
 #[test]
-fn a_log_that_does_not_report_coalesced_changes_is_an_error_not_zero() {
-    let error = coalesced(
-        "{\"level\":\"INFO\",\"message\":\"Delivery is running.\",\"target\":\"delivery::service\"}\n",
-        "w1.log",
-    )
-    .unwrap_err();
+fn a_report_that_is_missing_or_garbled_is_an_error_not_zero() {
+    let error = coalesced("{\"destination\":423,\"user\":\"u1\"}\n", "w1.jsonl").unwrap_err();
     assert!(
-        error.0.contains("w1.log does not report coalesced changes"),
+        error.0.contains("w1.jsonl:1: not a coalesced change"),
         "{error}"
     );
-    let garbled = format!(
-        "{ANNOUNCE}\n{{\"message\":\"Change coalesced.\",\"destination\":423,\"target\":\"delivery::coalesced\"}}\n"
+    let missing = std::path::PathBuf::from("/nonexistent/w9.jsonl");
+    let error = coalesced_in_reports(&[missing]).unwrap_err();
+    assert!(
+        error
+            .0
+            .contains("cannot read the coalesced-change report /nonexistent/w9.jsonl"),
+        "{error}"
     );
-    assert!(coalesced(&garbled, "w1.log").is_err());
+    assert!(coalesced_in_reports(&[]).is_err());
 }
 
 #[test]

@@ -1,0 +1,75 @@
+//! The coalesced-change report: with `--coalesced-report FILE`, each change that a delivered
+//! batch replaced by a later status of the same user and partner segment (the contract sends the
+//! latest one) is appended to FILE as a JSON line:
+//! `{"destination":423,"user":"u1","segment":"14356","status":1,"time_unix_ms":…}`.
+//!
+//! It exists so a ledger (`relay-ledger`, the chaos runs) can tell a coalesced change from a
+//! lost one, change by change. It is a file of its own, not log lines: a ledger needs every
+//! line whatever the log format and filter are, and turning it on must not change the
+//! process's logging (a DEBUG directive for it raised the filter's level for everything else).
+//! Off by default; when off it costs one check per delivered batch.
+
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use crate::batcher::DestinationBatch;
+
+static REPORT: OnceLock<Report> = OnceLock::new();
+
+#[derive(Debug)]
+struct Report {
+    file: Mutex<BufWriter<File>>,
+    path: String,
+}
+
+/// Opens (creates, or appends to: a restarted worker keeps its predecessor's lines) the report
+/// file of this process. An empty file says "on, and nothing coalesced yet".
+pub fn install(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let report = Report {
+        file: Mutex::new(BufWriter::new(file)),
+        path: path.display().to_string(),
+    };
+    if REPORT.set(report).is_err() {
+        tracing::warn!("The coalesced-change report was already open; the second one is ignored.");
+    }
+    Ok(())
+}
+
+/// Appends the coalesced changes of a delivered batch, written through before the batch's
+/// offsets are finished: a worker killed before that re-sends (and re-reports) the batch.
+pub(crate) fn record(batch: &DestinationBatch) {
+    let Some(report) = REPORT.get() else {
+        return;
+    };
+    if batch.coalesced.is_empty() {
+        return;
+    }
+    let destination = batch.destination().id;
+    let mut file = report.file.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut written = Ok(());
+    for change in &batch.coalesced {
+        let user = &batch.users[change.user];
+        let line = serde_json::json!({
+            "destination": destination,
+            "user": batch.latest(user).user_id,
+            "segment": &*user.segments[change.segment].segment_id,
+            "status": u8::from(change.active),
+            "time_unix_ms": change.time_unix_ms,
+        });
+        written = serde_json::to_writer(&mut *file, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| file.write_all(b"\n"));
+        if written.is_err() {
+            break;
+        }
+    }
+    if let Err(error) = written.and_then(|()| file.flush()) {
+        tracing::error!(file = %report.path, %error, "Cannot write the coalesced-change report: a ledger reading it will count these changes as missing.");
+    }
+}
