@@ -138,8 +138,9 @@ pub async fn build(
                 dlq.get(&d.id).unwrap_or(&empty),
                 coalesced.get(&d.id).unwrap_or(&empty),
             );
-            (line.out_of_order, line.violations) =
-                violations.get(&d.path).copied().unwrap_or_default();
+            (line.out_of_order, line.violations) = *violations
+                .get(&d.path)
+                .unwrap_or_else(|| panic!("partner-sim's /stats has no endpoint {}", d.path));
             line
         })
         .collect();

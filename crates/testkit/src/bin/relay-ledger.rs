@@ -191,10 +191,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             dlq.get(&destination.id).unwrap_or(&empty),
             coalesced.get(&destination.id).unwrap_or(&empty),
         );
-        (line.out_of_order, line.violations) = violations
-            .get(&destination.path)
-            .copied()
-            .unwrap_or_default();
+        (line.out_of_order, line.violations) =
+            *violations.get(&destination.path).with_context(|| {
+                format!(
+                    "partner-sim's /stats has no endpoint {} (destination {})",
+                    destination.path, destination.id
+                )
+            })?;
         if line.committed == 0 {
             problems.push(format!(
                 "destination {} ({}): the run committed no change for it, so nothing was proven",
