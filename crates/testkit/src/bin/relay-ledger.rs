@@ -2,8 +2,9 @@
 //!
 //! Reads the committed status changes (`read_committed`) from the real-time and batch status
 //! topics of a delivery config, the dead letters, partner-sim's `/accepted` and `/stats`, and
-//! the coalesced changes the delivery processes reported (`--coalesced-report`); prints one line per destination and
-//! exits 0 when every committed change was delivered, dead-lettered or coalesced with nothing
+//! the coalesced changes the delivery processes reported (`--coalesced-report`); prints one
+//! line per destination and exits 0 when every committed change was delivered, dead-lettered
+//! or coalesced with nothing
 //! unexpected, out of order or against the contract, 1 when not, 2 when an input cannot be read
 //! (a missing input never reads as zero).
 
