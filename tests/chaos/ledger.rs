@@ -124,26 +124,16 @@ pub async fn build(
             .unwrap()
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let accepted = accepted(&partner.accepted);
     let violations = exact::violations(&partner.stats).unwrap_or_else(|e| panic!("{e}"));
-    let coalesced = coalesced(coalesced_reports);
-    let empty = Changes::new();
-    let lines = destinations()
-        .iter()
-        .map(|d| {
-            let mut line = exact::line(
-                d,
-                &exact::expected(&changes, d),
-                accepted.get(&d.path).unwrap_or(&empty),
-                dlq.get(&d.id).unwrap_or(&empty),
-                coalesced.get(&d.id).unwrap_or(&empty),
-            );
-            (line.out_of_order, line.violations) = *violations
-                .get(&d.path)
-                .unwrap_or_else(|| panic!("partner-sim's /stats has no endpoint {}", d.path));
-            line
-        })
-        .collect();
+    let lines = exact::lines(
+        &destinations(),
+        &changes,
+        &accepted(&partner.accepted),
+        &dlq,
+        &coalesced(coalesced_reports),
+        &violations,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let ledger = Ledger {
         scenario: scenario.to_owned(),
         changes: changes.len(),

@@ -1,37 +1,9 @@
-//! Waiting on a condition with a deadline, and the consumer-group state some waits need.
+//! The consumer-group state some waits need (the waiting itself is `testkit::wait_for`).
 
-use std::fmt::Debug;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use testkit::kafka;
-
-/// Polls `probe` every 50 ms until `done` holds for its value, and returns that value; after
-/// `timeout`, panics naming `what` and the last value seen.
-pub async fn wait_for<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut probe: F,
-    done: impl Fn(&T) -> bool,
-) -> T
-where
-    T: Debug,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = T>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let value = probe().await;
-        if done(&value) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; last seen: {value:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The consumer group's state as the coordinator describes it, and how many partitions each
 /// member was assigned.
@@ -76,7 +48,7 @@ pub fn group_assignment(group: &str) -> GroupAssignment {
 /// Waits until `members` processes share `group`'s partitions, each holding some: what a test
 /// of work split between processes needs before it produces.
 pub async fn group_settled(group: &str, members: usize, timeout: Duration) {
-    wait_for(
+    testkit::wait_for(
         &format!("{members} members of {group} to hold partitions"),
         timeout,
         || async { group_assignment(group) },

@@ -357,11 +357,16 @@ pub fn line(
     dlq: &Changes,
     coalesced: &Changes,
 ) -> Line {
-    let mut line = Line {
+    Line {
         id: destination.id,
         path: destination.path.clone(),
-        ..Line::default()
-    };
+        ..tally(expected, accepted, dlq, coalesced)
+    }
+}
+
+/// The counts of [`line`], without the destination's name.
+fn tally(expected: &Changes, accepted: &Changes, dlq: &Changes, coalesced: &Changes) -> Line {
+    let mut line = Line::default();
     for (change, &want) in expected {
         let (a, d, c) = (
             count(accepted, change),
@@ -392,6 +397,45 @@ pub fn line(
     line
 }
 
+/// Every destination's line of a run: committed against accepted (an endpoint partner-sim
+/// does not serve is an error), dead-lettered and coalesced, with partner-sim's order and
+/// contract violations.
+pub fn lines(
+    destinations: &[Destination],
+    committed: &[Committed],
+    accepted: &HashMap<String, Changes>,
+    dlq: &HashMap<u64, Changes>,
+    coalesced: &HashMap<u64, Changes>,
+    violations: &HashMap<String, (u64, u64)>,
+) -> Result<Vec<Line>, InputError> {
+    let empty = Changes::new();
+    destinations
+        .iter()
+        .map(|d| {
+            let missing_endpoint = |document: &str| {
+                InputError(format!(
+                    "partner-sim's {document} has no endpoint {} (destination {})",
+                    d.path, d.id
+                ))
+            };
+            let at = accepted
+                .get(&d.path)
+                .ok_or_else(|| missing_endpoint("/accepted"))?;
+            let mut line = self::line(
+                d,
+                &expected(committed, d),
+                at,
+                dlq.get(&d.id).unwrap_or(&empty),
+                coalesced.get(&d.id).unwrap_or(&empty),
+            );
+            (line.out_of_order, line.violations) = *violations
+                .get(&d.path)
+                .ok_or_else(|| missing_endpoint("/stats"))?;
+            Ok(line)
+        })
+        .collect()
+}
+
 /// Adds the effect of `delivery replay`: `before` and `after` are the partner's accepted
 /// changes around it.
 pub fn add_replay(
@@ -407,18 +451,7 @@ pub fn add_replay(
             .map(|(k, &n)| n.saturating_sub(count(before, k)))
             .sum(),
     );
-    let at_partner = self::line(
-        &Destination {
-            id: line.id,
-            path: line.path.clone(),
-            segments: HashMap::new(),
-        },
-        expected,
-        after,
-        &Changes::new(),
-        coalesced,
-    );
-    line.missing_at_partner = Some(at_partner.missing);
+    line.missing_at_partner = Some(tally(expected, after, &Changes::new(), coalesced).missing);
 }
 
 /// What the qualifier's output shows of exactly-once, per user and segment in commit order:

@@ -10,7 +10,7 @@
 //!   run.
 //! - [`ledger`]: the exact ledger of a run — every committed change delivered,
 //!   dead-lettered or reported coalesced, else missing (also the `relay-ledger` command).
-//! - [`wait_until`]: wait on a condition with a deadline instead of sleeping.
+//! - [`wait_until`], [`wait_for`]: wait on a condition with a deadline instead of sleeping.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod fuzz;
@@ -27,14 +27,31 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    wait_for(what, timeout, &mut check, |&done| done).await;
+}
+
+/// Polls `probe` every 50 ms until `done` holds for its value, and returns that value; after
+/// `timeout`, panics naming `what` and the last value seen.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if check().await {
-            return;
+        let value = probe().await;
+        if done(&value) {
+            return value;
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}; last seen: {value:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

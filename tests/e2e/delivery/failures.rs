@@ -54,7 +54,7 @@ async fn a_500_then_200_is_delivered_by_the_retry_with_the_same_idempotency_key(
     .await;
     // Exactly one retry: once the event is committed, delivery is done with it, and nothing
     // else arrived.
-    crate::wait::wait_for(
+    testkit::wait_for(
         "the delivered event committed",
         Duration::from_secs(10),
         || async { test.committed(1) },

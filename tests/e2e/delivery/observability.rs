@@ -104,7 +104,7 @@ async fn every_documented_metric_is_exported_and_moves() {
             })
             .sum()
     };
-    crate::wait::wait_for(
+    testkit::wait_for(
         "committed offsets 2 (real time) and 1 (batch)",
         Duration::from_secs(10),
         || async {

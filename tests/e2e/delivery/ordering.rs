@@ -174,14 +174,14 @@ async fn a_hanging_destination_does_not_delay_another() {
         let service = &service;
         move || async move { metric_value(&service.metrics().await, series) }
     };
-    crate::wait::wait_for(
+    testkit::wait_for(
         "a request in flight to the hanging destination",
         Duration::from_secs(10),
         hanging_series(r#"delivery_in_flight_requests{destination="40"}"#),
         |n| n.is_some_and(|n| n >= 1.0),
     )
     .await;
-    crate::wait::wait_for(
+    testkit::wait_for(
         "a timed-out request to the hanging destination counted",
         Duration::from_secs(10),
         hanging_series(r#"delivery_requests_total{destination="40",outcome="timeout"}"#),

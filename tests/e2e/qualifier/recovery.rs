@@ -62,7 +62,7 @@ async fn kill_9_mid_stream_then_restart_gives_the_output_of_an_uninterrupted_run
     // The first round committed before the second is sent, so that the kill right after the
     // second lands with some input committed and some not.
     let round = i64::try_from(USERS).unwrap();
-    crate::wait::wait_for(
+    testkit::wait_for(
         "the first round's input committed",
         Duration::from_secs(30),
         || async { test.committed_input(3) },

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use serde::Deserialize;
 use telemetry::KafkaSettings;
-use testkit::ledger::{self, Changes, Destination};
+use testkit::ledger::{self, Destination};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -175,38 +175,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     })
     .await??;
 
-    let empty = Changes::new();
+    let lines = ledger::lines(
+        &destinations,
+        &committed,
+        &accepted,
+        &dlq,
+        &coalesced,
+        &violations,
+    )?;
     let mut problems = Vec::new();
-    let mut lines = Vec::new();
-    for destination in &destinations {
-        let at = accepted.get(&destination.path).with_context(|| {
-            format!(
-                "partner-sim has no endpoint {} (destination {})",
-                destination.path, destination.id
-            )
-        })?;
-        let mut line = ledger::line(
-            destination,
-            &ledger::expected(&committed, destination),
-            at,
-            dlq.get(&destination.id).unwrap_or(&empty),
-            coalesced.get(&destination.id).unwrap_or(&empty),
-        );
-        (line.out_of_order, line.violations) =
-            *violations.get(&destination.path).with_context(|| {
-                format!(
-                    "partner-sim's /stats has no endpoint {} (destination {})",
-                    destination.path, destination.id
-                )
-            })?;
+    for line in &lines {
         if line.committed == 0 {
             problems.push(format!(
                 "destination {} ({}): the run committed no change for it, so nothing was proven",
-                destination.id, destination.path
+                line.id, line.path
             ));
         }
         problems.extend(line.problems());
-        lines.push(line);
     }
     let qualifier = ledger::qualifier_duplicates(&committed);
     if qualifier.identical > 0 || qualifier.repeated_status > 0 {
