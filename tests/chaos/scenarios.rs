@@ -202,11 +202,9 @@ fn assert_balanced(ledger: &Ledger) {
             line.path,
             ledger.render()
         );
-        // A re-send after a crash or rebalance may bring an older change after a newer one
-        // (then the newer one again): each such change is also a duplicate. An out-of-order
-        // change that is not a re-send is an ordering bug.
-        assert!(
-            line.out_of_order <= line.duplicates,
+        assert_eq!(
+            line.out_of_order_beyond_resends(),
+            0,
             "{} changes reached {} {} out of order, more than the {} re-sent ones\n{}",
             line.out_of_order,
             line.id,

@@ -307,6 +307,13 @@ pub struct Line {
 }
 
 impl Line {
+    /// Out-of-order changes that are not re-sends. A re-send after a crash or rebalance may
+    /// bring an older change after a newer one (then the newer one again), and each such change
+    /// is also a duplicate; one beyond the duplicates is an ordering bug.
+    pub fn out_of_order_beyond_resends(&self) -> u64 {
+        self.out_of_order.saturating_sub(self.duplicates)
+    }
+
     /// What fails a run: anything missing, unexpected, out of order or against the contract.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();

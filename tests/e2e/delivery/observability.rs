@@ -57,6 +57,11 @@ async fn every_documented_metric_is_exported_and_moves() {
             let m = service.metrics().await;
             let value = |series: &str| metric_value(&m, series).unwrap_or(-1.0);
             value(r#"delivery_events_total{destination="60",outcome="delivered"}"#) == 2.0
+                // Two updates carrying three changes, none replaced within a batch.
+                && value(r#"delivery_changes_total{destination="60",outcome="delivered"}"#) == 3.0
+                && value(r#"delivery_changes_total{destination="60",outcome="coalesced"}"#) == 0.0
+                && value(r#"delivery_changes_total{destination="60",outcome="dead_lettered"}"#)
+                    == 0.0
                 && value(r#"delivery_requests_total{destination="60",outcome="success"}"#) == 2.0
                 && value(r#"delivery_requests_total{destination="60",outcome="http_status"}"#)
                     == 1.0

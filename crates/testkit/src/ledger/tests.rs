@@ -115,6 +115,22 @@ fn a_replay_that_leaves_a_dead_letter_at_the_dlq_is_missing_at_the_partner() {
 }
 
 #[test]
+fn out_of_order_changes_pass_in_chaos_only_as_re_sends() {
+    let resent = Line {
+        out_of_order: 2,
+        duplicates: 2,
+        ..Line::default()
+    };
+    assert_eq!(resent.out_of_order_beyond_resends(), 0);
+    let reordered = Line {
+        out_of_order: 2,
+        duplicates: 1,
+        ..Line::default()
+    };
+    assert_eq!(reordered.out_of_order_beyond_resends(), 1);
+}
+
+#[test]
 fn order_and_contract_violations_fail_a_run() {
     let l = Line {
         out_of_order: 1,
