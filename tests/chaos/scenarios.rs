@@ -205,11 +205,12 @@ fn assert_balanced(ledger: &Ledger) {
         assert_eq!(
             line.out_of_order_beyond_resends(),
             0,
-            "{} changes reached {} {} out of order, more than the {} re-sent ones\n{}",
+            "{} changes reached {} {} out of order, more than re-processing explains ({} re-sent, {} re-coalesced)\n{}",
             line.out_of_order,
             line.id,
             line.path,
             line.duplicates,
+            line.recoalesced,
             ledger.render()
         );
         assert_eq!(

@@ -122,12 +122,44 @@ fn out_of_order_changes_pass_in_chaos_only_as_re_sends() {
         ..Line::default()
     };
     assert_eq!(resent.out_of_order_beyond_resends(), 0);
+    // A change coalesced by the first reading, sent for the first time by the second.
+    let rebatched = Line {
+        out_of_order: 2,
+        duplicates: 1,
+        recoalesced: 1,
+        ..Line::default()
+    };
+    assert_eq!(rebatched.out_of_order_beyond_resends(), 0);
     let reordered = Line {
         out_of_order: 2,
         duplicates: 1,
         ..Line::default()
     };
     assert_eq!(reordered.out_of_order_beyond_resends(), 1);
+}
+
+#[test]
+fn a_change_delivered_and_also_reported_coalesced_was_read_twice() {
+    let expected = changes(&[(change("u1", false, 102), 1), (change("u1", true, 103), 1)]);
+    let accepted = changes(&[(change("u1", false, 102), 1), (change("u1", true, 103), 2)]);
+    let coalesced = changes(&[(change("u1", false, 102), 1)]);
+    let l = line(
+        &destination(),
+        &expected,
+        &accepted,
+        &Changes::new(),
+        &coalesced,
+    );
+    assert_eq!(
+        (
+            l.delivered,
+            l.coalesced,
+            l.recoalesced,
+            l.duplicates,
+            l.missing
+        ),
+        (2, 0, 1, 1, 0)
+    );
 }
 
 #[test]
