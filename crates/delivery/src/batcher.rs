@@ -21,6 +21,8 @@ use crate::offsets::PartitionAssignment;
 pub struct EventSource {
     pub assignment: PartitionAssignment,
     pub offset: i64,
+    /// Read by the destination's own catch-up reader, not the shared consumer.
+    pub catch_up: bool,
 }
 
 /// An update on its way to one destination.

@@ -1,6 +1,6 @@
 //! Cuts off a destination that keeps failing: after `failure_threshold` failed batches in a
-//! row its batches go straight to the dead-letter topic for `cooldown`; then one probe batch is
-//! let through, and its outcome closes the circuit or opens it again.
+//! row no request is sent for `cooldown` (the batches wait; see `lane`); then one probe batch
+//! is let through, and its outcome closes the circuit or opens it again.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -50,6 +50,14 @@ impl Circuit {
                 true
             }
             State::Open { .. } | State::Probing => false,
+        }
+    }
+
+    /// When the next probe may go, while the circuit is open.
+    pub fn open_until(&self) -> Option<Instant> {
+        match *self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::Open { until } => Some(until),
+            State::Closed { .. } | State::Probing => None,
         }
     }
 

@@ -46,6 +46,9 @@ struct RawTuning {
     retries: Option<u32>,
     retry_backoff_ms: Option<u64>,
     success_codes: Option<Vec<u16>>,
+    permanent_codes: Option<Vec<u16>>,
+    backoff: Option<RawBackoff>,
+    max_backlog_age_s: Option<u64>,
     batch: Option<RawBatch>,
     max_in_flight: Option<usize>,
     queue_capacity: Option<usize>,
@@ -58,6 +61,13 @@ struct RawBatch {
     max_users: Option<usize>,
     max_bytes: Option<usize>,
     linger_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial_ms: Option<u64>,
+    max_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -211,11 +221,22 @@ pub struct DestinationConfig {
     pub retry_backoff: Duration,
     /// HTTP statuses that mean success. Default `[200]`.
     pub success_codes: Vec<u16>,
+    /// HTTP statuses that mean the partner will never accept the batch: it is dead-lettered
+    /// after its retries and the destination moves on. Every other failure is transient: the
+    /// destination pauses and tries the batch again. Default `[400, 413, 422]`.
+    pub permanent_codes: Vec<u16>,
+    /// Waits between attempts of a batch that failed transiently.
+    pub backoff: Backoff,
+    /// A change waiting longer than this (since the qualifier produced it) while its
+    /// destination fails is dead-lettered, so the input topics' retention never drops it
+    /// unseen. Default 3 days; keep it well below the input topics' retention (7 days).
+    pub max_backlog_age: Duration,
     pub batch: BatchLimits,
     /// Concurrent requests; each user always goes through the same one of these lanes, so
     /// their order holds. Default 4.
     pub max_in_flight: usize,
-    /// Events buffered per lane before the consumer waits. Default 10000.
+    /// Events buffered per lane; when a lane is full the destination falls back to reading
+    /// the input on its own (see `consumer`). Default 2000.
     pub queue_capacity: usize,
     pub circuit: CircuitConfig,
 }
@@ -229,6 +250,15 @@ pub struct BatchLimits {
     pub max_bytes: usize,
     /// How long the first event of a batch may wait for more. Default 250 ms.
     pub linger: Duration,
+}
+
+/// Capped exponential waits between attempts of a batch that keeps failing transiently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first wait. Default 1 s.
+    pub initial: Duration,
+    /// The longest wait. Default 60 s.
+    pub max: Duration,
 }
 
 /// When a destination is cut off.
@@ -546,6 +576,9 @@ fn validate_destination(
         retries: tuning.retries,
         retry_backoff: tuning.retry_backoff,
         success_codes: tuning.success_codes,
+        permanent_codes: tuning.permanent_codes,
+        backoff: tuning.backoff,
+        max_backlog_age: tuning.max_backlog_age,
         batch: tuning.batch,
         max_in_flight: tuning.max_in_flight,
         queue_capacity: tuning.queue_capacity,
@@ -558,6 +591,9 @@ struct Tuning {
     retries: u32,
     retry_backoff: Duration,
     success_codes: Vec<u16>,
+    permanent_codes: Vec<u16>,
+    backoff: Backoff,
+    max_backlog_age: Duration,
     batch: BatchLimits,
     max_in_flight: usize,
     queue_capacity: usize,
@@ -576,6 +612,12 @@ fn validate_tuning(
             .as_ref()
             .and_then(f)
             .or_else(|| defaults.batch.as_ref().and_then(f))
+    };
+    let backoff = |f: fn(&RawBackoff) -> Option<u64>| {
+        own.backoff
+            .as_ref()
+            .and_then(f)
+            .or_else(|| defaults.backoff.as_ref().and_then(f))
     };
     let circuit = |f: fn(&RawCircuit) -> Option<u64>| {
         own.circuit
@@ -617,6 +659,26 @@ fn validate_tuning(
             .unwrap_or(200),
         0..=60_000,
         " ms",
+    );
+    let backoff_initial_ms = in_range(
+        "backoff.initial_ms",
+        backoff(|b| b.initial_ms).unwrap_or(1_000),
+        1..=600_000,
+        " ms",
+    );
+    let backoff_max_ms = in_range(
+        "backoff.max_ms",
+        backoff(|b| b.max_ms).unwrap_or(60_000),
+        1..=3_600_000,
+        " ms",
+    );
+    let max_backlog_age_s = in_range(
+        "max_backlog_age_s",
+        own.max_backlog_age_s
+            .or(defaults.max_backlog_age_s)
+            .unwrap_or(3 * 86_400),
+        1..=30 * 86_400,
+        " s",
     );
     let max_users = in_range(
         "batch.max_users",
@@ -675,11 +737,53 @@ fn validate_tuning(
         );
     }
 
+    if backoff_max_ms < backoff_initial_ms {
+        problems.add(
+            &format!("{key}.backoff.max_ms"),
+            format!(
+                "must be at least backoff.initial_ms ({backoff_initial_ms}), got {backoff_max_ms}"
+            ),
+        );
+    }
+    let permanent_codes = own
+        .permanent_codes
+        .clone()
+        .or_else(|| defaults.permanent_codes.clone())
+        .unwrap_or_else(|| vec![400, 413, 422]);
+    if permanent_codes.iter().any(|c| !(100..=599).contains(c)) {
+        problems.add(
+            &format!("{key}.permanent_codes"),
+            format!(
+                "must list HTTP statuses (100–599), e.g. `[400, 413, 422]`; got {permanent_codes:?}"
+            ),
+        );
+    }
+    if let Some(code) = permanent_codes.iter().find(|c| success_codes.contains(c)) {
+        problems.add(
+            &format!("{key}.permanent_codes"),
+            format!(
+                "{code} is also a success code: a status is either success or permanent failure"
+            ),
+        );
+    }
+    if permanent_codes.contains(&429) {
+        problems.add(
+            &format!("{key}.permanent_codes"),
+            "429 cannot be permanent: it asks to retry later (Retry-After is honoured)",
+        );
+    }
+
     Tuning {
         timeout: Duration::from_millis(timeout_ms),
         retries: u32::try_from(retries).unwrap_or(1),
         retry_backoff: Duration::from_millis(retry_backoff_ms),
         success_codes,
+        permanent_codes,
+        backoff: Backoff {
+            initial: Duration::from_millis(backoff_initial_ms),
+            max: Duration::from_millis(backoff_max_ms),
+        },
+        max_backlog_age: Duration::from_secs(max_backlog_age_s),
         batch: BatchLimits {
             max_users: usize::try_from(max_users).unwrap_or(1_000),
             max_bytes: usize::try_from(max_bytes).unwrap_or(1 << 20),

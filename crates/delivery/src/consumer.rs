@@ -2,6 +2,15 @@
 //! (`read_committed`, no auto-commit), decodes and validates each update, routes it, tracks
 //! its offset until every destination that needed it is done, and commits the watermarks.
 //! Undecodable input is dead-lettered with its position and counted, never a crash.
+//!
+//! The shared consumer never waits for a destination. When a destination's lane is full
+//! (it is slow, failing or down), the destination *detaches* from that partition at that
+//! offset: the shared consumer skips it from there on, and the destination's own catch-up
+//! reader (`catch_up`) reads the partition from its position into the same lanes, at the
+//! destination's pace. Its position is stored in the metadata of the shared group's commit
+//! (see `offsets`), so its backlog waits in Kafka — not in memory, not in the dead-letter
+//! topic — across restarts and rebalances. When the reader reaches the shared consumer it
+//! attaches again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,26 +25,53 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use telemetry::KafkaSettings;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{EventSource, RoutedEvent};
+use crate::catch_up::{CatchUpReader, CatchUpReaders};
 use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::lane::{Lane, LaneHasher};
 use crate::metrics::Metrics;
-use crate::offsets::Watermarks;
+use crate::offsets::{CommitPosition, Watermarks, parse_positions};
 use crate::router::Router;
 use crate::sender::DestinationSender;
 
-/// Rebalance and statistics callbacks: revoked partitions are committed up to their watermark
-/// and dropped (their queued events are skipped by the lanes); assigned ones start a new
-/// watermark; librdkafka's statistics feed the lag gauges.
+/// Rebalance, commit and statistics callbacks: revoked partitions are committed up to their
+/// watermark (with the positions of the destinations behind it) and dropped (their queued
+/// events are skipped by the lanes); assigned ones start a new watermark, with the
+/// destinations that were behind at the last commit detached from their positions;
+/// librdkafka's statistics feed the lag gauges.
 struct PipelineContext {
     topic: String,
     watermarks: Watermarks,
     metrics: Metrics,
+    /// Why the pipeline cannot go on (the positions of an assigned partition could not be
+    /// read: going on would skip the backlog of the destinations behind).
+    fatal: std::sync::Mutex<Option<String>>,
+}
+
+impl PipelineContext {
+    fn fail(&self, reason: String) {
+        tracing::error!(topic = %self.topic, %reason, "Input pipeline cannot go on.");
+        *self
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+    }
+}
+
+/// A commit request for `positions` of `topic`, metadata included.
+fn commit_list(topic: &str, positions: &[CommitPosition]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::with_capacity(positions.len());
+    for position in positions {
+        let mut element = list.add_partition(topic, position.partition);
+        element.set_metadata(&position.metadata);
+        let _ = element.set_offset(Offset::Offset(position.offset));
+    }
+    list
 }
 
 impl ClientContext for PipelineContext {
@@ -59,35 +95,58 @@ impl ConsumerContext for PipelineContext {
         let Rebalance::Revoke(partitions) = rebalance else {
             return;
         };
-        let mut commit = TopicPartitionList::new();
-        {
+        let positions: Vec<CommitPosition> = {
             let mut table = self.watermarks.lock();
-            for element in partitions.elements() {
-                if let Some(offset) = table.revoke(element.partition()) {
-                    let _ = commit.add_partition_offset(
-                        element.topic(),
-                        element.partition(),
-                        Offset::Offset(offset),
-                    );
-                }
-            }
-        }
-        if commit.count() > 0
-            && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
+            partitions
+                .elements()
+                .iter()
+                .filter_map(|element| table.revoke(element.partition()))
+                .collect()
+        };
+        if !positions.is_empty()
+            && let Err(error) =
+                consumer.commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
         {
             tracing::warn!(%error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
         }
         tracing::info!(topic = %self.topic, partitions = partitions.count(), "Partitions revoked.");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(partitions) = rebalance else {
             return;
         };
+        // The last commit says where the shared consumer starts and which destinations were
+        // behind it, from where.
+        let committed =
+            match consumer.committed_offsets((*partitions).clone(), Duration::from_secs(30)) {
+                Ok(committed) => committed,
+                Err(error) => {
+                    self.fail(format!(
+                        "cannot read the committed positions of assigned partitions: {error}"
+                    ));
+                    return;
+                }
+            };
         let mut table = self.watermarks.lock();
-        for element in partitions.elements() {
-            table.assign(element.partition());
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            };
+            let detached = match parse_positions(element.metadata()) {
+                Ok(detached) => detached,
+                Err(reason) => {
+                    self.fail(format!("partition {}: {reason}", element.partition()));
+                    return;
+                }
+            };
+            if !detached.is_empty() {
+                tracing::info!(topic = %self.topic, partition = element.partition(), behind = %element.metadata(), "Destinations restored behind the shared consumer; their readers catch up.");
+            }
+            table.assign(element.partition(), offset, &detached);
         }
+        drop(table);
         tracing::info!(topic = %self.topic, partitions = partitions.count(), "Partitions assigned.");
     }
 }
@@ -100,20 +159,31 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
+/// A commit sent, and the broker's answer.
+type CommitOutcome = (Vec<CommitPosition>, Result<(), KafkaError>);
+
 /// One input topic, its consumer and its lanes.
 pub struct InputPipeline {
     topic: Arc<str>,
-    consumer: StreamConsumer<PipelineContext>,
+    consumer: Arc<StreamConsumer<PipelineContext>>,
     watermarks: Watermarks,
     router: Router,
     /// Per destination, its lanes' queues.
     lanes: Vec<Vec<mpsc::Sender<RoutedEvent>>>,
     lane_hasher: LaneHasher,
     lane_tasks: JoinSet<()>,
+    /// The destinations' catch-up readers (started when a destination detaches).
+    readers: CatchUpReaders,
+    kafka: KafkaSettings,
+    group_id: String,
     shared: Shared,
     commit_interval: Duration,
     drain_timeout: Duration,
-    committed: HashMap<i32, i64>,
+    /// What the broker confirmed as committed, per partition.
+    committed: HashMap<i32, (i64, String)>,
+    /// The commit on its way (a blocking call on its own thread, so the gauge moves only
+    /// when the broker confirmed it, and a failed one is simply sent again).
+    committing: Option<tokio::task::JoinHandle<CommitOutcome>>,
 }
 
 impl std::fmt::Debug for InputPipeline {
@@ -125,7 +195,7 @@ impl std::fmt::Debug for InputPipeline {
 }
 
 /// Why an input message is not a usable update.
-fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
+pub(crate) fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
     let update = SegmentStatusUpdate::decode(payload)
         .map_err(|e| format!("not a SegmentStatusUpdate: {e}"))?;
     if update.user_id.is_empty() {
@@ -165,6 +235,7 @@ impl InputPipeline {
             topic: topic.to_owned(),
             watermarks: watermarks.clone(),
             metrics: shared.metrics.clone(),
+            fatal: std::sync::Mutex::new(None),
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .client_config(&format!("delivery-{topic}"))
@@ -213,6 +284,7 @@ impl InputPipeline {
                                 dead_letters: shared.dead_letters.clone(),
                                 watermarks: Some(watermarks.clone()),
                                 input_topic: input_topic.clone(),
+                                hold_transient: true,
                             }
                             .run(),
                         );
@@ -224,34 +296,63 @@ impl InputPipeline {
         let destinations: Vec<_> = shared.senders.iter().map(|s| s.config.clone()).collect();
         Ok(Self {
             topic: input_topic,
-            consumer,
+            consumer: Arc::new(consumer),
             watermarks,
             router: Router::new(&destinations),
             lanes,
             lane_hasher: LaneHasher::default(),
             lane_tasks,
+            readers: CatchUpReaders::default(),
+            kafka: kafka.clone(),
+            group_id: group_id.to_owned(),
             shared,
             commit_interval: config.commit_interval,
             drain_timeout: config.drain_timeout,
             committed: HashMap::new(),
+            committing: None,
         })
     }
 
     /// Runs until `shutdown`, then drains: stops fetching, lets the lanes send what they hold
-    /// (up to the drain timeout), commits what is finished and leaves the group.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// (up to the drain timeout), commits what is finished and leaves the group. Fails when
+    /// a lane stopped (a bug: its partitions would freeze) or the positions of an assigned
+    /// partition could not be read; the process then exits and its partitions move.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut targets = Vec::new();
-        loop {
+        let consumer = self.consumer.clone();
+        let failure = loop {
             tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = commit_tick.tick() => self.commit(CommitMode::Async),
-                message = self.consumer.recv() => match message {
+                () = shutdown.cancelled() => break None,
+                _ = commit_tick.tick() => {
+                    self.commit().await;
+                    // Destinations restored detached at an assignment, or whose reader
+                    // could not start, get one.
+                    let unread = self.watermarks.lock().unread_destinations();
+                    for destination in unread {
+                        self.start_reader(destination);
+                    }
+                    if let Some(reason) = self.fatal() {
+                        break Some(reason);
+                    }
+                }
+                Some(ended) = self.lane_tasks.join_next() => {
+                    let reason = match ended {
+                        Err(error) if error.is_panic() => format!("a destination lane panicked: {error}"),
+                        _ => "a destination lane stopped".to_owned(),
+                    };
+                    break Some(reason);
+                }
+                message = consumer.recv() => match message {
                     Ok(message) => {
                         let (partition, offset) = (message.partition(), message.offset());
                         match decode(message.payload().unwrap_or_default()) {
-                            Ok(update) => self.route(update, partition, offset, &mut targets).await,
+                            Ok(update) => {
+                                if let Err(reason) = self.route(update, partition, offset, &mut targets) {
+                                    break Some(reason);
+                                }
+                            }
                             Err(reason) => {
                                 let key = message.key().unwrap_or_default().to_vec();
                                 let payload = message.payload().unwrap_or_default().to_vec();
@@ -265,46 +366,103 @@ impl InputPipeline {
                     }
                 },
             }
-        }
+        };
+        let topic = self.topic.clone();
         self.drain().await;
+        match failure {
+            Some(reason) => Err(anyhow::anyhow!("input {topic}: {reason}")),
+            None => Ok(()),
+        }
     }
 
-    async fn route(
+    fn fatal(&self) -> Option<String> {
+        self.consumer
+            .context()
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Hands the update to every destination that maps it and reads this partition with the
+    /// shared consumer. A destination whose lane is full detaches from the partition here:
+    /// never a wait, so no destination holds back another.
+    fn route(
         &mut self,
         update: SegmentStatusUpdate,
         partition: i32,
         offset: i64,
         targets: &mut Vec<usize>,
-    ) {
+    ) -> Result<(), String> {
         self.router.route(&update, targets);
-        let needed = u32::try_from(targets.len()).unwrap_or(u32::MAX);
-        let Some(assignment) = self.watermarks.lock().track(partition, offset, needed) else {
-            return; // fetched just before the partition was revoked; its new owner reads it
+        let senders = &self.shared.senders;
+        let Some(assignment) = self
+            .watermarks
+            .lock()
+            .track(partition, offset, targets, |d| senders[d].config.id)
+        else {
+            return Ok(()); // fetched just before the partition was revoked; its new owner reads it
         };
         if targets.is_empty() {
-            return;
+            return Ok(());
         }
-        let source = Some(EventSource { assignment, offset });
+        let source = Some(EventSource {
+            assignment,
+            offset,
+            catch_up: false,
+        });
         let user_hash = self.lane_hasher.user(&update.user_id);
         let update = Arc::new(update);
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];
             let lane = &lanes[LaneHasher::lane(user_hash, lanes.len())];
-            self.shared.senders[destination].metrics.queue_depth.inc();
-            // A full queue makes the consumer wait: backpressure rather than loss.
-            if lane
-                .send(RoutedEvent {
-                    update: update.clone(),
-                    source,
-                })
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    destination = self.shared.senders[destination].config.id,
-                    "A destination lane stopped; its events will be re-read after a restart."
-                );
+            let sender = &self.shared.senders[destination];
+            match lane.try_send(RoutedEvent {
+                update: update.clone(),
+                source,
+            }) {
+                Ok(()) => sender.metrics.queue_depth.inc(),
+                Err(TrySendError::Full(_)) => {
+                    let id = sender.config.id;
+                    if self.watermarks.lock().detach(assignment, offset, id) {
+                        tracing::info!(topic = %self.topic, destination = id, partition, offset, "Destination cannot keep up; it reads this partition on its own from here, and the others go on.");
+                        self.start_reader(id);
+                    }
+                }
+                Err(TrySendError::Closed(_)) => {
+                    return Err(format!(
+                        "the lane of destination {} stopped",
+                        sender.config.id
+                    ));
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Makes sure destination `id`'s catch-up reader runs and reads its detached partitions.
+    fn start_reader(&mut self, id: u64) {
+        let Some(index) = self.shared.senders.iter().position(|s| s.config.id == id) else {
+            return; // a destination no longer configured: nothing to catch up
+        };
+        let claimed = self.watermarks.lock().claim_reader(id);
+        let topic = self.topic.clone();
+        let kafka = &self.kafka;
+        let make = || {
+            CatchUpReader::new(
+                kafka,
+                &self.group_id,
+                topic.clone(),
+                self.shared.senders[index].clone(),
+                self.lanes[index].clone(),
+                self.lane_hasher.clone(),
+                self.watermarks.clone(),
+                self.shared.metrics.clone(),
+            )
+        };
+        if let Err(error) = self.readers.ensure(id, claimed, make) {
+            self.watermarks.lock().unclaim_reader(id);
+            tracing::error!(topic = %self.topic, destination = id, %error, "Cannot start a catch-up reader; retrying at the next commit interval. The destination's position is kept.");
         }
     }
 
@@ -327,46 +485,99 @@ impl InputPipeline {
             .dead_letters
             .write_undecodable(source, key, payload, reason)
             .await;
-        self.watermarks.lock().track(partition, offset, 0);
+        self.watermarks
+            .lock()
+            .track(partition, offset, &mut Vec::new(), |_| 0);
     }
 
-    /// Commits every owned partition's watermark that moved since the last commit.
-    fn commit(&mut self, mode: CommitMode) {
-        let mut list = TopicPartitionList::new();
-        {
-            let table = self.watermarks.lock();
-            for (partition, offset) in table.committable() {
-                if self.committed.get(&partition) != Some(&offset) {
-                    let _ =
-                        list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
-                }
+    /// Commits every owned partition's position that moved since the last confirmed commit;
+    /// one commit at a time, in the background. The committed-offset gauge moves when the
+    /// broker confirmed; a failed commit is sent again at the next tick.
+    async fn commit(&mut self) {
+        if let Some(running) = &self.committing {
+            if !running.is_finished() {
+                return;
             }
+            self.finish_commit().await;
         }
-        if list.count() == 0 {
+        self.readers.prune();
+        let positions = self.moved_positions();
+        if positions.is_empty() {
             return;
         }
-        match self.consumer.commit(&list, mode) {
-            Ok(()) => {
-                for element in list.elements() {
-                    if let Offset::Offset(offset) = element.offset() {
-                        self.committed.insert(element.partition(), offset);
-                        self.shared
-                            .metrics
-                            .committed_offset
-                            .with_label_values(&[&*self.topic, &element.partition().to_string()])
-                            .set(offset);
-                    }
-                }
+        let consumer = self.consumer.clone();
+        let list = commit_list(&self.topic, &positions);
+        self.committing = Some(tokio::task::spawn_blocking(move || {
+            let result = consumer.commit(&list, CommitMode::Sync);
+            (positions, result)
+        }));
+    }
+
+    /// The positions that differ from what the broker confirmed.
+    fn moved_positions(&self) -> Vec<CommitPosition> {
+        self.watermarks
+            .lock()
+            .committable()
+            .into_iter()
+            .filter(|p| {
+                self.committed
+                    .get(&p.partition)
+                    .is_none_or(|(o, m)| *o != p.offset || *m != p.metadata)
+            })
+            .collect()
+    }
+
+    /// Waits for the commit on its way and records what the broker confirmed.
+    async fn finish_commit(&mut self) {
+        let Some(running) = self.committing.take() else {
+            return;
+        };
+        match running.await {
+            Ok((positions, Ok(()))) => self.confirmed(positions),
+            Ok((_, Err(error))) => {
+                tracing::warn!(topic = %self.topic, %error, "Offset commit failed; retrying at the next interval.");
             }
             Err(error) => {
-                tracing::warn!(topic = %self.topic, %error, "Offset commit failed; retrying at the next interval.")
+                tracing::warn!(topic = %self.topic, %error, "Offset commit task failed; retrying at the next interval.")
+            }
+        }
+    }
+
+    fn confirmed(&mut self, positions: Vec<CommitPosition>) {
+        for position in positions {
+            self.shared
+                .metrics
+                .committed_offset
+                .with_label_values(&[&*self.topic, &position.partition.to_string()])
+                .set(position.offset);
+            self.committed
+                .insert(position.partition, (position.offset, position.metadata));
+        }
+    }
+
+    /// The last commit, on the way out: waits for the one on its way, then commits what moved.
+    async fn final_commit(&mut self) {
+        self.finish_commit().await;
+        let positions = self.moved_positions();
+        if positions.is_empty() {
+            return;
+        }
+        match self
+            .consumer
+            .commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
+        {
+            Ok(()) => self.confirmed(positions),
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "Final offset commit failed; the new owner re-sends from the last commit.")
             }
         }
     }
 
     async fn drain(mut self) {
         tracing::info!(topic = %self.topic, "Draining: no more fetching; sending what is queued.");
-        // Closing the queues makes every lane send its last batch and stop.
+        // The readers hold queues of the lanes: they stop first. Closing the queues then
+        // makes every lane send its last batch and stop.
+        self.readers.stop().await;
         self.lanes.clear();
         let drained = tokio::time::timeout(self.drain_timeout, async {
             while self.lane_tasks.join_next().await.is_some() {}
@@ -377,7 +588,7 @@ impl InputPipeline {
             tracing::warn!(topic = %self.topic, unfinished, "Drain timeout passed; committing what is finished. The rest is re-sent after restart.");
             self.lane_tasks.abort_all();
         }
-        self.commit(CommitMode::Sync);
+        self.final_commit().await;
         self.consumer.unsubscribe();
         tracing::info!(topic = %self.topic, "Drained.");
     }

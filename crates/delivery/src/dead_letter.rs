@@ -202,6 +202,7 @@ mod tests {
                 produced_unix_ms: 1,
             }),
             source: Some(EventSource {
+                catch_up: false,
                 assignment: PartitionAssignment {
                     partition: 3,
                     generation: 1,

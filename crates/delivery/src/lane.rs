@@ -5,6 +5,7 @@
 
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use model::ErrorClass;
 use tokio::sync::mpsc;
@@ -15,7 +16,7 @@ use crate::config::DestinationConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
-use crate::sender::{DestinationSender, Failure, unix_ms_now};
+use crate::sender::{DestinationSender, Failure, jittered, unix_ms_now};
 
 /// Hashes user ids to lanes: seeded once per input pipeline, so a user keeps their lane for the
 /// life of the pipeline — all per-user order needs, since a reload drains the old pipeline
@@ -50,6 +51,9 @@ pub struct Lane {
     pub watermarks: Option<Watermarks>,
     /// The input topic, part of the idempotency key.
     pub input_topic: Arc<str>,
+    /// Transient failures wait and try again (delivery), or dead-letter the batch after its
+    /// attempts (`delivery replay`).
+    pub hold_transient: bool,
 }
 
 impl Lane {
@@ -98,24 +102,10 @@ impl Lane {
     /// Sends the batch (or dead-letters it), then finishes its events' offsets.
     async fn finish_batch(&self, batch: &mut DestinationBatch) {
         let queued = batch.events.len();
-        if let Some(watermarks) = &self.watermarks {
-            // Events of a partition revoked meanwhile belong to its new owner now.
-            let table = watermarks.lock();
-            batch.retain(|e| e.source.is_none_or(|s| table.is_current(s.assignment)));
-        }
+        self.drop_revoked(batch);
         let metrics = &self.sender.metrics;
         if !batch.is_empty() {
-            let result = if batch.is_oversized() {
-                Err(oversized(batch, &self.sender.config))
-            } else {
-                let mut body = Vec::with_capacity(batch.body_bytes());
-                write_body(batch, unix_ms_now(), &mut body);
-                let key = idempotency_key(batch, &self.input_topic);
-                metrics.batch_users.observe(batch.users.len() as f64);
-                metrics.batch_bytes.observe(body.len() as f64);
-                self.sender.send(body, &key).await
-            };
-            match result {
+            match self.deliver(batch).await {
                 Ok(()) => {
                     let now = unix_ms_now();
                     let mut sent = 0;
@@ -134,6 +124,10 @@ impl Lane {
                         .changes_coalesced
                         .inc_by(batch.coalesced.len() as u64);
                     crate::coalesced::record(batch);
+                }
+                Err(failure) if batch.is_empty() => {
+                    // Every event's partition moved to another owner while the batch waited.
+                    tracing::debug!(destination = self.sender.config.id, error = %failure.error, "A waiting batch's partitions were revoked; their new owner sends them.");
                 }
                 Err(failure) => {
                     tracing::warn!(
@@ -165,10 +159,93 @@ impl Lane {
         if let Some(watermarks) = &self.watermarks {
             let mut table = watermarks.lock();
             for source in events.iter().filter_map(|e| e.source) {
-                table.finish(source.assignment, source.offset);
+                table.finish(source, self.sender.config.id);
             }
         }
         metrics.queue_depth.sub(queued as i64);
+    }
+
+    /// Drops the events of partitions revoked meanwhile: they belong to their new owner now.
+    fn drop_revoked(&self, batch: &mut DestinationBatch) {
+        if let Some(watermarks) = &self.watermarks {
+            let table = watermarks.lock();
+            batch.retain(|e| e.source.is_none_or(|s| table.is_current(s.assignment)));
+        }
+    }
+
+    /// Sends the batch until the partner accepts it, or the failure is permanent. A
+    /// transient failure (timeout, connection, TLS, 5xx, 429, …) pauses the lane with capped
+    /// exponential backoff (or as long as the partner's `Retry-After` / the circuit's
+    /// cool-down says) and tries again: the batch waits here, the lane's queue fills, and
+    /// the destination's later events wait in Kafka (see `consumer`). Only a change older
+    /// than `max_backlog_age` gives up on a transient failure. Replays (`hold_transient`
+    /// false) give up after one round of attempts, as before.
+    async fn deliver(&self, batch: &mut DestinationBatch) -> Result<(), Failure> {
+        let destination = &self.sender.config;
+        let metrics = &self.sender.metrics;
+        let mut backoff = destination.backoff.initial;
+        let mut recoveries = self.sender.recoveries();
+        let mut earlier: Option<(u32, i64)> = None;
+        loop {
+            let mut failure = if batch.is_oversized() {
+                oversized(batch, destination)
+            } else {
+                let mut body = Vec::with_capacity(batch.body_bytes());
+                write_body(batch, unix_ms_now(), &mut body);
+                let key = idempotency_key(batch, &self.input_topic);
+                metrics.batch_users.observe(batch.users.len() as f64);
+                metrics.batch_bytes.observe(body.len() as f64);
+                match self.sender.send(body, &key).await {
+                    Ok(()) => return Ok(()),
+                    Err(failure) => failure,
+                }
+            };
+            // The record of a batch tried in several rounds counts every attempt.
+            if let Some((attempts, first_unix_ms)) = earlier {
+                failure.attempts += attempts;
+                failure.first_attempt_unix_ms = first_unix_ms;
+            }
+            earlier = Some((failure.attempts, failure.first_attempt_unix_ms));
+            if failure.permanent || !self.hold_transient {
+                return Err(failure);
+            }
+            let oldest_ms = batch
+                .events
+                .iter()
+                .map(|e| e.update.produced_unix_ms)
+                .min()
+                .unwrap_or(i64::MAX);
+            let age = Duration::from_millis(unix_ms_now().saturating_sub(oldest_ms).max(0) as u64);
+            if age > destination.max_backlog_age {
+                tracing::warn!(
+                    destination = destination.id,
+                    age_s = age.as_secs(),
+                    max_backlog_age_s = destination.max_backlog_age.as_secs(),
+                    "A failing batch waited longer than max_backlog_age; it is dead-lettered so retention cannot drop it unseen."
+                );
+                return Err(failure);
+            }
+            metrics.backoffs.inc();
+            let wait = failure.not_before.map_or_else(
+                || jittered(backoff),
+                |t| t.saturating_duration_since(Instant::now()),
+            );
+            tracing::debug!(
+                destination = destination.id,
+                wait_ms = wait.as_millis() as u64,
+                error_class = failure.class.as_str_name(),
+                "Batch failed transiently; waiting before the next attempt."
+            );
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = recoveries.changed() => {}
+            }
+            backoff = (backoff * 2).min(destination.backoff.max);
+            self.drop_revoked(batch);
+            if batch.is_empty() {
+                return Err(failure);
+            }
+        }
     }
 }
 
@@ -187,5 +264,7 @@ fn oversized(batch: &DestinationBatch, destination: &DestinationConfig) -> Failu
         attempts: 0,
         first_attempt_unix_ms: now,
         last_attempt_unix_ms: now,
+        permanent: true,
+        not_before: None,
     }
 }

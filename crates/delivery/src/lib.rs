@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod batcher;
+pub mod catch_up;
 pub mod circuit;
 pub mod coalesced;
 pub mod config;

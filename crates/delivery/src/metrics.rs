@@ -21,6 +21,12 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     in_flight: IntGaugeVec,
     circuit_open: IntGaugeVec,
+    backoffs: IntCounterVec,
+    max_backlog_age: IntGaugeVec,
+    /// `delivery_backlog_messages{destination, topic}`, set by the catch-up readers.
+    pub backlog_messages: IntGaugeVec,
+    /// `delivery_backlog_oldest_age_seconds{destination, topic}`.
+    pub backlog_age: IntGaugeVec,
     oauth_token_requests: IntCounterVec,
     pub decode_errors: IntCounter,
     pub consumer_lag: IntGaugeVec,
@@ -75,6 +81,7 @@ pub struct DestinationMetrics {
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
     pub circuit_open: IntGauge,
+    pub backoffs: IntCounter,
     pub oauth_token_ok: IntCounter,
     pub oauth_token_error: IntCounter,
 }
@@ -171,6 +178,34 @@ impl Metrics {
                 ),
                 &["destination"],
             )?,
+            backoffs: IntCounterVec::new(
+                Opts::new(
+                    "delivery_backoffs_total",
+                    "Transient failures (after the one retry) after which a batch waited and was tried again instead of being dead-lettered.",
+                ),
+                &["destination"],
+            )?,
+            max_backlog_age: IntGaugeVec::new(
+                Opts::new(
+                    "delivery_max_backlog_age_seconds",
+                    "The destination's max_backlog_age: changes waiting longer while it fails are dead-lettered (alerts compare the backlog's age with it).",
+                ),
+                &["destination"],
+            )?,
+            backlog_messages: IntGaugeVec::new(
+                Opts::new(
+                    "delivery_backlog_messages",
+                    "Input messages the destination has not finished while it reads behind the shared consumer (0 when it keeps up).",
+                ),
+                &["destination", "topic"],
+            )?,
+            backlog_age: IntGaugeVec::new(
+                Opts::new(
+                    "delivery_backlog_oldest_age_seconds",
+                    "Age of the oldest input message the destination has not finished while it reads behind the shared consumer (0 when it keeps up).",
+                ),
+                &["destination", "topic"],
+            )?,
             oauth_token_requests: IntCounterVec::new(
                 Opts::new(
                     "delivery_oauth_token_requests_total",
@@ -208,6 +243,10 @@ impl Metrics {
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.circuit_open.clone()))?;
+        registry.register(Box::new(metrics.backoffs.clone()))?;
+        registry.register(Box::new(metrics.max_backlog_age.clone()))?;
+        registry.register(Box::new(metrics.backlog_messages.clone()))?;
+        registry.register(Box::new(metrics.backlog_age.clone()))?;
         registry.register(Box::new(metrics.oauth_token_requests.clone()))?;
         registry.register(Box::new(metrics.decode_errors.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
@@ -217,9 +256,12 @@ impl Metrics {
 
     /// The handles of destination `id`; every series exists (at 0) from start-up on, so
     /// dashboards and alerts see it before the first event.
-    pub fn destination(&self, id: u64) -> DestinationMetrics {
+    pub fn destination(&self, id: u64, max_backlog_age: std::time::Duration) -> DestinationMetrics {
         let id = id.to_string();
         let d = id.as_str();
+        self.max_backlog_age
+            .with_label_values(&[d])
+            .set(i64::try_from(max_backlog_age.as_secs()).unwrap_or(i64::MAX));
         DestinationMetrics {
             delivered: self.events.with_label_values(&[d, "delivered"]),
             dead_lettered: self.events.with_label_values(&[d, "dead_lettered"]),
@@ -235,6 +277,7 @@ impl Metrics {
             queue_depth: self.queue_depth.with_label_values(&[d]),
             in_flight: self.in_flight.with_label_values(&[d]),
             circuit_open: self.circuit_open.with_label_values(&[d]),
+            backoffs: self.backoffs.with_label_values(&[d]),
             oauth_token_ok: self.oauth_token_requests.with_label_values(&[d, "ok"]),
             oauth_token_error: self.oauth_token_requests.with_label_values(&[d, "error"]),
         }

@@ -59,6 +59,7 @@ pub async fn replay(
                 dead_letters: shared.dead_letters.clone(),
                 watermarks: None,
                 input_topic: Arc::from(dlq_topic.as_str()),
+                hold_transient: false,
             };
             (tx, tokio::spawn(lane.run()))
         })

@@ -14,6 +14,9 @@ use model::ErrorClass;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 
+use tokio::sync::watch;
+use tokio::time::Instant;
+
 use crate::auth::{Auth, HmacSigner, OAuthTokenSource};
 use crate::circuit::Circuit;
 use crate::config::{AuthConfig, DestinationConfig};
@@ -28,12 +31,25 @@ pub struct Failure {
     pub attempts: u32,
     pub first_attempt_unix_ms: i64,
     pub last_attempt_unix_ms: i64,
+    /// Trying again cannot help: the partner answered one of the destination's
+    /// `permanent_codes`, or the batch is larger than it accepts. Anything else is transient.
+    pub permanent: bool,
+    /// When trying again makes sense at the earliest: the partner's `Retry-After`, or the end
+    /// of the circuit's cool-down.
+    pub not_before: Option<Instant>,
 }
+
+/// The most of a partner's response body that is read; the rest is dropped with the connection.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Retry or not, after one attempt.
 enum Attempt {
     Success,
-    Retry { class: ErrorClass, error: String },
+    Retry {
+        class: ErrorClass,
+        error: String,
+        status: Option<u16>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +73,11 @@ pub struct DestinationSender {
     auth: Auth,
     circuit: Circuit,
     rate_limiter: Option<DefaultDirectRateLimiter>,
+    /// Until when the partner asked (429 with `Retry-After`) not to be sent anything.
+    paused_until: std::sync::Mutex<Option<Instant>>,
+    /// Counts the times the destination recovered (its circuit closed), so lanes waiting out
+    /// a backoff start again at once.
+    recovered: watch::Sender<u64>,
     pub metrics: DestinationMetrics,
 }
 
@@ -123,8 +144,15 @@ impl DestinationSender {
             auth,
             circuit,
             rate_limiter,
+            paused_until: std::sync::Mutex::new(None),
+            recovered: watch::Sender::new(0),
             metrics,
         })
+    }
+
+    /// A receiver that changes each time the destination recovers (its circuit closes).
+    pub fn recoveries(&self) -> watch::Receiver<u64> {
+        self.recovered.subscribe()
     }
 
     /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent.
@@ -140,6 +168,8 @@ impl DestinationSender {
                 attempts: 0,
                 first_attempt_unix_ms,
                 last_attempt_unix_ms: first_attempt_unix_ms,
+                permanent: false,
+                not_before: self.circuit.open_until(),
             });
         }
         let signatures: Vec<_> = match &self.auth {
@@ -149,12 +179,13 @@ impl DestinationSender {
         let body = Bytes::from(if self.config.gzip { gzip(&json) } else { json });
 
         let attempts = 1 + self.config.retries;
-        let mut last = (ErrorClass::Unspecified, String::new());
+        let mut last = (ErrorClass::Unspecified, String::new(), None);
         for attempt in 1..=attempts {
             if attempt > 1 {
                 self.metrics.retries.inc();
                 tokio::time::sleep(jittered(self.config.retry_backoff)).await;
             }
+            self.wait_while_paused().await;
             if let Some(limiter) = &self.rate_limiter {
                 limiter.until_ready().await;
             }
@@ -165,26 +196,66 @@ impl DestinationSender {
                             destination = self.config.id,
                             "Destination answers again; circuit closed."
                         );
+                        self.recovered.send_modify(|n| *n += 1);
                     }
                     return Ok(());
                 }
-                Attempt::Retry { class, error } => last = (class, error),
+                Attempt::Retry {
+                    class,
+                    error,
+                    status,
+                } => last = (class, error, status),
             }
         }
-        if self.circuit.record_failure() {
+        let (class, error, status) = last;
+        let permanent = class == ErrorClass::HttpStatus
+            && status.is_some_and(|s| self.config.permanent_codes.contains(&s));
+        // A partner that asks to slow down is not failing: 429 does not count toward the
+        // circuit (its Retry-After pauses the destination instead).
+        if class != ErrorClass::RateLimited && self.circuit.record_failure() {
             tracing::warn!(
                 destination = self.config.id,
                 cooldown_ms = self.config.circuit.cooldown.as_millis() as u64,
-                "Destination keeps failing; circuit opened: its batches go to the dead-letter topic until a probe succeeds."
+                "Destination keeps failing; circuit opened: its batches wait (in Kafka) until a probe succeeds."
             );
         }
         Err(Failure {
-            class: last.0,
-            error: last.1,
+            class,
+            error,
             attempts,
             first_attempt_unix_ms,
             last_attempt_unix_ms: unix_ms_now(),
+            permanent,
+            not_before: self.paused_until(),
         })
+    }
+
+    /// The end of a pause the partner asked for, if it is still ahead.
+    fn paused_until(&self) -> Option<Instant> {
+        let until = *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.filter(|&u| u > Instant::now())
+    }
+
+    /// Waits out a pause the partner asked for (every lane of the destination honours it).
+    async fn wait_while_paused(&self) {
+        while let Some(until) = self.paused_until() {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Pauses the destination for `wait` (never shortens a longer pause already set).
+    fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
     }
 
     async fn attempt(
@@ -217,6 +288,7 @@ impl DestinationSender {
                     return Attempt::Retry {
                         class: ErrorClass::Auth,
                         error: error.to_string(),
+                        status: None,
                     };
                 }
             },
@@ -227,9 +299,16 @@ impl DestinationSender {
         let started = tokio::time::Instant::now();
         // The whole response, body included, must arrive within the timeout.
         let result = match request.send().await {
-            Ok(response) => {
+            Ok(mut response) => {
                 let status = response.status();
-                response.bytes().await.map(|_| status)
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                read_capped(&mut response, MAX_RESPONSE_BYTES)
+                    .await
+                    .map(|()| (status, retry_after))
             }
             Err(error) => Err(error),
         };
@@ -239,11 +318,26 @@ impl DestinationSender {
         self.metrics.in_flight.dec();
 
         match result {
-            Ok(status) if self.config.success_codes.contains(&status.as_u16()) => {
+            Ok((status, _)) if self.config.success_codes.contains(&status.as_u16()) => {
                 self.metrics.request(RequestOutcome::Success).inc();
                 Attempt::Success
             }
-            Ok(status) => {
+            Ok((StatusCode::TOO_MANY_REQUESTS, retry_after)) => {
+                self.metrics.request(RequestOutcome::HttpStatus).inc();
+                let wait = retry_after.unwrap_or(self.config.backoff.initial);
+                self.pause(wait);
+                tracing::warn!(
+                    destination = self.config.id,
+                    pause_ms = wait.as_millis() as u64,
+                    "Partner asked to slow down (429); pausing the destination."
+                );
+                Attempt::Retry {
+                    class: ErrorClass::RateLimited,
+                    error: format!("HTTP 429, paused {} ms", wait.as_millis()),
+                    status: Some(429),
+                }
+            }
+            Ok((status, _)) => {
                 self.metrics.request(RequestOutcome::HttpStatus).inc();
                 if status == StatusCode::UNAUTHORIZED
                     && let Some((tokens, token)) = token
@@ -259,6 +353,7 @@ impl DestinationSender {
                 Attempt::Retry {
                     class: ErrorClass::HttpStatus,
                     error: format!("HTTP {}", status.as_u16()),
+                    status: Some(status.as_u16()),
                 }
             }
             Err(error) => {
@@ -269,6 +364,7 @@ impl DestinationSender {
                 Attempt::Retry {
                     class,
                     error: error_chain(&error),
+                    status: None,
                 }
             }
         }
@@ -315,8 +411,35 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Reads at most `limit` bytes of the response body: a partner's answer is not needed beyond
+/// that, and an endless one must not hold the lane or its memory.
+async fn read_capped(response: &mut reqwest::Response, limit: usize) -> reqwest::Result<()> {
+    let mut read = 0;
+    while read < limit {
+        match response.chunk().await? {
+            Some(chunk) => read += chunk.len(),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// `Retry-After` as a wait: delay-seconds or an HTTP date (RFC 9110 §10.2.3). A date in the
+/// past is no wait; anything else unreadable is `None`. Capped at one hour, so a wrong header
+/// cannot park a destination for days.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if let Ok(seconds) = value.parse::<u64>() {
+        Duration::from_secs(seconds)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(Duration::from_secs(3_600)))
+}
+
 /// Between half and one and a half times `base`, so retries of many lanes spread out.
-fn jittered(base: Duration) -> Duration {
+pub(crate) fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.5 + fastrand::f64())
 }
 

@@ -34,7 +34,7 @@ pub fn build_shared(
             if matches!(destination.auth, AuthConfig::None) {
                 tracing::warn!(destination = destination.id, "No auth configured: requests to this destination are neither signed nor authenticated.");
             }
-            DestinationSender::new(destination.clone(), metrics.destination(destination.id)).map(Arc::new)
+            DestinationSender::new(destination.clone(), metrics.destination(destination.id, destination.max_backlog_age)).map(Arc::new)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let dead_letters = Arc::new(
@@ -147,12 +147,24 @@ async fn run_generation(
     runtime.health.set_ready();
     tracing::info!(destinations = shared.senders.len(), group = %config.kafka.group_id, "Delivery is running.");
 
-    let running: Vec<_> = pipelines
+    let mut running: tokio::task::JoinSet<_> = pipelines
         .into_iter()
-        .map(|pipeline| tokio::spawn(pipeline.run(generation.clone())))
+        .map(|pipeline| pipeline.run(generation.clone()))
         .collect();
-    for pipeline in running {
-        pipeline.await.context("an input pipeline panicked")?;
+    // A pipeline that fails makes the process unready, stops the others (they drain) and
+    // exits non-zero: its partitions move to a healthy process instead of freezing here.
+    let mut failure = None;
+    while let Some(ended) = running.join_next().await {
+        let result = ended
+            .context("an input pipeline panicked")
+            .and_then(|result| result);
+        if let Err(error) = result
+            && failure.is_none()
+        {
+            runtime.health.set_not_ready(format!("{error:#}"));
+            generation.cancel();
+            failure = Some(error);
+        }
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }

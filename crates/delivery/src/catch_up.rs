@@ -1,0 +1,359 @@
+//! A destination's own reader of the input, for the partitions where it fell behind the
+//! shared consumer (its lanes were full: it is slow, failing or down). It reads each such
+//! partition from the destination's position, hands the updates the destination maps to the
+//! destination's lanes (the same lanes, so per-user order holds), waiting for room as long as
+//! it takes — only this destination waits — and stops reading a partition once it reaches
+//! the shared consumer, which then serves the destination again. A reader without
+//! partitions left stops; the pipeline starts a new one when the destination detaches again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use telemetry::KafkaSettings;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::{EventSource, RoutedEvent};
+use crate::lane::LaneHasher;
+use crate::metrics::Metrics;
+use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
+use crate::sender::{DestinationSender, unix_ms_now};
+
+/// The running readers of one input pipeline, by destination id.
+#[derive(Debug, Default)]
+pub struct CatchUpReaders {
+    running: HashMap<u64, Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl CatchUpReaders {
+    /// Wakes destination `id`'s reader so it reads its newly detached partitions, or, when
+    /// the table says none runs (`claimed`), starts one with `make`.
+    pub fn ensure(
+        &mut self,
+        id: u64,
+        claimed: bool,
+        make: impl FnOnce() -> KafkaResult<CatchUpReader>,
+    ) -> KafkaResult<()> {
+        if !claimed {
+            if let Some(handle) = self.running.get(&id) {
+                handle.wake.notify_one();
+            }
+            return Ok(());
+        }
+        let reader = make()?;
+        let handle = Handle {
+            wake: reader.wake.clone(),
+            stop: reader.stop.clone(),
+            task: tokio::spawn(reader.run()),
+        };
+        self.running.insert(id, handle);
+        Ok(())
+    }
+
+    /// Forgets the readers that stopped.
+    pub fn prune(&mut self) {
+        self.running.retain(|_, handle| !handle.task.is_finished());
+    }
+
+    /// Stops every reader and waits for them (they hold queues of the lanes).
+    pub async fn stop(&mut self) {
+        for handle in self.running.values() {
+            handle.stop.cancel();
+        }
+        for (_, handle) in self.running.drain() {
+            let _ = handle.task.await;
+        }
+    }
+}
+
+/// One destination's reader of one input topic.
+pub struct CatchUpReader {
+    consumer: StreamConsumer,
+    topic: Arc<str>,
+    sender: Arc<DestinationSender>,
+    lanes: Vec<mpsc::Sender<RoutedEvent>>,
+    lane_hasher: LaneHasher,
+    watermarks: Watermarks,
+    metrics: Metrics,
+    /// The partitions it reads, as which assignment, and the timestamp (ms) of the last
+    /// message read on each.
+    assigned: HashMap<i32, (PartitionAssignment, Option<i64>)>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for CatchUpReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatchUpReader")
+            .field("topic", &self.topic)
+            .field("destination", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CatchUpReader {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kafka: &KafkaSettings,
+        group_id: &str,
+        topic: Arc<str>,
+        sender: Arc<DestinationSender>,
+        lanes: Vec<mpsc::Sender<RoutedEvent>>,
+        lane_hasher: LaneHasher,
+        watermarks: Watermarks,
+        metrics: Metrics,
+    ) -> KafkaResult<Self> {
+        // Assigned partitions by the pipeline, never subscribed and never committing (the
+        // destination's position goes into the shared group's commit metadata); the group id
+        // only routes librdkafka's events to the consumer queue, and names the reader in
+        // broker logs.
+        let consumer: StreamConsumer = kafka
+            .client_config(&format!("delivery-catch-up-{}", sender.config.id))
+            .set(
+                "group.id",
+                format!("{group_id}.catch-up.{}", sender.config.id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            // It reads behind; prefetching far ahead only holds memory.
+            .set("queued.max.messages.kbytes", "2048")
+            .set("queued.min.messages", "2000")
+            .set("fetch.max.bytes", "2097152")
+            .create()?;
+        Ok(Self {
+            consumer,
+            topic,
+            sender,
+            lanes,
+            lane_hasher,
+            watermarks,
+            metrics,
+            assigned: HashMap::new(),
+            wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    fn id(&self) -> u64 {
+        self.sender.config.id
+    }
+
+    async fn run(mut self) {
+        let id = self.id();
+        tracing::info!(topic = %self.topic, destination = id, "Catch-up reader started.");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.sync();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                () = self.wake.notified() => self.sync(),
+                _ = tick.tick() => {
+                    self.sync();
+                    self.report();
+                    if self.assigned.is_empty() && self.watermarks.lock().release_reader(id) {
+                        break;
+                    }
+                }
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        let partition = message.partition();
+                        let offset = message.offset();
+                        let timestamp = message.timestamp().to_millis();
+                        let update = crate::consumer::decode(message.payload().unwrap_or_default()).ok();
+                        drop(message);
+                        if !self.handle(partition, offset, timestamp, update).await {
+                            break;
+                        }
+                    }
+                    Err(KafkaError::PartitionEOF(partition)) => self.at_end(partition),
+                    Err(error) => tracing::warn!(topic = %self.topic, destination = id, %error, "Kafka error in a catch-up reader."),
+                },
+            }
+        }
+        self.metrics
+            .backlog_messages
+            .with_label_values(&[id.to_string().as_str(), &*self.topic])
+            .set(0);
+        self.metrics
+            .backlog_age
+            .with_label_values(&[id.to_string().as_str(), &*self.topic])
+            .set(0);
+        tracing::info!(topic = %self.topic, destination = id, "Catch-up reader stopped.");
+    }
+
+    /// Reads exactly the partitions the table says the destination is detached from, each
+    /// from its position.
+    fn sync(&mut self) {
+        let wanted = self.watermarks.lock().detached_partitions(self.id());
+        let mut remove = TopicPartitionList::new();
+        self.assigned.retain(|&partition, (assignment, _)| {
+            let keep = wanted.iter().any(|(a, _)| a == assignment);
+            if !keep {
+                remove.add_partition(&self.topic, partition);
+            }
+            keep
+        });
+        self.unassign(&remove);
+        let mut add = TopicPartitionList::new();
+        for &(assignment, from) in &wanted {
+            if !self.assigned.contains_key(&assignment.partition) {
+                let _ = add.add_partition_offset(
+                    &self.topic,
+                    assignment.partition,
+                    Offset::Offset(from),
+                );
+                self.assigned
+                    .insert(assignment.partition, (assignment, None));
+            }
+        }
+        if add.count() > 0
+            && let Err(error) = self.consumer.incremental_assign(&add)
+        {
+            tracing::warn!(topic = %self.topic, destination = self.id(), %error, "Cannot read detached partitions; retrying.");
+            for element in add.elements() {
+                self.assigned.remove(&element.partition());
+            }
+        }
+    }
+
+    fn unassign(&self, partitions: &TopicPartitionList) {
+        if partitions.count() > 0
+            && let Err(error) = self.consumer.incremental_unassign(partitions)
+        {
+            tracing::warn!(topic = %self.topic, destination = self.id(), %error, "Cannot stop reading a partition.");
+        }
+    }
+
+    fn stop_reading(&mut self, partition: i32) {
+        if self.assigned.remove(&partition).is_some() {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.topic, partition);
+            self.unassign(&list);
+        }
+    }
+
+    /// One message read; false when the reader must stop (shutdown, or the lanes are gone).
+    async fn handle(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        update: Option<model::SegmentStatusUpdate>,
+    ) -> bool {
+        let Some((assignment, last_read)) = self.assigned.get_mut(&partition) else {
+            return true;
+        };
+        *last_read = timestamp;
+        let assignment = *assignment;
+        // Undecodable input is the shared consumer's to dead-letter: not needed here.
+        let update = update.filter(|u| {
+            u.changes
+                .iter()
+                .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
+        });
+        let decision =
+            self.watermarks
+                .lock()
+                .catch_up(assignment, self.id(), offset, update.is_some());
+        match decision {
+            CatchUp::Deliver(assignment) => {
+                let Some(update) = update else {
+                    return true;
+                };
+                let lane = &self.lanes
+                    [LaneHasher::lane(self.lane_hasher.user(&update.user_id), self.lanes.len())];
+                self.sender.metrics.queue_depth.inc();
+                let event = RoutedEvent {
+                    update: Arc::new(update),
+                    source: Some(EventSource {
+                        assignment,
+                        offset,
+                        catch_up: true,
+                    }),
+                };
+                // Waiting here is the point: only this destination waits.
+                tokio::select! {
+                    sent = lane.send(event) => {
+                        if sent.is_err() {
+                            self.sender.metrics.queue_depth.dec();
+                            return false;
+                        }
+                    }
+                    () = self.stop.cancelled() => {
+                        self.sender.metrics.queue_depth.dec();
+                        return false;
+                    }
+                }
+            }
+            CatchUp::Skip => {}
+            CatchUp::Attached => {
+                tracing::info!(topic = %self.topic, destination = self.id(), partition, offset, "Destination caught up on this partition; the shared consumer serves it again.");
+                self.stop_reading(partition);
+            }
+            CatchUp::Stop => self.stop_reading(partition),
+        }
+        true
+    }
+
+    /// The reader reached the end of `partition`: attach again if the shared consumer is
+    /// no further.
+    fn at_end(&mut self, partition: i32) {
+        let Some(&(assignment, _)) = self.assigned.get(&partition) else {
+            return;
+        };
+        let next = self
+            .consumer
+            .position()
+            .ok()
+            .and_then(|list| {
+                list.find_partition(&self.topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+            })
+            .unwrap_or(0);
+        if self
+            .watermarks
+            .lock()
+            .caught_up(assignment, self.id(), next)
+        {
+            tracing::info!(topic = %self.topic, destination = self.id(), partition, "Destination caught up on this partition; the shared consumer serves it again.");
+            self.stop_reading(partition);
+        }
+    }
+
+    /// The destination's backlog on this topic: input messages not finished, and the age of
+    /// the last message read on its most-behind partition.
+    fn report(&self) {
+        let id = self.id().to_string();
+        let backlog = self.watermarks.lock().backlog(self.id());
+        self.metrics
+            .backlog_messages
+            .with_label_values(&[id.as_str(), &*self.topic])
+            .set(backlog);
+        let oldest = self.assigned.values().filter_map(|(_, t)| *t).min();
+        let age_s = oldest.map_or(0, |t| (unix_ms_now() - t).max(0) / 1000);
+        self.metrics
+            .backlog_age
+            .with_label_values(&[id.as_str(), &*self.topic])
+            .set(age_s);
+    }
+}
