@@ -24,10 +24,10 @@ use crate::metrics::Metrics;
 use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
 use crate::sender::{DestinationSender, unix_ms_now};
 
-/// The running readers of one input pipeline, by destination id.
+/// The running readers of one input pipeline, by destination index.
 #[derive(Debug, Default)]
 pub struct CatchUpReaders {
-    running: HashMap<u64, Handle>,
+    running: HashMap<usize, Handle>,
 }
 
 #[derive(Debug)]
@@ -38,16 +38,16 @@ struct Handle {
 }
 
 impl CatchUpReaders {
-    /// Wakes destination `id`'s reader so it reads its newly detached partitions, or, when
+    /// Wakes destination `index`'s reader so it reads its newly detached partitions, or, when
     /// the table says none runs (`claimed`), starts one with `make`.
     pub fn ensure(
         &mut self,
-        id: u64,
+        index: usize,
         claimed: bool,
         make: impl FnOnce() -> KafkaResult<CatchUpReader>,
     ) -> KafkaResult<()> {
         if !claimed {
-            if let Some(handle) = self.running.get(&id) {
+            if let Some(handle) = self.running.get(&index) {
                 handle.wake.notify_one();
             }
             return Ok(());
@@ -58,7 +58,7 @@ impl CatchUpReaders {
             stop: reader.stop.clone(),
             task: tokio::spawn(reader.run()),
         };
-        self.running.insert(id, handle);
+        self.running.insert(index, handle);
         Ok(())
     }
 
@@ -81,6 +81,8 @@ impl CatchUpReaders {
 /// One destination's reader of one input topic.
 pub struct CatchUpReader {
     consumer: StreamConsumer,
+    /// The destination's index in the pipeline's list.
+    destination: usize,
     topic: Arc<str>,
     sender: Arc<DestinationSender>,
     lanes: Vec<mpsc::Sender<RoutedEvent>>,
@@ -109,6 +111,7 @@ impl CatchUpReader {
         kafka: &KafkaSettings,
         group_id: &str,
         topic: Arc<str>,
+        destination: usize,
         sender: Arc<DestinationSender>,
         lanes: Vec<mpsc::Sender<RoutedEvent>>,
         lane_hasher: LaneHasher,
@@ -137,6 +140,7 @@ impl CatchUpReader {
             .create()?;
         Ok(Self {
             consumer,
+            destination,
             topic,
             sender,
             lanes,
@@ -167,7 +171,7 @@ impl CatchUpReader {
                 _ = tick.tick() => {
                     self.sync();
                     self.report();
-                    if self.assigned.is_empty() && self.watermarks.lock().release_reader(id) {
+                    if self.assigned.is_empty() && self.watermarks.lock().release_reader(self.destination) {
                         break;
                     }
                 }
@@ -201,7 +205,7 @@ impl CatchUpReader {
     /// Reads exactly the partitions the table says the destination is detached from, each
     /// from its position.
     fn sync(&mut self) {
-        let wanted = self.watermarks.lock().detached_partitions(self.id());
+        let wanted = self.watermarks.lock().detached_partitions(self.destination);
         let mut remove = TopicPartitionList::new();
         self.assigned.retain(|&partition, (assignment, _)| {
             let keep = wanted.iter().any(|(a, _)| a == assignment);
@@ -271,7 +275,7 @@ impl CatchUpReader {
         let decision =
             self.watermarks
                 .lock()
-                .catch_up(assignment, self.id(), offset, update.is_some());
+                .catch_up(assignment, self.destination, offset, update.is_some());
         match decision {
             CatchUp::Deliver(assignment) => {
                 let Some(update) = update else {
@@ -333,7 +337,7 @@ impl CatchUpReader {
         if self
             .watermarks
             .lock()
-            .caught_up(assignment, self.id(), next)
+            .caught_up(assignment, self.destination, next)
         {
             tracing::info!(topic = %self.topic, destination = self.id(), partition, "Destination caught up on this partition; the shared consumer serves it again.");
             self.stop_reading(partition);
@@ -344,7 +348,7 @@ impl CatchUpReader {
     /// the last message read on its most-behind partition.
     fn report(&self) {
         let id = self.id().to_string();
-        let backlog = self.watermarks.lock().backlog(self.id());
+        let backlog = self.watermarks.lock().backlog(self.destination);
         self.metrics
             .backlog_messages
             .with_label_values(&[id.as_str(), &*self.topic])

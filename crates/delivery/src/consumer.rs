@@ -131,8 +131,8 @@ impl ConsumerContext for PipelineContext {
         let mut table = self.watermarks.lock();
         for element in committed.elements() {
             let offset = match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => 0,
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
             };
             let detached = match parse_positions(element.metadata()) {
                 Ok(detached) => detached,
@@ -230,7 +230,7 @@ impl InputPipeline {
         group_id: &str,
         shared: Shared,
     ) -> Result<Self, KafkaError> {
-        let watermarks = Watermarks::default();
+        let watermarks = Watermarks::new(shared.senders.iter().map(|s| s.config.id).collect());
         let context = PipelineContext {
             topic: topic.to_owned(),
             watermarks: watermarks.clone(),
@@ -272,7 +272,8 @@ impl InputPipeline {
         let lanes = shared
             .senders
             .iter()
-            .map(|sender| {
+            .enumerate()
+            .map(|(index, sender)| {
                 let capacity = sender.config.queue_capacity;
                 (0..sender.config.max_in_flight)
                     .map(|_| {
@@ -282,7 +283,7 @@ impl InputPipeline {
                                 events: rx,
                                 sender: sender.clone(),
                                 dead_letters: shared.dead_letters.clone(),
-                                watermarks: Some(watermarks.clone()),
+                                watermarks: Some((watermarks.clone(), index)),
                                 input_topic: input_topic.clone(),
                                 hold_transient: true,
                             }
@@ -395,12 +396,7 @@ impl InputPipeline {
         targets: &mut Vec<usize>,
     ) -> Result<(), String> {
         self.router.route(&update, targets);
-        let senders = &self.shared.senders;
-        let Some(assignment) = self
-            .watermarks
-            .lock()
-            .track(partition, offset, targets, |d| senders[d].config.id)
-        else {
+        let Some(assignment) = self.watermarks.lock().track(partition, offset, targets) else {
             return Ok(()); // fetched just before the partition was revoked; its new owner reads it
         };
         if targets.is_empty() {
@@ -423,10 +419,13 @@ impl InputPipeline {
             }) {
                 Ok(()) => sender.metrics.queue_depth.inc(),
                 Err(TrySendError::Full(_)) => {
-                    let id = sender.config.id;
-                    if self.watermarks.lock().detach(assignment, offset, id) {
-                        tracing::info!(topic = %self.topic, destination = id, partition, offset, "Destination cannot keep up; it reads this partition on its own from here, and the others go on.");
-                        self.start_reader(id);
+                    if self
+                        .watermarks
+                        .lock()
+                        .detach(assignment, offset, destination)
+                    {
+                        tracing::info!(topic = %self.topic, destination = sender.config.id, partition, offset, "Destination cannot keep up; it reads this partition on its own from here, and the others go on.");
+                        self.start_reader(destination);
                     }
                 }
                 Err(TrySendError::Closed(_)) => {
@@ -440,12 +439,11 @@ impl InputPipeline {
         Ok(())
     }
 
-    /// Makes sure destination `id`'s catch-up reader runs and reads its detached partitions.
-    fn start_reader(&mut self, id: u64) {
-        let Some(index) = self.shared.senders.iter().position(|s| s.config.id == id) else {
-            return; // a destination no longer configured: nothing to catch up
-        };
-        let claimed = self.watermarks.lock().claim_reader(id);
+    /// Makes sure destination `index`'s catch-up reader runs and reads its detached
+    /// partitions.
+    fn start_reader(&mut self, index: usize) {
+        let id = self.shared.senders[index].config.id;
+        let claimed = self.watermarks.lock().claim_reader(index);
         let topic = self.topic.clone();
         let kafka = &self.kafka;
         let make = || {
@@ -453,6 +451,7 @@ impl InputPipeline {
                 kafka,
                 &self.group_id,
                 topic.clone(),
+                index,
                 self.shared.senders[index].clone(),
                 self.lanes[index].clone(),
                 self.lane_hasher.clone(),
@@ -460,8 +459,8 @@ impl InputPipeline {
                 self.shared.metrics.clone(),
             )
         };
-        if let Err(error) = self.readers.ensure(id, claimed, make) {
-            self.watermarks.lock().unclaim_reader(id);
+        if let Err(error) = self.readers.ensure(index, claimed, make) {
+            self.watermarks.lock().release_claim(index);
             tracing::error!(topic = %self.topic, destination = id, %error, "Cannot start a catch-up reader; retrying at the next commit interval. The destination's position is kept.");
         }
     }
@@ -487,7 +486,7 @@ impl InputPipeline {
             .await;
         self.watermarks
             .lock()
-            .track(partition, offset, &mut Vec::new(), |_| 0);
+            .track(partition, offset, &mut Vec::new());
     }
 
     /// Commits every owned partition's position that moved since the last confirmed commit;

@@ -47,8 +47,9 @@ pub struct Lane {
     pub events: mpsc::Receiver<RoutedEvent>,
     pub sender: Arc<DestinationSender>,
     pub dead_letters: Arc<DeadLetterWriter>,
-    /// The input's watermarks (`None` when replaying dead letters, which have no offsets).
-    pub watermarks: Option<Watermarks>,
+    /// The input's watermarks and this destination's index in them (`None` when replaying
+    /// dead letters, which have no offsets).
+    pub watermarks: Option<(Watermarks, usize)>,
     /// The input topic, part of the idempotency key.
     pub input_topic: Arc<str>,
     /// Transient failures wait and try again (delivery), or dead-letter the batch after its
@@ -156,10 +157,10 @@ impl Lane {
             }
         }
         let events = batch.take_events();
-        if let Some(watermarks) = &self.watermarks {
+        if let Some((watermarks, destination)) = &self.watermarks {
             let mut table = watermarks.lock();
             for source in events.iter().filter_map(|e| e.source) {
-                table.finish(source, self.sender.config.id);
+                table.finish(source, *destination);
             }
         }
         metrics.queue_depth.sub(queued as i64);
@@ -167,7 +168,7 @@ impl Lane {
 
     /// Drops the events of partitions revoked meanwhile: they belong to their new owner now.
     fn drop_revoked(&self, batch: &mut DestinationBatch) {
-        if let Some(watermarks) = &self.watermarks {
+        if let Some((watermarks, _)) = &self.watermarks {
             let table = watermarks.lock();
             batch.retain(|e| e.source.is_none_or(|s| table.is_current(s.assignment)));
         }

@@ -1,7 +1,9 @@
-//! Which input offsets may be committed. An offset is committable only when every destination
-//! that needed its event has it delivered or dead-lettered; the watermark of a partition is
-//! the offset after the longest finished prefix. Committing anything past it could lose an
-//! event in a crash; committing less only re-sends (at-least-once).
+//! Which input offsets may be committed. An offset is committable only when every attached
+//! destination that needed its event has it delivered or dead-lettered; a destination that
+//! fell behind and reads the partition on its own (see `catch_up`) holds only its own
+//! position, written into the commit's metadata so the next owner resumes it there.
+//! Committing anything past these could lose an event in a crash; committing less only
+//! re-sends (at-least-once).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -69,43 +71,75 @@ pub struct PartitionAssignment {
 /// The watermarks of the partitions a consumer owns now, shared by the consumer (tracks
 /// events), the destinations' catch-up readers, the lanes (finish them) and the rebalance
 /// callback (drops revoked partitions). One short lock per message and per batch.
-#[derive(Debug, Clone, Default)]
+/// Destinations are named by their index in the pipeline's destination list; their ids
+/// appear only in commit metadata.
+#[derive(Debug, Clone)]
 pub struct Watermarks {
     inner: Arc<Mutex<WatermarkTable>>,
 }
 
 impl Watermarks {
+    /// A table for destinations with these ids (by index).
+    pub fn new(destination_ids: Vec<u64>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(WatermarkTable::new(destination_ids))),
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, WatermarkTable> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WatermarkTable {
     partitions: HashMap<i32, PartitionState>,
     next_generation: u64,
-    /// Destinations whose catch-up reader runs (claimed and released under this lock, so a
-    /// detach never finds a reader that is just stopping).
-    readers: std::collections::HashSet<u64>,
+    /// Per destination, whether its catch-up reader runs (claimed and released under this
+    /// lock, so a detach never finds a reader that is just stopping).
+    readers: Vec<bool>,
+    ids: Vec<u64>,
 }
 
-/// One owned partition: the shared consumer's watermark and the destinations that fell
-/// behind it and read the partition on their own from a position of their own.
+/// One owned partition: per destination, the offsets the shared consumer handed to it and
+/// it has not finished; and the destinations that fell behind and read the partition on
+/// their own from a position of their own.
 #[derive(Debug)]
 struct PartitionState {
     generation: u64,
-    shared: OffsetWatermark,
     /// The next offset the shared consumer routes: everything before it was handed to every
-    /// attached destination that needed it.
-    routed_to: i64,
+    /// attached destination that needed it. `None` until the first event when the group
+    /// had no committed offset.
+    routed_to: Option<i64>,
+    /// By destination index: offsets handed over by the shared consumer, ascending, with
+    /// whether they are finished (finished ones leave from the front).
+    pending: Vec<VecDeque<(i64, bool)>>,
     detached: Vec<DetachedReader>,
+}
+
+impl PartitionState {
+    /// The oldest offset destination `d` was handed by the shared consumer and has not
+    /// finished.
+    fn oldest_pending(&self, d: usize) -> Option<i64> {
+        self.pending.get(d).and_then(|p| p.front()).map(|&(o, _)| o)
+    }
+
+    fn reader(&mut self, d: usize) -> Option<&mut DetachedReader> {
+        self.detached.iter_mut().find(|r| r.destination == d)
+    }
+
+    fn is_reading(&self, d: usize) -> bool {
+        self.detached
+            .iter()
+            .any(|r| r.destination == d && !r.draining)
+    }
 }
 
 /// A destination reading one partition on its own (its lanes were full, or its position
 /// was restored detached after a restart or rebalance).
 #[derive(Debug)]
 struct DetachedReader {
-    destination: u64,
+    destination: usize,
     /// Where it started reading: its position until an event of its own is finished.
     start: i64,
     /// The next offset it reads.
@@ -117,7 +151,7 @@ struct DetachedReader {
 }
 
 impl DetachedReader {
-    /// Everything before this offset is finished for the destination.
+    /// Everything it read before this offset is finished.
     fn position(&self) -> i64 {
         self.watermark.committable().unwrap_or(self.start)
     }
@@ -153,33 +187,47 @@ pub const MAX_COMMIT_METADATA: usize = 4_000;
 const METADATA_PREFIX: &str = "sr1";
 
 impl WatermarkTable {
+    pub fn new(destination_ids: Vec<u64>) -> Self {
+        Self {
+            partitions: HashMap::new(),
+            next_generation: 0,
+            readers: vec![false; destination_ids.len()],
+            ids: destination_ids,
+        }
+    }
+
     /// Starts tracking a newly assigned partition: the shared consumer starts reading at
-    /// `committed`, and each `(destination, position)` of `detached` reads on its own from
-    /// its position. Returns the assignment.
+    /// `committed`, and each `(destination id, position)` of `detached` behind it reads on
+    /// its own from its position (ids no longer configured are dropped: nothing is owed to
+    /// a removed destination). Returns the assignment.
     pub fn assign(
         &mut self,
         partition: i32,
-        committed: i64,
+        committed: Option<i64>,
         detached: &[(u64, i64)],
     ) -> PartitionAssignment {
         self.next_generation += 1;
+        let readers = detached
+            .iter()
+            .filter(|&&(_, position)| committed.is_some_and(|c| position < c))
+            .filter_map(|&(id, position)| {
+                let destination = self.ids.iter().position(|&i| i == id)?;
+                Some(DetachedReader {
+                    destination,
+                    start: position,
+                    read_to: position,
+                    watermark: OffsetWatermark::default(),
+                    draining: false,
+                })
+            })
+            .collect();
         self.partitions.insert(
             partition,
             PartitionState {
                 generation: self.next_generation,
-                shared: OffsetWatermark::default(),
                 routed_to: committed,
-                detached: detached
-                    .iter()
-                    .filter(|&&(_, position)| position < committed)
-                    .map(|&(destination, position)| DetachedReader {
-                        destination,
-                        start: position,
-                        read_to: position,
-                        watermark: OffsetWatermark::default(),
-                        draining: false,
-                    })
-                    .collect(),
+                pending: (0..self.ids.len()).map(|_| VecDeque::new()).collect(),
+                detached: readers,
             },
         );
         PartitionAssignment {
@@ -191,34 +239,29 @@ impl WatermarkTable {
     /// Stops tracking a revoked partition; returns what to commit for it.
     pub fn revoke(&mut self, partition: i32) -> Option<CommitPosition> {
         let state = self.partitions.remove(&partition)?;
-        commit_position(partition, &state)
+        commit_position(partition, &state, &self.ids)
     }
 
-    /// Registers an event the shared consumer read; removes from `targets` the destinations
-    /// that read this partition on their own (they get it from their reader). `id_of` gives a
-    /// target's destination id. `None` if the partition is not owned (an event fetched just
+    /// Registers an event the shared consumer read, for the destinations in `targets` (by
+    /// index); removes from `targets` those that read this partition on their own (they get
+    /// it from their reader). `None` if the partition is not owned (an event fetched just
     /// before a revocation).
     pub fn track(
         &mut self,
         partition: i32,
         offset: i64,
         targets: &mut Vec<usize>,
-        id_of: impl Fn(usize) -> u64,
     ) -> Option<PartitionAssignment> {
         let state = self.partitions.get_mut(&partition)?;
         if !state.detached.is_empty() {
-            targets.retain(|&t| {
-                let id = id_of(t);
-                !state
-                    .detached
-                    .iter()
-                    .any(|r| r.destination == id && !r.draining)
-            });
+            targets.retain(|&d| !state.is_reading(d));
         }
-        state
-            .shared
-            .track(offset, u32::try_from(targets.len()).unwrap_or(u32::MAX));
-        state.routed_to = offset + 1;
+        for &d in targets.iter() {
+            if let Some(pending) = state.pending.get_mut(d) {
+                pending.push_back((offset, false));
+            }
+        }
+        state.routed_to = Some(offset + 1);
         Some(PartitionAssignment {
             partition,
             generation: state.generation,
@@ -226,32 +269,28 @@ impl WatermarkTable {
     }
 
     /// The shared consumer could not hand the event at `offset` to `destination` (its lanes
-    /// are full): the destination reads the partition on its own from `offset` on. Returns
-    /// whether it was attached until now (so its reader must be told to read the partition).
+    /// are full): the destination reads the partition on its own from `offset` on (what it
+    /// was handed before stays in its lanes and in its position). Returns whether it was
+    /// attached until now (so its reader must be told to read the partition).
     pub fn detach(
         &mut self,
         assignment: PartitionAssignment,
         offset: i64,
-        destination: u64,
+        destination: usize,
     ) -> bool {
         let Some(state) = self.current(assignment) else {
             return false;
         };
-        state.shared.finish(offset);
-        match state
-            .detached
-            .iter_mut()
-            .find(|r| r.destination == destination)
-        {
+        if let Some(pending) = state.pending.get_mut(destination) {
+            finish_pending(pending, offset);
+        }
+        match state.reader(destination) {
             Some(reader) => {
                 // Caught up a moment ago and still finishing what it read: it reads again
                 // from here (its position stays at its unfinished events).
                 let was_draining = reader.draining;
                 reader.draining = false;
                 reader.read_to = offset;
-                if reader.watermark.in_progress() == 0 {
-                    reader.start = offset.min(reader.position());
-                }
                 was_draining
             }
             None => {
@@ -272,7 +311,7 @@ impl WatermarkTable {
     pub fn catch_up(
         &mut self,
         assignment: PartitionAssignment,
-        destination: u64,
+        destination: usize,
         offset: i64,
         needed: bool,
     ) -> CatchUp {
@@ -280,18 +319,14 @@ impl WatermarkTable {
             return CatchUp::Stop;
         };
         let routed_to = state.routed_to;
-        let Some(reader) = state
-            .detached
-            .iter_mut()
-            .find(|r| r.destination == destination && !r.draining)
-        else {
+        let Some(reader) = state.reader(destination).filter(|r| !r.draining) else {
             return CatchUp::Stop;
         };
         if offset < reader.read_to {
             // Read before (fetched again after the reader was told to read from here).
             return CatchUp::Skip;
         }
-        if offset >= routed_to {
+        if routed_to.is_none_or(|r| offset >= r) {
             reader.draining = true;
             return CatchUp::Attached;
         }
@@ -302,22 +337,19 @@ impl WatermarkTable {
 
     /// A catch-up reader reached the end of the partition, with `next` the offset it would
     /// read next: if the shared consumer is no further, the destination is attached again.
+    /// True when the reader should stop reading the partition.
     pub fn caught_up(
         &mut self,
         assignment: PartitionAssignment,
-        destination: u64,
+        destination: usize,
         next: i64,
     ) -> bool {
         let Some(state) = self.current(assignment) else {
             return true;
         };
         let routed_to = state.routed_to;
-        match state
-            .detached
-            .iter_mut()
-            .find(|r| r.destination == destination && !r.draining)
-        {
-            Some(reader) if next.max(reader.read_to) >= routed_to => {
+        match state.reader(destination).filter(|r| !r.draining) {
+            Some(reader) if routed_to.is_none_or(|r| next.max(reader.read_to) >= r) => {
                 reader.draining = true;
                 true
             }
@@ -326,22 +358,17 @@ impl WatermarkTable {
         }
     }
 
-    /// A destination finished the event; ignored if that assignment is gone. `catch_up` when
-    /// the event came from the destination's own reader.
-    pub fn finish(&mut self, source: EventSource, destination: u64) {
+    /// `destination` finished the event; ignored if that assignment is gone.
+    pub fn finish(&mut self, source: EventSource, destination: usize) {
         let Some(state) = self.current(source.assignment) else {
             return;
         };
         if source.catch_up {
-            if let Some(reader) = state
-                .detached
-                .iter_mut()
-                .find(|r| r.destination == destination)
-            {
+            if let Some(reader) = state.reader(destination) {
                 reader.watermark.finish(source.offset);
             }
-        } else {
-            state.shared.finish(source.offset);
+        } else if let Some(pending) = state.pending.get_mut(destination) {
+            finish_pending(pending, source.offset);
         }
     }
 
@@ -359,22 +386,22 @@ impl WatermarkTable {
             .is_some_and(|s| s.generation == assignment.generation)
     }
 
-    /// What to commit for every owned partition with finished events. Destinations that
-    /// caught up and finished what they read are attached again here.
+    /// What to commit for every owned partition. Destinations that caught up and finished
+    /// what they read are attached again here.
     pub fn committable(&mut self) -> Vec<CommitPosition> {
         let mut positions = Vec::with_capacity(self.partitions.len());
         for (&partition, state) in &mut self.partitions {
             state
                 .detached
                 .retain(|r| !(r.draining && r.watermark.in_progress() == 0));
-            positions.extend(commit_position(partition, state));
+            positions.extend(commit_position(partition, state, &self.ids));
         }
         positions
     }
 
     /// The partitions `destination` reads on its own, with their assignment and the offset
     /// to read next.
-    pub fn detached_partitions(&self, destination: u64) -> Vec<(PartitionAssignment, i64)> {
+    pub fn detached_partitions(&self, destination: usize) -> Vec<(PartitionAssignment, i64)> {
         self.partitions
             .iter()
             .flat_map(|(&partition, state)| {
@@ -397,73 +424,61 @@ impl WatermarkTable {
 
     /// Claims the catch-up reader of `destination`: true when none runs, and the caller
     /// must start one.
-    pub fn claim_reader(&mut self, destination: u64) -> bool {
-        self.readers.insert(destination)
+    pub fn claim_reader(&mut self, destination: usize) -> bool {
+        self.readers
+            .get_mut(destination)
+            .is_some_and(|running| !std::mem::replace(running, true))
     }
 
     /// A reader with no partitions left stops, unless a detach happened meanwhile: true
     /// when it may stop.
-    pub fn release_reader(&mut self, destination: u64) -> bool {
-        let idle = !self.partitions.values().any(|s| {
-            s.detached
-                .iter()
-                .any(|r| r.destination == destination && !r.draining)
-        });
-        if idle {
-            self.readers.remove(&destination);
+    pub fn release_reader(&mut self, destination: usize) -> bool {
+        let idle = !self.partitions.values().any(|s| s.is_reading(destination));
+        if idle && let Some(running) = self.readers.get_mut(destination) {
+            *running = false;
         }
         idle
     }
 
     /// A reader that could not start gives its claim back.
-    pub fn unclaim_reader(&mut self, destination: u64) {
-        self.readers.remove(&destination);
+    pub fn release_claim(&mut self, destination: usize) {
+        if let Some(running) = self.readers.get_mut(destination) {
+            *running = false;
+        }
     }
 
     /// Destinations detached somewhere without a running reader.
-    pub fn unread_destinations(&self) -> Vec<u64> {
-        let mut ids = self.detached_destinations();
-        ids.retain(|id| !self.readers.contains(id));
-        ids
-    }
-
-    /// Every destination id that reads some partition on its own.
-    pub fn detached_destinations(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
-            .partitions
-            .values()
-            .flat_map(|s| {
-                s.detached
-                    .iter()
-                    .filter(|r| !r.draining)
-                    .map(|r| r.destination)
-            })
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+    pub fn unread_destinations(&self) -> Vec<usize> {
+        (0..self.ids.len())
+            .filter(|&d| !self.readers[d] && self.partitions.values().any(|s| s.is_reading(d)))
+            .collect()
     }
 
     /// Input messages `destination` has not finished yet among those the shared consumer
-    /// has read: its backlog (in messages, some of which it may not map).
-    pub fn backlog(&self, destination: u64) -> i64 {
+    /// has read, on the partitions where it is behind: its backlog (in messages, some of
+    /// which it may not map).
+    pub fn backlog(&self, destination: usize) -> i64 {
         self.partitions
             .values()
-            .flat_map(|s| {
-                s.detached
-                    .iter()
-                    .filter(move |r| r.destination == destination)
-                    .map(move |r| s.routed_to.saturating_sub(r.position()).max(0))
+            .filter_map(|s| {
+                let reader = s.detached.iter().find(|r| r.destination == destination)?;
+                let position = s
+                    .oldest_pending(destination)
+                    .map_or(reader.position(), |o| o.min(reader.position()));
+                Some(s.routed_to?.saturating_sub(position).max(0))
             })
             .sum()
     }
 
-    /// Events read but not finished, over all owned partitions.
+    /// Events handed to destinations and not finished, over all owned partitions.
     pub fn in_progress(&self) -> usize {
         self.partitions
             .values()
             .map(|s| {
-                s.shared.in_progress()
+                s.pending
+                    .iter()
+                    .map(|p| p.iter().filter(|&&(_, done)| !done).count())
+                    .sum::<usize>()
                     + s.detached
                         .iter()
                         .map(|r| r.watermark.in_progress())
@@ -473,23 +488,41 @@ impl WatermarkTable {
     }
 }
 
+/// Marks `offset` finished and drops the finished prefix.
+fn finish_pending(pending: &mut VecDeque<(i64, bool)>, offset: i64) {
+    if let Ok(i) = pending.binary_search_by_key(&offset, |&(o, _)| o) {
+        pending[i].1 = true;
+    }
+    while pending.front().is_some_and(|&(_, done)| done) {
+        pending.pop_front();
+    }
+}
+
 /// The shared consumer's committable offset, with the positions of the destinations behind
 /// it as metadata (`sr1;<destination>@<offset>;…`), so a restart or the partition's next
 /// owner resumes each of them where it was. When the metadata would pass Kafka's limit, the
 /// offset is held back to the first position left out (those destinations then re-send from
 /// there, with every other one: duplicates, never a loss).
-fn commit_position(partition: i32, state: &PartitionState) -> Option<CommitPosition> {
-    let mut offset = state.shared.committable()?;
-    let mut behind: Vec<(i64, u64)> = state
-        .detached
-        .iter()
-        .map(|r| (r.position(), r.destination))
-        .filter(|&(position, _)| position < offset)
-        .collect();
+fn commit_position(partition: i32, state: &PartitionState, ids: &[u64]) -> Option<CommitPosition> {
+    // Attached destinations hold the offset back with what they were handed and have not
+    // finished; a destination behind holds only its own position.
+    let mut offset = state.routed_to?;
+    let mut behind: Vec<(i64, u64)> = Vec::new();
+    for (d, &id) in ids.iter().enumerate() {
+        let pending = state.oldest_pending(d);
+        match state.detached.iter().find(|r| r.destination == d) {
+            None => offset = pending.map_or(offset, |o| o.min(offset)),
+            Some(reader) => {
+                let position = pending.map_or(reader.position(), |o| o.min(reader.position()));
+                behind.push((position, id));
+            }
+        }
+    }
+    behind.retain(|&(position, _)| position < offset);
     behind.sort_unstable();
     let mut metadata = String::from(METADATA_PREFIX);
-    for (position, destination) in behind {
-        let entry = format!(";{destination}@{position}");
+    for (position, id) in behind {
+        let entry = format!(";{id}@{position}");
         if metadata.len() + entry.len() > MAX_COMMIT_METADATA {
             offset = position;
             break;
@@ -568,9 +601,9 @@ mod tests {
         }
     }
 
-    /// Destination index `i` has id `100 + i`.
-    fn id_of(index: usize) -> u64 {
-        100 + index as u64
+    /// Destinations 0 and 1, ids 100 and 101.
+    fn table() -> WatermarkTable {
+        WatermarkTable::new(vec![100, 101])
     }
 
     fn commits(table: &mut WatermarkTable) -> Vec<(i32, i64, String)> {
@@ -585,109 +618,135 @@ mod tests {
 
     #[test]
     fn late_completions_of_a_revoked_assignment_are_ignored() {
-        let mut table = WatermarkTable::default();
-        table.assign(3, 100, &[]);
-        let old = table.track(3, 100, &mut vec![0], id_of).unwrap();
-        assert_eq!(table.revoke(3), None);
-        assert_eq!(table.track(3, 101, &mut vec![0], id_of), None, "not owned");
-        table.assign(3, 100, &[]);
-        let new = table.track(3, 100, &mut vec![0], id_of).unwrap();
+        let mut table = table();
+        table.assign(3, Some(100), &[]);
+        let old = table.track(3, 100, &mut vec![0]).unwrap();
+        assert_eq!(table.revoke(3).map(|c| c.offset), Some(100));
+        assert_eq!(table.track(3, 101, &mut vec![0]), None, "not owned");
+        table.assign(3, Some(100), &[]);
+        let new = table.track(3, 100, &mut vec![0]).unwrap();
         assert!(!table.is_current(old) && table.is_current(new));
-        table.finish(shared(old, 100), 100);
-        assert!(commits(&mut table).is_empty());
-        table.finish(shared(new, 100), 100);
+        table.finish(shared(old, 100), 0);
+        assert_eq!(commits(&mut table), [(3, 100, "sr1".to_owned())]);
+        table.finish(shared(new, 100), 0);
         assert_eq!(commits(&mut table), [(3, 101, "sr1".to_owned())]);
     }
 
-    /// The life of a destination that falls behind: detached at the offset its lane had no
-    /// room for, its position in the commit's metadata while the shared consumer moves on,
-    /// read by its own reader, attached again once it reaches the shared consumer and
-    /// finished what it read.
     #[test]
-    fn a_detached_destination_keeps_its_position_and_attaches_again() {
-        let mut table = WatermarkTable::default();
-        let a = table.assign(0, 10, &[]);
-        // Offset 10 goes to destinations 0 and 1; 1's lane is full.
-        let mut targets = vec![0, 1];
-        assert_eq!(table.track(0, 10, &mut targets, id_of), Some(a));
-        assert!(table.detach(a, 10, 101), "newly detached");
-        assert!(!table.detach(a, 10, 101), "only once");
-        assert_eq!(table.detached_partitions(101), [(a, 10)]);
-        // The shared consumer skips 101 from now on.
-        let mut targets = vec![0, 1];
-        table.track(0, 11, &mut targets, id_of);
-        assert_eq!(targets, [0], "101 is read by its own reader");
-        table.finish(shared(a, 10), 100);
-        table.finish(shared(a, 11), 100);
+    fn commits_only_what_every_attached_destination_finished() {
+        let mut table = table();
+        let a = table.assign(0, None, &[]);
+        assert!(commits(&mut table).is_empty(), "nothing known to commit");
+        table.track(0, 10, &mut vec![0, 1]);
+        table.track(0, 11, &mut vec![1]);
+        table.track(0, 12, &mut vec![]);
+        assert_eq!(commits(&mut table), [(0, 10, "sr1".to_owned())]);
+        table.finish(shared(a, 10), 0);
+        table.finish(shared(a, 11), 1);
         assert_eq!(
             commits(&mut table),
-            [(0, 12, "sr1;101@10".to_owned())],
-            "the shared consumer commits past 101's backlog, which the metadata keeps"
+            [(0, 10, "sr1".to_owned())],
+            "10 still with 1"
         );
-        assert_eq!(table.backlog(101), 2);
-        // 101's reader reads 10 and 11 (both mapped), finishes 10.
-        assert_eq!(table.catch_up(a, 101, 10, true), CatchUp::Deliver(a));
-        assert_eq!(
-            table.catch_up(a, 101, 10, true),
-            CatchUp::Skip,
-            "read before"
-        );
-        assert_eq!(table.catch_up(a, 101, 11, true), CatchUp::Deliver(a));
-        table.finish(own(a, 10), 101);
-        assert_eq!(commits(&mut table), [(0, 12, "sr1;101@11".to_owned())]);
-        // 12 is not routed yet: 101 attaches again there and reads no more.
-        assert_eq!(table.catch_up(a, 101, 12, true), CatchUp::Attached);
-        assert!(table.detached_partitions(101).is_empty());
-        let mut targets = vec![0, 1];
-        table.track(0, 12, &mut targets, id_of);
-        assert_eq!(targets, [0, 1], "the shared consumer serves 101 again");
-        // Until 11 is finished, 101's position stays in the metadata.
-        table.finish(shared(a, 12), 100);
-        table.finish(shared(a, 12), 101);
-        assert_eq!(commits(&mut table), [(0, 13, "sr1;101@11".to_owned())]);
-        table.finish(own(a, 11), 101);
+        table.finish(shared(a, 10), 1);
         assert_eq!(commits(&mut table), [(0, 13, "sr1".to_owned())]);
-        assert_eq!(table.backlog(101), 0);
-        assert!(table.release_reader(101));
+        assert_eq!(table.in_progress(), 0);
+    }
+
+    /// The life of a destination that falls behind: detached at the offset its lane had no
+    /// room for, its position (what it still holds included) in the commit's metadata while
+    /// the shared consumer commits past it, read by its own reader, attached again once it
+    /// reaches the shared consumer and finished what it read.
+    #[test]
+    fn a_detached_destination_keeps_its_position_and_attaches_again() {
+        let mut table = table();
+        let a = table.assign(0, Some(9), &[]);
+        // 9 went to both; 1 holds it in its (now full) lane. 10: 1's lane is full.
+        assert_eq!(table.track(0, 9, &mut vec![0, 1]), Some(a));
+        let mut targets = vec![0, 1];
+        table.track(0, 10, &mut targets);
+        assert!(table.detach(a, 10, 1), "newly detached");
+        assert!(!table.detach(a, 10, 1), "only once");
+        assert_eq!(table.detached_partitions(1), [(a, 10)]);
+        // The shared consumer skips 1 from now on.
+        let mut targets = vec![0, 1];
+        table.track(0, 11, &mut targets);
+        assert_eq!(targets, [0], "1 is read by its own reader");
+        for offset in 9..12 {
+            table.finish(shared(a, offset), 0);
+        }
+        assert_eq!(
+            commits(&mut table),
+            [(0, 12, "sr1;101@9".to_owned())],
+            "the shared consumer commits past 1's backlog, which the metadata keeps from the event its lane still holds"
+        );
+        assert_eq!(table.backlog(1), 3);
+        table.finish(shared(a, 9), 1);
+        assert_eq!(commits(&mut table), [(0, 12, "sr1;101@10".to_owned())]);
+        // 1's reader reads 10 and 11 (both mapped), finishes 10.
+        assert_eq!(table.catch_up(a, 1, 10, true), CatchUp::Deliver(a));
+        assert_eq!(table.catch_up(a, 1, 10, true), CatchUp::Skip, "read before");
+        assert_eq!(table.catch_up(a, 1, 11, true), CatchUp::Deliver(a));
+        table.finish(own(a, 10), 1);
+        assert_eq!(commits(&mut table), [(0, 12, "sr1;101@11".to_owned())]);
+        // 12 is not routed yet: 1 attaches again there and reads no more.
+        assert_eq!(table.catch_up(a, 1, 12, true), CatchUp::Attached);
+        assert!(table.detached_partitions(1).is_empty());
+        let mut targets = vec![0, 1];
+        table.track(0, 12, &mut targets);
+        assert_eq!(targets, [0, 1], "the shared consumer serves 1 again");
+        // Until 11 is finished, 1's position stays in the metadata.
+        table.finish(shared(a, 12), 0);
+        table.finish(shared(a, 12), 1);
+        assert_eq!(commits(&mut table), [(0, 13, "sr1;101@11".to_owned())]);
+        table.finish(own(a, 11), 1);
+        assert_eq!(commits(&mut table), [(0, 13, "sr1".to_owned())]);
+        assert_eq!(table.backlog(1), 0);
+        assert!(table.release_reader(1));
     }
 
     #[test]
     fn a_restored_position_detaches_the_destination_and_a_reader_at_the_end_attaches() {
-        let mut table = WatermarkTable::default();
-        let destinations = parse_positions("sr1;101@5;102@9").unwrap();
-        let a = table.assign(0, 8, &destinations);
-        assert_eq!(table.detached_partitions(101), [(a, 5)]);
+        let mut table = table();
+        let positions = parse_positions("sr1;101@5;100@9;999@1").unwrap();
+        let a = table.assign(0, Some(8), &positions);
+        assert_eq!(table.detached_partitions(1), [(a, 5)]);
         assert!(
-            table.detached_partitions(102).is_empty(),
+            table.detached_partitions(0).is_empty(),
             "a position at or past the commit is not behind"
         );
-        assert_eq!(table.unread_destinations(), [101]);
-        assert!(table.claim_reader(101));
-        assert!(!table.claim_reader(101), "one reader per destination");
+        assert_eq!(
+            commits(&mut table),
+            [(0, 8, "sr1;101@5".to_owned())],
+            "a destination no longer configured (999) is dropped"
+        );
+        assert_eq!(table.unread_destinations(), [1]);
+        assert!(table.claim_reader(1));
+        assert!(!table.claim_reader(1), "one reader per destination");
         assert!(table.unread_destinations().is_empty());
-        assert!(!table.caught_up(a, 101, 7), "7 < 8: behind");
-        assert!(!table.release_reader(101), "still detached");
-        assert!(table.caught_up(a, 101, 8));
-        assert!(table.release_reader(101));
+        assert!(!table.caught_up(a, 1, 7), "7 < 8: behind");
+        assert!(!table.release_reader(1), "still detached");
+        assert!(table.caught_up(a, 1, 8));
+        assert!(table.release_reader(1));
+        assert_eq!(commits(&mut table), [(0, 8, "sr1".to_owned())]);
     }
 
     #[test]
-    fn an_unrouted_mapped_event_is_finished_and_unmapped_catch_up_events_do_not_wait() {
-        let mut table = WatermarkTable::default();
-        let a = table.assign(0, 0, &[]);
-        table.track(0, 0, &mut vec![0], id_of);
-        table.detach(a, 0, 100);
+    fn unmapped_events_read_by_a_reader_do_not_hold_its_position() {
+        let mut table = table();
+        let a = table.assign(0, Some(0), &[]);
+        table.track(0, 0, &mut vec![0]);
+        table.detach(a, 0, 0);
         for offset in 1..5 {
-            let mut targets = vec![];
-            table.track(0, offset, &mut targets, id_of);
+            table.track(0, offset, &mut vec![]);
         }
         assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
-        assert_eq!(table.catch_up(a, 100, 0, true), CatchUp::Deliver(a));
+        assert_eq!(table.catch_up(a, 0, 0, true), CatchUp::Deliver(a));
         for offset in 1..5 {
-            assert_eq!(table.catch_up(a, 100, offset, false), CatchUp::Deliver(a));
+            assert_eq!(table.catch_up(a, 0, offset, false), CatchUp::Deliver(a));
         }
         assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
-        table.finish(own(a, 0), 100);
+        table.finish(own(a, 0), 0);
         assert_eq!(
             commits(&mut table),
             [(0, 5, "sr1".to_owned())],
@@ -697,12 +756,12 @@ mod tests {
 
     #[test]
     fn metadata_past_kafkas_limit_holds_the_commit_back_instead_of_dropping_a_position() {
-        let mut table = WatermarkTable::default();
-        let a = table.assign(0, 0, &[]);
+        let ids: Vec<u64> = (0..1_000).map(|i| 1_000_000 + i).collect();
+        let mut table = WatermarkTable::new(ids);
+        let a = table.assign(0, Some(0), &[]);
         for offset in 0..1_000 {
-            let mut targets = vec![offset as usize];
-            table.track(0, offset, &mut targets, |i| 1_000_000 + i as u64);
-            table.detach(a, offset, 1_000_000 + offset as u64);
+            table.track(0, offset, &mut vec![offset as usize]);
+            table.detach(a, offset, offset as usize);
         }
         let commit = table.committable().pop().unwrap();
         assert!(commit.metadata.len() <= MAX_COMMIT_METADATA);

@@ -49,6 +49,8 @@ pub struct Response {
     pub content_type: String,
     /// More response headers (e.g. `Location` of a redirect).
     pub headers: Vec<(String, String)>,
+    /// Instead of `body`, a body that never ends (1 KiB every millisecond).
+    pub endless_body: bool,
 }
 
 impl Response {
@@ -59,7 +61,15 @@ impl Response {
             body: String::new(),
             content_type: "application/json".to_owned(),
             headers: Vec::new(),
+            endless_body: false,
         }
+    }
+
+    /// A body that never ends: a client that reads a response to its end never finishes.
+    #[must_use]
+    pub fn endless_body(mut self) -> Self {
+        self.endless_body = true;
+        self
     }
 
     /// A body of another content type than JSON.
@@ -300,7 +310,9 @@ async fn record(
     });
     tokio::time::sleep(response.delay).await;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut answer = if response.body.is_empty() {
+    let mut answer = if response.endless_body {
+        (status, axum::body::Body::new(Endless::default())).into_response()
+    } else if response.body.is_empty() {
         status.into_response()
     } else {
         (
@@ -317,6 +329,33 @@ async fn record(
         );
     }
     answer
+}
+
+/// A response body that never ends.
+#[derive(Debug, Default)]
+struct Endless {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Endless {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(1))));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + Duration::from_millis(1));
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+            axum::body::Bytes::from_static(&[b' '; 1024]),
+        ))))
+    }
 }
 
 #[cfg(test)]

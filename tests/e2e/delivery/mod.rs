@@ -2,6 +2,7 @@
 
 mod contract;
 mod failures;
+mod isolation;
 mod lifecycle;
 mod oauth;
 mod observability;

@@ -1,0 +1,360 @@
+//! A failing destination never holds back another, its changes wait in Kafka (not in memory,
+//! not in the dead-letter topic), and it catches up by itself, in per-user order, when it
+//! answers again — also across a restart. Permanent answers, 429 and `Retry-After`, and an
+//! endless response body.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use testkit::receiver::{Receiver, Response};
+use testkit::service::metric_value;
+
+use super::{DeliveryTest, change, destination, entries, json, update};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `users` users with `per_user` (< 60) changes each of segment 14356, alternating 1 and 0,
+/// produced now (so no change is older than `max_backlog_age`). The changes' times are
+/// whole seconds of one minute, ascending per user, so their `DateTime`s order them.
+fn alternating(users: usize, per_user: usize) -> Vec<model::SegmentStatusUpdate> {
+    assert!(per_user < 60);
+    let produced = now_ms();
+    let base = produced - produced % 60_000;
+    let mut updates = Vec::new();
+    for step in 0..per_user {
+        for u in 0..users {
+            let mut next = update(
+                &format!("u{u}"),
+                &[],
+                &[],
+                vec![change(
+                    14356,
+                    step.is_multiple_of(2),
+                    base + 1_000 * step as i64,
+                )],
+            );
+            next.produced_unix_ms = produced;
+            updates.push(next);
+        }
+    }
+    updates
+}
+
+/// Per user, the `DateTime`s of segment 14356 the receiver got, in arrival order.
+fn arrivals(receiver: &Receiver) -> HashMap<String, Vec<(String, String)>> {
+    let mut per_user: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for request in receiver.requests().iter().filter(|r| r.status == 200) {
+        for user in json(&request.body)["Users"].as_array().unwrap() {
+            for segment in user["Segments"].as_array().unwrap() {
+                per_user
+                    .entry(user["AAM_UUID"].as_str().unwrap().to_owned())
+                    .or_default()
+                    .push((
+                        segment["DateTime"].as_str().unwrap().to_owned(),
+                        segment["Status"].as_str().unwrap().to_owned(),
+                    ));
+            }
+        }
+    }
+    per_user
+}
+
+/// The status of a user's last change in [`alternating`].
+fn final_status(per_user: usize) -> &'static str {
+    if (per_user - 1).is_multiple_of(2) {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// Whether every user's last arrival is their final status (the last change produced).
+fn all_final(receiver: &Receiver, users: usize, per_user: usize) -> bool {
+    let last_status = final_status(per_user);
+    let last_time = arrivals_of_final_second(per_user);
+    let per_user_arrivals = arrivals(receiver);
+    (0..users).all(|u| {
+        per_user_arrivals
+            .get(&format!("u{u}"))
+            .and_then(|seen| seen.last())
+            .is_some_and(|(time, status)| status == last_status && time.contains(&last_time))
+    })
+}
+
+/// The `:SS ` seconds field of the last change's `DateTime` (see [`alternating`]).
+fn arrivals_of_final_second(per_user: usize) -> String {
+    format!(":{:02} ", per_user - 1)
+}
+
+/// Every user's last status arrived last, and no change arrived after a newer one.
+fn assert_caught_up_in_order(receiver: &Receiver, users: usize, per_user: usize) {
+    let per_user_arrivals = arrivals(receiver);
+    let last_status = final_status(per_user);
+    for u in 0..users {
+        let name = format!("u{u}");
+        let seen = per_user_arrivals
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} never arrived"));
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "{name}: a change arrived after a newer one (or twice): {seen:?}"
+        );
+        assert_eq!(
+            seen.last().unwrap().1,
+            last_status,
+            "{name} ends with a stale status: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_other_keeps_its_pace()
+ {
+    let test = DeliveryTest::new(2).await;
+    let failing = Receiver::start().await;
+    failing.respond(503, Duration::ZERO);
+    let healthy = Receiver::start().await;
+    // Tiny queues, one lane: the failing destination's lane fills at once.
+    let config = test.config(&[
+        destination(
+            70,
+            &failing,
+            ", retry_backoff_ms: 10, max_in_flight: 1, queue_capacity: 5, \
+             backoff: { initial_ms: 100, max_ms: 400 }, batch: { max_users: 5, linger_ms: 20 }",
+        ),
+        destination(
+            71,
+            &healthy,
+            ", max_in_flight: 1, queue_capacity: 5, batch: { max_users: 5, linger_ms: 20 }",
+        ),
+    ]);
+    let service = test.start(&config, &[]).await;
+    let (users, per_user) = (40, 6);
+    let started = Instant::now();
+    test.produce(&test.topic, &alternating(users, per_user))
+        .await;
+
+    // The healthy destination gets every user's final status, without waiting for the other.
+    testkit::wait_until(
+        "every user's final status at the healthy destination",
+        Duration::from_secs(30),
+        || {
+            let done = all_final(&healthy, users, per_user);
+            async move { done }
+        },
+    )
+    .await;
+    let healthy_done = started.elapsed();
+    assert_caught_up_in_order(&healthy, users, per_user);
+    // The failing one is behind: its changes wait in Kafka, counted.
+    let series = |name: &str| format!(r#"{name}{{destination="70",topic="{}"}}"#, test.topic);
+    testkit::wait_for(
+        "a backlog reported for the failing destination",
+        Duration::from_secs(10),
+        || async {
+            metric_value(
+                &service.metrics().await,
+                &series("delivery_backlog_messages"),
+            )
+        },
+        |n| n.is_some_and(|n| n > 0.0),
+    )
+    .await;
+    // The shared consumer committed past it: everything was read and the healthy one is done.
+    testkit::wait_for(
+        "the shared group committed to the end",
+        Duration::from_secs(10),
+        || async { test.committed(2).values().sum::<i64>() },
+        |&n| n == (users * per_user) as i64,
+    )
+    .await;
+    let m = service.metrics().await;
+    assert!(
+        metric_value(&m, r#"delivery_backoffs_total{destination="70"}"#).unwrap() >= 1.0,
+        "the failing batch waited and was tried again"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"delivery_events_total{destination="70",outcome="dead_lettered"}"#
+        ),
+        Some(0.0),
+        "a transient failure never dead-letters"
+    );
+
+    // The partner answers again: it receives everything it missed, in per-user order.
+    failing.respond(200, Duration::ZERO);
+    testkit::wait_until(
+        "every user's final status at the recovered destination",
+        Duration::from_secs(60),
+        || {
+            let done = all_final(&failing, users, per_user);
+            async move { done }
+        },
+    )
+    .await;
+    assert_caught_up_in_order(&failing, users, per_user);
+    testkit::wait_for(
+        "no backlog left",
+        Duration::from_secs(15),
+        || async {
+            metric_value(
+                &service.metrics().await,
+                &series("delivery_backlog_messages"),
+            )
+        },
+        |n| *n == Some(0.0),
+    )
+    .await;
+    eprintln!("healthy destination done after {healthy_done:?} with the other failing");
+}
+
+#[tokio::test]
+async fn a_restart_while_behind_resumes_the_backlog_from_the_committed_position() {
+    let test = DeliveryTest::new(2).await;
+    let failing = Receiver::start().await;
+    failing.respond(500, Duration::ZERO);
+    let healthy = Receiver::start().await;
+    let config = test.config(&[
+        destination(
+            72,
+            &failing,
+            ", retry_backoff_ms: 10, max_in_flight: 1, queue_capacity: 2, \
+             backoff: { initial_ms: 200, max_ms: 200 }, batch: { max_users: 2, linger_ms: 20 }",
+        ),
+        destination(73, &healthy, ""),
+    ]);
+    let mut service = test.start(&config, &[]).await;
+    let (users, per_user) = (30, 2);
+    test.produce(&test.topic, &alternating(users, per_user))
+        .await;
+    testkit::wait_until(
+        "every user's final status at the healthy destination",
+        Duration::from_secs(30),
+        || {
+            let done = all_final(&healthy, users, per_user);
+            async move { done }
+        },
+    )
+    .await;
+    testkit::wait_for(
+        "the shared group committed to the end, past the failing destination's backlog",
+        Duration::from_secs(10),
+        || async { test.committed(2).values().sum::<i64>() },
+        |&n| n == (users * per_user) as i64,
+    )
+    .await;
+    let before = arrivals(&failing).len();
+    assert_eq!(before, 0, "the failing destination accepted nothing yet");
+    service.kill9().await;
+
+    failing.respond(200, Duration::ZERO);
+    let _service = test.start(&config, &[]).await;
+    testkit::wait_until(
+        "the backlog delivered after the restart",
+        Duration::from_secs(60),
+        || {
+            let done = all_final(&failing, users, per_user);
+            async move { done }
+        },
+    )
+    .await;
+    assert_caught_up_in_order(&failing, users, per_user);
+}
+
+#[tokio::test]
+async fn a_permanent_answer_is_dead_lettered_after_one_retry_and_the_destination_moves_on() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Response::status(422), Response::status(422)]);
+    let config = test.config(&[destination(74, &receiver, ", retry_backoff_ms: 10")]);
+    let _service = test.start(&config, &[]).await;
+    let mut first = alternating(1, 1);
+    first[0].user_id = "refused".to_owned();
+    test.produce(&test.topic, &first).await;
+    let records = test.dead_letters(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        (
+            records[0].error_class(),
+            records[0].error.as_str(),
+            records[0].attempts
+        ),
+        (model::ErrorClass::HttpStatus, "HTTP 422", 2)
+    );
+    test.produce(&test.topic, &alternating(1, 1)).await;
+    let requests = receiver.wait_for_requests(3, Duration::from_secs(20)).await;
+    assert_eq!(
+        entries(requests.iter().skip(2).map(|r| json(&r.body))),
+        [("u0".to_owned(), "14356".to_owned(), "1".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn retry_after_pauses_the_destination_and_a_429_never_opens_the_circuit() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    receiver.script([
+        Response::status(429).header("Retry-After", "2"),
+        Response::status(429).header("Retry-After", "1"),
+    ]);
+    let config = test.config(&[destination(
+        75,
+        &receiver,
+        ", retry_backoff_ms: 10, circuit: { failure_threshold: 1, cooldown_ms: 60000 }",
+    )]);
+    let service = test.start(&config, &[]).await;
+    test.produce(&test.topic, &alternating(1, 1)).await;
+    let requests = receiver.wait_for_requests(3, Duration::from_secs(30)).await;
+    let gap = |a: usize, b: usize| requests[b].received_at - requests[a].received_at;
+    assert!(
+        gap(0, 1) >= Duration::from_millis(1_900),
+        "Retry-After: 2 honoured: {:?}",
+        gap(0, 1)
+    );
+    assert!(
+        gap(1, 2) >= Duration::from_millis(900),
+        "Retry-After: 1 honoured: {:?}",
+        gap(1, 2)
+    );
+    assert_eq!(requests[2].status, 200);
+    let m = service.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"delivery_circuit_open{destination="75"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"delivery_events_total{destination="75",outcome="dead_lettered"}"#
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_partner_response_body_is_read_up_to_64_kib_and_no_further() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    receiver.respond_with(Response::status(200).endless_body());
+    let config = test.config(&[destination(76, &receiver, ", timeout_ms: 3000")]);
+    let service = test.start(&config, &[]).await;
+    test.produce(&test.topic, &alternating(1, 1)).await;
+    testkit::wait_for(
+        "the batch delivered although the answer never ends",
+        Duration::from_secs(15),
+        || async {
+            metric_value(
+                &service.metrics().await,
+                r#"delivery_events_total{destination="76",outcome="delivered"}"#,
+            )
+        },
+        |n| *n == Some(1.0),
+    )
+    .await;
+    assert_eq!(receiver.requests().len(), 1, "no timeout, no retry");
+}
