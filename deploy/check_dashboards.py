@@ -106,6 +106,15 @@ EXPECTATIONS = {
             RATE, PER_DESTINATION, {"outcome": "ok"}, only="oauth",
             why="HMAC destinations never ask for a token"),
         "Decode errors": zero_ok("the demo's qualifier writes only valid protobuf"),
+        "Backlog (messages behind)": zero_ok(
+            "a destination reads behind the shared consumer only once its queue is full: the demo's "
+            "partners keep up, so its series stay at 0", PER_DESTINATION),
+        "Backlog age (oldest waiting)": zero_ok(
+            "0 while a destination keeps up, which the demo's partners do", PER_DESTINATION),
+        "Backoffs per second": zero_ok(
+            "a batch waits and is tried again only when its retry fails too: never at a healthy "
+            "partner, and at the flaky one (20% of 20% of requests) not necessarily within the window",
+            PER_DESTINATION),
         "Batch size (users) p50/p99": quantile(PER_DESTINATION),
         "Batch size (bytes) p50/p99": quantile(PER_DESTINATION),
         "Queue depth": level(PER_DESTINATION),

@@ -4,7 +4,7 @@
 //! dead-lettered, or reported coalesced (`--coalesced-report`) by the process that coalesced it; anything else is
 //! missing and fails the scenario. Duplicates are counted apart and never offset a loss.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -34,18 +34,6 @@ fn destinations() -> Vec<LedgerDestination> {
 pub async fn committed(settings: &KafkaSettings, topic: &str) -> Vec<Committed> {
     let (settings, topic) = (settings.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || exact::committed(&settings, &topic))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Dead-letter records per destination id and error class name (e.g. `circuit_open`).
-pub async fn dead_letter_classes(
-    settings: &KafkaSettings,
-    topic: &str,
-) -> BTreeMap<(u64, String), u64> {
-    let (settings, topic) = (settings.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || exact::dead_letter_classes(&settings, &topic))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"))
@@ -142,27 +130,4 @@ pub async fn build(
         notes: Vec::new(),
     };
     (ledger, changes)
-}
-
-/// Adds the effect of `delivery replay` to every line: `before` and `after` are the partner's
-/// accepted changes around the replay, `coalesced_reports` those of the workers and the replays.
-pub fn add_replay(
-    ledger: &mut Ledger,
-    changes: &[Committed],
-    before: &HashMap<String, Changes>,
-    after: &HashMap<String, Changes>,
-    coalesced_reports: &[PathBuf],
-) {
-    let coalesced = coalesced(coalesced_reports);
-    let empty = Changes::new();
-    for line in &mut ledger.lines {
-        let destination = DESTINATIONS.iter().find(|d| d.id == line.id).unwrap();
-        exact::add_replay(
-            line,
-            &exact::expected(changes, &ledger_destination(destination)),
-            before.get(&line.path).unwrap_or(&empty),
-            after.get(&line.path).unwrap_or(&empty),
-            coalesced.get(&line.id).unwrap_or(&empty),
-        );
-    }
 }

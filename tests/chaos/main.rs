@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // Test code: a panic is the failure report.
 
 mod broker;
+mod isolation;
 mod ledger;
 mod load;
 mod scenarios;
@@ -36,11 +37,26 @@ type Scenario = fn(&'static ChaosBroker, Scale) -> Pin<Box<dyn Future<Output = L
 
 /// In the order they run: the broker-down scenario last but one, so a broker that does not
 /// come back fails as few others as possible.
-const SCENARIOS: [(&str, &str, Scenario); 5] = [
+const SCENARIOS: [(&str, &str, Scenario); 8] = [
     (
-        "partner_outage",
-        "2. partner outage: circuit opens, changes go to the DLQ, others unaffected, replay brings missing to 0",
-        |b, s| Box::pin(scenarios::partner_outage(b, s)),
+        "isolation_unavailable",
+        "2a. one partner answers 503: the others keep rate and p99, its changes wait in Kafka, it catches up by itself",
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Unavailable)),
+    ),
+    (
+        "isolation_hang",
+        "2b. one partner never answers within the timeout: the same",
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Hang)),
+    ),
+    (
+        "isolation_slow",
+        "2c. one partner answers just under the timeout: the same",
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Slow)),
+    ),
+    (
+        "isolation_rate_limited",
+        "2d. one partner answers 429 with Retry-After: the same",
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::RateLimited)),
     ),
     (
         "kill_9",

@@ -14,7 +14,7 @@ use testkit::service::{Service, metric_value};
 
 use crate::broker::ChaosBroker;
 use crate::ledger::{self, Ledger};
-use crate::load::{Load, LoadReport, rfc3339, unix_ms};
+use crate::load::{Load, LoadReport};
 use crate::system::{DESTINATIONS, FAULTY, LONGEST_TTL, PARTITIONS, System, SystemSpec, tail};
 
 /// Durations and rates of a run: short by default (`cargo test --workspace`), long with
@@ -27,8 +27,8 @@ pub struct Scale {
     pub users: u32,
     /// How long the load runs.
     pub load: Duration,
-    /// The partner outage (scenario 2).
-    pub partner_outage: Duration,
+    /// How long the faulty partner fails in the isolation scenarios.
+    pub isolation_fault: Duration,
     /// How long the broker stays stopped (scenario 1), start-up time not included.
     pub broker_down: Duration,
     /// How long, at most, the pipeline may take to drain after the load.
@@ -43,7 +43,7 @@ impl Scale {
                 rate: 500,
                 users: 10_000,
                 load: Duration::from_secs(90),
-                partner_outage: Duration::from_secs(30),
+                isolation_fault: Duration::from_secs(150),
                 broker_down: Duration::from_secs(20),
                 drain: Duration::from_secs(300),
             },
@@ -52,7 +52,7 @@ impl Scale {
                 rate: 200,
                 users: 2_000,
                 load: Duration::from_secs(24),
-                partner_outage: Duration::from_secs(10),
+                isolation_fault: Duration::from_secs(12),
                 // Longer than the ingest API's 15 s produce timeout, so that it must answer
                 // 503 even when the broker restarts quickly.
                 broker_down: Duration::from_secs(16),
@@ -161,7 +161,12 @@ async fn wait_qualifier_quiet(settings: &KafkaSettings, topic: &str) {
 
 /// After the load: waits for the qualifier to finish, then until every committed change is
 /// accepted or dead-lettered (or `drain` passes), and returns the ledger.
-async fn drain(name: &str, system: &System, settings: &KafkaSettings, drain: Duration) -> Ledger {
+pub async fn drain(
+    name: &str,
+    system: &System,
+    settings: &KafkaSettings,
+    drain: Duration,
+) -> Ledger {
     let topics = &system.launch.topics;
     wait_qualifier_caught_up(system, settings).await;
     wait_qualifier_quiet(settings, &topics.status).await;
@@ -185,7 +190,7 @@ async fn drain(name: &str, system: &System, settings: &KafkaSettings, drain: Dur
 }
 
 /// The checks every scenario makes, after its own.
-fn assert_balanced(ledger: &Ledger) {
+pub fn assert_balanced(ledger: &Ledger) {
     assert!(ledger.changes > 0, "the run committed no status change");
     for line in &ledger.lines {
         assert!(
@@ -234,17 +239,8 @@ fn assert_balanced(ledger: &Ledger) {
     }
 }
 
-fn load_note(report: &LoadReport, rate: u32) -> String {
+pub fn load_note(report: &LoadReport, rate: u32) -> String {
     format!("load at {rate} events/s: {}", report.summary())
-}
-
-async fn metric(service: &Service, series: &str) -> f64 {
-    match reqwest::get(service.admin_url("/metrics")).await {
-        Ok(response) => {
-            metric_value(&response.text().await.unwrap_or_default(), series).unwrap_or(0.0)
-        }
-        Err(_) => 0.0,
-    }
 }
 
 /// Changes a delivery worker delivered, over all destinations.
@@ -259,116 +255,6 @@ async fn delivered_by(worker: &Service) -> f64 {
         .filter(|l| l.starts_with("delivery_events_total{") && l.contains("outcome=\"delivered\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// Replays the dead letters of every destination that has some, and adds the replay to the
-/// ledger; every destination's `missing at partner` is filled in.
-async fn replay_all(system: &System, settings: &KafkaSettings, ledger: &mut Ledger, since: &str) {
-    let topics = &system.launch.topics;
-    let before = ledger::accepted(&system.sim_json("/accepted").await);
-    for line in &ledger.lines {
-        if line.dead_lettered == 0 {
-            continue;
-        }
-        let (status, log) = system.launch.replay(line.id, since).await;
-        assert!(
-            status.success(),
-            "delivery replay --destination {} failed ({status}):\n{}",
-            line.id,
-            tail(&log, 40)
-        );
-        if let Some(summary) = log.lines().find(|l| l.contains("replayed ")) {
-            ledger
-                .notes
-                .push(format!("replay {}: {}", line.id, summary.trim()));
-        }
-    }
-    let after = ledger::accepted(&system.sim_json("/accepted").await);
-    let changes = ledger::committed(settings, &topics.status).await;
-    ledger::add_replay(
-        ledger,
-        &changes,
-        &before,
-        &after,
-        &system.launch.coalesced_reports(),
-    );
-}
-
-/// Scenario 2: the faulty partner answers 503 to everything for a while, mid-load.
-pub async fn partner_outage(broker: &ChaosBroker, scale: Scale) -> Ledger {
-    let settings = broker.settings();
-    // The outage window counts from partner-sim's start, which is right before the load.
-    let after = scale.load.as_secs() / 4;
-    let spec = SystemSpec {
-        faulty_behaviour: format!(
-            "{{ latency_ms: [2, 20], outage: {{ after_s: {after}, for_s: {}, status: 503 }} }}",
-            scale.partner_outage.as_secs()
-        ),
-        ..SystemSpec::default()
-    };
-    let mut system = System::start(broker, "outage", &spec).await;
-    let since = rfc3339(unix_ms() - 60_000);
-    let load = Load::start(&system.launch.ingest, scale.rate, scale.users, 2);
-    let circuit = format!("delivery_circuit_open{{destination=\"{}\"}}", FAULTY.id);
-    let mut circuit_opened = false;
-    while load.started.elapsed() < scale.load {
-        for worker in &system.workers {
-            circuit_opened |= metric(worker, &circuit).await >= 1.0;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let report = load.stop().await;
-    system.assert_running();
-    let mut ledger = drain("partner outage", &system, &settings, scale.drain).await;
-    ledger.notes.push(load_note(&report, scale.rate));
-    ledger.notes.push(format!(
-        "outage of {} {}: {} s from {after} s after partner-sim started; circuit seen open: {circuit_opened}",
-        FAULTY.id,
-        FAULTY.path,
-        scale.partner_outage.as_secs()
-    ));
-    let classes = ledger::dead_letter_classes(&settings, &system.launch.topics.dlq).await;
-    ledger.notes.push(format!(
-        "dead-letter records by (destination, error class): {classes:?}"
-    ));
-    assert_balanced(&ledger);
-    assert!(
-        ledger.line(FAULTY.id).dead_lettered > 0,
-        "the outage sent nothing to the dead-letter topic\n{}",
-        ledger.render()
-    );
-    assert!(
-        circuit_opened
-            && classes
-                .keys()
-                .any(|(id, class)| *id == FAULTY.id && class == "circuit_open"),
-        "the circuit of {} did not open during its outage (seen open: {circuit_opened}; dead letters: {classes:?})",
-        FAULTY.id
-    );
-    for other in DESTINATIONS.iter().filter(|d| d.id != FAULTY.id) {
-        assert_eq!(
-            ledger.line(other.id).dead_lettered,
-            0,
-            "destination {} was affected by {}'s outage\n{}",
-            other.id,
-            FAULTY.id,
-            ledger.render()
-        );
-    }
-
-    replay_all(&system, &settings, &mut ledger, &since).await;
-    system.assert_running();
-    for line in &ledger.lines {
-        assert_eq!(
-            line.missing_at_partner,
-            Some(0),
-            "after the replay, {} {} still misses changes\n{}",
-            line.id,
-            line.path,
-            ledger.render()
-        );
-    }
-    ledger
 }
 
 /// Scenario 4: `kill -9` of the qualifier, then of one of two delivery workers, each
@@ -584,7 +470,7 @@ pub async fn broker_down(broker: &ChaosBroker, scale: Scale) -> Ledger {
 }
 
 /// Resident set size and its peak (kB) of a process, from `/proc/<pid>/status`.
-fn rss_kb(pid: u32) -> Option<(u64, u64)> {
+pub fn rss_kb(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -637,6 +523,12 @@ pub async fn slow_partner(broker: &ChaosBroker, scale: Scale) -> Ledger {
                 .filter(|l| l.starts_with("delivery_consumer_lag{"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum::<f64>();
+            // Behind the partition ends, or (the destination detached) behind on its own.
+            lag += text
+                .lines()
+                .filter(|l| l.starts_with("delivery_backlog_messages{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
             peak_depth = peak_depth.max(metric_value(&text, &faulty_depth).unwrap_or(0.0));
         }
         peak_lag = peak_lag.max(lag);
@@ -655,7 +547,7 @@ pub async fn slow_partner(broker: &ChaosBroker, scale: Scale) -> Ledger {
     ledger.notes.push(load_note(&report, rate));
     ledger.notes.push(format!(
         "{} {} answers in 2.5 s; queue_capacity 100, max_in_flight 2, max_users 50: \
-         peak consumer lag {peak_lag:.0} messages, peak queue depth {peak_depth:.0} changes, \
+         peak consumer lag + backlog {peak_lag:.0} messages, peak queue depth {peak_depth:.0} changes, \
          drained {:.0} s after the load; delivery RSS {} MiB at start, peak {} MiB (VmHWM; budget {} MiB)",
         FAULTY.id,
         FAULTY.path,

@@ -328,24 +328,6 @@ impl Launch {
         service.wait_ready(Duration::from_secs(60)).await;
         service
     }
-
-    /// `delivery replay --destination <id> --since <since>`: its exit status and its log.
-    pub async fn replay(
-        &self,
-        destination: u64,
-        since: &str,
-    ) -> (std::process::ExitStatus, String) {
-        let mut replay = self.spawn_delivery(
-            self.delivery()
-                .arg("replay")
-                .arg("--destination")
-                .arg(destination.to_string())
-                .arg("--since")
-                .arg(since),
-        );
-        let status = replay.wait_exit(Duration::from_secs(180)).await;
-        (status, replay.log())
-    }
 }
 
 /// How many partitions of `topic` a delivery worker owns, by its last "Partitions

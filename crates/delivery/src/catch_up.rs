@@ -20,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{EventSource, RoutedEvent};
 use crate::lane::LaneHasher;
-use crate::metrics::Metrics;
 use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
-use crate::sender::{DestinationSender, unix_ms_now};
+use crate::sender::DestinationSender;
 
 /// The running readers of one input pipeline, by destination index.
 #[derive(Debug, Default)]
@@ -88,10 +87,8 @@ pub struct CatchUpReader {
     lanes: Vec<mpsc::Sender<RoutedEvent>>,
     lane_hasher: LaneHasher,
     watermarks: Watermarks,
-    metrics: Metrics,
-    /// The partitions it reads, as which assignment, and the timestamp (ms) of the last
-    /// message read on each.
-    assigned: HashMap<i32, (PartitionAssignment, Option<i64>)>,
+    /// The partitions it reads, as which assignment.
+    assigned: HashMap<i32, PartitionAssignment>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 }
@@ -105,19 +102,30 @@ impl std::fmt::Debug for CatchUpReader {
     }
 }
 
+/// The destination a reader serves: its index in the pipeline's list, its sender, and the
+/// queues of its lanes with the pipeline's hasher (so a user keeps their lane).
+#[derive(Debug)]
+pub struct ReaderTarget {
+    pub index: usize,
+    pub sender: Arc<DestinationSender>,
+    pub lanes: Vec<mpsc::Sender<RoutedEvent>>,
+    pub lane_hasher: LaneHasher,
+}
+
 impl CatchUpReader {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         kafka: &KafkaSettings,
         group_id: &str,
         topic: Arc<str>,
-        destination: usize,
-        sender: Arc<DestinationSender>,
-        lanes: Vec<mpsc::Sender<RoutedEvent>>,
-        lane_hasher: LaneHasher,
+        target: ReaderTarget,
         watermarks: Watermarks,
-        metrics: Metrics,
     ) -> KafkaResult<Self> {
+        let ReaderTarget {
+            index: destination,
+            sender,
+            lanes,
+            lane_hasher,
+        } = target;
         // Assigned partitions by the pipeline, never subscribed and never committing (the
         // destination's position goes into the shared group's commit metadata); the group id
         // only routes librdkafka's events to the consumer queue, and names the reader in
@@ -146,7 +154,6 @@ impl CatchUpReader {
             lanes,
             lane_hasher,
             watermarks,
-            metrics,
             assigned: HashMap::new(),
             wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
@@ -170,7 +177,6 @@ impl CatchUpReader {
                 () = self.wake.notified() => self.sync(),
                 _ = tick.tick() => {
                     self.sync();
-                    self.report();
                     if self.assigned.is_empty() && self.watermarks.lock().release_reader(self.destination) {
                         break;
                     }
@@ -191,14 +197,6 @@ impl CatchUpReader {
                 },
             }
         }
-        self.metrics
-            .backlog_messages
-            .with_label_values(&[id.to_string().as_str(), &*self.topic])
-            .set(0);
-        self.metrics
-            .backlog_age
-            .with_label_values(&[id.to_string().as_str(), &*self.topic])
-            .set(0);
         tracing::info!(topic = %self.topic, destination = id, "Catch-up reader stopped.");
     }
 
@@ -207,7 +205,7 @@ impl CatchUpReader {
     fn sync(&mut self) {
         let wanted = self.watermarks.lock().detached_partitions(self.destination);
         let mut remove = TopicPartitionList::new();
-        self.assigned.retain(|&partition, (assignment, _)| {
+        self.assigned.retain(|&partition, assignment| {
             let keep = wanted.iter().any(|(a, _)| a == assignment);
             if !keep {
                 remove.add_partition(&self.topic, partition);
@@ -223,8 +221,7 @@ impl CatchUpReader {
                     assignment.partition,
                     Offset::Offset(from),
                 );
-                self.assigned
-                    .insert(assignment.partition, (assignment, None));
+                self.assigned.insert(assignment.partition, assignment);
             }
         }
         if add.count() > 0
@@ -261,21 +258,22 @@ impl CatchUpReader {
         timestamp: Option<i64>,
         update: Option<model::SegmentStatusUpdate>,
     ) -> bool {
-        let Some((assignment, last_read)) = self.assigned.get_mut(&partition) else {
+        let Some(&assignment) = self.assigned.get(&partition) else {
             return true;
         };
-        *last_read = timestamp;
-        let assignment = *assignment;
         // Undecodable input is the shared consumer's to dead-letter: not needed here.
         let update = update.filter(|u| {
             u.changes
                 .iter()
                 .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
         });
-        let decision =
-            self.watermarks
-                .lock()
-                .catch_up(assignment, self.destination, offset, update.is_some());
+        let decision = self.watermarks.lock().catch_up(
+            assignment,
+            self.destination,
+            offset,
+            timestamp,
+            update.is_some(),
+        );
         match decision {
             CatchUp::Deliver(assignment) => {
                 let Some(update) = update else {
@@ -319,7 +317,7 @@ impl CatchUpReader {
     /// The reader reached the end of `partition`: attach again if the shared consumer is
     /// no further.
     fn at_end(&mut self, partition: i32) {
-        let Some(&(assignment, _)) = self.assigned.get(&partition) else {
+        let Some(&assignment) = self.assigned.get(&partition) else {
             return;
         };
         let next = self
@@ -342,22 +340,5 @@ impl CatchUpReader {
             tracing::info!(topic = %self.topic, destination = self.id(), partition, "Destination caught up on this partition; the shared consumer serves it again.");
             self.stop_reading(partition);
         }
-    }
-
-    /// The destination's backlog on this topic: input messages not finished, and the age of
-    /// the last message read on its most-behind partition.
-    fn report(&self) {
-        let id = self.id().to_string();
-        let backlog = self.watermarks.lock().backlog(self.destination);
-        self.metrics
-            .backlog_messages
-            .with_label_values(&[id.as_str(), &*self.topic])
-            .set(backlog);
-        let oldest = self.assigned.values().filter_map(|(_, t)| *t).min();
-        let age_s = oldest.map_or(0, |t| (unix_ms_now() - t).max(0) / 1000);
-        self.metrics
-            .backlog_age
-            .with_label_values(&[id.as_str(), &*self.topic])
-            .set(age_s);
     }
 }

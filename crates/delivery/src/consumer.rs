@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{EventSource, RoutedEvent};
-use crate::catch_up::{CatchUpReader, CatchUpReaders};
+use crate::catch_up::{CatchUpReader, CatchUpReaders, ReaderTarget};
 use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::lane::{Lane, LaneHasher};
@@ -268,6 +268,17 @@ impl InputPipeline {
         consumer.subscribe(&[topic])?;
 
         let input_topic: Arc<str> = Arc::from(topic);
+        // Every destination's backlog series exists (at 0) from start-up on.
+        for sender in &shared.senders {
+            let labels = [sender.config.id.to_string(), topic.to_owned()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            shared
+                .metrics
+                .backlog_messages
+                .with_label_values(&labels)
+                .set(0);
+            shared.metrics.backlog_age.with_label_values(&labels).set(0);
+        }
         let mut lane_tasks = JoinSet::new();
         let lanes = shared
             .senders
@@ -451,12 +462,13 @@ impl InputPipeline {
                 kafka,
                 &self.group_id,
                 topic.clone(),
-                index,
-                self.shared.senders[index].clone(),
-                self.lanes[index].clone(),
-                self.lane_hasher.clone(),
+                ReaderTarget {
+                    index,
+                    sender: self.shared.senders[index].clone(),
+                    lanes: self.lanes[index].clone(),
+                    lane_hasher: self.lane_hasher.clone(),
+                },
                 self.watermarks.clone(),
-                self.shared.metrics.clone(),
             )
         };
         if let Err(error) = self.readers.ensure(index, claimed, make) {
@@ -493,13 +505,14 @@ impl InputPipeline {
     /// one commit at a time, in the background. The committed-offset gauge moves when the
     /// broker confirmed; a failed commit is sent again at the next tick.
     async fn commit(&mut self) {
+        self.readers.prune();
+        self.report_backlogs();
         if let Some(running) = &self.committing {
             if !running.is_finished() {
                 return;
             }
             self.finish_commit().await;
         }
-        self.readers.prune();
         let positions = self.moved_positions();
         if positions.is_empty() {
             return;
@@ -510,6 +523,27 @@ impl InputPipeline {
             let result = consumer.commit(&list, CommitMode::Sync);
             (positions, result)
         }));
+    }
+
+    /// Every destination's backlog on this topic: input messages it has not finished while
+    /// behind, and the age of what its reader holds.
+    fn report_backlogs(&self) {
+        let now = crate::sender::unix_ms_now();
+        let table = self.watermarks.lock();
+        for (index, sender) in self.shared.senders.iter().enumerate() {
+            let labels = [sender.config.id.to_string(), self.topic.to_string()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            self.shared
+                .metrics
+                .backlog_messages
+                .with_label_values(&labels)
+                .set(table.backlog(index));
+            self.shared
+                .metrics
+                .backlog_age
+                .with_label_values(&labels)
+                .set(table.backlog_age_ms(index, now) / 1000);
+        }
     }
 
     /// The positions that differ from what the broker confirmed.

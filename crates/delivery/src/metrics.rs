@@ -22,6 +22,7 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     circuit_open: IntGaugeVec,
     backoffs: IntCounterVec,
+    detaches: IntCounterVec,
     max_backlog_age: IntGaugeVec,
     /// `delivery_backlog_messages{destination, topic}`, set by the catch-up readers.
     pub backlog_messages: IntGaugeVec,
@@ -82,6 +83,7 @@ pub struct DestinationMetrics {
     pub in_flight: IntGauge,
     pub circuit_open: IntGauge,
     pub backoffs: IntCounter,
+    pub detaches: IntCounter,
     pub oauth_token_ok: IntCounter,
     pub oauth_token_error: IntCounter,
 }
@@ -185,6 +187,13 @@ impl Metrics {
                 ),
                 &["destination"],
             )?,
+            detaches: IntCounterVec::new(
+                Opts::new(
+                    "delivery_detaches_total",
+                    "Times the destination's queue was full and it went on reading a partition on its own, behind the shared consumer.",
+                ),
+                &["destination"],
+            )?,
             max_backlog_age: IntGaugeVec::new(
                 Opts::new(
                     "delivery_max_backlog_age_seconds",
@@ -244,6 +253,7 @@ impl Metrics {
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.circuit_open.clone()))?;
         registry.register(Box::new(metrics.backoffs.clone()))?;
+        registry.register(Box::new(metrics.detaches.clone()))?;
         registry.register(Box::new(metrics.max_backlog_age.clone()))?;
         registry.register(Box::new(metrics.backlog_messages.clone()))?;
         registry.register(Box::new(metrics.backlog_age.clone()))?;
@@ -278,6 +288,7 @@ impl Metrics {
             in_flight: self.in_flight.with_label_values(&[d]),
             circuit_open: self.circuit_open.with_label_values(&[d]),
             backoffs: self.backoffs.with_label_values(&[d]),
+            detaches: self.detaches.with_label_values(&[d]),
             oauth_token_ok: self.oauth_token_requests.with_label_values(&[d, "ok"]),
             oauth_token_error: self.oauth_token_requests.with_label_values(&[d, "error"]),
         }

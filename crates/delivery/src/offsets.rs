@@ -148,6 +148,9 @@ struct DetachedReader {
     /// Caught up with the shared consumer: it reads no more; once its events are finished
     /// the destination is attached again.
     draining: bool,
+    /// The timestamp (ms) of the last message it read: while it waits for room in the
+    /// lanes, the age of what waits.
+    last_read_ms: Option<i64>,
 }
 
 impl DetachedReader {
@@ -218,6 +221,7 @@ impl WatermarkTable {
                     read_to: position,
                     watermark: OffsetWatermark::default(),
                     draining: false,
+                    last_read_ms: None,
                 })
             })
             .collect();
@@ -300,19 +304,21 @@ impl WatermarkTable {
                     read_to: offset,
                     watermark: OffsetWatermark::default(),
                     draining: false,
+                    last_read_ms: None,
                 });
                 true
             }
         }
     }
 
-    /// A catch-up reader of `destination` read the event at `offset`; `needed` when the
-    /// destination maps it.
+    /// A catch-up reader of `destination` read the event at `offset` (written at
+    /// `timestamp_ms`); `needed` when the destination maps it.
     pub fn catch_up(
         &mut self,
         assignment: PartitionAssignment,
         destination: usize,
         offset: i64,
+        timestamp_ms: Option<i64>,
         needed: bool,
     ) -> CatchUp {
         let Some(state) = self.current(assignment) else {
@@ -332,6 +338,7 @@ impl WatermarkTable {
         }
         reader.watermark.track(offset, u32::from(needed));
         reader.read_to = offset + 1;
+        reader.last_read_ms = timestamp_ms.or(reader.last_read_ms);
         CatchUp::Deliver(assignment)
     }
 
@@ -468,6 +475,22 @@ impl WatermarkTable {
                 Some(s.routed_to?.saturating_sub(position).max(0))
             })
             .sum()
+    }
+
+    /// How long ago (ms) the message `destination`'s reader holds or last read was written,
+    /// on its most-behind partition: the age of its backlog (0 when it keeps up).
+    pub fn backlog_age_ms(&self, destination: usize, now_ms: i64) -> i64 {
+        self.partitions
+            .values()
+            .flat_map(|s| {
+                s.detached
+                    .iter()
+                    .filter(|r| r.destination == destination && !r.draining)
+            })
+            .filter_map(|r| r.last_read_ms)
+            .map(|t| (now_ms - t).max(0))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Events handed to destinations and not finished, over all owned partitions.
@@ -684,13 +707,26 @@ mod tests {
         table.finish(shared(a, 9), 1);
         assert_eq!(commits(&mut table), [(0, 12, "sr1;101@10".to_owned())]);
         // 1's reader reads 10 and 11 (both mapped), finishes 10.
-        assert_eq!(table.catch_up(a, 1, 10, true), CatchUp::Deliver(a));
-        assert_eq!(table.catch_up(a, 1, 10, true), CatchUp::Skip, "read before");
-        assert_eq!(table.catch_up(a, 1, 11, true), CatchUp::Deliver(a));
+        assert_eq!(table.catch_up(a, 1, 10, None, true), CatchUp::Deliver(a));
+        assert_eq!(
+            table.catch_up(a, 1, 10, None, true),
+            CatchUp::Skip,
+            "read before"
+        );
+        assert_eq!(
+            table.catch_up(a, 1, 11, Some(5_000), true),
+            CatchUp::Deliver(a)
+        );
         table.finish(own(a, 10), 1);
         assert_eq!(commits(&mut table), [(0, 12, "sr1;101@11".to_owned())]);
+        assert_eq!(
+            table.backlog_age_ms(1, 7_500),
+            2_500,
+            "what it read last was written at 5 s"
+        );
+        assert_eq!(table.backlog_age_ms(0, 7_500), 0, "0 keeps up");
         // 12 is not routed yet: 1 attaches again there and reads no more.
-        assert_eq!(table.catch_up(a, 1, 12, true), CatchUp::Attached);
+        assert_eq!(table.catch_up(a, 1, 12, None, true), CatchUp::Attached);
         assert!(table.detached_partitions(1).is_empty());
         let mut targets = vec![0, 1];
         table.track(0, 12, &mut targets);
@@ -741,9 +777,12 @@ mod tests {
             table.track(0, offset, &mut vec![]);
         }
         assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
-        assert_eq!(table.catch_up(a, 0, 0, true), CatchUp::Deliver(a));
+        assert_eq!(table.catch_up(a, 0, 0, None, true), CatchUp::Deliver(a));
         for offset in 1..5 {
-            assert_eq!(table.catch_up(a, 0, offset, false), CatchUp::Deliver(a));
+            assert_eq!(
+                table.catch_up(a, 0, offset, None, false),
+                CatchUp::Deliver(a)
+            );
         }
         assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
         table.finish(own(a, 0), 0);

@@ -13,6 +13,9 @@
 //!       error_rate: 0.2           # share of requests answered error_status
 //!       error_status: 500
 //!       outage: { after_s: 20, for_s: 10, status: 503 }   # every request in that window fails
+//!       # delay_ms: 60000 answers each one that late (longer than delivery's timeout: a hang;
+//!       # just under it with status: 200: a slow partner that accepts); retry_after_s: 2 adds
+//!       # a Retry-After header (with status: 429)
 //! ```
 
 use std::path::Path;
@@ -103,7 +106,9 @@ fn default_error_status() -> u16 {
     500
 }
 
-/// From `after_s` seconds after start, for `for_s` seconds, every data request fails.
+/// From `after_s` seconds after start, for `for_s` seconds, every data request is answered
+/// `status` (200: accepted as usual) after `delay_ms`, with `Retry-After: retry_after_s` if
+/// set.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outage {
@@ -111,6 +116,9 @@ pub struct Outage {
     pub for_s: u64,
     #[serde(default = "default_outage_status")]
     pub status: u16,
+    #[serde(default)]
+    pub delay_ms: u64,
+    pub retry_after_s: Option<u64>,
 }
 
 fn default_outage_status() -> u16 {
@@ -126,14 +134,22 @@ impl Behaviour {
         }
     }
 
-    /// The status forced by the outage window or the error rate, if any.
+    /// The outage, while its window is open.
+    pub fn outage_at(&self, since_start: Duration) -> Option<Outage> {
+        self.outage.filter(|outage| {
+            (Duration::from_secs(outage.after_s)
+                ..Duration::from_secs(outage.after_s + outage.for_s))
+                .contains(&since_start)
+        })
+    }
+
+    /// The status forced by the outage window or the error rate, if any (an outage answering
+    /// 200 forces nothing).
     pub fn forced_status(&self, since_start: Duration, rng: &mut fastrand::Rng) -> Option<u16> {
-        if let Some(outage) = self.outage {
-            let window = Duration::from_secs(outage.after_s)
-                ..Duration::from_secs(outage.after_s + outage.for_s);
-            if window.contains(&since_start) {
-                return Some(outage.status);
-            }
+        if let Some(outage) = self.outage_at(since_start)
+            && outage.status != 200
+        {
+            return Some(outage.status);
         }
         (self.error_rate > 0.0 && rng.f64() < self.error_rate).then_some(self.error_status)
     }

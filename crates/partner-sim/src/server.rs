@@ -259,13 +259,16 @@ async fn handle(
     };
     let rejection = match check(endpoint, &method, &headers, &body) {
         Ok(received) => {
+            let since_start = sim.started.elapsed();
+            let outage = endpoint.config.behaviour.outage_at(since_start);
             let latency = {
                 let mut rng = fastrand::Rng::new();
-                let latency = endpoint.config.behaviour.latency(&mut rng);
+                let latency = endpoint.config.behaviour.latency(&mut rng)
+                    + outage.map_or(Duration::ZERO, |o| Duration::from_millis(o.delay_ms));
                 let forced = endpoint
                     .config
                     .behaviour
-                    .forced_status(sim.started.elapsed(), &mut rng);
+                    .forced_status(since_start, &mut rng);
                 (latency, forced)
             };
             tokio::time::sleep(latency.0).await;
@@ -280,9 +283,16 @@ async fn handle(
                     .requests
                     .with_label_values(&[path, "injected_error"])
                     .inc();
-                return StatusCode::from_u16(status)
+                let mut response = StatusCode::from_u16(status)
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
                     .into_response();
+                if let Some(seconds) = outage.and_then(|o| o.retry_after_s) {
+                    response.headers_mut().insert(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from(seconds),
+                    );
+                }
+                return response;
             }
             record(
                 &sim.metrics,
