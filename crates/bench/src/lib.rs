@@ -70,6 +70,9 @@ pub struct DeliveryFixture {
     /// Share of requests (0–1) partner-sim answers 503: 0 in a benchmark, 1 in bench.sh's
     /// known-bad run `BENCH_FAULT=failing-partner`, whose checks must then fail.
     pub partner_error_rate: f64,
+    /// The first `down` destinations' partners answer 503 to everything, for the whole run
+    /// (the isolation benchmark: the others must not pay for them).
+    pub down: u64,
 }
 
 impl DeliveryFixture {
@@ -109,10 +112,15 @@ impl DeliveryFixture {
     pub fn partner_sim_yaml(&self) -> String {
         let mut yaml = String::from("endpoints:\n");
         for d in 0..self.destinations {
+            let outage = if d < self.down {
+                ", outage: { after_s: 0, for_s: 100000000, status: 503 }"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 yaml,
                 "  - {{ path: /d{d}, destination_id: {}, auth: {{ hmac: {{ key_env: BENCH_HMAC_KEY, header: X-Signature, algorithm: sha256 }} }}, \
-                 behaviour: {{ latency_ms: [1, 5], error_rate: {}, error_status: 503 }} }}",
+                 behaviour: {{ latency_ms: [1, 5], error_rate: {}, error_status: 503{outage} }} }}",
                 DESTINATION_BASE + d,
                 self.partner_error_rate
             );

@@ -63,14 +63,22 @@ enum Command {
         /// `BENCH_FAULT=failing-partner`).
         #[arg(long, default_value_t = 0.0)]
         partner_error_rate: f64,
+        /// The first N destinations' partners answer 503 to everything (the isolation run).
+        #[arg(long, default_value_t = 0)]
+        down: u64,
         #[arg(long)]
         dir: PathBuf,
     },
     /// Produce --updates SegmentStatusUpdates (1–3 changes each) to --topic as fast as the
-    /// broker takes them; prints `updates changes deliveries` (deliveries = changes × 2).
+    /// broker takes them; prints `updates changes deliveries healthy` (deliveries = changes ×
+    /// 2; healthy: the deliveries to destinations past the first --down of --destinations).
     PreloadStatus {
         #[arg(long)]
         topic: String,
+        #[arg(long, default_value_t = 20)]
+        destinations: u64,
+        #[arg(long, default_value_t = 0)]
+        down: u64,
         #[arg(long, default_value_t = 2_000_000)]
         updates: u64,
         #[arg(long, default_value_t = 100_000)]
@@ -112,7 +120,15 @@ fn write(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn preload_status(topic: &str, updates: u64, users: u64, segments: u64) -> anyhow::Result<()> {
+/// `down`: (destinations, how many of the first are down), to count the healthy deliveries.
+fn preload_status(
+    topic: &str,
+    updates: u64,
+    users: u64,
+    segments: u64,
+    (destinations, down): (u64, u64),
+) -> anyhow::Result<()> {
+    anyhow::ensure!(destinations >= 2, "--destinations: at least 2");
     anyhow::ensure!(
         users > 0 && segments > 0,
         "--users and --segments must be at least 1"
@@ -132,10 +148,16 @@ fn preload_status(topic: &str, updates: u64, users: u64, segments: u64) -> anyho
         .create()?;
     let started = Instant::now();
     let now = now_ms();
-    let (mut changes, mut buffer) = (0_u64, Vec::with_capacity(256));
+    let (mut changes, mut healthy, mut buffer) = (0_u64, 0_u64, Vec::with_capacity(256));
     for index in 0..updates {
         let update = status_update(index, users, segments, now);
         changes += update.changes.len() as u64;
+        healthy += update
+            .changes
+            .iter()
+            .flat_map(|c| relay_bench::routes(c.segment_id, destinations))
+            .filter(|&d| d >= down)
+            .count() as u64;
         buffer.clear();
         update.encode(&mut buffer)?;
         let mut record = BaseRecord::to(topic).key(&update.user_id).payload(&buffer);
@@ -155,7 +177,7 @@ fn preload_status(topic: &str, updates: u64, users: u64, segments: u64) -> anyho
         "relay-bench: produced {updates} updates ({changes} changes) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    println!("{updates} {changes} {}", changes * 2);
+    println!("{updates} {changes} {} {healthy}", changes * 2);
     Ok(())
 }
 
@@ -232,6 +254,7 @@ fn main() -> anyhow::Result<()> {
             max_in_flight,
             queue_capacity,
             partner_error_rate,
+            down,
             dir,
         } => {
             anyhow::ensure!(
@@ -253,16 +276,19 @@ fn main() -> anyhow::Result<()> {
                 max_in_flight,
                 queue_capacity,
                 partner_error_rate,
+                down,
             };
             write(&dir.join("destinations.yaml"), &fixture.destinations_yaml())?;
             write(&dir.join("partner-sim.yaml"), &fixture.partner_sim_yaml())
         }
         Command::PreloadStatus {
             topic,
+            destinations,
+            down,
             updates,
             users,
             segments,
-        } => preload_status(&topic, updates, users, segments),
+        } => preload_status(&topic, updates, users, segments, (destinations, down)),
         Command::StateSize { topic } => state_size(&topic),
         Command::EventOutcomes { topic } => event_outcomes(&topic),
         Command::InvalidEvents { topic, count } => invalid_events(&topic, count),

@@ -103,6 +103,11 @@ impl DestinationBatch {
         &self.events[user.latest].update
     }
 
+    /// The event that brought the user's latest update.
+    pub fn latest_event(&self, user: &BatchUser) -> &RoutedEvent {
+        &self.events[user.latest]
+    }
+
     /// The user's ids at `data_partner`: one `Users` entry each, or one entry with `""` when
     /// there are none.
     pub fn partner_uuids(&self, user: &BatchUser, data_partner: Option<u64>) -> &[String] {

@@ -51,6 +51,36 @@ struct PipelineContext {
     /// Why the pipeline cannot go on (the positions of an assigned partition could not be
     /// read: going on would skip the backlog of the destinations behind).
     fatal: std::sync::Mutex<Option<String>>,
+    /// The senders whose `rate_limit_rps` this pipeline shares out by owned partitions (the
+    /// real-time pipeline's; none for the batch one).
+    rate_senders: Vec<Arc<DestinationSender>>,
+}
+
+impl PipelineContext {
+    /// Gives every rate-limited destination this worker's share, after a rebalance.
+    fn share_rate(&self, consumer: &BaseConsumer<Self>) {
+        if !self
+            .rate_senders
+            .iter()
+            .any(|s| s.config.rate_limit_rps.is_some())
+        {
+            return;
+        }
+        let owned = self.watermarks.lock().owned();
+        let total = match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)) {
+            Ok(metadata) => metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len()),
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "Cannot read the partition count; each worker keeps the whole rate limit until the next rebalance.");
+                0
+            }
+        };
+        for sender in &self.rate_senders {
+            sender.set_rate_share(owned, total);
+        }
+    }
 }
 
 impl PipelineContext {
@@ -110,6 +140,7 @@ impl ConsumerContext for PipelineContext {
             tracing::warn!(%error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
         }
         tracing::info!(topic = %self.topic, partitions = partitions.count(), "Partitions revoked.");
+        self.share_rate(consumer);
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -148,6 +179,7 @@ impl ConsumerContext for PipelineContext {
         }
         drop(table);
         tracing::info!(topic = %self.topic, partitions = partitions.count(), "Partitions assigned.");
+        self.share_rate(consumer);
     }
 }
 
@@ -222,13 +254,16 @@ pub(crate) fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
 }
 
 impl InputPipeline {
-    /// Subscribes to `topic` and starts the lanes of every destination.
+    /// Subscribes to `topic` and starts the lanes of every destination. `shares_rate`: this
+    /// pipeline's partitions decide each worker's share of the destinations' rate limits
+    /// (the real-time pipeline).
     pub fn start(
         kafka: &KafkaSettings,
         config: &KafkaConfig,
         topic: &str,
         group_id: &str,
         shared: Shared,
+        shares_rate: bool,
     ) -> Result<Self, KafkaError> {
         let watermarks = Watermarks::new(shared.senders.iter().map(|s| s.config.id).collect());
         let context = PipelineContext {
@@ -236,6 +271,11 @@ impl InputPipeline {
             watermarks: watermarks.clone(),
             metrics: shared.metrics.clone(),
             fatal: std::sync::Mutex::new(None),
+            rate_senders: if shares_rate {
+                shared.senders.clone()
+            } else {
+                Vec::new()
+            },
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .client_config(&format!("delivery-{topic}"))

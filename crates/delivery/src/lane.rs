@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::batcher::{DestinationBatch, RoutedEvent};
 use crate::config::DestinationConfig;
 use crate::dead_letter::DeadLetterWriter;
+use crate::metrics::SendPath;
 use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
 use crate::sender::{DestinationSender, Failure, jittered, unix_ms_now};
@@ -112,11 +113,10 @@ impl Lane {
                     let mut sent = 0;
                     for user in &batch.users {
                         sent += user.segments.len();
+                        let latency = metrics.end_to_end_latency(self.send_path(batch, user));
                         for segment in &user.segments {
                             let latency_ms = now.saturating_sub(segment.time_unix_ms).max(0);
-                            metrics
-                                .end_to_end_latency
-                                .observe(latency_ms as f64 / 1000.0);
+                            latency.observe(latency_ms as f64 / 1000.0);
                         }
                     }
                     metrics.delivered.inc_by(batch.events.len() as u64);
@@ -164,6 +164,21 @@ impl Lane {
             }
         }
         metrics.queue_depth.sub(queued as i64);
+    }
+
+    /// How the user's changes in this batch were sent (by their latest event).
+    fn send_path(&self, batch: &DestinationBatch, user: &crate::batcher::BatchUser) -> SendPath {
+        if self.watermarks.is_none() {
+            return SendPath::Replay;
+        }
+        let event = batch.latest_event(user);
+        if event.source.is_some_and(|s| s.catch_up) {
+            SendPath::CatchUp
+        } else if event.update.origin() == model::Origin::Batch {
+            SendPath::Batch
+        } else {
+            SendPath::RealTime
+        }
     }
 
     /// Drops the events of partitions revoked meanwhile: they belong to their new owner now.

@@ -138,13 +138,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report =
                 delivery::replay::replay(&config, &kafka, destination, since, until).await?;
             println!(
-                "replayed {} events from {} dead letters of destination {destination}: {} delivered, {} dead-lettered again",
-                report.events, report.records, report.delivered, report.dead_lettered_again
+                "replayed {} events from {} dead letters of destination {destination}: {} delivered, {} dead-lettered again, {} not re-sent",
+                report.events,
+                report.records,
+                report.delivered,
+                report.dead_lettered_again,
+                report.not_resent.len()
             );
-            Ok(if report.dead_lettered_again == 0 {
-                ExitCode::SUCCESS
-            } else {
+            for record in &report.not_resent {
+                eprintln!(
+                    "not re-sent (the update is kept only by its position; read it there and re-produce it): {record}"
+                );
+            }
+            Ok(if report.dead_lettered_again > 0 {
                 ExitCode::from(3)
+            } else if !report.not_resent.is_empty() {
+                ExitCode::from(4)
+            } else {
+                ExitCode::SUCCESS
             })
         }
     }

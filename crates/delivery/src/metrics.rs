@@ -76,7 +76,8 @@ pub struct DestinationMetrics {
     requests: [IntCounter; 5],
     pub retries: IntCounter,
     pub request_duration: Histogram,
-    pub end_to_end_latency: Histogram,
+    /// `delivery_end_to_end_latency_seconds`, by [`SendPath`].
+    end_to_end_latency: [Histogram; 4],
     pub batch_users: Histogram,
     pub batch_bytes: Histogram,
     pub queue_depth: IntGauge,
@@ -91,6 +92,38 @@ pub struct DestinationMetrics {
 impl DestinationMetrics {
     pub fn request(&self, outcome: RequestOutcome) -> &IntCounter {
         &self.requests[outcome as usize]
+    }
+
+    pub fn end_to_end_latency(&self, path: SendPath) -> &Histogram {
+        &self.end_to_end_latency[path as usize]
+    }
+}
+
+/// The `path` label of `delivery_end_to_end_latency_seconds`: how a change reached the
+/// partner, so that a catch-up, an onboarding or a replay (whose changes are old by design)
+/// does not page anyone for real-time latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPath {
+    /// Read by the shared consumer from a real-time update.
+    RealTime,
+    /// A batch-origin (offline, onboarded) update.
+    Batch,
+    /// Read by the destination's catch-up reader after it fell behind.
+    CatchUp,
+    /// Re-sent by `delivery replay`.
+    Replay,
+}
+
+impl SendPath {
+    pub const ALL: [Self; 4] = [Self::RealTime, Self::Batch, Self::CatchUp, Self::Replay];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RealTime => "real_time",
+            Self::Batch => "batch",
+            Self::CatchUp => "catch_up",
+            Self::Replay => "replay",
+        }
     }
 }
 
@@ -141,10 +174,10 @@ impl Metrics {
             end_to_end_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "delivery_end_to_end_latency_seconds",
-                    "From a status change's time to the partner's success answer.",
+                    "From a status change's time to the partner's success answer, by how it was sent (path: real_time, batch, catch_up, replay).",
                 )
                 .buckets(buckets(0.01, 2.0, 14)),
-                &["destination"],
+                &["destination", "path"],
             )?,
             batch_users: HistogramVec::new(
                 HistogramOpts::new("delivery_batch_users", "Distinct users per request.")
@@ -281,7 +314,8 @@ impl Metrics {
             requests: RequestOutcome::ALL.map(|o| self.requests.with_label_values(&[d, o.label()])),
             retries: self.retries.with_label_values(&[d]),
             request_duration: self.request_duration.with_label_values(&[d]),
-            end_to_end_latency: self.end_to_end_latency.with_label_values(&[d]),
+            end_to_end_latency: SendPath::ALL
+                .map(|p| self.end_to_end_latency.with_label_values(&[d, p.label()])),
             batch_users: self.batch_users.with_label_values(&[d]),
             batch_bytes: self.batch_bytes.with_label_values(&[d]),
             queue_depth: self.queue_depth.with_label_values(&[d]),

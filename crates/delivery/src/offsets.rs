@@ -240,6 +240,11 @@ impl WatermarkTable {
         }
     }
 
+    /// How many partitions are owned now.
+    pub fn owned(&self) -> usize {
+        self.partitions.len()
+    }
+
     /// Stops tracking a revoked partition; returns what to commit for it.
     pub fn revoke(&mut self, partition: i32) -> Option<CommitPosition> {
         let state = self.partitions.remove(&partition)?;

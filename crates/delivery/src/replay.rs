@@ -18,7 +18,7 @@ use crate::lane::{Lane, LaneHasher};
 use crate::service::{build_shared, require_topics};
 
 /// What a replay did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayReport {
     /// Dead-letter records for the destination within the time window.
     pub records: u64,
@@ -26,6 +26,9 @@ pub struct ReplayReport {
     pub events: u64,
     pub delivered: u64,
     pub dead_lettered_again: u64,
+    /// Records that hold no update to re-send (the update was too large for a record and is
+    /// kept by its input position): `topic/partition@offset: why`.
+    pub not_resent: Vec<String>,
 }
 
 /// Re-sends the dead letters of `destination_id` written within `[since, until]` (ms since
@@ -76,6 +79,7 @@ pub async fn replay(
         events: 0,
         delivered: 0,
         dead_lettered_again: 0,
+        not_resent: Vec::new(),
     };
     let hasher = LaneHasher::default();
     while let Some(record) = records_rx.recv().await {
@@ -88,6 +92,16 @@ pub async fn replay(
             continue;
         }
         report.records += 1;
+        if record.updates.is_empty() {
+            let position = record.source.as_ref().map_or_else(
+                || "no position".to_owned(),
+                |s| format!("{}/{}@{}", s.topic, s.partition, s.offset),
+            );
+            report
+                .not_resent
+                .push(format!("{position}: {}", record.error));
+            continue;
+        }
         for update in record.updates {
             let update = Arc::new(update);
             let lane = &lanes[LaneHasher::lane(hasher.user(&update.user_id), lanes.len())].0;

@@ -72,7 +72,9 @@ pub struct DestinationSender {
     client: reqwest::Client,
     auth: Auth,
     circuit: Circuit,
-    rate_limiter: Option<DefaultDirectRateLimiter>,
+    /// `rate_limit_rps` is for the whole cluster: this worker's share, by the real-time
+    /// input partitions it owns (replaced at each rebalance, see [`Self::set_rate_share`]).
+    rate_limiter: std::sync::Mutex<Option<Arc<DefaultDirectRateLimiter>>>,
     /// Until when the partner asked (429 with `Retry-After`) not to be sent anything.
     paused_until: std::sync::Mutex<Option<Instant>>,
     /// Counts the times the destination recovered (its circuit closed), so lanes waiting out
@@ -135,9 +137,11 @@ impl DestinationSender {
             )),
         };
         let circuit = Circuit::new(config.circuit, metrics.circuit_open.clone());
-        let rate_limiter = config
-            .rate_limit_rps
-            .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
+        let rate_limiter = std::sync::Mutex::new(
+            config
+                .rate_limit_rps
+                .map(|rps| Arc::new(RateLimiter::direct(Quota::per_second(rps)))),
+        );
         Ok(Self {
             config,
             client,
@@ -186,7 +190,12 @@ impl DestinationSender {
                 tokio::time::sleep(jittered(self.config.retry_backoff)).await;
             }
             self.wait_while_paused().await;
-            if let Some(limiter) = &self.rate_limiter {
+            let limiter = self
+                .rate_limiter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(limiter) = limiter {
                 limiter.until_ready().await;
             }
             match self.attempt(&body, idempotency_key, &signatures).await {
@@ -228,6 +237,35 @@ impl DestinationSender {
             permanent,
             not_before: self.paused_until(),
         })
+    }
+
+    /// Takes this worker's share of the destination's `rate_limit_rps`: `owned` of the
+    /// real-time input's `total` partitions (at least one request per second), so N workers
+    /// together keep to the figure. No-op without a rate limit.
+    pub fn set_rate_share(&self, owned: usize, total: usize) {
+        let Some(rps) = self.config.rate_limit_rps else {
+            return;
+        };
+        let share = if total == 0 {
+            rps.get()
+        } else {
+            let share = u64::from(rps.get()) * owned as u64;
+            u32::try_from(share.div_ceil(total as u64)).unwrap_or(u32::MAX)
+        };
+        let share = std::num::NonZeroU32::new(share).unwrap_or(std::num::NonZeroU32::MIN);
+        tracing::info!(
+            destination = self.config.id,
+            rate_limit_rps = rps.get(),
+            share = share.get(),
+            owned,
+            total,
+            "Rate limit shared by owned partitions."
+        );
+        *self
+            .rate_limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new(RateLimiter::direct(Quota::per_second(share))));
     }
 
     /// The end of a pause the partner asked for, if it is still ahead.

@@ -134,6 +134,7 @@ async fn run_generation(
         &config.kafka.topic,
         &config.kafka.group_id,
         shared.clone(),
+        true,
     )?];
     if let Some(batch_topic) = &config.kafka.batch_topic {
         pipelines.push(InputPipeline::start(
@@ -142,6 +143,7 @@ async fn run_generation(
             batch_topic,
             &config.kafka.batch_group_id,
             shared.clone(),
+            false,
         )?);
     }
     runtime.health.set_ready();

@@ -220,3 +220,48 @@ async fn rate_limit_spaces_requests_out() {
         "12 requests in {span:?}"
     );
 }
+
+#[tokio::test]
+async fn rate_limit_is_for_the_whole_cluster_each_worker_takes_its_share() {
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        503,
+        &receiver,
+        ", rate_limit_rps: 4, max_in_flight: 1, batch: { max_users: 1, linger_ms: 0 }",
+    )]);
+    let first = test.start(&config, &[("LOG_FORMAT", "json")]).await;
+    let second = test.start(&config, &[("LOG_FORMAT", "json")]).await;
+    // Each owns one of the two partitions: each sends 2 requests per second.
+    testkit::wait_until(
+        "both workers took half of the rate limit",
+        Duration::from_secs(30),
+        || {
+            let halves = [&first, &second].iter().all(|s| {
+                s.log()
+                    .lines()
+                    .rfind(|l| l.contains("Rate limit shared by owned partitions"))
+                    .is_some_and(|l| l.contains(r#""share":2"#))
+            });
+            async move { halves }
+        },
+    )
+    .await;
+    let updates: Vec<_> = (0..24)
+        .map(|i| update(&format!("u{i}"), &[], &[], vec![change(14356, true, T0)]))
+        .collect();
+    let positions = test.produce(&test.topic, &updates).await;
+    let on_first_partition = positions.iter().filter(|(p, _)| *p == 0).count();
+    let requests = receiver
+        .wait_for_requests(24, Duration::from_secs(30))
+        .await;
+    // At 2 per second (a burst of 2) per worker, the busier partition's worker needs
+    // (n - 2) / 2 s; at the full 4 per second each, a quarter of that.
+    let busier = on_first_partition.max(24 - on_first_partition);
+    let expected = Duration::from_millis((busier as u64 - 2) * 500);
+    let span = requests[23].received_at - requests[0].received_at;
+    assert!(
+        span + Duration::from_millis(300) >= expected,
+        "24 requests in {span:?}, expected at least {expected:?} (busier partition: {busier})"
+    );
+}

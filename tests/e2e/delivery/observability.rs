@@ -67,7 +67,9 @@ async fn every_documented_metric_is_exported_and_moves() {
                     == 1.0
                 && value(r#"delivery_retries_total{destination="60"}"#) == 1.0
                 && value(r#"delivery_request_duration_seconds_count{destination="60"}"#) == 3.0
-                && value(r#"delivery_end_to_end_latency_seconds_count{destination="60"}"#) == 3.0
+                // By how they were sent: u1's two changes in real time, u2's from the batch lane.
+                && value(r#"delivery_end_to_end_latency_seconds_count{destination="60",path="real_time"}"#) == 2.0
+                && value(r#"delivery_end_to_end_latency_seconds_count{destination="60",path="batch"}"#) == 1.0
                 && value(r#"delivery_batch_users_count{destination="60"}"#) == 2.0
                 && value(r#"delivery_batch_bytes_count{destination="60"}"#) == 2.0
                 && value(r#"delivery_queue_depth{destination="60"}"#) == 0.0
@@ -93,7 +95,7 @@ async fn every_documented_metric_is_exported_and_moves() {
     assert_eq!(
         metric_value(
             &m,
-            r#"delivery_end_to_end_latency_seconds_bucket{destination="60",le="81.92"}"#
+            r#"delivery_end_to_end_latency_seconds_bucket{destination="60",path="real_time",le="81.92"}"#
         ),
         Some(0.0)
     );

@@ -163,7 +163,7 @@ async fn replay_re_delivers_dead_letters_once_the_partner_is_healthy() {
         .spawn();
     let status = replay.wait_exit(Duration::from_secs(60)).await;
     assert!(status.success(), "replay failed: {}", replay.log());
-    assert!(replay.log().contains("replayed 5 events from 5 dead letters of destination 52: 5 delivered, 0 dead-lettered again"), "{}", replay.log());
+    assert!(replay.log().contains("replayed 5 events from 5 dead letters of destination 52: 5 delivered, 0 dead-lettered again, 0 not re-sent"), "{}", replay.log());
     let expected: HashSet<String> = (0..5).map(|i| format!("r{i}")).collect();
     assert_eq!(delivered_users(&receiver), expected);
 
@@ -183,4 +183,47 @@ async fn replay_re_delivers_dead_letters_once_the_partner_is_healthy() {
         none.log()
     );
     assert!(none.log().contains("replayed 0 events"), "{}", none.log());
+}
+
+#[tokio::test]
+async fn replay_exits_non_zero_naming_a_dead_letter_it_cannot_re_send() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        53,
+        &receiver,
+        ", data_partner: 1234, batch: { max_bytes: 2048, linger_ms: 50 }",
+    )]);
+    // ~950 KB of synced ids: too large for any batch (dead-lettered at once) and for a
+    // dead-letter record (kept by its input position only).
+    let ids: Vec<String> = (0..9_500).map(|i| format!("{i:0>100}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let huge = update("huge", &[], &ids, vec![change(14356, true, T0)]);
+    let positions = test.produce(&test.topic, &[huge]).await;
+    let _service = test.start(&config, &[]).await;
+    let record = test
+        .dead_letters(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    assert!(record.updates.is_empty(), "kept by position only");
+
+    let mut replay = ServiceBuilder::new("delivery")
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("replay")
+        .arg("--destination")
+        .arg("53")
+        .spawn();
+    let status = replay.wait_exit(Duration::from_secs(60)).await;
+    let log = replay.log();
+    assert_eq!(status.code(), Some(4), "{log}");
+    let (partition, offset) = positions[0];
+    assert!(
+        log.contains(&format!("not re-sent (the update is kept only by its position; read it there and re-produce it): {}/{partition}@{offset}", test.topic)),
+        "{log}"
+    );
+    assert!(
+        log.contains("0 delivered, 0 dead-lettered again, 1 not re-sent"),
+        "{log}"
+    );
 }
