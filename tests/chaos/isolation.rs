@@ -11,6 +11,7 @@ use testkit::service::{Service, metric_value};
 use crate::broker::ChaosBroker;
 use crate::ledger::Ledger;
 use crate::load::Load;
+use crate::proxy::Mode;
 use crate::scenarios::{Scale, assert_balanced, drain, load_note, rss_kb};
 use crate::system::{DESTINATIONS, FAULTY, System, SystemSpec};
 
@@ -25,24 +26,52 @@ pub enum Fault {
     Slow,
     /// 429 with `Retry-After: 2`.
     RateLimited,
+    /// The TLS handshake fails (a proxy answers plain text).
+    TlsFailure,
+    /// Connections are refused (nothing listens).
+    Refused,
 }
 
 impl Fault {
-    fn outage(self, after_s: u64, for_s: u64) -> String {
+    /// partner-sim's behaviour for the faulty partner.
+    fn behaviour(self, after_s: u64, for_s: u64) -> String {
         let how = match self {
             Self::Unavailable => "status: 503",
             Self::Hang => "status: 503, delay_ms: 10000",
             Self::Slow => "status: 200, delay_ms: 2800",
             Self::RateLimited => "status: 429, retry_after_s: 2",
+            // The proxy in front of it makes these.
+            Self::TlsFailure | Self::Refused => return "{ latency_ms: [2, 20] }".to_owned(),
         };
         format!(
             "{{ latency_ms: [2, 20], outage: {{ after_s: {after_s}, for_s: {for_s}, {how} }} }}"
         )
     }
 
+    /// The proxy mode that makes the fault, for the faults partner-sim cannot make.
+    fn proxy_mode(self) -> Option<Mode> {
+        match self {
+            Self::TlsFailure => Some(Mode::BreakTls),
+            Self::Refused => Some(Mode::Refuse),
+            Self::Unavailable | Self::Hang | Self::Slow | Self::RateLimited => None,
+        }
+    }
+
+    /// The `outcome` of `delivery_requests_total` the fault shows as (a slow partner's
+    /// requests succeed).
+    fn outcome(self) -> Option<&'static str> {
+        match self {
+            Self::Unavailable | Self::RateLimited => Some("http_status"),
+            Self::Hang => Some("timeout"),
+            Self::TlsFailure => Some("tls"),
+            Self::Refused => Some("connect"),
+            Self::Slow => None,
+        }
+    }
+
     /// Whether the partner fails (a slow one accepts everything, late).
     fn fails(self) -> bool {
-        self != Self::Slow
+        self.outcome().is_some()
     }
 
     /// The fault's duration: the long form holds a 503 outage for 10 minutes, to show
@@ -146,7 +175,8 @@ pub async fn isolation(broker: &ChaosBroker, scale: Scale, fault: Fault) -> Ledg
     let baseline_from = Duration::from_secs(10);
     let fault_for = fault.duration(scale);
     let spec = SystemSpec {
-        faulty_behaviour: fault.outage(warmup.as_secs(), fault_for.as_secs()),
+        faulty_behaviour: fault.behaviour(warmup.as_secs(), fault_for.as_secs()),
+        proxy_faulty: fault.proxy_mode().is_some(),
         // Small queues: the failing destination's lanes fill within a second, so its
         // changes must wait in Kafka.
         delivery_defaults: "{ batch: { max_users: 100, linger_ms: 100 }, max_in_flight: 2, \
@@ -200,6 +230,10 @@ pub async fn isolation(broker: &ChaosBroker, scale: Scale, fault: Fault) -> Ledg
     }
     let (baseline_end, _) = snapshot(&system.workers).await;
     let baseline_s = (warmup - baseline_from).as_secs_f64();
+    let proxy_mode = fault.proxy_mode();
+    if let (Some(proxy), Some(mode)) = (&system.proxy, proxy_mode) {
+        proxy.set(mode);
+    }
 
     // The fault (measured from 2 s in, once the circuit and the backlog are established).
     at(warmup + Duration::from_secs(2)).await;
@@ -212,6 +246,9 @@ pub async fn isolation(broker: &ChaosBroker, scale: Scale, fault: Fault) -> Ledg
             faulty_values(&texts, "delivery_backlog_oldest_age_seconds{").fold(peak_age, f64::max);
         rss_fault = rss_fault.max(rss_now());
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let (Some(proxy), Some(_)) = (&system.proxy, proxy_mode) {
+        proxy.set(Mode::Forward);
     }
     let (fault_stop, texts) = snapshot(&system.workers).await;
     let healthy_detaches: f64 = DESTINATIONS
@@ -288,6 +325,17 @@ pub async fn isolation(broker: &ChaosBroker, scale: Scale, fault: Fault) -> Ledg
         catch_up.0,
         scale.drain.as_secs()
     );
+    if let Some(outcome) = fault.outcome() {
+        let series = format!(
+            "delivery_requests_total{{destination=\"{}\",outcome=\"{outcome}\"}}",
+            FAULTY.id
+        );
+        let failed: f64 = texts.iter().filter_map(|t| metric_value(t, &series)).sum();
+        assert!(
+            failed > 0.0,
+            "no request to the failing destination ended as `{outcome}`: the fault did not happen"
+        );
+    }
     if fault.fails() {
         assert!(
             peak_backlog > 0.0,

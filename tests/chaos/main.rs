@@ -21,6 +21,7 @@ mod broker;
 mod isolation;
 mod ledger;
 mod load;
+mod proxy;
 mod scenarios;
 mod system;
 
@@ -37,7 +38,7 @@ type Scenario = fn(&'static ChaosBroker, Scale) -> Pin<Box<dyn Future<Output = L
 
 /// In the order they run: the broker-down scenario last but one, so a broker that does not
 /// come back fails as few others as possible.
-const SCENARIOS: [(&str, &str, Scenario); 8] = [
+const SCENARIOS: [(&str, &str, Scenario); 10] = [
     (
         "isolation_unavailable",
         "2a. one partner answers 503: the others keep rate and p99, its changes wait in Kafka, it catches up by itself",
@@ -57,6 +58,16 @@ const SCENARIOS: [(&str, &str, Scenario); 8] = [
         "isolation_rate_limited",
         "2d. one partner answers 429 with Retry-After: the same",
         |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::RateLimited)),
+    ),
+    (
+        "isolation_tls_failure",
+        "2e. one partner's TLS handshake fails: the same",
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::TlsFailure)),
+    ),
+    (
+        "isolation_refused",
+        "2f. one partner refuses connections: the same",
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Refused)),
     ),
     (
         "kill_9",

@@ -12,6 +12,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use testkit::service::{Service, ServiceBuilder, free_port};
 
 use crate::broker::ChaosBroker;
+use crate::proxy::FaultProxy;
 
 /// One partner destination: delivery's side (id, segment mapping) and partner-sim's (path).
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +78,8 @@ pub struct SystemSpec {
     /// delivery's `defaults` (a YAML flow mapping).
     pub delivery_defaults: String,
     pub workers: usize,
+    /// Put a [`FaultProxy`] between delivery and the faulty partner.
+    pub proxy_faulty: bool,
 }
 
 impl Default for SystemSpec {
@@ -88,6 +91,7 @@ impl Default for SystemSpec {
                                 circuit: { failure_threshold: 5, cooldown_ms: 2000 } }"
                 .to_owned(),
             workers: 2,
+            proxy_faulty: false,
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct Launch {
 /// The running system.
 #[derive(Debug)]
 pub struct System {
+    /// Between delivery and the faulty partner, when the spec asked for it.
+    pub proxy: Option<FaultProxy>,
     pub launch: Launch,
     pub qualifier: Service,
     pub workers: Vec<Service>,
@@ -188,12 +194,20 @@ impl System {
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key) = certificates(dir.path());
         let sim_port = free_port();
+        let proxy = spec.proxy_faulty.then(|| FaultProxy::start(sim_port));
+        let faulty_port = proxy.as_ref().map_or(sim_port, |p| p.port);
         let definitions = dir.path().join("segments.yaml");
         std::fs::write(&definitions, DEFINITIONS).unwrap();
         let delivery_config = dir.path().join("destinations.yaml");
         std::fs::write(
             &delivery_config,
-            delivery_yaml(&topics, &unique("delivery"), spec, sim_port, &ca),
+            delivery_yaml(
+                &topics,
+                &unique("delivery"),
+                spec,
+                (sim_port, faulty_port),
+                &ca,
+            ),
         )
         .unwrap();
         let sim_config = dir.path().join("partner-sim.yaml");
@@ -228,6 +242,7 @@ impl System {
             .spawn();
         sim.wait_ready(Duration::from_secs(30)).await;
         Self {
+            proxy,
             launch,
             qualifier,
             workers,
@@ -378,11 +393,13 @@ pub fn tail(log: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `ports`: partner-sim's, and the one the faulty destination posts to (a proxy's, or the
+/// same).
 fn delivery_yaml(
     topics: &Topics,
     group: &str,
     spec: &SystemSpec,
-    sim_port: u16,
+    (sim_port, faulty_port): (u16, u16),
     ca: &Path,
 ) -> String {
     let auth = |d: &Destination| match d.id {
@@ -402,8 +419,9 @@ fn delivery_yaml(
                 .iter()
                 .map(|(ours, theirs)| format!("\"{ours}\": \"{theirs}\""))
                 .collect();
+            let port = if d.id == FAULTY.id { faulty_port } else { sim_port };
             format!(
-                "  - {{ id: {}, url: \"https://127.0.0.1:{sim_port}{}\", ca_file: \"{}\", client_id: \"{}\", \
+                "  - {{ id: {}, url: \"https://127.0.0.1:{port}{}\", ca_file: \"{}\", client_id: \"{}\", \
                  user_dpid: 20915, segments: {{ {} }}, auth: {} }}\n",
                 d.id,
                 d.path,
