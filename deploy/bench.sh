@@ -38,7 +38,8 @@
 # part of `make test`); it runs its benchmark alone, and a run with a fault never records a figure:
 #   stopped-delivery  e2e: both delivery workers are stopped before the load, so the drain never
 #                     completes and every committed change is missing
-#   failing-partner   e2e: partner-sim answers 503 to every request, so every change is dead-lettered
+#   failing-partner   e2e: partner-sim answers 422 (a permanent failure) to every request, so every
+#                     change is dead-lettered
 #   invalid-events    qualifier: 10 trait events without an event are added to the fixture
 set -euo pipefail
 
@@ -358,9 +359,9 @@ bench_e2e() {
   local l_status=0 l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
   fresh_topics
   "$bin/relay-bench" qualifier-fixture --segments 1000 --traits 5000 --out "$dir/segments.yaml"
-  [[ $fault != failing-partner ]] || fixture_flags=(--partner-error-rate 1)
+  [[ $fault != failing-partner ]] || fixture_flags=(--partner-error-rate 1 --partner-error-status 422)
   delivery_fixture 20 "${fixture_flags[@]}"
-  [[ $fault != failing-partner ]] || say "e2e: BENCH_FAULT=failing-partner: partner-sim answers 503 to every request…"
+  [[ $fault != failing-partner ]] || say "e2e: BENCH_FAULT=failing-partner: partner-sim answers 422 to every request…"
   start_partner_sim
   start_qualifier qualifier "127.0.0.1:$ingest_port"
   # Each worker reports every change it coalesced into a later one (--coalesced-report):

@@ -70,6 +70,9 @@ pub struct DeliveryFixture {
     /// Share of requests (0–1) partner-sim answers 503: 0 in a benchmark, 1 in bench.sh's
     /// known-bad run `BENCH_FAULT=failing-partner`, whose checks must then fail.
     pub partner_error_rate: f64,
+    /// The status of those failures: 503 (transient: the batch waits and is tried again) or
+    /// one of delivery's `permanent_codes` such as 422 (dead-lettered after its retry).
+    pub partner_error_status: u16,
     /// The first `down` destinations' partners answer 503 to everything, for the whole run
     /// (the isolation benchmark: the others must not pay for them).
     pub down: u64,
@@ -108,7 +111,7 @@ impl DeliveryFixture {
     }
 
     /// partner-sim's endpoints for those destinations, answering in 1–5 ms (and failing
-    /// `partner_error_rate` of the requests with 503).
+    /// `partner_error_rate` of the requests with `partner_error_status`).
     pub fn partner_sim_yaml(&self) -> String {
         let mut yaml = String::from("endpoints:\n");
         for d in 0..self.destinations {
@@ -120,9 +123,10 @@ impl DeliveryFixture {
             let _ = writeln!(
                 yaml,
                 "  - {{ path: /d{d}, destination_id: {}, auth: {{ hmac: {{ key_env: BENCH_HMAC_KEY, header: X-Signature, algorithm: sha256 }} }}, \
-                 behaviour: {{ latency_ms: [1, 5], error_rate: {}, error_status: 503{outage} }} }}",
+                 behaviour: {{ latency_ms: [1, 5], error_rate: {}, error_status: {}{outage} }} }}",
                 DESTINATION_BASE + d,
-                self.partner_error_rate
+                self.partner_error_rate,
+                self.partner_error_status
             );
         }
         yaml

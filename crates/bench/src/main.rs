@@ -63,6 +63,9 @@ enum Command {
         /// `BENCH_FAULT=failing-partner`).
         #[arg(long, default_value_t = 0.0)]
         partner_error_rate: f64,
+        /// The status of those failures (422 is permanent: dead-lettered after the retry).
+        #[arg(long, default_value_t = 503)]
+        partner_error_status: u16,
         /// The first N destinations' partners answer 503 to everything (the isolation run).
         #[arg(long, default_value_t = 0)]
         down: u64,
@@ -254,6 +257,7 @@ fn main() -> anyhow::Result<()> {
             max_in_flight,
             queue_capacity,
             partner_error_rate,
+            partner_error_status,
             down,
             dir,
         } => {
@@ -276,6 +280,7 @@ fn main() -> anyhow::Result<()> {
                 max_in_flight,
                 queue_capacity,
                 partner_error_rate,
+                partner_error_status,
                 down,
             };
             write(&dir.join("destinations.yaml"), &fixture.destinations_yaml())?;
