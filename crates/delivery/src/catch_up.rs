@@ -66,6 +66,14 @@ impl CatchUpReaders {
         self.running.retain(|_, handle| !handle.task.is_finished());
     }
 
+    /// Stops destination `index`'s reader, if one runs, and waits for it.
+    pub async fn stop_one(&mut self, index: usize) {
+        if let Some(handle) = self.running.remove(&index) {
+            handle.stop.cancel();
+            let _ = handle.task.await;
+        }
+    }
+
     /// Stops every reader and waits for them (they hold queues of the lanes).
     pub async fn stop(&mut self) {
         for handle in self.running.values() {

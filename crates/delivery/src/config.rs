@@ -161,7 +161,7 @@ pub struct DeliveryConfig {
 }
 
 /// Topics, group and timing of the Kafka side (`kafka:`; every key optional).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// Consumer group of the real-time input, shared by every delivery process. Default
     /// `delivery`.
@@ -186,7 +186,7 @@ pub struct KafkaConfig {
 }
 
 /// One partner destination.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct DestinationConfig {
     /// `AAM_Destination_Id`: the id the partner assigned.
     pub id: u64,
@@ -270,7 +270,7 @@ pub struct CircuitConfig {
     pub cooldown: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthConfig {
     /// No authentication (logged at WARN on every start).
     None,
@@ -285,7 +285,7 @@ pub enum HmacAlgorithm {
     Sha256,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HmacConfig {
     pub key: Secret,
     pub header: String,
@@ -294,7 +294,7 @@ pub struct HmacConfig {
     pub previous: Option<(Secret, String)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthConfig {
     pub token_url: reqwest::Url,
     pub client_id: String,

@@ -53,31 +53,47 @@ struct PipelineContext {
     fatal: std::sync::Mutex<Option<String>>,
     /// The senders whose `rate_limit_rps` this pipeline shares out by owned partitions (the
     /// real-time pipeline's; none for the batch one).
-    rate_senders: Vec<Arc<DestinationSender>>,
+    rate_senders: std::sync::Mutex<Vec<Arc<DestinationSender>>>,
+    shares_rate: bool,
+    /// The input topic's partition count, as of the last rebalance.
+    total_partitions: std::sync::atomic::AtomicUsize,
 }
 
 impl PipelineContext {
     /// Gives every rate-limited destination this worker's share, after a rebalance.
     fn share_rate(&self, consumer: &BaseConsumer<Self>) {
-        if !self
-            .rate_senders
-            .iter()
-            .any(|s| s.config.rate_limit_rps.is_some())
-        {
+        if !self.shares_rate {
+            return;
+        }
+        match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)) {
+            Ok(metadata) => self.total_partitions.store(
+                metadata
+                    .topics()
+                    .first()
+                    .map_or(0, |t| t.partitions().len()),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "Cannot read the partition count; the last one known stands.");
+            }
+        }
+        self.apply_rate_share();
+    }
+
+    /// Sets each rate-limited sender's share from the owned and total partition counts.
+    fn apply_rate_share(&self) {
+        if !self.shares_rate {
             return;
         }
         let owned = self.watermarks.lock().owned();
-        let total = match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)) {
-            Ok(metadata) => metadata
-                .topics()
-                .first()
-                .map_or(0, |t| t.partitions().len()),
-            Err(error) => {
-                tracing::warn!(topic = %self.topic, %error, "Cannot read the partition count; each worker keeps the whole rate limit until the next rebalance.");
-                0
-            }
-        };
-        for sender in &self.rate_senders {
+        let total = self
+            .total_partitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let senders = self
+            .rate_senders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for sender in senders.iter().filter(|s| s.config.rate_limit_rps.is_some()) {
             sender.set_rate_share(owned, total);
         }
     }
@@ -200,10 +216,17 @@ pub struct InputPipeline {
     consumer: Arc<StreamConsumer<PipelineContext>>,
     watermarks: Watermarks,
     router: Router,
-    /// Per destination, its lanes' queues.
+    /// The destinations, by a slot that stays theirs for the pipeline's life (a destination
+    /// removed by a config reload leaves an empty slot; one added takes a new slot).
+    slots: Vec<Option<Arc<DestinationSender>>>,
+    /// Per slot, its lanes' queues, and the lane tasks' abort handles.
     lanes: Vec<Vec<mpsc::Sender<RoutedEvent>>>,
+    lane_aborts: Vec<Vec<tokio::task::AbortHandle>>,
     lane_hasher: LaneHasher,
     lane_tasks: JoinSet<()>,
+    /// New destination lists from config reloads.
+    changes: mpsc::UnboundedReceiver<Vec<Arc<DestinationSender>>>,
+    changes_tx: mpsc::UnboundedSender<Vec<Arc<DestinationSender>>>,
     /// The destinations' catch-up readers (started when a destination detaches).
     readers: CatchUpReaders,
     kafka: KafkaSettings,
@@ -271,11 +294,9 @@ impl InputPipeline {
             watermarks: watermarks.clone(),
             metrics: shared.metrics.clone(),
             fatal: std::sync::Mutex::new(None),
-            rate_senders: if shares_rate {
-                shared.senders.clone()
-            } else {
-                Vec::new()
-            },
+            rate_senders: std::sync::Mutex::new(shared.senders.clone()),
+            shares_rate,
+            total_partitions: std::sync::atomic::AtomicUsize::new(0),
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .client_config(&format!("delivery-{topic}"))
@@ -319,41 +340,19 @@ impl InputPipeline {
                 .set(0);
             shared.metrics.backlog_age.with_label_values(&labels).set(0);
         }
-        let mut lane_tasks = JoinSet::new();
-        let lanes = shared
-            .senders
-            .iter()
-            .enumerate()
-            .map(|(index, sender)| {
-                let capacity = sender.config.queue_capacity;
-                (0..sender.config.max_in_flight)
-                    .map(|_| {
-                        let (tx, rx) = mpsc::channel(capacity);
-                        lane_tasks.spawn(
-                            Lane {
-                                events: rx,
-                                sender: sender.clone(),
-                                dead_letters: shared.dead_letters.clone(),
-                                watermarks: Some((watermarks.clone(), index)),
-                                input_topic: input_topic.clone(),
-                                hold_transient: true,
-                            }
-                            .run(),
-                        );
-                        tx
-                    })
-                    .collect()
-            })
-            .collect();
-        let destinations: Vec<_> = shared.senders.iter().map(|s| s.config.clone()).collect();
-        Ok(Self {
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let mut pipeline = Self {
             topic: input_topic,
             consumer: Arc::new(consumer),
             watermarks,
-            router: Router::new(&destinations),
-            lanes,
+            router: Router::new(&[]),
+            slots: Vec::new(),
+            lanes: Vec::new(),
+            lane_aborts: Vec::new(),
             lane_hasher: LaneHasher::default(),
-            lane_tasks,
+            lane_tasks: JoinSet::new(),
+            changes,
+            changes_tx,
             readers: CatchUpReaders::default(),
             kafka: kafka.clone(),
             group_id: group_id.to_owned(),
@@ -362,7 +361,125 @@ impl InputPipeline {
             drain_timeout: config.drain_timeout,
             committed: HashMap::new(),
             committing: None,
-        })
+        };
+        for sender in pipeline.shared.senders.clone() {
+            pipeline.slots.push(Some(sender.clone()));
+            let slot = pipeline.slots.len() - 1;
+            pipeline.spawn_lanes(slot, &sender);
+        }
+        pipeline.rebuild_router();
+        Ok(pipeline)
+    }
+
+    /// Where to send the destination list of a reloaded config: the pipeline applies it
+    /// without stopping (see [`Self::reconfigure`]).
+    pub fn reconfigurer(&self) -> mpsc::UnboundedSender<Vec<Arc<DestinationSender>>> {
+        self.changes_tx.clone()
+    }
+
+    /// Starts the lanes of `slot` for `sender` (replacing any it had).
+    fn spawn_lanes(&mut self, slot: usize, sender: &Arc<DestinationSender>) {
+        let capacity = sender.config.queue_capacity;
+        let mut queues = Vec::with_capacity(sender.config.max_in_flight);
+        let mut aborts = Vec::with_capacity(sender.config.max_in_flight);
+        for _ in 0..sender.config.max_in_flight {
+            let (tx, rx) = mpsc::channel(capacity);
+            aborts.push(
+                self.lane_tasks.spawn(
+                    Lane {
+                        events: rx,
+                        sender: sender.clone(),
+                        dead_letters: self.shared.dead_letters.clone(),
+                        watermarks: Some((self.watermarks.clone(), slot)),
+                        input_topic: self.topic.clone(),
+                        hold_transient: true,
+                    }
+                    .run(),
+                ),
+            );
+            queues.push(tx);
+        }
+        if slot == self.lanes.len() {
+            self.lanes.push(queues);
+            self.lane_aborts.push(aborts);
+        } else {
+            self.lanes[slot] = queues;
+            self.lane_aborts[slot] = aborts;
+        }
+    }
+
+    fn rebuild_router(&mut self) {
+        let configs: Vec<Option<Arc<crate::config::DestinationConfig>>> = self
+            .slots
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.config.clone()))
+            .collect();
+        self.router = Router::over(configs.iter().map(Option::as_ref));
+    }
+
+    /// Stops a slot's reader and lanes at once (what they held is accounted for by the
+    /// caller: forgotten, or read again from the destination's position).
+    async fn stop_slot(&mut self, slot: usize) {
+        self.readers.stop_one(slot).await;
+        self.watermarks.lock().release_claim(slot);
+        for abort in self.lane_aborts[slot].drain(..) {
+            abort.abort();
+        }
+        self.lanes[slot].clear();
+    }
+
+    /// Applies a reloaded config's destinations without stopping the others: a removed one
+    /// stops (nothing is owed to it: what it held leaves the commit and the metadata); a
+    /// changed one restarts with its new config from its position (what it held is read
+    /// again by its reader, so nothing is lost: at most sent twice); an added one starts
+    /// with the changes from now on. Unchanged destinations go on untouched.
+    async fn reconfigure(&mut self, senders: Vec<Arc<DestinationSender>>) {
+        for slot in 0..self.slots.len() {
+            let Some(old) = self.slots[slot].clone() else {
+                continue;
+            };
+            match senders.iter().find(|s| s.config.id == old.config.id) {
+                Some(new) if Arc::ptr_eq(new, &old) => {}
+                Some(new) => {
+                    self.stop_slot(slot).await;
+                    let held = self.watermarks.lock().restart_destination(slot);
+                    old.metrics.queue_depth.sub(held as i64);
+                    self.slots[slot] = Some(new.clone());
+                    self.spawn_lanes(slot, new);
+                    tracing::info!(topic = %self.topic, destination = new.config.id, resent = held, "Destination changed: it restarts with its new config from its position; the others go on.");
+                }
+                None => {
+                    self.stop_slot(slot).await;
+                    let held = self.watermarks.lock().remove_destination(slot);
+                    old.metrics.queue_depth.sub(held as i64);
+                    self.slots[slot] = None;
+                    tracing::info!(topic = %self.topic, destination = old.config.id, dropped = held, "Destination removed; the others go on.");
+                }
+            }
+        }
+        for sender in &senders {
+            let known = self
+                .slots
+                .iter()
+                .flatten()
+                .any(|s| s.config.id == sender.config.id);
+            if !known {
+                let slot = self.watermarks.lock().add_destination(sender.config.id);
+                debug_assert_eq!(slot, self.slots.len());
+                self.slots.push(Some(sender.clone()));
+                self.spawn_lanes(slot, sender);
+                tracing::info!(topic = %self.topic, destination = sender.config.id, "Destination added: it gets the changes from now on; the others go on.");
+            }
+        }
+        self.rebuild_router();
+        self.report_backlogs();
+        // New and changed senders take this worker's share of their rate limit.
+        let context = self.consumer.context();
+        *context
+            .rate_senders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = senders;
+        context.apply_rate_share();
     }
 
     /// Runs until `shutdown`, then drains: stops fetching, lets the lanes send what they hold
@@ -389,8 +506,11 @@ impl InputPipeline {
                         break Some(reason);
                     }
                 }
+                Some(senders) = self.changes.recv() => self.reconfigure(senders).await,
                 Some(ended) = self.lane_tasks.join_next() => {
                     let reason = match ended {
+                        // A lane of a removed or changed destination, stopped on purpose.
+                        Err(error) if error.is_cancelled() => continue,
                         Err(error) if error.is_panic() => format!("a destination lane panicked: {error}"),
                         _ => "a destination lane stopped".to_owned(),
                     };
@@ -462,8 +582,10 @@ impl InputPipeline {
         let update = Arc::new(update);
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];
+            let Some(sender) = &self.slots[destination] else {
+                continue;
+            };
             let lane = &lanes[LaneHasher::lane(user_hash, lanes.len())];
-            let sender = &self.shared.senders[destination];
             match lane.try_send(RoutedEvent {
                 update: update.clone(),
                 source,
@@ -493,7 +615,10 @@ impl InputPipeline {
     /// Makes sure destination `index`'s catch-up reader runs and reads its detached
     /// partitions.
     fn start_reader(&mut self, index: usize) {
-        let id = self.shared.senders[index].config.id;
+        let Some(sender) = self.slots[index].clone() else {
+            return;
+        };
+        let id = sender.config.id;
         let claimed = self.watermarks.lock().claim_reader(index);
         let topic = self.topic.clone();
         let kafka = &self.kafka;
@@ -504,7 +629,7 @@ impl InputPipeline {
                 topic.clone(),
                 ReaderTarget {
                     index,
-                    sender: self.shared.senders[index].clone(),
+                    sender,
                     lanes: self.lanes[index].clone(),
                     lane_hasher: self.lane_hasher.clone(),
                 },
@@ -570,7 +695,12 @@ impl InputPipeline {
     fn report_backlogs(&self) {
         let now = crate::sender::unix_ms_now();
         let table = self.watermarks.lock();
-        for (index, sender) in self.shared.senders.iter().enumerate() {
+        for (index, sender) in self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.as_ref()?)))
+        {
             let labels = [sender.config.id.to_string(), self.topic.to_string()];
             let labels = [labels[0].as_str(), labels[1].as_str()];
             self.shared
@@ -652,6 +782,7 @@ impl InputPipeline {
         // makes every lane send its last batch and stop.
         self.readers.stop().await;
         self.lanes.clear();
+        self.lane_aborts.clear();
         let drained = tokio::time::timeout(self.drain_timeout, async {
             while self.lane_tasks.join_next().await.is_some() {}
         })

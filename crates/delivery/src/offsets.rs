@@ -57,6 +57,11 @@ impl OffsetWatermark {
     pub fn in_progress(&self) -> usize {
         self.pending.len()
     }
+
+    /// Destination hand-overs not finished yet (events that need several count several).
+    pub fn unfinished(&self) -> usize {
+        self.pending.iter().map(|&(_, n)| n as usize).sum()
+    }
 }
 
 /// A partition of an input topic, as one assignment of it: when a partition is revoked and
@@ -238,6 +243,74 @@ impl WatermarkTable {
             partition,
             generation: self.next_generation,
         }
+    }
+
+    /// A destination added by a config reload: index `ids.len()`, attached everywhere from
+    /// the shared consumer's position on (it gets the changes from now on).
+    pub fn add_destination(&mut self, id: u64) -> usize {
+        self.ids.push(id);
+        self.readers.push(false);
+        for state in self.partitions.values_mut() {
+            state.pending.push(VecDeque::new());
+        }
+        self.ids.len() - 1
+    }
+
+    /// Forgets a destination removed by a config reload: nothing is owed to it any more, so
+    /// what it held no longer holds the commit back, and its positions leave the metadata.
+    /// Returns the events it held (handed over and not finished).
+    pub fn remove_destination(&mut self, destination: usize) -> usize {
+        let mut held = 0;
+        for state in self.partitions.values_mut() {
+            if let Some(pending) = state.pending.get_mut(destination) {
+                held += pending.iter().filter(|&&(_, done)| !done).count();
+                pending.clear();
+            }
+            held += state
+                .detached
+                .iter()
+                .filter(|r| r.destination == destination)
+                .map(|r| r.watermark.unfinished())
+                .sum::<usize>();
+            state.detached.retain(|r| r.destination != destination);
+        }
+        held
+    }
+
+    /// A destination whose config changed starts over with its new config from its
+    /// position: on every partition where it held events or read behind, it is detached
+    /// from the oldest of those (they are sent again, by its new lanes), and its reader
+    /// starts when the new lanes run. Returns the events it held.
+    pub fn restart_destination(&mut self, destination: usize) -> usize {
+        let mut held = 0;
+        for state in self.partitions.values_mut() {
+            let pending = state.oldest_pending(destination);
+            if let Some(queue) = state.pending.get_mut(destination) {
+                held += queue.iter().filter(|&&(_, done)| !done).count();
+                queue.clear();
+            }
+            let reader = state
+                .detached
+                .iter()
+                .position(|r| r.destination == destination)
+                .map(|i| state.detached.remove(i));
+            held += reader.as_ref().map_or(0, |r| r.watermark.unfinished());
+            let position = match (pending, reader.map(|r| r.position())) {
+                (Some(p), Some(r)) => Some(p.min(r)),
+                (p, r) => p.or(r),
+            };
+            if let Some(start) = position {
+                state.detached.push(DetachedReader {
+                    destination,
+                    start,
+                    read_to: start,
+                    watermark: OffsetWatermark::default(),
+                    draining: false,
+                    last_read_ms: None,
+                });
+            }
+        }
+        held
     }
 
     /// How many partitions are owned now.

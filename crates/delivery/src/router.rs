@@ -18,15 +18,23 @@ pub struct Router {
 
 impl Router {
     pub fn new(destinations: &[Arc<DestinationConfig>]) -> Self {
+        Self::over(destinations.iter().map(Some))
+    }
+
+    /// A router over destination slots, some of them empty (a destination removed by a
+    /// config reload keeps its index, and gets nothing).
+    pub fn over<'a>(slots: impl Iterator<Item = Option<&'a Arc<DestinationConfig>>>) -> Self {
         let mut by_segment: HashMap<u64, Vec<usize>> = HashMap::new();
-        for (index, destination) in destinations.iter().enumerate() {
-            for &segment in destination.segments.keys() {
+        let mut count = 0;
+        for (index, destination) in slots.enumerate() {
+            count = index + 1;
+            for &segment in destination.iter().flat_map(|d| d.segments.keys()) {
                 by_segment.entry(segment).or_default().push(index);
             }
         }
         Self {
             by_segment,
-            seen: vec![false; destinations.len()],
+            seen: vec![false; count],
         }
     }
 

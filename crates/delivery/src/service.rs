@@ -23,19 +23,7 @@ pub fn build_shared(
     let senders = config
         .destinations
         .iter()
-        .map(|destination| {
-            if destination.dangerous_allow_http {
-                let token_url = match &destination.auth {
-                    AuthConfig::OAuth2(oauth) => Some(oauth.token_url.as_str()),
-                    AuthConfig::None | AuthConfig::Hmac(_) => None,
-                };
-                tracing::warn!(destination = destination.id, url = %destination.url, token_url, "dangerous_allow_http is set: this destination (and its OAuth token endpoint) may be sent data and credentials over plain HTTP, unencrypted and unauthenticated. Use it for tests and local demos only.");
-            }
-            if matches!(destination.auth, AuthConfig::None) {
-                tracing::warn!(destination = destination.id, "No auth configured: requests to this destination are neither signed nor authenticated.");
-            }
-            DestinationSender::new(destination.clone(), metrics.destination(destination.id, destination.max_backlog_age)).map(Arc::new)
-        })
+        .map(|destination| build_sender(destination, metrics))
         .collect::<Result<Vec<_>, _>>()?;
     let dead_letters = Arc::new(
         DeadLetterWriter::new(kafka, &config.kafka.dlq_topic)
@@ -46,6 +34,50 @@ pub fn build_shared(
         dead_letters,
         metrics: metrics.clone(),
     })
+}
+
+/// The sender of one destination, with the warnings its config deserves at every start.
+fn build_sender(
+    destination: &Arc<crate::config::DestinationConfig>,
+    metrics: &Metrics,
+) -> Result<Arc<DestinationSender>, crate::sender::SenderBuildError> {
+    if destination.dangerous_allow_http {
+        let token_url = match &destination.auth {
+            AuthConfig::OAuth2(oauth) => Some(oauth.token_url.as_str()),
+            AuthConfig::None | AuthConfig::Hmac(_) => None,
+        };
+        tracing::warn!(destination = destination.id, url = %destination.url, token_url, "dangerous_allow_http is set: this destination (and its OAuth token endpoint) may be sent data and credentials over plain HTTP, unencrypted and unauthenticated. Use it for tests and local demos only.");
+    }
+    if matches!(destination.auth, AuthConfig::None) {
+        tracing::warn!(
+            destination = destination.id,
+            "No auth configured: requests to this destination are neither signed nor authenticated."
+        );
+    }
+    DestinationSender::new(
+        destination.clone(),
+        metrics.destination(destination.id, destination.max_backlog_age),
+    )
+    .map(Arc::new)
+}
+
+/// The senders for a reloaded config: a destination whose config is unchanged keeps its
+/// sender (connections, token, circuit, everything in its lanes); any other gets a new one.
+fn reconcile(
+    running: &[Arc<DestinationSender>],
+    config: &DeliveryConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Arc<DestinationSender>>> {
+    config
+        .destinations
+        .iter()
+        .map(
+            |destination| match running.iter().find(|s| s.config.id == destination.id) {
+                Some(sender) if *sender.config == **destination => Ok(sender.clone()),
+                _ => Ok(build_sender(destination, metrics)?),
+            },
+        )
+        .collect()
 }
 
 /// Fails with the fix when a topic the service needs does not exist.
@@ -63,9 +95,11 @@ pub async fn require_topics(kafka: &KafkaSettings, topics: &[&str]) -> anyhow::R
 }
 
 /// Runs delivery until SIGTERM, then drains every pipeline. When the config file changes and
-/// the new one is valid, the pipelines drain (as on SIGTERM: finished offsets committed) and
-/// start again with it; an invalid new file is rejected with a log line and the running
-/// config stays in force.
+/// the new one is valid, the pipelines apply its destinations without stopping: unchanged
+/// destinations go on untouched, a changed one restarts from its position, a removed one
+/// stops, an added one starts. A change of the `kafka:` block (topics, groups, timing) drains
+/// the pipelines and starts them again. An invalid new file is rejected with a log line and
+/// the running config stays in force.
 pub async fn run(
     config_path: &Path,
     mut config: DeliveryConfig,
@@ -75,40 +109,79 @@ pub async fn run(
     let mut loaded = std::fs::read(config_path).unwrap_or_default();
     loop {
         let generation = runtime.shutdown.child_token();
-        let watcher = tokio::spawn(watch_config(
-            config_path.to_owned(),
-            loaded.clone(),
-            generation.clone(),
-        ));
-        run_generation(&config, runtime, &metrics, generation).await?;
-        watcher.abort();
-        let Ok(Some((bytes, new_config))) = watcher.await else {
-            return Ok(());
-        };
-        if runtime.shutdown.is_cancelled() {
-            return Ok(());
+        let (mut running, reconfigurers, mut senders) =
+            start_generation(&config, runtime, &metrics, &generation).await?;
+        let (mut failure, mut restart, mut watching) = (None, None, true);
+        loop {
+            tokio::select! {
+                ended = running.join_next() => {
+                    let Some(ended) = ended else { break };
+                    // A pipeline that fails makes the process unready, stops the others
+                    // (they drain) and exits non-zero: its partitions move to a healthy
+                    // process instead of freezing here.
+                    if let Err(error) = ended.context("an input pipeline panicked").and_then(|r| r)
+                        && failure.is_none()
+                    {
+                        runtime.health.set_not_ready(format!("{error:#}"));
+                        generation.cancel();
+                        failure = Some(error);
+                    }
+                }
+                change = watch_config(config_path, &loaded, &generation), if watching => {
+                    let Some((bytes, new_config)) = change else {
+                        watching = false; // shutting down: the pipelines drain
+                        continue;
+                    };
+                    tracing::info!(file = %config_path.display(), destinations = new_config.destinations.len(), "Config reloaded.");
+                    if new_config.kafka != config.kafka {
+                        tracing::info!("The kafka block changed: the pipelines drain and start again with it.");
+                        restart = Some((bytes, new_config));
+                        watching = false;
+                        generation.cancel();
+                        continue;
+                    }
+                    match reconcile(&senders, &new_config, &metrics) {
+                        Ok(next) => {
+                            for pipeline in &reconfigurers {
+                                let _ = pipeline.send(next.clone());
+                            }
+                            senders = next;
+                            (loaded, config) = (bytes, new_config);
+                        }
+                        Err(error) => {
+                            tracing::error!(error = %format!("{error:#}"), "The changed config cannot be applied; the running config stays in force.");
+                            loaded = bytes;
+                        }
+                    }
+                }
+            }
         }
-        tracing::info!(file = %config_path.display(), destinations = new_config.destinations.len(), "Config reloaded.");
-        (loaded, config) = (bytes, new_config);
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        match restart {
+            Some((bytes, new_config)) if !runtime.shutdown.is_cancelled() => {
+                (loaded, config) = (bytes, new_config);
+            }
+            _ => return Ok(()),
+        }
     }
 }
 
-/// Resolves with a new valid config (and cancels `generation`) when the file changes; an
-/// invalid change is logged and waited past.
+/// Resolves with a new valid config when the file changes (`None` when `stop` is
+/// cancelled); an invalid change is logged and waited past.
 async fn watch_config(
-    path: std::path::PathBuf,
-    mut current: Vec<u8>,
-    generation: tokio_util::sync::CancellationToken,
+    path: &Path,
+    current: &[u8],
+    stop: &tokio_util::sync::CancellationToken,
 ) -> Option<(Vec<u8>, DeliveryConfig)> {
+    let mut current = current.to_vec();
     loop {
-        let bytes = telemetry::watch::file_change(&path, &current, &generation).await?;
-        match DeliveryConfig::parse(&path, &String::from_utf8_lossy(&bytes), &|name| {
+        let bytes = telemetry::watch::file_change(path, &current, stop).await?;
+        match DeliveryConfig::parse(path, &String::from_utf8_lossy(&bytes), &|name| {
             std::env::var(name).ok()
         }) {
-            Ok(config) => {
-                generation.cancel();
-                return Some((bytes, config));
-            }
+            Ok(config) => return Some((bytes, config)),
             Err(error) => {
                 tracing::error!(%error, "The changed config file is invalid and was rejected; the running config stays in force.");
                 current = bytes;
@@ -117,12 +190,20 @@ async fn watch_config(
     }
 }
 
-async fn run_generation(
+/// The running pipelines of one `kafka:` config, where to send them reloaded destination
+/// lists, and the senders they run with.
+type Generation = (
+    tokio::task::JoinSet<anyhow::Result<()>>,
+    Vec<tokio::sync::mpsc::UnboundedSender<Vec<Arc<DestinationSender>>>>,
+    Vec<Arc<DestinationSender>>,
+);
+
+async fn start_generation(
     config: &DeliveryConfig,
     runtime: &ServiceRuntime,
     metrics: &Metrics,
-    generation: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+    generation: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Generation> {
     let mut topics = vec![config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
     topics.extend(config.kafka.batch_topic.as_deref());
     require_topics(&runtime.kafka, &topics).await?;
@@ -148,25 +229,10 @@ async fn run_generation(
     }
     runtime.health.set_ready();
     tracing::info!(destinations = shared.senders.len(), group = %config.kafka.group_id, "Delivery is running.");
-
-    let mut running: tokio::task::JoinSet<_> = pipelines
+    let reconfigurers = pipelines.iter().map(InputPipeline::reconfigurer).collect();
+    let running = pipelines
         .into_iter()
         .map(|pipeline| pipeline.run(generation.clone()))
         .collect();
-    // A pipeline that fails makes the process unready, stops the others (they drain) and
-    // exits non-zero: its partitions move to a healthy process instead of freezing here.
-    let mut failure = None;
-    while let Some(ended) = running.join_next().await {
-        let result = ended
-            .context("an input pipeline panicked")
-            .and_then(|result| result);
-        if let Err(error) = result
-            && failure.is_none()
-        {
-            runtime.health.set_not_ready(format!("{error:#}"));
-            generation.cancel();
-            failure = Some(error);
-        }
-    }
-    failure.map_or(Ok(()), Err)
+    Ok((running, reconfigurers, shared.senders))
 }

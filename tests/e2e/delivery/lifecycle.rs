@@ -208,6 +208,96 @@ async fn a_changed_config_is_applied_and_a_broken_one_is_rejected() {
 }
 
 #[tokio::test]
+async fn a_reload_that_adds_removes_or_changes_one_destination_leaves_the_others_running() {
+    let test = DeliveryTest::new(2).await;
+    let (kept, moved_from, moved_to, removed, added) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    // 81's partner is down: u1 waits in its lane, retried.
+    moved_from.respond(503, Duration::ZERO);
+    let config = test.config(&[
+        destination(80, &kept, ""),
+        destination(
+            81,
+            &moved_from,
+            ", retry_backoff_ms: 10, max_backlog_age_s: 3600",
+        ),
+        destination(82, &removed, ""),
+    ]);
+    let service = test.start(&config, &[]).await;
+    let mut u1 = update("u1", &[], &[], vec![change(14356, true, T0)]);
+    u1.produced_unix_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    test.produce(&test.topic, &[u1.clone()]).await;
+    for receiver in [&kept, &moved_from, &removed] {
+        receiver.wait_for_requests(1, Duration::from_secs(20)).await;
+    }
+    let requests_before = kept.requests().len();
+
+    // 80 unchanged, 81 moves to another URL, 82 is removed, 83 is added.
+    let next = test.config(&[
+        destination(80, &kept, ""),
+        destination(
+            81,
+            &moved_to,
+            ", retry_backoff_ms: 10, max_backlog_age_s: 3600",
+        ),
+        destination(83, &added, ""),
+    ]);
+    std::fs::copy(&next, &config).unwrap();
+    testkit::wait_until("the reload applied", Duration::from_secs(20), || {
+        let log = service.log();
+        let applied = log.contains("Destination changed")
+            && log.contains("Destination removed")
+            && log.contains("Destination added");
+        async move { applied }
+    })
+    .await;
+    let moved_from_tries = moved_from.requests().len();
+    test.produce(
+        &test.topic,
+        &[update("u2", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let got = added.wait_for_requests(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        entries([json(&got[0].body)]),
+        [("u2".into(), "14356".into(), "1".into())],
+        "an added destination gets the changes from then on"
+    );
+    // The changed destination restarts from its position: what waited under its old config
+    // (u1) reaches its new URL, then u2.
+    testkit::wait_until("u1 and u2 at 81's new URL", Duration::from_secs(30), || {
+        let users: Vec<String> = entries(moved_to.requests().iter().map(|r| json(&r.body)))
+            .into_iter()
+            .map(|(user, _, _)| user)
+            .collect();
+        async move { users == ["u1", "u2"] }
+    })
+    .await;
+    kept.wait_for_requests(requests_before + 1, Duration::from_secs(20))
+        .await;
+    assert!(
+        moved_from.requests().len() <= moved_from_tries + 1,
+        "81's old URL is left (at most the try in flight at the reload)"
+    );
+    assert_eq!(removed.requests().len(), 1, "82 was removed");
+    // Nothing drained or rejoined the group: the partitions were assigned once, never revoked.
+    let log = service.log();
+    assert!(!log.contains("Partitions revoked"), "{log}");
+    assert!(!log.contains("Draining"), "{log}");
+}
+
+#[tokio::test]
 async fn an_input_message_too_large_to_dead_letter_whole_is_kept_by_position_and_processing_continues()
  {
     let test = DeliveryTest::new(1).await;
