@@ -280,7 +280,8 @@ bench_delivery() {
   local before=4.88 problems="" rows healthy_seconds healthy_per_million
   drain_delivery 0
   rows="$row"$'\n' healthy_seconds=$last_seconds healthy_per_million=$last_per_million
-  if [[ $scale == full ]] && (($(calc %.0f "$healthy_per_million * 100 > $before * 110"))); then
+  # (Parenthesised: a bare > inside awk's printf arguments redirects its output to a file.)
+  if [[ $scale == full ]] && (($(calc %d "($healthy_per_million * 100 > $before * 110)"))); then
     problems+="all healthy: $healthy_per_million CPU-s per million changes, more than 10 % over the $before measured before the isolation design. "
   fi
   drain_delivery 1

@@ -52,6 +52,7 @@ struct RawTuning {
     batch: Option<RawBatch>,
     max_in_flight: Option<usize>,
     queue_capacity: Option<usize>,
+    detach_after_ms: Option<u64>,
     circuit: Option<RawCircuit>,
 }
 
@@ -238,6 +239,12 @@ pub struct DestinationConfig {
     /// Events buffered per lane; when a lane is full the destination falls back to reading
     /// the input on its own (see `consumer`). Default 2000.
     pub queue_capacity: usize,
+    /// How long the shared consumer waits for room in a full lane before the destination
+    /// detaches and reads on its own: long enough for a healthy destination that is merely
+    /// busy to take its next batch (then everyone waits for it: backpressure, as when all
+    /// keep up), short enough that a failing one holds the others back once, briefly.
+    /// Default 1000 ms.
+    pub detach_after: Duration,
     pub circuit: CircuitConfig,
 }
 
@@ -582,6 +589,7 @@ fn validate_destination(
         batch: tuning.batch,
         max_in_flight: tuning.max_in_flight,
         queue_capacity: tuning.queue_capacity,
+        detach_after: tuning.detach_after,
         circuit: tuning.circuit,
     }
 }
@@ -597,6 +605,7 @@ struct Tuning {
     batch: BatchLimits,
     max_in_flight: usize,
     queue_capacity: usize,
+    detach_after: Duration,
     circuit: CircuitConfig,
 }
 
@@ -712,6 +721,14 @@ fn validate_tuning(
         1..=10_000_000,
         "",
     );
+    let detach_after_ms = in_range(
+        "detach_after_ms",
+        own.detach_after_ms
+            .or(defaults.detach_after_ms)
+            .unwrap_or(1_000),
+        0..=60_000,
+        " ms",
+    );
     let failure_threshold = in_range(
         "circuit.failure_threshold",
         circuit(|c| c.failure_threshold.map(u64::from)).unwrap_or(5),
@@ -791,6 +808,7 @@ fn validate_tuning(
         },
         max_in_flight: usize::try_from(max_in_flight).unwrap_or(4),
         queue_capacity: usize::try_from(queue_capacity).unwrap_or(10_000),
+        detach_after: Duration::from_millis(detach_after_ms),
         circuit: CircuitConfig {
             failure_threshold: u32::try_from(failure_threshold).unwrap_or(5),
             cooldown: Duration::from_millis(cooldown_ms),

@@ -521,7 +521,7 @@ impl InputPipeline {
                         let (partition, offset) = (message.partition(), message.offset());
                         match decode(message.payload().unwrap_or_default()) {
                             Ok(update) => {
-                                if let Err(reason) = self.route(update, partition, offset, &mut targets) {
+                                if let Err(reason) = self.route(update, partition, offset, &mut targets).await {
                                     break Some(reason);
                                 }
                             }
@@ -557,9 +557,11 @@ impl InputPipeline {
     }
 
     /// Hands the update to every destination that maps it and reads this partition with the
-    /// shared consumer. A destination whose lane is full detaches from the partition here:
-    /// never a wait, so no destination holds back another.
-    fn route(
+    /// shared consumer. A destination whose lane stays full for its `detach_after` detaches
+    /// from the partition here, so a slow or failing destination holds the others back once,
+    /// briefly; a busy but healthy one takes its next batch within that time, and everyone
+    /// waits for it (backpressure, as when all keep up).
+    async fn route(
         &mut self,
         update: SegmentStatusUpdate,
         partition: i32,
@@ -586,22 +588,34 @@ impl InputPipeline {
                 continue;
             };
             let lane = &lanes[LaneHasher::lane(user_hash, lanes.len())];
-            match lane.try_send(RoutedEvent {
+            let event = RoutedEvent {
                 update: update.clone(),
                 source,
-            }) {
-                Ok(()) => sender.metrics.queue_depth.inc(),
-                Err(TrySendError::Full(_)) => {
-                    if self
-                        .watermarks
-                        .lock()
-                        .detach(assignment, offset, destination)
-                    {
-                        tracing::info!(topic = %self.topic, destination = sender.config.id, partition, offset, "Destination cannot keep up; it reads this partition on its own from here, and the others go on.");
-                        self.start_reader(destination);
+            };
+            let sent = match lane.try_send(event) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(event)) => {
+                    match tokio::time::timeout(sender.config.detach_after, lane.send(event)).await {
+                        Ok(sent) => sent.map_err(drop),
+                        Err(_full) => {
+                            if self
+                                .watermarks
+                                .lock()
+                                .detach(assignment, offset, destination)
+                            {
+                                sender.metrics.detaches.inc();
+                                tracing::info!(topic = %self.topic, destination = sender.config.id, partition, offset, "Destination cannot keep up; it reads this partition on its own from here, and the others go on.");
+                                self.start_reader(destination);
+                            }
+                            continue;
+                        }
                     }
                 }
-                Err(TrySendError::Closed(_)) => {
+                Err(TrySendError::Closed(_)) => Err(()),
+            };
+            match sent {
+                Ok(()) => sender.metrics.queue_depth.inc(),
+                Err(()) => {
                     return Err(format!(
                         "the lane of destination {} stopped",
                         sender.config.id
