@@ -258,6 +258,20 @@ impl CatchUpReader {
         }
     }
 
+    /// Waits until every lane of the destination has room: the reader goes on only as fast as
+    /// the destination takes its changes, so it never attaches again (reaching the shared
+    /// consumer) while its lanes are full — it would hold the others back at once. False
+    /// when the reader must stop.
+    async fn wait_for_room(&self) -> bool {
+        while self.lanes.iter().any(|lane| lane.capacity() == 0) {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = self.stop.cancelled() => return false,
+            }
+        }
+        true
+    }
+
     /// One message read; false when the reader must stop (shutdown, or the lanes are gone).
     async fn handle(
         &mut self,
@@ -269,6 +283,12 @@ impl CatchUpReader {
         let Some(&assignment) = self.assigned.get(&partition) else {
             return true;
         };
+        self.watermarks
+            .lock()
+            .note_read(assignment, self.destination, timestamp);
+        if !self.wait_for_room().await {
+            return false;
+        }
         // Undecodable input is the shared consumer's to dead-letter: not needed here.
         let update = update.filter(|u| {
             u.changes
@@ -328,6 +348,9 @@ impl CatchUpReader {
         let Some(&assignment) = self.assigned.get(&partition) else {
             return;
         };
+        if self.lanes.iter().any(|lane| lane.capacity() == 0) {
+            return; // attaching now would fill the shared consumer's way; the next end will do
+        }
         let next = self
             .consumer
             .position()

@@ -239,11 +239,11 @@ pub struct DestinationConfig {
     /// Events buffered per lane; when a lane is full the destination falls back to reading
     /// the input on its own (see `consumer`). Default 2000.
     pub queue_capacity: usize,
-    /// How long the shared consumer waits for room in a full lane before the destination
-    /// detaches and reads on its own: long enough for a healthy destination that is merely
-    /// busy to take its next batch (then everyone waits for it: backpressure, as when all
-    /// keep up), short enough that a failing one holds the others back once, briefly.
-    /// Default 1000 ms.
+    /// A destination whose queue is full and whose lanes took no batch for this long (or
+    /// three of its recent request times, if longer, up to its timeout) is stuck: it detaches and
+    /// reads on its own. One that took a batch more recently is busy, and the shared consumer
+    /// waits for it (backpressure, as when all keep up). Default 250 ms: a destination that
+    /// stops answering holds the others back about that long, once.
     pub detach_after: Duration,
     pub circuit: CircuitConfig,
 }
@@ -725,7 +725,7 @@ fn validate_tuning(
         "detach_after_ms",
         own.detach_after_ms
             .or(defaults.detach_after_ms)
-            .unwrap_or(1_000),
+            .unwrap_or(250),
         0..=60_000,
         " ms",
     );

@@ -207,6 +207,9 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
+/// After a destination had to detach, how long a full lane of it detaches it at once.
+const LAGGING: Duration = Duration::from_secs(30);
+
 /// A commit sent, and the broker's answer.
 type CommitOutcome = (Vec<CommitPosition>, Result<(), KafkaError>);
 
@@ -222,6 +225,9 @@ pub struct InputPipeline {
     /// Per slot, its lanes' queues, and the lane tasks' abort handles.
     lanes: Vec<Vec<mpsc::Sender<RoutedEvent>>>,
     lane_aborts: Vec<Vec<tokio::task::AbortHandle>>,
+    /// Per slot: until when a full lane detaches the destination at once, without waiting
+    /// (it already had to detach: it would hold the others back again on every partition).
+    lagging_until: Vec<Option<tokio::time::Instant>>,
     lane_hasher: LaneHasher,
     lane_tasks: JoinSet<()>,
     /// New destination lists from config reloads.
@@ -349,6 +355,7 @@ impl InputPipeline {
             slots: Vec::new(),
             lanes: Vec::new(),
             lane_aborts: Vec::new(),
+            lagging_until: Vec::new(),
             lane_hasher: LaneHasher::default(),
             lane_tasks: JoinSet::new(),
             changes,
@@ -402,9 +409,11 @@ impl InputPipeline {
         if slot == self.lanes.len() {
             self.lanes.push(queues);
             self.lane_aborts.push(aborts);
+            self.lagging_until.push(None);
         } else {
             self.lanes[slot] = queues;
             self.lane_aborts[slot] = aborts;
+            self.lagging_until[slot] = None;
         }
     }
 
@@ -558,9 +567,10 @@ impl InputPipeline {
 
     /// Hands the update to every destination that maps it and reads this partition with the
     /// shared consumer. A destination whose lane stays full for its `detach_after` detaches
-    /// from the partition here, so a slow or failing destination holds the others back once,
-    /// briefly; a busy but healthy one takes its next batch within that time, and everyone
-    /// waits for it (backpressure, as when all keep up).
+    /// from the partition here (and, for [`LAGGING`] after that, on a full lane at once), so a
+    /// slow or failing destination holds the others back once, briefly; a busy but healthy
+    /// one takes its next batch within that time, and everyone waits for it (backpressure,
+    /// as when all keep up).
     async fn route(
         &mut self,
         update: SegmentStatusUpdate,
@@ -595,20 +605,44 @@ impl InputPipeline {
             let sent = match lane.try_send(event) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(event)) => {
-                    match tokio::time::timeout(sender.config.detach_after, lane.send(event)).await {
-                        Ok(sent) => sent.map_err(drop),
-                        Err(_full) => {
-                            if self
-                                .watermarks
-                                .lock()
-                                .detach(assignment, offset, destination)
-                            {
-                                sender.metrics.detaches.inc();
-                                tracing::info!(topic = %self.topic, destination = sender.config.id, partition, offset, "Destination cannot keep up; it reads this partition on its own from here, and the others go on.");
-                                self.start_reader(destination);
+                    // Wait for room while the destination takes batches (busy: everyone
+                    // waits for it, as when all keep up); stuck (no batch taken within its
+                    // `stuck_after`) or detached a moment ago: detach, and the others go on.
+                    let now = tokio::time::Instant::now();
+                    let lagging = self.lagging_until[destination].is_some_and(|t| now < t);
+                    let mut pending = Some(event);
+                    while !lagging && let Some(event) = pending.take() {
+                        let waiting_since = sender.progress_mark();
+                        match tokio::time::timeout(sender.stuck_after(), lane.reserve()).await {
+                            Ok(Ok(permit)) => permit.send(event),
+                            Ok(Err(_closed)) => {
+                                return Err(format!(
+                                    "the lane of destination {} stopped",
+                                    sender.config.id
+                                ));
                             }
-                            continue;
+                            Err(_) => {
+                                pending = Some(event);
+                                if sender.progress_mark() == waiting_since {
+                                    break;
+                                }
+                            }
                         }
+                    }
+                    if pending.is_none() {
+                        Ok(())
+                    } else {
+                        self.lagging_until[destination] = Some(now + LAGGING);
+                        if self
+                            .watermarks
+                            .lock()
+                            .detach(assignment, offset, destination)
+                        {
+                            sender.metrics.detaches.inc();
+                            tracing::info!(topic = %self.topic, destination = sender.config.id, partition, offset, "Destination cannot keep up; it reads this partition on its own from here, and the others go on.");
+                            self.start_reader(destination);
+                        }
+                        continue;
                     }
                 }
                 Err(TrySendError::Closed(_)) => Err(()),

@@ -73,6 +73,7 @@ impl Lane {
                     None => return,
                 },
             };
+            self.sender.note_progress();
             let _fits_an_empty_batch = batch.add(first);
             let deadline = Instant::now() + linger;
             let mut closed = false;

@@ -420,6 +420,23 @@ impl WatermarkTable {
         CatchUp::Deliver(assignment)
     }
 
+    /// A catch-up reader of `destination` holds a message written at `timestamp_ms` (and may
+    /// wait for room before it hands it over): the age of its backlog counts from there.
+    pub fn note_read(
+        &mut self,
+        assignment: PartitionAssignment,
+        destination: usize,
+        timestamp_ms: Option<i64>,
+    ) {
+        if let Some(reader) = self
+            .current(assignment)
+            .and_then(|s| s.reader(destination))
+            .filter(|r| !r.draining)
+        {
+            reader.last_read_ms = timestamp_ms.or(reader.last_read_ms);
+        }
+    }
+
     /// A catch-up reader reached the end of the partition, with `next` the offset it would
     /// read next: if the shared consumer is no further, the destination is attached again.
     /// True when the reader should stop reading the partition.

@@ -80,6 +80,13 @@ pub struct DestinationSender {
     /// Counts the times the destination recovered (its circuit closed), so lanes waiting out
     /// a backoff start again at once.
     recovered: watch::Sender<u64>,
+    /// Counts the batches the destination's lanes took from their queues: a destination
+    /// whose queue is full but that takes batches is busy, one that took none while the
+    /// shared consumer waited [`Self::stuck_after`] is stuck (see `consumer::route`).
+    progress: std::sync::atomic::AtomicU64,
+    /// A moving average of the destination's request time (ms): a lane that is merely busy
+    /// takes its next batch within a few of these.
+    request_ms: std::sync::atomic::AtomicU64,
     pub metrics: DestinationMetrics,
 }
 
@@ -150,8 +157,44 @@ impl DestinationSender {
             rate_limiter,
             paused_until: std::sync::Mutex::new(None),
             recovered: watch::Sender::new(0),
+            progress: std::sync::atomic::AtomicU64::new(0),
+            request_ms: std::sync::atomic::AtomicU64::new(0),
             metrics,
         })
+    }
+
+    /// A lane took events from its queue: the destination is making progress.
+    pub fn note_progress(&self) {
+        self.progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Changes whenever a lane of the destination takes events from its queue.
+    pub fn progress_mark(&self) -> u64 {
+        self.progress.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_request_time(&self, took: Duration) {
+        let sample = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        let average = self.request_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let next = if average == 0 {
+            sample.max(1)
+        } else {
+            (average - average / 8 + sample / 8).max(1)
+        };
+        self.request_ms
+            .store(next, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long a full destination may take no batch before it counts as stuck: three of its
+    /// recent request times, at least `detach_after` and at most its timeout (a request takes
+    /// no longer); before its first request finished, its timeout.
+    pub fn stuck_after(&self) -> Duration {
+        let most = self.config.timeout.max(self.config.detach_after);
+        match self.request_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => most,
+            ms => (Duration::from_millis(ms) * 3).clamp(self.config.detach_after, most),
+        }
     }
 
     /// A receiver that changes each time the destination recovers (its circuit closes).
@@ -353,6 +396,7 @@ impl DestinationSender {
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
+        self.note_request_time(started.elapsed());
         self.metrics.in_flight.dec();
 
         match result {
