@@ -333,7 +333,13 @@ pub async fn isolation(broker: &ChaosBroker, scale: Scale, fault: Fault) -> Ledg
         let failed: f64 = texts.iter().filter_map(|t| metric_value(t, &series)).sum();
         assert!(
             failed > 0.0,
-            "no request to the failing destination ended as `{outcome}`: the fault did not happen"
+            "no request to the failing destination ended as `{outcome}`: the fault did not happen; its requests: {:?}",
+            texts
+                .iter()
+                .flat_map(|t| t.lines())
+                .filter(|l| l.starts_with("delivery_requests_total{")
+                    && l.contains(&format!("destination=\"{}\"", FAULTY.id)))
+                .collect::<Vec<_>>()
         );
     }
     if fault.fails() {

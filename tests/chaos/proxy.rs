@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -102,10 +102,19 @@ async fn serve(mut client: TcpStream, target: u16, mode: Mode, closed: Cancellat
             }
         }
         Mode::BreakTls => {
+            // As a server that does not speak TLS: read the ClientHello, answer plain text,
+            // close gracefully (reading on), so the client reads the answer rather than a
+            // reset — a handshake failure, not a connection failure.
+            let mut hello = [0_u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.read(&mut hello)).await;
             let _ = client
                 .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
                 .await;
             let _ = client.shutdown().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while matches!(client.read(&mut hello).await, Ok(n) if n > 0) {}
+            })
+            .await;
         }
         Mode::Refuse => {}
     }

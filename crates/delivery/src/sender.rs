@@ -472,9 +472,17 @@ fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
         source = e.source();
     }
     let text = error_chain(error).to_ascii_lowercase();
-    if ["certificate", "handshake", "tls", "alert"]
-        .iter()
-        .any(|word| text.contains(word))
+    // "corrupt message": rustls' words for a peer that does not speak TLS at all (a plain
+    // HTTP server on the HTTPS port).
+    if [
+        "certificate",
+        "handshake",
+        "tls",
+        "alert",
+        "corrupt message",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
     {
         return (RequestOutcome::Tls, ErrorClass::Tls);
     }
