@@ -86,6 +86,21 @@ fn all_final(receiver: &Receiver, users: usize, per_user: usize) -> bool {
     })
 }
 
+/// Waits until every user's last arrival at `receiver` is their final status.
+async fn wait_all_final(
+    receiver: &Receiver,
+    what: &str,
+    timeout: Duration,
+    users: usize,
+    per_user: usize,
+) {
+    testkit::wait_until(what, timeout, || {
+        let done = all_final(receiver, users, per_user);
+        async move { done }
+    })
+    .await;
+}
+
 /// The `:SS ` seconds field of the last change's `DateTime` (see [`alternating`]).
 fn arrivals_of_final_second(per_user: usize) -> String {
     format!(":{:02} ", per_user - 1)
@@ -140,13 +155,12 @@ async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_
         .await;
 
     // The healthy destination gets every user's final status, without waiting for the other.
-    testkit::wait_until(
+    wait_all_final(
+        &healthy,
         "every user's final status at the healthy destination",
         Duration::from_secs(30),
-        || {
-            let done = all_final(&healthy, users, per_user);
-            async move { done }
-        },
+        users,
+        per_user,
     )
     .await;
     let healthy_done = started.elapsed();
@@ -189,13 +203,12 @@ async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_
 
     // The partner answers again: it receives everything it missed, in per-user order.
     failing.respond(200, Duration::ZERO);
-    testkit::wait_until(
+    wait_all_final(
+        &failing,
         "every user's final status at the recovered destination",
         Duration::from_secs(60),
-        || {
-            let done = all_final(&failing, users, per_user);
-            async move { done }
-        },
+        users,
+        per_user,
     )
     .await;
     assert_caught_up_in_order(&failing, users, per_user);
@@ -233,13 +246,12 @@ async fn a_restart_while_behind_resumes_the_backlog_from_the_committed_position(
     let (users, per_user) = (30, 2);
     test.produce(&test.topic, &alternating(users, per_user))
         .await;
-    testkit::wait_until(
+    wait_all_final(
+        &healthy,
         "every user's final status at the healthy destination",
         Duration::from_secs(30),
-        || {
-            let done = all_final(&healthy, users, per_user);
-            async move { done }
-        },
+        users,
+        per_user,
     )
     .await;
     testkit::wait_for(
@@ -255,13 +267,12 @@ async fn a_restart_while_behind_resumes_the_backlog_from_the_committed_position(
 
     failing.respond(200, Duration::ZERO);
     let _service = test.start(&config, &[]).await;
-    testkit::wait_until(
+    wait_all_final(
+        &failing,
         "the backlog delivered after the restart",
         Duration::from_secs(60),
-        || {
-            let done = all_final(&failing, users, per_user);
-            async move { done }
-        },
+        users,
+        per_user,
     )
     .await;
     assert_caught_up_in_order(&failing, users, per_user);
