@@ -157,6 +157,22 @@ class JudgingTest(unittest.TestCase):
         findings = self.check(good_dashboard(), CannedPrometheus(delivery_end_to_end_latency_seconds_bucket=slow))
         self.assert_fails(findings, LATENCY, "423, 424, 425: 3.2 s, not below the partner timeout of 3 s")
 
+    def test_the_flaky_destination_may_exceed_the_timeout_only_where_exempt(self):
+        exempt = {DASHBOARD: dict(EXPECTATIONS[DASHBOARD])}
+        exempt[DASHBOARD][LATENCY] = cd.quantile(cd.PER_DESTINATION, below_timeout=True,
+                                                 flaky_unbounded="failed retries wait")
+        slow_flaky = lambda d: [series(3.2 if d == "425" else 0.4, destination=d)]  # noqa: E731
+        self.assertEqual(failures(self.check(good_dashboard(), CannedPrometheus(
+            delivery_end_to_end_latency_seconds_bucket=slow_flaky), exempt)), [])
+        slow_healthy = lambda d: [series(3.2 if d == "423" else 0.4, destination=d)]  # noqa: E731
+        findings = self.check(good_dashboard(), CannedPrometheus(
+            delivery_end_to_end_latency_seconds_bucket=slow_healthy), exempt)
+        self.assert_fails(findings, LATENCY, "423: 3.2 s, not below the partner timeout of 3 s")
+        nan_flaky = lambda d: [series("NaN" if d == "425" else 0.4, destination=d)]  # noqa: E731
+        findings = self.check(good_dashboard(), CannedPrometheus(
+            delivery_end_to_end_latency_seconds_bucket=nan_flaky), exempt)
+        self.assert_fails(findings, LATENCY, "425: NaN")
+
     def test_empty_result_fails(self):
         findings = self.check(good_dashboard(), CannedPrometheus(delivery_queue_depth=lambda d: []))
         self.assert_fails(findings, QUEUE, "destinations 423, 424, 425: no series, so the panel is empty")
