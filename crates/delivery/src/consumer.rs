@@ -37,7 +37,7 @@ use crate::lane::{Lane, LaneHasher};
 use crate::metrics::Metrics;
 use crate::offsets::{CommitPosition, Watermarks, parse_positions};
 use crate::router::Router;
-use crate::sender::DestinationSender;
+use crate::sender::{DestinationSender, Priority};
 
 /// Rebalance, commit and statistics callbacks: revoked partitions are committed up to their
 /// watermark (with the positions of the destinations behind it) and dropped (their queued
@@ -400,6 +400,11 @@ impl InputPipeline {
                         watermarks: Some((self.watermarks.clone(), slot)),
                         input_topic: self.topic.clone(),
                         hold_transient: true,
+                        priority: if self.consumer.context().shares_rate {
+                            Priority::RealTime
+                        } else {
+                            Priority::Batch
+                        },
                     }
                     .run(),
                 ),

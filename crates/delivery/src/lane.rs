@@ -56,6 +56,8 @@ pub struct Lane {
     /// Transient failures wait and try again (delivery), or dead-letter the batch after its
     /// attempts (`delivery replay`).
     pub hold_transient: bool,
+    /// Real time, or the batch lane that yields the rate limit to it.
+    pub priority: crate::sender::Priority,
 }
 
 impl Lane {
@@ -212,7 +214,7 @@ impl Lane {
                 let key = idempotency_key(batch, &self.input_topic);
                 metrics.batch_users.observe(batch.users.len() as f64);
                 metrics.batch_bytes.observe(body.len() as f64);
-                match self.sender.send(body, &key).await {
+                match self.sender.send(body, &key, self.priority).await {
                     Ok(()) => return Ok(()),
                     Err(failure) => failure,
                 }

@@ -63,6 +63,7 @@ pub async fn replay(
                 watermarks: None,
                 input_topic: Arc::from(dlq_topic.as_str()),
                 hold_transient: false,
+                priority: crate::sender::Priority::Batch,
             };
             (tx, tokio::spawn(lane.run()))
         })

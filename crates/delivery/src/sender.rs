@@ -75,6 +75,10 @@ pub struct DestinationSender {
     /// `rate_limit_rps` is for the whole cluster: this worker's share, by the real-time
     /// input partitions it owns (replaced at each rebalance, see [`Self::set_rate_share`]).
     rate_limiter: std::sync::Mutex<Option<Arc<DefaultDirectRateLimiter>>>,
+    /// Real-time sends waiting for a rate-limit token, and a signal when none is left: a batch
+    /// send takes a token only while this is zero (see [`Priority`]).
+    real_time_waiting: std::sync::atomic::AtomicUsize,
+    real_time_served: tokio::sync::Notify,
     /// Until when the partner asked (429 with `Retry-After`) not to be sent anything.
     paused_until: std::sync::Mutex<Option<Instant>>,
     /// Counts the times the destination recovered (its circuit closed), so lanes waiting out
@@ -88,6 +92,39 @@ pub struct DestinationSender {
     /// takes its next batch within a few of these.
     request_ms: std::sync::atomic::AtomicU64,
     pub metrics: DestinationMetrics,
+}
+
+/// Which lane a send comes from. Both share the destination's rate limit, and the batch lane
+/// (onboarded data, catch-up of the batch topic, replays) takes a token only while no
+/// real-time send waits for one: an onboarding never slows real time down to the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    RealTime,
+    Batch,
+}
+
+/// Counts a real-time send as waiting for a token while it lives.
+struct RealTimeWaiting<'a>(&'a DestinationSender);
+
+impl<'a> RealTimeWaiting<'a> {
+    fn enter(sender: &'a DestinationSender) -> Self {
+        sender
+            .real_time_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(sender)
+    }
+}
+
+impl Drop for RealTimeWaiting<'_> {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .real_time_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if left == 1 {
+            self.0.real_time_served.notify_waiters();
+        }
+    }
 }
 
 pub fn unix_ms_now() -> i64 {
@@ -155,6 +192,8 @@ impl DestinationSender {
             auth,
             circuit,
             rate_limiter,
+            real_time_waiting: std::sync::atomic::AtomicUsize::new(0),
+            real_time_served: tokio::sync::Notify::new(),
             paused_until: std::sync::Mutex::new(None),
             recovered: watch::Sender::new(0),
             progress: std::sync::atomic::AtomicU64::new(0),
@@ -203,7 +242,12 @@ impl DestinationSender {
     }
 
     /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent.
-    pub async fn send(&self, json: Vec<u8>, idempotency_key: &str) -> Result<(), Failure> {
+    pub async fn send(
+        &self,
+        json: Vec<u8>,
+        idempotency_key: &str,
+        priority: Priority,
+    ) -> Result<(), Failure> {
         let first_attempt_unix_ms = unix_ms_now();
         if !self.circuit.allow() {
             return Err(Failure {
@@ -239,7 +283,7 @@ impl DestinationSender {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
             if let Some(limiter) = limiter {
-                limiter.until_ready().await;
+                self.take_token(&limiter, priority).await;
             }
             match self.attempt(&body, idempotency_key, &signatures).await {
                 Attempt::Success => {
@@ -280,6 +324,37 @@ impl DestinationSender {
             permanent,
             not_before: self.paused_until(),
         })
+    }
+
+    /// Waits for a rate-limit token: a real-time send in turn, a batch send only at a moment
+    /// when no real-time send is waiting (it checks without queueing, so it never holds a
+    /// place ahead of real time).
+    async fn take_token(&self, limiter: &DefaultDirectRateLimiter, priority: Priority) {
+        if priority == Priority::RealTime {
+            let _waiting = RealTimeWaiting::enter(self);
+            limiter.until_ready().await;
+            return;
+        }
+        loop {
+            // Registered before the check, so a wake-up between the two is not missed.
+            let served = self.real_time_served.notified();
+            if self
+                .real_time_waiting
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
+            {
+                served.await;
+                continue;
+            }
+            match limiter.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    let now =
+                        governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+                    tokio::time::sleep(not_until.wait_time_from(now)).await;
+                }
+            }
+        }
     }
 
     /// Takes this worker's share of the destination's `rate_limit_rps`: `owned` of the

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use testkit::receiver::Receiver;
 use testkit::service::metric_value;
 
-use super::{DeliveryTest, T0, change, destination, json, update};
+use super::{DeliveryTest, T0, change, destination, entries, json, update};
 
 fn hmac_base64<M: Mac + hmac::digest::KeyInit>(key: &str, body: &[u8]) -> String {
     let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key.as_bytes()).unwrap();
@@ -218,6 +218,54 @@ async fn rate_limit_spaces_requests_out() {
     assert!(
         span >= Duration::from_millis(1_900),
         "12 requests in {span:?}"
+    );
+}
+
+/// An onboarding (the batch topic) shares the destination's rate limit but never takes real
+/// time's part of it: while real-time changes wait for the limit, batch changes wait for them.
+#[tokio::test]
+async fn the_batch_lane_never_takes_the_rate_limit_while_real_time_waits() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        504,
+        &receiver,
+        ", rate_limit_rps: 4, max_in_flight: 1, batch: { max_users: 1, linger_ms: 0 }",
+    )]);
+    let updates = |prefix: &str, origin: model::Origin| -> Vec<_> {
+        (0..16)
+            .map(|i| {
+                let mut u = update(
+                    &format!("{prefix}{i}"),
+                    &[],
+                    &[],
+                    vec![change(14356, true, T0)],
+                );
+                u.origin = origin as i32;
+                u
+            })
+            .collect()
+    };
+    test.produce(&test.batch_topic, &updates("b", model::Origin::Batch))
+        .await;
+    test.produce(&test.topic, &updates("r", model::Origin::Realtime))
+        .await;
+    let _service = test.start(&config, &[]).await;
+    let requests = receiver
+        .wait_for_requests(32, Duration::from_secs(40))
+        .await;
+    // The order the partner saw them in: `r` real time, `b` batch.
+    let order: String = entries(requests.iter().map(|r| json(&r.body)))
+        .iter()
+        .map(|(user, _, _)| if user.starts_with('r') { 'r' } else { 'b' })
+        .collect();
+    let last_real_time = order.rfind('r').expect("real-time changes delivered");
+    // Only the limit's burst (4), taken before real time was waiting, may come first; sharing
+    // the limit equally would put about 15 batch changes before the last real-time one.
+    let batch_first = order[..last_real_time].matches('b').count();
+    assert!(
+        batch_first <= 4,
+        "{batch_first} batch changes sent before the last real-time one (order: {order})"
     );
 }
 
