@@ -301,6 +301,9 @@ class RealDashboardsTest(unittest.TestCase):
         status, out = self.run_main(lambda q: [] if "delivery_" in q else healthy_answer(q))
         self.assertEqual(status, 1, out)
         self.assertIn("FAIL segment-relay / Delivery / Delivered per second by destination: destinations 423, 424, 425: no series", out)
+        # Panels where 0 is fine still need their series: a 0 that nothing scraped proves nothing.
+        for title in ("Backlog (messages behind)", "Backlog age (oldest waiting)", "Backoffs per second"):
+            self.assertIn(f"FAIL segment-relay / Delivery / {title}: destinations 423, 424, 425: no series", out)
         self.assertNotIn("FAIL segment-relay / Qualifier", out)
 
 
