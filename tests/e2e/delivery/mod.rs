@@ -1,5 +1,6 @@
 //! Delivery end to end: the real `delivery` binary, the real broker, real HTTPS receivers.
 
+mod commits;
 mod contract;
 mod failures;
 mod isolation;
@@ -19,9 +20,12 @@ use model::{
     ChangeReason, DeadLetterRecord, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate,
 };
 use prost::Message as _;
+use rdkafka::ClientContext;
 use rdkafka::Message as _;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureRecord;
+use telemetry::KafkaSettings;
 use testkit::kafka;
 use testkit::receiver::Receiver;
 use testkit::service::{Service, ServiceBuilder};
@@ -35,6 +39,8 @@ pub struct DeliveryTest {
     pub batch_topic: String,
     pub dlq_topic: String,
     pub group: String,
+    /// The broker the topics live on: the shared test broker, or a test's own mock cluster.
+    kafka: KafkaSettings,
     producer: rdkafka::producer::FutureProducer,
     dir: tempfile::TempDir,
 }
@@ -49,9 +55,56 @@ impl DeliveryTest {
             batch_topic,
             dlq_topic,
             group: testkit::unique_name("delivery"),
+            kafka: kafka::settings(),
             producer: kafka::producer(),
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// The same on librdkafka's mock cluster instead of the shared broker: for broker answers
+    /// a real broker cannot be made to give (`MockCluster::request_errors`). The service,
+    /// [`Self::produce`], [`Self::committed`] and [`Self::dead_letters`] all use the cluster.
+    pub fn on_mock_cluster<C: ClientContext>(
+        cluster: &MockCluster<'_, C>,
+        partitions: i32,
+    ) -> Self {
+        let [topic, batch_topic, dlq_topic] =
+            ["status", "status-batch", "status-dlq"].map(testkit::unique_name);
+        for name in [&topic, &batch_topic, &dlq_topic] {
+            cluster.create_topic(name, partitions, 1).unwrap();
+        }
+        let brokers = cluster.bootstrap_servers();
+        let kafka =
+            KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
+                .unwrap();
+        let producer = kafka
+            .client_config("segment-relay-tests")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        Self {
+            topic,
+            batch_topic,
+            dlq_topic,
+            group: testkit::unique_name("delivery"),
+            kafka,
+            producer,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A consumer of this test's broker in `group` that reads from the beginning and never
+    /// commits.
+    fn consumer(&self, group: &str) -> StreamConsumer {
+        self.kafka
+            .client_config("segment-relay-tests")
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap()
     }
 
     /// Writes a config with this test's topics and `destinations` (YAML list items).
@@ -78,7 +131,8 @@ impl DeliveryTest {
     pub async fn start(&self, config: &std::path::Path, env: &[(&str, &str)]) -> Service {
         let mut builder = ServiceBuilder::new("delivery")
             .arg("--config")
-            .arg(config.to_str().unwrap());
+            .arg(config.to_str().unwrap())
+            .env("KAFKA_BROKERS", &self.kafka.brokers);
         for (key, value) in env {
             builder = builder.env(key, *value);
         }
@@ -115,7 +169,7 @@ impl DeliveryTest {
 
     /// Reads the dead-letter topic until `n` records arrived.
     pub async fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<DeadLetterRecord> {
-        let consumer = kafka::consumer(&testkit::unique_name("dlq-reader"));
+        let consumer = self.consumer(&testkit::unique_name("dlq-reader"));
         consumer.subscribe(&[&self.dlq_topic]).unwrap();
         let mut records = Vec::new();
         while records.len() < n {
@@ -130,7 +184,7 @@ impl DeliveryTest {
 
     /// The group's committed offsets of the real-time topic, by partition.
     pub fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
-        let consumer = kafka::consumer(&self.group);
+        let consumer = self.consumer(&self.group);
         let mut list = rdkafka::TopicPartitionList::new();
         for p in 0..partitions {
             list.add_partition(&self.topic, p);
