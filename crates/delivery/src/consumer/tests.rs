@@ -1,5 +1,6 @@
 //! Delivery's input decoding, fuzzed through the path a message takes: `decode`, routing,
-//! a destination batch and the partner body; and forward compatibility (unknown fields).
+//! a destination batch and the partner body; forward compatibility (unknown fields); and what
+//! the pipeline does when one of its lanes ends.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -163,4 +164,85 @@ fn updates_from_a_newer_qualifier_decode_with_their_unknown_fields_skipped() {
         decode(&future_status.encode_to_vec()).unwrap_err(),
         "segment 14356: unknown status 9 (written by a newer version?)"
     );
+}
+
+/// A pipeline over input `status` of a mock cluster, with one destination (never sent to: no
+/// input is produced) whose lanes run.
+fn pipeline_on(cluster: &rdkafka::mocking::MockCluster<'_, impl ClientContext>) -> InputPipeline {
+    for topic in ["status", "status-dlq"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let kafka =
+        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
+            .unwrap();
+    let yaml = "kafka: { topic: status, batch_topic: \"\", dlq_topic: status-dlq, group_id: lanes, commit_interval_ms: 100, drain_timeout_ms: 5000 }\n\
+                destinations:\n\
+                  - { id: 423, url: https://a.example/aam, client_id: x, user_dpid: 1, segments: { 14356: \"14356\" } }\n";
+    let config = DeliveryConfig::parse(Path::new("lanes.yaml"), yaml, &|_| None).unwrap();
+    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+    let shared = crate::service::build_shared(&config, &kafka, &metrics).unwrap();
+    InputPipeline::start(
+        &kafka,
+        &config.kafka,
+        &config.kafka.topic,
+        &config.kafka.group_id,
+        shared,
+        true,
+    )
+    .unwrap()
+}
+
+/// How `pipeline.run` ended within 30 s, its token cancelled after `cancel_after` if given.
+async fn run_ended(pipeline: InputPipeline, cancel_after: Option<Duration>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    if let Some(after) = cancel_after {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            shutdown.cancel();
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(30), pipeline.run(shutdown))
+        .await
+        .expect("the pipeline still ran after 30 s")
+}
+
+/// A lane that panics fails the pipeline (the process then goes unready and exits, and its
+/// partitions move), instead of leaving its partitions frozen behind a dead lane.
+#[tokio::test]
+async fn a_lane_that_panics_fails_the_pipeline() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let mut pipeline = pipeline_on(&cluster);
+    pipeline
+        .lane_tasks
+        .spawn(async { panic!("lane of destination 423 broke") });
+    let error = run_ended(pipeline, None).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with("input status: a destination lane panicked: ")
+            && error.contains("lane of destination 423 broke"),
+        "{error}"
+    );
+}
+
+/// A lane that stops without being told to fails the pipeline, as a panicking one does.
+#[tokio::test]
+async fn a_lane_that_stops_fails_the_pipeline() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let mut pipeline = pipeline_on(&cluster);
+    pipeline.lane_tasks.spawn(async {});
+    let error = run_ended(pipeline, None).await.unwrap_err().to_string();
+    assert_eq!(error, "input status: a destination lane stopped");
+}
+
+/// A lane stopped on purpose (aborted, as a config reload stops the lanes of a removed or
+/// changed destination) is no failure: the pipeline runs on until shut down, then ends `Ok`.
+#[tokio::test]
+async fn a_lane_stopped_on_purpose_does_not_fail_the_pipeline() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let pipeline = pipeline_on(&cluster);
+    pipeline.lane_aborts[0][0].abort();
+    run_ended(pipeline, Some(Duration::from_secs(1)))
+        .await
+        .expect("the pipeline ran on past the aborted lane");
 }
