@@ -164,6 +164,8 @@ pub fn status_update(
             .collect(),
         origin: Origin::Realtime as i32,
         produced_unix_ms: now_unix_ms,
+        // Increasing per user, as the qualifier's are.
+        sequence: u64::try_from(now_unix_ms).unwrap_or(0) * 1024 + index,
     }
 }
 

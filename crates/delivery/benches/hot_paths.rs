@@ -51,6 +51,7 @@ fn update(user: u64) -> SegmentStatusUpdate {
             .collect(),
         origin: Origin::Realtime as i32,
         produced_unix_ms: 1_764_000_000_000,
+        sequence: 1_764_000_000_000 * 1024 + user,
     }
 }
 

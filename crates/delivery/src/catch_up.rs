@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{EventSource, RoutedEvent};
 use crate::lane::LaneHasher;
 use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
+use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
 
 /// The running readers of one input pipeline, by destination index.
@@ -94,6 +95,8 @@ pub struct CatchUpReader {
     sender: Arc<DestinationSender>,
     lanes: Vec<mpsc::Sender<RoutedEvent>>,
     lane_hasher: LaneHasher,
+    /// Per-user order across the input topics, and which one this reader reads.
+    order: Option<(Order, Topic)>,
     watermarks: Watermarks,
     /// The partitions it reads, as which assignment.
     assigned: HashMap<i32, PartitionAssignment>,
@@ -118,6 +121,8 @@ pub struct ReaderTarget {
     pub sender: Arc<DestinationSender>,
     pub lanes: Vec<mpsc::Sender<RoutedEvent>>,
     pub lane_hasher: LaneHasher,
+    /// Asked whether a newer change came on the other input topic (none: one input topic).
+    pub order: Option<(Order, Topic)>,
 }
 
 impl CatchUpReader {
@@ -133,6 +138,7 @@ impl CatchUpReader {
             sender,
             lanes,
             lane_hasher,
+            order,
         } = target;
         // Assigned partitions by the pipeline, never subscribed and never committing (the
         // destination's position goes into the shared group's commit metadata); the group id
@@ -161,6 +167,7 @@ impl CatchUpReader {
             sender,
             lanes,
             lane_hasher,
+            order,
             watermarks,
             assigned: HashMap::new(),
             wake: Arc::new(Notify::new()),
@@ -290,11 +297,13 @@ impl CatchUpReader {
             return false;
         }
         // Undecodable input is the shared consumer's to dead-letter: not needed here.
-        let update = update.filter(|u| {
-            u.changes
-                .iter()
-                .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
-        });
+        let update = update
+            .filter(|u| {
+                u.changes
+                    .iter()
+                    .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
+            })
+            .and_then(|u| self.without_superseded(partition, u));
         let decision = self.watermarks.lock().catch_up(
             assignment,
             self.destination,
@@ -340,6 +349,23 @@ impl CatchUpReader {
             CatchUp::Stop => self.stop_reading(partition),
         }
         true
+    }
+
+    /// `update` without the changes a newer one from the other input topic supersedes (they
+    /// are counted and reported for this destination); `None` when none is left.
+    fn without_superseded(
+        &self,
+        partition: i32,
+        update: model::SegmentStatusUpdate,
+    ) -> Option<model::SegmentStatusUpdate> {
+        let Some((order, topic)) = &self.order else {
+            return Some(update);
+        };
+        let superseded = order.check(*topic, partition, &update);
+        if superseded.is_empty() {
+            return Some(update);
+        }
+        crate::order::strip(update, &superseded, std::iter::once(&*self.sender))
     }
 
     /// The reader reached the end of `partition`: attach again if the shared consumer is

@@ -41,6 +41,37 @@ pub fn install(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Appends a change that was not sent to `destination` because a newer change of the same
+/// user and segment came on the other input topic (see `order`): for a ledger, it is
+/// replaced like a coalesced one.
+pub(crate) fn record_superseded(
+    destination: &crate::config::DestinationConfig,
+    user_id: &str,
+    change: &model::SegmentChange,
+) {
+    let Some(report) = REPORT.get() else {
+        return;
+    };
+    let Some(segment) = destination.segments.get(&change.segment_id) else {
+        return;
+    };
+    let line = serde_json::json!({
+        "destination": destination.id,
+        "user": user_id,
+        "segment": &**segment,
+        "status": u8::from(change.status() == model::SegmentStatus::Active),
+        "time_unix_ms": change.time_unix_ms,
+    });
+    let mut file = report.file.lock().unwrap_or_else(PoisonError::into_inner);
+    let written = serde_json::to_writer(&mut *file, &line)
+        .map_err(std::io::Error::from)
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.flush());
+    if let Err(error) = written {
+        tracing::error!(file = %report.path, %error, "Cannot write the coalesced-change report: a ledger reading it will count this change as missing.");
+    }
+}
+
 /// Appends the coalesced changes of a delivered batch, written through before the batch's
 /// offsets are finished: a worker killed before that re-sends (and re-reports) the batch.
 pub(crate) fn record(batch: &DestinationBatch) {

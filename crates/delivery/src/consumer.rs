@@ -36,6 +36,7 @@ use crate::dead_letter::DeadLetterWriter;
 use crate::lane::{Lane, LaneHasher};
 use crate::metrics::Metrics;
 use crate::offsets::{CommitPosition, Watermarks, parse_positions};
+use crate::order::{Order, Topic};
 use crate::router::Router;
 use crate::sender::{DestinationSender, Priority};
 
@@ -57,6 +58,12 @@ struct PipelineContext {
     shares_rate: bool,
     /// The input topic's partition count, as of the last rebalance.
     total_partitions: std::sync::atomic::AtomicUsize,
+    /// Which input topic this is, and the order table shared with the other one (none
+    /// without a batch topic).
+    side: Topic,
+    order: Option<Order>,
+    /// The batch pipeline's consumer, which this (real-time) pipeline's rebalances assign.
+    follower: Option<Follower>,
 }
 
 impl PipelineContext {
@@ -136,45 +143,44 @@ impl ClientContext for PipelineContext {
     }
 }
 
-impl ConsumerContext for PipelineContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(partitions) = rebalance else {
-            return;
-        };
+impl PipelineContext {
+    fn list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for &partition in partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        list
+    }
+
+    /// Commits revoked partitions up to their watermark (with the positions of the
+    /// destinations behind it) and drops them.
+    fn revoke<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) {
         let positions: Vec<CommitPosition> = {
             let mut table = self.watermarks.lock();
-            partitions
-                .elements()
-                .iter()
-                .filter_map(|element| table.revoke(element.partition()))
-                .collect()
+            partitions.iter().filter_map(|&p| table.revoke(p)).collect()
         };
         if !positions.is_empty()
             && let Err(error) =
                 consumer.commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
         {
-            tracing::warn!(%error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
+            tracing::warn!(topic = %self.topic, %error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
         }
-        tracing::info!(topic = %self.topic, partitions = partitions.count(), "Partitions revoked.");
-        self.share_rate(consumer);
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions revoked.");
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(partitions) = rebalance else {
-            return;
+    /// Reads the last commit of assigned partitions (where the shared consumer starts, and
+    /// which destinations were behind it, from where) and starts their watermarks. Returns the
+    /// commits, or `None` when they cannot be read (the pipeline then fails).
+    fn assign<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) -> Option<TopicPartitionList> {
+        let committed = match consumer.committed_offsets(self.list(partitions), Duration::from_secs(30)) {
+            Ok(committed) => committed,
+            Err(error) => {
+                self.fail(format!(
+                    "cannot read the committed positions of assigned partitions: {error}"
+                ));
+                return None;
+            }
         };
-        // The last commit says where the shared consumer starts and which destinations were
-        // behind it, from where.
-        let committed =
-            match consumer.committed_offsets((*partitions).clone(), Duration::from_secs(30)) {
-                Ok(committed) => committed,
-                Err(error) => {
-                    self.fail(format!(
-                        "cannot read the committed positions of assigned partitions: {error}"
-                    ));
-                    return;
-                }
-            };
         let mut table = self.watermarks.lock();
         for element in committed.elements() {
             let offset = match element.offset() {
@@ -185,7 +191,7 @@ impl ConsumerContext for PipelineContext {
                 Ok(detached) => detached,
                 Err(reason) => {
                     self.fail(format!("partition {}: {reason}", element.partition()));
-                    return;
+                    return None;
                 }
             };
             if !detached.is_empty() {
@@ -194,9 +200,95 @@ impl ConsumerContext for PipelineContext {
             table.assign(element.partition(), offset, &detached);
         }
         drop(table);
-        tracing::info!(topic = %self.topic, partitions = partitions.count(), "Partitions assigned.");
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions assigned.");
+        Some(committed)
+    }
+}
+
+/// The batch pipeline's consumer. It joins no group: the real-time pipeline's rebalances
+/// assign it the batch partitions with the numbers they assign the real-time pipeline (a user
+/// is on the same partition number in both topics), so one worker reads both topics of a user
+/// and the order table sees both. Its offsets go to the batch group's commits as before.
+#[derive(Clone)]
+pub struct Follower {
+    consumer: Arc<StreamConsumer<PipelineContext>>,
+    /// Turns true once the batch pipeline drained (the real-time one leaves the group after).
+    drained: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Follower")
+            .field(&self.consumer.context().topic)
+            .finish()
+    }
+}
+
+impl Follower {
+    fn revoke(&self, partitions: &[i32]) {
+        if *self.drained.borrow() {
+            return; // it committed and let go of its partitions when it drained
+        }
+        let context = self.consumer.context();
+        context.revoke(&*self.consumer, partitions);
+        if let Err(error) = self.consumer.incremental_unassign(&context.list(partitions)) {
+            tracing::warn!(topic = %context.topic, %error, "Cannot unassign revoked batch partitions.");
+        }
+    }
+
+    fn assign(&self, partitions: &[i32]) {
+        let context = self.consumer.context();
+        let Some(committed) = context.assign(&*self.consumer, partitions) else {
+            return;
+        };
+        if let Err(error) = self.consumer.incremental_assign(&committed) {
+            context.fail(format!("cannot assign batch partitions {partitions:?}: {error}"));
+        }
+    }
+}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        self.revoke(consumer, &partitions);
+        if let Some(follower) = &self.follower {
+            follower.revoke(&partitions);
+        }
+        if let Some(order) = &self.order {
+            partitions.iter().for_each(|&p| order.revoke(p));
+        }
         self.share_rate(consumer);
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+        if let Some(order) = &self.order {
+            partitions.iter().for_each(|&p| order.assign(p));
+        }
+        if self.assign(consumer, &partitions).is_none() {
+            return;
+        }
+        if let Some(follower) = &self.follower {
+            follower.assign(&partitions);
+        }
+        self.share_rate(consumer);
+    }
+}
+
+/// Which input a pipeline reads.
+#[derive(Debug)]
+pub enum Role {
+    /// `segment-status`, in the consumer group; its rebalances also assign the batch
+    /// pipeline's consumer, when there is one.
+    RealTime { follower: Option<Follower> },
+    /// `segment-status-batch`, assigned by the real-time pipeline.
+    Batch,
 }
 
 /// What every input pipeline shares.
@@ -205,6 +297,8 @@ pub struct Shared {
     pub senders: Vec<Arc<DestinationSender>>,
     pub dead_letters: Arc<DeadLetterWriter>,
     pub metrics: Metrics,
+    /// Per-user order across the two input topics (none without a batch topic).
+    pub order: Option<Order>,
 }
 
 /// After a destination had to detach, how long a full lane of it detaches it at once.
@@ -245,6 +339,8 @@ pub struct InputPipeline {
     /// The commit on its way (a blocking call on its own thread, so the gauge moves only
     /// when the broker confirmed it, and a failed one is simply sent again).
     committing: Option<tokio::task::JoinHandle<CommitOutcome>>,
+    /// Set once the pipeline drained (see [`Follower`]).
+    drained: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for InputPipeline {
@@ -283,18 +379,24 @@ pub(crate) fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
 }
 
 impl InputPipeline {
-    /// Subscribes to `topic` and starts the lanes of every destination. `shares_rate`: this
-    /// pipeline's partitions decide each worker's share of the destinations' rate limits
-    /// (the real-time pipeline).
+    /// Starts the consumer of `topic` (the real-time one subscribes in `group_id`; the batch
+    /// one waits to be assigned, see [`Follower`]) and the lanes of every destination. The
+    /// real-time pipeline's partitions also decide each worker's share of the destinations'
+    /// rate limits.
     pub fn start(
         kafka: &KafkaSettings,
         config: &KafkaConfig,
         topic: &str,
         group_id: &str,
         shared: Shared,
-        shares_rate: bool,
+        role: Role,
     ) -> Result<Self, KafkaError> {
         let watermarks = Watermarks::new(shared.senders.iter().map(|s| s.config.id).collect());
+        let (side, follower) = match role {
+            Role::RealTime { follower } => (Topic::RealTime, follower),
+            Role::Batch => (Topic::Batch, None),
+        };
+        let shares_rate = side == Topic::RealTime;
         let context = PipelineContext {
             topic: topic.to_owned(),
             watermarks: watermarks.clone(),
@@ -303,6 +405,9 @@ impl InputPipeline {
             rate_senders: std::sync::Mutex::new(shared.senders.clone()),
             shares_rate,
             total_partitions: std::sync::atomic::AtomicUsize::new(0),
+            side,
+            order: shared.order.clone(),
+            follower,
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .client_config(&format!("delivery-{topic}"))
@@ -332,7 +437,9 @@ impl InputPipeline {
             .set("queued.min.messages", "10000")
             .set("fetch.max.bytes", "4194304")
             .create_with_context(context)?;
-        consumer.subscribe(&[topic])?;
+        if side == Topic::RealTime {
+            consumer.subscribe(&[topic])?;
+        }
 
         let input_topic: Arc<str> = Arc::from(topic);
         // Every destination's backlog series exists (at 0) from start-up on.
@@ -368,6 +475,7 @@ impl InputPipeline {
             drain_timeout: config.drain_timeout,
             committed: HashMap::new(),
             committing: None,
+            drained: tokio::sync::watch::Sender::new(false),
         };
         for sender in pipeline.shared.senders.clone() {
             pipeline.slots.push(Some(sender.clone()));
@@ -376,6 +484,40 @@ impl InputPipeline {
         }
         pipeline.rebuild_router();
         Ok(pipeline)
+    }
+
+    /// The batch pipeline's consumer, for the real-time pipeline to assign.
+    pub fn follower(&self) -> Follower {
+        Follower {
+            consumer: self.consumer.clone(),
+            drained: self.drained.subscribe(),
+        }
+    }
+
+    fn side(&self) -> Topic {
+        self.consumer.context().side
+    }
+
+    /// The changes of `update` that a newer change from the other input topic supersedes
+    /// are not routed: they are counted and reported for the destinations this consumer
+    /// serves on `partition` (those reading it on their own do so when they read it).
+    fn without_superseded(
+        &mut self,
+        update: SegmentStatusUpdate,
+        partition: i32,
+        targets: &mut Vec<usize>,
+    ) -> Option<SegmentStatusUpdate> {
+        let Some(order) = &self.shared.order else {
+            return Some(update);
+        };
+        let superseded = order.route(self.side(), partition, &update);
+        if superseded.is_empty() {
+            return Some(update);
+        }
+        self.router.route(&update, targets);
+        self.watermarks.lock().served(partition, targets);
+        let served = targets.iter().filter_map(|&d| self.slots[d].as_deref());
+        crate::order::strip(update, &superseded, served)
     }
 
     /// Where to send the destination list of a reloaded config: the pipeline applies it
@@ -583,6 +725,10 @@ impl InputPipeline {
         offset: i64,
         targets: &mut Vec<usize>,
     ) -> Result<(), String> {
+        let Some(update) = self.without_superseded(update, partition, targets) else {
+            self.watermarks.lock().track(partition, offset, &mut Vec::new());
+            return Ok(());
+        };
         self.router.route(&update, targets);
         let Some(assignment) = self.watermarks.lock().track(partition, offset, targets) else {
             return Ok(()); // fetched just before the partition was revoked; its new owner reads it
@@ -675,6 +821,7 @@ impl InputPipeline {
         let claimed = self.watermarks.lock().claim_reader(index);
         let topic = self.topic.clone();
         let kafka = &self.kafka;
+        let order = self.shared.order.clone().map(|o| (o, self.side()));
         let make = || {
             CatchUpReader::new(
                 kafka,
@@ -685,6 +832,7 @@ impl InputPipeline {
                     sender,
                     lanes: self.lanes[index].clone(),
                     lane_hasher: self.lane_hasher.clone(),
+                    order: order.clone(),
                 },
                 self.watermarks.clone(),
             )
@@ -725,6 +873,7 @@ impl InputPipeline {
     async fn commit(&mut self) {
         self.readers.prune();
         self.report_backlogs();
+        self.maintain_order();
         if let Some(running) = &self.committing {
             if !running.is_finished() {
                 return;
@@ -741,6 +890,39 @@ impl InputPipeline {
             let result = consumer.commit(&list, CommitMode::Sync);
             (positions, result)
         }));
+    }
+
+    /// The order table's upkeep, at every commit tick: the other topic's entries that waited
+    /// for this topic's position go; generations of the other topic that collected long
+    /// enough are sealed, and this topic's end is read for them (after sealing, off the
+    /// pipeline's task).
+    fn maintain_order(&self) {
+        let Some(order) = &self.shared.order else {
+            return;
+        };
+        let side = self.side();
+        for position in self.watermarks.lock().committable() {
+            order.passed(side, position.partition, position.oldest);
+        }
+        let sealed = order.seal(side);
+        if !sealed.is_empty() {
+            let (consumer, order, topic) = (self.consumer.clone(), order.clone(), self.topic.clone());
+            tokio::task::spawn_blocking(move || {
+                for partition in sealed {
+                    match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
+                        Ok((_, end)) => order.set_target(side, partition, end),
+                        // The generation waits for the next seal's end.
+                        Err(error) => tracing::warn!(%topic, partition, %error, "Cannot read the end of a partition for the order table; trying again at the next tick."),
+                    }
+                }
+            });
+        }
+        if side == Topic::RealTime {
+            self.shared
+                .metrics
+                .order_pairs
+                .set(i64::try_from(order.held()).unwrap_or(i64::MAX));
+        }
     }
 
     /// Every destination's backlog on this topic: input messages it has not finished while
@@ -846,7 +1028,18 @@ impl InputPipeline {
             self.lane_tasks.abort_all();
         }
         self.final_commit().await;
-        self.consumer.unsubscribe();
+        // The batch pipeline drains before this one leaves the group (which lets the batch
+        // partitions go too).
+        if let Some(follower) = &self.consumer.context().follower {
+            let mut drained = follower.drained.clone();
+            let _ = tokio::time::timeout(self.drain_timeout, drained.wait_for(|d| *d)).await;
+        }
+        if self.side() == Topic::RealTime {
+            self.consumer.unsubscribe();
+        } else if let Err(error) = self.consumer.unassign() {
+            tracing::warn!(topic = %self.topic, %error, "Cannot unassign the batch partitions.");
+        }
+        self.drained.send_replace(true);
         tracing::info!(topic = %self.topic, "Drained.");
     }
 }

@@ -230,6 +230,7 @@ mod tests {
                 changes: vec![SegmentChange::qualified(14356, 1)],
                 origin: Origin::Realtime as i32,
                 produced_unix_ms: 1,
+                sequence: 1,
             }),
             source: Some(EventSource {
                 catch_up: false,

@@ -18,6 +18,7 @@ pub mod dead_letter;
 pub mod lane;
 pub mod metrics;
 pub mod offsets;
+pub mod order;
 pub mod payload;
 pub mod replay;
 pub mod router;

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub committed_offset: IntGaugeVec,
+    /// `delivery_order_pairs`: (user, segment) pairs the order table holds (see `order`).
+    pub order_pairs: IntGauge,
 }
 
 /// The outcome label of `delivery_requests_total`: a closed set, so cardinality stays bounded.
@@ -73,6 +75,8 @@ pub struct DestinationMetrics {
     pub changes_delivered: IntCounter,
     pub changes_dead_lettered: IntCounter,
     pub changes_coalesced: IntCounter,
+    /// Not sent: a newer change of the same user and segment came on the other input topic.
+    pub changes_superseded: IntCounter,
     requests: [IntCounter; 5],
     pub retries: IntCounter,
     pub request_duration: Histogram,
@@ -145,7 +149,7 @@ impl Metrics {
             changes: IntCounterVec::new(
                 Opts::new(
                     "delivery_changes_total",
-                    "Segment changes finished per destination: delivered (sent in a batch the partner accepted), dead_lettered, or coalesced (replaced by a later status of the same user and segment in a delivered batch).",
+                    "Segment changes finished per destination: delivered (sent in a batch the partner accepted), dead_lettered, coalesced (replaced by a later status of the same user and segment in a delivered batch), or superseded (not sent: a newer change of the same user and segment came on the other input topic).",
                 ),
                 &["destination", "outcome"],
             )?,
@@ -273,6 +277,10 @@ impl Metrics {
                 ),
                 &["topic", "partition"],
             )?,
+            order_pairs: IntGauge::new(
+                "delivery_order_pairs",
+                "(user, segment) pairs whose newest sequence the worker keeps, so that a change older than one routed from the other input topic is not sent.",
+            )?,
         };
         registry.register(Box::new(metrics.events.clone()))?;
         registry.register(Box::new(metrics.changes.clone()))?;
@@ -294,6 +302,7 @@ impl Metrics {
         registry.register(Box::new(metrics.decode_errors.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.committed_offset.clone()))?;
+        registry.register(Box::new(metrics.order_pairs.clone()))?;
         Ok(metrics)
     }
 
@@ -311,6 +320,7 @@ impl Metrics {
             changes_delivered: self.changes.with_label_values(&[d, "delivered"]),
             changes_dead_lettered: self.changes.with_label_values(&[d, "dead_lettered"]),
             changes_coalesced: self.changes.with_label_values(&[d, "coalesced"]),
+            changes_superseded: self.changes.with_label_values(&[d, "superseded"]),
             requests: RequestOutcome::ALL.map(|o| self.requests.with_label_values(&[d, o.label()])),
             retries: self.retries.with_label_values(&[d]),
             request_duration: self.request_duration.with_label_values(&[d]),

@@ -187,6 +187,9 @@ pub struct CommitPosition {
     pub partition: i32,
     pub offset: i64,
     pub metadata: String,
+    /// Every event before it is finished for every destination, also those reading behind
+    /// (the lowest of `offset` and their positions).
+    pub oldest: i64,
 }
 
 /// Kafka keeps at most `offset.metadata.max.bytes` (default 4096) of metadata per
@@ -348,6 +351,15 @@ impl WatermarkTable {
             partition,
             generation: state.generation,
         })
+    }
+
+    /// Keeps in `targets` the destinations the shared consumer serves on `partition` (not
+    /// those reading it on their own).
+    pub fn served(&self, partition: i32, targets: &mut Vec<usize>) {
+        match self.partitions.get(&partition) {
+            Some(state) => targets.retain(|&d| !state.is_reading(d)),
+            None => targets.clear(),
+        }
     }
 
     /// The shared consumer could not hand the event at `offset` to `destination` (its lanes
@@ -638,6 +650,7 @@ fn commit_position(partition: i32, state: &PartitionState, ids: &[u64]) -> Optio
     }
     behind.retain(|&(position, _)| position < offset);
     behind.sort_unstable();
+    let oldest = behind.first().map_or(offset, |&(position, _)| position);
     let mut metadata = String::from(METADATA_PREFIX);
     for (position, id) in behind {
         let entry = format!(";{id}@{position}");
@@ -651,6 +664,7 @@ fn commit_position(partition: i32, state: &PartitionState, ids: &[u64]) -> Optio
         partition,
         offset,
         metadata,
+        oldest,
     })
 }
 

@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use telemetry::{KafkaSettings, ServiceRuntime};
 
 use crate::config::{AuthConfig, DeliveryConfig};
-use crate::consumer::{InputPipeline, Shared};
+use crate::consumer::{InputPipeline, Role, Shared};
 use crate::dead_letter::DeadLetterWriter;
 use crate::metrics::Metrics;
+use crate::order::Order;
 use crate::sender::DestinationSender;
 
 /// Senders for the config's destinations and the dead-letter writer, reporting to `metrics`.
@@ -33,6 +34,7 @@ pub fn build_shared(
         senders,
         dead_letters,
         metrics: metrics.clone(),
+        order: config.kafka.batch_topic.as_ref().map(|_| Order::default()),
     })
 }
 
@@ -92,6 +94,35 @@ pub async fn require_topics(kafka: &KafkaSettings, topics: &[&str]) -> anyhow::R
             .map_err(anyhow::Error::msg)
     })
     .await?
+}
+
+/// Fails with the fix when the batch topic's partition count differs from the real-time
+/// topic's: a user must be on the same partition number in both, so that one worker reads
+/// both topics of a user (per-user order across them, see `order`).
+async fn require_equal_partitions(
+    kafka: &KafkaSettings,
+    topic: &str,
+    batch_topic: &str,
+) -> anyhow::Result<()> {
+    let kafka = kafka.clone();
+    let names = [topic.to_owned(), batch_topic.to_owned()];
+    let counts = tokio::task::spawn_blocking(move || {
+        kafka
+            .require_topics(&[&names[0], &names[1]])
+            .map_err(anyhow::Error::msg)
+    })
+    .await??;
+    if counts[0] != counts[1] {
+        anyhow::bail!(
+            "kafka.batch_topic: `{batch_topic}` has {} partitions and kafka.topic `{topic}` has {}: they must be equal, so that \
+             a user's changes on both are read by one worker (per-user order across them); recreate `{batch_topic}` with {} \
+             partitions while it is empty (adding partitions to a topic in use moves users to other partitions)",
+            counts[1],
+            counts[0],
+            counts[0]
+        );
+    }
+    Ok(())
 }
 
 /// Runs delivery until SIGTERM, then drains every pipeline. When the config file changes and
@@ -209,24 +240,32 @@ async fn start_generation(
     require_topics(&runtime.kafka, &topics).await?;
 
     let shared = build_shared(config, &runtime.kafka, metrics)?;
+    // The batch pipeline first: the real-time one's rebalances assign its partitions.
+    let batch = match &config.kafka.batch_topic {
+        Some(batch_topic) => {
+            require_equal_partitions(&runtime.kafka, &config.kafka.topic, batch_topic).await?;
+            Some(InputPipeline::start(
+                &runtime.kafka,
+                &config.kafka,
+                batch_topic,
+                &config.kafka.batch_group_id,
+                shared.clone(),
+                Role::Batch,
+            )?)
+        }
+        None => None,
+    };
     let mut pipelines = vec![InputPipeline::start(
         &runtime.kafka,
         &config.kafka,
         &config.kafka.topic,
         &config.kafka.group_id,
         shared.clone(),
-        true,
+        Role::RealTime {
+            follower: batch.as_ref().map(InputPipeline::follower),
+        },
     )?];
-    if let Some(batch_topic) = &config.kafka.batch_topic {
-        pipelines.push(InputPipeline::start(
-            &runtime.kafka,
-            &config.kafka,
-            batch_topic,
-            &config.kafka.batch_group_id,
-            shared.clone(),
-            false,
-        )?);
-    }
+    pipelines.extend(batch);
     runtime.health.set_ready();
     tracing::info!(destinations = shared.senders.len(), group = %config.kafka.group_id, "Delivery is running.");
     let reconfigurers = pipelines.iter().map(InputPipeline::reconfigurer).collect();

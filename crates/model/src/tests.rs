@@ -28,6 +28,7 @@ fn example_update() -> SegmentStatusUpdate {
         }],
         origin: Origin::Realtime as i32,
         produced_unix_ms: 0,
+        sequence: 0,
     }
 }
 
@@ -114,6 +115,7 @@ fn dead_letter_and_state_round_trip() {
         last_seen_unix_ms: 3,
         opted_out: false,
         opted_out_unix_ms: 0,
+        last_sequence: 1_469_636_242_000 * 1024 + 3,
     };
     assert_eq!(
         UserState::decode(state.encode_to_vec().as_slice()).unwrap(),
@@ -143,9 +145,10 @@ fn arb_update() -> impl Strategy<Value = SegmentStatusUpdate> {
         proptest::collection::vec(change, 1..6),
         0..3_i32,
         any::<i64>(),
+        any::<u64>(),
     )
         .prop_map(
-            |(user_id, regions, partner_ids, changes, origin, produced_unix_ms)| {
+            |(user_id, regions, partner_ids, changes, origin, produced_unix_ms, sequence)| {
                 SegmentStatusUpdate {
                     user_id,
                     regions,
@@ -153,6 +156,7 @@ fn arb_update() -> impl Strategy<Value = SegmentStatusUpdate> {
                     changes,
                     origin,
                     produced_unix_ms,
+                    sequence,
                 }
             },
         )

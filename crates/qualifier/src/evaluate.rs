@@ -144,11 +144,12 @@ impl Evaluator {
                     .iter()
                     .map(|m| SegmentChange::unsegmented(m.segment_id, ChangeReason::OptOut, time))
                     .collect();
-                let update = build_update(&state, changes, origin, now);
+                let update = build_update(&mut state, changes, origin, now);
                 let marker = UserState {
                     user_id: state.user_id,
                     opted_out: true,
                     opted_out_unix_ms: time,
+                    last_sequence: state.last_sequence,
                     ..UserState::default()
                 };
                 Ok(Step {
@@ -232,7 +233,7 @@ impl Evaluator {
                     time,
                     affected,
                 );
-                let update = build_update(&state, changes, origin, now);
+                let update = build_update(&mut state, changes, origin, now);
                 let due = match due {
                     // Boundaries of other traits are unchanged: the old timer, or this
                     // realization's own boundaries if they come first.
@@ -281,7 +282,7 @@ impl Evaluator {
                     SegmentChange::unsegmented(m.segment_id, ChangeReason::Inactive, inactive_at)
                 })
                 .collect();
-            let update = build_update(&state, changes, Origin::Realtime, now);
+            let update = build_update(&mut state, changes, Origin::Realtime, now);
             return Step {
                 state: None,
                 state_changed: true,
@@ -293,7 +294,7 @@ impl Evaluator {
         let before = state.clone();
         prune(definitions, &mut state, now);
         let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Ttl, now, None);
-        let update = build_update(&state, changes, Origin::Realtime, now);
+        let update = build_update(&mut state, changes, Origin::Realtime, now);
         let state_changed = state != before;
         let due = next_due(definitions, &state, now);
         Step {
@@ -357,13 +358,31 @@ impl Evaluator {
     }
 }
 
+/// Update sequences per millisecond of the hybrid clock (see [`next_sequence`]).
+const SEQUENCES_PER_MS: u64 = 1024;
+
+/// The user's next update sequence: one past the last, and at least the wall clock in units of
+/// 1/1024 ms, so a user forgotten (inactivity) and seen again starts above every sequence they
+/// had, and a rebalance to a host whose clock is behind still counts up.
+fn next_sequence(state: &mut UserState, now: i64) -> u64 {
+    let clock = u64::try_from(now)
+        .unwrap_or(0)
+        .saturating_mul(SEQUENCES_PER_MS);
+    state.last_sequence = state.last_sequence.saturating_add(1).max(clock);
+    state.last_sequence
+}
+
 fn build_update(
-    state: &UserState,
+    state: &mut UserState,
     changes: Vec<SegmentChange>,
     origin: Origin,
     now: i64,
 ) -> Option<SegmentStatusUpdate> {
-    (!changes.is_empty()).then(|| SegmentStatusUpdate {
+    if changes.is_empty() {
+        return None;
+    }
+    let sequence = next_sequence(state, now);
+    Some(SegmentStatusUpdate {
         user_id: state.user_id.clone(),
         regions: state.regions.clone(),
         partner_ids: state.partner_ids.clone(),
@@ -374,6 +393,7 @@ fn build_update(
             origin
         } as i32,
         produced_unix_ms: now,
+        sequence,
     })
 }
 

@@ -184,10 +184,21 @@ impl DeliveryTest {
 
     /// The group's committed offsets of the real-time topic, by partition.
     pub fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
-        let consumer = self.consumer(&self.group);
+        self.committed_in(&self.topic, partitions)
+    }
+
+    /// The committed offsets of the real-time topic (group `group`) or the batch topic (its
+    /// group, `<group>-batch`).
+    pub fn committed_in(&self, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+        let group = if topic == self.batch_topic {
+            format!("{}-batch", self.group)
+        } else {
+            self.group.clone()
+        };
+        let consumer = self.consumer(&group);
         let mut list = rdkafka::TopicPartitionList::new();
         for p in 0..partitions {
-            list.add_partition(&self.topic, p);
+            list.add_partition(topic, p);
         }
         let committed = consumer
             .committed_offsets(list, Duration::from_secs(10))
@@ -247,6 +258,8 @@ pub fn update(
         changes,
         origin: Origin::Realtime as i32,
         produced_unix_ms: T0,
+        // As from a qualifier before sequences: ordered by topic position only.
+        sequence: 0,
     }
 }
 

@@ -189,3 +189,166 @@ async fn a_hanging_destination_does_not_delay_another() {
     )
     .await;
 }
+
+/// An update as the qualifier writes it: with the user's sequence, on `origin`'s topic.
+fn sequenced(
+    user: &str,
+    active: bool,
+    sequence: u64,
+    origin: model::Origin,
+) -> model::SegmentStatusUpdate {
+    let mut update = update(
+        user,
+        &[],
+        &[],
+        vec![change(14356, active, T0 + sequence as i64)],
+    );
+    update.sequence = sequence;
+    update.origin = origin as i32;
+    update
+}
+
+/// (user, Status) of every segment entry the partner accepted, in arrival order.
+fn accepted_statuses(receiver: &Receiver) -> Vec<(String, String)> {
+    let mut requests = receiver.requests();
+    requests.retain(|r| r.status == 200);
+    requests.sort_by_key(|r| r.received_at);
+    super::entries(requests.iter().map(|r| json(&r.body)))
+        .into_iter()
+        .map(|(user, _, status)| (user, status))
+        .collect()
+}
+
+/// Item 6 of the isolation issue: an onboarded `1` older than a real-time `0` (an opt-out)
+/// that the partner already has is never sent after it, and the other way round; newer
+/// changes on either topic, and users only on one, go through. What is held back is counted.
+#[tokio::test]
+async fn a_change_older_than_one_from_the_other_topic_is_never_sent_after_it() {
+    use model::Origin::{Batch, Realtime};
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(61, &receiver, ", batch: { linger_ms: 20 }")]);
+    let service = test.start(&config, &[]).await;
+    fn users(prefix: &'static str) -> impl Iterator<Item = String> {
+        (0..10).map(move |i| format!("{prefix}{i}"))
+    }
+
+    // Real time first: `late-*` opt out (sequence 20); `early-*` get a batch 1 (sequence 30).
+    let opt_outs: Vec<_> = users("late-")
+        .map(|u| sequenced(&u, false, 20, Realtime))
+        .collect();
+    test.produce(&test.topic, &opt_outs).await;
+    let onboarded: Vec<_> = users("early-")
+        .map(|u| sequenced(&u, true, 30, Batch))
+        .collect();
+    test.produce(&test.batch_topic, &onboarded).await;
+    testkit::wait_until(
+        "the opt-outs and the onboarded 1s delivered",
+        Duration::from_secs(30),
+        || {
+            let n = accepted_statuses(&receiver).len();
+            async move { n == 20 }
+        },
+    )
+    .await;
+    // Then the older ones from the other topics: an onboarded 1 older than the opt-out, a
+    // real-time 0 older than the onboarded 1 — and the controls: a newer batch change, and
+    // users the other topic never mentioned.
+    let stale_batch: Vec<_> = users("late-")
+        .map(|u| sequenced(&u, true, 10, Batch))
+        .collect();
+    let stale_real_time: Vec<_> = users("early-")
+        .map(|u| sequenced(&u, false, 25, Realtime))
+        .collect();
+    let newer: Vec<_> = users("late-")
+        .take(3)
+        .map(|u| sequenced(&u, true, 40, Batch))
+        .collect();
+    let fresh: Vec<_> = users("only-")
+        .map(|u| sequenced(&u, true, 5, Batch))
+        .collect();
+    test.produce(&test.batch_topic, &stale_batch).await;
+    test.produce(&test.topic, &stale_real_time).await;
+    test.produce(&test.batch_topic, &newer).await;
+    test.produce(&test.batch_topic, &fresh).await;
+    testkit::wait_until(
+        "the newer and fresh changes delivered",
+        Duration::from_secs(30),
+        || {
+            let n = accepted_statuses(&receiver).len();
+            async move { n >= 33 }
+        },
+    )
+    .await;
+    // Everything the consumers read is finished (committed), so nothing more is coming.
+    testkit::wait_until(
+        "every input message committed",
+        Duration::from_secs(30),
+        || {
+            let done = test.committed(2).values().sum::<i64>() == 20
+                && test
+                    .committed_in(&test.batch_topic, 2)
+                    .values()
+                    .sum::<i64>()
+                    == 33;
+            async move { done }
+        },
+    )
+    .await;
+    let statuses = accepted_statuses(&receiver);
+    assert_eq!(statuses.len(), 33, "{statuses:?}");
+    let of = |user: &str| -> Vec<&str> {
+        statuses
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, s)| s.as_str())
+            .collect()
+    };
+    for (i, user) in users("late-").enumerate() {
+        // The opt-out, then (for three of them) the newer 1: never the older onboarded 1.
+        let expected: &[&str] = if i < 3 { &["0", "1"] } else { &["0"] };
+        assert_eq!(of(&user), expected, "{user}: {statuses:?}");
+    }
+    for user in users("early-").chain(users("only-")) {
+        assert_eq!(of(&user), ["1"], "{user}: {statuses:?}");
+    }
+    let text = reqwest::get(service.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"delivery_changes_total{destination="61",outcome="superseded"}"#
+        ),
+        Some(20.0),
+        "10 onboarded 1s and 10 real-time 0s superseded"
+    );
+}
+
+/// The batch topic must have the real-time topic's partition count (a user is on the same
+/// partition number in both): otherwise delivery does not start, and says how to fix it.
+#[tokio::test]
+async fn a_batch_topic_with_another_partition_count_stops_start_up_with_the_fix() {
+    let mut test = DeliveryTest::new(2).await;
+    test.batch_topic = testkit::kafka::unique_topic("status-batch", 3).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(62, &receiver, "")]);
+    let mut service = testkit::service::ServiceBuilder::new("delivery")
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .env("KAFKA_BROKERS", testkit::kafka::settings().brokers)
+        .spawn();
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let log = service.log();
+    assert!(
+        log.contains(&format!(
+            "kafka.batch_topic: `{}` has 3 partitions and kafka.topic `{}` has 2: they must be equal",
+            test.batch_topic, test.topic
+        )),
+        "{log}"
+    );
+}

@@ -55,6 +55,7 @@ fn update(
             changes,
             origin: Origin::Realtime as i32,
             produced_unix_ms: T0,
+            sequence: 0,
         }),
         source: None,
     }

@@ -130,6 +130,7 @@ fn updates_from_a_newer_qualifier_decode_with_their_unknown_fields_skipped() {
         ],
         origin: Origin::Realtime as i32,
         produced_unix_ms: 1_469_636_242_000,
+        sequence: 1_469_636_242_000 * 1024,
     };
     // Unknown fields at the top level…
     let top = with_unknown_fields(&update.encode_to_vec());
@@ -188,7 +189,7 @@ fn pipeline_on(cluster: &rdkafka::mocking::MockCluster<'_, impl ClientContext>) 
         &config.kafka.topic,
         &config.kafka.group_id,
         shared,
-        true,
+        super::Role::RealTime { follower: None },
     )
     .unwrap()
 }

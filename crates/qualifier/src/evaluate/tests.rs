@@ -493,3 +493,65 @@ fn the_first_trait_event_after_an_id_sync_reaches_segments_that_hold_without_rea
         ]
     );
 }
+
+/// The sequence orders a user's updates across both status topics: it rises with every update,
+/// also within one millisecond and on a host whose clock is behind, is kept by the opt-out
+/// marker, and starts above everything the user had after inactivity forgot them.
+#[test]
+fn update_sequences_rise_per_user_across_time_forgetting_and_opt_out() {
+    let defs = definitions(
+        "inactivity: 3s\ntraits: [{ id: 1, ttl: 0 }, { id: 2, ttl: 0 }]\nsegments: [{ id: 10, rule: T1 }, { id: 11, rule: T2 }]\n",
+    );
+    let mut evaluator = Evaluator::default();
+    let sequence = |step: &Step| step.update.as_ref().map(|u| u.sequence).unwrap();
+    let first = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 10 * S, None),
+        10 * S,
+    );
+    assert_eq!(
+        sequence(&first),
+        10 * S as u64 * 1024,
+        "the clock sets the first one"
+    );
+    // The same millisecond, then a clock 5 s behind (another host after a rebalance).
+    let second = apply(
+        &mut evaluator,
+        &defs,
+        first.state.clone(),
+        &realization("u", 2, 10 * S, None),
+        10 * S,
+    );
+    assert_eq!(sequence(&second), sequence(&first) + 1);
+    let behind = evaluator.on_timer(&defs, second.state.clone().unwrap(), 5 * S);
+    assert_eq!(behind.update, None);
+    let second_sequence = sequence(&second);
+    let state = second.state.unwrap();
+    assert_eq!(state.last_sequence, second_sequence, "kept in the state");
+    // Inactivity forgets the user; seen again later, they start above what they had.
+    let gone = evaluator.on_timer(&defs, state, 14 * S);
+    let last = sequence(&gone);
+    assert!(last > second_sequence);
+    assert_eq!(gone.state, None);
+    let back = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 15 * S, None),
+        15 * S,
+    );
+    assert!(sequence(&back) > last);
+    // The opt-out's update gets one, and the marker keeps it.
+    let opt_out = TraitEvent {
+        user_id: "u".into(),
+        origin: 0,
+        event: Some(trait_event::Event::OptOut(OptOut {
+            time_unix_ms: 15 * S,
+        })),
+    };
+    let out = apply(&mut evaluator, &defs, back.state.clone(), &opt_out, 15 * S);
+    assert_eq!(sequence(&out), sequence(&back) + 1);
+    assert_eq!(out.state.as_ref().unwrap().last_sequence, sequence(&out));
+}

@@ -1,0 +1,297 @@
+//! Per-user order across the two input topics. A user's changes travel `segment-status`
+//! (real time) or `segment-status-batch` (onboarded data), each in order, but the two are read
+//! by two pipelines: an onboarded `1` read late could reach a partner after a newer real-time
+//! `0`. The qualifier gives every update a `sequence`, increasing per user across both topics;
+//! this table keeps, per owned partition (a user is on the same partition number in both) and
+//! per topic, the newest sequence routed for each (user, segment), and a change older than one
+//! already routed from the *other* topic is superseded: it is not sent, to any destination —
+//! the newer one reaches each of them (the same segment routes to the same destinations).
+//!
+//! Entries do not live for ever. One is needed only while the other topic may still yield an
+//! older change of that (user, segment); such a change was committed before the entry's own
+//! change could be read, so it lies below the other topic's end at that moment. Entries are
+//! kept in generations: a generation is sealed, the other topic's end is read *after* that
+//! (see [`Order::seal`] / [`Order::set_target`]), and the generation goes once the other
+//! pipeline's commit position — which also counts its destinations reading behind — passed
+//! that end ([`Order::passed`]). So the table holds a few seconds of traffic, unless one
+//! topic is read far behind the other.
+//!
+//! Keys are 64-bit hashes of (user, segment): two pairs sharing one would make the older one
+//! look superseded by the other's change; at a million live pairs the odds are below 1 in
+//! 10^7. Updates without a sequence (0: from a qualifier before sequences) are neither
+//! recorded nor superseded.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use model::SegmentStatusUpdate;
+
+/// Which input topic a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    RealTime = 0,
+    Batch = 1,
+}
+
+impl Topic {
+    fn other(self) -> Self {
+        match self {
+            Self::RealTime => Self::Batch,
+            Self::Batch => Self::RealTime,
+        }
+    }
+}
+
+/// How long a generation collects entries before it is sealed.
+const GENERATION: Duration = Duration::from_secs(2);
+
+/// The table, shared by the real-time and batch pipelines of one worker (and the catch-up
+/// readers, which only ask).
+#[derive(Debug, Clone)]
+pub struct Order {
+    inner: Arc<Mutex<Partitions>>,
+    hasher: foldhash::fast::FixedState,
+    generation: Duration,
+}
+
+impl Default for Order {
+    fn default() -> Self {
+        Self::with_generation(GENERATION)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Partitions {
+    partitions: HashMap<i32, PartitionOrder>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionOrder {
+    /// (user, segment) hash → the newest sequence routed from each topic (0: none kept).
+    newest: HashMap<u64, [u64; 2], foldhash::fast::FixedState>,
+    /// Per topic, its entries by age; the last one is open (collecting) unless sealed.
+    generations: [VecDeque<Generation>; 2],
+}
+
+#[derive(Debug)]
+struct Generation {
+    entries: Vec<(u64, u64)>,
+    opened: Instant,
+    sealed: bool,
+    /// The other topic's end, read after sealing: once the other pipeline's commit position
+    /// passed it, these entries can go.
+    until: Option<i64>,
+}
+
+impl Generation {
+    fn open() -> Self {
+        Self {
+            entries: Vec::new(),
+            opened: Instant::now(),
+            sealed: false,
+            until: None,
+        }
+    }
+}
+
+/// The positions, in an update's `changes`, of the changes that a newer one from the other
+/// topic supersedes (empty, without allocating, in the usual case).
+pub type Superseded = Vec<usize>;
+
+impl Order {
+    fn with_generation(generation: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
+            generation,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Partitions> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn key(&self, user_id: &str, segment_id: u64) -> u64 {
+        self.hasher.hash_one((user_id, segment_id))
+    }
+
+    /// The shared consumer of `topic` read `update`: which of its changes are superseded; the
+    /// others are recorded as routed.
+    pub fn route(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate) -> Superseded {
+        let mut superseded = Superseded::new();
+        if update.sequence == 0 {
+            return superseded;
+        }
+        let mut partitions = self.lock();
+        let Some(order) = partitions.partitions.get_mut(&partition) else {
+            return superseded;
+        };
+        let (mine, other) = (topic as usize, topic.other() as usize);
+        for (index, change) in update.changes.iter().enumerate() {
+            let key = self.key(&update.user_id, change.segment_id);
+            let newest = order.newest.entry(key).or_insert([0, 0]);
+            if newest[other] > update.sequence {
+                superseded.push(index);
+                continue;
+            }
+            if newest[mine] < update.sequence {
+                newest[mine] = update.sequence;
+                order.record(topic, key, update.sequence);
+            }
+        }
+        superseded
+    }
+
+    /// A catch-up reader of `topic` read `update` again: which of its changes are superseded
+    /// (nothing is recorded: the shared consumer recorded them when it read them first).
+    pub fn check(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate) -> Superseded {
+        let mut superseded = Superseded::new();
+        if update.sequence == 0 {
+            return superseded;
+        }
+        let partitions = self.lock();
+        let Some(order) = partitions.partitions.get(&partition) else {
+            return superseded;
+        };
+        let other = topic.other() as usize;
+        for (index, change) in update.changes.iter().enumerate() {
+            let key = self.key(&update.user_id, change.segment_id);
+            if order
+                .newest
+                .get(&key)
+                .is_some_and(|n| n[other] > update.sequence)
+            {
+                superseded.push(index);
+            }
+        }
+        superseded
+    }
+
+    /// The worker owns `partition` (of both topics) from now on: it starts empty.
+    pub fn assign(&self, partition: i32) {
+        self.lock()
+            .partitions
+            .insert(partition, PartitionOrder::default());
+    }
+
+    /// The worker no longer owns `partition`.
+    pub fn revoke(&self, partition: i32) {
+        self.lock().partitions.remove(&partition);
+    }
+
+    /// Seals the generations of the topic other than `topic` that collected long enough, and
+    /// returns the partitions with a sealed generation still without a target: the caller
+    /// then reads `topic`'s end of each and gives it to [`Self::set_target`].
+    pub fn seal(&self, topic: Topic) -> Vec<i32> {
+        let other = topic.other() as usize;
+        let mut sealed = Vec::new();
+        let generation = self.generation;
+        for (&partition, order) in &mut self.lock().partitions {
+            let generations = &mut order.generations[other];
+            if let Some(open) = generations.back_mut()
+                && !open.sealed
+                && !open.entries.is_empty()
+                && open.opened.elapsed() >= generation
+            {
+                open.sealed = true;
+            }
+            // Also those whose end could not be read last time.
+            if generations.iter().any(|g| g.sealed && g.until.is_none()) {
+                sealed.push(partition);
+            }
+        }
+        sealed
+    }
+
+    /// `end`: `topic`'s end of `partition`, read after [`Self::seal`] returned it. The sealed
+    /// generations of the other topic without a target get it.
+    pub fn set_target(&self, topic: Topic, partition: i32, end: i64) {
+        let other = topic.other() as usize;
+        if let Some(order) = self.lock().partitions.get_mut(&partition) {
+            for generation in &mut order.generations[other] {
+                if generation.sealed && generation.until.is_none() {
+                    generation.until = Some(end);
+                }
+            }
+        }
+    }
+
+    /// `topic`'s commit position of `partition` (everything before it is finished for every
+    /// destination, also those reading behind): the other topic's entries waiting for it go.
+    pub fn passed(&self, topic: Topic, partition: i32, position: i64) {
+        let other = topic.other() as usize;
+        let mut partitions = self.lock();
+        let Some(order) = partitions.partitions.get_mut(&partition) else {
+            return;
+        };
+        while let Some(front) = order.generations[other].front()
+            && front.until.is_some_and(|until| until <= position)
+        {
+            let Some(generation) = order.generations[other].pop_front() else {
+                break;
+            };
+            for (key, sequence) in generation.entries {
+                if let Some(newest) = order.newest.get_mut(&key)
+                    && newest[other] == sequence
+                {
+                    newest[other] = 0;
+                    if *newest == [0, 0] {
+                        order.newest.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// (user, segment) pairs held, for the gauge.
+    pub fn held(&self) -> usize {
+        self.lock()
+            .partitions
+            .values()
+            .map(|o| o.newest.len())
+            .sum()
+    }
+}
+
+/// Takes the `superseded` changes out of `update`, counting and reporting each for every one of
+/// `destinations` that maps its segment; `None` when no change is left.
+pub fn strip<'a>(
+    mut update: SegmentStatusUpdate,
+    superseded: &[usize],
+    destinations: impl Iterator<Item = &'a crate::sender::DestinationSender> + Clone,
+) -> Option<SegmentStatusUpdate> {
+    for &index in superseded {
+        let change = &update.changes[index];
+        for sender in destinations
+            .clone()
+            .filter(|s| s.config.segments.contains_key(&change.segment_id))
+        {
+            sender.metrics.changes_superseded.inc();
+            crate::coalesced::record_superseded(&sender.config, &update.user_id, change);
+        }
+    }
+    let mut index = 0;
+    update.changes.retain(|_| {
+        let keep = !superseded.contains(&index);
+        index += 1;
+        keep
+    });
+    (!update.changes.is_empty()).then_some(update)
+}
+
+impl PartitionOrder {
+    fn record(&mut self, topic: Topic, key: u64, sequence: u64) {
+        let generations = &mut self.generations[topic as usize];
+        if generations.back().is_none_or(|g| g.sealed) {
+            generations.push_back(Generation::open());
+        }
+        if let Some(open) = generations.back_mut() {
+            open.entries.push((key, sequence));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
