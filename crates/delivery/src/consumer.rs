@@ -64,6 +64,7 @@ struct PipelineContext {
     order: Option<Order>,
     /// The batch pipeline's consumer, which this (real-time) pipeline's rebalances assign.
     follower: Option<Follower>,
+    kafka: KafkaSettings,
 }
 
 impl PipelineContext {
@@ -171,16 +172,21 @@ impl PipelineContext {
     /// Reads the last commit of assigned partitions (where the shared consumer starts, and
     /// which destinations were behind it, from where) and starts their watermarks. Returns the
     /// commits, or `None` when they cannot be read (the pipeline then fails).
-    fn assign<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) -> Option<TopicPartitionList> {
-        let committed = match consumer.committed_offsets(self.list(partitions), Duration::from_secs(30)) {
-            Ok(committed) => committed,
-            Err(error) => {
-                self.fail(format!(
-                    "cannot read the committed positions of assigned partitions: {error}"
-                ));
-                return None;
-            }
-        };
+    fn assign<C: Consumer<Self>>(
+        &self,
+        consumer: &C,
+        partitions: &[i32],
+    ) -> Option<TopicPartitionList> {
+        let committed =
+            match consumer.committed_offsets(self.list(partitions), Duration::from_secs(30)) {
+                Ok(committed) => committed,
+                Err(error) => {
+                    self.fail(format!(
+                        "cannot read the committed positions of assigned partitions: {error}"
+                    ));
+                    return None;
+                }
+            };
         let mut table = self.watermarks.lock();
         for element in committed.elements() {
             let offset = match element.offset() {
@@ -225,24 +231,37 @@ impl std::fmt::Debug for Follower {
 }
 
 impl Follower {
+    fn topic(&self) -> String {
+        self.consumer.context().topic.clone()
+    }
+
     fn revoke(&self, partitions: &[i32]) {
         if *self.drained.borrow() {
             return; // it committed and let go of its partitions when it drained
         }
         let context = self.consumer.context();
         context.revoke(&*self.consumer, partitions);
-        if let Err(error) = self.consumer.incremental_unassign(&context.list(partitions)) {
+        if let Err(error) = self
+            .consumer
+            .incremental_unassign(&context.list(partitions))
+        {
             tracing::warn!(topic = %context.topic, %error, "Cannot unassign revoked batch partitions.");
         }
     }
 
-    fn assign(&self, partitions: &[i32]) {
-        let context = self.consumer.context();
-        let Some(committed) = context.assign(&*self.consumer, partitions) else {
-            return;
-        };
-        if let Err(error) = self.consumer.incremental_assign(&committed) {
-            context.fail(format!("cannot assign batch partitions {partitions:?}: {error}"));
+    /// Takes the batch partitions (their watermarks start from their last commits, which it
+    /// returns; `None` when they cannot be read: the batch pipeline then fails). Reading
+    /// starts with [`Self::read`].
+    fn assign(&self, partitions: &[i32]) -> Option<TopicPartitionList> {
+        self.consumer.context().assign(&*self.consumer, partitions)
+    }
+
+    /// Starts reading the partitions [`Self::assign`] took, from `committed`.
+    fn read(&self, committed: &TopicPartitionList) {
+        if let Err(error) = self.consumer.incremental_assign(committed) {
+            self.consumer
+                .context()
+                .fail(format!("cannot assign batch partitions: {error}"));
         }
     }
 }
@@ -271,13 +290,117 @@ impl ConsumerContext for PipelineContext {
         if let Some(order) = &self.order {
             partitions.iter().for_each(|&p| order.assign(p));
         }
-        if self.assign(consumer, &partitions).is_none() {
+        let Some(committed) = self.assign(consumer, &partitions) else {
             return;
-        }
-        if let Some(follower) = &self.follower {
-            follower.assign(&partitions);
+        };
+        if let Some(follower) = &self.follower
+            && let Some(batch) = follower.assign(&partitions)
+        {
+            // The order table first: the batch consumer routes as soon as it reads.
+            if let Some(order) = &self.order
+                && let Err(error) =
+                    self.restore_order(consumer, order, &follower.topic(), &committed, &batch)
+            {
+                self.fail(format!(
+                    "cannot restore the order table of assigned partitions: {error}"
+                ));
+            }
+            follower.read(&batch);
         }
         self.share_rate(consumer);
+    }
+}
+
+/// Where a partition's commit says to start: the shared consumer's offset (`None`: no commit
+/// yet) and the lowest position of all, with the destinations reading behind.
+fn starts(
+    element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>,
+) -> Option<(i64, i64)> {
+    let Offset::Offset(offset) = element.offset() else {
+        return None;
+    };
+    let oldest = parse_positions(element.metadata())
+        .unwrap_or_default()
+        .iter()
+        .map(|&(_, position)| position)
+        .fold(offset, i64::min);
+    Some((offset, oldest))
+}
+
+/// How much earlier than a pending change a change of the other topic may be stamped and
+/// still be newer (the qualifier hosts' clocks).
+const CLOCK_SKEW_MS: i64 = 60_000;
+
+impl PipelineContext {
+    /// Before the newly assigned partitions are read: what the previous owner routed that is
+    /// newer than a change still to send from the other topic goes back into the order table
+    /// (a newer real-time `0` it delivered before this worker reads an older onboarded `1`).
+    /// For each topic with changes still to send, the other topic is read from a minute before
+    /// the first of them (by time) up to where its shared consumer starts. Blocks.
+    fn restore_order(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        order: &Order,
+        batch_topic: &str,
+        real_time: &TopicPartitionList,
+        batch: &TopicPartitionList,
+    ) -> Result<(), KafkaError> {
+        let started = std::time::Instant::now();
+        let mut read = 0_u64;
+        let topics = [
+            (Topic::RealTime, self.topic.as_str(), real_time),
+            (Topic::Batch, batch_topic, batch),
+        ];
+        for [
+            (_, pending_topic, pending),
+            (routed_side, routed_topic, routed),
+        ] in [[topics[0], topics[1]], [topics[1], topics[0]]]
+        {
+            for element in pending.elements() {
+                let partition = element.partition();
+                let Some((routed_to, _)) = routed
+                    .find_partition(routed_topic, partition)
+                    .as_ref()
+                    .and_then(starts)
+                else {
+                    continue; // nothing routed there before
+                };
+                let (low, end) =
+                    consumer.fetch_watermarks(pending_topic, partition, Duration::from_secs(10))?;
+                // Without a commit, everything the topic holds is still to send.
+                let oldest = starts(&element).map_or(low, |(_, oldest)| oldest.max(low));
+                if oldest >= end {
+                    continue; // nothing to send: everything ahead is newer
+                }
+                let mut first = 0_i64;
+                self.kafka.read_ranges(
+                    pending_topic,
+                    &[(partition, Offset::Offset(oldest), oldest + 1)],
+                    false,
+                    Duration::from_secs(30),
+                    |m| {
+                        first = m.timestamp().to_millis().unwrap_or(0);
+                    },
+                )?;
+                let from = Offset::Offset((first - CLOCK_SKEW_MS).max(0));
+                self.kafka.read_ranges(
+                    routed_topic,
+                    &[(partition, from, routed_to)],
+                    true,
+                    Duration::from_secs(600),
+                    |m| {
+                        read += 1;
+                        if let Ok(update) = decode(m.payload().unwrap_or_default()) {
+                            order.restore(routed_side, partition, &update, end);
+                        }
+                    },
+                )?;
+            }
+        }
+        if read > 0 {
+            tracing::info!(topic = %self.topic, messages = read, pairs = order.held(), ms = started.elapsed().as_millis() as u64, "Order table restored for the assigned partitions.");
+        }
+        Ok(())
     }
 }
 
@@ -408,6 +531,7 @@ impl InputPipeline {
             side,
             order: shared.order.clone(),
             follower,
+            kafka: kafka.clone(),
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .client_config(&format!("delivery-{topic}"))
@@ -726,7 +850,9 @@ impl InputPipeline {
         targets: &mut Vec<usize>,
     ) -> Result<(), String> {
         let Some(update) = self.without_superseded(update, partition, targets) else {
-            self.watermarks.lock().track(partition, offset, &mut Vec::new());
+            self.watermarks
+                .lock()
+                .track(partition, offset, &mut Vec::new());
             return Ok(());
         };
         self.router.route(&update, targets);
@@ -906,13 +1032,16 @@ impl InputPipeline {
         }
         let sealed = order.seal(side);
         if !sealed.is_empty() {
-            let (consumer, order, topic) = (self.consumer.clone(), order.clone(), self.topic.clone());
+            let (consumer, order, topic) =
+                (self.consumer.clone(), order.clone(), self.topic.clone());
             tokio::task::spawn_blocking(move || {
                 for partition in sealed {
                     match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
                         Ok((_, end)) => order.set_target(side, partition, end),
                         // The generation waits for the next seal's end.
-                        Err(error) => tracing::warn!(%topic, partition, %error, "Cannot read the end of a partition for the order table; trying again at the next tick."),
+                        Err(error) => {
+                            tracing::warn!(%topic, partition, %error, "Cannot read the end of a partition for the order table; trying again at the next tick.")
+                        }
                     }
                 }
             });

@@ -245,6 +245,43 @@ impl Order {
         }
     }
 
+    /// Records `update` as routed from `topic` by the partition's previous owner (read again
+    /// at an assignment, see `consumer`'s `restore_order`); the entries wait until the other
+    /// topic's commit position passes `until`, its end when this worker took the partition.
+    pub fn restore(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate, until: i64) {
+        if update.sequence == 0 {
+            return;
+        }
+        let mut partitions = self.lock();
+        let Some(order) = partitions.partitions.get_mut(&partition) else {
+            return;
+        };
+        let mine = topic as usize;
+        let generations = &mut order.generations[mine];
+        if generations
+            .back()
+            .is_none_or(|g| !g.sealed || g.until != Some(until))
+        {
+            generations.push_back(Generation {
+                sealed: true,
+                until: Some(until),
+                ..Generation::open()
+            });
+        }
+        let mut entries = Vec::with_capacity(update.changes.len());
+        for change in &update.changes {
+            let key = self.key(&update.user_id, change.segment_id);
+            let newest = order.newest.entry(key).or_insert([0, 0]);
+            if newest[mine] < update.sequence {
+                newest[mine] = update.sequence;
+                entries.push((key, update.sequence));
+            }
+        }
+        if let Some(restored) = order.generations[mine].back_mut() {
+            restored.entries.extend(entries);
+        }
+    }
+
     /// (user, segment) pairs held, for the gauge.
     pub fn held(&self) -> usize {
         self.lock()

@@ -287,14 +287,9 @@ impl KafkaSettings {
         &self,
         topic: &str,
         partitions: Option<&[i32]>,
-        mut each: impl FnMut(&BorrowedMessage<'_>),
+        each: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<(), KafkaError> {
-        let consumer: BaseConsumer = self
-            .client_config("segment-relay-reader")
-            .set("group.id", "segment-relay-reader")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()?;
+        let consumer = self.reader()?;
         let all: Vec<i32> = match partitions {
             Some(wanted) => wanted.to_vec(),
             None => {
@@ -306,50 +301,58 @@ impl KafkaSettings {
                     .collect()
             }
         };
-        let mut ends = HashMap::new();
-        let mut assignment = TopicPartitionList::new();
+        let mut ranges = Vec::with_capacity(all.len());
         for partition in all {
-            let (low, high) =
-                consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-            if high > low {
-                ends.insert(partition, high);
-                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-            }
+            let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            ranges.push((partition, Offset::Beginning, high));
         }
-        if ends.is_empty() {
-            return Ok(());
+        read_ranges(&consumer, topic, &ranges, Duration::from_secs(120), each)
+    }
+
+    /// Reads `topic`'s partitions each from a start (an offset, or a time as
+    /// `Offset::Offset(ms)` when `by_time`) up to an end offset (exclusive), `read_committed`,
+    /// calling `each` with every message; commits nothing. Fails after `deadline`. Blocks.
+    pub fn read_ranges(
+        &self,
+        topic: &str,
+        ranges: &[(i32, Offset, i64)],
+        by_time: bool,
+        deadline: Duration,
+        each: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(), KafkaError> {
+        let consumer = self.reader()?;
+        if !by_time {
+            return read_ranges(&consumer, topic, ranges, deadline, each);
         }
-        consumer.assign(&assignment)?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !ends.is_empty() {
-            if Instant::now() > deadline {
-                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-            }
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(message) => {
-                    let message = message?;
-                    each(&message);
-                    if ends
-                        .get(&message.partition())
-                        .is_some_and(|&end| message.offset() + 1 >= end)
-                    {
-                        ends.remove(&message.partition());
-                    }
-                }
-                None => {
-                    // Aborted records and transaction markers end a partition without a message.
-                    for element in consumer.position()?.elements() {
-                        if let (Offset::Offset(position), Some(&end)) =
-                            (element.offset(), ends.get(&element.partition()))
-                            && position >= end
-                        {
-                            ends.remove(&element.partition());
-                        }
-                    }
-                }
-            }
+        let mut times = TopicPartitionList::new();
+        for &(partition, start, _) in ranges {
+            times.add_partition_offset(topic, partition, start)?;
         }
-        Ok(())
+        let starts = consumer.offsets_for_times(times, Duration::from_secs(10))?;
+        let ranges: Vec<(i32, Offset, i64)> = ranges
+            .iter()
+            .map(|&(partition, _, end)| {
+                let start = starts
+                    .find_partition(topic, partition)
+                    .map_or(Offset::End, |e| e.offset());
+                // No message at or after the time: nothing to read.
+                let start = if start == Offset::End {
+                    Offset::Offset(end)
+                } else {
+                    start
+                };
+                (partition, start, end)
+            })
+            .collect();
+        read_ranges(&consumer, topic, &ranges, deadline, each)
+    }
+
+    fn reader(&self) -> Result<BaseConsumer, KafkaError> {
+        self.client_config("segment-relay-reader")
+            .set("group.id", "segment-relay-reader")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
     }
 
     /// Asks the cluster for its metadata: `Ok` once a broker answers within `timeout`. Blocks
@@ -358,6 +361,60 @@ impl KafkaSettings {
         let consumer: BaseConsumer = self.client_config("segment-relay-probe").create()?;
         consumer.fetch_metadata(None, timeout).map(drop)
     }
+}
+
+/// [`KafkaSettings::read_ranges`] on a reader: `(partition, start, end)`, end exclusive.
+fn read_ranges(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[(i32, Offset, i64)],
+    deadline: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), KafkaError> {
+    let mut ends = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &(partition, start, end) in ranges {
+        if start.to_raw().is_none_or(|s| s < end) && end > 0 {
+            ends.insert(partition, end);
+            assignment.add_partition_offset(topic, partition, start)?;
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + deadline;
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(message) => {
+                let message = message?;
+                let Some(&end) = ends.get(&message.partition()) else {
+                    continue;
+                };
+                if message.offset() < end {
+                    each(&message);
+                }
+                if message.offset() + 1 >= end {
+                    ends.remove(&message.partition());
+                }
+            }
+            None => {
+                // Aborted records and transaction markers end a partition without a message.
+                for element in consumer.position()?.elements() {
+                    if let (Offset::Offset(position), Some(&end)) =
+                        (element.offset(), ends.get(&element.partition()))
+                        && position >= end
+                    {
+                        ends.remove(&element.partition());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -352,3 +352,103 @@ async fn a_batch_topic_with_another_partition_count_stops_start_up_with_the_fix(
         "{log}"
     );
 }
+
+/// The order across topics survives a restart: the worker that delivered a real-time `0` is
+/// gone before the older onboarded `1` is read, and its successor — whose table starts empty
+/// — reads back what was routed before and still does not send the `1`.
+#[tokio::test]
+async fn a_restart_between_a_real_time_0_and_an_older_onboarded_1_still_holds_the_1_back() {
+    use model::Origin::{Batch, Realtime};
+    fn users(prefix: &'static str) -> impl Iterator<Item = String> {
+        (0..10).map(move |i| format!("{prefix}{i}"))
+    }
+    let mut test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    let destinations = [destination(63, &receiver, ", batch: { linger_ms: 20 }")];
+    // The first worker reads another (empty) batch topic: the onboarded 1s wait unread.
+    let batch_topic = std::mem::replace(
+        &mut test.batch_topic,
+        testkit::kafka::unique_topic("status-batch-unread", 2).await,
+    );
+    let first_config = test.config(&destinations);
+    test.batch_topic = batch_topic;
+    let config = test.config(&destinations);
+
+    let first = test.start(&first_config, &[]).await;
+    let opt_outs: Vec<_> = users("late-")
+        .map(|u| sequenced(&u, false, 20, Realtime))
+        .collect();
+    test.produce(&test.topic, &opt_outs).await;
+    testkit::wait_until(
+        "the opt-outs delivered and committed",
+        Duration::from_secs(30),
+        || {
+            let done = accepted_statuses(&receiver).len() == 10
+                && test.committed(2).values().sum::<i64>() == 10;
+            async move { done }
+        },
+    )
+    .await;
+    first.terminate();
+    let mut first = first;
+    assert!(
+        first.wait_exit(Duration::from_secs(30)).await.success(),
+        "{}",
+        first.log()
+    );
+
+    let stale: Vec<_> = users("late-")
+        .map(|u| sequenced(&u, true, 10, Batch))
+        .collect();
+    let fresh: Vec<_> = users("only-")
+        .map(|u| sequenced(&u, true, 5, Batch))
+        .collect();
+    test.produce(&test.batch_topic, &stale).await;
+    test.produce(&test.batch_topic, &fresh).await;
+    let second = test.start(&config, &[]).await;
+    testkit::wait_until(
+        "the onboarded input finished",
+        Duration::from_secs(30),
+        || {
+            let done = test
+                .committed_in(&test.batch_topic, 2)
+                .values()
+                .sum::<i64>()
+                == 20
+                && accepted_statuses(&receiver).len() >= 20;
+            async move { done }
+        },
+    )
+    .await;
+    let statuses = accepted_statuses(&receiver);
+    let late_ones: Vec<_> = statuses
+        .iter()
+        .filter(|(u, s)| u.starts_with("late-") && s == "1")
+        .collect();
+    assert!(
+        late_ones.is_empty(),
+        "older onboarded 1s sent after the opt-outs: {late_ones:?}\n{}",
+        second.log()
+    );
+    assert_eq!(statuses.len(), 20, "{statuses:?}");
+    let text = reqwest::get(second.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"delivery_changes_total{destination="63",outcome="superseded"}"#
+        ),
+        Some(10.0)
+    );
+    assert!(
+        second
+            .log()
+            .contains("Order table restored for the assigned partitions."),
+        "{}",
+        second.log()
+    );
+}
