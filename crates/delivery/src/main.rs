@@ -138,13 +138,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report =
                 delivery::replay::replay(&config, &kafka, destination, since, until).await?;
             println!(
-                "replayed {} events from {} dead letters of destination {destination}: {} delivered, {} dead-lettered again, {} not re-sent",
+                "replayed {} events from {} dead letters of destination {destination}: {} delivered, {} dead-lettered again, {} not re-sent, {} changes superseded",
                 report.events,
                 report.records,
                 report.delivered,
                 report.dead_lettered_again,
-                report.not_resent.len()
+                report.not_resent.len(),
+                report.superseded.len()
             );
+            for change in &report.superseded {
+                eprintln!("not re-sent, superseded: {change}");
+            }
             for record in &report.not_resent {
                 eprintln!(
                     "not re-sent (the update is kept only by its position; read it there and re-produce it): {record}"

@@ -290,23 +290,16 @@ impl KafkaSettings {
         each: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<(), KafkaError> {
         let consumer = self.reader()?;
-        let all: Vec<i32> = match partitions {
-            Some(wanted) => wanted.to_vec(),
-            None => {
-                let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-                metadata
-                    .topics()
-                    .iter()
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect()
-            }
-        };
-        let mut ranges = Vec::with_capacity(all.len());
-        for partition in all {
-            let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-            ranges.push((partition, Offset::Beginning, high));
-        }
+        let ranges: Vec<(i32, Offset, i64)> = ends(&consumer, topic, partitions)?
+            .into_iter()
+            .map(|(partition, end)| (partition, Offset::Beginning, end))
+            .collect();
         read_ranges(&consumer, topic, &ranges, Duration::from_secs(120), each)
+    }
+
+    /// The end (next offset) every partition of `topic` has now. Blocks.
+    pub fn partition_ends(&self, topic: &str) -> Result<Vec<(i32, i64)>, KafkaError> {
+        ends(&self.reader()?, topic, None)
     }
 
     /// Reads `topic`'s partitions each from a start (an offset, or a time as
@@ -361,6 +354,32 @@ impl KafkaSettings {
         let consumer: BaseConsumer = self.client_config("segment-relay-probe").create()?;
         consumer.fetch_metadata(None, timeout).map(drop)
     }
+}
+
+/// The ends of `topic`'s partitions (only `partitions`, if given).
+fn ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: Option<&[i32]>,
+) -> Result<Vec<(i32, i64)>, KafkaError> {
+    let all: Vec<i32> = match partitions {
+        Some(wanted) => wanted.to_vec(),
+        None => {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect()
+        }
+    };
+    all.into_iter()
+        .map(|partition| {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .map(|(_, high)| (partition, high))
+        })
+        .collect()
 }
 
 /// [`KafkaSettings::read_ranges`] on a reader: `(partition, start, end)`, end exclusive.

@@ -263,6 +263,24 @@ pub fn update(
     }
 }
 
+/// An update as the qualifier writes it: with the user's sequence, on `origin`'s topic.
+pub fn sequenced(
+    user: &str,
+    active: bool,
+    sequence: u64,
+    origin: model::Origin,
+) -> model::SegmentStatusUpdate {
+    let mut update = update(
+        user,
+        &[],
+        &[],
+        vec![change(14356, active, T0 + sequence as i64)],
+    );
+    update.sequence = sequence;
+    update.origin = origin as i32;
+    update
+}
+
 /// The body as JSON.
 pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use testkit::receiver::{Receiver, Response};
 use testkit::service::metric_value;
 
-use super::{DeliveryTest, T0, change, destination, json, update};
+use super::{DeliveryTest, T0, change, destination, json, sequenced, update};
 
 /// (user, DateTime) of every segment entry of the successful requests, in arrival order.
 fn delivered_times(receiver: &Receiver) -> Vec<(String, String)> {
@@ -188,24 +188,6 @@ async fn a_hanging_destination_does_not_delay_another() {
         |n| n.is_some_and(|n| n >= 1.0),
     )
     .await;
-}
-
-/// An update as the qualifier writes it: with the user's sequence, on `origin`'s topic.
-fn sequenced(
-    user: &str,
-    active: bool,
-    sequence: u64,
-    origin: model::Origin,
-) -> model::SegmentStatusUpdate {
-    let mut update = update(
-        user,
-        &[],
-        &[],
-        vec![change(14356, active, T0 + sequence as i64)],
-    );
-    update.sequence = sequence;
-    update.origin = origin as i32;
-    update
 }
 
 /// (user, Status) of every segment entry the partner accepted, in arrival order.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use testkit::receiver::Receiver;
 use testkit::service::{ServiceBuilder, metric_value};
 
-use super::{DeliveryTest, T0, change, destination, entries, json, update};
+use super::{DeliveryTest, T0, change, destination, entries, json, sequenced, update};
 
 /// Users seen in successful requests.
 fn delivered_users(receiver: &Receiver) -> HashSet<String> {
@@ -224,6 +224,96 @@ async fn replay_exits_non_zero_naming_a_dead_letter_it_cannot_re_send() {
     );
     assert!(
         log.contains("0 delivered, 0 dead-lettered again, 1 not re-sent"),
+        "{log}"
+    );
+}
+
+/// `delivery replay` does not re-send a dead letter older than a change of the same user and
+/// segment — one delivered since (read from the input topic) or a later dead letter — and
+/// names each change it skipped; the others go out.
+#[tokio::test]
+async fn replay_skips_a_dead_letter_a_newer_change_supersedes_and_says_so() {
+    use model::Origin::Realtime;
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    receiver.respond(422, Duration::ZERO);
+    let config = test.config(&[destination(
+        54,
+        &receiver,
+        ", retries: 0, batch: { linger_ms: 20 }",
+    )]);
+    let service = test.start(&config, &[]).await;
+    let dead_lettered = |n: f64| {
+        let service = &service;
+        async move {
+            metric_value(
+                &service.metrics().await,
+                r#"delivery_events_total{destination="54",outcome="dead_lettered"}"#,
+            ) == Some(n)
+        }
+    };
+    // Dead-lettered (422 is permanent): stale's 1, kept's 1, twice's 1 and then its 0.
+    test.produce(
+        &test.topic,
+        &[
+            sequenced("stale", true, 10, Realtime),
+            sequenced("kept", true, 10, Realtime),
+            sequenced("twice", true, 10, Realtime),
+        ],
+    )
+    .await;
+    testkit::wait_until("3 dead letters", Duration::from_secs(30), || {
+        dead_lettered(3.0)
+    })
+    .await;
+    test.produce(&test.topic, &[sequenced("twice", false, 15, Realtime)])
+        .await;
+    testkit::wait_until("4 dead letters", Duration::from_secs(30), || {
+        dead_lettered(4.0)
+    })
+    .await;
+    // The partner is back; stale's 0 (newer) is delivered by the running service.
+    receiver.respond(200, Duration::ZERO);
+    test.produce(&test.topic, &[sequenced("stale", false, 20, Realtime)])
+        .await;
+    testkit::wait_until("stale's 0 delivered", Duration::from_secs(30), || {
+        let n = delivered_users(&receiver).len();
+        async move { n == 1 }
+    })
+    .await;
+
+    let mut replay = ServiceBuilder::new("delivery")
+        .arg("--config")
+        .arg(config.to_str().unwrap())
+        .arg("replay")
+        .arg("--destination")
+        .arg("54")
+        .spawn();
+    let status = replay.wait_exit(Duration::from_secs(60)).await;
+    let log = replay.log();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "not re-sent, superseded: user stale segment 14356 status 1: a newer change of the same user and segment is at {}/",
+            test.topic
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("not re-sent, superseded: user twice segment 14356 status 1: a newer change of the same user and segment is at a later dead letter"),
+        "{log}"
+    );
+    assert!(log.contains("2 changes superseded"), "{log}");
+    // What the partner accepted, in order: stale's 0 (live), then the replay: kept's 1 and
+    // twice's 0 — never stale's 1 or twice's 1.
+    let mut accepted = receiver.requests();
+    accepted.retain(|r| r.status == 200);
+    let entries = super::entries(accepted.iter().map(|r| super::json(&r.body)));
+    let mut seen: Vec<(String, String)> = entries.into_iter().map(|(u, _, s)| (u, s)).collect();
+    seen[1..].sort();
+    assert_eq!(
+        seen,
+        [("stale", "0"), ("kept", "1"), ("twice", "0")].map(|(u, s)| (u.to_owned(), s.to_owned())),
         "{log}"
     );
 }
