@@ -12,7 +12,7 @@ use telemetry::KafkaSettings;
 use testkit::ledger::{self as exact, Destination as LedgerDestination};
 pub use testkit::ledger::{Changes, Committed, Line, QualifierDuplicates};
 
-use crate::system::{DESTINATIONS, Destination};
+use crate::system::Destination;
 
 fn ledger_destination(d: &Destination) -> LedgerDestination {
     LedgerDestination {
@@ -21,13 +21,9 @@ fn ledger_destination(d: &Destination) -> LedgerDestination {
         segments: d
             .segments
             .iter()
-            .map(|&(ours, theirs)| (ours, theirs.to_owned()))
+            .map(|(ours, theirs)| (*ours, theirs.clone()))
             .collect(),
     }
-}
-
-fn destinations() -> Vec<LedgerDestination> {
-    DESTINATIONS.iter().map(ledger_destination).collect()
 }
 
 /// Every change in `topic` (`read_committed`), in order per partition.
@@ -95,26 +91,30 @@ impl Ledger {
     }
 }
 
-/// Reads everything back and builds the ledger (without replay).
+/// Reads everything back and builds the ledger of `destinations` (without replay).
 pub async fn build(
     scenario: &str,
+    destinations: &[Destination],
     settings: &KafkaSettings,
     status_topic: &str,
     dlq_topic: &str,
     partner: &PartnerRecord,
     coalesced_reports: &[PathBuf],
 ) -> (Ledger, Vec<Committed>) {
+    let destinations: Vec<LedgerDestination> =
+        destinations.iter().map(ledger_destination).collect();
     let changes = committed(settings, status_topic).await;
     let dlq = {
+        let destinations = destinations.clone();
         let (settings, topic) = (settings.clone(), dlq_topic.to_owned());
-        tokio::task::spawn_blocking(move || exact::dead_letters(&settings, &topic, &destinations()))
+        tokio::task::spawn_blocking(move || exact::dead_letters(&settings, &topic, &destinations))
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("{e}"))
     };
     let violations = exact::violations(&partner.stats).unwrap_or_else(|e| panic!("{e}"));
     let lines = exact::lines(
-        &destinations(),
+        &destinations,
         &changes,
         &accepted(&partner.accepted),
         &dlq,

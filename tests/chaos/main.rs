@@ -38,36 +38,48 @@ type Scenario = fn(&'static ChaosBroker, Scale) -> Pin<Box<dyn Future<Output = L
 
 /// In the order they run: the broker-down scenario last but one, so a broker that does not
 /// come back fails as few others as possible.
-const SCENARIOS: [(&str, &str, Scenario); 10] = [
+const SCENARIOS: [(&str, &str, Scenario); 11] = [
     (
         "isolation_unavailable",
         "2a. one partner answers 503: the others keep rate and p99, its changes wait in Kafka, it catches up by itself",
-        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Unavailable)),
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Unavailable, 0)),
     ),
     (
         "isolation_hang",
         "2b. one partner never answers within the timeout: the same",
-        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Hang)),
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Hang, 0)),
     ),
     (
         "isolation_slow",
         "2c. one partner answers just under the timeout: the same",
-        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Slow)),
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Slow, 0)),
     ),
     (
         "isolation_rate_limited",
         "2d. one partner answers 429 with Retry-After: the same",
-        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::RateLimited)),
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::RateLimited, 0)),
     ),
     (
         "isolation_tls_failure",
         "2e. one partner's TLS handshake fails: the same",
-        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::TlsFailure)),
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::TlsFailure, 0)),
     ),
     (
         "isolation_refused",
         "2f. one partner refuses connections: the same",
-        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Refused)),
+        |b, s| Box::pin(isolation::isolation(b, s, isolation::Fault::Refused, 0)),
+    ),
+    (
+        "isolation_one_of_20",
+        "2g. one partner of 20 answers 503: the 19 others keep rate and p99, its changes wait in Kafka, it catches up by itself",
+        |b, s| {
+            Box::pin(isolation::isolation(
+                b,
+                s,
+                isolation::Fault::Unavailable,
+                17,
+            ))
+        },
     ),
     (
         "kill_9",

@@ -15,7 +15,9 @@ use testkit::service::{Service, metric_value};
 use crate::broker::ChaosBroker;
 use crate::ledger::{self, Ledger};
 use crate::load::{Load, LoadReport};
-use crate::system::{DESTINATIONS, FAULTY, LONGEST_TTL, PARTITIONS, System, SystemSpec, tail};
+use crate::system::{
+    Destination, FAULTY_ID, FAULTY_PATH, LONGEST_TTL, PARTITIONS, System, SystemSpec, tail,
+};
 
 /// Durations and rates of a run: short by default (`cargo test --workspace`), long with
 /// `CHAOS_SCALE=long` (`make chaos`).
@@ -175,6 +177,7 @@ pub async fn drain(
         let partner = system.partner_record().await;
         let (ledger, _) = ledger::build(
             name,
+            system.destinations(),
             settings,
             &topics.status,
             &topics.dlq,
@@ -310,11 +313,11 @@ pub async fn kill_9(broker: &ChaosBroker, scale: Scale) -> Ledger {
     ledger
 }
 
-/// The most changes one worker can have sent to partners and not yet committed: per
+/// The most changes one worker can have sent to `destinations` and not yet committed: per
 /// destination, `max_in_flight` batches of `max_users` users, each with at most one change
 /// per mapped segment.
-fn in_flight_window(max_in_flight: u64, max_users: u64) -> u64 {
-    DESTINATIONS
+fn in_flight_window(destinations: &[Destination], max_in_flight: u64, max_users: u64) -> u64 {
+    destinations
         .iter()
         .map(|d| max_in_flight * max_users * d.segments.len() as u64)
         .sum()
@@ -356,7 +359,7 @@ pub async fn rolling_restart(broker: &ChaosBroker, scale: Scale) -> Ledger {
     ledger.notes.push(load_note(&report, scale.rate));
     ledger.notes.extend(notes);
     // SystemSpec::default(): max_in_flight 2, max_users 100.
-    let window = in_flight_window(2, 100);
+    let window = in_flight_window(system.destinations(), 2, 100);
     let duplicates: u64 = ledger.lines.iter().map(|l| l.duplicates).sum();
     ledger.notes.push(format!(
         "duplicates {duplicates}, bound: one in-flight window of one worker = {window} changes"
@@ -507,7 +510,7 @@ pub async fn slow_partner(broker: &ChaosBroker, scale: Scale) -> Ledger {
         .max()
         .unwrap_or(0);
     let load = Load::start(&system.launch.ingest, rate, scale.users, 3);
-    let faulty_depth = format!("delivery_queue_depth{{destination=\"{}\"}}", FAULTY.id);
+    let faulty_depth = format!("delivery_queue_depth{{destination=\"{}\"}}", FAULTY_ID);
     let (mut peak_lag, mut peak_depth) = (0.0_f64, 0.0_f64);
     while load.started.elapsed() < scale.load {
         let mut lag = 0.0;
@@ -549,8 +552,8 @@ pub async fn slow_partner(broker: &ChaosBroker, scale: Scale) -> Ledger {
         "{} {} answers in 2.5 s; queue_capacity 100, max_in_flight 2, max_users 50: \
          peak consumer lag + backlog {peak_lag:.0} messages, peak queue depth {peak_depth:.0} changes, \
          drained {:.0} s after the load; delivery RSS {} MiB at start, peak {} MiB (VmHWM; budget {} MiB)",
-        FAULTY.id,
-        FAULTY.path,
+        FAULTY_ID,
+        FAULTY_PATH,
         ledger_started.elapsed().as_secs_f64(),
         rss_at_start / 1024,
         peak_rss / 1024,

@@ -1,5 +1,6 @@
 //! The whole system of one scenario, as real processes on the chaos broker: the qualifier
-//! (with its ingest API), two delivery workers, and partner-sim serving three partners.
+//! (with its ingest API), two delivery workers, and partner-sim serving three partners (or more,
+//! see [`SystemSpec::extra_destinations`]).
 //!
 //! Every scenario has its own topics and consumer groups. partner-sim is started last (with a
 //! certificate made here), so that its outage window, counted from its start, falls into the
@@ -15,36 +16,48 @@ use crate::broker::ChaosBroker;
 use crate::proxy::FaultProxy;
 
 /// One partner destination: delivery's side (id, segment mapping) and partner-sim's (path).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Destination {
     pub id: u64,
-    pub path: &'static str,
+    pub path: String,
     /// Our segment id → the partner's `Segment_ID`.
-    pub segments: &'static [(u64, &'static str)],
+    pub segments: Vec<(u64, String)>,
 }
 
-/// The three partners: HMAC (sha256), OAuth 2.0, and HMAC (sha1) — the last is the one the
-/// scenarios make fail or slow; the other two show it does not affect them.
-pub const DESTINATIONS: [Destination; 3] = [
-    Destination {
-        id: 423,
-        path: "/acme",
-        segments: &[(1, "a-1"), (2, "a-2"), (3, "a-3")],
-    },
-    Destination {
-        id: 424,
-        path: "/oauth",
-        segments: &[(2, "o-2"), (3, "o-3"), (4, "o-4")],
-    },
-    Destination {
-        id: 425,
-        path: "/faulty",
-        segments: &[(1, "f-1"), (4, "f-4")],
-    },
+impl Destination {
+    fn new(id: u64, path: &str, segments: SegmentMapping) -> Self {
+        Self {
+            id,
+            path: path.to_owned(),
+            segments: segments
+                .iter()
+                .map(|&(ours, theirs)| (ours, theirs.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+/// Our segment id → the partner's `Segment_ID`, as a constant.
+type SegmentMapping = &'static [(u64, &'static str)];
+
+/// The three partners of every scenario (id, path, segment mapping): HMAC (sha256), OAuth
+/// 2.0, and HMAC (sha1) — the last is the one the scenarios make fail or slow; the other two
+/// show it does not affect them.
+const DESTINATIONS: [(u64, &str, SegmentMapping); 3] = [
+    (423, "/acme", &[(1, "a-1"), (2, "a-2"), (3, "a-3")]),
+    (424, "/oauth", &[(2, "o-2"), (3, "o-3"), (4, "o-4")]),
+    (FAULTY_ID, FAULTY_PATH, &[(1, "f-1"), (4, "f-4")]),
 ];
 
 /// The destination the scenarios break.
-pub const FAULTY: Destination = DESTINATIONS[2];
+pub const FAULTY_ID: u64 = 425;
+pub const FAULTY_PATH: &str = "/faulty";
+
+/// The id of the first extra destination (see [`SystemSpec::extra_destinations`]).
+const FIRST_EXTRA_ID: u64 = 430;
+
+/// The segments an extra destination maps, by its index: two of the four, in turn.
+const EXTRA_SEGMENTS: [[u64; 2]; 6] = [[1, 2], [2, 3], [3, 4], [4, 1], [1, 3], [2, 4]];
 
 /// Traits with short lives, so that status 0 follows status 1 within a run. With these rules
 /// a user's status in a segment cannot change twice within a second, so a change is
@@ -80,6 +93,10 @@ pub struct SystemSpec {
     pub workers: usize,
     /// Put a [`FaultProxy`] between delivery and the faulty partner.
     pub proxy_faulty: bool,
+    /// Healthy HMAC (sha256) partners besides the three (ids from 430, paths `/extra-430`, …,
+    /// each mapping two segments to ids of its own), served by partner-sim like `/acme`.
+    /// Default 0.
+    pub extra_destinations: usize,
 }
 
 impl Default for SystemSpec {
@@ -92,7 +109,30 @@ impl Default for SystemSpec {
                 .to_owned(),
             workers: 2,
             proxy_faulty: false,
+            extra_destinations: 0,
         }
+    }
+}
+
+impl SystemSpec {
+    /// Every destination of the system: the three partners, then the extra ones. Delivery's
+    /// and partner-sim's configurations and the ledger are made from this list.
+    pub fn destinations(&self) -> Vec<Destination> {
+        let base = DESTINATIONS
+            .iter()
+            .map(|&(id, path, segments)| Destination::new(id, path, segments));
+        let extra = (FIRST_EXTRA_ID..)
+            .zip(EXTRA_SEGMENTS.iter().cycle())
+            .take(self.extra_destinations)
+            .map(|(id, segments)| Destination {
+                id,
+                path: format!("/extra-{id}"),
+                segments: segments
+                    .iter()
+                    .map(|&s| (s, format!("e{id}-{s}")))
+                    .collect(),
+            });
+        base.chain(extra).collect()
     }
 }
 
@@ -133,6 +173,8 @@ pub struct System {
     pub qualifier: Service,
     pub workers: Vec<Service>,
     pub sim: Service,
+    /// [`SystemSpec::destinations`] of the spec it was started with.
+    destinations: Vec<Destination>,
     _dir: tempfile::TempDir,
 }
 
@@ -191,6 +233,7 @@ impl System {
             )
             .await;
 
+        let destinations = spec.destinations();
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key) = certificates(dir.path());
         let sim_port = free_port();
@@ -205,13 +248,14 @@ impl System {
                 &topics,
                 &unique("delivery"),
                 spec,
+                &destinations,
                 (sim_port, faulty_port),
                 &ca,
             ),
         )
         .unwrap();
         let sim_config = dir.path().join("partner-sim.yaml");
-        std::fs::write(&sim_config, sim_yaml(spec)).unwrap();
+        std::fs::write(&sim_config, sim_yaml(spec, &destinations)).unwrap();
 
         let ingest_port = free_port();
         let launch = Launch {
@@ -247,8 +291,15 @@ impl System {
             qualifier,
             workers,
             sim,
+            destinations,
             _dir: dir,
         }
+    }
+
+    /// Every destination, as delivery and partner-sim were configured: what the ledger
+    /// accounts for.
+    pub fn destinations(&self) -> &[Destination] {
+        &self.destinations
     }
 
     /// What partner-sim accepted and its statistics, for the ledger.
@@ -399,6 +450,7 @@ fn delivery_yaml(
     topics: &Topics,
     group: &str,
     spec: &SystemSpec,
+    destinations: &[Destination],
     (sim_port, faulty_port): (u16, u16),
     ca: &Path,
 ) -> String {
@@ -406,12 +458,14 @@ fn delivery_yaml(
         424 => format!(
             "{{ oauth2: {{ token_url: \"https://127.0.0.1:{sim_port}/oauth/token\", client_id: segment-relay, client_secret_env: CHAOS_OAUTH_SECRET }} }}"
         ),
-        423 => "{ hmac: { key_env: CHAOS_ACME_KEY, header: X-Signature, algorithm: sha256 } }"
-            .to_owned(),
-        _ => "{ hmac: { key_env: CHAOS_FAULTY_KEY, header: X-Signature, algorithm: sha1 } }"
+        FAULTY_ID => {
+            "{ hmac: { key_env: CHAOS_FAULTY_KEY, header: X-Signature, algorithm: sha1 } }"
+                .to_owned()
+        }
+        _ => "{ hmac: { key_env: CHAOS_ACME_KEY, header: X-Signature, algorithm: sha256 } }"
             .to_owned(),
     };
-    let destinations: String = DESTINATIONS
+    let destinations: String = destinations
         .iter()
         .map(|d| {
             let segments: Vec<String> = d
@@ -419,7 +473,7 @@ fn delivery_yaml(
                 .iter()
                 .map(|(ours, theirs)| format!("\"{ours}\": \"{theirs}\""))
                 .collect();
-            let port = if d.id == FAULTY.id { faulty_port } else { sim_port };
+            let port = if d.id == FAULTY_ID { faulty_port } else { sim_port };
             format!(
                 "  - {{ id: {}, url: \"https://127.0.0.1:{port}{}\", ca_file: \"{}\", client_id: \"{}\", \
                  user_dpid: 20915, segments: {{ {} }}, auth: {} }}\n",
@@ -440,12 +494,37 @@ fn delivery_yaml(
     )
 }
 
-fn sim_yaml(spec: &SystemSpec) -> String {
-    format!(
-        "endpoints:\n\
-         \x20 - {{ path: /acme, destination_id: 423, auth: {{ hmac: {{ key: {HMAC_KEY_A}, header: X-Signature, algorithm: sha256 }} }}, behaviour: {{ latency_ms: [2, 20] }} }}\n\
-         \x20 - {{ path: /oauth, destination_id: 424, auth: {{ oauth2: {{ client_id: segment-relay, client_secret: {OAUTH_SECRET}, token_path: /oauth/token, token_ttl_s: 20 }} }}, behaviour: {{ latency_ms: [2, 20] }} }}\n\
-         \x20 - {{ path: /faulty, destination_id: 425, auth: {{ hmac: {{ key: {HMAC_KEY_F}, header: X-Signature, algorithm: sha1 }} }}, behaviour: {} }}\n",
-        spec.faulty_behaviour
-    )
+/// partner-sim's endpoints: the OAuth partner, the faulty one (with the spec's behaviour),
+/// and the others like `/acme`.
+fn sim_yaml(spec: &SystemSpec, destinations: &[Destination]) -> String {
+    let endpoints: String = destinations
+        .iter()
+        .map(|d| {
+            let (auth, behaviour) = match d.id {
+                424 => (
+                    format!(
+                        "{{ oauth2: {{ client_id: segment-relay, client_secret: {OAUTH_SECRET}, token_path: /oauth/token, token_ttl_s: 20 }} }}"
+                    ),
+                    "{ latency_ms: [2, 20] }",
+                ),
+                FAULTY_ID => (
+                    format!(
+                        "{{ hmac: {{ key: {HMAC_KEY_F}, header: X-Signature, algorithm: sha1 }} }}"
+                    ),
+                    spec.faulty_behaviour.as_str(),
+                ),
+                _ => (
+                    format!(
+                        "{{ hmac: {{ key: {HMAC_KEY_A}, header: X-Signature, algorithm: sha256 }} }}"
+                    ),
+                    "{ latency_ms: [2, 20] }",
+                ),
+            };
+            format!(
+                "  - {{ path: {}, destination_id: {}, auth: {auth}, behaviour: {behaviour} }}\n",
+                d.path, d.id
+            )
+        })
+        .collect();
+    format!("endpoints:\n{endpoints}")
 }
