@@ -116,6 +116,7 @@ fn dead_letter_and_state_round_trip() {
         opted_out: false,
         opted_out_unix_ms: 0,
         last_sequence: 1_469_636_242_000 * 1024 + 3,
+        last_change_unix_ms: 2,
     };
     assert_eq!(
         UserState::decode(state.encode_to_vec().as_slice()).unwrap(),

@@ -150,6 +150,7 @@ impl Evaluator {
                     opted_out: true,
                     opted_out_unix_ms: time,
                     last_sequence: state.last_sequence,
+                    last_change_unix_ms: state.last_change_unix_ms,
                     ..UserState::default()
                 };
                 Ok(Step {
@@ -382,6 +383,23 @@ fn build_update(
         return None;
     }
     let sequence = next_sequence(state, now);
+    // No change is dated before the user's previous one (a late event after an expiry).
+    let mut changes = changes;
+    for change in &mut changes {
+        if change.time_unix_ms < state.last_change_unix_ms {
+            change.time_unix_ms = state.last_change_unix_ms;
+            if let Some(membership) = state
+                .memberships
+                .iter_mut()
+                .find(|m| m.segment_id == change.segment_id)
+            {
+                membership.since_unix_ms = change.time_unix_ms;
+            }
+        }
+    }
+    if let Some(latest) = changes.iter().map(|c| c.time_unix_ms).max() {
+        state.last_change_unix_ms = state.last_change_unix_ms.max(latest);
+    }
     Some(SegmentStatusUpdate {
         user_id: state.user_id.clone(),
         regions: state.regions.clone(),

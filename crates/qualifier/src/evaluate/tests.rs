@@ -555,3 +555,39 @@ fn update_sequences_rise_per_user_across_time_forgetting_and_opt_out() {
     assert_eq!(sequence(&out), sequence(&back) + 1);
     assert_eq!(out.state.as_ref().unwrap().last_sequence, sequence(&out));
 }
+
+/// A realization that arrives after the expiry it predates (the qualifier was behind) brings
+/// the user back in, dated at the expiry, not before it: a partner never sees a user's changes
+/// go back in time.
+#[test]
+fn a_late_event_is_never_dated_before_the_users_previous_change() {
+    let defs = definitions("traits: [{ id: 1, ttl: 6s }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let first = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 10 * S, None),
+        10 * S,
+    );
+    let expired = evaluator.on_timer(&defs, first.state.unwrap(), 16 * S);
+    assert_eq!(
+        changes(&expired),
+        [(10, SegmentStatus::Inactive, ChangeReason::Ttl, 16 * S)]
+    );
+    // Realized at 13 s, read at 18 s: still live (until 19 s), so the user is back in.
+    let late = apply(
+        &mut evaluator,
+        &defs,
+        expired.state,
+        &realization("u", 1, 13 * S, None),
+        18 * S,
+    );
+    assert_eq!(
+        changes(&late),
+        [(10, SegmentStatus::Active, ChangeReason::Qualified, 16 * S)]
+    );
+    let state = late.state.unwrap();
+    assert_eq!(state.memberships[0].since_unix_ms, 16 * S);
+    assert_eq!(state.last_change_unix_ms, 16 * S);
+}
