@@ -55,11 +55,10 @@ struct PipelineContext {
     /// The senders whose `rate_limit_rps` this pipeline shares out by owned partitions (the
     /// real-time pipeline's; none for the batch one).
     rate_senders: std::sync::Mutex<Vec<Arc<DestinationSender>>>,
-    shares_rate: bool,
     /// The input topic's partition count, as of the last rebalance.
     total_partitions: std::sync::atomic::AtomicUsize,
-    /// Which input topic this is, and the order table shared with the other one (none
-    /// without a batch topic).
+    /// Which input topic this is (the real-time one shares out the rate limits), and the
+    /// order table shared with the other one (none without a batch topic).
     side: Topic,
     order: Option<Order>,
     /// The batch pipeline's consumer, which this (real-time) pipeline's rebalances assign.
@@ -70,7 +69,7 @@ struct PipelineContext {
 impl PipelineContext {
     /// Gives every rate-limited destination this worker's share, after a rebalance.
     fn share_rate(&self, consumer: &BaseConsumer<Self>) {
-        if !self.shares_rate {
+        if self.side != Topic::RealTime {
             return;
         }
         match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)) {
@@ -90,7 +89,7 @@ impl PipelineContext {
 
     /// Sets each rate-limited sender's share from the owned and total partition counts.
     fn apply_rate_share(&self) {
-        if !self.shares_rate {
+        if self.side != Topic::RealTime {
             return;
         }
         let owned = self.watermarks.lock().owned();
@@ -211,61 +210,6 @@ impl PipelineContext {
     }
 }
 
-/// The batch pipeline's consumer. It joins no group: the real-time pipeline's rebalances
-/// assign it the batch partitions with the numbers they assign the real-time pipeline (a user
-/// is on the same partition number in both topics), so one worker reads both topics of a user
-/// and the order table sees both. Its offsets go to the batch group's commits as before.
-#[derive(Clone)]
-pub struct Follower {
-    consumer: Arc<StreamConsumer<PipelineContext>>,
-    /// Turns true once the batch pipeline drained (the real-time one leaves the group after).
-    drained: tokio::sync::watch::Receiver<bool>,
-}
-
-impl std::fmt::Debug for Follower {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Follower")
-            .field(&self.consumer.context().topic)
-            .finish()
-    }
-}
-
-impl Follower {
-    fn topic(&self) -> String {
-        self.consumer.context().topic.clone()
-    }
-
-    fn revoke(&self, partitions: &[i32]) {
-        if *self.drained.borrow() {
-            return; // it committed and let go of its partitions when it drained
-        }
-        let context = self.consumer.context();
-        context.revoke(&*self.consumer, partitions);
-        if let Err(error) = self
-            .consumer
-            .incremental_unassign(&context.list(partitions))
-        {
-            tracing::warn!(topic = %context.topic, %error, "Cannot unassign revoked batch partitions.");
-        }
-    }
-
-    /// Takes the batch partitions (their watermarks start from their last commits, which it
-    /// returns; `None` when they cannot be read: the batch pipeline then fails). Reading
-    /// starts with [`Self::read`].
-    fn assign(&self, partitions: &[i32]) -> Option<TopicPartitionList> {
-        self.consumer.context().assign(&*self.consumer, partitions)
-    }
-
-    /// Starts reading the partitions [`Self::assign`] took, from `committed`.
-    fn read(&self, committed: &TopicPartitionList) {
-        if let Err(error) = self.consumer.incremental_assign(committed) {
-            self.consumer
-                .context()
-                .fail(format!("cannot assign batch partitions: {error}"));
-        }
-    }
-}
-
 impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
@@ -308,99 +252,6 @@ impl ConsumerContext for PipelineContext {
             follower.read(&batch);
         }
         self.share_rate(consumer);
-    }
-}
-
-/// Where a partition's commit says to start: the shared consumer's offset (`None`: no commit
-/// yet) and the lowest position of all, with the destinations reading behind.
-fn starts(
-    element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>,
-) -> Option<(i64, i64)> {
-    let Offset::Offset(offset) = element.offset() else {
-        return None;
-    };
-    let oldest = parse_positions(element.metadata())
-        .unwrap_or_default()
-        .iter()
-        .map(|&(_, position)| position)
-        .fold(offset, i64::min);
-    Some((offset, oldest))
-}
-
-/// How much earlier than a pending change a change of the other topic may be stamped and
-/// still be newer (the qualifier hosts' clocks).
-const CLOCK_SKEW_MS: i64 = 60_000;
-
-impl PipelineContext {
-    /// Before the newly assigned partitions are read: what the previous owner routed that is
-    /// newer than a change still to send from the other topic goes back into the order table
-    /// (a newer real-time `0` it delivered before this worker reads an older onboarded `1`).
-    /// For each topic with changes still to send, the other topic is read from a minute before
-    /// the first of them (by time) up to where its shared consumer starts. Blocks.
-    fn restore_order(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        order: &Order,
-        batch_topic: &str,
-        real_time: &TopicPartitionList,
-        batch: &TopicPartitionList,
-    ) -> Result<(), KafkaError> {
-        let started = std::time::Instant::now();
-        let mut read = 0_u64;
-        let topics = [
-            (Topic::RealTime, self.topic.as_str(), real_time),
-            (Topic::Batch, batch_topic, batch),
-        ];
-        for [
-            (_, pending_topic, pending),
-            (routed_side, routed_topic, routed),
-        ] in [[topics[0], topics[1]], [topics[1], topics[0]]]
-        {
-            for element in pending.elements() {
-                let partition = element.partition();
-                let Some((routed_to, _)) = routed
-                    .find_partition(routed_topic, partition)
-                    .as_ref()
-                    .and_then(starts)
-                else {
-                    continue; // nothing routed there before
-                };
-                let (low, end) =
-                    consumer.fetch_watermarks(pending_topic, partition, Duration::from_secs(10))?;
-                // Without a commit, everything the topic holds is still to send.
-                let oldest = starts(&element).map_or(low, |(_, oldest)| oldest.max(low));
-                if oldest >= end {
-                    continue; // nothing to send: everything ahead is newer
-                }
-                let mut first = 0_i64;
-                self.kafka.read_ranges(
-                    pending_topic,
-                    &[(partition, Offset::Offset(oldest), oldest + 1)],
-                    false,
-                    Duration::from_secs(30),
-                    |m| {
-                        first = m.timestamp().to_millis().unwrap_or(0);
-                    },
-                )?;
-                let from = Offset::Offset((first - CLOCK_SKEW_MS).max(0));
-                self.kafka.read_ranges(
-                    routed_topic,
-                    &[(partition, from, routed_to)],
-                    true,
-                    Duration::from_secs(600),
-                    |m| {
-                        read += 1;
-                        if let Ok(update) = decode(m.payload().unwrap_or_default()) {
-                            order.restore(routed_side, partition, &update, end);
-                        }
-                    },
-                )?;
-            }
-        }
-        if read > 0 {
-            tracing::info!(topic = %self.topic, messages = read, pairs = order.held(), ms = started.elapsed().as_millis() as u64, "Order table restored for the assigned partitions.");
-        }
-        Ok(())
     }
 }
 
@@ -519,14 +370,12 @@ impl InputPipeline {
             Role::RealTime { follower } => (Topic::RealTime, follower),
             Role::Batch => (Topic::Batch, None),
         };
-        let shares_rate = side == Topic::RealTime;
         let context = PipelineContext {
             topic: topic.to_owned(),
             watermarks: watermarks.clone(),
             metrics: shared.metrics.clone(),
             fatal: std::sync::Mutex::new(None),
             rate_senders: std::sync::Mutex::new(shared.senders.clone()),
-            shares_rate,
             total_partitions: std::sync::atomic::AtomicUsize::new(0),
             side,
             order: shared.order.clone(),
@@ -666,7 +515,7 @@ impl InputPipeline {
                         watermarks: Some((self.watermarks.clone(), slot)),
                         input_topic: self.topic.clone(),
                         hold_transient: true,
-                        priority: if self.consumer.context().shares_rate {
+                        priority: if self.side() == Topic::RealTime {
                             Priority::RealTime
                         } else {
                             Priority::Batch
@@ -1027,20 +876,42 @@ impl InputPipeline {
             return;
         };
         let side = self.side();
-        for position in self.watermarks.lock().committable() {
-            order.passed(side, position.partition, position.oldest);
+        let positions = self.watermarks.lock().lowest_positions();
+        // Partitions without a position yet (no commit, nothing read): their start is their
+        // low watermark, read below.
+        let mut unread: Vec<i32> = Vec::new();
+        for (partition, position) in positions {
+            match position {
+                Some(position) => order.passed(side, partition, position),
+                None => unread.push(partition),
+            }
         }
         let sealed = order.seal(side);
-        if !sealed.is_empty() {
-            let (consumer, order, topic) =
-                (self.consumer.clone(), order.clone(), self.topic.clone());
+        let waiting = order.waiting_for(side);
+        unread.retain(|p| waiting.contains(p) && !sealed.contains(p));
+        if !sealed.is_empty() || !unread.is_empty() {
+            let (consumer, order, topic) = (
+                self.consumer.clone(),
+                order.clone(),
+                self.topic.clone(),
+            );
+            let watermarks = self.watermarks.clone();
             tokio::task::spawn_blocking(move || {
-                for partition in sealed {
-                    match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
-                        Ok((_, end)) => order.set_target(side, partition, end),
-                        // The generation waits for the next seal's end.
+                for partition in sealed.iter().chain(&unread) {
+                    match consumer.fetch_watermarks(&topic, *partition, Duration::from_secs(10)) {
+                        Ok((low, end)) => {
+                            if sealed.contains(partition) {
+                                order.set_target(side, *partition, end);
+                            }
+                            // Still nothing read there: everything before its start is passed
+                            // (an empty partition holds nothing older).
+                            if watermarks.lock().lowest_position(*partition).is_none() {
+                                order.passed(side, *partition, low);
+                            }
+                        }
+                        // A generation without a target waits for the next tick.
                         Err(error) => {
-                            tracing::warn!(%topic, partition, %error, "Cannot read the end of a partition for the order table; trying again at the next tick.")
+                            tracing::warn!(%topic, partition, %error, "Cannot read the ends of a partition for the order table; trying again at the next tick.");
                         }
                     }
                 }
@@ -1173,5 +1044,8 @@ impl InputPipeline {
     }
 }
 
+mod follower;
 #[cfg(test)]
 mod tests;
+
+pub use follower::Follower;

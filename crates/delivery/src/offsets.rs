@@ -513,6 +513,26 @@ impl WatermarkTable {
         positions
     }
 
+    /// Per owned partition, the lowest position of all (every event before it is finished
+    /// for every destination, also those reading behind); `None` before the first event of a
+    /// partition without a commit.
+    pub fn lowest_positions(&mut self) -> Vec<(i32, Option<i64>)> {
+        let mut positions: Vec<(i32, Option<i64>)> =
+            self.partitions.keys().map(|&p| (p, None)).collect();
+        for position in self.committable() {
+            if let Some(slot) = positions.iter_mut().find(|(p, _)| *p == position.partition) {
+                slot.1 = Some(position.oldest);
+            }
+        }
+        positions
+    }
+
+    /// [`Self::lowest_positions`] of one partition.
+    pub fn lowest_position(&self, partition: i32) -> Option<i64> {
+        let state = self.partitions.get(&partition)?;
+        commit_position(partition, state, &self.ids).map(|p| p.oldest)
+    }
+
     /// The partitions `destination` reads on its own, with their assignment and the offset
     /// to read next.
     pub fn detached_partitions(&self, destination: usize) -> Vec<(PartitionAssignment, i64)> {

@@ -205,6 +205,17 @@ impl Order {
         sealed
     }
 
+    /// The partitions where entries of the other topic wait for `topic`'s position.
+    pub fn waiting_for(&self, topic: Topic) -> Vec<i32> {
+        let other = topic.other() as usize;
+        self.lock()
+            .partitions
+            .iter()
+            .filter(|(_, o)| o.generations[other].iter().any(|g| g.sealed))
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
     /// `end`: `topic`'s end of `partition`, read after [`Self::seal`] returned it. The sealed
     /// generations of the other topic without a target get it.
     pub fn set_target(&self, topic: Topic, partition: i32, end: i64) {

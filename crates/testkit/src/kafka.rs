@@ -111,7 +111,14 @@ pub fn producer() -> FutureProducer {
 
 /// A consumer in its own group that reads from the beginning and never commits.
 pub fn consumer(group: &str) -> StreamConsumer {
-    client_config()
+    consumer_on(&settings(), group)
+}
+
+/// A consumer of `kafka` (the test broker, or a test's own mock cluster) in `group` that reads
+/// from the beginning, `read_committed`, and never commits.
+pub fn consumer_on(kafka: &KafkaSettings, group: &str) -> StreamConsumer {
+    kafka
+        .client_config("segment-relay-tests")
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -97,14 +97,7 @@ impl DeliveryTest {
     /// A consumer of this test's broker in `group` that reads from the beginning and never
     /// commits.
     fn consumer(&self, group: &str) -> StreamConsumer {
-        self.kafka
-            .client_config("segment-relay-tests")
-            .set("group.id", group)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .unwrap()
+        kafka::consumer_on(&self.kafka, group)
     }
 
     /// Writes a config with this test's topics and `destinations` (YAML list items).

@@ -190,6 +190,19 @@ async fn a_hanging_destination_does_not_delay_another() {
     .await;
 }
 
+/// Ten users: `prefix0` … `prefix9`.
+fn users(prefix: &'static str) -> impl Iterator<Item = String> {
+    (0..10).map(move |i| format!("{prefix}{i}"))
+}
+
+/// `delivery_changes_total{outcome="superseded"}` of `destination` at `service`.
+async fn superseded(service: &testkit::service::Service, destination: u64) -> Option<f64> {
+    metric_value(
+        &service.metrics().await,
+        &format!(r#"delivery_changes_total{{destination="{destination}",outcome="superseded"}}"#),
+    )
+}
+
 /// (user, Status) of every segment entry the partner accepted, in arrival order.
 fn accepted_statuses(receiver: &Receiver) -> Vec<(String, String)> {
     let mut requests = receiver.requests();
@@ -211,9 +224,6 @@ async fn a_change_older_than_one_from_the_other_topic_is_never_sent_after_it() {
     let receiver = Receiver::start().await;
     let config = test.config(&[destination(61, &receiver, ", batch: { linger_ms: 20 }")]);
     let service = test.start(&config, &[]).await;
-    fn users(prefix: &'static str) -> impl Iterator<Item = String> {
-        (0..10).map(move |i| format!("{prefix}{i}"))
-    }
 
     // Real time first: `late-*` opt out (sequence 20); `early-*` get a batch 1 (sequence 30).
     let opt_outs: Vec<_> = users("late-")
@@ -294,17 +304,8 @@ async fn a_change_older_than_one_from_the_other_topic_is_never_sent_after_it() {
     for user in users("early-").chain(users("only-")) {
         assert_eq!(of(&user), ["1"], "{user}: {statuses:?}");
     }
-    let text = reqwest::get(service.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        metric_value(
-            &text,
-            r#"delivery_changes_total{destination="61",outcome="superseded"}"#
-        ),
+        superseded(&service, 61).await,
         Some(20.0),
         "10 onboarded 1s and 10 real-time 0s superseded"
     );
@@ -341,9 +342,6 @@ async fn a_batch_topic_with_another_partition_count_stops_start_up_with_the_fix(
 #[tokio::test]
 async fn a_restart_between_a_real_time_0_and_an_older_onboarded_1_still_holds_the_1_back() {
     use model::Origin::{Batch, Realtime};
-    fn users(prefix: &'static str) -> impl Iterator<Item = String> {
-        (0..10).map(move |i| format!("{prefix}{i}"))
-    }
     let mut test = DeliveryTest::new(2).await;
     let receiver = Receiver::start().await;
     let destinations = [destination(63, &receiver, ", batch: { linger_ms: 20 }")];
@@ -413,19 +411,7 @@ async fn a_restart_between_a_real_time_0_and_an_older_onboarded_1_still_holds_th
         second.log()
     );
     assert_eq!(statuses.len(), 20, "{statuses:?}");
-    let text = reqwest::get(second.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        metric_value(
-            &text,
-            r#"delivery_changes_total{destination="63",outcome="superseded"}"#
-        ),
-        Some(10.0)
-    );
+    assert_eq!(superseded(&second, 63).await, Some(10.0),);
     assert!(
         second
             .log()
@@ -433,4 +419,32 @@ async fn a_restart_between_a_real_time_0_and_an_older_onboarded_1_still_holds_th
         "{}",
         second.log()
     );
+}
+
+/// The order table holds a few seconds of traffic, not all of it: with the batch topic idle
+/// (never written, no commit), the real-time pairs go once the batch topic's end is passed.
+#[tokio::test]
+async fn the_order_table_empties_while_the_other_topic_is_idle() {
+    use model::Origin::Realtime;
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(64, &receiver, ", batch: { linger_ms: 20 }")]);
+    let service = test.start(&config, &[]).await;
+    let updates: Vec<_> = users("u-")
+        .map(|u| sequenced(&u, true, 7, Realtime))
+        .collect();
+    test.produce(&test.topic, &updates).await;
+    let pairs = || {
+        let service = &service;
+        async move { metric_value(&service.metrics().await, "delivery_order_pairs") }
+    };
+    testkit::wait_until("the pairs recorded", Duration::from_secs(30), || async {
+        pairs().await.is_some_and(|n| n > 0.0)
+    })
+    .await;
+    testkit::wait_until("the pairs gone again", Duration::from_secs(30), || async {
+        pairs().await == Some(0.0)
+    })
+    .await;
+    assert_eq!(accepted_statuses(&receiver).len(), 10);
 }
