@@ -305,6 +305,61 @@ async fn a_permanent_answer_is_dead_lettered_after_one_retry_and_the_destination
     );
 }
 
+/// A transiently failing batch waits, unless its changes are older than the destination's
+/// `max_backlog_age_s`: then it is dead-lettered with its last failure, before the input's
+/// retention could drop it unseen. The limit is exported for the near-expiry alert.
+#[tokio::test]
+async fn a_change_older_than_max_backlog_age_is_dead_lettered_the_others_wait() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    receiver.respond(503, Duration::ZERO);
+    let config = test.config(&[destination(
+        75,
+        &receiver,
+        ", max_backlog_age_s: 60, retry_backoff_ms: 10, backoff: { initial_ms: 100, max_ms: 200 }",
+    )]);
+    let service = test.start(&config, &[]).await;
+    let mut old = alternating(1, 1);
+    old[0].user_id = "old".to_owned();
+    old[0].produced_unix_ms = now_ms() - 120_000;
+    test.produce(&test.topic, &old).await;
+    let records = test.dead_letters(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        (
+            records[0].updates[0].user_id.as_str(),
+            records[0].error_class(),
+            records[0].error.as_str()
+        ),
+        ("old", model::ErrorClass::HttpStatus, "HTTP 503")
+    );
+    // A fresh change at the same failing partner waits: tried again and again, never
+    // dead-lettered.
+    test.produce(&test.topic, &alternating(1, 1)).await;
+    let series = |name: &str| format!(r#"{name}{{destination="75"}}"#);
+    testkit::wait_until(
+        "the fresh batch tried again a few times",
+        Duration::from_secs(20),
+        || async {
+            metric_value(&service.metrics().await, &series("delivery_backoffs_total"))
+                .is_some_and(|n| n >= 5.0)
+        },
+    )
+    .await;
+    let text = service.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"delivery_events_total{destination="75",outcome="dead_lettered"}"#
+        ),
+        Some(1.0),
+        "only the old change is dead-lettered"
+    );
+    assert_eq!(
+        metric_value(&text, &series("delivery_max_backlog_age_seconds")),
+        Some(60.0)
+    );
+}
+
 #[tokio::test]
 async fn retry_after_pauses_the_destination_and_a_429_never_opens_the_circuit() {
     let test = DeliveryTest::new(1).await;
