@@ -26,7 +26,7 @@ bench: ## Every benchmark (micro, delivery alone, qualifier alone, end to end; r
 
 # Issue 8 in one target: the long fault runs with exact accounting (their short form is part
 # of `cargo test --workspace`), the fuzzers at 200,000 cases, the bad-input and security tests.
-chaos: build ## Fault runs, long form (~11 min, own broker on 29092): broker down, partner outage, slow partner, kill -9, rolling restart (ledgers in target/chaos-ledger.txt); then long fuzzing (~10 min) and the bad-input and security tests
+chaos: build ## Fault runs, long form (~60 min, own broker on 29092): a partner failing six ways (503 for 10 min), one failing of 20, broker down, slow partner, kill -9, rolling restart (ledgers in target/chaos-ledger.txt); then long fuzzing (~10 min) and the bad-input and security tests
 	CHAOS_SCALE=long $(CARGO) test --locked -p segment-relay-e2e --test chaos -- --nocapture
 	FUZZ_CASES=200000 $(CARGO) test --locked -p qualifier -p delivery --lib -- fuzz
 	$(CARGO) test --locked -p segment-relay-e2e --test e2e -- secrets tls oauth bad_input lifecycle

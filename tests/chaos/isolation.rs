@@ -160,9 +160,10 @@ impl Counters {
     }
 }
 
-/// The healthy destinations' counters, by destination id.
+/// The healthy destinations' counters, by destination id, and the qualifier's output so far
+/// (`qualifier_status_changes_total`): what there was to deliver.
 #[derive(Debug, Clone, Default)]
-struct Healthy(BTreeMap<u64, Counters>);
+struct Healthy(BTreeMap<u64, Counters>, f64);
 
 impl Healthy {
     /// Adds one worker's `metrics` of the destinations `ids`.
@@ -193,11 +194,15 @@ struct Kept {
     base_p99: f64,
     fault_rate: f64,
     fault_p99: f64,
+    /// The qualifier's output during the fault over its output before.
+    input: f64,
 }
 
 impl Kept {
     /// Every destination of `baseline` and `fault`: the snapshots at the start and the end of
-    /// each window.
+    /// each window. The rates are compared with the qualifier's output in the same windows:
+    /// a load's change rate drifts (users qualify, then expire), and a destination that keeps
+    /// pace with a smaller input delivers less without being held back.
     fn each(
         baseline: (&Healthy, &Healthy),
         baseline_s: f64,
@@ -212,27 +217,30 @@ impl Kept {
                 let counters = |h: &Healthy| h.0.get(&id).cloned().unwrap_or_default();
                 let (base_rate, base_p99) = base_start.window(&counters(baseline.1), baseline_s);
                 let (fault_rate, fault_p99) = counters(fault.0).window(&counters(fault.1), fault_s);
+                let input = (fault.1.1 - fault.0.1) / fault_s / ((baseline.1.1 - baseline.0.1) / baseline_s);
                 Self {
                     id,
                     base_rate,
                     base_p99,
                     fault_rate,
                     fault_p99,
+                    input,
                 }
             })
             .collect()
     }
 
-    /// The rate during the fault over the rate before.
+    /// The rate during the fault over the rate before, per the input's: 1 for a destination
+    /// that keeps pace with what there is to deliver.
     fn ratio(&self) -> f64 {
-        self.fault_rate / self.base_rate
+        self.fault_rate / self.base_rate / self.input
     }
 
     // Generous bounds (a shared 2-core machine); the precise ratios go to RELIABILITY.md.
 
-    /// At least 0.75× the rate before the fault.
+    /// At least 0.75× the rate before the fault, per the input's.
     fn kept_rate(&self) -> bool {
-        self.fault_rate >= 0.75 * self.base_rate
+        self.ratio() >= 0.75
     }
 
     /// A p99 at most twice (or 0.5 s above) the one before the fault.
@@ -315,10 +323,22 @@ pub async fn isolation(
     let load_for = fault_end + Duration::from_secs(8);
 
     let healthy_ids = &healthy_ids;
+    let qualifier_metrics = system.qualifier.admin_url("/metrics");
     let snapshot = |workers: &[Service]| {
         let workers: Vec<_> = workers.iter().map(|w| w.admin_url("/metrics")).collect();
+        let qualifier_metrics = qualifier_metrics.clone();
         async move {
             let mut healthy = Healthy::default();
+            if let Ok(response) = reqwest::get(qualifier_metrics).await {
+                healthy.1 = response
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("qualifier_status_changes_total{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+            }
             let mut texts = Vec::new();
             for url in workers {
                 let text = match reqwest::get(url).await {
@@ -424,7 +444,7 @@ pub async fn isolation(
     ledger.notes.push(load_note(&report, scale.rate));
     ledger.notes.push(format!(
         "{} {} {fault:?} for {} s from {} s: the {} healthy destinations {base_rate:.0} changes/s, p99 ≤ {base_p99} s before; \
-         {fault_rate:.0} changes/s ({:.2}×), p99 ≤ {fault_p99} s during (slowest: {} at {:.2}×, p99 ≤ {} s → {} s); failing destination's peak backlog {peak_backlog:.0} \
+         {fault_rate:.0} changes/s ({:.2}×, while the qualifier's output went {:.2}×), p99 ≤ {fault_p99} s during (slowest per that output: {} at {:.2}×, p99 ≤ {} s → {} s); failing destination's peak backlog {peak_backlog:.0} \
          messages, oldest {peak_age:.0} s; the healthy ones fell behind (detached) {healthy_detaches:.0} times by the fault's end; delivery RSS {} MiB before, {} MiB at most during; caught up {:.1} s after the partner recovered",
         FAULTY_ID,
         FAULTY_PATH,
@@ -432,6 +452,7 @@ pub async fn isolation(
         warmup.as_secs(),
         healthy_ids.len(),
         fault_rate / base_rate,
+        slowest.input,
         slowest.id,
         slowest.ratio(),
         slowest.base_p99,
@@ -505,7 +526,8 @@ pub async fn isolation(
     let slowed: Vec<&Kept> = each.iter().filter(|k| !k.kept_rate()).collect();
     assert!(
         slowed.is_empty(),
-        "healthy destinations slowed below 0.75× of their rate before the fault: {} (all {} together: {base_rate:.0} → {fault_rate:.0} changes/s)\n{}",
+        "healthy destinations slowed below 0.75× of their rate before the fault (per the qualifier's output, {:.2}× of before): {} (all {} together: {base_rate:.0} → {fault_rate:.0} changes/s)\n{}",
+        slowest.input,
         describe(&slowed),
         each.len(),
         ledger.render()
