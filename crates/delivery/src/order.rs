@@ -73,6 +73,11 @@ struct PartitionOrder {
     newest: HashMap<u64, [u64; 2], foldhash::fast::FixedState>,
     /// Per topic, its entries by age; the last one is open (collecting) unless sealed.
     generations: [VecDeque<Generation>; 2],
+    /// Whether a topic's entries are in `newest`. They go there only once the other topic
+    /// routes a change (it must be compared with them): until then, and again once they are
+    /// all gone, they are only listed in their generations — with an idle batch topic, the
+    /// real-time path pays a hash and a push per change, not a map's insert and removal.
+    indexed: [bool; 2],
 }
 
 #[derive(Debug)]
@@ -128,16 +133,13 @@ impl Order {
         let Some(order) = partitions.partitions.get_mut(&partition) else {
             return superseded;
         };
-        let (mine, other) = (topic as usize, topic.other() as usize);
+        order.index(topic.other());
+        let other = topic.other() as usize;
         for (index, change) in update.changes.iter().enumerate() {
             let key = self.key(&update.user_id, change.segment_id);
-            let newest = order.newest.entry(key).or_insert([0, 0]);
-            if newest[other] > update.sequence {
+            if order.newest(key)[other] > update.sequence {
                 superseded.push(index);
-                continue;
-            }
-            if newest[mine] < update.sequence {
-                newest[mine] = update.sequence;
+            } else {
                 order.record(topic, key, update.sequence);
             }
         }
@@ -151,18 +153,15 @@ impl Order {
         if update.sequence == 0 {
             return superseded;
         }
-        let partitions = self.lock();
-        let Some(order) = partitions.partitions.get(&partition) else {
+        let mut partitions = self.lock();
+        let Some(order) = partitions.partitions.get_mut(&partition) else {
             return superseded;
         };
+        order.index(topic.other());
         let other = topic.other() as usize;
         for (index, change) in update.changes.iter().enumerate() {
             let key = self.key(&update.user_id, change.segment_id);
-            if order
-                .newest
-                .get(&key)
-                .is_some_and(|n| n[other] > update.sequence)
-            {
+            if order.newest(key)[other] > update.sequence {
                 superseded.push(index);
             }
         }
@@ -243,6 +242,9 @@ impl Order {
             let Some(generation) = order.generations[other].pop_front() else {
                 break;
             };
+            if !order.indexed[other] {
+                continue;
+            }
             for (key, sequence) in generation.entries {
                 if let Some(newest) = order.newest.get_mut(&key)
                     && newest[other] == sequence
@@ -253,6 +255,10 @@ impl Order {
                     }
                 }
             }
+        }
+        // All gone (from the map too): back to listing only.
+        if order.generations[other].is_empty() {
+            order.indexed[other] = false;
         }
     }
 
@@ -279,26 +285,32 @@ impl Order {
                 ..Generation::open()
             });
         }
-        let mut entries = Vec::with_capacity(update.changes.len());
         for change in &update.changes {
             let key = self.key(&update.user_id, change.segment_id);
-            let newest = order.newest.entry(key).or_insert([0, 0]);
-            if newest[mine] < update.sequence {
-                newest[mine] = update.sequence;
-                entries.push((key, update.sequence));
+            if order.indexed[mine] {
+                let newest = order.newest.entry(key).or_insert([0, 0]);
+                newest[mine] = newest[mine].max(update.sequence);
             }
-        }
-        if let Some(restored) = order.generations[mine].back_mut() {
-            restored.entries.extend(entries);
+            if let Some(restored) = order.generations[mine].back_mut() {
+                restored.entries.push((key, update.sequence));
+            }
         }
     }
 
-    /// (user, segment) pairs held, for the gauge.
+    /// Entries held (indexed pairs, and changes only listed), for the gauge.
     pub fn held(&self) -> usize {
         self.lock()
             .partitions
             .values()
-            .map(|o| o.newest.len())
+            .map(|o| {
+                let listed: usize = [Topic::RealTime, Topic::Batch]
+                    .iter()
+                    .filter(|&&t| !o.indexed[t as usize])
+                    .flat_map(|&t| &o.generations[t as usize])
+                    .map(|g| g.entries.len())
+                    .sum();
+                o.newest.len() + listed
+            })
             .sum()
     }
 }
@@ -330,8 +342,33 @@ pub fn strip<'a>(
 }
 
 impl PartitionOrder {
+    /// The newest sequences routed of a pair, from each topic (0: none kept).
+    fn newest(&self, key: u64) -> [u64; 2] {
+        self.newest.get(&key).copied().unwrap_or([0, 0])
+    }
+
+    /// Puts `topic`'s listed entries into the map, when they are not there yet.
+    fn index(&mut self, topic: Topic) {
+        let side = topic as usize;
+        if self.indexed[side] {
+            return;
+        }
+        for generation in &self.generations[side] {
+            for &(key, sequence) in &generation.entries {
+                let newest = self.newest.entry(key).or_insert([0, 0]);
+                newest[side] = newest[side].max(sequence);
+            }
+        }
+        self.indexed[side] = true;
+    }
+
     fn record(&mut self, topic: Topic, key: u64, sequence: u64) {
-        let generations = &mut self.generations[topic as usize];
+        let side = topic as usize;
+        if self.indexed[side] {
+            let newest = self.newest.entry(key).or_insert([0, 0]);
+            newest[side] = newest[side].max(sequence);
+        }
+        let generations = &mut self.generations[side];
         if generations.back().is_none_or(|g| g.sealed) {
             generations.push_back(Generation::open());
         }
