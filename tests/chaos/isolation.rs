@@ -217,7 +217,9 @@ impl Kept {
                 let counters = |h: &Healthy| h.0.get(&id).cloned().unwrap_or_default();
                 let (base_rate, base_p99) = base_start.window(&counters(baseline.1), baseline_s);
                 let (fault_rate, fault_p99) = counters(fault.0).window(&counters(fault.1), fault_s);
-                let input = (fault.1.1 - fault.0.1) / fault_s / ((baseline.1.1 - baseline.0.1) / baseline_s);
+                let input = (fault.1.1 - fault.0.1)
+                    / fault_s
+                    / ((baseline.1.1 - baseline.0.1) / baseline_s);
                 Self {
                     id,
                     base_rate,

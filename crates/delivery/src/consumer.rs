@@ -890,11 +890,8 @@ impl InputPipeline {
         let waiting = order.waiting_for(side);
         unread.retain(|p| waiting.contains(p) && !sealed.contains(p));
         if !sealed.is_empty() || !unread.is_empty() {
-            let (consumer, order, topic) = (
-                self.consumer.clone(),
-                order.clone(),
-                self.topic.clone(),
-            );
+            let (consumer, order, topic) =
+                (self.consumer.clone(), order.clone(), self.topic.clone());
             let watermarks = self.watermarks.clone();
             tokio::task::spawn_blocking(move || {
                 for partition in sealed.iter().chain(&unread) {
