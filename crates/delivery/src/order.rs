@@ -125,30 +125,22 @@ impl Order {
     /// The shared consumer of `topic` read `update`: which of its changes are superseded; the
     /// others are recorded as routed.
     pub fn route(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate) -> Superseded {
-        let mut superseded = Superseded::new();
-        if update.sequence == 0 {
-            return superseded;
-        }
-        let mut partitions = self.lock();
-        let Some(order) = partitions.partitions.get_mut(&partition) else {
-            return superseded;
-        };
-        order.index(topic.other());
-        let other = topic.other() as usize;
-        for (index, change) in update.changes.iter().enumerate() {
-            let key = self.key(&update.user_id, change.segment_id);
-            if order.newest(key)[other] > update.sequence {
-                superseded.push(index);
-            } else {
-                order.record(topic, key, update.sequence);
-            }
-        }
-        superseded
+        self.compare(topic, partition, update, true)
     }
 
     /// A catch-up reader of `topic` read `update` again: which of its changes are superseded
     /// (nothing is recorded: the shared consumer recorded them when it read them first).
     pub fn check(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate) -> Superseded {
+        self.compare(topic, partition, update, false)
+    }
+
+    fn compare(
+        &self,
+        topic: Topic,
+        partition: i32,
+        update: &SegmentStatusUpdate,
+        record: bool,
+    ) -> Superseded {
         let mut superseded = Superseded::new();
         if update.sequence == 0 {
             return superseded;
@@ -163,6 +155,8 @@ impl Order {
             let key = self.key(&update.user_id, change.segment_id);
             if order.newest(key)[other] > update.sequence {
                 superseded.push(index);
+            } else if record {
+                order.record(topic, key, update.sequence);
             }
         }
         superseded
