@@ -55,18 +55,17 @@ pub(crate) fn record_superseded(
     let Some(segment) = destination.segments.get(&change.segment_id) else {
         return;
     };
-    let line = serde_json::json!({
-        "destination": destination.id,
-        "user": user_id,
-        "segment": &**segment,
-        "status": u8::from(change.status() == model::SegmentStatus::Active),
-        "time_unix_ms": change.time_unix_ms,
-    });
     let mut file = report.file.lock().unwrap_or_else(PoisonError::into_inner);
-    let written = serde_json::to_writer(&mut *file, &line)
-        .map_err(std::io::Error::from)
-        .and_then(|()| file.write_all(b"\n"))
-        .and_then(|()| file.flush());
+    let active = change.status() == model::SegmentStatus::Active;
+    let written = write_line(
+        &mut file,
+        destination.id,
+        user_id,
+        segment,
+        active,
+        change.time_unix_ms,
+    )
+    .and_then(|()| file.flush());
     if let Err(error) = written {
         tracing::error!(file = %report.path, %error, "Cannot write the coalesced-change report: a ledger reading it will count this change as missing.");
     }
@@ -86,16 +85,16 @@ pub(crate) fn record(batch: &DestinationBatch) {
     let mut written = Ok(());
     for change in &batch.coalesced {
         let user = &batch.users[change.user];
-        let line = serde_json::json!({
-            "destination": destination,
-            "user": batch.latest(user).user_id,
-            "segment": &*user.segments[change.segment].segment_id,
-            "status": u8::from(change.active),
-            "time_unix_ms": change.time_unix_ms,
-        });
-        written = serde_json::to_writer(&mut *file, &line)
-            .map_err(std::io::Error::from)
-            .and_then(|()| file.write_all(b"\n"));
+        let segment = &user.segments[change.segment].segment_id;
+        let user = &batch.latest(user).user_id;
+        written = write_line(
+            &mut file,
+            destination,
+            user,
+            segment,
+            change.active,
+            change.time_unix_ms,
+        );
         if written.is_err() {
             break;
         }
@@ -103,4 +102,24 @@ pub(crate) fn record(batch: &DestinationBatch) {
     if let Err(error) = written.and_then(|()| file.flush()) {
         tracing::error!(file = %report.path, %error, "Cannot write the coalesced-change report: a ledger reading it will count these changes as missing.");
     }
+}
+
+/// One line of the report: `{"destination":…,"user":…,"segment":…,"status":0|1,"time_unix_ms":…}`.
+fn write_line(
+    file: &mut BufWriter<File>,
+    destination: u64,
+    user: &str,
+    segment: &str,
+    active: bool,
+    time_unix_ms: i64,
+) -> std::io::Result<()> {
+    let line = serde_json::json!({
+        "destination": destination,
+        "user": user,
+        "segment": segment,
+        "status": u8::from(active),
+        "time_unix_ms": time_unix_ms,
+    });
+    serde_json::to_writer(&mut *file, &line).map_err(std::io::Error::from)?;
+    file.write_all(b"\n")
 }
