@@ -30,7 +30,8 @@
 #
 # Environment: BENCH_SCALE=full|smoke (smoke: small sizes on debug binaries, nothing appended, the
 # rate and latency not judged; `make test` runs it), BENCH_PROFILE=release|debug, BENCH_UPDATES,
-# BENCH_EVENTS, BENCH_USERS, BENCH_DESTINATIONS (delivery alone; default 20), BENCH_QUEUE_CAPACITY
+# BENCH_EVENTS, BENCH_USERS, BENCH_DESTINATIONS (delivery alone; default 20), BENCH_DELIVERY_RUNS
+# (all-healthy delivery drains whose median is checked; default 3, smoke 1), BENCH_QUEUE_CAPACITY
 # (delivery's queue_capacity), BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated
 # events/s), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60).
 #
@@ -241,7 +242,7 @@ bench_micro() {
 # drain_delivery DOWN: one pass of the delivery benchmark with the first DOWN destinations'
 # partners answering 503 to everything; sets row (a table row) and adds to problems.
 drain_delivery() {
-  local down=$1 destinations=${BENCH_DESTINATIONS:-20} counts changes deliveries healthy started seconds cpu hwm received dups violations order requests dead backoffs per_million
+  local down=$1 destinations=${BENCH_DESTINATIONS:-20} counts changes deliveries healthy started seconds cpu hwm received dups violations order requests dead backoffs detaches reread per_million
   fresh_topics
   delivery_fixture "$destinations" --down "$down"
   start_partner_sim
@@ -259,8 +260,12 @@ drain_delivery() {
   read -r received dups violations order requests <<<"$(partner_totals)"
   local text
   text=$(metrics $delivery1_admin)
+  printf '%s\n' "$text" >"$dir/delivery-down-$down.prom"
   dead=$(awk '/^delivery_events_total\{.*outcome="dead_lettered"/ { t += $NF } END { printf "%d", t }' <<<"$text")
   backoffs=$(awk '/^delivery_backoffs_total\{/ { t += $NF } END { printf "%d", t }' <<<"$text")
+  # Each detach starts a reader that reads (and decodes) the partition a second time.
+  detaches=$(awk '/^delivery_detaches_total\{/ { t += $NF } END { printf "%d", t }' <<<"$text")
+  reread=$(awk '/^delivery_catch_up_messages_total\{/ { t += $NF } END { printf "%d", t }' <<<"$text")
   stop "$delivery_pid"
   stop "$sim_pid"
   ((received == healthy)) || problems+="$down down: partner-sim counted $received changes, expected $healthy. "
@@ -270,27 +275,42 @@ drain_delivery() {
     ((backoffs > 0)) || problems+="$down down: no batch of the down destination waited and was tried again: it was not down. "
   fi
   per_million=$(calc %.2f "$cpu * 1000000 / $changes")
-  row="| $down of $destinations | $updates | $changes | $healthy | $seconds | $(calc %.0f "$changes / $seconds") | $cpu | **$per_million** | $(calc %.2f "$cpu * 1000000 / $healthy") | $hwm MB | $requests | $backoffs | $received / $dups / $violations |"
-  last_seconds=$seconds last_per_million=$per_million
+  row="| $down of $destinations | $updates | $changes | $healthy | $seconds | $(calc %.0f "$changes / $seconds") | $cpu | **$per_million** | $(calc %.2f "$cpu * 1000000 / $healthy") | $hwm MB | $requests | $backoffs | $detaches / $reread | $received / $dups / $violations |"
+  last_seconds=$seconds last_per_million=$per_million last_reread=$reread
 }
 
 bench_delivery() {
   # Today's figure before the isolation design (issue 13), on this machine: the new design
   # may cost at most 10 % more per million changes with every destination healthy.
-  local before=4.88 problems="" rows healthy_seconds healthy_per_million
-  drain_delivery 0
-  rows="$row"$'\n' healthy_seconds=$last_seconds healthy_per_million=$last_per_million
+  # The same drain's CPU time moves by up to ±15 % from run to run on this shared machine
+  # (18.8–24.1 CPU-s for one commit), more than the check's margin: the all-healthy drain runs
+  # BENCH_DELIVERY_RUNS times (default 3 at full scale) and the median is checked.
+  local before=4.88 problems="" rows="" healthy_seconds healthy_per_million runs figures=() rereads=() i reread
+  runs=${BENCH_DELIVERY_RUNS:-$([[ $scale == full ]] && echo 3 || echo 1)}
+  [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_DELIVERY_RUNS must be a whole number of runs, not '$runs'"
+  for ((i = 1; i <= runs; i++)); do
+    drain_delivery 0
+    rows+="$row"$'\n' figures+=("$last_per_million $last_seconds") rereads+=("$last_reread")
+  done
+  read -r healthy_per_million healthy_seconds <<<"$(printf '%s\n' "${figures[@]}" | sort -n | sed -n "$(((runs + 1) / 2))p")"
+  reread=$(printf '%s\n' "${rereads[@]}" | sort -n | sed -n "$(((runs + 1) / 2))p")
+  # Healthy destinations that only waited on a long request must not leave and rejoin their
+  # partitions over and over: each time a catch-up reader reads the backlog a second time
+  # (this drain read 37–66 % of the topic again that way; 3–19 % since that was fixed).
+  if [[ $scale == full ]] && ((reread * 100 > updates * 25)); then
+    problems+="all healthy: catch-up readers read $reread messages a second time (the median of $runs runs), more than 25 % of the $updates in the topic: healthy destinations detach and rejoin. "
+  fi
   # (Parenthesised: a bare > inside awk's printf arguments redirects its output to a file.)
   if [[ $scale == full ]] && (($(calc %d "($healthy_per_million * 100 > $before * 110)"))); then
-    problems+="all healthy: $healthy_per_million CPU-s per million changes, more than 10 % over the $before measured before the isolation design. "
+    problems+="all healthy: $healthy_per_million CPU-s per million changes (the median of $runs runs), more than 10 % over the $before measured before the isolation design. "
   fi
   drain_delivery 1
   rows+="$row"
   record "Delivery alone" delivery "$problems" "$(printf '%s\n' \
-    "| destinations down | updates | changes | deliveries to healthy destinations | seconds | changes/s | CPU-s | **CPU-s per million changes** | CPU-s per million healthy deliveries | peak RSS | requests | backoffs | partner-sim: arrived / duplicates / violations |" \
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" \
+    "| destinations down | updates | changes | deliveries to healthy destinations | seconds | changes/s | CPU-s | **CPU-s per million changes** | CPU-s per million healthy deliveries | peak RSS | requests | backoffs | detaches / messages read again | partner-sim: arrived / duplicates / violations |" \
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" \
     "$rows" \
-    "" "${BENCH_DESTINATIONS:-20} destinations (each segment routed to two), HMAC-SHA256 over TLS 1.3, batches of up to 1000 users, linger 200 ms, $users users; partner-sim answers in 1–5 ms; a destination down answers 503 to everything for the whole run. CPU-s: user + system time of the delivery process from start to the last change at the healthy partners. With one down, the healthy destinations took $(calc %.2f "$last_seconds / $healthy_seconds")× the time and the process $(calc %.2f "$last_per_million / $healthy_per_million")× the CPU of the all-healthy run; before the isolation design, all healthy cost $before CPU-s per million changes.")"
+    "" "${BENCH_DESTINATIONS:-20} destinations (each segment routed to two), HMAC-SHA256 over TLS 1.3, batches of up to 1000 users, linger 200 ms, $users users; partner-sim answers in 1–5 ms; a destination down answers 503 to everything for the whole run. CPU-s: user + system time of the delivery process from start to the last change at the healthy partners. All healthy: $runs runs, median **$healthy_per_million** CPU-s per million changes. With one down, the healthy destinations took $(calc %.2f "$last_seconds / $healthy_seconds")× the time and the process $(calc %.2f "$last_per_million / $healthy_per_million")× the CPU of the median all-healthy run; before the isolation design, all healthy cost $before CPU-s per million changes.")"
 }
 
 # ---- qualifier alone --------------------------------------------------------------------

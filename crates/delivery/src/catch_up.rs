@@ -290,6 +290,7 @@ impl CatchUpReader {
         let Some(&assignment) = self.assigned.get(&partition) else {
             return true;
         };
+        self.sender.metrics.catch_up_reads.inc();
         self.watermarks
             .lock()
             .note_read(assignment, self.destination, timestamp);

@@ -23,6 +23,7 @@ pub struct Metrics {
     circuit_open: IntGaugeVec,
     backoffs: IntCounterVec,
     detaches: IntCounterVec,
+    catch_up_reads: IntCounterVec,
     max_backlog_age: IntGaugeVec,
     /// `delivery_backlog_messages{destination, topic}`, set by the catch-up readers.
     pub backlog_messages: IntGaugeVec,
@@ -89,6 +90,8 @@ pub struct DestinationMetrics {
     pub circuit_open: IntGauge,
     pub backoffs: IntCounter,
     pub detaches: IntCounter,
+    /// Messages the destination's catch-up reader read: each one is read a second time.
+    pub catch_up_reads: IntCounter,
     pub oauth_token_ok: IntCounter,
     pub oauth_token_error: IntCounter,
 }
@@ -231,6 +234,13 @@ impl Metrics {
                 ),
                 &["destination"],
             )?,
+            catch_up_reads: IntCounterVec::new(
+                Opts::new(
+                    "delivery_catch_up_messages_total",
+                    "Messages the destination's catch-up reader read from the input (while detached): each is read a second time, the price of not holding the others back.",
+                ),
+                &["destination"],
+            )?,
             max_backlog_age: IntGaugeVec::new(
                 Opts::new(
                     "delivery_max_backlog_age_seconds",
@@ -295,6 +305,7 @@ impl Metrics {
         registry.register(Box::new(metrics.circuit_open.clone()))?;
         registry.register(Box::new(metrics.backoffs.clone()))?;
         registry.register(Box::new(metrics.detaches.clone()))?;
+        registry.register(Box::new(metrics.catch_up_reads.clone()))?;
         registry.register(Box::new(metrics.max_backlog_age.clone()))?;
         registry.register(Box::new(metrics.backlog_messages.clone()))?;
         registry.register(Box::new(metrics.backlog_age.clone()))?;
@@ -333,6 +344,7 @@ impl Metrics {
             circuit_open: self.circuit_open.with_label_values(&[d]),
             backoffs: self.backoffs.with_label_values(&[d]),
             detaches: self.detaches.with_label_values(&[d]),
+            catch_up_reads: self.catch_up_reads.with_label_values(&[d]),
             oauth_token_ok: self.oauth_token_requests.with_label_values(&[d, "ok"]),
             oauth_token_error: self.oauth_token_requests.with_label_values(&[d, "error"]),
         }

@@ -224,6 +224,15 @@ async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_
         |n| *n == Some(0.0),
     )
     .await;
+    assert!(
+        metric_value(
+            &service.metrics().await,
+            r#"delivery_catch_up_messages_total{destination="70"}"#
+        )
+        .unwrap()
+            > 0.0,
+        "what the recovered destination missed was read a second time, by its catch-up reader, and counted"
+    );
     eprintln!("healthy destination done after {healthy_done:?} with the other failing");
 }
 
