@@ -275,8 +275,30 @@ pub struct Shared {
     pub order: Option<Order>,
 }
 
-/// After a destination had to detach, how long a full lane of it detaches it at once.
+/// After a destination had to detach, how long a full lane of it detaches it at once — as
+/// long as it has taken no batch since (see [`Lagging`]).
 const LAGGING: Duration = Duration::from_secs(30);
+
+/// A destination that had to detach: until [`LAGGING`] after that, a full lane of it detaches
+/// it at once — unless it took a batch since and its requests are not slow
+/// ([`DestinationSender::is_slow`]). A failing destination (timing out, waiting out a
+/// backoff) takes no batch, and a partner answering just under its timeout is slow: they
+/// leave every partition without holding the others back again. A healthy one that was stuck
+/// behind one long request takes its next batch moments later and is waited for again, as
+/// when all keep up: in a drain it would otherwise leave and rejoin partitions for 30 s, each
+/// time read a second time by a catch-up reader started anew.
+#[derive(Debug, Clone, Copy)]
+struct Lagging {
+    until: tokio::time::Instant,
+    /// The destination's progress mark when it detached.
+    progress: u64,
+}
+
+impl Lagging {
+    fn still_stuck(self, now: tokio::time::Instant, sender: &DestinationSender) -> bool {
+        now < self.until && (sender.progress_mark() == self.progress || sender.is_slow())
+    }
+}
 
 /// A commit sent, and the broker's answer.
 type CommitOutcome = (Vec<CommitPosition>, Result<(), KafkaError>);
@@ -293,9 +315,9 @@ pub struct InputPipeline {
     /// Per slot, its lanes' queues, and the lane tasks' abort handles.
     lanes: Vec<Vec<mpsc::Sender<RoutedEvent>>>,
     lane_aborts: Vec<Vec<tokio::task::AbortHandle>>,
-    /// Per slot: until when a full lane detaches the destination at once, without waiting
-    /// (it already had to detach: it would hold the others back again on every partition).
-    lagging_until: Vec<Option<tokio::time::Instant>>,
+    /// Per slot: when the destination last had to detach (a full lane detaches it at once
+    /// while it is still stuck: it would hold the others back again on every partition).
+    lagging: Vec<Option<Lagging>>,
     lane_hasher: LaneHasher,
     lane_tasks: JoinSet<()>,
     /// New destination lists from config reloads.
@@ -435,7 +457,7 @@ impl InputPipeline {
             slots: Vec::new(),
             lanes: Vec::new(),
             lane_aborts: Vec::new(),
-            lagging_until: Vec::new(),
+            lagging: Vec::new(),
             lane_hasher: LaneHasher::default(),
             lane_tasks: JoinSet::new(),
             changes,
@@ -529,11 +551,11 @@ impl InputPipeline {
         if slot == self.lanes.len() {
             self.lanes.push(queues);
             self.lane_aborts.push(aborts);
-            self.lagging_until.push(None);
+            self.lagging.push(None);
         } else {
             self.lanes[slot] = queues;
             self.lane_aborts[slot] = aborts;
-            self.lagging_until[slot] = None;
+            self.lagging[slot] = None;
         }
     }
 
@@ -687,7 +709,8 @@ impl InputPipeline {
 
     /// Hands the update to every destination that maps it and reads this partition with the
     /// shared consumer. A destination whose lane stays full for its `detach_after` detaches
-    /// from the partition here (and, for [`LAGGING`] after that, on a full lane at once), so a
+    /// from the partition here (and, for [`LAGGING`] after that and while it takes no batch,
+    /// on a full lane at once), so a
     /// slow or failing destination holds the others back once, briefly; a busy but healthy
     /// one takes its next batch within that time, and everyone waits for it (backpressure,
     /// as when all keep up).
@@ -735,7 +758,8 @@ impl InputPipeline {
                     // waits for it, as when all keep up); stuck (no batch taken within its
                     // `stuck_after`) or detached a moment ago: detach, and the others go on.
                     let now = tokio::time::Instant::now();
-                    let lagging = self.lagging_until[destination].is_some_and(|t| now < t);
+                    let lagging =
+                        self.lagging[destination].is_some_and(|l| l.still_stuck(now, sender));
                     let mut pending = Some(event);
                     while !lagging && let Some(event) = pending.take() {
                         let waiting_since = sender.progress_mark();
@@ -758,7 +782,10 @@ impl InputPipeline {
                     if pending.is_none() {
                         Ok(())
                     } else {
-                        self.lagging_until[destination] = Some(now + LAGGING);
+                        self.lagging[destination] = Some(Lagging {
+                            until: now + LAGGING,
+                            progress: sender.progress_mark(),
+                        });
                         if self
                             .watermarks
                             .lock()

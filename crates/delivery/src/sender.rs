@@ -236,6 +236,14 @@ impl DestinationSender {
         }
     }
 
+    /// Whether the destination's requests are so slow that waiting for it cannot be told from
+    /// its being stuck: three of its recent request times reach its timeout (before its
+    /// first request finished, too). A partner answering just under its timeout is slow; one
+    /// whose single request took long while the others took 100 ms is not.
+    pub fn is_slow(&self) -> bool {
+        self.stuck_after() >= self.config.timeout.max(self.config.detach_after)
+    }
+
     /// A receiver that changes each time the destination recovers (its circuit closes).
     pub fn recoveries(&self) -> watch::Receiver<u64> {
         self.recovered.subscribe()
