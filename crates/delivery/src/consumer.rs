@@ -295,8 +295,9 @@ struct Lagging {
 }
 
 impl Lagging {
-    fn still_stuck(self, now: tokio::time::Instant, sender: &DestinationSender) -> bool {
-        now < self.until && (sender.progress_mark() == self.progress || sender.is_slow())
+    /// `progress`: the destination's progress mark now; `slow`: whether its requests are slow.
+    fn still_stuck(self, now: tokio::time::Instant, progress: u64, slow: bool) -> bool {
+        now < self.until && (progress == self.progress || slow)
     }
 }
 
@@ -758,8 +759,9 @@ impl InputPipeline {
                     // waits for it, as when all keep up); stuck (no batch taken within its
                     // `stuck_after`) or detached a moment ago: detach, and the others go on.
                     let now = tokio::time::Instant::now();
-                    let lagging =
-                        self.lagging[destination].is_some_and(|l| l.still_stuck(now, sender));
+                    let lagging = self.lagging[destination].is_some_and(|l| {
+                        l.still_stuck(now, sender.progress_mark(), sender.is_slow())
+                    });
                     let mut pending = Some(event);
                     while !lagging && let Some(event) = pending.take() {
                         let waiting_since = sender.progress_mark();

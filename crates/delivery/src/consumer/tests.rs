@@ -247,3 +247,28 @@ async fn a_lane_stopped_on_purpose_does_not_fail_the_pipeline() {
         .await
         .expect("the pipeline ran on past the aborted lane");
 }
+
+#[test]
+fn a_detached_destination_stays_held_while_stuck_or_slow_and_for_30_s_at_most() {
+    let now = tokio::time::Instant::now();
+    let lagging = Lagging {
+        until: now + LAGGING,
+        progress: 7,
+    };
+    assert!(
+        lagging.still_stuck(now, 7, false),
+        "no batch taken since: held"
+    );
+    assert!(
+        !lagging.still_stuck(now, 8, false),
+        "took a batch and answers quickly: waited for again"
+    );
+    assert!(
+        lagging.still_stuck(now, 8, true),
+        "took a batch, but answers just under its timeout: held"
+    );
+    assert!(
+        !lagging.still_stuck(now + LAGGING, 7, true),
+        "never longer than LAGGING"
+    );
+}
