@@ -276,7 +276,7 @@ pub struct Shared {
 }
 
 /// After a destination had to detach, how long a full lane of it detaches it at once — as
-/// long as it has taken no batch since (see [`Lagging`]).
+/// long as it has taken no batch since, or its requests are slow (see [`Lagging`]).
 const LAGGING: Duration = Duration::from_secs(30);
 
 /// A destination that had to detach: until [`LAGGING`] after that, a full lane of it detaches
@@ -710,11 +710,10 @@ impl InputPipeline {
 
     /// Hands the update to every destination that maps it and reads this partition with the
     /// shared consumer. A destination whose lane stays full for its `detach_after` detaches
-    /// from the partition here (and, for [`LAGGING`] after that and while it takes no batch,
-    /// on a full lane at once), so a
-    /// slow or failing destination holds the others back once, briefly; a busy but healthy
-    /// one takes its next batch within that time, and everyone waits for it (backpressure,
-    /// as when all keep up).
+    /// from the partition here (and, for [`LAGGING`] after that, while it takes no batch or
+    /// is slow, on a full lane at once), so a slow or failing destination holds the others
+    /// back once, briefly; a busy but healthy one takes its next batch within that time, and
+    /// everyone waits for it (backpressure, as when all keep up).
     async fn route(
         &mut self,
         update: SegmentStatusUpdate,

@@ -91,6 +91,9 @@ pub struct DestinationSender {
     /// A moving average of the destination's request time (ms): a lane that is merely busy
     /// takes its next batch within a few of these.
     request_ms: std::sync::atomic::AtomicU64,
+    /// The destination's last request time (ms): a partner that just turned slow is slow
+    /// from its first slow answer on, before the average follows.
+    last_request_ms: std::sync::atomic::AtomicU64,
     pub metrics: DestinationMetrics,
 }
 
@@ -198,6 +201,7 @@ impl DestinationSender {
             recovered: watch::Sender::new(0),
             progress: std::sync::atomic::AtomicU64::new(0),
             request_ms: std::sync::atomic::AtomicU64::new(0),
+            last_request_ms: std::sync::atomic::AtomicU64::new(0),
             metrics,
         })
     }
@@ -223,6 +227,8 @@ impl DestinationSender {
         };
         self.request_ms
             .store(next, std::sync::atomic::Ordering::Relaxed);
+        self.last_request_ms
+            .store(sample.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long a full destination may take no batch before it counts as stuck: three of its
@@ -237,11 +243,16 @@ impl DestinationSender {
     }
 
     /// Whether the destination's requests are so slow that waiting for it cannot be told from
-    /// its being stuck: three of its recent request times reach its timeout (before its
-    /// first request finished, too). A partner answering just under its timeout is slow; one
-    /// whose single request took long while the others took 100 ms is not.
+    /// its being stuck: three of its recent request times, or three times its last one, reach
+    /// its timeout (before its first request finished, too). A partner answering just under
+    /// its timeout is slow from its first such answer; one whose single request took long is
+    /// slow only until its next request comes back quickly.
     pub fn is_slow(&self) -> bool {
-        self.stuck_after() >= self.config.timeout.max(self.config.detach_after)
+        let most = self.config.timeout.max(self.config.detach_after);
+        let last = self
+            .last_request_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.stuck_after() >= most || Duration::from_millis(last) * 3 >= most
     }
 
     /// A receiver that changes each time the destination recovers (its circuit closes).
@@ -627,7 +638,43 @@ fn gzip(json: &[u8]) -> Vec<u8> {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use super::parse_retry_after;
+    use super::{DestinationSender, parse_retry_after};
+
+    #[test]
+    fn a_destination_is_slow_from_its_first_slow_answer_until_a_quick_one() {
+        let yaml = "kafka: { topic: status, dlq_topic: status-dlq, group_id: g }\n\
+                    destinations:\n\
+                      - { id: 1, url: https://a.example/x, client_id: x, user_dpid: 1, timeout_ms: 3000, segments: { 1: \"1\" } }\n";
+        let config =
+            crate::config::DeliveryConfig::parse(std::path::Path::new("slow.yaml"), yaml, &|_| {
+                None
+            })
+            .unwrap();
+        let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+        let destination = config.destinations[0].clone();
+        let sender = DestinationSender::new(
+            destination.clone(),
+            metrics.destination(destination.id, destination.max_backlog_age),
+        )
+        .unwrap();
+        let ms = Duration::from_millis;
+        assert!(sender.is_slow(), "no answer yet: cannot be told from stuck");
+        for _ in 0..10 {
+            sender.note_request_time(ms(50));
+        }
+        assert!(!sender.is_slow(), "answers in 50 ms");
+        sender.note_request_time(ms(2_800));
+        assert!(
+            sender.is_slow(),
+            "its first answer after 2.8 s of a 3 s timeout"
+        );
+        sender.note_request_time(ms(50));
+        assert!(!sender.is_slow(), "one long request, then quick again");
+        sender.note_request_time(ms(900));
+        assert!(!sender.is_slow(), "900 ms: under a third of its timeout");
+        sender.note_request_time(ms(1_000));
+        assert!(sender.is_slow(), "1 s: a third of its timeout");
+    }
 
     #[test]
     fn retry_after_is_seconds_or_an_http_date_capped_at_an_hour() {
