@@ -31,7 +31,8 @@
 # Environment: BENCH_SCALE=full|smoke (smoke: small sizes on debug binaries, nothing appended, the
 # rate and latency not judged; `make test` runs it), BENCH_PROFILE=release|debug, BENCH_UPDATES,
 # BENCH_EVENTS, BENCH_USERS, BENCH_DESTINATIONS (delivery alone; default 20), BENCH_DELIVERY_RUNS
-# (all-healthy delivery drains whose median is checked; default 3, smoke 1), BENCH_QUEUE_CAPACITY
+# (pairs of all-healthy drains, this commit's and 7f70129's taking turns, whose median CPU ratio
+# is checked; default 3; smoke: one drain, no pair), BENCH_QUEUE_CAPACITY
 # (delivery's queue_capacity), BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated
 # events/s), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60).
 #
@@ -312,7 +313,7 @@ bench_delivery() {
   local problems="" rows="" healthy_seconds healthy_per_million before before_seconds runs figures=() befores=() ratios=() rereads=() i reread pair_before
   runs=${BENCH_DELIVERY_RUNS:-$([[ $scale == full ]] && echo 3 || echo 1)}
   [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_DELIVERY_RUNS must be a whole number of runs, not '$runs'"
-  [[ $scale == full ]] && build_baseline
+  if [[ $scale == full ]]; then build_baseline; fi
   for ((i = 1; i <= runs; i++)); do
     if [[ $scale == full ]]; then
       drain_delivery 0 "$baseline_delivery" "before the isolation design (\`$baseline_commit\`)"
@@ -320,7 +321,7 @@ bench_delivery() {
     fi
     drain_delivery 0
     rows+="$row"$'\n' figures+=("$last_per_million $last_seconds") rereads+=("$last_reread")
-    [[ $scale == full ]] && ratios+=("$(calc %.3f "$last_per_million / $pair_before")")
+    if [[ $scale == full ]]; then ratios+=("$(calc %.3f "$last_per_million / $pair_before")"); fi
   done
   median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
   read -r healthy_per_million healthy_seconds <<<"$(median "${figures[@]}")"
