@@ -266,10 +266,10 @@ drain_delivery() {
   text=$(metrics $delivery1_admin)
   printf '%s\n' "$text" >"$dir/$name.prom"
   dead=$(awk '/^delivery_events_total\{.*outcome="dead_lettered"/ { t += $NF } END { printf "%d", t }' <<<"$text")
-  backoffs=$(awk '/^delivery_backoffs_total\{/ { t += $NF } END { printf "%d", t }' <<<"$text")
+  backoffs=$(sum "$text" 'delivery_backoffs_total{')
   # Each detach starts a reader that reads (and decodes) the partition a second time.
-  detaches=$(awk '/^delivery_detaches_total\{/ { t += $NF } END { printf "%d", t }' <<<"$text")
-  reread=$(awk '/^delivery_catch_up_messages_total\{/ { t += $NF } END { printf "%d", t }' <<<"$text")
+  detaches=$(sum "$text" 'delivery_detaches_total{')
+  reread=$(sum "$text" 'delivery_catch_up_messages_total{')
   stop "$delivery_pid"
   stop "$sim_pid"
   ((received == healthy)) || problems+="$down down: partner-sim counted $received changes, expected $healthy. "

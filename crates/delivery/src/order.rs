@@ -282,8 +282,7 @@ impl Order {
         for change in &update.changes {
             let key = self.key(&update.user_id, change.segment_id);
             if order.indexed[mine] {
-                let newest = order.newest.entry(key).or_insert([0, 0]);
-                newest[mine] = newest[mine].max(update.sequence);
+                raise(&mut order.newest, mine, key, update.sequence);
             }
             if let Some(restored) = order.generations[mine].back_mut() {
                 restored.entries.push((key, update.sequence));
@@ -349,8 +348,7 @@ impl PartitionOrder {
         }
         for generation in &self.generations[side] {
             for &(key, sequence) in &generation.entries {
-                let newest = self.newest.entry(key).or_insert([0, 0]);
-                newest[side] = newest[side].max(sequence);
+                raise(&mut self.newest, side, key, sequence);
             }
         }
         self.indexed[side] = true;
@@ -359,8 +357,7 @@ impl PartitionOrder {
     fn record(&mut self, topic: Topic, key: u64, sequence: u64) {
         let side = topic as usize;
         if self.indexed[side] {
-            let newest = self.newest.entry(key).or_insert([0, 0]);
-            newest[side] = newest[side].max(sequence);
+            raise(&mut self.newest, side, key, sequence);
         }
         let generations = &mut self.generations[side];
         if generations.back().is_none_or(|g| g.sealed) {
@@ -370,6 +367,17 @@ impl PartitionOrder {
             open.entries.push((key, sequence));
         }
     }
+}
+
+/// The newest sequence of the pair `key` routed from topic `side` is at least `sequence`.
+fn raise(
+    newest: &mut HashMap<u64, [u64; 2], foldhash::fast::FixedState>,
+    side: usize,
+    key: u64,
+    sequence: u64,
+) {
+    let pair = newest.entry(key).or_insert([0, 0]);
+    pair[side] = pair[side].max(sequence);
 }
 
 #[cfg(test)]

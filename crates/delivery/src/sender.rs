@@ -235,7 +235,7 @@ impl DestinationSender {
     /// recent request times, at least `detach_after` and at most its timeout (a request takes
     /// no longer); before its first request finished, its timeout.
     pub fn stuck_after(&self) -> Duration {
-        let most = self.config.timeout.max(self.config.detach_after);
+        let most = self.longest_wait();
         match self.request_ms.load(std::sync::atomic::Ordering::Relaxed) {
             0 => most,
             ms => (Duration::from_millis(ms) * 3).clamp(self.config.detach_after, most),
@@ -248,11 +248,17 @@ impl DestinationSender {
     /// its timeout is slow from its first such answer; one whose single request took long is
     /// slow only until its next request comes back quickly.
     pub fn is_slow(&self) -> bool {
-        let most = self.config.timeout.max(self.config.detach_after);
+        let most = self.longest_wait();
         let last = self
             .last_request_ms
             .load(std::sync::atomic::Ordering::Relaxed);
         self.stuck_after() >= most || Duration::from_millis(last) * 3 >= most
+    }
+
+    /// The longest the shared consumer waits for a full destination: its timeout (a request
+    /// takes no longer), or `detach_after` if that is longer.
+    fn longest_wait(&self) -> Duration {
+        self.config.timeout.max(self.config.detach_after)
     }
 
     /// A receiver that changes each time the destination recovers (its circuit closes).
