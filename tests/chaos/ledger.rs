@@ -18,6 +18,7 @@ fn ledger_destination(d: &Destination) -> LedgerDestination {
     LedgerDestination {
         id: d.id,
         path: d.path.to_owned(),
+        data_partner: None,
         segments: d
             .segments
             .iter()

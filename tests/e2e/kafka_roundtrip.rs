@@ -29,6 +29,7 @@ fn update(user: usize, seq: usize) -> SegmentStatusUpdate {
         origin: Origin::Realtime as i32,
         produced_unix_ms: 1_469_636_242_500,
         sequence: 1_469_636_242_500 * 1024 + u64::try_from(seq).unwrap(),
+        only_data_partner_id: None,
     }
 }
 

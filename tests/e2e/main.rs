@@ -6,5 +6,6 @@
 mod delivery;
 mod kafka_roundtrip;
 mod ledger;
+mod partner_ids;
 mod qualifier;
 mod wait;

@@ -166,6 +166,7 @@ pub fn status_update(
         produced_unix_ms: now_unix_ms,
         // Increasing per user, as the qualifier's are.
         sequence: u64::try_from(now_unix_ms).unwrap_or(0) * 1024 + index,
+        only_data_partner_id: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn update(user: u64) -> SegmentStatusUpdate {
         origin: Origin::Realtime as i32,
         produced_unix_ms: 1_764_000_000_000,
         sequence: 1_764_000_000_000 * 1024 + user,
+        only_data_partner_id: None,
     }
 }
 

@@ -155,6 +155,14 @@ impl DestinationBatch {
         let limits = self.destination.batch;
         let hash = self.hasher.hash_one(&event.update.user_id);
         let existing = self.find(hash, &event.update.user_id);
+        // A targeted update is for some of the user's ids only: merged with another update of
+        // the user, its changes would reach the other ids (or its ids miss its changes).
+        if let Some(i) = existing
+            && (event.update.only_data_partner_id.is_some()
+                || self.latest(&self.users[i]).only_data_partner_id.is_some())
+        {
+            return Err(event);
+        }
         let position = existing.unwrap_or(self.users.len());
         let coalesced_before = self.coalesced.len();
         let mut replaced = |segment: usize, old: &PartnerSegment| {
@@ -242,7 +250,8 @@ impl DestinationBatch {
         }
         let events = self.take_events();
         for event in events.into_iter().filter(|e| keep(e)) {
-            // Fewer events than before: they fit.
+            // Fewer events than before: they fit (and a targeted update never shared the
+            // batch with another update of its user).
             let _fits = self.add(event);
         }
     }

@@ -300,9 +300,10 @@ impl CatchUpReader {
         // Undecodable input is the shared consumer's to dead-letter: not needed here.
         let update = update
             .filter(|u| {
-                u.changes
-                    .iter()
-                    .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
+                self.sender.config.takes(u)
+                    && u.changes
+                        .iter()
+                        .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
             })
             .and_then(|u| self.without_superseded(partition, u));
         let decision = self.watermarks.lock().catch_up(

@@ -248,6 +248,16 @@ pub struct DestinationConfig {
     pub circuit: CircuitConfig,
 }
 
+impl DestinationConfig {
+    /// Whether `update` is for this destination's data partner: every update is, except a
+    /// targeted one (`only_data_partner_id`) for another data partner's ids.
+    pub fn takes(&self, update: &model::SegmentStatusUpdate) -> bool {
+        update
+            .only_data_partner_id
+            .is_none_or(|only| self.data_partner == Some(only))
+    }
+}
+
 /// When a batch is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {

@@ -231,6 +231,7 @@ mod tests {
                 origin: Origin::Realtime as i32,
                 produced_unix_ms: 1,
                 sequence: 1,
+                only_data_partner_id: None,
             }),
             source: Some(EventSource {
                 catch_up: false,

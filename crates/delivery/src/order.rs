@@ -145,6 +145,9 @@ impl Order {
         if update.sequence == 0 {
             return superseded;
         }
+        // A targeted update reaches some destinations only: it must not make the others drop
+        // an older change they never saw superseded.
+        let record = record && update.only_data_partner_id.is_none();
         let mut partitions = self.lock();
         let Some(order) = partitions.partitions.get_mut(&partition) else {
             return superseded;
@@ -317,10 +320,9 @@ pub fn strip<'a>(
 ) -> Option<SegmentStatusUpdate> {
     for &index in superseded {
         let change = &update.changes[index];
-        for sender in destinations
-            .clone()
-            .filter(|s| s.config.segments.contains_key(&change.segment_id))
-        {
+        for sender in destinations.clone().filter(|s| {
+            s.config.takes(&update) && s.config.segments.contains_key(&change.segment_id)
+        }) {
             sender.metrics.changes_superseded.inc();
             crate::coalesced::record_superseded(&sender.config, &update.user_id, change);
         }

@@ -226,6 +226,10 @@ impl Newest {
                         else {
                             return;
                         };
+                        // A targeted update supersedes nothing (see `only_data_partner_id`).
+                        if update.only_data_partner_id.is_some() {
+                            return;
+                        }
                         for change in &update.changes {
                             if self
                                 .by_pair

@@ -1,5 +1,5 @@
 //! Which destinations an update goes to: every destination whose segment mapping contains at
-//! least one of the update's segments.
+//! least one of the update's segments (of a targeted update: only those of its data partner).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use crate::config::DestinationConfig;
 #[derive(Debug)]
 pub struct Router {
     by_segment: HashMap<u64, Vec<usize>>,
+    /// Each slot's data partner, for targeted updates (`only_data_partner_id`).
+    data_partners: Vec<Option<u64>>,
     /// Scratch space reused between updates, so routing allocates nothing per event.
     seen: Vec<bool>,
 }
@@ -25,16 +27,17 @@ impl Router {
     /// config reload keeps its index, and gets nothing).
     pub fn over<'a>(slots: impl Iterator<Item = Option<&'a Arc<DestinationConfig>>>) -> Self {
         let mut by_segment: HashMap<u64, Vec<usize>> = HashMap::new();
-        let mut count = 0;
+        let mut data_partners = Vec::new();
         for (index, destination) in slots.enumerate() {
-            count = index + 1;
+            data_partners.push(destination.and_then(|d| d.data_partner));
             for &segment in destination.iter().flat_map(|d| d.segments.keys()) {
                 by_segment.entry(segment).or_default().push(index);
             }
         }
         Self {
+            seen: vec![false; data_partners.len()],
             by_segment,
-            seen: vec![false; count],
+            data_partners,
         }
     }
 
@@ -45,6 +48,12 @@ impl Router {
         for change in &update.changes {
             if let Some(destinations) = self.by_segment.get(&change.segment_id) {
                 for &d in destinations {
+                    if update
+                        .only_data_partner_id
+                        .is_some_and(|only| self.data_partners[d] != Some(only))
+                    {
+                        continue;
+                    }
                     if !std::mem::replace(&mut self.seen[d], true) {
                         out.push(d);
                     }

@@ -29,6 +29,7 @@ fn example_update() -> SegmentStatusUpdate {
         origin: Origin::Realtime as i32,
         produced_unix_ms: 0,
         sequence: 0,
+        only_data_partner_id: None,
     }
 }
 
@@ -158,6 +159,7 @@ fn arb_update() -> impl Strategy<Value = SegmentStatusUpdate> {
                     origin,
                     produced_unix_ms,
                     sequence,
+                    only_data_partner_id: None,
                 }
             },
         )

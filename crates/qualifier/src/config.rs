@@ -18,6 +18,9 @@ use crate::rules::{self, Expr, Program};
 #[serde(deny_unknown_fields)]
 struct RawFile {
     inactivity: Option<Spanned<String>>,
+    max_partner_ids: Option<Spanned<u32>>,
+    max_data_partners: Option<Spanned<u32>>,
+    max_regions: Option<Spanned<u32>>,
     #[serde(default)]
     traits: Vec<RawTrait>,
     #[serde(default)]
@@ -59,6 +62,8 @@ pub struct TraitDef {
 pub struct SegmentDef {
     pub id: u64,
     pub name: String,
+    /// The rule as written in the file.
+    pub rule_text: String,
     pub rule: Expr,
     pub program: Program,
 }
@@ -76,6 +81,9 @@ pub struct Retention {
 pub struct Definitions {
     /// Users unseen this long drop out of everything. Default 120 days.
     pub inactivity_ms: i64,
+    /// How much of a user's input is kept, so that no input can grow a user's state (and its
+    /// updates) past Kafka's message limit.
+    pub limits: UserLimits,
     pub traits: IdMap<TraitDef>,
     pub segments: Vec<SegmentDef>,
     /// Per trait used by a rule: what to keep.
@@ -91,6 +99,54 @@ pub struct Definitions {
     /// The segments (indices) whose rules hold for a user with no realizations at all (e.g.
     /// `T1 OR NOT T2`): with `segments_by_trait`, all a new user's first event can change.
     pub hold_when_empty: Vec<usize>,
+}
+
+/// Caps on what one user accumulates from ID syncs and regions (segments.yaml's
+/// `max_partner_ids`, `max_data_partners`, `max_regions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Partner ids kept per user and data partner; a new one past it evicts the id synced
+    /// longest ago, which then leaves every segment.
+    pub partner_ids: usize,
+    /// Data partners a user keeps ids at; a new one past it evicts the data partner synced
+    /// longest ago, with all its ids.
+    pub data_partners: usize,
+    /// Regions kept per user; regions seen after that many are not added.
+    pub regions: usize,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        Self {
+            partner_ids: 16,
+            data_partners: 16,
+            regions: 64,
+        }
+    }
+}
+
+/// The largest changelog record the definitions may allow, in bytes: under the 1 MB
+/// `max.message.bytes` of a default broker with room for the record's overhead.
+pub const MAX_STATE_BYTES: usize = 900_000;
+
+impl Definitions {
+    /// An upper bound of a user's changelog record (and of any update of theirs) under these
+    /// definitions: every id, region, kept realization and membership at its limit.
+    pub fn worst_case_state_bytes(&self) -> usize {
+        // Field tags and lengths: at most 1 + 3 bytes per id string, 11 per varint.
+        let id = crate::evaluate::MAX_ID_BYTES + 4;
+        let partner_ids = self.limits.data_partners * (11 + 4 + self.limits.partner_ids * id);
+        let regions = self.limits.regions * 6 + 4;
+        let traits: usize = self
+            .retention
+            .values()
+            .map(|keep| 11 + 4 + keep.count as usize * 11)
+            .sum();
+        let memberships = self.segments.len() * (2 + 11 + 11);
+        // The user id, last seen, opt-out, sequences and tags.
+        let scalars = id + 5 * 11 + 16;
+        partner_ids + regions + traits + memberships + scalars
+    }
 }
 
 pub const DEFAULT_TTL_MS: i64 = 120 * 86_400_000;
@@ -122,6 +178,33 @@ impl Definitions {
                     DEFAULT_INACTIVITY_MS
                 }
             },
+        };
+
+        let defaults = UserLimits::default();
+        let mut limit = |name: &str, raw: &Option<Spanned<u32>>, default: usize| match raw {
+            None => default,
+            Some(spanned) if (1..=1024).contains(&spanned.value) => spanned.value as usize,
+            Some(spanned) => {
+                problems.push(format!(
+                    "{name} (line {}): {} is out of range; write a number from 1 to 1024 (default {default})",
+                    spanned.referenced.line(),
+                    spanned.value
+                ));
+                default
+            }
+        };
+        let limits = UserLimits {
+            partner_ids: limit(
+                "max_partner_ids",
+                &raw.max_partner_ids,
+                defaults.partner_ids,
+            ),
+            data_partners: limit(
+                "max_data_partners",
+                &raw.max_data_partners,
+                defaults.data_partners,
+            ),
+            regions: limit("max_regions", &raw.max_regions, defaults.regions),
         };
 
         let mut traits = IdMap::default();
@@ -178,6 +261,7 @@ impl Definitions {
                     segments.push(SegmentDef {
                         id,
                         name: raw_segment.name.clone().unwrap_or_else(|| id.to_string()),
+                        rule_text: raw_segment.rule.value.clone(),
                         rule,
                         program,
                     });
@@ -232,8 +316,9 @@ impl Definitions {
             .filter(|(_, s)| s.program.evaluate(&NoRealizations, 0, &mut stack))
             .map(|(i, _)| i)
             .collect();
-        Ok(Self {
+        let definitions = Self {
             inactivity_ms,
+            limits,
             traits,
             segments,
             retention,
@@ -241,7 +326,18 @@ impl Definitions {
             segments_by_trait,
             segment_index,
             hold_when_empty,
-        })
+        };
+        let worst = definitions.worst_case_state_bytes();
+        if worst > MAX_STATE_BYTES {
+            return Err(fail(vec![format!(
+                "a user at every limit would take up to {worst} bytes in one Kafka record, more than the {MAX_STATE_BYTES} allowed: lower max_partner_ids ({}), max_data_partners ({}) or max_regions ({}), or the counts rules keep (`T1 >= N`), or split the segments ({}) over several qualifiers",
+                limits.partner_ids,
+                limits.data_partners,
+                limits.regions,
+                definitions.segments.len()
+            )]));
+        }
+        Ok(definitions)
     }
 }
 
@@ -366,6 +462,38 @@ segments:
         );
         assert!(
             error.contains("traits[0] (id 1) ttl (line 3): not a duration"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn user_limits_default_to_a_state_well_under_the_message_limit_and_refuse_more() {
+        let defs = Definitions::parse(Path::new("s.yaml"), EXAMPLE).unwrap();
+        assert_eq!(defs.limits, UserLimits::default());
+        assert!(defs.worst_case_state_bytes() < MAX_STATE_BYTES / 4);
+        let error = Definitions::parse(
+            Path::new("s.yaml"),
+            "max_partner_ids: 1024
+max_data_partners: 64
+traits: []
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("more than the 900000 allowed: lower max_partner_ids (1024)"),
+            "{error}"
+        );
+        let error = Definitions::parse(
+            Path::new("s.yaml"),
+            "max_regions: 0
+traits: []
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("max_regions (line 1): 0 is out of range; write a number from 1 to 1024 (default 64)"),
             "{error}"
         );
     }

@@ -7,7 +7,7 @@ use model::{
     ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate, TraitEvent, UserState,
 };
 
-use crate::config::Definitions;
+use crate::config::{Definitions, UserLimits};
 use crate::rules::TraitTimes;
 
 /// What a step did to a user.
@@ -19,6 +19,10 @@ pub struct Step {
     pub state_changed: bool,
     /// The changes of segment status, if any.
     pub update: Option<SegmentStatusUpdate>,
+    /// Updates for some of the user's partner ids only (see
+    /// `SegmentStatusUpdate::only_data_partner_id`), published after `update`: an ID sync's
+    /// new id gets the user's memberships, an evicted id its 0s.
+    pub targeted: Vec<SegmentStatusUpdate>,
     /// The event was ignored (the user opted out earlier).
     pub ignored: bool,
     /// When the user must be evaluated again without an event (`None`: never). Never later
@@ -120,6 +124,7 @@ impl Evaluator {
                 state,
                 state_changed: false,
                 update: None,
+                targeted: Vec::new(),
                 ignored: true,
                 due: None,
             });
@@ -157,6 +162,7 @@ impl Evaluator {
                     state: Some(marker),
                     state_changed: true,
                     update,
+                    targeted: Vec::new(),
                     ignored: false,
                     due: None,
                 })
@@ -168,11 +174,13 @@ impl Evaluator {
                     now
                 };
                 state.last_seen_unix_ms = state.last_seen_unix_ms.max(seen);
-                add_partner_id(
+                let synced = add_partner_id(
                     &mut state.partner_ids,
                     sync.data_partner_id,
                     &sync.partner_uuid,
+                    definitions.limits,
                 );
+                let targeted = partner_id_updates(&mut state, synced, origin, now);
                 // Nothing is evaluated: a timer already set (even one that is due now) still
                 // stands, since a later last-seen only moves the inactivity boundary later.
                 let due = due.or_else(|| next_due(definitions, &state, now));
@@ -180,6 +188,7 @@ impl Evaluator {
                     state: Some(state),
                     state_changed: true,
                     update: None,
+                    targeted,
                     ignored: false,
                     due,
                 })
@@ -188,6 +197,7 @@ impl Evaluator {
                 let time = realization.time_unix_ms.min(now);
                 state.last_seen_unix_ms = state.last_seen_unix_ms.max(time);
                 if let Some(region) = realization.region
+                    && state.regions.len() < definitions.limits.regions
                     && let Err(at) = state.regions.binary_search(&region)
                 {
                     state.regions.insert(at, region);
@@ -252,6 +262,7 @@ impl Evaluator {
                     state: Some(state),
                     state_changed: true,
                     update,
+                    targeted: Vec::new(),
                     ignored: false,
                     due,
                 })
@@ -268,6 +279,7 @@ impl Evaluator {
                 state: Some(state),
                 state_changed: false,
                 update: None,
+                targeted: Vec::new(),
                 ignored: false,
                 due: None,
             };
@@ -288,6 +300,7 @@ impl Evaluator {
                 state: None,
                 state_changed: true,
                 update,
+                targeted: Vec::new(),
                 ignored: false,
                 due: None,
             };
@@ -302,6 +315,7 @@ impl Evaluator {
             state: Some(state),
             state_changed,
             update,
+            targeted: Vec::new(),
             ignored: false,
             due,
         }
@@ -405,36 +419,135 @@ fn build_update(
         regions: state.regions.clone(),
         partner_ids: state.partner_ids.clone(),
         changes,
-        origin: if origin == Origin::Unspecified {
-            Origin::Realtime
-        } else {
-            origin
-        } as i32,
+        origin: effective_origin(origin) as i32,
         produced_unix_ms: now,
         sequence,
+        only_data_partner_id: None,
     })
 }
 
-fn add_partner_id(partner_ids: &mut Vec<PartnerIds>, data_partner_id: u64, uuid: &str) {
+/// What an ID sync did to the user's ids.
+#[derive(Debug, Default)]
+struct Synced {
+    /// The id is new for the user (not merely synced again).
+    added: Option<(u64, String)>,
+    /// Ids evicted to stay within the limits, by data partner.
+    evicted: Vec<PartnerIds>,
+}
+
+/// Adds `uuid` as the user's newest id at `data_partner_id`; an id or data partner synced
+/// again becomes the newest. Past `limits`, the id (or data partner) synced longest ago is
+/// evicted.
+fn add_partner_id(
+    partner_ids: &mut Vec<PartnerIds>,
+    data_partner_id: u64,
+    uuid: &str,
+    limits: UserLimits,
+) -> Synced {
+    let mut synced = Synced::default();
     if uuid.is_empty() {
-        return;
+        return synced;
     }
-    let index = match partner_ids
+    let mut entry = match partner_ids
         .iter()
         .position(|p| p.data_partner_id == data_partner_id)
     {
-        Some(i) => i,
-        None => {
-            partner_ids.push(PartnerIds {
-                data_partner_id,
-                partner_uuids: Vec::new(),
-            });
-            partner_ids.len() - 1
-        }
+        Some(i) => partner_ids.remove(i),
+        None => PartnerIds {
+            data_partner_id,
+            partner_uuids: Vec::new(),
+        },
     };
-    let uuids = &mut partner_ids[index].partner_uuids;
-    if !uuids.iter().any(|u| u == uuid) {
-        uuids.push(uuid.to_owned());
+    let uuids = &mut entry.partner_uuids;
+    match uuids.iter().position(|u| u == uuid) {
+        Some(i) => {
+            let again = uuids.remove(i);
+            uuids.push(again);
+        }
+        None => {
+            uuids.push(uuid.to_owned());
+            synced.added = Some((data_partner_id, uuid.to_owned()));
+        }
+    }
+    let excess = uuids.len().saturating_sub(limits.partner_ids);
+    if excess > 0 {
+        synced.evicted.push(PartnerIds {
+            data_partner_id,
+            partner_uuids: uuids.drain(..excess).collect(),
+        });
+    }
+    partner_ids.push(entry);
+    let excess = partner_ids.len().saturating_sub(limits.data_partners);
+    synced.evicted.extend(partner_ids.drain(..excess));
+    synced
+}
+
+/// The targeted updates of an ID sync: each evicted id leaves the user's segments (0s dated
+/// now), and a new id gets the user's memberships (1s dated when the user qualified).
+fn partner_id_updates(
+    state: &mut UserState,
+    synced: Synced,
+    origin: Origin,
+    now: i64,
+) -> Vec<SegmentStatusUpdate> {
+    let mut updates = Vec::new();
+    if state.memberships.is_empty() {
+        return updates;
+    }
+    for evicted in synced.evicted {
+        let time = now.max(state.last_change_unix_ms);
+        state.last_change_unix_ms = time;
+        let changes = state
+            .memberships
+            .iter()
+            .map(|m| SegmentChange::unsegmented(m.segment_id, ChangeReason::PartnerIdEvicted, time))
+            .collect();
+        updates.push(targeted_update(state, evicted, changes, origin, now));
+    }
+    if let Some((data_partner_id, uuid)) = synced.added {
+        let changes = state
+            .memberships
+            .iter()
+            .map(|m| SegmentChange {
+                reason: ChangeReason::PartnerIdSynced as i32,
+                ..SegmentChange::qualified(m.segment_id, m.since_unix_ms)
+            })
+            .collect();
+        let ids = PartnerIds {
+            data_partner_id,
+            partner_uuids: vec![uuid],
+        };
+        updates.push(targeted_update(state, ids, changes, origin, now));
+    }
+    updates
+}
+
+/// An update for the ids in `ids` only (`only_data_partner_id`).
+fn targeted_update(
+    state: &mut UserState,
+    ids: PartnerIds,
+    changes: Vec<SegmentChange>,
+    origin: Origin,
+    now: i64,
+) -> SegmentStatusUpdate {
+    SegmentStatusUpdate {
+        user_id: state.user_id.clone(),
+        regions: state.regions.clone(),
+        only_data_partner_id: Some(ids.data_partner_id),
+        partner_ids: vec![ids],
+        changes,
+        origin: effective_origin(origin) as i32,
+        produced_unix_ms: now,
+        sequence: next_sequence(state, now),
+    }
+}
+
+/// Changes of an event without an origin go to the real-time topic.
+fn effective_origin(origin: Origin) -> Origin {
+    if origin == Origin::Unspecified {
+        Origin::Realtime
+    } else {
+        origin
     }
 }
 

@@ -131,6 +131,8 @@ impl HotCounters {
             (SegmentStatus::Inactive, ChangeReason::Ttl),
             (SegmentStatus::Inactive, ChangeReason::Inactive),
             (SegmentStatus::Inactive, ChangeReason::OptOut),
+            (SegmentStatus::Active, ChangeReason::PartnerIdSynced),
+            (SegmentStatus::Inactive, ChangeReason::PartnerIdEvicted),
         ]
         .into_iter()
         .map(|(status, reason)| {
@@ -190,6 +192,8 @@ fn reason_label(reason: model::ChangeReason) -> &'static str {
         model::ChangeReason::Ttl => "ttl",
         model::ChangeReason::Inactive => "inactive",
         model::ChangeReason::OptOut => "opt_out",
+        model::ChangeReason::PartnerIdSynced => "partner_id_synced",
+        model::ChangeReason::PartnerIdEvicted => "partner_id_evicted",
         model::ChangeReason::Unspecified => "unspecified",
     }
 }

@@ -557,7 +557,7 @@ impl Processor {
     /// Produces a step's update, puts the user back in the store with their timer, and notes
     /// a changed state for the transaction's changelog records.
     fn publish(&mut self, partition: i32, user: &str, step: Step) -> Result<(), KafkaError> {
-        if let Some(update) = &step.update {
+        for update in step.update.iter().chain(&step.targeted) {
             let topic = if update.origin() == Origin::Batch {
                 &self.topology.status_batch_topic
             } else {

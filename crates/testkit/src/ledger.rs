@@ -28,6 +28,8 @@ pub type Changes = HashMap<Change, u64>;
 pub struct Destination {
     pub id: u64,
     pub path: String,
+    /// The data partner whose ids it gets: it gets targeted updates for that one only.
+    pub data_partner: Option<u64>,
     pub segments: HashMap<u64, String>,
 }
 
@@ -38,6 +40,8 @@ pub struct Committed {
     pub segment: u64,
     pub active: bool,
     pub time_unix_ms: i64,
+    /// Set for a targeted update's change (`only_data_partner_id`).
+    pub only_data_partner: Option<u64>,
 }
 
 /// A run's inputs could not be read: the ledger cannot judge it, and says which input.
@@ -70,6 +74,7 @@ pub fn committed(settings: &KafkaSettings, topic: &str) -> Result<Vec<Committed>
             segment: c.segment_id,
             active: c.status == SegmentStatus::Active as i32,
             time_unix_ms: c.time_unix_ms,
+            only_data_partner: update.only_data_partner_id,
         }));
     }
     Ok(out)
@@ -79,6 +84,12 @@ pub fn committed(settings: &KafkaSettings, topic: &str) -> Result<Vec<Committed>
 pub fn expected(changes: &[Committed], destination: &Destination) -> Changes {
     let mut out = Changes::new();
     for change in changes {
+        if change
+            .only_data_partner
+            .is_some_and(|only| destination.data_partner != Some(only))
+        {
+            continue;
+        }
         if let Some(theirs) = destination.segments.get(&change.segment) {
             *out.entry((
                 change.user.clone(),
@@ -493,7 +504,9 @@ pub fn qualifier_duplicates(changes: &[Committed]) -> QualifierDuplicates {
     }
     let mut histories: HashMap<(&str, u64), History> = HashMap::new();
     let mut out = QualifierDuplicates::default();
-    for change in changes {
+    // A targeted update re-states (or ends) memberships for some partner ids only: it is not
+    // a step of the user's history.
+    for change in changes.iter().filter(|c| c.only_data_partner.is_none()) {
         let h = histories.entry((&change.user, change.segment)).or_default();
         let mut bad = false;
         if h.last == Some(change.active) {

@@ -253,6 +253,7 @@ pub fn update(
         produced_unix_ms: T0,
         // As from a qualifier before sequences: ordered by topic position only.
         sequence: 0,
+        only_data_partner_id: None,
     }
 }
 

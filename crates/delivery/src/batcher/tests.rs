@@ -56,6 +56,7 @@ fn update(
             origin: Origin::Realtime as i32,
             produced_unix_ms: T0,
             sequence: 0,
+            only_data_partner_id: None,
         }),
         source: None,
     }
@@ -346,4 +347,31 @@ proptest! {
             prop_assert_eq!(parsed["User_count"].as_str().unwrap().parse::<usize>().unwrap(), parsed["Users"].as_array().unwrap().len());
         }
     }
+}
+
+#[test]
+fn a_targeted_update_never_shares_a_request_with_another_update_of_its_user() {
+    let destination = destination(", data_partner: 1234");
+    let targeted = |ids: &[&str], active: bool| {
+        let mut event = update("u1", &[], ids, vec![change(14356, active, T0)]);
+        Arc::make_mut(&mut event.update).only_data_partner_id = Some(1234);
+        event
+    };
+    let mut batch = DestinationBatch::new(destination.clone());
+    batch
+        .add(update("u1", &[], &["a", "b"], vec![change(14356, true, T0)]))
+        .unwrap();
+    // Merged, the evicted id's 0 would go to "a" and "b" (or "x" miss it).
+    assert!(batch.add(targeted(&["x"], false)).is_err());
+    batch
+        .add(update("u2", &[], &["c"], vec![change(14356, true, T0)]))
+        .unwrap();
+    let mut next = DestinationBatch::new(destination);
+    next.add(targeted(&["x"], false)).unwrap();
+    assert!(
+        next.add(update("u1", &[], &["a"], vec![change(12176, true, T0)]))
+            .is_err()
+    );
+    assert!(body(&next).contains(r#""DataPartner_UUID":"x""#));
+    assert_eq!(next.entry_count(), 1);
 }

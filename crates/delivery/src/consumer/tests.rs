@@ -131,6 +131,7 @@ fn updates_from_a_newer_qualifier_decode_with_their_unknown_fields_skipped() {
         origin: Origin::Realtime as i32,
         produced_unix_ms: 1_469_636_242_000,
         sequence: 1_469_636_242_000 * 1024,
+        only_data_partner_id: None,
     };
     // Unknown fields at the top level…
     let top = with_unknown_fields(&update.encode_to_vec());
@@ -271,4 +272,24 @@ fn a_detached_destination_stays_held_while_stuck_or_slow_and_for_30_s_at_most() 
         !lagging.still_stuck(now + LAGGING, 7, true),
         "never longer than LAGGING"
     );
+}
+
+#[test]
+fn a_targeted_update_routes_to_its_data_partners_destinations_only() {
+    let mut update = model::SegmentStatusUpdate {
+        user_id: "u".to_owned(),
+        changes: vec![SegmentChange::qualified(12176, 1)],
+        ..Default::default()
+    };
+    let mut router = Router::new(&DESTINATIONS);
+    let mut targets = Vec::new();
+    router.route(&update, &mut targets);
+    assert_eq!(targets, [0, 1]);
+    update.only_data_partner_id = Some(1234);
+    router.route(&update, &mut targets);
+    assert_eq!(targets, [0]);
+    assert!(DESTINATIONS[0].takes(&update) && !DESTINATIONS[1].takes(&update));
+    update.only_data_partner_id = Some(99);
+    router.route(&update, &mut targets);
+    assert!(targets.is_empty());
 }

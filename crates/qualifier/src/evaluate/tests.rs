@@ -591,3 +591,214 @@ fn a_late_event_is_never_dated_before_the_users_previous_change() {
     assert_eq!(state.memberships[0].since_unix_ms, 16 * S);
     assert_eq!(state.last_change_unix_ms, 16 * S);
 }
+
+fn id_sync(user: &str, data_partner_id: u64, uuid: &str, time: i64) -> TraitEvent {
+    TraitEvent {
+        user_id: user.to_owned(),
+        origin: Origin::Realtime as i32,
+        event: Some(trait_event::Event::IdSync(IdSync {
+            data_partner_id,
+            partner_uuid: uuid.to_owned(),
+            time_unix_ms: time,
+        })),
+    }
+}
+
+/// A targeted update as (data partner, its ids, [(segment, active, reason, time)]).
+type Targeted = (u64, Vec<String>, Vec<(u64, bool, ChangeReason, i64)>);
+
+fn targeted(step: &Step) -> Vec<Targeted> {
+    step.targeted
+        .iter()
+        .map(|u| {
+            assert_eq!(
+                u.partner_ids.len(),
+                1,
+                "one data partner per targeted update"
+            );
+            let ids = &u.partner_ids[0];
+            assert_eq!(u.only_data_partner_id, Some(ids.data_partner_id));
+            let changes = u
+                .changes
+                .iter()
+                .map(|c| {
+                    let active = c.status() == SegmentStatus::Active;
+                    (c.segment_id, active, c.reason(), c.time_unix_ms)
+                })
+                .collect();
+            (ids.data_partner_id, ids.partner_uuids.clone(), changes)
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_partner_id_gets_the_memberships_the_user_already_has() {
+    let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let member = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 100 * S, None),
+        100 * S,
+    );
+    let synced = apply(
+        &mut evaluator,
+        &defs,
+        member.state,
+        &id_sync("u", 7, "a", 0),
+        200 * S,
+    );
+    assert_eq!(synced.update, None);
+    assert_eq!(
+        targeted(&synced),
+        [(
+            7,
+            vec!["a".to_owned()],
+            vec![(10, true, ChangeReason::PartnerIdSynced, 100 * S)]
+        )]
+    );
+    let sequence = synced.targeted[0].sequence;
+    // The same id again: nothing new to tell anyone.
+    let again = apply(
+        &mut evaluator,
+        &defs,
+        synced.state,
+        &id_sync("u", 7, "a", 0),
+        300 * S,
+    );
+    assert!(again.targeted.is_empty());
+    // Later updates carry the id and a higher sequence.
+    let left = evaluator
+        .on_timer(&defs, again.state.unwrap(), 100 * S + defs.inactivity_ms)
+        .update
+        .unwrap();
+    assert_eq!(left.partner_ids[0].partner_uuids, ["a"]);
+    assert!(left.sequence > sequence);
+    assert_eq!(left.only_data_partner_id, None);
+}
+
+#[test]
+fn a_user_without_memberships_gets_no_targeted_update() {
+    let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let step = apply(
+        &mut Evaluator::default(),
+        &defs,
+        None,
+        &id_sync("u", 7, "a", 0),
+        S,
+    );
+    assert!(step.targeted.is_empty());
+    assert_eq!(step.state.unwrap().partner_ids[0].partner_uuids, ["a"]);
+}
+
+#[test]
+fn ids_past_the_limit_evict_the_oldest_which_leaves_every_segment() {
+    let defs = definitions(
+        "max_partner_ids: 2\nmax_data_partners: 2\ntraits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n",
+    );
+    let mut evaluator = Evaluator::default();
+    let mut state = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 100 * S, None),
+        100 * S,
+    )
+    .state;
+    for (i, uuid) in ["a", "b"].iter().enumerate() {
+        state = apply(
+            &mut evaluator,
+            &defs,
+            state,
+            &id_sync("u", 7, uuid, 0),
+            (101 + i as i64) * S,
+        )
+        .state;
+    }
+    // "a" synced again is the newest: "b" is evicted by "c".
+    state = apply(
+        &mut evaluator,
+        &defs,
+        state,
+        &id_sync("u", 7, "a", 0),
+        103 * S,
+    )
+    .state;
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        state,
+        &id_sync("u", 7, "c", 0),
+        104 * S,
+    );
+    assert_eq!(
+        targeted(&step),
+        [
+            (
+                7,
+                vec!["b".to_owned()],
+                vec![(10, false, ChangeReason::PartnerIdEvicted, 104 * S)]
+            ),
+            (
+                7,
+                vec!["c".to_owned()],
+                vec![(10, true, ChangeReason::PartnerIdSynced, 100 * S)]
+            ),
+        ]
+    );
+    assert!(step.targeted[0].sequence < step.targeted[1].sequence);
+    let state = step.state;
+    assert_eq!(
+        state.as_ref().unwrap().partner_ids[0].partner_uuids,
+        ["a", "c"]
+    );
+    // A third data partner evicts the one synced longest ago, with all its ids.
+    let state = apply(
+        &mut evaluator,
+        &defs,
+        state,
+        &id_sync("u", 8, "x", 0),
+        105 * S,
+    )
+    .state;
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        state,
+        &id_sync("u", 9, "y", 0),
+        106 * S,
+    );
+    let evicted = &targeted(&step)[0];
+    assert_eq!(
+        (evicted.0, evicted.1.as_slice()),
+        (7, &["a".to_owned(), "c".to_owned()][..])
+    );
+    let kept: Vec<u64> = step
+        .state
+        .unwrap()
+        .partner_ids
+        .iter()
+        .map(|p| p.data_partner_id)
+        .collect();
+    assert_eq!(kept, [8, 9]);
+}
+
+#[test]
+fn regions_past_the_limit_are_not_kept() {
+    let defs =
+        definitions("max_regions: 2\ntraits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let mut state = None;
+    for region in [5, 3, 9, 1] {
+        state = apply(
+            &mut evaluator,
+            &defs,
+            state,
+            &realization("u", 1, S, Some(region)),
+            S,
+        )
+        .state;
+    }
+    assert_eq!(state.unwrap().regions, [3, 5]);
+}

@@ -70,6 +70,8 @@ impl Default for KafkaBlock {
 struct DestinationEntry {
     id: u64,
     url: String,
+    #[serde(default)]
+    data_partner: Option<u64>,
     segments: HashMap<SegmentKey, String>,
 }
 
@@ -110,6 +112,7 @@ fn load_config(path: &Path) -> anyhow::Result<(KafkaBlock, Vec<Destination>)> {
         destinations.push(Destination {
             id: entry.id,
             path: url_path(&entry.url).to_owned(),
+            data_partner: entry.data_partner,
             segments,
         });
     }

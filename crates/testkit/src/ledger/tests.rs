@@ -14,6 +14,7 @@ fn destination() -> Destination {
     Destination {
         id: 423,
         path: "/acme".to_owned(),
+        data_partner: None,
         segments: [(1, "a-1".to_owned())].into_iter().collect(),
     }
 }
@@ -223,7 +224,28 @@ fn committed(user: &str, active: bool, time_unix_ms: i64) -> Committed {
         segment: 1,
         active,
         time_unix_ms,
+        only_data_partner: None,
     }
+}
+
+#[test]
+fn a_targeted_change_is_expected_only_at_its_data_partners_destinations() {
+    let targeted = Committed {
+        only_data_partner: Some(7),
+        ..committed("u1", true, 1_000)
+    };
+    let changes = [committed("u1", true, 1_000), targeted];
+    let mut ours = destination();
+    ours.data_partner = Some(7);
+    assert_eq!(expected(&changes, &ours).values().sum::<u64>(), 2);
+    ours.data_partner = Some(8);
+    assert_eq!(expected(&changes, &ours).values().sum::<u64>(), 1);
+    assert_eq!(expected(&changes, &destination()).values().sum::<u64>(), 1);
+    // Re-stating a membership for a new partner id is not a reprocessed input.
+    let duplicates = qualifier_duplicates(&changes);
+    assert_eq!((duplicates.identical, duplicates.repeated_status), (0, 0));
+    let untargeted = [committed("u1", true, 1_000), committed("u1", true, 1_000)];
+    assert_eq!(qualifier_duplicates(&untargeted).repeated_status, 1);
 }
 
 #[test]
