@@ -9,4 +9,5 @@ pub mod metrics;
 pub mod processor;
 pub mod rules;
 pub mod service;
+pub mod show;
 pub mod store;

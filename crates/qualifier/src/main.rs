@@ -134,6 +134,17 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Print what the qualifier knows about one user (memberships, partner ids, regions, last
+    /// seen, next timer), read from the changelog topic: works with the qualifier running or
+    /// not. Pass --config to name the segments and compute the next timer.
+    Show {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Produce the events of an NDJSON file (the ingest API's shapes) as batch-origin input:
     /// their status changes go to the batch topic, a lane that never delays real time.
     Onboard {
@@ -157,6 +168,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 definitions.traits.len(),
                 definitions.segments.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Show { user, json }) => {
+            let definitions = cli.config.as_deref().map(Definitions::load).transpose()?;
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let topic = cli.topics.changelog_topic.clone();
+            let lookup = user.clone();
+            let found =
+                tokio::task::spawn_blocking(move || qualifier::show::find(&kafka, &topic, &lookup))
+                    .await??;
+            let Some(found) = found else {
+                eprintln!(
+                    "{user}: no record in {} (never seen by this qualifier group)",
+                    cli.topics.changelog_topic
+                );
+                return Ok(ExitCode::from(2));
+            };
+            let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+            let report = qualifier::show::report(
+                &user,
+                &cli.topics.changelog_topic,
+                found,
+                definitions.as_ref(),
+                now,
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", qualifier::show::render(&report));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Onboard { file }) => {

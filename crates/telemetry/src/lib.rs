@@ -6,6 +6,7 @@ mod admin;
 mod errors;
 mod kafka;
 mod logging;
+pub mod partition;
 mod runtime;
 mod secret;
 mod shutdown;
