@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use delivery::config::DeliveryConfig;
+use delivery::render::RenderInput;
 use telemetry::ServiceRuntime;
 
 // Allocation-heavy paths (decoded events, batches, bodies) cost less and fragment less with
@@ -58,6 +59,35 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Also connect to every destination (DNS, TCP, the TLS handshake with the sender's
+        /// trust, an OAuth token), sending no request; one line per destination, exit 1 if
+        /// any has a problem.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Print the exact requests delivery would send a destination for some updates (method,
+    /// URL, every header with the real signature, the body), sending nothing. Updates come
+    /// as JSON on stdin (or --input), one object per line or an array, or from a topic
+    /// position (--topic, --partition, --offset).
+    Render {
+        /// The destination id (`AAM_Destination_Id`).
+        #[arg(long)]
+        destination: u64,
+        /// Read the JSON updates from this file instead of stdin.
+        #[arg(long, conflicts_with = "topic")]
+        input: Option<PathBuf>,
+        /// Read the updates (protobuf) from this topic instead of JSON.
+        #[arg(long, requires_all = ["partition", "offset"])]
+        topic: Option<String>,
+        /// The partition of --topic.
+        #[arg(long, requires = "topic")]
+        partition: Option<i32>,
+        /// The offset of the first message to render.
+        #[arg(long, requires = "topic")]
+        offset: Option<i64>,
+        /// How many offsets to read from --offset on.
+        #[arg(long, requires = "topic", default_value_t = 1)]
+        count: u64,
     },
     /// Re-send a destination's dead-lettered events through the normal path and report how
     /// many were delivered. Events that fail again are dead-lettered again.
@@ -102,9 +132,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         })?;
     }
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig { file } => {
-            DeliveryConfig::load(&file)?;
+        Command::CheckConfig { file, connect } => {
+            let config = DeliveryConfig::load(&file)?;
             println!("{}: ok", file.display());
+            if !connect {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let checks = delivery::check_connect::check_all(&config).await;
+            for check in &checks {
+                println!("{check}");
+            }
+            Ok(if checks.iter().all(|c| c.is_ok()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Render {
+            destination,
+            input,
+            topic,
+            partition,
+            offset,
+            count,
+        } => {
+            let config = load(cli.config.as_ref())?;
+            let input = match (topic, partition, offset) {
+                (Some(topic), Some(partition), Some(offset)) => RenderInput::Topic {
+                    topic,
+                    partition,
+                    offset,
+                    count,
+                },
+                (Some(_), _, _) => anyhow::bail!("--topic needs --partition and --offset"),
+                (None, _, _) => RenderInput::Json(input),
+            };
+            let kafka = || Ok(telemetry::KafkaSettings::from_env()?);
+            delivery::render::run(&config, kafka, destination, input).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {

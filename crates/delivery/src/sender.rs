@@ -12,7 +12,7 @@ use flate2::write::GzEncoder;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use model::ErrorClass;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -52,6 +52,7 @@ enum Attempt {
     },
 }
 
+
 #[derive(Debug, thiserror::Error)]
 pub enum SenderBuildError {
     #[error("destination {id}: ca_file `{path}`: {reason}")]
@@ -62,7 +63,12 @@ pub enum SenderBuildError {
     },
     #[error("destination {id}: cannot build an HTTPS client: {0}", id = .1)]
     Client(reqwest::Error, u64),
+    #[error("destination {0}: cannot set up TLS: {1}")]
+    Tls(u64, String),
 }
+
+/// The `User-Agent` of every request to a partner (and to its token endpoint).
+pub const USER_AGENT: &str = concat!("segment-relay-delivery/", env!("CARGO_PKG_VERSION"));
 
 /// Everything needed to send to one destination, shared by all its lanes (and by the
 /// real-time and batch pipelines): one connection pool, one token cache, one circuit.
@@ -141,37 +147,7 @@ impl DestinationSender {
         config: Arc<DestinationConfig>,
         metrics: DestinationMetrics,
     ) -> Result<Self, SenderBuildError> {
-        // Certificates and host names are always verified (rustls with the system roots plus
-        // `ca_file`); no setting turns that off. Redirects are not followed: a partner answers
-        // with a success code or the attempt failed. Following one would send the signed body
-        // (307/308) to a URL nobody configured, possibly over plain HTTP, or turn the POST
-        // into a body-less GET (301/302/303) whose 200 would count a batch as delivered that
-        // the partner never received. Plain `http://` only with `dangerous_allow_http`.
-        let mut builder = reqwest::Client::builder()
-            .https_only(!config.dangerous_allow_http)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.timeout)
-            .pool_max_idle_per_host(config.max_in_flight * 2)
-            .user_agent(concat!(
-                "segment-relay-delivery/",
-                env!("CARGO_PKG_VERSION")
-            ));
-        if let Some(path) = &config.ca_file {
-            let ca_error = |reason: String| SenderBuildError::CaFile {
-                id: config.id,
-                path: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_error(format!("not PEM certificates: {e}")))?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| SenderBuildError::Client(e, config.id))?;
+        let client = http_client(&config)?;
         let auth = match &config.auth {
             AuthConfig::None => Auth::None,
             AuthConfig::Hmac(hmac) => Auth::Hmac(HmacSigner::new(hmac.clone())),
@@ -449,15 +425,12 @@ impl DestinationSender {
             .client
             .post(self.config.url.clone())
             .timeout(self.config.timeout)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("Idempotency-Key", idempotency_key)
+            .headers(request_headers(
+                self.config.gzip,
+                idempotency_key,
+                signatures,
+            ))
             .body(body.clone());
-        if self.config.gzip {
-            request = request.header(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
-        for (name, value) in signatures {
-            request = request.header(name.clone(), value.clone());
-        }
         let token = match &self.auth {
             Auth::OAuth2(tokens) => match tokens.token().await {
                 Ok(token) => {
@@ -542,7 +515,11 @@ impl DestinationSender {
                 let (outcome, class) = classify(&error);
                 self.metrics.request(outcome).inc();
                 let error = error.without_url();
-                tracing::warn!(destination = self.config.id, outcome = outcome.label(), error = %error, "Request to partner failed.");
+                // What a TLS failure means and how to fix it, in plain words.
+                let explanation = (class == ErrorClass::Tls)
+                    .then(|| crate::tls_explain::explain_tls_error(&error))
+                    .flatten();
+                tracing::warn!(destination = self.config.id, outcome = outcome.label(), error = %error, explanation = explanation.as_deref(), "Request to partner failed.");
                 Attempt::Retry {
                     class,
                     error: error_chain(&error),
@@ -551,6 +528,54 @@ impl DestinationSender {
             }
         }
     }
+}
+
+/// The HTTPS client of one destination, for its requests and its OAuth token requests.
+///
+/// Certificates and host names are always verified (rustls with the system roots plus
+/// `ca_file`, see `tls`); no setting turns that off. Redirects are not followed: a partner
+/// answers with a success code or the attempt failed. Following one would send the signed body
+/// (307/308) to a URL nobody configured, possibly over plain HTTP, or turn the POST into a
+/// body-less GET (301/302/303) whose 200 would count a batch as delivered that the partner
+/// never received. Plain `http://` only with `dangerous_allow_http`.
+pub fn http_client(config: &DestinationConfig) -> Result<reqwest::Client, SenderBuildError> {
+    let mut builder = reqwest::Client::builder()
+        .https_only(!config.dangerous_allow_http)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.timeout)
+        .pool_max_idle_per_host(config.max_in_flight * 2)
+        .user_agent(USER_AGENT);
+    for certificate in crate::tls::ca_file_certificates(config)? {
+        let certificate = reqwest::Certificate::from_der(&certificate)
+            .map_err(|e| SenderBuildError::Client(e, config.id))?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder
+        .build()
+        .map_err(|e| SenderBuildError::Client(e, config.id))
+}
+
+/// The headers of a request that delivery sets itself: the transport adds `host`,
+/// `user-agent` ([`USER_AGENT`]), `accept` and `content-length`, and an OAuth destination's
+/// `authorization` is added per attempt. `delivery render` prints these too.
+pub fn request_headers(
+    gzip: bool,
+    idempotency_key: &str,
+    signatures: &[(HeaderName, HeaderValue)],
+) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(3 + signatures.len());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // The key is hex: always a valid header value.
+    if let Ok(key) = HeaderValue::from_str(idempotency_key) {
+        headers.insert(HeaderName::from_static("idempotency-key"), key);
+    }
+    if gzip {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    for (name, value) in signatures {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
 }
 
 /// Timeout, TLS or connection: the closed set that becomes a metric label. TLS failures are
@@ -633,7 +658,8 @@ pub(crate) fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.5 + fastrand::f64())
 }
 
-fn gzip(json: &[u8]) -> Vec<u8> {
+/// The body sent for `json` with `gzip: true` (the JSON itself is what is signed).
+pub(crate) fn gzip(json: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(json);

@@ -2,7 +2,7 @@
 //! receiver, every request recorded (method, path, headers, body, arrival time), and a
 //! behaviour (status, delay, headers, or a script of next responses) that can change mid-test.
 //! [`Tls`] asks for a certificate a client must refuse (expired, for another name,
-//! self-signed), or for plain HTTP.
+//! self-signed, a CA certificate as the server's), or for plain HTTP.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -113,6 +113,10 @@ pub enum Tls {
     /// For `localhost` and `127.0.0.1`, valid now, but signed by its own key: not issued by
     /// the receiver's CA.
     SelfSigned,
+    /// The receiver's CA certificate itself (basicConstraints CA:TRUE, for `localhost` and
+    /// `127.0.0.1`), which is also [`Receiver::ca_file`]: a self-signed CA certificate used as
+    /// a server's, which rustls refuses even though it is trusted (`CaUsedAsEndEntity`).
+    CaAsServer,
     /// No TLS: plain `http://`.
     None,
 }
@@ -156,7 +160,13 @@ impl Receiver {
     /// Starts a receiver presenting `tls`, on a free loopback port answering `200` at once.
     pub async fn start_with(tls: Tls) -> Self {
         let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let ca_key_pem = ca_key.serialize_pem();
+        let ca_names = if tls == Tls::CaAsServer {
+            vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let mut ca_params = CertificateParams::new(ca_names).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name
@@ -200,12 +210,14 @@ impl Receiver {
                 .handle(handle.clone());
             tokio::spawn(async move { server.serve(app.into_make_service()).await });
         } else {
-            let config = RustlsConfig::from_pem(
-                leaf.pem().into_bytes(),
-                leaf_key.serialize_pem().into_bytes(),
-            )
-            .await
-            .unwrap();
+            let (certificate, key) = if tls == Tls::CaAsServer {
+                (ca.pem(), ca_key_pem)
+            } else {
+                (leaf.pem(), leaf_key.serialize_pem())
+            };
+            let config = RustlsConfig::from_pem(certificate.into_bytes(), key.into_bytes())
+                .await
+                .unwrap();
             let server = axum_server::from_tcp_rustls(listener, config)
                 .unwrap()
                 .handle(handle.clone());
@@ -406,6 +418,7 @@ mod tests {
             Tls::Expired,
             Tls::OtherName("partner.example.com".to_owned()),
             Tls::SelfSigned,
+            Tls::CaAsServer,
         ] {
             let receiver = Receiver::start_with(tls.clone()).await;
             let error = receiver
@@ -423,6 +436,7 @@ mod tests {
             let expected = match tls {
                 Tls::Expired => "certificate expired",
                 Tls::OtherName(_) => "not valid for name",
+                Tls::CaAsServer => "causedasendentity",
                 _ => "unknownissuer",
             };
             assert!(

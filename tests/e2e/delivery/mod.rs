@@ -1,5 +1,6 @@
 //! Delivery end to end: the real `delivery` binary, the real broker, real HTTPS receivers.
 
+mod check_connect;
 mod commits;
 mod contract;
 mod failures;
@@ -9,6 +10,7 @@ mod oauth;
 mod observability;
 mod ordering;
 mod recovery;
+mod render;
 mod secrets;
 mod tls;
 

@@ -1,0 +1,70 @@
+//! What a destination's HTTPS connections trust: the system roots plus the destination's
+//! `ca_file`, verified by rustls itself (no setting turns verification off).
+//!
+//! The sender's connections are made by reqwest, which builds its rustls config from the
+//! certificates it is given and offers no way to run a handshake alone. `check-config
+//! --connect` must send nothing, so it runs the handshake itself with [`handshake_config`]:
+//! the same trust (the certificates of [`ca_file_certificates`], which the sender gives
+//! reqwest too, plus the system roots reqwest loads), the same provider (ring), TLS versions
+//! (1.2 and 1.3) and ALPN offer (`h2`, `http/1.1`) as reqwest 0.12 with
+//! `rustls-tls-native-roots`. A verdict of the check is the verdict of the sender.
+
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+
+use crate::config::DestinationConfig;
+use crate::sender::SenderBuildError;
+
+/// The certificates of the destination's `ca_file` (PEM; none without one), trusted besides
+/// the system roots.
+pub fn ca_file_certificates(
+    config: &DestinationConfig,
+) -> Result<Vec<CertificateDer<'static>>, SenderBuildError> {
+    let Some(path) = &config.ca_file else {
+        return Ok(Vec::new());
+    };
+    let ca_error = |reason: String| SenderBuildError::CaFile {
+        id: config.id,
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ca_error(format!("not PEM certificates: {e}")))
+}
+
+/// The rustls client config of a handshake with the destination, trusting what the sender's
+/// HTTPS client trusts (see the module comment).
+pub fn handshake_config(
+    config: &DestinationConfig,
+) -> Result<rustls::ClientConfig, SenderBuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in ca_file_certificates(config)? {
+        roots
+            .add(certificate)
+            .map_err(|e| SenderBuildError::CaFile {
+                id: config.id,
+                path: config
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                reason: format!("a certificate rustls cannot use as a trust root: {e}"),
+            })?;
+    }
+    // As reqwest does: system certificates that do not parse are skipped (stores often hold
+    // ancient ones).
+    let (_added, _skipped) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .map_err(|e| SenderBuildError::Tls(config.id, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
