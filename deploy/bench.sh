@@ -240,13 +240,21 @@ bench_micro() {
 }
 
 # ---- delivery alone ---------------------------------------------------------------------
-# drain_delivery DOWN [BINARY LABEL]: one pass of the delivery benchmark with the first DOWN
-# destinations' partners answering 503 to everything, by BINARY (default: this commit's
-# delivery; LABEL names another in the row); sets row (a table row) and adds to problems.
+# drain_delivery DOWN [BINARY LABEL [LOG]]: one pass of the delivery benchmark with the first
+# DOWN destinations' partners answering 503 to everything, by BINARY (default: this commit's
+# delivery; LABEL names another in the row), with the delivery log LOG: on (the default), off
+# (`delivery_log_topic: ""`) or absent (no such key: a build from before the delivery log);
+# sets row (a table row) and adds to problems.
 drain_delivery() {
-  local down=$1 binary=${2:-$bin/delivery} label=${3:+, $3} destinations=${BENCH_DESTINATIONS:-20} counts changes deliveries healthy started seconds cpu hwm received dups violations order requests dead backoffs detaches reread per_million
+  local down=$1 binary=${2:-$bin/delivery} label=${3:+, $3} log=${4:-on} destinations=${BENCH_DESTINATIONS:-20} counts changes deliveries healthy started seconds cpu hwm received dups violations order requests dead backoffs detaches reread per_million logged dropped
   fresh_topics
   delivery_fixture "$destinations" --down "$down"
+  case $log in
+    on) ;;
+    off) sed -i -E 's/^(  delivery_log_topic:).*/\1 ""/' "$dir/destinations.yaml" ;;
+    absent) sed -i -E '/^  delivery_log_topic:/d' "$dir/destinations.yaml" ;;
+    *) die "drain_delivery: the delivery log is on, off or absent, not '$log'" ;;
+  esac
   start_partner_sim
   say "delivery ($down of $destinations destinations down): pre-loading $updates status updates into segment-status-$run…"
   counts=$("$bin/relay-bench" preload-status --topic "segment-status-$run" --updates "$updates" --users "$users" \
@@ -270,6 +278,7 @@ drain_delivery() {
   # Each detach starts a reader that reads (and decodes) the partition a second time.
   detaches=$(sum "$text" 'delivery_detaches_total{')
   reread=$(sum "$text" 'delivery_catch_up_messages_total{')
+  logged=$(sum "$text" 'delivery_log_records_total') dropped=$(sum "$text" 'delivery_log_dropped_total')
   stop "$delivery_pid"
   stop "$sim_pid"
   ((received == healthy)) || problems+="$down down: partner-sim counted $received changes, expected $healthy. "
@@ -278,8 +287,15 @@ drain_delivery() {
   if ((down > 0)); then
     ((backoffs > 0)) || problems+="$down down: no batch of the down destination waited and was tried again: it was not down. "
   fi
+  # With the log on, every healthy delivery made at least one record (one per user and
+  # attempt; a user's changes to one destination share it), and none was lost.
+  if [[ $log == on ]]; then
+    ((logged > 0 && dropped == 0)) || problems+="$down down, delivery log on: $logged records written, $dropped dropped (see $dir/$name.prom). "
+  elif [[ $log == off ]]; then
+    ((logged == 0)) || problems+="$down down, delivery log off: $logged records written anyway. "
+  fi
   per_million=$(calc %.2f "$cpu * 1000000 / $changes")
-  row="| $down of $destinations$label | $updates | $changes | $healthy | $seconds | $(calc %.0f "$changes / $seconds") | $cpu | **$per_million** | $(calc %.2f "$cpu * 1000000 / $healthy") | $hwm MB | $requests | $backoffs | $detaches / $reread | $received / $dups / $violations |"
+  row="| $down of $destinations$label | $log | $logged | $updates | $changes | $healthy | $seconds | $(calc %.0f "$changes / $seconds") | $cpu | **$per_million** | $(calc %.2f "$cpu * 1000000 / $healthy") | $hwm MB | $requests | $backoffs | $detaches / $reread | $received / $dups / $violations |"
   last_seconds=$seconds last_per_million=$per_million last_reread=$reread
 }
 
@@ -315,11 +331,12 @@ bench_delivery() {
   [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_DELIVERY_RUNS must be a whole number of runs, not '$runs'"
   if [[ $scale == full ]]; then build_baseline; fi
   for ((i = 1; i <= runs; i++)); do
+    # The isolation design is compared with the log off: the build before it has none.
     if [[ $scale == full ]]; then
-      drain_delivery 0 "$baseline_delivery" "before the isolation design (\`$baseline_commit\`)"
+      drain_delivery 0 "$baseline_delivery" "before the isolation design (\`$baseline_commit\`)" absent
       rows+="$row"$'\n' befores+=("$last_per_million $last_seconds") pair_before=$last_per_million
     fi
-    drain_delivery 0
+    drain_delivery 0 "" "" off
     rows+="$row"$'\n' figures+=("$last_per_million $last_seconds") rereads+=("$last_reread")
     if [[ $scale == full ]]; then ratios+=("$(calc %.3f "$last_per_million / $pair_before")"); fi
   done
@@ -343,13 +360,18 @@ bench_delivery() {
       problems+="all healthy: ${ratio}× the CPU per million changes of $baseline_commit, before the isolation design, run alongside (the median of the ratios ${ratios[*]} of $runs pairs), more than 10 % over. "
     fi
   fi
+  # The delivery log's cost: the same drain with it on (the default), next to the median
+  # with it off.
+  drain_delivery 0
+  rows+="$row"$'\n'
+  local log_on=$last_per_million
   drain_delivery 1
   rows+="$row"
   record "Delivery alone" delivery "$problems" "$(printf '%s\n' \
-    "| destinations down | updates | changes | deliveries to healthy destinations | seconds | changes/s | CPU-s | **CPU-s per million changes** | CPU-s per million healthy deliveries | peak RSS | requests | backoffs | detaches / messages read again | partner-sim: arrived / duplicates / violations |" \
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" \
+    "| destinations down | delivery log | log records | updates | changes | deliveries to healthy destinations | seconds | changes/s | CPU-s | **CPU-s per million changes** | CPU-s per million healthy deliveries | peak RSS | requests | backoffs | detaches / messages read again | partner-sim: arrived / duplicates / violations |" \
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|" \
     "$rows" \
-    "" "${BENCH_DESTINATIONS:-20} destinations (each segment routed to two), HMAC-SHA256 over TLS 1.3, batches of up to 1000 users, linger 200 ms, $users users; partner-sim answers in 1–5 ms; a destination down answers 503 to everything for the whole run. CPU-s: user + system time of the delivery process from start to the last change at the healthy partners. All healthy, $runs runs each, taking turns: $verdict. With one down, the healthy destinations took $(calc %.2f "$last_seconds / $healthy_seconds")× the time and the process $(calc %.2f "$last_per_million / $healthy_per_million")× the CPU of the median all-healthy run.")"
+    "" "${BENCH_DESTINATIONS:-20} destinations (each segment routed to two), HMAC-SHA256 over TLS 1.3, batches of up to 1000 users, linger 200 ms, $users users; partner-sim answers in 1–5 ms; a destination down answers 503 to everything for the whole run. CPU-s: user + system time of the delivery process from start to the last change at the healthy partners. All healthy with the delivery log off, $runs runs each, taking turns: $verdict. The delivery log on (one record per user, destination and attempt): **$log_on** CPU-s per million changes, $(calc %.2f "$log_on / $healthy_per_million")× the median with it off. With one down, the healthy destinations took $(calc %.2f "$last_seconds / $healthy_seconds")× the time and the process $(calc %.2f "$last_per_million / $healthy_per_million")× the CPU of the median all-healthy run.")"
 }
 
 # ---- qualifier alone --------------------------------------------------------------------

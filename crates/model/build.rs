@@ -9,6 +9,7 @@ const PROTO_FILES: &[&str] = &[
     "segment_relay/v1/status.proto",
     "segment_relay/v1/dead_letter.proto",
     "segment_relay/v1/qualifier_state.proto",
+    "segment_relay/v1/delivery_log.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -145,6 +145,7 @@ pub struct Topics {
     pub changelog: String,
     pub qualifier_dlq: String,
     pub dlq: String,
+    pub delivery_log: String,
 }
 
 pub const PARTITIONS: i32 = 6;
@@ -215,6 +216,7 @@ impl System {
             changelog: unique("changelog"),
             qualifier_dlq: unique("qualifier-dlq"),
             dlq: unique("dlq"),
+            delivery_log: unique("delivery-log"),
         };
         for topic in [
             &topics.events,
@@ -222,6 +224,7 @@ impl System {
             &topics.status_batch,
             &topics.qualifier_dlq,
             &topics.dlq,
+            &topics.delivery_log,
         ] {
             broker.create_topic(topic, PARTITIONS, &[]).await;
         }
@@ -487,10 +490,10 @@ fn delivery_yaml(
         })
         .collect();
     format!(
-        "kafka:\n  group_id: {group}\n  topic: {}\n  batch_topic: {}\n  dlq_topic: {}\n  \
+        "kafka:\n  group_id: {group}\n  topic: {}\n  batch_topic: {}\n  dlq_topic: {}\n  delivery_log_topic: {}\n  \
          commit_interval_ms: 200\n  session_timeout_ms: 6000\n  drain_timeout_ms: 15000\n\
          defaults: {}\ndestinations:\n{destinations}",
-        topics.status, topics.status_batch, topics.dlq, spec.delivery_defaults
+        topics.status, topics.status_batch, topics.dlq, topics.delivery_log, spec.delivery_defaults
     )
 }
 

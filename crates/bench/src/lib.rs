@@ -84,7 +84,7 @@ impl DeliveryFixture {
     pub fn destinations_yaml(&self) -> String {
         let s = &self.suffix;
         let mut yaml = format!(
-            "kafka:\n  group_id: delivery-bench{s}\n  topic: segment-status{s}\n  batch_topic: segment-status-batch{s}\n  dlq_topic: segment-status-dlq{s}\n\
+            "kafka:\n  group_id: delivery-bench{s}\n  topic: segment-status{s}\n  batch_topic: segment-status-batch{s}\n  dlq_topic: segment-status-dlq{s}\n  delivery_log_topic: delivery-log{s}\n\
              defaults:\n  batch: {{ max_users: {}, linger_ms: {} }}\n  max_in_flight: {}\n{}destinations:\n",
             self.max_users,
             self.linger_ms,

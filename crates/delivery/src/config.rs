@@ -33,6 +33,7 @@ struct RawKafka {
     topic: Option<String>,
     batch_topic: Option<String>,
     dlq_topic: Option<String>,
+    delivery_log_topic: Option<String>,
     session_timeout_ms: Option<u64>,
     commit_interval_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
@@ -54,6 +55,7 @@ struct RawTuning {
     queue_capacity: Option<usize>,
     detach_after_ms: Option<u64>,
     circuit: Option<RawCircuit>,
+    delivery_log: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -177,6 +179,9 @@ pub struct KafkaConfig {
     pub batch_topic: Option<String>,
     /// Where undeliverable events go. Default `segment-status-dlq`.
     pub dlq_topic: String,
+    /// Where each request attempt is recorded per user (`delivery log`). Default
+    /// `delivery-log`; `""` turns the delivery log off for every destination.
+    pub delivery_log_topic: Option<String>,
     /// Consumer session timeout: how soon a crashed process's partitions move. Default 10 s.
     pub session_timeout: Duration,
     /// How often finished offsets are committed. Default 1 s.
@@ -246,6 +251,9 @@ pub struct DestinationConfig {
     /// stops answering holds the others back about that long, once.
     pub detach_after: Duration,
     pub circuit: CircuitConfig,
+    /// Record each request attempt per user on the delivery log topic. Default true (off
+    /// for every destination when `kafka.delivery_log_topic` is `""`).
+    pub delivery_log: bool,
 }
 
 impl DestinationConfig {
@@ -421,11 +429,13 @@ fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
             "must differ from kafka.group_id: one group per input keeps their rebalances apart",
         );
     }
-    let batch_topic = match raw.batch_topic {
-        None => Some("segment-status-batch".to_owned()),
+    let optional = |value: Option<String>, default: &str| match value {
+        None => Some(default.to_owned()),
         Some(t) if t.trim().is_empty() => None,
         Some(t) => Some(t),
     };
+    let batch_topic = optional(raw.batch_topic, "segment-status-batch");
+    let delivery_log_topic = optional(raw.delivery_log_topic, "delivery-log");
     let session_timeout_ms = raw.session_timeout_ms.unwrap_or(10_000);
     if !(6_000..=300_000).contains(&session_timeout_ms) {
         problems.add(
@@ -448,6 +458,7 @@ fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
         topic,
         batch_topic,
         dlq_topic,
+        delivery_log_topic,
         session_timeout: Duration::from_millis(session_timeout_ms),
         commit_interval: Duration::from_millis(commit_interval_ms),
         drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(20_000)),
@@ -601,6 +612,7 @@ fn validate_destination(
         queue_capacity: tuning.queue_capacity,
         detach_after: tuning.detach_after,
         circuit: tuning.circuit,
+        delivery_log: tuning.delivery_log,
     }
 }
 
@@ -617,6 +629,7 @@ struct Tuning {
     queue_capacity: usize,
     detach_after: Duration,
     circuit: CircuitConfig,
+    delivery_log: bool,
 }
 
 /// A destination's value for a tunable key, else `defaults:`'s, else the built-in default.
@@ -823,6 +836,7 @@ fn validate_tuning(
             failure_threshold: u32::try_from(failure_threshold).unwrap_or(5),
             cooldown: Duration::from_millis(cooldown_ms),
         },
+        delivery_log: own.delivery_log.or(defaults.delivery_log).unwrap_or(true),
     }
 }
 

@@ -269,6 +269,8 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub senders: Vec<Arc<DestinationSender>>,
+    /// The delivery log writer (`None`: `kafka.delivery_log_topic` is `""`).
+    pub log: Option<Arc<crate::delivery_log::DeliveryLog>>,
     pub dead_letters: Arc<DeadLetterWriter>,
     pub metrics: Metrics,
     /// Per-user order across the two input topics (none without a batch topic).

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::batcher::{DestinationBatch, RoutedEvent};
 use crate::config::DestinationConfig;
 use crate::dead_letter::DeadLetterWriter;
+use crate::delivery_log::AttemptReport;
 use crate::metrics::SendPath;
 use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
@@ -210,11 +211,27 @@ impl Lane {
                 oversized(batch, destination)
             } else {
                 let mut body = Vec::with_capacity(batch.body_bytes());
-                write_body(batch, unix_ms_now(), &mut body);
+                let process_time = unix_ms_now();
+                write_body(batch, process_time, &mut body);
                 let key = idempotency_key(batch, &self.input_topic);
                 metrics.batch_users.observe(batch.users.len() as f64);
                 metrics.batch_bytes.observe(body.len() as f64);
-                match self.sender.send(body, &key, self.priority).await {
+                let earlier_attempts = earlier.map_or(0, |(attempts, _)| attempts);
+                let logged: &DestinationBatch = batch;
+                let mut on_attempt = |report: &AttemptReport<'_>| {
+                    if let Some(log) = &self.sender.log {
+                        let report = AttemptReport {
+                            attempt: earlier_attempts + report.attempt,
+                            ..*report
+                        };
+                        log.record(logged, process_time, &key, &report);
+                    }
+                };
+                match self
+                    .sender
+                    .send(body, &key, self.priority, &mut on_attempt)
+                    .await
+                {
                     Ok(()) => return Ok(()),
                     Err(failure) => failure,
                 }

@@ -16,6 +16,7 @@ pub mod coalesced;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod delivery_log;
 pub mod lane;
 pub mod metrics;
 pub mod offsets;

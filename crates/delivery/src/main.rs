@@ -51,6 +51,26 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Run,
+    /// Print what each destination was sent for one user, and what it answered: the user's
+    /// delivery log records (one per request attempt), newest last.
+    Log {
+        /// The user id (`AAM_UUID`).
+        #[arg(long)]
+        user: String,
+        /// Only this destination (`AAM_Destination_Id`).
+        #[arg(long)]
+        destination: Option<u64>,
+        /// Only records written at or after this time (RFC 3339, e.g. 2026-11-28T10:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The delivery log topic. Default: the config's `kafka.delivery_log_topic` with
+        /// --config, else `delivery-log`.
+        #[arg(long)]
+        topic: Option<String>,
+    },
     /// Count, per destination, the updates on the input topics that route to it and the ones
     /// dead-lettered for it (JSON on stdout): with delivery_events_total from /metrics, it
     /// shows whether every routed change was delivered or dead-lettered.
@@ -132,6 +152,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         })?;
     }
     match cli.command.unwrap_or(Command::Run) {
+        Command::Log {
+            user,
+            destination,
+            since,
+            json,
+            topic,
+        } => {
+            let topic = match topic {
+                Some(topic) => topic,
+                None if cli.config.is_some() => load(cli.config.as_ref())?
+                    .kafka
+                    .delivery_log_topic
+                    .context("the config turns the delivery log off (kafka.delivery_log_topic: \"\"); pass --topic to read one")?,
+                None => "delivery-log".to_owned(),
+            };
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let query = delivery::delivery_log::read::Query {
+                user: user.clone(),
+                destination,
+                since_unix_ms: since,
+            };
+            let entries = tokio::task::spawn_blocking(move || {
+                delivery::delivery_log::read::read(&kafka, &topic, &query)
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", delivery::delivery_log::read::render(&user, &entries));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file, connect } => {
             let config = DeliveryConfig::load(&file)?;
             println!("{}: ok", file.display());

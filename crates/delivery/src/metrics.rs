@@ -35,6 +35,11 @@ pub struct Metrics {
     pub committed_offset: IntGaugeVec,
     /// `delivery_order_pairs`: (user, segment) pairs the order table holds (see `order`).
     pub order_pairs: IntGauge,
+    /// `delivery_log_records_total`: delivery log records handed to Kafka.
+    pub log_records: IntCounter,
+    /// `delivery_log_dropped_total`: delivery log records lost (producer queue full, or the
+    /// broker did not take them); deliveries themselves are never held back by the log.
+    pub log_dropped: IntCounter,
 }
 
 /// The outcome label of `delivery_requests_total`: a closed set, so cardinality stays bounded.
@@ -291,6 +296,14 @@ impl Metrics {
                 "delivery_order_pairs",
                 "(user, segment) pairs whose newest sequence the worker keeps, so that a change older than one routed from the other input topic is not sent.",
             )?,
+            log_records: IntCounter::new(
+                "delivery_log_records_total",
+                "Delivery log records (one per user, destination and request attempt) handed to Kafka.",
+            )?,
+            log_dropped: IntCounter::new(
+                "delivery_log_dropped_total",
+                "Delivery log records lost: the producer queue was full or the broker did not take them.",
+            )?,
         };
         registry.register(Box::new(metrics.events.clone()))?;
         registry.register(Box::new(metrics.changes.clone()))?;
@@ -314,6 +327,8 @@ impl Metrics {
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.committed_offset.clone()))?;
         registry.register(Box::new(metrics.order_pairs.clone()))?;
+        registry.register(Box::new(metrics.log_records.clone()))?;
+        registry.register(Box::new(metrics.log_dropped.clone()))?;
         Ok(metrics)
     }
 

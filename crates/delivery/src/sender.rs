@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::auth::{Auth, HmacSigner, OAuthTokenSource};
 use crate::circuit::Circuit;
 use crate::config::{AuthConfig, DestinationConfig};
+use crate::delivery_log::{AttemptReport, RESPONSE_BYTES};
 use crate::metrics::{DestinationMetrics, RequestOutcome};
 
 /// Why a batch was not delivered, after its last attempt.
@@ -52,6 +53,23 @@ enum Attempt {
     },
 }
 
+/// What the partner answered to one attempt, for the delivery log: its status and the first
+/// bytes of its body (kept inline: no allocation per request).
+struct Answer {
+    status: Option<u16>,
+    head: [u8; RESPONSE_BYTES],
+    head_len: usize,
+}
+
+impl Answer {
+    fn none() -> Self {
+        Self {
+            status: None,
+            head: [0; RESPONSE_BYTES],
+            head_len: 0,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SenderBuildError {
@@ -101,6 +119,8 @@ pub struct DestinationSender {
     /// from its first slow answer on, before the average follows.
     last_request_ms: std::sync::atomic::AtomicU64,
     pub metrics: DestinationMetrics,
+    /// Where each attempt is recorded per user; `None` when the destination's log is off.
+    pub log: Option<Arc<crate::delivery_log::DeliveryLog>>,
 }
 
 /// Which lane a send comes from. Both share the destination's rate limit, and the batch lane
@@ -146,6 +166,7 @@ impl DestinationSender {
     pub fn new(
         config: Arc<DestinationConfig>,
         metrics: DestinationMetrics,
+        log: Option<Arc<crate::delivery_log::DeliveryLog>>,
     ) -> Result<Self, SenderBuildError> {
         let client = http_client(&config)?;
         let auth = match &config.auth {
@@ -179,6 +200,7 @@ impl DestinationSender {
             request_ms: std::sync::atomic::AtomicU64::new(0),
             last_request_ms: std::sync::atomic::AtomicU64::new(0),
             metrics,
+            log,
         })
     }
 
@@ -242,12 +264,14 @@ impl DestinationSender {
         self.recovered.subscribe()
     }
 
-    /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent.
+    /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent;
+    /// `on_attempt` hears how each attempt ended (the delivery log).
     pub async fn send(
         &self,
         json: Vec<u8>,
         idempotency_key: &str,
         priority: Priority,
+        on_attempt: &mut (dyn FnMut(&AttemptReport<'_>) + Send),
     ) -> Result<(), Failure> {
         let first_attempt_unix_ms = unix_ms_now();
         if !self.circuit.allow() {
@@ -286,7 +310,23 @@ impl DestinationSender {
             if let Some(limiter) = limiter {
                 self.take_token(&limiter, priority).await;
             }
-            match self.attempt(&body, idempotency_key, &signatures).await {
+            let mut answer = Answer::none();
+            let outcome = self
+                .attempt(&body, idempotency_key, &signatures, &mut answer)
+                .await;
+            let (class, error) = match &outcome {
+                Attempt::Success => (ErrorClass::Unspecified, ""),
+                Attempt::Retry { class, error, .. } => (*class, error.as_str()),
+            };
+            on_attempt(&AttemptReport {
+                attempt,
+                http_status: answer.status,
+                class,
+                error,
+                response: &answer.head[..answer.head_len],
+                delivered: matches!(outcome, Attempt::Success),
+            });
+            match outcome {
                 Attempt::Success => {
                     if self.circuit.record_success() {
                         tracing::info!(
@@ -420,6 +460,7 @@ impl DestinationSender {
         body: &Bytes,
         idempotency_key: &str,
         signatures: &[(reqwest::header::HeaderName, HeaderValue)],
+        answer: &mut Answer,
     ) -> Attempt {
         let mut request = self
             .client
@@ -455,12 +496,13 @@ impl DestinationSender {
         let result = match request.send().await {
             Ok(mut response) => {
                 let status = response.status();
+                answer.status = Some(status.as_u16());
                 let retry_after = response
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                read_capped(&mut response, MAX_RESPONSE_BYTES)
+                read_capped(&mut response, MAX_RESPONSE_BYTES, answer)
                     .await
                     .map(|()| (status, retry_after))
             }
@@ -628,11 +670,21 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Reads at most `limit` bytes of the response body: a partner's answer is not needed beyond
 /// that, and an endless one must not hold the lane or its memory.
-async fn read_capped(response: &mut reqwest::Response, limit: usize) -> reqwest::Result<()> {
+async fn read_capped(
+    response: &mut reqwest::Response,
+    limit: usize,
+    answer: &mut Answer,
+) -> reqwest::Result<()> {
     let mut read = 0;
     while read < limit {
         match response.chunk().await? {
-            Some(chunk) => read += chunk.len(),
+            Some(chunk) => {
+                let room = &mut answer.head[answer.head_len..];
+                let n = room.len().min(chunk.len());
+                room[..n].copy_from_slice(&chunk[..n]);
+                answer.head_len += n;
+                read += chunk.len();
+            }
             None => break,
         }
     }
@@ -687,6 +739,7 @@ mod tests {
         let sender = DestinationSender::new(
             destination.clone(),
             metrics.destination(destination.id, destination.max_backlog_age),
+            None,
         )
         .unwrap();
         let ms = Duration::from_millis;

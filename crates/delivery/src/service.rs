@@ -11,6 +11,7 @@ use telemetry::{KafkaSettings, ServiceRuntime};
 use crate::config::{AuthConfig, DeliveryConfig};
 use crate::consumer::{InputPipeline, Role, Shared};
 use crate::dead_letter::DeadLetterWriter;
+use crate::delivery_log::DeliveryLog;
 use crate::metrics::Metrics;
 use crate::order::Order;
 use crate::sender::DestinationSender;
@@ -21,10 +22,22 @@ pub fn build_shared(
     kafka: &KafkaSettings,
     metrics: &Metrics,
 ) -> anyhow::Result<Shared> {
+    let log = match &config.kafka.delivery_log_topic {
+        Some(topic) => Some(Arc::new(
+            DeliveryLog::new(
+                kafka,
+                topic,
+                metrics.log_records.clone(),
+                metrics.log_dropped.clone(),
+            )
+            .context("cannot create the delivery log producer")?,
+        )),
+        None => None,
+    };
     let senders = config
         .destinations
         .iter()
-        .map(|destination| build_sender(destination, metrics))
+        .map(|destination| build_sender(destination, metrics, log.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let dead_letters = Arc::new(
         DeadLetterWriter::new(kafka, &config.kafka.dlq_topic)
@@ -32,6 +45,7 @@ pub fn build_shared(
     );
     Ok(Shared {
         senders,
+        log,
         dead_letters,
         metrics: metrics.clone(),
         order: config.kafka.batch_topic.as_ref().map(|_| Order::default()),
@@ -42,6 +56,7 @@ pub fn build_shared(
 fn build_sender(
     destination: &Arc<crate::config::DestinationConfig>,
     metrics: &Metrics,
+    log: Option<&Arc<DeliveryLog>>,
 ) -> Result<Arc<DestinationSender>, crate::sender::SenderBuildError> {
     if destination.dangerous_allow_http {
         let token_url = match &destination.auth {
@@ -59,6 +74,7 @@ fn build_sender(
     DestinationSender::new(
         destination.clone(),
         metrics.destination(destination.id, destination.max_backlog_age),
+        log.filter(|_| destination.delivery_log).cloned(),
     )
     .map(Arc::new)
 }
@@ -69,6 +85,7 @@ fn reconcile(
     running: &[Arc<DestinationSender>],
     config: &DeliveryConfig,
     metrics: &Metrics,
+    log: Option<&Arc<DeliveryLog>>,
 ) -> anyhow::Result<Vec<Arc<DestinationSender>>> {
     config
         .destinations
@@ -76,7 +93,7 @@ fn reconcile(
         .map(
             |destination| match running.iter().find(|s| s.config.id == destination.id) {
                 Some(sender) if *sender.config == **destination => Ok(sender.clone()),
-                _ => Ok(build_sender(destination, metrics)?),
+                _ => Ok(build_sender(destination, metrics, log)?),
             },
         )
         .collect()
@@ -140,7 +157,7 @@ pub async fn run(
     let mut loaded = std::fs::read(config_path).unwrap_or_default();
     loop {
         let generation = runtime.shutdown.child_token();
-        let (mut running, reconfigurers, mut senders) =
+        let (mut running, reconfigurers, mut senders, log) =
             start_generation(&config, runtime, &metrics, &generation).await?;
         let (mut failure, mut restart, mut watching) = (None, None, true);
         loop {
@@ -171,7 +188,7 @@ pub async fn run(
                         generation.cancel();
                         continue;
                     }
-                    match reconcile(&senders, &new_config, &metrics) {
+                    match reconcile(&senders, &new_config, &metrics, log.as_ref()) {
                         Ok(next) => {
                             for pipeline in &reconfigurers {
                                 let _ = pipeline.send(next.clone());
@@ -186,6 +203,9 @@ pub async fn run(
                     }
                 }
             }
+        }
+        if let Some(log) = &log {
+            log.flush(std::time::Duration::from_secs(5));
         }
         if let Some(error) = failure {
             return Err(error);
@@ -227,6 +247,7 @@ type Generation = (
     tokio::task::JoinSet<anyhow::Result<()>>,
     Vec<tokio::sync::mpsc::UnboundedSender<Vec<Arc<DestinationSender>>>>,
     Vec<Arc<DestinationSender>>,
+    Option<Arc<DeliveryLog>>,
 );
 
 async fn start_generation(
@@ -237,6 +258,7 @@ async fn start_generation(
 ) -> anyhow::Result<Generation> {
     let mut topics = vec![config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
     topics.extend(config.kafka.batch_topic.as_deref());
+    topics.extend(config.kafka.delivery_log_topic.as_deref());
     require_topics(&runtime.kafka, &topics).await?;
 
     let shared = build_shared(config, &runtime.kafka, metrics)?;
@@ -273,5 +295,5 @@ async fn start_generation(
         .into_iter()
         .map(|pipeline| pipeline.run(generation.clone()))
         .collect();
-    Ok((running, reconfigurers, shared.senders))
+    Ok((running, reconfigurers, shared.senders, shared.log))
 }

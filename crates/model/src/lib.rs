@@ -21,9 +21,23 @@ pub mod partner;
 use prost::Message as _;
 
 pub use pb::{
-    ChangeReason, DeadLetterRecord, ErrorClass, Origin, PartnerIds, SegmentChange, SegmentStatus,
-    SegmentStatusUpdate, SourcePosition, TraitEvent, UserState,
+    ChangeReason, DeadLetterRecord, DeliveryLogRecord, ErrorClass, LoggedSegment, Origin,
+    PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate, SourcePosition, TraitEvent,
+    UserState,
 };
+
+/// Milliseconds since the Unix epoch as RFC 3339 in UTC with exactly three fractional digits
+/// (`2026-11-29T10:00:00.250Z`), so that printed times line up and sort as text; a time out
+/// of range prints as its number.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| format!("{unix_ms} ms since 1970"))
+}
 
 impl SegmentChange {
     /// The user qualified for `segment_id` at `time_unix_ms` (status 1).

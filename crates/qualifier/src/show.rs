@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use model::UserState;
+use model::{UserState, rfc3339_ms as rfc3339};
 use prost::Message as _;
 use rdkafka::Message as _;
 use serde::Serialize;
@@ -230,17 +230,6 @@ fn none_if_empty(text: &str) -> &str {
     if text.is_empty() { "-" } else { text }
 }
 
-/// Milliseconds since the Unix epoch as RFC 3339 (UTC).
-pub fn rfc3339(unix_ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{unix_ms} ms"))
-}
-
 #[cfg(test)]
 mod tests {
     use model::PartnerIds;
@@ -281,18 +270,21 @@ mod tests {
             state: Some(state.clone()),
         };
         let shown = report("u1", "changelog", found(), Some(&definitions), 86_400_000);
-        assert_eq!(shown.next_timer.as_deref(), Some("1970-01-12T00:00:00Z"));
+        assert_eq!(
+            shown.next_timer.as_deref(),
+            Some("1970-01-12T00:00:00.000Z")
+        );
         assert_eq!(shown.memberships[0].name.as_deref(), Some("fans"));
         assert_eq!(shown.memberships[1].name, None);
         let text = render(&shown);
         for line in [
             "user u1: present (changelog partition 2, offset 9)",
-            "last seen     1970-01-02T00:00:00Z",
+            "last seen     1970-01-02T00:00:00.000Z",
             "regions       6\n",
             "  1234         a, b\n",
             "memberships   2\n",
-            "  7            1970-01-01T00:00:00Z      fans                 T1\n",
-            "  8            1970-01-02T00:00:00Z      -                    -\n",
+            "  7            1970-01-01T00:00:00.000Z  fans                 T1\n",
+            "  8            1970-01-02T00:00:00.000Z  -                    -\n",
         ] {
             assert!(text.contains(line), "no `{line}` in:\n{text}");
         }

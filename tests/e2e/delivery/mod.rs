@@ -3,6 +3,7 @@
 mod check_connect;
 mod commits;
 mod contract;
+mod delivery_log;
 mod failures;
 mod isolation;
 mod lifecycle;
@@ -40,6 +41,8 @@ pub struct DeliveryTest {
     pub topic: String,
     pub batch_topic: String,
     pub dlq_topic: String,
+    /// The delivery log topic (`kafka.delivery_log_topic`).
+    pub log_topic: String,
     pub group: String,
     /// The broker the topics live on: the shared test broker, or a test's own mock cluster.
     kafka: KafkaSettings,
@@ -52,10 +55,12 @@ impl DeliveryTest {
         let topic = kafka::unique_topic("status", partitions).await;
         let batch_topic = kafka::unique_topic("status-batch", partitions).await;
         let dlq_topic = kafka::unique_topic("status-dlq", partitions).await;
+        let log_topic = kafka::unique_topic("delivery-log", partitions).await;
         Self {
             topic,
             batch_topic,
             dlq_topic,
+            log_topic,
             group: testkit::unique_name("delivery"),
             kafka: kafka::settings(),
             producer: kafka::producer(),
@@ -70,9 +75,9 @@ impl DeliveryTest {
         cluster: &MockCluster<'_, C>,
         partitions: i32,
     ) -> Self {
-        let [topic, batch_topic, dlq_topic] =
-            ["status", "status-batch", "status-dlq"].map(testkit::unique_name);
-        for name in [&topic, &batch_topic, &dlq_topic] {
+        let [topic, batch_topic, dlq_topic, log_topic] =
+            ["status", "status-batch", "status-dlq", "delivery-log"].map(testkit::unique_name);
+        for name in [&topic, &batch_topic, &dlq_topic, &log_topic] {
             cluster.create_topic(name, partitions, 1).unwrap();
         }
         let brokers = cluster.bootstrap_servers();
@@ -89,6 +94,7 @@ impl DeliveryTest {
             topic,
             batch_topic,
             dlq_topic,
+            log_topic,
             group: testkit::unique_name("delivery"),
             kafka,
             producer,
@@ -105,11 +111,12 @@ impl DeliveryTest {
     /// Writes a config with this test's topics and `destinations` (YAML list items).
     pub fn config(&self, destinations: &[String]) -> PathBuf {
         let yaml = format!(
-            "kafka:\n  group_id: {}\n  topic: {}\n  batch_topic: {}\n  dlq_topic: {}\n  commit_interval_ms: 100\n  session_timeout_ms: 6000\n  drain_timeout_ms: 15000\ndestinations:\n{}",
+            "kafka:\n  group_id: {}\n  topic: {}\n  batch_topic: {}\n  dlq_topic: {}\n  delivery_log_topic: {}\n  commit_interval_ms: 100\n  session_timeout_ms: 6000\n  drain_timeout_ms: 15000\ndestinations:\n{}",
             self.group,
             self.topic,
             self.batch_topic,
             self.dlq_topic,
+            self.log_topic,
             destinations
                 .iter()
                 .map(|d| format!("  - {d}\n"))

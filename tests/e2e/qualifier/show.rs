@@ -37,11 +37,11 @@ async fn show_prints_what_the_changelog_holds_running_or_not() {
         "user u1: present (",
         // The id sync has no time of its own: seen when it arrived.
         "last seen     20",
-        "next timer    2027-03-29T10:00:00Z",
+        "next timer    2027-03-29T10:00:00.000Z",
         "regions       2, 6\n",
         "  1234         p-1\n",
         "memberships   1\n",
-        "  100          2026-11-29T10:00:00Z      fans                 T1\n",
+        "  100          2026-11-29T10:00:00.000Z  fans                 T1\n",
     ] {
         assert!(out.contains(line), "no `{line}` in:\n{out}");
     }

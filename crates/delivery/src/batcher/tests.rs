@@ -359,7 +359,12 @@ fn a_targeted_update_never_shares_a_request_with_another_update_of_its_user() {
     };
     let mut batch = DestinationBatch::new(destination.clone());
     batch
-        .add(update("u1", &[], &["a", "b"], vec![change(14356, true, T0)]))
+        .add(update(
+            "u1",
+            &[],
+            &["a", "b"],
+            vec![change(14356, true, T0)],
+        ))
         .unwrap();
     // Merged, the evicted id's 0 would go to "a" and "b" (or "x" miss it).
     assert!(batch.add(targeted(&["x"], false)).is_err());

@@ -1,0 +1,268 @@
+//! The delivery log: one record per (user, destination, request attempt) on the
+//! `delivery-log` topic, keyed by user id — the changes sent, the attempt's outcome and the
+//! first bytes of the partner's answer — so `delivery log --user` can say what a partner got
+//! for a user and what it answered.
+//!
+//! Off the hot path: a record is encoded straight from the batch into one buffer (no message
+//! struct, no allocation per user) and handed to librdkafka, whose own thread batches,
+//! compresses and sends. Writing never waits: a record the producer cannot queue is counted in
+//! `delivery_log_dropped_total`, and delivery goes on.
+
+pub mod read;
+
+use model::ErrorClass;
+use prost::bytes::BufMut;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use telemetry::KafkaSettings;
+use telemetry::prometheus::IntCounter;
+
+use crate::batcher::DestinationBatch;
+
+/// The most of a partner's response a record keeps.
+pub const RESPONSE_BYTES: usize = 256;
+
+/// What one request attempt came to.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptReport<'a> {
+    /// 1 for the batch's first attempt (the caller adds earlier rounds).
+    pub attempt: u32,
+    pub http_status: Option<u16>,
+    /// `Unspecified` when the partner accepted the batch.
+    pub class: ErrorClass,
+    pub error: &'a str,
+    /// The first [`RESPONSE_BYTES`] of the partner's response body.
+    pub response: &'a [u8],
+    pub delivered: bool,
+}
+
+/// Counts records the broker did not take.
+struct LogContext {
+    dropped: IntCounter,
+}
+
+impl ClientContext for LogContext {}
+
+impl ProducerContext for LogContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        if result.is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The writer, shared by every destination of the process.
+pub struct DeliveryLog {
+    producer: ThreadedProducer<LogContext>,
+    topic: String,
+    worker: String,
+    records: IntCounter,
+    dropped: IntCounter,
+}
+
+impl std::fmt::Debug for DeliveryLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryLog")
+            .field("topic", &self.topic)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeliveryLog {
+    pub fn new(
+        kafka: &KafkaSettings,
+        topic: &str,
+        records: IntCounter,
+        dropped: IntCounter,
+    ) -> Result<Self, KafkaError> {
+        let producer = kafka
+            .client_config("delivery-log")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "100")
+            .set("compression.type", "lz4")
+            // Bounded: a broker that is away makes the log drop records, never delivery grow.
+            .set("queue.buffering.max.kbytes", "32768")
+            .set("message.timeout.ms", "60000")
+            .create_with_context(LogContext {
+                dropped: dropped.clone(),
+            })?;
+        let worker = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            worker,
+            records,
+            dropped,
+        })
+    }
+
+    /// Records one attempt of `batch` (sent with `ProcessTime` `process_time_unix_ms` and
+    /// `idempotency_key`), one record per user. Never waits.
+    pub fn record(
+        &self,
+        batch: &DestinationBatch,
+        process_time_unix_ms: i64,
+        idempotency_key: &str,
+        report: &AttemptReport<'_>,
+    ) {
+        let context = RecordContext {
+            destination_id: batch.destination().id,
+            process_time_unix_ms,
+            idempotency_key,
+            report,
+            worker: &self.worker,
+            time_unix_ms: crate::sender::unix_ms_now(),
+            batch_users: batch.users.len() as u32,
+        };
+        let data_partner = batch.destination().data_partner;
+        let mut buffer = Vec::with_capacity(512);
+        for user in &batch.users {
+            let latest = batch.latest(user);
+            buffer.clear();
+            encode_record(
+                &mut buffer,
+                &latest.user_id,
+                &user.segments,
+                batch.partner_uuids(user, data_partner),
+                &latest.regions,
+                &context,
+            );
+            let record = BaseRecord::to(&self.topic)
+                .key(latest.user_id.as_bytes())
+                .payload(buffer.as_slice());
+            match self.producer.send(record) {
+                Ok(()) => self.records.inc(),
+                Err(_) => self.dropped.inc(),
+            }
+        }
+    }
+
+    /// Erases `user`'s earlier records: a tombstone that `delivery log` honours (the bytes
+    /// themselves leave with the topic's retention).
+    pub fn erase(&self, user: &str) -> Result<(), KafkaError> {
+        let record = BaseRecord::<[u8], [u8]>::to(&self.topic).key(user.as_bytes());
+        self.producer.send(record).map_err(|(error, _)| error)
+    }
+
+    /// Waits up to `timeout` for queued records to reach the broker (at shutdown).
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if let Err(error) = self.producer.flush(timeout) {
+            tracing::warn!(%error, "Delivery log records were still queued at shutdown; they are lost.");
+        }
+    }
+}
+
+/// What every user's record of one attempt shares.
+struct RecordContext<'a> {
+    destination_id: u64,
+    process_time_unix_ms: i64,
+    idempotency_key: &'a str,
+    report: &'a AttemptReport<'a>,
+    worker: &'a str,
+    time_unix_ms: i64,
+    batch_users: u32,
+}
+
+/// Encodes a `DeliveryLogRecord` (see `delivery_log.proto`) from borrowed parts: the bytes
+/// prost would write for the same message.
+fn encode_record(
+    buf: &mut Vec<u8>,
+    user_id: &str,
+    segments: &[model::partner::PartnerSegment],
+    partner_uuids: &[String],
+    regions: &[u32],
+    context: &RecordContext<'_>,
+) {
+    let report = context.report;
+    bytes_field(buf, 1, user_id.as_bytes());
+    varint_field(buf, 2, context.destination_id);
+    for segment in segments {
+        let time = segment.time_unix_ms as u64;
+        let len = length_delimited_len(1, segment.segment_id.len())
+            + if segment.active { key_len(2) + 1 } else { 0 }
+            + varint_len(3, time);
+        encode_key(3, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+        bytes_field(buf, 1, segment.segment_id.as_bytes());
+        varint_field(buf, 2, u64::from(segment.active));
+        varint_field(buf, 3, time);
+    }
+    for uuid in partner_uuids {
+        // Repeated strings keep empty ones: the entry count is the partner's `User_count`.
+        encode_key(4, WireType::LengthDelimited, buf);
+        encode_varint(uuid.len() as u64, buf);
+        buf.put_slice(uuid.as_bytes());
+    }
+    if !regions.is_empty() {
+        let len: usize = regions
+            .iter()
+            .map(|&r| encoded_len_varint(u64::from(r)))
+            .sum();
+        encode_key(5, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+        for &region in regions {
+            encode_varint(u64::from(region), buf);
+        }
+    }
+    varint_field(buf, 6, context.process_time_unix_ms as u64);
+    bytes_field(buf, 7, context.idempotency_key.as_bytes());
+    varint_field(buf, 8, u64::from(report.attempt));
+    varint_field(buf, 9, u64::from(report.http_status.unwrap_or(0)));
+    varint_field(buf, 10, report.class as i32 as u64);
+    bytes_field(buf, 11, report.error.as_bytes());
+    bytes_field(
+        buf,
+        12,
+        &report.response[..report.response.len().min(RESPONSE_BYTES)],
+    );
+    bytes_field(buf, 13, context.worker.as_bytes());
+    varint_field(buf, 14, context.time_unix_ms as u64);
+    varint_field(buf, 15, u64::from(report.delivered));
+    varint_field(buf, 16, u64::from(context.batch_users));
+}
+
+/// A varint field; proto3 leaves a zero out.
+fn varint_field(buf: &mut Vec<u8>, tag: u32, value: u64) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+}
+
+/// A string or bytes field; proto3 leaves an empty one out.
+fn bytes_field(buf: &mut Vec<u8>, tag: u32, value: &[u8]) {
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.put_slice(value);
+    }
+}
+
+fn varint_len(tag: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(value)
+    }
+}
+
+fn length_delimited_len(tag: u32, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(len as u64) + len
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! `delivery log --user U`: the user's delivery log records, read from the partition their key
+//! goes to (newest last), as a table or JSON. A tombstone (`qualifier forget`) hides every
+//! record of the user before it.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+use model::{DeliveryLogRecord, ErrorClass, rfc3339_ms as rfc3339};
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::Offset;
+use serde::Serialize;
+use telemetry::KafkaSettings;
+
+/// Which records to show.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub user: String,
+    pub destination: Option<u64>,
+    /// Only records written at or after this time, ms since the Unix epoch.
+    pub since_unix_ms: Option<i64>,
+}
+
+/// One record as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    pub time: String,
+    pub time_unix_ms: i64,
+    pub destination: u64,
+    pub attempt: u32,
+    /// `delivered`, or why the attempt failed.
+    pub outcome: String,
+    pub http_status: Option<u32>,
+    pub segments: Vec<SegmentEntry>,
+    pub partner_uuids: Vec<String>,
+    pub regions: Vec<u32>,
+    pub process_time: String,
+    pub idempotency_key: String,
+    pub response: String,
+    pub worker: String,
+    pub batch_users: u32,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SegmentEntry {
+    pub segment_id: String,
+    pub status: &'static str,
+    pub date_time: String,
+}
+
+/// The user's records matching `query`, oldest first. Blocks.
+pub fn read(kafka: &KafkaSettings, topic: &str, query: &Query) -> anyhow::Result<Vec<Entry>> {
+    let ends = kafka
+        .partition_ends(topic)
+        .with_context(|| format!("cannot read the partitions of {topic}"))?;
+    let partitions = telemetry::partition::key_partitions(query.user.as_bytes(), ends.len() as i32);
+    let start = query
+        .since_unix_ms
+        .map_or(Offset::Beginning, Offset::Offset);
+    let ranges: Vec<(i32, Offset, i64)> = ends
+        .iter()
+        .filter(|(p, _)| partitions.contains(p))
+        .map(|&(p, end)| (p, start, end))
+        .collect();
+    let mut entries = Vec::new();
+    let mut undecodable = 0;
+    kafka
+        .read_ranges(
+            topic,
+            &ranges,
+            query.since_unix_ms.is_some(),
+            std::time::Duration::from_secs(300),
+            |message| {
+                if message.key() != Some(query.user.as_bytes()) {
+                    return;
+                }
+                let Some(payload) = message.payload() else {
+                    // Erased: nothing before the tombstone is shown.
+                    entries.clear();
+                    return;
+                };
+                match DeliveryLogRecord::decode(payload) {
+                    Ok(record) if query.destination.is_none_or(|d| d == record.destination_id) => {
+                        entries.push(entry(record, message.partition(), message.offset()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => undecodable += 1,
+                }
+            },
+        )
+        .with_context(|| format!("cannot read {topic}"))?;
+    if undecodable > 0 {
+        eprintln!(
+            "{undecodable} records of {} in {topic} could not be decoded (written by a newer delivery?)",
+            query.user
+        );
+    }
+    entries.sort_by_key(|e| (e.time_unix_ms, e.offset));
+    Ok(entries)
+}
+
+fn entry(record: DeliveryLogRecord, partition: i32, offset: i64) -> Entry {
+    let class = record.error_class();
+    let outcome = if record.delivered {
+        "delivered".to_owned()
+    } else if class == ErrorClass::HttpStatus || class == ErrorClass::RateLimited {
+        format!("HTTP {}", record.http_status)
+    } else {
+        let name = class.as_str_name().trim_start_matches("ERROR_CLASS_");
+        format!("{}: {}", name.to_ascii_lowercase(), record.error)
+    };
+    Entry {
+        time: rfc3339(record.time_unix_ms),
+        time_unix_ms: record.time_unix_ms,
+        destination: record.destination_id,
+        attempt: record.attempt,
+        outcome,
+        http_status: (record.http_status > 0).then_some(record.http_status),
+        segments: record
+            .segments
+            .iter()
+            .map(|s| SegmentEntry {
+                segment_id: s.partner_segment_id.clone(),
+                status: if s.active { "1" } else { "0" },
+                date_time: rfc3339(s.time_unix_ms),
+            })
+            .collect(),
+        partner_uuids: record.partner_uuids,
+        regions: record.regions,
+        process_time: rfc3339(record.process_time_unix_ms),
+        idempotency_key: record.idempotency_key,
+        response: String::from_utf8_lossy(&record.response).into_owned(),
+        worker: record.worker,
+        batch_users: record.batch_users,
+        partition,
+        offset,
+    }
+}
+
+/// The entries as a table, one line per attempt, newest last.
+pub fn render(user: &str, entries: &[Entry]) -> String {
+    let mut out = String::new();
+    if entries.is_empty() {
+        let _ = writeln!(out, "no delivery log records for {user}");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<24}  {:>11}  {:>7}  {:<14}  {:<32}  {:<16}  response",
+        "time", "destination", "attempt", "outcome", "segments (Segment_ID=Status)", "partner ids"
+    );
+    for e in entries {
+        let segments: Vec<String> = e
+            .segments
+            .iter()
+            .map(|s| format!("{}={}", s.segment_id, s.status))
+            .collect();
+        let partner_ids = if e.partner_uuids.is_empty() {
+            "\"\"".to_owned()
+        } else {
+            e.partner_uuids.join(",")
+        };
+        let response: String = e
+            .response
+            .chars()
+            .take(40)
+            .collect::<String>()
+            .replace('\n', " ");
+        let _ = writeln!(
+            out,
+            "{:<24}  {:>11}  {:>7}  {:<14}  {:<32}  {:<16}  {}",
+            e.time,
+            e.destination,
+            e.attempt,
+            e.outcome,
+            segments.join(" "),
+            partner_ids,
+            response
+        );
+    }
+    let last = &entries[entries.len() - 1];
+    let _ = writeln!(
+        out,
+        "{} records; last: key {} by {} (ProcessTime {}, {} users in the request)",
+        entries.len(),
+        last.idempotency_key,
+        last.worker,
+        last.process_time,
+        last.batch_users
+    );
+    out
+}
