@@ -57,7 +57,7 @@ QUALIFIER_GROUP_ID=qualifier-$run QUALIFIER_INSTANCE_ID=demo \
   --admin-addr "127.0.0.1:$qualifier_admin" >"$dir/qualifier.log" 2>&1 &
 pids+=($!); wait_ready $qualifier_admin $! qualifier "$dir"
 
-sed -E "s/^(  (topic|batch_topic|dlq_topic|group_id): .*)$/\1-$run/" deploy/local/destinations.yaml >"$dir/destinations.yaml"
+sed -E "s/^(  (topic|batch_topic|dlq_topic|delivery_log_topic|group_id): .*)$/\1-$run/" deploy/local/destinations.yaml >"$dir/destinations.yaml"
 for admin in $delivery1_admin $delivery2_admin; do
   name=delivery-$admin
   # Each worker reports the changes it coalesced, for the ledger.
@@ -156,6 +156,26 @@ if ((ledger_status != 0)); then
   exit 1
 fi
 say "OK: every committed change delivered, dead-lettered or coalesced; no duplicate hid a loss; zero out-of-order changes and contract violations."
+
+# ---- one user, seen from both ends --------------------------------------------------------
+# The first of loadgen's busiest users (Zipf: user-0 first) that is in a segment now: what the
+# qualifier holds for them, and what each partner was sent for them and answered.
+show_user() {
+  CHANGELOG_TOPIC=qualifier-changelog-$run "$bin/qualifier" --config deploy/local/segments.yaml show --user "$1" "${@:2}"
+}
+user=""
+for n in 0 1 2 3 4 5 6 7 8 9; do
+  if show_user "user-$n" --json 2>/dev/null | grep -q '"segment":'; then user=user-$n; break; fi
+done
+[[ -n $user ]] || die "none of user-0 … user-9 is in a segment: the demo's traffic made no member to show"
+echo
+say "what the qualifier holds for $user:   $bin/qualifier show --user $user"
+show_user "$user" || die "qualifier show failed for $user"
+echo
+say "what each partner was sent for $user and answered:   $bin/delivery --config $dir/destinations.yaml log --user $user"
+log_out=$("$bin/delivery" --config "$dir/destinations.yaml" log --user "$user") || die "delivery log failed for $user"
+printf '%s\n' "$log_out"
+[[ $log_out == *delivered* ]] || die "the delivery log has no delivered request for $user, though the qualifier has them in a segment"
 if [[ ${DEMO_KEEP_RUNNING:-0} == 1 ]]; then
   say "services keep running; Ctrl-C stops them."
   # `wait` (unlike a foreground sleep) lets the INT/TERM trap run at once.
