@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
 mod delivery;
+mod erasure;
 mod kafka_roundtrip;
 mod ledger;
 mod partner_ids;
+mod pipeline;
 mod qualifier;
 mod wait;

@@ -7,99 +7,15 @@ use std::time::Duration;
 use model::UserState;
 use prost::Message as _;
 use rdkafka::Message as _;
-use testkit::receiver::{Receiver, RecordedRequest};
-use testkit::service::Service;
+use testkit::receiver::Receiver;
 
-use crate::delivery::{DeliveryTest, json};
-use crate::qualifier::{QualifierTest, now, post, trait_event};
+use crate::delivery::json;
+use crate::pipeline::{Pipeline, entries, entry, id_sync, wait_entries};
+use crate::qualifier::{now, post, trait_event};
 
 /// Both segments hold for anyone who realized trait 1.
 const RULES: &str =
     "traits: [{ id: 1 }]\nsegments: [{ id: 14356, rule: T1 }, { id: 12176, rule: T1 }]\n";
-
-/// One `Users` entry's segments: (AAM_UUID, DataPartner_UUID, Segment_ID, Status).
-type Entry = (String, String, String, String);
-
-fn entries(requests: &[RecordedRequest]) -> Vec<Entry> {
-    let mut out = Vec::new();
-    for request in requests {
-        let body = json(&request.body);
-        for user in body["Users"].as_array().unwrap() {
-            for segment in user["Segments"].as_array().unwrap() {
-                out.push((
-                    user["AAM_UUID"].as_str().unwrap().to_owned(),
-                    user["DataPartner_UUID"].as_str().unwrap().to_owned(),
-                    segment["Segment_ID"].as_str().unwrap().to_owned(),
-                    segment["Status"].as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-    }
-    out
-}
-
-fn entry(user: &str, partner_uuid: &str, segment: &str, status: &str) -> Entry {
-    (
-        user.to_owned(),
-        partner_uuid.to_owned(),
-        segment.to_owned(),
-        status.to_owned(),
-    )
-}
-
-fn id_sync(user: &str, data_partner: u64, uuid: &str) -> String {
-    format!(
-        r#"{{"type":"id_sync","user":"{user}","data_partner":{data_partner},"partner_uuid":"{uuid}"}}"#
-    )
-}
-
-/// A qualifier and a delivery worker reading its output.
-struct Pipeline {
-    qualifier_test: QualifierTest,
-    qualifier: crate::qualifier::Qualifier,
-    _delivery: Service,
-}
-
-impl Pipeline {
-    /// `destinations`: (id, receiver, extra YAML) of each destination.
-    async fn start(rules: &str, destinations: &[(u64, &Receiver, &str)]) -> Self {
-        let qualifier_test = QualifierTest::new(1).await;
-        let qualifier = qualifier_test
-            .start(&qualifier_test.definitions(rules), "a")
-            .await;
-        let mut delivery_test = DeliveryTest::new(1).await;
-        delivery_test.topic = qualifier_test.status.clone();
-        delivery_test.batch_topic = qualifier_test.status_batch.clone();
-        let config = delivery_test.config(
-            &destinations
-                .iter()
-                .map(|(id, receiver, extra)| crate::delivery::destination(*id, receiver, extra))
-                .collect::<Vec<_>>(),
-        );
-        let delivery = delivery_test.start(&config, &[]).await;
-        Self {
-            qualifier_test,
-            qualifier,
-            _delivery: delivery,
-        }
-    }
-
-    async fn post(&self, lines: &[String]) {
-        let (status, body) = post(&self.qualifier.ingest, lines).await;
-        assert_eq!(status, 202, "{body}");
-    }
-}
-
-/// Waits until `receiver` got at least `n` segment entries; returns them all.
-async fn wait_entries(receiver: &Receiver, n: usize) -> Vec<Entry> {
-    testkit::wait_for(
-        &format!("{n} segment entries at the partner"),
-        Duration::from_secs(30),
-        || async { entries(&receiver.requests()) },
-        |got| got.len() >= n,
-    )
-    .await
-}
 
 #[tokio::test]
 async fn a_synced_partner_id_gets_the_users_memberships_and_an_evicted_one_its_0s() {

@@ -127,6 +127,11 @@ pub fn to_json_line(event: &TraitEvent) -> String {
                 time(o.time_unix_ms)
             )
         }
+        Some(trait_event::Event::Forget(f)) => format!(
+            r#"{{"type":"forget","user":"{}","time":"{}"}}"#,
+            event.user_id,
+            time(f.time_unix_ms)
+        ),
         None => String::new(),
     }
 }

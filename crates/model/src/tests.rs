@@ -226,7 +226,16 @@ fn a_dead_letter_of_a_huge_message_fits_under_the_limit_and_says_what_was_left_o
 
 #[test]
 fn printed_times_have_three_fractional_digits_and_survive_any_input() {
-    assert_eq!(crate::rfc3339_ms(1_469_636_242_250), "2016-07-27T16:17:22.250Z");
-    assert_eq!(crate::rfc3339_ms(1_469_636_242_000), "2016-07-27T16:17:22.000Z");
-    assert_eq!(crate::rfc3339_ms(i64::MAX), format!("{} ms since 1970", i64::MAX));
+    assert_eq!(
+        crate::rfc3339_ms(1_469_636_242_250),
+        "2016-07-27T16:17:22.250Z"
+    );
+    assert_eq!(
+        crate::rfc3339_ms(1_469_636_242_000),
+        "2016-07-27T16:17:22.000Z"
+    );
+    assert_eq!(
+        crate::rfc3339_ms(i64::MAX),
+        format!("{} ms since 1970", i64::MAX)
+    );
 }

@@ -25,6 +25,9 @@ pub struct Step {
     pub targeted: Vec<SegmentStatusUpdate>,
     /// The event was ignored (the user opted out earlier).
     pub ignored: bool,
+    /// The user was erased: their delivery log records dated up to this time (ms since the
+    /// Unix epoch) must become unreadable.
+    pub erased_at: Option<i64>,
     /// When the user must be evaluated again without an event (`None`: never). Never later
     /// than [`next_due`] of the new state, possibly earlier (after an event that did not
     /// evaluate every segment): an early timer costs one evaluation that changes nothing.
@@ -119,12 +122,14 @@ impl Evaluator {
     ) -> Result<Step, InvalidEvent> {
         validate(event)?;
         let kind = event.event.as_ref().ok_or(InvalidEvent::Empty)?;
-        if state.as_ref().is_some_and(|s| s.opted_out) {
+        let erasing = matches!(kind, trait_event::Event::Forget(_));
+        if !erasing && state.as_ref().is_some_and(|s| s.opted_out) {
             return Ok(Step {
                 state,
                 state_changed: false,
                 update: None,
                 targeted: Vec::new(),
+                erased_at: None,
                 ignored: true,
                 due: None,
             });
@@ -163,7 +168,30 @@ impl Evaluator {
                     state_changed: true,
                     update,
                     targeted: Vec::new(),
+                    erased_at: None,
                     ignored: false,
+                    due: None,
+                })
+            }
+            trait_event::Event::Forget(forget) => {
+                let time = if forget.time_unix_ms > 0 {
+                    forget.time_unix_ms.min(now)
+                } else {
+                    now
+                };
+                let changes = state
+                    .memberships
+                    .iter()
+                    .map(|m| SegmentChange::unsegmented(m.segment_id, ChangeReason::Erased, time))
+                    .collect();
+                let update = build_update(&mut state, changes, origin, now);
+                Ok(Step {
+                    state: None,
+                    state_changed: true,
+                    update,
+                    targeted: Vec::new(),
+                    ignored: false,
+                    erased_at: Some(time.max(state.last_change_unix_ms)),
                     due: None,
                 })
             }
@@ -189,6 +217,7 @@ impl Evaluator {
                     state_changed: true,
                     update: None,
                     targeted,
+                    erased_at: None,
                     ignored: false,
                     due,
                 })
@@ -263,6 +292,7 @@ impl Evaluator {
                     state_changed: true,
                     update,
                     targeted: Vec::new(),
+                    erased_at: None,
                     ignored: false,
                     due,
                 })
@@ -280,6 +310,7 @@ impl Evaluator {
                 state_changed: false,
                 update: None,
                 targeted: Vec::new(),
+                erased_at: None,
                 ignored: false,
                 due: None,
             };
@@ -301,6 +332,7 @@ impl Evaluator {
                 state_changed: true,
                 update,
                 targeted: Vec::new(),
+                erased_at: None,
                 ignored: false,
                 due: None,
             };
@@ -316,6 +348,7 @@ impl Evaluator {
             state_changed,
             update,
             targeted: Vec::new(),
+            erased_at: None,
             ignored: false,
             due,
         }

@@ -5,9 +5,10 @@
 //! {"type":"trait","user":"<id>","trait":101,"time":"2026-11-28T10:00:00Z","region":6}
 //! {"type":"id_sync","user":"<id>","data_partner":1234,"partner_uuid":"<string>"}
 //! {"type":"opt_out","user":"<id>","time":"2026-11-28T10:00:00Z"}
+//! {"type":"forget","user":"<id>"}
 //! ```
 
-use model::pb::{IdSync, OptOut, TraitRealization, trait_event};
+use model::pb::{Forget, IdSync, OptOut, TraitRealization, trait_event};
 use model::{Origin, TraitEvent};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,10 @@ enum JsonEvent {
     OptOut {
         user: String,
         time: String,
+    },
+    Forget {
+        user: String,
+        time: Option<String>,
     },
 }
 
@@ -125,6 +130,12 @@ fn convert(event: JsonEvent, origin: Origin) -> Result<TraitEvent, String> {
             user,
             trait_event::Event::OptOut(OptOut {
                 time_unix_ms: parse_time(&time)?,
+            }),
+        ),
+        JsonEvent::Forget { user, time } => (
+            user,
+            trait_event::Event::Forget(Forget {
+                time_unix_ms: time.as_deref().map(parse_time).transpose()?.unwrap_or(0),
             }),
         ),
     };
@@ -409,12 +420,20 @@ not json
                     })),
                 },
             )),
-            (user, time).prop_map(move |(user, ms)| (
+            (user, time.clone()).prop_map(move |(user, ms)| (
                 format!(r#"{{"type":"opt_out","user":"{user}","time":"{}"}}"#, rfc3339(ms)),
                 TraitEvent {
                     user_id: user,
                     origin: Origin::Realtime as i32,
                     event: Some(trait_event::Event::OptOut(OptOut { time_unix_ms: ms })),
+                },
+            )),
+            (user, time).prop_map(move |(user, ms)| (
+                format!(r#"{{"type":"forget","user":"{user}","time":"{}"}}"#, rfc3339(ms)),
+                TraitEvent {
+                    user_id: user,
+                    origin: Origin::Realtime as i32,
+                    event: Some(trait_event::Event::Forget(Forget { time_unix_ms: ms })),
                 },
             )),
         ]

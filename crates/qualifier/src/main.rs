@@ -115,6 +115,15 @@ struct TopicArgs {
         global = true
     )]
     changelog_topic: String,
+    /// Delivery's log topic (`kafka.delivery_log_topic` of delivery): an erased user's
+    /// records there are made unreadable. `""`: delivery runs without its log.
+    #[arg(
+        long,
+        env = "DELIVERY_LOG_TOPIC",
+        default_value = "delivery-log",
+        global = true
+    )]
+    delivery_log_topic: String,
     /// Where invalid input events are kept.
     #[arg(
         long,
@@ -144,6 +153,14 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Erase a user (right to erasure): produce a `forget` event. The qualifier sends 0 for
+    /// every membership to every destination, then removes the user's state, opt-out marker
+    /// and partner ids, and makes their delivery log records unreadable.
+    Forget {
+        /// The user id.
+        #[arg(long)]
+        user: String,
     },
     /// Produce the events of an NDJSON file (the ingest API's shapes) as batch-origin input:
     /// their status changes go to the batch topic, a lane that never delays real time.
@@ -200,6 +217,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Forget { user }) => {
+            telemetry::init_logging()?;
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let event = model::TraitEvent {
+                user_id: user.clone(),
+                origin: model::Origin::Realtime as i32,
+                event: Some(model::pb::trait_event::Event::Forget(model::pb::Forget {
+                    time_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+                })),
+            };
+            qualifier::evaluate::validate(&event).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+            let writer = EventWriter::new(&kafka, &cli.topics.events_topic)?;
+            writer
+                .write(&[event])
+                .await
+                .context("Kafka did not acknowledge the forget event")?;
+            println!(
+                "asked to forget {user}: the qualifier sends their 0s, then erases them ({})",
+                cli.topics.events_topic
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Onboard { file }) => {
             telemetry::init_logging()?;
             let kafka = telemetry::KafkaSettings::from_env()?;
@@ -252,6 +291,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status_batch_topic: cli.topics.status_batch_topic,
                 changelog_topic: cli.topics.changelog_topic,
                 dlq_topic: cli.topics.dlq_topic,
+                delivery_log_topic: Some(cli.topics.delivery_log_topic)
+                    .filter(|t| !t.trim().is_empty()),
             };
             let options = qualifier::service::Options {
                 definitions_path: path,

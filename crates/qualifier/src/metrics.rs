@@ -95,6 +95,9 @@ impl Metrics {
             ("0", "ttl"),
             ("0", "inactive"),
             ("0", "opt_out"),
+            ("1", "partner_id_synced"),
+            ("0", "partner_id_evicted"),
+            ("0", "erased"),
         ] {
             metrics.status_changes.with_label_values(&[status, reason]);
         }
@@ -102,7 +105,7 @@ impl Metrics {
     }
 }
 
-const KINDS: [&str; 4] = ["trait", "id_sync", "opt_out", "unknown"];
+const KINDS: [&str; 5] = ["trait", "id_sync", "opt_out", "forget", "unknown"];
 const OUTCOMES: [&str; 3] = ["applied", "ignored", "invalid"];
 
 /// The per-event counters, resolved once so the processing loop does no label lookup per
@@ -133,6 +136,7 @@ impl HotCounters {
             (SegmentStatus::Inactive, ChangeReason::OptOut),
             (SegmentStatus::Active, ChangeReason::PartnerIdSynced),
             (SegmentStatus::Inactive, ChangeReason::PartnerIdEvicted),
+            (SegmentStatus::Inactive, ChangeReason::Erased),
         ]
         .into_iter()
         .map(|(status, reason)| {
@@ -194,6 +198,7 @@ fn reason_label(reason: model::ChangeReason) -> &'static str {
         model::ChangeReason::OptOut => "opt_out",
         model::ChangeReason::PartnerIdSynced => "partner_id_synced",
         model::ChangeReason::PartnerIdEvicted => "partner_id_evicted",
+        model::ChangeReason::Erased => "erased",
         model::ChangeReason::Unspecified => "unspecified",
     }
 }

@@ -39,6 +39,9 @@ pub struct Topology {
     pub status_batch_topic: String,
     pub changelog_topic: String,
     pub dlq_topic: String,
+    /// Delivery's log topic, where an erased user's records are made unreadable (a tombstone
+    /// per erasure); `None`: not erased there.
+    pub delivery_log_topic: Option<String>,
     /// Stable per process (e.g. the pod name): a restarted process with the same id aborts
     /// what its previous incarnation left open, instead of waiting for the timeout.
     pub transactional_id: String,
@@ -177,6 +180,7 @@ pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, &'static str), (&'sta
         Some(model::pb::trait_event::Event::TraitRealization(_)) => "trait",
         Some(model::pb::trait_event::Event::IdSync(_)) => "id_sync",
         Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
+        Some(model::pb::trait_event::Event::Forget(_)) => "forget",
         None => "unknown",
     };
     match crate::evaluate::validate(&event) {
@@ -573,6 +577,13 @@ impl Processor {
             );
             self.buffer.clear();
             sent?;
+        }
+        if let (Some(at), Some(topic)) = (step.erased_at, &self.topology.delivery_log_topic) {
+            // `delivery log` hides the user's records dated up to the tombstone's timestamp.
+            send(
+                &self.producer,
+                BaseRecord::<str, [u8]>::to(topic).key(user).timestamp(at),
+            )?;
         }
         if step.state_changed {
             let changed = self.changed.entry(partition).or_default();

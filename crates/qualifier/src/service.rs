@@ -24,7 +24,7 @@ pub struct Options {
 pub async fn run(
     options: Options,
     definitions: Definitions,
-    topology: Topology,
+    mut topology: Topology,
     runtime: &ServiceRuntime,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::register(&runtime.registry).context("cannot register metrics")?;
@@ -50,6 +50,15 @@ pub async fn run(
         topology.events_topic,
         counts[0]
     );
+
+    if let Some(topic) = topology.delivery_log_topic.clone() {
+        let kafka = runtime.kafka.clone();
+        let found = tokio::task::spawn_blocking(move || kafka.require_topics(&[&topic])).await?;
+        if let Err(problem) = found {
+            tracing::warn!(%problem, "Erasures will not hide users' delivery log records: create the topic, or set DELIVERY_LOG_TOPIC=\"\" if delivery runs without its log.");
+            topology.delivery_log_topic = None;
+        }
+    }
 
     let loaded = std::fs::read(&options.definitions_path).unwrap_or_default();
     let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(definitions)));

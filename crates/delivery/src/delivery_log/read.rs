@@ -26,6 +26,8 @@ pub struct Query {
 pub struct Entry {
     pub time: String,
     pub time_unix_ms: i64,
+    #[serde(skip)]
+    newest_change_ms: i64,
     pub destination: u64,
     pub attempt: u32,
     /// `delivered`, or why the attempt failed.
@@ -64,7 +66,9 @@ pub fn read(kafka: &KafkaSettings, topic: &str, query: &Query) -> anyhow::Result
         .filter(|(p, _)| partitions.contains(p))
         .map(|&(p, end)| (p, start, end))
         .collect();
-    let mut entries = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    // Erased up to (a tombstone's timestamp): records of changes dated no later are hidden.
+    let mut erased_up_to = i64::MIN;
     let mut undecodable = 0;
     kafka
         .read_ranges(
@@ -77,12 +81,18 @@ pub fn read(kafka: &KafkaSettings, topic: &str, query: &Query) -> anyhow::Result
                     return;
                 }
                 let Some(payload) = message.payload() else {
-                    // Erased: nothing before the tombstone is shown.
-                    entries.clear();
+                    // Erased (`qualifier forget`): hide every record of changes dated up to
+                    // the erasure, also those a lagging destination writes after it.
+                    let at = message.timestamp().to_millis().unwrap_or(i64::MAX);
+                    erased_up_to = erased_up_to.max(at);
+                    entries.retain(|e| e.newest_change_ms > erased_up_to);
                     return;
                 };
                 match DeliveryLogRecord::decode(payload) {
-                    Ok(record) if query.destination.is_none_or(|d| d == record.destination_id) => {
+                    Ok(record)
+                        if query.destination.is_none_or(|d| d == record.destination_id)
+                            && newest_change_ms(&record) > erased_up_to =>
+                    {
                         entries.push(entry(record, message.partition(), message.offset()));
                     }
                     Ok(_) => {}
@@ -101,6 +111,16 @@ pub fn read(kafka: &KafkaSettings, topic: &str, query: &Query) -> anyhow::Result
     Ok(entries)
 }
 
+/// The latest `DateTime` among a record's segments.
+fn newest_change_ms(record: &DeliveryLogRecord) -> i64 {
+    record
+        .segments
+        .iter()
+        .map(|s| s.time_unix_ms)
+        .max()
+        .unwrap_or(i64::MIN)
+}
+
 fn entry(record: DeliveryLogRecord, partition: i32, offset: i64) -> Entry {
     let class = record.error_class();
     let outcome = if record.delivered {
@@ -114,6 +134,7 @@ fn entry(record: DeliveryLogRecord, partition: i32, offset: i64) -> Entry {
     Entry {
         time: rfc3339(record.time_unix_ms),
         time_unix_ms: record.time_unix_ms,
+        newest_change_ms: newest_change_ms(&record),
         destination: record.destination_id,
         attempt: record.attempt,
         outcome,

@@ -802,3 +802,74 @@ fn regions_past_the_limit_are_not_kept() {
     }
     assert_eq!(state.unwrap().regions, [3, 5]);
 }
+
+fn forget(user: &str, time: i64) -> TraitEvent {
+    TraitEvent {
+        user_id: user.to_owned(),
+        origin: Origin::Realtime as i32,
+        event: Some(trait_event::Event::Forget(model::pb::Forget {
+            time_unix_ms: time,
+        })),
+    }
+}
+
+#[test]
+fn forget_sends_0_to_every_partner_id_then_erases_everything_even_an_opt_out() {
+    let defs = definitions("traits: [{ id: 1 }]\nsegments: [{ id: 10, rule: T1 }]\n");
+    let mut evaluator = Evaluator::default();
+    let member = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 100 * S, Some(6)),
+        100 * S,
+    );
+    let synced = apply(
+        &mut evaluator,
+        &defs,
+        member.state,
+        &id_sync("u", 7, "a", 0),
+        101 * S,
+    );
+    let erased = apply(
+        &mut evaluator,
+        &defs,
+        synced.state,
+        &forget("u", 0),
+        102 * S,
+    );
+    assert_eq!(
+        changes(&erased),
+        [(10, SegmentStatus::Inactive, ChangeReason::Erased, 102 * S)]
+    );
+    assert_eq!(
+        erased.update.as_ref().unwrap().partner_ids[0].partner_uuids,
+        ["a"]
+    );
+    assert_eq!((erased.state, erased.state_changed), (None, true));
+    assert_eq!((erased.erased_at, erased.due), (Some(102 * S), None));
+
+    // An opted-out user's marker goes too: a later event starts a new user.
+    let opt_out = TraitEvent {
+        event: Some(trait_event::Event::OptOut(OptOut {
+            time_unix_ms: 200 * S,
+        })),
+        ..forget("v", 0)
+    };
+    let marker = apply(&mut evaluator, &defs, None, &opt_out, 200 * S).state;
+    assert!(marker.as_ref().unwrap().opted_out);
+    let erased = apply(&mut evaluator, &defs, marker, &forget("v", 0), 201 * S);
+    assert!(!erased.ignored && erased.state.is_none() && erased.update.is_none());
+    assert_eq!(erased.erased_at, Some(201 * S));
+    let back = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("v", 1, 202 * S, None),
+        202 * S,
+    );
+    assert_eq!(
+        changes(&back),
+        [(10, SegmentStatus::Active, ChangeReason::Qualified, 202 * S)]
+    );
+}

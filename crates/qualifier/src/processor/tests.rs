@@ -187,6 +187,9 @@ fn events() -> Vec<TraitEvent> {
             time_unix_ms: NOW,
         })),
         event(trait_event::Event::OptOut(OptOut { time_unix_ms: NOW })),
+        event(trait_event::Event::Forget(model::pb::Forget {
+            time_unix_ms: NOW,
+        })),
     ]
 }
 
@@ -199,6 +202,7 @@ fn events_from_a_newer_producer_decode_with_their_unknown_fields_skipped() {
             trait_event::Event::TraitRealization(m) => (3, m.encode_to_vec()),
             trait_event::Event::IdSync(m) => (4, m.encode_to_vec()),
             trait_event::Event::OptOut(m) => (5, m.encode_to_vec()),
+            trait_event::Event::Forget(m) => (6, m.encode_to_vec()),
         };
         let mut inner = TraitEvent {
             event: None,
