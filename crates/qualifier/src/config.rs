@@ -84,6 +84,10 @@ pub struct Definitions {
     /// How much of a user's input is kept, so that no input can grow a user's state (and its
     /// updates) past Kafka's message limit.
     pub limits: UserLimits,
+    /// A stable hash of what decides memberships (inactivity, traits' time-to-live, segments'
+    /// rules): users evaluated under another fingerprint are re-evaluated (see
+    /// `UserState::definitions_fingerprint`). Never 0.
+    pub fingerprint: u64,
     pub traits: IdMap<TraitDef>,
     pub segments: Vec<SegmentDef>,
     /// Per trait used by a rule: what to keep.
@@ -317,6 +321,7 @@ impl Definitions {
             .map(|(i, _)| i)
             .collect();
         let definitions = Self {
+            fingerprint: fingerprint(inactivity_ms, &traits, &segments),
             inactivity_ms,
             limits,
             traits,
@@ -339,6 +344,32 @@ impl Definitions {
         }
         Ok(definitions)
     }
+}
+
+/// FNV-1a over the parts of the definitions that decide memberships, in id order: the same
+/// for the same rules whatever the file's layout, comments or segment names.
+fn fingerprint(inactivity_ms: i64, traits: &IdMap<TraitDef>, segments: &[SegmentDef]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(&inactivity_ms.to_le_bytes());
+    let mut traits: Vec<_> = traits.iter().collect();
+    traits.sort_unstable_by_key(|(id, _)| **id);
+    for (id, def) in traits {
+        feed(&id.to_le_bytes());
+        feed(&def.ttl_ms.to_le_bytes());
+    }
+    let mut segments: Vec<_> = segments.iter().collect();
+    segments.sort_unstable_by_key(|s| s.id);
+    for segment in segments {
+        feed(&segment.id.to_le_bytes());
+        feed(segment.rule_text.as_bytes());
+        feed(&[0]);
+    }
+    hash.max(1)
 }
 
 /// A user without any realization.
@@ -496,5 +527,25 @@ traits: []
             error.contains("max_regions (line 1): 0 is out of range; write a number from 1 to 1024 (default 64)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_rules_not_the_layout() {
+        let parse = |text: &str| Definitions::parse(Path::new("s.yaml"), text).unwrap();
+        let base = parse(
+            "traits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 10, rule: T1 }, { id: 20, rule: T2 }]\n",
+        );
+        let relaid = parse(
+            "# a comment\nsegments:\n  - { id: 20, rule: T2, name: b }\n  - { id: 10, rule: T1 }\ntraits:\n  - { id: 2 }\n  - { id: 1 }\nmax_regions: 8\n",
+        );
+        assert_eq!(base.fingerprint, relaid.fingerprint);
+        for changed in [
+            "traits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 10, rule: T2 }, { id: 20, rule: T2 }]\n",
+            "traits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 10, rule: T1 }]\n",
+            "traits: [{ id: 1, ttl: 1d }, { id: 2 }]\nsegments: [{ id: 10, rule: T1 }, { id: 20, rule: T2 }]\n",
+            "inactivity: 30d\ntraits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 10, rule: T1 }, { id: 20, rule: T2 }]\n",
+        ] {
+            assert_ne!(parse(changed).fingerprint, base.fingerprint, "{changed}");
+        }
     }
 }

@@ -235,6 +235,11 @@ impl Evaluator {
                     insert_time(&mut state.traits, realization.trait_id, time);
                 }
                 let first_segments;
+                // Every segment that can hold is evaluated: the user is now evaluated under
+                // these definitions.
+                if evaluate_all || blank {
+                    state.definitions_fingerprint = definitions.fingerprint;
+                }
                 let affected = if evaluate_all {
                     prune(definitions, &mut state, now);
                     None
@@ -303,7 +308,30 @@ impl Evaluator {
     /// Re-evaluates a user whose timer is due at `now`: trait realizations that aged out of
     /// their time-to-live or a rule's window (reason ttl), or inactivity (every segment ends,
     /// reason inactive, and the user is forgotten).
-    pub fn on_timer(&mut self, definitions: &Definitions, mut state: UserState, now: i64) -> Step {
+    pub fn on_timer(&mut self, definitions: &Definitions, state: UserState, now: i64) -> Step {
+        self.reevaluate(definitions, state, now, ChangeReason::Ttl)
+    }
+
+    /// Re-evaluates every segment for a user last evaluated under other definitions (a rule
+    /// changed or was removed, a time-to-live changed): the 0s it causes have reason rule
+    /// (a removed segment's members get theirs too).
+    pub fn on_definitions_changed(
+        &mut self,
+        definitions: &Definitions,
+        state: UserState,
+        now: i64,
+    ) -> Step {
+        self.reevaluate(definitions, state, now, ChangeReason::Rule)
+    }
+
+    /// Every segment evaluated for `state` at `now` (or the user forgotten, if inactive).
+    fn reevaluate(
+        &mut self,
+        definitions: &Definitions,
+        mut state: UserState,
+        now: i64,
+        reason_for_0: ChangeReason,
+    ) -> Step {
         if state.opted_out {
             return Step {
                 state: Some(state),
@@ -339,7 +367,8 @@ impl Evaluator {
         }
         let before = state.clone();
         prune(definitions, &mut state, now);
-        let changes = self.evaluate(definitions, &mut state, now, ChangeReason::Ttl, now, None);
+        let changes = self.evaluate(definitions, &mut state, now, reason_for_0, now, None);
+        state.definitions_fingerprint = definitions.fingerprint;
         let update = build_update(&mut state, changes, Origin::Realtime, now);
         let state_changed = state != before;
         let due = next_due(definitions, &state, now);

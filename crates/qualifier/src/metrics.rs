@@ -13,6 +13,10 @@ pub struct Metrics {
     pub restore_duration: Histogram,
     pub transaction_duration: Histogram,
     pub transactions_failed: IntCounter,
+    /// `qualifier_sweep_pending_users`: users still to re-evaluate under new definitions.
+    pub sweep_pending: IntGauge,
+    /// `qualifier_sweep_users_total`: users re-evaluated under new definitions.
+    pub swept: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +78,14 @@ impl Metrics {
                 "qualifier_transactions_failed_total",
                 "Kafka transactions that could not be committed (each is aborted; state and input are rewound to the changelog and committed offsets).",
             )?,
+            sweep_pending: IntGauge::new(
+                "qualifier_sweep_pending_users",
+                "Users still to re-evaluate in the background because the definitions changed (a reload, or a restore under other definitions).",
+            )?,
+            swept: IntCounter::new(
+                "qualifier_sweep_users_total",
+                "Users re-evaluated in the background because the definitions changed.",
+            )?,
         };
         registry.register(Box::new(metrics.ingest_requests.clone()))?;
         registry.register(Box::new(metrics.events.clone()))?;
@@ -84,6 +96,8 @@ impl Metrics {
         registry.register(Box::new(metrics.restore_duration.clone()))?;
         registry.register(Box::new(metrics.transaction_duration.clone()))?;
         registry.register(Box::new(metrics.transactions_failed.clone()))?;
+        registry.register(Box::new(metrics.sweep_pending.clone()))?;
+        registry.register(Box::new(metrics.swept.clone()))?;
         for kind in KINDS {
             for outcome in OUTCOMES {
                 metrics.events.with_label_values(&[kind, outcome]);

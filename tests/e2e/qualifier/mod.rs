@@ -5,6 +5,7 @@ mod lifecycle;
 mod recovery;
 mod rules;
 mod show;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -239,6 +239,7 @@ fn changelog_records_from_a_newer_qualifier_restore_with_their_unknown_fields_sk
         opted_out_unix_ms: 0,
         last_sequence: 42,
         last_change_unix_ms: NOW,
+        definitions_fingerprint: 7,
     };
     let mut newer = with_unknown_fields(&state.encode_to_vec());
     // And a trait history written with an extra field.
