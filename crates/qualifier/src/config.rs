@@ -21,6 +21,7 @@ struct RawFile {
     max_partner_ids: Option<Spanned<u32>>,
     max_data_partners: Option<Spanned<u32>>,
     max_regions: Option<Spanned<u32>>,
+    refresh_after: Option<Spanned<DurationText>>,
     #[serde(default)]
     traits: Vec<RawTrait>,
     #[serde(default)]
@@ -48,6 +49,7 @@ struct RawSegment {
     id: Spanned<u64>,
     name: Option<String>,
     rule: Spanned<String>,
+    refresh_after: Option<Spanned<DurationText>>,
 }
 
 /// A trait and how long a realization of it stays alive.
@@ -66,6 +68,9 @@ pub struct SegmentDef {
     pub rule_text: String,
     pub rule: Expr,
     pub program: Program,
+    /// Re-publish each still-active membership's 1 this long after the last (`refresh_after`,
+    /// or the file's default); `None`: never.
+    pub refresh_ms: Option<i64>,
 }
 
 /// What the qualifier keeps of a trait's realizations: the newest `count`, and none older
@@ -211,6 +216,37 @@ impl Definitions {
             regions: limit("max_regions", &raw.max_regions, defaults.regions),
         };
 
+        let mut duration = |key: &str, raw: &Option<Spanned<DurationText>>| -> Option<i64> {
+            let spanned = raw.as_ref()?;
+            let parsed = match &spanned.value {
+                DurationText::Zero(0) => Some(0),
+                DurationText::Zero(_) => None,
+                DurationText::Text(text) => rules::parse_duration(text),
+            };
+            if parsed.is_none() {
+                problems.push(format!(
+                    "{key} (line {}): not a duration; write e.g. `25d`, `12h`, or `0` for never",
+                    spanned.referenced.line()
+                ));
+            }
+            parsed
+        };
+        let default_refresh = duration("refresh_after", &raw.refresh_after).filter(|&ms| ms > 0);
+        let refresh: Vec<Option<i64>> = raw
+            .segments
+            .iter()
+            .map(|s| {
+                match duration(
+                    &format!("segment {} refresh_after", s.id.value),
+                    &s.refresh_after,
+                ) {
+                    Some(0) => None,
+                    Some(ms) => Some(ms),
+                    None => default_refresh,
+                }
+            })
+            .collect();
+
         let mut traits = IdMap::default();
         for (i, raw_trait) in raw.traits.iter().enumerate() {
             let ttl_ms = match &raw_trait.ttl {
@@ -241,7 +277,7 @@ impl Definitions {
 
         let mut segments = Vec::new();
         let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
-        for raw_segment in &raw.segments {
+        for (raw_segment, &refresh_ms) in raw.segments.iter().zip(&refresh) {
             let id = raw_segment.id.value;
             let id_line = raw_segment.id.referenced.line();
             if let Some(first_line) = seen.insert(id, id_line) {
@@ -268,6 +304,7 @@ impl Definitions {
                         rule_text: raw_segment.rule.value.clone(),
                         rule,
                         program,
+                        refresh_ms,
                     });
                 }
                 Err(error) => problems.push(format!(
@@ -349,12 +386,8 @@ impl Definitions {
 /// FNV-1a over the parts of the definitions that decide memberships, in id order: the same
 /// for the same rules whatever the file's layout, comments or segment names.
 fn fingerprint(inactivity_ms: i64, traits: &IdMap<TraitDef>, segments: &[SegmentDef]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = FNV_OFFSET;
+    let mut feed = |bytes: &[u8]| hash = fnv1a(hash, bytes);
     feed(&inactivity_ms.to_le_bytes());
     let mut traits: Vec<_> = traits.iter().collect();
     traits.sort_unstable_by_key(|(id, _)| **id);
@@ -370,6 +403,18 @@ fn fingerprint(inactivity_ms: i64, traits: &IdMap<TraitDef>, segments: &[Segment
         feed(&[0]);
     }
     hash.max(1)
+}
+
+/// FNV-1a's starting value.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `bytes`, continuing from `hash`: stable across processes and versions (unlike the
+/// std hashers), for what must come out the same on every qualifier.
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// A user without any realization.

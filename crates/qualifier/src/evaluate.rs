@@ -282,11 +282,13 @@ impl Evaluator {
                 let due = match due {
                     // Boundaries of other traits are unchanged: the old timer, or this
                     // realization's own boundaries if they come first.
+                    // (A membership this event made has its first refresh ahead too.)
                     Some(due) if !evaluate_all && !blank => {
                         let (ttl, windows) = trait_horizons(definitions, realization.trait_id);
                         Some(
                             boundaries(ttl, windows, time)
                                 .filter(|&b| b > now)
+                                .chain(first_refresh(definitions, &state))
                                 .fold(due, i64::min),
                         )
                     }
@@ -367,7 +369,8 @@ impl Evaluator {
         }
         let before = state.clone();
         prune(definitions, &mut state, now);
-        let changes = self.evaluate(definitions, &mut state, now, reason_for_0, now, None);
+        let mut changes = self.evaluate(definitions, &mut state, now, reason_for_0, now, None);
+        refresh(definitions, &mut state, now, &mut changes);
         state.definitions_fingerprint = definitions.fingerprint;
         let update = build_update(&mut state, changes, Origin::Realtime, now);
         let state_changed = state != before;
@@ -430,9 +433,74 @@ impl Evaluator {
             .extend(qualified.into_iter().map(|segment_id| Membership {
                 segment_id,
                 since_unix_ms: time,
+                refreshed_unix_ms: 0,
             }));
         changes
     }
+}
+
+/// Re-publishes the 1 of each membership whose `refresh_after` came (and that this step did
+/// not change anyway), dated `now`.
+fn refresh(
+    definitions: &Definitions,
+    state: &mut UserState,
+    now: i64,
+    changes: &mut Vec<SegmentChange>,
+) {
+    for membership in &mut state.memberships {
+        let Some(period) = refresh_period(definitions, membership.segment_id) else {
+            continue;
+        };
+        if next_refresh(&state.user_id, membership, period) <= now
+            && !changes
+                .iter()
+                .any(|c| c.segment_id == membership.segment_id)
+        {
+            changes.push(SegmentChange {
+                reason: ChangeReason::Refresh as i32,
+                ..SegmentChange::qualified(membership.segment_id, now)
+            });
+            membership.refreshed_unix_ms = now;
+        }
+    }
+}
+
+/// The earliest [`next_refresh`] among the user's memberships.
+fn first_refresh(definitions: &Definitions, state: &UserState) -> Option<i64> {
+    state
+        .memberships
+        .iter()
+        .filter_map(|m| {
+            let period = refresh_period(definitions, m.segment_id)?;
+            Some(next_refresh(&state.user_id, m, period))
+        })
+        .min()
+}
+
+fn refresh_period(definitions: &Definitions, segment_id: u64) -> Option<i64> {
+    let &index = definitions.segment_index.get(&segment_id)?;
+    definitions.segments[index].refresh_ms
+}
+
+/// When a membership's 1 is re-published next: `period` after the later of when the user
+/// qualified and its last refresh, plus up to a tenth of the period chosen by user and
+/// segment, so that members who qualified in the same second do not all refresh together.
+fn next_refresh(user_id: &str, membership: &Membership, period: i64) -> i64 {
+    let spread = period / 10;
+    let offset = if spread > 0 {
+        let hash = crate::config::fnv1a(
+            crate::config::fnv1a(crate::config::FNV_OFFSET, user_id.as_bytes()),
+            &membership.segment_id.to_le_bytes(),
+        );
+        (hash % spread as u64) as i64
+    } else {
+        0
+    };
+    membership
+        .since_unix_ms
+        .max(membership.refreshed_unix_ms)
+        .saturating_add(period)
+        .saturating_add(offset)
 }
 
 /// Update sequences per millisecond of the hybrid clock (see [`next_sequence`]).
@@ -704,6 +772,10 @@ pub fn next_due(definitions: &Definitions, state: &UserState, now: i64) -> Optio
     let mut due = state
         .last_seen_unix_ms
         .saturating_add(definitions.inactivity_ms);
+    // A refresh that came is due at once (an event may have been evaluated past it).
+    if let Some(refresh) = first_refresh(definitions, state) {
+        due = due.min(refresh);
+    }
     for history in &state.traits {
         let (ttl, windows) = trait_horizons(definitions, history.trait_id);
         for &t in &history.times_unix_ms {

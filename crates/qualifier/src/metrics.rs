@@ -112,6 +112,7 @@ impl Metrics {
             ("1", "partner_id_synced"),
             ("0", "partner_id_evicted"),
             ("0", "erased"),
+            ("1", "refresh"),
         ] {
             metrics.status_changes.with_label_values(&[status, reason]);
         }
@@ -151,6 +152,7 @@ impl HotCounters {
             (SegmentStatus::Active, ChangeReason::PartnerIdSynced),
             (SegmentStatus::Inactive, ChangeReason::PartnerIdEvicted),
             (SegmentStatus::Inactive, ChangeReason::Erased),
+            (SegmentStatus::Active, ChangeReason::Refresh),
         ]
         .into_iter()
         .map(|(status, reason)| {
@@ -213,6 +215,7 @@ fn reason_label(reason: model::ChangeReason) -> &'static str {
         model::ChangeReason::PartnerIdSynced => "partner_id_synced",
         model::ChangeReason::PartnerIdEvicted => "partner_id_evicted",
         model::ChangeReason::Erased => "erased",
+        model::ChangeReason::Refresh => "refresh",
         model::ChangeReason::Unspecified => "unspecified",
     }
 }

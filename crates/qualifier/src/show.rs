@@ -255,10 +255,12 @@ mod tests {
                 Membership {
                     segment_id: 7,
                     since_unix_ms: 0,
+                    refreshed_unix_ms: 0,
                 },
                 Membership {
                     segment_id: 8,
                     since_unix_ms: 86_400_000,
+                    refreshed_unix_ms: 0,
                 },
             ],
             last_seen_unix_ms: 86_400_000,

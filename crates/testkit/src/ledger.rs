@@ -42,6 +42,8 @@ pub struct Committed {
     pub time_unix_ms: i64,
     /// Set for a targeted update's change (`only_data_partner_id`).
     pub only_data_partner: Option<u64>,
+    /// A status the user already had, said again (reason refresh): not a step of their history.
+    pub restatement: bool,
 }
 
 /// A run's inputs could not be read: the ledger cannot judge it, and says which input.
@@ -75,6 +77,7 @@ pub fn committed(settings: &KafkaSettings, topic: &str) -> Result<Vec<Committed>
             active: c.status == SegmentStatus::Active as i32,
             time_unix_ms: c.time_unix_ms,
             only_data_partner: update.only_data_partner_id,
+            restatement: c.reason() == model::ChangeReason::Refresh,
         }));
     }
     Ok(out)
@@ -504,9 +507,12 @@ pub fn qualifier_duplicates(changes: &[Committed]) -> QualifierDuplicates {
     }
     let mut histories: HashMap<(&str, u64), History> = HashMap::new();
     let mut out = QualifierDuplicates::default();
-    // A targeted update re-states (or ends) memberships for some partner ids only: it is not
-    // a step of the user's history.
-    for change in changes.iter().filter(|c| c.only_data_partner.is_none()) {
+    // A targeted update re-states (or ends) memberships for some partner ids only, and a
+    // refresh says again what the user is in: neither is a step of the user's history.
+    for change in changes
+        .iter()
+        .filter(|c| c.only_data_partner.is_none() && !c.restatement)
+    {
         let h = histories.entry((&change.user, change.segment)).or_default();
         let mut bad = false;
         if h.last == Some(change.active) {

@@ -3,6 +3,7 @@
 mod bad_input;
 mod lifecycle;
 mod recovery;
+mod refresh;
 mod rules;
 mod show;
 mod sweep;

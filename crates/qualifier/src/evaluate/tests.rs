@@ -873,3 +873,42 @@ fn forget_sends_0_to_every_partner_id_then_erases_everything_even_an_opt_out() {
         [(10, SegmentStatus::Active, ChangeReason::Qualified, 202 * S)]
     );
 }
+
+#[test]
+fn refresh_after_republishes_active_memberships_spread_within_a_tenth_of_the_period() {
+    let defs = definitions(
+        "inactivity: 1000d\nrefresh_after: 10s\ntraits: [{ id: 1, ttl: 0 }, { id: 2, ttl: 0 }]\nsegments:\n  - { id: 10, rule: T1 }\n  - { id: 20, rule: T1, refresh_after: 0 }\n  - { id: 30, rule: T2, refresh_after: 20s }\n",
+    );
+    let mut evaluator = Evaluator::default();
+    let step = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("u", 1, 100 * S, None),
+        100 * S,
+    );
+    let due = step.due.unwrap();
+    assert!((110 * S..111 * S).contains(&due), "{due}");
+    let refreshed = evaluator.on_timer(&defs, step.state.unwrap(), due);
+    // 20 never refreshes; 30 is not a membership.
+    assert_eq!(
+        changes(&refreshed),
+        [(10, SegmentStatus::Active, ChangeReason::Refresh, due)]
+    );
+    assert!(refreshed.state_changed);
+    let next = refreshed.due.unwrap();
+    assert!((due + 10 * S..due + 11 * S).contains(&next), "{next}");
+    // Nothing more before then.
+    let state = refreshed.state.unwrap();
+    let early = evaluator.on_timer(&defs, state.clone(), next - 1);
+    assert_eq!(early.update, None);
+    // Another user refreshes at another moment within the spread.
+    let other = apply(
+        &mut evaluator,
+        &defs,
+        None,
+        &realization("v", 1, 100 * S, None),
+        100 * S,
+    );
+    assert_ne!(other.due, Some(due));
+}

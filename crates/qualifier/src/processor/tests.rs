@@ -51,6 +51,7 @@ fn check_event(payload: &[u8]) -> Result<(), TestCaseError> {
         memberships: vec![model::pb::Membership {
             segment_id: 100,
             since_unix_ms: NOW - 5_000,
+            refreshed_unix_ms: 0,
         }],
         last_seen_unix_ms: NOW - 1_000,
         ..UserState::default()
@@ -233,6 +234,7 @@ fn changelog_records_from_a_newer_qualifier_restore_with_their_unknown_fields_sk
         memberships: vec![model::pb::Membership {
             segment_id: 100,
             since_unix_ms: NOW,
+            refreshed_unix_ms: 0,
         }],
         last_seen_unix_ms: NOW,
         opted_out: false,

@@ -225,6 +225,7 @@ fn committed(user: &str, active: bool, time_unix_ms: i64) -> Committed {
         active,
         time_unix_ms,
         only_data_partner: None,
+        restatement: false,
     }
 }
 
@@ -246,6 +247,14 @@ fn a_targeted_change_is_expected_only_at_its_data_partners_destinations() {
     assert_eq!((duplicates.identical, duplicates.repeated_status), (0, 0));
     let untargeted = [committed("u1", true, 1_000), committed("u1", true, 1_000)];
     assert_eq!(qualifier_duplicates(&untargeted).repeated_status, 1);
+    let refreshed = [
+        committed("u1", true, 1_000),
+        Committed {
+            restatement: true,
+            ..committed("u1", true, 2_000)
+        },
+    ];
+    assert_eq!(qualifier_duplicates(&refreshed).repeated_status, 0);
 }
 
 #[test]
