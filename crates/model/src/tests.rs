@@ -112,12 +112,14 @@ fn dead_letter_and_state_round_trip() {
         memberships: vec![pb::Membership {
             segment_id: 14356,
             since_unix_ms: 2,
+            refreshed_unix_ms: 5,
         }],
         last_seen_unix_ms: 3,
         opted_out: false,
         opted_out_unix_ms: 0,
         last_sequence: 1_469_636_242_000 * 1024 + 3,
         last_change_unix_ms: 2,
+        definitions_fingerprint: 0x9747_b28c,
     };
     assert_eq!(
         UserState::decode(state.encode_to_vec().as_slice()).unwrap(),
