@@ -562,9 +562,14 @@ impl DestinationSender {
                     .then(|| crate::tls_explain::explain_tls_error(&error))
                     .flatten();
                 tracing::warn!(destination = self.config.id, outcome = outcome.label(), error = %error, explanation = explanation.as_deref(), "Request to partner failed.");
+                // The same words go to the delivery log and the dead letter.
+                let chain = error_chain(&error);
                 Attempt::Retry {
                     class,
-                    error: error_chain(&error),
+                    error: match explanation {
+                        Some(words) => format!("{chain} ({words})"),
+                        None => chain,
+                    },
                     status: None,
                 }
             }

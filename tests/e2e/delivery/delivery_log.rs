@@ -4,25 +4,19 @@
 use std::time::Duration;
 
 use testkit::receiver::{Receiver, Response};
-use testkit::service::{binary, metric_value};
+use testkit::service::{binary, metric_value, run_to_end};
 
 use super::{DeliveryTest, T0, change, destination, update};
 
 /// `delivery log` with `args` on `test`'s log topic: (exit code, stdout, stderr).
-async fn delivery_log(test: &DeliveryTest, args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(binary("delivery"))
-        .arg("log")
-        .args(["--topic", &test.log_topic])
-        .args(args)
-        .env("KAFKA_BROKERS", &testkit::kafka::settings().brokers)
-        .output()
-        .await
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+pub async fn delivery_log(test: &DeliveryTest, args: &[&str]) -> (i32, String, String) {
+    run_to_end(
+        tokio::process::Command::new(binary("delivery"))
+            .args(["log", "--topic", &test.log_topic])
+            .args(args)
+            .env("KAFKA_BROKERS", &testkit::kafka::settings().brokers),
     )
+    .await
 }
 
 #[tokio::test]
@@ -139,4 +133,41 @@ async fn every_attempt_is_logged_per_user_with_the_partners_answer() {
         metric_value(&metrics, "delivery_log_dropped_total"),
         Some(0.0)
     );
+}
+
+#[tokio::test]
+async fn a_tls_failure_is_logged_in_plain_words() {
+    let test = DeliveryTest::new(1).await;
+    let partner = Receiver::start_with(testkit::receiver::Tls::CaAsServer).await;
+    let config = test.config(&[destination(
+        9,
+        &partner,
+        ", retry_backoff_ms: 10, backoff: { initial_ms: 100, max_ms: 100 }",
+    )]);
+    let _service = test.start(&config, &[]).await;
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    let (code, out, err) = testkit::wait_for(
+        "u1's failed attempts in the delivery log",
+        Duration::from_secs(20),
+        || delivery_log(&test, &["--user", "u1", "--json"]),
+        |(_, out, _)| out.contains("\"attempt\": 2"),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let records: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let first = &records[0];
+    let outcome = first["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("tls: "), "{outcome}");
+    assert!(
+        outcome.contains(
+            "presents a CA certificate (basicConstraints CA:TRUE) as its own server certificate"
+        ),
+        "{outcome}"
+    );
+    assert_eq!(first["http_status"], serde_json::Value::Null);
+    assert!(partner.requests().is_empty());
 }
