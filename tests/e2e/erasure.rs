@@ -5,26 +5,16 @@
 use std::time::Duration;
 
 use testkit::receiver::Receiver;
-use testkit::service::binary;
 
+use crate::delivery::delivery_log::delivery_log;
 use crate::pipeline::{Pipeline, RULES, entries, entry, id_sync, wait_entries};
 use crate::qualifier::{now, trait_event};
 
 /// `delivery log --user USER --json` on the pipeline's log topic: the records, as JSON.
 async fn log_records(pipeline: &Pipeline, user: &str) -> Vec<serde_json::Value> {
-    let output = tokio::process::Command::new(binary("delivery"))
-        .args(["log", "--json", "--user", user, "--topic"])
-        .arg(&pipeline.delivery_test.log_topic)
-        .env("KAFKA_BROKERS", &testkit::kafka::settings().brokers)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice::<serde_json::Value>(&output.stdout)
+    let (code, out, err) = delivery_log(&pipeline.delivery_test, &["--json", "--user", user]).await;
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<serde_json::Value>(&out)
         .unwrap()
         .as_array()
         .unwrap()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use testkit::receiver::{Receiver, RecordedRequest};
 use testkit::service::Service;
 
-use crate::delivery::{DeliveryTest, json};
+use crate::delivery::{DeliveryTest, json, map_segments, text};
 use crate::qualifier::{QualifierTest, post};
 
 /// Both segments hold for anyone who realized trait 1.
@@ -17,21 +17,14 @@ pub const RULES: &str =
 type Entry = (String, String, String, String);
 
 pub fn entries(requests: &[RecordedRequest]) -> Vec<Entry> {
-    let mut out = Vec::new();
-    for request in requests {
-        let body = json(&request.body);
-        for user in body["Users"].as_array().unwrap() {
-            for segment in user["Segments"].as_array().unwrap() {
-                out.push((
-                    user["AAM_UUID"].as_str().unwrap().to_owned(),
-                    user["DataPartner_UUID"].as_str().unwrap().to_owned(),
-                    segment["Segment_ID"].as_str().unwrap().to_owned(),
-                    segment["Status"].as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-    }
-    out
+    map_segments(requests.iter().map(|r| json(&r.body)), |user, segment| {
+        (
+            text(user, "AAM_UUID"),
+            text(user, "DataPartner_UUID"),
+            text(segment, "Segment_ID"),
+            text(segment, "Status"),
+        )
+    })
 }
 
 pub fn entry(user: &str, partner_uuid: &str, segment: &str, status: &str) -> Entry {

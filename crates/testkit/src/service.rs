@@ -30,6 +30,20 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs a one-shot command (a CLI subcommand) to its end: its exit code (-1 when a signal
+/// ended it), stdout and stderr.
+pub async fn run_to_end(command: &mut Command) -> (i32, String, String) {
+    let output = command
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A free loopback port (bound and released; the service binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,7 +3,7 @@
 mod check_connect;
 mod commits;
 mod contract;
-mod delivery_log;
+pub mod delivery_log;
 mod failures;
 mod isolation;
 mod lifecycle;
@@ -12,6 +12,7 @@ mod observability;
 mod ordering;
 mod recovery;
 mod render;
+mod resync;
 mod secrets;
 mod tls;
 
@@ -290,21 +291,36 @@ pub fn json(body: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
-/// (user, Segment_ID, Status) of every segment entry in the bodies, in order.
-pub fn entries(
+/// `f` of every (`Users` entry, `Segments` entry) pair in the bodies, in order.
+pub fn map_segments<T>(
     bodies: impl IntoIterator<Item = serde_json::Value>,
-) -> Vec<(String, String, String)> {
+    f: impl Fn(&serde_json::Value, &serde_json::Value) -> T,
+) -> Vec<T> {
     let mut out = Vec::new();
     for body in bodies {
         for user in body["Users"].as_array().unwrap() {
             for segment in user["Segments"].as_array().unwrap() {
-                out.push((
-                    user["AAM_UUID"].as_str().unwrap().to_owned(),
-                    segment["Segment_ID"].as_str().unwrap().to_owned(),
-                    segment["Status"].as_str().unwrap().to_owned(),
-                ));
+                out.push(f(user, segment));
             }
         }
     }
     out
+}
+
+/// A string field of a body's JSON object.
+pub fn text(value: &serde_json::Value, field: &str) -> String {
+    value[field].as_str().unwrap().to_owned()
+}
+
+/// (user, Segment_ID, Status) of every segment entry in the bodies, in order.
+pub fn entries(
+    bodies: impl IntoIterator<Item = serde_json::Value>,
+) -> Vec<(String, String, String)> {
+    map_segments(bodies, |user, segment| {
+        (
+            text(user, "AAM_UUID"),
+            text(segment, "Segment_ID"),
+            text(segment, "Status"),
+        )
+    })
 }

@@ -6,26 +6,16 @@ use std::time::{Duration, Instant};
 use testkit::receiver::{Receiver, Response};
 use testkit::service::metric_value;
 
-use super::{DeliveryTest, T0, change, destination, json, sequenced, update};
+use super::{DeliveryTest, T0, change, destination, json, map_segments, sequenced, text, update};
 
 /// (user, DateTime) of every segment entry of the successful requests, in arrival order.
 fn delivered_times(receiver: &Receiver) -> Vec<(String, String)> {
     let mut requests = receiver.requests();
     requests.retain(|r| r.status == 200);
     requests.sort_by_key(|r| r.received_at);
-    let mut out = Vec::new();
-    for request in requests {
-        let body = json(&request.body);
-        for user in body["Users"].as_array().unwrap() {
-            for segment in user["Segments"].as_array().unwrap() {
-                out.push((
-                    user["AAM_UUID"].as_str().unwrap().to_owned(),
-                    segment["DateTime"].as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-    }
-    out
+    map_segments(requests.iter().map(|r| json(&r.body)), |user, segment| {
+        (text(user, "AAM_UUID"), text(segment, "DateTime"))
+    })
 }
 
 #[tokio::test]

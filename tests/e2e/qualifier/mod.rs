@@ -123,23 +123,18 @@ impl QualifierTest {
     /// Runs a one-shot `qualifier` command (e.g. `show`) with this test's topics and group;
     /// returns its exit code, stdout and stderr.
     pub async fn command(&self, args: &[&str]) -> (i32, String, String) {
-        let output = tokio::process::Command::new(testkit::service::binary("qualifier"))
-            .args(args)
-            .env("KAFKA_BROKERS", &kafka::settings().brokers)
-            .env("QUALIFIER_GROUP_ID", &self.group)
-            .env("EVENTS_TOPIC", &self.events)
-            .env("STATUS_TOPIC", &self.status)
-            .env("STATUS_BATCH_TOPIC", &self.status_batch)
-            .env("CHANGELOG_TOPIC", &self.changelog)
-            .env("DLQ_TOPIC", &self.dlq)
-            .output()
-            .await
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
+        testkit::service::run_to_end(
+            tokio::process::Command::new(testkit::service::binary("qualifier"))
+                .args(args)
+                .env("KAFKA_BROKERS", &kafka::settings().brokers)
+                .env("QUALIFIER_GROUP_ID", &self.group)
+                .env("EVENTS_TOPIC", &self.events)
+                .env("STATUS_TOPIC", &self.status)
+                .env("STATUS_BATCH_TOPIC", &self.status_batch)
+                .env("CHANGELOG_TOPIC", &self.changelog)
+                .env("DLQ_TOPIC", &self.dlq),
         )
+        .await
     }
 
     /// A read_committed reader of `topic` from its start.
