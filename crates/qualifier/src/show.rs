@@ -190,10 +190,11 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "next timer    {}",
-        report
-            .next_timer
-            .clone()
-            .unwrap_or_else(|| "- (pass --config segments.yaml to compute it)".to_owned())
+        match (&report.next_timer, report.status) {
+            (Some(at), _) => at.clone(),
+            (None, "present") => "- (pass --config segments.yaml to compute it)".to_owned(),
+            (None, _) => "-".to_owned(),
+        }
     );
     let regions: Vec<String> = report.regions.iter().map(u32::to_string).collect();
     let _ = writeln!(out, "regions       {}", none_if_empty(&regions.join(", ")));
@@ -307,6 +308,10 @@ mod tests {
             0,
         );
         assert_eq!(forgotten.status, "forgotten");
+        assert_eq!(
+            render(&forgotten),
+            "user u1: forgotten (t partition 0, offset 1)\nlast seen     -\nnext timer    -\nregions       -\npartner ids   -\nmemberships   0\n"
+        );
     }
 
     fn report_without(found: Found) -> Report {
