@@ -102,6 +102,8 @@ struct RawDestination {
     rate_limit_rps: u32,
     #[serde(default)]
     gzip: bool,
+    #[serde(default)]
+    backfill: bool,
     #[serde(flatten)]
     tuning: RawTuning,
 }
@@ -218,6 +220,9 @@ pub struct DestinationConfig {
     pub rate_limit_rps: Option<std::num::NonZeroU32>,
     /// Compress bodies with gzip (`Content-Encoding: gzip`); the uncompressed JSON is signed.
     pub gzip: bool,
+    /// Send the destination every current membership of its segments once, in the background,
+    /// when it first appears (see `resync::backfill`). Default false.
+    pub backfill: bool,
     /// Per-attempt timeout. Default 3000 ms.
     pub timeout: Duration,
     /// Attempts after the first. Default 1.
@@ -600,6 +605,7 @@ fn validate_destination(
         dangerous_allow_http,
         rate_limit_rps: std::num::NonZeroU32::new(raw.rate_limit_rps),
         gzip: raw.gzip,
+        backfill: raw.backfill,
         timeout: tuning.timeout,
         retries: tuning.retries,
         retry_backoff: tuning.retry_backoff,

@@ -545,6 +545,7 @@ impl InputPipeline {
                         } else {
                             Priority::Batch
                         },
+                        outcomes: None,
                     }
                     .run(),
                 ),

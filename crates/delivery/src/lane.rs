@@ -59,6 +59,9 @@ pub struct Lane {
     pub hold_transient: bool,
     /// Real time, or the batch lane that yields the rate limit to it.
     pub priority: crate::sender::Priority,
+    /// Where a resync counts its own users by outcome (it shares the destination's sender,
+    /// whose metrics count every path); `None` elsewhere.
+    pub outcomes: Option<Arc<crate::resync::progress::Progress>>,
 }
 
 impl Lane {
@@ -125,6 +128,9 @@ impl Lane {
                     }
                     metrics.delivered.inc_by(batch.events.len() as u64);
                     metrics.changes_delivered.inc_by(sent as u64);
+                    if let Some(outcomes) = &self.outcomes {
+                        outcomes.delivered(batch.events.len() as u64);
+                    }
                     metrics
                         .changes_coalesced
                         .inc_by(batch.coalesced.len() as u64);
@@ -152,6 +158,9 @@ impl Lane {
                         )
                         .await;
                     metrics.dead_lettered.inc_by(batch.events.len() as u64);
+                    if let Some(outcomes) = &self.outcomes {
+                        outcomes.dead_lettered(batch.events.len() as u64);
+                    }
                     // The record holds the events whole: the changes coalesced within the
                     // batch are dead-lettered too.
                     let changes = batch.users.iter().map(|u| u.segments.len()).sum::<usize>()

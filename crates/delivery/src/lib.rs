@@ -24,6 +24,7 @@ pub mod order;
 pub mod payload;
 pub mod render;
 pub mod replay;
+pub mod resync;
 pub mod router;
 pub mod sender;
 pub mod service;

@@ -109,6 +109,23 @@ enum Command {
         #[arg(long, requires = "topic", default_value_t = 1)]
         count: u64,
     },
+    /// Send a destination every current membership of its segments, read from the qualifier's
+    /// changelog, through the normal path. Progress is the consumer group
+    /// `<group_id>-resync-<D>`'s commits: Ctrl-C stops (exit 130), the same command resumes.
+    Resync {
+        /// The destination id (`AAM_Destination_Id`).
+        #[arg(long)]
+        destination: u64,
+        /// Only these of its segments (our ids, comma-separated); default every one it maps.
+        #[arg(long, value_delimiter = ',')]
+        segments: Vec<u64>,
+        /// The qualifier's changelog topic.
+        #[arg(long, env = "CHANGELOG_TOPIC", default_value = delivery::resync::DEFAULT_CHANGELOG_TOPIC)]
+        changelog_topic: String,
+        /// Start over from the beginning of the changelog, also after a complete run.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Re-send a destination's dead-lettered events through the normal path and report how
     /// many were delivered. Events that fail again are dead-lettered again.
     Replay {
@@ -242,6 +259,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await??;
             println!("{}", serde_json::to_string(&counts)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Resync {
+            destination,
+            segments,
+            changelog_topic,
+            restart,
+        } => {
+            let config = load(cli.config.as_ref())?;
+            telemetry::init_logging()?;
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let request = delivery::resync::command::Request {
+                destination,
+                segments,
+                changelog_topic,
+                restart,
+            };
+            delivery::resync::command::run(&config, &kafka, request).await
         }
         Command::Replay {
             destination,

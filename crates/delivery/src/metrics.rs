@@ -40,6 +40,8 @@ pub struct Metrics {
     /// `delivery_log_dropped_total`: delivery log records lost (producer queue full, or the
     /// broker did not take them); deliveries themselves are never held back by the log.
     pub log_dropped: IntCounter,
+    /// `delivery_resync_users_total{destination, outcome}`: see [`Metrics::resync_users`].
+    resync_users: IntCounterVec,
 }
 
 /// The outcome label of `delivery_requests_total`: a closed set, so cardinality stays bounded.
@@ -304,6 +306,13 @@ impl Metrics {
                 "delivery_log_dropped_total",
                 "Delivery log records lost: the producer queue was full or the broker did not take them.",
             )?,
+            resync_users: IntCounterVec::new(
+                Opts::new(
+                    "delivery_resync_users_total",
+                    "Users a resync (`delivery resync` or a destination's backfill) sent their current memberships (sent), and those the partner accepted (delivered).",
+                ),
+                &["destination", "outcome"],
+            )?,
         };
         registry.register(Box::new(metrics.events.clone()))?;
         registry.register(Box::new(metrics.changes.clone()))?;
@@ -329,7 +338,18 @@ impl Metrics {
         registry.register(Box::new(metrics.order_pairs.clone()))?;
         registry.register(Box::new(metrics.log_records.clone()))?;
         registry.register(Box::new(metrics.log_dropped.clone()))?;
+        registry.register(Box::new(metrics.resync_users.clone()))?;
         Ok(metrics)
+    }
+
+    /// `delivery_resync_users_total` of destination `id`: users sent, and users delivered.
+    pub fn resync_users(&self, id: u64) -> (IntCounter, IntCounter) {
+        let id = id.to_string();
+        (
+            self.resync_users.with_label_values(&[id.as_str(), "sent"]),
+            self.resync_users
+                .with_label_values(&[id.as_str(), "delivered"]),
+        )
     }
 
     /// The handles of destination `id`; every series exists (at 0) from start-up on, so

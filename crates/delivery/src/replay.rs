@@ -75,6 +75,7 @@ pub async fn replay(
                 input_topic: Arc::from(dlq_topic.as_str()),
                 hold_transient: false,
                 priority: crate::sender::Priority::Batch,
+                outcomes: None,
             };
             (tx, tokio::spawn(lane.run()))
         })

@@ -159,6 +159,13 @@ pub async fn run(
         let generation = runtime.shutdown.child_token();
         let (mut running, reconfigurers, mut senders, log) =
             start_generation(&config, runtime, &metrics, &generation).await?;
+        let mut backfills = crate::resync::backfill::Backfills::start(
+            &runtime.kafka,
+            &config.kafka,
+            &metrics,
+            &generation,
+            &senders,
+        );
         let (mut failure, mut restart, mut watching) = (None, None, true);
         loop {
             tokio::select! {
@@ -193,6 +200,7 @@ pub async fn run(
                             for pipeline in &reconfigurers {
                                 let _ = pipeline.send(next.clone());
                             }
+                            backfills.apply(&next);
                             senders = next;
                             (loaded, config) = (bytes, new_config);
                         }
@@ -204,6 +212,7 @@ pub async fn run(
                 }
             }
         }
+        backfills.stopped().await;
         if let Some(log) = &log {
             log.flush(std::time::Duration::from_secs(5));
         }

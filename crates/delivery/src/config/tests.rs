@@ -301,3 +301,21 @@ fn a_secret_written_inline_by_mistake_is_not_echoed_by_the_parse_error() {
     );
     assert!(!text.contains("inline-hmac-secret-5f4e"), "{text}");
 }
+
+#[test]
+fn backfill_is_off_unless_a_destination_asks_for_it() {
+    let config = parse(
+        "destinations:\n  - { id: 1, url: https://a.example, client_id: a, user_dpid: 1, segments: {1: 1}, backfill: true }\n  - { id: 2, url: https://b.example, client_id: b, user_dpid: 1, segments: {1: 1} }\n",
+    )
+    .unwrap();
+    assert!(config.destinations[0].backfill);
+    assert!(!config.destinations[1].backfill);
+    let error = parse(
+        "destinations:\n  - { id: 1, url: https://a.example, client_id: a, user_dpid: 1, segments: {1: 1}, backfill: yes please }\n",
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("invalid boolean at line 2"),
+        "{error}"
+    );
+}

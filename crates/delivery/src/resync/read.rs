@@ -1,0 +1,286 @@
+//! The resync's reader of the qualifier's changelog, in a consumer group of its own whose
+//! committed offsets are the resync's progress — no other store. A partition is opened at the
+//! group's committed offset (its beginning without one, or with `--restart`), up to the end it
+//! has then; a commit whose metadata reads `complete:<ms>` marks a partition done. The CLI
+//! assigns every partition itself; a backfill subscribes, so the delivery workers share the
+//! partitions, and a rebalance commits what is finished of a revoked partition for its next
+//! owner.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use telemetry::KafkaSettings;
+
+use crate::offsets::Watermarks;
+use crate::resync::partition::{Marker, PartitionRun, Phase};
+use crate::resync::progress::Progress;
+
+/// The changelog consumer of one resync.
+pub type ChangelogConsumer = rdkafka::consumer::StreamConsumer<ResyncContext>;
+
+/// How long a call to the broker may take.
+pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the engine and the rebalance callbacks share.
+#[derive(Debug)]
+pub struct ResyncContext {
+    pub topic: String,
+    pub destination: u64,
+    /// Start every partition from its beginning, whatever was committed (`--restart`).
+    restart: bool,
+    /// When this run started: the `running:` marker of its commits.
+    pub started_unix_ms: i64,
+    /// Per-partition INFO logs (a backfill, running inside the service); the CLI prints
+    /// progress instead.
+    pub announce: bool,
+    pub watermarks: Watermarks,
+    runs: Mutex<HashMap<i32, PartitionRun>>,
+    pub progress: Arc<Progress>,
+    /// Why the run cannot go on (set in a rebalance callback).
+    fatal: Mutex<Option<String>>,
+}
+
+impl ResyncContext {
+    /// The context of a resync of `destination` reading `topic`.
+    pub fn new(
+        topic: &str,
+        destination: u64,
+        restart: bool,
+        announce: bool,
+        progress: Arc<Progress>,
+    ) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            destination,
+            restart,
+            started_unix_ms: crate::sender::unix_ms_now(),
+            announce,
+            watermarks: Watermarks::new(vec![destination]),
+            runs: Mutex::new(HashMap::new()),
+            progress,
+            fatal: Mutex::new(None),
+        }
+    }
+
+    /// The partitions this consumer reads, by number (never held across an await).
+    pub fn runs(&self) -> MutexGuard<'_, HashMap<i32, PartitionRun>> {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the run cannot go on, if a rebalance callback found out.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the group's commits and the ends of `partitions` and starts a run for each
+    /// (complete ones stay complete unless `--restart`). Returns each partition's start and
+    /// phase: a complete one is not read, one with nothing to read yet waits paused (a
+    /// converge pass may read it). Blocks.
+    pub fn open<C: Consumer<Self>>(
+        &self,
+        consumer: &C,
+        partitions: &[i32],
+    ) -> KafkaResult<Vec<(i32, i64, Phase)>> {
+        let committed = consumer.committed_offsets(self.list(partitions), KAFKA_TIMEOUT)?;
+        let mut opened = Vec::new();
+        for element in committed.elements() {
+            let partition = element.partition();
+            let (low, high) = consumer.fetch_watermarks(&self.topic, partition, KAFKA_TIMEOUT)?;
+            let marker = Marker::parse(element.metadata());
+            let committed = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let start = match committed {
+                Some(offset) if !self.restart => offset.max(low),
+                _ => low,
+            };
+            let run = match marker {
+                Marker::Complete { at_unix_ms } if !self.restart => {
+                    self.progress.partition_done();
+                    self.log_partition(
+                        "Backfill of this partition was complete already.",
+                        partition,
+                        start,
+                        high,
+                    );
+                    tracing::debug!(destination = self.destination, partition, complete_since = %model::rfc3339_ms(at_unix_ms), "Resync partition found complete.");
+                    PartitionRun::complete(start)
+                }
+                _ => {
+                    self.log_partition("Backfill of partition starts.", partition, start, high);
+                    self.watermarks.lock().assign(partition, Some(start), &[]);
+                    PartitionRun::new(start, high)
+                }
+            };
+            opened.push((partition, start, run.phase));
+            self.runs().insert(partition, run);
+        }
+        self.progress.partitions(partitions.len() as u64);
+        Ok(opened)
+    }
+
+    fn log_partition(&self, message: &str, partition: i32, from: i64, to: i64) {
+        if self.announce {
+            tracing::info!(
+                destination = self.destination,
+                topic = %self.topic,
+                partition,
+                from,
+                to,
+                "{message}"
+            );
+        }
+    }
+
+    /// `partitions` of the changelog topic, as librdkafka takes them.
+    pub fn list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for &partition in partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        list
+    }
+
+    /// The commit of every partition not complete: up to what is finished, marked running.
+    pub fn progress_commits(&self) -> Vec<(i32, i64, String)> {
+        let table = self.watermarks.lock();
+        let metadata = Marker::Running {
+            started_unix_ms: self.started_unix_ms,
+        }
+        .metadata();
+        self.runs()
+            .iter()
+            .filter(|(_, run)| run.phase != Phase::Complete)
+            .filter_map(|(&partition, run)| {
+                let lowest = table.lowest_position(partition)?;
+                Some((partition, run.commit_offset(lowest), metadata.clone()))
+            })
+            .collect()
+    }
+}
+
+/// Commits `positions` (`partition, offset, metadata`) of `topic`. Blocks.
+pub fn commit<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    positions: &[(i32, i64, String)],
+) -> KafkaResult<()> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::with_capacity(positions.len());
+    for (partition, offset, metadata) in positions {
+        let mut element = list.add_partition(topic, *partition);
+        element.set_metadata(metadata);
+        element.set_offset(Offset::Offset(*offset))?;
+    }
+    consumer.commit(&list, CommitMode::Sync)
+}
+
+/// The changelog consumer in `group`: `read_committed` (the qualifier writes the changelog
+/// in transactions), no automatic commits; a backfill's group rebalances cooperatively, so a
+/// worker joining or leaving moves only the partitions that change owner.
+pub fn consumer(
+    kafka: &KafkaSettings,
+    group: &str,
+    context: ResyncContext,
+) -> KafkaResult<ChangelogConsumer> {
+    let announce = context.announce;
+    let mut config = kafka.client_config(&format!("delivery-resync-{}", context.destination));
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.max.bytes", "4194304");
+    if announce {
+        config.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    config.create_with_context(context)
+}
+
+/// Whether every partition of the changelog is complete for `group`, and since when (the
+/// latest completion). Blocks.
+pub fn group_complete<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+) -> KafkaResult<Option<i64>> {
+    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
+    let mut list = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        list.add_partition(topic, partition.id());
+    }
+    if list.count() == 0 {
+        return Ok(None);
+    }
+    let committed = consumer.committed_offsets(list, KAFKA_TIMEOUT)?;
+    let mut latest = i64::MIN;
+    for element in committed.elements() {
+        match Marker::parse(element.metadata()) {
+            Marker::Complete { at_unix_ms } => latest = latest.max(at_unix_ms),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(latest))
+}
+
+impl ClientContext for ResyncContext {}
+
+impl ConsumerContext for ResyncContext {
+    /// A revoked partition commits what is finished (its next owner resumes there) and its
+    /// queued users are dropped by the lanes.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        let positions: Vec<_> = self
+            .progress_commits()
+            .into_iter()
+            .filter(|(p, _, _)| partitions.contains(p))
+            .collect();
+        if let Err(error) = commit(consumer, &self.topic, &positions) {
+            tracing::warn!(destination = self.destination, %error, "Cannot commit the backfill's revoked partitions; their next owner sends from the last commit.");
+        }
+        let mut table = self.watermarks.lock();
+        let mut runs = self.runs();
+        for partition in partitions {
+            runs.remove(&partition);
+            table.revoke(partition);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+        let idle = self.open(consumer, &partitions).and_then(|opened| {
+            let idle: Vec<i32> = opened
+                .iter()
+                .filter(|(_, _, phase)| matches!(phase, Phase::Settling | Phase::Complete))
+                .map(|&(p, _, _)| p)
+                .collect();
+            if idle.is_empty() {
+                Ok(())
+            } else {
+                consumer.pause(&self.list(&idle))
+            }
+        });
+        if let Err(error) = idle {
+            *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!(
+                "cannot read the commits or ends of assigned changelog partitions: {error}"
+            ));
+        }
+    }
+}
