@@ -12,6 +12,7 @@ use testkit::receiver::Receiver;
 use crate::delivery::json;
 use crate::pipeline::{Pipeline, entries, entry, id_sync, wait_entries};
 use crate::qualifier::{now, post, trait_event};
+use testkit::service::metric_value;
 
 /// Both segments hold for anyone who realized trait 1.
 const RULES: &str =
@@ -31,6 +32,9 @@ async fn a_synced_partner_id_gets_the_users_memberships_and_an_evicted_one_its_0
     pipeline.post(&[trait_event("u1", 1, &now(), None)]).await;
     let first = [entry("u1", "", "14356", "1"), entry("u1", "", "99", "1")];
     assert_eq!(wait_entries(&ours, 2).await, first);
+    // The ids come 3 s after the user qualified: their 1s are dated then, but delivering them
+    // takes no 3 s (their end-to-end latency counts from when they were made).
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     pipeline.post(&[id_sync("u1", 1234, "a")]).await;
     pipeline.post(&[id_sync("u1", 1234, "b")]).await;
@@ -55,6 +59,19 @@ async fn a_synced_partner_id_gets_the_users_memberships_and_an_evicted_one_its_0
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(entries(&ours.requests()).len(), 10, "nothing more");
     assert_eq!(entries(&others.requests()).len(), 2, "nothing more");
+    let metrics = pipeline.delivery_metrics().await;
+    let series = |suffix: &str| {
+        metric_value(
+            &metrics,
+            &format!("delivery_end_to_end_latency_seconds_{suffix}"),
+        )
+        .unwrap_or_else(|| panic!("no {suffix} in {metrics}"))
+    };
+    assert_eq!(
+        series(r#"bucket{destination="1",path="real_time",le="2.56"}"#),
+        series(r#"count{destination="1",path="real_time"}"#),
+        "a segment entry took more than 2.56 s from its change to the partner"
+    );
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ pub struct Pipeline {
     pub qualifier: crate::qualifier::Qualifier,
     pub delivery_test: DeliveryTest,
     /// Kept running for the pipeline's life.
-    _delivery: Service,
+    delivery: Service,
 }
 
 impl Pipeline {
@@ -77,8 +77,13 @@ impl Pipeline {
             qualifier_test,
             qualifier,
             delivery_test,
-            _delivery: delivery,
+            delivery,
         }
+    }
+
+    /// The delivery worker's `/metrics`.
+    pub async fn delivery_metrics(&self) -> String {
+        self.delivery.metrics().await
     }
 
     pub async fn post(&self, lines: &[String]) {

@@ -121,8 +121,11 @@ impl Lane {
                     for user in &batch.users {
                         sent += user.segments.len();
                         let latency = metrics.end_to_end_latency(self.send_path(batch, user));
+                        let restated = self.restated_at(batch.latest(user));
                         for segment in &user.segments {
-                            let latency_ms = now.saturating_sub(segment.time_unix_ms).max(0);
+                            let changed = restated
+                                .map_or(segment.time_unix_ms, |at| at.max(segment.time_unix_ms));
+                            let latency_ms = now.saturating_sub(changed).max(0);
                             latency.observe(latency_ms as f64 / 1000.0);
                         }
                     }
@@ -177,6 +180,15 @@ impl Lane {
             }
         }
         metrics.queue_depth.sub(queued as i64);
+    }
+
+    /// When `update` was made, if it restates memberships the user already had — a targeted
+    /// update (a newly synced partner id getting them) or a resync's — rather than changes:
+    /// their `DateTime` is when the user qualified, long before, and their end-to-end latency
+    /// counts from when they were made instead.
+    fn restated_at(&self, update: &model::SegmentStatusUpdate) -> Option<i64> {
+        (self.outcomes.is_some() || update.only_data_partner_id.is_some())
+            .then_some(update.produced_unix_ms)
     }
 
     /// How the user's changes in this batch were sent (by their latest event).
