@@ -147,13 +147,6 @@ impl DeliveryLog {
         }
     }
 
-    /// Erases `user`'s earlier records: a tombstone that `delivery log` honours (the bytes
-    /// themselves leave with the topic's retention).
-    pub fn erase(&self, user: &str) -> Result<(), KafkaError> {
-        let record = BaseRecord::<[u8], [u8]>::to(&self.topic).key(user.as_bytes());
-        self.producer.send(record).map_err(|(error, _)| error)
-    }
-
     /// Waits up to `timeout` for queued records to reach the broker (at shutdown).
     pub fn flush(&self, timeout: std::time::Duration) {
         if let Err(error) = self.producer.flush(timeout) {

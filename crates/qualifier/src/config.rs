@@ -100,6 +100,8 @@ pub struct Definitions {
     /// Per trait: the distinct `WITHIN` windows rules use (a realization crossing one can
     /// change a segment without a new event).
     pub windows: IdMap<Vec<i64>>,
+    /// Whether any segment has a `refresh_after` (else no evaluation looks for refreshes).
+    pub refreshing: bool,
     /// Per trait: the segments (indices into `segments`) whose rules use it — all an event of
     /// that trait can change while no time boundary has passed.
     pub segments_by_trait: IdMap<Vec<usize>>,
@@ -359,6 +361,7 @@ impl Definitions {
             .collect();
         let definitions = Self {
             fingerprint: fingerprint(inactivity_ms, &traits, &segments),
+            refreshing: segments.iter().any(|s| s.refresh_ms.is_some()),
             inactivity_ms,
             limits,
             traits,

@@ -447,6 +447,9 @@ fn refresh(
     now: i64,
     changes: &mut Vec<SegmentChange>,
 ) {
+    if !definitions.refreshing {
+        return;
+    }
     for membership in &mut state.memberships {
         let Some(period) = refresh_period(definitions, membership.segment_id) else {
             continue;
@@ -467,6 +470,9 @@ fn refresh(
 
 /// The earliest [`next_refresh`] among the user's memberships.
 fn first_refresh(definitions: &Definitions, state: &UserState) -> Option<i64> {
+    if !definitions.refreshing {
+        return None;
+    }
     state
         .memberships
         .iter()
