@@ -11,7 +11,7 @@ use crate::config::{Definitions, UserLimits};
 use crate::rules::TraitTimes;
 
 /// What a step did to a user.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Step {
     /// The user's state afterwards; `None` = forget the user (a changelog tombstone).
     pub state: Option<UserState>,
@@ -128,10 +128,9 @@ impl Evaluator {
                 state,
                 state_changed: false,
                 update: None,
-                targeted: Vec::new(),
-                erased_at: None,
                 ignored: true,
                 due: None,
+                ..Step::default()
             });
         }
         // A user with no realization and no membership yet (new, or known only by an ID sync):
@@ -167,10 +166,8 @@ impl Evaluator {
                     state: Some(marker),
                     state_changed: true,
                     update,
-                    targeted: Vec::new(),
-                    erased_at: None,
-                    ignored: false,
                     due: None,
+                    ..Step::default()
                 })
             }
             trait_event::Event::Forget(forget) => {
@@ -189,10 +186,9 @@ impl Evaluator {
                     state: None,
                     state_changed: true,
                     update,
-                    targeted: Vec::new(),
-                    ignored: false,
                     erased_at: Some(time.max(state.last_change_unix_ms)),
                     due: None,
+                    ..Step::default()
                 })
             }
             trait_event::Event::IdSync(sync) => {
@@ -217,9 +213,8 @@ impl Evaluator {
                     state_changed: true,
                     update: None,
                     targeted,
-                    erased_at: None,
-                    ignored: false,
                     due,
+                    ..Step::default()
                 })
             }
             trait_event::Event::TraitRealization(realization) => {
@@ -298,10 +293,8 @@ impl Evaluator {
                     state: Some(state),
                     state_changed: true,
                     update,
-                    targeted: Vec::new(),
-                    erased_at: None,
-                    ignored: false,
                     due,
+                    ..Step::default()
                 })
             }
         }
@@ -339,10 +332,8 @@ impl Evaluator {
                 state: Some(state),
                 state_changed: false,
                 update: None,
-                targeted: Vec::new(),
-                erased_at: None,
-                ignored: false,
                 due: None,
+                ..Step::default()
             };
         }
         let inactive_at = state
@@ -361,10 +352,8 @@ impl Evaluator {
                 state: None,
                 state_changed: true,
                 update,
-                targeted: Vec::new(),
-                erased_at: None,
-                ignored: false,
                 due: None,
+                ..Step::default()
             };
         }
         let before = state.clone();
@@ -379,10 +368,8 @@ impl Evaluator {
             state: Some(state),
             state_changed,
             update,
-            targeted: Vec::new(),
-            erased_at: None,
-            ignored: false,
             due,
+            ..Step::default()
         }
     }
 

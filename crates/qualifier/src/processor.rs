@@ -310,7 +310,8 @@ impl Processor {
         while !shutdown.is_cancelled() {
             let inputs = self.poll_batch();
             let now = now_ms();
-            let in_force = current(&self.definitions).fingerprint;
+            let definitions = current(&self.definitions);
+            let in_force = definitions.fingerprint;
             let (due, stale) = {
                 let mut store = lock(&self.store);
                 if in_force != fingerprint {
@@ -334,7 +335,7 @@ impl Processor {
                 continue;
             }
             let started = Instant::now();
-            if let Err(error) = self.transaction(inputs, due, now) {
+            if let Err(error) = self.transaction(&definitions, inputs, due, now) {
                 self.metrics.transactions_failed.inc();
                 tracing::warn!(%error, "A Kafka transaction failed; aborting it and rewinding state and input to what Kafka has.");
                 health.set_not_ready(format!("recovering from a failed transaction: {error}"));
@@ -498,17 +499,17 @@ impl Processor {
 
     fn transaction(
         &mut self,
+        definitions: &Definitions,
         inputs: Vec<Input>,
         due: Vec<(i32, String)>,
         now: i64,
     ) -> Result<(), KafkaError> {
         self.producer.begin_transaction()?;
-        let definitions = current(&self.definitions);
         let mut offsets: HashMap<i32, i64> = HashMap::new();
         for input in &inputs {
             let partition = input.message.partition();
             offsets.insert(partition, input.message.offset() + 1);
-            self.process_event(&definitions, input, now)?;
+            self.process_event(definitions, input, now)?;
         }
         for (partition, user) in due {
             let state = lock(&self.store)
@@ -517,14 +518,14 @@ impl Processor {
                 .and_then(|p| p.take(&user));
             if let Some((state, _)) = state {
                 let started = Instant::now();
-                let step = self.evaluator.on_timer(&definitions, state, now);
+                let step = self.evaluator.on_timer(definitions, state, now);
                 self.metrics
                     .eval_duration
                     .observe(started.elapsed().as_secs_f64());
                 self.publish(partition, &user, step)?;
             }
         }
-        self.sweep(&definitions, now)?;
+        self.sweep(definitions, now)?;
         self.write_changelog()?;
         if !offsets.is_empty() {
             let mut list = TopicPartitionList::new();
