@@ -11,3 +11,4 @@ pub mod rules;
 pub mod service;
 pub mod show;
 pub mod store;
+pub mod topics;

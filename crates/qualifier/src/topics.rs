@@ -1,0 +1,590 @@
+//! Topics as code: the one catalog of every Kafka topic segment-relay uses, with its settings,
+//! and `qualifier topics create|check`, which create the missing ones and verify the rest.
+//!
+//! The topic names come from the qualifier's own flags and environment (`EVENTS_TOPIC`,
+//! `CHANGELOG_TOPIC`, …), so the command and the services agree on them. The settings are the
+//! same for every topic but where a topic's role needs otherwise: the changelog is compacted
+//! (one record per user, the latest wins), dead letters are kept until `delivery replay` takes
+//! them, the delivery log for 7 days. The Strimzi `KafkaTopic` resources in
+//! `deploy/k8s/topics/strimzi/` say the same (a test below keeps them in step).
+//!
+//! Two counts must match besides the catalog's: the changelog has exactly as many partitions as
+//! the events topic (a user's state is written to the changelog partition numbered like their
+//! input partition), and the batch status topic as many as the real-time one (one delivery
+//! worker reads both topics of a user). The qualifier refuses to start without the first
+//! ([`copartition_problem`]).
+//!
+//! An existing topic with other settings is reported, never changed: adding partitions to a
+//! keyed topic moves users to other partitions (their order and their state break), a
+//! replication factor changes only by reassigning replicas, and Kafka's AlterConfigs (all that
+//! rdkafka offers) resets every config not named to its default. The report names the fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::types::RDKafkaErrorCode;
+use telemetry::KafkaSettings;
+
+/// How long the input topics keep a message: 7 days. Delivery's `dead_letter_after` (3 days by
+/// default) must stay well below it, so that no change expires unseen.
+pub const INPUT_RETENTION_MS: &str = "604800000";
+/// How long the delivery log keeps a record: 7 days (set it to taste).
+pub const DELIVERY_LOG_RETENTION_MS: &str = "604800000";
+
+/// `qualifier topics create|check`.
+#[derive(Debug, clap::Args)]
+pub struct TopicsCommand {
+    #[command(subcommand)]
+    pub action: TopicsAction,
+    #[command(flatten)]
+    pub sizing: Sizing,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicsAction {
+    /// Create the missing topics with the catalog's settings; leave correct ones alone; report
+    /// (and exit 1 on) existing ones whose settings differ, without changing them.
+    Create,
+    /// Verify every topic against the catalog; exit 1 naming each topic, setting, found and
+    /// expected value, and the fix.
+    Check {
+        /// Keep checking (every 2 s) until the topics are right or this many seconds passed
+        /// (e.g. in an init container, while the topics Job runs). Default 0: check once.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+}
+
+/// How big the topics are: the same for every topic.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Sizing {
+    /// Partitions of every topic (delivery scales up to this many workers; the changelog must
+    /// have as many as the events topic).
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6, global = true, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+    /// Replicas of every partition; `min.insync.replicas` is one less (at least 1), so a write
+    /// acknowledged by all in-sync replicas survives one broker lost. 1 for a single broker.
+    #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 3, global = true, value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: i32,
+}
+
+/// The topic names the qualifier runs with (its `--*-topic` flags / `*_TOPIC` variables).
+#[derive(Debug, Clone)]
+pub struct TopicNames {
+    pub events: String,
+    pub status: String,
+    pub status_batch: String,
+    pub changelog: String,
+    pub dlq: String,
+    /// `None`: delivery runs without its log (`DELIVERY_LOG_TOPIC=""`).
+    pub delivery_log: Option<String>,
+}
+
+/// What a topic is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Events,
+    Status,
+    StatusBatch,
+    Changelog,
+    DeadLetters,
+    DeliveryLog,
+}
+
+impl Role {
+    /// The flag that names the topic.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Events => "--events-topic / EVENTS_TOPIC",
+            Self::Status => "--status-topic / STATUS_TOPIC",
+            Self::StatusBatch => "--status-batch-topic / STATUS_BATCH_TOPIC",
+            Self::Changelog => "--changelog-topic / CHANGELOG_TOPIC",
+            Self::DeadLetters => "--dlq-topic / DLQ_TOPIC",
+            Self::DeliveryLog => "--delivery-log-topic / DELIVERY_LOG_TOPIC",
+        }
+    }
+}
+
+/// One topic as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub role: Role,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Topic configs (`cleanup.policy`, `retention.ms`, `min.insync.replicas`).
+    pub configs: BTreeMap<&'static str, String>,
+}
+
+/// Every topic segment-relay uses.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub topics: Vec<TopicSpec>,
+}
+
+impl Catalog {
+    /// The catalog for these names and sizes; fails if two roles share a topic name.
+    pub fn new(names: &TopicNames, sizing: Sizing) -> Result<Self, String> {
+        let min_insync = (sizing.replication_factor - 1).max(1).to_string();
+        let deleted_after = |retention: &str| {
+            BTreeMap::from([
+                ("cleanup.policy", "delete".to_owned()),
+                ("retention.ms", retention.to_owned()),
+                ("min.insync.replicas", min_insync.clone()),
+            ])
+        };
+        let mut roles = vec![
+            (
+                Role::Events,
+                &names.events,
+                deleted_after(INPUT_RETENTION_MS),
+            ),
+            (
+                Role::Status,
+                &names.status,
+                deleted_after(INPUT_RETENTION_MS),
+            ),
+            (
+                Role::StatusBatch,
+                &names.status_batch,
+                deleted_after(INPUT_RETENTION_MS),
+            ),
+            // The qualifier's state: one record per user, the latest wins; time deletes none.
+            (
+                Role::Changelog,
+                &names.changelog,
+                BTreeMap::from([
+                    ("cleanup.policy", "compact".to_owned()),
+                    ("min.insync.replicas", min_insync.clone()),
+                ]),
+            ),
+            // Dead letters wait for `delivery replay`: time must not delete them.
+            (Role::DeadLetters, &names.dlq, deleted_after("-1")),
+        ];
+        if let Some(log) = &names.delivery_log {
+            roles.push((
+                Role::DeliveryLog,
+                log,
+                deleted_after(DELIVERY_LOG_RETENTION_MS),
+            ));
+        }
+        let mut problems = Vec::new();
+        for (i, (role, name, _)) in roles.iter().enumerate() {
+            if name.trim().is_empty() {
+                problems.push(format!("{}: empty topic name", role.flag()));
+            }
+            if let Some((other, _, _)) = roles[..i].iter().find(|(_, n, _)| n == name) {
+                problems.push(format!(
+                    "{} and {}: both name topic `{name}`; give each its own topic",
+                    other.flag(),
+                    role.flag()
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
+        Ok(Self {
+            topics: roles
+                .into_iter()
+                .map(|(role, name, configs)| TopicSpec {
+                    name: name.clone(),
+                    role,
+                    partitions: sizing.partitions,
+                    replication_factor: sizing.replication_factor,
+                    configs,
+                })
+                .collect(),
+        })
+    }
+
+    fn by_role(&self, role: Role) -> Option<&TopicSpec> {
+        self.topics.iter().find(|t| t.role == role)
+    }
+}
+
+/// A topic as the cluster has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundTopic {
+    pub partitions: i32,
+    /// The smallest replica count over its partitions.
+    pub replication_factor: i32,
+    /// The effective value of every config the catalog sets.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// One setting of one topic that differs from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub topic: String,
+    pub setting: String,
+    pub found: String,
+    pub expected: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "topic `{}`: {}: found {}, expected {}; fix: {}",
+            self.topic, self.setting, self.found, self.expected, self.fix
+        )
+    }
+}
+
+/// Why a changelog of `changelog_partitions` partitions cannot serve an events topic of
+/// `events_partitions`, with the fix; `None` when the counts are equal (co-partitioned).
+pub fn copartition_problem(
+    events: &str,
+    events_partitions: usize,
+    changelog: &str,
+    changelog_partitions: usize,
+) -> Option<String> {
+    if events_partitions == changelog_partitions {
+        return None;
+    }
+    let fix = if changelog_partitions < events_partitions {
+        format!(
+            "add partitions to `{changelog}` until it has {events_partitions} (`kafka-topics.sh --alter --topic {changelog} \
+             --partitions {events_partitions}`, or spec.partitions of its KafkaTopic): the qualifier writes each user's state \
+             to the partition numbered like their input partition, so this moves no state"
+        )
+    } else {
+        format!(
+            "point EVENTS_TOPIC and CHANGELOG_TOPIC at topics that belong together, or, with no qualifier running, recreate \
+             `{changelog}` with {events_partitions} partitions (the qualifier's state is then lost)"
+        )
+    };
+    Some(format!(
+        "changelog `{changelog}` has {changelog_partitions} partitions but input `{events}` has {events_partitions}: the \
+         changelog must have exactly one partition per input partition (co-partitioned); fix: {fix}"
+    ))
+}
+
+/// Every difference between the catalog and what the cluster has (`None`: no such topic),
+/// then the counts that must match each other whatever the catalog says.
+pub fn compare(catalog: &Catalog, found: &BTreeMap<String, Option<FoundTopic>>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for spec in &catalog.topics {
+        let Some(Some(topic)) = found.get(&spec.name) else {
+            problems.push(Problem {
+                topic: spec.name.clone(),
+                setting: "existence".to_owned(),
+                found: "no such topic".to_owned(),
+                expected: "the topic".to_owned(),
+                fix: format!(
+                    "run `qualifier topics create` (or apply deploy/k8s/topics/strimzi with Strimzi), or point {} at \
+                     the topic you meant",
+                    spec.role.flag()
+                ),
+            });
+            continue;
+        };
+        if topic.partitions != spec.partitions {
+            problems.push(Problem {
+                topic: spec.name.clone(),
+                setting: "partitions".to_owned(),
+                found: topic.partitions.to_string(),
+                expected: spec.partitions.to_string(),
+                fix: format!(
+                    "if {} is the count you chose for every topic, pass --partitions {} (TOPIC_PARTITIONS); else recreate \
+                     the topic empty with {} partitions (adding partitions to a topic in use moves users to other \
+                     partitions: their order and the qualifier's state break)",
+                    topic.partitions, topic.partitions, spec.partitions
+                ),
+            });
+        }
+        if topic.replication_factor != spec.replication_factor {
+            problems.push(Problem {
+                topic: spec.name.clone(),
+                setting: "replication factor".to_owned(),
+                found: topic.replication_factor.to_string(),
+                expected: spec.replication_factor.to_string(),
+                fix: format!(
+                    "reassign its replicas (kafka-reassign-partitions.sh, or spec.replicas of its KafkaTopic), or pass \
+                     --replication-factor {} (TOPIC_REPLICATION_FACTOR) if that is what this cluster can hold",
+                    topic.replication_factor
+                ),
+            });
+        }
+        for (key, expected) in &spec.configs {
+            let value = topic.configs.get(*key).map(String::as_str);
+            if value != Some(expected.as_str()) {
+                problems.push(Problem {
+                    topic: spec.name.clone(),
+                    setting: (*key).to_owned(),
+                    found: value.unwrap_or("(not reported)").to_owned(),
+                    expected: expected.clone(),
+                    fix: format!(
+                        "`kafka-configs.sh --alter --entity-type topics --entity-name {} --add-config {key}={expected}` \
+                         (or spec.config of its KafkaTopic)",
+                        spec.name
+                    ),
+                });
+            }
+        }
+    }
+    let count = |role: Role| {
+        let spec = catalog.by_role(role)?;
+        let found = found.get(&spec.name)?.as_ref()?;
+        Some((spec.name.as_str(), found.partitions))
+    };
+    if let (Some((events, e)), Some((changelog, c))) = (count(Role::Events), count(Role::Changelog))
+        && let Some(why) = copartition_problem(events, e as usize, changelog, c as usize)
+    {
+        let (_, fix) = why.split_once("; fix: ").unwrap_or((&why, ""));
+        problems.push(Problem {
+            topic: changelog.to_owned(),
+            setting: format!("partitions, co-partitioned with input `{events}`"),
+            found: c.to_string(),
+            expected: format!("{e} (as many as `{events}`)"),
+            fix: fix.to_owned(),
+        });
+    }
+    if let (Some((status, s)), Some((batch, b))) = (count(Role::Status), count(Role::StatusBatch))
+        && s != b
+    {
+        problems.push(Problem {
+            topic: batch.to_owned(),
+            setting: format!("partitions, equal to real-time `{status}`"),
+            found: b.to_string(),
+            expected: format!("{s} (as many as `{status}`: one delivery worker reads both topics of a user)"),
+            fix: format!(
+                "recreate `{batch}` with {s} partitions while it is empty (adding partitions to a topic in use moves users to \
+                 other partitions)"
+            ),
+        });
+    }
+    problems
+}
+
+/// The catalog's topics as the cluster has them now (`None`: no such topic).
+pub async fn describe(
+    kafka: &KafkaSettings,
+    catalog: &Catalog,
+) -> anyhow::Result<BTreeMap<String, Option<FoundTopic>>> {
+    let names: Vec<String> = catalog.topics.iter().map(|t| t.name.clone()).collect();
+    let settings = kafka.clone();
+    // A consumer's metadata request never creates a topic (a producer's may, where the broker
+    // auto-creates topics); the admin client is a producer underneath.
+    let shapes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<_>> {
+        let probe: BaseConsumer = settings
+            .client_config("segment-relay-topics")
+            .create()
+            .context("cannot create a Kafka client")?;
+        names
+            .into_iter()
+            .map(|name| {
+                let metadata = probe
+                    .fetch_metadata(Some(&name), Duration::from_secs(10))
+                    .with_context(|| format!("cannot read the metadata of topic `{name}`"))?;
+                let shape = metadata
+                    .topics()
+                    .first()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| {
+                        let replicas = t.partitions().iter().map(|p| p.replicas().len());
+                        (
+                            t.partitions().len() as i32,
+                            replicas.min().unwrap_or(0) as i32,
+                        )
+                    });
+                Ok((name, shape))
+            })
+            .collect()
+    })
+    .await??;
+
+    let admin = admin(kafka)?;
+    let existing: Vec<&str> = shapes
+        .iter()
+        .filter(|(_, shape)| shape.is_some())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let specifiers: Vec<ResourceSpecifier<'_>> = existing
+        .iter()
+        .map(|n| ResourceSpecifier::Topic(n))
+        .collect();
+    let described = if specifiers.is_empty() {
+        Vec::new()
+    } else {
+        admin
+            .describe_configs(&specifiers, &options())
+            .await
+            .context("cannot describe the topics' configs")?
+    };
+    let mut configs: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    for (name, result) in existing.iter().zip(described) {
+        let resource = result.map_err(|code| {
+            anyhow::anyhow!("cannot describe the configs of topic `{name}`: {code}")
+        })?;
+        let wanted = catalog
+            .topics
+            .iter()
+            .find(|t| t.name == *name)
+            .map(|t| &t.configs);
+        let values = resource
+            .entries
+            .into_iter()
+            .filter(|e| wanted.is_some_and(|w| w.contains_key(e.name.as_str())))
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        configs.insert(name, values);
+    }
+    Ok(shapes
+        .iter()
+        .map(|(name, shape)| {
+            let found = shape.map(|(partitions, replication_factor)| FoundTopic {
+                partitions,
+                replication_factor,
+                configs: configs.remove(name.as_str()).unwrap_or_default(),
+            });
+            (name.clone(), found)
+        })
+        .collect())
+}
+
+fn admin(kafka: &KafkaSettings) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    kafka
+        .client_config("segment-relay-topics")
+        .create()
+        .context("cannot create a Kafka admin client")
+}
+
+fn options() -> AdminOptions {
+    AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(30)))
+        .operation_timeout(Some(Duration::from_secs(30)))
+}
+
+/// One line for a spec: its name and settings.
+fn summary(spec: &TopicSpec) -> String {
+    let configs: Vec<String> = spec
+        .configs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "{} ({} partitions, replication factor {}, {})",
+        spec.name,
+        spec.partitions,
+        spec.replication_factor,
+        configs.join(", ")
+    )
+}
+
+/// Runs `qualifier topics create|check`: exit 0 when every topic is as the catalog says, 1
+/// (with every problem on stderr) otherwise.
+pub async fn run(
+    command: TopicsCommand,
+    names: &TopicNames,
+    kafka: &KafkaSettings,
+) -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::new(names, command.sizing).map_err(anyhow::Error::msg)?;
+    let problems = match command.action {
+        TopicsAction::Create => create(kafka, &catalog).await?,
+        TopicsAction::Check { wait } => {
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            loop {
+                let problems = compare(&catalog, &describe(kafka, &catalog).await?);
+                if problems.is_empty() || Instant::now() >= deadline {
+                    break problems;
+                }
+                eprintln!(
+                    "{} problem(s), checking again in 2 s (until --wait {wait} s are over): {}",
+                    problems.len(),
+                    problems[0]
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    if problems.is_empty() {
+        for spec in &catalog.topics {
+            println!("ok {}", summary(spec));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    eprintln!(
+        "{} problem(s) on {}: nothing was changed on existing topics",
+        problems.len(),
+        kafka.brokers
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// Creates the missing topics, waits until they have leaders, then compares everything.
+async fn create(kafka: &KafkaSettings, catalog: &Catalog) -> anyhow::Result<Vec<Problem>> {
+    let before = describe(kafka, catalog).await?;
+    let missing: Vec<&TopicSpec> = catalog
+        .topics
+        .iter()
+        .filter(|t| matches!(before.get(&t.name), Some(None) | None))
+        .collect();
+    if !missing.is_empty() {
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|spec| {
+                spec.configs.iter().fold(
+                    NewTopic::new(
+                        &spec.name,
+                        spec.partitions,
+                        TopicReplication::Fixed(spec.replication_factor),
+                    ),
+                    |topic, (key, value)| topic.set(key, value),
+                )
+            })
+            .collect();
+        let results = admin(kafka)?
+            .create_topics(&new, &options())
+            .await
+            .context("cannot create the topics")?;
+        for (spec, result) in missing.iter().zip(results) {
+            match result {
+                Ok(_) => println!("created {}", summary(spec)),
+                // Another run (or Strimzi) was quicker: verified below like any existing topic.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    println!("{} was created meanwhile by someone else", spec.name)
+                }
+                Err((_, RDKafkaErrorCode::InvalidReplicationFactor)) => anyhow::bail!(
+                    "cannot create topic `{}`: the cluster has fewer brokers than --replication-factor {} \
+                     (TOPIC_REPLICATION_FACTOR); set it to what the cluster holds (1 for a single broker)",
+                    spec.name,
+                    spec.replication_factor
+                ),
+                Err((_, code)) => anyhow::bail!("cannot create topic `{}`: {code}", spec.name),
+            }
+        }
+    }
+    // A created topic takes a moment to show in every broker's metadata.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = describe(kafka, catalog).await?;
+        let pending = missing
+            .iter()
+            .any(|t| matches!(now.get(&t.name), Some(None)));
+        if !pending || Instant::now() >= deadline {
+            for spec in catalog.topics.iter().filter(|t| !missing.contains(t)) {
+                println!(
+                    "{} exists: left alone (its settings are verified below)",
+                    spec.name
+                );
+            }
+            return Ok(compare(catalog, &now));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
