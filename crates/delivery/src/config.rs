@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use telemetry::Secret;
+use telemetry::watch::Files;
 
 // ---------------------------------------------------------------------------------------------
 // The file as written.
@@ -163,6 +164,10 @@ impl fmt::Display for Scalar {
 pub struct DeliveryConfig {
     pub kafka: KafkaConfig,
     pub destinations: Vec<Arc<DestinationConfig>>,
+    /// The config file and every file it names (secrets, `ca_file`), with the bytes this
+    /// config was made from: the service watches them, so a rotated secret applies like an
+    /// edited config.
+    pub files: Files,
 }
 
 /// Topics, group and timing of the Kafka side (`kafka:`; every key optional).
@@ -212,6 +217,9 @@ pub struct DestinationConfig {
     pub auth: AuthConfig,
     /// Extra trust root (PEM) for the partner's certificate, besides the system roots.
     pub ca_file: Option<PathBuf>,
+    /// The content of `ca_file` this config was made from: a rotated bundle is a changed
+    /// config, so the destination's sender is rebuilt with it.
+    pub ca_pem: Option<Vec<u8>>,
     /// `dangerous_allow_http`: the destination URL and the OAuth token URL may be plain
     /// `http://` (no TLS at all). For tests and local demos only; logged at WARN on every
     /// start. Default false. Nothing else turns certificate verification off.
@@ -340,7 +348,9 @@ impl DeliveryConfig {
     /// Reads, parses and validates `path`; secrets come from the process environment or files.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = ConfigError::read(path, WHAT)?;
-        Self::parse(path, &text, &|name| std::env::var(name).ok())
+        let mut config = Self::parse(path, &text, &|name| std::env::var(name).ok())?;
+        config.files.record(path, Some(text.into_bytes()));
+        Ok(config)
     }
 
     /// Parses and validates `text` (read from `path`), looking secrets up with `env`.
@@ -355,7 +365,11 @@ impl DeliveryConfig {
         let raw: RawFile = serde_saphyr::from_str_with_options(text, options)
             .map_err(|e| ConfigError::new(path, WHAT, vec![e.to_string()]))?;
         let mut problems = Problems(Vec::new());
-        let config = validate(raw, env, &mut problems);
+        let mut sources = Sources {
+            env,
+            files: Files::default(),
+        };
+        let config = validate(raw, &mut sources, &mut problems);
         if problems.0.is_empty() {
             Ok(config)
         } else {
@@ -366,17 +380,20 @@ impl DeliveryConfig {
 
 struct Problems(Vec<String>);
 
+/// Where a config's secrets and files come from: the environment, and files read once each
+/// while validating, whose bytes the config keeps (see [`DeliveryConfig::files`]).
+struct Sources<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    files: Files,
+}
+
 impl Problems {
     fn add(&mut self, key: &str, message: impl fmt::Display) {
         self.0.push(format!("{key}: {message}"));
     }
 }
 
-fn validate(
-    raw: RawFile,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Problems,
-) -> DeliveryConfig {
+fn validate(raw: RawFile, sources: &mut Sources<'_>, problems: &mut Problems) -> DeliveryConfig {
     let kafka = validate_kafka(raw.kafka, problems);
     if raw.destinations.is_empty() {
         problems.add(
@@ -392,7 +409,7 @@ fn validate(
         .map(|(i, raw_destination)| {
             let key = format!("destinations[{i}]");
             let destination =
-                validate_destination(&key, raw_destination, &raw.defaults, env, problems);
+                validate_destination(&key, raw_destination, &raw.defaults, sources, problems);
             if let Some(first) = seen_ids.insert(destination.id, i) {
                 problems.add(
                     &format!("{key}.id"),
@@ -408,6 +425,7 @@ fn validate(
     DeliveryConfig {
         kafka,
         destinations,
+        files: std::mem::take(&mut sources.files),
     }
 }
 
@@ -474,7 +492,7 @@ fn validate_destination(
     key: &str,
     raw: RawDestination,
     defaults: &RawTuning,
-    env: &dyn Fn(&str) -> Option<String>,
+    sources: &mut Sources<'_>,
     problems: &mut Problems,
 ) -> DestinationConfig {
     let id = raw.id.unwrap_or_else(|| {
@@ -558,7 +576,7 @@ fn validate_destination(
         }) => AuthConfig::Hmac(validate_hmac(
             &format!("{key}.auth.hmac"),
             hmac,
-            env,
+            sources,
             problems,
         )),
         Some(RawAuth {
@@ -568,7 +586,7 @@ fn validate_destination(
             &format!("{key}.auth.oauth2"),
             oauth,
             dangerous_allow_http,
-            env,
+            sources,
             problems,
         )),
         Some(RawAuth {
@@ -582,14 +600,19 @@ fn validate_destination(
             AuthConfig::None
         }
     };
-    if let Some(ca_file) = &raw.ca_file
-        && let Err(e) = std::fs::read(ca_file)
-    {
-        problems.add(
-            &format!("{key}.ca_file"),
-            format!("cannot read `{}`: {e}", ca_file.display()),
-        );
-    }
+    let ca_pem = raw
+        .ca_file
+        .as_deref()
+        .and_then(|ca_file| match sources.files.read(ca_file) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                problems.add(
+                    &format!("{key}.ca_file"),
+                    format!("cannot read `{}`: {e}", ca_file.display()),
+                );
+                None
+            }
+        });
 
     let tuning = validate_tuning(key, &raw.tuning, defaults, problems);
     DestinationConfig {
@@ -602,6 +625,7 @@ fn validate_destination(
         segments,
         auth,
         ca_file: raw.ca_file,
+        ca_pem,
         dangerous_allow_http,
         rate_limit_rps: std::num::NonZeroU32::new(raw.rate_limit_rps),
         gzip: raw.gzip,
@@ -917,7 +941,7 @@ fn secret(
     name: &str,
     from_env: Option<&str>,
     from_file: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
+    sources: &mut Sources<'_>,
     problems: &mut Problems,
 ) -> Option<Secret> {
     match (from_env, from_file) {
@@ -928,7 +952,7 @@ fn secret(
             );
             None
         }
-        (Some(var), None) => match env(var).filter(|v| !v.is_empty()) {
+        (Some(var), None) => match (sources.env)(var).filter(|v| !v.is_empty()) {
             Some(value) => Some(Secret::new(value)),
             None => {
                 problems.add(
@@ -938,11 +962,18 @@ fn secret(
                 None
             }
         },
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(value) if !value.trim().is_empty() => {
+        (None, Some(path)) => match sources.files.read(path).map(String::from_utf8) {
+            Ok(Ok(value)) if !value.trim().is_empty() => {
                 Some(Secret::new(value.trim_end_matches(['\r', '\n'])))
             }
-            Ok(_) => {
+            Ok(Err(_)) => {
+                problems.add(
+                    &format!("{key}.{name}_file"),
+                    format!("`{}` is not UTF-8 text", path.display()),
+                );
+                None
+            }
+            Ok(Ok(_)) => {
                 problems.add(
                     &format!("{key}.{name}_file"),
                     format!("`{}` is empty", path.display()),
@@ -964,7 +995,7 @@ fn secret(
 fn validate_hmac(
     key: &str,
     raw: RawHmac,
-    env: &dyn Fn(&str) -> Option<String>,
+    sources: &mut Sources<'_>,
     problems: &mut Problems,
 ) -> HmacConfig {
     let signing_key = secret(
@@ -972,7 +1003,7 @@ fn validate_hmac(
         "key",
         raw.key_env.as_deref(),
         raw.key_file.as_deref(),
-        env,
+        sources,
         problems,
     );
     if signing_key.is_none() && raw.key_env.is_none() && raw.key_file.is_none() {
@@ -1005,7 +1036,7 @@ fn validate_hmac(
         "previous_key",
         raw.previous_key_env.as_deref(),
         raw.previous_key_file.as_deref(),
-        env,
+        sources,
         problems,
     );
     let previous = match (previous_key, raw.previous_header) {
@@ -1043,7 +1074,7 @@ fn validate_oauth(
     key: &str,
     raw: RawOauth,
     dangerous_allow_http: bool,
-    env: &dyn Fn(&str) -> Option<String>,
+    sources: &mut Sources<'_>,
     problems: &mut Problems,
 ) -> OAuthConfig {
     let token_url = parse_url(
@@ -1059,7 +1090,7 @@ fn validate_oauth(
             "client_id",
             raw.client_id_env.as_deref(),
             raw.client_id_file.as_deref(),
-            env,
+            sources,
             problems,
         ),
     ) {
@@ -1087,7 +1118,7 @@ fn validate_oauth(
         "client_secret",
         raw.client_secret_env.as_deref(),
         raw.client_secret_file.as_deref(),
-        env,
+        sources,
         problems,
     );
     if client_secret.is_none()

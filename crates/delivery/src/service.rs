@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use telemetry::watch::Files;
 use telemetry::{KafkaSettings, ServiceRuntime};
 
 use crate::config::{AuthConfig, DeliveryConfig};
@@ -142,19 +143,21 @@ async fn require_equal_partitions(
     Ok(())
 }
 
-/// Runs delivery until SIGTERM, then drains every pipeline. When the config file changes and
-/// the new one is valid, the pipelines apply its destinations without stopping: unchanged
-/// destinations go on untouched, a changed one restarts from its position, a removed one
-/// stops, an added one starts. A change of the `kafka:` block (topics, groups, timing) drains
-/// the pipelines and starts them again. An invalid new file is rejected with a log line and
-/// the running config stays in force.
+/// Runs delivery until SIGTERM, then drains every pipeline. When the config file, or a file
+/// it names (a secret, a CA bundle), changes and the new config is valid, the pipelines apply
+/// its destinations without stopping: unchanged destinations go on untouched, a changed one (a
+/// rotated secret too) restarts from its position, so its next request uses the new secret; a
+/// removed one stops, an added one starts. A change of the `kafka:` block (topics, groups,
+/// timing) drains the pipelines and starts them again. An invalid new config is rejected with
+/// a log line and the running config stays in force.
 pub async fn run(
     config_path: &Path,
     mut config: DeliveryConfig,
     runtime: &ServiceRuntime,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::register(&runtime.registry).context("cannot register metrics")?;
-    let mut loaded = std::fs::read(config_path).unwrap_or_default();
+    // What is running, as it was read: a change after reading is seen, never skipped.
+    let mut loaded = config.files.clone();
     loop {
         let generation = runtime.shutdown.child_token();
         let (mut running, reconfigurers, mut senders, log) =
@@ -183,14 +186,14 @@ pub async fn run(
                     }
                 }
                 change = watch_config(config_path, &loaded, &generation), if watching => {
-                    let Some((bytes, new_config)) = change else {
+                    let Some((seen, new_config)) = change else {
                         watching = false; // shutting down: the pipelines drain
                         continue;
                     };
                     tracing::info!(file = %config_path.display(), destinations = new_config.destinations.len(), "Config reloaded.");
                     if new_config.kafka != config.kafka {
                         tracing::info!("The kafka block changed: the pipelines drain and start again with it.");
-                        restart = Some((bytes, new_config));
+                        restart = Some(new_config);
                         watching = false;
                         generation.cancel();
                         continue;
@@ -202,11 +205,12 @@ pub async fn run(
                             }
                             backfills.apply(&next);
                             senders = next;
-                            (loaded, config) = (bytes, new_config);
+                            loaded = new_config.files.clone();
+                            config = new_config;
                         }
                         Err(error) => {
                             tracing::error!(error = %format!("{error:#}"), "The changed config cannot be applied; the running config stays in force.");
-                            loaded = bytes;
+                            loaded = seen;
                         }
                     }
                 }
@@ -220,31 +224,36 @@ pub async fn run(
             return Err(error);
         }
         match restart {
-            Some((bytes, new_config)) if !runtime.shutdown.is_cancelled() => {
-                (loaded, config) = (bytes, new_config);
+            Some(new_config) if !runtime.shutdown.is_cancelled() => {
+                loaded = new_config.files.clone();
+                config = new_config;
             }
             _ => return Ok(()),
         }
     }
 }
 
-/// Resolves with a new valid config when the file changes (`None` when `stop` is
-/// cancelled); an invalid change is logged and waited past.
+/// Resolves with a new valid config when the config file or a file it names (a secret, a CA
+/// bundle) changes, with the files as they were seen changed (`None` when `stop` is
+/// cancelled). An invalid change is logged and waited past.
 async fn watch_config(
     path: &Path,
-    current: &[u8],
+    current: &Files,
     stop: &tokio_util::sync::CancellationToken,
-) -> Option<(Vec<u8>, DeliveryConfig)> {
-    let mut current = current.to_vec();
+) -> Option<(Files, DeliveryConfig)> {
+    let mut current = current.clone();
     loop {
-        let bytes = telemetry::watch::file_change(path, &current, stop).await?;
-        match DeliveryConfig::parse(path, &String::from_utf8_lossy(&bytes), &|name| {
-            std::env::var(name).ok()
-        }) {
-            Ok(config) => return Some((bytes, config)),
+        let seen = current.changed(stop).await?;
+        let changed: Vec<_> = seen
+            .changed_since(&current)
+            .map(|p| p.display().to_string())
+            .collect();
+        tracing::info!(?changed, "A config file changed; reading the config again.");
+        match DeliveryConfig::load(path) {
+            Ok(config) => return Some((seen, config)),
             Err(error) => {
-                tracing::error!(%error, "The changed config file is invalid and was rejected; the running config stays in force.");
-                current = bytes;
+                tracing::error!(%error, "The changed config is invalid and was rejected; the running config stays in force.");
+                current = seen;
             }
         }
     }

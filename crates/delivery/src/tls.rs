@@ -30,8 +30,11 @@ pub fn ca_file_certificates(
         path: path.display().to_string(),
         reason,
     };
-    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-    CertificateDer::pem_slice_iter(&pem)
+    let pem = config
+        .ca_pem
+        .as_deref()
+        .ok_or_else(|| ca_error("not read with the config".to_owned()))?;
+    CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ca_error(format!("not PEM certificates: {e}")))
 }

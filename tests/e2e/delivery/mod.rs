@@ -13,6 +13,7 @@ mod ordering;
 mod recovery;
 mod render;
 mod resync;
+mod rotation;
 mod secrets;
 mod tls;
 
