@@ -4,6 +4,7 @@
 #     quantiles, empty results, `or vector(0)`, panels without queries or expectations);
 #  1. every kustomize overlay renders, and every object validates against the Kubernetes
 #     schemas offline (kubernetes-validate); custom resources are skipped by name, with why;
+#     a config edit restarts no pod and a Kafka settings edit rolls them (check-rollout.sh);
 #  2. promtool checks the alert rules and runs their unit tests;
 #  3. hadolint passes on the Dockerfile;
 #  4. a short `make demo` run is scraped by a real Prometheus; with traffic flowing, every panel
@@ -37,8 +38,10 @@ command -v prometheus >/dev/null || die "prometheus not found: install Debian's 
 
 # ---- 1. manifests ------------------------------------------------------------------------
 # Custom resources: their schemas are not part of Kubernetes and cannot be fetched here.
-crds="ServiceMonitor|PrometheusRule|ScaledObject|TriggerAuthentication"
-for overlay in deploy/k8s/overlays/*/; do
+crds="ServiceMonitor|PrometheusRule|ScaledObject|TriggerAuthentication|KafkaTopic"
+# deploy/k8s/topics/strimzi (KafkaTopics only) must render too; its values are checked against
+# the topic catalog by `cargo test -p qualifier strimzi_resources_match_the_catalog`.
+for overlay in deploy/k8s/overlays/*/ deploy/k8s/topics/strimzi/; do
   name=$(basename "$overlay")
   kubectl kustomize "$overlay" >"$work/$name.yaml"
   "$venv/bin/python" - "$work/$name.yaml" "$work/$name-core.yaml" "$crds" <<'EOF'
@@ -58,6 +61,9 @@ EOF
   if grep -q "WARN\|ERROR" <<<"$output"; then echo "$output"; die "overlay $name: warnings from kubernetes-validate"; fi
   say "overlay $name: $(grep -c passed <<<"$output") objects valid"
 done
+
+# A destinations/segments edit reloads live (no pod restarts); a Kafka settings edit rolls.
+deploy/k8s/check-rollout.sh "$venv/bin/python"
 
 # ---- 2. alert rules ----------------------------------------------------------------------
 "$venv/bin/python" - deploy/prometheus/prometheusrule.yaml "$work/rules.yaml" <<'EOF'
