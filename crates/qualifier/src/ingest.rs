@@ -5,6 +5,13 @@
 //! a `Content-Type` that is not JSON / NDJSON, or a compressed body → `415`; a body that does
 //! not arrive within the read timeout → `408` (and headers that do not → the connection is
 //! closed). Nothing is produced for any of these.
+//!
+//! With a tokens file ([`auth`]), a request without `Authorization: Bearer <valid token>` is
+//! answered `401` (with `WWW-Authenticate: Bearer`) before its body is read. With a
+//! certificate ([`tls`]), the port speaks HTTPS only.
+
+pub mod auth;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::parse_body;
 use crate::metrics::Metrics;
+use auth::{IngestAuth, Refusal};
 
 /// Produces validated events to the input topic and waits for the broker's acknowledgement.
 pub struct EventWriter {
@@ -116,6 +124,7 @@ struct IngestState<W> {
     writer: Arc<W>,
     metrics: Metrics,
     limits: IngestLimits,
+    auth: IngestAuth,
 }
 
 impl<W> Clone for IngestState<W> {
@@ -124,6 +133,7 @@ impl<W> Clone for IngestState<W> {
             writer: self.writer.clone(),
             metrics: self.metrics.clone(),
             limits: self.limits,
+            auth: self.auth.clone(),
         }
     }
 }
@@ -133,43 +143,46 @@ struct IngestQuery {
     origin: Option<String>,
 }
 
-/// The ingest API's routes, writing accepted events to `writer`.
-pub fn router<W: EventSink>(writer: Arc<W>, metrics: Metrics, limits: IngestLimits) -> Router {
+/// The ingest API's routes, writing accepted events to `writer` for clients `auth` admits.
+pub fn router<W: EventSink>(
+    writer: Arc<W>,
+    metrics: Metrics,
+    limits: IngestLimits,
+    auth: IngestAuth,
+) -> Router {
     Router::new()
         .route("/v1/events", post(ingest::<W>))
         .with_state(IngestState {
             writer,
             metrics,
             limits,
+            auth,
         })
 }
 
-/// Serves the ingest API on `addr` until `shutdown`.
-pub async fn serve<W: EventSink>(
+/// Serves `app` on `addr` (HTTPS with `tls`) until `shutdown`.
+pub async fn serve(
     addr: SocketAddr,
-    writer: Arc<W>,
-    metrics: Metrics,
-    limits: IngestLimits,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "Ingest API listening.");
-    serve_on(
-        listener,
-        router(writer, metrics, limits),
-        limits.read_timeout,
-        shutdown,
-    )
-    .await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "Ingest API listening.");
+    serve_on(listener, app, tls, header_timeout, shutdown).await;
     Ok(())
 }
 
-/// Serves `app` on `listener` until `shutdown`, then lets requests in progress finish. Unlike
-/// `axum::serve`, every connection has a header read timeout: a client that opens connections
-/// and trickles their headers (or sends none) cannot hold them open for ever.
+/// Serves `app` on `listener` (HTTPS with `tls`) until `shutdown`, then lets requests in
+/// progress finish. Unlike `axum::serve`, every connection has a header read timeout (which
+/// also bounds the TLS handshake): a client that opens connections and trickles their
+/// headers (or sends none) cannot hold them open for ever.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
     shutdown: CancellationToken,
 ) {
@@ -188,20 +201,24 @@ pub async fn serve_on(
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let stop = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let mut connection =
-                std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            let Some(acceptor) = tls else {
+                return serve_connection(stream, app, header_timeout, stop).await;
+            };
+            let handshake = tokio::select! {
+                () = stop.cancelled() => return,
+                handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => handshake,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_connection(stream, app, header_timeout, stop).await,
+                // A plain-HTTP client, a scanner or a client that distrusts the certificate:
+                // nothing was sent, so nothing to report above DEBUG.
+                Ok(Err(error)) => tracing::debug!(%error, "Ingest TLS handshake failed."),
+                Err(_) => tracing::debug!("Ingest TLS handshake timed out."),
             }
-            let _ = connection.await;
         });
     }
     drop(listener);
@@ -217,6 +234,29 @@ pub async fn serve_on(
         );
         connections.abort_all();
     }
+}
+
+/// Serves one connection's requests (HTTP/1.1) until it closes, or lets the request in
+/// progress finish once `stop` fires.
+async fn serve_connection<S>(
+    stream: S,
+    app: Router,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 fn reply<W>(state: &IngestState<W>, status: StatusCode, body: serde_json::Value) -> Response {
@@ -285,6 +325,25 @@ async fn ingest<W: EventSink>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Before anything else: a stranger learns nothing about the API but that it wants a token.
+    if let Err(refusal) = state.auth.check(headers.get(header::AUTHORIZATION)) {
+        let (challenge, error) = match refusal {
+            Refusal::Missing => (
+                "Bearer",
+                "missing bearer token: send `Authorization: Bearer <token>` with a token of the qualifier's ingest tokens file",
+            ),
+            Refusal::Invalid => (
+                r#"Bearer error="invalid_token""#,
+                "invalid bearer token: send a token of the qualifier's ingest tokens file",
+            ),
+        };
+        let mut response = reply(&state, StatusCode::UNAUTHORIZED, json!({ "error": error }));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static(challenge),
+        );
+        return response;
+    }
     let origin = match query.origin.as_deref() {
         None | Some("realtime") => Origin::Realtime,
         Some("batch") => Origin::Batch,

@@ -42,6 +42,14 @@ impl Drop for Server {
 }
 
 async fn start(max_body_bytes: usize, read_timeout: Duration) -> Server {
+    start_with(max_body_bytes, read_timeout, auth::IngestAuth::open()).await
+}
+
+async fn start_with(
+    max_body_bytes: usize,
+    read_timeout: Duration,
+    auth: auth::IngestAuth,
+) -> Server {
     let sink = Arc::new(RecordingSink::default());
     let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
     let limits = IngestLimits {
@@ -53,7 +61,8 @@ async fn start(max_body_bytes: usize, read_timeout: Duration) -> Server {
     let stop = CancellationToken::new();
     tokio::spawn(serve_on(
         listener,
-        router(sink.clone(), metrics.clone(), limits),
+        router(sink.clone(), metrics.clone(), limits, auth),
+        None,
         read_timeout,
         stop.clone(),
     ));
@@ -332,4 +341,56 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
         .expect("an idle connection is closed")
         .unwrap();
     assert!(started.elapsed() >= timeout / 2, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn with_tokens_a_request_without_a_valid_one_is_401_and_nothing_is_produced() {
+    let tokens = auth::IngestTokens::parse(
+        "# two at once, for rotation\nfirst-token-0123456789\nsecond-token-0123456789\n",
+    )
+    .unwrap();
+    let server = start_with(
+        1 << 20,
+        Duration::from_secs(5),
+        auth::IngestAuth::tokens(tokens),
+    )
+    .await;
+    for (headers, challenge) in [
+        (vec![], "www-authenticate: Bearer\r\n"),
+        (
+            vec!["Authorization: Basic Zmlyc3Q6dG9rZW4="],
+            "www-authenticate: Bearer\r\n",
+        ),
+        (
+            vec!["Authorization: Bearer wrong-token-0123456789"],
+            "www-authenticate: Bearer error=\"invalid_token\"\r\n",
+        ),
+        (
+            vec!["Authorization: Bearer first-token-012345678"],
+            "www-authenticate: Bearer error=\"invalid_token\"\r\n",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(&post(&headers, EVENT.as_bytes()))
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 401 "), "{headers:?}: {text}");
+        assert!(
+            text.contains(&challenge.to_ascii_lowercase()),
+            "{headers:?}: {text}"
+        );
+        assert!(text.contains("bearer token"), "{headers:?}: {text}");
+    }
+    for token in ["first-token-0123456789", "second-token-0123456789"] {
+        let header = format!("Authorization: Bearer {token}");
+        let (status, body) = send(&server, &post(&[&header], EVENT.as_bytes())).await;
+        assert_eq!((status, &body), (202, &json!({"accepted": 1})), "{token}");
+    }
+    assert_eq!(server.sink.written(), 2, "nothing produced for a 401");
+    assert_eq!(count(&server, "401"), 4);
+    assert_eq!(count(&server, "202"), 2);
 }
