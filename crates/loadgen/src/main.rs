@@ -1,5 +1,6 @@
 //! `loadgen`: synthetic traffic through the qualifier's ingest API or straight to Kafka.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -7,6 +8,7 @@ use clap::Parser;
 use loadgen::{Generator, TrafficModel, to_json_line};
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use telemetry::Secret;
 
 /// Generates users' trait realizations, ID syncs and opt-outs (Zipf-like user activity) at a
 /// fixed rate or as fast as possible, for a duration or a count, and prints the achieved rate.
@@ -17,6 +19,17 @@ struct Cli {
     /// The qualifier's ingest API, e.g. http://127.0.0.1:8080/v1/events.
     #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
     ingest: Option<String>,
+    /// Bearer token for the ingest API (one of the qualifier's `--ingest-tokens-file`). Give
+    /// it through the environment or --ingest-token-file: a flag's value is visible in `ps`.
+    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, value_parser = secret, conflicts_with = "ingest_token_file")]
+    ingest_token: Option<Secret>,
+    /// File holding the bearer token for the ingest API (its first line that is not blank or
+    /// a `#` comment).
+    #[arg(long, env = "INGEST_TOKEN_FILE")]
+    ingest_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for an `https://` --ingest, besides the system roots.
+    #[arg(long, env = "INGEST_CA_FILE")]
+    ingest_ca_file: Option<PathBuf>,
     /// Write TraitEvents straight to this Kafka topic instead (KAFKA_BROKERS etc. from the env).
     #[arg(long)]
     topic: Option<String>,
@@ -60,6 +73,49 @@ struct Cli {
     user_prefix: String,
 }
 
+fn secret(value: &str) -> Result<Secret, String> {
+    Ok(Secret::new(value))
+}
+
+/// The token of --ingest-token, or the first line of --ingest-token-file that is not blank
+/// or a comment.
+fn ingest_token(cli: &Cli) -> anyhow::Result<Option<Secret>> {
+    if let Some(token) = &cli.ingest_token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = &cli.ingest_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--ingest-token-file: cannot read {}", path.display()))?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+        .with_context(|| format!("--ingest-token-file: {} holds no token", path.display()))?;
+    Ok(Some(Secret::new(token)))
+}
+
+/// The HTTP client of the ingest API: trusting --ingest-ca-file too, if given.
+fn ingest_client(cli: &Cli) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &cli.ingest_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("--ingest-ca-file: cannot read {}", path.display()))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!(
+                "--ingest-ca-file: {} is not PEM certificates",
+                path.display()
+            )
+        })? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .context("cannot build the ingest HTTP client")
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -70,6 +126,8 @@ enum Sink {
     Ingest {
         client: reqwest::Client,
         url: String,
+        /// `Bearer <token>`, marked sensitive so that it is never printed.
+        authorization: Option<reqwest::header::HeaderValue>,
     },
     Kafka {
         producer: FutureProducer,
@@ -80,14 +138,17 @@ enum Sink {
 impl Sink {
     async fn send(&self, events: &[model::TraitEvent]) -> anyhow::Result<()> {
         match self {
-            Self::Ingest { client, url } => {
+            Self::Ingest {
+                client,
+                url,
+                authorization,
+            } => {
                 let body: Vec<String> = events.iter().map(to_json_line).collect();
-                let response = client
-                    .post(url)
-                    .body(body.join("\n"))
-                    .send()
-                    .await
-                    .context("ingest request failed")?;
+                let mut request = client.post(url).body(body.join("\n"));
+                if let Some(value) = authorization {
+                    request = request.header(reqwest::header::AUTHORIZATION, value.clone());
+                }
+                let response = request.send().await.context("ingest request failed")?;
                 let status = response.status();
                 anyhow::ensure!(
                     status.as_u16() == 202,
@@ -123,10 +184,24 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(cli.users > 0, "--users: must be at least 1");
     let sink = match (&cli.ingest, &cli.topic) {
-        (Some(url), _) => Sink::Ingest {
-            client: reqwest::Client::new(),
-            url: url.clone(),
-        },
+        (Some(url), _) => {
+            let authorization = ingest_token(&cli)?
+                .map(|token| {
+                    let mut value = reqwest::header::HeaderValue::try_from(format!(
+                        "Bearer {}",
+                        token.expose()
+                    ))
+                    .context("the ingest token holds characters a header cannot carry")?;
+                    value.set_sensitive(true);
+                    anyhow::Ok(value)
+                })
+                .transpose()?;
+            Sink::Ingest {
+                client: ingest_client(&cli)?,
+                url: url.clone(),
+                authorization,
+            }
+        }
         (None, Some(topic)) => {
             let kafka = telemetry::KafkaSettings::from_env()?;
             let producer = kafka
