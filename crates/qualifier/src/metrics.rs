@@ -1,6 +1,8 @@
 //! The qualifier's Prometheus metrics (a public interface: see the README).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -17,6 +19,9 @@ pub struct Metrics {
     pub sweep_pending: IntGauge,
     /// `qualifier_sweep_users_total`: users re-evaluated under new definitions.
     pub swept: IntCounter,
+    /// `qualifier_consumer_lag_messages{topic, partition}`: input messages not yet consumed,
+    /// per partition assigned to this process (see `telemetry::lag`).
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -86,6 +91,13 @@ impl Metrics {
                 "qualifier_sweep_users_total",
                 "Users re-evaluated in the background because the definitions changed.",
             )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "qualifier_consumer_lag_messages",
+                    "Input messages not yet consumed, per partition assigned to this process (from librdkafka's statistics, every 5 s).",
+                ),
+                &["topic", "partition"],
+            )?,
         };
         registry.register(Box::new(metrics.ingest_requests.clone()))?;
         registry.register(Box::new(metrics.events.clone()))?;
@@ -98,6 +110,7 @@ impl Metrics {
         registry.register(Box::new(metrics.transactions_failed.clone()))?;
         registry.register(Box::new(metrics.sweep_pending.clone()))?;
         registry.register(Box::new(metrics.swept.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
         for kind in KINDS {
             for outcome in OUTCOMES {
                 metrics.events.with_label_values(&[kind, outcome]);
