@@ -137,6 +137,10 @@ EXPECTATIONS = {
             "loadgen sends valid batches under the size limit while Kafka is up, so every "
             "request is accepted"),
         "Events by type and outcome": rate(type="trait", outcome="applied"),
+        # A series for every partition of the input topic (the demo's one qualifier owns them
+        # all), at any level: under loadgen's traffic the last statistics may show a batch
+        # not yet taken.
+        "Consumer lag per partition": level(PER_PARTITION),
         "Status changes by status and reason": rate(status="1", reason="qualified"),
         "Evaluation latency p50/p99": quantile(),
         "Users held": level(),

@@ -306,6 +306,20 @@ class RealDashboardsTest(unittest.TestCase):
             self.assertIn(f"FAIL segment-relay / Delivery / {title}: destinations 423, 424, 425: no series", out)
         self.assertNotIn("FAIL segment-relay / Qualifier", out)
 
+    def test_a_qualifier_partition_without_lag_fails(self):
+        # One of two qualifiers not scraped (or not reporting): its partitions' lag is missing.
+        def answer(query):
+            found = healthy_answer(query)
+            if "qualifier_consumer_lag_messages" in query:
+                return [s for s in found if s["metric"]["partition"] != "1"]
+            return found
+
+        status, out = self.run_main(answer)
+        self.assertEqual(status, 1, out)
+        self.assertIn("FAIL segment-relay / Qualifier / Consumer lag per partition: topic t: "
+                      "no series for partitions 1 of 2", out)
+        self.assertEqual(out.count("FAIL"), 1, out)
+
 
 def healthy_answer(query):
     """What a working demo answers to any panel query of the real dashboards."""
