@@ -1,6 +1,8 @@
-//! The admin HTTP server every service embeds: `/metrics` (Prometheus text format), `/healthz`
-//! (the process is alive and serving) and `/readyz` (the service can do its job: connected,
-//! assigned, restored). Kubernetes probes and Prometheus scrapes talk to it.
+//! The admin HTTP server every service embeds: `/metrics` (Prometheus text format), `/livez`
+//! (no long-running part is stuck or dead: see [`crate::Liveness`]; the livenessProbe),
+//! `/readyz` (the service can do its job: connected, assigned, restored; the readinessProbe)
+//! and `/healthz` (the admin server answers: for scripts and container checks that only ask
+//! whether the process is up). Kubernetes probes and Prometheus scrapes talk to it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,18 +15,36 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
-/// Readiness shared between a service and its admin server. A service starts not ready and
-/// says why; `/readyz` answers 503 with that reason until [`Health::set_ready`].
+use crate::Liveness;
+
+/// Readiness and liveness shared between a service and its admin server. A service starts
+/// not ready and says why; `/readyz` answers 503 with that reason until
+/// [`Health::set_ready`]. `/livez` answers from [`Health::liveness`].
 #[derive(Debug, Clone)]
 pub struct Health {
     not_ready: Arc<Mutex<Option<String>>>,
+    liveness: Liveness,
 }
 
 impl Health {
+    /// Not ready for `initial_reason`; liveness with the default threshold.
     pub fn new(initial_reason: impl Into<String>) -> Self {
+        Self::with_liveness(
+            initial_reason,
+            Liveness::new(crate::liveness::DEFAULT_STALL_AFTER, None),
+        )
+    }
+
+    pub fn with_liveness(initial_reason: impl Into<String>, liveness: Liveness) -> Self {
         Self {
             not_ready: Arc::new(Mutex::new(Some(initial_reason.into()))),
+            liveness,
         }
+    }
+
+    /// Where the service's long-running parts register their heartbeats.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     pub fn set_ready(&self) {
@@ -87,6 +107,7 @@ impl AdminServer {
         let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/livez", get(livez))
             .route("/readyz", get(readyz))
             .with_state(AdminState { registry, health });
         Ok(Self { listener, router })
@@ -145,6 +166,20 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
+/// 200 while every registered part makes progress or waits on something a restart would not
+/// help; else 503 and, one line each, which part is stuck or dead and for how long.
+async fn livez(State(state): State<AdminState>) -> impl IntoResponse {
+    let stuck = state.health.liveness.check();
+    if stuck.is_empty() {
+        return (StatusCode::OK, "live\n".to_owned());
+    }
+    let mut body = String::from("not live:\n");
+    for part in &stuck {
+        body.push_str(&format!("  {part}\n"));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus::{IntCounterVec, Opts};
@@ -152,7 +187,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn serves_metrics_health_and_readiness() {
+    async fn serves_metrics_health_liveness_and_readiness() {
         let registry = Registry::new();
         let events = IntCounterVec::new(
             Opts::new("test_events_total", "Events seen."),
@@ -162,7 +197,10 @@ mod tests {
         registry.register(Box::new(events.clone())).unwrap();
         events.with_label_values(&["423"]).inc_by(7);
 
-        let health = Health::new("connecting to Kafka");
+        let clock: &'static std::sync::atomic::AtomicU64 =
+            Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0)));
+        let liveness = Liveness::with_clock(clock, std::time::Duration::from_secs(30), None);
+        let health = Health::with_liveness("connecting to Kafka", liveness.clone());
         let server = AdminServer::bind(([127, 0, 0, 1], 0).into(), registry, health.clone())
             .await
             .unwrap();
@@ -196,6 +234,21 @@ mod tests {
                 .status(),
             200
         );
+        let consumer = liveness.heartbeat("consumer[status]");
+        let live = client.get(format!("{base}/livez")).send().await.unwrap();
+        assert_eq!(live.status(), 200);
+        assert_eq!(live.text().await.unwrap(), "live\n");
+        clock.store(31_000, std::sync::atomic::Ordering::Relaxed);
+        let stuck = client.get(format!("{base}/livez")).send().await.unwrap();
+        assert_eq!(stuck.status(), 503);
+        assert_eq!(
+            stuck.text().await.unwrap(),
+            "not live:\n  consumer[status]: no progress for 31.0 s (threshold 30.0 s)\n"
+        );
+        consumer.beat();
+        let live = client.get(format!("{base}/livez")).send().await.unwrap();
+        assert_eq!(live.status(), 200);
+
         let not_ready = client.get(format!("{base}/readyz")).send().await.unwrap();
         assert_eq!(not_ready.status(), 503);
         assert_eq!(

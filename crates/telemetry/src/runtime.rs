@@ -8,7 +8,9 @@ use prometheus::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{AdminServer, Health, KafkaConfigError, KafkaSettings, LoggingError, new_registry};
+use crate::{
+    AdminServer, Health, KafkaConfigError, KafkaSettings, Liveness, LoggingError, new_registry,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -16,6 +18,8 @@ pub enum StartError {
     Logging(#[from] LoggingError),
     #[error(transparent)]
     Kafka(#[from] KafkaConfigError),
+    #[error("invalid liveness settings in the environment:\n  - {}", .0.join("\n  - "))]
+    Liveness(Vec<String>),
     #[error(
         "ADMIN_ADDR={addr}: cannot listen ({source}); pick a free port, e.g. ADMIN_ADDR=0.0.0.0:9102"
     )]
@@ -45,8 +49,13 @@ impl ServiceRuntime {
     pub async fn start(admin_addr: SocketAddr) -> Result<Self, StartError> {
         crate::init_logging()?;
         let kafka = KafkaSettings::from_env()?;
+        let liveness =
+            Liveness::from_lookup(|name| std::env::var(name).ok()).map_err(StartError::Liveness)?;
         let registry = new_registry();
-        let health = Health::new("starting");
+        if let Err(error) = registry.register(Box::new(liveness.clone())) {
+            tracing::warn!(%error, "Cannot register the liveness metrics.");
+        }
+        let health = Health::with_liveness("starting", liveness);
         let server = AdminServer::bind(admin_addr, registry.clone(), health.clone())
             .await
             .map_err(|source| StartError::AdminBind {
