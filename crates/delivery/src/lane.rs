@@ -62,6 +62,9 @@ pub struct Lane {
     /// Where a resync counts its own users by outcome (it shares the destination's sender,
     /// whose metrics count every path); `None` elsewhere.
     pub outcomes: Option<Arc<crate::resync::progress::Progress>>,
+    /// Beats once per batch (`/livez`: `lane[<destination>/<topic>/<n>]`); waiting for
+    /// input, the partner or the broker is not being stuck. `None` outside the service.
+    pub heartbeat: Option<telemetry::Heartbeat>,
 }
 
 impl Lane {
@@ -74,11 +77,19 @@ impl Lane {
         loop {
             let first = match carried.take() {
                 Some(event) => event,
-                None => match self.events.recv().await {
-                    Some(event) => event,
-                    None => return,
-                },
+                None => {
+                    let idle = self.waiting();
+                    let received = self.events.recv().await;
+                    drop(idle);
+                    match received {
+                        Some(event) => event,
+                        None => return,
+                    }
+                }
             };
+            if let Some(heartbeat) = &self.heartbeat {
+                heartbeat.beat_in_task().await;
+            }
             self.sender.note_progress();
             let _fits_an_empty_batch = batch.add(first);
             let deadline = Instant::now() + linger;
@@ -106,6 +117,11 @@ impl Lane {
                 return;
             }
         }
+    }
+
+    /// A wait of this lane's (see [`telemetry::Heartbeat::waiting`]), until dropped.
+    fn waiting(&self) -> Option<telemetry::Waiting> {
+        self.heartbeat.as_ref().map(telemetry::Heartbeat::waiting)
     }
 
     /// Sends the batch (or dead-letters it), then finishes its events' offsets.
@@ -152,6 +168,7 @@ impl Lane {
                         error = %failure.error,
                         "Batch not delivered; its events go to the dead-letter topic."
                     );
+                    let _broker = self.waiting();
                     self.dead_letters
                         .write_failed_batch(
                             self.sender.config.id,
@@ -248,11 +265,15 @@ impl Lane {
                         log.record(logged, process_time, &key, &report);
                     }
                 };
-                match self
+                // The partner's answer, its rate limit, an open circuit: waits a restart would
+                // not shorten.
+                let partner = self.waiting();
+                let sent = self
                     .sender
                     .send(body, &key, self.priority, &mut on_attempt)
-                    .await
-                {
+                    .await;
+                drop(partner);
+                match sent {
                     Ok(()) => return Ok(()),
                     Err(failure) => failure,
                 }
@@ -293,10 +314,12 @@ impl Lane {
                 error_class = failure.class.as_str_name(),
                 "Batch failed transiently; waiting before the next attempt."
             );
+            let backoff_wait = self.waiting();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = recoveries.changed() => {}
             }
+            drop(backoff_wait);
             backoff = (backoff * 2).min(destination.backoff.max);
             self.drop_revoked(batch);
             if batch.is_empty() {

@@ -76,6 +76,7 @@ pub async fn replay(
                 hold_transient: false,
                 priority: crate::sender::Priority::Batch,
                 outcomes: None,
+                heartbeat: None,
             };
             (tx, tokio::spawn(lane.run()))
         })

@@ -92,6 +92,7 @@ impl Engine {
                         hold_transient: true,
                         priority: Priority::Batch,
                         outcomes: Some(job.progress.clone()),
+                        heartbeat: None,
                     }
                     .run(),
                 );
