@@ -22,7 +22,12 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, Opts};
 
-/// The default of `LIVENESS_STALL_AFTER_SECONDS`.
+/// The default of `LIVENESS_STALL_AFTER_SECONDS`. Outside declared waits a healthy loop turns
+/// in milliseconds (the qualifier's polls every 100 ms, delivery's consumer at least once per
+/// commit interval, 1 s by default): 30 s leaves a wide margin for CPU throttling at the pods'
+/// 1-CPU limit and a cold start, and with the manifests' probes (3 failures, 10 s apart) a stuck
+/// process is restarted within about a minute, well before librdkafka's `max.poll.interval.ms`
+/// (5 min) would hand its partitions to another member.
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// The environment variable that sets [`Liveness`]'s threshold.
@@ -144,14 +149,7 @@ impl Liveness {
         stall_after: Duration,
         test_stall: Option<TestStall>,
     ) -> Self {
-        let beat_age = GaugeVec::new(
-            Opts::new(
-                "liveness_beat_age_seconds",
-                "Seconds since each long-running part of the service last beat (0 while it waits on something a restart would not help: idle, a partner, the broker); /livez fails when one passes its threshold.",
-            ),
-            &["part"],
-        )
-        .unwrap_or_else(|e| unreachable!("constant metric options are valid: {e}"));
+        let beat_age = beat_age_gauge();
         Self {
             inner: Arc::new(Inner {
                 clock,
@@ -303,6 +301,18 @@ impl Part {
     }
 }
 
+/// `liveness_beat_age_seconds{part}`.
+fn beat_age_gauge() -> GaugeVec {
+    GaugeVec::new(
+        Opts::new(
+            "liveness_beat_age_seconds",
+            "Seconds since each long-running part of the service last beat (0 while it waits on something a restart would not help: idle, a partner, the broker); /livez fails when one passes its threshold.",
+        ),
+        &["part"],
+    )
+    .unwrap_or_else(|e| unreachable!("constant metric options are valid: {e}"))
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -314,8 +324,8 @@ impl Collector for Liveness {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let now = self.now_ms();
-        let gauge = &self.inner.beat_age;
-        gauge.reset();
+        // A gauge of its own per scrape: concurrent scrapes cannot see each other's half.
+        let gauge = beat_age_gauge();
         for part in self
             .inner
             .parts
