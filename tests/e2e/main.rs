@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+mod consumer_lag;
 mod delivery;
 mod erasure;
 mod kafka_roundtrip;
 mod ledger;
+mod liveness;
 mod partner_ids;
 mod pipeline;
 mod qualifier;

@@ -24,7 +24,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use telemetry::KafkaSettings;
+use telemetry::{Heartbeat, KafkaSettings, Waiter};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,6 @@ use crate::sender::{DestinationSender, Priority};
 struct PipelineContext {
     topic: String,
     watermarks: Watermarks,
-    metrics: Metrics,
     /// Why the pipeline cannot go on (the positions of an assigned partition could not be
     /// read: going on would skip the backlog of the destinations behind).
     fatal: std::sync::Mutex<Option<String>>,
@@ -64,6 +63,11 @@ struct PipelineContext {
     /// The batch pipeline's consumer, which this (real-time) pipeline's rebalances assign.
     follower: Option<Follower>,
     kafka: KafkaSettings,
+    /// `delivery_consumer_lag` of this input topic, from librdkafka's statistics.
+    lag: telemetry::ConsumerLag,
+    /// Rebalance callbacks wait for the broker (committed offsets, metadata, the order
+    /// table's ends): the pipeline's loop is not stuck meanwhile.
+    waiter: Option<Waiter>,
 }
 
 impl PipelineContext {
@@ -129,17 +133,7 @@ fn commit_list(topic: &str, positions: &[CommitPosition]) -> TopicPartitionList 
 
 impl ClientContext for PipelineContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        for (partition, stats) in &topic.partitions {
-            if *partition >= 0 && stats.consumer_lag >= 0 {
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[self.topic.as_str(), &partition.to_string()])
-                    .set(stats.consumer_lag);
-            }
-        }
+        self.lag.observe(&statistics);
     }
 }
 
@@ -215,6 +209,7 @@ impl ConsumerContext for PipelineContext {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
+        let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         self.revoke(consumer, &partitions);
         if let Some(follower) = &self.follower {
@@ -230,6 +225,7 @@ impl ConsumerContext for PipelineContext {
         let Rebalance::Assign(assigned) = rebalance else {
             return;
         };
+        let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
         let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
         if let Some(order) = &self.order {
             partitions.iter().for_each(|&p| order.assign(p));
@@ -275,6 +271,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Per-user order across the two input topics (none without a batch topic).
     pub order: Option<Order>,
+    /// Where the pipelines and their lanes register heartbeats (`/livez`); `None` in the
+    /// one-shot commands, which no probe watches.
+    pub liveness: Option<telemetry::Liveness>,
 }
 
 /// After a destination had to detach, how long a full lane of it detaches it at once — as
@@ -340,6 +339,8 @@ pub struct InputPipeline {
     committing: Option<tokio::task::JoinHandle<CommitOutcome>>,
     /// Set once the pipeline drained (see [`Follower`]).
     drained: tokio::sync::watch::Sender<bool>,
+    /// Beats once per turn of [`InputPipeline::run`]'s loop (`/livez`: `consumer[<topic>]`).
+    heartbeat: Option<Heartbeat>,
 }
 
 impl std::fmt::Debug for InputPipeline {
@@ -395,10 +396,17 @@ impl InputPipeline {
             Role::RealTime { follower } => (Topic::RealTime, follower),
             Role::Batch => (Topic::Batch, None),
         };
+        // The loop turns at least once per commit interval, even with nothing to read.
+        let heartbeat = shared.liveness.as_ref().map(|liveness| {
+            liveness.heartbeat_within(
+                format!("consumer[{topic}]"),
+                liveness.stall_after().max(config.commit_interval * 2),
+            )
+        });
         let context = PipelineContext {
+            waiter: heartbeat.as_ref().map(Heartbeat::waiter),
             topic: topic.to_owned(),
             watermarks: watermarks.clone(),
-            metrics: shared.metrics.clone(),
             fatal: std::sync::Mutex::new(None),
             rate_senders: std::sync::Mutex::new(shared.senders.clone()),
             total_partitions: std::sync::atomic::AtomicUsize::new(0),
@@ -406,6 +414,7 @@ impl InputPipeline {
             order: shared.order.clone(),
             follower,
             kafka: kafka.clone(),
+            lag: telemetry::ConsumerLag::new(shared.metrics.consumer_lag.clone(), topic),
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .client_config(&format!("delivery-{topic}"))
@@ -426,7 +435,10 @@ impl InputPipeline {
                     .min(3_000)
                     .to_string(),
             )
-            .set("statistics.interval.ms", "5000")
+            .set(
+                "statistics.interval.ms",
+                telemetry::lag::STATISTICS_INTERVAL_MS,
+            )
             // librdkafka pre-fetches up to 64 MB (and 100,000 messages a partition) per
             // consumer by default, in fetch responses of up to 50 MB; the lanes' queues already
             // buffer thousands of updates, so a few MB keep fetching ahead without holding half
@@ -474,6 +486,7 @@ impl InputPipeline {
             committed: HashMap::new(),
             committing: None,
             drained: tokio::sync::watch::Sender::new(false),
+            heartbeat,
         };
         for sender in pipeline.shared.senders.clone() {
             pipeline.slots.push(Some(sender.clone()));
@@ -529,8 +542,15 @@ impl InputPipeline {
         let capacity = sender.config.queue_capacity;
         let mut queues = Vec::with_capacity(sender.config.max_in_flight);
         let mut aborts = Vec::with_capacity(sender.config.max_in_flight);
-        for _ in 0..sender.config.max_in_flight {
+        for lane in 0..sender.config.max_in_flight {
             let (tx, rx) = mpsc::channel(capacity);
+            // A lane's own work between waits is a batch's linger and writing its body.
+            let heartbeat = self.shared.liveness.as_ref().map(|liveness| {
+                liveness.heartbeat_within(
+                    format!("lane[{}/{}/{lane}]", sender.config.id, self.topic),
+                    liveness.stall_after() + sender.config.batch.linger,
+                )
+            });
             aborts.push(
                 self.lane_tasks.spawn(
                     Lane {
@@ -546,6 +566,7 @@ impl InputPipeline {
                             Priority::Batch
                         },
                         outcomes: None,
+                        heartbeat,
                     }
                     .run(),
                 ),
@@ -647,6 +668,9 @@ impl InputPipeline {
         let mut targets = Vec::new();
         let consumer = self.consumer.clone();
         let failure = loop {
+            if let Some(heartbeat) = &self.heartbeat {
+                heartbeat.beat_in_task().await;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break None,
                 _ = commit_tick.tick() => {
@@ -695,6 +719,8 @@ impl InputPipeline {
             }
         };
         let topic = self.topic.clone();
+        // Bounded by the drain timeout, and mostly waiting for the partners.
+        let _draining = self.heartbeat.as_ref().map(Heartbeat::waiting);
         self.drain().await;
         match failure {
             Some(reason) => Err(anyhow::anyhow!("input {topic}: {reason}")),
@@ -767,6 +793,8 @@ impl InputPipeline {
                     let mut pending = Some(event);
                     while !lagging && let Some(event) = pending.take() {
                         let waiting_since = sender.progress_mark();
+                        // Backpressure from a busy partner: a wait, not a stall.
+                        let _backpressure = self.heartbeat.as_ref().map(Heartbeat::waiting);
                         match tokio::time::timeout(sender.stuck_after(), lane.reserve()).await {
                             Ok(Ok(permit)) => permit.send(event),
                             Ok(Err(_closed)) => {
@@ -864,6 +892,7 @@ impl InputPipeline {
             partition,
             offset,
         };
+        let _broker = self.heartbeat.as_ref().map(Heartbeat::waiting);
         self.shared
             .dead_letters
             .write_undecodable(source, key, payload, reason)

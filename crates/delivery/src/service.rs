@@ -50,6 +50,7 @@ pub fn build_shared(
         dead_letters,
         metrics: metrics.clone(),
         order: config.kafka.batch_topic.as_ref().map(|_| Order::default()),
+        liveness: None,
     })
 }
 
@@ -279,7 +280,8 @@ async fn start_generation(
     topics.extend(config.kafka.delivery_log_topic.as_deref());
     require_topics(&runtime.kafka, &topics).await?;
 
-    let shared = build_shared(config, &runtime.kafka, metrics)?;
+    let mut shared = build_shared(config, &runtime.kafka, metrics)?;
+    shared.liveness = Some(runtime.health.liveness().clone());
     // The batch pipeline first: the real-time one's rebalances assign its partitions.
     let batch = match &config.kafka.batch_topic {
         Some(batch_topic) => {

@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use qualifier::config::Definitions;
 use qualifier::ingest::EventWriter;
+use qualifier::ingest::auth::{IngestAuth, IngestTokens};
+use qualifier::ingest::tls::{CertificateFiles, IngestTls};
 use qualifier::processor::Topology;
 use telemetry::ServiceRuntime;
 
@@ -64,6 +66,31 @@ struct Cli {
         global = true
     )]
     ingest_read_timeout_ms: u64,
+
+    /// File of the ingest API's bearer tokens: one a line (blank lines and `#` comments
+    /// ignored), each at least 16 characters; several are valid at once, for rotation. Reloaded
+    /// when it changes. Without it the ingest API accepts anyone (a WARN at every start).
+    #[arg(long, env = "INGEST_TOKENS_FILE", global = true)]
+    ingest_tokens_file: Option<PathBuf>,
+
+    /// Certificate chain (PEM, leaf first) for HTTPS on the ingest port; reloaded when it
+    /// changes. Without it the ingest port speaks plain HTTP.
+    #[arg(
+        long,
+        env = "INGEST_TLS_CERT_FILE",
+        requires = "ingest_tls_key_file",
+        global = true
+    )]
+    ingest_tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --ingest-tls-cert-file.
+    #[arg(
+        long,
+        env = "INGEST_TLS_KEY_FILE",
+        requires = "ingest_tls_cert_file",
+        global = true
+    )]
+    ingest_tls_key_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -168,6 +195,10 @@ enum Command {
         /// The NDJSON file.
         file: PathBuf,
     },
+    /// Create (`create`, idempotent) or verify (`check`) every Kafka topic of segment-relay
+    /// with its settings (partitions, replication, cleanup.policy, retention.ms,
+    /// min.insync.replicas), named by the topic flags above; existing topics are never changed.
+    Topics(qualifier::topics::TopicsCommand),
 }
 
 #[tokio::main]
@@ -239,6 +270,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Topics(command)) => {
+            let kafka = telemetry::KafkaSettings::from_env()?;
+            let names = qualifier::topics::TopicNames {
+                events: cli.topics.events_topic,
+                status: cli.topics.status_topic,
+                status_batch: cli.topics.status_batch_topic,
+                changelog: cli.topics.changelog_topic,
+                dlq: cli.topics.dlq_topic,
+                delivery_log: Some(cli.topics.delivery_log_topic).filter(|t| !t.trim().is_empty()),
+            };
+            qualifier::topics::run(command, &names, &kafka).await
+        }
         Some(Command::Onboard { file }) => {
             telemetry::init_logging()?;
             let kafka = telemetry::KafkaSettings::from_env()?;
@@ -277,7 +320,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .config
                 .context("--config FILE (or QUALIFIER_CONFIG) is required: the definitions file")?;
             let definitions = Definitions::load(&path)?;
+            let (ingest_auth, ingest_tokens_file) = match &cli.ingest_tokens_file {
+                Some(file) => {
+                    let (tokens, file) = IngestTokens::load(file)
+                        .context("--ingest-tokens-file (INGEST_TOKENS_FILE)")?;
+                    (IngestAuth::tokens(tokens), Some(file))
+                }
+                None => (IngestAuth::open(), None),
+            };
+            let ingest_tls = match (cli.ingest_tls_cert_file, cli.ingest_tls_key_file) {
+                (Some(cert), Some(key)) => Some(
+                    IngestTls::load(CertificateFiles { cert, key })
+                        .context("--ingest-tls-cert-file / --ingest-tls-key-file (INGEST_TLS_CERT_FILE / INGEST_TLS_KEY_FILE)")?,
+                ),
+                _ => None,
+            };
             let runtime = ServiceRuntime::start(cli.admin_addr).await?;
+            if ingest_auth.is_open() {
+                tracing::warn!(
+                    "The ingest API accepts requests from anyone: set --ingest-tokens-file (INGEST_TOKENS_FILE) to require bearer tokens."
+                );
+            }
             let instance = cli
                 .topics
                 .instance_id
@@ -301,6 +364,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_body_bytes: cli.ingest_max_body_bytes,
                     read_timeout: std::time::Duration::from_millis(cli.ingest_read_timeout_ms),
                 },
+                ingest_auth,
+                ingest_tokens_file,
+                ingest_tls,
             };
             let result = if runtime.wait_for_kafka().await {
                 qualifier::service::run(options, definitions, topology, &runtime).await

@@ -22,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, PurgeConfig};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use telemetry::{Health, KafkaSettings};
+use telemetry::{Health, Heartbeat, KafkaSettings, Liveness, Waiter};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Definitions;
@@ -67,16 +67,25 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Restores assigned partitions from the changelog and drops revoked ones.
+/// Restores assigned partitions from the changelog and drops revoked ones; librdkafka's
+/// statistics feed the lag gauge.
 struct RebalanceContext {
     kafka: KafkaSettings,
     topology: Topology,
     store: Arc<Mutex<Store>>,
     definitions: SharedDefinitions,
     metrics: Metrics,
+    lag: telemetry::ConsumerLag,
+    /// A restore takes as long as the changelog is large: the processing loop waits, it is
+    /// not stuck.
+    waiter: Waiter,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.lag.observe(&statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -97,6 +106,7 @@ impl ConsumerContext for RebalanceContext {
         let Rebalance::Assign(partitions) = rebalance else {
             return;
         };
+        let _restoring = self.waiter.waiting();
         let wanted: Vec<i32> = partitions
             .elements()
             .iter()
@@ -239,6 +249,8 @@ pub struct Processor {
     changed: HashMap<i32, HashSet<String>>,
     /// Reused for encoding changelog records.
     buffer: Vec<u8>,
+    /// Beats once per loop iteration (`/livez`: the `processing` part).
+    heartbeat: Heartbeat,
 }
 
 impl std::fmt::Debug for Processor {
@@ -268,8 +280,10 @@ impl Processor {
         topology: Topology,
         definitions: SharedDefinitions,
         metrics: Metrics,
+        liveness: &Liveness,
     ) -> Result<Self, KafkaError> {
         let producer = transactional_producer(kafka, &topology)?;
+        let heartbeat = liveness.heartbeat("processing");
         let store = Arc::new(Mutex::new(Store::default()));
         let context = RebalanceContext {
             kafka: kafka.clone(),
@@ -277,6 +291,8 @@ impl Processor {
             store: store.clone(),
             definitions: definitions.clone(),
             metrics: metrics.clone(),
+            lag: telemetry::ConsumerLag::new(metrics.consumer_lag.clone(), &topology.events_topic),
+            waiter: heartbeat.waiter(),
         };
         let consumer: BaseConsumer<RebalanceContext> = kafka
             .client_config("qualifier")
@@ -286,6 +302,10 @@ impl Processor {
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "2000")
+            .set(
+                "statistics.interval.ms",
+                telemetry::lag::STATISTICS_INTERVAL_MS,
+            )
             .create_with_context(context)?;
         consumer.subscribe(&[&topology.events_topic])?;
         Ok(Self {
@@ -300,6 +320,7 @@ impl Processor {
             evaluator: Evaluator::default(),
             changed: HashMap::new(),
             buffer: Vec::new(),
+            heartbeat,
         })
     }
 
@@ -308,6 +329,7 @@ impl Processor {
         health.set_ready();
         let mut fingerprint = current(&self.definitions).fingerprint;
         while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
             let inputs = self.poll_batch();
             let now = now_ms();
             let definitions = current(&self.definitions);
@@ -341,6 +363,8 @@ impl Processor {
                 health.set_not_ready(format!("recovering from a failed transaction: {error}"));
                 // What the failed transaction changed is rewound with the store.
                 self.changed.clear();
+                // Retrying until the broker answers: a restart would not make it answer sooner.
+                let _recovering = self.heartbeat.waiting();
                 self.recover(shutdown)?;
                 health.set_ready();
                 continue;
@@ -540,9 +564,12 @@ impl Processor {
                 .consumer
                 .group_metadata()
                 .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
+            let _broker = self.heartbeat.waiting();
             self.producer
                 .send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)?;
         }
+        // Up to its timeout when the broker is slow or away: a wait, not a stall.
+        let _broker = self.heartbeat.waiting();
         self.producer.commit_transaction(TRANSACTION_TIMEOUT)
     }
 

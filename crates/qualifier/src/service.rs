@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use telemetry::ServiceRuntime;
 
 use crate::config::Definitions;
-use crate::ingest::{EventWriter, serve};
+use crate::ingest::auth::{IngestAuth, TokensFile, watch_tokens};
+use crate::ingest::tls::IngestTls;
+use crate::ingest::{EventWriter, router, serve};
 use crate::metrics::Metrics;
 use crate::processor::{Processor, SharedDefinitions, Topology};
 
@@ -19,6 +21,12 @@ pub struct Options {
     pub definitions_path: PathBuf,
     pub ingest_addr: SocketAddr,
     pub limits: crate::ingest::IngestLimits,
+    /// Who may use the ingest API ([`IngestAuth::open`] without a tokens file).
+    pub ingest_auth: IngestAuth,
+    /// The tokens file to watch for rotations, if any.
+    pub ingest_tokens_file: Option<TokensFile>,
+    /// HTTPS on the ingest port, if a certificate was given.
+    pub ingest_tls: Option<IngestTls>,
 }
 
 pub async fn run(
@@ -42,14 +50,18 @@ pub async fn run(
     })
     .await?
     .map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(
-        counts[1] >= counts[0],
-        "topic `{}` has {} partitions but `{}` has {}: the changelog needs one partition per input partition",
-        topology.changelog_topic,
+    // A user's state is written to the changelog partition numbered like their input partition
+    // and restored from there: any other count loses or misplaces state.
+    if let Some(problem) = crate::topics::copartition_problem(
+        &topology.events_topic,
+        counts[0],
+        &topology.changelog_topic,
         counts[1],
-        topology.events_topic,
-        counts[0]
-    );
+    ) {
+        anyhow::bail!(
+            "refusing to start: {problem} (`qualifier topics check` verifies every topic)"
+        );
+    }
 
     if let Some(topic) = topology.delivery_log_topic.clone() {
         let kafka = runtime.kafka.clone();
@@ -68,13 +80,38 @@ pub async fn run(
     );
 
     let stop = runtime.shutdown.child_token();
-    let ingest = tokio::spawn(serve(
-        options.ingest_addr,
+    let app = router(
         writer.clone(),
         metrics.clone(),
         options.limits,
+        options.ingest_auth.clone(),
+    );
+    let served = serve(
+        options.ingest_addr,
+        app,
+        options
+            .ingest_tls
+            .as_ref()
+            .map(|tls| tls.acceptor().clone()),
+        options.limits.read_timeout,
         stop.clone(),
-    ));
+    );
+    // The ingest server runs as long as the process: one that ended early fails `/livez`.
+    let ingest_running = runtime.health.liveness().must_run("ingest");
+    let ingest_stop = stop.clone();
+    let ingest = tokio::spawn(async move {
+        let result = served.await;
+        if ingest_stop.is_cancelled() {
+            ingest_running.finish();
+        }
+        result
+    });
+    if let Some(file) = options.ingest_tokens_file {
+        tokio::spawn(watch_tokens(file, options.ingest_auth, stop.clone()));
+    }
+    if let Some(tls) = options.ingest_tls {
+        tokio::spawn(tls.watch(stop.clone()));
+    }
     let watcher = tokio::spawn(watch_definitions(
         options.definitions_path.clone(),
         loaded,
@@ -85,7 +122,8 @@ pub async fn run(
     let (kafka, health, processing_stop) =
         (runtime.kafka.clone(), runtime.health.clone(), stop.clone());
     let processing = tokio::task::spawn_blocking(move || {
-        let processor = Processor::start(&kafka, topology, definitions, metrics)?;
+        let processor =
+            Processor::start(&kafka, topology, definitions, metrics, health.liveness())?;
         processor.run(&processing_stop, &health)
     });
     let result = processing.await.context("the processing thread panicked")?;

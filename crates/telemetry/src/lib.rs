@@ -1,10 +1,13 @@
 //! What every segment-relay service shares at run time: logging, the Prometheus registry and
-//! admin HTTP server (`/metrics`, `/healthz`, `/readyz`), Kafka client settings from the
-//! environment, secrets that never print, and the shutdown signal.
+//! admin HTTP server (`/metrics`, `/healthz`, `/livez`, `/readyz`) with the liveness watchdog,
+//! Kafka client settings from the environment, secrets that never print, and the shutdown
+//! signal.
 
 mod admin;
 mod errors;
 mod kafka;
+pub mod lag;
+pub mod liveness;
 mod logging;
 pub mod partition;
 mod runtime;
@@ -15,6 +18,8 @@ pub mod watch;
 pub use admin::{AdminServer, Health, new_registry};
 pub use errors::{ConfigError, exit_code};
 pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol};
+pub use lag::ConsumerLag;
+pub use liveness::{Heartbeat, Liveness, Waiter, Waiting};
 pub use logging::{LogFormat, LoggingError, init_logging};
 pub use prometheus;
 pub use runtime::{ServiceRuntime, StartError};

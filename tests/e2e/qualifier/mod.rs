@@ -1,12 +1,15 @@
 //! Qualifier end to end: the real `qualifier` binary, the real broker, its ingest API.
 
+mod auth;
 mod bad_input;
+mod lag;
 mod lifecycle;
 mod recovery;
 mod refresh;
 mod rules;
 mod show;
 mod sweep;
+mod topics;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
