@@ -103,16 +103,7 @@ done
 ((stable >= 5)) || die "the qualifier still published status changes ${drain_seconds} s after the load"
 ledger_args=(--config "$dir/destinations.yaml" --partner-sim "http://127.0.0.1:$sim_admin"
   --coalesced-report "$dir/coalesced-$delivery1_admin.jsonl" --coalesced-report "$dir/coalesced-$delivery2_admin.jsonl")
-while true; do
-  ledger_status=0
-  "$bin/relay-ledger" "${ledger_args[@]}" >"$dir/ledger.txt" 2>&1 || ledger_status=$?
-  ((ledger_status != 2)) || { cat "$dir/ledger.txt"; die "the ledger cannot read its inputs (above)"; }
-  ((ledger_status == 0)) && break
-  # Only missing changes can still arrive; anything else is final.
-  grep "FAIL:" "$dir/ledger.txt" | grep -qv "neither delivered" && break
-  ((SECONDS < drain_seconds)) || break
-  sleep 2
-done
+ledger_until_balanced "$bin/relay-ledger" "$dir/ledger.txt" "$drain_seconds" "${ledger_args[@]}"
 
 # ---- summary ----------------------------------------------------------------------------
 q=$(scrape $qualifier_admin qualifier)

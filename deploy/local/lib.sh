@@ -45,3 +45,20 @@ wait_ready() {
   done
   die "$3 not ready after 30 s; see $4/$3.log"
 }
+# ledger_until_balanced LEDGER_BIN OUT_FILE DEADLINE ARGS…: runs relay-ledger (output in
+# OUT_FILE) until it balances, a failure other than a missing change shows (only a missing
+# change can still arrive), or $SECONDS reaches DEADLINE; sets ledger_status (0 balanced,
+# 1 not). Dies when the ledger cannot read its inputs: a missing input never reads as zero.
+ledger_until_balanced() {
+  local ledger=$1 out=$2 deadline=$3
+  shift 3
+  while true; do
+    ledger_status=0
+    "$ledger" "$@" >"$out" 2>&1 || ledger_status=$?
+    ((ledger_status != 2)) || { cat "$out"; die "the ledger cannot read its inputs (above)"; }
+    ((ledger_status == 0)) && return 0
+    grep "FAIL:" "$out" | grep -qv "neither delivered" && return 0
+    ((SECONDS < deadline)) || return 0
+    sleep 2
+  done
+}
