@@ -12,7 +12,7 @@ use testkit::receiver::{Receiver, Response};
 use testkit::service::Service;
 use tokio::time::Instant;
 
-use crate::delivery::{DeliveryTest, T0, change, destination, entries, json, update};
+use crate::delivery::{DeliveryTest, T0, change, delivered_users, destination, update, update_now};
 use crate::qualifier::{QualifierTest, post, trait_event};
 
 /// The threshold the tests run with (`LIVENESS_STALL_AFTER_SECONDS`), so they take seconds,
@@ -183,25 +183,12 @@ async fn livez_fails_within_the_threshold(
     }
 }
 
-fn users(receiver: &Receiver) -> HashSet<String> {
-    entries(
-        receiver
-            .requests()
-            .iter()
-            .filter(|r| r.status == 200)
-            .map(|r| json(&r.body)),
-    )
-    .into_iter()
-    .map(|(user, _, _)| user)
-    .collect()
-}
-
 async fn wait_users(receiver: &Receiver, expected: &HashSet<String>, within: Duration) {
     testkit::wait_until(
         &format!("{} users at the partner", expected.len()),
         within,
         || {
-            let got = users(receiver);
+            let got = delivered_users(receiver);
             let all = expected.is_subset(&got);
             async move { all }
         },
@@ -355,21 +342,7 @@ async fn delivery_waiting_on_a_failing_or_hanging_partner_stays_live() {
     let users_sent: Vec<String> = (0..60).map(|i| format!("held{i}")).collect();
     // Made now: older than `max_backlog_age` (3 days), a failing batch is dead-lettered
     // instead of waiting for the partner.
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
-    let updates: Vec<_> = users_sent
-        .iter()
-        .map(|u| {
-            let mut update = update(u, &[], &[], vec![change(14356, true, now_ms)]);
-            update.produced_unix_ms = now_ms;
-            update
-        })
-        .collect();
+    let updates: Vec<_> = users_sent.iter().map(|u| update_now(u)).collect();
     test.produce(&test.topic, &updates).await;
 
     let watch = |phase: &'static str, for_how_long: Duration| {
@@ -400,7 +373,7 @@ async fn delivery_waiting_on_a_failing_or_hanging_partner_stays_live() {
     receiver.respond_with(Response::status(200).delay(Duration::from_secs(STALL_AFTER_S * 2)));
     watch("partner hanging", Duration::from_secs(STALL_AFTER_S * 4)).await;
     assert!(
-        users(&receiver).len() < users_sent.len(),
+        delivered_users(&receiver).len() < users_sent.len(),
         "the partner was slow enough to hold the pipeline back"
     );
     // Healed: everything arrives, and the service was never restarted.

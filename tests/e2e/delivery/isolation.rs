@@ -9,14 +9,7 @@ use std::time::{Duration, Instant};
 use testkit::receiver::{Receiver, Response};
 use testkit::service::metric_value;
 
-use super::{DeliveryTest, change, destination, entries, json, update};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use super::{DeliveryTest, change, destination, entries, json, now_ms, update};
 
 /// `users` users with `per_user` (< 60) changes each of segment 14356, alternating 1 and 0,
 /// produced now (so no change is older than `max_backlog_age`). The changes' times are

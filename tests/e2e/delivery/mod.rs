@@ -286,6 +286,39 @@ pub fn sequenced(
     update
 }
 
+/// Now, in Unix milliseconds: for changes that must not be older than `max_backlog_age`.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// An update of `user` activating segment 14356, made and dated now.
+pub fn update_now(user: &str) -> SegmentStatusUpdate {
+    let now = now_ms();
+    let mut update = update(user, &[], &[], vec![change(14356, true, now)]);
+    update.produced_unix_ms = now;
+    update
+}
+
+/// Users seen in the requests the receiver accepted.
+pub fn delivered_users(receiver: &Receiver) -> std::collections::HashSet<String> {
+    entries(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| json(&r.body)),
+    )
+    .into_iter()
+    .map(|(user, _, _)| user)
+    .collect()
+}
+
 /// The body as JSON.
 pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)

@@ -6,21 +6,9 @@ use std::time::Duration;
 use testkit::receiver::Receiver;
 use testkit::service::{ServiceBuilder, metric_value};
 
-use super::{DeliveryTest, T0, change, destination, entries, json, sequenced, update};
-
-/// Users seen in successful requests.
-fn delivered_users(receiver: &Receiver) -> HashSet<String> {
-    entries(
-        receiver
-            .requests()
-            .iter()
-            .filter(|r| r.status == 200)
-            .map(|r| json(&r.body)),
-    )
-    .into_iter()
-    .map(|(user, _, _)| user)
-    .collect()
-}
+use super::{
+    DeliveryTest, T0, change, delivered_users, destination, entries, json, sequenced, update,
+};
 
 /// Produces one update per user and returns where each landed.
 async fn produce_users(

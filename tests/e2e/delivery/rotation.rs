@@ -193,17 +193,8 @@ async fn a_rotated_hmac_key_and_oauth_client_secret_are_used_without_restart() {
     }
     // Every user reached both partners, and the process that did it is the one started.
     for (partner, name) in [(&hmac_partner, "71"), (&oauth_partner, "72")] {
-        let mut seen: Vec<String> = partner
-            .requests()
-            .iter()
-            .filter(|r| r.status == 200)
-            .flat_map(|r| super::entries([super::json(&r.body)]))
-            .map(|(user, _, _)| user)
-            .collect();
-        seen.sort();
-        seen.dedup();
         assert_eq!(
-            seen.len(),
+            super::delivered_users(partner).len(),
             users,
             "destination {name}: every user delivered"
         );
@@ -235,16 +226,7 @@ async fn a_rotated_ca_bundle_is_trusted_without_restart() {
     let config = test.config(&[entry]);
     let service = test.start(&config, &[]).await;
     // Dated now: a failing change is retried, not dead-lettered as older than max_backlog_age.
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
-    let mut sent = update("u1", &[], &[], vec![change(14356, true, now)]);
-    sent.produced_unix_ms = now;
-    test.produce(&test.topic, &[sent]).await;
+    test.produce(&test.topic, &[super::update_now("u1")]).await;
     testkit::wait_until(
         "a TLS failure with the wrong CA",
         Duration::from_secs(20),
