@@ -22,17 +22,7 @@ async fn an_event_with_a_huge_user_id_is_dead_lettered_and_the_qualifier_keeps_g
     // Straight to Kafka (the ingest API refuses it): a 900 KB user id. Its status update and
     // changelog record would pass Kafka's 1 MB limit, fail the transaction, and the restart
     // would read the same event again, for ever.
-    let huge = model::TraitEvent {
-        user_id: "u".repeat(900_000),
-        origin: model::Origin::Realtime as i32,
-        event: Some(model::pb::trait_event::Event::TraitRealization(
-            model::pb::TraitRealization {
-                trait_id: 1,
-                time_unix_ms: 1_764_324_000_000,
-                region: None,
-            },
-        )),
-    };
+    let huge = super::trait_realization("u".repeat(900_000));
     testkit::kafka::producer()
         .send(
             rdkafka::producer::FutureRecord::to(&test.events)

@@ -34,17 +34,7 @@ async fn the_lag_gauge_covers_assigned_partitions_only_and_falls_to_zero() {
     // Written while no qualifier runs: its group has not consumed any of them.
     let producer = testkit::kafka::producer();
     for i in 0..EVENTS {
-        let event = model::TraitEvent {
-            user_id: format!("lag-user-{i}"),
-            origin: model::Origin::Realtime as i32,
-            event: Some(model::pb::trait_event::Event::TraitRealization(
-                model::pb::TraitRealization {
-                    trait_id: 1,
-                    time_unix_ms: 1_764_324_000_000,
-                    region: None,
-                },
-            )),
-        };
+        let event = super::trait_realization(format!("lag-user-{i}"));
         producer
             .send(
                 FutureRecord::to(&test.events)

@@ -170,6 +170,22 @@ pub fn trait_event(user: &str, trait_id: u64, time: &str, region: Option<u32>) -
     format!(r#"{{"type":"trait","user":"{user}","trait":{trait_id},"time":"{time}"{region}}}"#)
 }
 
+/// A realization of trait 1 by `user`, as the ingest API writes it to the input topic (for
+/// tests that produce to Kafka directly).
+pub fn trait_realization(user: String) -> model::TraitEvent {
+    model::TraitEvent {
+        user_id: user,
+        origin: model::Origin::Realtime as i32,
+        event: Some(model::pb::trait_event::Event::TraitRealization(
+            model::pb::TraitRealization {
+                trait_id: 1,
+                time_unix_ms: 1_764_324_000_000,
+                region: None,
+            },
+        )),
+    }
+}
+
 /// Now as RFC 3339.
 pub fn now() -> String {
     time::OffsetDateTime::now_utc()
