@@ -1,7 +1,7 @@
 //! Optional TLS on the ingest port (`--ingest-tls-cert` / `--ingest-tls-key`, PEM files):
-//! rustls with ring, TLS 1.2 and 1.3, HTTP/1.1. The certificate is polled like the config: a
-//! renewed certificate (cert-manager rewriting a Secret) is used for the next handshake, and
-//! a pair that cannot be used is refused with a WARN while the running one stays in force.
+//! rustls with ring, TLS 1.2 and 1.3, HTTP/1.1. The certificate and key files are polled like
+//! the config: a renewed pair (cert-manager rewriting a Secret) is used for the next handshake,
+//! and a pair that cannot be used is refused with a WARN while the running one stays in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -10,6 +10,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use telemetry::watch::Files;
 use tokio_util::sync::CancellationToken;
 
 /// A certificate and key that cannot be served.
@@ -29,13 +30,14 @@ pub struct CertificateFiles {
 
 impl CertificateFiles {
     /// Reads and checks the pair: the certificate chain (leaf first), a private key (PKCS#8,
-    /// PKCS#1 or SEC1) of a type ring signs with, and that the key belongs to the leaf.
-    pub fn load(&self) -> Result<Arc<CertifiedKey>, CertificateError> {
+    /// PKCS#1 or SEC1) of a type ring signs with, and that the key belongs to the leaf. What
+    /// was read of both files is recorded in `read`, the snapshot a reload is watched from.
+    pub fn load(&self, read: &mut Files) -> Result<Arc<CertifiedKey>, CertificateError> {
         let error = |path: &Path, problem: String| CertificateError {
             file: path.display().to_string(),
             problem,
         };
-        let cert_pem = std::fs::read(&self.cert).map_err(|e| {
+        let cert_pem = read.read(&self.cert).map_err(|e| {
             error(
                 &self.cert,
                 format!("cannot read the ingest TLS certificate: {e}"),
@@ -50,7 +52,8 @@ impl CertificateFiles {
                 "no `BEGIN CERTIFICATE` block: give the server certificate (then its intermediates) in PEM".to_owned(),
             ));
         }
-        let key_pem = std::fs::read(&self.key)
+        let key_pem = read
+            .read(&self.key)
             .map_err(|e| error(&self.key, format!("cannot read the ingest TLS key: {e}")))?;
         // The key's bytes never reach a message: only what kind of problem it has.
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
@@ -106,6 +109,8 @@ impl ResolvesServerCert for CurrentCertificate {
 #[derive(Clone)]
 pub struct IngestTls {
     files: CertificateFiles,
+    /// Both files as the running pair was read from them.
+    loaded: Files,
     current: Arc<CurrentCertificate>,
     acceptor: tokio_rustls::TlsAcceptor,
 }
@@ -113,7 +118,8 @@ pub struct IngestTls {
 impl IngestTls {
     /// Loads the pair (an error stops start-up) and builds the server config.
     pub fn load(files: CertificateFiles) -> Result<Self, CertificateError> {
-        let certified = files.load()?;
+        let mut loaded = Files::default();
+        let certified = files.load(&mut loaded)?;
         let current = Arc::new(CurrentCertificate(RwLock::new(certified)));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -127,6 +133,7 @@ impl IngestTls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             files,
+            loaded,
             current,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         })
@@ -136,14 +143,12 @@ impl IngestTls {
         &self.acceptor
     }
 
-    /// Reloads the pair whenever the certificate file changes (a renewal always changes it;
-    /// the key is read again with it). Until `stop`.
+    /// Reloads the pair whenever the certificate or the key file changes. Until `stop`.
     pub async fn watch(self, stop: CancellationToken) {
-        let mut current = std::fs::read(&self.files.cert).unwrap_or_default();
-        while let Some(bytes) =
-            telemetry::watch::file_change(&self.files.cert, &current, &stop).await
-        {
-            match self.files.load() {
+        let mut current = self.loaded.clone();
+        while let Some(seen) = current.changed(&stop).await {
+            let mut read = Files::default();
+            match self.files.load(&mut read) {
                 Ok(certified) => {
                     tracing::info!(file = %self.files.cert.display(), "Ingest TLS certificate reloaded.");
                     *self
@@ -151,12 +156,13 @@ impl IngestTls {
                         .0
                         .write()
                         .unwrap_or_else(PoisonError::into_inner) = certified;
+                    current = read;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "The changed ingest TLS certificate cannot be used and was refused; the running one stays in force.");
+                    current = seen;
                 }
             }
-            current = bytes;
         }
     }
 }
