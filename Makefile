@@ -5,6 +5,9 @@ CARGO ?= cargo
 # Partitions of the default topics created by kafka-up (delivery scales up to this many workers).
 PARTITIONS ?= 6
 export KAFKA_PARTITIONS := $(PARTITIONS)
+# Nodes of the local Kafka of kafka-up/-down/-reset: 1 (127.0.0.1:9092, what make test and make
+# demo use) or 3 (a cluster on 127.0.0.1:19092,19094,19096, beside the single node).
+BROKERS ?= 1
 
 .PHONY: help demo demo-check deploy-check bench chaos test lint build image image-push image-check kafka-up kafka-down kafka-reset kafka-lifecycle-check
 
@@ -52,14 +55,14 @@ lint: ## rustfmt and clippy (warnings are errors)
 build: ## Build every crate and binary (debug), as the end-to-end tests run them
 	$(CARGO) build --workspace --bins --locked
 
-kafka-up: ## Start the local single-node Kafka on 127.0.0.1:9092 (idempotent) and create the topics
-	deploy/local/kafka.sh up
+kafka-up: ## Start the local Kafka (idempotent) and create the topics: one node on 127.0.0.1:9092, or BROKERS=3 for a three-node cluster on 19092/19094/19096
+	KAFKA_NODES=$(BROKERS) deploy/local/kafka.sh up
 
-kafka-down: ## Stop the local Kafka (no Java process is left)
-	deploy/local/kafka.sh down
+kafka-down: ## Stop the local Kafka (BROKERS=3: the cluster); no Java process is left
+	KAFKA_NODES=$(BROKERS) deploy/local/kafka.sh down
 
-kafka-reset: ## Stop the local Kafka and wipe its data
-	deploy/local/kafka.sh reset
+kafka-reset: ## Stop the local Kafka (BROKERS=3: the cluster) and wipe its data
+	KAFKA_NODES=$(BROKERS) deploy/local/kafka.sh reset
 
 kafka-lifecycle-check: ## Check kafka-up twice is a no-op and kafka-down leaves no JVM; leaves Kafka up
 	deploy/local/check-lifecycle.sh

@@ -1,9 +1,13 @@
 // Admin chores for the local broker, run with the broker's own jars as a single-file Java
 // program (`java -cp '.kafka/lib/*' LocalKafkaAdmin.java …`): no Kafka CLI distribution needed.
 //
-//   wait SECONDS               until the broker answers a metadata request (exit 1 on timeout)
+//   wait SECONDS [NODES]       until the cluster answers a metadata request and lists NODES nodes
+//                              (default 1; exit 1 on timeout)
 //   create-topics PARTITIONS [SUFFIX]   the default topics of DESIGN.md (each name + SUFFIX, e.g.
-//                                       "-demo-1" for a demo run); existing ones are left alone
+//                                       "-demo-1" for a demo run), KAFKA_REPLICATION replicas
+//                                       (default 1); existing ones are left alone
+//   transaction ID             "<coordinator node id> <state>" of a transactional id (the chaos
+//                              runs kill the qualifier's coordinator mid-transaction)
 import java.util.*;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
@@ -19,23 +23,30 @@ public class LocalKafkaAdmin {
         props.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "3000");
         try (Admin admin = Admin.create(props)) {
             switch (args.length > 0 ? args[0] : "") {
-                case "wait" -> System.exit(waitReady(admin, Integer.parseInt(args[1])) ? 0 : 1);
+                case "wait" -> System.exit(waitReady(admin, Integer.parseInt(args[1]),
+                        args.length > 2 ? Integer.parseInt(args[2]) : 1) ? 0 : 1);
                 case "create-topics" -> createTopics(admin, Integer.parseInt(args[1]), args.length > 2 ? args[2] : "");
+                case "transaction" -> {
+                    TransactionDescription t = admin.describeTransactions(List.of(args[1]))
+                            .description(args[1]).get(10, TimeUnit.SECONDS);
+                    System.out.println(t.coordinatorId() + " " + t.state());
+                }
                 default -> {
-                    System.err.println("usage: LocalKafkaAdmin wait SECONDS | create-topics PARTITIONS [SUFFIX]");
+                    System.err.println("usage: LocalKafkaAdmin wait SECONDS [NODES] | create-topics PARTITIONS [SUFFIX] | transaction ID");
                     System.exit(2);
                 }
             }
         }
     }
 
-    static boolean waitReady(Admin admin, int seconds) throws InterruptedException {
+    static boolean waitReady(Admin admin, int seconds, int want) throws InterruptedException {
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
         while (System.nanoTime() < deadline) {
             try {
                 int nodes = admin.describeCluster().nodes().get(3, TimeUnit.SECONDS).size();
                 admin.listTopics().names().get(3, TimeUnit.SECONDS);
-                if (nodes > 0) return true;
+                if (nodes >= want) return true;
+                Thread.sleep(300);
             } catch (Exception notYet) {
                 Thread.sleep(300);
             }
@@ -44,6 +55,7 @@ public class LocalKafkaAdmin {
     }
 
     static void createTopics(Admin admin, int partitions, String suffix) throws Exception {
+        short replication = Short.parseShort(System.getenv().getOrDefault("KAFKA_REPLICATION", "1"));
         Map<String, Map<String, String>> topics = new LinkedHashMap<>();
         topics.put("trait-events", Map.of());
         topics.put("segment-status", Map.of());
@@ -56,10 +68,10 @@ public class LocalKafkaAdmin {
         topics.put("delivery-log", Map.of("retention.ms", "604800000"));
         for (var topic : topics.entrySet()) {
             String name = topic.getKey() + suffix;
-            NewTopic newTopic = new NewTopic(name, partitions, (short) 1).configs(topic.getValue());
+            NewTopic newTopic = new NewTopic(name, partitions, replication).configs(topic.getValue());
             try {
                 admin.createTopics(List.of(newTopic)).all().get(10, TimeUnit.SECONDS);
-                System.out.println("created topic " + name + " (" + partitions + " partitions)");
+                System.out.println("created topic " + name + " (" + partitions + " partitions, " + replication + " replicas)");
             } catch (ExecutionException e) {
                 if (!(e.getCause() instanceof TopicExistsException)) throw e;
                 System.out.println("topic " + name + " exists");
