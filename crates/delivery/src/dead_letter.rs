@@ -28,17 +28,21 @@ impl std::fmt::Debug for DeadLetterWriter {
 
 impl DeadLetterWriter {
     pub fn new(kafka: &KafkaSettings, topic: &str) -> Result<Self, KafkaError> {
-        let producer = kafka
-            .client_config("delivery-dlq")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+        let producer = Self::client_config(kafka).create()?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
         })
+    }
+
+    /// The producer's settings: acks=all and idempotent ([`KafkaSettings::producer_config`]):
+    /// a dead letter is the only copy of what could not be delivered.
+    pub fn client_config(kafka: &KafkaSettings) -> rdkafka::ClientConfig {
+        let mut config = kafka.producer_config("delivery-dlq");
+        config
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000");
+        config
     }
 
     pub fn topic(&self) -> &str {

@@ -82,17 +82,9 @@ impl DeliveryLog {
         records: IntCounter,
         dropped: IntCounter,
     ) -> Result<Self, KafkaError> {
-        let producer = kafka
-            .client_config("delivery-log")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "100")
-            .set("compression.type", "lz4")
-            // Bounded: a broker that is away makes the log drop records, never delivery grow.
-            .set("queue.buffering.max.kbytes", "32768")
-            .set("message.timeout.ms", "60000")
-            .create_with_context(LogContext {
-                dropped: dropped.clone(),
-            })?;
+        let producer = Self::client_config(kafka).create_with_context(LogContext {
+            dropped: dropped.clone(),
+        })?;
         let worker = std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -104,6 +96,19 @@ impl DeliveryLog {
             records,
             dropped,
         })
+    }
+
+    /// The producer's settings: acks=all and idempotent ([`KafkaSettings::producer_config`]),
+    /// so a record is kept once even across a leader change.
+    pub fn client_config(kafka: &KafkaSettings) -> rdkafka::ClientConfig {
+        let mut config = kafka.producer_config("delivery-log");
+        config
+            .set("linger.ms", "100")
+            .set("compression.type", "lz4")
+            // Bounded: a broker that is away makes the log drop records, never delivery grow.
+            .set("queue.buffering.max.kbytes", "32768")
+            .set("message.timeout.ms", "60000");
+        config
     }
 
     /// Records one attempt of `batch` (sent with `ProcessTime` `process_time_unix_ms` and

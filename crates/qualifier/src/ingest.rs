@@ -55,17 +55,22 @@ impl std::fmt::Debug for EventWriter {
 
 impl EventWriter {
     pub fn new(kafka: &KafkaSettings, topic: &str) -> Result<Self, KafkaError> {
-        let producer = kafka
-            .client_config("qualifier-ingest")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", "15000")
-            .create()?;
+        let producer = Self::client_config(kafka).create()?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
         })
+    }
+
+    /// The producer's settings: acks=all and idempotent ([`KafkaSettings::producer_config`]);
+    /// an event not acknowledged within 15 s fails, and the request answers 503 (the client
+    /// sends it again) rather than waiting out a long broker fault.
+    pub fn client_config(kafka: &KafkaSettings) -> rdkafka::ClientConfig {
+        let mut config = kafka.producer_config("qualifier-ingest");
+        config
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "15000");
+        config
     }
 
     /// Writes every event (keyed by user, so a user's events stay in order on one partition)

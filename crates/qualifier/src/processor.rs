@@ -209,17 +209,27 @@ fn transactional_producer(
     kafka: &KafkaSettings,
     topology: &Topology,
 ) -> Result<BaseProducer, KafkaError> {
-    let producer: BaseProducer = kafka
-        .client_config("qualifier")
-        .set("transactional.id", &topology.transactional_id)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        // A crashed process's open transaction blocks read_committed readers until this
-        // passes (unless it restarts with the same transactional id first).
-        .set("transaction.timeout.ms", "10000")
-        .create()?;
+    let producer: BaseProducer = transactional_producer_config(kafka, topology).create()?;
     producer.init_transactions(TRANSACTION_TIMEOUT)?;
     Ok(producer)
+}
+
+/// The transactional producer's settings: acks=all and idempotent
+/// ([`KafkaSettings::producer_config`], which transactions require anyway).
+pub fn transactional_producer_config(
+    kafka: &KafkaSettings,
+    topology: &Topology,
+) -> rdkafka::ClientConfig {
+    let mut config = kafka.producer_config("qualifier");
+    config
+        .set("transactional.id", &topology.transactional_id)
+        .set("linger.ms", "5")
+        // A crashed process's open transaction blocks read_committed readers until this
+        // passes (unless it restarts with the same transactional id first). It also bounds
+        // each produce (librdkafka lowers message.timeout.ms and socket.timeout.ms to it): a
+        // transaction held up longer by a broker fault fails, is aborted and redone in place.
+        .set("transaction.timeout.ms", "10000");
+    config
 }
 
 /// A transaction error no retry can mend: the producer is unusable (e.g. fenced by a newer

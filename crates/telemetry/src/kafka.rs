@@ -67,7 +67,7 @@ impl fmt::Display for KafkaConfigError {
 /// | `KAFKA_SASL_PASSWORD` / `KAFKA_SASL_PASSWORD_FILE` | SASL password, or a file holding it | none |
 /// | `KAFKA_SSL_CA_LOCATION` | PEM file of CA certificates to trust | system roots |
 /// | `KAFKA_SSL_CERTIFICATE_LOCATION`, `KAFKA_SSL_KEY_LOCATION` | client certificate and key (mTLS) | none |
-/// | `KAFKA_CLIENT_ID` | client id shown in broker logs and quotas | the service name |
+/// | `KAFKA_CLIENT_ID` | client id shown in broker logs and quotas, for every client of the process | each client's own (`qualifier`, `qualifier-ingest`, `delivery-<topic>`, `delivery-dlq`, …) |
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -97,17 +97,13 @@ impl KafkaSettings {
         let mut problems = Vec::new();
 
         let brokers = get("KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned());
-        for broker in brokers.split(',') {
-            let valid = broker
-                .trim()
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !valid {
-                problems.push(format!(
-                    "KAFKA_BROKERS: `{broker}` is not host:port (example: `kafka-0:9092,kafka-1:9092`)"
-                ));
+        let brokers = match parse_brokers(&brokers) {
+            Ok(list) => list,
+            Err(broker_problems) => {
+                problems.extend(broker_problems);
+                brokers
             }
-        }
+        };
 
         let security_protocol = match get("KAFKA_SECURITY_PROTOCOL").map(|v| v.to_ascii_lowercase())
         {
@@ -256,6 +252,20 @@ impl KafkaSettings {
         config
     }
 
+    /// A librdkafka producer config: [`Self::client_config`] plus what every producer of ours
+    /// needs so that a write is neither lost nor doubled when brokers fail. `acks=all`: the
+    /// leader acknowledges once every in-sync replica (at least `min.insync.replicas`) has the
+    /// write, so a leader that dies right after acknowledging does not take it along, and with
+    /// fewer in-sync replicas the write fails instead of being kept on too few.
+    /// `enable.idempotence=true`: the retries after a leader change or a timed-out request are
+    /// written once and in order. Callers add their own tuning (linger, timeouts, a
+    /// transactional id), never a weaker `acks`.
+    pub fn producer_config(&self, default_client_id: &str) -> ClientConfig {
+        let mut config = self.client_config(default_client_id);
+        config.set("acks", "all").set("enable.idempotence", "true");
+        config
+    }
+
     /// Fails with the fix when a topic a service needs does not exist (consumers do not create
     /// topics, and a typo would otherwise wait forever). Returns each topic's partition count.
     /// Blocks the calling thread.
@@ -356,6 +366,35 @@ impl KafkaSettings {
     }
 }
 
+/// `KAFKA_BROKERS` as librdkafka's `bootstrap.servers`: the comma-separated `host:port`
+/// entries, spaces around them dropped; or one problem per bad entry.
+fn parse_brokers(brokers: &str) -> Result<String, Vec<String>> {
+    const EXAMPLE: &str = "example: `kafka-0:9092,kafka-1:9092,kafka-2:9092`";
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    for entry in brokers.split(',').map(str::trim) {
+        match entry.rsplit_once(':') {
+            _ if entry.is_empty() => problems.push(format!(
+                "KAFKA_BROKERS: an empty entry in `{brokers}` (two commas in a row, or one at an end); list host:port entries separated by commas ({EXAMPLE})"
+            )),
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                entries.push(entry);
+            }
+            Some((host, port)) if !host.is_empty() => problems.push(format!(
+                "KAFKA_BROKERS: `{entry}` has no valid port (`{port}`): give a port from 1 to 65535 ({EXAMPLE})"
+            )),
+            _ => problems.push(format!(
+                "KAFKA_BROKERS: `{entry}` is not host:port: add the port the broker listens on ({EXAMPLE})"
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(entries.join(","))
+    } else {
+        Err(problems)
+    }
+}
+
 /// The ends of `topic`'s partitions (only `partitions`, if given).
 fn ends(
     consumer: &BaseConsumer,
@@ -380,6 +419,31 @@ fn ends(
                 .map(|(_, high)| (partition, high))
         })
         .collect()
+}
+
+/// A consumer error librdkafka recovers from by itself (a connection lost, a leader moving or
+/// not yet elected, a request timing out), as opposed to one that ends a read (a topic that
+/// does not exist, no authorization).
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::OperationTimedOut
+            | C::RequestTimedOut
+            | C::NetworkException
+            | C::NotLeaderForPartition
+            | C::LeaderNotAvailable
+            | C::NotCoordinator
+            | C::CoordinatorNotAvailable
+            | C::CoordinatorLoadInProgress
+            | C::ReplicaNotAvailable
+            | C::NotEnoughReplicas
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
+            | C::OffsetNotAvailable
+    )
 }
 
 /// [`KafkaSettings::read_ranges`] on a reader: `(partition, start, end)`, end exclusive.
@@ -408,6 +472,9 @@ fn read_ranges(
             return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
         }
         match consumer.poll(Duration::from_millis(500)) {
+            // A broker of several down, a leader moving: librdkafka reconnects and fetches
+            // from the new leader by itself; the deadline bounds the wait.
+            Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => {}
             Some(message) => {
                 let message = message?;
                 let Some(&end) = ends.get(&message.partition()) else {
@@ -507,6 +574,68 @@ mod tests {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
         assert_eq!(error.problems.len(), 4);
+    }
+
+    #[test]
+    fn several_brokers_are_passed_through_without_spaces() {
+        let config = settings(&[(
+            "KAFKA_BROKERS",
+            " kafka-0:9092, kafka-1:9092 ,10.0.0.3:9092,[::1]:9092 ",
+        )])
+        .unwrap()
+        .client_config("delivery");
+        assert_eq!(
+            config.get("bootstrap.servers"),
+            Some("kafka-0:9092,kafka-1:9092,10.0.0.3:9092,[::1]:9092")
+        );
+    }
+
+    #[test]
+    fn an_empty_broker_entry_or_a_missing_port_names_kafka_brokers_and_the_fix() {
+        for (brokers, expected) in [
+            ("a:1,,b:2", "KAFKA_BROKERS: an empty entry in `a:1,,b:2`"),
+            ("a:1,b:2,", "KAFKA_BROKERS: an empty entry in `a:1,b:2,`"),
+            (
+                "a:1,kafka-1",
+                "KAFKA_BROKERS: `kafka-1` is not host:port: add the port",
+            ),
+            ("a:1,:9092", "KAFKA_BROKERS: `:9092` is not host:port"),
+            (
+                "kafka-1:",
+                "KAFKA_BROKERS: `kafka-1:` has no valid port (``)",
+            ),
+            (
+                "kafka-1:0",
+                "KAFKA_BROKERS: `kafka-1:0` has no valid port (`0`)",
+            ),
+            (
+                "kafka-1:99999",
+                "KAFKA_BROKERS: `kafka-1:99999` has no valid port",
+            ),
+        ] {
+            let error = settings(&[("KAFKA_BROKERS", brokers)]).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.contains(expected),
+                "`{brokers}`: missing `{expected}` in:\n{text}"
+            );
+            assert!(
+                text.contains("example: `kafka-0:9092,"),
+                "`{brokers}`: no example in:\n{text}"
+            );
+            assert_eq!(error.problems.len(), 1, "`{brokers}`: {text}");
+        }
+    }
+
+    #[test]
+    fn a_producer_config_is_acks_all_and_idempotent_over_the_connection_settings() {
+        let config = settings(&[("KAFKA_BROKERS", "a:1,b:2"), ("KAFKA_CLIENT_ID", "relay")])
+            .unwrap()
+            .producer_config("delivery-dlq");
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("bootstrap.servers"), Some("a:1,b:2"));
+        assert_eq!(config.get("client.id"), Some("relay"));
     }
 
     #[test]
