@@ -643,4 +643,17 @@ mod tests {
         let error = settings(&[("KAFKA_SASL_USERNAME", "relay")]).unwrap_err();
         assert!(error.to_string().contains("set it to sasl_ssl"), "{error}");
     }
+
+    /// Found by the three-broker chaos run: with one broker of three down, the qualifier's
+    /// restore read stopped at the first "broker transport failure" and the qualifier exited
+    /// (status 70), though every partition had a live leader. The end-to-end reproduction is
+    /// the chaos scenario `cluster_leader_kill` (in `make test`); librdkafka's mock cluster
+    /// does not surface these errors to a consumer, so this checks the classification.
+    #[test]
+    fn transport_and_leadership_errors_are_transient_a_missing_topic_is_not() {
+        assert!(is_transient(RDKafkaErrorCode::BrokerTransportFailure));
+        assert!(is_transient(RDKafkaErrorCode::NotLeaderForPartition));
+        assert!(!is_transient(RDKafkaErrorCode::UnknownTopicOrPartition));
+        assert!(!is_transient(RDKafkaErrorCode::TopicAuthorizationFailed));
+    }
 }
