@@ -83,7 +83,7 @@ fn end_offsets(settings: &KafkaSettings, topic: &str) -> i64 {
 
 /// Input events the qualifier has not committed yet: end offsets of the events topic minus
 /// its group's committed offsets.
-fn qualifier_lag(settings: &KafkaSettings, topic: &str, group: &str) -> i64 {
+pub fn qualifier_lag(settings: &KafkaSettings, topic: &str, group: &str) -> i64 {
     let consumer: BaseConsumer = settings
         .client_config("segment-relay-chaos")
         .set("group.id", group)
@@ -141,7 +141,7 @@ async fn wait_qualifier_caught_up(system: &System, settings: &KafkaSettings) {
 
 /// Waits until the qualifier stopped writing: its timers fire up to the longest TTL after the
 /// last event, then the status topic's end must stay put for 3 s.
-async fn wait_qualifier_quiet(settings: &KafkaSettings, topic: &str) {
+pub async fn wait_qualifier_quiet(settings: &KafkaSettings, topic: &str) {
     tokio::time::sleep(LONGEST_TTL + Duration::from_secs(1)).await;
     let mut last = -1;
     let mut stable = 0;
@@ -316,7 +316,7 @@ pub async fn kill_9(broker: &ChaosBroker, scale: Scale) -> Ledger {
 /// The most changes one worker can have sent to `destinations` and not yet committed: per
 /// destination, `max_in_flight` batches of `max_users` users, each with at most one change
 /// per mapped segment.
-fn in_flight_window(destinations: &[Destination], max_in_flight: u64, max_users: u64) -> u64 {
+pub fn in_flight_window(destinations: &[Destination], max_in_flight: u64, max_users: u64) -> u64 {
     destinations
         .iter()
         .map(|d| max_in_flight * max_users * d.segments.len() as u64)
@@ -374,7 +374,7 @@ pub async fn rolling_restart(broker: &ChaosBroker, scale: Scale) -> Ledger {
 }
 
 /// Every (user, trait, time) in the events topic.
-async fn events_in_topic(settings: &KafkaSettings, topic: &str) -> HashSet<(String, u64, i64)> {
+pub async fn events_in_topic(settings: &KafkaSettings, topic: &str) -> HashSet<(String, u64, i64)> {
     let (settings, topic) = (settings.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let mut out = HashSet::new();
@@ -400,12 +400,12 @@ pub async fn broker_down(broker: &ChaosBroker, scale: Scale) -> Ledger {
     tokio::time::sleep(scale.load / 4).await;
 
     let stop_started = load.started.elapsed();
-    let b = ChaosBroker::from_env();
+    let b = broker.clone();
     tokio::task::spawn_blocking(move || b.down()).await.unwrap();
     let down_at = Instant::now();
     tokio::time::sleep(scale.broker_down).await;
     let up_at = Instant::now();
-    let b = ChaosBroker::from_env();
+    let b = broker.clone();
     tokio::task::spawn_blocking(move || b.up()).await.unwrap();
     let answering = up_at.elapsed();
     tokio::time::sleep(scale.load / 2).await;

@@ -75,6 +75,24 @@ segments:
   - { id: 4, name: three-not-one, rule: \"T3 AND NOT T1\" }
 ";
 
+/// The cluster scenarios' rules: the same segments over traits that never expire. Every
+/// change is then dated by its event and follows from the user's events in order alone, not
+/// from when they were processed, so the output of a run interrupted by faults must equal,
+/// change for change, the output of an uninterrupted run over the same input (with expiring
+/// traits, an event processed after a stall can legitimately find its trait already expired).
+pub const TIMELESS_DEFINITIONS: &str = "\
+inactivity: 120d
+traits:
+  - { id: 1, ttl: 0 }
+  - { id: 2, ttl: 0 }
+  - { id: 3, ttl: 0 }
+segments:
+  - { id: 1, name: one, rule: \"T1\" }
+  - { id: 2, name: one-and-two, rule: \"T1 AND T2\" }
+  - { id: 3, name: two-or-three, rule: \"T2 OR T3\" }
+  - { id: 4, name: three-not-one, rule: \"T3 AND NOT T1\" }
+";
+
 /// The longest trait TTL: after the load stops, the qualifier's timers go on producing
 /// changes this long.
 pub const LONGEST_TTL: Duration = Duration::from_secs(10);
@@ -97,6 +115,8 @@ pub struct SystemSpec {
     /// each mapping two segments to ids of its own), served by partner-sim like `/acme`.
     /// Default 0.
     pub extra_destinations: usize,
+    /// The qualifier's segment definitions. Default: traits living 6 s, 10 s and forever.
+    pub definitions: &'static str,
 }
 
 impl Default for SystemSpec {
@@ -110,6 +130,7 @@ impl Default for SystemSpec {
             workers: 2,
             proxy_faulty: false,
             extra_destinations: 0,
+            definitions: DEFINITIONS,
         }
     }
 }
@@ -243,7 +264,7 @@ impl System {
         let proxy = spec.proxy_faulty.then(|| FaultProxy::start(sim_port));
         let faulty_port = proxy.as_ref().map_or(sim_port, |p| p.port);
         let definitions = dir.path().join("segments.yaml");
-        std::fs::write(&definitions, DEFINITIONS).unwrap();
+        std::fs::write(&definitions, spec.definitions).unwrap();
         let delivery_config = dir.path().join("destinations.yaml");
         std::fs::write(
             &delivery_config,
@@ -341,25 +362,71 @@ impl System {
     }
 }
 
+/// The qualifier's instance id in every scenario.
+const QUALIFIER_INSTANCE: &str = "chaos-0";
+
 impl Launch {
     /// Starts (or restarts) the qualifier, always with the same instance id, so a restart
     /// fences what a killed incarnation left open.
     pub async fn start_qualifier(&self) -> Service {
+        self.spawn_qualifier(&self.topics, &self.qualifier_group, self.ingest_port)
+            .await
+    }
+
+    /// The qualifier's transactional id (`<group>-<instance>`): the cluster scenarios kill
+    /// its transaction coordinator.
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{QUALIFIER_INSTANCE}", self.qualifier_group)
+    }
+
+    async fn spawn_qualifier(&self, topics: &Topics, group: &str, ingest_port: u16) -> Service {
         let mut service = ServiceBuilder::new("qualifier")
             .arg("--config")
             .arg(self.definitions.to_str().unwrap())
             .env("KAFKA_BROKERS", &self.brokers)
-            .env("INGEST_ADDR", format!("127.0.0.1:{}", self.ingest_port))
-            .env("QUALIFIER_GROUP_ID", &self.qualifier_group)
-            .env("QUALIFIER_INSTANCE_ID", "chaos-0")
-            .env("EVENTS_TOPIC", &self.topics.events)
-            .env("STATUS_TOPIC", &self.topics.status)
-            .env("STATUS_BATCH_TOPIC", &self.topics.status_batch)
-            .env("CHANGELOG_TOPIC", &self.topics.changelog)
-            .env("DLQ_TOPIC", &self.topics.qualifier_dlq)
+            .env("INGEST_ADDR", format!("127.0.0.1:{ingest_port}"))
+            .env("QUALIFIER_GROUP_ID", group)
+            .env("QUALIFIER_INSTANCE_ID", QUALIFIER_INSTANCE)
+            .env("EVENTS_TOPIC", &topics.events)
+            .env("STATUS_TOPIC", &topics.status)
+            .env("STATUS_BATCH_TOPIC", &topics.status_batch)
+            .env("CHANGELOG_TOPIC", &topics.changelog)
+            .env("DLQ_TOPIC", &topics.qualifier_dlq)
             .spawn();
         service.wait_ready(Duration::from_secs(60)).await;
         service
+    }
+
+    /// A second qualifier, with a group and output topics of its own, reading the scenario's
+    /// events topic from the start, uninterrupted (no fault touches it): the reference the
+    /// cluster scenarios compare the faulted run's output with. Returns it, its topics and group.
+    pub async fn start_reference_qualifier(
+        &self,
+        broker: &ChaosBroker,
+    ) -> (Service, Topics, String) {
+        let unique = |what: &str| testkit::unique_name(&format!("chaos-reference-{what}"));
+        let topics = Topics {
+            events: self.topics.events.clone(),
+            status: unique("status"),
+            status_batch: unique("status-batch"),
+            changelog: unique("changelog"),
+            qualifier_dlq: unique("qualifier-dlq"),
+            dlq: unique("dlq"),
+            delivery_log: unique("delivery-log"),
+        };
+        for topic in [&topics.status, &topics.status_batch, &topics.qualifier_dlq] {
+            broker.create_topic(topic, PARTITIONS, &[]).await;
+        }
+        broker
+            .create_topic(
+                &topics.changelog,
+                PARTITIONS,
+                &[("cleanup.policy", "compact")],
+            )
+            .await;
+        let group = unique("qualifier");
+        let service = self.spawn_qualifier(&topics, &group, free_port()).await;
+        (service, topics, group)
     }
 
     /// JSON logs (the partition assignments are read from them).

@@ -52,8 +52,19 @@ pub async fn create_topic_on(
     partitions: i32,
     config: &[(&str, &str)],
 ) {
+    create_replicated_topic_on(client, name, partitions, 1, config).await;
+}
+
+/// [`create_topic_on`] with `replicas` replicas (a test's own cluster).
+pub async fn create_replicated_topic_on(
+    client: &ClientConfig,
+    name: &str,
+    partitions: i32,
+    replicas: i32,
+    config: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas));
     for (key, value) in config {
         topic = topic.set(key, value);
     }

@@ -219,9 +219,13 @@ fn a_partner_document_without_its_fields_is_an_error() {
 }
 
 fn committed(user: &str, active: bool, time_unix_ms: i64) -> Committed {
+    in_segment(user, 1, active, time_unix_ms)
+}
+
+fn in_segment(user: &str, segment: u64, active: bool, time_unix_ms: i64) -> Committed {
     Committed {
         user: user.to_owned(),
-        segment: 1,
+        segment,
         active,
         time_unix_ms,
         only_data_partner: None,
@@ -286,4 +290,41 @@ fn changes_of_one_instant_may_flip_back() {
         committed("u2", true, 5),
     ]);
     assert_eq!((q.identical, q.repeated_status), (0, 0), "{q:?}");
+}
+
+#[test]
+fn a_run_differing_from_its_reference_fails_by_a_missing_a_doubled_or_a_reordered_change() {
+    let reference = vec![
+        in_segment("u1", 4, true, 100),
+        in_segment("u2", 1, true, 150),
+        in_segment("u1", 4, false, 200),
+        in_segment("u1", 1, true, 200),
+    ];
+    let same = compare_output(&reference, &reference);
+    assert!(same.is_equal(), "{same:?}");
+    assert_eq!((same.users, same.changes), (2, 4));
+
+    // Lost: u1's 0 in segment 4.
+    let mut lost = reference.clone();
+    lost.remove(2);
+    let diff = compare_output(&lost, &reference);
+    assert_eq!((diff.missing, diff.extra, diff.reordered), (1, 0, 0));
+    assert!(!diff.is_equal());
+    assert!(diff.examples[0].starts_with("u1:"), "{:?}", diff.examples);
+
+    // Committed twice (a re-processed input); a doubled change never offsets a lost one.
+    let mut doubled = lost.clone();
+    doubled.push(in_segment("u2", 1, true, 150));
+    let diff = compare_output(&doubled, &reference);
+    assert_eq!((diff.missing, diff.extra, diff.reordered), (1, 1, 0));
+
+    // The same changes, another order for one user.
+    let mut swapped = reference.clone();
+    swapped.swap(2, 3);
+    let diff = compare_output(&swapped, &reference);
+    assert_eq!((diff.missing, diff.extra, diff.reordered), (0, 0, 1));
+
+    // A user only one side has.
+    let diff = compare_output(&reference[..1], &reference[1..2]);
+    assert_eq!((diff.users, diff.missing, diff.extra), (2, 1, 1));
 }
