@@ -24,12 +24,13 @@ test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every te
 	deploy/test-bench-checks.sh
 	$(MAKE) deploy-check
 
-bench: ## Every benchmark (micro, delivery alone, qualifier alone, end to end; release build); appends the figures to docs/BENCHMARKS.md
+bench: ## Every benchmark (micro, delivery alone, qualifier alone, end to end on one broker and on three; release build); appends the figures to docs/BENCHMARKS.md
 	deploy/bench.sh
 
-# Issue 8 in one target: the long fault runs with exact accounting (their short form is part
-# of `cargo test --workspace`), the fuzzers at 200,000 cases, the bad-input and security tests.
-chaos: build ## Fault runs, long form (~60 min, own broker on 29092): a partner failing six ways (503 for 10 min), one failing of 20, broker down, slow partner, kill -9, rolling restart (ledgers in target/chaos-ledger.txt); then long fuzzing (~10 min) and the bad-input and security tests
+# Issues 8 and 18 in one target: the long fault runs with exact accounting, on one broker and on
+# three (their short form is part of `cargo test --workspace`), the fuzzers at 200,000 cases,
+# the bad-input and security tests.
+chaos: build ## Fault runs, long form (~90 min, own broker on 29092, own 3-node cluster on 29192): a partner failing six ways (503 for 10 min), one failing of 20, broker down, slow partner, kill -9, rolling restart; on 3 brokers: leader kill, coordinator kill, rolling restart, SIGSTOP, two down (ledgers in target/chaos-ledger.txt); then long fuzzing (~10 min) and the bad-input and security tests
 	CHAOS_SCALE=long $(CARGO) test --locked -p segment-relay-e2e --test chaos -- --nocapture
 	FUZZ_CASES=200000 $(CARGO) test --locked -p qualifier -p delivery --lib -- fuzz
 	$(CARGO) test --locked -p segment-relay-e2e --test e2e -- secrets tls oauth bad_input lifecycle

@@ -174,17 +174,21 @@ async fn inflict(
                     let stopping = Instant::now();
                     b.node_down(node);
                     let stopped = stopping.elapsed();
+                    // What the wait below waits out: the partitions the node's absence
+                    // left with fewer in-sync replicas.
+                    let under = b.under_replicated();
                     b.node_up(node);
                     let started = stopping.elapsed() - stopped;
                     let replicated = b.wait_fully_replicated(REPLICATION_LIMIT);
-                    (stopped, started, replicated)
+                    (stopped, under, started, replicated)
                 })
                 .await;
                 notes.push(format!(
-                    "node {node}: SIGTERM, stopped after {:.1} s, started and answering after {:.1} s, every partition in sync {:.1} s later",
+                    "node {node}: SIGTERM, stopped after {:.1} s ({} partitions under-replicated then), started and answering after {:.1} s, every partition in sync {:.1} s later",
                     step.0.as_secs_f64(),
-                    step.1.as_secs_f64(),
-                    step.2.as_secs_f64()
+                    step.1.map_or("?".to_owned(), |n| n.to_string()),
+                    step.2.as_secs_f64(),
+                    step.3.as_secs_f64()
                 ));
             }
             FaultLog {
@@ -266,12 +270,15 @@ fn ingest_seen(report: &LoadReport, origin: Instant, fault: &FaultLog) -> (Strin
 }
 
 /// WARN and ERROR lines of a service's JSON log, by message (the first few), for the notes.
+/// A log it cannot read says so, never "no WARN or ERROR".
 fn log_summary(name: &str, log: &str) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut read = 0;
     for line in log.lines() {
         let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        read += 1;
         let level = event["level"].as_str().unwrap_or_default();
         if level == "WARN" || level == "ERROR" {
             let message: String = event["fields"]["message"]
@@ -284,8 +291,11 @@ fn log_summary(name: &str, log: &str) -> String {
             *counts.entry(format!("{level} {message}")).or_default() += 1;
         }
     }
+    if read == 0 {
+        return format!("{name}: its log has no JSON line to read");
+    }
     if counts.is_empty() {
-        return format!("{name}: no WARN or ERROR");
+        return format!("{name}: no WARN or ERROR in {read} log lines");
     }
     let mut by_count: Vec<_> = counts.into_iter().collect();
     by_count.sort_by_key(|(_, n)| std::cmp::Reverse(*n));

@@ -384,6 +384,7 @@ impl Launch {
             .arg("--config")
             .arg(self.definitions.to_str().unwrap())
             .env("KAFKA_BROKERS", &self.brokers)
+            .env("LOG_FORMAT", "json")
             .env("INGEST_ADDR", format!("127.0.0.1:{ingest_port}"))
             .env("QUALIFIER_GROUP_ID", group)
             .env("QUALIFIER_INSTANCE_ID", QUALIFIER_INSTANCE)
