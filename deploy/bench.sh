@@ -4,7 +4,7 @@
 # passed its checks: a run that failed one prints its table and the problems, appends nothing
 # and exits non-zero.
 #
-#   deploy/bench.sh [micro] [delivery] [qualifier] [e2e]    (default: all four)
+#   deploy/bench.sh [micro] [delivery] [qualifier] [e2e] [e2e-cluster]    (default: all five)
 #
 #   micro      criterion micro-benchmarks of the hot paths (decode, route, batch, JSON, HMAC, rules)
 #   delivery   one delivery process drains pre-loaded status updates to partner-sim (20
@@ -27,6 +27,19 @@
 #              order, no contract violation. A step short of the rate or the latency ends the
 #              climb; a step failing the other checks (a drain that does not complete, with how
 #              many changes were missing after how long) fails the run.
+#   e2e-cluster  the cost of replication: the e2e climb again on a three-broker cluster of its
+#              own (KRaft, started here with `kafka.sh up` on 127.0.0.1:39092/39094/39096,
+#              controllers on the port after each, state in .kafka-bench-cluster/, stopped and
+#              wiped at the end, also on failure or Ctrl-C), its topics made by `qualifier topics
+#              create --replication-factor 3` (3 replicas, min.insync.replicas=2) and read back by
+#              `qualifier topics check` (a topic with fewer replicas fails the run), the same
+#              rates and checks; then one table side by side with the single broker's e2e: per
+#              rate sustained, achieved, p50/p99, and the CPU-seconds per million events of the
+#              qualifier, the two delivery workers and Kafka during the load. The single broker's
+#              figures are this invocation's `e2e` run (listed before it or not, it runs first);
+#              alone, e2e-cluster runs that e2e first (recorded as usual). Should the single
+#              broker's run fail its checks (no rate sustained, say), the cluster's still runs and
+#              the comparison is printed, and then the run fails with both, appending neither.
 #
 # Environment: BENCH_SCALE=full|smoke (smoke: small sizes on debug binaries, nothing appended, the
 # rate and latency not judged; `make test` runs it), BENCH_PROFILE=release|debug, BENCH_UPDATES,
@@ -34,15 +47,19 @@
 # (pairs of all-healthy drains, this commit's and 7f70129's taking turns, whose median CPU ratio
 # is checked; default 3; smoke: one drain, no pair), BENCH_QUEUE_CAPACITY
 # (delivery's queue_capacity), BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated
-# events/s), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60).
+# events/s), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60),
+# BENCH_RECORD=no (full scale: print the tables, append nothing — a run on a busy machine).
 #
 # Test hook: BENCH_FAULT makes a known-bad run whose checks must fail (deploy/test-bench-checks.sh,
 # part of `make test`); it runs its benchmark alone, and a run with a fault never records a figure:
-#   stopped-delivery  e2e: both delivery workers are stopped before the load, so the drain never
-#                     completes and every committed change is missing
-#   failing-partner   e2e: partner-sim answers 422 (a permanent failure) to every request, so every
-#                     change is dead-lettered
+#   stopped-delivery  e2e (or e2e-cluster, on the cluster alone): both delivery workers are stopped
+#                     before the load, so the drain never completes and every committed change is
+#                     missing
+#   failing-partner   e2e (or e2e-cluster): partner-sim answers 422 (a permanent failure) to every
+#                     request, so every change is dead-lettered
 #   invalid-events    qualifier: 10 trait events without an event are added to the fixture
+#   one-replica       e2e-cluster: the cluster's topics are created with 1 replica, which the
+#                     read-back must refuse before any load
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,21 +82,32 @@ case $scale in
     ;;
   *) die "BENCH_SCALE must be full or smoke, not '$scale'" ;;
 esac
-benches=("$@")
-((${#benches[@]})) || benches=(micro delivery qualifier e2e)
-for b in "${benches[@]}"; do
-  [[ $b =~ ^(micro|delivery|qualifier|e2e)$ ]] || die "unknown benchmark '$b' (micro, delivery, qualifier, e2e)"
+requested=("$@")
+((${#requested[@]})) || requested=(micro delivery qualifier e2e e2e-cluster)
+for b in "${requested[@]}"; do
+  [[ $b =~ ^(micro|delivery|qualifier|e2e|e2e-cluster)$ ]] || die "unknown benchmark '$b' (micro, delivery, qualifier, e2e, e2e-cluster)"
+done
+# In this order, each once: e2e-cluster compares with the e2e run before it.
+benches=()
+for b in micro delivery qualifier e2e e2e-cluster; do
+  [[ " ${requested[*]} " != *" $b "* ]] || benches+=("$b")
 done
 fault=${BENCH_FAULT:-}
 case $fault in
   "") ;;
-  stopped-delivery | failing-partner) fault_bench=e2e ;;
+  stopped-delivery | failing-partner) fault_bench="e2e|e2e-cluster" ;;
   invalid-events) fault_bench=qualifier ;;
-  *) die "BENCH_FAULT must be stopped-delivery, failing-partner or invalid-events, not '$fault'" ;;
+  one-replica) fault_bench=e2e-cluster ;;
+  *) die "BENCH_FAULT must be stopped-delivery, failing-partner, invalid-events or one-replica, not '$fault'" ;;
 esac
-if [[ -n $fault && " ${benches[*]} " != " $fault_bench " ]]; then
-  die "BENCH_FAULT=$fault is a known-bad run of the $fault_bench benchmark: run it alone (deploy/bench.sh $fault_bench)"
+if [[ -n $fault ]] && ! [[ ${#benches[@]} == 1 && ${benches[0]} =~ ^($fault_bench)$ ]]; then
+  die "BENCH_FAULT=$fault is a known-bad run of the ${fault_bench/|/ or } benchmark: run it alone (deploy/bench.sh ${fault_bench%%|*})"
 fi
+case ${BENCH_RECORD:-yes} in
+  yes) recording=$([[ $scale == full ]] && echo yes || echo no) ;;
+  no) recording=no ;;
+  *) die "BENCH_RECORD must be yes or no, not '$BENCH_RECORD'" ;;
+esac
 
 run="bench-$(date +%Y%m%d-%H%M%S)-$$"
 dir=.demo/$run
@@ -103,8 +131,9 @@ stop() { # stop PID: SIGTERM and wait for its exit
   wait "$1" 2>/dev/null || true
 }
 # record TITLE BENCH PROBLEMS TABLE: prints the summary; appends it to docs/BENCHMARKS.md at
-# full scale, unless PROBLEMS (sentences: the run failed its checks; the figures are printed,
-# nothing is appended, and it fails). Every benchmark's figures go through here.
+# full scale (unless BENCH_RECORD=no), unless PROBLEMS (sentences: the run failed its checks;
+# the figures are printed, nothing is appended, and it fails). Every benchmark's figures go
+# through here.
 record() {
   local summary
   summary=$(printf '### %s — %s — commit %s — %s\n\nCommand: `make bench` (`deploy/bench.sh %s`, %s binaries).\n\n%s\n' \
@@ -115,9 +144,11 @@ record() {
   [[ -z $3 ]] || die "$1 failed its checks, so nothing is recorded: ${3% }"
   # A known-bad run that got this far went unnoticed: a bug in these checks.
   [[ -z $fault ]] || die "$1: the known-bad run BENCH_FAULT=$fault passed every check; the checks are broken, nothing is recorded"
-  if [[ $scale == full ]]; then
+  if [[ $recording == yes ]]; then
     printf '\n%s\n' "$summary" >>docs/BENCHMARKS.md
     say "appended to docs/BENCHMARKS.md"
+  elif [[ $scale == full ]]; then
+    say "BENCH_RECORD=no: not appended to docs/BENCHMARKS.md"
   fi
 }
 partner_stats() { curl -fsS "http://127.0.0.1:$sim_admin/stats"; }
@@ -197,9 +228,49 @@ wait_for_count() {
     sleep 0.5
   done
 }
-fresh_topics() { # fresh_topics: a new run suffix with its own topics
+fresh_topics() { # fresh_topics: a new run suffix with its own topics (on_cluster=yes: the cluster's)
   run="bench-$(date +%Y%m%d-%H%M%S)-$RANDOM"
-  deploy/local/kafka.sh topics "-$run" >/dev/null
+  if [[ $on_cluster == yes ]]; then cluster_topics; else deploy/local/kafka.sh topics "-$run" >/dev/null; fi
+}
+# cpu_sum PID…: CPU seconds of these processes together (one gone counts 0).
+cpu_sum() {
+  local total=0 pid
+  for pid in "$@"; do
+    [[ -r /proc/$pid/stat ]] && total=$(calc %.2f "$total + $(cpu_seconds "$pid" 2>/dev/null || echo 0)")
+  done
+  echo "$total"
+}
+
+# ---- the three-broker cluster of e2e-cluster ---------------------------------------------
+on_cluster=no cluster_up=no cluster_port=39092 cluster_state=$repo/.kafka-bench-cluster cluster_log=$dir/cluster.log
+cluster_kafka() { KAFKA_NODES=3 KAFKA_PORT=$cluster_port KAFKA_STATE_DIR=$cluster_state deploy/local/kafka.sh "$@"; }
+# However the run ends (lib.sh's cleanup calls this once the services have stopped), the
+# cluster stops; a failed run leaves its logs in .kafka-bench-cluster/node-*/logs/ until the next.
+after_cleanup() {
+  [[ $cluster_up == yes ]] || return 0
+  say "stopping the three-broker cluster (log: $cluster_log)…"
+  cluster_kafka down >>"$cluster_log" 2>&1 || say "the cluster did not stop cleanly; see $cluster_log"
+}
+# cluster_topics: the run's topics on the cluster as production makes them (`qualifier topics
+# create`: 3 replicas, min.insync.replicas=2), then read back from the cluster's metadata; a
+# topic with another replication fails the run before any load.
+cluster_topics() {
+  local replicas=3 problem
+  if [[ $fault == one-replica ]]; then
+    replicas=1
+    say "e2e-cluster: BENCH_FAULT=one-replica: creating the topics with 1 replica…"
+  fi
+  topics_of_run() { # topics_of_run OUTPUT ARGS…
+    EVENTS_TOPIC=trait-events-$run STATUS_TOPIC=segment-status-$run STATUS_BATCH_TOPIC=segment-status-batch-$run \
+    CHANGELOG_TOPIC=qualifier-changelog-$run DLQ_TOPIC=segment-status-dlq-$run DELIVERY_LOG_TOPIC=delivery-log-$run \
+      "$bin/qualifier" topics "${@:2}" --partitions "${KAFKA_PARTITIONS:-6}" >"$1" 2>&1
+  }
+  topics_of_run "$dir/topics-create.txt" create --replication-factor "$replicas" \
+    || die "e2e-cluster: \`qualifier topics create\` failed for the topics of $run; see $dir/topics-create.txt"
+  if ! topics_of_run "$dir/topics-check.txt" check --replication-factor 3; then
+    problem=$(grep -m1 -E 'replication factor|min.insync.replicas' "$dir/topics-check.txt" || tail -n 1 "$dir/topics-check.txt")
+    die "e2e-cluster: the topics of $run are not replicated as the cluster run needs (3 replicas, min.insync.replicas=2): $problem; nothing is measured (see $dir/topics-check.txt)"
+  fi
 }
 delivery_fixture() { # delivery_fixture DESTINATIONS [relay-bench flags…]
   "$bin/relay-bench" delivery-fixture --destinations "$1" --base-url "https://127.0.0.1:$sim_port" \
@@ -217,6 +288,13 @@ if [[ " ${benches[*]} " != " micro " ]]; then
   fi
   bin=target/$profile
   deploy/local/kafka.sh up
+fi
+if [[ " ${benches[*]} " == *" e2e-cluster "* ]]; then
+  if cluster_kafka status >/dev/null 2>&1; then
+    die "the three-broker cluster of an earlier e2e-cluster run still runs; stop it: KAFKA_NODES=3 KAFKA_PORT=$cluster_port KAFKA_STATE_DIR=.kafka-bench-cluster deploy/local/kafka.sh down"
+  fi
+  # Each node's broker port and its controller's, the one after.
+  require_free_ports $(seq "$cluster_port" $((cluster_port + 5)))
 fi
 
 # ---- micro ------------------------------------------------------------------------------
@@ -435,15 +513,20 @@ bench_qualifier() {
 }
 
 # ---- end to end -------------------------------------------------------------------------
-bench_e2e() {
+# e2e_run: the climb (see the header) against the Kafka of KAFKA_BROKERS (unset: the single
+# broker), described as $e2e_kafka, whose broker processes are kafka_pids, its messages headed
+# $e2e_name; sets e2e_table (the table and its note), e2e_problems, e2e_best and e2e_steps
+# ("rate sent achieved p50 p99 sustained cpu_qualifier cpu_delivery cpu_kafka;" per step of
+# the climb, CPU-seconds per million events sent during the load), and stops its services.
+e2e_run() {
   local rate best=0 rows="" problems="" sent_total=0 committed_before=0 arrived_before=0 fixture_flags=()
-  local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived
+  local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived cpu steps=""
   local l_status=0 l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
   fresh_topics
   "$bin/relay-bench" qualifier-fixture --segments 1000 --traits 5000 --out "$dir/segments.yaml"
   [[ $fault != failing-partner ]] || fixture_flags=(--partner-error-rate 1 --partner-error-status 422)
   delivery_fixture 20 "${fixture_flags[@]}"
-  [[ $fault != failing-partner ]] || say "e2e: BENCH_FAULT=failing-partner: partner-sim answers 422 to every request…"
+  [[ $fault != failing-partner ]] || say "$e2e_name: BENCH_FAULT=failing-partner: partner-sim answers 422 to every request…"
   start_partner_sim
   start_qualifier qualifier "127.0.0.1:$ingest_port"
   # Each worker reports every change it coalesced into a later one (--coalesced-report):
@@ -451,8 +534,9 @@ bench_e2e() {
   DELIVERY_COALESCED_REPORT="$dir/coalesced-1.jsonl" start_delivery $delivery1_admin delivery-1
   local first_delivery=$delivery_pid
   DELIVERY_COALESCED_REPORT="$dir/coalesced-2.jsonl" start_delivery $delivery2_admin delivery-2
+  local delivery_pids=("$first_delivery" "$delivery_pid")
   if [[ $fault == stopped-delivery ]]; then
-    say "e2e: BENCH_FAULT=stopped-delivery: stopping both delivery workers before the load…"
+    say "$e2e_name: BENCH_FAULT=stopped-delivery: stopping both delivery workers before the load…"
     stop "$first_delivery"
     stop "$delivery_pid"
   fi
@@ -483,7 +567,7 @@ bench_e2e() {
         split("committed delivered coalesced dead-lettered missing unexpected out-of-order violations", names, " ")
         for (i = 1; i <= 8; i++) { if (!(names[i] in col)) { print "no column " names[i]; exit 1 } line = line " " t[names[i]] + 0 }
         print substr(line, 2)
-      }' "$dir/ledger.txt") || die "e2e: relay-ledger's table in $dir/ledger.txt cannot be read: $totals"
+      }' "$dir/ledger.txt") || die "$e2e_name: relay-ledger's table in $dir/ledger.txt cannot be read: $totals"
     read -r l_committed l_delivered l_coalesced l_dead l_missing l_unexpected l_order l_violations <<<"$totals"
   }
   # drain: waits until the qualifier has processed every event sent and relay-ledger finds every
@@ -521,16 +605,26 @@ bench_e2e() {
       if (($(processed) >= sent_total && l_status == 0 && l_dead == 0)); then drained=yes; fi
     fi
   }
+  # "qualifier delivery kafka" CPU seconds so far.
+  cpus() { echo "$(cpu_sum "$qualifier_pid") $(cpu_sum "${delivery_pids[@]}") $(cpu_sum "${kafka_pids[@]}")"; }
   # step RATE: loadgen at RATE for e2e_seconds, then the drain; sets achieved, sent, p50, p99
-  # (end to end: trait event time → partner's 200) and what drain sets.
+  # (end to end: trait event time → partner's 200), cpu ("qualifier delivery kafka": CPU-seconds
+  # per million events sent, during the load) and what drain sets.
   step() {
+    local cpu_before
     both >"$dir/before.prom"
+    cpu_before=$(cpus)
     loadgen_out=$("$bin/loadgen" --ingest "http://127.0.0.1:$ingest_port/v1/events" --rate "$1" --duration "$e2e_seconds" \
       --users "$users" --traits "$(seq -s, 1 5000)" --opt-out-share 0.00001 --batch "$(($1 >= 10000 ? 1000 : 100))" --seed "$1" 2>&1) \
-      || die "e2e: loadgen failed at $1 events/s: $loadgen_out"
+      || die "$e2e_name: loadgen failed at $1 events/s: $loadgen_out"
     achieved=$(tail -n 1 <<<"$loadgen_out" | sed -E 's/.*: ([0-9]+) events\/s.*/\1/')
     sent=$(tail -n 1 <<<"$loadgen_out" | sed -E 's/.*sent ([0-9]+) events.*/\1/')
     sent_total=$((sent_total + sent))
+    cpu=$(awk -v a="$cpu_before" -v b="$(cpus)" -v n="$sent" 'BEGIN {
+      split(a, x, " "); split(b, y, " ")
+      # (Parenthesised: a bare > inside printf arguments redirects its output to a file.)
+      for (i = 1; i <= 3; i++) printf "%s%.0f", (i > 1 ? " " : ""), (n > 0 ? (y[i] - x[i]) * 1000000 / n : 0)
+    }')
     drain
     p50=$(both | quantile delivery_end_to_end_latency_seconds 0.5 "$dir/before.prom")
     p99=$(both | quantile delivery_end_to_end_latency_seconds 0.99 "$dir/before.prom")
@@ -579,11 +673,12 @@ bench_e2e() {
     fi
   }
   for rate in $e2e_rates; do
-    say "e2e: $rate events/s for $e2e_seconds s…"
+    say "$e2e_name: $rate events/s for $e2e_seconds s…"
     step "$rate"
     judge "$rate"
-    rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | $verdict |"$'\n'
-    say "e2e: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, sustained: $verdict"
+    rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $verdict |"$'\n'
+    steps+="$rate $sent $achieved $p50 $p99 ${verdict%%:*} $cpu;"
+    say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, sustained: $verdict"
     if [[ -n $problem ]]; then
       problems+="At $rate events/s: $problem"
       break
@@ -591,32 +686,118 @@ bench_e2e() {
     [[ $verdict == yes ]] || break
     best=$rate
   done
-  local header="| target events/s | sent | achieved events/s | changes routed | at partner-sim | p50 s | p99 s | sustained (≥ 95 % of target, p99 < 1 s, every change at partner-sim within the drain) |"
-  local align="|---:|---:|---:|---:|---:|---:|---:|---|"
+  local header="| target events/s | sent | achieved events/s | changes routed | at partner-sim | p50 s | p99 s | CPU-s per million events: qualifier / delivery ×2 / Kafka | sustained (≥ 95 % of target, p99 < 1 s, every change at partner-sim within the drain) |"
+  local align="|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  local note
   if [[ $scale == smoke ]]; then # the smoke checks the pipeline and its accounting, not the rate
-    record "End to end" e2e "$problems" "$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" \
-      "" "Smoke: the rate and the latency are not judged (debug binaries); the drain and relay-ledger's accounting are (drain up to $e2e_drain s).")"
-    return
-  fi
-  if [[ -z $problems ]]; then
-    if ((best == 0)); then
-      problems+="No rate was sustained with p99 under 1 s. "
-    else
-      say "e2e: half of the highest sustained rate, $((best / 2)) events/s…"
-      step $((best / 2))
-      judge $((best / 2))
-      [[ -n $problem ]] || verdict=- # at half the rate only the checks are judged
-      rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | $verdict |"$'\n'
-      [[ -z $problem ]] || problems+="At half the highest sustained rate, $((best / 2)) events/s: $problem"
+    note="Smoke: the rate and the latency are not judged (debug binaries); the drain and relay-ledger's accounting are (drain up to $e2e_drain s). $e2e_kafka."
+  else
+    if [[ -z $problems ]]; then
+      if ((best == 0)); then
+        problems+="No rate was sustained with p99 under 1 s. "
+      else
+        say "$e2e_name: half of the highest sustained rate, $((best / 2)) events/s…"
+        step $((best / 2))
+        judge $((best / 2))
+        [[ -n $problem ]] || verdict=- # at half the rate only the checks are judged
+        rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $verdict |"$'\n'
+        [[ -z $problem ]] || problems+="At half the highest sustained rate, $((best / 2)) events/s: $problem"
+      fi
     fi
+    local headline="Highest sustained rate: $best events/s."
+    ((best > 0)) || headline="No rate was sustained."
+    note="**$headline** Everything on this machine: $e2e_kafka, loadgen (ingest API, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; Kafka's is the broker JVM(s), which also serve whatever else uses them."
   fi
-  local headline="Highest sustained rate: $best events/s."
-  ((best > 0)) || headline="No rate was sustained."
-  record "End to end" e2e "$problems" "$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" \
-    "" "**$headline** Everything on this machine: Kafka, loadgen (ingest API, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s).")"
+  e2e_table=$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" "" "$note")
+  e2e_problems=$problems e2e_best=$best e2e_steps=$steps
+  local pid
+  for pid in "$qualifier_pid" "${delivery_pids[@]}" "$sim_pid"; do stop "$pid"; done
+}
+
+bench_e2e() {
+  # The single broker's JVM (none known: a broker not started by kafka.sh, its CPU uncounted).
+  kafka_pids=("$(deploy/local/kafka.sh node-pid 1 2>/dev/null || true)")
+  e2e_kafka="Kafka (one broker)" e2e_name=e2e
+  e2e_run
+  single_steps=$e2e_steps single_best=$e2e_best single_problems=$e2e_problems
+  if [[ " ${benches[*]} " == *" e2e-cluster "* ]]; then
+    # The cluster's climb follows whatever this one's verdict, so that the comparison is printed
+    # either way; a failure here fails that one too (in a subshell, record's die ends only it).
+    (record "End to end" e2e "$e2e_problems" "$e2e_table") || true
+  else
+    record "End to end" e2e "$e2e_problems" "$e2e_table"
+  fi
+}
+
+# side_by_side ONE THREE: the comparison table of two climbs' e2e_steps, one row per rate.
+side_by_side() {
+  awk -v one="$1" -v three="$2" '
+    function load(steps, into,   n, a, i, f) {
+      n = split(steps, a, ";")
+      for (i = 1; i <= n; i++) {
+        if (split(a[i], f, " ") < 9) continue
+        if (!(f[1] in seen)) { seen[f[1]] = 1; order[rates++] = f[1] }
+        into[f[1]] = a[i]
+      }
+    }
+    # both sides of field i, as "one / three" ("—": that side did not climb to this rate)
+    function pair(rate, i,   f, g, x, y) {
+      x = y = "—"
+      if (rate in s1) { split(s1[rate], f, " "); x = f[i] }
+      if (rate in s3) { split(s3[rate], g, " "); y = g[i] }
+      return x " / " y
+    }
+    BEGIN {
+      load(one, s1); load(three, s3)
+      print "| target events/s | sustained | achieved events/s | p50 s | p99 s | qualifier CPU-s per million events | delivery ×2 CPU-s per million events | Kafka CPU-s per million events |"
+      print "|---:|---|---:|---:|---:|---:|---:|---:|"
+      for (r = 0; r < rates; r++) {
+        k = order[r]
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", k, pair(k, 6), pair(k, 3), pair(k, 4), pair(k, 5), pair(k, 7), pair(k, 8), pair(k, 9)
+      }
+    }'
+}
+
+bench_e2e_cluster() {
+  # The single broker's climb of this invocation, else one now (a known-bad run: the cluster's alone).
+  if [[ -z $fault && -z ${single_steps+set} ]]; then bench_e2e; fi
+  local dir=$dir/cluster saved_brokers=${KAFKA_BROKERS-} had_brokers=${KAFKA_BROKERS+set} i started=$SECONDS
+  mkdir -p "$dir"
+  say "e2e-cluster: starting a three-broker cluster on 127.0.0.1:$cluster_port, $((cluster_port + 2)), $((cluster_port + 4)) (state in .kafka-bench-cluster/, log $cluster_log)…"
+  cluster_up=yes
+  cluster_kafka reset >>"$cluster_log" 2>&1 || die "e2e-cluster: cannot wipe the data of an earlier cluster run; see $cluster_log"
+  cluster_kafka up >>"$cluster_log" 2>&1 || die "e2e-cluster: the three-broker cluster did not start; see $cluster_log"
+  KAFKA_BROKERS=$(cluster_kafka brokers)
+  export KAFKA_BROKERS
+  kafka_pids=()
+  for i in 1 2 3; do kafka_pids+=("$(cluster_kafka node-pid "$i")"); done
+  say "e2e-cluster: cluster ready after $((SECONDS - started)) s (brokers $KAFKA_BROKERS)"
+  on_cluster=yes e2e_name=e2e-cluster e2e_kafka="Kafka (three brokers, KRaft; every topic 3 replicas, min.insync.replicas=2, read back before the load)"
+  e2e_run
+  on_cluster=no
+  [[ -z ${single_problems-} ]] || e2e_problems+="The single broker's climb it is compared with failed its checks (its table above): ${single_problems% } "
+  if [[ -n $had_brokers ]]; then export KAFKA_BROKERS=$saved_brokers; else unset KAFKA_BROKERS; fi
+  if [[ -z $e2e_problems ]]; then # a failed run keeps the cluster's logs until the next run
+    say "e2e-cluster: stopping and wiping the cluster…"
+    cluster_kafka reset >>"$cluster_log" 2>&1 || say "e2e-cluster: the cluster did not stop cleanly; see $cluster_log"
+    cluster_up=no
+  fi
+  local comparison summary
+  comparison=$(side_by_side "${single_steps-}" "$e2e_steps")
+  if [[ -n $fault ]]; then
+    summary="(A known-bad run, BENCH_FAULT=$fault: the cluster's climb alone.)"
+  elif [[ $scale == smoke ]]; then
+    summary="Smoke: debug binaries, nothing judged by rate; the table shows both runs worked."
+  else
+    rate_of() { if (($1 > 0)); then echo "$1 events/s"; else echo none; fi; }
+    summary="**Highest sustained rate: one broker $(rate_of "$single_best"), three brokers $(rate_of "$e2e_best").**"
+  fi
+  record "End to end on three brokers" e2e-cluster "$e2e_problems" "$(printf '%s\n' "$e2e_table" "" \
+    "The cost of replication — one broker / three brokers, the same rates, checks and machine, one after the other:" "" \
+    "$comparison" "" "$summary Each cell: one broker / three brokers; — where that climb had ended.")"
 }
 
 for b in "${benches[@]}"; do
-  "bench_$b"
+  "bench_${b//-/_}"
 done
 say "done (logs in $dir/)"

@@ -4,13 +4,21 @@
 # message naming what went wrong — and append nothing to docs/BENCHMARKS.md. `make test` runs
 # them after the benchmark smoke.
 #
-#   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [invalid-events]   (default: all)
+#   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [invalid-events]
+#                               [stopped-delivery-cluster] [one-replica]
+#   (default: the first three)
 #
 #   stopped-delivery  e2e, both delivery workers stopped: the drain never completes and the
 #                     run must say how many changes were missing after how long
 #   failing-partner   e2e, partner-sim fails every request with 422 (permanent): every change
 #                     is dead-lettered
 #   invalid-events    qualifier alone, 10 invalid events in the fixture
+#   stopped-delivery-cluster  e2e-cluster (its three-broker cluster alone), both delivery workers
+#                     stopped: as stopped-delivery
+#   one-replica       e2e-cluster, its topics created with 1 replica: the read-back of their
+#                     metadata must refuse them before any load
+# The two cluster runs start a three-broker cluster each (about a minute per run on 2 cores),
+# so `make test` leaves them out; run them after changing e2e-cluster.
 #
 # The runs use BENCH_SCALE=full — the scale at which bench.sh appends figures, so a check that
 # let a failed run through would show here — with small sizes, debug binaries and a short
@@ -31,7 +39,12 @@ results=docs/BENCHMARKS.md
 recorded() { grep -c '^### .* — commit ' "$results" || true; }
 
 for fault in "${cases[@]}"; do
+  hook=$fault
   case $fault in
+    stopped-delivery-cluster)
+      hook=stopped-delivery bench=e2e-cluster expected='End to end on three brokers failed its checks, so nothing is recorded: At 300 events/s: The drain did not complete: [0-9]+ of the [0-9]+ changes routed to partner-sim were still missing after [0-9]+ s\.' ;;
+    one-replica)
+      bench=e2e-cluster expected='e2e-cluster: the topics of bench-[^ ]+ are not replicated as the cluster run needs \(3 replicas, min\.insync\.replicas=2\): .*replication factor: found 1, expected 3' ;;
     stopped-delivery)
       bench=e2e expected='End to end failed its checks, so nothing is recorded: At 300 events/s: The drain did not complete: [0-9]+ of the [0-9]+ changes routed to partner-sim were still missing after [0-9]+ s\.' ;;
     failing-partner)
@@ -40,13 +53,13 @@ for fault in "${cases[@]}"; do
       bench=e2e expected='End to end failed its checks, so nothing is recorded: At 300 events/s: (The drain did not complete: [^.]*\. )?[0-9]+ of the [0-9]+ changes routed to partner-sim were dead-lettered instead of delivered\.' ;;
     invalid-events)
       bench=qualifier expected='Qualifier alone failed its checks, so nothing is recorded: The qualifier found 10 invalid events' ;;
-    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events)" ;;
+    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events, stopped-delivery-cluster, one-replica)" ;;
   esac
   log=target/bench-check-$fault.log
   before=$(recorded)
-  say "$fault: running deploy/bench.sh $bench with BENCH_FAULT=$fault (must fail)…"
+  say "$fault: running deploy/bench.sh $bench with BENCH_FAULT=$hook (must fail)…"
   status=0
-  BENCH_FAULT=$fault BENCH_SCALE=full BENCH_PROFILE=debug BENCH_EVENTS=2000 BENCH_USERS=2000 \
+  BENCH_FAULT=$hook BENCH_SCALE=full BENCH_PROFILE=debug BENCH_EVENTS=2000 BENCH_USERS=2000 \
     BENCH_E2E_RATES=300 BENCH_E2E_SECONDS=3 BENCH_E2E_DRAIN_SECONDS=10 \
     deploy/bench.sh "$bench" >"$log" 2>&1 || status=$?
   message=$(grep -E -m1 "^bench: error: " "$log" || true)

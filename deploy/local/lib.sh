@@ -19,6 +19,8 @@ cleanup() {
     kill -KILL "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
   fi
+  # A script's own last chores, once its processes are gone (bench.sh stops its cluster).
+  if declare -F after_cleanup >/dev/null; then after_cleanup || true; fi
   exit "$status"
 }
 trap cleanup EXIT
