@@ -35,7 +35,8 @@
 #              `qualifier topics check` (a topic with fewer replicas fails the run), the same
 #              rates and checks; then one table side by side with the single broker's e2e: per
 #              rate sustained, achieved, p50/p99, and the CPU-seconds per million events of the
-#              qualifier, the two delivery workers and Kafka during the load. The single broker's
+#              qualifier, the two delivery workers and Kafka during the load (and Kafka's CPU at
+#              rest, measured for 5 s before the climb at full scale). The single broker's
 #              figures are this invocation's `e2e` run (listed before it or not, it runs first);
 #              alone, e2e-cluster runs that e2e first (recorded as usual). Should the single
 #              broker's run fail its checks (no rate sustained, say), the cluster's still runs and
@@ -672,6 +673,16 @@ e2e_run() {
       verdict=yes
     fi
   }
+  # Kafka at rest, before the load (full scale): what its JVMs spend with nothing to do, which
+  # every step's Kafka CPU includes (three brokers' replica fetchers and controller quorum
+  # poll, a fresh cluster's JVMs still compile).
+  local kafka_idle=-
+  if [[ $scale == full ]]; then
+    local at_rest
+    at_rest=$(cpu_sum "${kafka_pids[@]}")
+    sleep 5
+    kafka_idle=$(calc %.2f "($(cpu_sum "${kafka_pids[@]}") - $at_rest) / 5")
+  fi
   for rate in $e2e_rates; do
     say "$e2e_name: $rate events/s for $e2e_seconds s…"
     step "$rate"
@@ -706,10 +717,10 @@ e2e_run() {
     fi
     local headline="Highest sustained rate: $best events/s."
     ((best > 0)) || headline="No rate was sustained."
-    note="**$headline** Everything on this machine: $e2e_kafka, loadgen (ingest API, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; Kafka's is the broker JVM(s), which also serve whatever else uses them."
+    note="**$headline** Everything on this machine: $e2e_kafka, loadgen (ingest API, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
   fi
   e2e_table=$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" "" "$note")
-  e2e_problems=$problems e2e_best=$best e2e_steps=$steps
+  e2e_problems=$problems e2e_best=$best e2e_steps=$steps e2e_kafka_idle=$kafka_idle
   local pid
   for pid in "$qualifier_pid" "${delivery_pids[@]}" "$sim_pid"; do stop "$pid"; done
 }
@@ -719,7 +730,7 @@ bench_e2e() {
   kafka_pids=("$(deploy/local/kafka.sh node-pid 1 2>/dev/null || true)")
   e2e_kafka="Kafka (one broker)" e2e_name=e2e
   e2e_run
-  single_steps=$e2e_steps single_best=$e2e_best single_problems=$e2e_problems
+  single_steps=$e2e_steps single_best=$e2e_best single_problems=$e2e_problems single_kafka_idle=$e2e_kafka_idle
   if [[ " ${benches[*]} " == *" e2e-cluster "* ]]; then
     # The cluster's climb follows whatever this one's verdict, so that the comparison is printed
     # either way; a failure here fails that one too (in a subshell, record's die ends only it).
@@ -790,7 +801,7 @@ bench_e2e_cluster() {
     summary="Smoke: debug binaries, nothing judged by rate; the table shows both runs worked."
   else
     rate_of() { if (($1 > 0)); then echo "$1 events/s"; else echo none; fi; }
-    summary="**Highest sustained rate: one broker $(rate_of "$single_best"), three brokers $(rate_of "$e2e_best").**"
+    summary="**Highest sustained rate: one broker $(rate_of "$single_best"), three brokers $(rate_of "$e2e_best").** Kafka at rest before the load: ${single_kafka_idle:--} / $e2e_kafka_idle cores (part of its CPU per million events, the more so at low rates)."
   fi
   record "End to end on three brokers" e2e-cluster "$e2e_problems" "$(printf '%s\n' "$e2e_table" "" \
     "The cost of replication — one broker / three brokers, the same rates, checks and machine, one after the other:" "" \
