@@ -307,6 +307,39 @@ fn log_summary(name: &str, log: &str) -> String {
     format!("{name}: {}", top.join("; "))
 }
 
+/// What a service went through, by the log lines that mark it (each counted).
+const MARKS: [(&str, &str); 8] = [
+    ("transactions failed", "A Kafka transaction failed"),
+    (
+        "recovered in place",
+        "Recovered from the failed transaction",
+    ),
+    (
+        "producer replaced",
+        "The transactional producer cannot continue",
+    ),
+    ("session timeouts", "SESSTMOUT"),
+    ("partitions revoked", "Partitions revoked"),
+    ("partitions restored", "Partitions assigned and restored"),
+    ("offset commits failed", "Offset commit failed"),
+    ("revoked without commit", "Cannot commit revoked partitions"),
+];
+
+fn marks(name: &str, log: &str) -> String {
+    let counted: Vec<String> = MARKS
+        .iter()
+        .filter_map(|(label, needle)| {
+            let n = log.lines().filter(|l| l.contains(needle)).count();
+            (n > 0).then(|| format!("{label} {n}"))
+        })
+        .collect();
+    if counted.is_empty() {
+        format!("{name} went through: nothing of note")
+    } else {
+        format!("{name} went through: {}", counted.join(", "))
+    }
+}
+
 /// The reference: a second qualifier reads the run's input uninterrupted; its committed
 /// output, once it has read everything and its output stays put.
 async fn reference_output(system: &System, broker: &ChaosBroker) -> Vec<ledger::Committed> {
@@ -408,13 +441,14 @@ pub async fn cluster_fault(broker: &ChaosBroker, scale: Scale, fault: ClusterFau
     ledger.notes.push(format!(
         "duplicates at the partner {duplicates}, bound: the in-flight window of both workers = {window} changes"
     ));
-    ledger
-        .notes
-        .push(log_summary("qualifier", &system.qualifier.log()));
+    let qualifier_log = system.qualifier.log();
+    ledger.notes.push(marks("qualifier", &qualifier_log));
+    ledger.notes.push(log_summary("qualifier", &qualifier_log));
     for (i, worker) in system.workers.iter().enumerate() {
-        ledger
-            .notes
-            .push(log_summary(&format!("delivery {}", i + 1), &worker.log()));
+        let name = format!("delivery {}", i + 1);
+        let log = worker.log();
+        ledger.notes.push(marks(&name, &log));
+        ledger.notes.push(log_summary(&name, &log));
     }
 
     assert!(
