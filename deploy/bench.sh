@@ -4,7 +4,8 @@
 # passed its checks: a run that failed one prints its table and the problems, appends nothing
 # and exits non-zero.
 #
-#   deploy/bench.sh [micro] [delivery] [qualifier] [e2e] [e2e-cluster]    (default: all five)
+#   deploy/bench.sh [micro] [delivery] [qualifier] [e2e] [e2e-cluster]    (default: all five;
+#                                                                          the smoke: all but e2e-cluster)
 #
 #   micro      criterion micro-benchmarks of the hot paths (decode, route, batch, JSON, HMAC, rules)
 #   delivery   one delivery process drains pre-loaded status updates to partner-sim (20
@@ -48,7 +49,8 @@
 # (pairs of all-healthy drains, this commit's and 7f70129's taking turns, whose median CPU ratio
 # is checked; default 3; smoke: one drain, no pair), BENCH_QUEUE_CAPACITY
 # (delivery's queue_capacity), BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated
-# events/s), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60),
+# events/s), BENCH_E2E_CLUSTER_RATES (e2e-cluster's climb; default 500 and 1000, then those of
+# e2e), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60),
 # BENCH_RECORD=no (full scale: print the tables, append nothing — a run on a busy machine).
 #
 # Test hook: BENCH_FAULT makes a known-bad run whose checks must fail (deploy/test-bench-checks.sh,
@@ -75,16 +77,23 @@ case $scale in
     profile=${BENCH_PROFILE:-release} updates=${BENCH_UPDATES:-2000000} events=${BENCH_EVENTS:-2000000}
     users=${BENCH_USERS:-100000} e2e_seconds=${BENCH_E2E_SECONDS:-30}
     e2e_rates=${BENCH_E2E_RATES:-"2000 5000 10000 20000 50000 100000"} e2e_drain=${BENCH_E2E_DRAIN_SECONDS:-120}
+    # Three brokers on the same 2 cores start lower: they may sustain none of the above.
+    cluster_rates=${BENCH_E2E_CLUSTER_RATES:-"500 1000 $e2e_rates"}
     ;;
   smoke)
     profile=${BENCH_PROFILE:-debug} updates=${BENCH_UPDATES:-20000} events=${BENCH_EVENTS:-20000}
     users=${BENCH_USERS:-2000} e2e_seconds=${BENCH_E2E_SECONDS:-8} e2e_rates=${BENCH_E2E_RATES:-"300"}
-    e2e_drain=${BENCH_E2E_DRAIN_SECONDS:-60}
+    e2e_drain=${BENCH_E2E_DRAIN_SECONDS:-60} cluster_rates=${BENCH_E2E_CLUSTER_RATES:-$e2e_rates}
     ;;
   *) die "BENCH_SCALE must be full or smoke, not '$scale'" ;;
 esac
 requested=("$@")
-((${#requested[@]})) || requested=(micro delivery qualifier e2e e2e-cluster)
+# The smoke (make test) leaves the cluster out: a minute more on every make test for a path
+# `make bench` runs in full; name it to smoke it (BENCH_SCALE=smoke deploy/bench.sh e2e-cluster).
+if ((${#requested[@]} == 0)); then
+  requested=(micro delivery qualifier e2e)
+  [[ $scale == smoke ]] || requested+=(e2e-cluster)
+fi
 for b in "${requested[@]}"; do
   [[ $b =~ ^(micro|delivery|qualifier|e2e|e2e-cluster)$ ]] || die "unknown benchmark '$b' (micro, delivery, qualifier, e2e, e2e-cluster)"
 done
@@ -683,7 +692,7 @@ e2e_run() {
     sleep 5
     kafka_idle=$(calc %.2f "($(cpu_sum "${kafka_pids[@]}") - $at_rest) / 5")
   fi
-  for rate in $e2e_rates; do
+  for rate in $climb_rates; do
     say "$e2e_name: $rate events/s for $e2e_seconds s…"
     step "$rate"
     judge "$rate"
@@ -705,7 +714,9 @@ e2e_run() {
   else
     if [[ -z $problems ]]; then
       if ((best == 0)); then
-        problems+="No rate was sustained with p99 under 1 s. "
+        # One broker that sustains nothing is broken; three on the same 2 cores may be the
+        # cost of replication measured, and the table says so (the checks above still fail it).
+        [[ $e2e_name == e2e-cluster ]] || problems+="No rate was sustained with p99 under 1 s. "
       else
         say "$e2e_name: half of the highest sustained rate, $((best / 2)) events/s…"
         step $((best / 2))
@@ -728,7 +739,7 @@ e2e_run() {
 bench_e2e() {
   # The single broker's JVM (none known: a broker not started by kafka.sh, its CPU uncounted).
   kafka_pids=("$(deploy/local/kafka.sh node-pid 1 2>/dev/null || true)")
-  e2e_kafka="Kafka (one broker)" e2e_name=e2e
+  climb_rates=$e2e_rates e2e_kafka="Kafka (one broker)" e2e_name=e2e
   e2e_run
   single_steps=$e2e_steps single_best=$e2e_best single_problems=$e2e_problems single_kafka_idle=$e2e_kafka_idle
   if [[ " ${benches[*]} " == *" e2e-cluster "* ]]; then
@@ -760,6 +771,9 @@ side_by_side() {
     }
     BEGIN {
       load(one, s1); load(three, s3)
+      # in rising rate, whichever climb had the rate
+      for (i = 1; i < rates; i++)
+        for (j = i; j > 0 && order[j - 1] + 0 > order[j] + 0; j--) { t = order[j]; order[j] = order[j - 1]; order[j - 1] = t }
       print "| target events/s | sustained | achieved events/s | p50 s | p99 s | qualifier CPU-s per million events | delivery ×2 CPU-s per million events | Kafka CPU-s per million events |"
       print "|---:|---|---:|---:|---:|---:|---:|---:|"
       for (r = 0; r < rates; r++) {
@@ -783,7 +797,7 @@ bench_e2e_cluster() {
   kafka_pids=()
   for i in 1 2 3; do kafka_pids+=("$(cluster_kafka node-pid "$i")"); done
   say "e2e-cluster: cluster ready after $((SECONDS - started)) s (brokers $KAFKA_BROKERS)"
-  on_cluster=yes e2e_name=e2e-cluster e2e_kafka="Kafka (three brokers, KRaft; every topic 3 replicas, min.insync.replicas=2, read back before the load)"
+  climb_rates=$cluster_rates on_cluster=yes e2e_name=e2e-cluster e2e_kafka="Kafka (three brokers, KRaft; every topic 3 replicas, min.insync.replicas=2, read back before the load)"
   e2e_run
   on_cluster=no
   [[ -z ${single_problems-} ]] || e2e_problems+="The single broker's climb it is compared with failed its checks (its table above): ${single_problems% } "
