@@ -13,8 +13,12 @@
 //! an event is processed, and no reference run could be compared change for change.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use telemetry::KafkaSettings;
 use testkit::ledger::compare_output;
 
 use crate::broker::ChaosBroker;
@@ -24,7 +28,7 @@ use crate::scenarios::{
     Scale, assert_balanced, drain, events_in_topic, in_flight_window, load_note, qualifier_lag,
     wait_qualifier_quiet,
 };
-use crate::system::{System, SystemSpec, TIMELESS_DEFINITIONS};
+use crate::system::{PARTITIONS, System, SystemSpec, TIMELESS_DEFINITIONS};
 
 /// What a cluster scenario does to the brokers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +233,7 @@ async fn inflict(
 
 /// What the ingest clients saw around the fault: answers by status and the longest time no
 /// request was answered 202 (from the last 202 before it to the first after it).
-fn ingest_seen(report: &LoadReport, origin: Instant, fault: &FaultLog) -> (String, Duration) {
+fn ingest_seen(report: &LoadReport, origin: Instant, fault: &FaultLog) -> String {
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     for r in report
         .requests
@@ -258,14 +262,11 @@ fn ingest_seen(report: &LoadReport, origin: Instant, fault: &FaultLog) -> (Strin
         .map(|r| r.answered_at - r.sent_at)
         .max()
         .unwrap_or_default();
-    (
-        format!(
-            "ingest during the fault: answers {statuses:?}; longest time without a 202: {:.1} s (from {:.1} s); slowest 202: {:.1} s",
-            gap.as_secs_f64(),
-            seconds_since(origin, from),
-            slowest.as_secs_f64()
-        ),
-        gap,
+    format!(
+        "ingest during the fault: answers {statuses:?}; longest time without a 202: {:.1} s (from {:.1} s); slowest 202: {:.1} s",
+        gap.as_secs_f64(),
+        seconds_since(origin, from),
+        slowest.as_secs_f64()
     )
 }
 
@@ -305,6 +306,83 @@ fn log_summary(name: &str, log: &str) -> String {
         .map(|(m, n)| format!("{n}× {m}"))
         .collect();
     format!("{name}: {}", top.join("; "))
+}
+
+/// A group's progress, sampled on a thread of its own every 250 ms: the sum of its committed
+/// offsets on a topic, and the moments it grew. A sample the cluster cannot answer is skipped.
+struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Instant>>,
+}
+
+impl Progress {
+    fn start(settings: &KafkaSettings, group: &str, topic: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer: BaseConsumer = settings
+            .client_config("segment-relay-chaos")
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            list.add_partition(topic, p);
+        }
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut grew = Vec::new();
+            let mut last = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(committed) =
+                    consumer.committed_offsets(list.clone(), Duration::from_secs(2))
+                {
+                    let sum: i64 = committed
+                        .elements()
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            rdkafka::Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                        .sum();
+                    if sum > last {
+                        last = sum;
+                        grew.push(Instant::now());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            grew
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling; the longest time without growth that ends after `since` (the fault's
+    /// start): (when it began, how long).
+    fn longest_stall(self, since: Instant) -> (Instant, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let grew = self.thread.join().unwrap();
+        grew.windows(2)
+            .filter(|w| w[1] > since)
+            .map(|w| (w[1] - w[0], w[0]))
+            .max()
+            .map_or((since, Duration::ZERO), |(gap, from)| (from, gap))
+    }
+}
+
+/// "<name> committed nothing for X s (from +a s to +b s, Y s after the fault ended)".
+fn stall_note(
+    name: &str,
+    (from, gap): (Instant, Duration),
+    origin: Instant,
+    fault: &FaultLog,
+) -> String {
+    let to = from + gap;
+    let after_end = to.saturating_duration_since(fault.ended).as_secs_f64();
+    format!(
+        "{name} committed nothing for {:.1} s at most (from {:.1} s to {:.1} s; going again {after_end:.1} s after the fault ended)",
+        gap.as_secs_f64(),
+        seconds_since(origin, from),
+        seconds_since(origin, to)
+    )
 }
 
 /// What a service went through, by the log lines that mark it (each counted).
@@ -390,6 +468,16 @@ pub async fn cluster_fault(broker: &ChaosBroker, scale: Scale, fault: ClusterFau
         system.launch.topics.events.clone(),
         system.launch.topics.status.clone(),
     ];
+    let qualifier_progress = Progress::start(
+        &settings,
+        &system.launch.qualifier_group,
+        &system.launch.topics.events,
+    );
+    let delivery_progress = Progress::start(
+        &settings,
+        &system.launch.delivery_group,
+        &system.launch.topics.status,
+    );
     let log = inflict(
         broker,
         fault,
@@ -403,8 +491,10 @@ pub async fn cluster_fault(broker: &ChaosBroker, scale: Scale, fault: ClusterFau
     tokio::time::sleep(scale.load / 2).await;
     let report = load.stop().await;
     system.assert_running();
+    let qualifier_stall = qualifier_progress.longest_stall(log.began);
+    let delivery_stall = delivery_progress.longest_stall(log.began);
 
-    let (seen, _) = ingest_seen(&report, origin, &log);
+    let seen = ingest_seen(&report, origin, &log);
     let accepted_events: HashSet<_> = report
         .requests
         .iter()
@@ -423,6 +513,18 @@ pub async fn cluster_fault(broker: &ChaosBroker, scale: Scale, fault: ClusterFau
     ledger.notes.push(load_note(&report, scale.rate));
     ledger.notes.extend(log.notes.iter().cloned());
     ledger.notes.push(seen);
+    ledger.notes.push(stall_note(
+        "the qualifier (input offsets)",
+        qualifier_stall,
+        origin,
+        &log,
+    ));
+    ledger.notes.push(stall_note(
+        "delivery (status offsets)",
+        delivery_stall,
+        origin,
+        &log,
+    ));
     ledger.notes.push(format!(
         "fault over after {:.1} s; every partition fully replicated {:.1} s after that",
         log.ended.duration_since(log.began).as_secs_f64(),

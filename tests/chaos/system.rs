@@ -179,6 +179,7 @@ pub struct Launch {
     pub ingest: String,
     ingest_port: u16,
     pub qualifier_group: String,
+    pub delivery_group: String,
     definitions: PathBuf,
     pub delivery_config: PathBuf,
     /// The coalesced-change report of every delivery process started (workers, restarts,
@@ -266,11 +267,12 @@ impl System {
         let definitions = dir.path().join("segments.yaml");
         std::fs::write(&definitions, spec.definitions).unwrap();
         let delivery_config = dir.path().join("destinations.yaml");
+        let delivery_group = unique("delivery");
         std::fs::write(
             &delivery_config,
             delivery_yaml(
                 &topics,
-                &unique("delivery"),
+                &delivery_group,
                 spec,
                 &destinations,
                 (sim_port, faulty_port),
@@ -288,6 +290,7 @@ impl System {
             ingest: format!("http://127.0.0.1:{ingest_port}/v1/events"),
             ingest_port,
             qualifier_group: unique("qualifier"),
+            delivery_group,
             definitions,
             delivery_config,
             coalesced_reports: std::sync::Mutex::default(),
