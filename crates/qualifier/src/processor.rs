@@ -574,12 +574,14 @@ impl Processor {
                 .consumer
                 .group_metadata()
                 .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-            let _broker = self.heartbeat.waiting();
+            // Bounded: librdkafka (2.12.1) was seen never returning from this call after a
+            // broker outage (docs/RELIABILITY.md); past its timeout the part is stuck.
+            let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
             self.producer
                 .send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)?;
         }
         // Up to its timeout when the broker is slow or away: a wait, not a stall.
-        let _broker = self.heartbeat.waiting();
+        let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
         self.producer.commit_transaction(TRANSACTION_TIMEOUT)
     }
 

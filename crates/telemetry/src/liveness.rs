@@ -119,6 +119,10 @@ struct Part {
     last_beat_ms: AtomicU64,
     /// Waits in progress ([`Heartbeat::waiting`]); the part is not stuck while above zero.
     waits: AtomicU32,
+    /// When a bounded wait in progress ([`Heartbeat::waiting_at_most`]) passed its bound
+    /// (clock ms; `u64::MAX`: no bounded wait): from then on the part ages as if it beat
+    /// then — a call that does not return by its own timeout is stuck after all.
+    wait_bound_ms: AtomicU64,
     state: AtomicU8,
 }
 
@@ -241,6 +245,7 @@ impl Liveness {
             stall_after_ms,
             last_beat_ms: AtomicU64::new(self.now_ms()),
             waits: AtomicU32::new(0),
+            wait_bound_ms: AtomicU64::new(u64::MAX),
             state: AtomicU8::new(RUNNING),
         });
         self.inner
@@ -292,10 +297,12 @@ impl Liveness {
 }
 
 impl Part {
-    /// Milliseconds since the last beat; `None` while the part waits legitimately.
+    /// Milliseconds since the last beat; `None` while the part waits legitimately (a bounded
+    /// wait past its bound ages from the bound).
     fn age_ms(&self, now: u64) -> Option<u64> {
         if self.waits.load(Ordering::Relaxed) > 0 {
-            return None;
+            let bound = self.wait_bound_ms.load(Ordering::Relaxed);
+            return (now > bound).then(|| now - bound);
         }
         Some(now.saturating_sub(self.last_beat_ms.load(Ordering::Relaxed)))
     }
@@ -393,6 +400,22 @@ impl Heartbeat {
         self.waiter().waiting()
     }
 
+    /// [`Heartbeat::waiting`] for a call with a timeout of its own, `bound`: should it not
+    /// return by then (a client library that ignores its timeout), the part ages from the
+    /// bound on and `/livez` fails once that age passes the part's threshold, where an
+    /// unbounded wait would hide the hang for ever.
+    #[must_use = "the wait ends when the guard is dropped"]
+    pub fn waiting_at_most(&self, bound: Duration) -> Waiting {
+        let until = self
+            .clock
+            .load(Ordering::Relaxed)
+            .saturating_add(millis(bound));
+        self.part.wait_bound_ms.store(until, Ordering::Relaxed);
+        let mut waiting = self.waiting();
+        waiting.bounded = true;
+        waiting
+    }
+
     /// A handle that can only declare waits, for callbacks that run inside the part's loop
     /// (e.g. a Kafka rebalance callback restoring state).
     pub fn waiter(&self) -> Waiter {
@@ -449,6 +472,7 @@ impl Waiter {
         Waiting {
             part: self.part.clone(),
             clock: self.clock,
+            bounded: false,
         }
     }
 }
@@ -458,10 +482,14 @@ impl Waiter {
 pub struct Waiting {
     part: Arc<Part>,
     clock: &'static AtomicU64,
+    bounded: bool,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
+        if self.bounded {
+            self.part.wait_bound_ms.store(u64::MAX, Ordering::Relaxed);
+        }
         self.part
             .last_beat_ms
             .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -503,6 +531,38 @@ mod tests {
         );
         part.beat();
         assert_eq!(liveness.check(), vec![], "live again once it beats");
+    }
+
+    /// Found by the three-broker chaos run (`cluster_two_down`): librdkafka's
+    /// `send_offsets_to_transaction`, given 30 s, never returned, and the qualifier, waiting
+    /// "on the broker", stayed live with its input standing still.
+    #[test]
+    fn a_bounded_wait_that_outlives_its_bound_is_stuck() {
+        let clock = clock();
+        let liveness = Liveness::with_clock(clock, Duration::from_secs(30), None);
+        let processing = liveness.heartbeat("processing");
+        let call = processing.waiting_at_most(Duration::from_secs(30));
+        advance(clock, Duration::from_secs(59));
+        assert_eq!(
+            liveness.check(),
+            vec![],
+            "within the bound and the threshold after it"
+        );
+        advance(clock, Duration::from_secs(2));
+        assert_eq!(
+            liveness.check(),
+            vec![Stuck {
+                part: "processing".to_owned(),
+                reason: "no progress for 31.0 s (threshold 30.0 s)".to_owned()
+            }]
+        );
+        drop(call);
+        assert_eq!(liveness.check(), vec![], "the call returned: it beat");
+        // The bound ends with its wait: a later unbounded wait is not aged by it.
+        let idle = processing.waiting();
+        advance(clock, Duration::from_secs(600));
+        assert_eq!(liveness.check(), vec![]);
+        drop(idle);
     }
 
     #[test]
