@@ -68,6 +68,7 @@ impl fmt::Display for KafkaConfigError {
 /// | `KAFKA_SSL_CA_LOCATION` | PEM file of CA certificates to trust | system roots |
 /// | `KAFKA_SSL_CERTIFICATE_LOCATION`, `KAFKA_SSL_KEY_LOCATION` | client certificate and key (mTLS) | none |
 /// | `KAFKA_CLIENT_ID` | client id shown in broker logs and quotas, for every client of the process | each client's own (`qualifier`, `qualifier-ingest`, `delivery-<topic>`, `delivery-dlq`, …) |
+/// | `KAFKA_DEBUG` | librdkafka's `debug` contexts (e.g. `cgrp,fetch`), logged at debug level under the target `librdkafka` (`RUST_LOG=info,librdkafka=debug`) | none |
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -79,7 +80,34 @@ pub struct KafkaSettings {
     pub ssl_certificate_location: Option<String>,
     pub ssl_key_location: Option<String>,
     pub client_id: Option<String>,
+    /// librdkafka's `debug` contexts (`KAFKA_DEBUG`), for reproducing a client problem.
+    pub debug: Option<String>,
 }
+
+/// librdkafka's debug contexts (its CONFIGURATION.md, `debug`).
+const DEBUG_CONTEXTS: [&str; 21] = [
+    "generic",
+    "broker",
+    "topic",
+    "metadata",
+    "feature",
+    "queue",
+    "msg",
+    "protocol",
+    "cgrp",
+    "security",
+    "fetch",
+    "interceptor",
+    "plugin",
+    "consumer",
+    "admin",
+    "eos",
+    "mock",
+    "assignor",
+    "conf",
+    "telemetry",
+    "all",
+];
 
 impl KafkaSettings {
     /// Reads and validates the process environment.
@@ -203,6 +231,18 @@ impl KafkaSettings {
             );
         }
 
+        let debug = get("KAFKA_DEBUG");
+        if let Some(debug) = &debug {
+            for context in debug.split(',').map(str::trim) {
+                if !DEBUG_CONTEXTS.contains(&context) {
+                    problems.push(format!(
+                        "KAFKA_DEBUG: `{context}` is not a librdkafka debug context; use a comma-separated list of {}",
+                        DEBUG_CONTEXTS.join(", ")
+                    ));
+                }
+            }
+        }
+
         if !problems.is_empty() {
             return Err(KafkaConfigError { problems });
         }
@@ -216,6 +256,7 @@ impl KafkaSettings {
             ssl_certificate_location,
             ssl_key_location,
             client_id: get("KAFKA_CLIENT_ID"),
+            debug,
         })
     }
 
@@ -231,6 +272,9 @@ impl KafkaSettings {
                 self.client_id.as_deref().unwrap_or(default_client_id),
             )
             .set("security.protocol", self.security_protocol.as_librdkafka());
+        if let Some(debug) = &self.debug {
+            config.set("debug", debug);
+        }
         if let Some(mechanism) = &self.sasl_mechanism {
             config.set("sasl.mechanism", mechanism);
         }
@@ -655,5 +699,21 @@ mod tests {
         assert!(is_transient(RDKafkaErrorCode::NotLeaderForPartition));
         assert!(!is_transient(RDKafkaErrorCode::UnknownTopicOrPartition));
         assert!(!is_transient(RDKafkaErrorCode::TopicAuthorizationFailed));
+    }
+
+    #[test]
+    fn kafka_debug_passes_librdkafka_contexts_and_names_a_wrong_one() {
+        let config = settings(&[("KAFKA_DEBUG", "cgrp,fetch")])
+            .unwrap()
+            .client_config("qualifier");
+        assert_eq!(config.get("debug"), Some("cgrp,fetch"));
+        assert_eq!(settings(&[]).unwrap().client_config("q").get("debug"), None);
+        let error = settings(&[("KAFKA_DEBUG", "cgrp,fetches")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("KAFKA_DEBUG: `fetches` is not a librdkafka debug context"),
+            "{error}"
+        );
     }
 }
