@@ -137,3 +137,54 @@ pub fn consumer_on(kafka: &KafkaSettings, group: &str) -> StreamConsumer {
         .create()
         .unwrap()
 }
+
+/// The check both services make of their producers (each service's `producer_settings` test):
+/// every producer config in `producers` (file name under `src`, the config it builds) has
+/// `acks=all` and `enable.idempotence=true` and is accepted by librdkafka (which refuses
+/// settings contradicting idempotence, e.g. `acks=1` or more than 5 in flight, at creation,
+/// without a broker); and every file under `src` that uses rdkafka's producer module, but
+/// `lib.rs` (where the test lives), is in the list, so a new producer cannot go unchecked.
+pub fn assert_producers_safe(src: &std::path::Path, producers: &[(&str, ClientConfig)]) {
+    for (file, config) in producers {
+        assert_eq!(config.get("acks"), Some("all"), "{file}: acks");
+        assert_eq!(
+            config.get("enable.idempotence"),
+            Some("true"),
+            "{file}: enable.idempotence"
+        );
+        if let Err(e) = config.create::<rdkafka::producer::BaseProducer>() {
+            panic!("{file}: librdkafka refuses the producer settings: {e}");
+        }
+    }
+    let mut checked: Vec<&str> = producers.iter().map(|(f, _)| *f).collect();
+    checked.sort_unstable();
+    let mut creating = rs_files(src)
+        .into_iter()
+        .filter(|path| *path != src.join("lib.rs"))
+        .filter(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .contains("rdkafka::producer")
+        })
+        .map(|path| path.strip_prefix(src).unwrap().display().to_string())
+        .collect::<Vec<_>>();
+    creating.sort();
+    assert_eq!(
+        creating, checked,
+        "a file creates a producer: list its config in the producer_settings test"
+    );
+}
+
+/// Every `.rs` file under `dir`.
+fn rs_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rs_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
