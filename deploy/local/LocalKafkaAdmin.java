@@ -8,6 +8,9 @@
 //                                       (default 1); existing ones are left alone
 //   transaction ID             "<coordinator node id> <state>" of a transactional id (the chaos
 //                              runs kill the qualifier's coordinator mid-transaction)
+//   transactions               every transactional id the cluster knows, its state and producer id
+//   group-offsets GROUP        a group's committed offsets as a read_committed consumer sees them
+//                              (fails with UNSTABLE_OFFSET_COMMIT while a transaction holds them)
 import java.util.*;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
@@ -26,6 +29,19 @@ public class LocalKafkaAdmin {
                 case "wait" -> System.exit(waitReady(admin, Integer.parseInt(args[1]),
                         args.length > 2 ? Integer.parseInt(args[2]) : 1) ? 0 : 1);
                 case "create-topics" -> createTopics(admin, Integer.parseInt(args[1]), args.length > 2 ? args[2] : "");
+                case "group-offsets" -> {
+                    // requireStable: what a read_committed consumer gets (an open transactional
+                    // offset commit answers UNSTABLE_OFFSET_COMMIT until its transaction ends).
+                    var options = new ListConsumerGroupOffsetsOptions().requireStable(true);
+                    var offsets = admin.listConsumerGroupOffsets(args[1], options)
+                            .partitionsToOffsetAndMetadata().get(10, TimeUnit.SECONDS);
+                    offsets.forEach((tp, om) -> System.out.println(tp + " " + (om == null ? "-" : om.offset())));
+                }
+                case "transactions" -> {
+                    for (var listing : admin.listTransactions().all().get(10, TimeUnit.SECONDS)) {
+                        System.out.println(listing.transactionalId() + " " + listing.state() + " producer " + listing.producerId());
+                    }
+                }
                 case "transaction" -> {
                     TransactionDescription t = admin.describeTransactions(List.of(args[1]))
                             .description(args[1]).get(10, TimeUnit.SECONDS);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use telemetry::KafkaSettings;
 use testkit::ledger::compare_output;
 
@@ -25,10 +25,10 @@ use crate::broker::ChaosBroker;
 use crate::ledger::{self, Ledger};
 use crate::load::{Load, LoadReport};
 use crate::scenarios::{
-    Scale, assert_balanced, drain, events_in_topic, in_flight_window, load_note, qualifier_lag,
-    wait_qualifier_quiet,
+    Scale, assert_balanced, drain, events_in_topic, group_reader, in_flight_window, load_note,
+    qualifier_lag, wait_qualifier_quiet,
 };
-use crate::system::{PARTITIONS, System, SystemSpec, TIMELESS_DEFINITIONS};
+use crate::system::{System, SystemSpec, TIMELESS_DEFINITIONS};
 
 /// What a cluster scenario does to the brokers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,15 +318,7 @@ struct Progress {
 impl Progress {
     fn start(settings: &KafkaSettings, group: &str, topic: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let consumer: BaseConsumer = settings
-            .client_config("segment-relay-chaos")
-            .set("group.id", group)
-            .create()
-            .unwrap();
-        let mut list = rdkafka::TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            list.add_partition(topic, p);
-        }
+        let (consumer, list) = group_reader(settings, group, topic);
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut grew = Vec::new();
@@ -368,7 +360,8 @@ impl Progress {
     }
 }
 
-/// "<name> committed nothing for X s (from +a s to +b s, Y s after the fault ended)".
+/// "<name> committed nothing for X s (from +a s to +b s; going again Y s after the fault
+/// began)".
 fn stall_note(
     name: &str,
     (from, gap): (Instant, Duration),
@@ -376,9 +369,9 @@ fn stall_note(
     fault: &FaultLog,
 ) -> String {
     let to = from + gap;
-    let after_end = to.saturating_duration_since(fault.ended).as_secs_f64();
+    let after = to.saturating_duration_since(fault.began).as_secs_f64();
     format!(
-        "{name} committed nothing for {:.1} s at most (from {:.1} s to {:.1} s; going again {after_end:.1} s after the fault ended)",
+        "{name} committed nothing for {:.1} s at most (from {:.1} s to {:.1} s; going again {after:.1} s after the fault began)",
         gap.as_secs_f64(),
         seconds_since(origin, from),
         seconds_since(origin, to)

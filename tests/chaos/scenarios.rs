@@ -81,9 +81,13 @@ fn end_offsets(settings: &KafkaSettings, topic: &str) -> i64 {
         .sum()
 }
 
-/// Input events the qualifier has not committed yet: end offsets of the events topic minus
-/// its group's committed offsets.
-pub fn qualifier_lag(settings: &KafkaSettings, topic: &str, group: &str) -> i64 {
+/// A client of `group` that reads its committed offsets (it never joins the group), and the
+/// partitions of `topic` to ask about.
+pub fn group_reader(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+) -> (BaseConsumer, rdkafka::TopicPartitionList) {
     let consumer: BaseConsumer = settings
         .client_config("segment-relay-chaos")
         .set("group.id", group)
@@ -93,6 +97,13 @@ pub fn qualifier_lag(settings: &KafkaSettings, topic: &str, group: &str) -> i64 
     for p in 0..PARTITIONS {
         list.add_partition(topic, p);
     }
+    (consumer, list)
+}
+
+/// Input events the qualifier has not committed yet: end offsets of the events topic minus
+/// its group's committed offsets.
+pub fn qualifier_lag(settings: &KafkaSettings, topic: &str, group: &str) -> i64 {
+    let (consumer, list) = group_reader(settings, group, topic);
     let committed = consumer
         .committed_offsets(list, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("committed offsets of {group}: {e}"));
@@ -130,11 +141,22 @@ async fn wait_qualifier_caught_up(system: &System, settings: &KafkaSettings) {
         if lag == 0 {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the qualifier did not process its input: {lag} events left 2 minutes after the load; its log:\n{}",
-            tail(&system.qualifier.log(), 40)
-        );
+        if Instant::now() >= deadline {
+            // What its liveness probe says: a hang inside a bounded call shows there.
+            let livez = match reqwest::get(system.qualifier.admin_url("/livez")).await {
+                Ok(answer) => format!(
+                    "{} {}",
+                    answer.status(),
+                    answer.text().await.unwrap_or_default()
+                ),
+                Err(e) => format!("no answer: {e}"),
+            };
+            panic!(
+                "the qualifier did not process its input: {lag} events left 2 minutes after the load; /livez: {}; its log:\n{}",
+                livez.trim(),
+                tail(&system.qualifier.log(), 40)
+            );
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

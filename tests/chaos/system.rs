@@ -226,6 +226,16 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
+/// Creates `plain` topics and the compacted `changelog`, [`PARTITIONS`] partitions each.
+async fn create_topics(broker: &ChaosBroker, plain: &[&String], changelog: &str) {
+    for topic in plain {
+        broker.create_topic(topic, PARTITIONS, &[]).await;
+    }
+    broker
+        .create_topic(changelog, PARTITIONS, &[("cleanup.policy", "compact")])
+        .await;
+}
+
 impl System {
     /// Creates the scenario's topics and starts qualifier, delivery workers and partner-sim,
     /// each ready.
@@ -240,23 +250,19 @@ impl System {
             dlq: unique("dlq"),
             delivery_log: unique("delivery-log"),
         };
-        for topic in [
-            &topics.events,
-            &topics.status,
-            &topics.status_batch,
-            &topics.qualifier_dlq,
-            &topics.dlq,
-            &topics.delivery_log,
-        ] {
-            broker.create_topic(topic, PARTITIONS, &[]).await;
-        }
-        broker
-            .create_topic(
-                &topics.changelog,
-                PARTITIONS,
-                &[("cleanup.policy", "compact")],
-            )
-            .await;
+        create_topics(
+            broker,
+            &[
+                &topics.events,
+                &topics.status,
+                &topics.status_batch,
+                &topics.qualifier_dlq,
+                &topics.dlq,
+                &topics.delivery_log,
+            ],
+            &topics.changelog,
+        )
+        .await;
 
         let destinations = spec.destinations();
         let dir = tempfile::tempdir().unwrap();
@@ -383,7 +389,7 @@ impl Launch {
     }
 
     async fn spawn_qualifier(&self, topics: &Topics, group: &str, ingest_port: u16) -> Service {
-        let mut service = ServiceBuilder::new("qualifier")
+        let service = ServiceBuilder::new("qualifier")
             .arg("--config")
             .arg(self.definitions.to_str().unwrap())
             .env("KAFKA_BROKERS", &self.brokers)
@@ -395,8 +401,15 @@ impl Launch {
             .env("STATUS_TOPIC", &topics.status)
             .env("STATUS_BATCH_TOPIC", &topics.status_batch)
             .env("CHANGELOG_TOPIC", &topics.changelog)
-            .env("DLQ_TOPIC", &topics.qualifier_dlq)
-            .spawn();
+            .env("DLQ_TOPIC", &topics.qualifier_dlq);
+        // librdkafka's own account of the qualifier's clients, for a failure to reproduce.
+        let service = match std::env::var("CHAOS_QUALIFIER_KAFKA_DEBUG") {
+            Ok(contexts) => service
+                .env("KAFKA_DEBUG", contexts)
+                .env("RUST_LOG", "info,librdkafka=debug"),
+            Err(_) => service,
+        };
+        let mut service = service.spawn();
         service.wait_ready(Duration::from_secs(60)).await;
         service
     }
@@ -418,16 +431,12 @@ impl Launch {
             dlq: unique("dlq"),
             delivery_log: unique("delivery-log"),
         };
-        for topic in [&topics.status, &topics.status_batch, &topics.qualifier_dlq] {
-            broker.create_topic(topic, PARTITIONS, &[]).await;
-        }
-        broker
-            .create_topic(
-                &topics.changelog,
-                PARTITIONS,
-                &[("cleanup.policy", "compact")],
-            )
-            .await;
+        create_topics(
+            broker,
+            &[&topics.status, &topics.status_batch, &topics.qualifier_dlq],
+            &topics.changelog,
+        )
+        .await;
         let group = unique("qualifier");
         let service = self.spawn_qualifier(&topics, &group, free_port()).await;
         (service, topics, group)
