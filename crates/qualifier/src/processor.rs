@@ -434,7 +434,21 @@ impl Processor {
                     );
                     return Ok(());
                 }
-                Ok(()) => aborted = true,
+                // Aborted: a new producer all the same. librdkafka 2.12.1 was seen hanging for
+                // ever in the next send_offsets_to_transaction of a producer that had come
+                // through an outage (docs/RELIABILITY.md, "Faults on a three-node cluster");
+                // a new one fences the old epoch and starts clean, as after a restart.
+                Ok(()) => match transactional_producer(&self.kafka, &self.topology) {
+                    Ok(producer) => {
+                        self.producer = producer;
+                        aborted = true;
+                    }
+                    Err(error) => {
+                        attempts += 1;
+                        tracing::warn!(%error, attempts, "Cannot create a new transactional producer yet; retrying in 1 s.");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                },
                 // E.g. the coordinator aborted the transaction (it timed out while the broker
                 // was away) and fenced this producer's epoch: a new producer, as a restart
                 // would make, fences the old one and starts clean.
