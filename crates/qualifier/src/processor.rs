@@ -438,33 +438,13 @@ impl Processor {
                 // ever in the next send_offsets_to_transaction of a producer that had come
                 // through an outage (docs/RELIABILITY.md, "Faults on a three-node cluster");
                 // a new one fences the old epoch and starts clean, as after a restart.
-                Ok(()) => match transactional_producer(&self.kafka, &self.topology) {
-                    Ok(producer) => {
-                        self.producer = producer;
-                        aborted = true;
-                    }
-                    Err(error) => {
-                        attempts += 1;
-                        tracing::warn!(%error, attempts, "Cannot create a new transactional producer yet; retrying in 1 s.");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                },
+                Ok(()) => aborted = self.replace_producer(&mut attempts),
                 // E.g. the coordinator aborted the transaction (it timed out while the broker
                 // was away) and fenced this producer's epoch: a new producer, as a restart
                 // would make, fences the old one and starts clean.
                 Err(error) if is_fatal(&error) && !aborted => {
                     tracing::warn!(%error, "The transactional producer cannot continue; replacing it.");
-                    match transactional_producer(&self.kafka, &self.topology) {
-                        Ok(producer) => {
-                            self.producer = producer;
-                            aborted = true;
-                        }
-                        Err(error) => {
-                            attempts += 1;
-                            tracing::warn!(%error, attempts, "Cannot create a new transactional producer yet; retrying in 1 s.");
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
+                    aborted = self.replace_producer(&mut attempts);
                 }
                 Err(error) => {
                     attempts += 1;
@@ -474,6 +454,23 @@ impl Processor {
             }
         }
         Ok(())
+    }
+
+    /// A new transactional producer in place of the current one (its `init_transactions`
+    /// fences the old one's epoch); `false`, after a second's wait, when it cannot be made yet.
+    fn replace_producer(&mut self, attempts: &mut u32) -> bool {
+        match transactional_producer(&self.kafka, &self.topology) {
+            Ok(producer) => {
+                self.producer = producer;
+                true
+            }
+            Err(error) => {
+                *attempts += 1;
+                tracing::warn!(%error, attempts = *attempts, "Cannot create a new transactional producer yet; retrying in 1 s.");
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        }
     }
 
     /// Restores `partitions` (those still assigned) from the changelog and seeks each to its
