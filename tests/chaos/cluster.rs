@@ -12,7 +12,7 @@
 //! The rules are [`TIMELESS_DEFINITIONS`]: with traits that expire, the output depends on when
 //! an event is processed, and no reference run could be compared change for change.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use crate::broker::ChaosBroker;
 use crate::ledger::{self, Ledger};
 use crate::load::{Load, LoadReport};
 use crate::scenarios::{
-    Scale, assert_balanced, drain, events_in_topic, group_reader, in_flight_window, load_note,
+    Scale, assert_balanced, drain, group_reader, in_flight_window, load_note, lost_accepted,
     qualifier_lag, wait_qualifier_quiet,
 };
 use crate::system::{System, SystemSpec, TIMELESS_DEFINITIONS};
@@ -488,14 +488,7 @@ pub async fn cluster_fault(broker: &ChaosBroker, scale: Scale, fault: ClusterFau
     let delivery_stall = delivery_progress.longest_stall(log.began);
 
     let seen = ingest_seen(&report, origin, &log);
-    let accepted_events: HashSet<_> = report
-        .requests
-        .iter()
-        .filter(|r| r.status == Some(202))
-        .flat_map(|r| r.events.iter().cloned())
-        .collect();
-    let in_topic = events_in_topic(&settings, &system.launch.topics.events).await;
-    let lost_202 = accepted_events.difference(&in_topic).count();
+    let lost_202 = lost_accepted(&report, &settings, &system.launch.topics.events).await;
 
     let mut ledger = drain(fault.name(), &system, &settings, scale.drain).await;
     system.assert_running();

@@ -395,8 +395,20 @@ pub async fn rolling_restart(broker: &ChaosBroker, scale: Scale) -> Ledger {
     ledger
 }
 
+/// Events the ingest API answered `202` that are not in the events `topic`: must be 0.
+pub async fn lost_accepted(report: &LoadReport, settings: &KafkaSettings, topic: &str) -> usize {
+    let accepted: HashSet<_> = report
+        .requests
+        .iter()
+        .filter(|r| r.status == Some(202))
+        .flat_map(|r| r.events.iter().cloned())
+        .collect();
+    let in_topic = events_in_topic(settings, topic).await;
+    accepted.difference(&in_topic).count()
+}
+
 /// Every (user, trait, time) in the events topic.
-pub async fn events_in_topic(settings: &KafkaSettings, topic: &str) -> HashSet<(String, u64, i64)> {
+async fn events_in_topic(settings: &KafkaSettings, topic: &str) -> HashSet<(String, u64, i64)> {
     let (settings, topic) = (settings.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let mut out = HashSet::new();
@@ -447,14 +459,7 @@ pub async fn broker_down(broker: &ChaosBroker, scale: Scale) -> Ledger {
         .iter()
         .filter(|r| r.status == Some(503) && r.answered_at > down_at)
         .count();
-    let accepted_events: HashSet<_> = report
-        .requests
-        .iter()
-        .filter(|r| r.status == Some(202))
-        .flat_map(|r| r.events.iter().cloned())
-        .collect();
-    let in_topic = events_in_topic(&settings, &system.launch.topics.events).await;
-    let lost_202 = accepted_events.difference(&in_topic).count();
+    let lost_202 = lost_accepted(&report, &settings, &system.launch.topics.events).await;
 
     let mut ledger = drain("broker down", &system, &settings, scale.drain).await;
     system.assert_running();

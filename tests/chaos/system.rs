@@ -169,6 +169,21 @@ pub struct Topics {
     pub delivery_log: String,
 }
 
+impl Topics {
+    /// Every topic named by `unique(<role>)`.
+    fn named(unique: impl Fn(&str) -> String) -> Self {
+        Self {
+            events: unique("events"),
+            status: unique("status"),
+            status_batch: unique("status-batch"),
+            changelog: unique("changelog"),
+            qualifier_dlq: unique("qualifier-dlq"),
+            dlq: unique("dlq"),
+            delivery_log: unique("delivery-log"),
+        }
+    }
+}
+
 pub const PARTITIONS: i32 = 6;
 
 /// How to start the scenario's services: everything but the processes.
@@ -241,15 +256,7 @@ impl System {
     /// each ready.
     pub async fn start(broker: &ChaosBroker, name: &str, spec: &SystemSpec) -> Self {
         let unique = |what: &str| testkit::unique_name(&format!("chaos-{name}-{what}"));
-        let topics = Topics {
-            events: unique("events"),
-            status: unique("status"),
-            status_batch: unique("status-batch"),
-            changelog: unique("changelog"),
-            qualifier_dlq: unique("qualifier-dlq"),
-            dlq: unique("dlq"),
-            delivery_log: unique("delivery-log"),
-        };
+        let topics = Topics::named(unique);
         create_topics(
             broker,
             &[
@@ -424,12 +431,7 @@ impl Launch {
         let unique = |what: &str| testkit::unique_name(&format!("chaos-reference-{what}"));
         let topics = Topics {
             events: self.topics.events.clone(),
-            status: unique("status"),
-            status_batch: unique("status-batch"),
-            changelog: unique("changelog"),
-            qualifier_dlq: unique("qualifier-dlq"),
-            dlq: unique("dlq"),
-            delivery_log: unique("delivery-log"),
+            ..Topics::named(unique)
         };
         create_topics(
             broker,
