@@ -59,39 +59,40 @@ const FIRST_EXTRA_ID: u64 = 430;
 /// The segments an extra destination maps, by its index: two of the four, in turn.
 const EXTRA_SEGMENTS: [[u64; 2]; 6] = [[1, 2], [2, 3], [3, 4], [4, 1], [1, 3], [2, 4]];
 
+/// The scenarios' segment definitions: four segments over traits 1 and 2 living `$ttl1` and
+/// `$ttl2` (`0`: for ever) and trait 3 for ever.
+macro_rules! definitions {
+    ($ttl1:literal, $ttl2:literal) => {
+        concat!(
+            "inactivity: 120d\n",
+            "traits:\n",
+            "  - { id: 1, ttl: ",
+            $ttl1,
+            " }\n",
+            "  - { id: 2, ttl: ",
+            $ttl2,
+            " }\n",
+            "  - { id: 3, ttl: 0 }\n",
+            "segments:\n",
+            "  - { id: 1, name: one, rule: \"T1\" }\n",
+            "  - { id: 2, name: one-and-two, rule: \"T1 AND T2\" }\n",
+            "  - { id: 3, name: two-or-three, rule: \"T2 OR T3\" }\n",
+            "  - { id: 4, name: three-not-one, rule: \"T3 AND NOT T1\" }\n",
+        )
+    };
+}
+
 /// Traits with short lives, so that status 0 follows status 1 within a run. With these rules
 /// a user's status in a segment cannot change twice within a second, so a change is
 /// identified by (user, segment, status, `DateTime` in seconds).
-const DEFINITIONS: &str = "\
-inactivity: 120d
-traits:
-  - { id: 1, ttl: 6s }
-  - { id: 2, ttl: 10s }
-  - { id: 3, ttl: 0 }
-segments:
-  - { id: 1, name: one, rule: \"T1\" }
-  - { id: 2, name: one-and-two, rule: \"T1 AND T2\" }
-  - { id: 3, name: two-or-three, rule: \"T2 OR T3\" }
-  - { id: 4, name: three-not-one, rule: \"T3 AND NOT T1\" }
-";
+const DEFINITIONS: &str = definitions!("6s", "10s");
 
 /// The cluster scenarios' rules: the same segments over traits that never expire. Every
 /// change is then dated by its event and follows from the user's events in order alone, not
 /// from when they were processed, so the output of a run interrupted by faults must equal,
 /// change for change, the output of an uninterrupted run over the same input (with expiring
 /// traits, an event processed after a stall can legitimately find its trait already expired).
-pub const TIMELESS_DEFINITIONS: &str = "\
-inactivity: 120d
-traits:
-  - { id: 1, ttl: 0 }
-  - { id: 2, ttl: 0 }
-  - { id: 3, ttl: 0 }
-segments:
-  - { id: 1, name: one, rule: \"T1\" }
-  - { id: 2, name: one-and-two, rule: \"T1 AND T2\" }
-  - { id: 3, name: two-or-three, rule: \"T2 OR T3\" }
-  - { id: 4, name: three-not-one, rule: \"T3 AND NOT T1\" }
-";
+pub const TIMELESS_DEFINITIONS: &str = definitions!("0", "0");
 
 /// The longest trait TTL: after the load stops, the qualifier's timers go on producing
 /// changes this long.
