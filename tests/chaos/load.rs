@@ -116,7 +116,7 @@ impl Load {
                     report.skipped_ticks += 1;
                     continue;
                 };
-                let now_ms = unix_ms();
+                let now_ms = telemetry::clock::unix_ms();
                 let events: Vec<SentEvent> = (0..per_tick)
                     .map(|_| {
                         let user = format!("u{}", rng.u32(0..users));
@@ -174,11 +174,6 @@ impl Load {
         let _ = self.stop.send(true);
         self.task.await.unwrap()
     }
-}
-
-pub fn unix_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap()
 }
 
 /// RFC 3339 with milliseconds, UTC.

@@ -259,7 +259,7 @@ async fn run(filters: Vec<String>) -> ExitCode {
     let mut report = format!(
         "chaos run, {} scale, {}\n\n",
         scale.name,
-        load::rfc3339(load::unix_ms())
+        load::rfc3339(telemetry::clock::unix_ms())
     );
     let mut failures = Vec::new();
     for (on, broker) in [

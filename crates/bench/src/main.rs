@@ -113,12 +113,6 @@ enum Command {
     },
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
-}
-
 fn write(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -150,7 +144,7 @@ fn preload_status(
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let started = Instant::now();
-    let now = now_ms();
+    let now = telemetry::clock::unix_ms();
     let (mut changes, mut healthy, mut buffer) = (0_u64, 0_u64, Vec::with_capacity(256));
     for index in 0..updates {
         let update = status_update(index, users, segments, now);

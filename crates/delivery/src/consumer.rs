@@ -985,7 +985,7 @@ impl InputPipeline {
     /// Every destination's backlog on this topic: input messages it has not finished while
     /// behind, and the age of what its reader holds.
     fn report_backlogs(&self) {
-        let now = crate::sender::unix_ms_now();
+        let now = telemetry::clock::unix_ms();
         let table = self.watermarks.lock();
         for (index, sender) in self
             .slots

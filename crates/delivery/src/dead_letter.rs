@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use telemetry::KafkaSettings;
 
 use crate::batcher::RoutedEvent;
-use crate::sender::{Failure, unix_ms_now};
+use crate::sender::Failure;
 
 pub struct DeadLetterWriter {
     producer: FutureProducer,
@@ -68,7 +68,7 @@ impl DeadLetterWriter {
             error: failure.error.clone(),
             first_attempt_unix_ms: failure.first_attempt_unix_ms,
             last_attempt_unix_ms: failure.last_attempt_unix_ms,
-            dead_lettered_unix_ms: unix_ms_now(),
+            dead_lettered_unix_ms: telemetry::clock::unix_ms(),
             source: None,
             raw: Vec::new(),
         };
@@ -127,7 +127,7 @@ impl DeadLetterWriter {
         raw: &[u8],
         error: String,
     ) {
-        let now = unix_ms_now();
+        let now = telemetry::clock::unix_ms();
         let mut record = DeadLetterRecord {
             updates: Vec::new(),
             destination_id: 0,

@@ -126,7 +126,7 @@ impl DeliveryLog {
             idempotency_key,
             report,
             worker: &self.worker,
-            time_unix_ms: crate::sender::unix_ms_now(),
+            time_unix_ms: telemetry::clock::unix_ms(),
             batch_users: batch.users.len() as u32,
         };
         let data_partner = batch.destination().data_partner;

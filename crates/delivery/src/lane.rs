@@ -18,7 +18,7 @@ use crate::delivery_log::AttemptReport;
 use crate::metrics::SendPath;
 use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
-use crate::sender::{DestinationSender, Failure, jittered, unix_ms_now};
+use crate::sender::{DestinationSender, Failure, jittered};
 
 /// Hashes user ids to lanes: seeded once per input pipeline, so a user keeps their lane for the
 /// life of the pipeline — all per-user order needs, since a reload drains the old pipeline
@@ -132,7 +132,7 @@ impl Lane {
         if !batch.is_empty() {
             match self.deliver(batch).await {
                 Ok(()) => {
-                    let now = unix_ms_now();
+                    let now = telemetry::clock::unix_ms();
                     let mut sent = 0;
                     for user in &batch.users {
                         sent += user.segments.len();
@@ -249,7 +249,7 @@ impl Lane {
                 oversized(batch, destination)
             } else {
                 let mut body = Vec::with_capacity(batch.body_bytes());
-                let process_time = unix_ms_now();
+                let process_time = telemetry::clock::unix_ms();
                 write_body(batch, process_time, &mut body);
                 let key = idempotency_key(batch, &self.input_topic);
                 metrics.batch_users.observe(batch.users.len() as f64);
@@ -293,7 +293,9 @@ impl Lane {
                 .map(|e| e.update.produced_unix_ms)
                 .min()
                 .unwrap_or(i64::MAX);
-            let age = Duration::from_millis(unix_ms_now().saturating_sub(oldest_ms).max(0) as u64);
+            let age = Duration::from_millis(
+                telemetry::clock::unix_ms().saturating_sub(oldest_ms).max(0) as u64,
+            );
             if age > destination.max_backlog_age {
                 tracing::warn!(
                     destination = destination.id,
@@ -333,7 +335,7 @@ impl Lane {
 /// limit for a reason, and a request it refuses would also count against the destination's
 /// circuit, cutting off users who fit.
 fn oversized(batch: &DestinationBatch, destination: &DestinationConfig) -> Failure {
-    let now = unix_ms_now();
+    let now = telemetry::clock::unix_ms();
     Failure {
         class: ErrorClass::Oversized,
         error: format!(

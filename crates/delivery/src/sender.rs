@@ -156,12 +156,6 @@ impl Drop for RealTimeWaiting<'_> {
     }
 }
 
-pub fn unix_ms_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl DestinationSender {
     pub fn new(
         config: Arc<DestinationConfig>,
@@ -273,7 +267,7 @@ impl DestinationSender {
         priority: Priority,
         on_attempt: &mut (dyn FnMut(&AttemptReport<'_>) + Send),
     ) -> Result<(), Failure> {
-        let first_attempt_unix_ms = unix_ms_now();
+        let first_attempt_unix_ms = telemetry::clock::unix_ms();
         if !self.circuit.allow() {
             return Err(Failure {
                 class: ErrorClass::CircuitOpen,
@@ -361,7 +355,7 @@ impl DestinationSender {
             error,
             attempts,
             first_attempt_unix_ms,
-            last_attempt_unix_ms: unix_ms_now(),
+            last_attempt_unix_ms: telemetry::clock::unix_ms(),
             permanent,
             not_before: self.paused_until(),
         })

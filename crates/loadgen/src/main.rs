@@ -116,12 +116,6 @@ fn ingest_client(cli: &Cli) -> anyhow::Result<reqwest::Client> {
         .context("cannot build the ingest HTTP client")
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
-}
-
 enum Sink {
     Ingest {
         client: reqwest::Client,
@@ -237,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(cli.batch);
     while sent < limit && Instant::now() < deadline {
         let size = usize::try_from((limit - sent).min(cli.batch as u64)).unwrap_or(cli.batch);
-        let now = now_ms();
+        let now = telemetry::clock::unix_ms();
         batch.clear();
         batch.extend((0..size).map(|_| generator.next_event(now)));
         sink.send(&batch).await?;

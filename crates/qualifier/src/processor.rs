@@ -61,12 +61,6 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Restores assigned partitions from the changelog and drops revoked ones; librdkafka's
 /// statistics feed the lag gauge.
 struct RebalanceContext {
@@ -164,7 +158,7 @@ fn restore(
             .or_default()
             .insert(key, state);
     })?;
-    let now = now_ms();
+    let now = telemetry::clock::unix_ms();
     let mut stores: HashMap<i32, PartitionStore> = partitions
         .iter()
         .map(|&p| (p, PartitionStore::default()))
@@ -341,7 +335,7 @@ impl Processor {
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             let inputs = self.poll_batch();
-            let now = now_ms();
+            let now = telemetry::clock::unix_ms();
             let definitions = current(&self.definitions);
             let in_force = definitions.fingerprint;
             let (due, stale) = {
@@ -743,7 +737,7 @@ impl Processor {
     ) -> Result<(), KafkaError> {
         self.counters.event(kind, "invalid");
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
-        let now = now_ms();
+        let now = telemetry::clock::unix_ms();
         let mut record = DeadLetterRecord {
             error_class: ErrorClass::Undecodable as i32,
             error,

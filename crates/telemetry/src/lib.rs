@@ -4,6 +4,7 @@
 //! signal.
 
 mod admin;
+pub mod clock;
 mod errors;
 mod kafka;
 pub mod lag;

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use testkit::receiver::{Receiver, Response};
 use testkit::service::metric_value;
 
-use super::{DeliveryTest, change, destination, entries, json, now_ms, update};
+use super::{DeliveryTest, change, destination, entries, json, update};
 
 /// `users` users with `per_user` (< 60) changes each of segment 14356, alternating 1 and 0,
 /// produced now (so no change is older than `max_backlog_age`). The changes' times are
 /// whole seconds of one minute, ascending per user, so their `DateTime`s order them.
 fn alternating(users: usize, per_user: usize) -> Vec<model::SegmentStatusUpdate> {
     assert!(per_user < 60);
-    let produced = now_ms();
+    let produced = telemetry::clock::unix_ms();
     let base = produced - produced % 60_000;
     let mut updates = Vec::new();
     for step in 0..per_user {
@@ -323,7 +323,7 @@ async fn a_change_older_than_max_backlog_age_is_dead_lettered_the_others_wait() 
     let service = test.start(&config, &[]).await;
     let mut old = alternating(1, 1);
     old[0].user_id = "old".to_owned();
-    old[0].produced_unix_ms = now_ms() - 120_000;
+    old[0].produced_unix_ms = telemetry::clock::unix_ms() - 120_000;
     test.produce(&test.topic, &old).await;
     let records = test.dead_letters(1, Duration::from_secs(20)).await;
     assert_eq!(

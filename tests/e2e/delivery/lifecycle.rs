@@ -231,7 +231,7 @@ async fn a_reload_that_adds_removes_or_changes_one_destination_leaves_the_others
     ]);
     let service = test.start(&config, &[]).await;
     let mut u1 = update("u1", &[], &[], vec![change(14356, true, T0)]);
-    u1.produced_unix_ms = super::now_ms();
+    u1.produced_unix_ms = telemetry::clock::unix_ms();
     test.produce(&test.topic, &[u1.clone()]).await;
     for receiver in [&kept, &moved_from, &removed] {
         receiver.wait_for_requests(1, Duration::from_secs(20)).await;

@@ -286,20 +286,9 @@ pub fn sequenced(
     update
 }
 
-/// Now, in Unix milliseconds: for changes that must not be older than `max_backlog_age`.
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
 /// An update of `user` activating segment 14356, made and dated now.
 pub fn update_now(user: &str) -> SegmentStatusUpdate {
-    let now = now_ms();
+    let now = telemetry::clock::unix_ms();
     let mut update = update(user, &[], &[], vec![change(14356, true, now)]);
     update.produced_unix_ms = now;
     update

@@ -32,7 +32,7 @@ pub async fn run(
     input: RenderInput,
 ) -> anyhow::Result<()> {
     find_destination(config, destination_id)?;
-    let now = crate::sender::unix_ms_now();
+    let now = telemetry::clock::unix_ms();
     let (updates, mut not_sent, input_topic) = match input {
         RenderInput::Json(path) => {
             let (text, name) = read_json_input(path.as_deref())?;

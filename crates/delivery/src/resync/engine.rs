@@ -22,7 +22,7 @@ use crate::resync::partition::{Fetched, Phase, Take};
 use crate::resync::read::{ChangelogConsumer, KAFKA_TIMEOUT, ResyncContext};
 use crate::resync::view::{SegmentFilter, SentUsers, view};
 use crate::resync::{Ending, Job, Membership};
-use crate::sender::{DestinationSender, Priority, unix_ms_now};
+use crate::sender::{DestinationSender, Priority};
 
 mod settle;
 
@@ -256,7 +256,7 @@ impl Engine {
         let Some(entries) = context.runs().get_mut(&partition).map(|run| run.flush()) else {
             return Vec::new();
         };
-        let now = unix_ms_now();
+        let now = telemetry::clock::unix_ms();
         let data_partner = self.sender.config.data_partner;
         let sent = self.sent.entry(partition).or_default();
         let mut table = context.watermarks.lock();

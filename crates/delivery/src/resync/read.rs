@@ -57,7 +57,7 @@ impl ResyncContext {
             topic: topic.to_owned(),
             destination,
             restart,
-            started_unix_ms: crate::sender::unix_ms_now(),
+            started_unix_ms: telemetry::clock::unix_ms(),
             announce,
             watermarks: Watermarks::new(vec![destination]),
             runs: Mutex::new(HashMap::new()),

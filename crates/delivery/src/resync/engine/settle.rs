@@ -12,7 +12,6 @@ use super::{Engine, GROUP_CHECK_INTERVAL, Step};
 use crate::resync::partition::{Marker, Next, Phase};
 use crate::resync::read::{self, KAFKA_TIMEOUT};
 use crate::resync::{Ending, Membership};
-use crate::sender::unix_ms_now;
 
 impl Engine {
     /// Closes every pass whose users are finished: a converge pass follows, or the partition
@@ -69,7 +68,7 @@ impl Engine {
             return Ok(());
         };
         let marker = Marker::Complete {
-            at_unix_ms: unix_ms_now(),
+            at_unix_ms: telemetry::clock::unix_ms(),
         }
         .metadata();
         let positions = vec![(partition, offset, marker)];
