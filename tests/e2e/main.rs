@@ -12,4 +12,5 @@ mod liveness;
 mod partner_ids;
 mod pipeline;
 mod qualifier;
+mod tree;
 mod wait;

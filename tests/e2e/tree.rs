@@ -1,0 +1,277 @@
+//! The repository's own shape, checked (issue 16): every Rust file says what it holds, no
+//! source file outgrows what one can hold in mind, every link in the docs resolves inside the
+//! repository, and docs/ARCHITECTURE.md names every file of both services and no other.
+//! No broker needed: these read the checkout.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The longest non-test source file, in lines. Test files (`tests.rs`, `tests/`, `benches/`)
+/// are exempt: a test list reads fine long.
+const MAX_SOURCE_LINES: usize = 500;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Files under `dir` (relative to the root) whose name ends with `suffix`, skipping build
+/// output and hidden directories.
+fn files(dir: &str, suffix: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, suffix: &str, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == "target" || name == "node_modules" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, suffix, found);
+            } else if name.ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&root().join(dir), suffix, &mut found);
+    found.sort();
+    found
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap().display().to_string()
+}
+
+fn is_test_file(path: &Path) -> bool {
+    let path = relative(path);
+    path.starts_with("tests/")
+        || path.ends_with("/tests.rs")
+        || path.contains("/tests/")
+        || path.contains("/benches/")
+}
+
+/// Files of `paths` whose first line is not a `//!` module comment.
+fn without_module_comment(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            !text.lines().next().unwrap_or("").starts_with("//!")
+        })
+        .map(|path| relative(path))
+        .collect()
+}
+
+/// Non-test files of `paths` over [`MAX_SOURCE_LINES`], with their length.
+fn oversized(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|path| !is_test_file(path))
+        .filter_map(|path| {
+            let lines = std::fs::read_to_string(path).unwrap().lines().count();
+            (lines > MAX_SOURCE_LINES).then(|| format!("{} ({lines} lines)", relative(path)))
+        })
+        .collect()
+}
+
+/// Relative link targets of a Markdown text: `[text](target)`, without `#anchor`; web links,
+/// mail links and in-page anchors are not files.
+fn link_targets(markdown: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    let mut rest = markdown;
+    while let Some(at) = rest.find("](") {
+        rest = &rest[at + 2..];
+        let Some(end) = rest.find(')') else { break };
+        let target = rest[..end].split_whitespace().next().unwrap_or("");
+        let file = target.split('#').next().unwrap_or("");
+        if !file.is_empty() && !file.contains("://") && !file.starts_with("mailto:") {
+            targets.push(file.to_owned());
+        }
+        rest = &rest[end..];
+    }
+    targets
+}
+
+/// Links of the Markdown files that do not resolve to a file or directory of the checkout, and
+/// mentions of documents outside the repository (`../shared/`, `spec/`).
+fn broken_links(documents: &[PathBuf]) -> Vec<String> {
+    let root = root();
+    let mut broken = Vec::new();
+    for document in documents {
+        let text = std::fs::read_to_string(document).unwrap();
+        let dir = document.parent().unwrap();
+        for target in link_targets(&text) {
+            let resolved = dir.join(&target);
+            let inside = resolved
+                .canonicalize()
+                .is_ok_and(|path| path.starts_with(root.canonicalize().unwrap()));
+            if !inside {
+                broken.push(format!("{}: ({target})", relative(document)));
+            }
+        }
+    }
+    broken
+}
+
+/// Mentions of documents a clone does not have, in any text file of the given paths.
+fn outside_references(paths: &[PathBuf]) -> Vec<String> {
+    let mut found = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            if line.contains("../shared/") || line.contains("spec/outbound-contract") {
+                found.push(format!("{}:{}", relative(path), number + 1));
+            }
+        }
+    }
+    found
+}
+
+fn rust_files() -> Vec<PathBuf> {
+    let mut all = files("crates", ".rs");
+    all.extend(files("tests", ".rs"));
+    all
+}
+
+fn markdown_files() -> Vec<PathBuf> {
+    let mut all = vec![root().join("README.md")];
+    all.extend(files("docs", ".md"));
+    all.extend(files("deploy", ".md"));
+    all
+}
+
+#[test]
+fn every_rust_file_opens_with_a_comment_saying_what_it_holds() {
+    let missing = without_module_comment(&rust_files());
+    assert!(missing.is_empty(), "no `//!` first line: {missing:#?}");
+}
+
+#[test]
+fn no_source_file_is_longer_than_one_can_hold_in_mind() {
+    let long = oversized(&files("crates", ".rs"));
+    assert!(
+        long.is_empty(),
+        "over {MAX_SOURCE_LINES} lines (split along its seams): {long:#?}"
+    );
+}
+
+#[test]
+fn every_link_in_the_docs_resolves_inside_the_repository() {
+    let broken = broken_links(&markdown_files());
+    assert!(
+        broken.is_empty(),
+        "links that resolve to nothing in the checkout: {broken:#?}"
+    );
+    let mut texts = markdown_files();
+    texts.extend(rust_files());
+    texts.extend(files("deploy", ".sh"));
+    let outside = outside_references(&texts);
+    assert!(
+        outside.is_empty(),
+        "documents a clone does not have: {outside:#?}"
+    );
+}
+
+/// Every source file of the two services, as docs/ARCHITECTURE.md names it: relative to the
+/// crate's `src/` (`consumer.rs`, `resync/engine.rs`).
+fn service_files(service: &str) -> BTreeSet<String> {
+    let src = root().join("crates").join(service).join("src");
+    files(&format!("crates/{service}/src"), ".rs")
+        .into_iter()
+        .filter(|path| !is_test_file(path))
+        .map(|path| path.strip_prefix(&src).unwrap().display().to_string())
+        .collect()
+}
+
+/// The file names docs/ARCHITECTURE.md mentions in a service's section (`## qualifier`,
+/// `## delivery`): every word ending in `.rs`.
+fn named_files(page: &str, service: &str) -> BTreeSet<String> {
+    let heading = format!("## {service}");
+    let Some(start) = page.lines().position(|line| line.starts_with(&heading)) else {
+        return BTreeSet::new();
+    };
+    page.lines()
+        .skip(start + 1)
+        .take_while(|line| !line.starts_with("## "))
+        .flat_map(|line| {
+            line.split(|c: char| !(c.is_alphanumeric() || "_/.".contains(c)))
+                .filter(|word| word.ends_with(".rs"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// What the page and the tree disagree on: files the page does not name, names that are not
+/// files.
+fn architecture_drift(page: &str, service: &str, tree: &BTreeSet<String>) -> Vec<String> {
+    let named = named_files(page, service);
+    let unnamed = tree
+        .difference(&named)
+        .map(|file| format!("{service}: {file} is not on the page"));
+    let stale = named
+        .difference(tree)
+        .map(|file| format!("{service}: {file} is on the page but not in crates/{service}/src"));
+    unnamed.chain(stale).collect()
+}
+
+#[test]
+fn the_architecture_page_names_every_file_of_both_services_and_no_other() {
+    let page = std::fs::read_to_string(root().join("docs/ARCHITECTURE.md")).unwrap();
+    let mut drift = Vec::new();
+    for service in ["qualifier", "delivery"] {
+        drift.extend(architecture_drift(&page, service, &service_files(service)));
+    }
+    assert!(
+        drift.is_empty(),
+        "docs/ARCHITECTURE.md and the tree disagree: {drift:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks themselves, fed known-bad cases: each must be able to fail.
+
+#[test]
+fn the_checks_catch_what_they_are_for() {
+    // Inside the checkout (`relative` names files from the root), where no walk looks.
+    let dir = root()
+        .join("target")
+        .join(format!("tree-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let no_comment = dir.join("no_comment.rs");
+    std::fs::write(&no_comment, "use std::fmt;\n").unwrap();
+    let long = dir.join("long.rs");
+    std::fs::write(
+        &long,
+        "//! Long.\n".to_owned() + &"\n".repeat(MAX_SOURCE_LINES),
+    )
+    .unwrap();
+    let long_test = dir.join("tests.rs");
+    std::fs::copy(&long, &long_test).unwrap();
+    assert_eq!(without_module_comment(&[no_comment, long.clone()]).len(), 1);
+    assert_eq!(oversized(&[long, long_test]).len(), 1);
+
+    let doc = dir.join("doc.md");
+    std::fs::write(
+        &doc,
+        "[ok](../../README.md) [web](https://example.com) [here](#x) [gone](missing.md#y) \
+         [out](../../../shared/DESIGN.md) see ../shared/DESIGN.md\n",
+    )
+    .unwrap();
+    let broken = broken_links(std::slice::from_ref(&doc));
+    assert_eq!(broken.len(), 2, "{broken:?}");
+    assert_eq!(outside_references(&[doc]).len(), 1);
+
+    let tree: BTreeSet<String> = ["main.rs", "consumer/route.rs"].map(String::from).into();
+    let page = "## delivery\n`main.rs` → `consumer.rs`\n## qualifier\n`consumer/route.rs`\n";
+    assert_eq!(
+        architecture_drift(page, "delivery", &tree),
+        [
+            "delivery: consumer/route.rs is not on the page",
+            "delivery: consumer.rs is on the page but not in crates/delivery/src"
+        ]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
