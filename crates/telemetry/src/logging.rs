@@ -1,3 +1,5 @@
+//! Log output for every service: JSON lines or human-readable (`LOG_FORMAT`), filtered by `RUST_LOG`.
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

@@ -1,3 +1,5 @@
+//! A secret value that cannot reach a log line, a metric or an error message by accident.
+
 use std::fmt;
 
 /// A secret value (password, signing key, client secret). `Debug` and `Display` print `***`,

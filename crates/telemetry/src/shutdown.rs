@@ -1,3 +1,5 @@
+//! The signals that stop a service: SIGTERM (Kubernetes stopping a pod) and SIGINT (Ctrl-C).
+
 /// Resolves on the first SIGTERM (Kubernetes stopping a pod) or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

@@ -1,3 +1,6 @@
+//! HMAC request signing: the signature of the exact body bytes in the destination's header
+//! and, during a key rotation, a second one with the previous key in a header of its own.
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};

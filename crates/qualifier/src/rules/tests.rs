@@ -1,3 +1,5 @@
+//! The segment rule language: parsing, errors with positions, and evaluation.
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! One changelog partition through a resync: its passes, checked against known records.
+
 use model::UserState;
 use prost::Message as _;
 

@@ -1,3 +1,5 @@
+//! What a resync sends for one changelog record, checked against known users and mappings.
+
 use std::path::Path;
 
 use model::SegmentStatus;
