@@ -6,10 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use model::pb::{IdSync, OptOut, PartnerIds, TraitHistory, TraitRealization, trait_event};
+use model::{Origin, UserState};
 use proptest::prelude::*;
 use testkit::fuzz::{length_delimited, with_unknown_fields};
 
 use super::*;
+use crate::evaluate::next_due;
 
 const NOW: i64 = 1_764_324_000_000;
 

@@ -1,0 +1,302 @@
+//! The exactly-once loop: consume `trait-events` → update users → produce status updates and
+//! changelog records → commit the input offsets, all in one Kafka transaction; timers (ttl,
+//! windows, inactivity) are processed in the same transactions. It runs on a thread of its
+//! own: librdkafka's transaction calls block.
+//!
+//! When this process gains a partition, the rebalance callback restores the partition's users
+//! from the changelog before any of its events are processed. A transaction that cannot be
+//! committed (e.g. the broker is down) is aborted, and the process does in place what a restart
+//! would: it replaces its transactional producer if that one is fenced (the coordinator aborts
+//! a transaction that outlives its timeout), restores its partitions' users from the changelog
+//! and seeks the input back to the committed offsets — the in-memory state ran ahead of what
+//! Kafka has. It retries until the broker answers, so an outage needs no restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use model::TraitEvent;
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseProducer, Producer};
+use telemetry::{Health, Heartbeat, KafkaSettings, Liveness};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Definitions;
+use crate::evaluate::Evaluator;
+use crate::metrics::{HotCounters, Metrics};
+use crate::store::Store;
+
+mod recovery;
+mod restore;
+mod transaction;
+
+use restore::RebalanceContext;
+
+/// Topics, group and transactional identity.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub group_id: String,
+    pub events_topic: String,
+    pub status_topic: String,
+    pub status_batch_topic: String,
+    pub changelog_topic: String,
+    pub dlq_topic: String,
+    /// Delivery's log topic, where an erased user's records are made unreadable (a tombstone
+    /// per erasure); `None`: not erased there.
+    pub delivery_log_topic: Option<String>,
+    /// Stable per process (e.g. the pod name): a restarted process with the same id aborts
+    /// what its previous incarnation left open, instead of waiting for the timeout.
+    pub transactional_id: String,
+}
+
+/// The definitions in force; replaced when `segments.yaml` changes.
+pub type SharedDefinitions = Arc<RwLock<Arc<Definitions>>>;
+
+fn current(definitions: &SharedDefinitions) -> Arc<Definitions> {
+    definitions
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An input message's value → its event and type (the `type` label of
+/// `qualifier_events_total`), or the type and why it cannot be applied (it is dead-lettered).
+/// Fields this version does not know are skipped, so a newer producer's events still decode.
+pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, &'static str), (&'static str, String)> {
+    let event =
+        TraitEvent::decode(payload).map_err(|e| ("unknown", format!("not a TraitEvent: {e}")))?;
+    let kind = match &event.event {
+        Some(model::pb::trait_event::Event::TraitRealization(_)) => "trait",
+        Some(model::pb::trait_event::Event::IdSync(_)) => "id_sync",
+        Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
+        Some(model::pb::trait_event::Event::Forget(_)) => "forget",
+        None => "unknown",
+    };
+    match crate::evaluate::validate(&event) {
+        Ok(()) => Ok((event, kind)),
+        Err(invalid) => Err((kind, invalid.to_string())),
+    }
+}
+
+/// The transactional producer, initialized: a previous producer with the same transactional
+/// id (a killed incarnation, or this process's own fenced one) is fenced and what it left
+/// open is aborted.
+fn transactional_producer(
+    kafka: &KafkaSettings,
+    topology: &Topology,
+) -> Result<BaseProducer, KafkaError> {
+    let producer: BaseProducer = transactional_producer_config(kafka, topology).create()?;
+    producer.init_transactions(TRANSACTION_TIMEOUT)?;
+    Ok(producer)
+}
+
+/// The transactional producer's settings: acks=all and idempotent
+/// ([`KafkaSettings::producer_config`], which transactions require anyway).
+pub fn transactional_producer_config(
+    kafka: &KafkaSettings,
+    topology: &Topology,
+) -> rdkafka::ClientConfig {
+    let mut config = kafka.producer_config("qualifier");
+    config
+        .set("transactional.id", &topology.transactional_id)
+        .set("linger.ms", "5")
+        // A crashed process's open transaction blocks read_committed readers until this
+        // passes (unless it restarts with the same transactional id first). It also bounds
+        // each produce (librdkafka lowers message.timeout.ms and socket.timeout.ms to it): a
+        // transaction held up longer by a broker fault fails, is aborted and redone in place.
+        .set("transaction.timeout.ms", "10000");
+    config
+}
+
+/// A transaction error no retry can mend: the producer is unusable (e.g. fenced by a newer
+/// process with the same transactional id).
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.is_fatal())
+}
+
+/// An input message, detached from the consumer so a batch can be collected.
+struct Input {
+    message: OwnedMessage,
+}
+
+/// The processing loop and what it owns.
+pub struct Processor {
+    kafka: KafkaSettings,
+    consumer: BaseConsumer<RebalanceContext>,
+    producer: BaseProducer,
+    topology: Topology,
+    store: Arc<Mutex<Store>>,
+    definitions: SharedDefinitions,
+    metrics: Metrics,
+    counters: HotCounters,
+    evaluator: Evaluator,
+    /// Users whose state changed in the open transaction: their changelog record is written
+    /// once, at its end, however many of their events it holds.
+    changed: HashMap<i32, HashSet<String>>,
+    /// Reused for encoding changelog records.
+    buffer: Vec<u8>,
+    /// Beats once per loop iteration (`/livez`: the `processing` part).
+    heartbeat: Heartbeat,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+// Under a backlog a transaction takes up to this many events: its commit (a round trip to the
+// coordinator and markers on every partition, ~100 ms on a busy machine) is paid once per batch.
+const MAX_BATCH: usize = 10_000;
+const MAX_TIMERS_PER_TRANSACTION: usize = 5_000;
+/// Re-evaluating users after the definitions changed takes at most this much of a
+/// transaction, so live events keep their latency (about 20,000 users per second when idle).
+const SWEEP_BUDGET: Duration = Duration::from_millis(20);
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per attempt while recovering from a failed transaction: short, so that the recovery
+/// finishes soon after the broker is back.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Processor {
+    /// Creates the transactional producer (fencing a previous incarnation) and subscribes.
+    pub fn start(
+        kafka: &KafkaSettings,
+        topology: Topology,
+        definitions: SharedDefinitions,
+        metrics: Metrics,
+        liveness: &Liveness,
+    ) -> Result<Self, KafkaError> {
+        let producer = transactional_producer(kafka, &topology)?;
+        let heartbeat = liveness.heartbeat("processing");
+        let store = Arc::new(Mutex::new(Store::default()));
+        let context = RebalanceContext {
+            kafka: kafka.clone(),
+            topology: topology.clone(),
+            store: store.clone(),
+            definitions: definitions.clone(),
+            metrics: metrics.clone(),
+            lag: telemetry::ConsumerLag::new(metrics.consumer_lag.clone(), &topology.events_topic),
+            waiter: heartbeat.waiter(),
+        };
+        let consumer: BaseConsumer<RebalanceContext> = kafka
+            .client_config("qualifier")
+            .set("group.id", &topology.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "2000")
+            .set(
+                "statistics.interval.ms",
+                telemetry::lag::STATISTICS_INTERVAL_MS,
+            )
+            .create_with_context(context)?;
+        consumer.subscribe(&[&topology.events_topic])?;
+        Ok(Self {
+            kafka: kafka.clone(),
+            consumer,
+            producer,
+            topology,
+            store,
+            definitions,
+            counters: HotCounters::new(&metrics),
+            metrics,
+            evaluator: Evaluator::default(),
+            changed: HashMap::new(),
+            buffer: Vec::new(),
+            heartbeat,
+        })
+    }
+
+    /// Runs until `shutdown`; returns an error when a transaction failed.
+    pub fn run(mut self, shutdown: &CancellationToken, health: &Health) -> Result<(), KafkaError> {
+        health.set_ready();
+        let mut fingerprint = current(&self.definitions).fingerprint;
+        while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
+            let inputs = self.poll_batch();
+            let now = telemetry::clock::unix_ms();
+            let definitions = current(&self.definitions);
+            let in_force = definitions.fingerprint;
+            let (due, stale) = {
+                let mut store = lock(&self.store);
+                if in_force != fingerprint {
+                    for partition in store.partitions.values_mut() {
+                        partition.mark_stale(in_force);
+                    }
+                    tracing::info!(
+                        users = store.stale_count(),
+                        "The definitions changed: every user is re-evaluated in the background."
+                    );
+                    fingerprint = in_force;
+                }
+                self.metrics.expiry_due.set(store.due_count(now) as i64);
+                self.metrics.sweep_pending.set(store.stale_count() as i64);
+                (
+                    store.due(now, MAX_TIMERS_PER_TRANSACTION),
+                    store.stale_count(),
+                )
+            };
+            if inputs.is_empty() && due.is_empty() && stale == 0 {
+                continue;
+            }
+            let started = Instant::now();
+            if let Err(error) = self.transaction(&definitions, inputs, due, now) {
+                self.metrics.transactions_failed.inc();
+                tracing::warn!(%error, "A Kafka transaction failed; aborting it and rewinding state and input to what Kafka has.");
+                health.set_not_ready(format!("recovering from a failed transaction: {error}"));
+                // What the failed transaction changed is rewound with the store.
+                self.changed.clear();
+                // Retrying until the broker answers: a restart would not make it answer sooner.
+                let _recovering = self.heartbeat.waiting();
+                self.recover(shutdown)?;
+                health.set_ready();
+                continue;
+            }
+            self.metrics
+                .transaction_duration
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.users.set(lock(&self.store).users() as i64);
+        }
+        tracing::info!("Processing stopped.");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Up to `MAX_BATCH` messages: waits up to 100 ms for the first, then takes what is there.
+    fn poll_batch(&self) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        let mut timeout = Duration::from_millis(100);
+        while inputs.len() < MAX_BATCH {
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => inputs.push(Input {
+                    message: message.detach(),
+                }),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "Kafka consumer error.");
+                    break;
+                }
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        // A rebalance during the polls may have taken partitions away: their events are the
+        // new owner's now.
+        let store = lock(&self.store);
+        inputs.retain(|i| store.partitions.contains_key(&i.message.partition()));
+        inputs
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! One Kafka transaction: input events and due timers evaluated, status updates, changelog
+//! records and dead letters produced, the input offsets sent, committed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition};
+use prost::Message as _;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::{Input, Processor, SWEEP_BUDGET, TRANSACTION_TIMEOUT, decode_event, lock};
+use crate::config::Definitions;
+use crate::evaluate::Step;
+
+impl Processor {
+    pub(super) fn transaction(
+        &mut self,
+        definitions: &Definitions,
+        inputs: Vec<Input>,
+        due: Vec<(i32, String)>,
+        now: i64,
+    ) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        let mut offsets: HashMap<i32, i64> = HashMap::new();
+        for input in &inputs {
+            let partition = input.message.partition();
+            offsets.insert(partition, input.message.offset() + 1);
+            self.process_event(definitions, input, now)?;
+        }
+        for (partition, user) in due {
+            let state = lock(&self.store)
+                .partitions
+                .get_mut(&partition)
+                .and_then(|p| p.take(&user));
+            if let Some((state, _)) = state {
+                let started = Instant::now();
+                let step = self.evaluator.on_timer(definitions, state, now);
+                self.metrics
+                    .eval_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.publish(partition, &user, step)?;
+            }
+        }
+        self.sweep(definitions, now)?;
+        self.write_changelog()?;
+        if !offsets.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for (partition, offset) in offsets {
+                list.add_partition_offset(
+                    &self.topology.events_topic,
+                    partition,
+                    Offset::Offset(offset),
+                )?;
+            }
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
+            // Bounded: librdkafka (2.12.1) was seen never returning from this call after a
+            // broker outage (docs/RELIABILITY.md); past its timeout the part is stuck.
+            let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
+            self.producer
+                .send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)?;
+        }
+        // Up to its timeout when the broker is slow or away: a wait, not a stall.
+        let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
+        self.producer.commit_transaction(TRANSACTION_TIMEOUT)
+    }
+
+    /// Re-evaluates users queued because the definitions changed, for at most
+    /// [`SWEEP_BUDGET`]: their 1s and 0s go out with this transaction.
+    fn sweep(&mut self, definitions: &Definitions, now: i64) -> Result<(), KafkaError> {
+        let started = Instant::now();
+        let partitions: Vec<i32> = lock(&self.store).partitions.keys().copied().collect();
+        for partition in partitions {
+            while started.elapsed() < SWEEP_BUDGET {
+                let taken = {
+                    let mut store = lock(&self.store);
+                    let Some(owned) = store.partitions.get_mut(&partition) else {
+                        break;
+                    };
+                    let Some(user) = owned.next_stale(definitions.fingerprint) else {
+                        break;
+                    };
+                    owned.take(&user).map(|(state, _)| (user, state))
+                };
+                let Some((user, state)) = taken else {
+                    continue;
+                };
+                let step = self
+                    .evaluator
+                    .on_definitions_changed(definitions, state, now);
+                self.metrics.swept.inc();
+                self.publish(partition, &user, step)?;
+            }
+        }
+        let pending = lock(&self.store).stale_count();
+        self.metrics.sweep_pending.set(pending as i64);
+        Ok(())
+    }
+
+    fn process_event(
+        &mut self,
+        definitions: &Definitions,
+        input: &Input,
+        now: i64,
+    ) -> Result<(), KafkaError> {
+        let message = &input.message;
+        let partition = message.partition();
+        // Rejected before the user is taken out of the store: an invalid event must not cost
+        // the user their state.
+        let (event, kind) = match decode_event(message.payload().unwrap_or_default()) {
+            Ok(decoded) => decoded,
+            Err((kind, error)) => return self.dead_letter(message, kind, error),
+        };
+        let state = lock(&self.store)
+            .partitions
+            .get_mut(&partition)
+            .and_then(|p| p.take(&event.user_id));
+        let (state, due) = state.map_or((None, None), |(state, due)| (Some(state), due));
+        let started = Instant::now();
+        let step = self
+            .evaluator
+            .on_event(definitions, state, due, &event, now);
+        self.metrics
+            .eval_duration
+            .observe(started.elapsed().as_secs_f64());
+        match step {
+            Ok(step) => {
+                let outcome = if step.ignored { "ignored" } else { "applied" };
+                self.counters.event(kind, outcome);
+                self.publish(partition, &event.user_id, step)
+            }
+            Err(invalid) => self.dead_letter(message, kind, invalid.to_string()),
+        }
+    }
+
+    /// Produces a step's update, puts the user back in the store with their timer, and notes
+    /// a changed state for the transaction's changelog records.
+    fn publish(&mut self, partition: i32, user: &str, step: Step) -> Result<(), KafkaError> {
+        for update in step.update.iter().chain(&step.targeted) {
+            let topic = if update.origin() == Origin::Batch {
+                &self.topology.status_batch_topic
+            } else {
+                &self.topology.status_topic
+            };
+            for change in &update.changes {
+                self.counters.change(change);
+            }
+            update.encode_raw(&mut self.buffer);
+            let sent = send(
+                &self.producer,
+                BaseRecord::to(topic).key(user).payload(&self.buffer),
+            );
+            self.buffer.clear();
+            sent?;
+        }
+        if let (Some(at), Some(topic)) = (step.erased_at, &self.topology.delivery_log_topic) {
+            // `delivery log` hides the user's records dated up to the tombstone's timestamp.
+            send(
+                &self.producer,
+                BaseRecord::<str, [u8]>::to(topic).key(user).timestamp(at),
+            )?;
+        }
+        if step.state_changed {
+            let changed = self.changed.entry(partition).or_default();
+            if !changed.contains(user) {
+                changed.insert(user.to_owned());
+            }
+        }
+        if let Some(state) = step.state
+            && let Some(store) = lock(&self.store).partitions.get_mut(&partition)
+        {
+            store.put(state, step.due);
+        }
+        Ok(())
+    }
+
+    /// One changelog record per user whose state changed in this transaction: their state as
+    /// it is now, or a tombstone for a user the store forgot.
+    fn write_changelog(&mut self) -> Result<(), KafkaError> {
+        let store = self.store.clone();
+        let store = lock(&store);
+        for (partition, users) in &mut self.changed {
+            // A partition no longer owned is its new owner's to write (no tombstone from here).
+            let Some(owned) = store.partitions.get(partition) else {
+                users.clear();
+                continue;
+            };
+            for user in users.drain() {
+                let state = owned.get(&user);
+                let mut record: BaseRecord<'_, str, Vec<u8>> =
+                    BaseRecord::to(&self.topology.changelog_topic)
+                        .key(user.as_str())
+                        .partition(*partition);
+                if let Some(state) = state {
+                    self.buffer.clear();
+                    state.encode_raw(&mut self.buffer);
+                    record = record.payload(&self.buffer);
+                }
+                send(&self.producer, record)?;
+            }
+        }
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Keeps an input event that cannot be applied, in the same transaction.
+    fn dead_letter(
+        &mut self,
+        message: &OwnedMessage,
+        kind: &str,
+        error: String,
+    ) -> Result<(), KafkaError> {
+        self.counters.event(kind, "invalid");
+        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
+        let now = telemetry::clock::unix_ms();
+        let mut record = DeadLetterRecord {
+            error_class: ErrorClass::Undecodable as i32,
+            error,
+            first_attempt_unix_ms: now,
+            last_attempt_unix_ms: now,
+            dead_lettered_unix_ms: now,
+            source: Some(SourcePosition {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            raw: message.payload().unwrap_or_default().to_vec(),
+            ..DeadLetterRecord::default()
+        };
+        let key = record.fit_undecodable(message.key().unwrap_or_default());
+        let payload = record.encode_to_vec();
+        send(
+            &self.producer,
+            BaseRecord::to(&self.topology.dlq_topic)
+                .key(key)
+                .payload(&payload),
+        )
+    }
+}
+
+/// Enqueues a record, waiting while librdkafka's queue is full.
+fn send<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                producer.poll(Duration::from_millis(20));
+                record = returned;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
