@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use model::{ChangeReason, Origin, PartnerIds, SegmentChange};
 use proptest::prelude::*;
+use rdkafka::ClientContext;
 use testkit::fuzz::{length_delimited, with_unknown_fields};
 
+use super::route::LAGGING;
 use super::*;
 use crate::batcher::{DestinationBatch, RoutedEvent};
 use crate::config::{DeliveryConfig, DestinationConfig};
+use crate::metrics::Metrics;
 use crate::payload::write_body;
 
 static DESTINATIONS: std::sync::LazyLock<Vec<Arc<DestinationConfig>>> = std::sync::LazyLock::new(

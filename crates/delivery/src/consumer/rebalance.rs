@@ -1,0 +1,217 @@
+//! The pipeline's librdkafka context: the rebalance callbacks (commit revoked partitions,
+//! start the watermarks of assigned ones, assign the batch pipeline's consumer), the rate
+//! limits shared out by owned partitions, and the statistics behind the lag gauges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use telemetry::{KafkaSettings, Waiter};
+
+use super::Follower;
+use super::commit::commit_list;
+use crate::offsets::{CommitPosition, Watermarks, parse_positions};
+use crate::order::{Order, Topic};
+use crate::sender::DestinationSender;
+
+/// Rebalance, commit and statistics callbacks: revoked partitions are committed up to their
+/// watermark (with the positions of the destinations behind it) and dropped (their queued
+/// events are skipped by the lanes); assigned ones start a new watermark, with the
+/// destinations that were behind at the last commit detached from their positions;
+/// librdkafka's statistics feed the lag gauges.
+pub(super) struct PipelineContext {
+    pub(super) topic: String,
+    pub(super) watermarks: Watermarks,
+    /// Why the pipeline cannot go on (the positions of an assigned partition could not be
+    /// read: going on would skip the backlog of the destinations behind).
+    pub(super) fatal: std::sync::Mutex<Option<String>>,
+    /// The senders whose `rate_limit_rps` this pipeline shares out by owned partitions (the
+    /// real-time pipeline's; none for the batch one).
+    pub(super) rate_senders: std::sync::Mutex<Vec<Arc<DestinationSender>>>,
+    /// The input topic's partition count, as of the last rebalance.
+    pub(super) total_partitions: std::sync::atomic::AtomicUsize,
+    /// Which input topic this is (the real-time one shares out the rate limits), and the
+    /// order table shared with the other one (none without a batch topic).
+    pub(super) side: Topic,
+    pub(super) order: Option<Order>,
+    /// The batch pipeline's consumer, which this (real-time) pipeline's rebalances assign.
+    pub(super) follower: Option<Follower>,
+    pub(super) kafka: KafkaSettings,
+    /// `delivery_consumer_lag` of this input topic, from librdkafka's statistics.
+    pub(super) lag: telemetry::ConsumerLag,
+    /// Rebalance callbacks wait for the broker (committed offsets, metadata, the order
+    /// table's ends): the pipeline's loop is not stuck meanwhile.
+    pub(super) waiter: Option<Waiter>,
+}
+
+impl PipelineContext {
+    /// Gives every rate-limited destination this worker's share, after a rebalance.
+    pub(super) fn share_rate(&self, consumer: &BaseConsumer<Self>) {
+        if self.side != Topic::RealTime {
+            return;
+        }
+        match consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)) {
+            Ok(metadata) => self.total_partitions.store(
+                metadata
+                    .topics()
+                    .first()
+                    .map_or(0, |t| t.partitions().len()),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "Cannot read the partition count; the last one known stands.");
+            }
+        }
+        self.apply_rate_share();
+    }
+
+    /// Sets each rate-limited sender's share from the owned and total partition counts.
+    pub(super) fn apply_rate_share(&self) {
+        if self.side != Topic::RealTime {
+            return;
+        }
+        let owned = self.watermarks.lock().owned();
+        let total = self
+            .total_partitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let senders = self
+            .rate_senders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for sender in senders.iter().filter(|s| s.config.rate_limit_rps.is_some()) {
+            sender.set_rate_share(owned, total);
+        }
+    }
+}
+
+impl PipelineContext {
+    pub(super) fn fail(&self, reason: String) {
+        tracing::error!(topic = %self.topic, %reason, "Input pipeline cannot go on.");
+        *self
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+    }
+}
+
+impl ClientContext for PipelineContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.observe(&statistics);
+    }
+}
+
+impl PipelineContext {
+    pub(super) fn list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::with_capacity(partitions.len());
+        for &partition in partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        list
+    }
+
+    /// Commits revoked partitions up to their watermark (with the positions of the
+    /// destinations behind it) and drops them.
+    pub(super) fn revoke<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) {
+        let positions: Vec<CommitPosition> = {
+            let mut table = self.watermarks.lock();
+            partitions.iter().filter_map(|&p| table.revoke(p)).collect()
+        };
+        if !positions.is_empty()
+            && let Err(error) =
+                consumer.commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
+        {
+            tracing::warn!(topic = %self.topic, %error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
+        }
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions revoked.");
+    }
+
+    /// Reads the last commit of assigned partitions (where the shared consumer starts, and
+    /// which destinations were behind it, from where) and starts their watermarks. Returns the
+    /// commits, or `None` when they cannot be read (the pipeline then fails).
+    pub(super) fn assign<C: Consumer<Self>>(
+        &self,
+        consumer: &C,
+        partitions: &[i32],
+    ) -> Option<TopicPartitionList> {
+        let committed =
+            match consumer.committed_offsets(self.list(partitions), Duration::from_secs(30)) {
+                Ok(committed) => committed,
+                Err(error) => {
+                    self.fail(format!(
+                        "cannot read the committed positions of assigned partitions: {error}"
+                    ));
+                    return None;
+                }
+            };
+        let mut table = self.watermarks.lock();
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let detached = match parse_positions(element.metadata()) {
+                Ok(detached) => detached,
+                Err(reason) => {
+                    self.fail(format!("partition {}: {reason}", element.partition()));
+                    return None;
+                }
+            };
+            if !detached.is_empty() {
+                tracing::info!(topic = %self.topic, partition = element.partition(), behind = %element.metadata(), "Destinations restored behind the shared consumer; their readers catch up.");
+            }
+            table.assign(element.partition(), offset, &detached);
+        }
+        drop(table);
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions assigned.");
+        Some(committed)
+    }
+}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        self.revoke(consumer, &partitions);
+        if let Some(follower) = &self.follower {
+            follower.revoke(&partitions);
+        }
+        if let Some(order) = &self.order {
+            partitions.iter().for_each(|&p| order.revoke(p));
+        }
+        self.share_rate(consumer);
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
+        let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
+        let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+        if let Some(order) = &self.order {
+            partitions.iter().for_each(|&p| order.assign(p));
+        }
+        let Some(committed) = self.assign(consumer, &partitions) else {
+            return;
+        };
+        if let Some(follower) = &self.follower
+            && let Some(batch) = follower.assign(&partitions)
+        {
+            // The order table first: the batch consumer routes as soon as it reads.
+            if let Some(order) = &self.order
+                && let Err(error) =
+                    self.restore_order(consumer, order, &follower.topic(), &committed, &batch)
+            {
+                self.fail(format!(
+                    "cannot restore the order table of assigned partitions: {error}"
+                ));
+            }
+            follower.read(&batch);
+        }
+        self.share_rate(consumer);
+    }
+}
