@@ -1,0 +1,274 @@
+//! The offset watermark and the watermark table: what may be committed, detached
+//! destinations and their positions in the commit metadata, by example and by property.
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[test]
+fn commits_only_the_finished_prefix() {
+    let mut w = OffsetWatermark::default();
+    w.track(10, 2);
+    w.track(11, 1);
+    w.track(12, 0);
+    assert_eq!(w.committable(), None);
+    w.finish(11);
+    assert_eq!(w.committable(), None, "10 is not finished");
+    w.finish(10);
+    assert_eq!(w.committable(), None, "10 needs two destinations");
+    w.finish(10);
+    assert_eq!(w.committable(), Some(13));
+    w.track(13, 0);
+    assert_eq!(
+        w.committable(),
+        Some(14),
+        "an unrouted event finishes at once"
+    );
+    w.finish(99);
+    assert_eq!(w.committable(), Some(14));
+}
+
+fn shared(assignment: PartitionAssignment, offset: i64) -> EventSource {
+    EventSource {
+        assignment,
+        offset,
+        catch_up: false,
+    }
+}
+
+fn own(assignment: PartitionAssignment, offset: i64) -> EventSource {
+    EventSource {
+        assignment,
+        offset,
+        catch_up: true,
+    }
+}
+
+/// Destinations 0 and 1, ids 100 and 101.
+fn table() -> WatermarkTable {
+    WatermarkTable::new(vec![100, 101])
+}
+
+fn commits(table: &mut WatermarkTable) -> Vec<(i32, i64, String)> {
+    let mut all: Vec<_> = table
+        .committable()
+        .into_iter()
+        .map(|c| (c.partition, c.offset, c.metadata))
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn late_completions_of_a_revoked_assignment_are_ignored() {
+    let mut table = table();
+    table.assign(3, Some(100), &[]);
+    let old = table.track(3, 100, &mut vec![0]).unwrap();
+    assert_eq!(table.revoke(3).map(|c| c.offset), Some(100));
+    assert_eq!(table.track(3, 101, &mut vec![0]), None, "not owned");
+    table.assign(3, Some(100), &[]);
+    let new = table.track(3, 100, &mut vec![0]).unwrap();
+    assert!(!table.is_current(old) && table.is_current(new));
+    table.finish(shared(old, 100), 0);
+    assert_eq!(commits(&mut table), [(3, 100, "sr1".to_owned())]);
+    table.finish(shared(new, 100), 0);
+    assert_eq!(commits(&mut table), [(3, 101, "sr1".to_owned())]);
+}
+
+#[test]
+fn commits_only_what_every_attached_destination_finished() {
+    let mut table = table();
+    let a = table.assign(0, None, &[]);
+    assert!(commits(&mut table).is_empty(), "nothing known to commit");
+    table.track(0, 10, &mut vec![0, 1]);
+    table.track(0, 11, &mut vec![1]);
+    table.track(0, 12, &mut vec![]);
+    assert_eq!(commits(&mut table), [(0, 10, "sr1".to_owned())]);
+    table.finish(shared(a, 10), 0);
+    table.finish(shared(a, 11), 1);
+    assert_eq!(
+        commits(&mut table),
+        [(0, 10, "sr1".to_owned())],
+        "10 still with 1"
+    );
+    table.finish(shared(a, 10), 1);
+    assert_eq!(commits(&mut table), [(0, 13, "sr1".to_owned())]);
+    assert_eq!(table.in_progress(), 0);
+}
+
+/// The life of a destination that falls behind: detached at the offset its lane had no
+/// room for, its position (what it still holds included) in the commit's metadata while
+/// the shared consumer commits past it, read by its own reader, attached again once it
+/// reaches the shared consumer and finished what it read.
+#[test]
+fn a_detached_destination_keeps_its_position_and_attaches_again() {
+    let mut table = table();
+    let a = table.assign(0, Some(9), &[]);
+    // 9 went to both; 1 holds it in its (now full) lane. 10: 1's lane is full.
+    assert_eq!(table.track(0, 9, &mut vec![0, 1]), Some(a));
+    let mut targets = vec![0, 1];
+    table.track(0, 10, &mut targets);
+    assert!(table.detach(a, 10, 1), "newly detached");
+    assert!(!table.detach(a, 10, 1), "only once");
+    assert_eq!(table.detached_partitions(1), [(a, 10)]);
+    // The shared consumer skips 1 from now on.
+    let mut targets = vec![0, 1];
+    table.track(0, 11, &mut targets);
+    assert_eq!(targets, [0], "1 is read by its own reader");
+    for offset in 9..12 {
+        table.finish(shared(a, offset), 0);
+    }
+    assert_eq!(
+        commits(&mut table),
+        [(0, 12, "sr1;101@9".to_owned())],
+        "the shared consumer commits past 1's backlog, which the metadata keeps from the event its lane still holds"
+    );
+    assert_eq!(table.backlog(1), 3);
+    table.finish(shared(a, 9), 1);
+    assert_eq!(commits(&mut table), [(0, 12, "sr1;101@10".to_owned())]);
+    // 1's reader reads 10 and 11 (both mapped), finishes 10.
+    assert_eq!(table.catch_up(a, 1, 10, None, true), CatchUp::Deliver(a));
+    assert_eq!(
+        table.catch_up(a, 1, 10, None, true),
+        CatchUp::Skip,
+        "read before"
+    );
+    assert_eq!(
+        table.catch_up(a, 1, 11, Some(5_000), true),
+        CatchUp::Deliver(a)
+    );
+    table.finish(own(a, 10), 1);
+    assert_eq!(commits(&mut table), [(0, 12, "sr1;101@11".to_owned())]);
+    assert_eq!(
+        table.backlog_age_ms(1, 7_500),
+        2_500,
+        "what it read last was written at 5 s"
+    );
+    assert_eq!(table.backlog_age_ms(0, 7_500), 0, "0 keeps up");
+    // 12 is not routed yet: 1 attaches again there and reads no more.
+    assert_eq!(table.catch_up(a, 1, 12, None, true), CatchUp::Attached);
+    assert!(table.detached_partitions(1).is_empty());
+    let mut targets = vec![0, 1];
+    table.track(0, 12, &mut targets);
+    assert_eq!(targets, [0, 1], "the shared consumer serves 1 again");
+    // Until 11 is finished, 1's position stays in the metadata.
+    table.finish(shared(a, 12), 0);
+    table.finish(shared(a, 12), 1);
+    assert_eq!(commits(&mut table), [(0, 13, "sr1;101@11".to_owned())]);
+    table.finish(own(a, 11), 1);
+    assert_eq!(commits(&mut table), [(0, 13, "sr1".to_owned())]);
+    assert_eq!(table.backlog(1), 0);
+    assert!(table.release_reader(1));
+}
+
+#[test]
+fn a_restored_position_detaches_the_destination_and_a_reader_at_the_end_attaches() {
+    let mut table = table();
+    let positions = parse_positions("sr1;101@5;100@9;999@1").unwrap();
+    let a = table.assign(0, Some(8), &positions);
+    assert_eq!(table.detached_partitions(1), [(a, 5)]);
+    assert!(
+        table.detached_partitions(0).is_empty(),
+        "a position at or past the commit is not behind"
+    );
+    assert_eq!(
+        commits(&mut table),
+        [(0, 8, "sr1;101@5".to_owned())],
+        "a destination no longer configured (999) is dropped"
+    );
+    assert_eq!(table.unread_destinations(), [1]);
+    assert!(table.claim_reader(1));
+    assert!(!table.claim_reader(1), "one reader per destination");
+    assert!(table.unread_destinations().is_empty());
+    assert!(!table.caught_up(a, 1, 7), "7 < 8: behind");
+    assert!(!table.release_reader(1), "still detached");
+    assert!(table.caught_up(a, 1, 8));
+    assert!(table.release_reader(1));
+    assert_eq!(commits(&mut table), [(0, 8, "sr1".to_owned())]);
+}
+
+#[test]
+fn unmapped_events_read_by_a_reader_do_not_hold_its_position() {
+    let mut table = table();
+    let a = table.assign(0, Some(0), &[]);
+    table.track(0, 0, &mut vec![0]);
+    table.detach(a, 0, 0);
+    for offset in 1..5 {
+        table.track(0, offset, &mut vec![]);
+    }
+    assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
+    assert_eq!(table.catch_up(a, 0, 0, None, true), CatchUp::Deliver(a));
+    for offset in 1..5 {
+        assert_eq!(
+            table.catch_up(a, 0, offset, None, false),
+            CatchUp::Deliver(a)
+        );
+    }
+    assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
+    table.finish(own(a, 0), 0);
+    assert_eq!(
+        commits(&mut table),
+        [(0, 5, "sr1".to_owned())],
+        "read to the end and finished: no longer behind"
+    );
+}
+
+#[test]
+fn metadata_past_kafkas_limit_holds_the_commit_back_instead_of_dropping_a_position() {
+    let ids: Vec<u64> = (0..1_000).map(|i| 1_000_000 + i).collect();
+    let mut table = WatermarkTable::new(ids);
+    let a = table.assign(0, Some(0), &[]);
+    for offset in 0..1_000 {
+        table.track(0, offset, &mut vec![offset as usize]);
+        table.detach(a, offset, offset as usize);
+    }
+    let commit = table.committable().pop().unwrap();
+    assert!(commit.metadata.len() <= MAX_COMMIT_METADATA);
+    let kept = parse_positions(&commit.metadata).unwrap();
+    assert!(kept.len() < 1_000);
+    assert_eq!(
+        commit.offset,
+        kept.len() as i64,
+        "every destination left out is at or past the committed offset"
+    );
+    assert!(kept.iter().all(|&(_, p)| p < commit.offset));
+}
+
+#[test]
+fn positions_in_metadata_round_trip_and_foreign_metadata_holds_none() {
+    assert_eq!(parse_positions("sr1;7@3;8@4").unwrap(), [(7, 3), (8, 4)]);
+    assert_eq!(parse_positions("sr1").unwrap(), []);
+    assert_eq!(parse_positions("").unwrap(), []);
+    assert_eq!(parse_positions("written by another tool").unwrap(), []);
+    assert!(parse_positions("sr1;7@").is_err());
+    assert!(parse_positions("sr1;x@3").is_err());
+}
+
+proptest! {
+    /// Whatever order destinations finish in, the watermark is exactly one past the longest
+    /// prefix of fully finished events, never more.
+    #[test]
+    fn watermark_is_the_finished_prefix(
+        needs in proptest::collection::vec(0_u32..4, 1..60),
+        order in any::<proptest::sample::Index>(),
+        steps in 0_usize..200,
+    ) {
+        let mut w = OffsetWatermark::default();
+        let mut remaining = needs.clone();
+        let mut outstanding: Vec<usize> = Vec::new();
+        for (i, &n) in needs.iter().enumerate() {
+            w.track(i as i64, n);
+            outstanding.extend(std::iter::repeat_n(i, n as usize));
+        }
+        let mut pick = order.index(usize::MAX);
+        for _ in 0..steps.min(outstanding.len()) {
+            pick = pick.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let event = outstanding.swap_remove(pick % outstanding.len());
+            remaining[event] -= 1;
+            w.finish(event as i64);
+            let prefix = remaining.iter().take_while(|&&r| r == 0).count();
+            let expected = (prefix > 0).then_some(prefix as i64);
+            prop_assert_eq!(w.committable(), expected);
+        }
+    }
+}
