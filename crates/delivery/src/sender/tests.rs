@@ -1,0 +1,67 @@
+//! When a destination counts as slow, and how `Retry-After` reads.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{DestinationSender, parse_retry_after};
+
+#[test]
+fn a_destination_is_slow_from_its_first_slow_answer_until_a_quick_one() {
+    let yaml = "kafka: { topic: status, dlq_topic: status-dlq, group_id: g }\n\
+                destinations:\n\
+                  - { id: 1, url: https://a.example/x, client_id: x, user_dpid: 1, timeout_ms: 3000, segments: { 1: \"1\" } }\n";
+    let config =
+        crate::config::DeliveryConfig::parse(std::path::Path::new("slow.yaml"), yaml, &|_| None)
+            .unwrap();
+    let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+    let destination = config.destinations[0].clone();
+    let sender = DestinationSender::new(
+        destination.clone(),
+        metrics.destination(destination.id, destination.max_backlog_age),
+        None,
+    )
+    .unwrap();
+    let ms = Duration::from_millis;
+    assert!(sender.is_slow(), "no answer yet: cannot be told from stuck");
+    for _ in 0..10 {
+        sender.note_request_time(ms(50));
+    }
+    assert!(!sender.is_slow(), "answers in 50 ms");
+    sender.note_request_time(ms(2_800));
+    assert!(
+        sender.is_slow(),
+        "its first answer after 2.8 s of a 3 s timeout"
+    );
+    sender.note_request_time(ms(50));
+    assert!(!sender.is_slow(), "one long request, then quick again");
+    sender.note_request_time(ms(900));
+    assert!(!sender.is_slow(), "900 ms: under a third of its timeout");
+    sender.note_request_time(ms(1_000));
+    assert!(sender.is_slow(), "1 s: a third of its timeout");
+}
+
+#[test]
+fn retry_after_is_seconds_or_an_http_date_capped_at_an_hour() {
+    // Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example).
+    let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+    assert_eq!(
+        parse_retry_after("120", now),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(parse_retry_after(" 2 ", now), Some(Duration::from_secs(2)));
+    assert_eq!(
+        parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+        Some(Duration::ZERO),
+        "a date in the past: no wait"
+    );
+    assert_eq!(
+        parse_retry_after("86400", now),
+        Some(Duration::from_secs(3_600)),
+        "capped at one hour"
+    );
+    assert_eq!(parse_retry_after("soon", now), None);
+    assert_eq!(parse_retry_after("-5", now), None);
+}
