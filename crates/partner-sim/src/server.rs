@@ -2,7 +2,6 @@
 //! `/stats` for the admin port.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,13 +9,18 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::json;
 
-use crate::auth::{TokenIssuer, verify};
+use crate::auth::TokenIssuer;
 use crate::config::{AuthConfig, EndpointConfig, SimConfig};
-use crate::contract::{Rejection, Violation, check_body};
+use crate::contract::Violation;
+
+mod check;
+mod token;
+
+use check::check;
+use token::token;
 
 /// What one endpoint received.
 #[derive(Debug, Default)]
@@ -335,75 +339,6 @@ async fn handle(
         .into_response()
 }
 
-/// Every check a partner makes before accepting a request.
-fn check(
-    endpoint: &Endpoint,
-    method: &Method,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<crate::contract::ReceivedBody, Rejection> {
-    let fail = |violation, detail: &str| Rejection {
-        violation,
-        detail: detail.to_owned(),
-    };
-    if method != Method::POST {
-        return Err(fail(Violation::NotPost, "data must be POSTed"));
-    }
-    if header(headers, "content-type").map(|v| v.split(';').next().unwrap_or("").trim())
-        != Some("application/json")
-    {
-        return Err(fail(
-            Violation::BadContentType,
-            "Content-Type must be application/json",
-        ));
-    }
-    if header(headers, "idempotency-key").is_none_or(str::is_empty) {
-        return Err(fail(
-            Violation::MissingIdempotencyKey,
-            "Idempotency-Key header missing",
-        ));
-    }
-    let json: std::borrow::Cow<'_, [u8]> = if header(headers, "content-encoding") == Some("gzip") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(body)
-            .read_to_end(&mut out)
-            .map_err(|_| fail(Violation::BadGzip, "body is not valid gzip"))?;
-        out.into()
-    } else {
-        body.into()
-    };
-    match &endpoint.config.auth {
-        Some(AuthConfig::Hmac(hmac)) => {
-            let given = header(headers, &hmac.header)
-                .ok_or_else(|| fail(Violation::MissingSignature, "signature header missing"))?;
-            let key = endpoint.hmac_key.as_deref().unwrap_or_default();
-            if !verify(hmac.algorithm, key, &json, given) {
-                return Err(fail(
-                    Violation::BadSignature,
-                    "signature does not match the body",
-                ));
-            }
-        }
-        Some(AuthConfig::Oauth2(_)) => {
-            endpoint
-                .tokens
-                .check(header(headers, "authorization"))
-                .map_err(|v| fail(v, "bearer token missing, unknown or expired"))?;
-        }
-        None => {}
-    }
-    let received = check_body(&json)?;
-    if let Some(expected) = endpoint.config.destination_id
-        && received.destination_id != expected.to_string()
-    {
-        return Err(fail(
-            Violation::WrongDestination,
-            "AAM_Destination_Id is not this endpoint's",
-        ));
-    }
-    Ok(received)
-}
-
 fn record(
     metrics: &Metrics,
     path: &str,
@@ -462,70 +397,4 @@ fn record(
             }
         }
     }
-}
-
-/// The client-credentials token endpoint of an OAuth endpoint.
-fn token(
-    sim: &Simulator,
-    endpoint: &Endpoint,
-    method: &Method,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
-    let Some(AuthConfig::Oauth2(oauth)) = &endpoint.config.auth else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let path = endpoint.config.path.as_str();
-    let expected = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        oauth.client_id,
-        endpoint.oauth_secret.as_deref().unwrap_or_default()
-    ));
-    let problem = if method != Method::POST {
-        Some((StatusCode::METHOD_NOT_ALLOWED, "POST the token request"))
-    } else if header(headers, "authorization") != Some(&format!("Basic {expected}")) {
-        Some((StatusCode::UNAUTHORIZED, "invalid client credentials"))
-    } else if !header(headers, "content-type")
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
-    {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "Content-Type must be application/x-www-form-urlencoded",
-        ))
-    } else if body != b"grant_type=client_credentials" {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "body must be grant_type=client_credentials",
-        ))
-    } else {
-        None
-    };
-    let mut stats = endpoint
-        .stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    stats.token_requests += 1;
-    if let Some((status, error)) = problem {
-        stats.token_rejected += 1;
-        sim.metrics
-            .token_requests
-            .with_label_values(&[path, "rejected"])
-            .inc();
-        return (
-            status,
-            axum::Json(json!({"error": "invalid_request", "error_description": error})),
-        )
-            .into_response();
-    }
-    sim.metrics
-        .token_requests
-        .with_label_values(&[path, "issued"])
-        .inc();
-    let token = endpoint
-        .tokens
-        .issue(Duration::from_secs(oauth.token_ttl_s));
-    axum::Json(
-        json!({"access_token": token, "token_type": "bearer", "expires_in": oauth.token_ttl_s}),
-    )
-    .into_response()
 }
