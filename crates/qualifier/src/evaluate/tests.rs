@@ -5,7 +5,7 @@ use std::path::Path;
 use model::pb::{IdSync, OptOut, TraitRealization, trait_event};
 
 use super::*;
-use model::SegmentStatus;
+use model::{PartnerIds, SegmentStatus};
 
 const S: i64 = 1_000;
 
