@@ -298,13 +298,9 @@ fn json_str_bytes(s: &str) -> usize {
         .sum::<usize>()
 }
 
-fn digits(mut n: u64) -> usize {
-    let mut count = 1;
-    while n >= 10 {
-        n /= 10;
-        count += 1;
-    }
-    count
+/// The decimal digits of `n` (`0` has one).
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 /// `ProcessTime` (now) is 28 characters (`Wed Jul 27 16:17:22 UTC 2016`) until year 9999. A

@@ -64,5 +64,8 @@ pub fn idempotency_key(batch: &DestinationBatch, input_topic: &str) -> String {
         }
     }
     let digest = hash.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut key = [0_u8; 32];
+    // 16 bytes fill the 32 hex digits exactly: the lengths match, so this cannot fail.
+    let _ = hex::encode_to_slice(&digest[..16], &mut key);
+    key.iter().copied().map(char::from).collect()
 }

@@ -314,6 +314,39 @@ fn idempotency_key_depends_on_the_events_only() {
     );
 }
 
+#[test]
+fn idempotency_key_is_the_first_16_bytes_of_a_sha256_in_lowercase_hex() {
+    // sha256(423 as u64 BE ‖ "segment-status" ‖ 0 ‖ (3 as i32 BE ‖ 42 as i64 BE) ‖ (3 ‖ 43)),
+    // its first 16 bytes, computed outside Rust (Python's hashlib).
+    let mut batch = DestinationBatch::new(destination(""));
+    for (user, offset) in [("a", 42), ("b", 43)] {
+        let mut event = update(user, &[], &[], vec![change(14356, true, T0)]);
+        event.source = Some(EventSource {
+            assignment: PartitionAssignment {
+                partition: 3,
+                generation: 1,
+            },
+            offset,
+            catch_up: false,
+        });
+        batch.add(event).unwrap();
+    }
+    assert_eq!(
+        idempotency_key(&batch, "segment-status"),
+        "f7321bb9d09c4791f3f9aeeb783d5947"
+    );
+}
+
+#[test]
+fn digits_counts_the_decimal_digits_of_zero_to_u64_max() {
+    assert_eq!(digits(0), 1);
+    assert_eq!(digits(9), 1);
+    assert_eq!(digits(10), 2);
+    assert_eq!(digits(99), 2);
+    assert_eq!(digits(100), 3);
+    assert_eq!(digits(u64::MAX), 20);
+}
+
 proptest! {
     /// Whatever the events, the accounted size equals the body's length, and no batch of two
     /// or more users passes max_bytes.
