@@ -111,9 +111,11 @@ impl Metrics {
         registry.register(Box::new(metrics.sweep_pending.clone()))?;
         registry.register(Box::new(metrics.swept.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
-        for kind in KINDS {
-            for outcome in OUTCOMES {
-                metrics.events.with_label_values(&[kind, outcome]);
+        for kind in EventKind::ALL {
+            for outcome in EventOutcome::ALL {
+                metrics
+                    .events
+                    .with_label_values(&[kind.label(), outcome.label()]);
             }
         }
         for (status, reason) in [
@@ -133,13 +135,66 @@ impl Metrics {
     }
 }
 
-const KINDS: [&str; 5] = ["trait", "id_sync", "opt_out", "forget", "unknown"];
-const OUTCOMES: [&str; 3] = ["applied", "ignored", "invalid"];
+/// The `type` label of `qualifier_events_total`: what an input event is. A closed set, so
+/// the label's cardinality stays bounded and a new kind cannot go uncounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Trait,
+    IdSync,
+    OptOut,
+    Forget,
+    /// Not decodable, or no event in it.
+    Unknown,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 5] = [
+        Self::Trait,
+        Self::IdSync,
+        Self::OptOut,
+        Self::Forget,
+        Self::Unknown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Trait => "trait",
+            Self::IdSync => "id_sync",
+            Self::OptOut => "opt_out",
+            Self::Forget => "forget",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The `outcome` label of `qualifier_events_total`: what became of an input event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// It changed, or may have changed, the user.
+    Applied,
+    /// Valid, but it changes nothing (e.g. an opted-out user's trait).
+    Ignored,
+    /// It cannot be applied: dead-lettered.
+    Invalid,
+}
+
+impl EventOutcome {
+    pub const ALL: [Self; 3] = [Self::Applied, Self::Ignored, Self::Invalid];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+            Self::Invalid => "invalid",
+        }
+    }
+}
 
 /// The per-event counters, resolved once so the processing loop does no label lookup per
 /// event or change.
 #[derive(Debug, Clone)]
 pub struct HotCounters {
+    /// `qualifier_events_total`, indexed by [`HotCounters::event_index`].
     events: Vec<IntCounter>,
     changes: Vec<(model::SegmentStatus, model::ChangeReason, IntCounter)>,
     all_changes: IntCounterVec,
@@ -148,12 +203,14 @@ pub struct HotCounters {
 impl HotCounters {
     pub fn new(metrics: &Metrics) -> Self {
         use model::{ChangeReason, SegmentStatus};
-        let events = KINDS
+        let events = EventKind::ALL
             .iter()
             .flat_map(|kind| {
-                OUTCOMES
-                    .iter()
-                    .map(move |outcome| metrics.events.with_label_values(&[kind, outcome]))
+                EventOutcome::ALL.iter().map(move |outcome| {
+                    metrics
+                        .events
+                        .with_label_values(&[kind.label(), outcome.label()])
+                })
             })
             .collect();
         let changes = [
@@ -182,15 +239,14 @@ impl HotCounters {
         }
     }
 
-    /// `qualifier_events_total{type=kind, outcome}`; `kind` and `outcome` are among the
-    /// documented labels.
-    pub fn event(&self, kind: &str, outcome: &str) {
-        let k = KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(KINDS.len() - 1);
-        let o = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
-        self.events[k * OUTCOMES.len() + o].inc();
+    /// `qualifier_events_total{type=kind, outcome}`.
+    pub fn event(&self, kind: EventKind, outcome: EventOutcome) {
+        self.events[Self::event_index(kind, outcome)].inc();
+    }
+
+    /// Where `(kind, outcome)` is in `events`: the order [`HotCounters::new`] resolves them in.
+    fn event_index(kind: EventKind, outcome: EventOutcome) -> usize {
+        kind as usize * EventOutcome::ALL.len() + outcome as usize
     }
 
     /// `qualifier_status_changes_total{status, reason}` for one change.
@@ -232,3 +288,6 @@ fn reason_label(reason: model::ChangeReason) -> &'static str {
         model::ChangeReason::Unspecified => "unspecified",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Definitions;
 use crate::evaluate::Evaluator;
-use crate::metrics::{HotCounters, Metrics};
+use crate::metrics::{EventKind, HotCounters, Metrics};
 use crate::store::Store;
 
 mod recovery;
@@ -70,15 +70,15 @@ fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
 /// An input message's value → its event and type (the `type` label of
 /// `qualifier_events_total`), or the type and why it cannot be applied (it is dead-lettered).
 /// Fields this version does not know are skipped, so a newer producer's events still decode.
-pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, &'static str), (&'static str, String)> {
-    let event =
-        TraitEvent::decode(payload).map_err(|e| ("unknown", format!("not a TraitEvent: {e}")))?;
+pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, EventKind), (EventKind, String)> {
+    let event = TraitEvent::decode(payload)
+        .map_err(|e| (EventKind::Unknown, format!("not a TraitEvent: {e}")))?;
     let kind = match &event.event {
-        Some(model::pb::trait_event::Event::TraitRealization(_)) => "trait",
-        Some(model::pb::trait_event::Event::IdSync(_)) => "id_sync",
-        Some(model::pb::trait_event::Event::OptOut(_)) => "opt_out",
-        Some(model::pb::trait_event::Event::Forget(_)) => "forget",
-        None => "unknown",
+        Some(model::pb::trait_event::Event::TraitRealization(_)) => EventKind::Trait,
+        Some(model::pb::trait_event::Event::IdSync(_)) => EventKind::IdSync,
+        Some(model::pb::trait_event::Event::OptOut(_)) => EventKind::OptOut,
+        Some(model::pb::trait_event::Event::Forget(_)) => EventKind::Forget,
+        None => EventKind::Unknown,
     };
     match crate::evaluate::validate(&event) {
         Ok(()) => Ok((event, kind)),

@@ -42,7 +42,7 @@ fn check_event(payload: &[u8]) -> Result<(), TestCaseError> {
     let Ok((event, kind)) = decoded else {
         return Ok(());
     };
-    prop_assert!(["trait", "id_sync", "opt_out"].contains(&kind));
+    prop_assert!([EventKind::Trait, EventKind::IdSync, EventKind::OptOut].contains(&kind));
     let mut evaluator = Evaluator::default();
     let known = UserState {
         user_id: event.user_id.clone(),
@@ -127,24 +127,24 @@ fn every_event_and_state_in_the_corpora_is_handled() {
         )
     };
     assert_eq!(
-        verdict("trait-realization.bin").map(|(_, kind)| kind),
+        verdict("trait-realization.bin").map(|(_, kind)| kind.label()),
         Ok("trait")
     );
     assert_eq!(
-        verdict("unknown-fields-nested.bin").map(|(_, kind)| kind),
+        verdict("unknown-fields-nested.bin").map(|(_, kind)| kind.label()),
         Ok("trait")
     );
     assert_eq!(
         verdict("no-event.bin").unwrap_err(),
         (
-            "unknown",
+            EventKind::Unknown,
             "the event has no trait realization, id sync or opt-out".to_owned()
         )
     );
     assert_eq!(
         verdict("long-user-id.bin").unwrap_err(),
         (
-            "trait",
+            EventKind::Trait,
             "user_id is 600 bytes long, more than the 512 allowed".to_owned()
         )
     );

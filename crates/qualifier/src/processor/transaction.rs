@@ -15,6 +15,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::{Input, Processor, SWEEP_BUDGET, TRANSACTION_TIMEOUT, decode_event, lock};
 use crate::config::Definitions;
 use crate::evaluate::Step;
+use crate::metrics::{EventKind, EventOutcome};
 
 impl Processor {
     pub(super) fn transaction(
@@ -131,7 +132,11 @@ impl Processor {
             .observe(started.elapsed().as_secs_f64());
         match step {
             Ok(step) => {
-                let outcome = if step.ignored { "ignored" } else { "applied" };
+                let outcome = if step.ignored {
+                    EventOutcome::Ignored
+                } else {
+                    EventOutcome::Applied
+                };
                 self.counters.event(kind, outcome);
                 self.publish(partition, &event.user_id, step)
             }
@@ -213,10 +218,10 @@ impl Processor {
     fn dead_letter(
         &mut self,
         message: &OwnedMessage,
-        kind: &str,
+        kind: EventKind,
         error: String,
     ) -> Result<(), KafkaError> {
-        self.counters.event(kind, "invalid");
+        self.counters.event(kind, EventOutcome::Invalid);
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
         let now = telemetry::clock::unix_ms();
         let mut record = DeadLetterRecord {
