@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+use super::parser::{Token, lex};
 use super::*;
 
 /// Trait → ascending times; every time is alive (TTL is applied by the state, not the rule).
