@@ -2,12 +2,13 @@
 //! of segment status to Kafka, exactly once within Kafka.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use qualifier::config::Definitions;
+use qualifier::config::kafka::KafkaConfig;
 use qualifier::ingest::EventWriter;
 use qualifier::ingest::auth::{IngestAuth, IngestTokens};
 use qualifier::ingest::tls::{CertificateFiles, IngestTls};
@@ -23,16 +24,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// sync, regions) and publishes every change of segment status to Kafka.
 ///
 /// Kafka connection settings come from the environment (KAFKA_BROKERS, KAFKA_SECURITY_PROTOCOL,
-/// KAFKA_SASL_*, KAFKA_SSL_*); see the README.
+/// KAFKA_SASL_*, KAFKA_SSL_*); topics, group and instance id from the `kafka:` block of the
+/// definitions file, each overridden by KAFKA_<KEY> (e.g. KAFKA_EVENTS_TOPIC); see the README.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// The definitions file (segments.yaml); reloaded when it changes.
+    /// The definitions file (segments.yaml); reloaded when it changes. Required to run; the
+    /// other commands read its `kafka:` block when given (else the defaults and KAFKA_<KEY>).
     #[arg(long, env = "QUALIFIER_CONFIG", global = true)]
     config: Option<PathBuf>,
-
-    #[command(flatten)]
-    topics: TopicArgs,
 
     /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(
@@ -96,76 +96,12 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Args)]
-struct TopicArgs {
-    /// Consumer group of the qualifier processes.
-    #[arg(
-        long,
-        env = "QUALIFIER_GROUP_ID",
-        default_value = "qualifier",
-        global = true
-    )]
-    group_id: String,
-    /// This process's stable identity (e.g. the pod name): its transactional id is
-    /// `<group-id>-<instance-id>`, so a restarted process fences its previous incarnation.
-    #[arg(long, env = "QUALIFIER_INSTANCE_ID", global = true)]
-    instance_id: Option<String>,
-    /// Input topic.
-    #[arg(
-        long,
-        env = "EVENTS_TOPIC",
-        default_value = "trait-events",
-        global = true
-    )]
-    events_topic: String,
-    /// Output topic of real-time changes.
-    #[arg(
-        long,
-        env = "STATUS_TOPIC",
-        default_value = "segment-status",
-        global = true
-    )]
-    status_topic: String,
-    /// Output topic of changes caused by batch (offline/onboarded) events.
-    #[arg(
-        long,
-        env = "STATUS_BATCH_TOPIC",
-        default_value = "segment-status-batch",
-        global = true
-    )]
-    status_batch_topic: String,
-    /// The compacted state topic (one partition per input partition).
-    #[arg(
-        long,
-        env = "CHANGELOG_TOPIC",
-        default_value = "qualifier-changelog",
-        global = true
-    )]
-    changelog_topic: String,
-    /// Delivery's log topic (`kafka.delivery_log_topic` of delivery): an erased user's
-    /// records there are made unreadable. `""`: delivery runs without its log.
-    #[arg(
-        long,
-        env = "DELIVERY_LOG_TOPIC",
-        default_value = "delivery-log",
-        global = true
-    )]
-    delivery_log_topic: String,
-    /// Where invalid input events are kept.
-    #[arg(
-        long,
-        env = "DLQ_TOPIC",
-        default_value = "segment-status-dlq",
-        global = true
-    )]
-    dlq_topic: String,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the service (the default).
     Run,
-    /// Validate a definitions file and print every problem at once; exit 1 if any.
+    /// Validate a definitions file (with its `kafka:` block and the KAFKA_<KEY> overrides) and
+    /// print every problem at once; exit 1 if any.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
@@ -197,7 +133,8 @@ enum Command {
     },
     /// Create (`create`, idempotent) or verify (`check`) every Kafka topic of segment-relay
     /// with its settings (partitions, replication, cleanup.policy, retention.ms,
-    /// min.insync.replicas), named by the topic flags above; existing topics are never changed.
+    /// min.insync.replicas), named by the `kafka:` block of --config (or KAFKA_<KEY>); existing
+    /// topics are never changed.
     Topics(qualifier::topics::TopicsCommand),
 }
 
@@ -220,8 +157,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Show { user, json }) => {
             let definitions = cli.config.as_deref().map(Definitions::load).transpose()?;
+            let block = match &definitions {
+                Some(definitions) => definitions.kafka.clone(),
+                None => kafka_block(None)?,
+            };
             let kafka = telemetry::KafkaSettings::from_env()?;
-            let topic = cli.topics.changelog_topic.clone();
+            let topic = block.changelog_topic.clone();
             let lookup = user.clone();
             let found =
                 tokio::task::spawn_blocking(move || qualifier::show::find(&kafka, &topic, &lookup))
@@ -229,14 +170,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(found) = found else {
                 eprintln!(
                     "{user}: no record in {} (never seen by this qualifier group)",
-                    cli.topics.changelog_topic
+                    block.changelog_topic
                 );
                 return Ok(ExitCode::from(2));
             };
             let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
             let report = qualifier::show::report(
                 &user,
-                &cli.topics.changelog_topic,
+                &block.changelog_topic,
                 found,
                 definitions.as_ref(),
                 now,
@@ -250,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Forget { user }) => {
             telemetry::init_logging()?;
+            let block = kafka_block(cli.config.as_deref())?;
             let kafka = telemetry::KafkaSettings::from_env()?;
             let event = model::TraitEvent {
                 user_id: user.clone(),
@@ -259,31 +201,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })),
             };
             qualifier::evaluate::validate(&event).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
-            let writer = EventWriter::new(&kafka, &cli.topics.events_topic)?;
+            let writer = EventWriter::new(&kafka, &block.events_topic)?;
             writer
                 .write(&[event])
                 .await
                 .context("Kafka did not acknowledge the forget event")?;
             println!(
                 "asked to forget {user}: the qualifier sends their 0s, then erases them ({})",
-                cli.topics.events_topic
+                block.events_topic
             );
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Topics(command)) => {
+            let block = kafka_block(cli.config.as_deref())?;
             let kafka = telemetry::KafkaSettings::from_env()?;
             let names = qualifier::topics::TopicNames {
-                events: cli.topics.events_topic,
-                status: cli.topics.status_topic,
-                status_batch: cli.topics.status_batch_topic,
-                changelog: cli.topics.changelog_topic,
-                dlq: cli.topics.dlq_topic,
-                delivery_log: Some(cli.topics.delivery_log_topic).filter(|t| !t.trim().is_empty()),
+                events: block.events_topic,
+                status: block.status_topic,
+                status_batch: block.status_batch_topic,
+                changelog: block.changelog_topic,
+                dlq: block.dlq_topic,
+                delivery_log: block.delivery_log_topic,
             };
             qualifier::topics::run(command, &names, &kafka).await
         }
         Some(Command::Onboard { file }) => {
             telemetry::init_logging()?;
+            let block = kafka_block(cli.config.as_deref())?;
             let kafka = telemetry::KafkaSettings::from_env()?;
             let body =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -303,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         lines.join("\n")
                     )
                 })?;
-            let writer = EventWriter::new(&kafka, &cli.topics.events_topic)?;
+            let writer = EventWriter::new(&kafka, &block.events_topic)?;
             writer
                 .write(&events)
                 .await
@@ -320,6 +264,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .config
                 .context("--config FILE (or QUALIFIER_CONFIG) is required: the definitions file")?;
             let definitions = Definitions::load(&path)?;
+            let transactional_id = definitions
+                .kafka
+                .transactional_id()
+                .map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
             let (ingest_auth, ingest_tokens_file) = match &cli.ingest_tokens_file {
                 Some(file) => {
                     let (tokens, file) = IngestTokens::load(file)
@@ -341,21 +289,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "The ingest API accepts requests from anyone: set --ingest-tokens-file (INGEST_TOKENS_FILE) to require bearer tokens."
                 );
             }
-            let instance = cli
-                .topics
-                .instance_id
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| "0".to_owned());
+            let block = definitions.kafka.clone();
             let topology = Topology {
-                transactional_id: format!("{}-{instance}", cli.topics.group_id),
-                group_id: cli.topics.group_id,
-                events_topic: cli.topics.events_topic,
-                status_topic: cli.topics.status_topic,
-                status_batch_topic: cli.topics.status_batch_topic,
-                changelog_topic: cli.topics.changelog_topic,
-                dlq_topic: cli.topics.dlq_topic,
-                delivery_log_topic: Some(cli.topics.delivery_log_topic)
-                    .filter(|t| !t.trim().is_empty()),
+                transactional_id,
+                group_id: block.group_id,
+                events_topic: block.events_topic,
+                status_topic: block.status_topic,
+                status_batch_topic: block.status_batch_topic,
+                changelog_topic: block.changelog_topic,
+                dlq_topic: block.dlq_topic,
+                delivery_log_topic: block.delivery_log_topic,
             };
             let options = qualifier::service::Options {
                 definitions_path: path,
@@ -378,5 +321,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("Stopped.");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The `kafka:` block: the definitions file's (with the environment's overrides), or, without
+/// --config, the defaults with the environment's.
+fn kafka_block(config: Option<&Path>) -> Result<KafkaConfig, telemetry::ConfigError> {
+    match config {
+        Some(path) => Ok(Definitions::load(path)?.kafka),
+        None => KafkaConfig::from_env(&|name| std::env::var(name).ok()),
     }
 }

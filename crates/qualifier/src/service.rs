@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use telemetry::ServiceRuntime;
 
 use crate::config::Definitions;
+use crate::config::kafka::KafkaConfig;
 use crate::ingest::auth::{IngestAuth, TokensFile, watch_tokens};
 use crate::ingest::tls::IngestTls;
 use crate::ingest::{EventWriter, router, serve};
@@ -67,12 +68,13 @@ pub async fn run(
         let kafka = runtime.kafka.clone();
         let found = tokio::task::spawn_blocking(move || kafka.require_topics(&[&topic])).await?;
         if let Err(problem) = found {
-            tracing::warn!(%problem, "Erasures will not hide users' delivery log records: create the topic, or set DELIVERY_LOG_TOPIC=\"\" if delivery runs without its log.");
+            tracing::warn!(%problem, "Erasures will not hide users' delivery log records: create the topic, or set kafka.delivery_log_topic: \"\" (KAFKA_DELIVERY_LOG_TOPIC=\"\") if delivery runs without its log.");
             topology.delivery_log_topic = None;
         }
     }
 
     let loaded = std::fs::read(&options.definitions_path).unwrap_or_default();
+    let running_kafka = definitions.kafka.clone();
     let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(definitions)));
     let writer = Arc::new(
         EventWriter::new(&runtime.kafka, &topology.events_topic)
@@ -116,6 +118,7 @@ pub async fn run(
         options.definitions_path.clone(),
         loaded,
         definitions.clone(),
+        running_kafka,
         stop.clone(),
     ));
 
@@ -137,16 +140,24 @@ pub async fn run(
     result.context("processing failed")
 }
 
-/// Replaces the definitions when the file changes and the new one is valid.
+/// Replaces the definitions when the file changes and the new one is valid. The topics, group
+/// and instance id stay those of the start (`running_kafka`): a changed `kafka:` block is a WARN
+/// naming the keys, and takes effect at the next restart.
 async fn watch_definitions(
     path: PathBuf,
     mut current: Vec<u8>,
     definitions: SharedDefinitions,
+    running_kafka: KafkaConfig,
     stop: tokio_util::sync::CancellationToken,
 ) {
     while let Some(bytes) = telemetry::watch::file_change(&path, &current, &stop).await {
-        match Definitions::parse(&path, &String::from_utf8_lossy(&bytes)) {
+        let env = |name: &str| std::env::var(name).ok();
+        match Definitions::parse_with_env(&path, &String::from_utf8_lossy(&bytes), &env) {
             Ok(new) => {
+                let changed = running_kafka.changed_keys(&new.kafka);
+                if !changed.is_empty() {
+                    tracing::warn!(file = %path.display(), keys = %changed.join(", "), "The kafka block changed: it takes effect at the next restart; the running topics, group and instance id stay in force.");
+                }
                 tracing::info!(file = %path.display(), segments = new.segments.len(), traits = new.traits.len(), "Definitions reloaded.");
                 *definitions.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
             }

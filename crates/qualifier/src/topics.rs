@@ -1,8 +1,9 @@
 //! Topics as code: the one catalog of every Kafka topic segment-relay uses, with its settings,
 //! and `qualifier topics create|check`, which create the missing ones and verify the rest.
 //!
-//! The topic names come from the qualifier's own flags and environment (`EVENTS_TOPIC`,
-//! `CHANGELOG_TOPIC`, …), so the command and the services agree on them. The settings are the
+//! The topic names come from the `kafka:` block of the qualifier's definitions file and its
+//! `KAFKA_<KEY>` overrides (`KAFKA_EVENTS_TOPIC`, …), so the command and the services agree on
+//! them. The settings are the
 //! same for every topic but where a topic's role needs otherwise: the changelog is compacted
 //! (one record per user, the latest wins), dead letters are kept until `delivery replay` takes
 //! them, the delivery log for 7 days. The Strimzi `KafkaTopic` resources in
@@ -69,7 +70,7 @@ pub struct Sizing {
     pub replication_factor: i32,
 }
 
-/// The topic names the qualifier runs with (its `--*-topic` flags / `*_TOPIC` variables).
+/// The topic names the qualifier runs with (its `kafka:` block's `*_topic` keys).
 #[derive(Debug, Clone)]
 pub struct TopicNames {
     pub events: String,
@@ -77,7 +78,7 @@ pub struct TopicNames {
     pub status_batch: String,
     pub changelog: String,
     pub dlq: String,
-    /// `None`: delivery runs without its log (`DELIVERY_LOG_TOPIC=""`).
+    /// `None`: delivery runs without its log (`kafka.delivery_log_topic: ""`).
     pub delivery_log: Option<String>,
 }
 
@@ -93,15 +94,15 @@ pub enum Role {
 }
 
 impl Role {
-    /// The flag that names the topic.
-    pub fn flag(self) -> &'static str {
+    /// The key of the `kafka:` block that names the topic, with its environment variable.
+    pub fn key(self) -> &'static str {
         match self {
-            Self::Events => "--events-topic / EVENTS_TOPIC",
-            Self::Status => "--status-topic / STATUS_TOPIC",
-            Self::StatusBatch => "--status-batch-topic / STATUS_BATCH_TOPIC",
-            Self::Changelog => "--changelog-topic / CHANGELOG_TOPIC",
-            Self::DeadLetters => "--dlq-topic / DLQ_TOPIC",
-            Self::DeliveryLog => "--delivery-log-topic / DELIVERY_LOG_TOPIC",
+            Self::Events => "kafka.events_topic / KAFKA_EVENTS_TOPIC",
+            Self::Status => "kafka.status_topic / KAFKA_STATUS_TOPIC",
+            Self::StatusBatch => "kafka.status_batch_topic / KAFKA_STATUS_BATCH_TOPIC",
+            Self::Changelog => "kafka.changelog_topic / KAFKA_CHANGELOG_TOPIC",
+            Self::DeadLetters => "kafka.dlq_topic / KAFKA_DLQ_TOPIC",
+            Self::DeliveryLog => "kafka.delivery_log_topic / KAFKA_DELIVERY_LOG_TOPIC",
         }
     }
 }
@@ -172,13 +173,13 @@ impl Catalog {
         let mut problems = Vec::new();
         for (i, (role, name, _)) in roles.iter().enumerate() {
             if name.trim().is_empty() {
-                problems.push(format!("{}: empty topic name", role.flag()));
+                problems.push(format!("{}: empty topic name", role.key()));
             }
             if let Some((other, _, _)) = roles[..i].iter().find(|(_, n, _)| n == name) {
                 problems.push(format!(
                     "{} and {}: both name topic `{name}`; give each its own topic",
-                    other.flag(),
-                    role.flag()
+                    other.key(),
+                    role.key()
                 ));
             }
         }
@@ -253,7 +254,7 @@ pub fn copartition_problem(
         )
     } else {
         format!(
-            "point EVENTS_TOPIC and CHANGELOG_TOPIC at topics that belong together, or, with no qualifier running, recreate \
+            "point kafka.events_topic and kafka.changelog_topic at topics that belong together, or, with no qualifier running, recreate \
              `{changelog}` with {events_partitions} partitions (the qualifier's state is then lost)"
         )
     };
@@ -277,7 +278,7 @@ pub fn compare(catalog: &Catalog, found: &BTreeMap<String, Option<FoundTopic>>) 
                 fix: format!(
                     "run `qualifier topics create` (or apply deploy/k8s/topics/strimzi with Strimzi), or point {} at \
                      the topic you meant",
-                    spec.role.flag()
+                    spec.role.key()
                 ),
             });
             continue;

@@ -103,7 +103,7 @@ fn two_roles_on_one_topic_are_refused() {
     )
     .unwrap_err();
     assert!(
-        error.contains("--events-topic / EVENTS_TOPIC and --changelog-topic / CHANGELOG_TOPIC"),
+        error.contains("kafka.events_topic / KAFKA_EVENTS_TOPIC and kafka.changelog_topic / KAFKA_CHANGELOG_TOPIC"),
         "{error}"
     );
 }
