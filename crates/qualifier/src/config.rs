@@ -1,6 +1,6 @@
-//! `segments.yaml`: traits (with time-to-live), segments (with rules) and the inactivity
-//! period, validated into [`Definitions`] with every problem reported at once, each naming
-//! the file, the segment and the line and column.
+//! `segments.yaml`: traits (with time-to-live), segments (with rules), the inactivity
+//! period and the `kafka:` block ([`kafka`]), validated into [`Definitions`] with every problem
+//! reported at once, each naming the file, the segment (or key) and the line and column.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -14,6 +14,10 @@ use serde_saphyr::Spanned;
 
 use crate::rules::{self, Expr, Program};
 
+pub mod kafka;
+
+use kafka::KafkaConfig;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -26,6 +30,8 @@ struct RawFile {
     traits: Vec<RawTrait>,
     #[serde(default)]
     segments: Vec<RawSegment>,
+    #[serde(default)]
+    kafka: telemetry::config::RawKafkaBlock,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +116,9 @@ pub struct Definitions {
     /// The segments (indices) whose rules hold for a user with no realizations at all (e.g.
     /// `T1 OR NOT T2`): with `segments_by_trait`, all a new user's first event can change.
     pub hold_when_empty: Vec<usize>,
+    /// The `kafka:` block (topics, group, instance id) with the environment's overrides: read
+    /// at start-up; a reload that changes it takes effect at the next restart.
+    pub kafka: KafkaConfig,
 }
 
 /// Caps on what one user accumulates from ID syncs and regions (segments.yaml's
@@ -166,15 +175,28 @@ pub const DEFAULT_INACTIVITY_MS: i64 = 120 * 86_400_000;
 pub use telemetry::ConfigError;
 
 impl Definitions {
+    /// Reads, parses and validates `path`, with the `kafka:` block's overrides from the process
+    /// environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = ConfigError::read(path, "definitions")?;
-        Self::parse(path, &text)
+        Self::parse_with_env(path, &text, &|name| std::env::var(name).ok())
     }
 
+    /// Parses and validates `text` (read from `path`) as written, without the environment.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with_env(path, text, &|_| None)
+    }
+
+    /// Parses and validates `text` (read from `path`), looking the `kafka:` block's overrides
+    /// up with `env`.
+    pub fn parse_with_env(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let fail = |problems| ConfigError::new(path, "definitions", problems);
         let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
-        let mut problems = Vec::new();
+        let (kafka, mut problems) = KafkaConfig::read(raw.kafka, env);
 
         let inactivity_ms = match &raw.inactivity {
             None => DEFAULT_INACTIVITY_MS,
@@ -371,6 +393,7 @@ impl Definitions {
             segments_by_trait,
             segment_index,
             hold_when_empty,
+            kafka,
         };
         let worst = definitions.worst_case_state_bytes();
         if worst > MAX_STATE_BYTES {
