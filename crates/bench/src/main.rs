@@ -1,10 +1,14 @@
 //! `relay-bench`: the fixtures and load of `make bench` (deploy/bench.sh runs it). Writes the
 //! benchmark configurations, pre-loads status updates into a topic, reads back what the
 //! qualifier must make of the trait events (how many it ignores) and how many bytes of state
-//! its changelog holds per user, and writes the invalid events of a known-bad run.
+//! its changelog holds per user, and writes the invalid events of a known-bad run. Its
+//! `metrics` subcommand is how deploy/bench.sh, deploy/local/demo.sh and deploy/image/check.sh
+//! read a `/metrics` scrape: testkit's one parser, whose module comment defines what a selector
+//! matches, what a sum and a histogram quantile are, and that a missing series is an error.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -14,6 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use relay_bench::{DeliveryFixture, EventOutcomes, qualifier_definitions_yaml, status_update};
+use testkit::scrape::{Scrape, ScrapeError, Selector};
 
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -111,9 +116,105 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         count: u64,
     },
+    /// Read Prometheus text on stdin (a `/metrics` scrape, or several concatenated: their
+    /// samples add up) with testkit's parser (crates/testkit/src/scrape.rs defines the
+    /// semantics). A selector that matches nothing, or text it cannot read, exits 1.
+    Metrics {
+        #[command(subcommand)]
+        command: MetricsCommand,
+    },
 }
 
-fn write(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum MetricsCommand {
+    /// Print the sum of the samples each SELECTOR matches (`name` or
+    /// `name{label="value",…}`: the exact name, and those labels with those values), on one
+    /// line, separated by spaces.
+    Sum {
+        #[arg(required = true)]
+        selectors: Vec<String>,
+        /// Digits after the point (0: rounded to a whole number).
+        #[arg(long, default_value_t = 0)]
+        decimals: usize,
+        /// Print this for a selector that matches nothing, instead of failing: for a caller
+        /// to which no sample is a legitimate state (bench.sh's stopped delivery workers).
+        #[arg(long)]
+        absent: Option<String>,
+    },
+    /// Print the Q-quantile (0–1) of HISTOGRAM (its name without `_bucket`, and label
+    /// matchers), summed over every label set it matches, interpolated within its bucket as
+    /// Prometheus' histogram_quantile does: seconds with 3 decimals, `>BOUND` when it lies
+    /// above the highest finite bucket bound, `-` without observations.
+    Quantile {
+        q: f64,
+        histogram: String,
+        /// An earlier scrape of the same processes: only the observations made since count.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Print this when the histogram is in neither scrape or not in one of them, instead
+        /// of failing.
+        #[arg(long)]
+        absent: Option<String>,
+    },
+}
+
+/// Runs `relay-bench metrics` on `text` (stdin); prints the answer.
+fn metrics(command: MetricsCommand, text: &str) -> anyhow::Result<()> {
+    let scrape = Scrape::parse(text).context("reading the metrics text on stdin")?;
+    let stand_in = |result, absent: &Option<String>| match (result, absent) {
+        (Err(ScrapeError::Missing { .. }), Some(absent)) => Ok(absent.clone()),
+        (result, _) => result,
+    };
+    let answer = match command {
+        MetricsCommand::Sum {
+            selectors,
+            decimals,
+            absent,
+        } => {
+            let mut sums = Vec::with_capacity(selectors.len());
+            for selector in &selectors {
+                let sum = Selector::parse(selector)
+                    .and_then(|selector| scrape.sum(&selector))
+                    .map(|sum| format!("{sum:.decimals$}"));
+                sums.push(stand_in(sum, &absent)?);
+            }
+            sums.join(" ")
+        }
+        MetricsCommand::Quantile {
+            q,
+            histogram,
+            since,
+            absent,
+        } => {
+            let selector = Selector::parse(&histogram)?;
+            let earlier = since.as_deref().map(read_scrape).transpose()?;
+            let quantile = scrape.histogram(&selector).and_then(|now| {
+                let between = match &earlier {
+                    Some(earlier) => now.since(&earlier.histogram(&selector)?),
+                    None => Ok(now),
+                };
+                between
+                    .and_then(|h| h.quantile(q))
+                    .map(|quantile| quantile.to_string())
+                    .map_err(|problem| ScrapeError::Histogram {
+                        selector: selector.to_string(),
+                        problem,
+                    })
+            });
+            stand_in(quantile, &absent)?
+        }
+    };
+    println!("{answer}");
+    Ok(())
+}
+
+fn read_scrape(path: &Path) -> anyhow::Result<Scrape> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the earlier scrape {}", path.display()))?;
+    Scrape::parse(&text).with_context(|| format!("reading the earlier scrape {}", path.display()))
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -291,5 +392,12 @@ fn main() -> anyhow::Result<()> {
         Command::StateSize { topic } => state_size(&topic),
         Command::EventOutcomes { topic } => event_outcomes(&topic),
         Command::InvalidEvents { topic, count } => invalid_events(&topic, count),
+        Command::Metrics { command } => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the metrics text on stdin")?;
+            metrics(command, &text)
+        }
     }
 }

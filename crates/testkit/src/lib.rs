@@ -6,6 +6,8 @@
 //!   stop it with SIGTERM or `kill -9`.
 //! - [`receiver`]: a real HTTPS endpoint (certificates made at test time) that records every
 //!   request and whose status and delay can change during a test.
+//! - [`scrape`]: the one Prometheus-text parser: select, sum, histogram quantiles (also
+//!   `relay-bench metrics`, which bench.sh and demo.sh call).
 //! - [`fuzz`]: proptest fuzzing seeded from committed corpora; `FUZZ_CASES` selects the long
 //!   run.
 //! - [`ledger`]: the exact ledger of a run — every committed change delivered,
@@ -17,6 +19,7 @@ pub mod fuzz;
 pub mod kafka;
 pub mod ledger;
 pub mod receiver;
+pub mod scrape;
 pub mod service;
 
 use std::time::{Duration, Instant};

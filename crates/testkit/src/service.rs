@@ -215,11 +215,12 @@ impl Service {
     }
 }
 
-/// Reads one metric sample's value from Prometheus text, e.g.
-/// `metric_value(text, "delivery_events_total{destination=\"423\",outcome=\"delivered\"}")`.
-pub fn metric_value(metrics_text: &str, series: &str) -> Option<f64> {
-    metrics_text.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+/// The sum of the samples `selector` matches in Prometheus text, e.g.
+/// `metric_value(text, "delivery_events_total{destination=\"423\",outcome=\"delivered\"}")`,
+/// or `None` when none does (the semantics: [`crate::scrape`]). Panics on text or a selector
+/// it cannot read: a bug in the service or the test, never a missing value.
+pub fn metric_value(metrics_text: &str, selector: &str) -> Option<f64> {
+    let selector = crate::scrape::Selector::parse(selector).unwrap_or_else(|e| panic!("{e}"));
+    let scrape = crate::scrape::Scrape::parse(metrics_text).unwrap_or_else(|e| panic!("{e}"));
+    scrape.sum(&selector).ok()
 }
