@@ -1,4 +1,4 @@
-//! The JSON body a partner receives (`spec/outbound-contract.md` §2) and its date format.
+//! The JSON body a partner receives (docs/PARTNER-CONTRACT.md#the-body) and its date format.
 //!
 //! Every scalar is a JSON *string*, even the numeric ones, exactly as the reference's code
 //! sample shows. The types here borrow from the batch being sent, so building a body costs one

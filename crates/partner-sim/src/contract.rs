@@ -1,4 +1,4 @@
-//! The outbound contract (`spec/outbound-contract.md` §2), checked from the partner's side:
+//! The outbound contract (docs/PARTNER-CONTRACT.md#the-body), checked from the partner's side:
 //! the body's shape and types, `User_count`, the date format. Written from the spec, not from
 //! delivery's code.
 

@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn the_contract_known_answer_vector() {
-        // spec/outbound-contract.md §3, from the reference.
+        // docs/PARTNER-CONTRACT.md, "Signed requests (HMAC)": the reference's own example.
         assert_eq!(
             sign(
                 HmacAlgorithm::Sha1,

@@ -1,5 +1,6 @@
 //! How a destination knows a request is ours: an HMAC signature of the body, or an OAuth 2.0
-//! bearer token (client credentials). `spec/outbound-contract.md` §3 and §4.
+//! bearer token (client credentials). docs/PARTNER-CONTRACT.md, "Signed requests (HMAC)" and
+//! "OAuth 2.0 client credentials".
 
 mod hmac;
 mod oauth;

@@ -42,8 +42,8 @@ pub enum TokenError {
     TooLarge,
 }
 
-/// A successful token response (`spec/outbound-contract.md` §4): `access_token` and
-/// `token_type` (`bearer`, any case) required, `expires_in` optional.
+/// A successful token response (docs/PARTNER-CONTRACT.md#oauth-20-client-credentials):
+/// `access_token` and `token_type` (`bearer`, any case) required, `expires_in` optional.
 #[derive(Debug, PartialEq, Eq)]
 struct TokenResponse {
     access_token: String,

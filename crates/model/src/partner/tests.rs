@@ -1,4 +1,4 @@
-//! Golden bodies and date vectors for the partner contract (`spec/outbound-contract.md` §2).
+//! Golden bodies and date vectors for the partner contract (docs/PARTNER-CONTRACT.md#the-body).
 
 use std::sync::Arc;
 
