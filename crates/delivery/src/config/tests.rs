@@ -7,47 +7,38 @@ fn parse(text: &str) -> Result<DeliveryConfig, ConfigError> {
     DeliveryConfig::parse(Path::new("destinations.yaml"), text, &|name| match name {
         "ACME_KEY" => Some("k1".to_owned()),
         "ACME_OLD_KEY" => Some("k0".to_owned()),
-        "OAUTH_ID" => Some("client".to_owned()),
-        "OAUTH_SECRET" => Some("s3cret".to_owned()),
+        "OTHER_CLIENT_ID" => Some("client".to_owned()),
+        "OTHER_CLIENT_SECRET" | "OAUTH_SECRET" => Some("s3cret".to_owned()),
         _ => None,
     })
 }
 
-const EXAMPLE: &str = r#"
-defaults:
-  timeout_ms: 3000
-  retries: 1
-  success_codes: [200]
-  batch: { max_users: 1000, max_bytes: 1048576, linger_ms: 250 }
-  max_in_flight: 4
-destinations:
-  - id: 423
-    name: acme-dsp
-    url: https://partner.example.com/aam
-    client_id: "74323"
-    user_dpid: 20915
-    data_partner: 1234
-    segments: { "14356": "14356", "12176": "99" }
-    auth:
-      hmac: { key_env: ACME_KEY, header: X-Signature, algorithm: sha1,
-              previous_key_env: ACME_OLD_KEY, previous_header: X-Signature-Previous }
-    dangerous_allow_http: false
-    rate_limit_rps: 0
-    gzip: false
-  - id: 424
-    url: https://other.example.com/in
-    client_id: 5
-    user_dpid: 20914
-    segments: { 14356: 7 }
-    batch: { linger_ms: 50 }
-    max_in_flight: 2
-    auth:
-      oauth2: { token_url: https://other.example.com/oauth2/token, client_id_env: OAUTH_ID, client_secret_env: OAUTH_SECRET }
-"#;
+/// The line just above the README's `destinations.yaml` example, so this test finds the
+/// block the README shows instead of a copy that can drift from it.
+const README_MARKER: &str =
+    "<!-- destinations.yaml example: tested by crates/delivery/src/config/tests.rs -->";
+
+/// The fenced `yaml` block right after [`README_MARKER`] in `readme`.
+fn readme_example(readme: &str) -> Result<&str, String> {
+    let (_, after) = readme
+        .split_once(README_MARKER)
+        .ok_or_else(|| format!("README.md has no `{README_MARKER}` line"))?;
+    let block = after
+        .trim_start_matches(['\r', '\n'])
+        .strip_prefix("```yaml\n")
+        .ok_or_else(|| format!("README.md: no ```yaml block right after `{README_MARKER}`"))?;
+    let end = block
+        .find("\n```")
+        .ok_or("README.md: the destinations.yaml example's ```yaml block is not closed")?;
+    Ok(&block[..=end])
+}
 
 #[test]
 fn the_documented_example_parses_with_defaults_and_overrides() {
-    let config = parse(EXAMPLE).unwrap();
+    let example = readme_example(include_str!("../../../../README.md")).unwrap();
+    let config = parse(example).unwrap_or_else(|e| {
+        panic!("README.md's destinations.yaml example does not validate:\n{e}")
+    });
     assert_eq!(config.kafka.group_id, "delivery");
     assert_eq!(config.kafka.topic, "segment-status");
     assert_eq!(
@@ -96,6 +87,74 @@ fn the_documented_example_parses_with_defaults_and_overrides() {
     assert!(
         !format!("{config:?}").contains("s3cret"),
         "secrets never print"
+    );
+}
+
+#[test]
+fn the_readme_example_is_found_only_right_after_its_marker() {
+    let good = format!("text\n{README_MARKER}\n```yaml\ndestinations: []\n```\nmore\n");
+    assert_eq!(readme_example(&good).unwrap(), "destinations: []\n");
+    for bad in [
+        "```yaml\ndestinations: []\n```\n".to_owned(),
+        format!("{README_MARKER}\ntext\n```yaml\ndestinations: []\n```\n"),
+        format!("{README_MARKER}\n```yaml\ndestinations: []\n"),
+    ] {
+        assert!(readme_example(&bad).is_err(), "{bad}");
+    }
+}
+
+/// The README's `kafka:` and `defaults:` blocks show the values a file without them gets, so a
+/// reader can take them for the defaults.
+#[test]
+fn the_readme_example_shows_the_built_in_defaults() {
+    let readme = parse(readme_example(include_str!("../../../../README.md")).unwrap()).unwrap();
+    let bare = parse(
+        "destinations:\n  - { id: 423, url: https://a.example, client_id: a, user_dpid: 1, segments: {1: 1} }\n",
+    )
+    .unwrap();
+    assert_eq!(readme.kafka, bare.kafka);
+    let (shown, built_in) = (&readme.destinations[0], &bare.destinations[0]);
+    assert_eq!(
+        (shown.timeout, shown.retries, shown.retry_backoff),
+        (built_in.timeout, built_in.retries, built_in.retry_backoff)
+    );
+    assert_eq!(
+        (&shown.success_codes, &shown.permanent_codes),
+        (&built_in.success_codes, &built_in.permanent_codes)
+    );
+    assert_eq!(
+        (shown.backoff, shown.max_backlog_age, shown.batch),
+        (built_in.backoff, built_in.max_backlog_age, built_in.batch)
+    );
+    assert_eq!(
+        (
+            shown.max_in_flight,
+            shown.queue_capacity,
+            shown.detach_after
+        ),
+        (
+            built_in.max_in_flight,
+            built_in.queue_capacity,
+            built_in.detach_after
+        )
+    );
+    assert_eq!(
+        (shown.circuit, shown.delivery_log),
+        (built_in.circuit, built_in.delivery_log)
+    );
+    assert_eq!(
+        (
+            shown.dangerous_allow_http,
+            shown.rate_limit_rps,
+            shown.gzip,
+            shown.backfill
+        ),
+        (
+            built_in.dangerous_allow_http,
+            built_in.rate_limit_rps,
+            built_in.gzip,
+            built_in.backfill
+        )
     );
 }
 
