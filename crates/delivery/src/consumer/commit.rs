@@ -8,7 +8,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::InputPipeline;
+use super::{InputPipeline, off_the_runtime};
 use crate::offsets::CommitPosition;
 use crate::order::Topic;
 
@@ -182,10 +182,8 @@ impl InputPipeline {
         if positions.is_empty() {
             return;
         }
-        match self
-            .consumer
-            .commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
-        {
+        let list = commit_list(&self.topic, &positions);
+        match off_the_runtime(|| self.consumer.commit(&list, CommitMode::Sync)) {
             Ok(()) => self.confirmed(positions),
             Err(error) => {
                 tracing::warn!(topic = %self.topic, %error, "Final offset commit failed; the new owner re-sends from the last commit.")

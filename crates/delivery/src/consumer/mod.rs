@@ -48,6 +48,7 @@ mod tests;
 use commit::CommitOutcome;
 pub use follower::Follower;
 use rebalance::PipelineContext;
+pub(crate) use rebalance::off_the_runtime;
 use route::Lagging;
 
 /// Which input a pipeline reads.

@@ -176,14 +176,19 @@ impl ConsumerContext for PipelineContext {
         };
         let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
-        self.revoke(consumer, &partitions);
-        if let Some(follower) = &self.follower {
-            follower.revoke(&partitions);
-        }
-        if let Some(order) = &self.order {
-            partitions.iter().for_each(|&p| order.revoke(p));
-        }
-        self.share_rate(consumer);
+        // The revoked partitions are committed before this returns and librdkafka lets them
+        // go, so their next owner starts where this one stopped (no duplicates): the commit
+        // stays synchronous, off the runtime's way (see `off_the_runtime`).
+        off_the_runtime(|| {
+            self.revoke(consumer, &partitions);
+            if let Some(follower) = &self.follower {
+                follower.revoke(&partitions);
+            }
+            if let Some(order) = &self.order {
+                partitions.iter().for_each(|&p| order.revoke(p));
+            }
+            self.share_rate(consumer);
+        });
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -195,23 +200,45 @@ impl ConsumerContext for PipelineContext {
         if let Some(order) = &self.order {
             partitions.iter().for_each(|&p| order.assign(p));
         }
-        let Some(committed) = self.assign(consumer, &partitions) else {
-            return;
-        };
-        if let Some(follower) = &self.follower
-            && let Some(batch) = follower.assign(&partitions)
-        {
-            // The order table first: the batch consumer routes as soon as it reads.
-            if let Some(order) = &self.order
-                && let Err(error) =
-                    self.restore_order(consumer, order, &follower.topic(), &committed, &batch)
+        // Reading the commits, the partition count and the order table waits for the broker.
+        off_the_runtime(|| {
+            let Some(committed) = self.assign(consumer, &partitions) else {
+                return;
+            };
+            if let Some(follower) = &self.follower
+                && let Some(batch) = follower.assign(&partitions)
             {
-                self.fail(format!(
-                    "cannot restore the order table of assigned partitions: {error}"
-                ));
+                // The order table first: the batch consumer routes as soon as it reads.
+                if let Some(order) = &self.order
+                    && let Err(error) =
+                        self.restore_order(consumer, order, &follower.topic(), &committed, &batch)
+                {
+                    self.fail(format!(
+                        "cannot restore the order table of assigned partitions: {error}"
+                    ));
+                }
+                follower.read(&batch);
             }
-            follower.read(&batch);
+            self.share_rate(consumer);
+        });
+    }
+}
+
+/// Runs `call`, which waits for the broker, on the thread where librdkafka runs a consumer's
+/// rebalance callbacks: the thread that polls it. Here that is a Tokio worker, the one running
+/// the pipeline's task (`StreamConsumer::recv` polls inside the task), so a synchronous commit
+/// there would stall every other task queued on that worker (lanes sending to partners, the
+/// other pipeline, `/livez`) for as long as the broker takes. On the multi-thread runtime the
+/// worker first hands its queue of tasks to another thread (`block_in_place`), and `call`
+/// holds up only this pipeline, which has to wait for it anyway: librdkafka gives up revoked
+/// partitions only once the callback returned, and the commit must be done by then. Where
+/// there is no worker to free (a current-thread runtime, as in unit tests, or outside any
+/// runtime, as when a consumer closes) it runs in place, as before.
+pub(crate) fn off_the_runtime<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(call)
         }
-        self.share_rate(consumer);
+        _ => call(),
     }
 }

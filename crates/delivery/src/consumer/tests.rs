@@ -296,3 +296,42 @@ fn a_targeted_update_routes_to_its_data_partners_destinations_only() {
     router.route(&update, &mut targets);
     assert!(targets.is_empty());
 }
+
+/// A rebalance callback that waits for the broker runs on the Tokio worker polling the
+/// consumer: the runtime's other tasks (lanes, `/livez`) go on meanwhile, even with one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_callback_waiting_for_the_broker_leaves_the_worker_to_the_other_tasks() {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    let ticks = Arc::new(AtomicU32::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ticks.fetch_add(1, Relaxed);
+            }
+        }
+    });
+    // On the only worker, as the pipeline's task is: a blocking wait there, until the other
+    // task ticked three times (or 5 s passed).
+    let ticked = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            off_the_runtime(|| {
+                let before = ticks.load(Relaxed);
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while ticks.load(Relaxed) < before + 3 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                ticks.load(Relaxed) - before
+            })
+        }
+    })
+    .await
+    .unwrap();
+    ticker.abort();
+    assert!(
+        ticked >= 3,
+        "the other task stood still while the callback waited ({ticked} ticks in 5 s)"
+    );
+}

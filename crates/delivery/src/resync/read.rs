@@ -15,6 +15,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use telemetry::KafkaSettings;
 
+use crate::consumer::off_the_runtime;
 use crate::offsets::Watermarks;
 use crate::resync::partition::{Marker, PartitionRun, Phase};
 use crate::resync::progress::Progress;
@@ -249,7 +250,8 @@ impl ConsumerContext for ResyncContext {
             .into_iter()
             .filter(|(p, _, _)| partitions.contains(p))
             .collect();
-        if let Err(error) = commit(consumer, &self.topic, &positions) {
+        // Committed before the partitions go, off the runtime's way (see `off_the_runtime`).
+        if let Err(error) = off_the_runtime(|| commit(consumer, &self.topic, &positions)) {
             tracing::warn!(destination = self.destination, %error, "Cannot commit the backfill's revoked partitions; their next owner sends from the last commit.");
         }
         let mut table = self.watermarks.lock();
@@ -265,7 +267,7 @@ impl ConsumerContext for ResyncContext {
             return;
         };
         let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
-        let idle = self.open(consumer, &partitions).and_then(|opened| {
+        let idle = off_the_runtime(|| self.open(consumer, &partitions)).and_then(|opened| {
             let idle: Vec<i32> = opened
                 .iter()
                 .filter(|(_, _, phase)| matches!(phase, Phase::Settling | Phase::Complete))
