@@ -199,8 +199,18 @@ pub async fn run(
                         generation.cancel();
                         continue;
                     }
-                    match reconcile(&senders, &new_config, &metrics, log.as_ref()) {
-                        Ok(next) => {
+                    // A new sender's HTTPS client reads the system's root certificates
+                    // from disk: that blocks.
+                    let (running, built) = (senders.clone(), (metrics.clone(), log.clone()));
+                    let reconciled = tokio::task::spawn_blocking(move || {
+                        reconcile(&running, &new_config, &built.0, built.1.as_ref())
+                            .map(|next| (next, new_config))
+                    })
+                    .await
+                    .context("building the senders panicked")
+                    .and_then(|reconciled| reconciled);
+                    match reconciled {
+                        Ok((next, new_config)) => {
                             for pipeline in &reconfigurers {
                                 let _ = pipeline.send(next.clone());
                             }
@@ -250,7 +260,13 @@ async fn watch_config(
             .map(|p| p.display().to_string())
             .collect();
         tracing::info!(?changed, "A config file changed; reading the config again.");
-        match DeliveryConfig::load(path) {
+        // Reading the files (the config, the secrets and CA bundles it names) blocks.
+        let owned = path.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || DeliveryConfig::load(&owned))
+            .await
+            .map_err(|panicked| panicked.to_string())
+            .and_then(|loaded| loaded.map_err(|invalid| invalid.to_string()));
+        match loaded {
             Ok(config) => return Some((seen, config)),
             Err(error) => {
                 tracing::error!(%error, "The changed config is invalid and was rejected; the running config stays in force.");
