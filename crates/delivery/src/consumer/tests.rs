@@ -1,6 +1,7 @@
 //! Delivery's input decoding, fuzzed through the path a message takes: `decode`, routing,
-//! a destination batch and the partner body; forward compatibility (unknown fields); and what
-//! the pipeline does when one of its lanes ends.
+//! a destination batch and the partner body; forward compatibility (unknown fields); what
+//! the pipeline does when one of its lanes ends; and that a rebalance callback waiting for the
+//! broker leaves the worker to the other tasks.
 
 use std::path::Path;
 use std::sync::Arc;
