@@ -119,9 +119,10 @@ enum Command {
         /// Only these of its segments (our ids, comma-separated); default every one it maps.
         #[arg(long, value_delimiter = ',')]
         segments: Vec<u64>,
-        /// The qualifier's changelog topic.
-        #[arg(long, env = "CHANGELOG_TOPIC", default_value = delivery::resync::DEFAULT_CHANGELOG_TOPIC)]
-        changelog_topic: String,
+        /// The qualifier's changelog topic. Default `kafka.changelog_topic` of --config
+        /// (`KAFKA_CHANGELOG_TOPIC`).
+        #[arg(long)]
+        changelog_topic: Option<String>,
         /// Start over from the beginning of the changelog, also after a complete run.
         #[arg(long)]
         restart: bool,
@@ -272,7 +273,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let request = delivery::resync::command::Request {
                 destination,
                 segments,
-                changelog_topic,
+                changelog_topic: changelog_topic
+                    .unwrap_or_else(|| config.kafka.changelog_topic.clone()),
                 restart,
             };
             delivery::resync::command::run(&config, &kafka, request).await

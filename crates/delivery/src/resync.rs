@@ -55,10 +55,6 @@ use crate::resync::read::{ChangelogConsumer, ResyncContext};
 use crate::sender::DestinationSender;
 pub use view::{SegmentFilter, UnmappedSegments};
 
-/// The changelog topic when neither `--changelog-topic` nor `CHANGELOG_TOPIC` names one (the
-/// qualifier's default).
-pub const DEFAULT_CHANGELOG_TOPIC: &str = "qualifier-changelog";
-
 /// How the resync's consumer gets its partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Membership {
@@ -142,7 +138,7 @@ fn open(
         .collect();
     if partitions.is_empty() {
         anyhow::bail!(
-            "changelog topic `{topic}` does not exist: set --changelog-topic (or CHANGELOG_TOPIC) to the qualifier's changelog topic"
+            "changelog topic `{topic}` does not exist: set kafka.changelog_topic (KAFKA_CHANGELOG_TOPIC, or --changelog-topic) to the qualifier's changelog topic"
         );
     }
     if !restart {

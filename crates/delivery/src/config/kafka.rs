@@ -1,27 +1,18 @@
 //! The `kafka:` block: topics, consumer groups and timing of the Kafka side, as written
-//! ([`RawKafka`]) and validated ([`KafkaConfig`]).
+//! ([`RawKafka`]) and validated ([`KafkaConfig`]), each key overridden by `KAFKA_<KEY>`.
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use telemetry::config::{KafkaBlock, RawKafkaBlock, renamed_variables};
 
 use super::Problems;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawKafka {
-    pub(super) group_id: Option<String>,
-    pub(super) batch_group_id: Option<String>,
-    pub(super) topic: Option<String>,
-    pub(super) batch_topic: Option<String>,
-    pub(super) dlq_topic: Option<String>,
-    pub(super) delivery_log_topic: Option<String>,
-    pub(super) session_timeout_ms: Option<u64>,
-    pub(super) commit_interval_ms: Option<u64>,
-    pub(super) drain_timeout_ms: Option<u64>,
-}
+/// The block as written: read key by key by [`validate_kafka`], each overridden by
+/// `KAFKA_<KEY>`, exactly as the qualifier reads its own (see `telemetry::config`).
+pub(super) type RawKafka = RawKafkaBlock;
 
-/// Topics, group and timing of the Kafka side (`kafka:`; every key optional).
+/// Topics, group and timing of the Kafka side (`kafka:`; every key optional, each overridden by
+/// the environment variable `KAFKA_<KEY>`, e.g. `KAFKA_GROUP_ID`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// Consumer group of the real-time input, shared by every delivery process. Default
@@ -47,63 +38,62 @@ pub struct KafkaConfig {
     /// On SIGTERM, how long in-flight batches may take to finish before the process commits
     /// what is done and exits. Default 20 s (keep it below the pod's grace period).
     pub drain_timeout: Duration,
+    /// The qualifier's changelog topic, read by resyncs and backfills (`kafka.changelog_topic`
+    /// of the qualifier). Default `qualifier-changelog`.
+    pub changelog_topic: String,
 }
 
-pub(super) fn validate_kafka(raw: RawKafka, problems: &mut Problems) -> KafkaConfig {
-    let mut name = |key: &str, value: Option<String>, default: &str| {
-        let value = value.unwrap_or_else(|| default.to_owned());
-        if value.trim().is_empty() {
-            problems.add(
-                &format!("kafka.{key}"),
-                format!("must not be empty (default `{default}`)"),
-            );
-        }
-        value
-    };
-    let group_id = name("group_id", raw.group_id, "delivery");
-    let topic = name("topic", raw.topic, "segment-status");
-    let dlq_topic = name("dlq_topic", raw.dlq_topic, "segment-status-dlq");
-    let batch_group_id = raw
-        .batch_group_id
-        .unwrap_or_else(|| format!("{group_id}-batch"));
+/// Validates the block, with each key's `KAFKA_<KEY>` from `env` winning over the file.
+pub(super) fn validate_kafka(
+    raw: RawKafka,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> KafkaConfig {
+    let mut block = KafkaBlock::new(raw, env);
+    let group_id = block.id("group_id", "delivery");
+    let batch_group_id = block.id("batch_group_id", &format!("{group_id}-batch"));
     if batch_group_id == group_id {
-        problems.add(
-            "kafka.batch_group_id",
+        block.problem(
+            "batch_group_id",
             "must differ from kafka.group_id: one group per input keeps their rebalances apart",
         );
     }
-    let optional = |value: Option<String>, default: &str| match value {
-        None => Some(default.to_owned()),
-        Some(t) if t.trim().is_empty() => None,
-        Some(t) => Some(t),
-    };
-    let batch_topic = optional(raw.batch_topic, "segment-status-batch");
-    let delivery_log_topic = optional(raw.delivery_log_topic, "delivery-log");
-    let session_timeout_ms = raw.session_timeout_ms.unwrap_or(10_000);
-    if !(6_000..=300_000).contains(&session_timeout_ms) {
-        problems.add(
-            "kafka.session_timeout_ms",
-            format!(
-                "must be between 6000 and 300000 (the broker's limits), got {session_timeout_ms}"
-            ),
-        );
-    }
-    let commit_interval_ms = raw.commit_interval_ms.unwrap_or(1_000);
-    if !(10..=60_000).contains(&commit_interval_ms) {
-        problems.add(
-            "kafka.commit_interval_ms",
-            format!("must be between 10 and 60000, got {commit_interval_ms}"),
-        );
-    }
-    KafkaConfig {
+    let config = KafkaConfig {
         group_id,
         batch_group_id,
-        topic,
-        batch_topic,
-        dlq_topic,
-        delivery_log_topic,
-        session_timeout: Duration::from_millis(session_timeout_ms),
-        commit_interval: Duration::from_millis(commit_interval_ms),
-        drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(20_000)),
-    }
+        topic: block.topic("topic", "segment-status"),
+        batch_topic: block.optional_topic("batch_topic", "segment-status-batch"),
+        dlq_topic: block.topic("dlq_topic", "segment-status-dlq"),
+        delivery_log_topic: block.optional_topic("delivery_log_topic", "delivery-log"),
+        session_timeout: Duration::from_millis(block.millis(
+            "session_timeout_ms",
+            10_000,
+            6_000..=300_000,
+            "the broker's limits",
+        )),
+        commit_interval: Duration::from_millis(block.millis(
+            "commit_interval_ms",
+            1_000,
+            10..=60_000,
+            "",
+        )),
+        drain_timeout: Duration::from_millis(block.millis(
+            "drain_timeout_ms",
+            20_000,
+            0..=u64::MAX,
+            "",
+        )),
+        changelog_topic: block.topic("changelog_topic", "qualifier-changelog"),
+    };
+    // Resyncs and backfills read the changelog topic from `CHANGELOG_TOPIC` before the block had
+    // the key; a deployment that still sets it must not read the default unawares.
+    problems.0.extend(renamed_variables(
+        env,
+        &[("CHANGELOG_TOPIC", "changelog_topic")],
+    ));
+    problems.0.extend(block.finish());
+    config
 }
+
+#[cfg(test)]
+mod tests;

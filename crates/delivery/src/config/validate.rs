@@ -15,7 +15,7 @@ pub(super) fn validate(
     sources: &mut Sources<'_>,
     problems: &mut Problems,
 ) -> DeliveryConfig {
-    let kafka = validate_kafka(raw.kafka, problems);
+    let kafka = validate_kafka(raw.kafka, sources.env, problems);
     if raw.destinations.is_empty() {
         problems.add(
             "destinations",

@@ -21,7 +21,7 @@ use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::metrics::Metrics;
 use crate::resync::progress::Progress;
-use crate::resync::{DEFAULT_CHANGELOG_TOPIC, Ending, Job, Membership, SegmentFilter};
+use crate::resync::{Ending, Job, Membership, SegmentFilter};
 use crate::sender::DestinationSender;
 
 /// How long a failed backfill waits before it tries again.
@@ -51,7 +51,7 @@ struct Running {
 
 impl Backfills {
     /// Starts a backfill for each of `senders` whose destination asks for one. The changelog
-    /// topic is the qualifier's: `CHANGELOG_TOPIC`, default `qualifier-changelog`.
+    /// topic is the qualifier's: `kafka.changelog_topic` (`KAFKA_CHANGELOG_TOPIC`).
     pub fn start(
         kafka: &KafkaSettings,
         config: &KafkaConfig,
@@ -62,10 +62,7 @@ impl Backfills {
         let mut backfills = Self {
             kafka: kafka.clone(),
             config: config.clone(),
-            changelog_topic: std::env::var("CHANGELOG_TOPIC")
-                .ok()
-                .filter(|t| !t.trim().is_empty())
-                .unwrap_or_else(|| DEFAULT_CHANGELOG_TOPIC.to_owned()),
+            changelog_topic: config.changelog_topic.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
             dead_letters: None,
