@@ -403,13 +403,13 @@ impl Launch {
             .env("KAFKA_BROKERS", &self.brokers)
             .env("LOG_FORMAT", "json")
             .env("INGEST_ADDR", format!("127.0.0.1:{ingest_port}"))
-            .env("QUALIFIER_GROUP_ID", group)
-            .env("QUALIFIER_INSTANCE_ID", QUALIFIER_INSTANCE)
-            .env("EVENTS_TOPIC", &topics.events)
-            .env("STATUS_TOPIC", &topics.status)
-            .env("STATUS_BATCH_TOPIC", &topics.status_batch)
-            .env("CHANGELOG_TOPIC", &topics.changelog)
-            .env("DLQ_TOPIC", &topics.qualifier_dlq);
+            .env("KAFKA_GROUP_ID", group)
+            .env("KAFKA_INSTANCE_ID", QUALIFIER_INSTANCE)
+            .env("KAFKA_EVENTS_TOPIC", &topics.events)
+            .env("KAFKA_STATUS_TOPIC", &topics.status)
+            .env("KAFKA_STATUS_BATCH_TOPIC", &topics.status_batch)
+            .env("KAFKA_CHANGELOG_TOPIC", &topics.changelog)
+            .env("KAFKA_DLQ_TOPIC", &topics.qualifier_dlq);
         // librdkafka's own account of the qualifier's clients, for a failure to reproduce.
         let service = match std::env::var("CHAOS_QUALIFIER_KAFKA_DEBUG") {
             Ok(contexts) => service

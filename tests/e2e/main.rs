@@ -6,6 +6,7 @@
 mod consumer_lag;
 mod delivery;
 mod erasure;
+mod kafka_block;
 mod kafka_roundtrip;
 mod ledger;
 mod liveness;

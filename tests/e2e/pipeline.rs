@@ -61,7 +61,7 @@ impl Pipeline {
             .start_with(
                 &qualifier_test.definitions(rules),
                 "a",
-                &[("DELIVERY_LOG_TOPIC", &delivery_test.log_topic)],
+                &[("KAFKA_DELIVERY_LOG_TOPIC", &delivery_test.log_topic)],
             )
             .await;
         delivery_test.topic = qualifier_test.status.clone();

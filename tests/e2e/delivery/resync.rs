@@ -394,7 +394,7 @@ async fn a_backfill_destination_gets_every_membership_once_across_a_restart() {
         };
         changelog.put(&id, Some(&user(&id, memberships, &[]))).await;
     }
-    let env = [("CHANGELOG_TOPIC", changelog.topic.as_str())];
+    let env = [("KAFKA_CHANGELOG_TOPIC", changelog.topic.as_str())];
 
     let mut service = test.start(&config, &env).await;
     testkit::wait_until("the backfill to complete", Duration::from_secs(30), || {

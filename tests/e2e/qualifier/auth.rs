@@ -196,6 +196,7 @@ async fn a_bad_tokens_file_stops_start_up_naming_the_file_the_line_and_the_fix()
         tokio::process::Command::new(testkit::service::binary("qualifier"))
             .args(["--config", test.definitions(RULES).to_str().unwrap()])
             .env("INGEST_TOKENS_FILE", secret.path())
+            .env("KAFKA_INSTANCE_ID", "a")
             .env("ADMIN_ADDR", "127.0.0.1:0")
             .env("KAFKA_BROKERS", &testkit::kafka::settings().brokers),
     )
@@ -386,6 +387,7 @@ async fn a_certificate_and_a_key_that_do_not_match_stop_start_up_naming_the_file
             .args(["--config", test.definitions(RULES).to_str().unwrap()])
             .env("INGEST_TLS_CERT_FILE", cert)
             .env("INGEST_TLS_KEY_FILE", key)
+            .env("KAFKA_INSTANCE_ID", "a")
             .env("ADMIN_ADDR", "127.0.0.1:0")
             .env("KAFKA_BROKERS", &testkit::kafka::settings().brokers);
         command

@@ -116,7 +116,7 @@ async fn onboarded_events_come_out_on_the_batch_topic_with_origin_batch() {
     let mut onboard = ServiceBuilder::new("qualifier")
         .arg("onboard")
         .arg(file.to_str().unwrap())
-        .env("EVENTS_TOPIC", &test.events)
+        .env("KAFKA_EVENTS_TOPIC", &test.events)
         .spawn();
     assert!(
         onboard.wait_exit(Duration::from_secs(30)).await.success(),
@@ -244,6 +244,7 @@ async fn bad_kafka_settings_and_bad_definitions_stop_start_up_with_the_fix() {
     let mut service = ServiceBuilder::new("qualifier")
         .arg("--config")
         .arg(path.to_str().unwrap())
+        .env("KAFKA_INSTANCE_ID", "a")
         .env("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")
         .env("KAFKA_SASL_MECHANISM", "PLAIN")
         .spawn();

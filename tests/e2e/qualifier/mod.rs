@@ -79,13 +79,13 @@ impl QualifierTest {
             .arg("--config")
             .arg(definitions.to_str().unwrap())
             .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
-            .env("QUALIFIER_GROUP_ID", &self.group)
-            .env("QUALIFIER_INSTANCE_ID", instance)
-            .env("EVENTS_TOPIC", &self.events)
-            .env("STATUS_TOPIC", &self.status)
-            .env("STATUS_BATCH_TOPIC", &self.status_batch)
-            .env("CHANGELOG_TOPIC", &self.changelog)
-            .env("DLQ_TOPIC", &self.dlq);
+            .env("KAFKA_GROUP_ID", &self.group)
+            .env("KAFKA_INSTANCE_ID", instance)
+            .env("KAFKA_EVENTS_TOPIC", &self.events)
+            .env("KAFKA_STATUS_TOPIC", &self.status)
+            .env("KAFKA_STATUS_BATCH_TOPIC", &self.status_batch)
+            .env("KAFKA_CHANGELOG_TOPIC", &self.changelog)
+            .env("KAFKA_DLQ_TOPIC", &self.dlq);
         for (key, value) in env {
             builder = builder.env(key, *value);
         }
@@ -130,12 +130,12 @@ impl QualifierTest {
             tokio::process::Command::new(testkit::service::binary("qualifier"))
                 .args(args)
                 .env("KAFKA_BROKERS", &kafka::settings().brokers)
-                .env("QUALIFIER_GROUP_ID", &self.group)
-                .env("EVENTS_TOPIC", &self.events)
-                .env("STATUS_TOPIC", &self.status)
-                .env("STATUS_BATCH_TOPIC", &self.status_batch)
-                .env("CHANGELOG_TOPIC", &self.changelog)
-                .env("DLQ_TOPIC", &self.dlq),
+                .env("KAFKA_GROUP_ID", &self.group)
+                .env("KAFKA_EVENTS_TOPIC", &self.events)
+                .env("KAFKA_STATUS_TOPIC", &self.status)
+                .env("KAFKA_STATUS_BATCH_TOPIC", &self.status_batch)
+                .env("KAFKA_CHANGELOG_TOPIC", &self.changelog)
+                .env("KAFKA_DLQ_TOPIC", &self.dlq),
         )
         .await
     }

@@ -36,12 +36,12 @@ impl Topics {
 
     fn env(&self) -> [(&'static str, &str); 6] {
         [
-            ("EVENTS_TOPIC", &self.events),
-            ("STATUS_TOPIC", &self.status),
-            ("STATUS_BATCH_TOPIC", &self.status_batch),
-            ("CHANGELOG_TOPIC", &self.changelog),
-            ("DLQ_TOPIC", &self.dlq),
-            ("DELIVERY_LOG_TOPIC", &self.delivery_log),
+            ("KAFKA_EVENTS_TOPIC", &self.events),
+            ("KAFKA_STATUS_TOPIC", &self.status),
+            ("KAFKA_STATUS_BATCH_TOPIC", &self.status_batch),
+            ("KAFKA_CHANGELOG_TOPIC", &self.changelog),
+            ("KAFKA_DLQ_TOPIC", &self.dlq),
+            ("KAFKA_DELIVERY_LOG_TOPIC", &self.delivery_log),
         ]
     }
 
@@ -177,7 +177,8 @@ async fn the_qualifier_refuses_to_start_on_a_changelog_not_co_partitioned_with_i
             "INGEST_ADDR",
             format!("127.0.0.1:{}", testkit::service::free_port()),
         )
-        .env("QUALIFIER_GROUP_ID", testkit::unique_name("t-qualifier"));
+        .env("KAFKA_GROUP_ID", testkit::unique_name("t-qualifier"))
+        .env("KAFKA_INSTANCE_ID", "a");
     for (key, value) in topics.env() {
         builder = builder.env(key, value);
     }
