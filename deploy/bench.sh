@@ -218,9 +218,9 @@ start_delivery() { # start_delivery ADMIN_PORT NAME; delivery_binary=… runs an
 }
 # start_qualifier NAME [INGEST_ADDR]: sets qualifier_pid.
 start_qualifier() {
-  EVENTS_TOPIC=trait-events-$run STATUS_TOPIC=segment-status-$run STATUS_BATCH_TOPIC=segment-status-batch-$run \
-  CHANGELOG_TOPIC=qualifier-changelog-$run DLQ_TOPIC=segment-status-dlq-$run \
-  QUALIFIER_GROUP_ID=qualifier-$run QUALIFIER_INSTANCE_ID=bench \
+  KAFKA_EVENTS_TOPIC=trait-events-$run KAFKA_STATUS_TOPIC=segment-status-$run KAFKA_STATUS_BATCH_TOPIC=segment-status-batch-$run \
+  KAFKA_CHANGELOG_TOPIC=qualifier-changelog-$run KAFKA_DLQ_TOPIC=segment-status-dlq-$run \
+  KAFKA_GROUP_ID=qualifier-$run KAFKA_INSTANCE_ID=bench \
     "$bin/qualifier" --config "$dir/segments.yaml" --admin-addr "127.0.0.1:$qualifier_admin" \
     ${2:+--ingest-addr "$2"} >"$dir/$1.log" 2>&1 &
   qualifier_pid=$!
@@ -271,8 +271,8 @@ cluster_topics() {
     say "e2e-cluster: BENCH_FAULT=one-replica: creating the topics with 1 replica…"
   fi
   topics_of_run() { # topics_of_run OUTPUT ARGS…
-    EVENTS_TOPIC=trait-events-$run STATUS_TOPIC=segment-status-$run STATUS_BATCH_TOPIC=segment-status-batch-$run \
-    CHANGELOG_TOPIC=qualifier-changelog-$run DLQ_TOPIC=segment-status-dlq-$run DELIVERY_LOG_TOPIC=delivery-log-$run \
+    KAFKA_EVENTS_TOPIC=trait-events-$run KAFKA_STATUS_TOPIC=segment-status-$run KAFKA_STATUS_BATCH_TOPIC=segment-status-batch-$run \
+    KAFKA_CHANGELOG_TOPIC=qualifier-changelog-$run KAFKA_DLQ_TOPIC=segment-status-dlq-$run KAFKA_DELIVERY_LOG_TOPIC=delivery-log-$run \
       "$bin/qualifier" topics "${@:2}" --partitions "${KAFKA_PARTITIONS:-6}" >"$1" 2>&1
   }
   topics_of_run "$dir/topics-create.txt" create --replication-factor "$replicas" \

@@ -117,10 +117,10 @@ if [[ $known_bad == reject ]]; then sim_acme_key=not-the-key-delivery-has; say "
 # securityContext of the manifests: runAsUser/runAsGroup 65532, readOnlyRootFilesystem (and no
 # tmpfs that podman would add), capabilities dropped, no privilege escalation.
 secure=(--network host --user 65532:65532 --read-only --read-only-tmpfs=false --cap-drop ALL --security-opt no-new-privileges)
-# The `segment-relay-kafka` ConfigMap, and this run's topic names (the qualifier's flags' env).
+# The `segment-relay-kafka` ConfigMap, and this run's topic names (the qualifier's `kafka:` block's overrides).
 kafka_env=(-e KAFKA_BROKERS=127.0.0.1:9092 -e LOG_FORMAT=json -e RUST_LOG=info)
-topic_env=(-e EVENTS_TOPIC="trait-events-$run" -e STATUS_TOPIC="segment-status-$run" -e STATUS_BATCH_TOPIC="segment-status-batch-$run"
-  -e CHANGELOG_TOPIC="qualifier-changelog-$run" -e DLQ_TOPIC="segment-status-dlq-$run" -e DELIVERY_LOG_TOPIC="delivery-log-$run")
+topic_env=(-e KAFKA_EVENTS_TOPIC="trait-events-$run" -e KAFKA_STATUS_TOPIC="segment-status-$run" -e KAFKA_STATUS_BATCH_TOPIC="segment-status-batch-$run"
+  -e KAFKA_CHANGELOG_TOPIC="qualifier-changelog-$run" -e KAFKA_DLQ_TOPIC="segment-status-dlq-$run" -e KAFKA_DELIVERY_LOG_TOPIC="delivery-log-$run")
 start() {
   local name=$1
   shift
@@ -160,8 +160,8 @@ chmod 0644 "$dir/secrets/partner-sim-ca.pem"
 # deploy/k8s/base/qualifier.yaml: the segments ConfigMap at /etc/segment-relay, the ingest
 # tokens Secret at /etc/segment-relay/ingest.
 qualifier_mounts=(-v "$dir/segments:/etc/segment-relay:ro" -v "$dir/ingest:/etc/segment-relay/ingest:ro")
-start qualifier "${qualifier_mounts[@]}" "${kafka_env[@]}" "${topic_env[@]}" -e QUALIFIER_INSTANCE_ID="$run-qualifier-0" \
-  -e INGEST_ADDR="127.0.0.1:$ingest" -e ADMIN_ADDR="127.0.0.1:$qualifier_admin" -e QUALIFIER_GROUP_ID="qualifier-$run" \
+start qualifier "${qualifier_mounts[@]}" "${kafka_env[@]}" "${topic_env[@]}" -e KAFKA_INSTANCE_ID="$run-qualifier-0" \
+  -e INGEST_ADDR="127.0.0.1:$ingest" -e ADMIN_ADDR="127.0.0.1:$qualifier_admin" -e KAFKA_GROUP_ID="qualifier-$run" \
   -e INGEST_TOKENS_FILE=/etc/segment-relay/ingest/tokens \
   "$image" /usr/local/bin/qualifier --config /etc/segment-relay/segments.yaml
 ready qualifier "$qualifier_admin"

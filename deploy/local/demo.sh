@@ -50,9 +50,9 @@ say "run $run: topics *-$run, logs in $dir/"
   --admin-addr "127.0.0.1:$sim_admin" --ca-out .demo/partner-sim-ca.pem >"$dir/partner-sim.log" 2>&1 &
 pids+=($!); wait_ready $sim_admin $! partner-sim "$dir"
 
-EVENTS_TOPIC=trait-events-$run STATUS_TOPIC=segment-status-$run STATUS_BATCH_TOPIC=segment-status-batch-$run \
-CHANGELOG_TOPIC=qualifier-changelog-$run DLQ_TOPIC=segment-status-dlq-$run \
-QUALIFIER_GROUP_ID=qualifier-$run QUALIFIER_INSTANCE_ID=demo \
+KAFKA_EVENTS_TOPIC=trait-events-$run KAFKA_STATUS_TOPIC=segment-status-$run KAFKA_STATUS_BATCH_TOPIC=segment-status-batch-$run \
+KAFKA_CHANGELOG_TOPIC=qualifier-changelog-$run KAFKA_DLQ_TOPIC=segment-status-dlq-$run \
+KAFKA_GROUP_ID=qualifier-$run KAFKA_INSTANCE_ID=demo \
   "$bin/qualifier" --config deploy/local/segments.yaml --ingest-addr "127.0.0.1:$ingest_port" \
   --admin-addr "127.0.0.1:$qualifier_admin" >"$dir/qualifier.log" 2>&1 &
 pids+=($!); wait_ready $qualifier_admin $! qualifier "$dir"
@@ -152,7 +152,7 @@ say "OK: every committed change delivered, dead-lettered or coalesced; no duplic
 # The first of loadgen's busiest users (Zipf: user-0 first) that is in a segment now: what the
 # qualifier holds for them, and what each partner was sent for them and answered.
 show_user() {
-  CHANGELOG_TOPIC=qualifier-changelog-$run "$bin/qualifier" --config deploy/local/segments.yaml show --user "$1" "${@:2}"
+  KAFKA_CHANGELOG_TOPIC=qualifier-changelog-$run "$bin/qualifier" --config deploy/local/segments.yaml show --user "$1" "${@:2}"
 }
 user=""
 for n in 0 1 2 3 4 5 6 7 8 9; do
