@@ -17,7 +17,7 @@ const T0: i64 = 1_469_636_242_000;
 fn destination(extra: &str) -> Arc<DestinationConfig> {
     let yaml = format!(
         "destinations:\n  - {{ id: 423, url: https://p.example/aam, client_id: \"74323\", user_dpid: 20915, \
-         segments: {{ 14356: \"14356\", 12176: \"99\", 500: \"99\" }}{extra} }}\n"
+         segments: {{ 14356: \"14356\", 12176: \"99\", 500: \"500\" }}{extra} }}\n"
     );
     DeliveryConfig::parse(Path::new("test.yaml"), &yaml, &|_| None)
         .unwrap()
@@ -154,13 +154,13 @@ fn latest_status_per_user_and_segment_wins_within_a_batch() {
             vec![change(14356, false, T0 + 1_000)],
         ))
         .unwrap();
-    // Our 500 maps to their 99 too: the partner sees one status for Segment_ID 99.
+    // A later status of our 12176 (their 99): the partner sees one status for Segment_ID 99.
     batch
         .add(update(
             "u1",
             &[6, 9],
             &[],
-            vec![change(500, false, T0 + 2_000)],
+            vec![change(12176, false, T0 + 2_000)],
         ))
         .unwrap();
     assert_eq!(batch.users.len(), 2);
@@ -206,8 +206,8 @@ fn every_replaced_change_is_reported_coalesced_and_nothing_else() {
         ),
         update("u2", &[], &[], vec![change(14356, true, T0)]),
         update("u1", &[], &[], vec![change(14356, false, T0 + 1_000)]),
-        // Our 500 maps to their 99 as 12176 does: it replaces u1's 12176.
-        update("u1", &[], &[], vec![change(500, false, T0 + 2_000)]),
+        // A later status of our 12176 (their 99): it replaces u1's first one.
+        update("u1", &[], &[], vec![change(12176, false, T0 + 2_000)]),
         update("u1", &[], &[], vec![change(14356, true, T0 + 3_000)]),
     ];
     for event in events {

@@ -197,6 +197,25 @@ destinations:
 }
 
 #[test]
+fn two_of_our_segments_behind_one_partner_segment_id_are_refused_naming_both() {
+    let error = parse(
+        "destinations:\n  - { id: 423, name: acme-dsp, url: https://a.example, client_id: a, user_dpid: 1, segments: { 14356: \"14356\", 12176: \"99\", 500: \"99\", 501: 99 } }\n  - { id: 424, url: https://b.example, client_id: b, user_dpid: 1, segments: { 1: \"99\", 2: \"x\" }, auth: { oauth2: { token_url: https://b.example/t, client_id: c, client_secret_env: OAUTH_SECRET } } }\n  - { id: 425, url: https://c.example, client_id: c, user_dpid: 1, segments: { 7: \"s\", 8: \"s\" } }\n",
+    )
+    .unwrap_err();
+    let fix = "map each Segment_ID from one segment of ours";
+    assert_eq!(error.problems.len(), 2, "{error}");
+    for (problem, expected) in error.problems.iter().zip([
+        "destinations[0].segments: our segments 500, 501 and 12176 all map to the partner's Segment_ID `99` in destination 423 (acme-dsp), so",
+        "destinations[2].segments: our segments 7 and 8 both map to the partner's Segment_ID `s` in destination 425, so",
+    ]) {
+        assert!(
+            problem.starts_with(expected) && problem.contains(fix),
+            "{problem}"
+        );
+    }
+}
+
+#[test]
 fn unknown_keys_are_refused_with_their_name() {
     let error = parse("destinations: []\nretry: 3\n")
         .unwrap_err()

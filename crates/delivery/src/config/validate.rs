@@ -92,7 +92,7 @@ fn validate_destination(
         0
     });
 
-    let mut segments = BTreeMap::new();
+    let mut segments: BTreeMap<u64, Arc<str>> = BTreeMap::new();
     if raw.segments.is_empty() {
         problems.add(
             &format!("{key}.segments"),
@@ -118,6 +118,28 @@ fn validate_destination(
                 format!("`{ours}` is not one of our segment ids (an unsigned integer)"),
             ),
         }
+    }
+    // Two of our segments behind one partner Segment_ID would give the partner whichever of
+    // them changed last: a 0 for the Segment_ID while the user is still in the other one.
+    let mut mapped_from: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (&ours, theirs) in &segments {
+        mapped_from.entry(theirs.as_ref()).or_default().push(ours);
+    }
+    for (theirs, ours) in mapped_from.iter().filter(|(_, ours)| ours.len() > 1) {
+        let (last, others) = ours.split_last().unwrap_or((&0, &[]));
+        let others: Vec<String> = others.iter().map(u64::to_string).collect();
+        let all = if ours.len() == 2 { "both" } else { "all" };
+        let destination = match &raw.name {
+            Some(name) => format!("destination {id} ({name})"),
+            None => format!("destination {id}"),
+        };
+        problems.add(
+            &format!("{key}.segments"),
+            format!(
+                "our segments {} and {last} {all} map to the partner's Segment_ID `{theirs}` in {destination}, so the partner would get whichever changed last (a 0 while the user is still in another); map each Segment_ID from one segment of ours: give the others Segment_IDs of their own, or define one segment whose rule covers them in segments.yaml and map that",
+                others.join(", ")
+            ),
+        );
     }
 
     let auth = match raw.auth {
