@@ -43,6 +43,7 @@ pub struct DestinationConfig {
     pub id: u64,
     /// A name for logs; defaults to the id.
     pub name: String,
+    /// Where batches are POSTed: `https://` (`http://` only with `dangerous_allow_http`).
     pub url: reqwest::Url,
     /// `Client_ID`.
     pub client_id: String,
@@ -50,10 +51,12 @@ pub struct DestinationConfig {
     pub user_dpid: u64,
     /// Whose synced ids fill `DataPartner_UUID`; none → `""`.
     pub data_partner: Option<u64>,
-    /// Our segment id → the partner's `Segment_ID`.
+    /// Our segment id → the partner's `Segment_ID`; each `Segment_ID` from one of ours.
     pub segments: BTreeMap<u64, Arc<str>>,
+    /// How requests show they are ours. Default none (logged at WARN on every start).
     pub auth: AuthConfig,
     /// Extra trust root (PEM) for the partner's certificate, besides the system roots.
+    /// Default none.
     pub ca_file: Option<PathBuf>,
     /// The content of `ca_file` this config was made from: a rotated bundle is a changed
     /// config, so the destination's sender is rebuilt with it.
@@ -62,9 +65,11 @@ pub struct DestinationConfig {
     /// `http://` (no TLS at all). For tests and local demos only; logged at WARN on every
     /// start. Default false. Nothing else turns certificate verification off.
     pub dangerous_allow_http: bool,
-    /// Requests per second at most; `None` = unlimited.
+    /// Requests per second at most, for the whole cluster; `None` = unlimited. Default
+    /// unlimited (`rate_limit_rps: 0`).
     pub rate_limit_rps: Option<std::num::NonZeroU32>,
     /// Compress bodies with gzip (`Content-Encoding: gzip`); the uncompressed JSON is signed.
+    /// Default false.
     pub gzip: bool,
     /// Send the destination every current membership of its segments once, in the background,
     /// when it first appears (see `resync::backfill`). Default false.
@@ -163,10 +168,14 @@ pub enum HmacAlgorithm {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HmacConfig {
+    /// The shared secret key, from `key_env` or `key_file`.
     pub key: Secret,
+    /// The header carrying the signature. Default `X-Signature`.
     pub header: String,
+    /// Default sha256.
     pub algorithm: HmacAlgorithm,
-    /// During a key rotation: the previous key, signing into `previous_header` too.
+    /// During a key rotation: the previous key, signing into `previous_header` too (default
+    /// `X-Signature-Previous`).
     pub previous: Option<(Secret, String)>,
 }
 

@@ -220,7 +220,7 @@ pub(super) fn validate_tuning(
             linger: Duration::from_millis(linger_ms),
         },
         max_in_flight: usize::try_from(max_in_flight).unwrap_or(4),
-        queue_capacity: usize::try_from(queue_capacity).unwrap_or(10_000),
+        queue_capacity: usize::try_from(queue_capacity).unwrap_or(2_000),
         detach_after: Duration::from_millis(detach_after_ms),
         circuit: CircuitConfig {
             failure_threshold: u32::try_from(failure_threshold).unwrap_or(5),
