@@ -1,3 +1,6 @@
+//! `destinations.yaml` validation: the README's own example, every problem reported with file, key
+//! and fix, https-only URLs, secrets kept out of output, and the mappings that are refused.
+
 use std::path::Path;
 use std::time::Duration;
 
