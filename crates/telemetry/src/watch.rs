@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::ConfigError;
+
 /// How often a config file is checked. Polling the content (not inotify) also sees
 /// Kubernetes ConfigMap and Secret updates, which swap a symlink instead of writing the file.
 pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -24,6 +26,27 @@ impl Files {
         let read = std::fs::read(path);
         self.record(path, read.as_ref().ok().cloned());
         read
+    }
+
+    /// Reads the config file `path` as a service loads it: returns its text and records the
+    /// very bytes read, the snapshot a watcher of the file starts from ([`Files::content`]).
+    /// Never watch from a second read: a change made between the load and that read would
+    /// never be applied. The error names the file and `what` it holds.
+    pub fn read_config(&mut self, path: &Path, what: &'static str) -> Result<String, ConfigError> {
+        let text = ConfigError::read(path, what);
+        self.record(
+            path,
+            text.as_ref().ok().map(|text| text.as_bytes().to_vec()),
+        );
+        text
+    }
+
+    /// What was recorded of `path` (`None`: not recorded, or it could not be read).
+    pub fn content(&self, path: &Path) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(p, _)| p == path)
+            .and_then(|(_, content)| content.as_deref())
     }
 
     /// Records that `content` is what the service uses of `path`.
@@ -138,6 +161,46 @@ mod tests {
 
         cancel.cancel();
         assert!(gone.changed(&cancel).await.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A service loads its config, then does other work (checks its topics, restores) before
+    /// its watcher starts: an edit made meanwhile must still be applied. The watcher starts
+    /// from the bytes the load parsed; started from a read of its own, it took the edited file
+    /// for the running one and never applied it.
+    #[tokio::test]
+    async fn a_change_between_loading_and_watching_is_seen() {
+        let dir = std::env::temp_dir().join(format!("watch-load-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("segments.yaml");
+        std::fs::write(&config, "a: 1\n").unwrap();
+        let mut loaded = Files::default();
+        assert_eq!(
+            loaded.read_config(&config, "definitions").unwrap(),
+            "a: 1\n"
+        );
+
+        std::fs::write(&config, "a: 2\n").unwrap();
+        let cancel = CancellationToken::new();
+        let running = loaded.content(&config).unwrap();
+        let change = tokio::time::timeout(
+            CONFIG_POLL_INTERVAL * 3,
+            file_change(&config, running, &cancel),
+        )
+        .await
+        .expect("the change made after loading and before watching was never seen");
+        assert_eq!(change.as_deref(), Some(&b"a: 2\n"[..]));
+
+        // Unreadable at load: the error names the file, and nothing is recorded as running.
+        let missing = dir.join("missing.yaml");
+        let error = loaded.read_config(&missing, "definitions").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("missing.yaml: invalid definitions"),
+            "{error}"
+        );
+        assert_eq!(loaded.content(&missing), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
