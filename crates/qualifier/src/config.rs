@@ -119,6 +119,9 @@ pub struct Definitions {
     /// The `kafka:` block (topics, group, instance id) with the environment's overrides: read
     /// at start-up; a reload that changes it takes effect at the next restart.
     pub kafka: KafkaConfig,
+    /// The file as [`Definitions::load`] read it (empty after [`Definitions::parse`]): what the
+    /// reload watcher starts from, so an edit made after the load is applied.
+    pub files: telemetry::watch::Files,
 }
 
 /// Caps on what one user accumulates from ID syncs and regions (segments.yaml's
@@ -178,8 +181,13 @@ impl Definitions {
     /// Reads, parses and validates `path`, with the `kafka:` block's overrides from the process
     /// environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = ConfigError::read(path, "definitions")?;
-        Self::parse_with_env(path, &text, &|name| std::env::var(name).ok())
+        let mut files = telemetry::watch::Files::default();
+        let text = files.read_config(path, "definitions")?;
+        let definitions = Self::parse_with_env(path, &text, &|name| std::env::var(name).ok())?;
+        Ok(Self {
+            files,
+            ..definitions
+        })
     }
 
     /// Parses and validates `text` (read from `path`) as written, without the environment.
@@ -394,6 +402,7 @@ impl Definitions {
             segment_index,
             hold_when_empty,
             kafka,
+            files: telemetry::watch::Files::default(),
         };
         let worst = definitions.worst_case_state_bytes();
         if worst > MAX_STATE_BYTES {

@@ -73,7 +73,12 @@ pub async fn run(
         }
     }
 
-    let loaded = std::fs::read(&options.definitions_path).unwrap_or_default();
+    // The file as it was loaded, not read again: an edit made since is applied.
+    let loaded = definitions
+        .files
+        .content(&options.definitions_path)
+        .unwrap_or_default()
+        .to_vec();
     let running_kafka = definitions.kafka.clone();
     let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(definitions)));
     let writer = Arc::new(

@@ -145,3 +145,22 @@ fn the_fingerprint_follows_the_rules_not_the_layout() {
         assert_ne!(parse(changed).fingerprint, base.fingerprint, "{changed}");
     }
 }
+
+/// The reload watcher starts from what the load parsed, not from a second read of the file: an
+/// edit made between the two would never be applied.
+#[test]
+fn load_records_the_bytes_it_parsed_for_the_reload_watcher() {
+    let path = std::env::temp_dir().join(format!("segments-load-{}.yaml", std::process::id()));
+    std::fs::write(&path, EXAMPLE).unwrap();
+    let loaded = Definitions::load(&path).unwrap();
+    std::fs::write(&path, "edited after the load").unwrap();
+    assert_eq!(loaded.files.content(&path), Some(EXAMPLE.as_bytes()));
+    assert_eq!(
+        Definitions::parse(&path, EXAMPLE)
+            .unwrap()
+            .files
+            .content(&path),
+        None
+    );
+    std::fs::remove_file(&path).unwrap();
+}
