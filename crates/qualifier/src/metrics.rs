@@ -99,18 +99,23 @@ impl Metrics {
                 &["topic", "partition"],
             )?,
         };
-        registry.register(Box::new(metrics.ingest_requests.clone()))?;
-        registry.register(Box::new(metrics.events.clone()))?;
-        registry.register(Box::new(metrics.status_changes.clone()))?;
-        registry.register(Box::new(metrics.eval_duration.clone()))?;
-        registry.register(Box::new(metrics.users.clone()))?;
-        registry.register(Box::new(metrics.expiry_due.clone()))?;
-        registry.register(Box::new(metrics.restore_duration.clone()))?;
-        registry.register(Box::new(metrics.transaction_duration.clone()))?;
-        registry.register(Box::new(metrics.transactions_failed.clone()))?;
-        registry.register(Box::new(metrics.sweep_pending.clone()))?;
-        registry.register(Box::new(metrics.swept.clone()))?;
-        registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        telemetry::register_all(
+            registry,
+            &[
+                &metrics.ingest_requests,
+                &metrics.events,
+                &metrics.status_changes,
+                &metrics.eval_duration,
+                &metrics.users,
+                &metrics.expiry_due,
+                &metrics.restore_duration,
+                &metrics.transaction_duration,
+                &metrics.transactions_failed,
+                &metrics.sweep_pending,
+                &metrics.swept,
+                &metrics.consumer_lag,
+            ],
+        )?;
         for kind in EventKind::ALL {
             for outcome in EventOutcome::ALL {
                 metrics
