@@ -314,31 +314,36 @@ impl Metrics {
                 &["destination", "outcome"],
             )?,
         };
-        registry.register(Box::new(metrics.events.clone()))?;
-        registry.register(Box::new(metrics.changes.clone()))?;
-        registry.register(Box::new(metrics.requests.clone()))?;
-        registry.register(Box::new(metrics.retries.clone()))?;
-        registry.register(Box::new(metrics.request_duration.clone()))?;
-        registry.register(Box::new(metrics.end_to_end_latency.clone()))?;
-        registry.register(Box::new(metrics.batch_users.clone()))?;
-        registry.register(Box::new(metrics.batch_bytes.clone()))?;
-        registry.register(Box::new(metrics.queue_depth.clone()))?;
-        registry.register(Box::new(metrics.in_flight.clone()))?;
-        registry.register(Box::new(metrics.circuit_open.clone()))?;
-        registry.register(Box::new(metrics.backoffs.clone()))?;
-        registry.register(Box::new(metrics.detaches.clone()))?;
-        registry.register(Box::new(metrics.catch_up_reads.clone()))?;
-        registry.register(Box::new(metrics.max_backlog_age.clone()))?;
-        registry.register(Box::new(metrics.backlog_messages.clone()))?;
-        registry.register(Box::new(metrics.backlog_age.clone()))?;
-        registry.register(Box::new(metrics.oauth_token_requests.clone()))?;
-        registry.register(Box::new(metrics.decode_errors.clone()))?;
-        registry.register(Box::new(metrics.consumer_lag.clone()))?;
-        registry.register(Box::new(metrics.committed_offset.clone()))?;
-        registry.register(Box::new(metrics.order_pairs.clone()))?;
-        registry.register(Box::new(metrics.log_records.clone()))?;
-        registry.register(Box::new(metrics.log_dropped.clone()))?;
-        registry.register(Box::new(metrics.resync_users.clone()))?;
+        telemetry::register_all(
+            registry,
+            &[
+                &metrics.events,
+                &metrics.changes,
+                &metrics.requests,
+                &metrics.retries,
+                &metrics.request_duration,
+                &metrics.end_to_end_latency,
+                &metrics.batch_users,
+                &metrics.batch_bytes,
+                &metrics.queue_depth,
+                &metrics.in_flight,
+                &metrics.circuit_open,
+                &metrics.backoffs,
+                &metrics.detaches,
+                &metrics.catch_up_reads,
+                &metrics.max_backlog_age,
+                &metrics.backlog_messages,
+                &metrics.backlog_age,
+                &metrics.oauth_token_requests,
+                &metrics.decode_errors,
+                &metrics.consumer_lag,
+                &metrics.committed_offset,
+                &metrics.order_pairs,
+                &metrics.log_records,
+                &metrics.log_dropped,
+                &metrics.resync_users,
+            ],
+        )?;
         Ok(metrics)
     }
 
