@@ -171,37 +171,6 @@ print(sum(x["segments"]["1"] + x["segments"]["0"] for x in e), sum(x["duplicates
       sum(sum(x["violations"].values()) for x in e), sum(x["order_violations"] for x in e),
       sum(x["requests"] for x in e))'
 }
-# Quantile $2 (0–1) of histogram $1 (summed over every label set) in the metrics text on stdin,
-# minus the same histogram in file $3 (an earlier scrape), interpolated within its bucket like
-# Prometheus's histogram_quantile. Prints seconds, or "-" without observations.
-quantile() {
-  awk -v name="$1_bucket" -v q="$2" -v before="$3" '
-    function add(line, sign,   a, b, le) {
-      if (index(line, name "{") != 1) return
-      split(line, a, "le=\""); split(a[2], b, "\""); le = b[1]
-      count[le] += sign * $NF
-      if (!(le in seen)) { seen[le] = 1; order[n++] = le }
-    }
-    BEGIN { while ((getline line < before) > 0) { $0 = line; add(line, -1) } }
-    { add($0, 1) }
-    END {
-      total = count["+Inf"]; if (total <= 0) { print "-"; exit }
-      # bucket bounds ascending (le values are numbers, except +Inf last)
-      for (i = 0; i < n; i++) for (j = i + 1; j < n; j++)
-        if (order[j] != "+Inf" && (order[i] == "+Inf" || order[j] + 0 < order[i] + 0)) { t = order[i]; order[i] = order[j]; order[j] = t }
-      rank = q * total; lower = 0; below = 0
-      for (i = 0; i < n; i++) {
-        le = order[i]
-        if (count[le] >= rank) {
-          if (le == "+Inf") { printf ">%s", lower; exit }
-          inb = count[le] - below
-          printf "%.3f", lower + (le - lower) * (inb > 0 ? (rank - below) / inb : 1); exit
-        }
-        lower = le; below = count[le]
-      }
-    }'
-}
-
 start_partner_sim() {
   "$bin/partner-sim" --config "$dir/partner-sim.yaml" --listen "127.0.0.1:$sim_port" \
     --admin-addr "127.0.0.1:$sim_admin" --ca-out "$dir/ca.pem" >"$dir/partner-sim.log" 2>&1 &
@@ -361,12 +330,11 @@ drain_delivery() {
   local text
   text=$(metrics $delivery1_admin)
   printf '%s\n' "$text" >"$dir/$name.prom"
-  dead=$(awk '/^delivery_events_total\{.*outcome="dead_lettered"/ { t += $NF } END { printf "%d", t }' <<<"$text")
-  backoffs=$(sum "$text" 'delivery_backoffs_total{')
   # Each detach starts a reader that reads (and decodes) the partition a second time.
-  detaches=$(sum "$text" 'delivery_detaches_total{')
-  reread=$(sum "$text" 'delivery_catch_up_messages_total{')
-  logged=$(sum "$text" 'delivery_log_records_total') dropped=$(sum "$text" 'delivery_log_dropped_total')
+  local counters # (assigned apart from `local`, so that a failed read of the text stops the run)
+  counters=$(sum "$text" 'delivery_events_total{outcome="dead_lettered"}' delivery_backoffs_total delivery_detaches_total \
+    delivery_catch_up_messages_total delivery_log_records_total delivery_log_dropped_total)
+  read -r dead backoffs detaches reread logged dropped <<<"$counters"
   stop "$delivery_pid"
   stop "$sim_pid"
   ((received == healthy)) || problems+="$down down: partner-sim counted $received changes, expected $healthy. "
@@ -494,9 +462,9 @@ bench_qualifier() {
   cpu=$(cpu_seconds "$qualifier_pid") hwm=$(mem_mb "$qualifier_pid" VmHWM)
   q=$(metrics $qualifier_admin)
   processed=$(sum "$q" qualifier_events_total)
-  applied=$(sum "$q" 'qualifier_events_total{outcome="applied"')
-  ignored=$(sum "$q" 'qualifier_events_total{outcome="ignored"')
-  invalid=$(sum "$q" 'qualifier_events_total{outcome="invalid"')
+  applied=$(sum "$q" 'qualifier_events_total{outcome="applied"}')
+  ignored=$(sum "$q" 'qualifier_events_total{outcome="ignored"}')
+  invalid=$(sum "$q" 'qualifier_events_total{outcome="invalid"}')
   changes=$(sum "$q" qualifier_status_changes_total)
   stop "$qualifier_pid"
   ((processed == records)) || problems+="The qualifier processed $processed events, but the topic holds $records. "
@@ -509,9 +477,9 @@ bench_qualifier() {
   read -r state_users state_bytes per_user <<<"$state"
   say "qualifier: restoring $state_users users from the changelog…"
   start_qualifier qualifier-restore
-  qualifier_users() { sum "$(metrics $qualifier_admin)" 'qualifier_users '; }
+  qualifier_users() { sum "$(metrics $qualifier_admin)" qualifier_users; }
   wait_for_count qualifier_users "$state_users" 300 "qualifier alone: users restored from the changelog"
-  restore=$(awk '/^qualifier_restore_duration_seconds_sum/ { t += $NF } END { printf "%.2f", t }' <<<"$(metrics $qualifier_admin)")
+  restore=$(sum "$(metrics $qualifier_admin)" qualifier_restore_duration_seconds_sum --decimals 2)
   rss=$(mem_mb "$qualifier_pid" VmRSS)
   qusers=$(qualifier_users)
   stop "$qualifier_pid"
@@ -551,10 +519,8 @@ e2e_run() {
     stop "$delivery_pid"
   fi
   both() { metrics $delivery1_admin; metrics $delivery2_admin; }
-  # "delivered-events queued-events" over both workers.
-  delivery_progress() {
-    awk '/^delivery_events_total\{/ { t += $NF } /^delivery_queue_depth\{/ { q += $NF } END { printf "%d %d", t, q }' <<<"$(both)"
-  }
+  # "delivered-events queued-events" over both workers ("0 0" with both stopped: BENCH_FAULT).
+  delivery_progress() { sum "$(both)" delivery_events_total delivery_queue_depth --absent 0; }
   processed() { sum "$(metrics $qualifier_admin)" qualifier_events_total; }
   # ledger: relay-ledger over the run so far — every change committed for each destination
   # against partner-sim's record, the dead letters and the workers' coalesced reports — into
@@ -636,8 +602,9 @@ e2e_run() {
       for (i = 1; i <= 3; i++) printf "%s%.0f", (i > 1 ? " " : ""), (n > 0 ? (y[i] - x[i]) * 1000000 / n : 0)
     }')
     drain
-    p50=$(both | quantile delivery_end_to_end_latency_seconds 0.5 "$dir/before.prom")
-    p99=$(both | quantile delivery_end_to_end_latency_seconds 0.99 "$dir/before.prom")
+    # Over every destination and send path; "-" without observations (or workers: BENCH_FAULT).
+    p50=$(quantile "$(both)" 0.5 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
+    p99=$(quantile "$(both)" 0.99 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
   }
   # judge RATE: after a step, sets problem (sentences: the checks that fail the run — the drain,
   # relay-ledger's accounting, the qualifier) and verdict ("yes", or "no: " and every reason,
@@ -648,7 +615,7 @@ e2e_run() {
     step_changes=$((l_committed - committed_before)) step_arrived=$((l_delivered + l_coalesced - arrived_before))
     committed_before=$l_committed arrived_before=$((l_delivered + l_coalesced))
     processed_now=$(processed)
-    invalid=$(sum "$(metrics $qualifier_admin)" 'qualifier_events_total{outcome="invalid"')
+    invalid=$(sum "$(metrics $qualifier_admin)" 'qualifier_events_total{outcome="invalid"}')
     if [[ $drained == no ]]; then
       if ((l_status == 2)); then
         problem+="relay-ledger could not account for the run after a $drain_took s drain ($(tail -n 1 "$dir/ledger.txt")). "

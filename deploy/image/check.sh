@@ -38,13 +38,18 @@ else
   image=$IMAGE
 fi
 for tool in podman runc curl python3; do command -v "$tool" >/dev/null || die "$tool not found (.ci/run installs what make image-check needs)"; done
-[[ -x target/release/relay-ledger ]] || die "target/release/relay-ledger not found: run cargo build --release --locked --bins"
+# The test tools from this checkout: relay-ledger, and relay-bench, whose `metrics` reads the
+# services' /metrics (lib.sh's sum).
+bin=target/release
+for tool in relay-ledger relay-bench; do
+  [[ -x $bin/$tool ]] || die "$bin/$tool not found: run cargo build --release --locked --bins"
+done
 
 run="img-$(date +%Y%m%d-%H%M%S)-$$"
 dir=$repo/target/image-check/$run
 mkdir -p "$dir"
-# podman's two settings for this machine kind (../shared/notes/containers.md): runc (crun cannot
-# use hybrid cgroups) and no default ulimits (setting RLIMIT_NOFILE is not permitted here).
+# podman's two settings for this kind of machine: runc (crun cannot use hybrid cgroups) and no
+# default ulimits (setting RLIMIT_NOFILE is not permitted here).
 printf '[containers]\ndefault_ulimits = []\n' >"$dir/containers.conf"
 export CONTAINERS_CONF=$dir/containers.conf
 podman() { command podman --storage-driver vfs --runtime runc --cgroup-manager cgroupfs "$@"; }
@@ -206,8 +211,8 @@ ledger_until_balanced target/release/relay-ledger "$dir/ledger.txt" $((SECONDS +
 sed 's/^/  /' "$dir/ledger.txt"
 ((ledger_status == 0)) || die "the ledger does not balance (FAIL lines above)"
 both="$(scrape "$delivery1_admin" delivery-1)"$'\n'"$(scrape "$delivery2_admin" delivery-2)"
-delivered=$(awk '/^delivery_events_total\{.*outcome="delivered"/ { t += $NF } END { printf "%d", t }' <<<"$both")
-dead=$(awk '/^delivery_events_total\{.*outcome="dead_lettered"/ { t += $NF } END { printf "%d", t }' <<<"$both")
+delivered=$(sum "$both" 'delivery_events_total{outcome="delivered"}')
+dead=$(sum "$both" 'delivery_events_total{outcome="dead_lettered"}')
 ((dead == 0)) || die "delivery dead-lettered $dead changes: partner-sim must accept every one (see $dir/)"
 ((delivered > 0)) || die "delivery_events_total{outcome=\"delivered\"} is 0 on both workers"
 say "ledger balances: every committed change reached partner-sim ($delivered delivered by two workers, 0 dead-lettered, 0 contract violations)"

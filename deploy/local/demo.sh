@@ -72,24 +72,27 @@ say "partner-sim, qualifier and two delivery workers are up; loadgen runs for ${
 loadgen=$!
 pids+=($loadgen)
 
+# Scrapes that fail are errors here, never zeros.
+scrape() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || die "cannot read the metrics of $2 on :$1 (see $dir/)"; }
 SECONDS=0
 while kill -0 $loadgen 2>/dev/null; do
   sleep 5
-  q=$(metrics $qualifier_admin); both="$(metrics $delivery1_admin)"$'\n'"$(metrics $delivery2_admin)"
-  changes=$(sum "$q" 'qualifier_status_changes_total')
-  ones=$(sum "$q" 'qualifier_status_changes_total{reason="qualified"')
+  q=$(scrape $qualifier_admin qualifier)
+  d1=$(scrape $delivery1_admin delivery-1)
+  d2=$(scrape $delivery2_admin delivery-2)
+  both="$d1"$'\n'"$d2"
+  # (Assigned first: a series the text lacks stops the demo, instead of printing 0.)
+  counts=$(sum "$q" 'qualifier_events_total{outcome="applied"}' qualifier_status_changes_total 'qualifier_status_changes_total{reason="qualified"}')
+  read -r applied changes ones <<<"$counts"
+  counts=$(sum "$both" 'delivery_events_total{outcome="delivered"}' delivery_retries_total 'delivery_events_total{outcome="dead_lettered"}')
+  read -r delivered retried dead <<<"$counts"
   printf 'demo: t=%3ds  events in %6d  status changes %6d (1: %d, 0: %d)  delivered %6d  retried %4d  dead-lettered %4d\n' \
-    "$SECONDS" "$(sum "$q" 'qualifier_events_total{outcome="applied"')" "$changes" "$ones" "$((changes - ones))" \
-    "$(awk '/^delivery_events_total\{.*outcome="delivered"/ { t += $NF } END { printf "%d", t }' <<<"$both")" \
-    "$(sum "$both" 'delivery_retries_total')" \
-    "$(awk '/^delivery_events_total\{.*outcome="dead_lettered"/ { t += $NF } END { printf "%d", t }' <<<"$both")"
+    "$SECONDS" "$applied" "$changes" "$ones" "$((changes - ones))" "$delivered" "$retried" "$dead"
 done
 wait $loadgen || die "loadgen failed; see $dir/loadgen.log"
 tail -n 1 "$dir/loadgen.log" | sed 's/^/demo: /'
 
 # ---- drain: until the qualifier is quiet and the ledger accounts for every change ---------
-# Scrapes that fail are errors here, never zeros.
-scrape() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || die "cannot read the metrics of $2 on :$1 (see $dir/)"; }
 drain_seconds=${DEMO_DRAIN_SECONDS:-120}
 say "draining (at most ${drain_seconds} s): waiting for the qualifier's timers to go quiet, then for every committed change to be delivered, dead-lettered or coalesced…"
 SECONDS=0
@@ -107,38 +110,42 @@ ledger_until_balanced "$bin/relay-ledger" "$dir/ledger.txt" "$drain_seconds" "${
 
 # ---- summary ----------------------------------------------------------------------------
 q=$(scrape $qualifier_admin qualifier)
-both="$(scrape $delivery1_admin delivery-1)"$'\n'"$(scrape $delivery2_admin delivery-2)"
+d1=$(scrape $delivery1_admin delivery-1)
+d2=$(scrape $delivery2_admin delivery-2)
+both="$d1"$'\n'"$d2"
 [[ $q == *qualifier_status_changes_total* && $both == *delivery_requests_total* ]] ||
   die "the services' metrics lack qualifier_status_changes_total or delivery_requests_total"
 
-# p-quantile (upper bucket bound) of a histogram summed over both workers.
-quantile() {
-  awk -v s="$1{destination=\"$2\",le=\"" -v q="$3" '
-    index($0, s) == 1 { split($0, a, "le=\""); split(a[2], b, "\""); le = b[1]; count[le] += $NF; if (!(le in seen)) { order[n++] = le; seen[le] = 1 } }
-    END {
-      total = count["+Inf"]; if (total == 0) { print "-"; exit }
-      for (i = 0; i < n; i++) if (count[order[i]] >= q * total) { printf "<=%ss", order[i]; exit }
-    }' <<<"$both"
+# latency DESTINATION Q: the Q-quantile of its end-to-end latency over both workers and every
+# send path, interpolated within its bucket (lib.sh's quantile): "0.412s", ">10.24s", or "-".
+latency() {
+  local value
+  value=$(quantile "$both" "$2" "delivery_end_to_end_latency_seconds{destination=\"$1\"}") || die "cannot read the latency of destination $1 (above)"
+  if [[ $value == - ]]; then echo -; else echo "${value}s"; fi
 }
 
 echo
-say "events in: $(sum "$q" 'qualifier_events_total{outcome="applied"') applied, $(sum "$q" 'qualifier_events_total{outcome="ignored"') ignored (opted out), $(sum "$q" 'qualifier_events_total{outcome="invalid"') invalid"
+counts=$(sum "$q" 'qualifier_events_total{outcome="applied"}' 'qualifier_events_total{outcome="ignored"}' 'qualifier_events_total{outcome="invalid"}' \
+  'qualifier_status_changes_total{reason="qualified"}' 'qualifier_status_changes_total{reason="rule"}' 'qualifier_status_changes_total{reason="ttl"}' \
+  'qualifier_status_changes_total{reason="inactive"}' 'qualifier_status_changes_total{reason="opt_out"}')
+read -r applied ignored invalid qualified rule ttl inactive opt_out <<<"$counts"
+say "events in: $applied applied, $ignored ignored (opted out), $invalid invalid"
 printf 'demo: status changes: 1 qualified %d | 0 rule %d, ttl %d, inactive %d, opt_out %d\n' \
-  "$(sum "$q" 'qualifier_status_changes_total{reason="qualified"')" "$(sum "$q" 'qualifier_status_changes_total{reason="rule"')" \
-  "$(sum "$q" 'qualifier_status_changes_total{reason="ttl"')" "$(sum "$q" 'qualifier_status_changes_total{reason="inactive"')" \
-  "$(sum "$q" 'qualifier_status_changes_total{reason="opt_out"')"
+  "$qualified" "$rule" "$ttl" "$inactive" "$opt_out"
 echo
 cat "$dir/ledger.txt"
 echo
 printf '%-13s %9s %8s %10s %10s\n' destination requests retried "e2e p50" "e2e p99"
 for entry in "423 /acme" "424 /oauth" "425 /flaky"; do
   set -- $entry
-  printf '%-13s %9d %8d %10s %10s\n' "$1 $2" "$(sum "$both" "delivery_requests_total{destination=\"$1\"")" \
-    "$(sum "$both" "delivery_retries_total{destination=\"$1\"}")" \
-    "$(quantile delivery_end_to_end_latency_seconds_bucket "$1" 0.5)" "$(quantile delivery_end_to_end_latency_seconds_bucket "$1" 0.99)"
+  counts=$(sum "$both" "delivery_requests_total{destination=\"$1\"}" "delivery_retries_total{destination=\"$1\"}")
+  read -r requests retried <<<"$counts"
+  p50=$(latency "$1" 0.5)
+  p99=$(latency "$1" 0.99)
+  printf '%-13s %9d %8d %10s %10s\n' "$1 $2" "$requests" "$retried" "$p50" "$p99"
 done
 echo
-say "latency columns are histogram bucket bounds (end to end: status change → partner's 200)."
+say "latency columns: quantiles interpolated within histogram buckets, as Prometheus' histogram_quantile (end to end: status change → partner's 200)."
 say "look at the metrics:   curl -s http://127.0.0.1:$delivery1_admin/metrics | grep ^delivery_   (and :$qualifier_admin, :$sim_admin/stats)"
 say "replay dead letters:   KAFKA_BROKERS=127.0.0.1:9092 FLAKY_KEY=$FLAKY_KEY $bin/delivery --config $dir/destinations.yaml replay --destination 425"
 say "(both need the services up: DEMO_KEEP_RUNNING=1 make demo leaves them running until Ctrl-C)"

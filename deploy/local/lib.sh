@@ -36,8 +36,17 @@ require_free_ports() {
 }
 
 metrics() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; }
-# Sum of every sample whose series starts with $2 (name and, optionally, labels) in $1.
-sum() { awk -v s="$2" 'index($0, s) == 1 { total += $NF } END { printf "%d", total }' <<<"$1"; }
+# Metrics text is read by one parser, the tests' own (`relay-bench metrics`; the semantics are
+# defined in crates/testkit/src/scrape.rs): exact names, label matchers in any order, sums over
+# every match, histogram quantiles as Prometheus' histogram_quantile, and a selector that matches
+# nothing is an error, never 0. Set `bin` (the built binaries) first.
+# sum TEXT SELECTOR… [--decimals N] [--absent TEXT]: the sum of the samples each selector
+# (`name` or `name{label="value",…}`) matches in TEXT, on one line; whole numbers by default.
+sum() { "$bin/relay-bench" metrics sum "${@:2}" <<<"$1"; }
+# quantile TEXT Q HISTOGRAM [--since FILE] [--absent TEXT]: the Q-quantile of HISTOGRAM (its name
+# without _bucket, and label matchers) in TEXT, in seconds with 3 decimals; ">BOUND" above the
+# highest finite bucket, "-" without observations.
+quantile() { "$bin/relay-bench" metrics quantile "${@:2}" <<<"$1"; }
 # wait_ready ADMIN_PORT PID NAME LOG_DIR: until /readyz answers 200; fails if the process exits.
 wait_ready() {
   for _ in $(seq 1 300); do
