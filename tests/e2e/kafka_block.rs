@@ -1,10 +1,12 @@
 //! Both services read their `kafka:` block one way (`telemetry::config`): through each real
 //! binary's `check-config`, an unknown key, a bad value and an environment override come out
 //! the same, word for word but for the service's keys and defaults. Then what only the
-//! qualifier has: the variables it no longer reads, and its instance id's `$HOSTNAME` default.
-//! No broker is needed: every case stops before connecting.
+//! qualifier has: the variables it no longer reads, its instance id's `$HOSTNAME` default, and
+//! a reload that changes its block. Only the last needs the broker: every other case stops
+//! before connecting.
 
 use std::path::Path;
+use std::time::Duration;
 
 /// One service as these tests drive it.
 struct Service {
@@ -191,5 +193,49 @@ async fn the_qualifier_runs_as_its_host_and_refuses_to_start_without_an_instance
     assert!(
         err.contains("KAFKA_SECURITY_PROTOCOL: must be one of plaintext, ssl, sasl_plaintext, sasl_ssl; got `bogus`"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_qualifiers_block_applies_the_rules_and_keeps_the_running_topics()
+{
+    use crate::qualifier::{QualifierTest, changes, now, post, trait_event, updates};
+    use model::{ChangeReason, SegmentStatus};
+
+    let test = QualifierTest::new(1).await;
+    let path =
+        test.definitions("traits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 100, rule: T1 }]\n");
+    // The test's topics and group come from KAFKA_<KEY> (see QualifierTest::start), so the file's
+    // events_topic below is overridden and unchanged; its delivery_log_topic is a change.
+    let q = test.start(&path, "a").await;
+    let reader = test.reader(&test.status);
+    std::fs::write(
+        &path,
+        "traits: [{ id: 1 }, { id: 2 }]\nsegments: [{ id: 100, rule: T1 }, { id: 200, rule: T2 }]\n\
+         kafka:\n  events_topic: elsewhere\n  delivery_log_topic: elsewhere\n",
+    )
+    .unwrap();
+    testkit::wait_until("reload logged", Duration::from_secs(20), || {
+        let done = q.service.log().contains("Definitions reloaded.");
+        async move { done }
+    })
+    .await;
+    let log = q.service.log();
+    let warning = log
+        .lines()
+        .find(|line| line.contains("The kafka block changed: it takes effect at the next restart"))
+        .unwrap_or_else(|| panic!("no WARN about the kafka block in:\n{log}"));
+    assert!(
+        warning.contains("WARN") && warning.contains("kafka.delivery_log_topic"),
+        "{warning}"
+    );
+    assert!(!warning.contains("kafka.events_topic"), "{warning}");
+
+    // The new rules apply, on the topics the process started with.
+    post(&q.ingest, &[trait_event("k1", 2, &now(), None)]).await;
+    let update = updates(&reader, 1, Duration::from_secs(20)).await.remove(0);
+    assert_eq!(
+        changes(&update),
+        [(200, SegmentStatus::Active, ChangeReason::Qualified)]
     );
 }
