@@ -1,8 +1,7 @@
 //! What every segment-relay service shares at run time: logging, the Prometheus registry and
 //! admin HTTP server (`/metrics`, `/healthz`, `/livez`, `/readyz`) with the liveness watchdog,
 //! Kafka client settings from the environment, the `kafka:` config block read one way by
-//! every service, secrets that never print, and the shutdown
-//! signal.
+//! every service, secrets that never print, and the shutdown signal.
 
 mod admin;
 pub mod clock;
