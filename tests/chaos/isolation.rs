@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use testkit::service::{Service, metric_value};
+use testkit::scrape::{Histogram, Quantile, Scrape, Selector};
+use testkit::service::Service;
 
 use crate::broker::ChaosBroker;
 use crate::ledger::Ledger;
@@ -92,71 +93,59 @@ impl Fault {
 #[derive(Debug, Clone, Default)]
 struct Counters {
     delivered: f64,
-    /// `(le, cumulative count)` of the end-to-end latency histogram.
-    buckets: Vec<(f64, f64)>,
+    latency: Option<Histogram>,
+}
+
+/// A selector this file writes itself: a mistake in it is a bug of the test.
+fn selector(text: &str) -> Selector {
+    Selector::parse(text).unwrap()
 }
 
 impl Counters {
-    /// Adds destination `id`'s series in one worker's `metrics`.
-    fn add(&mut self, metrics: &str, id: u64) {
+    /// Adds destination `id`'s series in the workers' `scrape` (a worker whose scrape failed
+    /// adds nothing: the window's rate shows it).
+    fn add(&mut self, scrape: &Scrape, id: u64) {
         let destination = format!("destination=\"{id}\"");
-        self.delivered += metric_value(
-            metrics,
-            &format!("delivery_changes_total{{{destination},outcome=\"delivered\"}}"),
-        )
-        .unwrap_or(0.0);
-        for line in metrics.lines().filter(|l| {
-            l.starts_with("delivery_end_to_end_latency_seconds_bucket{") && l.contains(&destination)
-        }) {
-            let le = line
-                .split("le=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .map(|v| {
-                    if v == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        v.parse().unwrap_or(f64::NAN)
-                    }
-                });
-            let count = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-            if let (Some(le), Some(count)) = (le, count) {
-                self.add_bucket(le, count);
-            }
+        self.delivered += scrape
+            .sum(&selector(&format!(
+                "delivery_changes_total{{{destination},outcome=\"delivered\"}}"
+            )))
+            .unwrap_or(0.0);
+        let latency = selector(&format!(
+            "delivery_end_to_end_latency_seconds{{{destination}}}"
+        ));
+        if let Ok(latency) = scrape.histogram(&latency) {
+            self.add_latency(&latency);
         }
     }
 
-    fn add_bucket(&mut self, le: f64, count: f64) {
-        match self.buckets.iter_mut().find(|(l, _)| *l == le) {
-            Some((_, c)) => *c += count,
-            None => {
-                self.buckets.push((le, count));
-                self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            }
-        }
+    fn add_latency(&mut self, latency: &Histogram) {
+        self.latency = Some(match &self.latency {
+            None => latency.clone(),
+            Some(sum) => sum.plus(latency).unwrap(),
+        });
     }
 
-    /// Delivered changes per second and the p99 bucket bound between `self` and `later`.
-    fn window(&self, later: &Self, seconds: f64) -> (f64, f64) {
+    /// Delivered changes per second and the p99 latency (`testkit::scrape`'s quantile)
+    /// between `self` and `later`.
+    fn window(&self, later: &Self, seconds: f64) -> (f64, Quantile) {
         let rate = (later.delivered - self.delivered) / seconds;
-        let counts: Vec<(f64, f64)> = later
-            .buckets
-            .iter()
-            .map(|&(le, c)| {
-                let before = self
-                    .buckets
-                    .iter()
-                    .find(|(l, _)| *l == le)
-                    .map_or(0.0, |b| b.1);
-                (le, c - before)
-            })
-            .collect();
-        let total = counts.last().map_or(0.0, |c| c.1);
-        let p99 = counts
-            .iter()
-            .find(|&&(_, c)| c >= 0.99 * total)
-            .map_or(f64::NAN, |&(le, _)| le);
+        let p99 = match (&later.latency, &self.latency) {
+            (Some(later), Some(earlier)) => later.since(earlier).unwrap().quantile(0.99).unwrap(),
+            (Some(later), None) => later.quantile(0.99).unwrap(),
+            (None, _) => Quantile::Empty,
+        };
         (rate, p99)
+    }
+}
+
+/// A quantile in seconds, for comparing: above the highest bound is infinitely slow, and no
+/// observation at all is no figure (NaN: every comparison with it fails).
+fn seconds(quantile: Quantile) -> f64 {
+    match quantile {
+        Quantile::Estimate(seconds) => seconds,
+        Quantile::Above(_) => f64::INFINITY,
+        Quantile::Empty => f64::NAN,
     }
 }
 
@@ -166,10 +155,10 @@ impl Counters {
 struct Healthy(BTreeMap<u64, Counters>, f64);
 
 impl Healthy {
-    /// Adds one worker's `metrics` of the destinations `ids`.
-    fn add(&mut self, metrics: &str, ids: &[u64]) {
+    /// Adds the workers' `scrape` of the destinations `ids`.
+    fn add(&mut self, scrape: &Scrape, ids: &[u64]) {
         for &id in ids {
-            self.0.entry(id).or_default().add(metrics, id);
+            self.0.entry(id).or_default().add(scrape, id);
         }
     }
 
@@ -178,8 +167,8 @@ impl Healthy {
         let mut total = Counters::default();
         for counters in self.0.values() {
             total.delivered += counters.delivered;
-            for &(le, count) in &counters.buckets {
-                total.add_bucket(le, count);
+            if let Some(latency) = &counters.latency {
+                total.add_latency(latency);
             }
         }
         total
@@ -191,9 +180,9 @@ impl Healthy {
 struct Kept {
     id: u64,
     base_rate: f64,
-    base_p99: f64,
+    base_p99: Quantile,
     fault_rate: f64,
-    fault_p99: f64,
+    fault_p99: Quantile,
     /// The qualifier's output during the fault over its output before.
     input: f64,
 }
@@ -247,22 +236,26 @@ impl Kept {
 
     /// A p99 at most twice (or 0.5 s above) the one before the fault.
     fn kept_p99(&self) -> bool {
-        self.fault_p99 <= (2.0 * self.base_p99).max(self.base_p99 + 0.5)
+        let (base, fault) = (seconds(self.base_p99), seconds(self.fault_p99));
+        fault <= (2.0 * base).max(base + 0.5)
     }
 }
 
-/// The values over the workers (and topics) of a series of the faulty destination.
-fn faulty_values<'a>(texts: &'a [String], name: &'a str) -> impl Iterator<Item = f64> + 'a {
-    let destination = format!("destination=\"{}\"", FAULTY_ID);
-    texts
-        .iter()
-        .flat_map(|t| t.lines())
-        .filter(move |l| l.starts_with(name) && l.contains(&destination))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+/// The sum over the workers (and topics) of a series of the faulty destination; 0 where no
+/// worker answered.
+fn faulty_sum(scrape: &Scrape, name: &str) -> f64 {
+    scrape
+        .sum(&selector(&format!("{name}{{destination=\"{FAULTY_ID}\"}}")))
+        .unwrap_or(0.0)
 }
 
-fn faulty_sum(texts: &[String], name: &str) -> f64 {
-    faulty_values(texts, name).sum()
+/// The largest value over the workers (and topics) of a series of the faulty destination.
+fn faulty_max(scrape: &Scrape, name: &str) -> f64 {
+    let series = selector(&format!("{name}{{destination=\"{FAULTY_ID}\"}}"));
+    scrape
+        .select(&series)
+        .map(|sample| sample.value)
+        .fold(0.0, f64::max)
 }
 
 /// One isolation scenario: `fault` at the faulty partner, with `extra_destinations` healthy
@@ -332,25 +325,23 @@ pub async fn isolation(
         async move {
             let mut healthy = Healthy::default();
             if let Ok(response) = reqwest::get(qualifier_metrics).await {
-                healthy.1 = response
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| l.starts_with("qualifier_status_changes_total{"))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum();
+                let text = response.text().await.unwrap_or_default();
+                healthy.1 = Scrape::parse(&text)
+                    .unwrap()
+                    .sum(&selector("qualifier_status_changes_total"))
+                    .unwrap_or(0.0);
             }
-            let mut texts = Vec::new();
+            // Both workers' texts as one scrape (a worker that did not answer adds nothing).
+            let mut texts = String::new();
             for url in workers {
-                let text = match reqwest::get(url).await {
-                    Ok(r) => r.text().await.unwrap_or_default(),
-                    Err(_) => String::new(),
-                };
-                healthy.add(&text, healthy_ids);
-                texts.push(text);
+                if let Ok(response) = reqwest::get(url).await {
+                    texts.push_str(&response.text().await.unwrap_or_default());
+                    texts.push('\n');
+                }
             }
-            (healthy, texts)
+            let scrape = Scrape::parse(&texts).unwrap();
+            healthy.add(&scrape, healthy_ids);
+            (healthy, scrape)
         }
     };
     let rss_now = || {
@@ -382,38 +373,33 @@ pub async fn isolation(
     let (fault_start, _) = snapshot(&system.workers).await;
     let (mut peak_backlog, mut peak_age, mut rss_fault) = (0.0_f64, 0.0_f64, 0_u64);
     while sim_started.elapsed() < fault_end {
-        let (_, texts) = snapshot(&system.workers).await;
-        peak_backlog = peak_backlog.max(faulty_sum(&texts, "delivery_backlog_messages{"));
-        peak_age =
-            faulty_values(&texts, "delivery_backlog_oldest_age_seconds{").fold(peak_age, f64::max);
+        let (_, scrape) = snapshot(&system.workers).await;
+        peak_backlog = peak_backlog.max(faulty_sum(&scrape, "delivery_backlog_messages"));
+        peak_age = peak_age.max(faulty_max(&scrape, "delivery_backlog_oldest_age_seconds"));
         rss_fault = rss_fault.max(rss_now());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     if let (Some(proxy), Some(_)) = (&system.proxy, proxy_mode) {
         proxy.set(Mode::Forward);
     }
-    let (fault_stop, texts) = snapshot(&system.workers).await;
+    let (fault_stop, scrape) = snapshot(&system.workers).await;
     let healthy_detaches: f64 = healthy_ids
         .iter()
         .map(|id| {
-            texts
-                .iter()
-                .filter_map(|t| {
-                    metric_value(
-                        t,
-                        &format!("delivery_detaches_total{{destination=\"{id}\"}}"),
-                    )
-                })
-                .sum::<f64>()
+            scrape
+                .sum(&selector(&format!(
+                    "delivery_detaches_total{{destination=\"{id}\"}}"
+                )))
+                .unwrap_or(0.0)
         })
         .sum();
     let fault_s = (fault_for - Duration::from_secs(2)).as_secs_f64();
 
     // Catch-up: from the partner's recovery until nothing of it waits any more.
     let catch_up = loop {
-        let (_, texts) = snapshot(&system.workers).await;
-        let waiting = faulty_sum(&texts, "delivery_backlog_messages{")
-            + faulty_sum(&texts, "delivery_queue_depth{");
+        let (_, scrape) = snapshot(&system.workers).await;
+        let waiting = faulty_sum(&scrape, "delivery_backlog_messages")
+            + faulty_sum(&scrape, "delivery_queue_depth");
         let since_recovery = sim_started.elapsed().saturating_sub(fault_end);
         if waiting == 0.0 || since_recovery > scale.drain {
             break (waiting, since_recovery);
@@ -445,8 +431,8 @@ pub async fn isolation(
         .unwrap();
     ledger.notes.push(load_note(&report, scale.rate));
     ledger.notes.push(format!(
-        "{} {} {fault:?} for {} s from {} s: the {} healthy destinations {base_rate:.0} changes/s, p99 ≤ {base_p99} s before; \
-         {fault_rate:.0} changes/s ({:.2}×, while the qualifier's output went {:.2}×), p99 ≤ {fault_p99} s during (slowest per that output: {} at {:.2}×, p99 ≤ {} s → {} s); failing destination's peak backlog {peak_backlog:.0} \
+        "{} {} {fault:?} for {} s from {} s: the {} healthy destinations {base_rate:.0} changes/s, p99 {base_p99} s before; \
+         {fault_rate:.0} changes/s ({:.2}×, while the qualifier's output went {:.2}×), p99 {fault_p99} s during (slowest per that output: {} at {:.2}×, p99 {} s → {} s); failing destination's peak backlog {peak_backlog:.0} \
          messages, oldest {peak_age:.0} s; the healthy ones fell behind (detached) {healthy_detaches:.0} times by the fault's end; delivery RSS {} MiB before, {} MiB at most during; caught up {:.1} s after the partner recovered",
         FAULTY_ID,
         FAULTY_PATH,
@@ -491,16 +477,14 @@ pub async fn isolation(
             "delivery_requests_total{{destination=\"{}\",outcome=\"{outcome}\"}}",
             FAULTY_ID
         );
-        let failed: f64 = texts.iter().filter_map(|t| metric_value(t, &series)).sum();
+        let failed = scrape.sum(&selector(&series)).unwrap_or(0.0);
+        let requests = selector(&format!(
+            "delivery_requests_total{{destination=\"{FAULTY_ID}\"}}"
+        ));
         assert!(
             failed > 0.0,
             "no request to the failing destination ended as `{outcome}`: the fault did not happen; its requests: {:?}",
-            texts
-                .iter()
-                .flat_map(|t| t.lines())
-                .filter(|l| l.starts_with("delivery_requests_total{")
-                    && l.contains(&format!("destination=\"{}\"", FAULTY_ID)))
-                .collect::<Vec<_>>()
+            scrape.select(&requests).collect::<Vec<_>>()
         );
     }
     if fault.fails() {
@@ -513,7 +497,7 @@ pub async fn isolation(
         kept.iter()
             .map(|k| {
                 format!(
-                    "{} {}: {:.0} → {:.0} changes/s, p99 ≤ {} s → {} s",
+                    "{} {}: {:.0} → {:.0} changes/s, p99 {} s → {} s",
                     k.id,
                     ledger.line(k.id).path,
                     k.base_rate,
@@ -537,7 +521,7 @@ pub async fn isolation(
     let delayed: Vec<&Kept> = each.iter().filter(|k| !k.kept_p99()).collect();
     assert!(
         delayed.is_empty(),
-        "healthy destinations' p99 grew beyond twice (or 0.5 s above) theirs before the fault: {} (all {} together: p99 ≤ {base_p99} s → {fault_p99} s)\n{}",
+        "healthy destinations' p99 grew beyond twice (or 0.5 s above) theirs before the fault: {} (all {} together: p99 {base_p99} s → {fault_p99} s)\n{}",
         describe(&delayed),
         each.len(),
         ledger.render()

@@ -304,6 +304,22 @@ impl Histogram {
         self.buckets.last().map_or(0.0, |b| b.1)
     }
 
+    /// The observations of both: two series of one histogram (two destinations, two
+    /// processes), which must have the same bucket bounds.
+    pub fn plus(&self, other: &Self) -> Result<Self, String> {
+        let bounds = |h: &Self| h.buckets.iter().map(|b| b.0).collect::<Vec<_>>();
+        if bounds(self) != bounds(other) {
+            return Err("the two histograms have other bucket bounds".into());
+        }
+        let buckets = self
+            .buckets
+            .iter()
+            .zip(&other.buckets)
+            .map(|(&(bound, a), &(_, b))| (bound, a + b))
+            .collect();
+        Self::new(buckets)
+    }
+
     /// The observations made after `earlier` (the same histogram in an earlier scrape).
     pub fn since(&self, earlier: &Self) -> Result<Self, String> {
         let bounds = |h: &Self| h.buckets.iter().map(|b| b.0).collect::<Vec<_>>();

@@ -268,3 +268,15 @@ fn histograms_that_cannot_be_added_or_read_are_errors() {
     let h = histogram(&[(f64::INFINITY, 1.0)]);
     assert!(h.quantile(1.5).is_err() && h.quantile(-0.1).is_err());
 }
+
+#[test]
+fn plus_adds_two_histograms_bucket_by_bucket_and_refuses_other_bounds() {
+    let a = histogram(&[(0.1, 1.0), (0.2, 3.0), (f64::INFINITY, 4.0)]);
+    let b = histogram(&[(0.1, 0.0), (0.2, 5.0), (f64::INFINITY, 6.0)]);
+    assert_eq!(
+        a.plus(&b).unwrap(),
+        histogram(&[(0.1, 1.0), (0.2, 8.0), (f64::INFINITY, 10.0)])
+    );
+    let other = histogram(&[(0.5, 1.0), (f64::INFINITY, 1.0)]);
+    assert!(a.plus(&other).is_err());
+}
