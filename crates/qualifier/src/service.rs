@@ -136,7 +136,8 @@ pub async fn run(
     });
     let result = processing.await.context("the processing thread panicked")?;
     stop.cancel();
-    writer.flush();
+    // Up to 10 s while the broker is slow: off the async threads.
+    let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
     let _ = watcher.await;
     ingest
         .await

@@ -147,8 +147,19 @@ impl IngestTls {
     pub async fn watch(self, stop: CancellationToken) {
         let mut current = self.loaded.clone();
         while let Some(seen) = current.changed(&stop).await {
-            let mut read = Files::default();
-            match self.files.load(&mut read) {
+            // File reads, off the async threads.
+            let files = self.files.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                let mut read = Files::default();
+                (files.load(&mut read), read)
+            })
+            .await;
+            let Ok((loaded, read)) = loaded else {
+                tracing::warn!(file = %self.files.cert.display(), "The ingest TLS certificate could not be reloaded (its reading task failed); the running one stays in force.");
+                current = seen;
+                continue;
+            };
+            match loaded {
                 Ok(certified) => {
                     tracing::info!(file = %self.files.cert.display(), "Ingest TLS certificate reloaded.");
                     *self
