@@ -40,7 +40,16 @@ mod producer_settings {
                 crate::ingest::EventWriter::client_config(kafka),
             ),
             (
-                "processor.rs",
+                "processor/mod.rs",
+                transactional_producer_config(kafka, &topology),
+            ),
+            // These two use (and recovery replaces) the transactional producer of `mod.rs`.
+            (
+                "processor/recovery.rs",
+                transactional_producer_config(kafka, &topology),
+            ),
+            (
+                "processor/transaction.rs",
                 transactional_producer_config(kafka, &topology),
             ),
         ]
