@@ -143,10 +143,7 @@ enum Command {
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
-    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("not an RFC 3339 time like 2026-11-28T10:00:00Z: {e}"))?;
-    i64::try_from(time.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| "time out of range".to_owned())
+    model::unix_ms_from_rfc3339(text)
 }
 
 fn load(config: Option<&PathBuf>) -> anyhow::Result<DeliveryConfig> {

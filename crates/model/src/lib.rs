@@ -39,6 +39,15 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
         .unwrap_or_else(|| format!("{unix_ms} ms since 1970"))
 }
 
+/// RFC 3339 text (`2026-11-28T10:00:00Z`, any offset, any fraction) as milliseconds since the
+/// Unix epoch: the inverse of [`rfc3339_ms`], for every time a user writes (events, command
+/// flags). The error says what was expected.
+pub fn unix_ms_from_rfc3339(text: &str) -> Result<i64, String> {
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time like 2026-11-28T10:00:00Z ({e})"))?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).map_err(|_| "out of range".to_owned())
+}
+
 impl SegmentChange {
     /// The user qualified for `segment_id` at `time_unix_ms` (status 1).
     pub fn qualified(segment_id: u64, time_unix_ms: i64) -> Self {

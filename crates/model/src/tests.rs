@@ -241,3 +241,19 @@ fn printed_times_have_three_fractional_digits_and_survive_any_input() {
         format!("{} ms since 1970", i64::MAX)
     );
 }
+
+#[test]
+fn written_times_read_back_to_the_millisecond_and_bad_ones_say_what_was_expected() {
+    for ms in [0, 1_469_636_242_250, 1_469_636_242_000] {
+        assert_eq!(crate::unix_ms_from_rfc3339(&crate::rfc3339_ms(ms)), Ok(ms));
+    }
+    assert_eq!(
+        crate::unix_ms_from_rfc3339("2016-07-27T18:17:22.25+02:00"),
+        Ok(1_469_636_242_250)
+    );
+    let bad = crate::unix_ms_from_rfc3339("27/07/2016").unwrap_err();
+    assert!(
+        bad.starts_with("not an RFC 3339 time like 2026-11-28T10:00:00Z ("),
+        "{bad}"
+    );
+}
