@@ -276,10 +276,7 @@ async fn delivered_by(worker: &Service) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("delivery_events_total{") && l.contains("outcome=\"delivered\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_value(&text, "delivery_events_total{outcome=\"delivered\"}").unwrap_or(0.0)
 }
 
 /// Scenario 4: `kill -9` of the qualifier, then of one of two delivery workers, each
@@ -548,17 +545,9 @@ pub async fn slow_partner(broker: &ChaosBroker, scale: Scale) -> Ledger {
                 .text()
                 .await
                 .unwrap();
-            lag += text
-                .lines()
-                .filter(|l| l.starts_with("delivery_consumer_lag{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+            lag += metric_value(&text, "delivery_consumer_lag").unwrap_or(0.0);
             // Behind the partition ends, or (the destination detached) behind on its own.
-            lag += text
-                .lines()
-                .filter(|l| l.starts_with("delivery_backlog_messages{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+            lag += metric_value(&text, "delivery_backlog_messages").unwrap_or(0.0);
             peak_depth = peak_depth.max(metric_value(&text, &faulty_depth).unwrap_or(0.0));
         }
         peak_lag = peak_lag.max(lag);
