@@ -235,6 +235,93 @@ fn the_architecture_page_names_every_file_of_both_services_and_no_other() {
     );
 }
 
+/// A helper issue 16 folded into one place: what gives a copy of it away (every needle in one
+/// file), and the one file allowed to hold it.
+struct Folded {
+    what: &'static str,
+    needles: &'static [&'static str],
+    home: &'static str,
+}
+
+const FOLDED: &[Folded] = &[
+    Folded {
+        what: "Unix milliseconds from the wall clock (use telemetry::clock::unix_ms)",
+        needles: &["UNIX_EPOCH", "as_millis"],
+        home: "crates/telemetry/src/clock.rs",
+    },
+    Folded {
+        what: "Unix milliseconds from the wall clock (use telemetry::clock::unix_ms)",
+        needles: &["now_utc()", "unix_timestamp_nanos() / 1_000_000"],
+        home: "crates/telemetry/src/clock.rs",
+    },
+    Folded {
+        what: "RFC 3339 text to Unix milliseconds (use model::unix_ms_from_rfc3339)",
+        needles: &["Rfc3339", "unix_timestamp_nanos() / 1_000_000"],
+        home: "crates/model/src/lib.rs",
+    },
+    Folded {
+        what: "a Prometheus-text parser (use testkit::scrape)",
+        needles: &["rsplit(' ').next()"],
+        home: "crates/testkit/src/scrape.rs",
+    },
+    Folded {
+        what: "a Prometheus-text parser (use testkit::scrape)",
+        needles: &["split(\"le="],
+        home: "crates/testkit/src/scrape.rs",
+    },
+    Folded {
+        what: "hex by hand (use the hex crate)",
+        needles: &[":02x}"],
+        home: "",
+    },
+];
+
+/// Files of `paths` (relative names) holding a copy of a folded helper outside its home.
+fn copies(paths: &[PathBuf]) -> Vec<String> {
+    let mut found = Vec::new();
+    for path in paths {
+        let name = relative(path);
+        let text = std::fs::read_to_string(path).unwrap();
+        for folded in FOLDED {
+            if name != folded.home && folded.needles.iter().all(|n| text.contains(n)) {
+                found.push(format!("{name}: {}", folded.what));
+            }
+        }
+    }
+    found
+}
+
+/// Files of the two services that register metrics one by one instead of through
+/// `telemetry::register_all`.
+fn registering_by_hand(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|path| {
+            let name = relative(path);
+            name.starts_with("crates/qualifier/") || name.starts_with("crates/delivery/")
+        })
+        .filter(|path| registers_by_hand(&std::fs::read_to_string(path).unwrap()))
+        .map(|path| relative(path))
+        .collect()
+}
+
+fn registers_by_hand(text: &str) -> bool {
+    text.contains(".register(Box::new(")
+}
+
+#[test]
+fn the_helpers_issue_16_folded_stay_in_one_place() {
+    // This file names the needles itself.
+    let mut others = rust_files();
+    others.retain(|path| !relative(path).ends_with("tests/e2e/tree.rs"));
+    let mut found = copies(&others);
+    found.extend(registering_by_hand(&rust_files()));
+    assert!(
+        found.is_empty(),
+        "copies of a helper that has one home: {found:#?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The checks themselves, fed known-bad cases: each must be able to fail.
 
@@ -281,5 +368,19 @@ fn the_checks_catch_what_they_are_for() {
             "delivery: consumer.rs is on the page but not in crates/delivery/src"
         ]
     );
+
+    let copy = dir.join("clock.rs");
+    std::fs::write(
+        &copy,
+        "//! A clock.\nlet ms = now.duration_since(UNIX_EPOCH).unwrap().as_millis();\n\
+         let key = format!(\"{b:02x}\");\nregistry.register(Box::new(c.clone()));\n",
+    )
+    .unwrap();
+    assert_eq!(copies(std::slice::from_ref(&copy)).len(), 2);
+    assert!(registers_by_hand(&std::fs::read_to_string(&copy).unwrap()));
+    let service = root().join("crates/delivery/src/metrics.rs");
+    assert!(!registers_by_hand(
+        &std::fs::read_to_string(service).unwrap()
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
