@@ -419,7 +419,7 @@ async fn reference_output(system: &System, broker: &ChaosBroker) -> Vec<ledger::
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (s, t, g) = (settings.clone(), topics.events.clone(), group.clone());
-        if blocking(move || qualifier_lag(&s, &t, &g)).await == 0 {
+        if blocking(move || qualifier_lag(&s, &t, &g)).await == Ok(0) {
             break;
         }
         assert!(

@@ -101,28 +101,29 @@ pub fn group_reader(
 }
 
 /// Input events the qualifier has not committed yet: end offsets of the events topic minus
-/// its group's committed offsets.
-pub fn qualifier_lag(settings: &KafkaSettings, topic: &str, group: &str) -> i64 {
+/// its group's committed offsets. An error is a broker that cannot say yet (its group
+/// coordinator still loading after a restart, `NotCoordinator`): ask again.
+pub fn qualifier_lag(settings: &KafkaSettings, topic: &str, group: &str) -> Result<i64, String> {
     let (consumer, list) = group_reader(settings, group, topic);
     let committed = consumer
         .committed_offsets(list, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("committed offsets of {group}: {e}"));
-    (0..PARTITIONS)
-        .map(|p| {
-            let end = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"))
-                .1;
-            let done = committed
-                .find_partition(topic, p)
-                .and_then(|e| match e.offset() {
-                    rdkafka::Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            end - done
-        })
-        .sum()
+        .map_err(|e| format!("committed offsets of {group}: {e}"))?;
+    let mut lag = 0;
+    for p in 0..PARTITIONS {
+        let end = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))?
+            .1;
+        let done = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(0);
+        lag += end - done;
+    }
+    Ok(lag)
 }
 
 /// Waits until the qualifier committed every input event (a ledger over a qualifier that
@@ -135,12 +136,14 @@ async fn wait_qualifier_caught_up(system: &System, settings: &KafkaSettings) {
             system.launch.topics.events.clone(),
             system.launch.qualifier_group.clone(),
         );
-        let lag = tokio::task::spawn_blocking(move || qualifier_lag(&s, &t, &g))
+        let lag = match tokio::task::spawn_blocking(move || qualifier_lag(&s, &t, &g))
             .await
-            .unwrap();
-        if lag == 0 {
-            return;
-        }
+            .unwrap()
+        {
+            Ok(0) => return,
+            Ok(lag) => format!("{lag} events left"),
+            Err(error) => format!("lag unknown ({error})"),
+        };
         if Instant::now() >= deadline {
             // What its liveness probe says: a hang inside a bounded call shows there.
             let livez = match reqwest::get(system.qualifier.admin_url("/livez")).await {
@@ -152,7 +155,7 @@ async fn wait_qualifier_caught_up(system: &System, settings: &KafkaSettings) {
                 Err(e) => format!("no answer: {e}"),
             };
             panic!(
-                "the qualifier did not process its input: {lag} events left 2 minutes after the load; /livez: {}; its log:\n{}",
+                "the qualifier did not process its input: {lag} 2 minutes after the load; /livez: {}; its log:\n{}",
                 livez.trim(),
                 tail(&system.qualifier.log(), 40)
             );

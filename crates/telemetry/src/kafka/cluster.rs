@@ -13,6 +13,10 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::KafkaSettings;
 
+/// How long a topic missing from the metadata is asked for again before it counts as missing
+/// (a broker's view of a topic created a moment ago lags the controller's).
+const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(5);
+
 impl KafkaSettings {
     /// Fails with the fix when a topic a service needs does not exist (consumers do not create
     /// topics, and a typo would otherwise wait forever). Returns each topic's partition count.
@@ -22,18 +26,31 @@ impl KafkaSettings {
             .client_config("segment-relay-probe")
             .create()
             .map_err(|e| e.to_string())?;
+        // A topic created a moment ago may be missing from one broker's metadata for a while
+        // (each broker learns it from the controller on its own): a missing one is asked
+        // again for up to `UNKNOWN_TOPIC_GRACE` before it counts as missing.
         topics
             .iter()
             .map(|topic| {
-                let metadata = probe
-                    .fetch_metadata(Some(topic), Duration::from_secs(10))
-                    .map_err(|e| format!("cannot read metadata of topic `{topic}`: {e}"))?;
-                match metadata.topics().first() {
-                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
-                    _ => Err(format!(
-                        "topic `{topic}` does not exist on {}: create it (`make kafka-up` creates the defaults) or point the service at another",
-                        self.brokers
-                    )),
+                let asked = std::time::Instant::now();
+                loop {
+                    let metadata = probe
+                        .fetch_metadata(Some(topic), Duration::from_secs(10))
+                        .map_err(|e| format!("cannot read metadata of topic `{topic}`: {e}"))?;
+                    match metadata.topics().first() {
+                        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                            return Ok(t.partitions().len());
+                        }
+                        _ if asked.elapsed() < UNKNOWN_TOPIC_GRACE => {
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        _ => {
+                            return Err(format!(
+                                "topic `{topic}` does not exist on {}: create it (`make kafka-up` creates the defaults) or point the service at another",
+                                self.brokers
+                            ));
+                        }
+                    }
                 }
             })
             .collect()
