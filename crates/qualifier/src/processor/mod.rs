@@ -3,8 +3,8 @@
 //! windows, inactivity) are processed in the same transactions. It runs on a thread of its
 //! own: librdkafka's transaction calls block.
 //!
-//! When this process gains a partition, its users are restored from the changelog before any
-//! of its events are processed (off the rebalance callback: see `restore`). A transaction that cannot be
+//! When this process gains a partition, the rebalance callback restores the partition's users
+//! from the changelog before any of its events are processed. A transaction that cannot be
 //! committed (e.g. the broker is down) is aborted, and the process does in place what a restart
 //! would: it replaces its transactional producer if that one is fenced (the coordinator aborts
 //! a transaction that outlives its timeout), restores its partitions' users from the changelog
@@ -34,8 +34,7 @@ mod recovery;
 mod restore;
 mod transaction;
 
-pub use restore::ProcessingError;
-use restore::{RebalanceContext, Restoring, SharedPending};
+use restore::RebalanceContext;
 
 /// Topics, group and transactional identity.
 #[derive(Debug, Clone)]
@@ -146,10 +145,6 @@ pub struct Processor {
     buffer: Vec<u8>,
     /// Beats once per loop iteration (`/livez`: the `processing` part).
     heartbeat: Heartbeat,
-    /// Assigned partitions not restored yet (queued by the rebalance callback).
-    pending: SharedPending,
-    /// The restore running, if any.
-    restoring: Option<Restoring>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -184,12 +179,14 @@ impl Processor {
         let producer = transactional_producer(kafka, &topology)?;
         let heartbeat = liveness.heartbeat("processing");
         let store = Arc::new(Mutex::new(Store::default()));
-        let pending = SharedPending::default();
         let context = RebalanceContext {
+            kafka: kafka.clone(),
+            topology: topology.clone(),
             store: store.clone(),
-            pending: pending.clone(),
+            definitions: definitions.clone(),
             metrics: metrics.clone(),
             lag: telemetry::ConsumerLag::new(metrics.consumer_lag.clone(), &topology.events_topic),
+            waiter: heartbeat.waiter(),
         };
         let consumer: BaseConsumer<RebalanceContext> = kafka
             .client_config("qualifier")
@@ -218,24 +215,16 @@ impl Processor {
             changed: HashMap::new(),
             buffer: Vec::new(),
             heartbeat,
-            pending,
-            restoring: None,
         })
     }
 
-    /// Runs until `shutdown`; returns an error when the transactional producer cannot go on or
-    /// an assigned partition cannot be restored.
-    pub fn run(
-        mut self,
-        shutdown: &CancellationToken,
-        health: &Health,
-    ) -> Result<(), ProcessingError> {
+    /// Runs until `shutdown`; returns an error when a transaction failed.
+    pub fn run(mut self, shutdown: &CancellationToken, health: &Health) -> Result<(), KafkaError> {
         health.set_ready();
         let mut fingerprint = current(&self.definitions).fingerprint;
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
             let inputs = self.poll_batch();
-            self.restore_assigned()?;
             let now = telemetry::clock::unix_ms();
             let definitions = current(&self.definitions);
             let in_force = definitions.fingerprint;

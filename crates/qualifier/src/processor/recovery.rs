@@ -110,31 +110,17 @@ impl Processor {
                     .is_some()
             })
             .collect();
+        let mut list = TopicPartitionList::new();
+        for &partition in &still {
+            list.add_partition(&self.topology.events_topic, partition);
+        }
+        let committed = self.consumer.committed_offsets(list, RECOVERY_TIMEOUT)?;
         let restored = restore(
             &self.kafka,
             &self.topology.changelog_topic,
             &still,
             &current(&self.definitions),
-            &self.metrics.restore_records,
         )?;
-        self.seek_committed(&still)?;
-        let mut store = lock(&self.store);
-        // A rebalance during the recovery may have assigned (and restored) partitions already.
-        for (partition, users) in restored {
-            store.partitions.entry(partition).or_insert(users);
-        }
-        self.metrics.users.set(store.users() as i64);
-        Ok(())
-    }
-
-    /// Seeks each of `partitions` of the input to its committed offset (its start if none), so
-    /// that what follows is processed against the state the changelog holds.
-    pub(super) fn seek_committed(&self, partitions: &[i32]) -> Result<(), KafkaError> {
-        let mut list = TopicPartitionList::new();
-        for &partition in partitions {
-            list.add_partition(&self.topology.events_topic, partition);
-        }
-        let committed = self.consumer.committed_offsets(list, RECOVERY_TIMEOUT)?;
         for element in committed.elements() {
             let offset = match element.offset() {
                 Offset::Offset(offset) => Offset::Offset(offset),
@@ -147,6 +133,12 @@ impl Processor {
                 RECOVERY_TIMEOUT,
             )?;
         }
+        let mut store = lock(&self.store);
+        // A rebalance during the recovery may have assigned (and restored) partitions already.
+        for (partition, users) in restored {
+            store.partitions.entry(partition).or_insert(users);
+        }
+        self.metrics.users.set(store.users() as i64);
         Ok(())
     }
 }
