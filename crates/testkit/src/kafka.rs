@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -55,6 +56,21 @@ pub async fn create_topic_on(
     create_replicated_topic_on(client, name, partitions, 1, config).await;
 }
 
+/// How often a topic's creation is asked for when the cluster answers with a transient error.
+const CREATE_ATTEMPTS: u32 = 3;
+
+/// Errors after which a CreateTopics request may succeed when sent again.
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+    )
+}
+
 /// [`create_topic_on`] with `replicas` replicas (a test's own cluster).
 pub async fn create_replicated_topic_on(
     client: &ClientConfig,
@@ -68,17 +84,30 @@ pub async fn create_replicated_topic_on(
     for (key, value) in config {
         topic = topic.set(key, value);
     }
-    let results = admin
-        .create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot create topic {name}: {e}"));
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => panic!("cannot create topic {topic}: {code}"),
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(20)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    // A cluster that has just listed all its nodes can still let a first CreateTopics time
+    // out (a CI run's fresh three-node cluster did, after 60 s): asking again is safe, since
+    // a topic the first request did create answers TopicAlreadyExists.
+    let mut attempt = 1;
+    loop {
+        let outcome = match admin.create_topics([&topic], &options).await {
+            Ok(results) => results.into_iter().try_for_each(|result| match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
+                Err((_, code)) => Err(code),
+            }),
+            Err(KafkaError::AdminOp(code)) => Err(code),
+            Err(e) => panic!("cannot create topic {name}: {e}"),
+        };
+        match outcome {
+            Ok(()) => break,
+            Err(code) if attempt < CREATE_ATTEMPTS && is_transient(code) => {
+                eprintln!("creating topic {name}: {code} (attempt {attempt}); asking again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(code) => panic!("cannot create topic {name}: {code} (attempt {attempt})"),
         }
     }
     let probe: BaseConsumer = client.create().unwrap();
