@@ -13,6 +13,11 @@ pub struct Metrics {
     pub users: IntGauge,
     pub expiry_due: IntGauge,
     pub restore_duration: Histogram,
+    /// `qualifier_restore_records_total`: changelog records read by restores.
+    pub restore_records: IntCounter,
+    /// `qualifier_restore_pending_partitions`: assigned partitions whose users are not restored
+    /// yet (their input waits).
+    pub restore_pending: IntGauge,
     pub transaction_duration: Histogram,
     pub transactions_failed: IntCounter,
     /// `qualifier_sweep_pending_users`: users still to re-evaluate under new definitions.
@@ -72,6 +77,14 @@ impl Metrics {
                 )
                 .buckets(buckets(0.001, 16)),
             )?,
+            restore_records: IntCounter::new(
+                "qualifier_restore_records_total",
+                "Changelog records read while restoring assigned partitions (the restore's progress).",
+            )?,
+            restore_pending: IntGauge::new(
+                "qualifier_restore_pending_partitions",
+                "Assigned partitions whose users are not restored from the changelog yet; their input waits.",
+            )?,
             transaction_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "qualifier_transaction_duration_seconds",
@@ -109,6 +122,8 @@ impl Metrics {
                 &metrics.users,
                 &metrics.expiry_due,
                 &metrics.restore_duration,
+                &metrics.restore_records,
+                &metrics.restore_pending,
                 &metrics.transaction_duration,
                 &metrics.transactions_failed,
                 &metrics.sweep_pending,

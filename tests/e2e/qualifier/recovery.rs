@@ -158,6 +158,16 @@ async fn a_process_that_takes_over_restores_users_and_their_timers_still_fire() 
         users(&a.service.metrics().await) == USERS as f64
     })
     .await;
+    // The restore reported its progress: b's users came from changelog records, and nothing
+    // is left pending.
+    let text = a.service.metrics().await;
+    let metric = |name: &str| testkit::service::metric_value(&text, name);
+    assert!(
+        metric("qualifier_restore_records_total").is_some_and(|n| n >= held_b),
+        "restored at least b's {held_b} users' records: {:?}",
+        metric("qualifier_restore_records_total")
+    );
+    assert_eq!(metric("qualifier_restore_pending_partitions"), Some(0.0));
     // Changes of the moved users were not repeated: one qualification of 100 per user.
     let all = kafka::consumer(&testkit::unique_name("all"));
     all.subscribe(&[&test.status]).unwrap();

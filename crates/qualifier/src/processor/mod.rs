@@ -3,8 +3,8 @@
 //! windows, inactivity) are processed in the same transactions. It runs on a thread of its
 //! own: librdkafka's transaction calls block.
 //!
-//! When this process gains a partition, the rebalance callback restores the partition's users
-//! from the changelog before any of its events are processed. A transaction that cannot be
+//! When this process gains a partition, the rebalance callback queues it and the loop restores
+//! the partition's users from the changelog before any of its events are processed. A transaction that cannot be
 //! committed (e.g. the broker is down) is aborted, and the process does in place what a restart
 //! would: it replaces its transactional producer if that one is fenced (the coordinator aborts
 //! a transaction that outlives its timeout), restores its partitions' users from the changelog
@@ -34,7 +34,7 @@ mod recovery;
 mod restore;
 mod transaction;
 
-use restore::RebalanceContext;
+use restore::{Pending, RebalanceContext};
 
 /// Topics, group and transactional identity.
 #[derive(Debug, Clone)]
@@ -63,8 +63,8 @@ fn current(definitions: &SharedDefinitions) -> Arc<Definitions> {
         .clone()
 }
 
-fn lock(store: &Mutex<Store>) -> MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An input message's value → its event and type (the `type` label of
@@ -134,6 +134,8 @@ pub struct Processor {
     producer: BaseProducer,
     topology: Topology,
     store: Arc<Mutex<Store>>,
+    /// Assigned partitions to restore before their events are processed.
+    pending: Pending,
     definitions: SharedDefinitions,
     metrics: Metrics,
     counters: HotCounters,
@@ -179,14 +181,12 @@ impl Processor {
         let producer = transactional_producer(kafka, &topology)?;
         let heartbeat = liveness.heartbeat("processing");
         let store = Arc::new(Mutex::new(Store::default()));
+        let pending = Pending::default();
         let context = RebalanceContext {
-            kafka: kafka.clone(),
-            topology: topology.clone(),
             store: store.clone(),
-            definitions: definitions.clone(),
+            pending: pending.clone(),
             metrics: metrics.clone(),
             lag: telemetry::ConsumerLag::new(metrics.consumer_lag.clone(), &topology.events_topic),
-            waiter: heartbeat.waiter(),
         };
         let consumer: BaseConsumer<RebalanceContext> = kafka
             .client_config("qualifier")
@@ -208,6 +208,7 @@ impl Processor {
             producer,
             topology,
             store,
+            pending,
             definitions,
             counters: HotCounters::new(&metrics),
             metrics,
@@ -218,13 +219,14 @@ impl Processor {
         })
     }
 
-    /// Runs until `shutdown`; returns an error when a transaction failed.
+    /// Runs until `shutdown`; returns an error when the transactions cannot go on or a
+    /// restore failed.
     pub fn run(mut self, shutdown: &CancellationToken, health: &Health) -> Result<(), KafkaError> {
         health.set_ready();
         let mut fingerprint = current(&self.definitions).fingerprint;
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
-            let inputs = self.poll_batch();
+            let inputs = self.poll_batch()?;
             let now = telemetry::clock::unix_ms();
             let definitions = current(&self.definitions);
             let in_force = definitions.fingerprint;
@@ -274,7 +276,9 @@ impl Processor {
     }
 
     /// Up to `MAX_BATCH` messages: waits up to 100 ms for the first, then takes what is there.
-    fn poll_batch(&self) -> Vec<Input> {
+    /// Partitions the polls assigned are restored before it returns; an error is a restore
+    /// that failed.
+    fn poll_batch(&mut self) -> Result<Vec<Input>, KafkaError> {
         let mut inputs = Vec::new();
         let mut timeout = Duration::from_millis(100);
         while inputs.len() < MAX_BATCH {
@@ -290,11 +294,12 @@ impl Processor {
             }
             timeout = Duration::ZERO;
         }
+        self.restore_pending()?;
         // A rebalance during the polls may have taken partitions away: their events are the
         // new owner's now.
         let store = lock(&self.store);
         inputs.retain(|i| store.partitions.contains_key(&i.message.partition()));
-        inputs
+        Ok(inputs)
     }
 }
 

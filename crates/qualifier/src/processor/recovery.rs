@@ -120,6 +120,7 @@ impl Processor {
             &self.topology.changelog_topic,
             &still,
             &current(&self.definitions),
+            &self.metrics.restore_records,
         )?;
         for element in committed.elements() {
             let offset = match element.offset() {

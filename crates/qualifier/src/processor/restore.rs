@@ -1,36 +1,36 @@
-//! Restoring a partition's users from the changelog when this process gains it, and dropping
-//! them when it loses it.
+//! Restoring a partition's users from the changelog when this process gains it (queued by the
+//! rebalance callback, read by the processing loop), and dropping them when it loses it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use model::UserState;
+use prometheus::IntCounter;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message};
-use telemetry::{KafkaSettings, Waiter};
+use telemetry::KafkaSettings;
 
-use super::{SharedDefinitions, Topology, current, lock};
+use super::{Processor, current, lock};
 use crate::config::Definitions;
 use crate::evaluate::{next_due, normalize};
 use crate::metrics::Metrics;
 use crate::store::{PartitionStore, Store};
 
-/// Restores assigned partitions from the changelog and drops revoked ones; librdkafka's
-/// statistics feed the lag gauge.
+/// Queues assigned partitions for [`Processor::restore_pending`] and drops revoked ones;
+/// librdkafka's statistics feed the lag gauge. It does no I/O: a callback that blocked would
+/// hold the group's rebalance, and one that failed could only end the process.
 pub(super) struct RebalanceContext {
-    pub(super) kafka: KafkaSettings,
-    pub(super) topology: Topology,
     pub(super) store: Arc<Mutex<Store>>,
-    pub(super) definitions: SharedDefinitions,
+    pub(super) pending: Pending,
     pub(super) metrics: Metrics,
     pub(super) lag: telemetry::ConsumerLag,
-    /// A restore takes as long as the changelog is large: the processing loop waits, it is
-    /// not stuck.
-    pub(super) waiter: Waiter,
 }
+
+/// Assigned partitions whose users are not restored yet.
+pub(super) type Pending = Arc<Mutex<BTreeSet<i32>>>;
 
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
@@ -42,10 +42,13 @@ impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             let mut store = lock(&self.store);
+            let mut pending = lock(&self.pending);
             for element in partitions.elements() {
                 store.partitions.remove(&element.partition());
+                pending.remove(&element.partition());
             }
             self.metrics.users.set(store.users() as i64);
+            self.metrics.restore_pending.set(pending.len() as i64);
             tracing::info!(
                 partitions = partitions.count(),
                 "Partitions revoked; their users were dropped."
@@ -57,48 +60,82 @@ impl ConsumerContext for RebalanceContext {
         let Rebalance::Assign(partitions) = rebalance else {
             return;
         };
-        let _restoring = self.waiter.waiting();
-        let wanted: Vec<i32> = partitions
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let mut pending = lock(&self.pending);
+        pending.extend(partitions.elements().iter().map(|e| e.partition()));
+        self.metrics.restore_pending.set(pending.len() as i64);
+    }
+}
+
+impl Processor {
+    /// Restores the partitions assigned since the last call from the changelog, before any
+    /// of their events (already polled, or still to come) is processed: the loop calls it
+    /// after each batch of polls. It blocks the loop as long as the read takes, which moves on
+    /// while records come and fails after [`RESTORE_STALL`] without one; the error goes up to
+    /// the service, which stops.
+    pub(super) fn restore_pending(&mut self) -> Result<(), KafkaError> {
+        let wanted: Vec<i32> = {
+            let pending = lock(&self.pending);
+            if pending.is_empty() {
+                return Ok(());
+            }
+            pending.iter().copied().collect()
+        };
+        let _restoring = self.heartbeat.waiting();
         let started = Instant::now();
-        match restore(
+        tracing::info!(partitions = ?wanted, "Partitions assigned; restoring their users from the changelog.");
+        let restored = restore(
             &self.kafka,
             &self.topology.changelog_topic,
             &wanted,
             &current(&self.definitions),
-        ) {
-            Ok(restored) => {
-                let mut store = lock(&self.store);
-                let users: usize = restored.values().map(PartitionStore::len).sum();
-                store.partitions.extend(restored);
-                self.metrics.users.set(store.users() as i64);
-                self.metrics
-                    .restore_duration
-                    .observe(started.elapsed().as_secs_f64());
-                tracing::info!(partitions = ?wanted, users, ms = started.elapsed().as_millis() as u64, "Partitions assigned and restored from the changelog.");
-            }
-            Err(error) => {
-                // Processing these partitions without their state would publish wrong changes.
-                tracing::error!(%error, partitions = ?wanted, "Cannot restore partitions from the changelog; exiting so a restart can retry.");
-                std::process::exit(70);
-            }
-        }
+            &self.metrics.restore_records,
+        )
+        .inspect_err(|error| {
+            // Processing these partitions without their state would publish wrong changes.
+            tracing::error!(%error, partitions = ?wanted, "Cannot restore partitions from the changelog; stopping so that a restart retries.");
+        })?;
+        let mut store = lock(&self.store);
+        let users: usize = restored.values().map(PartitionStore::len).sum();
+        store.partitions.extend(restored);
+        self.metrics.users.set(store.users() as i64);
+        let mut pending = lock(&self.pending);
+        // No rebalance ran meanwhile (callbacks run only inside `poll`).
+        pending.clear();
+        self.metrics.restore_pending.set(0);
+        let elapsed = started.elapsed();
+        self.metrics.restore_duration.observe(elapsed.as_secs_f64());
+        tracing::info!(partitions = ?wanted, users, ms = elapsed.as_millis() as u64, "Partitions restored from the changelog.");
+        Ok(())
     }
 }
 
-/// Reads the changelog partitions from their start to their end into stores.
+/// A restore fails after this long without a changelog record read (the broker away): it is
+/// as long as the changelog is large, and only a read that stopped moving is an error.
+const RESTORE_STALL: Duration = Duration::from_secs(120);
+/// A restore logs its progress this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Reads the changelog partitions from their start to their end into stores, counting the
+/// records read in `records` and logging the progress every [`PROGRESS_EVERY`]. Blocks.
 pub(super) fn restore(
     kafka: &KafkaSettings,
     topic: &str,
     partitions: &[i32],
     definitions: &Definitions,
+    records: &IntCounter,
 ) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
     // The latest record per user wins; a tombstone (no payload) forgets the user.
     let mut latest: HashMap<i32, HashMap<String, Option<UserState>>> = HashMap::new();
-    kafka.read_to_end(topic, Some(partitions), |message| {
+    let started = Instant::now();
+    let mut logged = started;
+    let mut read = 0_u64;
+    kafka.read_to_end_while_moving(topic, partitions, RESTORE_STALL, |message| {
+        read += 1;
+        records.inc();
+        if read.is_multiple_of(1024) && logged.elapsed() >= PROGRESS_EVERY {
+            logged = Instant::now();
+            tracing::info!(topic, ?partitions, records = read, seconds = started.elapsed().as_secs(), "Restoring partitions from the changelog.");
+        }
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
         let state = match message.payload().map(UserState::decode) {
             None => None,

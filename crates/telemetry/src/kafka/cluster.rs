@@ -69,7 +69,31 @@ impl KafkaSettings {
             .into_iter()
             .map(|(partition, end)| (partition, Offset::Beginning, end))
             .collect();
-        read_ranges(&consumer, topic, &ranges, Duration::from_secs(120), each)
+        read_ranges(
+            &consumer,
+            topic,
+            &ranges,
+            Bound::Total(Duration::from_secs(120)),
+            each,
+        )
+    }
+
+    /// [`Self::read_to_end`] of `partitions`, for a read as long as the topic is large (the
+    /// qualifier's changelog restore): no total deadline; it fails (`OperationTimedOut`) only
+    /// when `stall` passes without a message read or a partition finished. Blocks.
+    pub fn read_to_end_while_moving(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        stall: Duration,
+        each: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(), KafkaError> {
+        let consumer = self.reader()?;
+        let ranges: Vec<(i32, Offset, i64)> = ends(&consumer, topic, Some(partitions))?
+            .into_iter()
+            .map(|(partition, end)| (partition, Offset::Beginning, end))
+            .collect();
+        read_ranges(&consumer, topic, &ranges, Bound::Stall(stall), each)
     }
 
     /// The end (next offset) every partition of `topic` has now. Blocks.
@@ -90,7 +114,7 @@ impl KafkaSettings {
     ) -> Result<(), KafkaError> {
         let consumer = self.reader()?;
         if !by_time {
-            return read_ranges(&consumer, topic, ranges, deadline, each);
+            return read_ranges(&consumer, topic, ranges, Bound::Total(deadline), each);
         }
         let mut times = TopicPartitionList::new();
         for &(partition, start, _) in ranges {
@@ -112,7 +136,7 @@ impl KafkaSettings {
                 (partition, start, end)
             })
             .collect();
-        read_ranges(&consumer, topic, &ranges, deadline, each)
+        read_ranges(&consumer, topic, &ranges, Bound::Total(deadline), each)
     }
 
     fn reader(&self) -> Result<BaseConsumer, KafkaError> {
@@ -182,12 +206,21 @@ pub(super) fn is_transient(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// How long a read may take.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// At most this long in all.
+    Total(Duration),
+    /// As long as it moves: at most this long without a message read or a partition finished.
+    Stall(Duration),
+}
+
 /// [`KafkaSettings::read_ranges`] on a reader: `(partition, start, end)`, end exclusive.
 fn read_ranges(
     consumer: &BaseConsumer,
     topic: &str,
     ranges: &[(i32, Offset, i64)],
-    deadline: Duration,
+    bound: Bound,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), KafkaError> {
     let mut ends = HashMap::new();
@@ -202,14 +235,19 @@ fn read_ranges(
         return Ok(());
     }
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + deadline;
+    let (limit, moving_renews) = match bound {
+        Bound::Total(limit) => (limit, false),
+        Bound::Stall(limit) => (limit, true),
+    };
+    let mut since = Instant::now();
     while !ends.is_empty() {
-        if Instant::now() > deadline {
+        if since.elapsed() > limit {
             return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
         }
+        let left = ends.len();
         match consumer.poll(Duration::from_millis(500)) {
             // A broker of several down, a leader moving: librdkafka reconnects and fetches
-            // from the new leader by itself; the deadline bounds the wait.
+            // from the new leader by itself; the bound limits the wait.
             Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => {}
             Some(message) => {
                 let message = message?;
@@ -218,6 +256,9 @@ fn read_ranges(
                 };
                 if message.offset() < end {
                     each(&message);
+                    if moving_renews {
+                        since = Instant::now();
+                    }
                 }
                 if message.offset() + 1 >= end {
                     ends.remove(&message.partition());
@@ -232,6 +273,9 @@ fn read_ranges(
                     {
                         ends.remove(&element.partition());
                     }
+                }
+                if moving_renews && ends.len() < left {
+                    since = Instant::now();
                 }
             }
         }
