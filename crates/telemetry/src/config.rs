@@ -180,49 +180,46 @@ impl<'a> KafkaBlock<'a> {
 
     /// A topic name, `default` when unset.
     pub fn topic(&mut self, key: &'static str, default: &str) -> String {
-        let Some((label, value)) = self.value(key) else {
-            return default.to_owned();
-        };
-        if let Err(why) = check_topic_name(&value) {
-            self.problems
-                .push(format!("{label}: {why} (default `{default}`)"));
-        }
-        value
+        self.checked(key, check_topic_name, &format!(" (default `{default}`)"))
+            .unwrap_or_else(|| default.to_owned())
     }
 
     /// A topic name that `""` turns off (`None`), `default` when unset.
     pub fn optional_topic(&mut self, key: &'static str, default: &str) -> Option<String> {
-        let Some((label, value)) = self.value(key) else {
-            return Some(default.to_owned());
+        let check = |name: &str| match name.trim() {
+            "" => Ok(()),
+            _ => check_topic_name(name),
         };
-        if value.trim().is_empty() {
-            return None;
+        let hint = format!(" (default `{default}`; `\"\"` turns it off)");
+        match self.checked(key, check, &hint) {
+            None => Some(default.to_owned()),
+            Some(value) if value.trim().is_empty() => None,
+            Some(value) => Some(value),
         }
-        if let Err(why) = check_topic_name(&value) {
-            self.problems.push(format!(
-                "{label}: {why} (default `{default}`; `\"\"` turns it off)"
-            ));
-        }
-        Some(value)
     }
 
     /// A consumer group or instance id, `default` when unset.
     pub fn id(&mut self, key: &'static str, default: &str) -> String {
-        let Some((label, value)) = self.value(key) else {
-            return default.to_owned();
-        };
-        if let Err(why) = check_id(&value) {
-            self.problems
-                .push(format!("{label}: {why} (default `{default}`)"));
-        }
-        value
+        self.checked(key, check_id, &format!(" (default `{default}`)"))
+            .unwrap_or_else(|| default.to_owned())
     }
 
     /// A consumer group or instance id without a default.
     pub fn optional_id(&mut self, key: &'static str) -> Option<String> {
+        self.checked(key, check_id, "")
+    }
+
+    /// The value of `key` (`None` when unset), its problem with `check` recorded with `hint`
+    /// after the reason (the value is returned all the same: start-up fails on the problem).
+    fn checked(
+        &mut self,
+        key: &'static str,
+        check: impl Fn(&str) -> Result<(), String>,
+        hint: &str,
+    ) -> Option<String> {
         let (label, value) = self.value(key)?;
-        if let Err(why) = check_id(&value) {
-            self.problems.push(format!("{label}: {why}"));
+        if let Err(why) = check(&value) {
+            self.problems.push(format!("{label}: {why}{hint}"));
         }
         Some(value)
     }

@@ -57,22 +57,17 @@ impl KafkaSettings {
     }
 
     /// Reads `topic` (only `partitions`, if given) from its start to the end it has now,
-    /// `read_committed`, calling `each` with every message; commits nothing. Blocks.
+    /// `read_committed`, calling `each` with every message; commits nothing. Fails after 120 s
+    /// in all. Blocks.
     pub fn read_to_end(
         &self,
         topic: &str,
         partitions: Option<&[i32]>,
         each: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<(), KafkaError> {
-        let consumer = self.reader()?;
-        let ranges: Vec<(i32, Offset, i64)> = ends(&consumer, topic, partitions)?
-            .into_iter()
-            .map(|(partition, end)| (partition, Offset::Beginning, end))
-            .collect();
-        read_ranges(
-            &consumer,
+        self.read_from_start(
             topic,
-            &ranges,
+            partitions,
             Bound::Total(Duration::from_secs(120)),
             each,
         )
@@ -88,12 +83,22 @@ impl KafkaSettings {
         stall: Duration,
         each: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<(), KafkaError> {
+        self.read_from_start(topic, Some(partitions), Bound::Stall(stall), each)
+    }
+
+    fn read_from_start(
+        &self,
+        topic: &str,
+        partitions: Option<&[i32]>,
+        bound: Bound,
+        each: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(), KafkaError> {
         let consumer = self.reader()?;
-        let ranges: Vec<(i32, Offset, i64)> = ends(&consumer, topic, Some(partitions))?
+        let ranges: Vec<(i32, Offset, i64)> = ends(&consumer, topic, partitions)?
             .into_iter()
             .map(|(partition, end)| (partition, Offset::Beginning, end))
             .collect();
-        read_ranges(&consumer, topic, &ranges, Bound::Stall(stall), each)
+        read_ranges(&consumer, topic, &ranges, bound, each)
     }
 
     /// The end (next offset) every partition of `topic` has now. Blocks.
