@@ -13,5 +13,6 @@ mod liveness;
 mod partner_ids;
 mod pipeline;
 mod qualifier;
+mod read_bounds;
 mod tree;
 mod wait;

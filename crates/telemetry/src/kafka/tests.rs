@@ -1,5 +1,6 @@
 //! Kafka settings: defaults, SASL/TLS pass-through, every problem named with its variable, the
-//! producer's safety settings, KAFKA_DEBUG, and which consumer errors are transient.
+//! producer's safety settings, KAFKA_DEBUG, which consumer errors are transient, and that a
+//! read which stops moving fails.
 
 use std::collections::HashMap;
 
@@ -169,5 +170,54 @@ fn kafka_debug_passes_librdkafka_contexts_and_names_a_wrong_one() {
     assert!(
         error.contains("KAFKA_DEBUG: `fetches` is not a librdkafka debug context"),
         "{error}"
+    );
+}
+
+/// A restore read that gets no record for its stall bound fails with `OperationTimedOut`
+/// instead of waiting for ever: here the one broker of a mock cluster answers every fetch with
+/// a leadership error (transient: librdkafka retries it), so no record comes.
+#[test]
+fn a_read_that_stops_moving_fails_after_its_stall_bound() {
+    use rdkafka::error::KafkaError;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use std::time::{Duration, Instant};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("changelog", 1, 1).unwrap();
+    let kafka = KafkaSettings::from_lookup(|name| {
+        (name == "KAFKA_BROKERS").then(|| cluster.bootstrap_servers())
+    })
+    .unwrap();
+    let producer: BaseProducer = kafka.client_config("test").create().unwrap();
+    for i in 0..5 {
+        let key = format!("u{i}");
+        producer
+            .send(BaseRecord::to("changelog").key(&key).payload("x"))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 1000],
+    );
+
+    let stall = Duration::from_secs(1);
+    let started = Instant::now();
+    let mut read = 0;
+    let result = kafka.read_to_end_while_moving("changelog", &[0], stall, |_| read += 1);
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            result,
+            Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
+        ),
+        "a read that gets nothing fails: {result:?} after {took:?}, {read} records"
+    );
+    assert_eq!(read, 0);
+    assert!(
+        took < Duration::from_secs(20),
+        "it gave up {took:?} after it began"
     );
 }
