@@ -4,12 +4,13 @@
 //! own: librdkafka's transaction calls block.
 //!
 //! When this process gains a partition, the rebalance callback queues it and the loop restores
-//! the partition's users from the changelog before any of its events are processed. A transaction that cannot be
-//! committed (e.g. the broker is down) is aborted, and the process does in place what a restart
-//! would: it replaces its transactional producer if that one is fenced (the coordinator aborts
-//! a transaction that outlives its timeout), restores its partitions' users from the changelog
-//! and seeks the input back to the committed offsets — the in-memory state ran ahead of what
-//! Kafka has. It retries until the broker answers, so an outage needs no restart.
+//! the partition's users from the changelog before any of its events are processed. A
+//! transaction that cannot be committed (e.g. the broker is down) is aborted, and the process
+//! does in place what a restart would: it replaces its transactional producer if that one is
+//! fenced (the coordinator aborts a transaction that outlives its timeout), restores its
+//! partitions' users from the changelog and seeks the input back to the committed offsets — the
+//! in-memory state ran ahead of what Kafka has. It retries until the broker answers, so an
+//! outage needs no restart.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
