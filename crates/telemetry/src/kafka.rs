@@ -9,6 +9,8 @@ use crate::Secret;
 
 mod cluster;
 
+pub use cluster::is_transient;
+
 /// `KAFKA_SECURITY_PROTOCOL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecurityProtocol {

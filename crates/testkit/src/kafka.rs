@@ -59,16 +59,10 @@ pub async fn create_topic_on(
 /// How often a topic's creation is asked for when the cluster answers with a transient error.
 const CREATE_ATTEMPTS: u32 = 3;
 
-/// Errors after which a CreateTopics request may succeed when sent again.
+/// Errors after which a CreateTopics request may succeed when sent again: those librdkafka
+/// recovers from, and a controller that moved.
 fn is_transient(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::OperationTimedOut
-            | RDKafkaErrorCode::RequestTimedOut
-            | RDKafkaErrorCode::NotController
-            | RDKafkaErrorCode::BrokerTransportFailure
-            | RDKafkaErrorCode::AllBrokersDown
-    )
+    telemetry::is_transient(code) || code == RDKafkaErrorCode::NotController
 }
 
 /// [`create_topic_on`] with `replicas` replicas (a test's own cluster).

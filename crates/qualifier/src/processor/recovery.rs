@@ -9,8 +9,7 @@ use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::restore::restore;
-use super::{Processor, RECOVERY_TIMEOUT, current, is_fatal, lock, transactional_producer};
+use super::{Processor, RECOVERY_TIMEOUT, is_fatal, lock, transactional_producer};
 
 impl Processor {
     /// After a failed transaction: aborts it, then replaces the users of the assigned
@@ -115,13 +114,7 @@ impl Processor {
             list.add_partition(&self.topology.events_topic, partition);
         }
         let committed = self.consumer.committed_offsets(list, RECOVERY_TIMEOUT)?;
-        let restored = restore(
-            &self.kafka,
-            &self.topology.changelog_topic,
-            &still,
-            &current(&self.definitions),
-            &self.metrics.restore_records,
-        )?;
+        let restored = self.read_changelog(&still)?;
         for element in committed.elements() {
             let offset = match element.offset() {
                 Offset::Offset(offset) => Offset::Offset(offset),

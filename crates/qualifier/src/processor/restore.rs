@@ -83,14 +83,7 @@ impl Processor {
         let _restoring = self.heartbeat.waiting();
         let started = Instant::now();
         tracing::info!(partitions = ?wanted, "Partitions assigned; restoring their users from the changelog.");
-        let restored = restore(
-            &self.kafka,
-            &self.topology.changelog_topic,
-            &wanted,
-            &current(&self.definitions),
-            &self.metrics.restore_records,
-        )
-        .inspect_err(|error| {
+        let restored = self.read_changelog(&wanted).inspect_err(|error| {
             // Processing these partitions without their state would publish wrong changes.
             tracing::error!(%error, partitions = ?wanted, "Cannot restore partitions from the changelog; stopping so that a restart retries.");
         })?;
@@ -107,6 +100,21 @@ impl Processor {
         tracing::info!(partitions = ?wanted, users, ms = elapsed.as_millis() as u64, "Partitions restored from the changelog.");
         Ok(())
     }
+
+    /// `partitions`' users from the changelog, under the definitions in force (a restore, or
+    /// the rewind after a failed transaction).
+    pub(super) fn read_changelog(
+        &self,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
+        restore(
+            &self.kafka,
+            &self.topology.changelog_topic,
+            partitions,
+            &current(&self.definitions),
+            &self.metrics.restore_records,
+        )
+    }
 }
 
 /// A restore fails after this long without a changelog record read (the broker away): it is
@@ -117,7 +125,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Reads the changelog partitions from their start to their end into stores, counting the
 /// records read in `records` and logging the progress every [`PROGRESS_EVERY`]. Blocks.
-pub(super) fn restore(
+fn restore(
     kafka: &KafkaSettings,
     topic: &str,
     partitions: &[i32],

@@ -186,10 +186,10 @@ fn ends(
         .collect()
 }
 
-/// A consumer error librdkafka recovers from by itself (a connection lost, a leader moving or
+/// A Kafka error librdkafka recovers from by itself (a connection lost, a leader moving or
 /// not yet elected, a request timing out), as opposed to one that ends a read (a topic that
 /// does not exist, no authorization).
-pub(super) fn is_transient(code: RDKafkaErrorCode) -> bool {
+pub fn is_transient(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
         code,
