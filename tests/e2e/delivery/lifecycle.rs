@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use model::ErrorClass;
+use rdkafka::mocking::MockCluster;
 use testkit::receiver::Receiver;
 use testkit::service::{ServiceBuilder, metric_value};
 
@@ -98,6 +99,48 @@ async fn sigterm_drains_in_flight_batches_commits_and_exits_0() {
     assert_eq!(users.len(), 20, "every event was delivered before exit");
     let committed: i64 = test.committed(2).values().sum();
     assert_eq!(committed, 20, "every offset was committed before exit");
+}
+
+/// A consumer that cannot leave its group in time (the broker takes a minute to answer once
+/// everything is committed) does not hold the process: SIGTERM still ends in exit 0 within
+/// the close bound, and the commit made before stays.
+#[tokio::test]
+async fn a_consumer_that_cannot_leave_its_group_in_time_does_not_hold_the_exit() {
+    let cluster = MockCluster::new(1).unwrap();
+    let test = DeliveryTest::on_mock_cluster(&cluster, 1);
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(13, &receiver, "")]);
+    let mut service = test.start(&config, &[]).await;
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, T0)])],
+    )
+    .await;
+    testkit::wait_until(
+        "the update delivered and committed",
+        Duration::from_secs(30),
+        || async {
+            let gauge = format!(
+                r#"delivery_committed_offset{{partition="0",topic="{}"}}"#,
+                test.topic
+            );
+            metric_value(&service.metrics().await, &gauge) == Some(1.0)
+        },
+    )
+    .await;
+    assert_eq!(test.committed(1).get(&0), Some(&1));
+
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(60))
+        .unwrap();
+    service.terminate();
+    let status = service.wait_exit(Duration::from_secs(25)).await;
+    let log = service.log();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(
+        log.contains("The Kafka consumer did not close in time"),
+        "the slow close is said: {log}"
+    );
 }
 
 #[tokio::test]

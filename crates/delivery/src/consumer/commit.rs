@@ -214,6 +214,10 @@ impl InputPipeline {
             let mut drained = follower.drained.clone();
             let _ = tokio::time::timeout(self.drain_timeout, drained.wait_for(|d| *d)).await;
         }
+        self.consumer
+            .context()
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if self.side() == Topic::RealTime {
             self.consumer.unsubscribe();
         } else if let Err(error) = self.consumer.unassign() {
@@ -221,5 +225,44 @@ impl InputPipeline {
         }
         self.drained.send_replace(true);
         tracing::info!(topic = %self.topic, "Drained.");
+        let (topic, consumer) = (self.topic.clone(), self.consumer.clone());
+        drop(self);
+        close(&topic, consumer).await;
+    }
+}
+
+/// How long the consumer may take to leave the group and close once its pipeline drained.
+const CLOSE_BOUND: Duration = Duration::from_secs(10);
+
+/// Closes the consumer (librdkafka's close, which dropping the last handle runs: it leaves
+/// the group, running the rebalance callbacks, whose commit waits for the broker) on a
+/// thread of its own, once the other handles (a background task's) are let go, and waits for
+/// it at most [`CLOSE_BOUND`]. A close can wait on the broker for longer than a pod's grace
+/// period (a busy or unanswering coordinator); by then every offset is committed, so the
+/// process goes on to exit, and the group hands the partitions on after
+/// `session_timeout_ms`. Neither a Tokio worker nor a blocking-pool thread, which the
+/// runtime waits for at exit, is held by it.
+async fn close<C: Send + Sync + 'static>(topic: &str, consumer: std::sync::Arc<C>) {
+    let (closed, done) = tokio::sync::oneshot::channel();
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".to_owned())
+        .spawn(move || {
+            let mut consumer = consumer;
+            loop {
+                match std::sync::Arc::try_unwrap(consumer) {
+                    Ok(last) => break drop(last),
+                    Err(shared) => consumer = shared,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = closed.send(());
+        });
+    if let Err(error) = closing {
+        // The consumer went with the thread's closure: it closed in place.
+        tracing::warn!(%topic, %error, "Cannot start a thread to close the consumer on; closed it in place.");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_BOUND, done).await.is_err() {
+        tracing::warn!(%topic, bound_s = CLOSE_BOUND.as_secs(), "The Kafka consumer did not close in time; exiting without it (every offset is committed; the group hands its partitions on after session_timeout_ms).");
     }
 }

@@ -179,6 +179,7 @@ impl InputPipeline {
             topic: topic.to_owned(),
             watermarks: watermarks.clone(),
             fatal: std::sync::Mutex::new(None),
+            closing: std::sync::atomic::AtomicBool::new(false),
             rate_senders: std::sync::Mutex::new(shared.senders.clone()),
             total_partitions: std::sync::atomic::AtomicUsize::new(0),
             side,
@@ -346,6 +347,8 @@ impl InputPipeline {
                 },
             }
         };
+        // The drain closes the consumer: this handle must not be the one that does it here.
+        drop(consumer);
         let topic = self.topic.clone();
         // Bounded by the drain timeout, and mostly waiting for the partners.
         let _draining = self.heartbeat.as_ref().map(Heartbeat::waiting);

@@ -44,6 +44,10 @@ pub(super) struct PipelineContext {
     /// Rebalance callbacks wait for the broker (committed offsets, metadata, the order
     /// table's ends): the pipeline's loop is not stuck meanwhile.
     pub(super) waiter: Option<Waiter>,
+    /// Set once the pipeline drained: an assignment that arrives while the consumer leaves
+    /// the group (a join still under way at SIGTERM) is not read, since nothing will be
+    /// fetched from it, and no rebalance waits for the broker any more.
+    pub(super) closing: std::sync::atomic::AtomicBool,
 }
 
 impl PipelineContext {
@@ -87,6 +91,10 @@ impl PipelineContext {
 }
 
 impl PipelineContext {
+    pub(super) fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn fail(&self, reason: String) {
         tracing::error!(topic = %self.topic, %reason, "Input pipeline cannot go on.");
         *self
@@ -187,7 +195,9 @@ impl ConsumerContext for PipelineContext {
             if let Some(order) = &self.order {
                 partitions.iter().for_each(|&p| order.revoke(p));
             }
-            self.share_rate(consumer);
+            if !self.closing() {
+                self.share_rate(consumer);
+            }
         });
     }
 
@@ -195,6 +205,10 @@ impl ConsumerContext for PipelineContext {
         let Rebalance::Assign(assigned) = rebalance else {
             return;
         };
+        if self.closing() {
+            tracing::info!(topic = %self.topic, partitions = assigned.count(), "Partitions assigned while leaving the group; not read.");
+            return;
+        }
         let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
         let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
         if let Some(order) = &self.order {
