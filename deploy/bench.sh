@@ -47,7 +47,9 @@
 # rate and latency not judged; `make test` runs it), BENCH_PROFILE=release|debug, BENCH_UPDATES,
 # BENCH_EVENTS, BENCH_USERS, BENCH_DESTINATIONS (delivery alone; default 20), BENCH_DELIVERY_RUNS
 # (pairs of all-healthy drains, this commit's and 7f70129's taking turns, whose median CPU ratio
-# is checked; default 3; smoke: one drain, no pair), BENCH_QUEUE_CAPACITY
+# is checked; default 3; smoke: one drain, no pair), BENCH_QUALIFIER_RUNS (the same for the
+# qualifier, this commit's and 33f9f5e's passes over the fixture; default 3 at full scale on
+# release binaries, else 0: no comparison), BENCH_QUEUE_CAPACITY
 # (delivery's queue_capacity), BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated
 # events/s), BENCH_E2E_CLUSTER_RATES (e2e-cluster's climb; default 500 and 1000, then those of
 # e2e), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60),
@@ -61,6 +63,9 @@
 #   failing-partner   e2e (or e2e-cluster): partner-sim answers 422 (a permanent failure) to every
 #                     request, so every change is dead-lettered
 #   invalid-events    qualifier: 10 trait events without an event are added to the fixture
+#   costly-qualifier  qualifier: in the comparison with 33f9f5e, this commit's
+#                     passes evaluate 5,000 segments instead of 1,000 (a stand-in for a
+#                     regression), so the ratio check must fail
 #   one-replica       e2e-cluster: the cluster's topics are created with 1 replica, which the
 #                     read-back must refuse before any load
 set -euo pipefail
@@ -102,13 +107,23 @@ benches=()
 for b in micro delivery qualifier e2e e2e-cluster; do
   [[ " ${requested[*]} " != *" $b "* ]] || benches+=("$b")
 done
+# The builds the services' CPU is compared with (see build_baseline).
+baseline_commit=7f70129 qualifier_baseline_commit=33f9f5e
+# The qualifier's comparison with the build before issue 16 (see compare_qualifier): release
+# builds only (the baseline is one), so by default at full scale on release binaries.
+qualifier_pairs=${BENCH_QUALIFIER_RUNS:-$([[ $scale == full && $profile == release ]] && echo 3 || echo 0)}
+[[ $qualifier_pairs =~ ^[0-9]+$ ]] || die "BENCH_QUALIFIER_RUNS must be a whole number of passes, not '$qualifier_pairs'"
+if ((qualifier_pairs > 0)) && [[ $profile != release ]]; then
+  die "BENCH_QUALIFIER_RUNS=$qualifier_pairs compares with a release build of $qualifier_baseline_commit: run it with BENCH_PROFILE=release"
+fi
+pairs_note=$([[ $scale == smoke ]] && echo "smoke scale" || echo "BENCH_QUALIFIER_RUNS=0 or $profile binaries")
 fault=${BENCH_FAULT:-}
 case $fault in
   "") ;;
   stopped-delivery | failing-partner) fault_bench="e2e|e2e-cluster" ;;
-  invalid-events) fault_bench=qualifier ;;
+  invalid-events | costly-qualifier) fault_bench=qualifier ;;
   one-replica) fault_bench=e2e-cluster ;;
-  *) die "BENCH_FAULT must be stopped-delivery, failing-partner, invalid-events or one-replica, not '$fault'" ;;
+  *) die "BENCH_FAULT must be stopped-delivery, failing-partner, invalid-events, costly-qualifier or one-replica, not '$fault'" ;;
 esac
 if [[ -n $fault ]] && ! [[ ${#benches[@]} == 1 && ${benches[0]} =~ ^($fault_bench)$ ]]; then
   die "BENCH_FAULT=$fault is a known-bad run of the ${fault_bench/|/ or } benchmark: run it alone (deploy/bench.sh ${fault_bench%%|*})"
@@ -136,6 +151,7 @@ mem_mb() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/statu
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; } # median LINE…: by the first number
 stop() { # stop PID: SIGTERM and wait for its exit
   kill -TERM "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
@@ -185,13 +201,18 @@ start_delivery() { # start_delivery ADMIN_PORT NAME; delivery_binary=… runs an
   pids+=("$delivery_pid")
   wait_ready "$1" "$delivery_pid" "$2" "$dir"
 }
-# start_qualifier NAME [INGEST_ADDR]: sets qualifier_pid.
+# start_qualifier NAME [INGEST_ADDR]: sets qualifier_pid. events_topic=… reads another input
+# than this run's; qualifier_binary=… runs the build of $qualifier_baseline_commit, which took
+# its topics and group from the names before issue 16 (EVENTS_TOPIC, QUALIFIER_GROUP_ID, …);
+# segments=… another segments file.
 start_qualifier() {
-  KAFKA_EVENTS_TOPIC=trait-events-$run KAFKA_STATUS_TOPIC=segment-status-$run KAFKA_STATUS_BATCH_TOPIC=segment-status-batch-$run \
-  KAFKA_CHANGELOG_TOPIC=qualifier-changelog-$run KAFKA_DLQ_TOPIC=segment-status-dlq-$run \
-  KAFKA_GROUP_ID=qualifier-$run KAFKA_INSTANCE_ID=bench \
-    "$bin/qualifier" --config "$dir/segments.yaml" --admin-addr "127.0.0.1:$qualifier_admin" \
-    ${2:+--ingest-addr "$2"} >"$dir/$1.log" 2>&1 &
+  local names=(KAFKA_EVENTS_TOPIC KAFKA_STATUS_TOPIC KAFKA_STATUS_BATCH_TOPIC KAFKA_CHANGELOG_TOPIC KAFKA_DLQ_TOPIC KAFKA_GROUP_ID KAFKA_INSTANCE_ID)
+  [[ -z ${qualifier_binary:-} ]] || names=(EVENTS_TOPIC STATUS_TOPIC STATUS_BATCH_TOPIC CHANGELOG_TOPIC DLQ_TOPIC QUALIFIER_GROUP_ID QUALIFIER_INSTANCE_ID)
+  local values=("${events_topic:-trait-events-$run}" "segment-status-$run" "segment-status-batch-$run"
+    "qualifier-changelog-$run" "segment-status-dlq-$run" "qualifier-$run" bench) settings=() i
+  for i in "${!names[@]}"; do settings+=("${names[$i]}=${values[$i]}"); done
+  env "${settings[@]}" "${qualifier_binary:-$bin/qualifier}" --config "${segments:-$dir/segments.yaml}" \
+    --admin-addr "127.0.0.1:$qualifier_admin" ${2:+--ingest-addr "$2"} >"$dir/$1.log" 2>&1 &
   qualifier_pid=$!
   pids+=("$qualifier_pid")
   wait_ready $qualifier_admin "$qualifier_pid" "$1" "$dir"
@@ -359,22 +380,23 @@ drain_delivery() {
   last_seconds=$seconds last_per_million=$per_million last_reread=$reread
 }
 
-# The delivery of the commit before the isolation design, built once from that commit into
-# target/bench-baseline/ (its own target directory: sharing one with another checkout's
-# sources lets cargo take stale artifacts for fresh), so both designs run on the same machine
-# at the same time.
-baseline_commit=7f70129
+# A service as it was at an earlier commit, built once into target/bench-baseline/COMMIT/ (its
+# own target directory: sharing one with another checkout's sources lets cargo take stale
+# artifacts for fresh), so both versions run on the same machine at the same time. Delivery
+# compares with $baseline_commit (before the isolation design), the qualifier with
+# $qualifier_baseline_commit (before issue 16's refactor); both are set at the top.
+# build_baseline COMMIT PACKAGE WHAT: sets baseline_binary (WHAT says what the commit was).
 build_baseline() {
-  local base=target/bench-baseline/$baseline_commit
-  baseline_delivery=$repo/$base/target/release/delivery
-  [[ -x $baseline_delivery ]] && return
-  git cat-file -e "$baseline_commit^{commit}" 2>/dev/null \
-    || die "delivery alone compares with commit $baseline_commit (before the isolation design), which this clone lacks; fetch the history (git fetch --unshallow) and run it again"
-  say "building delivery at $baseline_commit (before the isolation design), once, to run next to this commit's; the first build takes several minutes…"
+  local commit=$1 package=$2 what=$3 base=target/bench-baseline/$1
+  baseline_binary=$repo/$base/target/release/$package
+  [[ -x $baseline_binary ]] && return
+  git cat-file -e "$commit^{commit}" 2>/dev/null \
+    || die "$package alone compares with commit $commit ($what), which this clone lacks; fetch the history (git fetch --unshallow) and run it again"
+  say "building $package at $commit ($what), once, to run next to this commit's; the first build takes several minutes…"
   rm -rf "$base/src" && mkdir -p "$base/src"
-  git archive "$baseline_commit" | tar -x -C "$base/src"
-  (cd "$base/src" && CARGO_TARGET_DIR=$repo/$base/target cargo build --release --locked -p delivery --bins) \
-    >"$dir/baseline-build.log" 2>&1 || die "cannot build delivery at $baseline_commit; see $dir/baseline-build.log"
+  git archive "$commit" | tar -x -C "$base/src"
+  (cd "$base/src" && CARGO_TARGET_DIR=$repo/$base/target cargo build --release --locked -p "$package" --bins) \
+    >"$dir/baseline-build-$package.log" 2>&1 || die "cannot build $package at $commit; see $dir/baseline-build-$package.log"
 }
 
 bench_delivery() {
@@ -389,7 +411,10 @@ bench_delivery() {
   local problems="" rows="" healthy_seconds healthy_per_million before before_seconds runs figures=() befores=() ratios=() rereads=() i reread pair_before
   runs=${BENCH_DELIVERY_RUNS:-$([[ $scale == full ]] && echo 3 || echo 1)}
   [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_DELIVERY_RUNS must be a whole number of runs, not '$runs'"
-  if [[ $scale == full ]]; then build_baseline; fi
+  if [[ $scale == full ]]; then
+    build_baseline $baseline_commit delivery "before the isolation design"
+    baseline_delivery=$baseline_binary
+  fi
   for ((i = 1; i <= runs; i++)); do
     # The isolation design is compared with the log off: the build before it has none.
     if [[ $scale == full ]]; then
@@ -400,7 +425,6 @@ bench_delivery() {
     rows+="$row"$'\n' figures+=("$last_per_million $last_seconds") rereads+=("$last_reread")
     if [[ $scale == full ]]; then ratios+=("$(calc %.3f "$last_per_million / $pair_before")"); fi
   done
-  median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
   read -r healthy_per_million healthy_seconds <<<"$(median "${figures[@]}")"
   reread=$(median "${rereads[@]}")
   # Healthy destinations that only waited on a long request must not leave and rejoin their
@@ -487,11 +511,60 @@ bench_qualifier() {
   rss=$(mem_mb "$qualifier_pid" VmRSS)
   qusers=$(qualifier_users)
   stop "$qualifier_pid"
+  local comparison="not compared: ${pairs_note}"
+  ((qualifier_pairs == 0)) || compare_qualifier "$records"
   record "Qualifier alone" qualifier "$problems" "$(printf '%s\n' \
     "| events | users (state) | seconds | events/s | CPU-s | **CPU-s per million events** | status changes | peak RSS | state per user: changelog / memory | restore |" \
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" \
     "| $records ($applied applied, $ignored ignored${invalid_note}) | $state_users | $seconds | $(calc %.0f "$records / $seconds") | $cpu | **$(calc %.2f "$cpu * 1000000 / $records")** | $changes | $hwm MB | $per_user B / $(calc %.0f "($rss - $baseline) * 1048576 / ($qusers > 0 ? $qusers : 1)") B | $restore s |" \
-    "" "1,000 segments of 2–8 conditions over 5,000 traits (30-day TTL), $users users with Zipf-like activity (5% ID syncs, 0.001% opt-outs: $opt_outs here; with Zipf-heavy users even these few opt out some of the heaviest, and their later events are merely ignored — checked to be exactly the $after_opt_out events after an opt-out), one transaction per poll batch. State per user: changelog = latest record bytes per user; memory = (RSS after restoring − RSS of an empty qualifier $baseline MB) / users. Restore: the changelog read back by a new process (qualifier_restore_duration_seconds).")"
+    "" "1,000 segments of 2–8 conditions over 5,000 traits (30-day TTL), $users users with Zipf-like activity (5% ID syncs, 0.001% opt-outs: $opt_outs here; with Zipf-heavy users even these few opt out some of the heaviest, and their later events are merely ignored — checked to be exactly the $after_opt_out events after an opt-out), one transaction per poll batch. State per user: changelog = latest record bytes per user; memory = (RSS after restoring − RSS of an empty qualifier $baseline MB) / users. Restore: the changelog read back by a new process (qualifier_restore_duration_seconds). Before issue 16's refactor: $comparison.")"
+}
+
+# compare_qualifier RECORDS: issue 16's refactor must not have made the qualifier costlier.
+# This commit's qualifier and the build of $qualifier_baseline_commit (the commit before it)
+# work through the fixture of RECORDS events BENCH_QUALIFIER_RUNS times each (default 3),
+# taking turns, each pass on output topics and a group of its own; the median of the pairs'
+# CPU ratios must be at most 1.10. One pass's CPU moves by ±10 % on this machine (3.88–4.78
+# CPU-s per million events for one build), so a pair runs within two minutes and the host's
+# drift cancels out, as in delivery's comparison. Sets comparison; adds to problems.
+compare_qualifier() {
+  local records=$1 fixture=trait-events-$run fixture_run=$run mine=() theirs=() ratios=() i ratio
+  local costlier=$dir/segments.yaml
+  build_baseline $qualifier_baseline_commit qualifier "before issue 16's refactor"
+  local before=$baseline_binary
+  if [[ $fault == costly-qualifier ]]; then
+    say "qualifier: BENCH_FAULT=costly-qualifier: this commit's passes evaluate 5,000 segments instead of 1,000…"
+    "$bin/relay-bench" qualifier-fixture --segments 5000 --traits 5000 --out "$dir/segments-costly.yaml"
+    costlier=$dir/segments-costly.yaml
+  fi
+  for ((i = 1; i <= qualifier_pairs; i++)); do
+    qualifier_pass "$records" "$fixture" "$before" "$dir/segments.yaml" "before-$i"
+    theirs+=("$last_per_million")
+    qualifier_pass "$records" "$fixture" "" "$costlier" "after-$i"
+    mine+=("$last_per_million")
+    ratios+=("$(calc %.3f "${mine[-1]} / ${theirs[-1]}")")
+  done
+  run=$fixture_run
+  ratio=$(median "${ratios[@]}")
+  comparison="taking turns with \`$qualifier_baseline_commit\` ($qualifier_pairs pairs of passes), this commit took **${ratio}×** its CPU (the median of the pairs' ratios ${ratios[*]}; at most 1.10× allowed); medians **$(median "${mine[@]}")** and **$(median "${theirs[@]}")** CPU-s per million events"
+  # (Parenthesised: a bare > inside awk's printf arguments redirects its output to a file.)
+  if (($(calc %d "($ratio > 1.10)"))); then
+    problems+="${ratio}× the CPU per million events of $qualifier_baseline_commit, before issue 16's refactor, run alongside (the median of the ratios ${ratios[*]} of $qualifier_pairs pairs), more than 10 % over. "
+  fi
+}
+
+# qualifier_pass RECORDS TOPIC BINARY SEGMENTS NAME: one qualifier (BINARY; empty: this
+# commit's) works through the RECORDS events of TOPIC with SEGMENTS, on fresh output topics and
+# group; sets last_per_million (CPU-s per million events).
+qualifier_pass() {
+  local cpu
+  fresh_topics
+  events_topic=$2 qualifier_binary=$3 segments=$4 start_qualifier "qualifier-$5"
+  say "qualifier ($5${3:+, $qualifier_baseline_commit}): working through the $1 events again…"
+  wait_for_count qualifier_events "$1" $((60 + $1 / 1000)) "qualifier alone, pass $5: events processed by the qualifier"
+  cpu=$(cpu_seconds "$qualifier_pid")
+  stop "$qualifier_pid"
+  last_per_million=$(calc %.2f "$cpu * 1000000 / $1")
 }
 
 # ---- end to end -------------------------------------------------------------------------

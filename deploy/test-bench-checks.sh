@@ -5,7 +5,7 @@
 # them after the benchmark smoke.
 #
 #   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [invalid-events]
-#                               [stopped-delivery-cluster] [one-replica]
+#                               [stopped-delivery-cluster] [one-replica] [costly-qualifier]
 #   (default: the first three)
 #
 #   stopped-delivery  e2e, both delivery workers stopped: the drain never completes and the
@@ -17,8 +17,13 @@
 #                     stopped: as stopped-delivery
 #   one-replica       e2e-cluster, its topics created with 1 replica: the read-back of their
 #                     metadata must refuse them before any load
+#   costly-qualifier  qualifier alone on release binaries, one pass each of this commit's and
+#                     33f9f5e's qualifier over 200,000 events, this commit's evaluating 5,000
+#                     segments instead of 1,000: the comparison with 33f9f5e must fail
 # The two cluster runs start a three-broker cluster each (about a minute per run on 2 cores),
-# so `make test` leaves them out; run them after changing e2e-cluster.
+# so `make test` leaves them out; run them after changing e2e-cluster. costly-qualifier builds
+# 33f9f5e's qualifier once (minutes) and runs release binaries: `make test` leaves it out too;
+# run it after changing the qualifier's comparison.
 #
 # The runs use BENCH_SCALE=full — the scale at which bench.sh appends figures, so a check that
 # let a failed run through would show here — with small sizes, debug binaries and a short
@@ -53,13 +58,17 @@ for fault in "${cases[@]}"; do
       bench=e2e expected='End to end failed its checks, so nothing is recorded: At 300 events/s: (The drain did not complete: [^.]*\. )?[0-9]+ of the [0-9]+ changes routed to partner-sim were dead-lettered instead of delivered\.' ;;
     invalid-events)
       bench=qualifier expected='Qualifier alone failed its checks, so nothing is recorded: The qualifier found 10 invalid events' ;;
-    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events, stopped-delivery-cluster, one-replica)" ;;
+    costly-qualifier)
+      bench=qualifier expected="Qualifier alone failed its checks, so nothing is recorded: [0-9.]+× the CPU per million events of 33f9f5e, before issue 16's refactor, run alongside \\(the median of the ratios [0-9. ]+ of 1 pairs\\), more than 10 % over\\." ;;
+    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events, stopped-delivery-cluster, one-replica, costly-qualifier)" ;;
   esac
   log=target/bench-check-$fault.log
   before=$(recorded)
   say "$fault: running deploy/bench.sh $bench with BENCH_FAULT=$hook (must fail)…"
   status=0
-  BENCH_FAULT=$hook BENCH_SCALE=full BENCH_PROFILE=debug BENCH_EVENTS=2000 BENCH_USERS=2000 \
+  sizes=(BENCH_PROFILE=debug BENCH_EVENTS=2000 BENCH_USERS=2000)
+  [[ $fault != costly-qualifier ]] || sizes=(BENCH_PROFILE=release BENCH_EVENTS=200000 BENCH_USERS=20000 BENCH_QUALIFIER_RUNS=1)
+  env BENCH_FAULT=$hook BENCH_SCALE=full "${sizes[@]}" \
     BENCH_E2E_RATES=300 BENCH_E2E_SECONDS=3 BENCH_E2E_DRAIN_SECONDS=10 \
     deploy/bench.sh "$bench" >"$log" 2>&1 || status=$?
   message=$(grep -E -m1 "^bench: error: " "$log" || true)
