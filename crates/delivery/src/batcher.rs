@@ -23,6 +23,10 @@ pub struct EventSource {
     pub offset: i64,
     /// Read by the destination's own catch-up reader, not the shared consumer.
     pub catch_up: bool,
+    /// When the update was written to the input topic (the message's timestamp), where a
+    /// batch's linger may count from (see `lane`); `None` where that is not known or not
+    /// wanted (catch-up reads, replays, resyncs: old by design, their batches fill anyway).
+    pub written_unix_ms: Option<i64>,
 }
 
 /// An update on its way to one destination.

@@ -327,6 +327,7 @@ impl CatchUpReader {
                         assignment,
                         offset,
                         catch_up: true,
+                        written_unix_ms: None,
                     }),
                 };
                 // Waiting here is the point: only this destination waits.

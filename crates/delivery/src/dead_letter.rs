@@ -239,6 +239,7 @@ mod tests {
             }),
             source: Some(EventSource {
                 catch_up: false,
+                written_unix_ms: None,
                 assignment: PartitionAssignment {
                     partition: 3,
                     generation: 1,

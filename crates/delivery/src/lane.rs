@@ -91,8 +91,9 @@ impl Lane {
                 heartbeat.beat_in_task().await;
             }
             self.sender.note_progress();
+            let deadline =
+                Instant::now() + linger_left(&first, linger, telemetry::clock::unix_ms());
             let _fits_an_empty_batch = batch.add(first);
-            let deadline = Instant::now() + linger;
             let mut closed = false;
             while !batch.is_full() {
                 tokio::select! {
@@ -348,5 +349,105 @@ fn oversized(batch: &DestinationBatch, destination: &DestinationConfig) -> Failu
         last_attempt_unix_ms: now,
         permanent: true,
         not_before: None,
+    }
+}
+
+/// What is left of `linger` for a batch that `first` opens, at `now_unix_ms`. The linger counts
+/// from the time of the update's newest change (its trait event's) when the update was written
+/// to the input topic within one linger of it, as real-time changes are: the time it spent on
+/// its way (the qualifier's transaction, the consumer's fetch) comes out of the linger instead
+/// of adding to it. A change that was already late when written (an event sent hours after it
+/// happened) counts from the write, so late events still gather into batches; an update of
+/// unknown write time (catch-up, replay, resync: old by design) waits the whole linger.
+fn linger_left(first: &RoutedEvent, linger: Duration, now_unix_ms: i64) -> Duration {
+    let Some(written) = first.source.and_then(|s| s.written_unix_ms) else {
+        return linger;
+    };
+    let linger_ms = i64::try_from(linger.as_millis()).unwrap_or(i64::MAX);
+    let changed = first.update.changes.iter().map(|c| c.time_unix_ms).max();
+    let origin = match changed {
+        Some(changed) if changed <= written && written - changed <= linger_ms => changed,
+        _ => written,
+    };
+    let age = u64::try_from(now_unix_ms.saturating_sub(origin)).unwrap_or(0);
+    linger.saturating_sub(Duration::from_millis(age))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use model::{SegmentChange, SegmentStatusUpdate};
+
+    use super::linger_left;
+    use crate::batcher::{EventSource, RoutedEvent};
+    use crate::offsets::PartitionAssignment;
+
+    const LINGER: Duration = Duration::from_millis(250);
+    const NOW: i64 = 1_000_000;
+
+    /// An update with changes at `times`, written at `written` (`None`: not known).
+    fn event(times: &[i64], written: Option<i64>) -> RoutedEvent {
+        RoutedEvent {
+            update: Arc::new(SegmentStatusUpdate {
+                user_id: "u1".to_owned(),
+                changes: times
+                    .iter()
+                    .map(|&time| SegmentChange::qualified(1, time))
+                    .collect(),
+                ..SegmentStatusUpdate::default()
+            }),
+            source: Some(EventSource {
+                assignment: PartitionAssignment {
+                    partition: 0,
+                    generation: 0,
+                },
+                offset: 0,
+                catch_up: false,
+                written_unix_ms: written,
+            }),
+        }
+    }
+
+    fn left(times: &[i64], written: Option<i64>) -> Duration {
+        linger_left(&event(times, written), LINGER, NOW)
+    }
+
+    #[test]
+    fn a_real_time_change_lingers_from_its_own_time() {
+        // Changed 180 ms ago, written 60 ms after it: 70 ms of the linger are left.
+        assert_eq!(
+            left(&[NOW - 180], Some(NOW - 120)),
+            Duration::from_millis(70)
+        );
+        // The newest change of the update counts.
+        assert_eq!(
+            left(&[NOW - 900, NOW - 100], Some(NOW - 90)),
+            Duration::from_millis(150)
+        );
+        // Written a whole linger after it happened: none left, it goes with what is queued.
+        assert_eq!(left(&[NOW - 300], Some(NOW - 50)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_change_late_when_written_lingers_from_the_write() {
+        // Happened hours before it was written: the linger counts from the write.
+        assert_eq!(
+            left(&[NOW - 3_600_000], Some(NOW - 50)),
+            Duration::from_millis(200)
+        );
+        // Stamped after it was written (a clock ahead): from the write too.
+        assert_eq!(left(&[NOW + 500], Some(NOW)), LINGER);
+        // No change at all (no panic): from the write.
+        assert_eq!(left(&[], Some(NOW - 10)), Duration::from_millis(240));
+    }
+
+    #[test]
+    fn an_update_of_unknown_write_time_waits_the_whole_linger() {
+        assert_eq!(left(&[NOW - 3_600_000], None), LINGER);
+        let mut replayed = event(&[NOW - 100], None);
+        replayed.source = None;
+        assert_eq!(linger_left(&replayed, LINGER, NOW), LINGER);
     }
 }

@@ -175,6 +175,7 @@ fn routed(sourced: SourcedUpdate) -> RoutedEvent {
             },
             offset,
             catch_up: false,
+            written_unix_ms: None,
         }),
     }
 }

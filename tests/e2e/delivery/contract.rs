@@ -313,3 +313,27 @@ async fn rate_limit_is_for_the_whole_cluster_each_worker_takes_its_share() {
         "24 requests in {span:?}, expected at least {expected:?} (busier partition: {busier})"
     );
 }
+
+/// `linger_ms` counts from a real-time change's own time: with a 20 s linger, a change written
+/// 15 s after it happened goes out about 5 s after it was written, not 20 s (the time a change
+/// spends on its way comes out of the linger). The unit tests in `lane` hold the other cases.
+#[tokio::test]
+async fn the_linger_counts_from_the_change_time_not_from_its_arrival() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(441, &receiver, ", batch: { linger_ms: 20000 }")]);
+    let _service = test.start(&config, &[]).await;
+    let happened = telemetry::clock::unix_ms() - 15_000;
+    let written = std::time::Instant::now();
+    test.produce(
+        &test.topic,
+        &[update("u1", &[], &[], vec![change(14356, true, happened)])],
+    )
+    .await;
+    let received = receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    let took = received[0].received_at.duration_since(written);
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "sent {took:?} after it was written: expected about 5 s (20 s linger from the change's time, 15 s ago)"
+    );
+}

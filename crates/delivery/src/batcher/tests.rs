@@ -328,6 +328,7 @@ fn idempotency_key_is_the_first_16_bytes_of_a_sha256_in_lowercase_hex() {
             },
             offset,
             catch_up: false,
+            written_unix_ms: None,
         });
         batch.add(event).unwrap();
     }

@@ -327,9 +327,10 @@ impl InputPipeline {
                 message = consumer.recv() => match message {
                     Ok(message) => {
                         let (partition, offset) = (message.partition(), message.offset());
+                        let written = message.timestamp().to_millis();
                         match decode(message.payload().unwrap_or_default()) {
                             Ok(update) => {
-                                if let Err(reason) = self.route(update, partition, offset, &mut targets).await {
+                                if let Err(reason) = self.route(update, partition, offset, written, &mut targets).await {
                                     break Some(reason);
                                 }
                             }

@@ -77,6 +77,7 @@ impl InputPipeline {
         update: SegmentStatusUpdate,
         partition: i32,
         offset: i64,
+        written_unix_ms: Option<i64>,
         targets: &mut Vec<usize>,
     ) -> Result<(), String> {
         let Some(update) = self.without_superseded(update, partition, targets) else {
@@ -96,6 +97,7 @@ impl InputPipeline {
             assignment,
             offset,
             catch_up: false,
+            written_unix_ms,
         });
         let user_hash = self.lane_hasher.user(&update.user_id);
         let update = Arc::new(update);

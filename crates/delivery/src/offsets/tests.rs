@@ -33,6 +33,7 @@ fn shared(assignment: PartitionAssignment, offset: i64) -> EventSource {
         assignment,
         offset,
         catch_up: false,
+        written_unix_ms: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn own(assignment: PartitionAssignment, offset: i64) -> EventSource {
         assignment,
         offset,
         catch_up: true,
+        written_unix_ms: None,
     }
 }
 

@@ -279,6 +279,7 @@ impl Engine {
                     assignment,
                     offset,
                     catch_up: false,
+                    written_unix_ms: None,
                 }),
             }));
         }
