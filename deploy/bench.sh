@@ -2,7 +2,9 @@
 # make bench: the benchmarks of issue "Performance". Each prints one summary table and (at full
 # scale) appends it, with date, commit and machine, to docs/BENCHMARKS.md — only when the run
 # passed its checks: a run that failed one prints its table and the problems, appends nothing
-# and exits non-zero.
+# and exits non-zero. At the end it prints issue 17's performance targets, each with what this
+# run measured and met / not met (judged at full scale on release binaries; a target no
+# benchmark measures yet says so). A target not met is a figure, not a failed run.
 #
 #   deploy/bench.sh [micro] [delivery] [qualifier] [e2e] [e2e-cluster]    (default: all five;
 #                                                                          the smoke: all but e2e-cluster)
@@ -81,7 +83,7 @@ case $scale in
   full)
     profile=${BENCH_PROFILE:-release} updates=${BENCH_UPDATES:-2000000} events=${BENCH_EVENTS:-2000000}
     users=${BENCH_USERS:-100000} e2e_seconds=${BENCH_E2E_SECONDS:-30}
-    e2e_rates=${BENCH_E2E_RATES:-"2000 5000 10000 20000 50000 100000"} e2e_drain=${BENCH_E2E_DRAIN_SECONDS:-120}
+    e2e_rates=${BENCH_E2E_RATES:-"2000 5000 10000 15000 20000 25000 30000 40000 50000 75000 100000"} e2e_drain=${BENCH_E2E_DRAIN_SECONDS:-120}
     # Three brokers on the same 2 cores start lower: they may sustain none of the above.
     cluster_rates=${BENCH_E2E_CLUSTER_RATES:-"500 1000 $e2e_rates"}
     ;;
@@ -176,6 +178,36 @@ record() {
   elif [[ $scale == full ]]; then
     say "BENCH_RECORD=no: not appended to docs/BENCHMARKS.md"
   fi
+}
+# Issue 17's performance targets, judged by the benchmarks that measure them and printed at the
+# end, each with met / not met (or why it was not judged). A target no benchmark of this
+# invocation measured is listed as such.
+targets=()
+# target TARGET FIGURE MET: one row; MET is 1 (met) or 0 (not met), judged only at full scale on
+# release binaries.
+target() {
+  local verdict
+  if [[ $scale != full || $profile != release ]]; then
+    verdict="not judged ($scale scale, $profile binaries)"
+  elif (($3)); then
+    verdict=met
+  else
+    verdict="**not met**"
+  fi
+  targets+=("| $1 | $2 | $verdict |")
+}
+print_targets() {
+  local row
+  echo
+  echo "Targets (issue 17), as this run measured them:"
+  echo
+  echo "| target | measured | verdict |"
+  echo "|---|---|---|"
+  for row in "${targets[@]}"; do echo "$row"; done
+  echo "| one delivery worker with 1,000 destinations: RSS ≤ 300 MB, CPU per change within 20 % of 20 destinations | — | not measured: no benchmark yet |"
+  echo "| qualifier restore of 10 million users ≤ 60 s per million-user partition share | — | not measured: no benchmark yet |"
+  echo "| scaling curves (destinations, users, segments, rate) | — | not measured: no benchmark yet |"
+  echo
 }
 partner_stats() { curl -fsS "http://127.0.0.1:$sim_admin/stats"; }
 # From partner-sim's /stats: "changes duplicates violations order_violations requests".
@@ -449,6 +481,8 @@ bench_delivery() {
   drain_delivery 0
   rows+="$row"$'\n'
   local log_on=$last_per_million
+  target "delivery ≤ 3 CPU-s per million changes (20 destinations, HMAC-SHA256, TLS, batches of 1,000, delivery log on)" \
+    "$log_on CPU-s per million changes" "$(calc %d "($log_on <= 3)")"
   drain_delivery 1
   rows+="$row"
   record "Delivery alone" delivery "$problems" "$(printf '%s\n' \
@@ -511,12 +545,18 @@ bench_qualifier() {
   rss=$(mem_mb "$qualifier_pid" VmRSS)
   qusers=$(qualifier_users)
   stop "$qualifier_pid"
+  local per_million memory
+  per_million=$(calc %.2f "$cpu * 1000000 / $records")
+  memory=$(calc %.0f "($rss - $baseline) * 1048576 / ($qusers > 0 ? $qusers : 1)")
+  target "qualifier ≤ 5 CPU-s per million events (1,000 segments, transactions on)" "$per_million CPU-s per million events" \
+    "$(calc %d "($per_million <= 5)")"
+  target "qualifier ≤ 300 B of memory per user" "$memory B per user (RSS after restoring $qusers users)" "$(calc %d "($memory <= 300)")"
   local comparison="not compared: ${pairs_note}"
   ((qualifier_pairs == 0)) || compare_qualifier "$records"
   record "Qualifier alone" qualifier "$problems" "$(printf '%s\n' \
     "| events | users (state) | seconds | events/s | CPU-s | **CPU-s per million events** | status changes | peak RSS | state per user: changelog / memory | restore |" \
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" \
-    "| $records ($applied applied, $ignored ignored${invalid_note}) | $state_users | $seconds | $(calc %.0f "$records / $seconds") | $cpu | **$(calc %.2f "$cpu * 1000000 / $records")** | $changes | $hwm MB | $per_user B / $(calc %.0f "($rss - $baseline) * 1048576 / ($qusers > 0 ? $qusers : 1)") B | $restore s |" \
+    "| $records ($applied applied, $ignored ignored${invalid_note}) | $state_users | $seconds | $(calc %.0f "$records / $seconds") | $cpu | **$(calc %.2f "$cpu * 1000000 / $records")** | $changes | $hwm MB | $per_user B / $memory B | $restore s |" \
     "" "1,000 segments of 2–8 conditions over 5,000 traits (30-day TTL), $users users with Zipf-like activity (5% ID syncs, 0.001% opt-outs: $opt_outs here; with Zipf-heavy users even these few opt out some of the heaviest, and their later events are merely ignored — checked to be exactly the $after_opt_out events after an opt-out), one transaction per poll batch. State per user: changelog = latest record bytes per user; memory = (RSS after restoring − RSS of an empty qualifier $baseline MB) / users. Restore: the changelog read back by a new process (qualifier_restore_duration_seconds). Before issue 16's refactor: $comparison.")"
 }
 
@@ -768,8 +808,16 @@ e2e_run() {
         [[ -n $problem ]] || verdict=- # at half the rate only the checks are judged
         rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $verdict |"$'\n'
         [[ -z $problem ]] || problems+="At half the highest sustained rate, $((best / 2)) events/s: $problem"
+        local linger_ms bound
+        linger_ms=$(grep -o -m1 'linger_ms: [0-9]*' "$dir/destinations.yaml" | grep -o '[0-9]*$')
+        bound=$(calc %.2f "($linger_ms + 100) / 1000")
+        target "$e2e_name: p99 end to end ≤ linger_ms + 100 ms ($bound s) at half the highest sustained rate" \
+          "p99 $p99 s (p50 $p50 s) at $((best / 2)) events/s" \
+          "$([[ $p99 =~ ^[0-9.]+$ ]] && calc %d "($p99 <= $bound)" || echo 0)"
       fi
     fi
+    target "$e2e_name: ≥ 50,000 trait events/s sustained with p99 < 1 s (the goal stays 100,000)" "$best events/s" \
+      "$(calc %d "($best >= 50000)")"
     local headline="Highest sustained rate: $best events/s."
     ((best > 0)) || headline="No rate was sustained."
     note="**$headline** Everything on this machine: $e2e_kafka, loadgen (ingest API, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
@@ -869,4 +917,5 @@ bench_e2e_cluster() {
 for b in "${benches[@]}"; do
   "bench_${b//-/_}"
 done
+print_targets
 say "done (logs in $dir/)"
