@@ -55,6 +55,17 @@ mod producer_settings {
         ]
     }
 
+    /// A busy transaction coordinator (the last commit's markers still being written) is asked
+    /// again after 10 ms, not librdkafka's default 100 ms, which the transaction's events
+    /// would all wait for.
+    #[test]
+    fn the_transactional_producer_asks_a_busy_coordinator_again_soon() {
+        let kafka = KafkaSettings::from_lookup(|_| None).unwrap();
+        for (file, config) in producers(&kafka).into_iter().skip(1) {
+            assert_eq!(config.get("retry.backoff.ms"), Some("10"), "{file}");
+        }
+    }
+
     #[test]
     fn every_producer_writes_with_acks_all_and_idempotence() {
         let kafka = KafkaSettings::from_lookup(|_| None).unwrap();
