@@ -352,21 +352,30 @@ fn oversized(batch: &DestinationBatch, destination: &DestinationConfig) -> Failu
     }
 }
 
+/// A change written to the input topic longer than this after it happened was sent late on
+/// purpose or by circumstance (an offline device, a history loaded now): its batch lingers from
+/// the write, as batches always did. Within it, a change is on its way in real time, however
+/// slowly (a busy qualifier, a backlog after a restart), and its batch lingers from the change.
+const LATE_AFTER_MS: i64 = 60_000;
+
 /// What is left of `linger` for a batch that `first` opens, at `now_unix_ms`. The linger counts
 /// from the time of the update's newest change (its trait event's) when the update was written
-/// to the input topic within one linger of it, as real-time changes are: the time it spent on
-/// its way (the qualifier's transaction, the consumer's fetch) comes out of the linger instead
-/// of adding to it. A change that was already late when written (an event sent hours after it
-/// happened) counts from the write, so late events still gather into batches; an update of
-/// unknown write time (catch-up, replay, resync: old by design) waits the whole linger.
+/// to the input topic within [`LATE_AFTER_MS`] (or one linger, if longer) of it: the time it
+/// spent on its way (the qualifier's transaction, the consumer's fetch) comes out of the linger
+/// instead of adding to it, and one that took longer than the linger goes with what the lane
+/// holds. A change already late when written counts from the write, so late events still
+/// gather into batches; an update of unknown write time (catch-up, replay, resync: old by
+/// design, their batches fill anyway) waits the whole linger.
 fn linger_left(first: &RoutedEvent, linger: Duration, now_unix_ms: i64) -> Duration {
     let Some(written) = first.source.and_then(|s| s.written_unix_ms) else {
         return linger;
     };
-    let linger_ms = i64::try_from(linger.as_millis()).unwrap_or(i64::MAX);
+    let late_after = i64::try_from(linger.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(LATE_AFTER_MS);
     let changed = first.update.changes.iter().map(|c| c.time_unix_ms).max();
     let origin = match changed {
-        Some(changed) if changed <= written && written - changed <= linger_ms => changed,
+        Some(changed) if changed <= written && written - changed <= late_after => changed,
         _ => written,
     };
     let age = u64::try_from(now_unix_ms.saturating_sub(origin)).unwrap_or(0);
@@ -426,13 +435,19 @@ mod tests {
             left(&[NOW - 900, NOW - 100], Some(NOW - 90)),
             Duration::from_millis(150)
         );
-        // Written a whole linger after it happened: none left, it goes with what is queued.
+        // On its way longer than the linger (a busy qualifier): none left, it goes with what
+        // is queued; so does one 50 s on its way, still within a minute of happening.
         assert_eq!(left(&[NOW - 300], Some(NOW - 50)), Duration::ZERO);
+        assert_eq!(left(&[NOW - 50_000], Some(NOW - 10)), Duration::ZERO);
     }
 
     #[test]
     fn a_change_late_when_written_lingers_from_the_write() {
-        // Happened hours before it was written: the linger counts from the write.
+        // Happened hours (or just over a minute) before it was written: from the write.
+        assert_eq!(
+            left(&[NOW - 60_050], Some(NOW - 40)),
+            Duration::from_millis(210)
+        );
         assert_eq!(
             left(&[NOW - 3_600_000], Some(NOW - 50)),
             Duration::from_millis(200)
