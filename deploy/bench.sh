@@ -556,7 +556,7 @@ bench_qualifier() {
   record "Qualifier alone" qualifier "$problems" "$(printf '%s\n' \
     "| events | users (state) | seconds | events/s | CPU-s | **CPU-s per million events** | status changes | peak RSS | state per user: changelog / memory | restore |" \
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" \
-    "| $records ($applied applied, $ignored ignored${invalid_note}) | $state_users | $seconds | $(calc %.0f "$records / $seconds") | $cpu | **$(calc %.2f "$cpu * 1000000 / $records")** | $changes | $hwm MB | $per_user B / $memory B | $restore s |" \
+    "| $records ($applied applied, $ignored ignored${invalid_note}) | $state_users | $seconds | $(calc %.0f "$records / $seconds") | $cpu | **$per_million** | $changes | $hwm MB | $per_user B / $memory B | $restore s |" \
     "" "1,000 segments of 2–8 conditions over 5,000 traits (30-day TTL), $users users with Zipf-like activity (5% ID syncs, 0.001% opt-outs: $opt_outs here; with Zipf-heavy users even these few opt out some of the heaviest, and their later events are merely ignored — checked to be exactly the $after_opt_out events after an opt-out), one transaction per poll batch. State per user: changelog = latest record bytes per user; memory = (RSS after restoring − RSS of an empty qualifier $baseline MB) / users. Restore: the changelog read back by a new process (qualifier_restore_duration_seconds). Before issue 16's refactor: $comparison.")"
 }
 

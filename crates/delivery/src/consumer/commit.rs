@@ -214,10 +214,7 @@ impl InputPipeline {
             let mut drained = follower.drained.clone();
             let _ = tokio::time::timeout(self.drain_timeout, drained.wait_for(|d| *d)).await;
         }
-        self.consumer
-            .context()
-            .closing
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.consumer.context().start_closing();
         if self.side() == Topic::RealTime {
             self.consumer.unsubscribe();
         } else if let Err(error) = self.consumer.unassign() {

@@ -95,6 +95,12 @@ impl PipelineContext {
         self.closing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// From here on the consumer is leaving its group (see `closing`).
+    pub(super) fn start_closing(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(super) fn fail(&self, reason: String) {
         tracing::error!(topic = %self.topic, %reason, "Input pipeline cannot go on.");
         *self
