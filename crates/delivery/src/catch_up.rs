@@ -306,7 +306,24 @@ impl CatchUpReader {
                         .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
             })
             .and_then(|u| self.without_superseded(partition, u));
-        let decision = self.watermarks.lock().catch_up(
+        // A place in the destination's lane first (waiting here is the point: only this
+        // destination waits), so the event goes in under the table's lock with the decision.
+        let permit = match &update {
+            Some(u) => {
+                let lane = &self.lanes
+                    [LaneHasher::lane(self.lane_hasher.user(&u.user_id), self.lanes.len())];
+                tokio::select! {
+                    permit = lane.reserve() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_closed) => return false,
+                    },
+                    () = self.stop.cancelled() => return false,
+                }
+            }
+            None => None,
+        };
+        let mut table = self.watermarks.lock();
+        let decision = table.catch_up(
             assignment,
             self.destination,
             offset,
@@ -314,44 +331,40 @@ impl CatchUpReader {
             update.is_some(),
         );
         match decision {
-            CatchUp::Deliver(assignment) => {
-                let Some(update) = update else {
-                    return true;
-                };
-                let lane = &self.lanes
-                    [LaneHasher::lane(self.lane_hasher.user(&update.user_id), self.lanes.len())];
-                self.sender.metrics.queue_depth.inc();
-                let event = RoutedEvent {
-                    update: Arc::new(update),
-                    source: Some(EventSource {
-                        assignment,
-                        offset,
-                        catch_up: true,
-                        written_unix_ms: None,
-                    }),
-                };
-                // Waiting here is the point: only this destination waits.
-                tokio::select! {
-                    sent = lane.send(event) => {
-                        if sent.is_err() {
-                            self.sender.metrics.queue_depth.dec();
-                            return false;
-                        }
-                    }
-                    () = self.stop.cancelled() => {
-                        self.sender.metrics.queue_depth.dec();
-                        return false;
-                    }
+            CatchUp::Deliver(assignment) | CatchUp::Last(assignment) => {
+                if let (Some(update), Some(permit)) = (update, permit) {
+                    self.sender.metrics.queue_depth.inc();
+                    permit.send(RoutedEvent {
+                        update: Arc::new(update),
+                        source: Some(EventSource {
+                            assignment,
+                            offset,
+                            catch_up: true,
+                            written_unix_ms: None,
+                        }),
+                    });
+                }
+                drop(table);
+                if matches!(decision, CatchUp::Last(_)) {
+                    self.attached_again(partition, offset + 1);
                 }
             }
             CatchUp::Skip => {}
             CatchUp::Attached => {
-                tracing::info!(topic = %self.topic, destination = self.id(), partition, offset, "Destination caught up on this partition; the shared consumer serves it again.");
+                drop((table, permit));
+                self.attached_again(partition, offset);
+            }
+            CatchUp::Stop => {
+                drop((table, permit));
                 self.stop_reading(partition);
             }
-            CatchUp::Stop => self.stop_reading(partition),
         }
         true
+    }
+
+    fn attached_again(&mut self, partition: i32, from: i64) {
+        tracing::info!(topic = %self.topic, destination = self.id(), partition, offset = from, "Destination caught up on this partition; the shared consumer serves it again.");
+        self.stop_reading(partition);
     }
 
     /// `update` without the changes a newer one from the other input topic supersedes (they
@@ -397,8 +410,7 @@ impl CatchUpReader {
             .lock()
             .caught_up(assignment, self.destination, next)
         {
-            tracing::info!(topic = %self.topic, destination = self.id(), partition, "Destination caught up on this partition; the shared consumer serves it again.");
-            self.stop_reading(partition);
+            self.attached_again(partition, next);
         }
     }
 }

@@ -9,6 +9,11 @@ use super::{DetachedReader, OffsetWatermark, PartitionAssignment, WatermarkTable
 pub enum CatchUp {
     /// Hand it to the destination (if it maps it); it was tracked.
     Deliver(PartitionAssignment),
+    /// Hand it to the destination (if it maps it), and read no more of the partition: the
+    /// shared consumer routed nothing after it, so it serves the destination from the next
+    /// offset on. The hand-over must happen under the table's lock, before the shared
+    /// consumer can route that next offset, or a user's changes could swap places.
+    Last(PartitionAssignment),
     /// Already handled: ignore it.
     Skip,
     /// The shared consumer has not routed it yet: the destination is attached again from
@@ -87,6 +92,13 @@ impl WatermarkTable {
         reader.watermark.track(offset, u32::from(needed));
         reader.read_to = offset + 1;
         reader.last_read_ms = timestamp_ms.or(reader.last_read_ms);
+        // Level with the shared consumer: attach here rather than wait to read past it (or to
+        // see the partition's end), which a reader behind the same fetches as the shared
+        // consumer rarely does while the producer writes (a transaction every few ms).
+        if routed_to == Some(offset + 1) {
+            reader.draining = true;
+            return CatchUp::Last(assignment);
+        }
         CatchUp::Deliver(assignment)
     }
 

@@ -128,28 +128,34 @@ fn a_detached_destination_keeps_its_position_and_attaches_again() {
     assert_eq!(table.backlog(1), 3);
     table.finish(shared(a, 9), 1);
     assert_eq!(commits(&mut table), [(0, 12, "sr1;101@10".to_owned())]);
-    // 1's reader reads 10 and 11 (both mapped), finishes 10.
+    // 1's reader reads 10 (mapped) and finishes it.
     assert_eq!(table.catch_up(a, 1, 10, None, true), CatchUp::Deliver(a));
     assert_eq!(
         table.catch_up(a, 1, 10, None, true),
         CatchUp::Skip,
         "read before"
     );
-    assert_eq!(
-        table.catch_up(a, 1, 11, Some(5_000), true),
-        CatchUp::Deliver(a)
-    );
     table.finish(own(a, 10), 1);
     assert_eq!(commits(&mut table), [(0, 12, "sr1;101@11".to_owned())]);
+    table.note_read(a, 1, Some(5_000));
     assert_eq!(
         table.backlog_age_ms(1, 7_500),
         2_500,
-        "what it read last was written at 5 s"
+        "what it holds was written at 5 s"
     );
     assert_eq!(table.backlog_age_ms(0, 7_500), 0, "0 keeps up");
-    // 12 is not routed yet: 1 attaches again there and reads no more.
-    assert_eq!(table.catch_up(a, 1, 12, None, true), CatchUp::Attached);
+    // 11 is the last the shared consumer routed: 1 takes it from its reader, and is attached
+    // again from 12 on.
+    assert_eq!(
+        table.catch_up(a, 1, 11, Some(5_000), true),
+        CatchUp::Last(a)
+    );
     assert!(table.detached_partitions(1).is_empty());
+    assert_eq!(
+        table.catch_up(a, 1, 12, None, true),
+        CatchUp::Stop,
+        "a read that was under way"
+    );
     let mut targets = vec![0, 1];
     table.track(0, 12, &mut targets);
     assert_eq!(targets, [0, 1], "the shared consumer serves 1 again");
@@ -161,6 +167,22 @@ fn a_detached_destination_keeps_its_position_and_attaches_again() {
     assert_eq!(commits(&mut table), [(0, 13, "sr1".to_owned())]);
     assert_eq!(table.backlog(1), 0);
     assert!(table.release_reader(1));
+}
+
+/// A reader that reads past the last offset the shared consumer routed (the offsets between
+/// were a transaction's marker) attaches at what it read, and leaves it to the shared
+/// consumer.
+#[test]
+fn a_reader_ahead_of_the_shared_consumer_attaches_at_what_it_read() {
+    let mut table = table();
+    let a = table.assign(0, Some(9), &[]);
+    table.track(0, 9, &mut vec![0, 1]);
+    assert!(table.detach(a, 9, 1));
+    assert_eq!(table.catch_up(a, 1, 11, None, true), CatchUp::Attached);
+    assert!(table.detached_partitions(1).is_empty());
+    let mut targets = vec![0, 1];
+    table.track(0, 11, &mut targets);
+    assert_eq!(targets, [0, 1], "the shared consumer serves 1 from 11 on");
 }
 
 #[test]
@@ -200,12 +222,17 @@ fn unmapped_events_read_by_a_reader_do_not_hold_its_position() {
     }
     assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
     assert_eq!(table.catch_up(a, 0, 0, None, true), CatchUp::Deliver(a));
-    for offset in 1..5 {
+    for offset in 1..4 {
         assert_eq!(
             table.catch_up(a, 0, offset, None, false),
             CatchUp::Deliver(a)
         );
     }
+    assert_eq!(
+        table.catch_up(a, 0, 4, None, false),
+        CatchUp::Last(a),
+        "4 is the last the shared consumer routed"
+    );
     assert_eq!(commits(&mut table), [(0, 5, "sr1;100@0".to_owned())]);
     table.finish(own(a, 0), 0);
     assert_eq!(
