@@ -357,8 +357,13 @@ pub async fn isolation(
     at(baseline_from).await;
     let (baseline_start, _) = snapshot(&system.workers).await;
     let mut rss_baseline = rss_now();
+    // What the faulty destination holds in its lanes while healthy (changes lingering in
+    // batches under way: never 0 for long under steady load).
+    let mut queued_baseline = 0.0_f64;
     while sim_started.elapsed() < warmup {
         rss_baseline = rss_baseline.max(rss_now());
+        let (_, scrape) = snapshot(&system.workers).await;
+        queued_baseline = queued_baseline.max(faulty_sum(&scrape, "delivery_queue_depth"));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (baseline_end, _) = snapshot(&system.workers).await;
@@ -395,11 +400,19 @@ pub async fn isolation(
         .sum();
     let fault_s = (fault_for - Duration::from_secs(2)).as_secs_f64();
 
-    // Catch-up: from the partner's recovery until nothing of it waits any more.
+    // Catch-up: from the partner's recovery until it is as before the fault: no backlog in
+    // Kafka, its catch-up readers read nothing since the last look (every partition is served
+    // by the shared consumer again), and no more in its lanes than it held while healthy.
+    // (Not "nothing queued": under steady load a healthy destination always has a batch
+    // lingering.) `waiting`: the backlog, those reads, and what its lanes hold beyond that.
+    let mut reads_before: Option<f64> = None;
     let catch_up = loop {
         let (_, scrape) = snapshot(&system.workers).await;
+        let reads = faulty_sum(&scrape, "delivery_catch_up_messages_total");
         let waiting = faulty_sum(&scrape, "delivery_backlog_messages")
-            + faulty_sum(&scrape, "delivery_queue_depth");
+            + reads_before.map_or(1.0, |before| (reads - before).max(0.0))
+            + (faulty_sum(&scrape, "delivery_queue_depth") - queued_baseline).max(0.0);
+        reads_before = Some(reads);
         let since_recovery = sim_started.elapsed().saturating_sub(fault_end);
         if waiting == 0.0 || since_recovery > scale.drain {
             break (waiting, since_recovery);
@@ -468,9 +481,20 @@ pub async fn isolation(
     assert_eq!(
         catch_up.0,
         0.0,
-        "the failing destination still had {} changes waiting {} s after its partner recovered",
+        "the failing destination still had {} changes waiting (in Kafka, read by its catch-up reader in the last look, or in its lanes beyond the {queued_baseline} they held at most before the fault) {} s after its partner recovered; its detaches and hand-overs in the workers' logs:\n{}",
         catch_up.0,
-        scale.drain.as_secs()
+        scale.drain.as_secs(),
+        handovers(&system.workers)
+    );
+    // Reading the backlog back takes a fraction of the outage that made it; a hand-over that
+    // waits to see the partition's end while the load goes on took minutes (issue 17's note).
+    let catch_up_bound = scale.isolation_fault + Duration::from_secs(30);
+    assert!(
+        catch_up.1 <= catch_up_bound,
+        "the failing destination caught up {:.1} s after its partner recovered, more than the {} s allowed (the outage's length and 30 s); its detaches and hand-overs in the workers' logs:\n{}",
+        catch_up.1.as_secs_f64(),
+        catch_up_bound.as_secs(),
+        handovers(&system.workers)
     );
     if let Some(outcome) = fault.outcome() {
         let series = format!(
@@ -533,4 +557,32 @@ pub async fn isolation(
         rss_fault / 1024
     );
     ledger
+}
+
+/// The faulty destination's detach, catch-up and hand-over lines of the delivery workers' logs
+/// (the last few of each), to say why it did not catch up.
+fn handovers(workers: &[Service]) -> String {
+    let destination = format!("\"destination\":{FAULTY_ID}");
+    workers
+        .iter()
+        .enumerate()
+        .map(|(i, worker)| {
+            let log = worker.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains(&destination)
+                        && ["Catch-up reader", "caught up", "keep up"]
+                            .iter()
+                            .any(|m| l.contains(m))
+                })
+                .collect();
+            format!(
+                "worker {i} ({} lines):\n{}",
+                lines.len(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
