@@ -45,10 +45,11 @@ pub fn qualifier_definitions_yaml(segments: u64, traits: u64, seed: u64) -> Stri
     yaml
 }
 
-/// The two destinations (indexes `0..destinations`) segment `segment` is routed to.
-pub fn routes(segment: u64, destinations: u64) -> [u64; 2] {
+/// The destinations (indexes `0..destinations`) segment `segment` is routed to: two, or the
+/// only one there is.
+pub fn routes(segment: u64, destinations: u64) -> impl Iterator<Item = u64> {
     let first = segment % destinations;
-    [first, (first + 1) % destinations]
+    std::iter::once(first).chain((destinations > 1).then_some((first + 1) % destinations))
 }
 
 /// Where the benchmark's delivery sends and what it reads.
@@ -94,7 +95,7 @@ impl DeliveryFixture {
         );
         for d in 0..self.destinations {
             let segments: Vec<String> = (1..=self.segments)
-                .filter(|&segment| routes(segment, self.destinations).contains(&d))
+                .filter(|&segment| routes(segment, self.destinations).any(|r| r == d))
                 .map(|segment| format!("\"{segment}\": \"{segment}\""))
                 .collect();
             let _ = writeln!(
@@ -216,11 +217,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_segment_goes_to_two_distinct_destinations() {
+    fn every_segment_goes_to_two_distinct_destinations_or_the_only_one() {
         for segment in 1..=1_000 {
-            let [a, b] = routes(segment, 20);
-            assert_ne!(a, b);
-            assert!(a < 20 && b < 20);
+            for destinations in [2, 20, 1_000] {
+                let to: Vec<u64> = routes(segment, destinations).collect();
+                assert_eq!(to.len(), 2);
+                assert_ne!(to[0], to[1]);
+                assert!(to.iter().all(|&d| d < destinations));
+            }
+            assert_eq!(routes(segment, 1).collect::<Vec<_>>(), [0]);
         }
     }
 
