@@ -32,7 +32,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureRecord;
 use telemetry::KafkaSettings;
 use testkit::kafka;
-use testkit::receiver::Receiver;
+use testkit::receiver::{Receiver, RecordedRequest};
 use testkit::service::{Service, ServiceBuilder};
 
 /// 2016-07-27T16:17:22Z.
@@ -306,6 +306,22 @@ pub fn delivered_users(receiver: &Receiver) -> std::collections::HashSet<String>
     .into_iter()
     .map(|(user, _, _)| user)
     .collect()
+}
+
+/// Waits until the receiver accepted requests for `users` distinct users and returns its
+/// requests. Counting requests would not do: delivery is at least once, and a destination
+/// whose config changed sends again what it had in flight.
+pub async fn wait_for_users(
+    receiver: &Receiver,
+    users: usize,
+    timeout: Duration,
+) -> Vec<RecordedRequest> {
+    testkit::wait_until(&format!("{users} users at the receiver"), timeout, || {
+        let delivered = delivered_users(receiver).len();
+        async move { delivered >= users }
+    })
+    .await;
+    receiver.requests()
 }
 
 /// The body as JSON.

@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use testkit::receiver::{Receiver, Response};
 
 use super::oauth::test_ca_bundle;
-use super::{DeliveryTest, T0, change, destination, update};
+use super::{DeliveryTest, T0, change, destination, update, wait_for_users};
 
 /// A Secret volume as the kubelet lays it out: `..data` → a timestamped directory holding the
 /// files, and one symlink per key → `..data/<key>`.
@@ -122,12 +122,8 @@ async fn a_rotated_hmac_key_and_oauth_client_secret_are_used_without_restart() {
         users
     };
     let sent = send().await;
-    hmac_partner
-        .wait_for_requests(sent, Duration::from_secs(20))
-        .await;
-    oauth_partner
-        .wait_for_requests(sent, Duration::from_secs(20))
-        .await;
+    wait_for_users(&hmac_partner, sent, Duration::from_secs(20)).await;
+    wait_for_users(&oauth_partner, sent, Duration::from_secs(20)).await;
     let first = &hmac_partner.requests()[0];
     assert_eq!(
         first.header("x-signature"),
@@ -159,9 +155,7 @@ async fn a_rotated_hmac_key_and_oauth_client_secret_are_used_without_restart() {
             "no request signed with the rotated key 30 s after the rotation"
         );
         let sent = send().await;
-        hmac_partner
-            .wait_for_requests(sent, Duration::from_secs(20))
-            .await;
+        wait_for_users(&hmac_partner, sent, Duration::from_secs(20)).await;
     };
     testkit::wait_until(
         "a token requested with the rotated client secret",
@@ -176,12 +170,8 @@ async fn a_rotated_hmac_key_and_oauth_client_secret_are_used_without_restart() {
     .await;
     // One more change after both rotations: it is signed with the new key only.
     let sent = send().await;
-    let hmac_requests = hmac_partner
-        .wait_for_requests(sent, Duration::from_secs(20))
-        .await;
-    oauth_partner
-        .wait_for_requests(sent, Duration::from_secs(20))
-        .await;
+    let hmac_requests = wait_for_users(&hmac_partner, sent, Duration::from_secs(20)).await;
+    wait_for_users(&oauth_partner, sent, Duration::from_secs(20)).await;
     for (i, request) in hmac_requests.iter().enumerate() {
         let key = if i < b_from { &key_a } else { &key_b };
         assert_eq!(
