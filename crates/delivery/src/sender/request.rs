@@ -2,6 +2,7 @@
 //! auth, what the partner answered (status, `Retry-After`, the head of its body), and how a
 //! failure is classified for the metrics.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -180,22 +181,59 @@ impl DestinationSender {
 /// (307/308) to a URL nobody configured, possibly over plain HTTP, or turn the POST into a
 /// body-less GET (301/302/303) whose 200 would count a batch as delivered that the partner
 /// never received. Plain `http://` only with `dangerous_allow_http`.
+///
+/// Destinations with the same settings (trust, `dangerous_allow_http`, `timeout`) share one
+/// client, for the life of the process: its root store (the system's, parsed once), its
+/// connection pools and TLS sessions. A thousand destinations of a few partners hold a few
+/// clients, not a thousand. Idle connections close after reqwest's 90 s.
 pub fn http_client(config: &DestinationConfig) -> Result<reqwest::Client, SenderBuildError> {
+    shared_client(config).map(|(client, _built)| client)
+}
+
+/// [`http_client`], and whether this call built it (else another destination's is shared).
+pub(super) fn shared_client(
+    config: &DestinationConfig,
+) -> Result<(reqwest::Client, bool), SenderBuildError> {
+    let key = ClientKey {
+        allow_http: config.dangerous_allow_http,
+        connect_timeout: config.timeout,
+        trusted: crate::tls::ca_file_certificates(config)?,
+    };
+    let mut clients = CLIENTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(client) = clients.get(&key) {
+        return Ok((client.clone(), false));
+    }
     let mut builder = reqwest::Client::builder()
-        .https_only(!config.dangerous_allow_http)
+        .https_only(!key.allow_http)
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(config.timeout)
-        .pool_max_idle_per_host(config.max_in_flight * 2)
+        .connect_timeout(key.connect_timeout)
         .user_agent(USER_AGENT);
-    for certificate in crate::tls::ca_file_certificates(config)? {
-        let certificate = reqwest::Certificate::from_der(&certificate)
+    for certificate in &key.trusted {
+        let certificate = reqwest::Certificate::from_der(certificate)
             .map_err(|e| SenderBuildError::Client(e, config.id))?;
         builder = builder.add_root_certificate(certificate);
     }
-    builder
+    let client = builder
         .build()
-        .map_err(|e| SenderBuildError::Client(e, config.id))
+        .map_err(|e| SenderBuildError::Client(e, config.id))?;
+    clients.insert(key, client.clone());
+    Ok((client, true))
 }
+
+/// What an HTTPS client is built from: destinations with equal keys share one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ClientKey {
+    allow_http: bool,
+    connect_timeout: Duration,
+    /// The `ca_file`'s certificates (by content: a changed file on reload gets a new client).
+    trusted: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// The clients built so far, one per distinct [`ClientKey`].
+static CLIENTS: std::sync::LazyLock<std::sync::Mutex<HashMap<ClientKey, reqwest::Client>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The headers of a request that delivery sets itself: the transport adds `host`,
 /// `user-agent` ([`USER_AGENT`]), `accept` and `content-length`, and an OAuth destination's

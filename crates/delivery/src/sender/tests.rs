@@ -8,7 +8,7 @@ use super::{DestinationSender, parse_retry_after};
 fn a_destination_is_slow_from_its_first_slow_answer_until_a_quick_one() {
     let yaml = "kafka: { topic: status, dlq_topic: status-dlq, group_id: g }\n\
                 destinations:\n\
-                  - { id: 1, url: https://a.example/x, client_id: x, user_dpid: 1, timeout_ms: 3000, segments: { 1: \"1\" } }\n";
+                  - { id: 1, url: https://a.example/x, client_id: acme, user_dpid: 1, timeout_ms: 3000, segments: { 1: \"1\" } }\n";
     let config =
         crate::config::DeliveryConfig::parse(std::path::Path::new("slow.yaml"), yaml, &|_| None)
             .unwrap();
@@ -64,4 +64,28 @@ fn retry_after_is_seconds_or_an_http_date_capped_at_an_hour() {
     );
     assert_eq!(parse_retry_after("soon", now), None);
     assert_eq!(parse_retry_after("-5", now), None);
+}
+
+/// Destinations whose TLS and connection settings are equal share one HTTPS client (a
+/// thousand destinations of one partner must not hold a thousand root stores); any difference
+/// gets its own. (A timeout no other test uses keeps the process-wide cache to this test.)
+#[test]
+fn destinations_with_the_same_connection_settings_share_one_https_client() {
+    let yaml = "kafka: { topic: status, dlq_topic: status-dlq, group_id: g }\n\
+                destinations:\n\
+                  - { id: 1, url: https://a.example/x, client_id: acme, user_dpid: 1, timeout_ms: 2917, segments: { 1: \"1\" } }\n\
+                  - { id: 2, url: https://b.example/y, client_id: other, user_dpid: 1, timeout_ms: 2917, segments: { 1: \"1\" } }\n\
+                  - { id: 3, url: https://a.example/x, client_id: acme, user_dpid: 1, timeout_ms: 2918, segments: { 1: \"1\" } }\n";
+    let config =
+        crate::config::DeliveryConfig::parse(std::path::Path::new("clients.yaml"), yaml, &|_| None)
+            .unwrap();
+    let built = |i: usize| {
+        super::request::shared_client(&config.destinations[i])
+            .unwrap()
+            .1
+    };
+    assert!(built(0), "the first of its settings");
+    assert!(!built(1), "another partner, the same settings: shared");
+    assert!(built(2), "another timeout: a client of its own");
+    assert!(!built(0) && !built(2));
 }
