@@ -45,17 +45,20 @@ pub fn qualifier_definitions_yaml(segments: u64, traits: u64, seed: u64) -> Stri
     yaml
 }
 
-/// The destinations (indexes `0..destinations`) segment `segment` is routed to: two, or the
-/// only one there is.
-pub fn routes(segment: u64, destinations: u64) -> impl Iterator<Item = u64> {
+/// The destinations (indexes `0..destinations`) segment `segment` is routed to: `fan_out`
+/// consecutive ones (wrapping), or all of them when there are fewer. With `s` segments each
+/// destination then maps about `s × fan_out / destinations`.
+pub fn routes(segment: u64, destinations: u64, fan_out: u64) -> impl Iterator<Item = u64> {
     let first = segment % destinations;
-    std::iter::once(first).chain((destinations > 1).then_some((first + 1) % destinations))
+    (0..fan_out.min(destinations)).map(move |i| (first + i) % destinations)
 }
 
 /// Where the benchmark's delivery sends and what it reads.
 #[derive(Debug, Clone)]
 pub struct DeliveryFixture {
     pub destinations: u64,
+    /// How many destinations each segment is routed to ([`routes`]).
+    pub fan_out: u64,
     pub segments: u64,
     /// `https://host:port`; destination `d` posts to `{base_url}/d{d}`.
     pub base_url: String,
@@ -95,7 +98,7 @@ impl DeliveryFixture {
         );
         for d in 0..self.destinations {
             let segments: Vec<String> = (1..=self.segments)
-                .filter(|&segment| routes(segment, self.destinations).any(|r| r == d))
+                .filter(|&segment| routes(segment, self.destinations, self.fan_out).any(|r| r == d))
                 .map(|segment| format!("\"{segment}\": \"{segment}\""))
                 .collect();
             let _ = writeln!(
@@ -217,15 +220,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_segment_goes_to_two_distinct_destinations_or_the_only_one() {
-        for segment in 1..=1_000 {
-            for destinations in [2, 20, 1_000] {
-                let to: Vec<u64> = routes(segment, destinations).collect();
-                assert_eq!(to.len(), 2);
-                assert_ne!(to[0], to[1]);
-                assert!(to.iter().all(|&d| d < destinations));
+    fn every_segment_goes_to_fan_out_distinct_destinations_or_all_there_are() {
+        for fan_out in [1, 2, 5] {
+            let mut mapped = vec![0_u64; 1_000];
+            for segment in 1..=1_000 {
+                for destinations in [2, 20, 1_000] {
+                    let to: Vec<u64> = routes(segment, destinations, fan_out).collect();
+                    assert_eq!(to.len() as u64, fan_out.min(destinations));
+                    assert_eq!(
+                        to.iter().collect::<HashSet<_>>().len(),
+                        to.len(),
+                        "distinct"
+                    );
+                    assert!(to.iter().all(|&d| d < destinations));
+                    if destinations == 1_000 {
+                        to.iter().for_each(|&d| mapped[d as usize] += 1);
+                    }
+                }
+                assert_eq!(routes(segment, 1, fan_out).collect::<Vec<_>>(), [0]);
             }
-            assert_eq!(routes(segment, 1).collect::<Vec<_>>(), [0]);
+            // 1,000 segments over 1,000 destinations: each destination maps `fan_out`.
+            assert!(
+                mapped.iter().all(|&m| m == fan_out),
+                "{fan_out}: {mapped:?}"
+            );
         }
     }
 

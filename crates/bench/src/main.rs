@@ -44,6 +44,9 @@ enum Command {
     DeliveryFixture {
         #[arg(long, default_value_t = 20)]
         destinations: u64,
+        /// How many destinations each segment is routed to (all of them when fewer).
+        #[arg(long, default_value_t = 2)]
+        fan_out: u64,
         #[arg(long, default_value_t = 1_000)]
         segments: u64,
         /// partner-sim's address, e.g. https://127.0.0.1:19543.
@@ -79,13 +82,16 @@ enum Command {
     },
     /// Produce --updates SegmentStatusUpdates (1–3 changes each) to --topic as fast as the
     /// broker takes them; prints `updates changes deliveries healthy` (deliveries = changes ×
-    /// 2, or × 1 with one destination; healthy: the deliveries to destinations past the first
-    /// --down of --destinations).
+    /// --fan-out, or × --destinations when fewer; healthy: the deliveries to destinations past
+    /// the first --down of --destinations).
     PreloadStatus {
         #[arg(long)]
         topic: String,
         #[arg(long, default_value_t = 20)]
         destinations: u64,
+        /// As delivery-fixture's.
+        #[arg(long, default_value_t = 2)]
+        fan_out: u64,
         #[arg(long, default_value_t = 0)]
         down: u64,
         #[arg(long, default_value_t = 2_000_000)]
@@ -219,15 +225,19 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// `down`: (destinations, how many of the first are down), to count the healthy deliveries.
+/// `routing`: (destinations, fan-out, how many of the first destinations are down), to count
+/// the deliveries and the healthy ones.
 fn preload_status(
     topic: &str,
     updates: u64,
     users: u64,
     segments: u64,
-    (destinations, down): (u64, u64),
+    (destinations, fan_out, down): (u64, u64, u64),
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(destinations >= 1, "--destinations: at least 1");
+    anyhow::ensure!(
+        destinations >= 1 && fan_out >= 1,
+        "--destinations and --fan-out: at least 1"
+    );
     anyhow::ensure!(
         users > 0 && segments > 0,
         "--users and --segments must be at least 1"
@@ -254,7 +264,7 @@ fn preload_status(
         healthy += update
             .changes
             .iter()
-            .flat_map(|c| relay_bench::routes(c.segment_id, destinations))
+            .flat_map(|c| relay_bench::routes(c.segment_id, destinations, fan_out))
             .filter(|&d| d >= down)
             .count() as u64;
         buffer.clear();
@@ -278,7 +288,7 @@ fn preload_status(
     );
     println!(
         "{updates} {changes} {} {healthy}",
-        changes * destinations.min(2)
+        changes * destinations.min(fan_out)
     );
     Ok(())
 }
@@ -347,6 +357,7 @@ fn main() -> anyhow::Result<()> {
         } => write(&out, &qualifier_definitions_yaml(segments, traits, seed)),
         Command::DeliveryFixture {
             destinations,
+            fan_out,
             segments,
             base_url,
             ca_file,
@@ -361,8 +372,8 @@ fn main() -> anyhow::Result<()> {
             dir,
         } => {
             anyhow::ensure!(
-                destinations >= 1,
-                "--destinations: at least 1 (each segment goes to two, or the only one)"
+                destinations >= 1 && fan_out >= 1,
+                "--destinations and --fan-out: at least 1 (each segment goes to --fan-out of them, or to all when fewer)"
             );
             anyhow::ensure!(
                 (0.0..=1.0).contains(&partner_error_rate),
@@ -370,6 +381,7 @@ fn main() -> anyhow::Result<()> {
             );
             let fixture = DeliveryFixture {
                 destinations,
+                fan_out,
                 segments,
                 base_url,
                 ca_file,
@@ -388,11 +400,18 @@ fn main() -> anyhow::Result<()> {
         Command::PreloadStatus {
             topic,
             destinations,
+            fan_out,
             down,
             updates,
             users,
             segments,
-        } => preload_status(&topic, updates, users, segments, (destinations, down)),
+        } => preload_status(
+            &topic,
+            updates,
+            users,
+            segments,
+            (destinations, fan_out, down),
+        ),
         Command::StateSize { topic } => state_size(&topic),
         Command::EventOutcomes { topic } => event_outcomes(&topic),
         Command::InvalidEvents { topic, count } => invalid_events(&topic, count),
