@@ -24,7 +24,7 @@ test: lint kafka-lifecycle-check build ## Lint, start Kafka, build, run every te
 	deploy/test-bench-checks.sh
 	$(MAKE) deploy-check
 
-bench: ## Every benchmark (micro, delivery alone, destinations per delivery worker, qualifier alone, end to end on one broker and on three; release build); appends the figures to docs/BENCHMARKS.md
+bench: ## Every benchmark (micro, delivery alone, destinations per delivery worker, qualifier alone, users and segments per qualifier, end to end on one broker and on three; release build); appends the figures to docs/BENCHMARKS.md
 	deploy/bench.sh
 
 # Issues 8 and 18 in one target: the long fault runs with exact accounting, on one broker and on

@@ -27,6 +27,12 @@
 #              processed exactly the events in the topic, none invalid, and ignored exactly the
 #              events of users after their opt-out (`relay-bench event-outcomes` reads them
 #              back: no margin, the count is exact).
+#   qualifier-scale  one qualifier's curves: at 100k, 1M and 10M users (1,000 segments;
+#              BENCH_QUALIFIER_USERS) and at 100, 1,000 and 10,000 segments (100k users;
+#              BENCH_QUALIFIER_SEGMENTS), each point three events per user (uniform activity,
+#              so ~95 % of the users are in the state), pre-loaded: CPU-seconds per million
+#              events, peak RSS, memory and changelog bytes per user, restore time; judges the
+#              10M-user restore. Checks: every event processed, none invalid or ignored.
 #   e2e        loadgen → ingest → qualifier → delivery ×2 → partner-sim at rising rates: the
 #              highest sustained rate with p99 end-to-end latency under 1 s, and p50/p99 at half.
 #              A step is sustained when loadgen achieved ≥ 95 % of the rate, p99 < 1 s, and within
@@ -55,8 +61,10 @@
 # rate and latency not judged; `make test` runs it), BENCH_PROFILE=release|debug, BENCH_UPDATES,
 # BENCH_EVENTS, BENCH_USERS, BENCH_DESTINATIONS (delivery alone; default 20), BENCH_FAN_OUT
 # (destinations per segment; default 2),
-# BENCH_SCALE_DESTINATIONS (delivery-scale's destination counts; default "1 20 100 1000",
-# smoke "1 100"), BENCH_DELIVERY_RUNS
+# BENCH_SCALE_DESTINATIONS (delivery-scale's destination counts, N or NxF; default "1 20 100 1000 1000x5",
+# smoke "1 100"), BENCH_QUALIFIER_USERS and BENCH_QUALIFIER_SEGMENTS (qualifier-scale's points;
+# default "100000 1000000 10000000" and "100 1000 10000", smoke "2000" and "100 1000"; set and
+# empty: none), BENCH_DELIVERY_RUNS
 # (pairs of all-healthy drains, this commit's and 7f70129's taking turns, whose median CPU ratio
 # is checked; default 3; smoke: one drain, no pair), BENCH_QUALIFIER_RUNS (the same for the
 # qualifier, this commit's and 33f9f5e's passes over the fixture; default 3 at full scale on
@@ -107,15 +115,15 @@ requested=("$@")
 # The smoke (make test) leaves the cluster out: a minute more on every make test for a path
 # `make bench` runs in full; name it to smoke it (BENCH_SCALE=smoke deploy/bench.sh e2e-cluster).
 if ((${#requested[@]} == 0)); then
-  requested=(micro delivery delivery-scale qualifier e2e)
+  requested=(micro delivery delivery-scale qualifier qualifier-scale e2e)
   [[ $scale == smoke ]] || requested+=(e2e-cluster)
 fi
 for b in "${requested[@]}"; do
-  [[ $b =~ ^(micro|delivery|delivery-scale|qualifier|e2e|e2e-cluster)$ ]] || die "unknown benchmark '$b' (micro, delivery, delivery-scale, qualifier, e2e, e2e-cluster)"
+  [[ $b =~ ^(micro|delivery|delivery-scale|qualifier|qualifier-scale|e2e|e2e-cluster)$ ]] || die "unknown benchmark '$b' (micro, delivery, delivery-scale, qualifier, qualifier-scale, e2e, e2e-cluster)"
 done
 # In this order, each once: e2e-cluster compares with the e2e run before it.
 benches=()
-for b in micro delivery delivery-scale qualifier e2e e2e-cluster; do
+for b in micro delivery delivery-scale qualifier qualifier-scale e2e e2e-cluster; do
   [[ " ${requested[*]} " != *" $b "* ]] || benches+=("$b")
 done
 # The builds the services' CPU is compared with (see build_baseline).
@@ -215,8 +223,9 @@ print_targets() {
   for row in "${targets[@]}"; do echo "$row"; done
   [[ " ${benches[*]} " == *" delivery-scale "* ]] \
     || echo "| one delivery worker with 1,000 destinations: RSS ≤ 300 MB, CPU per change within 20 % of 20 destinations | — | not measured by this invocation (\`deploy/bench.sh delivery-scale\`) |"
-  echo "| qualifier restore of 10 million users ≤ 60 s per million-user partition share | — | not measured: no benchmark yet |"
-  echo "| scaling curves | destinations per delivery worker: \`delivery-scale\`; rate: \`e2e\` | users and segments per qualifier: not measured, no benchmark yet |"
+  [[ $restore_judged == yes ]] \
+    || echo "| qualifier restore of 10 million users ≤ 60 s per million users | — | not measured by this invocation (\`deploy/bench.sh qualifier-scale\` with 10000000 in BENCH_QUALIFIER_USERS) |"
+  echo "| scaling curves | destinations per delivery worker: \`delivery-scale\`; users and segments per qualifier: \`qualifier-scale\`; rate: \`e2e\` | the tables above |"
   echo
 }
 partner_stats() { curl -fsS "http://127.0.0.1:$sim_admin/stats"; }
@@ -274,6 +283,9 @@ fresh_topics() { # fresh_topics: a new run suffix with its own topics (on_cluste
   run="bench-$(date +%Y%m%d-%H%M%S)-$RANDOM"
   if [[ $on_cluster == yes ]]; then cluster_topics; else deploy/local/kafka.sh topics "-$run" >/dev/null; fi
 }
+# The running qualifier's events processed, and users in its state.
+qualifier_events() { sum "$(metrics $qualifier_admin)" qualifier_events_total; }
+qualifier_users() { sum "$(metrics $qualifier_admin)" qualifier_users; }
 # cpu_sum PID…: CPU seconds of these processes together (one gone counts 0).
 cpu_sum() {
   local total=0 pid
@@ -572,7 +584,6 @@ bench_qualifier() {
   start_qualifier qualifier
   started=$(now)
   say "qualifier: working through $records events (1,000 segments, transactions on; $opt_outs opt-outs, after which $after_opt_out events are to be ignored)…"
-  qualifier_events() { sum "$(metrics $qualifier_admin)" qualifier_events_total; }
   wait_for_count qualifier_events "$records" $((60 + records / 1000)) "qualifier alone: events processed by the qualifier"
   seconds=$(elapsed "$started")
   cpu=$(cpu_seconds "$qualifier_pid") hwm=$(mem_mb "$qualifier_pid" VmHWM)
@@ -593,7 +604,6 @@ bench_qualifier() {
   read -r state_users state_bytes per_user <<<"$state"
   say "qualifier: restoring $state_users users from the changelog…"
   start_qualifier qualifier-restore
-  qualifier_users() { sum "$(metrics $qualifier_admin)" qualifier_users; }
   wait_for_count qualifier_users "$state_users" 300 "qualifier alone: users restored from the changelog"
   restore=$(sum "$(metrics $qualifier_admin)" qualifier_restore_duration_seconds_sum --decimals 2)
   rss=$(mem_mb "$qualifier_pid" VmRSS)
@@ -659,6 +669,82 @@ qualifier_pass() {
   cpu=$(cpu_seconds "$qualifier_pid")
   stop "$qualifier_pid"
   last_per_million=$(calc %.2f "$cpu * 1000000 / $1")
+}
+
+# ---- qualifier: users and segments ------------------------------------------------------
+# One qualifier's curves over its users and its segments (see the header). Each point has
+# topics of its own and three events per user, spread evenly (Zipf-like activity would leave
+# most of 10M users unseen), 5 % ID syncs and no opt-outs, so every event must be applied or
+# be a no-op, none ignored or invalid. The restore is the changelog read back by a new
+# process; memory per user is its RSS then, minus that of an empty qualifier, per user.
+restore_judged=no
+bench_qualifier_scale() {
+  local problems="" rows="" u s list_users list_segments
+  local segment_users=$([[ $scale == full ]] && echo 100000 || echo 2000)
+  # Set and empty: no points of that curve.
+  list_users=${BENCH_QUALIFIER_USERS-$([[ $scale == full ]] && echo "100000 1000000 10000000" || echo 2000)}
+  list_segments=${BENCH_QUALIFIER_SEGMENTS-$([[ $scale == full ]] && echo "100 1000 10000" || echo "100 1000")}
+  for u in $list_users $list_segments; do
+    [[ $u =~ ^[1-9][0-9]*$ ]] || die "BENCH_QUALIFIER_USERS and BENCH_QUALIFIER_SEGMENTS: whole numbers, not '$u'"
+  done
+  for u in $list_users; do qualifier_scale_point "$u" 1000; done
+  for s in $list_segments; do
+    # That point is the users curve's, already measured.
+    [[ $s == 1000 && " $list_users " == *" $segment_users "* ]] && continue
+    qualifier_scale_point "$segment_users" "$s"
+  done
+  record "Qualifier: users and segments" qualifier-scale "$problems" "$(printf '%s\n' \
+    "| users | segments | events | seconds | events/s | **CPU-s per million events** | status changes | peak RSS | memory per user | changelog per user | users restored | restore | restore per million users |" \
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" \
+    "$rows" \
+    "" "Each row one qualifier (transactions on) working through its own pre-loaded events: three per user, users drawn uniformly, over 5,000 traits (5% ID syncs, no opt-outs); segments of 2–8 conditions (30-day TTL). Memory per user: (RSS after the restore − RSS of an empty qualifier) / users restored. Restore: the changelog read back by a new process (qualifier_restore_duration_seconds), over all of its partitions.")"
+}
+# qualifier_scale_point USERS SEGMENTS: one row of bench_qualifier_scale; adds to rows and
+# problems.
+qualifier_scale_point() {
+  local u=$1 s=$2 events=$(($1 * 3)) started seconds cpu hwm q processed invalid ignored changes
+  local baseline state_users per_user restore rss restored memory per_million per_m_users
+  fresh_topics
+  "$bin/relay-bench" qualifier-fixture --segments "$s" --traits 5000 --out "$dir/segments-$s.yaml"
+  segments=$dir/segments-$s.yaml start_qualifier "qualifier-empty-$u-$s"
+  baseline=$(mem_mb "$qualifier_pid" VmRSS)
+  stop "$qualifier_pid"
+  say "qualifier-scale: pre-loading $events trait events ($u users, evenly) into trait-events-$run…"
+  "$bin/loadgen" --topic "trait-events-$run" --count "$events" --rate 0 --duration 36000 --users "$u" --zipf 0 \
+    --traits "$(seq -s, 1 5000)" --opt-out-share 0 --batch 1000 --seed 13 >"$dir/loadgen-$u-$s.log" 2>&1 \
+    || die "qualifier-scale: loadgen failed; see $dir/loadgen-$u-$s.log"
+  segments=$dir/segments-$s.yaml start_qualifier "qualifier-$u-$s"
+  started=$(now)
+  say "qualifier-scale: working through $events events ($u users, $s segments)…"
+  wait_for_count qualifier_events "$events" $((60 + events / 2000)) "qualifier-scale ($u users, $s segments): events processed by the qualifier"
+  seconds=$(elapsed "$started")
+  cpu=$(cpu_seconds "$qualifier_pid") hwm=$(mem_mb "$qualifier_pid" VmHWM)
+  q=$(metrics $qualifier_admin)
+  processed=$(sum "$q" qualifier_events_total)
+  invalid=$(sum "$q" 'qualifier_events_total{outcome="invalid"}')
+  ignored=$(sum "$q" 'qualifier_events_total{outcome="ignored"}')
+  changes=$(sum "$q" qualifier_status_changes_total)
+  stop "$qualifier_pid"
+  ((processed == events)) || problems+="$u users, $s segments: the qualifier processed $processed events, but loadgen sent $events. "
+  ((invalid == 0 && ignored == 0)) || problems+="$u users, $s segments: $invalid events invalid and $ignored ignored, but the fixture has neither (see $dir/qualifier-$u-$s.log). "
+  read -r state_users _ per_user <<<"$("$bin/relay-bench" state-size --topic "qualifier-changelog-$run")"
+  say "qualifier-scale: restoring $state_users users from the changelog…"
+  segments=$dir/segments-$s.yaml start_qualifier "qualifier-restore-$u-$s"
+  wait_for_count qualifier_users "$state_users" $((120 + state_users / 2000)) "qualifier-scale ($u users, $s segments): users restored from the changelog"
+  restore=$(sum "$(metrics $qualifier_admin)" qualifier_restore_duration_seconds_sum --decimals 2)
+  rss=$(mem_mb "$qualifier_pid" VmRSS)
+  restored=$(qualifier_users)
+  stop "$qualifier_pid"
+  per_million=$(calc %.2f "$cpu * 1000000 / $events")
+  ((restored > 0)) || problems+="$u users, $s segments: the restored qualifier holds no users. "
+  memory=$(calc %.0f "($rss - $baseline) * 1048576 / ($restored > 0 ? $restored : 1)")
+  per_m_users=$(calc %.1f "$restore * 1000000 / ($restored > 0 ? $restored : 1)")
+  rows+="| $u | $s | $events | $seconds | $(calc %.0f "$events / $seconds") | **$per_million** | $changes | $hwm MB | $memory B | $per_user B | $restored | $restore s | $per_m_users s |"$'\n'
+  if ((u >= 10000000 && s == 1000)); then
+    restore_judged=yes
+    target "qualifier restore of 10 million users ≤ 60 s per million users (one process, all partitions)" \
+      "$restored users in $restore s: $per_m_users s per million, peak RSS $rss MB after it" "$(calc %d "($per_m_users <= 60)")"
+  fi
 }
 
 # ---- end to end -------------------------------------------------------------------------
