@@ -81,7 +81,8 @@
 #                     missing
 #   failing-partner   e2e (or e2e-cluster): partner-sim answers 422 (a permanent failure) to every
 #                     request, so every change is dead-lettered
-#   invalid-events    qualifier: 10 trait events without an event are added to the fixture
+#   invalid-events    qualifier (or qualifier-scale): 10 trait events without an event are added
+#                     to the fixture (of every point)
 #   costly-qualifier  qualifier: in the comparison with 33f9f5e, this commit's
 #                     passes evaluate 5,000 segments instead of 1,000 (a stand-in for a
 #                     regression), so the ratio check must fail
@@ -140,7 +141,8 @@ fault=${BENCH_FAULT:-}
 case $fault in
   "") ;;
   stopped-delivery | failing-partner) fault_bench="e2e|e2e-cluster" ;;
-  invalid-events | costly-qualifier) fault_bench=qualifier ;;
+  invalid-events) fault_bench="qualifier|qualifier-scale" ;;
+  costly-qualifier) fault_bench=qualifier ;;
   one-replica) fault_bench=e2e-cluster ;;
   *) die "BENCH_FAULT must be stopped-delivery, failing-partner, invalid-events, costly-qualifier or one-replica, not '$fault'" ;;
 esac
@@ -702,7 +704,7 @@ bench_qualifier_scale() {
 # qualifier_scale_point USERS SEGMENTS: one row of bench_qualifier_scale; adds to rows and
 # problems.
 qualifier_scale_point() {
-  local u=$1 s=$2 events=$(($1 * 3)) started seconds cpu hwm q processed invalid ignored changes
+  local u=$1 s=$2 events=$(($1 * 3)) expected started seconds cpu hwm q processed invalid ignored changes
   local baseline state_users per_user restore rss restored memory per_million per_m_users
   fresh_topics
   "$bin/relay-bench" qualifier-fixture --segments "$s" --traits 5000 --out "$dir/segments-$s.yaml"
@@ -713,10 +715,16 @@ qualifier_scale_point() {
   "$bin/loadgen" --topic "trait-events-$run" --count "$events" --rate 0 --duration 36000 --users "$u" --zipf 0 \
     --traits "$(seq -s, 1 5000)" --opt-out-share 0 --batch 1000 --seed 13 >"$dir/loadgen-$u-$s.log" 2>&1 \
     || die "qualifier-scale: loadgen failed; see $dir/loadgen-$u-$s.log"
+  expected=$events
+  if [[ $fault == invalid-events ]]; then
+    say "qualifier-scale: BENCH_FAULT=invalid-events: adding 10 trait events without an event to the fixture…"
+    "$bin/relay-bench" invalid-events --topic "trait-events-$run" --count 10
+    expected=$((events + 10))
+  fi
   segments=$dir/segments-$s.yaml start_qualifier "qualifier-$u-$s"
   started=$(now)
   say "qualifier-scale: working through $events events ($u users, $s segments)…"
-  wait_for_count qualifier_events "$events" $((60 + events / 2000)) "qualifier-scale ($u users, $s segments): events processed by the qualifier"
+  wait_for_count qualifier_events "$expected" $((60 + events / 2000)) "qualifier-scale ($u users, $s segments): events processed by the qualifier"
   seconds=$(elapsed "$started")
   cpu=$(cpu_seconds "$qualifier_pid") hwm=$(mem_mb "$qualifier_pid" VmHWM)
   q=$(metrics $qualifier_admin)
@@ -725,9 +733,11 @@ qualifier_scale_point() {
   ignored=$(sum "$q" 'qualifier_events_total{outcome="ignored"}')
   changes=$(sum "$q" qualifier_status_changes_total)
   stop "$qualifier_pid"
-  ((processed == events)) || problems+="$u users, $s segments: the qualifier processed $processed events, but loadgen sent $events. "
+  ((processed == expected)) || problems+="$u users, $s segments: the qualifier processed $processed events, but the topic holds $expected. "
   ((invalid == 0 && ignored == 0)) || problems+="$u users, $s segments: $invalid events invalid and $ignored ignored, but the fixture has neither (see $dir/qualifier-$u-$s.log). "
-  read -r state_users _ per_user <<<"$("$bin/relay-bench" state-size --topic "qualifier-changelog-$run")"
+  local state # (assigned apart from `local`, so that a failed read stops the run)
+  state=$("$bin/relay-bench" state-size --topic "qualifier-changelog-$run")
+  read -r state_users _ per_user <<<"$state"
   say "qualifier-scale: restoring $state_users users from the changelog…"
   segments=$dir/segments-$s.yaml start_qualifier "qualifier-restore-$u-$s"
   wait_for_count qualifier_users "$state_users" $((120 + state_users / 2000)) "qualifier-scale ($u users, $s segments): users restored from the changelog"

@@ -4,15 +4,16 @@
 # message naming what went wrong — and append nothing to docs/BENCHMARKS.md. `make test` runs
 # them after the benchmark smoke.
 #
-#   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [invalid-events]
+#   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [invalid-events] [invalid-events-scale]
 #                               [stopped-delivery-cluster] [one-replica] [costly-qualifier]
-#   (default: the first three)
+#   (default: the first four)
 #
 #   stopped-delivery  e2e, both delivery workers stopped: the drain never completes and the
 #                     run must say how many changes were missing after how long
 #   failing-partner   e2e, partner-sim fails every request with 422 (permanent): every change
 #                     is dead-lettered
 #   invalid-events    qualifier alone, 10 invalid events in the fixture
+#   invalid-events-scale  qualifier-scale (one point, 2,000 users), the same 10 invalid events
 #   stopped-delivery-cluster  e2e-cluster (its three-broker cluster alone), both delivery workers
 #                     stopped: as stopped-delivery
 #   one-replica       e2e-cluster, its topics created with 1 replica: the read-back of their
@@ -37,7 +38,7 @@ say() { echo "$tag: $*"; }
 die() { echo "$tag: error: $*" >&2; exit 1; }
 
 cases=("$@")
-((${#cases[@]})) || cases=(stopped-delivery failing-partner invalid-events)
+((${#cases[@]})) || cases=(stopped-delivery failing-partner invalid-events invalid-events-scale)
 mkdir -p target
 results=docs/BENCHMARKS.md
 # Result sections are headed "### <title> — <date> — commit <sha> — <machine>".
@@ -58,15 +59,18 @@ for fault in "${cases[@]}"; do
       bench=e2e expected='End to end failed its checks, so nothing is recorded: At 300 events/s: (The drain did not complete: [^.]*\. )?[0-9]+ of the [0-9]+ changes routed to partner-sim were dead-lettered instead of delivered\.' ;;
     invalid-events)
       bench=qualifier expected='Qualifier alone failed its checks, so nothing is recorded: The qualifier found 10 invalid events' ;;
+    invalid-events-scale)
+      hook=invalid-events bench=qualifier-scale
+      expected='Qualifier: users and segments failed its checks, so nothing is recorded: 2000 users, 1000 segments: 10 events invalid and 0 ignored, but the fixture has neither' ;;
     costly-qualifier)
       bench=qualifier expected="Qualifier alone failed its checks, so nothing is recorded: [0-9.]+× the CPU per million events of 33f9f5e, before issue 16's refactor, run alongside \\(the median of the ratios [0-9. ]+ of 1 pairs\\), more than 10 % over\\." ;;
-    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events, stopped-delivery-cluster, one-replica, costly-qualifier)" ;;
+    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events, invalid-events-scale, stopped-delivery-cluster, one-replica, costly-qualifier)" ;;
   esac
   log=target/bench-check-$fault.log
   before=$(recorded)
   say "$fault: running deploy/bench.sh $bench with BENCH_FAULT=$hook (must fail)…"
   status=0
-  sizes=(BENCH_PROFILE=debug BENCH_EVENTS=2000 BENCH_USERS=2000)
+  sizes=(BENCH_PROFILE=debug BENCH_EVENTS=2000 BENCH_USERS=2000 BENCH_QUALIFIER_USERS=2000 BENCH_QUALIFIER_SEGMENTS=)
   [[ $fault != costly-qualifier ]] || sizes=(BENCH_PROFILE=release BENCH_EVENTS=200000 BENCH_USERS=20000 BENCH_QUALIFIER_RUNS=1)
   env BENCH_FAULT=$hook BENCH_SCALE=full "${sizes[@]}" \
     BENCH_E2E_RATES=300 BENCH_E2E_SECONDS=3 BENCH_E2E_DRAIN_SECONDS=10 \

@@ -293,10 +293,17 @@ fn preload_status(
     Ok(())
 }
 
+/// A changelog is as long as its users are many (10M users: tens of millions of records), so
+/// the read is bounded by a stall, not by a total deadline.
 fn state_size(topic: &str) -> anyhow::Result<()> {
     let kafka = telemetry::KafkaSettings::from_env()?;
+    let partitions: Vec<i32> = kafka
+        .partition_ends(topic)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     let mut latest: HashMap<Vec<u8>, usize> = HashMap::new();
-    kafka.read_to_end(topic, None, |message| {
+    kafka.read_to_end_while_moving(topic, &partitions, Duration::from_secs(30), |message| {
         use rdkafka::Message as _;
         let key = message.key().unwrap_or_default().to_vec();
         match message.payload() {
