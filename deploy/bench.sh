@@ -753,7 +753,7 @@ qualifier_scale_point() {
   if ((u >= 10000000 && s == 1000)); then
     restore_judged=yes
     target "qualifier restore of 10 million users ≤ 60 s per million users (one process, all partitions)" \
-      "$restored users in $restore s: $per_m_users s per million, peak RSS $rss MB after it" "$(calc %d "($per_m_users <= 60)")"
+      "$restored users in $restore s: $per_m_users s per million, RSS $rss MB after it" "$(calc %d "($per_m_users <= 60)")"
   fi
 }
 
