@@ -6,8 +6,8 @@
 # run measured and met / not met (judged at full scale on release binaries; a target no
 # benchmark measures yet says so). A target not met is a figure, not a failed run.
 #
-#   deploy/bench.sh [micro] [delivery] [delivery-scale] [qualifier] [e2e] [e2e-cluster]
-#                                              (default: all six; the smoke: all but e2e-cluster)
+#   deploy/bench.sh [micro] [delivery] [delivery-scale] [qualifier] [qualifier-scale] [e2e] [e2e-cluster]
+#                                              (default: all seven; the smoke: all but e2e-cluster)
 #
 #   micro      criterion micro-benchmarks of the hot paths (decode, route, batch, JSON, HMAC, rules)
 #   delivery   one delivery process drains pre-loaded status updates to partner-sim (20
