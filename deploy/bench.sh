@@ -288,6 +288,25 @@ fresh_topics() { # fresh_topics: a new run suffix with its own topics (on_cluste
 # The running qualifier's events processed, and users in its state.
 qualifier_events() { sum "$(metrics $qualifier_admin)" qualifier_events_total; }
 qualifier_users() { sum "$(metrics $qualifier_admin)" qualifier_users; }
+# qualifier_drain NAME COUNT TIMEOUT WHAT: starts the qualifier NAME (segments=… as for
+# start_qualifier), waits until it processed COUNT events (failing the run after TIMEOUT s,
+# saying WHAT), stops it; sets seconds, cpu, hwm, processed, applied, ignored, invalid and
+# changes (its qualifier_status_changes_total).
+qualifier_drain() {
+  local started q
+  start_qualifier "$1"
+  started=$(now)
+  wait_for_count qualifier_events "$2" "$3" "$4"
+  seconds=$(elapsed "$started")
+  cpu=$(cpu_seconds "$qualifier_pid") hwm=$(mem_mb "$qualifier_pid" VmHWM)
+  q=$(metrics $qualifier_admin)
+  processed=$(sum "$q" qualifier_events_total)
+  applied=$(sum "$q" 'qualifier_events_total{outcome="applied"}')
+  ignored=$(sum "$q" 'qualifier_events_total{outcome="ignored"}')
+  invalid=$(sum "$q" 'qualifier_events_total{outcome="invalid"}')
+  changes=$(sum "$q" qualifier_status_changes_total)
+  stop "$qualifier_pid"
+}
 # cpu_sum PID…: CPU seconds of these processes together (one gone counts 0).
 cpu_sum() {
   local total=0 pid
@@ -562,7 +581,7 @@ bench_delivery_scale() {
 
 # ---- qualifier alone --------------------------------------------------------------------
 bench_qualifier() {
-  local baseline started seconds cpu hwm q processed applied ignored invalid changes state state_users state_bytes per_user restore rss qusers
+  local baseline seconds cpu hwm processed applied ignored invalid changes state state_users state_bytes per_user restore rss qusers
   local records opt_outs after_opt_out problems="" invalid_note=""
   fresh_topics
   "$bin/relay-bench" qualifier-fixture --segments 1000 --traits 5000 --out "$dir/segments.yaml"
@@ -583,19 +602,8 @@ bench_qualifier() {
   # ignored ones, so the count comes from the events themselves and must match exactly.
   read -r records opt_outs after_opt_out _ <<<"$("$bin/relay-bench" event-outcomes --topic "trait-events-$run")"
   ((records >= events)) || die "qualifier alone: trait-events-$run holds $records events, but loadgen sent $events; nothing is recorded"
-  start_qualifier qualifier
-  started=$(now)
   say "qualifier: working through $records events (1,000 segments, transactions on; $opt_outs opt-outs, after which $after_opt_out events are to be ignored)…"
-  wait_for_count qualifier_events "$records" $((60 + records / 1000)) "qualifier alone: events processed by the qualifier"
-  seconds=$(elapsed "$started")
-  cpu=$(cpu_seconds "$qualifier_pid") hwm=$(mem_mb "$qualifier_pid" VmHWM)
-  q=$(metrics $qualifier_admin)
-  processed=$(sum "$q" qualifier_events_total)
-  applied=$(sum "$q" 'qualifier_events_total{outcome="applied"}')
-  ignored=$(sum "$q" 'qualifier_events_total{outcome="ignored"}')
-  invalid=$(sum "$q" 'qualifier_events_total{outcome="invalid"}')
-  changes=$(sum "$q" qualifier_status_changes_total)
-  stop "$qualifier_pid"
+  qualifier_drain qualifier "$records" $((60 + records / 1000)) "qualifier alone: events processed by the qualifier"
   ((processed == records)) || problems+="The qualifier processed $processed events, but the topic holds $records. "
   if ((invalid > 0)); then
     problems+="The qualifier found $invalid invalid events (dead-lettered, see $dir/qualifier.log), but the fixture must have none. "
@@ -704,7 +712,7 @@ bench_qualifier_scale() {
 # qualifier_scale_point USERS SEGMENTS: one row of bench_qualifier_scale; adds to rows and
 # problems.
 qualifier_scale_point() {
-  local u=$1 s=$2 events=$(($1 * 3)) expected started seconds cpu hwm q processed invalid ignored changes
+  local u=$1 s=$2 events=$(($1 * 3)) expected seconds cpu hwm processed applied invalid ignored changes
   local baseline state_users per_user restore rss restored memory per_million per_m_users
   fresh_topics
   "$bin/relay-bench" qualifier-fixture --segments "$s" --traits 5000 --out "$dir/segments-$s.yaml"
@@ -721,18 +729,9 @@ qualifier_scale_point() {
     "$bin/relay-bench" invalid-events --topic "trait-events-$run" --count 10
     expected=$((events + 10))
   fi
-  segments=$dir/segments-$s.yaml start_qualifier "qualifier-$u-$s"
-  started=$(now)
   say "qualifier-scale: working through $events events ($u users, $s segments)…"
-  wait_for_count qualifier_events "$expected" $((60 + events / 2000)) "qualifier-scale ($u users, $s segments): events processed by the qualifier"
-  seconds=$(elapsed "$started")
-  cpu=$(cpu_seconds "$qualifier_pid") hwm=$(mem_mb "$qualifier_pid" VmHWM)
-  q=$(metrics $qualifier_admin)
-  processed=$(sum "$q" qualifier_events_total)
-  invalid=$(sum "$q" 'qualifier_events_total{outcome="invalid"}')
-  ignored=$(sum "$q" 'qualifier_events_total{outcome="ignored"}')
-  changes=$(sum "$q" qualifier_status_changes_total)
-  stop "$qualifier_pid"
+  segments=$dir/segments-$s.yaml qualifier_drain "qualifier-$u-$s" "$expected" $((60 + events / 2000)) \
+    "qualifier-scale ($u users, $s segments): events processed by the qualifier"
   ((processed == expected)) || problems+="$u users, $s segments: the qualifier processed $processed events, but the topic holds $expected. "
   ((invalid == 0 && ignored == 0)) || problems+="$u users, $s segments: $invalid events invalid and $ignored ignored, but the fixture has neither (see $dir/qualifier-$u-$s.log). "
   local state # (assigned apart from `local`, so that a failed read stops the run)
