@@ -96,11 +96,14 @@ impl DeliveryFixture {
             self.queue_capacity
                 .map_or(String::new(), |q| format!("  queue_capacity: {q}\n")),
         );
-        for d in 0..self.destinations {
-            let segments: Vec<String> = (1..=self.segments)
-                .filter(|&segment| routes(segment, self.destinations, self.fan_out).any(|r| r == d))
-                .map(|segment| format!("\"{segment}\": \"{segment}\""))
-                .collect();
+        // Each destination's segments, in one pass over the segments (in ascending order).
+        let mut mapped = vec![Vec::new(); self.destinations as usize];
+        for segment in 1..=self.segments {
+            for d in routes(segment, self.destinations, self.fan_out) {
+                mapped[d as usize].push(format!("\"{segment}\": \"{segment}\""));
+            }
+        }
+        for (d, segments) in (0..self.destinations).zip(mapped) {
             let _ = writeln!(
                 yaml,
                 "  - {{ id: {id}, name: bench-{d}, url: \"{base}/d{d}\", ca_file: \"{ca}\", client_id: \"{id}\", user_dpid: 20915, \
