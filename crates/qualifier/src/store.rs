@@ -2,19 +2,35 @@
 //! index of when each must be evaluated again. Its durable copy is the compacted changelog
 //! topic (one partition per input partition), from which a partition is restored when this
 //! process gains it.
+//!
+//! Each user is kept encoded, as the bytes of their changelog record, and decoded only while
+//! an event or timer of theirs is evaluated: a decoded [`UserState`] holds every trait history,
+//! membership and its user id in allocations of their own, several times the record's size.
+//! The user id is held once, shared by the map and the timer index.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use model::UserState;
+use prost::Message as _;
+
+/// One stored user: their changelog record and when their timer is due.
+#[derive(Debug)]
+struct Entry {
+    state: Box<[u8]>,
+    due: Option<i64>,
+}
 
 /// The users of one input partition.
 #[derive(Debug, Default)]
 pub struct PartitionStore {
-    users: HashMap<String, (UserState, Option<i64>)>,
-    timers: BTreeSet<(i64, String)>,
+    users: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
+    timers: BTreeSet<(i64, Arc<str>)>,
     /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
-    /// from the end. About 40 bytes per user while a sweep runs; empty otherwise.
-    stale: Vec<String>,
+    /// from the end. About 16 bytes per user while a sweep runs; empty otherwise.
+    stale: Vec<Arc<str>>,
+    /// Where states are encoded before they are copied into an allocation of their size.
+    buffer: Vec<u8>,
 }
 
 impl PartitionStore {
@@ -29,24 +45,54 @@ impl PartitionStore {
     /// Takes a user out for an update, with their timer (put them back with
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
-        let (state, due) = self.users.remove(user_id)?;
-        if let Some(due) = due {
-            self.timers.remove(&(due, user_id.to_owned()));
-        }
-        Some((state, due))
+        let entry = self.remove_entry(user_id)?;
+        Some((decode(&entry.state), entry.due))
     }
 
-    /// A user's state, left in place.
-    pub fn get(&self, user_id: &str) -> Option<&UserState> {
-        self.users.get(user_id).map(|(state, _)| state)
+    /// Forgets a user (a changelog tombstone).
+    pub fn remove(&mut self, user_id: &str) {
+        self.remove_entry(user_id);
+    }
+
+    fn remove_entry(&mut self, user_id: &str) -> Option<Entry> {
+        let (user_id, entry) = self.users.remove_entry(user_id)?;
+        if let Some(due) = entry.due {
+            self.timers.remove(&(due, user_id));
+        }
+        Some(entry)
+    }
+
+    /// A user's changelog record, as the store holds it.
+    pub fn encoded(&self, user_id: &str) -> Option<&[u8]> {
+        self.users.get(user_id).map(|entry| &*entry.state)
     }
 
     /// Stores a user with the time its timer is due (`None`: no timer).
     pub fn put(&mut self, state: UserState, due: Option<i64>) {
+        self.buffer.clear();
+        state.encode_raw(&mut self.buffer);
+        let encoded = Box::from(self.buffer.as_slice());
+        let user_id = match self.users.get_key_value(state.user_id.as_str()) {
+            // Put back without a take: the old timer goes.
+            Some((user_id, old)) => {
+                let user_id = user_id.clone();
+                if let Some(old) = old.due {
+                    self.timers.remove(&(old, user_id.clone()));
+                }
+                user_id
+            }
+            None => Arc::from(state.user_id),
+        };
         if let Some(due) = due {
-            self.timers.insert((due, state.user_id.clone()));
+            self.timers.insert((due, user_id.clone()));
         }
-        self.users.insert(state.user_id.clone(), (state, due));
+        self.users.insert(
+            user_id,
+            Entry {
+                state: encoded,
+                due,
+            },
+        );
     }
 
     /// Users whose timer is due at `now`, earliest first, at most `limit`.
@@ -55,7 +101,7 @@ impl PartitionStore {
             .iter()
             .take_while(move |(due, _)| *due <= now)
             .take(limit)
-            .map(|(_, user)| user.as_str())
+            .map(|(_, user)| &**user)
     }
 
     pub fn due_count(&self, now: i64) -> usize {
@@ -71,21 +117,21 @@ impl PartitionStore {
     pub fn mark_stale(&mut self, fingerprint: u64) {
         self.stale = self
             .users
-            .values()
-            .filter(|(state, _)| !state.opted_out && state.definitions_fingerprint != fingerprint)
-            .map(|(state, _)| state.user_id.clone())
+            .iter()
+            .filter(|(_, entry)| is_stale(&entry.state, fingerprint))
+            .map(|(user_id, _)| user_id.clone())
             .collect();
         self.stale.shrink_to_fit();
     }
 
     /// The next queued user still stale under `fingerprint` (a live event may have evaluated
     /// them meanwhile, or the inactivity timer forgotten them).
-    pub fn next_stale(&mut self, fingerprint: u64) -> Option<String> {
+    pub fn next_stale(&mut self, fingerprint: u64) -> Option<Arc<str>> {
         while let Some(user) = self.stale.pop() {
             if self
                 .users
                 .get(&user)
-                .is_some_and(|(state, _)| state.definitions_fingerprint != fingerprint)
+                .is_some_and(|entry| is_stale(&entry.state, fingerprint))
             {
                 return Some(user);
             }
@@ -97,6 +143,69 @@ impl PartitionStore {
     pub fn stale_count(&self) -> usize {
         self.stale.len()
     }
+}
+
+/// A state the store encoded itself.
+fn decode(encoded: &[u8]) -> UserState {
+    // The store holds only what `put` encoded from a `UserState`: prost decodes what it
+    // encoded (tested below), so this cannot fail on any input.
+    UserState::decode(encoded).expect("the store decodes the states it encoded")
+}
+
+/// Whether an encoded user has something to evaluate (not opted out) and was last evaluated
+/// under definitions other than `fingerprint`. Reads the two fields without decoding the rest.
+fn is_stale(encoded: &[u8], fingerprint: u64) -> bool {
+    let (opted_out, evaluated_under) = scan_for_staleness(encoded);
+    !opted_out && evaluated_under != fingerprint
+}
+
+/// `UserState`'s `opted_out` (field 7) and `definitions_fingerprint` (field 11), read by
+/// walking the record's fields; proto3 leaves a field at its default out.
+fn scan_for_staleness(mut bytes: &[u8]) -> (bool, u64) {
+    const OPTED_OUT: u64 = 7;
+    const DEFINITIONS_FINGERPRINT: u64 = 11;
+    let (mut opted_out, mut fingerprint) = (false, 0);
+    while let Some(key) = varint(&mut bytes) {
+        let (field, wire_type) = (key >> 3, key & 7);
+        let skip = match wire_type {
+            0 => {
+                let Some(value) = varint(&mut bytes) else {
+                    break;
+                };
+                match field {
+                    OPTED_OUT => opted_out = value != 0,
+                    DEFINITIONS_FINGERPRINT => fingerprint = value,
+                    _ => {}
+                }
+                0
+            }
+            1 => 8,
+            2 => match varint(&mut bytes) {
+                Some(len) => usize::try_from(len).unwrap_or(usize::MAX),
+                None => break,
+            },
+            5 => 4,
+            _ => break,
+        };
+        let Some(rest) = bytes.get(skip..) else {
+            break;
+        };
+        bytes = rest;
+    }
+    (opted_out, fingerprint)
+}
+
+/// Reads a protobuf varint off the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0_u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            *bytes = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// The partitions this process owns.
@@ -146,6 +255,73 @@ mod tests {
             user_id: id.to_owned(),
             ..UserState::default()
         }
+    }
+
+    /// A user with every kind of field set, the two the sweep reads after the others.
+    fn full(id: &str, opted_out: bool, fingerprint: u64) -> UserState {
+        UserState {
+            user_id: id.to_owned(),
+            traits: vec![model::pb::TraitHistory {
+                trait_id: 300,
+                times_unix_ms: vec![1_700_000_000_000, -5],
+            }],
+            regions: vec![1, 200_000],
+            partner_ids: vec![model::PartnerIds {
+                data_partner_id: 9,
+                partner_uuids: vec!["p".repeat(200)],
+            }],
+            memberships: vec![model::pb::Membership {
+                segment_id: u64::MAX,
+                since_unix_ms: 1,
+                refreshed_unix_ms: 2,
+            }],
+            last_seen_unix_ms: i64::MAX,
+            opted_out,
+            opted_out_unix_ms: -1,
+            last_sequence: 1 << 40,
+            last_change_unix_ms: 7,
+            definitions_fingerprint: fingerprint,
+        }
+    }
+
+    #[test]
+    fn a_stored_user_is_their_changelog_record_and_comes_back_whole() {
+        let mut store = PartitionStore::default();
+        let state = full("a", false, 0xfeed_beef_dead_cafe);
+        store.put(state.clone(), Some(5));
+        assert_eq!(store.encoded("a"), Some(state.encode_to_vec().as_slice()));
+        assert_eq!(store.take("a"), Some((state, Some(5))));
+        assert_eq!(store.encoded("a"), None);
+        assert_eq!(store.due_count(i64::MAX), 0);
+    }
+
+    #[test]
+    fn staleness_is_read_from_the_record_as_decoding_it_would() {
+        for (opted_out, fingerprint) in [(false, 0), (false, 1), (true, 1), (false, u64::MAX)] {
+            let encoded = full("u", opted_out, fingerprint).encode_to_vec();
+            assert_eq!(scan_for_staleness(&encoded), (opted_out, fingerprint));
+            assert!(!is_stale(&encoded, fingerprint));
+            assert_eq!(is_stale(&encoded, fingerprint ^ 1), !opted_out);
+        }
+        // Cut short or garbled: whatever was read before the damage, no panic.
+        let encoded = full("u", true, 3).encode_to_vec();
+        for end in 0..encoded.len() {
+            scan_for_staleness(&encoded[..end]);
+        }
+        assert_eq!(scan_for_staleness(&[0xff; 12]), (false, 0));
+    }
+
+    #[test]
+    fn a_user_put_again_without_a_take_keeps_one_timer() {
+        let mut store = PartitionStore::default();
+        store.put(user("a"), Some(10));
+        store.put(user("a"), Some(20));
+        assert_eq!(store.due_count(15), 0);
+        assert_eq!(store.due(20, 10).collect::<Vec<_>>(), ["a"]);
+        store.put(user("a"), None);
+        assert_eq!(store.due_count(i64::MAX), 0);
+        store.remove("a");
+        assert!(store.is_empty());
     }
 
     #[test]
@@ -199,7 +375,7 @@ mod tests {
             );
             swept.push(user);
         }
-        assert_eq!(swept, ["old-1"]);
+        assert_eq!(swept, [Arc::from("old-1")]);
         assert_eq!(store.stale_count(), 0);
     }
 }

@@ -132,8 +132,14 @@ fn restore(
     definitions: &Definitions,
     records: &IntCounter,
 ) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
-    // The latest record per user wins; a tombstone (no payload) forgets the user.
-    let mut latest: HashMap<i32, HashMap<String, Option<UserState>>> = HashMap::new();
+    // Each record replaces the user's earlier one, a tombstone (no payload) forgets them: the
+    // latest wins. Timers are set from the start's clock: one set earlier than need be fires
+    // and finds nothing to do.
+    let now = telemetry::clock::unix_ms();
+    let mut stores: HashMap<i32, PartitionStore> = partitions
+        .iter()
+        .map(|&p| (p, PartitionStore::default()))
+        .collect();
     let started = Instant::now();
     let mut logged = started;
     let mut read = 0_u64;
@@ -144,34 +150,25 @@ fn restore(
             logged = Instant::now();
             tracing::info!(topic, ?partitions, records = read, seconds = started.elapsed().as_secs(), "Restoring partitions from the changelog.");
         }
-        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let state = match message.payload().map(UserState::decode) {
-            None => None,
-            Some(Ok(state)) => Some(state),
-            Some(Err(error)) => {
+        let store = stores.entry(message.partition()).or_default();
+        let Some(payload) = message.payload() else {
+            store.remove(&String::from_utf8_lossy(message.key().unwrap_or_default()));
+            return;
+        };
+        match UserState::decode(payload) {
+            Ok(mut state) => {
+                normalize(&mut state);
+                let due = next_due(definitions, &state, now);
+                store.put(state, due);
+            }
+            Err(error) => {
                 // Not a tombstone: forgetting the user would end their segments silently.
                 // Their previous record (if any) stands.
                 tracing::error!(topic, partition = message.partition(), offset = message.offset(), %error, "An undecodable changelog record was skipped.");
-                return;
             }
-        };
-        latest
-            .entry(message.partition())
-            .or_default()
-            .insert(key, state);
-    })?;
-    let now = telemetry::clock::unix_ms();
-    let mut stores: HashMap<i32, PartitionStore> = partitions
-        .iter()
-        .map(|&p| (p, PartitionStore::default()))
-        .collect();
-    for (partition, users) in latest {
-        let store = stores.entry(partition).or_default();
-        for mut state in users.into_values().flatten() {
-            normalize(&mut state);
-            let due = next_due(definitions, &state, now);
-            store.put(state, due);
         }
+    })?;
+    for store in stores.values_mut() {
         // Users last evaluated under other definitions (this process's differ from their last
         // owner's) are re-evaluated in the background.
         store.mark_stale(definitions.fingerprint);

@@ -198,20 +198,16 @@ impl Processor {
                 continue;
             };
             for user in users.drain() {
-                let state = owned.get(&user);
-                let mut record: BaseRecord<'_, str, Vec<u8>> =
+                let mut record: BaseRecord<'_, str, [u8]> =
                     BaseRecord::to(&self.topology.changelog_topic)
                         .key(user.as_str())
                         .partition(*partition);
-                if let Some(state) = state {
-                    self.buffer.clear();
-                    state.encode_raw(&mut self.buffer);
-                    record = record.payload(&self.buffer);
+                if let Some(state) = owned.encoded(&user) {
+                    record = record.payload(state);
                 }
                 send(&self.producer, record)?;
             }
         }
-        self.buffer.clear();
         Ok(())
     }
 
