@@ -3,18 +3,20 @@
 //! topic (one partition per input partition), from which a partition is restored when this
 //! process gains it.
 //!
-//! Each user is kept encoded, as the bytes of their changelog record, and decoded only while
-//! an event or timer of theirs is evaluated: a decoded [`UserState`] holds every trait history,
-//! membership and its user id in allocations of their own, several times the record's size.
-//! The user id is held once, shared by the map and the timer index.
+//! Each user is kept encoded, as the bytes of their changelog record less the user id, and
+//! decoded only while an event or timer of theirs is evaluated: a decoded [`UserState`] holds
+//! every trait history, membership and its user id in allocations of their own, several times
+//! the record's size. The user id is held once, shared by the map and the timer index.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use model::UserState;
 use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint};
 
-/// One stored user: their changelog record and when their timer is due.
+/// One stored user: their changelog record without its user id (field 1, the first prost
+/// writes: the id and these bytes are the record) and when their timer is due.
 #[derive(Debug)]
 struct Entry {
     state: Box<[u8]>,
@@ -46,7 +48,9 @@ impl PartitionStore {
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
         let entry = self.remove_entry(user_id)?;
-        Some((decode(&entry.state), entry.due))
+        let mut state = decode(&entry.state);
+        user_id.clone_into(&mut state.user_id);
+        Some((state, entry.due))
     }
 
     /// Forgets a user (a changelog tombstone).
@@ -62,17 +66,28 @@ impl PartitionStore {
         Some(entry)
     }
 
-    /// A user's changelog record, as the store holds it.
-    pub fn encoded(&self, user_id: &str) -> Option<&[u8]> {
-        self.users.get(user_id).map(|entry| &*entry.state)
+    /// Writes a user's changelog record into `buf` (the bytes prost writes for their state);
+    /// `false` for a user the store does not hold.
+    pub fn write_record(&self, user_id: &str, buf: &mut Vec<u8>) -> bool {
+        let Some(entry) = self.users.get(user_id) else {
+            return false;
+        };
+        if !user_id.is_empty() {
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(user_id.len() as u64, buf);
+            buf.extend_from_slice(user_id.as_bytes());
+        }
+        buf.extend_from_slice(&entry.state);
+        true
     }
 
     /// Stores a user with the time its timer is due (`None`: no timer).
-    pub fn put(&mut self, state: UserState, due: Option<i64>) {
+    pub fn put(&mut self, mut state: UserState, due: Option<i64>) {
+        let user_id = std::mem::take(&mut state.user_id);
         self.buffer.clear();
         state.encode_raw(&mut self.buffer);
         let encoded = Box::from(self.buffer.as_slice());
-        let user_id = match self.users.get_key_value(state.user_id.as_str()) {
+        let user_id = match self.users.get_key_value(user_id.as_str()) {
             // Put back without a take: the old timer goes.
             Some((user_id, old)) => {
                 let user_id = user_id.clone();
@@ -81,7 +96,7 @@ impl PartitionStore {
                 }
                 user_id
             }
-            None => Arc::from(state.user_id),
+            None => Arc::from(user_id),
         };
         if let Some(due) = due {
             self.timers.insert((due, user_id.clone()));
@@ -289,9 +304,11 @@ mod tests {
         let mut store = PartitionStore::default();
         let state = full("a", false, 0xfeed_beef_dead_cafe);
         store.put(state.clone(), Some(5));
-        assert_eq!(store.encoded("a"), Some(state.encode_to_vec().as_slice()));
+        let mut record = Vec::new();
+        assert!(store.write_record("a", &mut record));
+        assert_eq!(record, state.encode_to_vec());
         assert_eq!(store.take("a"), Some((state, Some(5))));
-        assert_eq!(store.encoded("a"), None);
+        assert!(!store.write_record("a", &mut record));
         assert_eq!(store.due_count(i64::MAX), 0);
     }
 

@@ -149,8 +149,9 @@ pub struct Processor {
     counters: HotCounters,
     evaluator: Evaluator,
     /// Users whose state changed in the open transaction: their changelog record is written
-    /// once, at its end, however many of their events it holds.
-    changed: HashMap<i32, HashSet<String>>,
+    /// once, at its end, however many of their events it holds. Looked up on every event:
+    /// foldhash rather than SipHash.
+    changed: HashMap<i32, HashSet<String, foldhash::fast::RandomState>>,
     /// Reused for encoding changelog records.
     buffer: Vec<u8>,
     /// Beats once per loop iteration (`/livez`: the `processing` part).

@@ -202,12 +202,14 @@ impl Processor {
                     BaseRecord::to(&self.topology.changelog_topic)
                         .key(user.as_str())
                         .partition(*partition);
-                if let Some(state) = owned.encoded(&user) {
-                    record = record.payload(state);
+                self.buffer.clear();
+                if owned.write_record(&user, &mut self.buffer) {
+                    record = record.payload(&self.buffer);
                 }
                 send(&self.producer, record)?;
             }
         }
+        self.buffer.clear();
         Ok(())
     }
 
