@@ -195,13 +195,12 @@ fn metrics(command: MetricsCommand, text: &str) -> anyhow::Result<()> {
         } => {
             let selector = Selector::parse(&histogram)?;
             let earlier = since.as_deref().map(read_scrape).transpose()?;
-            let quantile = scrape.histogram(&selector).and_then(|now| {
-                let between = match &earlier {
-                    Some(earlier) => now.since(&earlier.histogram(&selector)?),
-                    None => Ok(now),
-                };
-                between
-                    .and_then(|h| h.quantile(q))
+            let between = match &earlier {
+                Some(earlier) => scrape.histogram_since(earlier, &selector),
+                None => scrape.histogram(&selector),
+            };
+            let quantile = between.and_then(|h| {
+                h.quantile(q)
                     .map(|quantile| quantile.to_string())
                     .map_err(|problem| ScrapeError::Histogram {
                         selector: selector.to_string(),

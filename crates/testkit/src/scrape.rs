@@ -237,6 +237,27 @@ impl Scrape {
         Histogram::new(total).map_err(fail)
     }
 
+    /// What the histogram `selector` names observed since `earlier`, a scrape of the same
+    /// processes. A histogram made on first use (delivery's latency per send path) may have no
+    /// series yet in `earlier`: then everything it holds now came since. An `earlier` scrape
+    /// that read nothing at all is an error (a scrape that failed is not an empty histogram).
+    pub fn histogram_since(
+        &self,
+        earlier: &Scrape,
+        selector: &Selector,
+    ) -> Result<Histogram, ScrapeError> {
+        let now = self.histogram(selector)?;
+        let between = match earlier.histogram(selector) {
+            Ok(before) => now.since(&before),
+            Err(ScrapeError::Missing { samples, .. }) if samples > 0 => Ok(now),
+            Err(error) => return Err(error),
+        };
+        between.map_err(|problem| ScrapeError::Histogram {
+            selector: selector.to_string(),
+            problem,
+        })
+    }
+
     fn missing(&self, selector: String) -> ScrapeError {
         ScrapeError::Missing {
             selector,

@@ -242,6 +242,26 @@ fn since_counts_the_observations_in_between() {
 }
 
 #[test]
+fn a_histogram_with_no_series_in_the_earlier_scrape_observed_everything_since() {
+    let now = scrape(TWO_WORKERS);
+    let latency = sel("delivery_end_to_end_latency_seconds");
+    // The earlier scrape ran before any change was delivered: the series did not exist yet.
+    let before = scrape("delivery_events_total{destination=\"423\",outcome=\"delivered\"} 0\n");
+    assert_eq!(
+        now.histogram_since(&before, &latency).unwrap(),
+        now.histogram(&latency).unwrap()
+    );
+    // With the series there, only what came after it counts.
+    let between = now.histogram_since(&now, &latency).unwrap();
+    assert_eq!(between.quantile(0.5), Ok(Quantile::Empty));
+    // An earlier scrape that read nothing failed: not an empty histogram.
+    assert!(matches!(
+        now.histogram_since(&scrape(""), &latency),
+        Err(ScrapeError::Missing { samples: 0, .. })
+    ));
+}
+
+#[test]
 fn histograms_that_cannot_be_added_or_read_are_errors() {
     let mismatched = scrape(
         "h_bucket{a=\"1\",le=\"0.1\"} 1\nh_bucket{a=\"1\",le=\"+Inf\"} 1\n\
