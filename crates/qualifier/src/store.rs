@@ -7,8 +7,14 @@
 //! decoded only while an event or timer of theirs is evaluated: a decoded [`UserState`] holds
 //! every trait history, membership and its user id in allocations of their own, several times
 //! the record's size. The user id is held once, shared by the map and the timer index.
+//!
+//! A user put back during a transaction stays decoded until its end ([`PartitionStore::settle`]),
+//! so that however many of their events it holds they are encoded once, and stays decoded
+//! through the next transaction too, so that a user active in one transaction after another
+//! is not decoded again each time: a Zipf-heavy user's record is tens of KB. What is kept
+//! decoded is bounded by two transactions' users.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, hash_map};
 use std::sync::Arc;
 
 use model::UserState;
@@ -16,7 +22,8 @@ use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
 /// One stored user: their changelog record without its user id (field 1, the first prost
-/// writes: the id and these bytes are the record) and when their timer is due.
+/// writes: the id and these bytes are the record) and when their timer is due. Empty while the
+/// user is in [`PartitionStore::unsettled`].
 #[derive(Debug)]
 struct Entry {
     state: Box<[u8]>,
@@ -31,6 +38,11 @@ pub struct PartitionStore {
     /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
     /// from the end. About 16 bytes per user while a sweep runs; empty otherwise.
     stale: Vec<Arc<str>>,
+    /// Users put back in the open transaction, decoded (see [`Self::settle`]).
+    unsettled: HashMap<Arc<str>, UserState, foldhash::fast::RandomState>,
+    /// Users put back in the transaction before and not taken since, decoded: their entry
+    /// holds these states' bytes.
+    warm: HashMap<Arc<str>, UserState, foldhash::fast::RandomState>,
     /// Where states are encoded before they are copied into an allocation of their size.
     buffer: Vec<u8>,
 }
@@ -48,6 +60,12 @@ impl PartitionStore {
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
         let entry = self.remove_entry(user_id)?;
+        if let Some(state) = self.unsettled.remove(user_id) {
+            return Some((state, entry.due));
+        }
+        if let Some(state) = self.warm.remove(user_id) {
+            return Some((state, entry.due));
+        }
         let mut state = decode(&entry.state);
         user_id.clone_into(&mut state.user_id);
         Some((state, entry.due))
@@ -56,6 +74,8 @@ impl PartitionStore {
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
         self.remove_entry(user_id);
+        self.unsettled.remove(user_id);
+        self.warm.remove(user_id);
     }
 
     fn remove_entry(&mut self, user_id: &str) -> Option<Entry> {
@@ -72,6 +92,10 @@ impl PartitionStore {
         let Some(entry) = self.users.get(user_id) else {
             return false;
         };
+        if let Some(state) = self.unsettled.get(user_id) {
+            state.encode_raw(buf);
+            return true;
+        }
         if !user_id.is_empty() {
             encode_key(1, WireType::LengthDelimited, buf);
             encode_varint(user_id.len() as u64, buf);
@@ -81,33 +105,75 @@ impl PartitionStore {
         true
     }
 
-    /// Stores a user with the time its timer is due (`None`: no timer).
-    pub fn put(&mut self, mut state: UserState, due: Option<i64>) {
+    /// Puts a user back (after [`Self::take`]) with the time their timer is due (`None`: no
+    /// timer), decoded until [`Self::settle`].
+    pub fn put(&mut self, state: UserState, due: Option<i64>) {
+        let user_id = self.insert(&state.user_id, Box::default(), due);
+        self.unsettled.insert(user_id, state);
+    }
+
+    /// Stores a user encoded at once (a restore: holding every user decoded until the end would
+    /// take several times the memory).
+    pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
         let user_id = std::mem::take(&mut state.user_id);
+        let encoded = self.encode(&state);
+        self.unsettled.remove(user_id.as_str());
+        self.warm.remove(user_id.as_str());
+        self.insert(&user_id, encoded, due);
+    }
+
+    /// Encodes the users put back since the last call (at the end of each transaction), and
+    /// keeps them decoded until the next call; those of the call before are dropped.
+    pub fn settle(&mut self) {
+        let mut unsettled = std::mem::take(&mut self.unsettled);
+        self.warm.clear();
+        for (user_id, mut state) in unsettled.drain() {
+            let id = std::mem::take(&mut state.user_id);
+            let encoded = self.encode(&state);
+            state.user_id = id;
+            if let Some(entry) = self.users.get_mut(&user_id) {
+                entry.state = encoded;
+                self.warm.insert(user_id, state);
+            }
+        }
+        // Its allocation is reused by the next transaction.
+        self.unsettled = unsettled;
+    }
+
+    /// `state` encoded into an allocation of its size (its user id is left empty: the map
+    /// key holds it).
+    fn encode(&mut self, state: &UserState) -> Box<[u8]> {
         self.buffer.clear();
         state.encode_raw(&mut self.buffer);
-        let encoded = Box::from(self.buffer.as_slice());
-        let user_id = match self.users.get_key_value(user_id.as_str()) {
-            // Put back without a take: the old timer goes.
-            Some((user_id, old)) => {
-                let user_id = user_id.clone();
-                if let Some(old) = old.due {
-                    self.timers.remove(&(old, user_id.clone()));
+        Box::from(self.buffer.as_slice())
+    }
+
+    /// Stores a user's entry and timer; the id the store holds for them.
+    fn insert(&mut self, user_id: &str, state: Box<[u8]>, due: Option<i64>) -> Arc<str> {
+        let entry = Entry { state, due };
+        // One probe of the map: a user is put back after a take, absent.
+        match self.users.entry(Arc::from(user_id)) {
+            hash_map::Entry::Vacant(vacant) => {
+                let user_id = vacant.key().clone();
+                if let Some(due) = due {
+                    self.timers.insert((due, user_id.clone()));
                 }
+                vacant.insert(entry);
                 user_id
             }
-            None => Arc::from(user_id),
-        };
-        if let Some(due) = due {
-            self.timers.insert((due, user_id.clone()));
+            // Put again without a take: the old timer goes, the id held stays.
+            hash_map::Entry::Occupied(mut held) => {
+                let user_id = held.key().clone();
+                if let Some(old) = held.get().due {
+                    self.timers.remove(&(old, user_id.clone()));
+                }
+                if let Some(due) = due {
+                    self.timers.insert((due, user_id.clone()));
+                }
+                held.insert(entry);
+                user_id
+            }
         }
-        self.users.insert(
-            user_id,
-            Entry {
-                state: encoded,
-                due,
-            },
-        );
     }
 
     /// Users whose timer is due at `now`, earliest first, at most `limit`.
@@ -133,7 +199,7 @@ impl PartitionStore {
         self.stale = self
             .users
             .iter()
-            .filter(|(_, entry)| is_stale(&entry.state, fingerprint))
+            .filter(|(user_id, entry)| self.is_stale(user_id, entry, fingerprint))
             .map(|(user_id, _)| user_id.clone())
             .collect();
         self.stale.shrink_to_fit();
@@ -143,10 +209,8 @@ impl PartitionStore {
     /// them meanwhile, or the inactivity timer forgotten them).
     pub fn next_stale(&mut self, fingerprint: u64) -> Option<Arc<str>> {
         while let Some(user) = self.stale.pop() {
-            if self
-                .users
-                .get(&user)
-                .is_some_and(|entry| is_stale(&entry.state, fingerprint))
+            if let Some(entry) = self.users.get(&user)
+                && self.is_stale(&user, entry, fingerprint)
             {
                 return Some(user);
             }
@@ -158,6 +222,16 @@ impl PartitionStore {
     pub fn stale_count(&self) -> usize {
         self.stale.len()
     }
+
+    /// Whether a held user has something to evaluate (not opted out) and was last evaluated
+    /// under definitions other than `fingerprint`.
+    fn is_stale(&self, user_id: &str, entry: &Entry, fingerprint: u64) -> bool {
+        let (opted_out, evaluated_under) = match self.unsettled.get(user_id) {
+            Some(state) => (state.opted_out, state.definitions_fingerprint),
+            None => scan_for_staleness(&entry.state),
+        };
+        !opted_out && evaluated_under != fingerprint
+    }
 }
 
 /// A state the store encoded itself.
@@ -167,15 +241,9 @@ fn decode(encoded: &[u8]) -> UserState {
     UserState::decode(encoded).expect("the store decodes the states it encoded")
 }
 
-/// Whether an encoded user has something to evaluate (not opted out) and was last evaluated
-/// under definitions other than `fingerprint`. Reads the two fields without decoding the rest.
-fn is_stale(encoded: &[u8], fingerprint: u64) -> bool {
-    let (opted_out, evaluated_under) = scan_for_staleness(encoded);
-    !opted_out && evaluated_under != fingerprint
-}
-
 /// `UserState`'s `opted_out` (field 7) and `definitions_fingerprint` (field 11), read by
-/// walking the record's fields; proto3 leaves a field at its default out.
+/// walking the record's fields without decoding the rest; proto3 leaves a field at its default
+/// out.
 fn scan_for_staleness(mut bytes: &[u8]) -> (bool, u64) {
     const OPTED_OUT: u64 = 7;
     const DEFINITIONS_FINGERPRINT: u64 = 11;
@@ -303,12 +371,28 @@ mod tests {
     fn a_stored_user_is_their_changelog_record_and_comes_back_whole() {
         let mut store = PartitionStore::default();
         let state = full("a", false, 0xfeed_beef_dead_cafe);
+        let record = |store: &PartitionStore| {
+            let mut record = Vec::new();
+            store.write_record("a", &mut record).then_some(record)
+        };
+        // Put back in a transaction, taken again, settled at its end; and as a restore puts.
         store.put(state.clone(), Some(5));
-        let mut record = Vec::new();
-        assert!(store.write_record("a", &mut record));
-        assert_eq!(record, state.encode_to_vec());
+        assert_eq!(record(&store), Some(state.encode_to_vec()));
+        assert_eq!(store.take("a"), Some((state.clone(), Some(5))));
+        store.put(state.clone(), Some(5));
+        store.settle();
+        assert!(store.unsettled.is_empty());
+        assert_eq!(record(&store), Some(state.encode_to_vec()));
+        // Kept decoded through the next transaction, then only encoded.
+        assert!(store.warm.contains_key("a"));
+        store.settle();
+        assert!(store.warm.is_empty());
+        assert_eq!(record(&store), Some(state.encode_to_vec()));
+        assert_eq!(store.take("a"), Some((state.clone(), Some(5))));
+        assert_eq!(record(&store), None);
+        store.put_encoded(state.clone(), Some(5));
+        assert_eq!(record(&store), Some(state.encode_to_vec()));
         assert_eq!(store.take("a"), Some((state, Some(5))));
-        assert!(!store.write_record("a", &mut record));
         assert_eq!(store.due_count(i64::MAX), 0);
     }
 
@@ -317,8 +401,17 @@ mod tests {
         for (opted_out, fingerprint) in [(false, 0), (false, 1), (true, 1), (false, u64::MAX)] {
             let encoded = full("u", opted_out, fingerprint).encode_to_vec();
             assert_eq!(scan_for_staleness(&encoded), (opted_out, fingerprint));
-            assert!(!is_stale(&encoded, fingerprint));
-            assert_eq!(is_stale(&encoded, fingerprint ^ 1), !opted_out);
+            // From the decoded state before the transaction settles, then off the record.
+            let mut store = PartitionStore::default();
+            store.put(full("u", opted_out, fingerprint), None);
+            for _ in 0..2 {
+                store.mark_stale(fingerprint);
+                assert_eq!(store.stale_count(), 0);
+                store.mark_stale(fingerprint ^ 1);
+                assert_eq!(store.stale_count(), usize::from(!opted_out));
+                store.settle();
+            }
+            assert!(store.unsettled.is_empty());
         }
         // Cut short or garbled: whatever was read before the damage, no panic.
         let encoded = full("u", true, 3).encode_to_vec();

@@ -159,7 +159,7 @@ fn restore(
             Ok(mut state) => {
                 normalize(&mut state);
                 let due = next_due(definitions, &state, now);
-                store.put(state, due);
+                store.put_encoded(state, due);
             }
             Err(error) => {
                 // Not a tombstone: forgetting the user would end their segments silently.

@@ -187,10 +187,14 @@ impl Processor {
     }
 
     /// One changelog record per user whose state changed in this transaction: their state as
-    /// it is now, or a tombstone for a user the store forgot.
+    /// it is now, or a tombstone for a user the store forgot. The users put back in it are
+    /// encoded first, once each (`PartitionStore::settle`).
     fn write_changelog(&mut self) -> Result<(), KafkaError> {
         let store = self.store.clone();
-        let store = lock(&store);
+        let mut store = lock(&store);
+        for owned in store.partitions.values_mut() {
+            owned.settle();
+        }
         for (partition, users) in &mut self.changed {
             // A partition no longer owned is its new owner's to write (no tombstone from here).
             let Some(owned) = store.partitions.get(partition) else {
