@@ -60,10 +60,7 @@ impl PartitionStore {
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
         let entry = self.remove_entry(user_id)?;
-        if let Some(state) = self.unsettled.remove(user_id) {
-            return Some((state, entry.due));
-        }
-        if let Some(state) = self.warm.remove(user_id) {
+        if let Some(state) = self.forget_decoded(user_id) {
             return Some((state, entry.due));
         }
         let mut state = decode(&entry.state);
@@ -74,8 +71,14 @@ impl PartitionStore {
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
         self.remove_entry(user_id);
-        self.unsettled.remove(user_id);
-        self.warm.remove(user_id);
+        self.forget_decoded(user_id);
+    }
+
+    /// Drops the user's decoded state (the open transaction's, else the one before's).
+    fn forget_decoded(&mut self, user_id: &str) -> Option<UserState> {
+        let unsettled = self.unsettled.remove(user_id);
+        let warm = self.warm.remove(user_id);
+        unsettled.or(warm)
     }
 
     fn remove_entry(&mut self, user_id: &str) -> Option<Entry> {
@@ -117,8 +120,7 @@ impl PartitionStore {
     pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
         let user_id = std::mem::take(&mut state.user_id);
         let encoded = self.encode(&state);
-        self.unsettled.remove(user_id.as_str());
-        self.warm.remove(user_id.as_str());
+        self.forget_decoded(&user_id);
         self.insert(&user_id, encoded, due);
     }
 
