@@ -30,11 +30,13 @@ pub struct EventSource {
 }
 
 /// An update on its way to one destination.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RoutedEvent {
     pub update: Arc<SegmentStatusUpdate>,
     /// `None` for replayed dead letters, which have no input offset.
     pub source: Option<EventSource>,
+    /// Its bytes in the worker's queue budget, given back when the event is dropped.
+    pub held: crate::budget::Held,
 }
 
 /// One user in a batch: their latest update (regions and synced ids come from it; see

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{EventSource, RoutedEvent};
+use crate::budget::{Share, queued_bytes};
 use crate::lane::LaneHasher;
 use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
 use crate::order::{Order, Topic};
@@ -94,6 +95,8 @@ pub struct CatchUpReader {
     topic: Arc<str>,
     sender: Arc<DestinationSender>,
     lanes: Vec<mpsc::Sender<RoutedEvent>>,
+    /// The destination's share of the worker's queue budget.
+    share: Arc<Share>,
     lane_hasher: LaneHasher,
     /// Per-user order across the input topics, and which one this reader reads.
     order: Option<(Order, Topic)>,
@@ -120,6 +123,7 @@ pub struct ReaderTarget {
     pub index: usize,
     pub sender: Arc<DestinationSender>,
     pub lanes: Vec<mpsc::Sender<RoutedEvent>>,
+    pub share: Arc<Share>,
     pub lane_hasher: LaneHasher,
     /// Asked whether a newer change came on the other input topic (none: one input topic).
     pub order: Option<(Order, Topic)>,
@@ -137,6 +141,7 @@ impl CatchUpReader {
             index: destination,
             sender,
             lanes,
+            share,
             lane_hasher,
             order,
         } = target;
@@ -166,6 +171,7 @@ impl CatchUpReader {
             topic,
             sender,
             lanes,
+            share,
             lane_hasher,
             order,
             watermarks,
@@ -265,12 +271,18 @@ impl CatchUpReader {
         }
     }
 
+    /// Whether a lane of the destination is full, or the queue budget is full and the
+    /// destination holds more than its share: no room.
+    fn full(&self) -> bool {
+        self.lanes.iter().any(|lane| lane.capacity() == 0) || !self.share.admits()
+    }
+
     /// Waits until every lane of the destination has room: the reader goes on only as fast as
     /// the destination takes its changes, so it never attaches again (reaching the shared
     /// consumer) while its lanes are full — it would hold the others back at once. False
     /// when the reader must stop.
     async fn wait_for_room(&self) -> bool {
-        while self.lanes.iter().any(|lane| lane.capacity() == 0) {
+        while self.full() {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 () = self.stop.cancelled() => return false,
@@ -335,6 +347,7 @@ impl CatchUpReader {
                 if let (Some(update), Some(permit)) = (update, permit) {
                     self.sender.metrics.queue_depth.inc();
                     permit.send(RoutedEvent {
+                        held: self.share.hold(queued_bytes(&update, 1)),
                         update: Arc::new(update),
                         source: Some(EventSource {
                             assignment,
@@ -390,7 +403,7 @@ impl CatchUpReader {
         let Some(&assignment) = self.assigned.get(&partition) else {
             return;
         };
-        if self.lanes.iter().any(|lane| lane.capacity() == 0) {
+        if self.full() {
             return; // attaching now would fill the shared consumer's way; the next end will do
         }
         let next = self

@@ -224,6 +224,7 @@ mod tests {
 
     fn event(user: &str, padding: usize, offset: i64) -> RoutedEvent {
         RoutedEvent {
+            held: Default::default(),
             update: Arc::new(SegmentStatusUpdate {
                 user_id: user.to_owned(),
                 regions: Vec::new(),

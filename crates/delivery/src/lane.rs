@@ -399,6 +399,7 @@ mod tests {
     /// An update with changes at `times`, written at `written` (`None`: not known).
     fn event(times: &[i64], written: Option<i64>) -> RoutedEvent {
         RoutedEvent {
+            held: Default::default(),
             update: Arc::new(SegmentStatusUpdate {
                 user_id: "u1".to_owned(),
                 changes: times

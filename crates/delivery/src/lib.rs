@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod batcher;
+pub mod budget;
 pub mod catch_up;
 pub mod check_connect;
 pub mod circuit;

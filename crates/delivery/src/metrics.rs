@@ -33,6 +33,10 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub committed_offset: IntGaugeVec,
+    /// `delivery_queue_budget_bytes`: the worker's `queue_budget_mb`, in bytes.
+    pub queue_budget: IntGauge,
+    /// `delivery_queued_bytes`: what the worker's lanes hold against it.
+    pub queued_bytes: IntGauge,
     /// `delivery_order_pairs`: (user, segment) pairs the order table holds (see `order`).
     pub order_pairs: IntGauge,
     /// `delivery_log_records_total`: delivery log records handed to Kafka.
@@ -315,6 +319,14 @@ impl Metrics {
                 ),
                 &["topic", "partition"],
             )?,
+            queue_budget: IntGauge::new(
+                "delivery_queue_budget_bytes",
+                "The bytes all lanes of the worker may hold (queue_budget_mb), shared by its destinations.",
+            )?,
+            queued_bytes: IntGauge::new(
+                "delivery_queued_bytes",
+                "The bytes the worker's lanes hold against its queue budget (an estimate of the queued updates' heap); at most twice the budget.",
+            )?,
             order_pairs: IntGauge::new(
                 "delivery_order_pairs",
                 "(user, segment) pairs whose newest sequence the worker keeps, so that a change older than one routed from the other input topic is not sent.",
@@ -360,6 +372,8 @@ impl Metrics {
                 &metrics.consumer_lag,
                 &metrics.committed_offset,
                 &metrics.order_pairs,
+                &metrics.queue_budget,
+                &metrics.queued_bytes,
                 &metrics.log_records,
                 &metrics.log_dropped,
                 &metrics.resync_users,

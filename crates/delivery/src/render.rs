@@ -166,6 +166,7 @@ pub fn render(
 
 fn routed(sourced: SourcedUpdate) -> RoutedEvent {
     RoutedEvent {
+        held: Default::default(),
         update: Arc::new(sourced.update),
         source: sourced.position.map(|(partition, offset)| EventSource {
             // The generation never reaches the request (the key uses partition and offset).

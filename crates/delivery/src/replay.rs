@@ -140,6 +140,7 @@ pub async fn replay(
         let lane = &lanes[LaneHasher::lane(hasher.user(&update.user_id), lanes.len())].0;
         sender.metrics.queue_depth.inc();
         lane.send(RoutedEvent {
+            held: Default::default(),
             update,
             source: None,
         })

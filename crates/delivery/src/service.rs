@@ -49,6 +49,7 @@ pub fn build_shared(
         log,
         dead_letters,
         metrics: metrics.clone(),
+        budget: crate::budget::QueueBudget::new(config.queue_budget_bytes),
         order: config.kafka.batch_topic.as_ref().map(|_| Order::default()),
         liveness: None,
     })
@@ -161,7 +162,7 @@ pub async fn run(
     let mut loaded = config.files.clone();
     loop {
         let generation = runtime.shutdown.child_token();
-        let (mut running, reconfigurers, mut senders, log) =
+        let (mut running, reconfigurers, mut senders, log, budget) =
             start_generation(&config, runtime, &metrics, &generation).await?;
         let mut backfills = crate::resync::backfill::Backfills::start(
             &runtime.kafka,
@@ -215,6 +216,7 @@ pub async fn run(
                                 let _ = pipeline.send(next.clone());
                             }
                             backfills.apply(&next);
+                            budget.set_capacity(new_config.queue_budget_bytes);
                             senders = next;
                             loaded = new_config.files.clone();
                             config = new_config;
@@ -283,6 +285,7 @@ type Generation = (
     Vec<tokio::sync::mpsc::UnboundedSender<Vec<Arc<DestinationSender>>>>,
     Vec<Arc<DestinationSender>>,
     Option<Arc<DeliveryLog>>,
+    Arc<crate::budget::QueueBudget>,
 );
 
 async fn start_generation(
@@ -331,5 +334,11 @@ async fn start_generation(
         .into_iter()
         .map(|pipeline| pipeline.run(generation.clone()))
         .collect();
-    Ok((running, reconfigurers, shared.senders, shared.log))
+    Ok((
+        running,
+        reconfigurers,
+        shared.senders,
+        shared.log,
+        shared.budget,
+    ))
 }

@@ -426,3 +426,87 @@ async fn a_partner_response_body_is_read_up_to_64_kib_and_no_further() {
     .await;
     assert_eq!(receiver.requests().len(), 1, "no timeout, no retry");
 }
+
+#[tokio::test]
+async fn a_failing_destination_holds_no_more_than_the_queue_budget_and_detaches_when_it_is_full() {
+    let test = DeliveryTest::new(2).await;
+    let failing = Receiver::start().await;
+    failing.respond(503, Duration::ZERO);
+    let healthy = Receiver::start().await;
+    // Lanes that would take every change (100,000 places), a budget of 1 MiB for both
+    // destinations: the failing one fills the budget, then holds more than its share of a
+    // full budget, and detaches.
+    let config = test.config(&[
+        destination(
+            70,
+            &failing,
+            ", retry_backoff_ms: 10, max_in_flight: 1, queue_capacity: 100000, \
+             backoff: { initial_ms: 100, max_ms: 400 }, circuit: { cooldown_ms: 500 }, \
+             batch: { max_users: 200, linger_ms: 20 }",
+        ),
+        destination(71, &healthy, ", max_in_flight: 1, queue_capacity: 100000"),
+    ]);
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("queue_budget_mb: 1\n");
+    std::fs::write(&config, yaml).unwrap();
+    let service = test.start(&config, &[]).await;
+    let (users, per_user) = (2_000, 10);
+    test.produce_many(&test.topic, &alternating(users, per_user))
+        .await;
+
+    wait_all_final(
+        &healthy,
+        "every user's final status at the healthy destination",
+        Duration::from_secs(60),
+        users,
+        per_user,
+    )
+    .await;
+    assert_caught_up_in_order(&healthy, users, per_user);
+    testkit::wait_for(
+        "the shared group committed to the end",
+        Duration::from_secs(15),
+        || async { test.committed(2).values().sum::<i64>() },
+        |&n| n == (users * per_user) as i64,
+    )
+    .await;
+    // What the lanes hold now is the failing destination's: it took more than its share while
+    // the budget had room (the budget is shared, not split), and no more than the budget.
+    let m = service.metrics().await;
+    let budget = metric_value(&m, "delivery_queue_budget_bytes").unwrap();
+    assert_eq!(budget, f64::from(1 << 20));
+    let queued = metric_value(&m, "delivery_queued_bytes").unwrap();
+    let held = metric_value(&m, r#"delivery_queue_depth{destination="70"}"#).unwrap();
+    eprintln!("the failing destination holds {held} changes, {queued} bytes");
+    assert!(
+        queued > budget / 2.0 && queued <= budget + 4_096.0,
+        "the failing destination holds {queued} bytes with a budget of {budget}"
+    );
+    assert!(
+        held < (users * per_user / 2) as f64,
+        "the failing destination holds {held} of the {} changes",
+        users * per_user
+    );
+    assert!(
+        metric_value(&m, r#"delivery_detaches_total{destination="70"}"#).unwrap() >= 1.0,
+        "the failing destination detached"
+    );
+
+    failing.respond(200, Duration::ZERO);
+    wait_all_final(
+        &failing,
+        "every user's final status at the recovered destination",
+        Duration::from_secs(90),
+        users,
+        per_user,
+    )
+    .await;
+    assert_caught_up_in_order(&failing, users, per_user);
+    testkit::wait_for(
+        "every byte given back",
+        Duration::from_secs(10),
+        || async { metric_value(&service.metrics().await, "delivery_queued_bytes") },
+        |n| *n == Some(0.0),
+    )
+    .await;
+}

@@ -155,6 +155,28 @@ impl DeliveryTest {
         positions
     }
 
+    /// [`Self::produce`] for many updates: all queued at once (the producer is idempotent,
+    /// so each partition keeps their order), then each confirmed.
+    pub async fn produce_many(&self, topic: &str, updates: &[SegmentStatusUpdate]) {
+        let mut confirmations = Vec::with_capacity(updates.len());
+        for update in updates {
+            let bytes = update.encode_to_vec();
+            let record = FutureRecord::to(topic).key(&update.user_id).payload(&bytes);
+            match self.producer.send_result(record) {
+                Ok(confirmation) => confirmations.push(confirmation),
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+        for confirmation in confirmations {
+            if let Ok(Err((e, _))) | Err(e) = confirmation
+                .await
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)
+            {
+                panic!("produce failed: {e}");
+            }
+        }
+    }
+
     pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
         self.produce_raw_to(&self.topic, key, payload).await;
     }

@@ -48,6 +48,7 @@ fn update(
         }]
     };
     RoutedEvent {
+        held: Default::default(),
         update: Arc::new(SegmentStatusUpdate {
             user_id: user.to_owned(),
             regions: regions.to_vec(),

@@ -30,6 +30,9 @@ use validate::validate;
 pub struct DeliveryConfig {
     pub kafka: KafkaConfig,
     pub destinations: Vec<Arc<DestinationConfig>>,
+    /// The bytes all lanes of the worker may hold, shared by its destinations
+    /// (`queue_budget_mb`, default 16; see `budget`).
+    pub queue_budget_bytes: usize,
     /// The config file and every file it names (secrets, `ca_file`), with the bytes this
     /// config was made from: the service watches them, so a rotated secret applies like an
     /// edited config.

@@ -16,6 +16,7 @@ pub(super) struct RawFile {
     pub(super) kafka: RawKafka,
     #[serde(default)]
     pub(super) defaults: RawTuning,
+    pub(super) queue_budget_mb: Option<u64>,
     #[serde(default)]
     pub(super) destinations: Vec<RawDestination>,
 }

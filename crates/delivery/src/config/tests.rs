@@ -116,6 +116,8 @@ fn the_readme_example_shows_the_built_in_defaults() {
     )
     .unwrap();
     assert_eq!(readme.kafka, bare.kafka);
+    assert_eq!(readme.queue_budget_bytes, bare.queue_budget_bytes);
+    assert_eq!(bare.queue_budget_bytes, 16 << 20);
     let (shown, built_in) = (&readme.destinations[0], &bare.destinations[0]);
     assert_eq!(
         (shown.timeout, shown.retries, shown.retry_backoff),
@@ -165,6 +167,7 @@ fn the_readme_example_shows_the_built_in_defaults() {
 fn every_problem_is_reported_with_file_key_and_fix() {
     let error = parse(
         r#"
+queue_budget_mb: 0
 destinations:
   - id: 1
     url: http://partner.example.com/aam
@@ -193,10 +196,11 @@ destinations:
         "destinations[0].auth.hmac.algorithm: must be md5, sha1 or sha256, got `sha512`",
         "destinations[1].id: 1 is already the id of destinations[0]",
         "destinations[1].success_codes: must list HTTP statuses",
+        "queue_budget_mb: must be between 1 and 65536 (MiB), got 0",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
-    assert_eq!(error.problems.len(), 9, "{text}");
+    assert_eq!(error.problems.len(), 10, "{text}");
 }
 
 #[test]

@@ -43,9 +43,17 @@ pub(super) fn validate(
             Arc::new(destination)
         })
         .collect();
+    let queue_budget_mb = raw.queue_budget_mb.unwrap_or(crate::budget::DEFAULT_MB);
+    if !(1..=65_536).contains(&queue_budget_mb) {
+        problems.add(
+            "queue_budget_mb",
+            format!("must be between 1 and 65536 (MiB), got {queue_budget_mb}"),
+        );
+    }
     DeliveryConfig {
         kafka,
         destinations,
+        queue_budget_bytes: usize::try_from(queue_budget_mb << 20).unwrap_or(usize::MAX),
         files: std::mem::take(&mut sources.files),
     }
 }

@@ -33,6 +33,7 @@ impl InputPipeline {
     pub(super) async fn commit(&mut self) {
         self.readers.prune();
         self.report_backlogs();
+        self.report_budget();
         self.maintain_order();
         if let Some(running) = &self.committing {
             if !running.is_finished() {
@@ -105,6 +106,18 @@ impl InputPipeline {
                 .order_pairs
                 .set(i64::try_from(order.held()).unwrap_or(i64::MAX));
         }
+    }
+
+    /// The worker's queue budget and what its lanes hold (both pipelines report the same
+    /// figures: the budget is the worker's).
+    fn report_budget(&self) {
+        let (metrics, budget) = (&self.shared.metrics, &self.shared.budget);
+        metrics
+            .queue_budget
+            .set(i64::try_from(budget.capacity()).unwrap_or(i64::MAX));
+        metrics
+            .queued_bytes
+            .set(i64::try_from(budget.queued()).unwrap_or(i64::MAX));
     }
 
     /// Every destination's backlog on this topic: input messages it has not finished while

@@ -49,12 +49,15 @@ impl InputPipeline {
             );
             queues.push(tx);
         }
+        let share = Some(self.shared.budget.share());
         if slot == self.lanes.len() {
             self.lanes.push(queues);
+            self.shares.push(share);
             self.lane_aborts.push(aborts);
             self.lagging.push(None);
         } else {
             self.lanes[slot] = queues;
+            self.shares[slot] = share;
             self.lane_aborts[slot] = aborts;
             self.lagging[slot] = None;
         }
@@ -105,6 +108,7 @@ impl InputPipeline {
                     let held = self.watermarks.lock().remove_destination(slot);
                     old.metrics.queue_depth.sub(held as i64);
                     self.slots[slot] = None;
+                    self.shares[slot] = None;
                     tracing::info!(topic = %self.topic, destination = old.config.id, dropped = held, "Destination removed; the others go on.");
                 }
             }

@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::RoutedEvent;
+use crate::budget::{QueueBudget, Share};
 use crate::catch_up::CatchUpReaders;
 use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetterWriter;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Per-user order across the two input topics (none without a batch topic).
     pub order: Option<Order>,
+    /// The bytes all lanes may hold (`queue_budget_mb`), shared by every destination.
+    pub budget: Arc<QueueBudget>,
     /// Where the pipelines and their lanes register heartbeats (`/livez`); `None` in the
     /// one-shot commands, which no probe watches.
     pub liveness: Option<telemetry::Liveness>,
@@ -87,6 +90,8 @@ pub struct InputPipeline {
     slots: Vec<Option<Arc<DestinationSender>>>,
     /// Per slot, its lanes' queues, and the lane tasks' abort handles.
     lanes: Vec<Vec<mpsc::Sender<RoutedEvent>>>,
+    /// Per slot, the destination's share of the worker's queue budget (`None`: removed).
+    shares: Vec<Option<Arc<Share>>>,
     lane_aborts: Vec<Vec<tokio::task::AbortHandle>>,
     /// Per slot: when the destination last had to detach (a full lane detaches it at once
     /// while it is still stuck: it would hold the others back again on every partition).
@@ -243,6 +248,7 @@ impl InputPipeline {
             router: Router::new(&[]),
             slots: Vec::new(),
             lanes: Vec::new(),
+            shares: Vec::new(),
             lane_aborts: Vec::new(),
             lagging: Vec::new(),
             lane_hasher: LaneHasher::default(),

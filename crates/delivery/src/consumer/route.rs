@@ -12,6 +12,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::InputPipeline;
 use crate::batcher::{EventSource, RoutedEvent};
+use crate::budget::{Held, queued_bytes};
 use crate::catch_up::{CatchUpReader, ReaderTarget};
 use crate::lane::LaneHasher;
 #[cfg(doc)]
@@ -100,20 +101,34 @@ impl InputPipeline {
             written_unix_ms,
         });
         let user_hash = self.lane_hasher.user(&update.user_id);
+        let bytes = queued_bytes(&update, targets.len());
         let update = Arc::new(update);
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];
-            let Some(sender) = &self.slots[destination] else {
+            let (Some(sender), Some(share)) = (&self.slots[destination], &self.shares[destination])
+            else {
                 continue;
             };
             let lane = &lanes[LaneHasher::lane(user_hash, lanes.len())];
             let event = RoutedEvent {
                 update: update.clone(),
                 source,
+                held: Held::default(),
             };
-            let sent = match lane.try_send(event) {
+            // A full lane, or a budget that is full while this destination holds more than
+            // its share: the same wait for room.
+            let tried = if share.admits() {
+                lane.try_send(RoutedEvent {
+                    held: share.hold(bytes),
+                    ..event
+                })
+            } else {
+                Err(TrySendError::Full(event))
+            };
+            let sent = match tried {
                 Ok(()) => Ok(()),
-                Err(TrySendError::Full(event)) => {
+                Err(TrySendError::Full(mut event)) => {
+                    event.held = Held::default(); // counted again once it has its place
                     // Wait for room while the destination takes batches (busy: everyone
                     // waits for it, as when all keep up); stuck (no batch taken within its
                     // `stuck_after`) or detached a moment ago: detach, and the others go on.
@@ -126,8 +141,23 @@ impl InputPipeline {
                         let waiting_since = sender.progress_mark();
                         // Backpressure from a busy partner: a wait, not a stall.
                         let _backpressure = self.heartbeat.as_ref().map(Heartbeat::waiting);
-                        match tokio::time::timeout(sender.stuck_after(), lane.reserve()).await {
-                            Ok(Ok(permit)) => permit.send(event),
+                        // Over its share of a full budget, a destination may hold less than
+                        // a lane's worth, its lanes lingering on open batches: it takes its
+                        // next batch within a linger, and only then can be seen to be stuck.
+                        let patience = if share.admits() {
+                            sender.stuck_after()
+                        } else {
+                            sender.stuck_after() + sender.config.batch.linger
+                        };
+                        let room = async {
+                            share.room().await;
+                            lane.reserve().await
+                        };
+                        match tokio::time::timeout(patience, room).await {
+                            Ok(Ok(permit)) => permit.send(RoutedEvent {
+                                held: share.hold(bytes),
+                                ..event
+                            }),
                             Ok(Err(_closed)) => {
                                 return Err(format!(
                                     "the lane of destination {} stopped",
@@ -179,7 +209,8 @@ impl InputPipeline {
     /// Makes sure destination `index`'s catch-up reader runs and reads its detached
     /// partitions.
     pub(super) fn start_reader(&mut self, index: usize) {
-        let Some(sender) = self.slots[index].clone() else {
+        let (Some(sender), Some(share)) = (self.slots[index].clone(), self.shares[index].clone())
+        else {
             return;
         };
         let id = sender.config.id;
@@ -196,6 +227,7 @@ impl InputPipeline {
                     index,
                     sender,
                     lanes: self.lanes[index].clone(),
+                    share: share.clone(),
                     lane_hasher: self.lane_hasher.clone(),
                     order: order.clone(),
                 },

@@ -58,6 +58,7 @@ fn check_update(payload: &[u8]) -> Result<(), TestCaseError> {
         let mut batch = DestinationBatch::new(DESTINATIONS[destination].clone());
         // An empty batch always takes the event.
         let taken = batch.add(RoutedEvent {
+            held: Default::default(),
             update: update.clone(),
             source: None,
         });

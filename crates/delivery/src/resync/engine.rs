@@ -274,6 +274,7 @@ impl Engine {
                 return Vec::new(); // revoked meanwhile: its next owner reads it
             };
             routed.extend(update.map(|update| RoutedEvent {
+                held: Default::default(),
                 update: Arc::new(update),
                 source: Some(EventSource {
                     assignment,

@@ -1,0 +1,260 @@
+//! The bytes a worker's lanes may hold, shared by every destination (`queue_budget_mb`).
+//!
+//! A destination queues what it needs while the budget has room. When the budget is full, a
+//! destination holding less than its equal share (the budget over the destinations) still
+//! queues, and one holding more waits — and if it is stuck, detaches, as on a full lane (see
+//! `consumer::route`). So a thousand destinations cost the budget, not a thousand lanes'
+//! capacity; a stuck destination cannot take the room the others need, since they always have
+//! their share; and the lanes hold at most twice the budget (the budget, plus what
+//! destinations below their share add to a full one).
+//!
+//! An update counts from the moment it is queued until the event leaves the lane (sent,
+//! dead-lettered, revoked or dropped with the lane): each event carries a [`Held`] that gives
+//! its bytes back when it is dropped, so no path can forget to.
+
+use std::mem::size_of;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+use model::{PartnerIds, SegmentChange, SegmentStatusUpdate};
+use tokio::sync::Notify;
+
+use crate::batcher::RoutedEvent;
+
+/// The built-in `queue_budget_mb`.
+pub const DEFAULT_MB: u64 = 16;
+
+/// The budget of one worker: every lane of every destination on both input topics.
+#[derive(Debug)]
+pub struct QueueBudget {
+    capacity: AtomicUsize,
+    queued: AtomicUsize,
+    /// Destinations holding a share: each live [`Share`].
+    shares: AtomicUsize,
+    /// Set by someone waiting for room: the next release wakes them.
+    waiting: AtomicBool,
+    room: Notify,
+}
+
+impl QueueBudget {
+    pub fn new(capacity_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            capacity: AtomicUsize::new(capacity_bytes),
+            queued: AtomicUsize::new(0),
+            shares: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            room: Notify::new(),
+        })
+    }
+
+    /// A reloaded config's budget: applies to what is queued from now on.
+    pub fn set_capacity(&self, bytes: usize) {
+        self.capacity.store(bytes, SeqCst);
+        self.wake();
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(SeqCst)
+    }
+
+    /// The bytes the lanes hold now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(SeqCst)
+    }
+
+    /// A new destination's (or a restarted one's) share.
+    pub fn share(self: &Arc<Self>) -> Arc<Share> {
+        self.shares.fetch_add(1, SeqCst);
+        self.wake(); // the others' equal share just shrank; nobody waits on that
+        Arc::new(Share {
+            budget: self.clone(),
+            queued: AtomicUsize::new(0),
+        })
+    }
+
+    /// What each destination may hold however full the budget is.
+    fn equal_share(&self) -> usize {
+        self.capacity() / self.shares.load(SeqCst).max(1)
+    }
+
+    fn wake(&self) {
+        if self.waiting.load(SeqCst) && self.waiting.swap(false, SeqCst) {
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// One destination's part of the budget (of one input topic's lanes).
+#[derive(Debug)]
+pub struct Share {
+    budget: Arc<QueueBudget>,
+    queued: AtomicUsize,
+}
+
+impl Share {
+    /// Whether the destination may queue another update now: the budget has room, or the
+    /// destination holds less than its equal share.
+    pub fn admits(&self) -> bool {
+        let budget = &self.budget;
+        budget.queued() < budget.capacity() || self.queued() < budget.equal_share()
+    }
+
+    /// The bytes this destination's lanes hold now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(SeqCst)
+    }
+
+    /// Resolves once [`Share::admits`] (at once if it does now).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.budget.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the flag and the check: a release after the check wakes it.
+            notified.as_mut().enable();
+            self.budget.waiting.store(true, SeqCst);
+            if self.admits() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts `bytes` against the budget until the returned [`Held`] is dropped.
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> Held {
+        self.queued.fetch_add(bytes, SeqCst);
+        self.budget.queued.fetch_add(bytes, SeqCst);
+        Held {
+            share: Some(self.clone()),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.shares.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Bytes counted against a destination's share while an event is queued; given back when
+/// dropped. [`Held::default`] counts nothing (replays and resyncs have lanes of their own).
+#[derive(Debug, Default)]
+pub struct Held {
+    share: Option<Arc<Share>>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(share) = self.share.take() {
+            share.queued.fetch_sub(self.bytes, SeqCst);
+            share.budget.queued.fetch_sub(self.bytes, SeqCst);
+            share.budget.wake();
+        }
+    }
+}
+
+/// What queuing `update` for one destination costs: its event in the lane's queue and in the
+/// batch, and the update itself divided among the `sharing` destinations it goes to (they
+/// hold one copy). An estimate of the heap, from the capacities the update holds.
+pub fn queued_bytes(update: &SegmentStatusUpdate, sharing: usize) -> usize {
+    let partner_ids: usize = update
+        .partner_ids
+        .iter()
+        .map(|p| {
+            size_of::<PartnerIds>()
+                + p.partner_uuids
+                    .iter()
+                    .map(|u| size_of::<String>() + u.capacity())
+                    .sum::<usize>()
+        })
+        .sum();
+    let update_bytes = 2 * size_of::<usize>() // the Arc's counts
+        + size_of::<SegmentStatusUpdate>()
+        + update.user_id.capacity()
+        + update.regions.capacity() * size_of::<u32>()
+        + update.changes.capacity() * size_of::<SegmentChange>()
+        + partner_ids;
+    2 * size_of::<RoutedEvent>() + update_bytes / sharing.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_full_budget_admits_only_destinations_below_their_equal_share() {
+        let budget = QueueBudget::new(1_000);
+        let (busy, quiet) = (budget.share(), budget.share());
+        let held = busy.hold(900);
+        assert!(busy.admits() && quiet.admits(), "room left");
+        let more = busy.hold(200);
+        assert_eq!(budget.queued(), 1_100);
+        assert!(!busy.admits(), "full, and busy holds 1,100 of its 500");
+        assert!(quiet.admits(), "quiet holds nothing of its 500");
+        let quiet_held = quiet.hold(499);
+        assert!(quiet.admits(), "499 of 500");
+        let last = quiet.hold(1);
+        assert!(!quiet.admits(), "its whole share");
+        // Everything comes back when the events go, however they go.
+        drop((held, more, quiet_held, last));
+        assert_eq!((budget.queued(), busy.queued(), quiet.queued()), (0, 0, 0));
+        assert!(busy.admits());
+    }
+
+    #[test]
+    fn the_equal_share_follows_the_destinations_there_are() {
+        let budget = QueueBudget::new(1_000);
+        let first = budget.share();
+        let _full = first.hold(1_000);
+        let second = budget.share();
+        let _below = second.hold(400);
+        assert!(second.admits(), "400 of 500");
+        let third = budget.share();
+        assert!(!second.admits(), "400 of 333");
+        drop(third);
+        assert!(second.admits(), "400 of 500 again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_destination_goes_on_when_room_is_given_back() {
+        let budget = QueueBudget::new(1_000);
+        let (busy, other) = (budget.share(), budget.share());
+        let held = busy.hold(600);
+        let other_held = other.hold(600);
+        assert!(!busy.admits());
+        let waiting = tokio::spawn({
+            let busy = busy.clone();
+            async move { busy.room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished(), "no room: it waits");
+        drop(other_held); // 600 of 1,000 queued: room
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken by the release")
+            .unwrap();
+        drop(held);
+    }
+
+    #[test]
+    fn an_update_costs_its_heap_divided_among_the_destinations_sharing_it() {
+        let update = SegmentStatusUpdate {
+            user_id: "u".repeat(100),
+            changes: vec![SegmentChange::qualified(1, 0); 4],
+            ..SegmentStatusUpdate::default()
+        };
+        let alone = queued_bytes(&update, 1);
+        let shared = queued_bytes(&update, 2);
+        let event = 2 * size_of::<RoutedEvent>();
+        assert!(alone - event >= 100 + 4 * size_of::<SegmentChange>());
+        assert_eq!((alone - event) / 2, shared - event);
+        let bigger = SegmentStatusUpdate {
+            user_id: "u".repeat(1_000),
+            ..update
+        };
+        assert_eq!(queued_bytes(&bigger, 1) - alone, 900);
+    }
+}
