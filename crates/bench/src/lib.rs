@@ -71,6 +71,8 @@ pub struct DeliveryFixture {
     pub max_in_flight: u32,
     /// Updates buffered per lane (`None`: delivery's default).
     pub queue_capacity: Option<u32>,
+    /// The worker's `queue_budget_mb` (`None`: delivery's default).
+    pub queue_budget_mb: Option<u32>,
     /// Share of requests (0–1) partner-sim answers 503: 0 in a benchmark, 1 in bench.sh's
     /// known-bad run `BENCH_FAULT=failing-partner`, whose checks must then fail.
     pub partner_error_rate: f64,
@@ -88,8 +90,10 @@ impl DeliveryFixture {
     pub fn destinations_yaml(&self) -> String {
         let s = &self.suffix;
         let mut yaml = format!(
-            "kafka:\n  group_id: delivery-bench{s}\n  topic: segment-status{s}\n  batch_topic: segment-status-batch{s}\n  dlq_topic: segment-status-dlq{s}\n  delivery_log_topic: delivery-log{s}\n\
+            "{}kafka:\n  group_id: delivery-bench{s}\n  topic: segment-status{s}\n  batch_topic: segment-status-batch{s}\n  dlq_topic: segment-status-dlq{s}\n  delivery_log_topic: delivery-log{s}\n\
              defaults:\n  batch: {{ max_users: {}, linger_ms: {} }}\n  max_in_flight: {}\n{}destinations:\n",
+            self.queue_budget_mb
+                .map_or(String::new(), |mb| format!("queue_budget_mb: {mb}\n")),
             self.max_users,
             self.linger_ms,
             self.max_in_flight,

@@ -67,6 +67,9 @@ enum Command {
         /// Updates buffered per lane (default: delivery's).
         #[arg(long)]
         queue_capacity: Option<u32>,
+        /// The worker's queue budget in MiB (default: delivery's).
+        #[arg(long)]
+        queue_budget_mb: Option<u32>,
         /// Share of requests (0–1) partner-sim answers 503 (bench.sh's known-bad run
         /// `BENCH_FAULT=failing-partner`).
         #[arg(long, default_value_t = 0.0)]
@@ -370,6 +373,7 @@ fn main() -> anyhow::Result<()> {
             linger_ms,
             max_in_flight,
             queue_capacity,
+            queue_budget_mb,
             partner_error_rate,
             partner_error_status,
             down,
@@ -394,6 +398,7 @@ fn main() -> anyhow::Result<()> {
                 linger_ms,
                 max_in_flight,
                 queue_capacity,
+                queue_budget_mb,
                 partner_error_rate,
                 partner_error_status,
                 down,
