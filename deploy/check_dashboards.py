@@ -128,6 +128,7 @@ EXPECTATIONS = {
         "Batch size (bytes) p50/p99": quantile(PER_DESTINATION),
         "Queue depth": level(PER_DESTINATION),
         "In-flight requests": level(PER_DESTINATION),
+        "Queue budget": level(),
         "Consumer lag per partition": level(PER_PARTITION),
         "Committed offsets": level(PER_PARTITION),
     },
