@@ -1,10 +1,10 @@
 //! The bytes a worker's lanes may hold, shared by every destination (`queue_budget_mb`).
 //!
 //! A destination queues what it needs while the budget has room. When the budget is full, a
-//! destination holding less than its equal share (the budget over the destinations) still
-//! queues, and one holding more waits — and if it is stuck, detaches, as on a full lane (see
-//! `consumer::route`). So a thousand destinations cost the budget, not a thousand lanes'
-//! capacity; a stuck destination cannot take the room the others need, since they always have
+//! destination holding less than its equal share (the budget over the destinations, each
+//! counted once per input topic) still queues, and one holding more waits — and if it is
+//! stuck, detaches, as on a full lane (see `consumer::route`). So a thousand destinations cost
+//! the budget, not a thousand lanes' capacity; a stuck destination cannot take the room the others need, since they always have
 //! their share; and the lanes hold at most twice the budget (the budget, plus what
 //! destinations below their share add to a full one).
 //!
@@ -64,8 +64,7 @@ impl QueueBudget {
 
     /// A new destination's (or a restarted one's) share.
     pub fn share(self: &Arc<Self>) -> Arc<Share> {
-        self.shares.fetch_add(1, SeqCst);
-        self.wake(); // the others' equal share just shrank; nobody waits on that
+        self.shares.fetch_add(1, SeqCst); // the others' equal share shrinks: nobody to wake
         Arc::new(Share {
             budget: self.clone(),
             queued: AtomicUsize::new(0),
@@ -133,6 +132,7 @@ impl Share {
 impl Drop for Share {
     fn drop(&mut self) {
         self.budget.shares.fetch_sub(1, SeqCst);
+        self.budget.wake(); // the others' equal share grew
     }
 }
 
@@ -237,6 +237,25 @@ mod tests {
             .expect("woken by the release")
             .unwrap();
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_destination_goes_on_when_a_destination_leaves_and_its_share_grows() {
+        let budget = QueueBudget::new(1_000);
+        let (first, second, third) = (budget.share(), budget.share(), budget.share());
+        let _full = first.hold(600);
+        let _held = second.hold(400); // 400 of 333: over its share of a full budget
+        let waiting = tokio::spawn({
+            let second = second.clone();
+            async move { second.room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished(), "over its share: it waits");
+        drop(third); // 400 of 500 now
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken when the share grew")
+            .unwrap();
     }
 
     #[test]

@@ -99,6 +99,19 @@ fn arrivals_of_final_second(per_user: usize) -> String {
     format!(":{:02} ", per_user - 1)
 }
 
+/// Waits until every user's last arrival at `receiver` is their final status, then checks
+/// that no change arrived after a newer one.
+async fn all_final_in_order(
+    receiver: &Receiver,
+    what: &str,
+    timeout: Duration,
+    users: usize,
+    per_user: usize,
+) {
+    wait_all_final(receiver, what, timeout, users, per_user).await;
+    assert_caught_up_in_order(receiver, users, per_user);
+}
+
 /// Every user's last status arrived last, and no change arrived after a newer one.
 fn assert_caught_up_in_order(receiver: &Receiver, users: usize, per_user: usize) {
     let per_user_arrivals = arrivals(receiver);
@@ -196,7 +209,7 @@ async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_
 
     // The partner answers again: it receives everything it missed, in per-user order.
     failing.respond(200, Duration::ZERO);
-    wait_all_final(
+    all_final_in_order(
         &failing,
         "every user's final status at the recovered destination",
         Duration::from_secs(60),
@@ -204,7 +217,6 @@ async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_
         per_user,
     )
     .await;
-    assert_caught_up_in_order(&failing, users, per_user);
     testkit::wait_for(
         "no backlog left",
         Duration::from_secs(15),
@@ -269,7 +281,7 @@ async fn a_restart_while_behind_resumes_the_backlog_from_the_committed_position(
 
     failing.respond(200, Duration::ZERO);
     let _service = test.start(&config, &[]).await;
-    wait_all_final(
+    all_final_in_order(
         &failing,
         "the backlog delivered after the restart",
         Duration::from_secs(60),
@@ -277,7 +289,6 @@ async fn a_restart_while_behind_resumes_the_backlog_from_the_committed_position(
         per_user,
     )
     .await;
-    assert_caught_up_in_order(&failing, users, per_user);
 }
 
 #[tokio::test]
@@ -454,7 +465,7 @@ async fn a_failing_destination_holds_no_more_than_the_queue_budget_and_detaches_
     test.produce_many(&test.topic, &alternating(users, per_user))
         .await;
 
-    wait_all_final(
+    all_final_in_order(
         &healthy,
         "every user's final status at the healthy destination",
         Duration::from_secs(60),
@@ -462,7 +473,6 @@ async fn a_failing_destination_holds_no_more_than_the_queue_budget_and_detaches_
         per_user,
     )
     .await;
-    assert_caught_up_in_order(&healthy, users, per_user);
     testkit::wait_for(
         "the shared group committed to the end",
         Duration::from_secs(15),
@@ -493,7 +503,7 @@ async fn a_failing_destination_holds_no_more_than_the_queue_budget_and_detaches_
     );
 
     failing.respond(200, Duration::ZERO);
-    wait_all_final(
+    all_final_in_order(
         &failing,
         "every user's final status at the recovered destination",
         Duration::from_secs(90),
@@ -501,7 +511,6 @@ async fn a_failing_destination_holds_no_more_than_the_queue_budget_and_detaches_
         per_user,
     )
     .await;
-    assert_caught_up_in_order(&failing, users, per_user);
     testkit::wait_for(
         "every byte given back",
         Duration::from_secs(10),
