@@ -133,27 +133,43 @@ fn assert_caught_up_in_order(receiver: &Receiver, users: usize, per_user: usize)
     }
 }
 
+/// Two destinations of `test`: one whose partner answers `status` to everything (`failing`:
+/// its id and tuning), and a healthy one; their receivers and the config naming them.
+async fn failing_and_healthy(
+    test: &DeliveryTest,
+    status: u16,
+    failing: (u64, &str),
+    healthy: (u64, &str),
+) -> (Receiver, Receiver, std::path::PathBuf) {
+    let failing_receiver = Receiver::start().await;
+    failing_receiver.respond(status, Duration::ZERO);
+    let healthy_receiver = Receiver::start().await;
+    let config = test.config(&[
+        destination(failing.0, &failing_receiver, failing.1),
+        destination(healthy.0, &healthy_receiver, healthy.1),
+    ]);
+    (failing_receiver, healthy_receiver, config)
+}
+
 #[tokio::test]
 async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_other_keeps_its_pace()
  {
     let test = DeliveryTest::new(2).await;
-    let failing = Receiver::start().await;
-    failing.respond(503, Duration::ZERO);
-    let healthy = Receiver::start().await;
     // Tiny queues, one lane: the failing destination's lane fills at once.
-    let config = test.config(&[
-        destination(
+    let (failing, healthy, config) = failing_and_healthy(
+        &test,
+        503,
+        (
             70,
-            &failing,
             ", retry_backoff_ms: 10, max_in_flight: 1, queue_capacity: 5, \
              backoff: { initial_ms: 100, max_ms: 400 }, batch: { max_users: 5, linger_ms: 20 }",
         ),
-        destination(
+        (
             71,
-            &healthy,
             ", max_in_flight: 1, queue_capacity: 5, batch: { max_users: 5, linger_ms: 20 }",
         ),
-    ]);
+    )
+    .await;
     let service = test.start(&config, &[]).await;
     let (users, per_user) = (40, 6);
     let started = Instant::now();
@@ -244,18 +260,17 @@ async fn a_failing_destination_waits_in_kafka_and_catches_up_in_order_while_the_
 #[tokio::test]
 async fn a_restart_while_behind_resumes_the_backlog_from_the_committed_position() {
     let test = DeliveryTest::new(2).await;
-    let failing = Receiver::start().await;
-    failing.respond(500, Duration::ZERO);
-    let healthy = Receiver::start().await;
-    let config = test.config(&[
-        destination(
+    let (failing, healthy, config) = failing_and_healthy(
+        &test,
+        500,
+        (
             72,
-            &failing,
             ", retry_backoff_ms: 10, max_in_flight: 1, queue_capacity: 2, \
              backoff: { initial_ms: 200, max_ms: 200 }, batch: { max_users: 2, linger_ms: 20 }",
         ),
-        destination(73, &healthy, ""),
-    ]);
+        (73, ""),
+    )
+    .await;
     let mut service = test.start(&config, &[]).await;
     let (users, per_user) = (30, 2);
     test.produce(&test.topic, &alternating(users, per_user))
@@ -441,22 +456,21 @@ async fn a_partner_response_body_is_read_up_to_64_kib_and_no_further() {
 #[tokio::test]
 async fn a_failing_destination_holds_no_more_than_the_queue_budget_and_detaches_when_it_is_full() {
     let test = DeliveryTest::new(2).await;
-    let failing = Receiver::start().await;
-    failing.respond(503, Duration::ZERO);
-    let healthy = Receiver::start().await;
     // Lanes that would take every change (100,000 places), a budget of 1 MiB for both
     // destinations: the failing one fills the budget, then holds more than its share of a
     // full budget, and detaches.
-    let config = test.config(&[
-        destination(
+    let (failing, healthy, config) = failing_and_healthy(
+        &test,
+        503,
+        (
             70,
-            &failing,
             ", retry_backoff_ms: 10, max_in_flight: 1, queue_capacity: 100000, \
              backoff: { initial_ms: 100, max_ms: 400 }, circuit: { cooldown_ms: 500 }, \
              batch: { max_users: 200, linger_ms: 20 }",
         ),
-        destination(71, &healthy, ", max_in_flight: 1, queue_capacity: 100000"),
-    ]);
+        (71, ", max_in_flight: 1, queue_capacity: 100000"),
+    )
+    .await;
     let mut yaml = std::fs::read_to_string(&config).unwrap();
     yaml.push_str("queue_budget_mb: 1\n");
     std::fs::write(&config, yaml).unwrap();

@@ -53,7 +53,8 @@ pub(super) fn validate(
     DeliveryConfig {
         kafka,
         destinations,
-        queue_budget_bytes: usize::try_from(queue_budget_mb << 20).unwrap_or(usize::MAX),
+        queue_budget_bytes: usize::try_from(queue_budget_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX),
         files: std::mem::take(&mut sources.files),
     }
 }
