@@ -168,11 +168,10 @@ impl DeliveryTest {
             }
         }
         for confirmation in confirmations {
-            if let Ok(Err((e, _))) | Err(e) = confirmation
-                .await
-                .map_err(|_| rdkafka::error::KafkaError::Canceled)
-            {
-                panic!("produce failed: {e}");
+            match confirmation.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => panic!("produce failed: {e}"),
+                Err(_canceled) => panic!("produce failed: the producer dropped the record"),
             }
         }
     }

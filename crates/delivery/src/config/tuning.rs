@@ -22,6 +22,28 @@ pub(super) struct Tuning {
     pub(super) delivery_log: bool,
 }
 
+/// `value` of `key`, with a problem added when it is outside `range` (`unit` follows the
+/// bounds in the message, e.g. `" ms"`).
+pub(super) fn checked_range(
+    problems: &mut Problems,
+    key: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> u64 {
+    if !range.contains(&value) {
+        problems.add(
+            key,
+            format!(
+                "must be between {} and {}{unit}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        );
+    }
+    value
+}
+
 /// A destination's value for a tunable key, else `defaults:`'s, else the built-in default.
 pub(super) fn validate_tuning(
     key: &str,
@@ -49,17 +71,7 @@ pub(super) fn validate_tuning(
     };
     let mut in_range =
         |name: &str, value: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
-            if !range.contains(&value) {
-                problems.add(
-                    &format!("{key}.{name}"),
-                    format!(
-                        "must be between {} and {}{unit}, got {value}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
-            }
-            value
+            checked_range(problems, &format!("{key}.{name}"), value, range, unit)
         };
 
     let timeout_ms = in_range(

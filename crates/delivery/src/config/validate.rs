@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::auth::{parse_url, validate_hmac, validate_oauth};
 use super::kafka::validate_kafka;
 use super::raw::{RawAuth, RawDestination, RawFile, RawTuning, Scalar};
-use super::tuning::validate_tuning;
+use super::tuning::{checked_range, validate_tuning};
 use super::{AuthConfig, DeliveryConfig, DestinationConfig, Problems, Sources};
 
 pub(super) fn validate(
@@ -43,13 +43,13 @@ pub(super) fn validate(
             Arc::new(destination)
         })
         .collect();
-    let queue_budget_mb = raw.queue_budget_mb.unwrap_or(crate::budget::DEFAULT_MB);
-    if !(1..=65_536).contains(&queue_budget_mb) {
-        problems.add(
-            "queue_budget_mb",
-            format!("must be between 1 and 65536 (MiB), got {queue_budget_mb}"),
-        );
-    }
+    let queue_budget_mb = checked_range(
+        problems,
+        "queue_budget_mb",
+        raw.queue_budget_mb.unwrap_or(crate::budget::DEFAULT_MB),
+        1..=65_536,
+        " (MiB)",
+    );
     DeliveryConfig {
         kafka,
         destinations,
