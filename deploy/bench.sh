@@ -69,8 +69,8 @@
 # is checked; default 3; smoke: one drain, no pair), BENCH_QUALIFIER_RUNS (the same for the
 # qualifier, this commit's and 33f9f5e's passes over the fixture; default 3 at full scale on
 # release binaries, else 0: no comparison), BENCH_QUEUE_CAPACITY
-# (delivery's queue_capacity), BENCH_QUEUE_BUDGET_MB (delivery's queue_budget_mb), BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated
-# events/s), BENCH_E2E_CLUSTER_RATES (e2e-cluster's climb; default 500 and 1000, then those of
+# (delivery's queue_capacity), BENCH_QUEUE_BUDGET_MB (delivery's queue_budget_mb),
+# BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated events/s), BENCH_E2E_CLUSTER_RATES (e2e-cluster's climb; default 500 and 1000, then those of
 # e2e), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60),
 # BENCH_RECORD=no (full scale: print the tables, append nothing — a run on a busy machine).
 #

@@ -75,7 +75,7 @@ fn benches(c: &mut Criterion) {
 
     let destination = config.destinations[0].clone();
     let updates: Vec<Arc<SegmentStatusUpdate>> = (0..1000).map(|u| Arc::new(update(u))).collect();
-    // An event as the router makes it (replays' and resyncs' lanes count nothing held).
+    // An event holding nothing against a queue budget (as replays and resyncs make them).
     let event = |update: &Arc<SegmentStatusUpdate>| RoutedEvent {
         update: update.clone(),
         source: None,
