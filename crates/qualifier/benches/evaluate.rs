@@ -1,5 +1,6 @@
 //! The qualifier's hot path: one event applied to one user, with 1,000 segments of 2–8
-//! conditions over 5,000 traits. `make bench` records the figures in docs/BENCHMARKS.md.
+//! conditions over 5,000 traits; and a stored user taken out of the store and put back.
+//! `make bench` records the figures in docs/BENCHMARKS.md.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
@@ -10,6 +11,7 @@ use model::pb::{TraitRealization, trait_event};
 use model::{Origin, TraitEvent};
 use qualifier::config::Definitions;
 use qualifier::evaluate::Evaluator;
+use qualifier::store::PartitionStore;
 
 fn definitions() -> Definitions {
     let yaml = relay_bench::qualifier_definitions_yaml(1_000, 5_000, 1);
@@ -78,5 +80,56 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(evaluate, benches);
+/// Users taken from the store and put back as a transaction does, one after another, each
+/// not touched in the two transactions before (decoded from their record), with the
+/// transaction's end (`settle`: encoding them) every 300 users.
+fn store(c: &mut Criterion) {
+    const USERS: usize = 10_000;
+    const TRANSACTION: usize = 300;
+    let now = 1_764_000_000_000_i64;
+    let mut store = PartitionStore::default();
+    let ids: Vec<String> = (0..USERS).map(|i| format!("user-{i:08}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let mut state = model::UserState {
+            user_id: id.clone(),
+            last_seen_unix_ms: now,
+            ..model::UserState::default()
+        };
+        // 20 traits of 1–15 realizations each, two memberships, a region.
+        for t in 0..20_u64 {
+            let times = 1 + (i as u64 + t) % 15;
+            state.traits.push(model::pb::TraitHistory {
+                trait_id: 1 + (i as u64 * 31 + t * 97) % 5_000,
+                times_unix_ms: (0..times as i64).map(|k| now - 60_000 * k).collect(),
+            });
+        }
+        state.memberships = (0..2)
+            .map(|s| model::pb::Membership {
+                segment_id: s,
+                since_unix_ms: now,
+                refreshed_unix_ms: 0,
+            })
+            .collect();
+        state.regions = vec![6];
+        store.put(state, None);
+    }
+    store.settle();
+    store.settle();
+    let mut next = 0;
+    c.bench_function(
+        "take, put back and settle a stored user (20 traits, 1-15 times each)",
+        |b| {
+            b.iter(|| {
+                let (state, due) = store.take(black_box(&ids[next])).unwrap();
+                store.put(state, due);
+                next = (next + 1) % USERS;
+                if next % TRANSACTION == 0 {
+                    store.settle();
+                }
+            })
+        },
+    );
+}
+
+criterion_group!(evaluate, benches, store);
 criterion_main!(evaluate);
