@@ -66,6 +66,15 @@ mod producer_settings {
         }
     }
 
+    /// Busy users' changelog records are KBs, written in every transaction they are in.
+    #[test]
+    fn the_transactional_producer_compresses_what_it_writes() {
+        let kafka = KafkaSettings::from_lookup(|_| None).unwrap();
+        for (file, config) in producers(&kafka).into_iter().skip(1) {
+            assert_eq!(config.get("compression.type"), Some("lz4"), "{file}");
+        }
+    }
+
     #[test]
     fn every_producer_writes_with_acks_all_and_idempotence() {
         let kafka = KafkaSettings::from_lookup(|_| None).unwrap();
