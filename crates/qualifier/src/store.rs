@@ -22,8 +22,11 @@ use prost::encoding::{DecodeContext, WireType, decode_key, encode_key, encode_va
 use prost::{DecodeError, Message};
 
 /// At most this many decoded states let go are kept per partition for their allocations
-/// ([`PartitionStore::spare`]).
+/// ([`PartitionStore::spare`]), each of at most [`SPARE_TRAITS`] trait histories: what the
+/// spares hold stays under ~1 MB per partition. A Zipf-heavy user's state, thousands of
+/// histories, is not kept: such a user is nearly always still decoded when taken again.
 const SPARE_STATES: usize = 256;
+const SPARE_TRAITS: usize = 64;
 
 /// One stored user: their changelog record without its user id (field 1, the first prost
 /// writes: the id and these bytes are the record) and when their timer is due. Empty while the
@@ -136,12 +139,18 @@ impl PartitionStore {
     }
 
     /// Encodes the users put back since the last call (at the end of each transaction), and
-    /// keeps them decoded until the next call; those of the call before are dropped.
+    /// keeps them decoded until the next call; those of the call before are let go, some kept
+    /// as spares to decode other users into.
     pub fn settle(&mut self) {
         let mut unsettled = std::mem::take(&mut self.unsettled);
         let room = SPARE_STATES - self.spare.len();
-        self.spare
-            .extend(self.warm.drain().map(|(_, state)| state).take(room));
+        self.spare.extend(
+            self.warm
+                .drain()
+                .map(|(_, state)| state)
+                .filter(|state| state.traits.len() <= SPARE_TRAITS)
+                .take(room),
+        );
         for (user_id, mut state) in unsettled.drain() {
             let id = std::mem::take(&mut state.user_id);
             let encoded = self.encode(&state);
@@ -479,6 +488,32 @@ mod tests {
         state.memberships.extend(state.memberships.clone());
         state.regions.push(300_000);
         state
+    }
+
+    #[test]
+    fn spares_are_kept_up_to_their_number_and_only_of_ordinary_size() {
+        let with_traits = |id: &str, count: u64| UserState {
+            traits: (1..=count)
+                .map(|trait_id| model::pb::TraitHistory {
+                    trait_id,
+                    times_unix_ms: vec![1],
+                })
+                .collect(),
+            ..user(id)
+        };
+        let mut store = PartitionStore::default();
+        store.put(with_traits("ordinary", SPARE_TRAITS as u64), None);
+        store.put(with_traits("heavy", SPARE_TRAITS as u64 + 1), None);
+        store.settle();
+        store.settle();
+        assert_eq!(store.spare.len(), 1);
+        assert_eq!(store.spare[0].traits.len(), SPARE_TRAITS);
+        for i in 0..SPARE_STATES + 10 {
+            store.put(user(&i.to_string()), None);
+        }
+        store.settle();
+        store.settle();
+        assert_eq!(store.spare.len(), SPARE_STATES);
     }
 
     #[test]
