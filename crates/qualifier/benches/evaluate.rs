@@ -1,5 +1,5 @@
 //! The qualifier's hot path: one event applied to one user, with 1,000 segments of 2–8
-//! conditions over 5,000 traits; and a stored user taken out of the store and put back.
+//! conditions over 5,000 traits; and stored users taken out of the store and put back.
 //! `make bench` records the figures in docs/BENCHMARKS.md.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -10,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use model::pb::{TraitRealization, trait_event};
 use model::{Origin, TraitEvent};
 use qualifier::config::Definitions;
-use qualifier::evaluate::Evaluator;
+use qualifier::evaluate::{Evaluator, Histories};
 use qualifier::store::PartitionStore;
 
 fn definitions() -> Definitions {
@@ -131,5 +131,65 @@ fn store(c: &mut Criterion) {
     );
 }
 
-criterion_group!(evaluate, benches, store);
+/// Zipf-heavy users (1,000 trait histories, ~15 KB records) taken, one history changed as an
+/// event changes it, and put back, each once per transaction (so still decoded from the
+/// transaction before, as busy users are), with the transaction's end every 30: encoded whole
+/// (`put`, any history may have changed), and from the record they were taken from with only
+/// the changed history encoded (`put_changed`, as the processor puts them back).
+fn heavy_users(c: &mut Criterion) {
+    const USERS: usize = 30;
+    const TRAITS: u64 = 1_000;
+    const TRANSACTION: usize = 30;
+    let now = 1_764_000_000_000_i64;
+    let ids: Vec<String> = (0..USERS).map(|i| format!("heavy-{i:08}")).collect();
+    let mut group =
+        c.benchmark_group("take, change one history, put back and settle a user of 1000 traits");
+    for splice in [false, true] {
+        let mut store = PartitionStore::default();
+        for id in &ids {
+            store.put(
+                model::UserState {
+                    user_id: id.clone(),
+                    last_seen_unix_ms: now,
+                    traits: (1..=TRAITS)
+                        .map(|trait_id| model::pb::TraitHistory {
+                            trait_id,
+                            times_unix_ms: vec![now - 60_000, now],
+                        })
+                        .collect(),
+                    ..model::UserState::default()
+                },
+                None,
+            );
+        }
+        store.settle();
+        let mut next = 0;
+        let name = if splice {
+            "changed history only"
+        } else {
+            "whole"
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (mut state, due) = store.take(black_box(&ids[next])).unwrap();
+                let index = next * 7 % TRAITS as usize;
+                state.last_seen_unix_ms += 1;
+                state.traits[index].times_unix_ms[1] += 1;
+                if splice {
+                    let trait_id = state.traits[index].trait_id;
+                    store.put_changed(state, due, Histories::One(trait_id));
+                } else {
+                    store.put(state, due);
+                }
+                next = (next + 1) % USERS;
+                if next % TRANSACTION == 0 {
+                    store.settle();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(evaluate, benches, store, heavy_users);
 criterion_main!(evaluate);

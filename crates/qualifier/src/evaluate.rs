@@ -39,6 +39,21 @@ pub struct Step {
     /// than [`next_due`] of the new state, possibly earlier (after an event that did not
     /// evaluate every segment): an early timer costs one evaluation that changes nothing.
     pub due: Option<i64>,
+    /// Which of the user's trait histories the step may have changed: the store re-encodes
+    /// only those and copies the others' bytes from the user's record.
+    pub histories: Histories,
+}
+
+/// Which trait histories a [`Step`] may have changed. Anything not certain is `Any`, the
+/// default: a history wrongly left out would keep its old bytes in the changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Histories {
+    #[default]
+    Any,
+    /// Only this trait's (added to, pruned, or removed).
+    One(u64),
+    /// None of them.
+    Untouched,
 }
 
 /// Why an event cannot be applied.
@@ -137,6 +152,7 @@ impl Evaluator {
                 update: None,
                 ignored: true,
                 due: None,
+                histories: Histories::Untouched,
                 ..Step::default()
             });
         }
@@ -221,6 +237,7 @@ impl Evaluator {
                     update: None,
                     targeted,
                     due,
+                    histories: Histories::Untouched,
                     ..Step::default()
                 })
             }
@@ -296,11 +313,19 @@ impl Evaluator {
                     }
                     _ => next_due(definitions, &state, now),
                 };
+                // Every history is pruned when every segment is evaluated; otherwise only
+                // this trait's is touched.
+                let histories = if evaluate_all {
+                    Histories::Any
+                } else {
+                    Histories::One(realization.trait_id)
+                };
                 Ok(Step {
                     state: Some(state),
                     state_changed: true,
                     update,
                     due,
+                    histories,
                     ..Step::default()
                 })
             }

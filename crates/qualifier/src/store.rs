@@ -13,13 +13,23 @@
 //! through the next transaction too, so that a user active in one transaction after another
 //! is not decoded again each time: a Zipf-heavy user's record is tens of KB. What is kept
 //! decoded is bounded by two transactions' users.
+//!
+//! When the steps that changed a user say which trait histories they touched (an event's step
+//! touches its own trait's only), the user's new record is spliced from the one they were
+//! taken from: the other histories' bytes copied, only the touched ones encoded. A busy user's
+//! record is then not encoded whole in every transaction they are in.
 
 use std::collections::{BTreeSet, HashMap, hash_map};
 use std::sync::Arc;
 
 use model::UserState;
-use prost::encoding::{DecodeContext, WireType, decode_key, encode_key, encode_varint};
+use prost::encoding::{
+    DecodeContext, WireType, bool, decode_key, encode_key, encode_varint, int64, message, string,
+    uint32, uint64,
+};
 use prost::{DecodeError, Message};
+
+use crate::evaluate::Histories;
 
 /// At most this many decoded states let go are kept per partition for their allocations
 /// ([`PartitionStore::spare`]), each of at most [`SPARE_TRAITS`] trait histories: what the
@@ -27,6 +37,8 @@ use prost::{DecodeError, Message};
 /// histories, is not kept: such a user is nearly always still decoded when taken again.
 const SPARE_STATES: usize = 256;
 const SPARE_TRAITS: usize = 64;
+/// A user with more trait histories changed than this in one transaction is encoded whole.
+const MAX_CHANGED_HISTORIES: usize = 16;
 
 /// One stored user: their changelog record without its user id (field 1, the first prost
 /// writes: the id and these bytes are the record) and when their timer is due. Empty while the
@@ -45,8 +57,12 @@ pub struct PartitionStore {
     /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
     /// from the end. About 16 bytes per user while a sweep runs; empty otherwise.
     stale: Vec<Arc<str>>,
-    /// Users put back in the open transaction, decoded (see [`Self::settle`]).
-    unsettled: HashMap<Arc<str>, UserState, foldhash::fast::RandomState>,
+    /// Users put back in the open transaction, decoded (see [`Self::settle`]), with the record
+    /// they were taken from, if what changed since is known.
+    unsettled: HashMap<Arc<str>, (UserState, Option<Base>), foldhash::fast::RandomState>,
+    /// The records of users taken out and not yet put back (a user taken and not put back is
+    /// forgotten: cleared at [`Self::settle`]).
+    taken: HashMap<Arc<str>, Base, foldhash::fast::RandomState>,
     /// Users put back in the transaction before and not taken since, decoded: their entry
     /// holds these states' bytes.
     warm: HashMap<Arc<str>, UserState, foldhash::fast::RandomState>,
@@ -70,15 +86,24 @@ impl PartitionStore {
     /// Takes a user out for an update, with their timer (put them back with
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
-        let entry = self.remove_entry(user_id)?;
-        if let Some(state) = self.forget_decoded(user_id) {
-            return Some((state, entry.due));
+        let (id, entry) = self.remove_entry(user_id)?;
+        let (state, base) = if let Some((state, base)) = self.unsettled.remove(user_id) {
+            self.warm.remove(user_id);
+            (state, base)
+        } else if let Some(state) = self.warm.remove(user_id) {
+            // The entry holds the warm state's record.
+            (state, Some(Base::new(entry.state)))
+        } else {
+            let mut state = self.spare.pop().unwrap_or_default();
+            // The store holds only what `encode` wrote from a `UserState`: prost's encoding,
+            // read back (tested below), so this cannot fail on any input.
+            decode_into(&mut state, &entry.state).expect("the store decodes the states it encoded");
+            user_id.clone_into(&mut state.user_id);
+            (state, Some(Base::new(entry.state)))
+        };
+        if let Some(base) = base {
+            self.taken.insert(id, base);
         }
-        let mut state = self.spare.pop().unwrap_or_default();
-        // The store holds only what `encode` wrote from a `UserState`: prost's encoding, read
-        // back (tested below), so this cannot fail on any input.
-        decode_into(&mut state, &entry.state).expect("the store decodes the states it encoded");
-        user_id.clone_into(&mut state.user_id);
         Some((state, entry.due))
     }
 
@@ -88,19 +113,20 @@ impl PartitionStore {
         self.forget_decoded(user_id);
     }
 
-    /// Drops the user's decoded state (the open transaction's, else the one before's).
-    fn forget_decoded(&mut self, user_id: &str) -> Option<UserState> {
-        let unsettled = self.unsettled.remove(user_id);
-        let warm = self.warm.remove(user_id);
-        unsettled.or(warm)
+    /// Drops what the store holds of the user besides their entry: their decoded state (the
+    /// open transaction's, the one before's) and the record they were taken from.
+    fn forget_decoded(&mut self, user_id: &str) {
+        self.unsettled.remove(user_id);
+        self.warm.remove(user_id);
+        self.taken.remove(user_id);
     }
 
-    fn remove_entry(&mut self, user_id: &str) -> Option<Entry> {
+    fn remove_entry(&mut self, user_id: &str) -> Option<(Arc<str>, Entry)> {
         let (user_id, entry) = self.users.remove_entry(user_id)?;
         if let Some(due) = entry.due {
-            self.timers.remove(&(due, user_id));
+            self.timers.remove(&(due, user_id.clone()));
         }
-        Some(entry)
+        Some((user_id, entry))
     }
 
     /// Writes a user's changelog record into `buf` (the bytes prost writes for their state);
@@ -109,7 +135,7 @@ impl PartitionStore {
         let Some(entry) = self.users.get(user_id) else {
             return false;
         };
-        if let Some(state) = self.unsettled.get(user_id) {
+        if let Some((state, _)) = self.unsettled.get(user_id) {
             state.encode_raw(buf);
             return true;
         }
@@ -123,17 +149,28 @@ impl PartitionStore {
     }
 
     /// Puts a user back (after [`Self::take`]) with the time their timer is due (`None`: no
-    /// timer), decoded until [`Self::settle`].
+    /// timer), decoded until [`Self::settle`], any of their trait histories changed.
     pub fn put(&mut self, state: UserState, due: Option<i64>) {
+        self.put_changed(state, due, Histories::Any);
+    }
+
+    /// [`Self::put`], saying which trait histories changed since [`Self::take`]: at
+    /// [`Self::settle`] only those are encoded, the others' bytes copied from the record the
+    /// user was taken from.
+    pub fn put_changed(&mut self, state: UserState, due: Option<i64>, histories: Histories) {
+        let base = self
+            .taken
+            .remove(state.user_id.as_str())
+            .and_then(|base| base.changed(histories));
         let user_id = self.insert(&state.user_id, Box::default(), due);
-        self.unsettled.insert(user_id, state);
+        self.unsettled.insert(user_id, (state, base));
     }
 
     /// Stores a user encoded at once (a restore: holding every user decoded until the end would
     /// take several times the memory).
     pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
         let user_id = std::mem::take(&mut state.user_id);
-        let encoded = self.encode(&state);
+        let encoded = self.encode(&state, None);
         self.forget_decoded(&user_id);
         self.insert(&user_id, encoded, due);
     }
@@ -143,6 +180,7 @@ impl PartitionStore {
     /// as spares to decode other users into.
     pub fn settle(&mut self) {
         let mut unsettled = std::mem::take(&mut self.unsettled);
+        self.taken.clear();
         let room = SPARE_STATES - self.spare.len();
         self.spare.extend(
             self.warm
@@ -151,9 +189,9 @@ impl PartitionStore {
                 .filter(|state| state.traits.len() <= SPARE_TRAITS)
                 .take(room),
         );
-        for (user_id, mut state) in unsettled.drain() {
+        for (user_id, (mut state, base)) in unsettled.drain() {
             let id = std::mem::take(&mut state.user_id);
-            let encoded = self.encode(&state);
+            let encoded = self.encode(&state, base.as_ref());
             state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user_id) {
                 entry.state = encoded;
@@ -165,10 +203,20 @@ impl PartitionStore {
     }
 
     /// `state` encoded into an allocation of its size (its user id is left empty: the map
-    /// key holds it).
-    fn encode(&mut self, state: &UserState) -> Box<[u8]> {
+    /// key holds it): from `base`, the record it was taken from, where that can be done, else
+    /// whole. The same bytes either way (checked in debug builds, so by every test).
+    fn encode(&mut self, state: &UserState, base: Option<&Base>) -> Box<[u8]> {
         self.buffer.clear();
-        state.encode_raw(&mut self.buffer);
+        let spliced = base.is_some_and(|base| base.splice(state, &mut self.buffer).is_some());
+        if !spliced {
+            self.buffer.clear();
+            state.encode_raw(&mut self.buffer);
+        }
+        debug_assert_eq!(
+            self.buffer,
+            state.encode_to_vec(),
+            "the record spliced from the one taken differs from the state's"
+        );
         Box::from(self.buffer.as_slice())
     }
 
@@ -251,10 +299,152 @@ impl PartitionStore {
     /// under definitions other than `fingerprint`.
     fn is_stale(&self, user_id: &str, entry: &Entry, fingerprint: u64) -> bool {
         let (opted_out, evaluated_under) = match self.unsettled.get(user_id) {
-            Some(state) => (state.opted_out, state.definitions_fingerprint),
+            Some((state, _)) => (state.opted_out, state.definitions_fingerprint),
             None => scan_for_staleness(&entry.state),
         };
         !opted_out && evaluated_under != fingerprint
+    }
+}
+
+/// The record a user was taken from, and which of their trait histories changed since.
+#[derive(Debug)]
+struct Base {
+    record: Box<[u8]>,
+    /// The trait ids whose histories changed, unordered, at most [`MAX_CHANGED_HISTORIES`].
+    changed: Vec<u64>,
+}
+
+impl Base {
+    fn new(record: Box<[u8]>) -> Self {
+        Self {
+            record,
+            changed: Vec::new(),
+        }
+    }
+
+    /// With `histories` changed too; `None` when the record is of no more use (any history
+    /// may have changed, or too many did).
+    fn changed(mut self, histories: Histories) -> Option<Self> {
+        match histories {
+            Histories::Any => return None,
+            Histories::Untouched => {}
+            Histories::One(trait_id) if !self.changed.contains(&trait_id) => {
+                if self.changed.len() == MAX_CHANGED_HISTORIES {
+                    return None;
+                }
+                self.changed.push(trait_id);
+            }
+            Histories::One(_) => {}
+        }
+        Some(self)
+    }
+
+    /// Writes `state` as prost's `encode_raw` would: the histories of unchanged traits copied
+    /// from the record (field 2 comes first in it, a history per entry, in trait id order),
+    /// the changed ones and every other field encoded. `None` when the record's histories are
+    /// not the state's but for the changed ones (what is written is then of no use).
+    fn splice(&self, state: &UserState, buf: &mut Vec<u8>) -> Option<()> {
+        let UserState {
+            user_id,
+            traits,
+            regions,
+            partner_ids,
+            memberships,
+            last_seen_unix_ms,
+            opted_out,
+            opted_out_unix_ms,
+            last_sequence,
+            last_change_unix_ms,
+            definitions_fingerprint,
+        } = state;
+        if !user_id.is_empty() {
+            string::encode(1, user_id, buf);
+        }
+        let record = &self.record[..];
+        let mut entries = HistoryEntries { record, at: 0 };
+        // The record's bytes still to be copied: consecutive unchanged entries, copied at once.
+        let mut run = 0..0;
+        for history in traits {
+            if self.changed.contains(&history.trait_id) {
+                buf.extend_from_slice(&record[run.clone()]);
+                run = 0..0;
+                message::encode(2, history, buf);
+                continue;
+            }
+            // This trait's entry; those before it must be of changed traits (removed since).
+            let entry = loop {
+                let (trait_id, entry) = entries.next()?;
+                if trait_id == history.trait_id {
+                    break entry;
+                }
+                if !self.changed.contains(&trait_id) {
+                    return None;
+                }
+            };
+            if run.end != entry.start {
+                buf.extend_from_slice(&record[run]);
+                run = entry.start..entry.start;
+            }
+            run.end = entry.end;
+        }
+        buf.extend_from_slice(&record[run]);
+        // The entries left must all be of changed traits (removed since).
+        if entries.any(|(trait_id, _)| !self.changed.contains(&trait_id)) {
+            return None;
+        }
+        uint32::encode_packed(3, regions, buf);
+        message::encode_repeated(4, partner_ids, buf);
+        message::encode_repeated(5, memberships, buf);
+        if *last_seen_unix_ms != 0 {
+            int64::encode(6, last_seen_unix_ms, buf);
+        }
+        if *opted_out {
+            bool::encode(7, opted_out, buf);
+        }
+        if *opted_out_unix_ms != 0 {
+            int64::encode(8, opted_out_unix_ms, buf);
+        }
+        if *last_sequence != 0 {
+            uint64::encode(9, last_sequence, buf);
+        }
+        if *last_change_unix_ms != 0 {
+            int64::encode(10, last_change_unix_ms, buf);
+        }
+        if *definitions_fingerprint != 0 {
+            uint64::encode(11, definitions_fingerprint, buf);
+        }
+        Some(())
+    }
+}
+
+/// The trait history entries (field 2) at the front of a record: each one's trait id and
+/// where its bytes (key, length and message) lie.
+struct HistoryEntries<'a> {
+    record: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for HistoryEntries<'_> {
+    type Item = (u64, std::ops::Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const HISTORY_KEY: u8 = 2 << 3 | WireType::LengthDelimited as u8;
+        const TRAIT_ID_KEY: u8 = 1 << 3 | WireType::Varint as u8;
+        let start = self.at;
+        let mut rest = self.record.get(start..)?;
+        if rest.first() != Some(&HISTORY_KEY) {
+            return None;
+        }
+        rest = &rest[1..];
+        let len = usize::try_from(varint(&mut rest)?).ok()?;
+        let message = rest.get(..len)?;
+        let end = self.record.len() - rest.len() + len;
+        let trait_id = match message.split_first() {
+            Some((&TRAIT_ID_KEY, mut id)) => varint(&mut id)?,
+            _ => 0,
+        };
+        self.at = end;
+        Some((trait_id, start..end))
     }
 }
 
@@ -488,6 +678,126 @@ mod tests {
         state.memberships.extend(state.memberships.clone());
         state.regions.push(300_000);
         state
+    }
+
+    /// A user of five histories (trait ids 10–50), every other field set.
+    fn five_histories() -> UserState {
+        UserState {
+            traits: (1..=5)
+                .map(|t| model::pb::TraitHistory {
+                    trait_id: t * 10,
+                    times_unix_ms: vec![t as i64, 1_700_000_000_000 + t as i64],
+                })
+                .collect(),
+            ..full("", false, 1)
+        }
+    }
+
+    fn history(trait_id: u64, times: &[i64]) -> model::pb::TraitHistory {
+        model::pb::TraitHistory {
+            trait_id,
+            times_unix_ms: times.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
+        let before = five_histories();
+        let record: Box<[u8]> = before.encode_to_vec().into();
+        type Change = fn(&mut UserState);
+        let cases: [(&[u64], Change); 8] = [
+            (&[30], |s| s.traits[2].times_unix_ms.push(1_800_000_000_000)),
+            (&[10], |s| drop(s.traits.remove(0))),
+            (&[50], |s| drop(s.traits.pop())),
+            (&[25], |s| s.traits.insert(2, history(25, &[7]))),
+            (&[0, 60], |s| {
+                s.traits.insert(0, history(0, &[]));
+                s.traits.push(history(60, &[-1]));
+            }),
+            (&[20, 40], |s| {
+                s.traits[1].times_unix_ms.clear();
+                s.traits[3].times_unix_ms = vec![i64::MIN];
+            }),
+            (&[], |s| {
+                s.last_seen_unix_ms -= 1;
+                s.memberships.clear();
+                s.user_id = "u".into();
+            }),
+            (&[10, 20, 30, 40, 50], |s| s.traits.clear()),
+        ];
+        for (changed, change) in cases {
+            let mut after = before.clone();
+            change(&mut after);
+            let base = Base {
+                record: record.clone(),
+                changed: changed.to_vec(),
+            };
+            let mut spliced = Vec::new();
+            assert_eq!(base.splice(&after, &mut spliced), Some(()), "{changed:?}");
+            assert_eq!(spliced, after.encode_to_vec(), "{changed:?}");
+        }
+        // A history changed but not said to be: its old bytes are copied. So the step's word
+        // must be right (`evaluate`'s tests check it is).
+        let mut after = before.clone();
+        after.traits[2].times_unix_ms.push(1);
+        let base = Base {
+            record: record.clone(),
+            changed: vec![40],
+        };
+        let mut spliced = Vec::new();
+        assert_eq!(base.splice(&after, &mut spliced), Some(()));
+        assert_ne!(spliced, after.encode_to_vec());
+        // One gone but not said to be: no splice.
+        after = before.clone();
+        after.traits.remove(1);
+        assert_eq!(base.splice(&after, &mut Vec::new()), None);
+    }
+
+    #[test]
+    fn a_user_put_back_with_what_changed_is_encoded_from_their_record() {
+        let mut store = PartitionStore::default();
+        store.put(
+            UserState {
+                user_id: "u".into(),
+                ..five_histories()
+            },
+            Some(9),
+        );
+        store.settle();
+        // Two events in one transaction, each changing one history; then one in the next,
+        // the user still decoded; then one after they were let go (decoded again).
+        for (round, trait_id) in [(0, 30), (0, 35), (1, 10), (3, 50)] {
+            for _ in 0..round {
+                store.settle();
+            }
+            let (mut state, due) = store.take("u").unwrap();
+            // As an event adds a realization: to its trait's history, a new one in id order.
+            match state.traits.binary_search_by_key(&trait_id, |h| h.trait_id) {
+                Ok(i) => state.traits[i].times_unix_ms.push(round),
+                Err(i) => state.traits.insert(i, history(trait_id, &[round])),
+            }
+            store.put_changed(state.clone(), due, Histories::One(trait_id));
+            assert!(
+                store.unsettled["u"].1.is_some(),
+                "spliced from the record taken"
+            );
+            if round > 0 || trait_id == 35 {
+                store.settle();
+                let mut record = Vec::new();
+                assert!(store.write_record("u", &mut record));
+                assert_eq!(record, state.encode_to_vec());
+            }
+        }
+        // Any history may have changed: encoded whole.
+        let (state, due) = store.take("u").unwrap();
+        store.put_changed(state, due, Histories::Any);
+        assert!(store.unsettled["u"].1.is_none());
+        // Taken and not put back (forgotten): its record is not kept past the transaction.
+        store.settle();
+        store.take("u").unwrap();
+        assert_eq!(store.taken.len(), 1);
+        store.settle();
+        assert!(store.taken.is_empty());
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl Processor {
         if let Some(state) = step.state
             && let Some(store) = lock(&self.store).partitions.get_mut(&partition)
         {
-            store.put(state, step.due);
+            store.put_changed(state, step.due, step.histories);
         }
         Ok(())
     }
