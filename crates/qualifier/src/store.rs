@@ -310,7 +310,7 @@ impl PartitionStore {
 #[derive(Debug)]
 struct Base {
     record: Box<[u8]>,
-    /// The trait ids whose histories changed, unordered, at most [`MAX_CHANGED_HISTORIES`].
+    /// The trait ids whose histories changed, ascending, at most [`MAX_CHANGED_HISTORIES`].
     changed: Vec<u64>,
 }
 
@@ -328,13 +328,14 @@ impl Base {
         match histories {
             Histories::Any => return None,
             Histories::Untouched => {}
-            Histories::One(trait_id) if !self.changed.contains(&trait_id) => {
-                if self.changed.len() == MAX_CHANGED_HISTORIES {
-                    return None;
+            Histories::One(trait_id) => {
+                if let Err(at) = self.changed.binary_search(&trait_id) {
+                    if self.changed.len() == MAX_CHANGED_HISTORIES {
+                        return None;
+                    }
+                    self.changed.insert(at, trait_id);
                 }
-                self.changed.push(trait_id);
             }
-            Histories::One(_) => {}
         }
         Some(self)
     }
@@ -361,11 +362,12 @@ impl Base {
             string::encode(1, user_id, buf);
         }
         let record = &self.record[..];
+        let changed = |trait_id: &u64| self.changed.binary_search(trait_id).is_ok();
         let mut entries = HistoryEntries { record, at: 0 };
         // The record's bytes still to be copied: consecutive unchanged entries, copied at once.
         let mut run = 0..0;
         for history in traits {
-            if self.changed.contains(&history.trait_id) {
+            if changed(&history.trait_id) {
                 buf.extend_from_slice(&record[run.clone()]);
                 run = 0..0;
                 message::encode(2, history, buf);
@@ -377,7 +379,7 @@ impl Base {
                 if trait_id == history.trait_id {
                     break entry;
                 }
-                if !self.changed.contains(&trait_id) {
+                if !changed(&trait_id) {
                     return None;
                 }
             };
@@ -389,7 +391,7 @@ impl Base {
         }
         buf.extend_from_slice(&record[run]);
         // The entries left must all be of changed traits (removed since).
-        if entries.any(|(trait_id, _)| !self.changed.contains(&trait_id)) {
+        if entries.any(|(trait_id, _)| !changed(&trait_id)) {
             return None;
         }
         uint32::encode_packed(3, regions, buf);
@@ -751,6 +753,21 @@ mod tests {
         after = before.clone();
         after.traits.remove(1);
         assert_eq!(base.splice(&after, &mut Vec::new()), None);
+    }
+
+    #[test]
+    fn what_changed_is_gathered_in_order_and_too_much_is_encoding_the_user_whole() {
+        let mut base = Some(Base::new(Box::default()));
+        for trait_id in (1..=MAX_CHANGED_HISTORIES as u64).rev() {
+            base = base.and_then(|b| b.changed(Histories::One(trait_id)));
+            base = base.and_then(|b| b.changed(Histories::One(trait_id)));
+            base = base.and_then(|b| b.changed(Histories::Untouched));
+        }
+        let base = base.expect("as many as may be changed, each twice");
+        assert!(base.changed.is_sorted());
+        assert_eq!(base.changed.len(), MAX_CHANGED_HISTORIES);
+        assert!(base.changed(Histories::One(1_000)).is_none());
+        assert!(Base::new(Box::default()).changed(Histories::Any).is_none());
     }
 
     #[test]
