@@ -173,9 +173,7 @@ impl std::fmt::Debug for Processor {
 
 // Under a backlog a transaction takes up to this many events: its commit (a round trip to the
 // coordinator and markers on every partition, ~100 ms on a busy machine) is paid once per batch.
-// At 10,000 a batch took ~195 ms at 50,000 events/s end to end on two cores, a third of it
-// waiting for the broker: a ceiling of ~51,000/s; 20,000 spreads that wait over twice as many.
-const MAX_BATCH: usize = 20_000;
+const MAX_BATCH: usize = 10_000;
 const MAX_TIMERS_PER_TRANSACTION: usize = 5_000;
 /// Re-evaluating users after the definitions changed takes at most this much of a
 /// transaction, so live events keep their latency (about 20,000 users per second when idle).
