@@ -1,0 +1,261 @@
+//! A stored user's record (their changelog record less the user id): decoded into a spare
+//! state, spliced from the record a user was taken from, and read for staleness without
+//! decoding.
+
+use model::UserState;
+use prost::encoding::{
+    DecodeContext, WireType, bool, decode_key, int64, message, string, uint32, uint64,
+};
+use prost::{DecodeError, Message};
+
+use super::MAX_CHANGED_HISTORIES;
+use crate::evaluate::Histories;
+
+/// The record a user was taken from, and which of their trait histories changed since.
+#[derive(Debug)]
+pub(super) struct Base {
+    pub(super) record: Box<[u8]>,
+    /// The trait ids whose histories changed, ascending, at most [`MAX_CHANGED_HISTORIES`].
+    pub(super) changed: Vec<u64>,
+}
+
+impl Base {
+    pub(super) fn new(record: Box<[u8]>) -> Self {
+        Self {
+            record,
+            changed: Vec::new(),
+        }
+    }
+
+    /// With `histories` changed too; `None` when the record is of no more use (any history
+    /// may have changed, or too many did).
+    pub(super) fn changed(mut self, histories: Histories) -> Option<Self> {
+        match histories {
+            Histories::Any => return None,
+            Histories::Untouched => {}
+            Histories::One(trait_id) => {
+                if let Err(at) = self.changed.binary_search(&trait_id) {
+                    if self.changed.len() == MAX_CHANGED_HISTORIES {
+                        return None;
+                    }
+                    self.changed.insert(at, trait_id);
+                }
+            }
+        }
+        Some(self)
+    }
+
+    /// Writes `state` as prost's `encode_raw` would: the histories of unchanged traits copied
+    /// from the record (field 2 comes first in it, a history per entry, in trait id order),
+    /// the changed ones and every other field encoded. `None` when the record's histories are
+    /// not the state's but for the changed ones (what is written is then of no use).
+    pub(super) fn splice(&self, state: &UserState, buf: &mut Vec<u8>) -> Option<()> {
+        let UserState {
+            user_id,
+            traits,
+            regions,
+            partner_ids,
+            memberships,
+            last_seen_unix_ms,
+            opted_out,
+            opted_out_unix_ms,
+            last_sequence,
+            last_change_unix_ms,
+            definitions_fingerprint,
+        } = state;
+        if !user_id.is_empty() {
+            string::encode(1, user_id, buf);
+        }
+        let record = &self.record[..];
+        let changed = |trait_id: &u64| self.changed.binary_search(trait_id).is_ok();
+        let mut entries = HistoryEntries { record, at: 0 };
+        // The record's bytes still to be copied: consecutive unchanged entries, copied at once.
+        let mut run = 0..0;
+        for history in traits {
+            if changed(&history.trait_id) {
+                buf.extend_from_slice(&record[run.clone()]);
+                run = 0..0;
+                message::encode(2, history, buf);
+                continue;
+            }
+            // This trait's entry; those before it must be of changed traits (removed since).
+            let entry = loop {
+                let (trait_id, entry) = entries.next()?;
+                if trait_id == history.trait_id {
+                    break entry;
+                }
+                if !changed(&trait_id) {
+                    return None;
+                }
+            };
+            if run.end != entry.start {
+                buf.extend_from_slice(&record[run]);
+                run = entry.start..entry.start;
+            }
+            run.end = entry.end;
+        }
+        buf.extend_from_slice(&record[run]);
+        // The entries left must all be of changed traits (removed since).
+        if entries.any(|(trait_id, _)| !changed(&trait_id)) {
+            return None;
+        }
+        uint32::encode_packed(3, regions, buf);
+        message::encode_repeated(4, partner_ids, buf);
+        message::encode_repeated(5, memberships, buf);
+        if *last_seen_unix_ms != 0 {
+            int64::encode(6, last_seen_unix_ms, buf);
+        }
+        if *opted_out {
+            bool::encode(7, opted_out, buf);
+        }
+        if *opted_out_unix_ms != 0 {
+            int64::encode(8, opted_out_unix_ms, buf);
+        }
+        if *last_sequence != 0 {
+            uint64::encode(9, last_sequence, buf);
+        }
+        if *last_change_unix_ms != 0 {
+            int64::encode(10, last_change_unix_ms, buf);
+        }
+        if *definitions_fingerprint != 0 {
+            uint64::encode(11, definitions_fingerprint, buf);
+        }
+        Some(())
+    }
+}
+
+/// The trait history entries (field 2) at the front of a record: each one's trait id and
+/// where its bytes (key, length and message) lie.
+struct HistoryEntries<'a> {
+    record: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for HistoryEntries<'_> {
+    type Item = (u64, std::ops::Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const HISTORY_KEY: u8 = 2 << 3 | WireType::LengthDelimited as u8;
+        const TRAIT_ID_KEY: u8 = 1 << 3 | WireType::Varint as u8;
+        let start = self.at;
+        let mut rest = self.record.get(start..)?;
+        if rest.first() != Some(&HISTORY_KEY) {
+            return None;
+        }
+        rest = &rest[1..];
+        let len = usize::try_from(varint(&mut rest)?).ok()?;
+        let message = rest.get(..len)?;
+        let end = self.record.len() - rest.len() + len;
+        let trait_id = match message.split_first() {
+            Some((&TRAIT_ID_KEY, mut id)) => varint(&mut id)?,
+            _ => 0,
+        };
+        self.at = end;
+        Some((trait_id, start..end))
+    }
+}
+
+/// Decodes `encoded` into `state` as `UserState::decode` would, keeping `state`'s allocations:
+/// its trait histories and partner ids are refilled in place (prost's own decoding pushes a
+/// new one for each), and its other vectors cleared, as prost clears them, not freed.
+pub(super) fn decode_into(state: &mut UserState, mut encoded: &[u8]) -> Result<(), DecodeError> {
+    const TRAITS: u32 = 2;
+    const PARTNER_IDS: u32 = 4;
+    let mut traits = std::mem::take(&mut state.traits);
+    let mut partner_ids = std::mem::take(&mut state.partner_ids);
+    state.clear();
+    let (mut trait_count, mut partner_count) = (0, 0);
+    let mut fields = || {
+        while !encoded.is_empty() {
+            let ctx = DecodeContext::default();
+            match decode_key(&mut encoded)? {
+                (TRAITS, wire_type) => {
+                    merge_into_slot(wire_type, &mut traits, &mut trait_count, &mut encoded, ctx)?;
+                }
+                (PARTNER_IDS, wire_type) => merge_into_slot(
+                    wire_type,
+                    &mut partner_ids,
+                    &mut partner_count,
+                    &mut encoded,
+                    ctx,
+                )?,
+                (tag, wire_type) => state.merge_field(tag, wire_type, &mut encoded, ctx)?,
+            }
+        }
+        Ok(())
+    };
+    let decoded = fields();
+    traits.truncate(trait_count);
+    partner_ids.truncate(partner_count);
+    state.traits = traits;
+    state.partner_ids = partner_ids;
+    decoded
+}
+
+/// Decodes the next of a repeated message field into `slots[*used]`, cleared, or a new slot.
+fn merge_into_slot<M: Message + Default>(
+    wire_type: WireType,
+    slots: &mut Vec<M>,
+    used: &mut usize,
+    encoded: &mut &[u8],
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    if *used == slots.len() {
+        slots.push(M::default());
+    }
+    let slot = &mut slots[*used];
+    slot.clear();
+    prost::encoding::message::merge(wire_type, slot, encoded, ctx)?;
+    *used += 1;
+    Ok(())
+}
+
+/// `UserState`'s `opted_out` (field 7) and `definitions_fingerprint` (field 11), read by
+/// walking the record's fields without decoding the rest; proto3 leaves a field at its default
+/// out.
+pub(super) fn scan_for_staleness(mut bytes: &[u8]) -> (bool, u64) {
+    const OPTED_OUT: u64 = 7;
+    const DEFINITIONS_FINGERPRINT: u64 = 11;
+    let (mut opted_out, mut fingerprint) = (false, 0);
+    while let Some(key) = varint(&mut bytes) {
+        let (field, wire_type) = (key >> 3, key & 7);
+        let skip = match wire_type {
+            0 => {
+                let Some(value) = varint(&mut bytes) else {
+                    break;
+                };
+                match field {
+                    OPTED_OUT => opted_out = value != 0,
+                    DEFINITIONS_FINGERPRINT => fingerprint = value,
+                    _ => {}
+                }
+                0
+            }
+            1 => 8,
+            2 => match varint(&mut bytes) {
+                Some(len) => usize::try_from(len).unwrap_or(usize::MAX),
+                None => break,
+            },
+            5 => 4,
+            _ => break,
+        };
+        let Some(rest) = bytes.get(skip..) else {
+            break;
+        };
+        bytes = rest;
+    }
+    (opted_out, fingerprint)
+}
+
+/// Reads a protobuf varint off the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0_u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            *bytes = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}

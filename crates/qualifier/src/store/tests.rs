@@ -1,0 +1,372 @@
+//! The store's tests: users stored, taken, put back and settled; their records decoded and
+//! spliced as prost would write them.
+
+use super::*;
+
+fn user(id: &str) -> UserState {
+    UserState {
+        user_id: id.to_owned(),
+        ..UserState::default()
+    }
+}
+
+/// A user with every kind of field set, the two the sweep reads after the others.
+fn full(id: &str, opted_out: bool, fingerprint: u64) -> UserState {
+    UserState {
+        user_id: id.to_owned(),
+        traits: vec![model::pb::TraitHistory {
+            trait_id: 300,
+            times_unix_ms: vec![1_700_000_000_000, -5],
+        }],
+        regions: vec![1, 200_000],
+        partner_ids: vec![model::PartnerIds {
+            data_partner_id: 9,
+            partner_uuids: vec!["p".repeat(200)],
+        }],
+        memberships: vec![model::pb::Membership {
+            segment_id: u64::MAX,
+            since_unix_ms: 1,
+            refreshed_unix_ms: 2,
+        }],
+        last_seen_unix_ms: i64::MAX,
+        opted_out,
+        opted_out_unix_ms: -1,
+        last_sequence: 1 << 40,
+        last_change_unix_ms: 7,
+        definitions_fingerprint: fingerprint,
+    }
+}
+
+#[test]
+fn a_stored_user_is_their_changelog_record_and_comes_back_whole() {
+    let mut store = PartitionStore::default();
+    let state = full("a", false, 0xfeed_beef_dead_cafe);
+    let record = |store: &PartitionStore| {
+        let mut record = Vec::new();
+        store.write_record("a", &mut record).then_some(record)
+    };
+    // Put back in a transaction, taken again, settled at its end; and as a restore puts.
+    store.put(state.clone(), Some(5));
+    assert_eq!(record(&store), Some(state.encode_to_vec()));
+    assert_eq!(store.take("a"), Some((state.clone(), Some(5))));
+    store.put(state.clone(), Some(5));
+    store.settle();
+    assert!(store.unsettled.is_empty());
+    assert_eq!(record(&store), Some(state.encode_to_vec()));
+    // Kept decoded through the next transaction, then only encoded, the decoded state kept
+    // spare and decoded into when the user is taken again.
+    assert!(store.warm.contains_key("a"));
+    store.settle();
+    assert!(store.warm.is_empty());
+    assert_eq!(store.spare.len(), 1);
+    assert_eq!(record(&store), Some(state.encode_to_vec()));
+    assert_eq!(store.take("a"), Some((state.clone(), Some(5))));
+    assert!(store.spare.is_empty());
+    assert_eq!(record(&store), None);
+    store.put_encoded(state.clone(), Some(5));
+    assert_eq!(record(&store), Some(state.encode_to_vec()));
+    assert_eq!(store.take("a"), Some((state, Some(5))));
+    assert_eq!(store.due_count(i64::MAX), 0);
+}
+
+/// A user with more of everything than [`full`]: longer histories, more traits, partner ids
+/// and memberships.
+fn bigger(id: &str) -> UserState {
+    let mut state = full(id, false, 4);
+    state.traits = (1..=4)
+        .map(|trait_id| model::pb::TraitHistory {
+            trait_id,
+            times_unix_ms: (0..20 * trait_id as i64).collect(),
+        })
+        .collect();
+    state.partner_ids.push(model::PartnerIds {
+        data_partner_id: 10,
+        partner_uuids: vec!["q".into(), "r".into()],
+    });
+    state.memberships.extend(state.memberships.clone());
+    state.regions.push(300_000);
+    state
+}
+
+/// A user of five histories (trait ids 10–50), every other field set.
+fn five_histories() -> UserState {
+    UserState {
+        traits: (1..=5)
+            .map(|t| model::pb::TraitHistory {
+                trait_id: t * 10,
+                times_unix_ms: vec![t as i64, 1_700_000_000_000 + t as i64],
+            })
+            .collect(),
+        ..full("", false, 1)
+    }
+}
+
+fn history(trait_id: u64, times: &[i64]) -> model::pb::TraitHistory {
+    model::pb::TraitHistory {
+        trait_id,
+        times_unix_ms: times.to_vec(),
+    }
+}
+
+#[test]
+fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
+    let before = five_histories();
+    let record: Box<[u8]> = before.encode_to_vec().into();
+    type Change = fn(&mut UserState);
+    let cases: [(&[u64], Change); 8] = [
+        (&[30], |s| s.traits[2].times_unix_ms.push(1_800_000_000_000)),
+        (&[10], |s| drop(s.traits.remove(0))),
+        (&[50], |s| drop(s.traits.pop())),
+        (&[25], |s| s.traits.insert(2, history(25, &[7]))),
+        (&[0, 60], |s| {
+            s.traits.insert(0, history(0, &[]));
+            s.traits.push(history(60, &[-1]));
+        }),
+        (&[20, 40], |s| {
+            s.traits[1].times_unix_ms.clear();
+            s.traits[3].times_unix_ms = vec![i64::MIN];
+        }),
+        (&[], |s| {
+            s.last_seen_unix_ms -= 1;
+            s.memberships.clear();
+            s.user_id = "u".into();
+        }),
+        (&[10, 20, 30, 40, 50], |s| s.traits.clear()),
+    ];
+    for (changed, change) in cases {
+        let mut after = before.clone();
+        change(&mut after);
+        let base = Base {
+            record: record.clone(),
+            changed: changed.to_vec(),
+        };
+        let mut spliced = Vec::new();
+        assert_eq!(base.splice(&after, &mut spliced), Some(()), "{changed:?}");
+        assert_eq!(spliced, after.encode_to_vec(), "{changed:?}");
+    }
+    // A history changed but not said to be: its old bytes are copied. So the step's word
+    // must be right (`evaluate`'s tests check it is).
+    let mut after = before.clone();
+    after.traits[2].times_unix_ms.push(1);
+    let base = Base {
+        record: record.clone(),
+        changed: vec![40],
+    };
+    let mut spliced = Vec::new();
+    assert_eq!(base.splice(&after, &mut spliced), Some(()));
+    assert_ne!(spliced, after.encode_to_vec());
+    // One gone but not said to be: no splice.
+    after = before.clone();
+    after.traits.remove(1);
+    assert_eq!(base.splice(&after, &mut Vec::new()), None);
+}
+
+#[test]
+fn what_changed_is_gathered_in_order_and_too_much_is_encoding_the_user_whole() {
+    let mut base = Some(Base::new(Box::default()));
+    for trait_id in (1..=MAX_CHANGED_HISTORIES as u64).rev() {
+        base = base.and_then(|b| b.changed(Histories::One(trait_id)));
+        base = base.and_then(|b| b.changed(Histories::One(trait_id)));
+        base = base.and_then(|b| b.changed(Histories::Untouched));
+    }
+    let base = base.expect("as many as may be changed, each twice");
+    assert!(base.changed.is_sorted());
+    assert_eq!(base.changed.len(), MAX_CHANGED_HISTORIES);
+    assert!(base.changed(Histories::One(1_000)).is_none());
+    assert!(Base::new(Box::default()).changed(Histories::Any).is_none());
+}
+
+#[test]
+fn a_user_put_back_with_what_changed_is_encoded_from_their_record() {
+    let mut store = PartitionStore::default();
+    store.put(
+        UserState {
+            user_id: "u".into(),
+            ..five_histories()
+        },
+        Some(9),
+    );
+    store.settle();
+    // Two events in one transaction, each changing one history; then one in the next,
+    // the user still decoded; then one after they were let go (decoded again).
+    for (round, trait_id) in [(0, 30), (0, 35), (1, 10), (3, 50)] {
+        for _ in 0..round {
+            store.settle();
+        }
+        let (mut state, due) = store.take("u").unwrap();
+        // As an event adds a realization: to its trait's history, a new one in id order.
+        match state.traits.binary_search_by_key(&trait_id, |h| h.trait_id) {
+            Ok(i) => state.traits[i].times_unix_ms.push(round),
+            Err(i) => state.traits.insert(i, history(trait_id, &[round])),
+        }
+        store.put_changed(state.clone(), due, Histories::One(trait_id));
+        assert!(
+            store.unsettled["u"].1.is_some(),
+            "spliced from the record taken"
+        );
+        if round > 0 || trait_id == 35 {
+            store.settle();
+            let mut record = Vec::new();
+            assert!(store.write_record("u", &mut record));
+            assert_eq!(record, state.encode_to_vec());
+        }
+    }
+    // Any history may have changed: encoded whole.
+    let (state, due) = store.take("u").unwrap();
+    store.put_changed(state, due, Histories::Any);
+    assert!(store.unsettled["u"].1.is_none());
+    // Taken and not put back (forgotten): its record is not kept past the transaction.
+    store.settle();
+    store.take("u").unwrap();
+    assert_eq!(store.taken.len(), 1);
+    store.settle();
+    assert!(store.taken.is_empty());
+}
+
+#[test]
+fn spares_are_kept_up_to_their_number_and_only_of_ordinary_size() {
+    let with_traits = |id: &str, count: u64| UserState {
+        traits: (1..=count)
+            .map(|trait_id| model::pb::TraitHistory {
+                trait_id,
+                times_unix_ms: vec![1],
+            })
+            .collect(),
+        ..user(id)
+    };
+    let mut store = PartitionStore::default();
+    store.put(with_traits("ordinary", SPARE_TRAITS as u64), None);
+    store.put(with_traits("heavy", SPARE_TRAITS as u64 + 1), None);
+    store.settle();
+    store.settle();
+    assert_eq!(store.spare.len(), 1);
+    assert_eq!(store.spare[0].traits.len(), SPARE_TRAITS);
+    for i in 0..SPARE_STATES + 10 {
+        store.put(user(&i.to_string()), None);
+    }
+    store.settle();
+    store.settle();
+    assert_eq!(store.spare.len(), SPARE_STATES);
+}
+
+#[test]
+fn a_state_decoded_into_a_spare_is_the_state_prost_decodes() {
+    let shapes = [
+        UserState::default(),
+        user("plain"),
+        full("u", false, 1),
+        full("o", true, 2),
+        bigger("b"),
+    ];
+    for spare in &shapes {
+        for wanted in &shapes {
+            let encoded = wanted.encode_to_vec();
+            let mut state = spare.clone();
+            decode_into(&mut state, &encoded).unwrap();
+            assert_eq!(&state, wanted, "decoded into a spare {spare:?}");
+            // Cut short: an error or what was read before the cut, as prost; no panic.
+            for end in 0..encoded.len() {
+                let mut state = spare.clone();
+                let cut = &encoded[..end];
+                match (decode_into(&mut state, cut), UserState::decode(cut)) {
+                    (Ok(()), Ok(decoded)) => assert_eq!(state, decoded),
+                    (Err(_), Err(_)) => {}
+                    (ours, prost) => panic!("cut at {end}: {ours:?} against {prost:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn staleness_is_read_from_the_record_as_decoding_it_would() {
+    for (opted_out, fingerprint) in [(false, 0), (false, 1), (true, 1), (false, u64::MAX)] {
+        let encoded = full("u", opted_out, fingerprint).encode_to_vec();
+        assert_eq!(scan_for_staleness(&encoded), (opted_out, fingerprint));
+        // From the decoded state before the transaction settles, then off the record.
+        let mut store = PartitionStore::default();
+        store.put(full("u", opted_out, fingerprint), None);
+        for _ in 0..2 {
+            store.mark_stale(fingerprint);
+            assert_eq!(store.stale_count(), 0);
+            store.mark_stale(fingerprint ^ 1);
+            assert_eq!(store.stale_count(), usize::from(!opted_out));
+            store.settle();
+        }
+        assert!(store.unsettled.is_empty());
+    }
+    // Cut short or garbled: whatever was read before the damage, no panic.
+    let encoded = full("u", true, 3).encode_to_vec();
+    for end in 0..encoded.len() {
+        scan_for_staleness(&encoded[..end]);
+    }
+    assert_eq!(scan_for_staleness(&[0xff; 12]), (false, 0));
+}
+
+#[test]
+fn a_user_put_again_without_a_take_keeps_one_timer() {
+    let mut store = PartitionStore::default();
+    store.put(user("a"), Some(10));
+    store.put(user("a"), Some(20));
+    assert_eq!(store.due_count(15), 0);
+    assert_eq!(store.due(20, 10).collect::<Vec<_>>(), ["a"]);
+    store.put(user("a"), None);
+    assert_eq!(store.due_count(i64::MAX), 0);
+    store.remove("a");
+    assert!(store.is_empty());
+}
+
+#[test]
+fn timers_follow_their_users() {
+    let mut store = PartitionStore::default();
+    store.put(user("a"), Some(30));
+    store.put(user("b"), Some(10));
+    store.put(user("c"), None);
+    assert_eq!(store.due(30, 10).collect::<Vec<_>>(), ["b", "a"]);
+    assert_eq!(store.due(30, 1).collect::<Vec<_>>(), ["b"]);
+    let (b, due) = store.take("b").unwrap();
+    assert_eq!(due, Some(10));
+    store.put(b, Some(50));
+    assert_eq!(store.due(30, 10).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(store.due_count(60), 2);
+    assert_eq!(store.len(), 3);
+    assert!(store.take("zzz").is_none());
+}
+
+#[test]
+fn a_sweep_queues_users_of_other_definitions_and_skips_those_evaluated_meanwhile() {
+    let mut store = PartitionStore::default();
+    let fingerprinted = |id: &str, fingerprint| UserState {
+        definitions_fingerprint: fingerprint,
+        ..user(id)
+    };
+    store.put(fingerprinted("old-1", 1), None);
+    store.put(fingerprinted("old-2", 1), None);
+    store.put(fingerprinted("new", 2), None);
+    store.put(
+        UserState {
+            opted_out: true,
+            ..user("marker")
+        },
+        None,
+    );
+    store.mark_stale(2);
+    assert_eq!(store.stale_count(), 2);
+    // old-2 was evaluated by a live event before its turn.
+    let (_, due) = store.take("old-2").unwrap();
+    store.put(fingerprinted("old-2", 2), due);
+    let mut swept = Vec::new();
+    while let Some(user) = store.next_stale(2) {
+        let (state, due) = store.take(&user).unwrap();
+        store.put(
+            UserState {
+                definitions_fingerprint: 2,
+                ..state
+            },
+            due,
+        );
+        swept.push(user);
+    }
+    assert_eq!(swept, [Arc::from("old-1")]);
+    assert_eq!(store.stale_count(), 0);
+}
