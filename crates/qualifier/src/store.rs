@@ -162,7 +162,7 @@ impl PartitionStore {
         let base = self
             .taken
             .remove(state.user_id.as_str())
-            .and_then(|base| base.changed(histories));
+            .and_then(|base| base.with_changed(histories));
         let user_id = self.insert(&state.user_id, Box::default(), due);
         self.unsettled.insert(user_id, (state, base));
     }
@@ -171,7 +171,7 @@ impl PartitionStore {
     /// take several times the memory).
     pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
         let user_id = std::mem::take(&mut state.user_id);
-        let encoded = self.encode(&state, None);
+        let encoded = self.encode(&mut state, None);
         self.forget_decoded(&user_id);
         self.insert(&user_id, encoded, due);
     }
@@ -192,7 +192,7 @@ impl PartitionStore {
         );
         for (user_id, (mut state, base)) in unsettled.drain() {
             let id = std::mem::take(&mut state.user_id);
-            let encoded = self.encode(&state, base.as_ref());
+            let encoded = self.encode(&mut state, base.as_ref());
             state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user_id) {
                 entry.state = encoded;
@@ -206,7 +206,7 @@ impl PartitionStore {
     /// `state` encoded into an allocation of its size (its user id is left empty: the map
     /// key holds it): from `base`, the record it was taken from, where that can be done, else
     /// whole. The same bytes either way (checked in debug builds, so by every test).
-    fn encode(&mut self, state: &UserState, base: Option<&Base>) -> Box<[u8]> {
+    fn encode(&mut self, state: &mut UserState, base: Option<&Base>) -> Box<[u8]> {
         self.buffer.clear();
         let spliced = base.is_some_and(|base| base.splice(state, &mut self.buffer).is_some());
         if !spliced {

@@ -3,9 +3,8 @@
 //! decoding.
 
 use model::UserState;
-use prost::encoding::{
-    DecodeContext, WireType, bool, decode_key, int64, message, string, uint32, uint64,
-};
+use model::pb::TraitHistory;
+use prost::encoding::{DecodeContext, WireType, decode_key, message, string};
 use prost::{DecodeError, Message};
 
 use super::MAX_CHANGED_HISTORIES;
@@ -29,7 +28,7 @@ impl Base {
 
     /// With `histories` changed too; `None` when the record is of no more use (any history
     /// may have changed, or too many did).
-    pub(super) fn changed(mut self, histories: Histories) -> Option<Self> {
+    pub(super) fn with_changed(mut self, histories: Histories) -> Option<Self> {
         match histories {
             Histories::Any => return None,
             Histories::Untouched => {}
@@ -49,23 +48,24 @@ impl Base {
     /// from the record (field 2 comes first in it, a history per entry, in trait id order),
     /// the changed ones and every other field encoded. `None` when the record's histories are
     /// not the state's but for the changed ones (what is written is then of no use).
-    pub(super) fn splice(&self, state: &UserState, buf: &mut Vec<u8>) -> Option<()> {
-        let UserState {
-            user_id,
-            traits,
-            regions,
-            partner_ids,
-            memberships,
-            last_seen_unix_ms,
-            opted_out,
-            opted_out_unix_ms,
-            last_sequence,
-            last_change_unix_ms,
-            definitions_fingerprint,
-        } = state;
-        if !user_id.is_empty() {
-            string::encode(1, user_id, buf);
+    pub(super) fn splice(&self, state: &mut UserState, buf: &mut Vec<u8>) -> Option<()> {
+        if !state.user_id.is_empty() {
+            string::encode(1, &state.user_id, buf);
         }
+        self.write_histories(&state.traits, buf)?;
+        // Every other field as prost writes it: the state without the id and histories
+        // written above (taking them out and back moves no bytes).
+        let user_id = std::mem::take(&mut state.user_id);
+        let traits = std::mem::take(&mut state.traits);
+        state.encode_raw(buf);
+        state.user_id = user_id;
+        state.traits = traits;
+        Some(())
+    }
+
+    /// `traits` as `UserState`'s field 2: the unchanged ones' entries copied from the record,
+    /// the changed ones encoded. `None` as for [`Self::splice`].
+    fn write_histories(&self, traits: &[TraitHistory], buf: &mut Vec<u8>) -> Option<()> {
         let record = &self.record[..];
         let changed = |trait_id: &u64| self.changed.binary_search(trait_id).is_ok();
         let mut entries = HistoryEntries { record, at: 0 };
@@ -98,27 +98,6 @@ impl Base {
         // The entries left must all be of changed traits (removed since).
         if entries.any(|(trait_id, _)| !changed(&trait_id)) {
             return None;
-        }
-        uint32::encode_packed(3, regions, buf);
-        message::encode_repeated(4, partner_ids, buf);
-        message::encode_repeated(5, memberships, buf);
-        if *last_seen_unix_ms != 0 {
-            int64::encode(6, last_seen_unix_ms, buf);
-        }
-        if *opted_out {
-            bool::encode(7, opted_out, buf);
-        }
-        if *opted_out_unix_ms != 0 {
-            int64::encode(8, opted_out_unix_ms, buf);
-        }
-        if *last_sequence != 0 {
-            uint64::encode(9, last_sequence, buf);
-        }
-        if *last_change_unix_ms != 0 {
-            int64::encode(10, last_change_unix_ms, buf);
-        }
-        if *definitions_fingerprint != 0 {
-            uint64::encode(11, definitions_fingerprint, buf);
         }
         Some(())
     }

@@ -141,7 +141,11 @@ fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
             changed: changed.to_vec(),
         };
         let mut spliced = Vec::new();
-        assert_eq!(base.splice(&after, &mut spliced), Some(()), "{changed:?}");
+        assert_eq!(
+            base.splice(&mut after, &mut spliced),
+            Some(()),
+            "{changed:?}"
+        );
         assert_eq!(spliced, after.encode_to_vec(), "{changed:?}");
     }
     // A history changed but not said to be: its old bytes are copied. So the step's word
@@ -153,27 +157,31 @@ fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
         changed: vec![40],
     };
     let mut spliced = Vec::new();
-    assert_eq!(base.splice(&after, &mut spliced), Some(()));
+    assert_eq!(base.splice(&mut after, &mut spliced), Some(()));
     assert_ne!(spliced, after.encode_to_vec());
     // One gone but not said to be: no splice.
     after = before.clone();
     after.traits.remove(1);
-    assert_eq!(base.splice(&after, &mut Vec::new()), None);
+    assert_eq!(base.splice(&mut after, &mut Vec::new()), None);
 }
 
 #[test]
 fn what_changed_is_gathered_in_order_and_too_much_is_encoding_the_user_whole() {
     let mut base = Some(Base::new(Box::default()));
     for trait_id in (1..=MAX_CHANGED_HISTORIES as u64).rev() {
-        base = base.and_then(|b| b.changed(Histories::One(trait_id)));
-        base = base.and_then(|b| b.changed(Histories::One(trait_id)));
-        base = base.and_then(|b| b.changed(Histories::Untouched));
+        base = base.and_then(|b| b.with_changed(Histories::One(trait_id)));
+        base = base.and_then(|b| b.with_changed(Histories::One(trait_id)));
+        base = base.and_then(|b| b.with_changed(Histories::Untouched));
     }
     let base = base.expect("as many as may be changed, each twice");
     assert!(base.changed.is_sorted());
     assert_eq!(base.changed.len(), MAX_CHANGED_HISTORIES);
-    assert!(base.changed(Histories::One(1_000)).is_none());
-    assert!(Base::new(Box::default()).changed(Histories::Any).is_none());
+    assert!(base.with_changed(Histories::One(1_000)).is_none());
+    assert!(
+        Base::new(Box::default())
+            .with_changed(Histories::Any)
+            .is_none()
+    );
 }
 
 #[test]
