@@ -248,8 +248,17 @@ start_partner_sim() {
   wait_ready $sim_admin "$sim_pid" partner-sim "$dir"
 }
 # start_delivery ADMIN_PORT NAME: sets delivery_pid.
+# The allocator settings the delivery Deployment gives the worker (its MIMALLOC_* env lines),
+# as NAME=VALUE words: the benchmarks measure the worker as it is deployed.
+delivery_allocator_env() {
+  sed -nE 's/^ *- \{ name: (MIMALLOC_[A-Z_]+), value: "([^"]*)" \}.*/\1=\2/p' deploy/k8s/base/delivery.yaml
+}
 start_delivery() { # start_delivery ADMIN_PORT NAME; delivery_binary=… runs another build
-  "${delivery_binary:-$bin/delivery}" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$1" >"$dir/$2.log" 2>&1 &
+  local allocator
+  allocator=$(delivery_allocator_env)
+  [[ -n $allocator ]] || die "deploy/k8s/base/delivery.yaml names no MIMALLOC_* setting for the worker"
+  # shellcheck disable=SC2086 # NAME=VALUE words, one per line
+  env $allocator "${delivery_binary:-$bin/delivery}" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$1" >"$dir/$2.log" 2>&1 &
   delivery_pid=$!
   pids+=("$delivery_pid")
   wait_ready "$1" "$delivery_pid" "$2" "$dir"
