@@ -219,14 +219,10 @@ impl InputPipeline {
             // librdkafka pre-fetches up to 64 MB (and 100,000 messages a partition) per
             // consumer by default, in fetch responses of up to 50 MB; the lanes' queues already
             // buffer thousands of updates, so a few MB keep fetching ahead without holding half
-            // of the memory budget in raw messages. A fetched message costs librdkafka ~400 B
-            // beside its bytes, and a response's batches are held decompressed: responses of
-            // 2 MB rather than 4 took a 100-destination drain's peak RSS from 173 to 141 MB
-            // (with deploy/k8s's allocator settings; its pace from ~48,000 to ~39,000
-            // updates/s); 1 MB halved the pace.
+            // of the memory budget in raw messages.
             .set("queued.max.messages.kbytes", "8192")
             .set("queued.min.messages", "10000")
-            .set("fetch.max.bytes", "2097152")
+            .set("fetch.max.bytes", "4194304")
             .create_with_context(context)?;
         if side == Topic::RealTime {
             consumer.subscribe(&[topic])?;
