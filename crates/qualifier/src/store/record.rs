@@ -4,7 +4,7 @@
 
 use model::UserState;
 use model::pb::TraitHistory;
-use prost::encoding::{DecodeContext, WireType, decode_key, message, string};
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, message, string};
 use prost::{DecodeError, Message};
 
 use super::MAX_CHANGED_HISTORIES;
@@ -226,15 +226,7 @@ pub(super) fn scan_for_staleness(mut bytes: &[u8]) -> (bool, u64) {
     (opted_out, fingerprint)
 }
 
-/// Reads a protobuf varint off the front of `bytes`.
+/// Reads a protobuf varint off the front of `bytes` (prost's reader; `None` where it errs).
 fn varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut value = 0_u64;
-    for (i, &byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            *bytes = &bytes[i + 1..];
-            return Some(value);
-        }
-    }
-    None
+    decode_varint(bytes).ok()
 }
