@@ -16,13 +16,25 @@ use std::mem::size_of;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
+use model::partner::PartnerSegment;
 use model::{PartnerIds, SegmentChange, SegmentStatusUpdate};
 use tokio::sync::Notify;
 
-use crate::batcher::RoutedEvent;
+use crate::batcher::{BatchUser, RoutedEvent};
 
-/// The built-in `queue_budget_mb`.
+/// The built-in `queue_budget_mb` of a worker with up to 409 destinations.
 pub const DEFAULT_MB: u64 = 16;
+/// Without `queue_budget_mb`, the budget is at least this much per destination. In a drain a
+/// destination's lanes batch about what they hold, and 16 MiB over 1,000 destinations left each
+/// room for ~10 users a request: 2.3 times the requests of 40 KiB each, and ~30 % more CPU per
+/// change (docs/BENCHMARKS.md).
+pub const DEFAULT_KIB_PER_DESTINATION: u64 = 40;
+
+/// The budget, in bytes, of a worker with `destinations` and no `queue_budget_mb`.
+pub fn default_bytes(destinations: usize) -> u64 {
+    let per_destination = (DEFAULT_KIB_PER_DESTINATION << 10).saturating_mul(destinations as u64);
+    (DEFAULT_MB << 20).max(per_destination)
+}
 
 /// The budget of one worker: every lane of every destination on both input topics.
 #[derive(Debug)]
@@ -154,9 +166,16 @@ impl Drop for Held {
     }
 }
 
-/// What queuing `update` for one destination costs: its event in the lane's queue and in the
-/// batch, and the update itself divided among the `sharing` destinations it goes to (they
-/// hold one copy). An estimate of the heap, from the capacities the update holds.
+/// What queuing `update` for one destination costs: the update itself divided among the
+/// `sharing` destinations it goes to (they hold one copy), and for each of them what its event
+/// brings about until it leaves the lane: the event in the lane's queue and in the batch, its
+/// user in the batch, the user's entries in the request body while it is sent, and its entries
+/// in the offsets tracker and the order table. An estimate of the heap, from the capacities the
+/// update holds and the shape of a partner request.
+///
+/// Counting the update and its events alone missed more than half of it: a 100-destination
+/// drain held ~4 MB of RSS per MiB counted, the batch users and request bodies the most of the
+/// rest (a `heaptrack` profile of that drain: docs/BENCHMARKS.md).
 pub fn queued_bytes(update: &SegmentStatusUpdate, sharing: usize) -> usize {
     let partner_ids: usize = update
         .partner_ids
@@ -175,8 +194,26 @@ pub fn queued_bytes(update: &SegmentStatusUpdate, sharing: usize) -> usize {
         + update.regions.capacity() * size_of::<u32>()
         + update.changes.capacity() * size_of::<SegmentChange>()
         + partner_ids;
-    2 * size_of::<RoutedEvent>() + update_bytes / sharing.max(1)
+    let changes = update.changes.len();
+    let batched = size_of::<BatchUser>()
+        + changes * size_of::<PartnerSegment>()
+        + BATCH_INDEX_ENTRY
+        + BODY_ENTRY
+        + update.user_id.len()
+        + changes * BODY_SEGMENT;
+    2 * size_of::<RoutedEvent>() + batched + TRACKED + update_bytes / sharing.max(1)
 }
+
+/// A user's slot in a batch's index by user id (a hash table of positions, with its slack).
+const BATCH_INDEX_ENTRY: usize = 16;
+/// A user's entry in the body besides their id and segments:
+/// `{"AAM_UUID":"…","DataPartner_UUID":"…","Segments":[]},` with a 36-character partner id.
+const BODY_ENTRY: usize = 88;
+/// One segment in the body: `{"Segment_ID":"…","Status":"1","DateTime":"…"},` with an id of
+/// a few characters and the partner's date (28).
+const BODY_SEGMENT: usize = 80;
+/// The event's entry in the offsets tracker and in the order table (16 bytes each).
+const TRACKED: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -267,13 +304,20 @@ mod tests {
         };
         let alone = queued_bytes(&update, 1);
         let shared = queued_bytes(&update, 2);
-        let event = 2 * size_of::<RoutedEvent>();
-        assert!(alone - event >= 100 + 4 * size_of::<SegmentChange>());
-        assert_eq!((alone - event) / 2, shared - event);
+        // Each destination's own: its events, the batch user with four segments, the body.
+        let own = shared - (alone - shared);
+        assert!(own >= 2 * size_of::<RoutedEvent>() + size_of::<BatchUser>() + 100 + 4 * 43);
+        assert!(
+            alone - own >= 100 + 4 * size_of::<SegmentChange>(),
+            "the update"
+        );
+        assert_eq!((alone - own) / 2, shared - own);
         let bigger = SegmentStatusUpdate {
             user_id: "u".repeat(1_000),
             ..update
         };
-        assert_eq!(queued_bytes(&bigger, 1) - alone, 900);
+        // The id is in the update (shared) and in the destination's body (its own).
+        assert_eq!(queued_bytes(&bigger, 1) - alone, 2 * 900);
+        assert_eq!(queued_bytes(&bigger, 2) - shared, 900 / 2 + 900);
     }
 }

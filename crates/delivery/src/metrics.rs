@@ -33,7 +33,8 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub committed_offset: IntGaugeVec,
-    /// `delivery_queue_budget_bytes`: the worker's `queue_budget_mb`, in bytes.
+    /// `delivery_queue_budget_bytes`: the worker's queue budget (`queue_budget_mb` or its
+    /// default), in bytes.
     pub queue_budget: IntGauge,
     /// `delivery_queued_bytes`: what the worker's lanes hold against it.
     pub queued_bytes: IntGauge,
@@ -321,11 +322,11 @@ impl Metrics {
             )?,
             queue_budget: IntGauge::new(
                 "delivery_queue_budget_bytes",
-                "The bytes all lanes of the worker may hold (queue_budget_mb), shared by its destinations.",
+                "The bytes all lanes of the worker may hold (queue_budget_mb, or its default: 16 MiB, or 40 KiB per destination when that is more), shared by its destinations.",
             )?,
             queued_bytes: IntGauge::new(
                 "delivery_queued_bytes",
-                "The bytes the worker's lanes hold against its queue budget (an estimate of the queued updates' heap); at most twice the budget.",
+                "The bytes the worker's lanes hold against its queue budget (an estimate of the heap the queued updates cost: the updates, their batch entries, their bytes in request bodies); at most twice the budget.",
             )?,
             order_pairs: IntGauge::new(
                 "delivery_order_pairs",

@@ -31,7 +31,8 @@ pub struct DeliveryConfig {
     pub kafka: KafkaConfig,
     pub destinations: Vec<Arc<DestinationConfig>>,
     /// The bytes all lanes of the worker may hold, shared by its destinations
-    /// (`queue_budget_mb`, default 16; see `budget`).
+    /// (`queue_budget_mb`; default 16 MiB, or 40 KiB per destination when that is more: see
+    /// `budget`).
     pub queue_budget_bytes: usize,
     /// The config file and every file it names (secrets, `ca_file`), with the bytes this
     /// config was made from: the service watches them, so a rotated secret applies like an

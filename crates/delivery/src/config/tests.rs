@@ -106,6 +106,26 @@ fn the_readme_example_is_found_only_right_after_its_marker() {
     }
 }
 
+/// Without `queue_budget_mb` the budget is 16 MiB, or 40 KiB per destination from 410 on;
+/// a budget written down is the budget, whatever the destinations.
+#[test]
+fn the_default_queue_budget_grows_with_the_destinations_and_a_written_one_wins() {
+    let file = |destinations: usize, budget: &str| {
+        let mut yaml = format!("{budget}destinations:\n");
+        for id in 1..=destinations {
+            yaml += &format!(
+                "  - {{ id: {id}, url: https://a.example, client_id: a, user_dpid: 1, segments: {{1: 1}} }}\n"
+            );
+        }
+        parse(&yaml).unwrap().queue_budget_bytes
+    };
+    assert_eq!(file(1, ""), 16 << 20);
+    assert_eq!(file(409, ""), 16 << 20);
+    assert_eq!(file(1_000, ""), 1_000 * (40 << 10));
+    assert_eq!(file(1_000, "queue_budget_mb: 16\n"), 16 << 20);
+    assert_eq!(file(1, "queue_budget_mb: 64\n"), 64 << 20);
+}
+
 /// The README's `kafka:` and `defaults:` blocks show the values a file without them gets, so a
 /// reader can take them for the defaults.
 #[test]

@@ -23,7 +23,7 @@ pub(super) fn validate(
         );
     }
     let mut seen_ids = BTreeMap::new();
-    let destinations = raw
+    let destinations: Vec<_> = raw
         .destinations
         .into_iter()
         .enumerate()
@@ -43,18 +43,15 @@ pub(super) fn validate(
             Arc::new(destination)
         })
         .collect();
-    let queue_budget_mb = checked_range(
-        problems,
-        "queue_budget_mb",
-        raw.queue_budget_mb.unwrap_or(crate::budget::DEFAULT_MB),
-        1..=65_536,
-        " (MiB)",
-    );
+    let queue_budget_bytes = match raw.queue_budget_mb {
+        Some(mb) => checked_range(problems, "queue_budget_mb", mb, 1..=65_536, " (MiB)")
+            .saturating_mul(1 << 20),
+        None => crate::budget::default_bytes(destinations.len()),
+    };
     DeliveryConfig {
         kafka,
         destinations,
-        queue_budget_bytes: usize::try_from(queue_budget_mb.saturating_mul(1 << 20))
-            .unwrap_or(usize::MAX),
+        queue_budget_bytes: usize::try_from(queue_budget_bytes).unwrap_or(usize::MAX),
         files: std::mem::take(&mut sources.files),
     }
 }
