@@ -223,6 +223,8 @@ print_targets() {
   echo "| target | measured | verdict |"
   echo "|---|---|---|"
   for row in "${targets[@]}"; do echo "$row"; done
+  [[ $hundred_judged == yes ]] \
+    || echo "| delivery RSS ≤ 150 MB with 100 destinations | — | not measured by this invocation (\`deploy/bench.sh delivery-scale\` with 100 in BENCH_SCALE_DESTINATIONS) |"
   [[ $thousand_judged == yes ]] \
     || echo "| one delivery worker with 1,000 destinations: RSS ≤ 300 MB, CPU per change within 20 % of 20 destinations | — | not measured by this invocation (\`deploy/bench.sh delivery-scale\` with 1000 in BENCH_SCALE_DESTINATIONS) |"
   [[ $restore_judged == yes ]] \
@@ -574,7 +576,7 @@ bench_delivery() {
 # 17's thousand-destination target is judged against the 20 row of the same run: per change
 # for the 1,000 row (the same fan-out), per delivery for 1000x5 (per change it is bound to
 # cost more: every change goes out 2.5 times as often).
-thousand_judged=no
+thousand_judged=no hundred_judged=no
 bench_delivery_scale() {
   local problems="" rows="" d n f series at20="" per_delivery20="" verdict measured
   local list=${BENCH_SCALE_DESTINATIONS:-$([[ $scale == full ]] && echo "1 20 100 1000 1000x5" || echo "1 100")}
@@ -586,6 +588,11 @@ bench_delivery_scale() {
     series=$(grep -vc '^#' "$last_prom")
     rows+="| $n | $(( f < n ? f : n )) | $last_per_million | $last_per_delivery | $last_hwm MB | $last_requests | $series | $last_seconds |"$'\n'
     [[ $n == 20 && $f == 2 ]] && at20=$last_per_million per_delivery20=$last_per_delivery
+    if [[ $n == 100 && $f == 2 ]]; then
+      hundred_judged=yes
+      target "delivery RSS ≤ 150 MB with 100 destinations (each segment to two, delivery log on)" \
+        "$last_hwm MB peak" "$(calc %d "($last_hwm <= 150)")"
+    fi
     ((n == 1000)) || continue
     thousand_judged=yes
     measured="$last_hwm MB; $last_per_million CPU-s per million changes, $last_per_delivery per million deliveries; $series metric series"
