@@ -215,6 +215,10 @@ target() {
   fi
   targets+=("| $1 | $2 | $verdict |")
 }
+# unmeasured JUDGED TARGET BENCHMARK VALUE VARIABLE: the row of a target this run did not judge.
+unmeasured() {
+  [[ $1 == yes ]] || echo "| $2 | — | not measured by this invocation (\`deploy/bench.sh $3\` with $4 in $5) |"
+}
 print_targets() {
   local row
   echo
@@ -223,12 +227,10 @@ print_targets() {
   echo "| target | measured | verdict |"
   echo "|---|---|---|"
   for row in "${targets[@]}"; do echo "$row"; done
-  [[ $hundred_judged == yes ]] \
-    || echo "| delivery RSS ≤ 150 MB with 100 destinations | — | not measured by this invocation (\`deploy/bench.sh delivery-scale\` with 100 in BENCH_SCALE_DESTINATIONS) |"
-  [[ $thousand_judged == yes ]] \
-    || echo "| one delivery worker with 1,000 destinations: RSS ≤ 300 MB, CPU per change within 20 % of 20 destinations | — | not measured by this invocation (\`deploy/bench.sh delivery-scale\` with 1000 in BENCH_SCALE_DESTINATIONS) |"
-  [[ $restore_judged == yes ]] \
-    || echo "| qualifier restore of 10 million users ≤ 60 s per million users | — | not measured by this invocation (\`deploy/bench.sh qualifier-scale\` with 10000000 in BENCH_QUALIFIER_USERS) |"
+  unmeasured "$hundred_judged" "delivery RSS ≤ 150 MB with 100 destinations" delivery-scale 100 BENCH_SCALE_DESTINATIONS
+  unmeasured "$thousand_judged" "one delivery worker with 1,000 destinations: RSS ≤ 300 MB, CPU per change within 20 % of 20 destinations" \
+    delivery-scale 1000 BENCH_SCALE_DESTINATIONS
+  unmeasured "$restore_judged" "qualifier restore of 10 million users ≤ 60 s per million users" qualifier-scale 10000000 BENCH_QUALIFIER_USERS
   echo "| scaling curves | destinations per delivery worker: \`delivery-scale\`; users and segments per qualifier: \`qualifier-scale\`; rate: \`e2e\` | the tables above |"
   echo
 }

@@ -312,7 +312,7 @@ fn digits(n: u64) -> usize {
 /// `ProcessTime` (now) is 28 characters (`Wed Jul 27 16:17:22 UTC 2016`) until year 9999. A
 /// segment's `DateTime` is measured with [`PartnerDate::formatted_len`]: its time comes from the
 /// input and may be anything.
-const DATE_BYTES: usize = 28;
+pub(crate) const DATE_BYTES: usize = 28;
 
 /// `{"ProcessTime":"…","User_DPID":"…","Client_ID":"…","AAM_Destination_Id":"…","User_count":"","Users":[]}`
 /// without the digits of `User_count`.
@@ -323,6 +323,12 @@ fn header_bytes(destination: &DestinationConfig) -> usize {
         + json_str_bytes(&destination.client_id)
         + digits(destination.id)
 }
+
+/// A user's entry in the body without its two strings (each measured with its quotes).
+pub(crate) const ENTRY_FRAME_BYTES: usize =
+    r#"{"AAM_UUID":,"DataPartner_UUID":,"Segments":[]}"#.len();
+/// A segment in the body without its `Segment_ID` (measured with its quotes) and `DateTime`.
+pub(crate) const SEGMENT_FRAME_BYTES: usize = r#"{"Segment_ID":,"Status":"1","DateTime":""}"#.len();
 
 /// JSON bytes of one user's entries (one per partner id), with the commas between them, and
 /// the number of entries.
@@ -335,7 +341,7 @@ fn user_bytes(
     let segments_bytes: usize = segments
         .iter()
         .map(|s| {
-            r#"{"Segment_ID":,"Status":"1","DateTime":""}"#.len()
+            SEGMENT_FRAME_BYTES
                 + json_str_bytes(&s.segment_id)
                 + PartnerDate(s.time_unix_ms).formatted_len()
         })
@@ -354,7 +360,7 @@ fn user_bytes(
             - 1
     };
     let entry = |partner_uuid: &str| {
-        r#"{"AAM_UUID":,"DataPartner_UUID":,"Segments":[]}"#.len()
+        ENTRY_FRAME_BYTES
             + json_str_bytes(&update.user_id)
             + json_str_bytes(partner_uuid)
             + regions_bytes

@@ -20,7 +20,7 @@ use model::partner::PartnerSegment;
 use model::{PartnerIds, SegmentChange, SegmentStatusUpdate};
 use tokio::sync::Notify;
 
-use crate::batcher::{BatchUser, RoutedEvent};
+use crate::batcher::{BatchUser, DATE_BYTES, ENTRY_FRAME_BYTES, RoutedEvent, SEGMENT_FRAME_BYTES};
 
 /// The built-in `queue_budget_mb` of a worker with up to 409 destinations.
 pub const DEFAULT_MB: u64 = 16;
@@ -206,12 +206,12 @@ pub fn queued_bytes(update: &SegmentStatusUpdate, sharing: usize) -> usize {
 
 /// A user's slot in a batch's index by user id (a hash table of positions, with its slack).
 const BATCH_INDEX_ENTRY: usize = 16;
-/// A user's entry in the body besides their id and segments:
-/// `{"AAM_UUID":"…","DataPartner_UUID":"…","Segments":[]},` with a 36-character partner id.
-const BODY_ENTRY: usize = 88;
-/// One segment in the body: `{"Segment_ID":"…","Status":"1","DateTime":"…"},` with an id of
-/// a few characters and the partner's date (28).
-const BODY_SEGMENT: usize = 80;
+/// A user's entry in the body besides their id and segments, with a 36-character partner id,
+/// the strings' quotes and a comma (88 bytes).
+const BODY_ENTRY: usize = ENTRY_FRAME_BYTES + 2 + 2 + 36 + 1;
+/// One segment in the body, with an id of seven characters, its quotes, the partner's date and
+/// a comma (80 bytes).
+const BODY_SEGMENT: usize = SEGMENT_FRAME_BYTES + 7 + 2 + DATE_BYTES + 1;
 /// The event's entry in the offsets tracker and in the order table (16 bytes each).
 const TRACKED: usize = 32;
 
