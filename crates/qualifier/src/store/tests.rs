@@ -378,3 +378,37 @@ fn a_sweep_queues_users_of_other_definitions_and_skips_those_evaluated_meanwhile
     assert_eq!(swept, [Arc::from("old-1")]);
     assert_eq!(store.stale_count(), 0);
 }
+
+#[test]
+fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
+    let mut store = PartitionStore::default();
+    let ids: Vec<String> = (0..100).map(|i| format!("user-{i:03}")).collect();
+    for id in &ids {
+        store.put(user(id), Some(10));
+    }
+    store.settle();
+    let held =
+        |store: &PartitionStore, id: &str| Arc::as_ptr(store.users.get_key_value(id).unwrap().0);
+    let before: Vec<_> = ids.iter().map(|id| held(&store, id)).collect();
+    // Every other user is taken and put back, some due later, some at the same time.
+    for (i, id) in ids.iter().enumerate().step_by(2) {
+        let (state, due) = store.take(id).unwrap();
+        assert_eq!(due, Some(10));
+        store.put(state, Some(if i % 4 == 0 { 20 } else { 10 }));
+    }
+    store.settle();
+    assert_eq!(store.due_count(10), 75);
+    assert_eq!(store.due_count(20), 100);
+    let mut due: Vec<_> = store.due(20, 1000).collect();
+    due.sort_unstable();
+    assert_eq!(due, ids);
+    // The id the store held is the one it holds: a put does not allocate it again.
+    for (id, before) in ids.iter().zip(before) {
+        assert_eq!(held(&store, id), before, "{id}");
+    }
+    for id in &ids {
+        store.remove(id);
+    }
+    assert!(store.is_empty());
+    assert_eq!(store.due_count(i64::MAX), 0);
+}
