@@ -88,6 +88,13 @@ impl Ord for Timer {
     }
 }
 
+/// A user taken out of the store (see [`PartitionStore::taken`]).
+#[derive(Debug)]
+struct Taken {
+    base: Option<Base>,
+    due: Option<i64>,
+}
+
 /// The users of one input partition.
 #[derive(Debug, Default)]
 pub struct PartitionStore {
@@ -99,10 +106,12 @@ pub struct PartitionStore {
     /// Users put back in the open transaction, decoded (see [`Self::settle`]), with the record
     /// they were taken from, if what changed since is known.
     unsettled: HashMap<Arc<str>, (UserState, Option<Base>), foldhash::fast::RandomState>,
-    /// The users taken out and not yet put back, with the record each was taken from when it
-    /// can be of use (a user taken and not put back is forgotten: cleared at
-    /// [`Self::settle`]). The id goes back into the map when the user is put back.
-    taken: HashMap<Arc<str>, Option<Base>, foldhash::fast::RandomState>,
+    /// The users taken out and not yet put back: the record each was taken from when it can be
+    /// of use, and when their timer is due. The id goes back into the map when the user is put
+    /// back, and the timer stays in the index meanwhile: it moves only if the user is put back
+    /// due at another time (a new event seldom moves the earliest expiry). A user taken and
+    /// not put back is forgotten, timer and all, at [`Self::settle`].
+    taken: HashMap<Arc<str>, Taken, foldhash::fast::RandomState>,
     /// Users put back in the transaction before and not taken since, decoded: their entry
     /// holds these states' bytes.
     warm: HashMap<Arc<str>, UserState, foldhash::fast::RandomState>,
@@ -126,7 +135,7 @@ impl PartitionStore {
     /// Takes a user out for an update, with their timer (put them back with
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
-        let (id, entry) = self.remove_entry(user_id)?;
+        let (id, entry) = self.users.remove_entry(user_id)?;
         let (state, base) = if let Some((state, base)) = self.unsettled.remove(user_id) {
             self.warm.remove(user_id);
             (state, base)
@@ -141,30 +150,33 @@ impl PartitionStore {
             user_id.clone_into(&mut state.user_id);
             (state, Some(Base::new(entry.state)))
         };
-        self.taken.insert(id, base);
+        self.taken.insert(
+            id,
+            Taken {
+                base,
+                due: entry.due,
+            },
+        );
         Some((state, entry.due))
     }
 
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
-        self.remove_entry(user_id);
+        if let Some((user_id, entry)) = self.users.remove_entry(user_id) {
+            self.remove_timer(entry.due, &user_id);
+        }
         self.forget_decoded(user_id);
     }
 
     /// Drops what the store holds of the user besides their entry: their decoded state (the
-    /// open transaction's, the one before's) and the record they were taken from.
+    /// open transaction's, the one before's) and, if they are taken, the record they were
+    /// taken from and their timer.
     fn forget_decoded(&mut self, user_id: &str) {
         self.unsettled.remove(user_id);
         self.warm.remove(user_id);
-        self.taken.remove(user_id);
-    }
-
-    fn remove_entry(&mut self, user_id: &str) -> Option<(Arc<str>, Entry)> {
-        let (user_id, entry) = self.users.remove_entry(user_id)?;
-        if let Some(due) = entry.due {
-            self.remove_timer(due, &user_id);
+        if let Some((user_id, taken)) = self.taken.remove_entry(user_id) {
+            self.remove_timer(taken.due, &user_id);
         }
-        Some((user_id, entry))
     }
 
     /// Writes a user's changelog record into `buf` (the bytes prost writes for their state);
@@ -196,11 +208,15 @@ impl PartitionStore {
     /// [`Self::settle`] only those are encoded, the others' bytes copied from the record the
     /// user was taken from.
     pub fn put_changed(&mut self, state: UserState, due: Option<i64>, histories: Histories) {
-        let (user_id, base) = match self.taken.remove_entry(state.user_id.as_str()) {
-            Some((user_id, base)) => (user_id, base.and_then(|base| base.with_changed(histories))),
-            None => (Arc::from(state.user_id.as_str()), None),
+        let (user_id, base, timer) = match self.taken.remove_entry(state.user_id.as_str()) {
+            Some((user_id, taken)) => (
+                user_id,
+                taken.base.and_then(|base| base.with_changed(histories)),
+                taken.due,
+            ),
+            None => (Arc::from(state.user_id.as_str()), None, None),
         };
-        let user_id = self.insert(user_id, Box::default(), due);
+        let user_id = self.insert(user_id, Box::default(), timer, due);
         self.unsettled.insert(user_id, (state, base));
     }
 
@@ -210,7 +226,7 @@ impl PartitionStore {
         let user_id = std::mem::take(&mut state.user_id);
         let encoded = self.encode(&mut state, None);
         self.forget_decoded(&user_id);
-        self.insert(Arc::from(user_id), encoded, due);
+        self.insert(Arc::from(user_id), encoded, None, due);
     }
 
     /// Encodes the users put back since the last call (at the end of each transaction), and
@@ -218,7 +234,11 @@ impl PartitionStore {
     /// as spares to decode other users into.
     pub fn settle(&mut self) {
         let mut unsettled = std::mem::take(&mut self.unsettled);
-        self.taken.clear();
+        let mut taken = std::mem::take(&mut self.taken);
+        for (user_id, taken) in taken.drain() {
+            self.remove_timer(taken.due, &user_id);
+        }
+        self.taken = taken;
         let room = SPARE_STATES - self.spare.len();
         self.spare.extend(
             self.warm
@@ -258,45 +278,53 @@ impl PartitionStore {
         Box::from(self.buffer.as_slice())
     }
 
-    /// Stores a user's entry and timer; the id the store holds for them (`user_id`, or the one
-    /// it already held).
-    fn insert(&mut self, user_id: Arc<str>, state: Box<[u8]>, due: Option<i64>) -> Arc<str> {
+    /// Stores a user's entry and timer (`timer`: when the timer the index holds for the user
+    /// is due, if they were taken); the id the store holds for them (`user_id`, or the one it
+    /// already held).
+    fn insert(
+        &mut self,
+        user_id: Arc<str>,
+        state: Box<[u8]>,
+        timer: Option<i64>,
+        due: Option<i64>,
+    ) -> Arc<str> {
         let entry = Entry { state, due };
         // One probe of the map: a user is put back after a take, absent.
-        let (user_id, old) = match self.users.entry(user_id) {
+        let (user_id, timer) = match self.users.entry(user_id) {
             hash_map::Entry::Vacant(vacant) => {
                 let user_id = vacant.key().clone();
                 vacant.insert(entry);
-                (user_id, None)
+                (user_id, timer)
             }
-            // Put again without a take: the old timer goes, the id held stays.
+            // Put again without a take: the id held stays, and so does its timer if still due
+            // then.
             hash_map::Entry::Occupied(mut held) => {
                 let user_id = held.key().clone();
                 (user_id, held.insert(entry).due)
             }
         };
-        if let Some(old) = old {
-            self.remove_timer(old, &user_id);
-        }
-        if let Some(due) = due {
-            self.timers.insert(Timer {
-                due,
-                user: user_id.clone(),
-            });
+        if timer != due {
+            self.remove_timer(timer, &user_id);
+            if let Some(due) = due {
+                self.timers.insert(Timer {
+                    due,
+                    user: user_id.clone(),
+                });
+            }
         }
         user_id
     }
 
-    /// Removes the timer of a held user (`user_id`: the id the map holds).
-    fn remove_timer(&mut self, due: i64, user_id: &Arc<str>) {
-        let removed = self.timers.remove(&Timer {
-            due,
-            user: user_id.clone(),
-        });
-        debug_assert!(
-            removed,
-            "a held user's timer is found by the id the map holds"
-        );
+    /// Removes a user's timer, if they have one (`user_id`: the id the store holds, which
+    /// the timer holds too).
+    fn remove_timer(&mut self, due: Option<i64>, user_id: &Arc<str>) {
+        if let Some(due) = due {
+            let removed = self.timers.remove(&Timer {
+                due,
+                user: user_id.clone(),
+            });
+            debug_assert!(removed, "a user's timer is found by the id the store holds");
+        }
     }
 
     /// Users whose timer is due at `now`, earliest first, at most `limit`.

@@ -66,6 +66,9 @@ fn a_stored_user_is_their_changelog_record_and_comes_back_whole() {
     store.put_encoded(state.clone(), Some(5));
     assert_eq!(record(&store), Some(state.encode_to_vec()));
     assert_eq!(store.take("a"), Some((state, Some(5))));
+    // Taken and not put back by the transaction's end: forgotten, timer and all.
+    store.settle();
+    assert!(store.is_empty());
     assert_eq!(store.due_count(i64::MAX), 0);
 }
 
@@ -406,6 +409,14 @@ fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
     for (id, before) in ids.iter().zip(before) {
         assert_eq!(held(&store, id), before, "{id}");
     }
+    // A user forgotten while taken (a tombstone), and one taken and not put back by the
+    // transaction's end, leave no timer.
+    store.take("user-001").unwrap();
+    store.remove("user-001");
+    assert_eq!(store.due_count(20), 99);
+    store.take("user-003").unwrap();
+    store.settle();
+    assert_eq!(store.due_count(20), 98);
     for id in &ids {
         store.remove(id);
     }
