@@ -327,7 +327,8 @@ impl PartitionStore {
         }
     }
 
-    /// Users whose timer is due at `now`, earliest first, at most `limit`.
+    /// Users whose timer is due at `now`, earliest first, at most `limit` (called between
+    /// transactions: a user taken and not yet put back would be listed too).
     pub fn due(&self, now: i64, limit: usize) -> impl Iterator<Item = &str> {
         self.timers
             .iter()
