@@ -8,7 +8,7 @@ use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition};
 use prost::Message as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -21,7 +21,7 @@ impl Processor {
     pub(super) fn transaction(
         &mut self,
         definitions: &Definitions,
-        inputs: Vec<Input>,
+        inputs: Vec<Input<'_>>,
         due: Vec<(i32, String)>,
         now: i64,
     ) -> Result<(), KafkaError> {
@@ -108,7 +108,7 @@ impl Processor {
     fn process_event(
         &mut self,
         definitions: &Definitions,
-        input: &Input,
+        input: &Input<'_>,
         now: i64,
     ) -> Result<(), KafkaError> {
         let message = &input.message;
@@ -220,7 +220,7 @@ impl Processor {
     /// Keeps an input event that cannot be applied, in the same transaction.
     fn dead_letter(
         &mut self,
-        message: &OwnedMessage,
+        message: &BorrowedMessage<'_>,
         kind: EventKind,
         error: String,
     ) -> Result<(), KafkaError> {
