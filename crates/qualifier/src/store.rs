@@ -206,8 +206,13 @@ impl PartitionStore {
 
     /// [`Self::put`], saying which trait histories changed since [`Self::take`]: at
     /// [`Self::settle`] only those are encoded, the others' bytes copied from the record the
-    /// user was taken from.
-    pub fn put_changed(&mut self, state: UserState, due: Option<i64>, histories: Histories) {
+    /// user was taken from. Returns the id the store holds for the user.
+    pub fn put_changed(
+        &mut self,
+        state: UserState,
+        due: Option<i64>,
+        histories: Histories,
+    ) -> Arc<str> {
         let (user_id, base, timer) = match self.taken.remove_entry(state.user_id.as_str()) {
             Some((user_id, taken)) => (
                 user_id,
@@ -217,7 +222,8 @@ impl PartitionStore {
             None => (Arc::from(state.user_id.as_str()), None, None),
         };
         let user_id = self.insert(user_id, Box::default(), timer, due);
-        self.unsettled.insert(user_id, (state, base));
+        self.unsettled.insert(user_id.clone(), (state, base));
+        user_id
     }
 
     /// Stores a user encoded at once (a restore: holding every user decoded until the end would

@@ -157,7 +157,7 @@ pub struct Processor {
     /// Users whose state changed in the open transaction: their changelog record is written
     /// once, at its end, however many of their events it holds. Looked up on every event:
     /// foldhash rather than SipHash.
-    changed: HashMap<i32, HashSet<String, foldhash::fast::RandomState>>,
+    changed: HashMap<i32, HashSet<Arc<str>, foldhash::fast::RandomState>>,
     /// Reused for encoding changelog records.
     buffer: Vec<u8>,
     /// Beats once per loop iteration (`/livez`: the `processing` part).

@@ -2,6 +2,7 @@
 //! records and dead letters produced, the input offsets sent, committed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition};
@@ -172,16 +173,19 @@ impl Processor {
                 BaseRecord::<str, [u8]>::to(topic).key(user).timestamp(at),
             )?;
         }
+        // The id the store holds for the user, shared by the changelog's set of changed users.
+        let held = match step.state {
+            Some(state) => lock(&self.store)
+                .partitions
+                .get_mut(&partition)
+                .map(|store| store.put_changed(state, step.due, step.histories)),
+            None => None,
+        };
         if step.state_changed {
             let changed = self.changed.entry(partition).or_default();
             if !changed.contains(user) {
-                changed.insert(user.to_owned());
+                changed.insert(held.unwrap_or_else(|| Arc::from(user)));
             }
-        }
-        if let Some(state) = step.state
-            && let Some(store) = lock(&self.store).partitions.get_mut(&partition)
-        {
-            store.put_changed(state, step.due, step.histories);
         }
         Ok(())
     }
@@ -204,7 +208,7 @@ impl Processor {
             for user in users.drain() {
                 let mut record: BaseRecord<'_, str, [u8]> =
                     BaseRecord::to(&self.topology.changelog_topic)
-                        .key(user.as_str())
+                        .key(&*user)
                         .partition(*partition);
                 self.buffer.clear();
                 if owned.write_record(&user, &mut self.buffer) {
