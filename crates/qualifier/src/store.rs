@@ -88,6 +88,19 @@ impl Ord for Timer {
     }
 }
 
+/// Removes a user's timer, if they have one (`user_id`: the id the store holds, which the timer
+/// holds too). A function of the index alone, so that it can be called while another of the
+/// store's maps is drained.
+fn remove_timer(timers: &mut BTreeSet<Timer>, due: Option<i64>, user_id: &Arc<str>) {
+    if let Some(due) = due {
+        let removed = timers.remove(&Timer {
+            due,
+            user: user_id.clone(),
+        });
+        debug_assert!(removed, "a user's timer is found by the id the store holds");
+    }
+}
+
 /// A user taken out of the store (see [`PartitionStore::taken`]).
 #[derive(Debug)]
 struct Taken {
@@ -163,7 +176,7 @@ impl PartitionStore {
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
         if let Some((user_id, entry)) = self.users.remove_entry(user_id) {
-            self.remove_timer(entry.due, &user_id);
+            remove_timer(&mut self.timers, entry.due, &user_id);
         }
         self.forget_decoded(user_id);
     }
@@ -175,7 +188,7 @@ impl PartitionStore {
         self.unsettled.remove(user_id);
         self.warm.remove(user_id);
         if let Some((user_id, taken)) = self.taken.remove_entry(user_id) {
-            self.remove_timer(taken.due, &user_id);
+            remove_timer(&mut self.timers, taken.due, &user_id);
         }
     }
 
@@ -240,11 +253,9 @@ impl PartitionStore {
     /// as spares to decode other users into.
     pub fn settle(&mut self) {
         let mut unsettled = std::mem::take(&mut self.unsettled);
-        let mut taken = std::mem::take(&mut self.taken);
-        for (user_id, taken) in taken.drain() {
-            self.remove_timer(taken.due, &user_id);
+        for (user_id, taken) in self.taken.drain() {
+            remove_timer(&mut self.timers, taken.due, &user_id);
         }
-        self.taken = taken;
         let room = SPARE_STATES - self.spare.len();
         self.spare.extend(
             self.warm
@@ -310,7 +321,7 @@ impl PartitionStore {
             }
         };
         if timer != due {
-            self.remove_timer(timer, &user_id);
+            remove_timer(&mut self.timers, timer, &user_id);
             if let Some(due) = due {
                 self.timers.insert(Timer {
                     due,
@@ -319,18 +330,6 @@ impl PartitionStore {
             }
         }
         user_id
-    }
-
-    /// Removes a user's timer, if they have one (`user_id`: the id the store holds, which
-    /// the timer holds too).
-    fn remove_timer(&mut self, due: Option<i64>, user_id: &Arc<str>) {
-        if let Some(due) = due {
-            let removed = self.timers.remove(&Timer {
-                due,
-                user: user_id.clone(),
-            });
-            debug_assert!(removed, "a user's timer is found by the id the store holds");
-        }
     }
 
     /// Users whose timer is due at `now`, earliest first, at most `limit` (called between
