@@ -150,7 +150,7 @@ impl CatchUpReader {
         // only routes librdkafka's events to the consumer queue, and names the reader in
         // broker logs.
         let consumer: StreamConsumer = kafka
-            .client_config(&format!("delivery-catch-up-{}", sender.config.id))
+            .consumer_config(&format!("delivery-catch-up-{}", sender.config.id))
             .set(
                 "group.id",
                 format!("{group_id}.catch-up.{}", sender.config.id),
@@ -160,7 +160,7 @@ impl CatchUpReader {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            // It reads behind; prefetching far ahead only holds memory.
+            // It reads behind: it prefetches less still.
             .set("queued.max.messages.kbytes", "2048")
             .set("queued.min.messages", "2000")
             .set("fetch.max.bytes", "2097152")

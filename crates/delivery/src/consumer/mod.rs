@@ -194,7 +194,7 @@ impl InputPipeline {
             lag: telemetry::ConsumerLag::new(shared.metrics.consumer_lag.clone(), topic),
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
-            .client_config(&format!("delivery-{topic}"))
+            .consumer_config(&format!("delivery-{topic}"))
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -216,13 +216,6 @@ impl InputPipeline {
                 "statistics.interval.ms",
                 telemetry::lag::STATISTICS_INTERVAL_MS,
             )
-            // librdkafka pre-fetches up to 64 MB (and 100,000 messages a partition) per
-            // consumer by default, in fetch responses of up to 50 MB; the lanes' queues already
-            // buffer thousands of updates, so a few MB keep fetching ahead without holding half
-            // of the memory budget in raw messages.
-            .set("queued.max.messages.kbytes", "8192")
-            .set("queued.min.messages", "10000")
-            .set("fetch.max.bytes", "4194304")
             .create_with_context(context)?;
         if side == Topic::RealTime {
             consumer.subscribe(&[topic])?;

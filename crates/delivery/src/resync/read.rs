@@ -195,15 +195,13 @@ pub fn consumer(
     context: ResyncContext,
 ) -> KafkaResult<ChangelogConsumer> {
     let announce = context.announce;
-    let mut config = kafka.client_config(&format!("delivery-resync-{}", context.destination));
+    let mut config = kafka.consumer_config(&format!("delivery-resync-{}", context.destination));
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("queued.max.messages.kbytes", "8192")
-        .set("fetch.max.bytes", "4194304");
+        .set("isolation.level", "read_committed");
     if announce {
         config.set("partition.assignment.strategy", "cooperative-sticky");
     }

@@ -204,7 +204,7 @@ impl Processor {
             lag: telemetry::ConsumerLag::new(metrics.consumer_lag.clone(), &topology.events_topic),
         };
         let consumer: BaseConsumer<RebalanceContext> = kafka
-            .client_config("qualifier")
+            .consumer_config("qualifier")
             .set("group.id", &topology.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

@@ -145,7 +145,7 @@ impl KafkaSettings {
     }
 
     fn reader(&self) -> Result<BaseConsumer, KafkaError> {
-        self.client_config("segment-relay-reader")
+        self.consumer_config("segment-relay-reader")
             .set("group.id", "segment-relay-reader")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")

@@ -1,6 +1,6 @@
 //! Kafka settings: defaults, SASL/TLS pass-through, every problem named with its variable, the
-//! producer's safety settings, KAFKA_DEBUG, which consumer errors are transient, and that a
-//! read which stops moving fails.
+//! producer's safety settings, the consumers' bounded prefetch, KAFKA_DEBUG, which consumer
+//! errors are transient, and that a read which stops moving fails.
 
 use std::collections::HashMap;
 
@@ -134,6 +134,22 @@ fn a_producer_config_is_acks_all_and_idempotent_over_the_connection_settings() {
         .producer_config("delivery-dlq");
     assert_eq!(config.get("acks"), Some("all"));
     assert_eq!(config.get("enable.idempotence"), Some("true"));
+    assert_eq!(config.get("bootstrap.servers"), Some("a:1,b:2"));
+    assert_eq!(config.get("client.id"), Some("relay"));
+}
+
+#[test]
+fn a_consumer_config_bounds_the_prefetch_and_refetches_soon_over_the_connection_settings() {
+    let config = settings(&[("KAFKA_BROKERS", "a:1,b:2"), ("KAFKA_CLIENT_ID", "relay")])
+        .unwrap()
+        .consumer_config("qualifier");
+    // 8 MB and 10,000 messages a partition, not librdkafka's 64 MB and 100,000.
+    assert_eq!(config.get("queued.max.messages.kbytes"), Some("8192"));
+    assert_eq!(config.get("queued.min.messages"), Some("10000"));
+    assert_eq!(config.get("fetch.max.bytes"), Some("4194304"));
+    // With a queue this small, librdkafka's pause of 1 s after each time it fills made the
+    // qualifier's restore ten times slower.
+    assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
     assert_eq!(config.get("bootstrap.servers"), Some("a:1,b:2"));
     assert_eq!(config.get("client.id"), Some("relay"));
 }
