@@ -144,11 +144,15 @@ impl KafkaSettings {
         read_ranges(&consumer, topic, &ranges, Bound::Total(deadline), each)
     }
 
+    /// A consumer for bounded reads. It reads every partition asked for at once, and what
+    /// librdkafka holds per queued message (~0.7 KB of bookkeeping, for records of ~100 B in
+    /// the qualifier's changelog) made 10,000 a partition ~50 MB: 2,000 is ~0.1 s of a restore.
     fn reader(&self) -> Result<BaseConsumer, KafkaError> {
         self.consumer_config("segment-relay-reader")
             .set("group.id", "segment-relay-reader")
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            .set("queued.min.messages", "2000")
             .create()
     }
 
