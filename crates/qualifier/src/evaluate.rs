@@ -3,7 +3,9 @@
 //! time is a parameter, so every rule about time is tested without waiting.
 
 use model::pb::{Membership, trait_event};
-use model::{ChangeReason, Origin, SegmentChange, SegmentStatusUpdate, TraitEvent, UserState};
+use model::{
+    ChangeReason, Origin, SegmentChange, SegmentStatus, SegmentStatusUpdate, TraitEvent, UserState,
+};
 
 use crate::config::Definitions;
 use crate::rules::TraitTimes;
@@ -96,11 +98,12 @@ impl TraitTimes for LiveView<'_> {
     }
 }
 
-/// Evaluates users; holds the rule programs' scratch stack so evaluations allocate nothing
-/// for it.
+/// Evaluates users; holds the rule programs' scratch stack, and the list of segments a new
+/// user's event evaluates, so evaluations allocate nothing for them.
 #[derive(Debug, Default)]
 pub struct Evaluator {
     stack: Vec<bool>,
+    segments: Vec<usize>,
 }
 
 /// The longest user id and partner id, in bytes. Ids are copied into every status update,
@@ -253,7 +256,8 @@ impl Evaluator {
                 if definitions.retention.contains_key(&realization.trait_id) {
                     insert_time(&mut state.traits, realization.trait_id, time);
                 }
-                let first_segments;
+                // The segments a blank user's event evaluates, in a vector kept across events.
+                let mut first_segments = std::mem::take(&mut self.segments);
                 // Every segment that can hold is evaluated: the user is now evaluated under
                 // these definitions.
                 if evaluate_all || blank {
@@ -266,17 +270,17 @@ impl Evaluator {
                     // Every other rule reads no realization: it holds exactly when it holds
                     // for nobody's traits (a 66 µs evaluation of every rule cut to a few).
                     prune_trait(definitions, &mut state, realization.trait_id, now);
-                    let mut segments: Vec<usize> = definitions
-                        .segments_by_trait
-                        .get(&realization.trait_id)
-                        .map_or(&[][..], Vec::as_slice)
-                        .iter()
-                        .chain(&definitions.hold_when_empty)
-                        .copied()
-                        .collect();
-                    segments.sort_unstable();
-                    segments.dedup();
-                    first_segments = segments;
+                    first_segments.clear();
+                    first_segments.extend(
+                        definitions
+                            .segments_by_trait
+                            .get(&realization.trait_id)
+                            .map_or(&[][..], Vec::as_slice)
+                            .iter()
+                            .chain(&definitions.hold_when_empty),
+                    );
+                    first_segments.sort_unstable();
+                    first_segments.dedup();
                     Some(first_segments.as_slice())
                 } else {
                     // No time boundary passed since the user was last evaluated, so no other
@@ -297,6 +301,7 @@ impl Evaluator {
                     time,
                     affected,
                 );
+                self.segments = first_segments;
                 let update = build_update(&mut state, changes, origin, now);
                 let due = match due {
                     // Boundaries of other traits are unchanged: the old timer, or this
@@ -419,22 +424,25 @@ impl Evaluator {
         affected: Option<&[usize]>,
     ) -> Vec<SegmentChange> {
         let mut changes = Vec::new();
-        let mut qualified = Vec::new();
-        let segments: Box<dyn Iterator<Item = &crate::config::SegmentDef>> = match affected {
-            Some(indices) => Box::new(indices.iter().map(|&i| &definitions.segments[i])),
-            None => Box::new(definitions.segments.iter()),
-        };
-        for segment in segments {
+        let mut visit = |segment: &crate::config::SegmentDef| {
             let view = LiveView { state, definitions };
             let holds = segment.program.evaluate(&view, now, &mut self.stack);
             let member = state.memberships.iter().any(|m| m.segment_id == segment.id);
             if holds && !member {
-                qualified.push(segment.id);
                 changes.push(SegmentChange::qualified(segment.id, time));
             } else if !holds && member {
                 changes.push(SegmentChange::unsegmented(segment.id, reason_for_0, time));
             }
+        };
+        // Two loops rather than one boxed iterator: an allocation per event otherwise.
+        match affected {
+            Some(indices) => indices
+                .iter()
+                .for_each(|&i| visit(&definitions.segments[i])),
+            None => definitions.segments.iter().for_each(visit),
         }
+        // The evaluated segments' changes; those of undefined segments follow.
+        let evaluated = changes.len();
         state.memberships.retain(|m| {
             let defined = definitions.segment_index.contains_key(&m.segment_id);
             let still = defined && !changes.iter().any(|c| c.segment_id == m.segment_id);
@@ -447,13 +455,16 @@ impl Evaluator {
             }
             still
         });
-        state
-            .memberships
-            .extend(qualified.into_iter().map(|segment_id| Membership {
-                segment_id,
-                since_unix_ms: time,
-                refreshed_unix_ms: 0,
-            }));
+        state.memberships.extend(
+            changes[..evaluated]
+                .iter()
+                .filter(|c| c.status == SegmentStatus::Active as i32)
+                .map(|c| Membership {
+                    segment_id: c.segment_id,
+                    since_unix_ms: time,
+                    refreshed_unix_ms: 0,
+                }),
+        );
         changes
     }
 }
