@@ -106,6 +106,20 @@ fn remove_timer(timers: &mut BTreeSet<Timer>, due: Option<i64>, user_id: &Arc<st
 struct Taken {
     base: Option<Base>,
     due: Option<i64>,
+    /// Their state changed earlier in the open transaction (they were taken from
+    /// [`PartitionStore::unsettled`]).
+    changed: bool,
+}
+
+/// A user put back in the open transaction (see [`PartitionStore::unsettled`]).
+#[derive(Debug)]
+struct Unsettled {
+    state: UserState,
+    /// The record they were taken from, if what changed since is known.
+    base: Option<Base>,
+    /// Their state changed in the transaction: [`PartitionStore::settle`] writes their
+    /// changelog record.
+    changed: bool,
 }
 
 /// The users of one input partition.
@@ -116,18 +130,21 @@ pub struct PartitionStore {
     /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
     /// from the end. About 16 bytes per user while a sweep runs; empty otherwise.
     stale: Vec<Arc<str>>,
-    /// Users put back in the open transaction, decoded (see [`Self::settle`]), with the record
-    /// they were taken from, if what changed since is known.
-    unsettled: HashMap<Arc<str>, (UserState, Option<Base>), foldhash::fast::RandomState>,
+    /// Users put back in the open transaction, decoded (see [`Self::settle`]).
+    unsettled: HashMap<Arc<str>, Unsettled, foldhash::fast::RandomState>,
     /// The users taken out and not yet put back: the record each was taken from when it can be
     /// of use, and when their timer is due. The id goes back into the map when the user is put
     /// back, and the timer stays in the index meanwhile: it moves only if the user is put back
     /// due at another time (a new event seldom moves the earliest expiry). A user taken and
-    /// not put back is forgotten, timer and all, at [`Self::settle`].
+    /// not put back is forgotten, timer and all, at [`Self::settle`], which writes their
+    /// tombstone.
     taken: HashMap<Arc<str>, Taken, foldhash::fast::RandomState>,
     /// Users put back in the transaction before and not taken since, decoded: their entry
     /// holds these states' bytes.
     warm: HashMap<Arc<str>, UserState, foldhash::fast::RandomState>,
+    /// Users the store did not hold whose step forgot them in the open transaction (an
+    /// erasure of an unknown user): a tombstone each at [`Self::settle`].
+    forgotten: Vec<Arc<str>>,
     /// Where states are encoded before they are copied into an allocation of their size.
     buffer: Vec<u8>,
     /// Decoded states of users let go (encoded, no longer warm), kept for their allocations: a
@@ -149,25 +166,26 @@ impl PartitionStore {
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
         let (id, entry) = self.users.remove_entry(user_id)?;
-        let (state, base) = if let Some((state, base)) = self.unsettled.remove(user_id) {
+        let (state, base, changed) = if let Some(unsettled) = self.unsettled.remove(user_id) {
             self.warm.remove(user_id);
-            (state, base)
+            (unsettled.state, unsettled.base, unsettled.changed)
         } else if let Some(state) = self.warm.remove(user_id) {
             // The entry holds the warm state's record.
-            (state, Some(Base::new(entry.state)))
+            (state, Some(Base::new(entry.state)), false)
         } else {
             let mut state = self.spare.pop().unwrap_or_default();
             // The store holds only what `encode` wrote from a `UserState`: prost's encoding,
             // read back (tested below), so this cannot fail on any input.
             decode_into(&mut state, &entry.state).expect("the store decodes the states it encoded");
             user_id.clone_into(&mut state.user_id);
-            (state, Some(Base::new(entry.state)))
+            (state, Some(Base::new(entry.state)), false)
         };
         self.taken.insert(
             id,
             Taken {
                 base,
                 due: entry.due,
+                changed,
             },
         );
         Some((state, entry.due))
@@ -192,69 +210,80 @@ impl PartitionStore {
         }
     }
 
-    /// Writes a user's changelog record into `buf` (the bytes prost writes for their state);
-    /// `false` for a user the store does not hold.
-    pub fn write_record(&self, user_id: &str, buf: &mut Vec<u8>) -> bool {
-        let Some(entry) = self.users.get(user_id) else {
-            return false;
-        };
-        if let Some((state, _)) = self.unsettled.get(user_id) {
-            state.encode_raw(buf);
-            return true;
-        }
-        if !user_id.is_empty() {
-            encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(user_id.len() as u64, buf);
-            buf.extend_from_slice(user_id.as_bytes());
-        }
-        buf.extend_from_slice(&entry.state);
-        true
-    }
-
     /// Puts a user back (after [`Self::take`]) with the time their timer is due (`None`: no
     /// timer), decoded until [`Self::settle`], any of their trait histories changed.
     pub fn put(&mut self, state: UserState, due: Option<i64>) {
-        self.put_changed(state, due, Histories::Any);
+        self.put_changed(state, due, Histories::Any, true);
     }
 
     /// [`Self::put`], saying which trait histories changed since [`Self::take`]: at
     /// [`Self::settle`] only those are encoded, the others' bytes copied from the record the
-    /// user was taken from. Returns the id the store holds for the user.
+    /// user was taken from. `changed`: the state differs from the one taken, so
+    /// [`Self::settle`] writes the user's changelog record.
     pub fn put_changed(
         &mut self,
         state: UserState,
         due: Option<i64>,
         histories: Histories,
-    ) -> Arc<str> {
-        let (user_id, base, timer) = match self.taken.remove_entry(state.user_id.as_str()) {
+        changed: bool,
+    ) {
+        let (user_id, base, timer, changed) = match self.taken.remove_entry(state.user_id.as_str())
+        {
             Some((user_id, taken)) => (
                 user_id,
                 taken.base.and_then(|base| base.with_changed(histories)),
                 taken.due,
+                changed || taken.changed,
             ),
-            None => (Arc::from(state.user_id.as_str()), None, None),
+            None => (Arc::from(state.user_id.as_str()), None, None, changed),
         };
         let user_id = self.insert(user_id, Box::default(), timer, due);
-        self.unsettled.insert(user_id.clone(), (state, base));
-        user_id
+        self.unsettled.insert(
+            user_id,
+            Unsettled {
+                state,
+                base,
+                changed,
+            },
+        );
+    }
+
+    /// Writes a tombstone for a user forgotten by a step at [`Self::settle`]. A user taken and
+    /// not put back gets one anyway; this is for a user the store did not hold.
+    pub fn forget(&mut self, user_id: &str) {
+        if !self.taken.contains_key(user_id) {
+            self.forgotten.push(Arc::from(user_id));
+        }
     }
 
     /// Stores a user encoded at once (a restore: holding every user decoded until the end would
     /// take several times the memory).
     pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
         let user_id = std::mem::take(&mut state.user_id);
-        let encoded = self.encode(&mut state, None);
+        self.buffer.clear();
+        self.encode(&mut state, None);
+        let encoded = Box::from(self.buffer.as_slice());
         self.forget_decoded(&user_id);
         self.insert(Arc::from(user_id), encoded, None, due);
     }
 
     /// Encodes the users put back since the last call (at the end of each transaction), and
     /// keeps them decoded until the next call; those of the call before are let go, some kept
-    /// as spares to decode other users into.
-    pub fn settle(&mut self) {
+    /// as spares to decode other users into. Hands `write` each changelog record the
+    /// transaction makes: (user id, record), `None` for a tombstone (a user forgotten), the
+    /// tombstones first. It stops at `write`'s first error (the transaction then fails, and
+    /// the store is restored from the changelog).
+    pub fn settle<E>(
+        &mut self,
+        mut write: impl FnMut(&str, Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut unsettled = std::mem::take(&mut self.unsettled);
         for (user_id, taken) in self.taken.drain() {
             remove_timer(&mut self.timers, taken.due, &user_id);
+            write(&user_id, None)?;
+        }
+        for user_id in self.forgotten.drain(..) {
+            write(&user_id, None)?;
         }
         let room = SPARE_STATES - self.spare.len();
         self.spare.extend(
@@ -264,35 +293,46 @@ impl PartitionStore {
                 .filter(|state| state.traits.len() <= SPARE_TRAITS)
                 .take(room),
         );
-        for (user_id, (mut state, base)) in unsettled.drain() {
-            let id = std::mem::take(&mut state.user_id);
-            let encoded = self.encode(&mut state, base.as_ref());
-            state.user_id = id;
+        for (user_id, mut user) in unsettled.drain() {
+            let id = std::mem::take(&mut user.state.user_id);
+            // The record: the id (field 1, which prost writes first), then the stored bytes.
+            self.buffer.clear();
+            if !id.is_empty() {
+                encode_key(1, WireType::LengthDelimited, &mut self.buffer);
+                encode_varint(id.len() as u64, &mut self.buffer);
+                self.buffer.extend_from_slice(id.as_bytes());
+            }
+            let prefix = self.buffer.len();
+            self.encode(&mut user.state, user.base.as_ref());
+            user.state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user_id) {
-                entry.state = encoded;
-                self.warm.insert(user_id, state);
+                entry.state = Box::from(&self.buffer[prefix..]);
+                if user.changed {
+                    write(&user_id, Some(&self.buffer))?;
+                }
+                self.warm.insert(user_id, user.state);
             }
         }
         // Its allocation is reused by the next transaction.
         self.unsettled = unsettled;
+        Ok(())
     }
 
-    /// `state` encoded into an allocation of its size (its user id is left empty: the map
-    /// key holds it): from `base`, the record it was taken from, where that can be done, else
+    /// `state` encoded, appended to [`Self::buffer`] (its user id is left empty: the map key
+    /// holds it): from `base`, the record it was taken from, where that can be done, else
     /// whole. The same bytes either way (checked in debug builds, so by every test).
-    fn encode(&mut self, state: &mut UserState, base: Option<&Base>) -> Box<[u8]> {
-        self.buffer.clear();
+    fn encode(&mut self, state: &mut UserState, base: Option<&Base>) {
+        let start = self.buffer.len();
         let spliced = base.is_some_and(|base| base.splice(state, &mut self.buffer).is_some());
         if !spliced {
-            self.buffer.clear();
+            self.buffer.truncate(start);
             state.encode_raw(&mut self.buffer);
         }
         debug_assert_eq!(
-            self.buffer,
+            self.buffer[start..],
             state.encode_to_vec(),
             "the record spliced from the one taken differs from the state's"
         );
-        Box::from(self.buffer.as_slice())
     }
 
     /// Stores a user's entry and timer (`timer`: when the timer the index holds for the user
@@ -384,7 +424,7 @@ impl PartitionStore {
     /// under definitions other than `fingerprint`.
     fn is_stale(&self, user_id: &str, entry: &Entry, fingerprint: u64) -> bool {
         let (opted_out, evaluated_under) = match self.unsettled.get(user_id) {
-            Some((state, _)) => (state.opted_out, state.definitions_fingerprint),
+            Some(user) => (user.state.opted_out, user.state.definitions_fingerprint),
             None => scan_for_staleness(&entry.state),
         };
         !opted_out && evaluated_under != fingerprint

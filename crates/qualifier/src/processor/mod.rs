@@ -12,7 +12,6 @@
 //! in-memory state ran ahead of what Kafka has. It retries until the broker answers, so an
 //! outage needs no restart.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -154,10 +153,6 @@ pub struct Processor {
     metrics: Metrics,
     counters: HotCounters,
     evaluator: Evaluator,
-    /// Users whose state changed in the open transaction: their changelog record is written
-    /// once, at its end, however many of their events it holds. Looked up on every event:
-    /// foldhash rather than SipHash.
-    changed: HashMap<i32, HashSet<Arc<str>, foldhash::fast::RandomState>>,
     /// Reused for encoding changelog records.
     buffer: Vec<u8>,
     /// Beats once per loop iteration (`/livez`: the `processing` part).
@@ -228,7 +223,6 @@ impl Processor {
             counters: HotCounters::new(&metrics),
             metrics,
             evaluator: Evaluator::default(),
-            changed: HashMap::new(),
             buffer: Vec::new(),
             heartbeat,
         })
@@ -273,8 +267,6 @@ impl Processor {
                 self.metrics.transactions_failed.inc();
                 tracing::warn!(%error, "A Kafka transaction failed; aborting it and rewinding state and input to what Kafka has.");
                 health.set_not_ready(format!("recovering from a failed transaction: {error}"));
-                // What the failed transaction changed is rewound with the store.
-                self.changed.clear();
                 // Retrying until the broker answers: a restart would not make it answer sooner.
                 let _recovering = self.heartbeat.waiting();
                 self.recover(shutdown)?;

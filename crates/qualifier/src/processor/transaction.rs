@@ -2,7 +2,6 @@
 //! records and dead letters produced, the input offsets sent, committed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition};
@@ -146,8 +145,8 @@ impl Processor {
         }
     }
 
-    /// Produces a step's update, puts the user back in the store with their timer, and notes
-    /// a changed state for the transaction's changelog records.
+    /// Produces a step's update, and puts the user back in the store with their timer, saying
+    /// whether their state changed (their changelog record is written at the transaction's end).
     fn publish(&mut self, partition: i32, user: &str, step: Step) -> Result<(), KafkaError> {
         for update in step.update.iter().chain(&step.targeted) {
             let topic = if update.origin() == Origin::Batch {
@@ -173,51 +172,34 @@ impl Processor {
                 BaseRecord::<str, [u8]>::to(topic).key(user).timestamp(at),
             )?;
         }
-        // The id the store holds for the user, shared by the changelog's set of changed users.
-        let held = match step.state {
-            Some(state) => lock(&self.store)
-                .partitions
-                .get_mut(&partition)
-                .map(|store| store.put_changed(state, step.due, step.histories)),
-            None => None,
-        };
-        if step.state_changed {
-            let changed = self.changed.entry(partition).or_default();
-            if !changed.contains(user) {
-                changed.insert(held.unwrap_or_else(|| Arc::from(user)));
+        if let Some(store) = lock(&self.store).partitions.get_mut(&partition) {
+            match step.state {
+                Some(state) => {
+                    store.put_changed(state, step.due, step.histories, step.state_changed);
+                }
+                None if step.state_changed => store.forget(user),
+                None => {}
             }
         }
         Ok(())
     }
 
     /// One changelog record per user whose state changed in this transaction: their state as
-    /// it is now, or a tombstone for a user the store forgot. The users put back in it are
-    /// encoded first, once each (`PartitionStore::settle`).
+    /// it is now, or a tombstone for a user the store forgot, written as the store encodes the
+    /// users put back in it, once each (`PartitionStore::settle`). A partition no longer owned
+    /// is its new owner's to write.
     fn write_changelog(&mut self) -> Result<(), KafkaError> {
-        let store = self.store.clone();
-        let mut store = lock(&store);
-        for owned in store.partitions.values_mut() {
-            owned.settle();
-        }
-        for (partition, users) in &mut self.changed {
-            // A partition no longer owned is its new owner's to write (no tombstone from here).
-            let Some(owned) = store.partitions.get(partition) else {
-                users.clear();
-                continue;
-            };
-            for user in users.drain() {
-                let mut record: BaseRecord<'_, str, [u8]> =
-                    BaseRecord::to(&self.topology.changelog_topic)
-                        .key(&*user)
-                        .partition(*partition);
-                self.buffer.clear();
-                if owned.write_record(&user, &mut self.buffer) {
-                    record = record.payload(&self.buffer);
+        let (producer, topic) = (&self.producer, &self.topology.changelog_topic);
+        for (&partition, owned) in &mut lock(&self.store).partitions {
+            owned.settle(|user, record| {
+                let mut message: BaseRecord<'_, str, [u8]> =
+                    BaseRecord::to(topic).key(user).partition(partition);
+                if let Some(record) = record {
+                    message = message.payload(record);
                 }
-                send(&self.producer, record)?;
-            }
+                send(producer, message)
+            })?;
         }
-        self.buffer.clear();
         Ok(())
     }
 

@@ -37,39 +37,94 @@ fn full(id: &str, opted_out: bool, fingerprint: u64) -> UserState {
     }
 }
 
+/// Settles the store; the changelog records it writes, in order.
+fn settle(store: &mut PartitionStore) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut written = Vec::new();
+    store
+        .settle(|user, record| {
+            written.push((user.to_owned(), record.map(<[u8]>::to_vec)));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    written
+}
+
+/// A settled user's record as the store holds it: the id, then the stored bytes.
+fn stored(store: &PartitionStore, id: &str) -> Option<Vec<u8>> {
+    let entry = store.users.get(id)?;
+    assert!(!store.unsettled.contains_key(id), "{id} is not settled");
+    let mut record = Vec::new();
+    prost::encoding::string::encode(1, &id.to_owned(), &mut record);
+    record.extend_from_slice(&entry.state);
+    Some(record)
+}
+
 #[test]
 fn a_stored_user_is_their_changelog_record_and_comes_back_whole() {
     let mut store = PartitionStore::default();
     let state = full("a", false, 0xfeed_beef_dead_cafe);
-    let record = |store: &PartitionStore| {
-        let mut record = Vec::new();
-        store.write_record("a", &mut record).then_some(record)
-    };
-    // Put back in a transaction, taken again, settled at its end; and as a restore puts.
+    // Put back in a transaction, taken again, settled at its end: one record, the state's.
     store.put(state.clone(), Some(5));
-    assert_eq!(record(&store), Some(state.encode_to_vec()));
     assert_eq!(store.take("a"), Some((state.clone(), Some(5))));
     store.put(state.clone(), Some(5));
-    store.settle();
+    assert_eq!(
+        settle(&mut store),
+        [("a".to_owned(), Some(state.encode_to_vec()))]
+    );
     assert!(store.unsettled.is_empty());
-    assert_eq!(record(&store), Some(state.encode_to_vec()));
-    // Kept decoded through the next transaction, then only encoded, the decoded state kept
-    // spare and decoded into when the user is taken again.
+    assert_eq!(stored(&store, "a"), Some(state.encode_to_vec()));
+    // Kept decoded through the next transaction (which writes nothing), then only encoded,
+    // the decoded state kept spare and decoded into when the user is taken again.
     assert!(store.warm.contains_key("a"));
-    store.settle();
+    assert_eq!(settle(&mut store), []);
     assert!(store.warm.is_empty());
     assert_eq!(store.spare.len(), 1);
-    assert_eq!(record(&store), Some(state.encode_to_vec()));
+    assert_eq!(stored(&store, "a"), Some(state.encode_to_vec()));
     assert_eq!(store.take("a"), Some((state.clone(), Some(5))));
     assert!(store.spare.is_empty());
-    assert_eq!(record(&store), None);
+    assert_eq!(stored(&store, "a"), None);
     store.put_encoded(state.clone(), Some(5));
-    assert_eq!(record(&store), Some(state.encode_to_vec()));
+    assert_eq!(stored(&store, "a"), Some(state.encode_to_vec()));
     assert_eq!(store.take("a"), Some((state, Some(5))));
-    // Taken and not put back by the transaction's end: forgotten, timer and all.
-    store.settle();
+    // Taken and not put back by the transaction's end: forgotten, timer and all, and its
+    // record a tombstone.
+    assert_eq!(settle(&mut store), [("a".to_owned(), None)]);
     assert!(store.is_empty());
     assert_eq!(store.due_count(i64::MAX), 0);
+}
+
+#[test]
+fn a_record_is_written_once_for_a_user_whose_state_changed_in_the_transaction() {
+    let mut store = PartitionStore::default();
+    store.put(full("a", false, 1), None);
+    store.put(full("b", false, 1), None);
+    settle(&mut store);
+    // Put back unchanged: nothing written.
+    let (a, _) = store.take("a").unwrap();
+    store.put_changed(a, None, Histories::Untouched, false);
+    assert_eq!(settle(&mut store), []);
+    // Changed, taken again and put back unchanged in the same transaction: written once,
+    // as it is at the end.
+    let (mut a, _) = store.take("a").unwrap();
+    a.last_seen_unix_ms = 1;
+    store.put_changed(a, None, Histories::Untouched, true);
+    let (a, _) = store.take("a").unwrap();
+    store.put_changed(a.clone(), None, Histories::Untouched, false);
+    assert_eq!(
+        settle(&mut store),
+        [("a".to_owned(), Some(a.encode_to_vec()))]
+    );
+    // Forgotten: a user taken gets one tombstone, one the store did not hold gets one too.
+    store.take("b").unwrap();
+    store.forget("b");
+    store.forget("unknown");
+    let mut written = settle(&mut store);
+    written.sort();
+    assert_eq!(
+        written,
+        [("b".to_owned(), None), ("unknown".to_owned(), None)]
+    );
+    assert_eq!(store.len(), 1);
 }
 
 /// A user with more of everything than [`full`]: longer histories, more traits, partner ids
@@ -197,12 +252,12 @@ fn a_user_put_back_with_what_changed_is_encoded_from_their_record() {
         },
         Some(9),
     );
-    store.settle();
+    settle(&mut store);
     // Two events in one transaction, each changing one history; then one in the next,
     // the user still decoded; then one after they were let go (decoded again).
     for (round, trait_id) in [(0, 30), (0, 35), (1, 10), (3, 50)] {
         for _ in 0..round {
-            store.settle();
+            settle(&mut store);
         }
         let (mut state, due) = store.take("u").unwrap();
         // As an event adds a realization: to its trait's history, a new one in id order.
@@ -210,27 +265,28 @@ fn a_user_put_back_with_what_changed_is_encoded_from_their_record() {
             Ok(i) => state.traits[i].times_unix_ms.push(round),
             Err(i) => state.traits.insert(i, history(trait_id, &[round])),
         }
-        store.put_changed(state.clone(), due, Histories::One(trait_id));
+        store.put_changed(state.clone(), due, Histories::One(trait_id), true);
         assert!(
-            store.unsettled["u"].1.is_some(),
+            store.unsettled["u"].base.is_some(),
             "spliced from the record taken"
         );
         if round > 0 || trait_id == 35 {
-            store.settle();
-            let mut record = Vec::new();
-            assert!(store.write_record("u", &mut record));
-            assert_eq!(record, state.encode_to_vec());
+            assert_eq!(
+                settle(&mut store),
+                [("u".to_owned(), Some(state.encode_to_vec()))]
+            );
+            assert_eq!(stored(&store, "u"), Some(state.encode_to_vec()));
         }
     }
     // Any history may have changed: encoded whole.
     let (state, due) = store.take("u").unwrap();
-    store.put_changed(state, due, Histories::Any);
-    assert!(store.unsettled["u"].1.is_none());
+    store.put_changed(state, due, Histories::Any, true);
+    assert!(store.unsettled["u"].base.is_none());
     // Taken and not put back (forgotten): its record is not kept past the transaction.
-    store.settle();
+    settle(&mut store);
     store.take("u").unwrap();
     assert_eq!(store.taken.len(), 1);
-    store.settle();
+    settle(&mut store);
     assert!(store.taken.is_empty());
 }
 
@@ -248,15 +304,15 @@ fn spares_are_kept_up_to_their_number_and_only_of_ordinary_size() {
     let mut store = PartitionStore::default();
     store.put(with_traits("ordinary", SPARE_TRAITS as u64), None);
     store.put(with_traits("heavy", SPARE_TRAITS as u64 + 1), None);
-    store.settle();
-    store.settle();
+    settle(&mut store);
+    settle(&mut store);
     assert_eq!(store.spare.len(), 1);
     assert_eq!(store.spare[0].traits.len(), SPARE_TRAITS);
     for i in 0..SPARE_STATES + 10 {
         store.put(user(&i.to_string()), None);
     }
-    store.settle();
-    store.settle();
+    settle(&mut store);
+    settle(&mut store);
     assert_eq!(store.spare.len(), SPARE_STATES);
 }
 
@@ -302,7 +358,7 @@ fn staleness_is_read_from_the_record_as_decoding_it_would() {
             assert_eq!(store.stale_count(), 0);
             store.mark_stale(fingerprint ^ 1);
             assert_eq!(store.stale_count(), usize::from(!opted_out));
-            store.settle();
+            settle(&mut store);
         }
         assert!(store.unsettled.is_empty());
     }
@@ -389,7 +445,7 @@ fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
     for id in &ids {
         store.put(user(id), Some(10));
     }
-    store.settle();
+    settle(&mut store);
     let held =
         |store: &PartitionStore, id: &str| Arc::as_ptr(store.users.get_key_value(id).unwrap().0);
     let before: Vec<_> = ids.iter().map(|id| held(&store, id)).collect();
@@ -399,7 +455,7 @@ fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
         assert_eq!(due, Some(10));
         store.put(state, Some(if i % 4 == 0 { 20 } else { 10 }));
     }
-    store.settle();
+    settle(&mut store);
     assert_eq!(store.due_count(10), 75);
     assert_eq!(store.due_count(20), 100);
     let mut due: Vec<_> = store.due(20, 1000).collect();
@@ -415,7 +471,7 @@ fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
     store.remove("user-001");
     assert_eq!(store.due_count(20), 99);
     store.take("user-003").unwrap();
-    store.settle();
+    settle(&mut store);
     assert_eq!(store.due_count(20), 98);
     for id in &ids {
         store.remove(id);
