@@ -67,11 +67,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An input message's value → its event and type (the `type` label of
+/// An input message's value decoded into `event` (cleared first: the processor keeps one event
+/// across messages, so that its user id's allocation is reused) → its type (the `type` label of
 /// `qualifier_events_total`), or the type and why it cannot be applied (it is dead-lettered).
 /// Fields this version does not know are skipped, so a newer producer's events still decode.
-pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, EventKind), (EventKind, String)> {
-    let event = TraitEvent::decode(payload)
+pub fn decode_event(
+    payload: &[u8],
+    event: &mut TraitEvent,
+) -> Result<EventKind, (EventKind, String)> {
+    event.clear();
+    event
+        .merge(payload)
         .map_err(|e| (EventKind::Unknown, format!("not a TraitEvent: {e}")))?;
     let kind = match &event.event {
         Some(model::pb::trait_event::Event::TraitRealization(_)) => EventKind::Trait,
@@ -80,8 +86,8 @@ pub fn decode_event(payload: &[u8]) -> Result<(TraitEvent, EventKind), (EventKin
         Some(model::pb::trait_event::Event::Forget(_)) => EventKind::Forget,
         None => EventKind::Unknown,
     };
-    match crate::evaluate::validate(&event) {
-        Ok(()) => Ok((event, kind)),
+    match crate::evaluate::validate(event) {
+        Ok(()) => Ok(kind),
         Err(invalid) => Err((kind, invalid.to_string())),
     }
 }
@@ -155,6 +161,8 @@ pub struct Processor {
     evaluator: Evaluator,
     /// Reused for encoding changelog records.
     buffer: Vec<u8>,
+    /// Each input event is decoded into this one (see [`decode_event`]).
+    event: TraitEvent,
     /// Beats once per loop iteration (`/livez`: the `processing` part).
     heartbeat: Heartbeat,
 }
@@ -224,6 +232,7 @@ impl Processor {
             metrics,
             evaluator: Evaluator::default(),
             buffer: Vec::new(),
+            event: TraitEvent::default(),
             heartbeat,
         })
     }

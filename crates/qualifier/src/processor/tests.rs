@@ -31,13 +31,34 @@ static DEFINITIONS: std::sync::LazyLock<Definitions> = std::sync::LazyLock::new(
 /// Kafka's default limit on one record (key and value) that the processor produces.
 const MAX_RECORD_BYTES: usize = 1_000_000;
 
+/// `decode_event` into a fresh event, and into one that held another event before (as the
+/// processor's kept event has): both must give the same.
+fn decode(payload: &[u8]) -> Result<(TraitEvent, EventKind), (EventKind, String)> {
+    let mut fresh = TraitEvent::default();
+    let decoded = decode_event(payload, &mut fresh);
+    let mut used = TraitEvent {
+        user_id: "held-before".repeat(50),
+        origin: Origin::Batch as i32,
+        event: Some(trait_event::Event::IdSync(IdSync {
+            data_partner_id: 7,
+            partner_uuid: "p".repeat(100),
+            time_unix_ms: NOW,
+        })),
+    };
+    assert_eq!(decode_event(payload, &mut used), decoded);
+    if decoded.is_ok() {
+        assert_eq!(used, fresh, "decoded into an event used before");
+    }
+    decoded.map(|kind| (fresh, kind))
+}
+
 /// What the processor does with an input message's value, checked: decoding never panics or
 /// hangs; a decoded event is valid, evaluates (new user and known user), and makes records
 /// Kafka accepts.
 fn check_event(payload: &[u8]) -> Result<(), TestCaseError> {
     let defs = &*DEFINITIONS;
     let decoded = testkit::fuzz::within(Duration::from_secs(1), "decoding an event", || {
-        decode_event(payload)
+        decode(payload)
     });
     let Ok((event, kind)) = decoded else {
         return Ok(());
@@ -120,7 +141,7 @@ fn every_event_and_state_in_the_corpora_is_handled() {
     }
     // Seeds that must keep their verdict.
     let verdict = |name: &str| {
-        decode_event(
+        decode(
             &std::fs::read(
                 testkit::fuzz::corpus_dir(env!("CARGO_MANIFEST_DIR"), "trait_event").join(name),
             )
@@ -215,7 +236,7 @@ fn events_from_a_newer_producer_decode_with_their_unknown_fields_skipped() {
         .encode_to_vec();
         inner.extend(length_delimited(field, &with_unknown_fields(&nested)));
         for newer in [with_unknown_fields(&bytes), with_unknown_fields(&inner)] {
-            let (decoded, _) = decode_event(&newer).unwrap();
+            let (decoded, _) = decode(&newer).unwrap();
             assert_eq!(decoded, event);
         }
     }

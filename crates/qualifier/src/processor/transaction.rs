@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition};
+use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition, TraitEvent};
 use prost::Message as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -111,12 +111,26 @@ impl Processor {
         input: &Input<'_>,
         now: i64,
     ) -> Result<(), KafkaError> {
+        let mut event = std::mem::take(&mut self.event);
+        let processed = self.apply_event(definitions, input, &mut event, now);
+        self.event = event;
+        processed
+    }
+
+    /// [`Self::process_event`], decoding into `event`.
+    fn apply_event(
+        &mut self,
+        definitions: &Definitions,
+        input: &Input<'_>,
+        event: &mut TraitEvent,
+        now: i64,
+    ) -> Result<(), KafkaError> {
         let message = &input.message;
         let partition = message.partition();
         // Rejected before the user is taken out of the store: an invalid event must not cost
         // the user their state.
-        let (event, kind) = match decode_event(message.payload().unwrap_or_default()) {
-            Ok(decoded) => decoded,
+        let kind = match decode_event(message.payload().unwrap_or_default(), event) {
+            Ok(kind) => kind,
             Err((kind, error)) => return self.dead_letter(message, kind, error),
         };
         let state = lock(&self.store)
@@ -125,9 +139,7 @@ impl Processor {
             .and_then(|p| p.take(&event.user_id));
         let (state, due) = state.map_or((None, None), |(state, due)| (Some(state), due));
         let started = Instant::now();
-        let step = self
-            .evaluator
-            .on_event(definitions, state, due, &event, now);
+        let step = self.evaluator.on_event(definitions, state, due, event, now);
         self.metrics
             .eval_duration
             .observe(started.elapsed().as_secs_f64());
