@@ -125,6 +125,17 @@ fn a_record_is_written_once_for_a_user_whose_state_changed_in_the_transaction() 
         [("b".to_owned(), None), ("unknown".to_owned(), None)]
     );
     assert_eq!(store.len(), 1);
+    // Forgotten and back in the same transaction (an erasure, then a new event): their new
+    // record only, which replaces the old one in the compacted changelog.
+    store.take("a").unwrap();
+    store.forget("a");
+    let again = user("a");
+    store.put_changed(again.clone(), None, Histories::Any, true);
+    assert_eq!(
+        settle(&mut store),
+        [("a".to_owned(), Some(again.encode_to_vec()))]
+    );
+    assert_eq!(stored(&store, "a"), Some(again.encode_to_vec()));
 }
 
 /// A user with more of everything than [`full`]: longer histories, more traits, partner ids
