@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use model::UserState;
 use prost::Message as _;
-use prost::encoding::{WireType, encode_key, encode_varint};
+use prost::encoding::string;
 
 use crate::evaluate::Histories;
 
@@ -298,9 +298,7 @@ impl PartitionStore {
             // The record: the id (field 1, which prost writes first), then the stored bytes.
             self.buffer.clear();
             if !id.is_empty() {
-                encode_key(1, WireType::LengthDelimited, &mut self.buffer);
-                encode_varint(id.len() as u64, &mut self.buffer);
-                self.buffer.extend_from_slice(id.as_bytes());
+                string::encode(1, &id, &mut self.buffer);
             }
             let prefix = self.buffer.len();
             self.encode(&mut user.state, user.base.as_ref());
