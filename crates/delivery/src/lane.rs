@@ -18,7 +18,10 @@ use crate::delivery_log::AttemptReport;
 use crate::metrics::SendPath;
 use crate::offsets::Watermarks;
 use crate::payload::{idempotency_key, write_body};
-use crate::sender::{DestinationSender, Failure, jittered};
+use crate::sender::{DestinationSender, Failure};
+
+mod rounds;
+use rounds::Rounds;
 
 /// Hashes user ids to lanes: seeded once per input pipeline, so a user keeps their lane for the
 /// life of the pipeline — all per-user order needs, since a reload drains the old pipeline
@@ -235,18 +238,17 @@ impl Lane {
     /// Sends the batch until the partner accepts it, or the failure is permanent. A
     /// transient failure (timeout, connection, TLS, 5xx, 429, …) pauses the lane with capped
     /// exponential backoff (or as long as the partner's `Retry-After` / the circuit's
-    /// cool-down says) and tries again: the batch waits here, the lane's queue fills, and
-    /// the destination's later events wait in Kafka (see `consumer`). Only a change older
-    /// than `max_backlog_age` gives up on a transient failure. Replays (`hold_transient`
-    /// false) give up after one round of attempts, as before.
+    /// cool-down says; see [`Rounds`]) and tries again: the batch waits here, the lane's
+    /// queue fills, and the destination's later events wait in Kafka (see `consumer`). Only a
+    /// change older than `max_backlog_age` gives up on a transient failure. Replays
+    /// (`hold_transient` false) give up after one round of attempts, as before.
     async fn deliver(&self, batch: &mut DestinationBatch) -> Result<(), Failure> {
         let destination = &self.sender.config;
         let metrics = &self.sender.metrics;
-        let mut backoff = destination.backoff.initial;
+        let mut rounds = Rounds::new(destination.backoff);
         let mut recoveries = self.sender.recoveries();
-        let mut earlier: Option<(u32, i64)> = None;
         loop {
-            let mut failure = if batch.is_oversized() {
+            let failure = if batch.is_oversized() {
                 oversized(batch, destination)
             } else {
                 let mut body = Vec::with_capacity(batch.body_bytes());
@@ -255,7 +257,7 @@ impl Lane {
                 let key = idempotency_key(batch, &self.input_topic);
                 metrics.batch_users.observe(batch.users.len() as f64);
                 metrics.batch_bytes.observe(body.len() as f64);
-                let earlier_attempts = earlier.map_or(0, |(attempts, _)| attempts);
+                let earlier_attempts = rounds.earlier_attempts();
                 let logged: &DestinationBatch = batch;
                 let mut on_attempt = |report: &AttemptReport<'_>| {
                     if let Some(log) = &self.sender.log {
@@ -280,11 +282,7 @@ impl Lane {
                 }
             };
             // The record of a batch tried in several rounds counts every attempt.
-            if let Some((attempts, first_unix_ms)) = earlier {
-                failure.attempts += attempts;
-                failure.first_attempt_unix_ms = first_unix_ms;
-            }
-            earlier = Some((failure.attempts, failure.first_attempt_unix_ms));
+            let (failure, wait) = rounds.failed(failure);
             if failure.permanent || !self.hold_transient {
                 return Err(failure);
             }
@@ -307,10 +305,6 @@ impl Lane {
                 return Err(failure);
             }
             metrics.backoffs.inc();
-            let wait = failure.not_before.map_or_else(
-                || jittered(backoff),
-                |t| t.saturating_duration_since(Instant::now()),
-            );
             tracing::debug!(
                 destination = destination.id,
                 wait_ms = wait.as_millis() as u64,
@@ -318,12 +312,8 @@ impl Lane {
                 "Batch failed transiently; waiting before the next attempt."
             );
             let backoff_wait = self.waiting();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = recoveries.changed() => {}
-            }
+            rounds.wait(wait, &mut recoveries).await;
             drop(backoff_wait);
-            backoff = (backoff * 2).min(destination.backoff.max);
             self.drop_revoked(batch);
             if batch.is_empty() {
                 return Err(failure);
