@@ -2,7 +2,7 @@
 //! a consumer that has not taken its partitions' messages shows them as lag, one that took
 //! them shows 0, and a partition taken away loses its series.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -15,11 +15,36 @@ use testkit::kafka;
 
 struct LagContext {
     lag: ConsumerLag,
+    topic: String,
+    /// What the last statistics said of the topic's partitions: a failure shows it.
+    last: Mutex<String>,
 }
 
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
         self.lag.observe(&statistics);
+        let partitions = statistics.topics.get(&self.topic).map(|topic| {
+            topic
+                .partitions
+                .values()
+                .map(|p| {
+                    format!(
+                        "{}: desired {} unknown {} {} lo {} ls {} hi {} stored {} committed {}",
+                        p.partition,
+                        p.desired,
+                        p.unknown,
+                        p.fetch_state,
+                        p.lo_offset,
+                        p.ls_offset,
+                        p.hi_offset,
+                        p.stored_offset,
+                        p.committed_offset
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        *self.last.lock().unwrap() = partitions.unwrap_or_else(|| "no such topic".to_owned());
     }
 }
 
@@ -72,7 +97,8 @@ fn poll_until(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: the lag gauge shows {shown:?}, expected {expected:?}"
+            "{what}: the lag gauge shows {shown:?}, expected {expected:?}; the last statistics: {}",
+            consumer.context().last.lock().unwrap()
         );
     }
 }
@@ -113,6 +139,8 @@ async fn lag_shows_what_is_not_consumed_and_only_for_assigned_partitions() {
             .set("statistics.interval.ms", "100")
             .create_with_context(LagContext {
                 lag: ConsumerLag::new(gauge.clone(), &topic),
+                topic: topic.clone(),
+                last: Mutex::default(),
             })
             .unwrap(),
     );
@@ -140,7 +168,8 @@ async fn lag_shows_what_is_not_consumed_and_only_for_assigned_partitions() {
     while taken < 30 {
         assert!(
             Instant::now() < deadline,
-            "only {taken} of 30 messages read"
+            "only {taken} of 30 messages read; the last statistics: {}",
+            consumer.context().last.lock().unwrap()
         );
         consumer.poll(Duration::ZERO);
         if let Some(message) = queues[0].poll(Duration::from_millis(100)) {
