@@ -78,6 +78,10 @@ async fn a_rotated_hmac_key_and_oauth_client_secret_are_used_without_restart() {
     );
 
     let hmac_partner = Receiver::start().await;
+    // A slow partner: when the files change, a change is usually in flight to it and already
+    // delivered to the other one, so the two destinations restart from different positions
+    // (the case that made this test wait for a token no change would ask for).
+    hmac_partner.respond_with(Response::status(200).delay(Duration::from_millis(1500)));
     let (oauth_partner, tokens) = (Receiver::start().await, Receiver::start().await);
     tokens.respond_with(Response::status(200).json(format!(
         r#"{{"access_token":"tok-{run}","token_type":"bearer","expires_in":3600}}"#
