@@ -245,8 +245,7 @@ impl Lane {
     async fn deliver(&self, batch: &mut DestinationBatch) -> Result<(), Failure> {
         let destination = &self.sender.config;
         let metrics = &self.sender.metrics;
-        let mut rounds = Rounds::new(destination.backoff);
-        let mut recoveries = self.sender.recoveries();
+        let mut rounds = Rounds::new(destination.backoff, self.sender.recoveries());
         loop {
             let failure = if batch.is_oversized() {
                 oversized(batch, destination)
@@ -312,7 +311,7 @@ impl Lane {
                 "Batch failed transiently; waiting before the next attempt."
             );
             let backoff_wait = self.waiting();
-            rounds.wait(wait, &mut recoveries).await;
+            rounds.wait(wait).await;
             drop(backoff_wait);
             self.drop_revoked(batch);
             if batch.is_empty() {

@@ -26,14 +26,17 @@ pub(super) struct Rounds {
     backoff: Duration,
     /// The attempts of the rounds so far and when the first was made.
     earlier: Option<(u32, i64)>,
+    /// Changes each time the destination recovers (`DestinationSender::recoveries`).
+    recoveries: watch::Receiver<u64>,
 }
 
 impl Rounds {
-    pub(super) fn new(config: Backoff) -> Self {
+    pub(super) fn new(config: Backoff, recoveries: watch::Receiver<u64>) -> Self {
         Self {
             config,
             backoff: config.initial,
             earlier: None,
+            recoveries,
         }
     }
 
@@ -62,14 +65,14 @@ impl Rounds {
         (failure, wait)
     }
 
-    /// Waits `wait`, or until the destination recovers (`recoveries` changes; it may have
-    /// while the round was sent): then the next round goes at once, and the backoff starts
-    /// again from `backoff.initial`.
-    pub(super) async fn wait(&mut self, wait: Duration, recoveries: &mut watch::Receiver<u64>) {
+    /// Waits `wait`, or until the destination recovers (it may have while the round was
+    /// sent): then the next round goes at once, and the backoff starts again from
+    /// `backoff.initial`.
+    pub(super) async fn wait(&mut self, wait: Duration) {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             // An error only once the sender is gone, which this lane holds: not a recovery.
-            Ok(()) = recoveries.changed() => self.backoff = self.config.initial,
+            Ok(()) = self.recoveries.changed() => self.backoff = self.config.initial,
         }
     }
 }

@@ -12,11 +12,19 @@ use crate::sender::Failure;
 
 const S: Duration = Duration::from_secs(1);
 
-fn rounds() -> Rounds {
-    Rounds::new(Backoff {
+/// Rounds with a backoff of 1 s doubling to 60 s, and what tells them of recoveries.
+fn rounds_with_recoveries() -> (Rounds, watch::Sender<u64>) {
+    let (recovered, recoveries) = watch::channel(0_u64);
+    let backoff = Backoff {
         initial: S,
         max: 60 * S,
-    })
+    };
+    (Rounds::new(backoff, recoveries), recovered)
+}
+
+fn rounds() -> Rounds {
+    // The sender is dropped: no recovery ever (a closed channel is not one).
+    rounds_with_recoveries().0
 }
 
 /// A round that failed after `attempts` requests of its own (0: the circuit turned it away),
@@ -105,11 +113,10 @@ async fn rounds_the_circuit_turned_away_do_not_grow_the_backoff() {
 /// lane's next failed round waits 1 s (jittered), not 60.
 #[tokio::test(start_paused = true)]
 async fn a_recovery_ends_the_wait_and_starts_the_backoff_again() {
-    let mut rounds = rounds();
+    let (mut rounds, recovered) = rounds_with_recoveries();
     for _ in 0..8 {
         after_own_round(&mut rounds);
     }
-    let (recovered, mut recoveries) = watch::channel(0_u64);
     let wait = after_own_round(&mut rounds);
     assert!(jittered_from(wait, 60 * S), "{wait:?}: at the cap");
     let began = Instant::now();
@@ -119,7 +126,7 @@ async fn a_recovery_ends_the_wait_and_starts_the_backoff_again() {
         // Kept until the test is done: a dropped sender is not a recovery.
         tokio::time::sleep(3_600 * S).await;
     });
-    rounds.wait(wait, &mut recoveries).await;
+    rounds.wait(wait).await;
     assert_eq!(
         began.elapsed(),
         3 * S,
@@ -133,13 +140,12 @@ async fn a_recovery_ends_the_wait_and_starts_the_backoff_again() {
 /// lane waits the whole time.
 #[tokio::test(start_paused = true)]
 async fn a_recovery_during_the_round_ends_the_wait_at_once() {
-    let (recovered, mut recoveries) = watch::channel(0_u64);
-    let mut rounds = rounds();
+    let (mut rounds, recovered) = rounds_with_recoveries();
     let began = Instant::now();
-    rounds.wait(5 * S, &mut recoveries).await;
+    rounds.wait(5 * S).await;
     assert_eq!(began.elapsed(), 5 * S, "no recovery: the whole wait");
     recovered.send_modify(|n| *n += 1);
     let began = Instant::now();
-    rounds.wait(5 * S, &mut recoveries).await;
+    rounds.wait(5 * S).await;
     assert_eq!(began.elapsed(), Duration::ZERO);
 }
