@@ -155,9 +155,10 @@ async fn wait_qualifier_caught_up(system: &System, settings: &KafkaSettings) {
                 Err(e) => format!("no answer: {e}"),
             };
             panic!(
-                "the qualifier did not process its input: {lag} 2 minutes after the load; /livez: {}; its log:\n{}",
+                "the qualifier did not process its input: {lag} 2 minutes after the load; /livez: {}; its log:\n{}\nits processing thread:\n{}",
                 livez.trim(),
-                tail(&system.qualifier.log(), 40)
+                tail(&system.qualifier.log(), 40),
+                system.qualifier.stacks("qualifier::processor")
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

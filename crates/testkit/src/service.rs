@@ -182,6 +182,45 @@ impl Service {
         self.child.id()
     }
 
+    /// The stacks of the process's threads whose frames mention `matching` (e.g.
+    /// `qualifier::processor`), as `gdb` prints them: where a hung process hangs, for the
+    /// report of a test that found it stuck. Says why when there are none (no `gdb`, the
+    /// process gone, no thread matched).
+    pub fn stacks(&self, matching: &str) -> String {
+        let Some(pid) = self.child.id() else {
+            return "no stacks: the process has exited".to_owned();
+        };
+        let output = std::process::Command::new("timeout")
+            .args(["60", "gdb", "--batch", "-p", &pid.to_string()])
+            .args(["-ex", "set pagination off", "-ex", "thread apply all bt 40"])
+            .output();
+        let (text, errors) = match output {
+            Ok(output) => (
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ),
+            Err(error) => return format!("no stacks: cannot run gdb: {error}"),
+        };
+        let threads: Vec<&str> = text
+            .split("\nThread ")
+            .skip(1)
+            .filter(|thread| thread.contains(matching))
+            .collect();
+        if threads.is_empty() {
+            return format!(
+                "no stacks: no thread of {} (pid {pid}) has a frame matching `{matching}` ({} bytes from gdb; its errors: {})",
+                self.name,
+                text.len(),
+                errors.trim()
+            );
+        }
+        threads
+            .iter()
+            .map(|thread| format!("Thread {}", thread.trim_end()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// How the process ended, or `None` while it runs.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
