@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 use crate::Secret;
 
 mod cluster;
+pub mod commits;
 
 pub use cluster::is_transient;
 

@@ -20,7 +20,7 @@ pub mod watch;
 
 pub use admin::{AdminServer, Health, new_registry};
 pub use errors::{ConfigError, exit_code};
-pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol, is_transient};
+pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol, commits, is_transient};
 pub use lag::ConsumerLag;
 pub use liveness::{Heartbeat, Liveness, Waiter, Waiting};
 pub use logging::{LogFormat, LoggingError, init_logging};

@@ -143,6 +143,45 @@ pub fn producer() -> FutureProducer {
         .unwrap()
 }
 
+/// Writes one record to partition 0 of `topic` on the cluster at `brokers` (a test's mock
+/// cluster) and waits until it is acknowledged.
+pub fn produce_one(brokers: &str, topic: &str, key: &str, payload: &[u8]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(BaseRecord::to(topic).partition(0).key(key).payload(payload))
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// The key of the first committed record of partition 0 of `topic` on the cluster at
+/// `brokers`, if one comes within `within`. Reads from an explicit offset, so that it never
+/// asks the group coordinator for commits (a test may be making it fail). Blocks.
+pub fn first_key(brokers: &str, topic: &str, within: Duration) -> Option<Vec<u8>> {
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "segment-relay-tests-first-key")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut start = TopicPartitionList::new();
+    start
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&start).unwrap();
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
+            return Some(message.key().unwrap_or_default().to_vec());
+        }
+    }
+    None
+}
+
 /// A consumer in its own group that reads from the beginning and never commits.
 pub fn consumer(group: &str) -> StreamConsumer {
     consumer_on(&settings(), group)
