@@ -205,6 +205,8 @@ impl Processor {
             pending: pending.clone(),
             metrics: metrics.clone(),
             lag: telemetry::ConsumerLag::new(metrics.consumer_lag.clone(), &topology.events_topic),
+            waiter: heartbeat.waiter(),
+            failed: Mutex::new(None),
         };
         let consumer: BaseConsumer<RebalanceContext> = kafka
             .consumer_config("qualifier")

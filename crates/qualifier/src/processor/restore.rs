@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use model::UserState;
 use prometheus::IntCounter;
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, Message};
-use telemetry::KafkaSettings;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+use telemetry::{KafkaSettings, Waiter, commits};
 
 use super::{Processor, current, lock};
 use crate::config::Definitions;
@@ -19,14 +20,19 @@ use crate::evaluate::{next_due, normalize};
 use crate::metrics::Metrics;
 use crate::store::{PartitionStore, Store};
 
-/// Queues assigned partitions for [`Processor::restore_pending`] and drops revoked ones;
-/// librdkafka's statistics feed the lag gauge. It does no I/O: a callback that blocked would
-/// hold the group's rebalance, and one that failed could only end the process.
+/// Takes assigned partitions at their commits (read here, see `telemetry::commits`) and queues
+/// them for [`Processor::restore_pending`]; drops revoked ones; librdkafka's statistics feed
+/// the lag gauge. Reading the commits is its only I/O, and it would otherwise happen right
+/// after the assignment anyway; the restore is left to the loop.
 pub(super) struct RebalanceContext {
     pub(super) store: Arc<Mutex<Store>>,
     pub(super) pending: Pending,
     pub(super) metrics: Metrics,
     pub(super) lag: telemetry::ConsumerLag,
+    /// Declares the wait for the commits (the processing loop's, whose `poll` runs the callback).
+    pub(super) waiter: Waiter,
+    /// Why the commits of assigned partitions could not be read: the loop stops on it.
+    pub(super) failed: Mutex<Option<KafkaError>>,
 }
 
 /// Assigned partitions whose users are not restored yet.
@@ -39,30 +45,42 @@ impl ClientContext for RebalanceContext {
 }
 
 impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            let mut store = lock(&self.store);
-            let mut pending = lock(&self.pending);
-            for element in partitions.elements() {
-                store.partitions.remove(&element.partition());
-                pending.remove(&element.partition());
-            }
-            self.metrics.users.set(store.users() as i64);
-            self.metrics.restore_pending.set(pending.len() as i64);
-            tracing::info!(
-                partitions = partitions.count(),
-                "Partitions revoked; their users were dropped."
-            );
-        }
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        event: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        commits::rebalance(self, consumer, event, partitions);
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(partitions) = rebalance else {
-            return;
-        };
+impl commits::Handover for RebalanceContext {
+    fn assigned(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        let _commits = self.waiter.waiting();
+        if let Err(error) = commits::take_at_commits(consumer, partitions, commits::PATIENCE) {
+            // Processing from a start librdkafka may never fetch would stall unseen.
+            tracing::error!(%error, "Cannot read the committed offsets of assigned partitions; stopping so that a restart retries.");
+            *lock(&self.failed) = Some(error);
+        }
         let mut pending = lock(&self.pending);
         pending.extend(partitions.elements().iter().map(|e| e.partition()));
         self.metrics.restore_pending.set(pending.len() as i64);
+    }
+
+    fn revoked(&self, _: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        let mut store = lock(&self.store);
+        let mut pending = lock(&self.pending);
+        for element in partitions.elements() {
+            store.partitions.remove(&element.partition());
+            pending.remove(&element.partition());
+        }
+        self.metrics.users.set(store.users() as i64);
+        self.metrics.restore_pending.set(pending.len() as i64);
+        tracing::info!(
+            partitions = partitions.count(),
+            "Partitions revoked; their users were dropped."
+        );
     }
 }
 
@@ -73,6 +91,9 @@ impl Processor {
     /// while records come and fails after [`RESTORE_STALL`] without one; the error goes up to
     /// the service, which stops.
     pub(super) fn restore_pending(&mut self) -> Result<(), KafkaError> {
+        if let Some(error) = lock(&self.consumer.context().failed).take() {
+            return Err(error);
+        }
         let wanted: Vec<i32> = {
             let pending = lock(&self.pending);
             if pending.is_empty() {

@@ -276,3 +276,54 @@ fn changelog_records_from_a_newer_qualifier_restore_with_their_unknown_fields_sk
     expected.traits.push(state.traits[0].clone());
     assert_eq!(decoded, expected);
 }
+
+/// A coordinator that answers the first requests for the group's commits `NOT_COORDINATOR`
+/// (it moved: its broker restarted) delays the assigned partition and never leaves it unread
+/// (librdkafka #5586, see `telemetry::commits`): the event on it is processed, here
+/// dead-lettered since it is no event.
+#[test]
+fn an_assigned_partition_is_processed_though_the_coordinator_moved() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in ["events", "status", "status-batch", "changelog", "dlq"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    testkit::kafka::produce_one(&brokers, "events", "u1", b"\xffno event");
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
+    );
+    let kafka =
+        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
+            .unwrap();
+    let topology = Topology {
+        group_id: "qualifier".to_owned(),
+        events_topic: "events".to_owned(),
+        status_topic: "status".to_owned(),
+        status_batch_topic: "status-batch".to_owned(),
+        changelog_topic: "changelog".to_owned(),
+        dlq_topic: "dlq".to_owned(),
+        delivery_log_topic: None,
+        transactional_id: "qualifier-0".to_owned(),
+    };
+    let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(DEFINITIONS.clone())));
+    let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+    let health = telemetry::Health::new("starting");
+    let processor =
+        Processor::start(&kafka, topology, definitions, metrics, health.liveness()).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = std::thread::spawn({
+        let shutdown = shutdown.clone();
+        move || processor.run(&shutdown, &health)
+    });
+    let dead_lettered = testkit::kafka::first_key(&brokers, "dlq", Duration::from_secs(20));
+    shutdown.cancel();
+    let ended = run.join().unwrap();
+    assert_eq!(
+        dead_lettered.as_deref(),
+        Some(&b"u1"[..]),
+        "nothing dead-lettered within 20 s; processing ended {ended:?}"
+    );
+}
