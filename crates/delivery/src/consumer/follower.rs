@@ -59,9 +59,12 @@ impl Follower {
         self.consumer.context().assign(&*self.consumer, partitions)
     }
 
-    /// Starts reading the partitions [`Self::assign`] took, from `committed`.
+    /// Starts reading the partitions [`Self::assign`] took, from `committed` (explicit
+    /// offsets: see `telemetry::commits`).
     pub(super) fn read(&self, committed: &TopicPartitionList) {
-        if let Err(error) = self.consumer.incremental_assign(committed) {
+        if let Err(error) = telemetry::commits::explicit_starts(committed)
+            .and_then(|starts| self.consumer.incremental_assign(&starts))
+        {
             self.consumer
                 .context()
                 .fail(format!("cannot assign batch partitions: {error}"));

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use telemetry::{KafkaSettings, Waiter};
+use telemetry::{KafkaSettings, Waiter, commits};
 
 use super::Follower;
 use super::commit::commit_list;
@@ -150,7 +151,7 @@ impl PipelineContext {
         partitions: &[i32],
     ) -> Option<TopicPartitionList> {
         let committed =
-            match consumer.committed_offsets(self.list(partitions), Duration::from_secs(30)) {
+            match commits::read_commits(consumer, &self.list(partitions), commits::PATIENCE) {
                 Ok(committed) => committed,
                 Err(error) => {
                     self.fail(format!(
@@ -184,10 +185,20 @@ impl PipelineContext {
 }
 
 impl ConsumerContext for PipelineContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else {
-            return;
-        };
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        event: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        commits::rebalance(self, consumer, event, partitions);
+    }
+}
+
+/// Assigned partitions are taken at explicit offsets, their commits read here (see
+/// `telemetry::commits`).
+impl commits::Handover for PipelineContext {
+    fn revoked(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
         let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         // The revoked partitions are committed before this returns and librdkafka lets them
@@ -207,12 +218,12 @@ impl ConsumerContext for PipelineContext {
         });
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(assigned) = rebalance else {
-            return;
-        };
+    fn assigned(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
         if self.closing() {
             tracing::info!(topic = %self.topic, partitions = assigned.count(), "Partitions assigned while leaving the group; not read.");
+            if let Err(error) = commits::take_assigned(consumer, assigned) {
+                tracing::warn!(topic = %self.topic, %error, "Cannot take the partitions assigned while leaving the group.");
+            }
             return;
         }
         let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
@@ -223,8 +234,18 @@ impl ConsumerContext for PipelineContext {
         // Reading the commits, the partition count and the order table waits for the broker.
         off_the_runtime(|| {
             let Some(committed) = self.assign(consumer, &partitions) else {
+                // The pipeline stops (`fail`); the group goes on with librdkafka's own start.
+                if let Err(error) = commits::take_assigned(consumer, assigned) {
+                    tracing::warn!(topic = %self.topic, %error, "Cannot take assigned partitions.");
+                }
                 return;
             };
+            if let Err(error) = commits::explicit_starts(&committed)
+                .and_then(|starts| commits::take_assigned(consumer, &starts))
+            {
+                self.fail(format!("cannot take assigned partitions: {error}"));
+                return;
+            }
             if let Some(follower) = &self.follower
                 && let Some(batch) = follower.assign(&partitions)
             {

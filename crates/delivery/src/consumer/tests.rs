@@ -337,3 +337,35 @@ async fn a_callback_waiting_for_the_broker_leaves_the_worker_to_the_other_tasks(
         "the other task stood still while the callback waited ({ticked} ticks in 5 s)"
     );
 }
+
+/// A coordinator that answers the first requests for the group's commits `NOT_COORDINATOR`
+/// (it moved: its broker restarted) delays the assigned partition and never leaves it unread
+/// (librdkafka #5586, see `telemetry::commits`): the message on it is handled, here
+/// dead-lettered since it is no update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_partition_is_read_though_the_coordinator_moved() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let pipeline = pipeline_on(&cluster);
+    let brokers = cluster.bootstrap_servers();
+    testkit::kafka::produce_one(&brokers, "status", "u1", b"no update");
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
+    );
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(shutdown.clone()));
+    let dead_lettered = tokio::task::spawn_blocking(move || {
+        testkit::kafka::first_key(&brokers, "status-dlq", Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    let ended = run.await.unwrap();
+    assert_eq!(
+        dead_lettered.as_deref(),
+        Some(&b"u1"[..]),
+        "nothing dead-lettered within 20 s; the pipeline ended {ended:?}"
+    );
+}

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use telemetry::KafkaSettings;
+use telemetry::{KafkaSettings, commits};
 
 use crate::consumer::off_the_runtime;
 use crate::offsets::Watermarks;
@@ -89,7 +90,7 @@ impl ResyncContext {
         consumer: &C,
         partitions: &[i32],
     ) -> KafkaResult<Vec<(i32, i64, Phase)>> {
-        let committed = consumer.committed_offsets(self.list(partitions), KAFKA_TIMEOUT)?;
+        let committed = commits::read_commits(consumer, &self.list(partitions), KAFKA_TIMEOUT)?;
         let mut opened = Vec::new();
         for element in committed.elements() {
             let partition = element.partition();
@@ -236,12 +237,20 @@ pub fn group_complete<C: ConsumerContext>(
 impl ClientContext for ResyncContext {}
 
 impl ConsumerContext for ResyncContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        event: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        commits::rebalance(self, consumer, event, partitions);
+    }
+}
+
+impl commits::Handover for ResyncContext {
     /// A revoked partition commits what is finished (its next owner resumes there) and its
     /// queued users are dropped by the lanes.
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else {
-            return;
-        };
+    fn revoked(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         let positions: Vec<_> = self
             .progress_commits()
@@ -260,12 +269,16 @@ impl ConsumerContext for ResyncContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(assigned) = rebalance else {
-            return;
-        };
+    /// Assigned partitions are taken at the starts their runs begin from (explicit offsets:
+    /// see `telemetry::commits`); those with nothing to read wait paused.
+    fn assigned(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
         let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
-        let idle = off_the_runtime(|| self.open(consumer, &partitions)).and_then(|opened| {
+        let taken = off_the_runtime(|| self.open(consumer, &partitions)).and_then(|opened| {
+            let mut starts = TopicPartitionList::with_capacity(opened.len());
+            for &(partition, start, _) in &opened {
+                starts.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
+            }
+            commits::take_assigned(consumer, &starts)?;
             let idle: Vec<i32> = opened
                 .iter()
                 .filter(|(_, _, phase)| matches!(phase, Phase::Settling | Phase::Complete))
@@ -277,10 +290,12 @@ impl ConsumerContext for ResyncContext {
                 consumer.pause(&self.list(&idle))
             }
         });
-        if let Err(error) = idle {
+        if let Err(error) = taken {
             *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!(
                 "cannot read the commits or ends of assigned changelog partitions: {error}"
             ));
+            // The resync stops; the group goes on with librdkafka's own start meanwhile.
+            let _ = commits::take_assigned(consumer, assigned);
         }
     }
 }
