@@ -68,7 +68,9 @@ impl Follower {
             self.consumer
                 .context()
                 .fail(format!("cannot assign batch partitions: {error}"));
+            return;
         }
+        self.consumer.context().lag.assigned(committed);
     }
 }
 

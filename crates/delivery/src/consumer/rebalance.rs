@@ -246,6 +246,7 @@ impl commits::Handover for PipelineContext {
                 self.fail(format!("cannot take assigned partitions: {error}"));
                 return;
             }
+            self.lag.assigned(&committed);
             if let Some(follower) = &self.follower
                 && let Some(batch) = follower.assign(&partitions)
             {

@@ -58,10 +58,13 @@ impl ConsumerContext for RebalanceContext {
 impl commits::Handover for RebalanceContext {
     fn assigned(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
         let _commits = self.waiter.waiting();
-        if let Err(error) = commits::take_at_commits(consumer, partitions, commits::PATIENCE) {
-            // Processing from a start librdkafka may never fetch would stall unseen.
-            tracing::error!(%error, "Cannot read the committed offsets of assigned partitions; stopping so that a restart retries.");
-            *lock(&self.failed) = Some(error);
+        match commits::take_at_commits(consumer, partitions, commits::PATIENCE) {
+            Ok(commits) => self.lag.assigned(&commits),
+            Err(error) => {
+                // Processing from a start librdkafka may never fetch would stall unseen.
+                tracing::error!(%error, "Cannot read the committed offsets of assigned partitions; stopping so that a restart retries.");
+                *lock(&self.failed) = Some(error);
+            }
         }
         let mut pending = lock(&self.pending);
         pending.extend(partitions.elements().iter().map(|e| e.partition()));

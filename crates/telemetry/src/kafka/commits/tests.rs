@@ -1,3 +1,6 @@
+//! `telemetry::commits` on librdkafka's mock cluster: the starts, the commits asked again
+//! while the coordinator moves, and librdkafka #5586 itself (its own fetch never reads).
+
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
