@@ -92,7 +92,8 @@ impl Processor {
     /// of their events (already polled, or still to come) is processed: the loop calls it
     /// after each batch of polls. It blocks the loop as long as the read takes, which moves on
     /// while records come and fails after [`RESTORE_STALL`] without one; the error goes up to
-    /// the service, which stops.
+    /// the service, which stops. So does the error of a rebalance that could not read the
+    /// assigned partitions' commits.
     pub(super) fn restore_pending(&mut self) -> Result<(), KafkaError> {
         if let Some(error) = lock(&self.consumer.context().failed).take() {
             return Err(error);
