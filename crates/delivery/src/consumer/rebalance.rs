@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use telemetry::{KafkaSettings, Waiter, commits};
 
@@ -184,16 +183,7 @@ impl PipelineContext {
     }
 }
 
-impl ConsumerContext for PipelineContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        event: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        commits::rebalance(self, consumer, event, partitions);
-    }
-}
+telemetry::hand_over_rebalances!(PipelineContext);
 
 /// Assigned partitions are taken at explicit offsets, their commits read here (see
 /// `telemetry::commits`).

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use telemetry::{KafkaSettings, commits};
 
@@ -236,16 +235,7 @@ pub fn group_complete<C: ConsumerContext>(
 
 impl ClientContext for ResyncContext {}
 
-impl ConsumerContext for ResyncContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        event: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        commits::rebalance(self, consumer, event, partitions);
-    }
-}
+telemetry::hand_over_rebalances!(ResyncContext);
 
 impl commits::Handover for ResyncContext {
     /// A revoked partition commits what is finished (its next owner resumes there) and its

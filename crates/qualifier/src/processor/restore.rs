@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use model::UserState;
 use prometheus::IntCounter;
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use telemetry::{KafkaSettings, Waiter, commits};
 
@@ -44,16 +43,7 @@ impl ClientContext for RebalanceContext {
     }
 }
 
-impl ConsumerContext for RebalanceContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        event: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        commits::rebalance(self, consumer, event, partitions);
-    }
-}
+telemetry::hand_over_rebalances!(RebalanceContext);
 
 impl commits::Handover for RebalanceContext {
     fn assigned(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {

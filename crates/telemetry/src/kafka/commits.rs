@@ -123,6 +123,24 @@ pub trait Handover: ConsumerContext + Sized {
     fn revoked(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList);
 }
 
+/// Implements `ConsumerContext` for a [`Handover`] context: its rebalances go through
+/// [`rebalance`]. (A context that overrides more of the trait calls [`rebalance`] itself.)
+#[macro_export]
+macro_rules! hand_over_rebalances {
+    ($context:ty) => {
+        impl ::rdkafka::consumer::ConsumerContext for $context {
+            fn rebalance(
+                &self,
+                consumer: &::rdkafka::consumer::BaseConsumer<Self>,
+                event: ::rdkafka::types::RDKafkaRespErr,
+                partitions: &mut ::rdkafka::TopicPartitionList,
+            ) {
+                $crate::commits::rebalance(self, consumer, event, partitions);
+            }
+        }
+    };
+}
+
 /// A context's `ConsumerContext::rebalance`, in place of rust-rdkafka's default (which assigns
 /// without offsets, leaving librdkafka to fetch the commits): assigned partitions go to
 /// [`Handover::assigned`]; revoked ones to [`Handover::revoked`], then are let go; a rebalance

@@ -112,16 +112,7 @@ struct Group {
 
 impl rdkafka::ClientContext for Group {}
 
-impl rdkafka::consumer::ConsumerContext for Group {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        event: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        super::rebalance(self, consumer, event, partitions);
-    }
-}
+crate::hand_over_rebalances!(Group);
 
 impl super::Handover for Group {
     fn assigned(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
