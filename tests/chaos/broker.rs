@@ -271,8 +271,9 @@ impl ChaosBroker {
     }
 
     /// The transaction coordinator (node id) of `transactional_id` and the transaction's state
-    /// (`Ongoing`, `CompleteCommit`, …), from Kafka's own admin client (`DescribeTransactions`).
-    pub fn transaction(&self, transactional_id: &str) -> (i32, String) {
+    /// (`Ongoing`, `CompleteCommit`, …), from Kafka's own admin client (`DescribeTransactions`);
+    /// or why not (e.g. its 3 s timeout passed on a loaded machine).
+    pub fn transaction(&self, transactional_id: &str) -> Result<(i32, String), String> {
         let here = repo().join("deploy/local");
         let output = Command::new("java")
             .arg("-cp")
@@ -287,8 +288,8 @@ impl ChaosBroker {
             .trim()
             .split_once(' ')
             .and_then(|(node, state)| Some((node.parse::<i32>().ok()?, state.to_owned())));
-        parsed.unwrap_or_else(|| {
-            panic!(
+        parsed.ok_or_else(|| {
+            format!(
                 "cannot describe transaction {transactional_id} ({}): {text}{}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr)

@@ -136,15 +136,20 @@ async fn inflict(
         }
         ClusterFault::CoordinatorKill => {
             // Describe until the transaction is seen ongoing, then kill its coordinator at
-            // once: under load the qualifier is nearly always inside a transaction.
+            // once: under load the qualifier is nearly always inside a transaction. A look that
+            // fails (the admin client's 3 s passed on the loaded machine) is one of the ten.
             let (node, state, tries) = blocking(move || {
                 let mut tries = 0;
                 loop {
                     tries += 1;
-                    let (node, state) = b.transaction(&transactional_id);
-                    if state == "Ongoing" || tries == 10 {
-                        b.signal(node, "KILL");
-                        return (node, state, tries);
+                    match b.transaction(&transactional_id) {
+                        Ok((node, state)) if state == "Ongoing" || tries == 10 => {
+                            b.signal(node, "KILL");
+                            return (node, state, tries);
+                        }
+                        Err(error) if tries == 10 => panic!("{error}"),
+                        Ok(_) => {}
+                        Err(error) => eprintln!("chaos: look {tries} failed: {error}"),
                     }
                 }
             })
