@@ -43,8 +43,12 @@ public class LocalKafkaAdmin {
                     }
                 }
                 case "transaction" -> {
-                    TransactionDescription t = admin.describeTransactions(List.of(args[1]))
-                            .description(args[1]).get(10, TimeUnit.SECONDS);
+                    // 15 s, not the 3 s default: a fresh JVM on two loaded cores (three brokers
+                    // and the services under load, the chaos run C2) did not get its first
+                    // metadata within 3 s, ten looks in a row.
+                    var options = new DescribeTransactionsOptions().timeoutMs(15_000);
+                    TransactionDescription t = admin.describeTransactions(List.of(args[1]), options)
+                            .description(args[1]).get(20, TimeUnit.SECONDS);
                     System.out.println(t.coordinatorId() + " " + t.state());
                 }
                 default -> {
