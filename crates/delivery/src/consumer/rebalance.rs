@@ -149,16 +149,24 @@ impl PipelineContext {
         consumer: &C,
         partitions: &[i32],
     ) -> Option<TopicPartitionList> {
-        let committed =
-            match commits::read_commits(consumer, &self.list(partitions), commits::PATIENCE) {
-                Ok(committed) => committed,
-                Err(error) => {
-                    self.fail(format!(
-                        "cannot read the committed positions of assigned partitions: {error}"
-                    ));
-                    return None;
-                }
-            };
+        match commits::read_commits(consumer, &self.list(partitions), commits::PATIENCE) {
+            Ok(committed) => self.start(&committed).then_some(committed),
+            Err(error) => {
+                self.fail_to_read(&error);
+                None
+            }
+        }
+    }
+
+    fn fail_to_read(&self, error: &rdkafka::error::KafkaError) {
+        self.fail(format!(
+            "cannot read the committed positions of assigned partitions: {error}"
+        ));
+    }
+
+    /// Starts the watermarks of assigned partitions from their commits (`false`, and the
+    /// pipeline fails, when a commit's metadata is malformed).
+    fn start(&self, committed: &TopicPartitionList) -> bool {
         let mut table = self.watermarks.lock();
         for element in committed.elements() {
             let offset = match element.offset() {
@@ -169,7 +177,7 @@ impl PipelineContext {
                 Ok(detached) => detached,
                 Err(reason) => {
                     self.fail(format!("partition {}: {reason}", element.partition()));
-                    return None;
+                    return false;
                 }
             };
             if !detached.is_empty() {
@@ -178,8 +186,8 @@ impl PipelineContext {
             table.assign(element.partition(), offset, &detached);
         }
         drop(table);
-        tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions assigned.");
-        Some(committed)
+        tracing::info!(topic = %self.topic, partitions = committed.count(), "Partitions assigned.");
+        true
     }
 }
 
@@ -223,19 +231,13 @@ impl commits::Handover for PipelineContext {
         }
         // Reading the commits, the partition count and the order table waits for the broker.
         off_the_runtime(|| {
-            let Some(committed) = self.assign(consumer, &partitions) else {
-                // The pipeline stops (`fail`); the group goes on with librdkafka's own start.
-                if let Err(error) = commits::take_assigned(consumer, assigned) {
-                    tracing::warn!(topic = %self.topic, %error, "Cannot take assigned partitions.");
-                }
-                return;
+            // Unreadable commits stop the pipeline (`fail`); the group goes on with
+            // librdkafka's own start meanwhile.
+            let committed = match commits::take_at_commits(consumer, assigned, commits::PATIENCE) {
+                Ok(committed) if self.start(&committed) => committed,
+                Ok(_) => return,
+                Err(error) => return self.fail_to_read(&error),
             };
-            if let Err(error) = commits::explicit_starts(&committed)
-                .and_then(|starts| commits::take_assigned(consumer, &starts))
-            {
-                self.fail(format!("cannot take assigned partitions: {error}"));
-                return;
-            }
             self.lag.assigned(&committed);
             if let Some(follower) = &self.follower
                 && let Some(batch) = follower.assign(&partitions)

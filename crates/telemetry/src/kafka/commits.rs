@@ -83,7 +83,7 @@ pub fn take_assigned<C: ConsumerContext, K: Consumer<C>>(
 }
 
 /// Lets revoked `partitions` go in a rebalance callback (see [`take_assigned`]).
-pub fn let_go<C: ConsumerContext, K: Consumer<C>>(
+fn let_go<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     partitions: &TopicPartitionList,
 ) -> KafkaResult<()> {
