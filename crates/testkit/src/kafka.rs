@@ -161,6 +161,23 @@ pub fn produce_one(brokers: &str, topic: &str, key: &str, payload: &[u8]) {
 /// `brokers`, if one comes within `within`. Reads from an explicit offset, so that it never
 /// asks the group coordinator for commits (a test may be making it fail). Blocks.
 pub fn first_key(brokers: &str, topic: &str, within: Duration) -> Option<Vec<u8>> {
+    first_key_where(brokers, topic, within, |_| true)
+}
+
+/// Whether a committed record keyed `key` comes on partition 0 of `topic` within `within`
+/// (read as [`first_key`] reads).
+pub fn has_key(brokers: &str, topic: &str, key: &[u8], within: Duration) -> bool {
+    first_key_where(brokers, topic, within, |read| read == key).is_some()
+}
+
+/// The key of the first committed record of partition 0 of `topic` that `wanted` accepts, read
+/// from the beginning for at most `within`.
+fn first_key_where(
+    brokers: &str,
+    topic: &str,
+    within: Duration,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
     use rdkafka::{Message, Offset, TopicPartitionList};
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -176,7 +193,10 @@ pub fn first_key(brokers: &str, topic: &str, within: Duration) -> Option<Vec<u8>
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
         if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
-            return Some(message.key().unwrap_or_default().to_vec());
+            let key = message.key().unwrap_or_default();
+            if wanted(key) {
+                return Some(key.to_vec());
+            }
         }
     }
     None
