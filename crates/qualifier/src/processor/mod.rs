@@ -12,7 +12,7 @@
 //! in-memory state ran ahead of what Kafka has. It retries until the broker answers, so an
 //! outage needs no restart.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use model::TraitEvent;
@@ -150,7 +150,15 @@ pub struct Processor {
     kafka: KafkaSettings,
     /// Shared with the processing loop, which borrows a transaction's input messages from it.
     consumer: Arc<BaseConsumer<RebalanceContext>>,
-    producer: BaseProducer,
+    /// Shared with the thread `send_offsets_to_transaction` runs on ([`Self::send_offsets`]).
+    producer: Arc<BaseProducer>,
+    /// How long `send_offsets_to_transaction` is waited for before its producer is given up.
+    offsets_bound: Duration,
+    /// The producer's `send_offsets_to_transaction` outlived its bound: `recover` replaces the
+    /// producer without touching it.
+    abandoned: bool,
+    /// Producers given up while their call hung; an entry that still upgrades hangs still.
+    hung: Vec<Weak<BaseProducer>>,
     topology: Topology,
     store: Arc<Mutex<Store>>,
     /// Assigned partitions to restore before their events are processed.
@@ -183,6 +191,12 @@ const MAX_TIMERS_PER_TRANSACTION: usize = 5_000;
 /// transaction, so live events keep their latency (about 20,000 users per second when idle).
 const SWEEP_BUDGET: Duration = Duration::from_millis(20);
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// `send_offsets_to_transaction` is given up this long after it was called: librdkafka enforces
+/// its own timeout well within it, unless the call hangs (docs/RELIABILITY.md, cluster item 9).
+const OFFSETS_BOUND: Duration = Duration::from_secs(35);
+/// More producers than this hung at once and the processor stops (the pod is restarted):
+/// each holds a thread and librdkafka's threads and buffers.
+const MAX_HUNG_PRODUCERS: usize = 3;
 /// Per attempt while recovering from a failed transaction: short, so that the recovery
 /// finishes soon after the broker is back.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -225,7 +239,10 @@ impl Processor {
         Ok(Self {
             kafka: kafka.clone(),
             consumer: Arc::new(consumer),
-            producer,
+            producer: Arc::new(producer),
+            offsets_bound: OFFSETS_BOUND,
+            abandoned: false,
+            hung: Vec::new(),
             topology,
             store,
             pending,

@@ -1,6 +1,7 @@
 //! In-place recovery after a failed transaction: abort, a new producer, users restored from
 //! the changelog and the input rewound to the committed offsets.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
@@ -9,24 +10,40 @@ use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::{Processor, RECOVERY_TIMEOUT, is_fatal, lock, transactional_producer};
+use super::{
+    MAX_HUNG_PRODUCERS, Processor, RECOVERY_TIMEOUT, is_fatal, lock, transactional_producer,
+};
 
 impl Processor {
     /// After a failed transaction: aborts it, then replaces the users of the assigned
     /// partitions with the changelog's and seeks the input back to the committed offsets, so
     /// the events of the aborted transaction are processed again. Retries every second while
-    /// the broker does not answer; returns a fatal error, or `Ok` once rewound (or shut down).
+    /// the broker does not answer; returns a fatal error (or more than [`MAX_HUNG_PRODUCERS`]
+    /// hung producers), or `Ok` once rewound (or shut down). A producer given up in a hung call
+    /// is not aborted but replaced, which fences it.
     pub(super) fn recover(&mut self, shutdown: &CancellationToken) -> Result<(), KafkaError> {
         // Until rewound, nothing polled may be processed against the state that ran ahead:
         // without its partitions in the store, `poll_batch` drops every message. (Rebalance
         // callbacks run only inside `poll`, so none interleaves with the recovery.)
         let assigned: Vec<i32> = lock(&self.store).partitions.keys().copied().collect();
         lock(&self.store).partitions.clear();
+        if self.hung.len() > MAX_HUNG_PRODUCERS {
+            tracing::error!(
+                hung = self.hung.len(),
+                "Too many transactional producers hang in librdkafka; stopping so that the process is restarted."
+            );
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        }
         let mut aborted = false;
         let mut attempts = 0_u32;
         while !shutdown.is_cancelled() {
             let step = if aborted {
                 self.rewind(&assigned)
+            } else if self.abandoned {
+                // Its call still hangs: an abort would wait behind it (or be refused as a
+                // conflict). The new producer's `init_transactions` fences it and aborts its
+                // transaction on the coordinator.
+                Ok(())
             } else {
                 // The failed transaction's records are to be aborted anyway; librdkafka's abort
                 // waits for their delivery reports, which a BaseProducer serves only when polled.
@@ -84,7 +101,8 @@ impl Processor {
     fn replace_producer(&mut self, attempts: &mut u32) -> bool {
         match transactional_producer(&self.kafka, &self.topology) {
             Ok(producer) => {
-                self.producer = producer;
+                self.producer = Arc::new(producer);
+                self.abandoned = false;
                 true
             }
             Err(error) => {

@@ -277,26 +277,26 @@ fn changelog_records_from_a_newer_qualifier_restore_with_their_unknown_fields_sk
     assert_eq!(decoded, expected);
 }
 
-/// A coordinator that answers the first requests for the group's commits `NOT_COORDINATOR`
-/// (it moved: its broker restarted) delays the assigned partition and never leaves it unread
-/// (librdkafka #5586, see `telemetry::commits`): the event on it is processed, here
-/// dead-lettered since it is no event.
-#[test]
-fn an_assigned_partition_is_processed_though_the_coordinator_moved() {
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+type MockCluster =
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
 
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+/// A mock cluster with the processor's topics, `events` holding `u1`'s event (no event at all:
+/// the processor dead-letters it), and its bootstrap servers.
+fn mock_cluster() -> (MockCluster, String) {
+    let cluster = MockCluster::new(1).unwrap();
     for topic in ["events", "status", "status-batch", "changelog", "dlq"] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
     let brokers = cluster.bootstrap_servers();
     testkit::kafka::produce_one(&brokers, "events", "u1", b"\xffno event");
-    cluster.request_errors(
-        RDKafkaApiKey::OffsetFetch,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
-    );
+    (cluster, brokers)
+}
+
+/// A processor of `mock_cluster`'s topics in group `qualifier`, started (its producer
+/// initialized), with its metrics and health.
+fn mock_processor(brokers: &str) -> (Processor, Metrics, telemetry::Health) {
     let kafka =
-        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
+        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.to_owned()))
             .unwrap();
     let topology = Topology {
         group_id: "qualifier".to_owned(),
@@ -309,15 +309,50 @@ fn an_assigned_partition_is_processed_though_the_coordinator_moved() {
         transactional_id: "qualifier-0".to_owned(),
     };
     let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(DEFINITIONS.clone())));
-    let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
     let health = telemetry::Health::new("starting");
-    let processor =
-        Processor::start(&kafka, topology, definitions, metrics, health.liveness()).unwrap();
+    let processor = Processor::start(
+        &kafka,
+        topology,
+        definitions,
+        metrics.clone(),
+        health.liveness(),
+    )
+    .unwrap();
+    (processor, metrics, health)
+}
+
+/// `processor` running on a thread of its own until the token is cancelled.
+fn running(
+    processor: Processor,
+    health: telemetry::Health,
+) -> (
+    CancellationToken,
+    std::thread::JoinHandle<Result<(), KafkaError>>,
+) {
     let shutdown = CancellationToken::new();
     let run = std::thread::spawn({
         let shutdown = shutdown.clone();
         move || processor.run(&shutdown, &health)
     });
+    (shutdown, run)
+}
+
+/// A coordinator that answers the first requests for the group's commits `NOT_COORDINATOR`
+/// (it moved: its broker restarted) delays the assigned partition and never leaves it unread
+/// (librdkafka #5586, see `telemetry::commits`): the event on it is processed, here
+/// dead-lettered since it is no event.
+#[test]
+fn an_assigned_partition_is_processed_though_the_coordinator_moved() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let (cluster, brokers) = mock_cluster();
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
+    );
+    let (processor, _, health) = mock_processor(&brokers);
+    let (shutdown, run) = running(processor, health);
     let dead_lettered = testkit::kafka::first_key(&brokers, "dlq", Duration::from_secs(20));
     shutdown.cancel();
     let ended = run.join().unwrap();
@@ -326,4 +361,41 @@ fn an_assigned_partition_is_processed_though_the_coordinator_moved() {
         Some(&b"u1"[..]),
         "nothing dead-lettered within 20 s; processing ended {ended:?}"
     );
+}
+
+/// A `send_offsets_to_transaction` that outlives its bound (the broker answers after 1 s, the
+/// bound is 300 ms: librdkafka's own hang, docs/RELIABILITY.md cluster item 9, is not
+/// reproducible) fails its transaction, and the producer is given up for a new one without an
+/// abort: processing goes on (a later event is dead-lettered) and the run does not end.
+#[test]
+fn a_send_offsets_that_outlives_its_bound_costs_the_producer_not_the_processing() {
+    let (cluster, brokers) = mock_cluster();
+    let (mut processor, metrics, health) = mock_processor(&brokers);
+    processor.offsets_bound = Duration::from_millis(300);
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(1))
+        .unwrap();
+    let (shutdown, run) = running(processor, health);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metrics.transactions_failed.get() == 0 && std::time::Instant::now() < deadline {
+        assert!(
+            !run.is_finished(),
+            "processing ended before a transaction failed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        metrics.transactions_failed.get() > 0,
+        "the slow send_offsets_to_transaction did not fail its transaction in 30 s"
+    );
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    testkit::kafka::produce_one(&brokers, "events", "u2", b"\xffno event");
+    let processed = testkit::kafka::has_key(&brokers, "dlq", b"u2", Duration::from_secs(30));
+    shutdown.cancel();
+    let ended = run.join().unwrap();
+    assert!(
+        processed,
+        "the event after the failed transaction not dead-lettered in 30 s; processing ended {ended:?}"
+    );
+    ended.unwrap();
 }

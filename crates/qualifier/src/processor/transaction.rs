@@ -2,11 +2,12 @@
 //! records and dead letters produced, the input offsets sent, committed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition, TraitEvent};
 use prost::Message as _;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -61,16 +62,38 @@ impl Processor {
                 .consumer
                 .group_metadata()
                 .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-            // Bounded: librdkafka (2.12.1) was seen never returning from this call after a
-            // broker outage (docs/RELIABILITY.md); past its timeout the part is stuck.
-            let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
-            self.producer
-                .send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)?;
+            let _broker = self.heartbeat.waiting_at_most(self.offsets_bound);
+            self.send_offsets(list, group)?;
         }
         // Up to its timeout when the broker is slow or away: a wait, not a stall.
         let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
         await_acknowledged(&self.producer, TRANSACTION_TIMEOUT)?;
         self.producer.commit_transaction(TRANSACTION_TIMEOUT)
+    }
+
+    /// `send_offsets_to_transaction`, on a thread of its own and waited for at most
+    /// `offsets_bound`: librdkafka 2.12.1 was seen never returning from it, whatever its
+    /// timeout, after a broker outage and when the group coordinator moved (docs/RELIABILITY.md,
+    /// cluster items 2 and 9). Past the bound the producer is given up: the transaction fails,
+    /// and `recover` replaces the producer without touching it (an abort would wait behind the
+    /// hung call); the thread and the producer end when the call does, if ever.
+    fn send_offsets(
+        &mut self,
+        list: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        let producer = Arc::clone(&self.producer);
+        let sent = within(self.offsets_bound, move || {
+            producer.send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)
+        });
+        if let Some(sent) = sent {
+            return sent;
+        }
+        tracing::error!(bound = ?self.offsets_bound, "librdkafka's send_offsets_to_transaction did not return within its bound; giving up this transactional producer for a new one.");
+        self.abandoned = true;
+        self.hung.retain(|producer| producer.strong_count() > 0);
+        self.hung.push(Arc::downgrade(&self.producer));
+        Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
     }
 
     /// Re-evaluates users queued because the definitions changed, for at most
@@ -268,6 +291,27 @@ where
     }
 }
 
+/// `call`'s result if it returns within `bound`, `None` past it: it runs on a thread of its
+/// own, left to finish alone (or never) when it outlives the bound. `None` too when no thread
+/// can be started (said in the log): the call is then not made.
+fn within<T: Send + 'static>(
+    bound: Duration,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("bounded-call".to_owned())
+        .spawn(move || {
+            // The receiver is gone when the bound passed: nothing waits for the result.
+            let _ = done.send(call());
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "Cannot start a thread for a bounded call.");
+        return None;
+    }
+    result.recv_timeout(bound).ok()
+}
+
 /// Waits until the broker acknowledged every message produced (serving the delivery reports),
 /// for at most `timeout`. `commit_transaction` would wait for them too, but through rdkafka's
 /// `flush`, whose every wait is a `poll` of up to 100 ms that runs to its end however soon the
@@ -295,6 +339,26 @@ mod tests {
     use rdkafka::ClientConfig;
 
     use super::*;
+
+    /// A call that returns within its bound gives its result; one that outlives it is given up
+    /// at the bound, not waited for (its thread finishes alone).
+    #[test]
+    fn a_bounded_call_gives_its_result_or_is_given_up_at_its_bound() {
+        assert_eq!(within(Duration::from_secs(5), || 7), Some(7));
+        let (finished, finish) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        let outlived = within(Duration::from_millis(200), move || {
+            std::thread::sleep(Duration::from_secs(2));
+            finished.send(()).unwrap();
+        });
+        let waited = started.elapsed();
+        assert_eq!(outlived, None);
+        assert!(
+            (Duration::from_millis(200)..Duration::from_secs(1)).contains(&waited),
+            "waited {waited:?}"
+        );
+        finish.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
 
     /// Nothing unacknowledged: it returns at once; a message no broker takes: it gives up at
     /// its bound with the error `commit_transaction`'s own flush gives (so the caller aborts
