@@ -2,6 +2,8 @@
 //! background; the order table's upkeep; the backlog gauges) and on its way out (drain the
 //! lanes, the last commit, leave the group).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -56,8 +58,8 @@ impl InputPipeline {
     /// The order table's upkeep, at every commit tick: the other topic's entries that waited
     /// for this topic's position go; generations of the other topic that collected long
     /// enough are sealed, and this topic's end is read for them (after sealing, off the
-    /// pipeline's task).
-    pub(super) fn maintain_order(&self) {
+    /// pipeline's task; while such a read is on its way, sealing waits for a later tick).
+    pub(super) fn maintain_order(&mut self) {
         let Some(order) = &self.shared.order else {
             return;
         };
@@ -72,40 +74,52 @@ impl InputPipeline {
                 None => unread.push(partition),
             }
         }
-        let sealed = order.seal(side);
-        let waiting = order.waiting_for(side);
-        unread.retain(|p| waiting.contains(p) && !sealed.contains(p));
-        if !sealed.is_empty() || !unread.is_empty() {
-            let (consumer, order, topic) =
-                (self.consumer.clone(), order.clone(), self.topic.clone());
-            let watermarks = self.watermarks.clone();
-            tokio::task::spawn_blocking(move || {
-                for partition in sealed.iter().chain(&unread) {
-                    match consumer.fetch_watermarks(&topic, *partition, Duration::from_secs(10)) {
-                        Ok((low, end)) => {
-                            if sealed.contains(partition) {
-                                order.set_target(side, *partition, end);
-                            }
-                            // Still nothing read there: everything before its start is passed
-                            // (an empty partition holds nothing older).
-                            if watermarks.lock().lowest_position(*partition).is_none() {
-                                order.passed(side, *partition, low);
-                            }
-                        }
-                        // A generation without a target waits for the next tick.
-                        Err(error) => {
-                            tracing::warn!(%topic, partition, %error, "Cannot read the ends of a partition for the order table; trying again at the next tick.");
-                        }
-                    }
-                }
-            });
-        }
         if side == Topic::RealTime {
             self.shared
                 .metrics
                 .order_pairs
                 .set(i64::try_from(order.held()).unwrap_or(i64::MAX));
         }
+        if self.end_reads.busy() {
+            return;
+        }
+        let sealed = order.seal(side);
+        let waiting = order.waiting_for(side);
+        unread.retain(|p| waiting.contains(p) && !sealed.contains(p));
+        if sealed.is_empty() && unread.is_empty() {
+            return;
+        }
+        let (consumer, order, topic) = (self.consumer.clone(), order.clone(), self.topic.clone());
+        let watermarks = self.watermarks.clone();
+        let failures = self.end_reads.failures.clone();
+        self.end_reads.running = Some(tokio::task::spawn_blocking(move || {
+            for partition in sealed.iter().chain(&unread) {
+                match consumer.fetch_watermarks(&topic, *partition, Duration::from_secs(10)) {
+                    Ok((low, end)) => {
+                        if sealed.contains(partition) {
+                            order.set_target(side, *partition, end);
+                        }
+                        // Still nothing read there: everything before its start is passed
+                        // (an empty partition holds nothing older).
+                        if watermarks.lock().lowest_position(*partition).is_none() {
+                            order.passed(side, *partition, low);
+                        }
+                        let failed = failures.succeeded();
+                        if failed > 0 {
+                            tracing::info!(%topic, failed, "The ends of partitions for the order table are read again.");
+                        }
+                    }
+                    // A generation without a target waits for the next tick. While a broker
+                    // is away this fails at every tick: said once until a read succeeds.
+                    Err(error) if failures.failed() => {
+                        tracing::warn!(%topic, partition, %error, "Cannot read the ends of a partition for the order table; trying again at every tick, said again only after a read succeeds.");
+                    }
+                    Err(error) => {
+                        tracing::debug!(%topic, partition, %error, "Cannot read the ends of a partition for the order table.");
+                    }
+                }
+            }
+        }));
     }
 
     /// The worker's queue budget and what its lanes hold (both pipelines report the same
@@ -274,5 +288,74 @@ async fn close<C: Send + Sync + 'static>(topic: &str, consumer: std::sync::Arc<C
     }
     if tokio::time::timeout(CLOSE_BOUND, done).await.is_err() {
         tracing::warn!(%topic, bound_s = CLOSE_BOUND.as_secs(), "The Kafka consumer did not close in time; exiting without it (every offset is committed; the group hands its partitions on after session_timeout_ms).");
+    }
+}
+
+/// The order table's reads of partition ends: one batch at a time (while a broker is away each
+/// read waits up to 10 s, and a batch a tick would pile up on the blocking threads), their
+/// failures said once per run of them.
+#[derive(Debug, Default)]
+pub(super) struct EndReads {
+    running: Option<tokio::task::JoinHandle<()>>,
+    failures: Arc<FailureRun>,
+}
+
+impl EndReads {
+    /// A batch of reads is on its way.
+    fn busy(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| !r.is_finished())
+    }
+}
+
+/// Failures in a row of a repeated attempt, counted so that a run of them is said once.
+#[derive(Debug, Default)]
+pub(super) struct FailureRun(AtomicU64);
+
+impl FailureRun {
+    /// One more failure: whether it is the first of its run.
+    pub(super) fn failed(&self) -> bool {
+        self.0.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    /// A success: how many failures in a row it ended (0: none).
+    pub(super) fn succeeded(&self) -> u64 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run of failures is said once, at its first; the success that ends it says how many
+    /// there were, and the next failure starts a new run.
+    #[test]
+    fn a_run_of_failures_is_said_at_its_first_and_counted_at_its_end() {
+        let run = FailureRun::default();
+        assert_eq!(run.succeeded(), 0);
+        assert!(run.failed());
+        assert!(!run.failed());
+        assert!(!run.failed());
+        assert_eq!(run.succeeded(), 3);
+        assert_eq!(run.succeeded(), 0);
+        assert!(run.failed());
+    }
+
+    /// Busy while a batch of reads runs, not once it ended.
+    #[tokio::test]
+    async fn the_end_reads_are_busy_until_their_batch_ends() {
+        let mut reads = EndReads::default();
+        assert!(!reads.busy());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        reads.running = Some(tokio::task::spawn_blocking(move || {
+            let _ = released.recv();
+        }));
+        assert!(reads.busy());
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while reads.busy() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!reads.busy(), "still busy 5 s after its batch ended");
     }
 }

@@ -46,7 +46,7 @@ mod route;
 #[cfg(test)]
 mod tests;
 
-use commit::CommitOutcome;
+use commit::{CommitOutcome, EndReads};
 pub use follower::Follower;
 use rebalance::PipelineContext;
 pub(crate) use rebalance::off_the_runtime;
@@ -113,6 +113,8 @@ pub struct InputPipeline {
     /// The commit on its way (a blocking call on its own thread, so the gauge moves only
     /// when the broker confirmed it, and a failed one is simply sent again).
     committing: Option<tokio::task::JoinHandle<CommitOutcome>>,
+    /// The order table's reads of partition ends on their way ([`Self::maintain_order`]).
+    end_reads: EndReads,
     /// Set once the pipeline drained (see [`Follower`]).
     drained: tokio::sync::watch::Sender<bool>,
     /// Beats once per turn of [`InputPipeline::run`]'s loop (`/livez`: `consumer[<topic>]`).
@@ -256,6 +258,7 @@ impl InputPipeline {
             drain_timeout: config.drain_timeout,
             committed: HashMap::new(),
             committing: None,
+            end_reads: EndReads::default(),
             drained: tokio::sync::watch::Sender::new(false),
             heartbeat,
         };
