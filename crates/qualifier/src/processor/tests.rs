@@ -9,6 +9,7 @@ use model::pb::{IdSync, OptOut, PartnerIds, TraitHistory, TraitRealization, trai
 use model::{Origin, UserState};
 use proptest::prelude::*;
 use testkit::fuzz::{length_delimited, with_unknown_fields};
+use testkit::kafka::MockCluster;
 
 use super::*;
 use crate::evaluate::next_due;
@@ -276,9 +277,6 @@ fn changelog_records_from_a_newer_qualifier_restore_with_their_unknown_fields_sk
     expected.traits.push(state.traits[0].clone());
     assert_eq!(decoded, expected);
 }
-
-type MockCluster =
-    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
 
 /// A mock cluster with the processor's topics, `events` holding `u1`'s event (no event at all:
 /// the processor dead-letters it), and its bootstrap servers.
