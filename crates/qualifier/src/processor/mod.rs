@@ -154,10 +154,8 @@ pub struct Processor {
     producer: Arc<BaseProducer>,
     /// How long `send_offsets_to_transaction` is waited for before its producer is given up.
     offsets_bound: Duration,
-    /// The producer's `send_offsets_to_transaction` outlived its bound: `recover` replaces the
-    /// producer without touching it.
-    abandoned: bool,
-    /// Producers given up while their call hung; an entry that still upgrades hangs still.
+    /// Producers given up while their call hung ([`Self::abandoned`]); an entry that still
+    /// upgrades hangs still.
     hung: Vec<Weak<BaseProducer>>,
     topology: Topology,
     store: Arc<Mutex<Store>>,
@@ -241,7 +239,6 @@ impl Processor {
             consumer: Arc::new(consumer),
             producer: Arc::new(producer),
             offsets_bound: OFFSETS_BOUND,
-            abandoned: false,
             hung: Vec::new(),
             topology,
             store,
@@ -309,6 +306,14 @@ impl Processor {
         tracing::info!("Processing stopped.");
         self.consumer.unsubscribe();
         Ok(())
+    }
+
+    /// The current producer was given up in a hung call: `recover` replaces it without
+    /// touching it.
+    fn abandoned(&self) -> bool {
+        self.hung
+            .iter()
+            .any(|given_up| std::ptr::eq(given_up.as_ptr(), Arc::as_ptr(&self.producer)))
     }
 
     /// Up to `MAX_BATCH` messages: waits up to 100 ms for the first, then takes what is there.

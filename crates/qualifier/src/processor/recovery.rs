@@ -39,7 +39,7 @@ impl Processor {
         while !shutdown.is_cancelled() {
             let step = if aborted {
                 self.rewind(&assigned)
-            } else if self.abandoned {
+            } else if self.abandoned() {
                 // Its call still hangs: an abort would wait behind it (or be refused as a
                 // conflict). The new producer's `init_transactions` fences it and aborts its
                 // transaction on the coordinator.
@@ -102,7 +102,6 @@ impl Processor {
         match transactional_producer(&self.kafka, &self.topology) {
             Ok(producer) => {
                 self.producer = Arc::new(producer);
-                self.abandoned = false;
                 true
             }
             Err(error) => {

@@ -90,7 +90,6 @@ impl Processor {
             return sent;
         }
         tracing::error!(bound = ?self.offsets_bound, "librdkafka's send_offsets_to_transaction did not return within its bound; giving up this transactional producer for a new one.");
-        self.abandoned = true;
         self.hung.retain(|producer| producer.strong_count() > 0);
         self.hung.push(Arc::downgrade(&self.producer));
         Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
