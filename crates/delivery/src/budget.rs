@@ -169,8 +169,9 @@ impl Drop for Held {
 /// What queuing `update` for one destination costs: the update itself divided among the
 /// `sharing` destinations it goes to (they hold one copy), and for each of them what its event
 /// brings about until it leaves the lane: the event in the lane's queue and in the batch, its
-/// user in the batch, the user's entries in the request body while it is sent, and its entries
-/// in the offsets tracker and the order table. An estimate of the heap, from the capacities the
+/// user in the batch with their entries in the request body and their part of the delivery log
+/// records (written as the user joins the batch), and its entries in the offsets tracker and
+/// the order table. An estimate of the heap, from the capacities the
 /// update holds and the shape of a partner request.
 ///
 /// Counting the update and its events alone missed more than half of it: a 100-destination
@@ -200,7 +201,10 @@ pub fn queued_bytes(update: &SegmentStatusUpdate, sharing: usize) -> usize {
         + BATCH_INDEX_ENTRY
         + BODY_ENTRY
         + update.user_id.len()
-        + changes * BODY_SEGMENT;
+        + changes * BODY_SEGMENT
+        + LOG_ENTRY
+        + update.user_id.len()
+        + changes * LOG_SEGMENT;
     2 * size_of::<RoutedEvent>() + batched + TRACKED + update_bytes / sharing.max(1)
 }
 
@@ -212,6 +216,12 @@ const BODY_ENTRY: usize = ENTRY_FRAME_BYTES + 2 + 2 + 36 + 1;
 /// One segment in the body, with an id of seven characters, its quotes, the partner's date and
 /// a comma (80 bytes).
 const BODY_SEGMENT: usize = SEGMENT_FRAME_BYTES + 7 + 2 + DATE_BYTES + 1;
+/// The user's part of their delivery log record besides their id and segments, with a
+/// 36-character partner id (`delivery_log::PreparedUsers`; counted with the log off too).
+const LOG_ENTRY: usize = 2 + 3 + 2 + 36 + 4;
+/// One segment in the user's part of their delivery log record, with an id of seven
+/// characters and a time of six varint bytes.
+const LOG_SEGMENT: usize = 2 + 2 + 7 + 2 + 1 + 6;
 /// The event's entry in the offsets tracker and in the order table (16 bytes each).
 const TRACKED: usize = 32;
 
@@ -316,8 +326,9 @@ mod tests {
             user_id: "u".repeat(1_000),
             ..update
         };
-        // The id is in the update (shared) and in the destination's body (its own).
-        assert_eq!(queued_bytes(&bigger, 1) - alone, 2 * 900);
-        assert_eq!(queued_bytes(&bigger, 2) - shared, 900 / 2 + 900);
+        // The id is in the update (shared) and in the destination's body and log records (its
+        // own).
+        assert_eq!(queued_bytes(&bigger, 1) - alone, 3 * 900);
+        assert_eq!(queued_bytes(&bigger, 2) - shared, 900 / 2 + 2 * 900);
     }
 }

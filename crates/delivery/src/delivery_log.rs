@@ -3,9 +3,10 @@
 //! first bytes of the partner's answer — so `delivery log --user` can say what a partner got
 //! for a user and what it answered.
 //!
-//! Off the hot path: a record is encoded straight from the batch into one buffer (no message
-//! struct, no allocation per user) and handed to librdkafka, whose own thread batches,
-//! compresses and sends. Writing never waits: a record the producer cannot queue is counted in
+//! Off the hot path: the users' part of their records is encoded into one buffer of the batch
+//! as each user joins it ([`PreparedUsers`]: no message struct, no allocation per user), and
+//! each attempt adds its own fields once and hands the records to librdkafka, whose own thread
+//! batches, compresses and sends. Writing never waits: a record the producer cannot queue is counted in
 //! `delivery_log_dropped_total`, and delivery goes on.
 
 pub mod read;
@@ -20,8 +21,6 @@ use rdkafka::producer::{
 };
 use telemetry::KafkaSettings;
 use telemetry::prometheus::IntCounter;
-
-use crate::batcher::DestinationBatch;
 
 /// The most of a partner's response a record keeps.
 pub const RESPONSE_BYTES: usize = 256;
@@ -111,45 +110,36 @@ impl DeliveryLog {
         config
     }
 
-    /// Records one attempt of `batch` (sent with `ProcessTime` `process_time_unix_ms` and
-    /// `idempotency_key`), one record per user. Never waits.
+    /// Records one attempt of a batch whose users are `users` (sent with `ProcessTime`
+    /// `process_time_unix_ms` and `idempotency_key`), one record per user. Never waits.
     pub fn record(
         &self,
-        batch: &DestinationBatch,
+        users: &PreparedUsers,
         process_time_unix_ms: i64,
         idempotency_key: &str,
         report: &AttemptReport<'_>,
     ) {
         let context = RecordContext {
-            destination_id: batch.destination().id,
             process_time_unix_ms,
             idempotency_key,
             report,
             worker: &self.worker,
             time_unix_ms: telemetry::clock::unix_ms(),
-            batch_users: batch.users.len() as u32,
+            batch_users: users.len() as u32,
         };
-        let data_partner = batch.destination().data_partner;
-        let mut buffer = Vec::with_capacity(512);
-        for user in &batch.users {
-            let latest = batch.latest(user);
-            buffer.clear();
-            encode_record(
-                &mut buffer,
-                &latest.user_id,
-                &user.segments,
-                batch.partner_uuids(user, data_partner),
-                &latest.regions,
-                &context,
-            );
+        let mut attempt = Vec::with_capacity(128 + RESPONSE_BYTES);
+        encode_attempt(&mut attempt, &context);
+        users.each_record(&attempt, |key, payload| {
+            // The attempt's time, so librdkafka need not read the clock for every record.
             let record = BaseRecord::to(&self.topic)
-                .key(latest.user_id.as_bytes())
-                .payload(buffer.as_slice());
+                .key(key)
+                .payload(payload)
+                .timestamp(context.time_unix_ms);
             match self.producer.send(record) {
                 Ok(()) => self.records.inc(),
                 Err(_) => self.dropped.inc(),
             }
-        }
+        });
     }
 
     /// Waits up to `timeout` for queued records to reach the broker (at shutdown).
@@ -162,7 +152,6 @@ impl DeliveryLog {
 
 /// What every user's record of one attempt shares.
 struct RecordContext<'a> {
-    destination_id: u64,
     process_time_unix_ms: i64,
     idempotency_key: &'a str,
     report: &'a AttemptReport<'a>,
@@ -171,19 +160,94 @@ struct RecordContext<'a> {
     batch_users: u32,
 }
 
-/// Encodes a `DeliveryLogRecord` (see `delivery_log.proto`) from borrowed parts: the bytes
-/// prost would write for the same message.
-fn encode_record(
+/// The first fields of every user's record in one buffer: a user's record is their part
+/// followed by the attempt's fields ([`encode_attempt`]), the field order prost writes.
+#[derive(Debug, Default)]
+pub struct PreparedUsers {
+    bytes: Vec<u8>,
+    parts: Vec<UserPart>,
+}
+
+/// Where one user's part, and their id (the record's key) within it, lie in the buffer.
+#[derive(Debug)]
+struct UserPart {
+    start: usize,
+    key: std::ops::Range<usize>,
+    end: usize,
+}
+
+impl PreparedUsers {
+    /// Encodes the part of the records of the user at `position` in the batch (a new user is
+    /// the next position): what stays the same across the batch's attempts. A user's
+    /// earlier part, replaced, stays in the buffer until the batch is sent.
+    pub fn put(
+        &mut self,
+        position: usize,
+        latest: &model::SegmentStatusUpdate,
+        destination_id: u64,
+        segments: &[model::partner::PartnerSegment],
+        partner_uuids: &[String],
+    ) {
+        let start = self.bytes.len();
+        encode_user(
+            &mut self.bytes,
+            &latest.user_id,
+            destination_id,
+            segments,
+            partner_uuids,
+            &latest.regions,
+        );
+        // The id is the first field, when not empty (proto3 leaves an empty one out).
+        let key_end = if latest.user_id.is_empty() {
+            start
+        } else {
+            start + length_delimited_len(1, latest.user_id.len())
+        };
+        let part = UserPart {
+            start,
+            key: key_end - latest.user_id.len()..key_end,
+            end: self.bytes.len(),
+        };
+        match self.parts.get_mut(position) {
+            Some(earlier) => *earlier = part,
+            None => self.parts.push(part),
+        }
+    }
+
+    /// The number of users (each one record per attempt).
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Hands each user's record of an attempt (their part, then `attempt`'s fields) to
+    /// `record`, with its key: the user id.
+    fn each_record(&self, attempt: &[u8], mut record: impl FnMut(&[u8], &[u8])) {
+        let mut buffer = Vec::with_capacity(512);
+        for part in &self.parts {
+            buffer.clear();
+            buffer.extend_from_slice(&self.bytes[part.start..part.end]);
+            buffer.extend_from_slice(attempt);
+            record(&self.bytes[part.key.clone()], &buffer);
+        }
+    }
+}
+
+/// Encodes the fields of a `DeliveryLogRecord` (see `delivery_log.proto`) that are the user's,
+/// 1 to 5, from borrowed parts: the bytes prost would write for them.
+fn encode_user(
     buf: &mut Vec<u8>,
     user_id: &str,
+    destination_id: u64,
     segments: &[model::partner::PartnerSegment],
     partner_uuids: &[String],
     regions: &[u32],
-    context: &RecordContext<'_>,
 ) {
-    let report = context.report;
     bytes_field(buf, 1, user_id.as_bytes());
-    varint_field(buf, 2, context.destination_id);
+    varint_field(buf, 2, destination_id);
     for segment in segments {
         let time = segment.time_unix_ms as u64;
         let len = length_delimited_len(1, segment.segment_id.len())
@@ -212,6 +276,11 @@ fn encode_record(
             encode_varint(u64::from(region), buf);
         }
     }
+}
+
+/// Encodes the fields of a `DeliveryLogRecord` that are the attempt's, 6 to 16.
+fn encode_attempt(buf: &mut Vec<u8>, context: &RecordContext<'_>) {
+    let report = context.report;
     varint_field(buf, 6, context.process_time_unix_ms as u64);
     bytes_field(buf, 7, context.idempotency_key.as_bytes());
     varint_field(buf, 8, u64::from(report.attempt));

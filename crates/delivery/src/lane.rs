@@ -76,6 +76,9 @@ impl Lane {
         let destination = self.sender.config.clone();
         let linger = destination.batch.linger;
         let mut batch = DestinationBatch::new(destination);
+        if self.sender.log.is_some() {
+            batch.keep_log();
+        }
         let mut carried: Option<RoutedEvent> = None;
         loop {
             let first = match carried.take() {
@@ -257,14 +260,14 @@ impl Lane {
                 metrics.batch_users.observe(batch.users.len() as f64);
                 metrics.batch_bytes.observe(body.len() as f64);
                 let earlier_attempts = rounds.earlier_attempts();
-                let logged: &DestinationBatch = batch;
+                let logged = self.sender.log.as_ref().zip(batch.log_users());
                 let mut on_attempt = |report: &AttemptReport<'_>| {
-                    if let Some(log) = &self.sender.log {
+                    if let Some((log, users)) = &logged {
                         let report = AttemptReport {
                             attempt: earlier_attempts + report.attempt,
                             ..*report
                         };
-                        log.record(logged, process_time, &key, &report);
+                        log.record(users, process_time, &key, &report);
                     }
                 };
                 // The partner's answer, its rate limit, an open circuit: waits a restart would

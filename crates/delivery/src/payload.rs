@@ -1,42 +1,27 @@
 //! A batch → the JSON body a partner receives (`model::partner`), and the `Idempotency-Key`
 //! that stays the same when the same batch is sent again.
 
-use model::partner::{PartnerRequest, PartnerUser, write_request};
+use model::partner::write_head;
 use sha2::{Digest, Sha256};
 
 use crate::batcher::DestinationBatch;
 
-/// Writes the body of `batch` into `out` (cleared first). `User_count` is the number of
-/// `Users` entries: one per user and synced partner id.
+/// Writes the body of `batch` into `out` (cleared first): the head, then the users' entries
+/// as the batch wrote them when each joined. `User_count` is the number of `Users` entries:
+/// one per user and synced partner id.
 pub fn write_body(batch: &DestinationBatch, process_time_unix_ms: i64, out: &mut Vec<u8>) {
     let destination = batch.destination();
-    let mut users = Vec::with_capacity(batch.entry_count());
-    for user in &batch.users {
-        let latest = batch.latest(user);
-        let partner_uuids = batch.partner_uuids(user, destination.data_partner);
-        let entry = |data_partner_uuid| PartnerUser {
-            aam_uuid: &latest.user_id,
-            data_partner_uuid,
-            regions: &latest.regions,
-            segments: &user.segments,
-        };
-        if partner_uuids.is_empty() {
-            users.push(entry(""));
-        } else {
-            users.extend(partner_uuids.iter().map(|p| entry(p.as_str())));
-        }
-    }
-    let request = PartnerRequest {
+    out.clear();
+    write_head(
         process_time_unix_ms,
-        user_dpid: destination.user_dpid,
-        client_id: &destination.client_id,
-        destination_id: destination.id,
-        users: &users,
-    };
-    // Serializing borrowed strings and numbers into a Vec cannot fail.
-    if let Err(error) = write_request(&request, out) {
-        unreachable!("serializing a partner body failed: {error}");
-    }
+        destination.user_dpid,
+        &destination.client_id,
+        destination.id,
+        batch.entry_count(),
+        out,
+    );
+    batch.write_users(out);
+    out.extend_from_slice(b"]}");
 }
 
 /// A key derived from what the batch carries (the input topic and positions of its events, or

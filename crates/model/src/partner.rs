@@ -181,27 +181,6 @@ impl fmt::Display for PartnerDate {
     }
 }
 
-impl PartnerDate {
-    /// The length of the formatted date, without formatting it: 24 characters and the year's
-    /// (28 for years 1000–9999; times far in the past or future have longer or shorter years).
-    pub fn formatted_len(self) -> usize {
-        // 1000-01-01T00:00Z ..= 9999-12-31T23:59:59.999Z: the common case, without the calendar.
-        if (-30_610_224_000_000..253_402_300_800_000).contains(&self.0) {
-            return 28;
-        }
-        let days = self.0.div_euclid(1000).div_euclid(86_400);
-        let (year, _, _) = civil_from_days(days);
-        let sign = usize::from(year < 0);
-        let mut digits = 1;
-        let mut rest = year.unsigned_abs();
-        while rest >= 10 {
-            rest /= 10;
-            digits += 1;
-        }
-        24 + sign + digits
-    }
-}
-
 impl Serialize for PartnerDate {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.fixed_width() {
@@ -231,6 +210,44 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 pub fn write_request(request: &PartnerRequest<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
     out.clear();
     request.serialize(&mut serde_json::Serializer::new(out))
+}
+
+/// The body up to its first `Users` entry, `{"ProcessTime":…,"User_count":"…","Users":[`, appended
+/// to `out`: followed by `user_count` entries ([`write_user`], commas between) and `]}`, it is
+/// the body [`write_request`] writes. Delivery writes each user's entries as the user joins a
+/// batch, while their update is in the cache, and the body from them when it is sent.
+pub fn write_head(
+    process_time_unix_ms: i64,
+    user_dpid: u64,
+    client_id: &str,
+    destination_id: u64,
+    user_count: usize,
+    out: &mut Vec<u8>,
+) {
+    use std::io::Write as _;
+    out.extend_from_slice(br#"{"ProcessTime":""#);
+    match PartnerDate(process_time_unix_ms).fixed_width() {
+        Some(date) => out.extend_from_slice(&date),
+        None => write_infallible(write!(out, "{}", PartnerDate(process_time_unix_ms))),
+    }
+    write_infallible(write!(out, r#"","User_DPID":"{user_dpid}","Client_ID":"#));
+    write_infallible(serde_json::to_writer(&mut *out, client_id).map_err(std::io::Error::from));
+    write_infallible(write!(
+        out,
+        r#","AAM_Destination_Id":"{destination_id}","User_count":"{user_count}","Users":["#
+    ));
+}
+
+/// Appends one `Users` entry, as the body has it, to `out`.
+pub fn write_user(user: &PartnerUser<'_>, out: &mut Vec<u8>) {
+    write_infallible(serde_json::to_writer(&mut *out, user).map_err(std::io::Error::from));
+}
+
+/// Writing into a `Vec` cannot fail, nor can serializing borrowed strings and numbers.
+fn write_infallible(result: std::io::Result<()>) {
+    if let Err(error) = result {
+        unreachable!("writing a partner body into memory failed: {error}");
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::payload::{idempotency_key, write_body};
 /// 2016-07-27T16:17:22Z.
 const T0: i64 = 1_469_636_242_000;
 
-fn destination(extra: &str) -> Arc<DestinationConfig> {
+pub(crate) fn destination(extra: &str) -> Arc<DestinationConfig> {
     let yaml = format!(
         "destinations:\n  - {{ id: 423, url: https://p.example/aam, client_id: \"74323\", user_dpid: 20915, \
          segments: {{ 14356: \"14356\", 12176: \"99\", 500: \"500\" }}{extra} }}\n"
@@ -25,7 +25,7 @@ fn destination(extra: &str) -> Arc<DestinationConfig> {
         .remove(0)
 }
 
-fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
+pub(crate) fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
     if active {
         SegmentChange::qualified(segment_id, time_unix_ms)
     } else {
@@ -33,7 +33,7 @@ fn change(segment_id: u64, active: bool, time_unix_ms: i64) -> SegmentChange {
     }
 }
 
-fn update(
+pub(crate) fn update(
     user: &str,
     regions: &[u32],
     partner_ids: &[&str],
@@ -258,6 +258,44 @@ fn an_event_handed_back_to_the_next_batch_coalesces_nothing_in_this_one() {
         "u1's 1 was not replaced in this batch: {:?}",
         coalesced(&batch)
     );
+    assert!(
+        body(&batch).contains(r#""Status":"1""#) && !body(&batch).contains("partner-id"),
+        "the body is as before the event: {}",
+        body(&batch)
+    );
+}
+
+#[test]
+fn a_user_changing_over_and_over_fills_the_batch_with_replaced_entries_never_the_body() {
+    let mut batch = DestinationBatch::new(destination(", batch: { max_bytes: 1024 }"));
+    batch.keep_log();
+    let mut changes = 0;
+    while !batch.is_full() && changes < 100 {
+        let active = changes % 2 == 0;
+        batch
+            .add(update(
+                "u1",
+                &[],
+                &[],
+                vec![change(14356, active, T0 + changes)],
+            ))
+            .unwrap();
+        changes += 1;
+    }
+    // Each add leaves ~130 bytes of u1's replaced entries: a body's worth (1,024) in 8.
+    assert!((7..=9).contains(&changes), "{changes} changes filled it");
+    assert_eq!(batch.users.len(), 1);
+    let last = T0 + changes - 1;
+    let expected_status = if (changes - 1) % 2 == 0 { "1" } else { "0" };
+    let text = body(&batch);
+    assert_eq!(text.matches("AAM_UUID").count(), 1, "one entry: {text}");
+    assert!(
+        text.contains(&format!(r#""Status":"{expected_status}""#)),
+        "{text}"
+    );
+    assert_eq!(batch.users[0].segments[0].time_unix_ms, last);
+    // And one delivery log record, of the latest status.
+    assert_eq!(batch.log_users().unwrap().len(), 1);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The hand-written encoder writes what prost would for the same record.
+//! The hand-written encoder writes what prost would for the same record, and a batch's records
+//! are its users' records, each keyed by its user.
 
 use std::sync::Arc;
 
@@ -14,18 +15,21 @@ fn encoded(
     regions: &[u32],
     report: &AttemptReport<'_>,
 ) -> Vec<u8> {
-    let context = RecordContext {
-        destination_id: 423,
+    let mut buf = Vec::new();
+    encode_user(&mut buf, "u1", 423, segments, partner_uuids, regions);
+    encode_attempt(&mut buf, &context(report, 7));
+    buf
+}
+
+fn context<'a>(report: &'a AttemptReport<'a>, batch_users: u32) -> RecordContext<'a> {
+    RecordContext {
         process_time_unix_ms: 1_469_636_262_000,
         idempotency_key: "0a1b",
         report,
         worker: "delivery-0",
         time_unix_ms: 1_469_636_263_000,
-        batch_users: 7,
-    };
-    let mut buf = Vec::new();
-    encode_record(&mut buf, "u1", segments, partner_uuids, regions, &context);
-    buf
+        batch_users,
+    }
 }
 
 #[test]
@@ -104,4 +108,64 @@ fn records_decode_as_the_proto_message_they_stand_for() {
     let record = DeliveryLogRecord::decode(bytes.as_slice()).unwrap();
     assert!(record.delivered && record.error.is_empty() && record.partner_uuids.is_empty());
     assert_eq!(bytes, record.encode_to_vec());
+}
+
+#[test]
+fn a_batch_makes_one_record_per_user_keyed_by_the_user() {
+    use crate::batcher::tests::{change, destination, update};
+    let mut batch = crate::batcher::DestinationBatch::new(destination(", data_partner: 1234"));
+    batch.keep_log();
+    let t0 = 1_469_636_242_000;
+    for event in [
+        update("u1", &[6], &[], vec![change(14356, true, t0)]),
+        update(
+            "user-two",
+            &[],
+            &["p1", "p2"],
+            vec![change(12176, false, t0 + 1)],
+        ),
+        // The same user again: their latest update, one record.
+        update("u1", &[6, 7], &[], vec![change(500, true, t0 + 2)]),
+        // An empty id is left out of the record (proto3), and so is it from the key.
+        update("", &[], &[], vec![change(500, true, t0 + 3)]),
+    ] {
+        batch.add(event).unwrap();
+    }
+    let users = batch.log_users().unwrap();
+    let delivered = AttemptReport {
+        attempt: 1,
+        http_status: Some(200),
+        class: ErrorClass::Unspecified,
+        error: "",
+        response: b"{}",
+        delivered: true,
+    };
+    let mut attempt = Vec::new();
+    encode_attempt(&mut attempt, &context(&delivered, 3));
+    let mut records = Vec::new();
+    users.each_record(&attempt, |key, payload| {
+        records.push((
+            String::from_utf8(key.to_vec()).unwrap(),
+            DeliveryLogRecord::decode(payload).unwrap(),
+        ));
+    });
+    let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["u1", "user-two", ""]);
+    for (key, record) in &records {
+        assert_eq!(&record.user_id, key);
+        assert_eq!(record.destination_id, 423);
+        assert_eq!(record.batch_users, 3);
+        assert!(record.delivered && record.response == b"{}");
+    }
+    let (_, u1) = &records[0];
+    let segment_ids: Vec<&str> = u1
+        .segments
+        .iter()
+        .map(|s| s.partner_segment_id.as_str())
+        .collect();
+    assert_eq!(segment_ids, ["14356", "500"]);
+    assert_eq!(u1.regions, [6, 7]);
+    assert!(u1.partner_uuids.is_empty(), "no synced id");
+    assert_eq!(records[1].1.partner_uuids, ["p1", "p2"]);
+    assert_eq!(records[1].1.segments[0].partner_segment_id, "99");
 }

@@ -82,7 +82,33 @@ fn body_is_the_reference_shape_with_strings_everywhere() {
         r#"{"AAM_UUID":"0578240750487542456854736923319946899715232","DataPartner_UUID":"","#,
         r#""Segments":[{"Segment_ID":"10329","Status":"1","DateTime":"Wed Jul 27 16:17:21 UTC 2016"}]}]}"#,
     );
+    assert_eq!(
+        pieces(&request),
+        body,
+        "the body written in pieces is the same"
+    );
     assert_eq!(String::from_utf8(body).unwrap(), expected);
+}
+
+/// The body of `request` from [`write_head`], [`write_user`] and `]}`.
+fn pieces(request: &PartnerRequest<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_head(
+        request.process_time_unix_ms,
+        request.user_dpid,
+        request.client_id,
+        request.destination_id,
+        request.users.len(),
+        &mut out,
+    );
+    for (i, user) in request.users.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_user(user, &mut out);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 #[test]
@@ -94,7 +120,7 @@ fn strings_are_escaped() {
         regions: &[],
         segments: &segments,
     }];
-    let request = PartnerRequest {
+    let mut request = PartnerRequest {
         process_time_unix_ms: 0,
         user_dpid: 1,
         client_id: "c\u{1}",
@@ -103,6 +129,16 @@ fn strings_are_escaped() {
     };
     let mut body = Vec::new();
     write_request(&request, &mut body).unwrap();
+    assert_eq!(
+        pieces(&request),
+        body,
+        "the body written in pieces is the same"
+    );
+    // A `ProcessTime` past year 9999 is written the long way, in pieces too.
+    let mut far = Vec::new();
+    request.process_time_unix_ms = 300_000_000_000_000;
+    write_request(&request, &mut far).unwrap();
+    assert_eq!(pieces(&request), far);
     let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(parsed["Client_ID"], "c\u{1}");
     assert_eq!(parsed["Users"][0]["AAM_UUID"], "u\n1");
@@ -111,19 +147,20 @@ fn strings_are_escaped() {
 }
 
 #[test]
-fn formatted_len_is_the_length_of_the_formatted_date() {
-    for ms in [
-        0,
-        1_469_636_242_000,
-        -1,
-        -62_135_596_800_000, // year 1
-        -62_167_219_200_001, // year -1 (0 is 1 BC)
-        253_402_300_799_999, // 9999-12-31T23:59:59.999
-        253_402_300_800_000, // year 10000
-        i64::MAX,
-        i64::MIN,
+fn a_date_of_any_year_is_formatted_in_28_characters_or_the_long_way() {
+    for (ms, fixed) in [
+        (0, true),
+        (1_469_636_242_000, true),
+        (-1, true),
+        (-62_135_596_800_000, false), // year 1
+        (-62_167_219_200_001, false), // year -1 (0 is 1 BC)
+        (253_402_300_799_999, true),  // 9999-12-31T23:59:59.999
+        (253_402_300_800_000, false), // year 10000
+        (i64::MAX, false),
+        (i64::MIN, false),
     ] {
-        let date = PartnerDate(ms);
-        assert_eq!(date.formatted_len(), date.to_string().len(), "{ms}: {date}");
+        let date = PartnerDate(ms).to_string();
+        assert_eq!(date.len() == 28, fixed, "{ms}: {date}");
+        assert!(date.len() >= 24 && date.contains(" UTC "), "{ms}: {date}");
     }
 }
