@@ -60,6 +60,20 @@ pub struct BatchUser {
     rendered: Range<usize>,
     /// Number of `Users` entries: one per partner id, at least one.
     entries: usize,
+    pub latest_update: LatestUpdate,
+}
+
+/// What the lane needs of a user's latest update once the batch is sent (the latency's send
+/// path and start), copied as the user joins: read from the update after the request, it was
+/// a cache miss per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatestUpdate {
+    pub produced_unix_ms: i64,
+    pub origin: model::Origin,
+    /// For some of the user's partner ids only (`only_data_partner_id`).
+    pub targeted: bool,
+    /// Read by the destination's catch-up reader.
+    pub catch_up: bool,
 }
 
 /// A change the batch replaced by a later status of the same user and partner segment: it is
@@ -147,11 +161,6 @@ impl DestinationBatch {
     /// The user's latest update in this batch.
     pub fn latest(&self, user: &BatchUser) -> &SegmentStatusUpdate {
         &self.events[user.latest].update
-    }
-
-    /// The event that brought the user's latest update.
-    pub fn latest_event(&self, user: &BatchUser) -> &RoutedEvent {
-        &self.events[user.latest]
     }
 
     /// The user's ids at `data_partner`: one `Users` entry each, or one entry with `""` when
@@ -281,6 +290,12 @@ impl DestinationBatch {
             segments: candidate,
             rendered: start..start + new_bytes,
             entries: new_entries,
+            latest_update: LatestUpdate {
+                produced_unix_ms: event.update.produced_unix_ms,
+                origin: event.update.origin(),
+                targeted: event.update.only_data_partner_id.is_some(),
+                catch_up: event.source.is_some_and(|s| s.catch_up),
+            },
         };
         match existing {
             Some(i) => {

@@ -11,7 +11,7 @@ use model::ErrorClass;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::batcher::{DestinationBatch, RoutedEvent};
+use crate::batcher::{DestinationBatch, LatestUpdate, RoutedEvent};
 use crate::config::DestinationConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::delivery_log::AttemptReport;
@@ -143,8 +143,9 @@ impl Lane {
                     let mut sent = 0;
                     for user in &batch.users {
                         sent += user.segments.len();
-                        let latency = metrics.end_to_end_latency(self.send_path(batch, user));
-                        let restated = self.restated_at(batch.latest(user));
+                        let latency =
+                            metrics.end_to_end_latency(self.send_path(user.latest_update));
+                        let restated = self.restated_at(user.latest_update);
                         for segment in &user.segments {
                             let changed = restated
                                 .map_or(segment.time_unix_ms, |at| at.max(segment.time_unix_ms));
@@ -210,20 +211,18 @@ impl Lane {
     /// update (a newly synced partner id getting them) or a resync's — rather than changes:
     /// their `DateTime` is when the user qualified, long before, and their end-to-end latency
     /// counts from when they were made instead.
-    fn restated_at(&self, update: &model::SegmentStatusUpdate) -> Option<i64> {
-        (self.outcomes.is_some() || update.only_data_partner_id.is_some())
-            .then_some(update.produced_unix_ms)
+    fn restated_at(&self, update: LatestUpdate) -> Option<i64> {
+        (self.outcomes.is_some() || update.targeted).then_some(update.produced_unix_ms)
     }
 
     /// How the user's changes in this batch were sent (by their latest event).
-    fn send_path(&self, batch: &DestinationBatch, user: &crate::batcher::BatchUser) -> SendPath {
+    fn send_path(&self, update: LatestUpdate) -> SendPath {
         if self.watermarks.is_none() {
             return SendPath::Replay;
         }
-        let event = batch.latest_event(user);
-        if event.source.is_some_and(|s| s.catch_up) {
+        if update.catch_up {
             SendPath::CatchUp
-        } else if event.update.origin() == model::Origin::Batch {
+        } else if update.origin == model::Origin::Batch {
             SendPath::Batch
         } else {
             SendPath::RealTime

@@ -453,3 +453,51 @@ fn a_targeted_update_never_shares_a_request_with_another_update_of_its_user() {
     assert!(body(&next).contains(r#""DataPartner_UUID":"x""#));
     assert_eq!(next.entry_count(), 1);
 }
+
+#[test]
+fn a_user_keeps_what_the_lane_needs_of_their_latest_update() {
+    let mut batch = DestinationBatch::new(destination(""));
+    batch
+        .add(update("u1", &[], &[], vec![change(14356, true, T0)]))
+        .unwrap();
+    let first = batch.users[0].latest_update;
+    assert_eq!(
+        (
+            first.origin,
+            first.produced_unix_ms,
+            first.targeted,
+            first.catch_up
+        ),
+        (Origin::Realtime, T0, false, false)
+    );
+    // A later update of the user, onboarded and read by the catch-up reader, stands for them.
+    let mut later = update("u1", &[], &[], vec![change(500, true, T0 + 5)]);
+    let mut inner = (*later.update).clone();
+    inner.origin = Origin::Batch as i32;
+    inner.produced_unix_ms = T0 + 7;
+    later.update = Arc::new(inner);
+    later.source = Some(EventSource {
+        assignment: crate::offsets::PartitionAssignment {
+            partition: 0,
+            generation: 0,
+        },
+        offset: 3,
+        catch_up: true,
+        written_unix_ms: None,
+    });
+    batch.add(later).unwrap();
+    assert_eq!(batch.users.len(), 1);
+    let latest = batch.users[0].latest_update;
+    assert_eq!(
+        (latest.origin, latest.produced_unix_ms, latest.catch_up),
+        (Origin::Batch, T0 + 7, true)
+    );
+    // A targeted update goes to a batch of its own, and says so.
+    let mut targeted = DestinationBatch::new(destination(""));
+    let mut event = update("u2", &[], &[], vec![change(500, true, T0)]);
+    let mut inner = (*event.update).clone();
+    inner.only_data_partner_id = Some(1234);
+    event.update = Arc::new(inner);
+    targeted.add(event).unwrap();
+    assert!(targeted.users[0].latest_update.targeted);
+}
