@@ -384,8 +384,12 @@ fn stall_note(
 }
 
 /// What a service went through, by the log lines that mark it (each counted).
-const MARKS: [(&str, &str); 8] = [
+const MARKS: [(&str, &str); 9] = [
     ("transactions failed", "A Kafka transaction failed"),
+    (
+        "producers given up (a send of the offsets hung)",
+        "did not return within its bound",
+    ),
     (
         "recovered in place",
         "Recovered from the failed transaction",
