@@ -226,21 +226,65 @@ pub fn write_head(
 ) {
     use std::io::Write as _;
     out.extend_from_slice(br#"{"ProcessTime":""#);
-    match PartnerDate(process_time_unix_ms).fixed_width() {
-        Some(date) => out.extend_from_slice(&date),
-        None => write_infallible(write!(out, "{}", PartnerDate(process_time_unix_ms))),
-    }
+    write_date(process_time_unix_ms, out);
     write_infallible(write!(out, r#"","User_DPID":"{user_dpid}","Client_ID":"#));
-    write_infallible(serde_json::to_writer(&mut *out, client_id).map_err(std::io::Error::from));
+    write_str(client_id, out);
     write_infallible(write!(
         out,
         r#","AAM_Destination_Id":"{destination_id}","User_count":"{user_count}","Users":["#
     ));
 }
 
-/// Appends one `Users` entry, as the body has it, to `out`.
+/// Appends one `Users` entry, as the body has it, to `out`: the bytes serde writes for it
+/// ([`write_request`], the reference), with the field names, numbers and dates written as they
+/// are (serde scans each for characters to escape; none has any) and only the strings from the
+/// input escaped.
 pub fn write_user(user: &PartnerUser<'_>, out: &mut Vec<u8>) {
-    write_infallible(serde_json::to_writer(&mut *out, user).map_err(std::io::Error::from));
+    use std::io::Write as _;
+    out.extend_from_slice(br#"{"AAM_UUID":"#);
+    write_str(user.aam_uuid, out);
+    out.extend_from_slice(br#","DataPartner_UUID":"#);
+    write_str(user.data_partner_uuid, out);
+    if !user.regions.is_empty() {
+        out.extend_from_slice(br#","AAM_Regions":["#);
+        for (i, region) in user.regions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_infallible(write!(out, "\"{region}\""));
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(br#","Segments":["#);
+    for (i, segment) in user.segments.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"Segment_ID":"#);
+        write_str(&segment.segment_id, out);
+        out.extend_from_slice(if segment.active {
+            br#","Status":"1","DateTime":""#
+        } else {
+            br#","Status":"0","DateTime":""#
+        });
+        write_date(segment.time_unix_ms, out);
+        out.extend_from_slice(br#""}"#);
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// A JSON string, quoted and escaped as serde_json writes it.
+fn write_str(value: &str, out: &mut Vec<u8>) {
+    write_infallible(serde_json::to_writer(&mut *out, value).map_err(std::io::Error::from));
+}
+
+/// A [`PartnerDate`], without its quotes.
+fn write_date(unix_ms: i64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    match PartnerDate(unix_ms).fixed_width() {
+        Some(date) => out.extend_from_slice(&date),
+        None => write_infallible(write!(out, "{}", PartnerDate(unix_ms))),
+    }
 }
 
 /// Writing into a `Vec` cannot fail, nor can serializing borrowed strings and numbers.

@@ -164,3 +164,47 @@ fn a_date_of_any_year_is_formatted_in_28_characters_or_the_long_way() {
         assert!(date.len() >= 24 && date.contains(" UTC "), "{ms}: {date}");
     }
 }
+
+proptest! {
+    /// The entries written by hand are the bytes serde writes, for any strings (escapes
+    /// included), regions and times (far dates included).
+    #[test]
+    fn the_body_in_pieces_is_the_reference_body(
+        users in proptest::collection::vec(
+            (
+                any::<String>(),
+                any::<String>(),
+                proptest::collection::vec(any::<u32>(), 0..3),
+                proptest::collection::vec((any::<String>(), any::<bool>(), any::<i64>()), 0..3),
+            ),
+            1..4,
+        ),
+        process_time in any::<i64>(),
+        client_id in any::<String>(),
+    ) {
+        let segments: Vec<Vec<PartnerSegment>> = users
+            .iter()
+            .map(|(_, _, _, s)| s.iter().map(|(id, active, time)| segment(id, *active, *time)).collect())
+            .collect();
+        let entries: Vec<PartnerUser<'_>> = users
+            .iter()
+            .zip(&segments)
+            .map(|((id, uuid, regions, _), segments)| PartnerUser {
+                aam_uuid: id,
+                data_partner_uuid: uuid,
+                regions,
+                segments,
+            })
+            .collect();
+        let request = PartnerRequest {
+            process_time_unix_ms: process_time,
+            user_dpid: 20915,
+            client_id: &client_id,
+            destination_id: 423,
+            users: &entries,
+        };
+        let mut reference = Vec::new();
+        write_request(&request, &mut reference).unwrap();
+        prop_assert_eq!(pieces(&request), reference);
+    }
+}
