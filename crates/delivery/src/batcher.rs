@@ -163,12 +163,6 @@ impl DestinationBatch {
         &self.events[user.latest].update
     }
 
-    /// The user's ids at `data_partner`: one `Users` entry each, or one entry with `""` when
-    /// there are none.
-    pub fn partner_uuids(&self, user: &BatchUser, data_partner: Option<u64>) -> &[String] {
-        partner_uuids(self.latest(user), data_partner)
-    }
-
     /// The user's position in `users`, by the hash of their id.
     fn find(&self, hash: u64, user_id: &str) -> Option<usize> {
         self.index

@@ -6,8 +6,8 @@
 //! Off the hot path: the users' part of their records is encoded into one buffer of the batch
 //! as each user joins it ([`PreparedUsers`]: no message struct, no allocation per user), and
 //! each attempt adds its own fields once and hands the records to librdkafka, whose own thread
-//! batches, compresses and sends. Writing never waits: a record the producer cannot queue is counted in
-//! `delivery_log_dropped_total`, and delivery goes on.
+//! batches, compresses and sends. Writing never waits: a record the producer cannot queue is
+//! counted in `delivery_log_dropped_total`, and delivery goes on.
 
 pub mod read;
 
@@ -219,6 +219,7 @@ impl PreparedUsers {
         self.parts.len()
     }
 
+    /// Whether no user joined the batch.
     pub fn is_empty(&self) -> bool {
         self.parts.is_empty()
     }

@@ -1,9 +1,10 @@
 //! The JSON body a partner receives (docs/PARTNER-CONTRACT.md#the-body) and its date format.
 //!
 //! Every scalar is a JSON *string*, even the numeric ones, exactly as the reference's code
-//! sample shows. The types here borrow from the batch being sent, so building a body costs one
-//! `Vec` of user entries per request and no per-field allocation: numbers and dates are
-//! written straight into the output through `Display`.
+//! sample shows. [`write_request`] writes a body through serde: the reference. Delivery writes
+//! the same bytes in pieces, each user's entries ([`write_user`]) as the user joins a batch and
+//! the head ([`write_head`]) when it is sent; the types borrow from the batch, and numbers and
+//! dates are written straight into the output, with no allocation per field.
 
 use std::fmt;
 use std::sync::Arc;
