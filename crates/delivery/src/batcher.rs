@@ -108,7 +108,6 @@ pub struct DestinationBatch {
     /// The users' entries, as written when each joined; a user's earlier entries, replaced
     /// by a later update of theirs, stay until the batch is sent ([`Self::replaced_bytes`]).
     rendered: Vec<u8>,
-    replaced_bytes: usize,
     /// The users' part of their delivery log records, when the destination keeps the log.
     log: Option<PreparedUsers>,
 }
@@ -127,7 +126,6 @@ impl DestinationBatch {
             entries: 0,
             header_bytes,
             rendered: Vec::new(),
-            replaced_bytes: 0,
             log: None,
         }
     }
@@ -196,7 +194,13 @@ impl DestinationBatch {
         let limits = &self.destination.batch;
         self.users.len() >= limits.max_users
             || self.body_bytes() >= limits.max_bytes
-            || self.replaced_bytes >= limits.max_bytes
+            || self.replaced_bytes() >= limits.max_bytes
+    }
+
+    /// The bytes of entries replaced by a later update of their user: what `rendered` holds
+    /// besides the users' entries (`users_bytes`, which counts the commas between users too).
+    fn replaced_bytes(&self) -> usize {
+        self.rendered.len() + self.users.len().saturating_sub(1) - self.users_bytes
     }
 
     /// Adds `event` unless that would pass `max_users` or `max_bytes`: then it is handed back,
@@ -248,13 +252,10 @@ impl DestinationBatch {
                 (0, 0, segments)
             }
         };
+        let partner_uuids = partner_uuids(&event.update, self.destination.data_partner);
         let start = self.rendered.len();
-        let new_entries = write_entries(
-            &mut self.rendered,
-            &event.update,
-            &candidate,
-            self.destination.data_partner,
-        );
+        let new_entries =
+            write_entries(&mut self.rendered, &event.update, &candidate, partner_uuids);
         let new_bytes = self.rendered.len() - start;
         // A new user after others needs the comma before their entries.
         let comma = usize::from(existing.is_none() && !self.users.is_empty());
@@ -276,7 +277,7 @@ impl DestinationBatch {
                 &event.update,
                 self.destination.id,
                 &candidate,
-                partner_uuids(&event.update, self.destination.data_partner),
+                partner_uuids,
             );
         }
         let user = BatchUser {
@@ -292,10 +293,7 @@ impl DestinationBatch {
             },
         };
         match existing {
-            Some(i) => {
-                self.replaced_bytes += old_bytes;
-                self.users[i] = user;
-            }
+            Some(i) => self.users[i] = user,
             None => {
                 let (users, events, hasher) = (&self.users, &self.events, &self.hasher);
                 self.index.insert_unique(hash, users.len(), |&i| {
@@ -319,7 +317,6 @@ impl DestinationBatch {
         self.entries = 0;
         // Not kept across batches: a thousand idle destinations would each hold their largest.
         self.rendered = Vec::new();
-        self.replaced_bytes = 0;
         if let Some(log) = &mut self.log {
             *log = PreparedUsers::default();
         }
@@ -408,13 +405,13 @@ pub(crate) const ENTRY_FRAME_BYTES: usize =
 /// A segment in the body without its `Segment_ID` (measured with its quotes) and `DateTime`.
 pub(crate) const SEGMENT_FRAME_BYTES: usize = r#"{"Segment_ID":,"Status":"1","DateTime":""}"#.len();
 
-/// Writes one user's `Users` entries (one per partner id at `data_partner`, or one with `""`
-/// when they have none; commas between) and returns their number.
+/// Writes one user's `Users` entries (one per id of theirs at the destination's data partner,
+/// or one with `""` when they have none; commas between) and returns their number.
 fn write_entries(
     out: &mut Vec<u8>,
     update: &SegmentStatusUpdate,
     segments: &[PartnerSegment],
-    data_partner: Option<u64>,
+    partner_uuids: &[String],
 ) -> usize {
     let entry = |data_partner_uuid| PartnerUser {
         aam_uuid: &update.user_id,
@@ -422,7 +419,6 @@ fn write_entries(
         regions: &update.regions,
         segments,
     };
-    let partner_uuids = partner_uuids(update, data_partner);
     if partner_uuids.is_empty() {
         write_user(&entry(""), out);
         return 1;
