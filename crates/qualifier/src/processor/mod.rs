@@ -21,7 +21,8 @@ use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::Producer;
+use telemetry::partition::{KeyPartitioner, KeyPlaced, KeyedProducer};
 use telemetry::{Health, Heartbeat, KafkaSettings, Liveness};
 use tokio_util::sync::CancellationToken;
 
@@ -98,20 +99,22 @@ pub fn decode_event(
 fn transactional_producer(
     kafka: &KafkaSettings,
     topology: &Topology,
-) -> Result<BaseProducer, KafkaError> {
-    let producer: BaseProducer = transactional_producer_config(kafka, topology).create()?;
+) -> Result<KeyedProducer, KafkaError> {
+    let producer: KeyedProducer =
+        transactional_producer_config(kafka, topology).create_with_context(KeyPlaced::default())?;
     producer.init_transactions(TRANSACTION_TIMEOUT)?;
     Ok(producer)
 }
 
 /// The transactional producer's settings: acks=all and idempotent
-/// ([`KafkaSettings::producer_config`], which transactions require anyway).
+/// ([`KafkaSettings::producer_config`], which transactions require anyway); status records
+/// placed by their user ([`KeyPartitioner`]: librdkafka's default placement, cheaper).
 pub fn transactional_producer_config(
     kafka: &KafkaSettings,
     topology: &Topology,
 ) -> rdkafka::ClientConfig {
     let mut config = kafka.producer_config("qualifier");
-    config
+    KeyPartitioner::configure(&mut config)
         .set("transactional.id", &topology.transactional_id)
         .set("linger.ms", "5")
         // The changelog records of busy users are KBs of packed history, written again in
@@ -151,12 +154,12 @@ pub struct Processor {
     /// Shared with the processing loop, which borrows a transaction's input messages from it.
     consumer: Arc<BaseConsumer<RebalanceContext>>,
     /// Shared with the thread `send_offsets_to_transaction` runs on ([`Self::send_offsets`]).
-    producer: Arc<BaseProducer>,
+    producer: Arc<KeyedProducer>,
     /// How long `send_offsets_to_transaction` is waited for before its producer is given up.
     offsets_bound: Duration,
     /// Producers given up while their call hung ([`Self::abandoned`]); an entry that still
     /// upgrades hangs still.
-    hung: Vec<Weak<BaseProducer>>,
+    hung: Vec<Weak<KeyedProducer>>,
     topology: Topology,
     store: Arc<Mutex<Store>>,
     /// Assigned partitions to restore before their events are processed.

@@ -10,8 +10,9 @@ use prost::Message as _;
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use telemetry::partition::KeyedProducer;
 
 use super::{Input, Processor, SWEEP_BUDGET, TRANSACTION_TIMEOUT, decode_event, lock};
 use crate::config::Definitions;
@@ -273,7 +274,7 @@ impl Processor {
 }
 
 /// Enqueues a record, waiting while librdkafka's queue is full.
-fn send<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
+fn send<K, P>(producer: &KeyedProducer, mut record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
@@ -319,7 +320,7 @@ fn within<T: Send + 'static>(
 /// look serves the reports at hand without waiting, then sleeps 1 ms (a `poll` of 1 ms spins:
 /// it cost the qualifier 3× its CPU per event at 5,000 events/s): the commit follows the last
 /// acknowledgement within about a millisecond.
-fn await_acknowledged(producer: &BaseProducer, timeout: Duration) -> Result<(), KafkaError> {
+fn await_acknowledged(producer: &KeyedProducer, timeout: Duration) -> Result<(), KafkaError> {
     let deadline = Instant::now() + timeout;
     loop {
         producer.poll(Duration::ZERO);
@@ -364,10 +365,10 @@ mod tests {
     /// the transaction as before).
     #[test]
     fn waiting_for_the_acknowledgements_ends_at_once_or_at_its_bound() {
-        let producer: BaseProducer = ClientConfig::new()
+        let producer: KeyedProducer = ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
             .set("message.timeout.ms", "60000")
-            .create()
+            .create_with_context(Default::default())
             .unwrap();
         let started = Instant::now();
         await_acknowledged(&producer, Duration::from_secs(10)).unwrap();
