@@ -241,7 +241,6 @@ pub fn write_head(
 /// are (serde scans each for characters to escape; none has any) and only the strings from the
 /// input escaped.
 pub fn write_user(user: &PartnerUser<'_>, out: &mut Vec<u8>) {
-    use std::io::Write as _;
     out.extend_from_slice(br#"{"AAM_UUID":"#);
     write_str(user.aam_uuid, out);
     out.extend_from_slice(br#","DataPartner_UUID":"#);
@@ -252,7 +251,9 @@ pub fn write_user(user: &PartnerUser<'_>, out: &mut Vec<u8>) {
             if i > 0 {
                 out.push(b',');
             }
-            write_infallible(write!(out, "\"{region}\""));
+            out.push(b'"');
+            out.extend_from_slice(itoa::Buffer::new().format(*region).as_bytes());
+            out.push(b'"');
         }
         out.push(b']');
     }
