@@ -11,7 +11,8 @@ use crate::config::DestinationConfig;
 /// Our segment id → the indices (into the destination list) of the destinations mapping it.
 #[derive(Debug)]
 pub struct Router {
-    by_segment: HashMap<u64, Vec<usize>>,
+    /// Looked up once per change: foldhash, not the default SipHash (the ids are ours).
+    by_segment: HashMap<u64, Vec<usize>, foldhash::fast::RandomState>,
     /// Each slot's data partner, for targeted updates (`only_data_partner_id`).
     data_partners: Vec<Option<u64>>,
     /// Scratch space reused between updates, so routing allocates nothing per event.
@@ -26,7 +27,7 @@ impl Router {
     /// A router over destination slots, some of them empty (a destination removed by a
     /// config reload keeps its index, and gets nothing).
     pub fn over<'a>(slots: impl Iterator<Item = Option<&'a Arc<DestinationConfig>>>) -> Self {
-        let mut by_segment: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut by_segment: HashMap<u64, Vec<usize>, _> = HashMap::default();
         let mut data_partners = Vec::new();
         for (index, destination) in slots.enumerate() {
             data_partners.push(destination.and_then(|d| d.data_partner));

@@ -13,14 +13,19 @@
 //! attaches again.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use futures_core::Stream as _;
 
 use model::{SegmentStatus, SegmentStatusUpdate};
 use prost::Message as _;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{Consumer, MessageStream, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
 use telemetry::{Heartbeat, KafkaSettings};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -128,6 +133,11 @@ impl std::fmt::Debug for InputPipeline {
             .finish_non_exhaustive()
     }
 }
+
+/// The most input messages taken one after another, when fetched already, before the loop
+/// looks at its other work (the commit tick, shutdown, reconfiguration, lanes that stopped):
+/// looking at those between every two messages cost a lock or two per message.
+const BURST: usize = 64;
 
 /// Why an input message is not a usable update.
 pub(crate) fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
@@ -298,6 +308,9 @@ impl InputPipeline {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut targets = Vec::new();
         let consumer = self.consumer.clone();
+        // One stream for the pipeline's life: `recv` makes one per message, registering its
+        // waker slot (a lock) and removing it again.
+        let mut messages = consumer.stream();
         let failure = loop {
             if let Some(heartbeat) = &self.heartbeat {
                 heartbeat.beat_in_task().await;
@@ -326,31 +339,15 @@ impl InputPipeline {
                     };
                     break Some(reason);
                 }
-                message = consumer.recv() => match message {
-                    Ok(message) => {
-                        let (partition, offset) = (message.partition(), message.offset());
-                        let written = message.timestamp().to_millis();
-                        match decode(message.payload().unwrap_or_default()) {
-                            Ok(update) => {
-                                if let Err(reason) = self.route(update, partition, offset, written, &mut targets).await {
-                                    break Some(reason);
-                                }
-                            }
-                            Err(reason) => {
-                                let key = message.key().unwrap_or_default().to_vec();
-                                let payload = message.payload().unwrap_or_default().to_vec();
-                                drop(message);
-                                self.dead_letter_undecodable(partition, offset, &key, &payload, reason).await;
-                            }
-                        }
+                Some(message) = std::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)) => {
+                    if let Err(reason) = self.take_fetched(message, &mut messages, &mut targets).await {
+                        break Some(reason);
                     }
-                    Err(error) => {
-                        tracing::warn!(topic = %self.topic, %error, "Kafka consumer error.");
-                    }
-                },
+                }
             }
         };
         // The drain closes the consumer: this handle must not be the one that does it here.
+        drop(messages);
         drop(consumer);
         let topic = self.topic.clone();
         // Bounded by the drain timeout, and mostly waiting for the partners.
@@ -359,6 +356,58 @@ impl InputPipeline {
         match failure {
             Some(reason) => Err(anyhow::anyhow!("input {topic}: {reason}")),
             None => Ok(()),
+        }
+    }
+
+    /// Routes `message`, then the messages fetched already after it, up to [`BURST`], before
+    /// the loop looks at its other work again; the reason when the pipeline must stop.
+    async fn take_fetched(
+        &mut self,
+        mut message: KafkaResult<BorrowedMessage<'_>>,
+        messages: &mut MessageStream<'_, PipelineContext>,
+        targets: &mut Vec<usize>,
+    ) -> Result<(), String> {
+        for _ in 1..BURST {
+            self.take(message, targets).await?;
+            // Polled once: no wait, and a waker that does nothing (the loop's own poll sets
+            // the task's again when the queue is empty).
+            let mut now = Context::from_waker(Waker::noop());
+            match Pin::new(&mut *messages).poll_next(&mut now) {
+                Poll::Ready(Some(next)) => message = next,
+                _ => return Ok(()),
+            }
+        }
+        self.take(message, targets).await
+    }
+
+    /// Routes one input message, or dead-letters it when it is no update.
+    async fn take(
+        &mut self,
+        message: KafkaResult<BorrowedMessage<'_>>,
+        targets: &mut Vec<usize>,
+    ) -> Result<(), String> {
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, %error, "Kafka consumer error.");
+                return Ok(());
+            }
+        };
+        let (partition, offset) = (message.partition(), message.offset());
+        let written = message.timestamp().to_millis();
+        match decode(message.payload().unwrap_or_default()) {
+            Ok(update) => {
+                self.route(update, partition, offset, written, targets)
+                    .await
+            }
+            Err(reason) => {
+                let key = message.key().unwrap_or_default().to_vec();
+                let payload = message.payload().unwrap_or_default().to_vec();
+                drop(message);
+                self.dead_letter_undecodable(partition, offset, &key, &payload, reason)
+                    .await;
+                Ok(())
+            }
         }
     }
 
