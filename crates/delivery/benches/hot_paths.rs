@@ -4,7 +4,6 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use delivery::auth::sign;
@@ -12,6 +11,7 @@ use delivery::batcher::{DestinationBatch, RoutedEvent};
 use delivery::config::{DeliveryConfig, HmacAlgorithm};
 use delivery::payload::{idempotency_key, write_body};
 use delivery::router::Router;
+use delivery::update::Update;
 use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate};
 use prost::Message as _;
 
@@ -74,9 +74,9 @@ fn benches(c: &mut Criterion) {
     });
 
     let destination = config.destinations[0].clone();
-    let updates: Vec<Arc<SegmentStatusUpdate>> = (0..1000).map(|u| Arc::new(update(u))).collect();
+    let updates: Vec<Update> = (0..1000).map(|u| Update::new(&update(u))).collect();
     // An event holding nothing against a queue budget (as replays and resyncs make them).
-    let event = |update: &Arc<SegmentStatusUpdate>| RoutedEvent {
+    let event = |update: &Update| RoutedEvent {
         update: update.clone(),
         source: None,
         held: Default::default(),

@@ -17,12 +17,12 @@ use std::hash::BuildHasher as _;
 use std::ops::Range;
 use std::sync::Arc;
 
-use model::SegmentStatusUpdate;
 use model::partner::{PartnerSegment, PartnerUser, write_user};
 
 use crate::config::DestinationConfig;
 use crate::delivery_log::PreparedUsers;
 use crate::offsets::PartitionAssignment;
+use crate::update::{PartnerUuids, Update};
 
 /// Where an event was read from, so its offset can be finished once the batch is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct EventSource {
 /// An update on its way to one destination.
 #[derive(Debug)]
 pub struct RoutedEvent {
-    pub update: Arc<SegmentStatusUpdate>,
+    pub update: Update,
     /// `None` for replayed dead letters, which have no input offset.
     pub source: Option<EventSource>,
     /// Its bytes in the worker's queue budget, given back when the event is dropped.
@@ -110,6 +110,8 @@ pub struct DestinationBatch {
     rendered: Vec<u8>,
     /// The users' part of their delivery log records, when the destination keeps the log.
     log: Option<PreparedUsers>,
+    /// The regions of the user being added, read out of their update (reused).
+    regions: Vec<u32>,
 }
 
 impl DestinationBatch {
@@ -127,6 +129,7 @@ impl DestinationBatch {
             header_bytes,
             rendered: Vec::new(),
             log: None,
+            regions: Vec::new(),
         }
     }
 
@@ -157,14 +160,14 @@ impl DestinationBatch {
     }
 
     /// The user's latest update in this batch.
-    pub fn latest(&self, user: &BatchUser) -> &SegmentStatusUpdate {
+    pub fn latest(&self, user: &BatchUser) -> &Update {
         &self.events[user.latest].update
     }
 
-    /// The user's position in `users`, by the hash of their id.
-    fn find(&self, hash: u64, user_id: &str) -> Option<usize> {
+    /// The user's position in `users`, by the hash of their id's bytes.
+    fn find(&self, hash: u64, user_key: &[u8]) -> Option<usize> {
         self.index
-            .find(hash, |&i| self.latest(&self.users[i]).user_id == user_id)
+            .find(hash, |&i| self.latest(&self.users[i]).user_key() == user_key)
             .copied()
     }
 
@@ -209,13 +212,13 @@ impl DestinationBatch {
     /// which is dead-lettered instead of sent.
     pub fn add(&mut self, event: RoutedEvent) -> Result<(), RoutedEvent> {
         let limits = self.destination.batch;
-        let hash = self.hasher.hash_one(&event.update.user_id);
-        let existing = self.find(hash, &event.update.user_id);
+        let hash = self.hasher.hash_one(event.update.user_key());
+        let existing = self.find(hash, event.update.user_key());
         // A targeted update is for some of the user's ids only: merged with another update of
         // the user, its changes would reach the other ids (or its ids miss its changes).
         if let Some(i) = existing
-            && (event.update.only_data_partner_id.is_some()
-                || self.latest(&self.users[i]).only_data_partner_id.is_some())
+            && (event.update.only_data_partner_id().is_some()
+                || self.latest(&self.users[i]).only_data_partner_id().is_some())
         {
             return Err(event);
         }
@@ -242,7 +245,7 @@ impl DestinationBatch {
                 (user.rendered.len(), user.entries, segments)
             }
             None => {
-                let mut segments = Vec::with_capacity(event.update.changes.len());
+                let mut segments = Vec::with_capacity(event.update.changes().len());
                 merge_segments(
                     &self.destination,
                     &mut segments,
@@ -252,10 +255,18 @@ impl DestinationBatch {
                 (0, 0, segments)
             }
         };
-        let partner_uuids = partner_uuids(&event.update, self.destination.data_partner);
+        let user_id = event.update.user_id();
+        let partner_uuids = event.update.partner_uuids(self.destination.data_partner);
+        self.regions.clear();
+        self.regions.extend(event.update.regions());
+        let user = PartnerUser {
+            aam_uuid: user_id,
+            data_partner_uuid: "",
+            regions: &self.regions,
+            segments: &candidate,
+        };
         let start = self.rendered.len();
-        let new_entries =
-            write_entries(&mut self.rendered, &event.update, &candidate, partner_uuids);
+        let new_entries = write_entries(&mut self.rendered, &user, partner_uuids.clone());
         let new_bytes = self.rendered.len() - start;
         // A new user after others needs the comma before their entries.
         let comma = usize::from(existing.is_none() && !self.users.is_empty());
@@ -272,13 +283,7 @@ impl DestinationBatch {
             }
         }
         if let Some(log) = &mut self.log {
-            log.put(
-                position,
-                &event.update,
-                self.destination.id,
-                &candidate,
-                partner_uuids,
-            );
+            log.put(position, &user, self.destination.id, partner_uuids);
         }
         let user = BatchUser {
             latest: self.events.len(),
@@ -286,9 +291,9 @@ impl DestinationBatch {
             rendered: start..start + new_bytes,
             entries: new_entries,
             latest_update: LatestUpdate {
-                produced_unix_ms: event.update.produced_unix_ms,
+                produced_unix_ms: event.update.produced_unix_ms(),
                 origin: event.update.origin(),
-                targeted: event.update.only_data_partner_id.is_some(),
+                targeted: event.update.only_data_partner_id().is_some(),
                 catch_up: event.source.is_some_and(|s| s.catch_up),
             },
         };
@@ -297,7 +302,7 @@ impl DestinationBatch {
             None => {
                 let (users, events, hasher) = (&self.users, &self.events, &self.hasher);
                 self.index.insert_unique(hash, users.len(), |&i| {
-                    hasher.hash_one(&events[users[i].latest].update.user_id)
+                    hasher.hash_one(events[users[i].latest].update.user_key())
                 });
                 self.users.push(user);
             }
@@ -343,14 +348,14 @@ impl DestinationBatch {
 fn merge_segments(
     destination: &DestinationConfig,
     segments: &mut Vec<PartnerSegment>,
-    update: &SegmentStatusUpdate,
+    update: &Update,
     replaced: &mut impl FnMut(usize, &PartnerSegment),
 ) {
-    for change in &update.changes {
+    for change in update.changes() {
         let Some(their_id) = destination.segments.get(&change.segment_id) else {
             continue;
         };
-        let active = change.status() == model::SegmentStatus::Active;
+        let active = change.active();
         match segments.iter().position(|s| s.segment_id == *their_id) {
             Some(position) => {
                 let segment = &mut segments[position];
@@ -405,38 +410,31 @@ pub(crate) const ENTRY_FRAME_BYTES: usize =
 /// A segment in the body without its `Segment_ID` (measured with its quotes) and `DateTime`.
 pub(crate) const SEGMENT_FRAME_BYTES: usize = r#"{"Segment_ID":,"Status":"1","DateTime":""}"#.len();
 
-/// Writes one user's `Users` entries (one per id of theirs at the destination's data partner,
+/// Writes `user`'s `Users` entries (one per id of theirs at the destination's data partner,
 /// or one with `""` when they have none; commas between) and returns their number.
 fn write_entries(
     out: &mut Vec<u8>,
-    update: &SegmentStatusUpdate,
-    segments: &[PartnerSegment],
-    partner_uuids: &[String],
+    user: &PartnerUser<'_>,
+    partner_uuids: PartnerUuids<'_>,
 ) -> usize {
-    let entry = |data_partner_uuid| PartnerUser {
-        aam_uuid: &update.user_id,
-        data_partner_uuid,
-        regions: &update.regions,
-        segments,
-    };
-    if partner_uuids.is_empty() {
-        write_user(&entry(""), out);
+    let count = partner_uuids.len();
+    if count == 0 {
+        write_user(user, out);
         return 1;
     }
-    for (i, uuid) in partner_uuids.iter().enumerate() {
+    for (i, uuid) in partner_uuids.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_user(&entry(uuid), out);
+        write_user(
+            &PartnerUser {
+                data_partner_uuid: uuid,
+                ..*user
+            },
+            out,
+        );
     }
-    partner_uuids.len()
-}
-
-/// The user's ids at `data_partner` (none when the destination names no data partner).
-pub fn partner_uuids(update: &SegmentStatusUpdate, data_partner: Option<u64>) -> &[String] {
-    data_partner
-        .and_then(|dp| update.partner_ids.iter().find(|p| p.data_partner_id == dp))
-        .map_or(&[], |p| p.partner_uuids.as_slice())
+    count
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 use model::partner::PartnerSegment;
-use model::{PartnerIds, SegmentChange, SegmentStatusUpdate};
 use tokio::sync::Notify;
 
 use crate::batcher::{BatchUser, DATE_BYTES, ENTRY_FRAME_BYTES, RoutedEvent, SEGMENT_FRAME_BYTES};
+use crate::update::Update;
 
 /// The built-in `queue_budget_mb` of a worker with up to 409 destinations.
 pub const DEFAULT_MB: u64 = 16;
@@ -177,35 +177,19 @@ impl Drop for Held {
 /// Counting the update and its events alone missed more than half of it: a 100-destination
 /// drain held ~4 MB of RSS per MiB counted, the batch users and request bodies the most of the
 /// rest (a `heaptrack` profile of that drain: docs/BENCHMARKS.md).
-pub fn queued_bytes(update: &SegmentStatusUpdate, sharing: usize) -> usize {
-    let partner_ids: usize = update
-        .partner_ids
-        .iter()
-        .map(|p| {
-            size_of::<PartnerIds>()
-                + p.partner_uuids
-                    .iter()
-                    .map(|u| size_of::<String>() + u.capacity())
-                    .sum::<usize>()
-        })
-        .sum();
-    let update_bytes = 2 * size_of::<usize>() // the Arc's counts
-        + size_of::<SegmentStatusUpdate>()
-        + update.user_id.capacity()
-        + update.regions.capacity() * size_of::<u32>()
-        + update.changes.capacity() * size_of::<SegmentChange>()
-        + partner_ids;
-    let changes = update.changes.len();
+pub fn queued_bytes(update: &Update, sharing: usize) -> usize {
+    let user_id = update.user_id().len();
+    let changes = update.changes().len();
     let batched = size_of::<BatchUser>()
         + changes * size_of::<PartnerSegment>()
         + BATCH_INDEX_ENTRY
         + BODY_ENTRY
-        + update.user_id.len()
+        + user_id
         + changes * BODY_SEGMENT
         + LOG_ENTRY
-        + update.user_id.len()
+        + user_id
         + changes * LOG_SEGMENT;
-    2 * size_of::<RoutedEvent>() + batched + TRACKED + update_bytes / sharing.max(1)
+    2 * size_of::<RoutedEvent>() + batched + TRACKED + update.heap_bytes() / sharing.max(1)
 }
 
 /// A user's slot in a batch's index by user id (a hash table of positions, with its slack).
@@ -228,6 +212,8 @@ const TRACKED: usize = 32;
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use model::{SegmentChange, SegmentStatusUpdate};
 
     use super::*;
 
@@ -312,15 +298,12 @@ mod tests {
             changes: vec![SegmentChange::qualified(1, 0); 4],
             ..SegmentStatusUpdate::default()
         };
-        let alone = queued_bytes(&update, 1);
-        let shared = queued_bytes(&update, 2);
+        let alone = queued_bytes(&Update::new(&update), 1);
+        let shared = queued_bytes(&Update::new(&update), 2);
         // Each destination's own: its events, the batch user with four segments, the body.
         let own = shared - (alone - shared);
         assert!(own >= 2 * size_of::<RoutedEvent>() + size_of::<BatchUser>() + 100 + 4 * 43);
-        assert!(
-            alone - own >= 100 + 4 * size_of::<SegmentChange>(),
-            "the update"
-        );
+        assert!(alone - own >= 100 + 4 * 24, "the update");
         assert_eq!((alone - own) / 2, shared - own);
         let bigger = SegmentStatusUpdate {
             user_id: "u".repeat(1_000),
@@ -328,6 +311,7 @@ mod tests {
         };
         // The id is in the update (shared) and in the destination's body and log records (its
         // own).
+        let bigger = Update::new(&bigger);
         assert_eq!(queued_bytes(&bigger, 1) - alone, 3 * 900);
         assert_eq!(queued_bytes(&bigger, 2) - shared, 900 / 2 + 2 * 900);
     }

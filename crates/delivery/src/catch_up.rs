@@ -24,6 +24,7 @@ use crate::lane::LaneHasher;
 use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
 use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
+use crate::update::Update;
 
 /// The running readers of one input pipeline, by destination index.
 #[derive(Debug, Default)]
@@ -346,9 +347,10 @@ impl CatchUpReader {
             CatchUp::Deliver(assignment) | CatchUp::Last(assignment) => {
                 if let (Some(update), Some(permit)) = (update, permit) {
                     self.sender.metrics.queue_depth.inc();
+                    let update = Update::new(&update);
                     permit.send(RoutedEvent {
                         held: self.share.hold(queued_bytes(&update, 1)),
-                        update: Arc::new(update),
+                        update,
                         source: Some(EventSource {
                             assignment,
                             offset,

@@ -86,7 +86,7 @@ pub(crate) fn record(batch: &DestinationBatch) {
     for change in &batch.coalesced {
         let user = &batch.users[change.user];
         let segment = &user.segments[change.segment].segment_id;
-        let user = &batch.latest(user).user_id;
+        let user = batch.latest(user).user_id();
         written = write_line(
             &mut file,
             destination,

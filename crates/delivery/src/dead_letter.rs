@@ -75,7 +75,7 @@ impl DeadLetterWriter {
         let mut by_user: Vec<(&str, Vec<&RoutedEvent>)> = Vec::new();
         let mut index = std::collections::HashMap::new();
         for event in events {
-            let user = event.update.user_id.as_str();
+            let user = event.update.user_id();
             let i = *index.entry(user).or_insert_with(|| {
                 by_user.push((user, Vec::new()));
                 by_user.len() - 1
@@ -178,7 +178,8 @@ fn user_records(
     let mut current = template.clone();
     let mut size = fixed;
     for event in events {
-        let length = event.update.encoded_len();
+        let update = event.update.to_proto();
+        let length = update.encoded_len();
         // Field tag (1 byte) and length prefix of one `updates` entry.
         let entry = 1 + prost::encoding::encoded_len_varint(length as u64) + length;
         if fixed + entry > MAX_DEAD_LETTER_BYTES {
@@ -203,7 +204,7 @@ fn user_records(
             records.push(std::mem::replace(&mut current, template.clone()));
             size = fixed;
         }
-        current.updates.push((*event.update).clone());
+        current.updates.push(update);
         size += entry;
     }
     if !current.updates.is_empty() {
@@ -214,7 +215,6 @@ fn user_records(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use model::{Origin, SegmentChange, SegmentStatusUpdate};
 
@@ -225,7 +225,7 @@ mod tests {
     fn event(user: &str, padding: usize, offset: i64) -> RoutedEvent {
         RoutedEvent {
             held: Default::default(),
-            update: Arc::new(SegmentStatusUpdate {
+            update: crate::update::Update::new(&SegmentStatusUpdate {
                 user_id: user.to_owned(),
                 regions: Vec::new(),
                 partner_ids: vec![model::PartnerIds {
@@ -276,7 +276,11 @@ mod tests {
         }
         let kept: Vec<_> = records.iter().flat_map(|r| r.updates.iter()).collect();
         assert_eq!(kept.len(), 3);
-        assert!(kept.iter().zip(&events).all(|(k, e)| **k == *e.update));
+        assert!(
+            kept.iter()
+                .zip(&events)
+                .all(|(k, e)| **k == e.update.to_proto())
+        );
 
         // Small ones stay in one record.
         let small: Vec<_> = (0..50).map(|i| event("u1", 10, i)).collect();

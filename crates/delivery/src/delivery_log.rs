@@ -12,6 +12,7 @@
 pub mod read;
 
 use model::ErrorClass;
+use model::partner::PartnerUser;
 use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use rdkafka::ClientContext;
@@ -20,7 +21,10 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use telemetry::KafkaSettings;
+use telemetry::partition::KeyPartitioner;
 use telemetry::prometheus::IntCounter;
+
+use crate::update::PartnerUuids;
 
 /// The most of a partner's response a record keeps.
 pub const RESPONSE_BYTES: usize = 256;
@@ -39,14 +43,16 @@ pub struct AttemptReport<'a> {
     pub delivered: bool,
 }
 
-/// Counts records the broker did not take.
+/// Counts records the broker did not take; places each record by its user as librdkafka's
+/// default partitioner would, only cheaper ([`KeyPartitioner`]).
 struct LogContext {
     dropped: IntCounter,
+    partitioner: KeyPartitioner,
 }
 
 impl ClientContext for LogContext {}
 
-impl ProducerContext for LogContext {
+impl ProducerContext<KeyPartitioner> for LogContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
@@ -54,11 +60,15 @@ impl ProducerContext for LogContext {
             self.dropped.inc();
         }
     }
+
+    fn get_custom_partitioner(&self) -> Option<&KeyPartitioner> {
+        Some(&self.partitioner)
+    }
 }
 
 /// The writer, shared by every destination of the process.
 pub struct DeliveryLog {
-    producer: ThreadedProducer<LogContext>,
+    producer: ThreadedProducer<LogContext, KeyPartitioner>,
     topic: String,
     worker: String,
     records: IntCounter,
@@ -83,6 +93,7 @@ impl DeliveryLog {
     ) -> Result<Self, KafkaError> {
         let producer = Self::client_config(kafka).create_with_context(LogContext {
             dropped: dropped.clone(),
+            partitioner: KeyPartitioner::default(),
         })?;
         let worker = std::env::var("HOSTNAME")
             .ok()
@@ -98,10 +109,10 @@ impl DeliveryLog {
     }
 
     /// The producer's settings: acks=all and idempotent ([`KafkaSettings::producer_config`]),
-    /// so a record is kept once even across a leader change.
+    /// so a record is kept once even across a leader change; records placed by their key.
     pub fn client_config(kafka: &KafkaSettings) -> rdkafka::ClientConfig {
         let mut config = kafka.producer_config("delivery-log");
-        config
+        KeyPartitioner::configure(&mut config)
             .set("linger.ms", "100")
             .set("compression.type", "lz4")
             // Bounded: a broker that is away makes the log drop records, never delivery grow.
@@ -183,29 +194,22 @@ impl PreparedUsers {
     pub fn put(
         &mut self,
         position: usize,
-        latest: &model::SegmentStatusUpdate,
+        user: &PartnerUser<'_>,
         destination_id: u64,
-        segments: &[model::partner::PartnerSegment],
-        partner_uuids: &[String],
+        partner_uuids: PartnerUuids<'_>,
     ) {
         let start = self.bytes.len();
-        encode_user(
-            &mut self.bytes,
-            &latest.user_id,
-            destination_id,
-            segments,
-            partner_uuids,
-            &latest.regions,
-        );
+        encode_user(&mut self.bytes, user, destination_id, partner_uuids);
+        let user_id = user.aam_uuid;
         // The id is the first field, when not empty (proto3 leaves an empty one out).
-        let key_end = if latest.user_id.is_empty() {
+        let key_end = if user_id.is_empty() {
             start
         } else {
-            start + length_delimited_len(1, latest.user_id.len())
+            start + length_delimited_len(1, user_id.len())
         };
         let part = UserPart {
             start,
-            key: key_end - latest.user_id.len()..key_end,
+            key: key_end - user_id.len()..key_end,
             end: self.bytes.len(),
         };
         match self.parts.get_mut(position) {
@@ -238,18 +242,17 @@ impl PreparedUsers {
 }
 
 /// Encodes the fields of a `DeliveryLogRecord` (see `delivery_log.proto`) that are the user's,
-/// 1 to 5, from borrowed parts: the bytes prost would write for them.
-fn encode_user(
+/// 1 to 5, from borrowed parts (the user's entry without its partner id, and their ids): the
+/// bytes prost would write for them.
+fn encode_user<'a>(
     buf: &mut Vec<u8>,
-    user_id: &str,
+    user: &PartnerUser<'_>,
     destination_id: u64,
-    segments: &[model::partner::PartnerSegment],
-    partner_uuids: &[String],
-    regions: &[u32],
+    partner_uuids: impl IntoIterator<Item = &'a str>,
 ) {
-    bytes_field(buf, 1, user_id.as_bytes());
+    bytes_field(buf, 1, user.aam_uuid.as_bytes());
     varint_field(buf, 2, destination_id);
-    for segment in segments {
+    for segment in user.segments {
         let time = segment.time_unix_ms as u64;
         let len = length_delimited_len(1, segment.segment_id.len())
             + if segment.active { key_len(2) + 1 } else { 0 }
@@ -266,6 +269,7 @@ fn encode_user(
         encode_varint(uuid.len() as u64, buf);
         buf.put_slice(uuid.as_bytes());
     }
+    let regions = user.regions;
     if !regions.is_empty() {
         let len: usize = regions
             .iter()

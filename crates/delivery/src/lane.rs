@@ -101,6 +101,10 @@ impl Lane {
                 Instant::now() + linger_left(&first, linger, telemetry::clock::unix_ms());
             let _fits_an_empty_batch = batch.add(first);
             let mut closed = false;
+            // One timer for the batch: made anew for every event, it cost a look-up of the
+            // runtime's handle (a shared count taken and given back) per event.
+            let linger_ends = tokio::time::sleep_until(deadline);
+            tokio::pin!(linger_ends);
             while !batch.is_full() {
                 tokio::select! {
                     biased;
@@ -116,7 +120,7 @@ impl Lane {
                             break;
                         }
                     },
-                    () = tokio::time::sleep_until(deadline) => break,
+                    () = &mut linger_ends => break,
                 }
             }
             self.finish_batch(&mut batch).await;
@@ -290,7 +294,7 @@ impl Lane {
             let oldest_ms = batch
                 .events
                 .iter()
-                .map(|e| e.update.produced_unix_ms)
+                .map(|e| e.update.produced_unix_ms())
                 .min()
                 .unwrap_or(i64::MAX);
             let age = Duration::from_millis(
@@ -364,7 +368,7 @@ fn linger_left(first: &RoutedEvent, linger: Duration, now_unix_ms: i64) -> Durat
     let late_after = i64::try_from(linger.as_millis())
         .unwrap_or(i64::MAX)
         .max(LATE_AFTER_MS);
-    let changed = first.update.changes.iter().map(|c| c.time_unix_ms).max();
+    let changed = first.update.changes().map(|c| c.time_unix_ms).max();
     let origin = match changed {
         Some(changed) if changed <= written && written - changed <= late_after => changed,
         _ => written,
@@ -375,7 +379,6 @@ fn linger_left(first: &RoutedEvent, linger: Duration, now_unix_ms: i64) -> Durat
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use model::{SegmentChange, SegmentStatusUpdate};
@@ -391,7 +394,7 @@ mod tests {
     fn event(times: &[i64], written: Option<i64>) -> RoutedEvent {
         RoutedEvent {
             held: Default::default(),
-            update: Arc::new(SegmentStatusUpdate {
+            update: crate::update::Update::new(&SegmentStatusUpdate {
                 user_id: "u1".to_owned(),
                 changes: times
                     .iter()

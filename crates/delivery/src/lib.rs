@@ -31,6 +31,7 @@ pub mod sender;
 pub mod service;
 pub mod tls;
 pub mod tls_explain;
+pub mod update;
 
 /// Every Kafka producer delivery builds writes with `acks=all` and idempotence, whatever its
 /// own tuning; a file that creates a producer must be listed here to be checked.

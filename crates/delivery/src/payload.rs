@@ -39,8 +39,8 @@ pub fn idempotency_key(batch: &DestinationBatch, input_topic: &str) -> String {
                 hash.update(source.offset.to_be_bytes());
             }
             None => {
-                hash.update(event.update.user_id.as_bytes());
-                for change in &event.update.changes {
+                hash.update(event.update.user_id().as_bytes());
+                for change in event.update.changes() {
                     hash.update(change.segment_id.to_be_bytes());
                     hash.update(change.status.to_be_bytes());
                     hash.update(change.time_unix_ms.to_be_bytes());

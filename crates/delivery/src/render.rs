@@ -167,7 +167,7 @@ pub fn render(
 fn routed(sourced: SourcedUpdate) -> RoutedEvent {
     RoutedEvent {
         held: Default::default(),
-        update: Arc::new(sourced.update),
+        update: sourced.update.into(),
         source: sourced.position.map(|(partition, offset)| EventSource {
             // The generation never reaches the request (the key uses partition and offset).
             assignment: PartitionAssignment {
@@ -218,10 +218,7 @@ impl<'a> RequestWriter<'a> {
     /// Renders the batch (or says why it is not sent) and empties it.
     fn finish(&mut self, batch: &mut DestinationBatch) {
         if batch.is_oversized() {
-            let user = batch
-                .events
-                .first()
-                .map_or("?", |e| e.update.user_id.as_str());
+            let user = batch.events.first().map_or("?", |e| e.update.user_id());
             self.rendering.not_sent.push(format!(
                 "user {user}: their entries alone make a {}-byte body, more than the \
                  destination's batch.max_bytes ({}): delivery dead-letters them without a \

@@ -49,7 +49,7 @@ pub(crate) fn update(
     };
     RoutedEvent {
         held: Default::default(),
-        update: Arc::new(SegmentStatusUpdate {
+        update: Update::new(&SegmentStatusUpdate {
             user_id: user.to_owned(),
             regions: regions.to_vec(),
             partner_ids,
@@ -186,7 +186,7 @@ fn coalesced(batch: &DestinationBatch) -> Vec<(String, String, bool, i64)> {
         .map(|c| {
             let user = &batch.users[c.user];
             (
-                batch.latest(user).user_id.clone(),
+                batch.latest(user).user_id().to_owned(),
                 user.segments[c.segment].segment_id.to_string(),
                 c.active,
                 c.time_unix_ms,
@@ -427,7 +427,9 @@ fn a_targeted_update_never_shares_a_request_with_another_update_of_its_user() {
     let destination = destination(", data_partner: 1234");
     let targeted = |ids: &[&str], active: bool| {
         let mut event = update("u1", &[], ids, vec![change(14356, active, T0)]);
-        Arc::make_mut(&mut event.update).only_data_partner_id = Some(1234);
+        let mut inner = event.update.to_proto();
+        inner.only_data_partner_id = Some(1234);
+        event.update = inner.into();
         event
     };
     let mut batch = DestinationBatch::new(destination.clone());
@@ -472,10 +474,10 @@ fn a_user_keeps_what_the_lane_needs_of_their_latest_update() {
     );
     // A later update of the user, onboarded and read by the catch-up reader, stands for them.
     let mut later = update("u1", &[], &[], vec![change(500, true, T0 + 5)]);
-    let mut inner = (*later.update).clone();
+    let mut inner = later.update.to_proto();
     inner.origin = Origin::Batch as i32;
     inner.produced_unix_ms = T0 + 7;
-    later.update = Arc::new(inner);
+    later.update = inner.into();
     later.source = Some(EventSource {
         assignment: crate::offsets::PartitionAssignment {
             partition: 0,
@@ -495,9 +497,9 @@ fn a_user_keeps_what_the_lane_needs_of_their_latest_update() {
     // A targeted update goes to a batch of its own, and says so.
     let mut targeted = DestinationBatch::new(destination(""));
     let mut event = update("u2", &[], &[], vec![change(500, true, T0)]);
-    let mut inner = (*event.update).clone();
+    let mut inner = event.update.to_proto();
     inner.only_data_partner_id = Some(1234);
-    event.update = Arc::new(inner);
+    event.update = inner.into();
     targeted.add(event).unwrap();
     assert!(targeted.users[0].latest_update.targeted);
 }

@@ -3,7 +3,6 @@
 //! detached from the partition (its catch-up reader takes over); undecodable input goes to
 //! the dead-letter topic.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use model::{SegmentStatusUpdate, SourcePosition};
@@ -17,6 +16,7 @@ use crate::catch_up::{CatchUpReader, ReaderTarget};
 use crate::lane::LaneHasher;
 #[cfg(doc)]
 use crate::sender::DestinationSender;
+use crate::update::Update;
 
 /// After a destination had to detach, how long a full lane of it detaches it at once — as
 /// long as it has taken no batch since, or its requests are slow (see [`Lagging`]).
@@ -101,8 +101,9 @@ impl InputPipeline {
             written_unix_ms,
         });
         let user_hash = self.lane_hasher.user(&update.user_id);
+        // Packed for the lanes: one allocation for all of them (see `crate::update`).
+        let update = Update::new(&update);
         let bytes = queued_bytes(&update, targets.len());
-        let update = Arc::new(update);
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];
             let (Some(sender), Some(share)) = (&self.slots[destination], &self.shares[destination])

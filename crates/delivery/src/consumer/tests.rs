@@ -53,7 +53,7 @@ fn check_update(payload: &[u8]) -> Result<(), TestCaseError> {
     let mut router = Router::new(&DESTINATIONS);
     let mut targets = Vec::new();
     router.route(&update, &mut targets);
-    let update = Arc::new(update);
+    let update = crate::update::Update::new(&update);
     for &destination in &targets {
         let mut batch = DestinationBatch::new(DESTINATIONS[destination].clone());
         // An empty batch always takes the event.

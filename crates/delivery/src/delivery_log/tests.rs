@@ -16,7 +16,18 @@ fn encoded(
     report: &AttemptReport<'_>,
 ) -> Vec<u8> {
     let mut buf = Vec::new();
-    encode_user(&mut buf, "u1", 423, segments, partner_uuids, regions);
+    let user = PartnerUser {
+        aam_uuid: "u1",
+        data_partner_uuid: "",
+        regions,
+        segments,
+    };
+    encode_user(
+        &mut buf,
+        &user,
+        423,
+        partner_uuids.iter().map(String::as_str),
+    );
     encode_attempt(&mut buf, &context(report, 7));
     buf
 }

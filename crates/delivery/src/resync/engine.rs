@@ -234,7 +234,7 @@ impl Engine {
     async fn flush(&mut self, partition: i32, stop: &CancellationToken) -> bool {
         let routed = self.route(partition);
         for event in routed {
-            let lane = LaneHasher::lane(self.hasher.user(&event.update.user_id), self.lanes.len());
+            let lane = LaneHasher::lane(self.hasher.user(event.update.user_id()), self.lanes.len());
             self.sender.metrics.queue_depth.inc();
             let sent = tokio::select! {
                 biased;
@@ -275,7 +275,7 @@ impl Engine {
             };
             routed.extend(update.map(|update| RoutedEvent {
                 held: Default::default(),
-                update: Arc::new(update),
+                update: update.into(),
                 source: Some(EventSource {
                     assignment,
                     offset,
