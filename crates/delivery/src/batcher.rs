@@ -167,7 +167,9 @@ impl DestinationBatch {
     /// The user's position in `users`, by the hash of their id's bytes.
     fn find(&self, hash: u64, user_key: &[u8]) -> Option<usize> {
         self.index
-            .find(hash, |&i| self.latest(&self.users[i]).user_key() == user_key)
+            .find(hash, |&i| {
+                self.latest(&self.users[i]).user_key() == user_key
+            })
             .copied()
     }
 

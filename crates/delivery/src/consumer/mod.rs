@@ -19,7 +19,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_core::Stream as _;
-
 use model::{SegmentStatus, SegmentStatusUpdate};
 use prost::Message as _;
 use rdkafka::Message;
