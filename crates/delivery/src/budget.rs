@@ -171,8 +171,8 @@ impl Drop for Held {
 /// brings about until it leaves the lane: the event in the lane's queue and in the batch, its
 /// user in the batch with their entries in the request body and their part of the delivery log
 /// records (written as the user joins the batch), and its entries in the offsets tracker and
-/// the order table. An estimate of the heap, from the capacities the
-/// update holds and the shape of a partner request.
+/// the order table. An estimate of the heap, from the packed update's size (see
+/// [`Update::heap_bytes`]) and the shape of a partner request.
 ///
 /// Counting the update and its events alone missed more than half of it: a 100-destination
 /// drain held ~4 MB of RSS per MiB counted, the batch users and request bodies the most of the

@@ -17,6 +17,8 @@ pub mod pb {
 }
 
 pub mod partner;
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategies;
 
 use prost::Message as _;
 

@@ -127,49 +127,9 @@ fn dead_letter_and_state_round_trip() {
     );
 }
 
-fn arb_update() -> impl Strategy<Value = SegmentStatusUpdate> {
-    let change = (any::<u64>(), 0..3_i32, 0..6_i32, any::<i64>()).prop_map(
-        |(segment_id, status, reason, time_unix_ms)| SegmentChange {
-            segment_id,
-            status,
-            reason,
-            time_unix_ms,
-        },
-    );
-    let partner = (any::<u64>(), proptest::collection::vec(".{0,40}", 0..3)).prop_map(
-        |(data_partner_id, partner_uuids)| PartnerIds {
-            data_partner_id,
-            partner_uuids,
-        },
-    );
-    (
-        ".{0,40}",
-        proptest::collection::vec(any::<u32>(), 0..8),
-        proptest::collection::vec(partner, 0..3),
-        proptest::collection::vec(change, 1..6),
-        0..3_i32,
-        any::<i64>(),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(user_id, regions, partner_ids, changes, origin, produced_unix_ms, sequence)| {
-                SegmentStatusUpdate {
-                    user_id,
-                    regions,
-                    partner_ids,
-                    changes,
-                    origin,
-                    produced_unix_ms,
-                    sequence,
-                    only_data_partner_id: None,
-                }
-            },
-        )
-}
-
 proptest! {
     #[test]
-    fn segment_status_update_round_trips(update in arb_update()) {
+    fn segment_status_update_round_trips(update in crate::strategies::any_status_update()) {
         let bytes = update.encode_to_vec();
         prop_assert_eq!(bytes.len(), update.encoded_len());
         let decoded = SegmentStatusUpdate::decode(bytes.as_slice()).unwrap();

@@ -5,50 +5,9 @@ use proptest::prelude::*;
 
 use super::{Change, Update};
 
-fn any_update() -> impl Strategy<Value = SegmentStatusUpdate> {
-    let change = (any::<u64>(), any::<i32>(), any::<i32>(), any::<i64>()).prop_map(
-        |(segment_id, status, reason, time_unix_ms)| SegmentChange {
-            segment_id,
-            status,
-            reason,
-            time_unix_ms,
-        },
-    );
-    let partner = (any::<u64>(), prop::collection::vec(".{0,12}", 0..4)).prop_map(
-        |(data_partner_id, partner_uuids)| PartnerIds {
-            data_partner_id,
-            partner_uuids,
-        },
-    );
-    (
-        ".{0,40}",
-        prop::collection::vec(any::<u32>(), 0..5),
-        prop::collection::vec(partner, 0..4),
-        prop::collection::vec(change, 0..6),
-        any::<i32>(),
-        any::<i64>(),
-        any::<u64>(),
-        any::<Option<u64>>(),
-    )
-        .prop_map(
-            |(user_id, regions, partner_ids, changes, origin, produced, sequence, only)| {
-                SegmentStatusUpdate {
-                    user_id,
-                    regions,
-                    partner_ids,
-                    changes,
-                    origin,
-                    produced_unix_ms: produced,
-                    sequence,
-                    only_data_partner_id: only,
-                }
-            },
-        )
-}
-
 proptest! {
     #[test]
-    fn a_packed_update_reads_back_what_it_was_made_of(update in any_update()) {
+    fn a_packed_update_reads_back_what_it_was_made_of(update in model::strategies::any_status_update()) {
         let packed = Update::new(&update);
         prop_assert_eq!(packed.to_proto(), update.clone());
         prop_assert_eq!(packed.user_id(), update.user_id.as_str());
