@@ -178,7 +178,7 @@ impl Drop for Held {
 /// drain held ~4 MB of RSS per MiB counted, the batch users and request bodies the most of the
 /// rest (a `heaptrack` profile of that drain: docs/BENCHMARKS.md).
 pub fn queued_bytes(update: &Update, sharing: usize) -> usize {
-    let user_id = update.user_id().len();
+    let user_id = update.user_key().len();
     let changes = update.changes().len();
     let batched = size_of::<BatchUser>()
         + changes * size_of::<PartnerSegment>()

@@ -39,7 +39,7 @@ pub fn idempotency_key(batch: &DestinationBatch, input_topic: &str) -> String {
                 hash.update(source.offset.to_be_bytes());
             }
             None => {
-                hash.update(event.update.user_id().as_bytes());
+                hash.update(event.update.user_key());
                 for change in event.update.changes() {
                     hash.update(change.segment_id.to_be_bytes());
                     hash.update(change.status.to_be_bytes());
