@@ -180,3 +180,53 @@ fn a_batch_makes_one_record_per_user_keyed_by_the_user() {
     assert_eq!(records[1].1.partner_uuids, ["p1", "p2"]);
     assert_eq!(records[1].1.segments[0].partner_segment_id, "99");
 }
+
+/// Only failures come back from the broker (`delivery.report.only.error`): records it took
+/// are not counted as dropped, and those it refused still are.
+#[test]
+fn records_the_broker_refuses_are_counted_as_dropped_and_the_rest_are_not() {
+    use crate::batcher::tests::{change, destination, update};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use std::time::Duration;
+    use telemetry::prometheus::IntCounter;
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("delivery-log", 3, 1).unwrap();
+    let kafka = telemetry::KafkaSettings::from_lookup(|name| {
+        (name == "KAFKA_BROKERS").then(|| cluster.bootstrap_servers())
+    })
+    .unwrap();
+    let records = IntCounter::new("records", "records").unwrap();
+    let dropped = IntCounter::new("dropped", "dropped").unwrap();
+    let log = DeliveryLog::new(&kafka, "delivery-log", records.clone(), dropped.clone()).unwrap();
+    let mut batch = crate::batcher::DestinationBatch::new(destination(""));
+    batch.keep_log();
+    for user in ["u1", "u2", "u3"] {
+        batch
+            .add(update(user, &[], &[], vec![change(14356, true, 1)]))
+            .unwrap();
+    }
+    let users = batch.log_users().unwrap();
+    let report = AttemptReport {
+        attempt: 1,
+        http_status: Some(200),
+        class: ErrorClass::Unspecified,
+        error: "",
+        response: b"",
+        delivered: true,
+    };
+
+    log.record(users, 1, "k", &report);
+    log.flush(Duration::from_secs(10));
+    assert_eq!((records.get(), dropped.get()), (3, 0), "all taken");
+
+    // A refusal the producer does not retry: each record's report says so.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 100],
+    );
+    log.record(users, 1, "k", &report);
+    log.flush(Duration::from_secs(10));
+    assert_eq!((records.get(), dropped.get()), (6, 3), "three refused");
+}
