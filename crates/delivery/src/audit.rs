@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use model::{DeadLetterRecord, SegmentStatusUpdate};
+use model::DeadLetterRecord;
 use prost::Message as _;
 use rdkafka::Message as _;
 use telemetry::KafkaSettings;
 
 use crate::config::DeliveryConfig;
 use crate::router::Router;
+use crate::update::Decoder;
 
 /// Counts per destination id.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -34,12 +35,13 @@ pub fn audit(
         .map(|d| (d.id, AuditCounts::default()))
         .collect();
     let mut targets = Vec::new();
+    let mut decoder = Decoder::default();
     let mut topics = vec![config.kafka.topic.as_str()];
     topics.extend(config.kafka.batch_topic.as_deref());
     for topic in topics {
         kafka.read_to_end(topic, None, |message| {
             let payload = message.payload().unwrap_or_default();
-            if let Ok(update) = SegmentStatusUpdate::decode(payload) {
+            if let Ok(update) = decoder.decode(payload) {
                 router.route(&update, &mut targets);
                 for &d in &targets {
                     if let Some(c) = counts.get_mut(&config.destinations[d].id) {

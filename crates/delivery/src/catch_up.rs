@@ -24,7 +24,7 @@ use crate::lane::LaneHasher;
 use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
 use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
-use crate::update::Update;
+use crate::update::{Decoder, Update};
 
 /// The running readers of one input pipeline, by destination index.
 #[derive(Debug, Default)]
@@ -91,6 +91,8 @@ impl CatchUpReaders {
 /// One destination's reader of one input topic.
 pub struct CatchUpReader {
     consumer: StreamConsumer,
+    /// Reads each message into the packed form the lanes take.
+    decoder: Decoder,
     /// The destination's index in the pipeline's list.
     destination: usize,
     topic: Arc<str>,
@@ -168,6 +170,7 @@ impl CatchUpReader {
             .create()?;
         Ok(Self {
             consumer,
+            decoder: Decoder::default(),
             destination,
             topic,
             sender,
@@ -208,7 +211,7 @@ impl CatchUpReader {
                         let partition = message.partition();
                         let offset = message.offset();
                         let timestamp = message.timestamp().to_millis();
-                        let update = crate::consumer::decode(message.payload().unwrap_or_default()).ok();
+                        let update = crate::consumer::decode_packed(&mut self.decoder, message.payload().unwrap_or_default()).ok();
                         drop(message);
                         if !self.handle(partition, offset, timestamp, update).await {
                             break;
@@ -298,7 +301,7 @@ impl CatchUpReader {
         partition: i32,
         offset: i64,
         timestamp: Option<i64>,
-        update: Option<model::SegmentStatusUpdate>,
+        update: Option<Update>,
     ) -> bool {
         let Some(&assignment) = self.assigned.get(&partition) else {
             return true;
@@ -314,8 +317,7 @@ impl CatchUpReader {
         let update = update
             .filter(|u| {
                 self.sender.config.takes(u)
-                    && u.changes
-                        .iter()
+                    && u.changes()
                         .any(|c| self.sender.config.segments.contains_key(&c.segment_id))
             })
             .and_then(|u| self.without_superseded(partition, u));
@@ -324,7 +326,7 @@ impl CatchUpReader {
         let permit = match &update {
             Some(u) => {
                 let lane = &self.lanes
-                    [LaneHasher::lane(self.lane_hasher.user(&u.user_id), self.lanes.len())];
+                    [LaneHasher::lane(self.lane_hasher.user(u.user_id()), self.lanes.len())];
                 tokio::select! {
                     permit = lane.reserve() => match permit {
                         Ok(permit) => Some(permit),
@@ -347,7 +349,6 @@ impl CatchUpReader {
             CatchUp::Deliver(assignment) | CatchUp::Last(assignment) => {
                 if let (Some(update), Some(permit)) = (update, permit) {
                     self.sender.metrics.queue_depth.inc();
-                    let update = Update::new(&update);
                     permit.send(RoutedEvent {
                         held: self.share.hold(queued_bytes(&update, 1)),
                         update,
@@ -384,11 +385,7 @@ impl CatchUpReader {
 
     /// `update` without the changes a newer one from the other input topic supersedes (they
     /// are counted and reported for this destination); `None` when none is left.
-    fn without_superseded(
-        &self,
-        partition: i32,
-        update: model::SegmentStatusUpdate,
-    ) -> Option<model::SegmentStatusUpdate> {
+    fn without_superseded(&self, partition: i32, update: Update) -> Option<Update> {
         let Some((order, topic)) = &self.order else {
             return Some(update);
         };

@@ -26,7 +26,7 @@ use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use model::SegmentStatusUpdate;
+use crate::update::Update;
 
 /// Which input topic a change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,42 +124,38 @@ impl Order {
 
     /// The shared consumer of `topic` read `update`: which of its changes are superseded; the
     /// others are recorded as routed.
-    pub fn route(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate) -> Superseded {
+    pub fn route(&self, topic: Topic, partition: i32, update: &Update) -> Superseded {
         self.compare(topic, partition, update, true)
     }
 
     /// A catch-up reader of `topic` read `update` again: which of its changes are superseded
     /// (nothing is recorded: the shared consumer recorded them when it read them first).
-    pub fn check(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate) -> Superseded {
+    pub fn check(&self, topic: Topic, partition: i32, update: &Update) -> Superseded {
         self.compare(topic, partition, update, false)
     }
 
-    fn compare(
-        &self,
-        topic: Topic,
-        partition: i32,
-        update: &SegmentStatusUpdate,
-        record: bool,
-    ) -> Superseded {
+    fn compare(&self, topic: Topic, partition: i32, update: &Update, record: bool) -> Superseded {
         let mut superseded = Superseded::new();
-        if update.sequence == 0 {
+        let sequence = update.sequence();
+        if sequence == 0 {
             return superseded;
         }
         // A targeted update reaches some destinations only: it must not make the others drop
         // an older change they never saw superseded.
-        let record = record && update.only_data_partner_id.is_none();
+        let record = record && update.only_data_partner_id().is_none();
         let mut partitions = self.lock();
         let Some(order) = partitions.partitions.get_mut(&partition) else {
             return superseded;
         };
         order.index(topic.other());
         let other = topic.other() as usize;
-        for (index, change) in update.changes.iter().enumerate() {
-            let key = self.key(&update.user_id, change.segment_id);
-            if order.newest(key)[other] > update.sequence {
+        let user_id = update.user_id();
+        for (index, change) in update.changes().enumerate() {
+            let key = self.key(user_id, change.segment_id);
+            if order.newest(key)[other] > sequence {
                 superseded.push(index);
             } else if record {
-                order.record(topic, key, update.sequence);
+                order.record(topic, key, sequence);
             }
         }
         superseded
@@ -262,8 +258,9 @@ impl Order {
     /// Records `update` as routed from `topic` by the partition's previous owner (read again
     /// at an assignment, see `consumer`'s `restore_order`); the entries wait until the other
     /// topic's commit position passes `until`, its end when this worker took the partition.
-    pub fn restore(&self, topic: Topic, partition: i32, update: &SegmentStatusUpdate, until: i64) {
-        if update.sequence == 0 {
+    pub fn restore(&self, topic: Topic, partition: i32, update: &Update, until: i64) {
+        let sequence = update.sequence();
+        if sequence == 0 {
             return;
         }
         let mut partitions = self.lock();
@@ -282,13 +279,14 @@ impl Order {
                 ..Generation::open()
             });
         }
-        for change in &update.changes {
-            let key = self.key(&update.user_id, change.segment_id);
+        let user_id = update.user_id();
+        for change in update.changes() {
+            let key = self.key(user_id, change.segment_id);
             if order.indexed[mine] {
-                raise(&mut order.newest, mine, key, update.sequence);
+                raise(&mut order.newest, mine, key, sequence);
             }
             if let Some(restored) = order.generations[mine].back_mut() {
-                restored.entries.push((key, update.sequence));
+                restored.entries.push((key, sequence));
             }
         }
     }
@@ -314,14 +312,16 @@ impl Order {
 /// Takes the `superseded` changes out of `update`, counting and reporting each for every one of
 /// `destinations` that maps its segment; `None` when no change is left.
 pub fn strip<'a>(
-    mut update: SegmentStatusUpdate,
+    packed: Update,
     superseded: &[usize],
     destinations: impl Iterator<Item = &'a crate::sender::DestinationSender> + Clone,
-) -> Option<SegmentStatusUpdate> {
+) -> Option<Update> {
+    // Rare (an update of one topic overtaken by the other's): unpacked, stripped, packed again.
+    let mut update = packed.to_proto();
     for &index in superseded {
         let change = &update.changes[index];
         for sender in destinations.clone().filter(|s| {
-            s.config.takes(&update) && s.config.segments.contains_key(&change.segment_id)
+            s.config.takes(&packed) && s.config.segments.contains_key(&change.segment_id)
         }) {
             sender.metrics.changes_superseded.inc();
             crate::coalesced::record_superseded(&sender.config, &update.user_id, change);
@@ -333,7 +333,7 @@ pub fn strip<'a>(
         index += 1;
         keep
     });
-    (!update.changes.is_empty()).then_some(update)
+    (!update.changes.is_empty()).then(|| Update::new(&update))
 }
 
 impl PartitionOrder {

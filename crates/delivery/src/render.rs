@@ -22,6 +22,7 @@ use crate::offsets::PartitionAssignment;
 use crate::payload::{idempotency_key, write_body};
 use crate::router::Router;
 use crate::sender::{USER_AGENT, request_headers};
+use crate::update::Update;
 
 /// What `render` shows for an OAuth destination's `authorization` header.
 pub const BEARER_PLACEHOLDER: &str = "Bearer <fetched at send time>";
@@ -140,7 +141,8 @@ pub fn render(
     let mut writer = RequestWriter::new(destination, input_topic, process_time_unix_ms);
     let mut batch = DestinationBatch::new(destination.clone());
     for sourced in updates {
-        router.route(&sourced.update, &mut targets);
+        let update = Update::new(&sourced.update);
+        router.route(&update, &mut targets);
         if !targets.contains(&index) {
             writer.rendering.not_sent.push(format!(
                 "{}: none of its segments is mapped by destination {destination_id} (or it is \
@@ -150,7 +152,7 @@ pub fn render(
             continue;
         }
         // As a lane does: a batch takes events until it is full, or one would not fit.
-        if let Err(event) = batch.add(routed(sourced)) {
+        if let Err(event) = batch.add(routed(update, sourced.position)) {
             writer.finish(&mut batch);
             let _fits_an_empty_batch = batch.add(event);
         }
@@ -164,11 +166,11 @@ pub fn render(
     Ok(writer.rendering)
 }
 
-fn routed(sourced: SourcedUpdate) -> RoutedEvent {
+fn routed(update: Update, position: Option<(i32, i64)>) -> RoutedEvent {
     RoutedEvent {
         held: Default::default(),
-        update: sourced.update.into(),
-        source: sourced.position.map(|(partition, offset)| EventSource {
+        update,
+        source: position.map(|(partition, offset)| EventSource {
             // The generation never reaches the request (the key uses partition and offset).
             assignment: PartitionAssignment {
                 partition,

@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use model::SegmentStatusUpdate;
-
 use crate::config::DestinationConfig;
+use crate::update::Update;
 
 /// Our segment id → the indices (into the destination list) of the destinations mapping it.
 #[derive(Debug)]
@@ -44,14 +43,13 @@ impl Router {
 
     /// Fills `out` with the distinct destinations `update` goes to, in destination order of
     /// first mention.
-    pub fn route(&mut self, update: &SegmentStatusUpdate, out: &mut Vec<usize>) {
+    pub fn route(&mut self, update: &Update, out: &mut Vec<usize>) {
         out.clear();
-        for change in &update.changes {
+        let only_data_partner_id = update.only_data_partner_id();
+        for change in update.changes() {
             if let Some(destinations) = self.by_segment.get(&change.segment_id) {
                 for &d in destinations {
-                    if update
-                        .only_data_partner_id
-                        .is_some_and(|only| self.data_partners[d] != Some(only))
+                    if only_data_partner_id.is_some_and(|only| self.data_partners[d] != Some(only))
                     {
                         continue;
                     }

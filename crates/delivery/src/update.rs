@@ -7,12 +7,16 @@
 //! three loads, the update's user id, its partner ids and their ids), and each was freed on a
 //! thread other than the one that made it. Here the update is one buffer, read front to back.
 //!
-//! The consumer still decodes with prost and orders and routes the message it decoded; only
-//! what goes to the lanes is packed.
+//! The consumer decodes the wire format straight into this form ([`Decoder`]), and orders and
+//! routes the packed update.
 
 use std::sync::Arc;
 
 use model::{Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate};
+
+pub use decode::{DecodeError, Decoder};
+
+mod decode;
 
 /// The packed update, shared by the lanes of every destination it goes to.
 ///
@@ -48,49 +52,29 @@ impl Change {
 impl Update {
     /// Packs `update`.
     pub fn new(update: &SegmentStatusUpdate) -> Self {
-        let strings: usize = update
-            .partner_ids
-            .iter()
-            .map(|p| 12 + p.partner_uuids.iter().map(|u| 4 + u.len()).sum::<usize>())
-            .sum();
-        let mut bytes = Vec::with_capacity(
-            HEADER
-                + CHANGE * update.changes.len()
-                + 4 * update.regions.len()
-                + update.user_id.len()
-                + strings,
+        let head = Head {
+            produced_unix_ms: update.produced_unix_ms,
+            sequence: update.sequence,
+            only_data_partner_id: update.only_data_partner_id,
+            origin: update.origin,
+        };
+        let mut bytes = Vec::new();
+        pack(
+            &mut bytes,
+            &head,
+            update.changes.iter().map(|c| Change {
+                segment_id: c.segment_id,
+                status: c.status,
+                reason: c.reason,
+                time_unix_ms: c.time_unix_ms,
+            }),
+            update.regions.iter().copied(),
+            update.user_id.as_bytes(),
+            update.partner_ids.iter().map(|p| {
+                let ids = p.partner_uuids.iter().map(String::as_bytes);
+                (p.data_partner_id, ids)
+            }),
         );
-        bytes.extend_from_slice(&update.produced_unix_ms.to_le_bytes());
-        bytes.extend_from_slice(&update.sequence.to_le_bytes());
-        bytes.extend_from_slice(&update.only_data_partner_id.unwrap_or(0).to_le_bytes());
-        bytes.extend_from_slice(&update.origin.to_le_bytes());
-        bytes.extend_from_slice(&u32::from(update.only_data_partner_id.is_some()).to_le_bytes());
-        for count in [
-            update.changes.len(),
-            update.regions.len(),
-            update.user_id.len(),
-            update.partner_ids.len(),
-        ] {
-            bytes.extend_from_slice(&len32(count).to_le_bytes());
-        }
-        for change in &update.changes {
-            bytes.extend_from_slice(&change.segment_id.to_le_bytes());
-            bytes.extend_from_slice(&change.time_unix_ms.to_le_bytes());
-            bytes.extend_from_slice(&change.status.to_le_bytes());
-            bytes.extend_from_slice(&change.reason.to_le_bytes());
-        }
-        for region in &update.regions {
-            bytes.extend_from_slice(&region.to_le_bytes());
-        }
-        bytes.extend_from_slice(update.user_id.as_bytes());
-        for partner in &update.partner_ids {
-            bytes.extend_from_slice(&partner.data_partner_id.to_le_bytes());
-            bytes.extend_from_slice(&len32(partner.partner_uuids.len()).to_le_bytes());
-            for uuid in &partner.partner_uuids {
-                bytes.extend_from_slice(&len32(uuid.len()).to_le_bytes());
-                bytes.extend_from_slice(uuid.as_bytes());
-            }
-        }
         Self(Arc::from(bytes))
     }
 
@@ -221,6 +205,60 @@ impl Update {
 
     fn array<const N: usize>(&self, at: usize) -> [u8; N] {
         array(&self.0, at)
+    }
+}
+
+/// The header's fields but the counts.
+#[derive(Debug, Default)]
+struct Head {
+    produced_unix_ms: i64,
+    sequence: u64,
+    only_data_partner_id: Option<u64>,
+    origin: i32,
+}
+
+/// Writes an update's packed bytes into `bytes` (cleared first): the one layout of [`Update`],
+/// for [`Update::new`] and the [`Decoder`].
+fn pack<'a, Ids>(
+    bytes: &mut Vec<u8>,
+    head: &Head,
+    changes: impl ExactSizeIterator<Item = Change>,
+    regions: impl ExactSizeIterator<Item = u32>,
+    user_id: &[u8],
+    partners: impl ExactSizeIterator<Item = (u64, Ids)> + Clone,
+) where
+    Ids: ExactSizeIterator<Item = &'a [u8]>,
+{
+    let strings: usize = (partners.clone())
+        .map(|(_, ids)| 12 + ids.map(|id| 4 + id.len()).sum::<usize>())
+        .sum();
+    bytes.clear();
+    bytes.reserve(HEADER + CHANGE * changes.len() + 4 * regions.len() + user_id.len() + strings);
+    bytes.extend_from_slice(&head.produced_unix_ms.to_le_bytes());
+    bytes.extend_from_slice(&head.sequence.to_le_bytes());
+    bytes.extend_from_slice(&head.only_data_partner_id.unwrap_or(0).to_le_bytes());
+    bytes.extend_from_slice(&head.origin.to_le_bytes());
+    bytes.extend_from_slice(&u32::from(head.only_data_partner_id.is_some()).to_le_bytes());
+    for count in [changes.len(), regions.len(), user_id.len(), partners.len()] {
+        bytes.extend_from_slice(&len32(count).to_le_bytes());
+    }
+    for change in changes {
+        bytes.extend_from_slice(&change.segment_id.to_le_bytes());
+        bytes.extend_from_slice(&change.time_unix_ms.to_le_bytes());
+        bytes.extend_from_slice(&change.status.to_le_bytes());
+        bytes.extend_from_slice(&change.reason.to_le_bytes());
+    }
+    for region in regions {
+        bytes.extend_from_slice(&region.to_le_bytes());
+    }
+    bytes.extend_from_slice(user_id);
+    for (data_partner_id, ids) in partners {
+        bytes.extend_from_slice(&data_partner_id.to_le_bytes());
+        bytes.extend_from_slice(&len32(ids.len()).to_le_bytes());
+        for id in ids {
+            bytes.extend_from_slice(&len32(id.len()).to_le_bytes());
+            bytes.extend_from_slice(id);
+        }
     }
 }
 

@@ -119,9 +119,9 @@ pub struct DestinationConfig {
 impl DestinationConfig {
     /// Whether `update` is for this destination's data partner: every update is, except a
     /// targeted one (`only_data_partner_id`) for another data partner's ids.
-    pub fn takes(&self, update: &model::SegmentStatusUpdate) -> bool {
+    pub fn takes(&self, update: &crate::update::Update) -> bool {
         update
-            .only_data_partner_id
+            .only_data_partner_id()
             .is_none_or(|only| self.data_partner == Some(only))
     }
 }

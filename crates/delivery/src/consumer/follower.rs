@@ -10,9 +10,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::{PipelineContext, decode};
+use super::{PipelineContext, decode_packed};
 use crate::offsets::parse_positions;
 use crate::order::{Order, Topic};
+use crate::update::Decoder;
 
 /// The batch pipeline's consumer. It joins no group: the real-time pipeline's rebalances
 /// assign it the batch partitions with the numbers they assign the real-time pipeline (a user
@@ -110,6 +111,7 @@ impl PipelineContext {
     ) -> Result<(), KafkaError> {
         let started = std::time::Instant::now();
         let mut read = 0_u64;
+        let mut decoder = Decoder::default();
         let topics = [
             (Topic::RealTime, self.topic.as_str(), real_time),
             (Topic::Batch, batch_topic, batch),
@@ -153,7 +155,9 @@ impl PipelineContext {
                     Duration::from_secs(600),
                     |m| {
                         read += 1;
-                        if let Ok(update) = decode(m.payload().unwrap_or_default()) {
+                        if let Ok(update) =
+                            decode_packed(&mut decoder, m.payload().unwrap_or_default())
+                        {
                             order.restore(routed_side, partition, &update, end);
                         }
                     },

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use futures_core::Stream as _;
 use model::{SegmentStatus, SegmentStatusUpdate};
-use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, MessageStream, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -41,6 +40,7 @@ use crate::offsets::Watermarks;
 use crate::order::{Order, Topic};
 use crate::router::Router;
 use crate::sender::DestinationSender;
+use crate::update::{Decoder, Update};
 
 mod commit;
 mod destinations;
@@ -88,6 +88,8 @@ pub struct InputPipeline {
     topic: Arc<str>,
     consumer: Arc<StreamConsumer<PipelineContext>>,
     watermarks: Watermarks,
+    /// Reads each input message into the packed form the lanes take.
+    decoder: Decoder,
     router: Router,
     /// The destinations, by a slot that stays theirs for the pipeline's life (a destination
     /// removed by a config reload leaves an empty slot; one added takes a new slot).
@@ -138,21 +140,27 @@ impl std::fmt::Debug for InputPipeline {
 /// looking at those between every two messages cost a lock or two per message.
 const BURST: usize = 64;
 
-/// Why an input message is not a usable update.
+/// The update an input message holds, unpacked; or why it is not a usable one. For the
+/// tools and tests: the pipeline reads with [`decode_packed`].
 pub(crate) fn decode(payload: &[u8]) -> Result<SegmentStatusUpdate, String> {
-    let update = SegmentStatusUpdate::decode(payload)
+    decode_packed(&mut Decoder::default(), payload).map(|update| update.to_proto())
+}
+
+/// The update an input message holds, packed for the lanes; or why it is not a usable one.
+pub(crate) fn decode_packed(decoder: &mut Decoder, payload: &[u8]) -> Result<Update, String> {
+    let update = decoder
+        .decode(payload)
         .map_err(|e| format!("not a SegmentStatusUpdate: {e}"))?;
-    if update.user_id.is_empty() {
+    if update.user_key().is_empty() {
         return Err("user_id is empty".to_owned());
     }
-    if update.changes.is_empty() {
+    if update.changes().len() == 0 {
         return Err("no changes".to_owned());
     }
-    if let Some(change) = update
-        .changes
-        .iter()
-        .find(|c| c.status() == SegmentStatus::Unspecified)
-    {
+    // An unknown number reads as unspecified (as prost's accessor has it).
+    if let Some(change) = update.changes().find(|c| {
+        SegmentStatus::try_from(c.status).unwrap_or_default() == SegmentStatus::Unspecified
+    }) {
         return Err(if change.status == 0 {
             format!("segment {}: status is unspecified", change.segment_id)
         } else {
@@ -249,6 +257,7 @@ impl InputPipeline {
             topic: input_topic,
             consumer: Arc::new(consumer),
             watermarks,
+            decoder: Decoder::default(),
             router: Router::new(&[]),
             slots: Vec::new(),
             lanes: Vec::new(),
@@ -394,7 +403,7 @@ impl InputPipeline {
         };
         let (partition, offset) = (message.partition(), message.offset());
         let written = message.timestamp().to_millis();
-        match decode(message.payload().unwrap_or_default()) {
+        match decode_packed(&mut self.decoder, message.payload().unwrap_or_default()) {
             Ok(update) => {
                 self.route(update, partition, offset, written, targets)
                     .await

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use model::{SegmentStatusUpdate, SourcePosition};
+use model::SourcePosition;
 use telemetry::Heartbeat;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -50,10 +50,10 @@ impl InputPipeline {
     /// serves on `partition` (those reading it on their own do so when they read it).
     pub(super) fn without_superseded(
         &mut self,
-        update: SegmentStatusUpdate,
+        update: Update,
         partition: i32,
         targets: &mut Vec<usize>,
-    ) -> Option<SegmentStatusUpdate> {
+    ) -> Option<Update> {
         let Some(order) = &self.shared.order else {
             return Some(update);
         };
@@ -75,7 +75,7 @@ impl InputPipeline {
     /// everyone waits for it (backpressure, as when all keep up).
     pub(super) async fn route(
         &mut self,
-        update: SegmentStatusUpdate,
+        update: Update,
         partition: i32,
         offset: i64,
         written_unix_ms: Option<i64>,
@@ -100,9 +100,7 @@ impl InputPipeline {
             catch_up: false,
             written_unix_ms,
         });
-        let user_hash = self.lane_hasher.user(&update.user_id);
-        // Packed for the lanes: one allocation for all of them (see `crate::update`).
-        let update = Update::new(&update);
+        let user_hash = self.lane_hasher.user(update.user_id());
         let bytes = queued_bytes(&update, targets.len());
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use model::{ChangeReason, Origin, PartnerIds, SegmentChange};
 use proptest::prelude::*;
+use prost::Message as _;
 use rdkafka::ClientContext;
 use testkit::fuzz::{length_delimited, with_unknown_fields};
 
@@ -37,23 +38,19 @@ static DESTINATIONS: std::sync::LazyLock<Vec<Arc<DestinationConfig>>> = std::syn
 /// size the batch computed.
 fn check_update(payload: &[u8]) -> Result<(), TestCaseError> {
     let decoded = testkit::fuzz::within(Duration::from_secs(1), "decoding an update", || {
-        decode(payload)
+        decode_packed(&mut Decoder::default(), payload)
     });
     let Ok(update) = decoded else {
         return Ok(());
     };
-    prop_assert!(!update.user_id.is_empty());
-    prop_assert!(!update.changes.is_empty());
-    prop_assert!(
-        update
-            .changes
-            .iter()
-            .all(|c| c.status() != SegmentStatus::Unspecified)
-    );
+    prop_assert!(!update.user_id().is_empty());
+    prop_assert!(update.changes().len() > 0);
+    let known =
+        |status| SegmentStatus::try_from(status).is_ok_and(|s| s != SegmentStatus::Unspecified);
+    prop_assert!(update.changes().all(|c| known(c.status)));
     let mut router = Router::new(&DESTINATIONS);
     let mut targets = Vec::new();
     router.route(&update, &mut targets);
-    let update = crate::update::Update::new(&update);
     for &destination in &targets {
         let mut batch = DestinationBatch::new(DESTINATIONS[destination].clone());
         // An empty batch always takes the event.
@@ -281,21 +278,23 @@ fn a_detached_destination_stays_held_while_stuck_or_slow_and_for_30_s_at_most() 
 
 #[test]
 fn a_targeted_update_routes_to_its_data_partners_destinations_only() {
-    let mut update = model::SegmentStatusUpdate {
-        user_id: "u".to_owned(),
-        changes: vec![SegmentChange::qualified(12176, 1)],
-        ..Default::default()
+    let update = |only_data_partner_id| {
+        Update::new(&model::SegmentStatusUpdate {
+            user_id: "u".to_owned(),
+            changes: vec![SegmentChange::qualified(12176, 1)],
+            only_data_partner_id,
+            ..Default::default()
+        })
     };
     let mut router = Router::new(&DESTINATIONS);
     let mut targets = Vec::new();
-    router.route(&update, &mut targets);
+    router.route(&update(None), &mut targets);
     assert_eq!(targets, [0, 1]);
-    update.only_data_partner_id = Some(1234);
-    router.route(&update, &mut targets);
+    router.route(&update(Some(1234)), &mut targets);
     assert_eq!(targets, [0]);
-    assert!(DESTINATIONS[0].takes(&update) && !DESTINATIONS[1].takes(&update));
-    update.only_data_partner_id = Some(99);
-    router.route(&update, &mut targets);
+    assert!(DESTINATIONS[0].takes(&update(Some(1234))));
+    assert!(!DESTINATIONS[1].takes(&update(Some(1234))));
+    router.route(&update(Some(99)), &mut targets);
     assert!(targets.is_empty());
 }
 

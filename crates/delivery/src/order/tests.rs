@@ -3,9 +3,10 @@
 use model::{ChangeReason, SegmentChange, SegmentStatusUpdate};
 
 use super::*;
+use crate::update::Update;
 
-fn update(user: &str, segments: &[u64], sequence: u64) -> SegmentStatusUpdate {
-    SegmentStatusUpdate {
+fn update(user: &str, segments: &[u64], sequence: u64) -> Update {
+    Update::new(&SegmentStatusUpdate {
         user_id: user.to_owned(),
         changes: segments
             .iter()
@@ -13,7 +14,7 @@ fn update(user: &str, segments: &[u64], sequence: u64) -> SegmentStatusUpdate {
             .collect(),
         sequence,
         ..SegmentStatusUpdate::default()
-    }
+    })
 }
 
 fn order() -> Order {
