@@ -3,11 +3,13 @@
 //! so with `max_in_flight` lanes sending in parallel a user's changes still reach the partner
 //! in order — retries included, since a lane sends nothing new until its batch is finished.
 
+use std::collections::VecDeque;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use model::ErrorClass;
+use prometheus::local::LocalHistogram;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -70,6 +72,9 @@ pub struct Lane {
     pub heartbeat: Option<telemetry::Heartbeat>,
 }
 
+/// The most events a lane takes from its queue at once.
+const TAKE: usize = 32;
+
 impl Lane {
     /// Runs until the queue is closed and drained: the last batch is sent before returning.
     pub async fn run(mut self) {
@@ -79,9 +84,14 @@ impl Lane {
         if self.sender.log.is_some() {
             batch.keep_log();
         }
-        let mut carried: Option<RoutedEvent> = None;
+        // Events taken from the queue and not yet in a batch, oldest first: the queue is read
+        // up to `TAKE` (at most its capacity) at a time (each receive released its place and looked for a waiting
+        // sender on its own), and a batch that is full leaves the rest for the next.
+        let take = TAKE.min(self.sender.config.queue_capacity);
+        let mut carried = VecDeque::with_capacity(take);
+        let mut taken = Vec::with_capacity(take);
         loop {
-            let first = match carried.take() {
+            let first = match carried.pop_front() {
                 Some(event) => event,
                 None => {
                     let idle = self.waiting();
@@ -106,25 +116,27 @@ impl Lane {
             let linger_ends = tokio::time::sleep_until(deadline);
             tokio::pin!(linger_ends);
             while !batch.is_full() {
+                if let Some(event) = carried.pop_front() {
+                    if let Err(event) = batch.add(event) {
+                        carried.push_front(event);
+                        break;
+                    }
+                    continue;
+                }
                 tokio::select! {
                     biased;
-                    event = self.events.recv() => match event {
-                        Some(event) => {
-                            if let Err(event) = batch.add(event) {
-                                carried = Some(event);
-                                break;
-                            }
-                        }
-                        None => {
+                    received = self.events.recv_many(&mut taken, take) => {
+                        if received == 0 {
                             closed = true;
                             break;
                         }
-                    },
+                        carried.extend(taken.drain(..));
+                    }
                     () = &mut linger_ends => break,
                 }
             }
             self.finish_batch(&mut batch).await;
-            if closed && carried.is_none() {
+            if closed && carried.is_empty() {
                 return;
             }
         }
@@ -145,10 +157,15 @@ impl Lane {
                 Ok(()) => {
                     let now = telemetry::clock::unix_ms();
                     let mut sent = 0;
+                    // Counted here and added to the shared histograms once per batch (when
+                    // dropped): observed one by one, each change delivered took four atomic
+                    // operations on them.
+                    let mut latencies: [Option<LocalHistogram>; 4] = Default::default();
                     for user in &batch.users {
                         sent += user.segments.len();
-                        let latency =
-                            metrics.end_to_end_latency(self.send_path(user.latest_update));
+                        let path = self.send_path(user.latest_update);
+                        let latency = latencies[path as usize]
+                            .get_or_insert_with(|| metrics.end_to_end_latency(path).local());
                         let restated = self.restated_at(user.latest_update);
                         for segment in &user.segments {
                             let changed = restated
@@ -157,6 +174,7 @@ impl Lane {
                             latency.observe(latency_ms as f64 / 1000.0);
                         }
                     }
+                    drop(latencies); // flushed
                     metrics.delivered.inc_by(batch.events.len() as u64);
                     metrics.changes_delivered.inc_by(sent as u64);
                     if let Some(outcomes) = &self.outcomes {
