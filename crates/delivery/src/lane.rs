@@ -3,7 +3,6 @@
 //! so with `max_in_flight` lanes sending in parallel a user's changes still reach the partner
 //! in order — retries included, since a lane sends nothing new until its batch is finished.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,9 +71,6 @@ pub struct Lane {
     pub heartbeat: Option<telemetry::Heartbeat>,
 }
 
-/// The most events a lane takes from its queue at once.
-const TAKE: usize = 32;
-
 impl Lane {
     /// Runs until the queue is closed and drained: the last batch is sent before returning.
     pub async fn run(mut self) {
@@ -84,14 +80,9 @@ impl Lane {
         if self.sender.log.is_some() {
             batch.keep_log();
         }
-        // Events taken from the queue and not yet in a batch, oldest first: the queue is read
-        // up to `TAKE` (at most its capacity) at a time (each receive released its place and looked for a waiting
-        // sender on its own), and a batch that is full leaves the rest for the next.
-        let take = TAKE.min(self.sender.config.queue_capacity);
-        let mut carried = VecDeque::with_capacity(take);
-        let mut taken = Vec::with_capacity(take);
+        let mut carried: Option<RoutedEvent> = None;
         loop {
-            let first = match carried.pop_front() {
+            let first = match carried.take() {
                 Some(event) => event,
                 None => {
                     let idle = self.waiting();
@@ -116,27 +107,25 @@ impl Lane {
             let linger_ends = tokio::time::sleep_until(deadline);
             tokio::pin!(linger_ends);
             while !batch.is_full() {
-                if let Some(event) = carried.pop_front() {
-                    if let Err(event) = batch.add(event) {
-                        carried.push_front(event);
-                        break;
-                    }
-                    continue;
-                }
                 tokio::select! {
                     biased;
-                    received = self.events.recv_many(&mut taken, take) => {
-                        if received == 0 {
+                    event = self.events.recv() => match event {
+                        Some(event) => {
+                            if let Err(event) = batch.add(event) {
+                                carried = Some(event);
+                                break;
+                            }
+                        }
+                        None => {
                             closed = true;
                             break;
                         }
-                        carried.extend(taken.drain(..));
-                    }
+                    },
                     () = &mut linger_ends => break,
                 }
             }
             self.finish_batch(&mut batch).await;
-            if closed && carried.is_empty() {
+            if closed && carried.is_none() {
                 return;
             }
         }
