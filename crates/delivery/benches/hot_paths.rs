@@ -11,7 +11,7 @@ use delivery::batcher::{DestinationBatch, RoutedEvent};
 use delivery::config::{DeliveryConfig, HmacAlgorithm};
 use delivery::payload::{idempotency_key, write_body};
 use delivery::router::Router;
-use delivery::update::Update;
+use delivery::update::{Decoder, Update};
 use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate};
 use prost::Message as _;
 
@@ -62,9 +62,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decode SegmentStatusUpdate", |b| {
         b.iter(|| SegmentStatusUpdate::decode(black_box(encoded.as_slice())).unwrap())
     });
+    // What the consumer does instead: the wire read straight into the packed update.
+    let mut decoder = Decoder::default();
+    c.bench_function("decode into the packed update", |b| {
+        b.iter(|| decoder.decode(black_box(encoded.as_slice())).unwrap())
+    });
 
     let mut router = Router::new(&config.destinations);
-    let one = update(1);
+    let one = Update::new(&update(1));
     let mut targets = Vec::new();
     c.bench_function("route one update (20 destinations)", |b| {
         b.iter(|| {

@@ -211,7 +211,8 @@ impl CatchUpReader {
                         let partition = message.partition();
                         let offset = message.offset();
                         let timestamp = message.timestamp().to_millis();
-                        let update = crate::consumer::decode_packed(&mut self.decoder, message.payload().unwrap_or_default()).ok();
+                        let payload = message.payload().unwrap_or_default();
+                        let update = crate::consumer::decode_packed(&mut self.decoder, payload).ok();
                         drop(message);
                         if !self.handle(partition, offset, timestamp, update).await {
                             break;

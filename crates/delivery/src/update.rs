@@ -229,7 +229,8 @@ fn pack<'a, Ids>(
 ) where
     Ids: ExactSizeIterator<Item = &'a [u8]>,
 {
-    let strings: usize = (partners.clone())
+    let strings: usize = partners
+        .clone()
         .map(|(_, ids)| 12 + ids.map(|id| 4 + id.len()).sum::<usize>())
         .sum();
     bytes.clear();
