@@ -32,6 +32,18 @@ fn encoded(
     buf
 }
 
+/// A first attempt the partner accepted with `response`.
+fn delivered(response: &[u8]) -> AttemptReport<'_> {
+    AttemptReport {
+        attempt: 1,
+        http_status: Some(200),
+        class: ErrorClass::Unspecified,
+        error: "",
+        response,
+        delivered: true,
+    }
+}
+
 fn context<'a>(report: &'a AttemptReport<'a>, batch_users: u32) -> RecordContext<'a> {
     RecordContext {
         process_time_unix_ms: 1_469_636_262_000,
@@ -107,15 +119,7 @@ fn records_decode_as_the_proto_message_they_stand_for() {
         "byte for byte what prost writes"
     );
 
-    let delivered = AttemptReport {
-        attempt: 1,
-        http_status: Some(200),
-        class: ErrorClass::Unspecified,
-        error: "",
-        response: b"",
-        delivered: true,
-    };
-    let bytes = encoded(&segments[..1], &[], &[], &delivered);
+    let bytes = encoded(&segments[..1], &[], &[], &delivered(b""));
     let record = DeliveryLogRecord::decode(bytes.as_slice()).unwrap();
     assert!(record.delivered && record.error.is_empty() && record.partner_uuids.is_empty());
     assert_eq!(bytes, record.encode_to_vec());
@@ -143,14 +147,7 @@ fn a_batch_makes_one_record_per_user_keyed_by_the_user() {
         batch.add(event).unwrap();
     }
     let users = batch.log_users().unwrap();
-    let delivered = AttemptReport {
-        attempt: 1,
-        http_status: Some(200),
-        class: ErrorClass::Unspecified,
-        error: "",
-        response: b"{}",
-        delivered: true,
-    };
+    let delivered = delivered(b"{}");
     let mut attempt = Vec::new();
     encode_attempt(&mut attempt, &context(&delivered, 3));
     let mut records = Vec::new();
@@ -208,14 +205,7 @@ fn records_the_broker_refuses_are_counted_as_dropped_and_the_rest_are_not() {
             .unwrap();
     }
     let users = batch.log_users().unwrap();
-    let report = AttemptReport {
-        attempt: 1,
-        http_status: Some(200),
-        class: ErrorClass::Unspecified,
-        error: "",
-        response: b"",
-        delivered: true,
-    };
+    let report = delivered(b"");
 
     log.record(users, 1, "k", &report);
     log.flush(Duration::from_secs(10));
