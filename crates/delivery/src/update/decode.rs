@@ -170,8 +170,14 @@ impl Input<'_> {
 
     /// A base-128 varint of at most ten bytes, as prost reads one.
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Most are one byte: keys, lengths, small numbers.
+        if self.at < self.end && self.bytes[self.at] < 0x80 {
+            self.at += 1;
+            return Ok(u64::from(self.bytes[self.at - 1]));
+        }
         let mut value = 0;
-        for shift in (0..64).step_by(7) {
+        let mut shift = 0;
+        while shift < 64 {
             let byte = self.byte()?;
             if shift == 63 && byte > 1 {
                 break;
@@ -180,6 +186,7 @@ impl Input<'_> {
             if byte < 0x80 {
                 return Ok(value);
             }
+            shift += 7;
         }
         Err(DecodeError::new("a varint is longer than 64 bits"))
     }
