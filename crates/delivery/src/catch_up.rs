@@ -327,7 +327,7 @@ impl CatchUpReader {
         let permit = match &update {
             Some(u) => {
                 let lane = &self.lanes
-                    [LaneHasher::lane(self.lane_hasher.user(u.user_id()), self.lanes.len())];
+                    [LaneHasher::lane(self.lane_hasher.user(u.user_key()), self.lanes.len())];
                 tokio::select! {
                     permit = lane.reserve() => match permit {
                         Ok(permit) => Some(permit),

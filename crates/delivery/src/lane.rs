@@ -37,9 +37,11 @@ impl Default for LaneHasher {
 }
 
 impl LaneHasher {
-    /// The user's hash; [`LaneHasher::lane`] turns it into a lane of each destination.
-    pub fn user(&self, user_id: &str) -> u64 {
-        self.0.hash_one(user_id)
+    /// The hash of the user id's bytes; [`LaneHasher::lane`] turns it into a lane of each
+    /// destination. Bytes, not `&str`: the packed update checks its id for UTF-8 each time it
+    /// is read as a `&str` (see [`crate::update::Update::user_key`]).
+    pub fn user(&self, user_key: &[u8]) -> u64 {
+        self.0.hash_one(user_key)
     }
 
     /// The lane of `lanes` a user of hash `user_hash` goes through.

@@ -118,8 +118,8 @@ impl Order {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn key(&self, user_id: &str, segment_id: u64) -> u64 {
-        self.hasher.hash_one((user_id, segment_id))
+    fn key(&self, user_key: &[u8], segment_id: u64) -> u64 {
+        self.hasher.hash_one((user_key, segment_id))
     }
 
     /// The shared consumer of `topic` read `update`: which of its changes are superseded; the
@@ -149,9 +149,9 @@ impl Order {
         };
         order.index(topic.other());
         let other = topic.other() as usize;
-        let user_id = update.user_id();
+        let user_key = update.user_key();
         for (index, change) in update.changes().enumerate() {
-            let key = self.key(user_id, change.segment_id);
+            let key = self.key(user_key, change.segment_id);
             if order.newest(key)[other] > sequence {
                 superseded.push(index);
             } else if record {
@@ -279,9 +279,9 @@ impl Order {
                 ..Generation::open()
             });
         }
-        let user_id = update.user_id();
+        let user_key = update.user_key();
         for change in update.changes() {
-            let key = self.key(user_id, change.segment_id);
+            let key = self.key(user_key, change.segment_id);
             if order.indexed[mine] {
                 raise(&mut order.newest, mine, key, sequence);
             }

@@ -136,7 +136,7 @@ pub async fn replay(
         let Some(update) = newest.without_superseded(update, &mut report.superseded) else {
             continue;
         };
-        let lane = &lanes[LaneHasher::lane(hasher.user(&update.user_id), lanes.len())].0;
+        let lane = &lanes[LaneHasher::lane(hasher.user(update.user_id.as_bytes()), lanes.len())].0;
         let update = update.into();
         sender.metrics.queue_depth.inc();
         lane.send(RoutedEvent {

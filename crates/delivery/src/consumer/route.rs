@@ -100,7 +100,7 @@ impl InputPipeline {
             catch_up: false,
             written_unix_ms,
         });
-        let user_hash = self.lane_hasher.user(update.user_id());
+        let user_hash = self.lane_hasher.user(update.user_key());
         let bytes = queued_bytes(&update, targets.len());
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];

@@ -234,7 +234,8 @@ impl Engine {
     async fn flush(&mut self, partition: i32, stop: &CancellationToken) -> bool {
         let routed = self.route(partition);
         for event in routed {
-            let lane = LaneHasher::lane(self.hasher.user(event.update.user_id()), self.lanes.len());
+            let lane =
+                LaneHasher::lane(self.hasher.user(event.update.user_key()), self.lanes.len());
             self.sender.metrics.queue_depth.inc();
             let sent = tokio::select! {
                 biased;
