@@ -31,14 +31,37 @@ fn dates_match_the_reference_format() {
     }
 }
 
+/// The partner format of `secs`, written by the `time` crate.
+fn reference_date(secs: i64) -> String {
+    let format = time::macros::format_description!(
+        "[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] UTC [year]"
+    );
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap()
+        .format(&format)
+        .unwrap()
+}
+
 proptest! {
     #[test]
     fn dates_agree_with_the_time_crate(secs in 0_i64..253_402_300_799) {
-        let format = time::macros::format_description!(
-            "[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] UTC [year]"
-        );
-        let expected = time::OffsetDateTime::from_unix_timestamp(secs).unwrap().format(&format).unwrap();
+        let expected = reference_date(secs);
         prop_assert_eq!(PartnerDate(secs * 1000 + 999).to_string(), expected);
+    }
+
+    /// Each thread keeps the last day it wrote: dates written one after another, within a day
+    /// and across days, back and forth, read as each alone.
+    #[test]
+    fn dates_in_a_row_agree_with_the_time_crate(
+        start in 4_000_000_i64..253_398_000_000,
+        steps in proptest::collection::vec(-200_000_i64..200_000, 1..40),
+    ) {
+        let mut secs = start;
+        for step in steps {
+            secs += step;
+            let expected = reference_date(secs);
+            prop_assert_eq!(PartnerDate(secs * 1000).to_string(), expected);
+        }
     }
 }
 
