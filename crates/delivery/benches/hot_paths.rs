@@ -106,6 +106,18 @@ fn benches(c: &mut Criterion) {
             batch.body_bytes()
         })
     });
+    // As a lane fills its batch: one batch from request to request, and each user's part of
+    // their delivery log records written as they join.
+    let mut lane_batch = DestinationBatch::new(destination.clone());
+    lane_batch.keep_log();
+    group.bench_function("a lane's batch with the log: added, then taken", |b| {
+        b.iter(|| {
+            for update in &updates {
+                lane_batch.add(event(update)).unwrap();
+            }
+            lane_batch.take_events().len()
+        })
+    });
     let mut batch = DestinationBatch::new(destination.clone());
     for update in &updates {
         batch.add(event(update)).unwrap();

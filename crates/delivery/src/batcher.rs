@@ -54,7 +54,8 @@ pub struct RoutedEvent {
 pub struct BatchUser {
     /// Position of the user's latest event in [`DestinationBatch::events`].
     latest: usize,
-    pub segments: Vec<PartnerSegment>,
+    /// Where this user's segments lie in [`DestinationBatch::segments`].
+    segments: Range<usize>,
     /// Where this user's `Users` entries (one per partner id, commas between) lie in
     /// [`DestinationBatch::rendered`].
     rendered: Range<usize>,
@@ -110,8 +111,25 @@ pub struct DestinationBatch {
     rendered: Vec<u8>,
     /// The users' part of their delivery log records, when the destination keeps the log.
     log: Option<PreparedUsers>,
+    /// The users' segments, each user's in one run ([`BatchUser::segments`]); a user's earlier
+    /// run, replaced by a later update of theirs, stays until the batch is sent. One vector
+    /// for the batch, not one per user: that was an allocation and a free per user.
+    segments: Vec<PartnerSegment>,
     /// The regions of the user being added, read out of their update (reused).
     regions: Vec<u32>,
+    /// How long the last batch's vectors grew: the next batch reserves as much when its first
+    /// event comes, rather than growing (and copying) step by step, yet an idle destination
+    /// holds none of them.
+    last: BatchSizes,
+}
+
+/// The lengths a batch's vectors reached, for the next batch to reserve.
+#[derive(Debug, Default, Clone, Copy)]
+struct BatchSizes {
+    events: usize,
+    rendered: usize,
+    segments: usize,
+    log: crate::delivery_log::PreparedSizes,
 }
 
 impl DestinationBatch {
@@ -129,7 +147,9 @@ impl DestinationBatch {
             header_bytes,
             rendered: Vec::new(),
             log: None,
+            segments: Vec::new(),
             regions: Vec::new(),
+            last: BatchSizes::default(),
         }
     }
 
@@ -157,6 +177,12 @@ impl DestinationBatch {
 
     pub fn destination(&self) -> &Arc<DestinationConfig> {
         &self.destination
+    }
+
+    /// The user's segments: their latest status per partner `Segment_ID`, in order of first
+    /// change.
+    pub fn segments(&self, user: &BatchUser) -> &[PartnerSegment] {
+        &self.segments[user.segments.clone()]
     }
 
     /// The user's latest update in this batch.
@@ -224,6 +250,9 @@ impl DestinationBatch {
         {
             return Err(event);
         }
+        if self.events.is_empty() {
+            self.reserve_as_last();
+        }
         let position = existing.unwrap_or(self.users.len());
         let coalesced_before = self.coalesced.len();
         let mut replaced = |segment: usize, old: &PartnerSegment| {
@@ -234,29 +263,25 @@ impl DestinationBatch {
                 time_unix_ms: old.time_unix_ms,
             });
         };
-        let (old_bytes, old_entries, candidate) = match existing {
+        // The user's segments after this update: a new run at the end of `segments`, from
+        // their earlier run if they have one.
+        let run_start = self.segments.len();
+        let (old_bytes, old_entries) = match existing {
             Some(i) => {
                 let user = &self.users[i];
-                let mut segments = user.segments.clone();
-                merge_segments(
-                    &self.destination,
-                    &mut segments,
-                    &event.update,
-                    &mut replaced,
-                );
-                (user.rendered.len(), user.entries, segments)
+                self.segments.extend_from_within(user.segments.clone());
+                (user.rendered.len(), user.entries)
             }
-            None => {
-                let mut segments = Vec::with_capacity(event.update.changes().len());
-                merge_segments(
-                    &self.destination,
-                    &mut segments,
-                    &event.update,
-                    &mut replaced,
-                );
-                (0, 0, segments)
-            }
+            None => (0, 0),
         };
+        merge_segments(
+            &self.destination,
+            &mut self.segments,
+            run_start,
+            &event.update,
+            &mut replaced,
+        );
+        let candidate = &self.segments[run_start..];
         let user_id = event.update.user_id();
         let partner_uuids = event.update.partner_uuids(self.destination.data_partner);
         self.regions.clear();
@@ -265,7 +290,7 @@ impl DestinationBatch {
             aam_uuid: user_id,
             data_partner_uuid: "",
             regions: &self.regions,
-            segments: &candidate,
+            segments: candidate,
         };
         let start = self.rendered.len();
         let new_entries = write_entries(&mut self.rendered, &user, partner_uuids.clone());
@@ -281,6 +306,7 @@ impl DestinationBatch {
                 // The event goes into the next batch: it replaced nothing in this one.
                 self.coalesced.truncate(coalesced_before);
                 self.rendered.truncate(start);
+                self.segments.truncate(run_start);
                 return Err(event);
             }
         }
@@ -289,7 +315,7 @@ impl DestinationBatch {
         }
         let user = BatchUser {
             latest: self.events.len(),
-            segments: candidate,
+            segments: run_start..self.segments.len(),
             rendered: start..start + new_bytes,
             entries: new_entries,
             latest_update: LatestUpdate {
@@ -322,12 +348,34 @@ impl DestinationBatch {
         self.coalesced.clear();
         self.users_bytes = 0;
         self.entries = 0;
+        self.last = BatchSizes {
+            events: self.events.len(),
+            rendered: self.rendered.len(),
+            segments: self.segments.len(),
+            log: self
+                .log
+                .as_ref()
+                .map(PreparedUsers::sizes)
+                .unwrap_or_default(),
+        };
         // Not kept across batches: a thousand idle destinations would each hold their largest.
         self.rendered = Vec::new();
+        self.segments = Vec::new();
         if let Some(log) = &mut self.log {
             *log = PreparedUsers::default();
         }
         std::mem::take(&mut self.events)
+    }
+
+    /// Reserves what the last batch used, as a new batch's first event comes.
+    fn reserve_as_last(&mut self) {
+        let last = self.last;
+        self.events.reserve(last.events);
+        self.rendered.reserve(last.rendered);
+        self.segments.reserve(last.segments);
+        if let Some(log) = &mut self.log {
+            log.reserve(last.log);
+        }
     }
 
     /// Keeps only the events `keep` accepts, rebuilding the users from them (used when a
@@ -345,11 +393,13 @@ impl DestinationBatch {
     }
 }
 
-/// Applies `update`'s mapped changes to `segments`: the latest status per partner segment wins,
-/// keeping the position of its first change; `replaced` hears of every change it overwrites.
+/// Applies `update`'s mapped changes to the user's segments, `segments[run_start..]`: the latest
+/// status per partner segment wins, keeping the position of its first change; `replaced` hears
+/// of every change it overwrites (by its position in the run).
 fn merge_segments(
     destination: &DestinationConfig,
     segments: &mut Vec<PartnerSegment>,
+    run_start: usize,
     update: &Update,
     replaced: &mut impl FnMut(usize, &PartnerSegment),
 ) {
@@ -358,9 +408,10 @@ fn merge_segments(
             continue;
         };
         let active = change.active();
-        match segments.iter().position(|s| s.segment_id == *their_id) {
+        let run = &mut segments[run_start..];
+        match run.iter().position(|s| s.segment_id == *their_id) {
             Some(position) => {
-                let segment = &mut segments[position];
+                let segment = &mut run[position];
                 replaced(position, segment);
                 segment.active = active;
                 segment.time_unix_ms = change.time_unix_ms;

@@ -85,7 +85,7 @@ pub(crate) fn record(batch: &DestinationBatch) {
     let mut written = Ok(());
     for change in &batch.coalesced {
         let user = &batch.users[change.user];
-        let segment = &user.segments[change.segment].segment_id;
+        let segment = &batch.segments(user)[change.segment].segment_id;
         let user = batch.latest(user).user_id();
         written = write_line(
             &mut file,

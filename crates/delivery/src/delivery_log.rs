@@ -182,6 +182,13 @@ pub struct PreparedUsers {
     parts: Vec<UserPart>,
 }
 
+/// How far a batch's [`PreparedUsers`] grew, for the next batch to reserve.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PreparedSizes {
+    bytes: usize,
+    parts: usize,
+}
+
 /// Where one user's part, and their id (the record's key) within it, lie in the buffer.
 #[derive(Debug)]
 struct UserPart {
@@ -219,6 +226,20 @@ impl PreparedUsers {
             Some(earlier) => *earlier = part,
             None => self.parts.push(part),
         }
+    }
+
+    /// How far the buffers grew.
+    pub fn sizes(&self) -> PreparedSizes {
+        PreparedSizes {
+            bytes: self.bytes.len(),
+            parts: self.parts.len(),
+        }
+    }
+
+    /// Reserves room for as much as `sizes` (another batch's).
+    pub fn reserve(&mut self, sizes: PreparedSizes) {
+        self.bytes.reserve(sizes.bytes);
+        self.parts.reserve(sizes.parts);
     }
 
     /// The number of users (each one record per attempt).

@@ -153,12 +153,13 @@ impl Lane {
                     // operations on them.
                     let mut latencies: [Option<LocalHistogram>; 4] = Default::default();
                     for user in &batch.users {
-                        sent += user.segments.len();
+                        let segments = batch.segments(user);
+                        sent += segments.len();
                         let path = self.send_path(user.latest_update);
                         let latency = latencies[path as usize]
                             .get_or_insert_with(|| metrics.end_to_end_latency(path).local());
                         let restated = self.restated_at(user.latest_update);
-                        for segment in &user.segments {
+                        for segment in segments {
                             let changed = restated
                                 .map_or(segment.time_unix_ms, |at| at.max(segment.time_unix_ms));
                             let latency_ms = now.saturating_sub(changed).max(0);
@@ -204,7 +205,11 @@ impl Lane {
                     }
                     // The record holds the events whole: the changes coalesced within the
                     // batch are dead-lettered too.
-                    let changes = batch.users.iter().map(|u| u.segments.len()).sum::<usize>()
+                    let changes = batch
+                        .users
+                        .iter()
+                        .map(|u| batch.segments(u).len())
+                        .sum::<usize>()
                         + batch.coalesced.len();
                     metrics.changes_dead_lettered.inc_by(changes as u64);
                 }

@@ -187,7 +187,7 @@ fn coalesced(batch: &DestinationBatch) -> Vec<(String, String, bool, i64)> {
             let user = &batch.users[c.user];
             (
                 batch.latest(user).user_id().to_owned(),
-                user.segments[c.segment].segment_id.to_string(),
+                batch.segments(user)[c.segment].segment_id.to_string(),
                 c.active,
                 c.time_unix_ms,
             )
@@ -223,7 +223,7 @@ fn every_replaced_change_is_reported_coalesced_and_nothing_else() {
         ]
     );
     // Each change given is either in the body or coalesced: 6 = 3 segments sent + 3 replaced.
-    let sent: usize = batch.users.iter().map(|u| u.segments.len()).sum();
+    let sent: usize = batch.users.iter().map(|u| batch.segments(u).len()).sum();
     assert_eq!(sent + batch.coalesced.len(), 6);
     batch.take_events();
     assert!(
@@ -293,7 +293,7 @@ fn a_user_changing_over_and_over_fills_the_batch_with_replaced_entries_never_the
         text.contains(&format!(r#""Status":"{expected_status}""#)),
         "{text}"
     );
-    assert_eq!(batch.users[0].segments[0].time_unix_ms, last);
+    assert_eq!(batch.segments(&batch.users[0])[0].time_unix_ms, last);
     // And one delivery log record, of the latest status.
     assert_eq!(batch.log_users().unwrap().len(), 1);
 }
