@@ -215,7 +215,8 @@ impl Lane {
                 }
             }
         }
-        let events = batch.take_events();
+        let mut events = batch.take_events();
+        crate::budget::release(&mut events);
         if let Some((watermarks, destination)) = &self.watermarks {
             let mut table = watermarks.lock();
             for source in events.iter().filter_map(|e| e.source) {
