@@ -185,6 +185,12 @@ impl DestinationBatch {
         &self.segments[user.segments.clone()]
     }
 
+    /// The changes the batch sends: each user's latest status per partner `Segment_ID` (those
+    /// replaced within the batch are in [`Self::coalesced`]).
+    pub fn change_count(&self) -> usize {
+        self.users.iter().map(|u| u.segments.len()).sum()
+    }
+
     /// The user's latest update in this batch.
     pub fn latest(&self, user: &BatchUser) -> &Update {
         &self.events[user.latest].update

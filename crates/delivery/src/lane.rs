@@ -205,12 +205,7 @@ impl Lane {
                     }
                     // The record holds the events whole: the changes coalesced within the
                     // batch are dead-lettered too.
-                    let changes = batch
-                        .users
-                        .iter()
-                        .map(|u| batch.segments(u).len())
-                        .sum::<usize>()
-                        + batch.coalesced.len();
+                    let changes = batch.change_count() + batch.coalesced.len();
                     metrics.changes_dead_lettered.inc_by(changes as u64);
                 }
             }

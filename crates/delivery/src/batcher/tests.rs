@@ -223,7 +223,7 @@ fn every_replaced_change_is_reported_coalesced_and_nothing_else() {
         ]
     );
     // Each change given is either in the body or coalesced: 6 = 3 segments sent + 3 replaced.
-    let sent: usize = batch.users.iter().map(|u| batch.segments(u).len()).sum();
+    let sent = batch.change_count();
     assert_eq!(sent + batch.coalesced.len(), 6);
     batch.take_events();
     assert!(
