@@ -11,6 +11,12 @@ use partner_sim::config::{Algorithm, SimConfig};
 use partner_sim::server::Simulator;
 use telemetry::{AdminServer, Health};
 
+// Every request's JSON is parsed into values and recorded change by change: with glibc malloc
+// the allocator was ~30 % of the simulator's CPU at 40,000 events/s end to end, where it
+// shares the machine with the pipeline it measures (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A real HTTPS partner endpoint: checks the outbound contract, signatures and OAuth on its
 /// own, injects latency and failures, and records what it got (`/stats`, `/metrics` on the
 /// admin port).

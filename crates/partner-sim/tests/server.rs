@@ -12,6 +12,11 @@ use partner_sim::server::Simulator;
 const BODY: &str = r#"{"ProcessTime":"Wed Jul 27 16:17:42 UTC 2016","User_DPID":"20915","Client_ID":"74323","AAM_Destination_Id":"423","User_count":"1","Users":[{"AAM_UUID":"u1","DataPartner_UUID":"","Segments":[{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}]}]}"#;
 
 async fn start(yaml: &str) -> (Arc<Simulator>, String) {
+    start_with(yaml, &prometheus::Registry::new()).await
+}
+
+/// [`start`], its metrics in `registry`.
+async fn start_with(yaml: &str, registry: &prometheus::Registry) -> (Arc<Simulator>, String) {
     let config: SimConfig = {
         let dir = std::env::temp_dir().join(format!(
             "partner-sim-{}-{}.yaml",
@@ -21,7 +26,7 @@ async fn start(yaml: &str) -> (Arc<Simulator>, String) {
         std::fs::write(&dir, yaml).unwrap();
         SimConfig::load(&dir).unwrap()
     };
-    let simulator = Simulator::new(config, &prometheus::Registry::new()).unwrap();
+    let simulator = Simulator::new(config, registry).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = simulator.router();
@@ -190,7 +195,8 @@ async fn oauth_endpoint_issues_tokens_and_refuses_missing_unknown_and_expired_on
 
 #[tokio::test]
 async fn duplicates_and_order_violations_are_recorded() {
-    let (sim, base) = start("endpoints:\n  - { path: /p }\n").await;
+    let registry = prometheus::Registry::new();
+    let (sim, base) = start_with("endpoints:\n  - { path: /p }\n", &registry).await;
     let url = format!("{base}/p");
     let send = |key: &'static str, body: String| {
         reqwest::Client::new()
@@ -211,15 +217,48 @@ async fn duplicates_and_order_violations_are_recorded() {
         "Wed Jul 27 16:17:21 UTC 2016",
     );
     assert_eq!(send("b", older).await.unwrap().status(), 200);
+    // Two entries in one request, both inactive.
+    let entry = r#"{"Segment_ID":"14356","Status":"1","DateTime":"Wed Jul 27 16:17:22 UTC 2016"}"#;
+    let inactive = BODY.replace(
+        entry,
+        &[entry, &entry.replace("14356", "14357")]
+            .join(",")
+            .replace(r#""Status":"1""#, r#""Status":"0""#),
+    );
+    assert_eq!(send("c", inactive).await.unwrap().status(), 200);
     let p = &sim.stats()["endpoints"]["/p"];
     assert_eq!(p["duplicates"], 1);
     assert_eq!(p["order_violations"], 1);
+    assert_eq!(p["segments"], serde_json::json!({"1": 2, "0": 2}));
+    // The metric counts the same entries as the stats: the duplicate's not again.
+    let segments = |status: &str| -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "partner_sim_segments_total")
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == "endpoint" && l.value() == "/p")
+                    && metric
+                        .get_label()
+                        .iter()
+                        .any(|l| l.name() == "status" && l.value() == status)
+            })
+            .map(|metric| metric.get_counter().get_value())
+            .sum()
+    };
+    assert_eq!((segments("1"), segments("0")), (2.0, 2.0));
     // A re-send counts its entries again: the ledger sees it as a duplicate.
     assert_eq!(
         sim.accepted()["endpoints"]["/p"]["changes"],
         serde_json::json!([
+            ["u1", "14356", 0, 1_469_636_242, 1],
             ["u1", "14356", 1, 1_469_636_241, 1],
-            ["u1", "14356", 1, 1_469_636_242, 2]
+            ["u1", "14356", 1, 1_469_636_242, 2],
+            ["u1", "14357", 0, 1_469_636_242, 1]
         ])
     );
 }
