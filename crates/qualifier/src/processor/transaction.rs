@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use model::{DeadLetterRecord, ErrorClass, Origin, SourcePosition, TraitEvent};
 use prost::Message as _;
-use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -28,10 +28,32 @@ impl Processor {
         now: i64,
     ) -> Result<(), KafkaError> {
         self.producer.begin_transaction()?;
-        let mut offsets: HashMap<i32, i64> = HashMap::new();
-        for input in &inputs {
-            let partition = input.message.partition();
-            offsets.insert(partition, input.message.offset() + 1);
+        // The input's offsets go to the transaction while its events are processed: the call's
+        // two round trips (AddOffsetsToTxn to the transaction coordinator, then
+        // TxnOffsetCommit to the group's) overlap with the work instead of lengthening every
+        // transaction, during which the loop takes no new input.
+        let offsets = self.send_offsets(&inputs)?;
+        let produced = self.produce(definitions, &inputs, due, now);
+        // Waited for even when producing failed: the abort that follows must not race it.
+        let sent = offsets.map_or(Ok(()), |call| self.offsets_sent(call));
+        produced?;
+        sent?;
+        // Up to its timeout when the broker is slow or away: a wait, not a stall.
+        let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
+        await_acknowledged(&self.producer, TRANSACTION_TIMEOUT)?;
+        self.producer.commit_transaction(TRANSACTION_TIMEOUT)
+    }
+
+    /// The transaction's records: the input events' and due timers' updates, the swept users',
+    /// dead letters and the changelog.
+    fn produce(
+        &mut self,
+        definitions: &Definitions,
+        inputs: &[Input<'_>],
+        due: Vec<(i32, String)>,
+        now: i64,
+    ) -> Result<(), KafkaError> {
+        for input in inputs {
             self.process_event(definitions, input, now)?;
         }
         for (partition, user) in due {
@@ -49,44 +71,51 @@ impl Processor {
             }
         }
         self.sweep(definitions, now)?;
-        self.write_changelog()?;
-        if !offsets.is_empty() {
-            let mut list = TopicPartitionList::new();
-            for (partition, offset) in offsets {
-                list.add_partition_offset(
-                    &self.topology.events_topic,
-                    partition,
-                    Offset::Offset(offset),
-                )?;
-            }
-            let group = self
-                .consumer
-                .group_metadata()
-                .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
-            let _broker = self.heartbeat.waiting_at_most(self.offsets_bound);
-            self.send_offsets(list, group)?;
-        }
-        // Up to its timeout when the broker is slow or away: a wait, not a stall.
-        let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
-        await_acknowledged(&self.producer, TRANSACTION_TIMEOUT)?;
-        self.producer.commit_transaction(TRANSACTION_TIMEOUT)
+        self.write_changelog()
     }
 
-    /// `send_offsets_to_transaction`, on a thread of its own and waited for at most
-    /// `offsets_bound`: librdkafka 2.12.1 was seen never returning from it, whatever its
-    /// timeout, after a broker outage and when the group coordinator moved (docs/RELIABILITY.md,
-    /// cluster items 2 and 9). Past the bound the producer is given up: the transaction fails,
-    /// and `recover` replaces the producer without touching it (an abort would wait behind the
-    /// hung call); the thread and the producer end when the call does, if ever.
+    /// Starts `send_offsets_to_transaction` for the inputs' next offsets (none: no call) on a
+    /// thread of its own, waited for by [`Self::offsets_sent`]: librdkafka 2.12.1 was seen
+    /// never returning from it, whatever its timeout, after a broker outage and when the group
+    /// coordinator moved (docs/RELIABILITY.md, cluster items 2 and 9).
     fn send_offsets(
-        &mut self,
-        list: TopicPartitionList,
-        group: ConsumerGroupMetadata,
-    ) -> Result<(), KafkaError> {
+        &self,
+        inputs: &[Input<'_>],
+    ) -> Result<Option<Bounded<SendOffsets>>, KafkaError> {
+        let mut offsets: HashMap<i32, i64> = HashMap::new();
+        for input in inputs {
+            offsets.insert(input.message.partition(), input.message.offset() + 1);
+        }
+        if offsets.is_empty() {
+            return Ok(None);
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            list.add_partition_offset(
+                &self.topology.events_topic,
+                partition,
+                Offset::Offset(offset),
+            )?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
         let producer = Arc::clone(&self.producer);
-        let sent = within(self.offsets_bound, move || {
+        Ok(Some(Bounded::start(move || {
             producer.send_offsets_to_transaction(&list, &group, TRANSACTION_TIMEOUT)
-        });
+        })))
+    }
+
+    /// Waits for [`Self::send_offsets`]' call until `offsets_bound` after it began. Past the
+    /// bound the producer is given up: the transaction fails, and `recover` replaces the
+    /// producer without touching it (an abort would wait behind the hung call); the thread and
+    /// the producer end when the call does, if ever.
+    fn offsets_sent(&mut self, call: Bounded<SendOffsets>) -> Result<(), KafkaError> {
+        let sent = {
+            let _broker = self.heartbeat.waiting_at_most(self.offsets_bound);
+            call.wait(self.offsets_bound)
+        };
         if let Some(sent) = sent {
             return sent;
         }
@@ -291,25 +320,41 @@ where
     }
 }
 
-/// `call`'s result if it returns within `bound`, `None` past it: it runs on a thread of its
-/// own, left to finish alone (or never) when it outlives the bound. `None` too when no thread
-/// can be started (said in the log): the call is then not made.
-fn within<T: Send + 'static>(
-    bound: Duration,
-    call: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (done, result) = std::sync::mpsc::sync_channel(1);
-    let spawned = std::thread::Builder::new()
-        .name("bounded-call".to_owned())
-        .spawn(move || {
-            // The receiver is gone when the bound passed: nothing waits for the result.
-            let _ = done.send(call());
-        });
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "Cannot start a thread for a bounded call.");
-        return None;
+/// What `send_offsets_to_transaction` returns.
+type SendOffsets = Result<(), KafkaError>;
+
+/// A call running on a thread of its own, waited for at most a bound from when it began; left
+/// to finish alone (or never) when it outlives the bound.
+struct Bounded<T> {
+    began: Instant,
+    /// `None` when no thread could be started (said in the log): the call was not made.
+    result: Option<std::sync::mpsc::Receiver<T>>,
+}
+
+impl<T: Send + 'static> Bounded<T> {
+    fn start(call: impl FnOnce() -> T + Send + 'static) -> Self {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("bounded-call".to_owned())
+            .spawn(move || {
+                // The receiver is gone when the bound passed: nothing waits for the result.
+                let _ = done.send(call());
+            });
+        if let Err(error) = &spawned {
+            tracing::warn!(%error, "Cannot start a thread for a bounded call.");
+        }
+        Self {
+            began: Instant::now(),
+            result: spawned.ok().map(|_| result),
+        }
     }
-    result.recv_timeout(bound).ok()
+
+    /// The call's result if it returns within `bound` of when it began, `None` past it (or
+    /// when it was not made).
+    fn wait(self, bound: Duration) -> Option<T> {
+        let left = bound.saturating_sub(self.began.elapsed());
+        self.result?.recv_timeout(left).ok()
+    }
 }
 
 /// Waits until the broker acknowledged every message produced (serving the delivery reports),
@@ -341,21 +386,25 @@ mod tests {
     use super::*;
 
     /// A call that returns within its bound gives its result; one that outlives it is given up
-    /// at the bound, not waited for (its thread finishes alone).
+    /// at the bound, counted from when it began (the work done meanwhile included), not
+    /// waited for (its thread finishes alone).
     #[test]
     fn a_bounded_call_gives_its_result_or_is_given_up_at_its_bound() {
-        assert_eq!(within(Duration::from_secs(5), || 7), Some(7));
+        assert_eq!(Bounded::start(|| 7).wait(Duration::from_secs(5)), Some(7));
         let (finished, finish) = std::sync::mpsc::channel();
         let started = Instant::now();
-        let outlived = within(Duration::from_millis(200), move || {
-            std::thread::sleep(Duration::from_secs(2));
+        let call = Bounded::start(move || {
+            std::thread::sleep(Duration::from_secs(3));
             finished.send(()).unwrap();
         });
+        std::thread::sleep(Duration::from_millis(600));
+        let outlived = call.wait(Duration::from_millis(800));
         let waited = started.elapsed();
         assert_eq!(outlived, None);
+        // Counted from the wait instead, it would have ended at 1.4 s.
         assert!(
-            (Duration::from_millis(200)..Duration::from_secs(1)).contains(&waited),
-            "waited {waited:?}"
+            (Duration::from_millis(800)..Duration::from_millis(1300)).contains(&waited),
+            "waited {waited:?} in all"
         );
         finish.recv_timeout(Duration::from_secs(10)).unwrap();
     }
