@@ -6,8 +6,8 @@
 # run measured and met / not met (judged at full scale on release binaries; a target no
 # benchmark measures yet says so). A target not met is a figure, not a failed run.
 #
-#   deploy/bench.sh [micro] [delivery] [delivery-scale] [qualifier] [qualifier-scale] [e2e] [e2e-cluster]
-#                                              (default: all seven; the smoke: all but e2e-cluster)
+#   deploy/bench.sh [micro] [delivery] [delivery-scale] [qualifier] [qualifier-scale] [e2e] [e2e-kafka] [e2e-cluster]
+#                                              (default: all eight; the smoke: all but e2e-cluster)
 #
 #   micro      criterion micro-benchmarks of the hot paths (decode, route, batch, JSON, HMAC, rules)
 #   delivery   one delivery process drains pre-loaded status updates to partner-sim (20
@@ -42,6 +42,9 @@
 #              order, no contract violation. A step short of the rate or the latency ends the
 #              climb; a step failing the other checks (a drain that does not complete, with how
 #              many changes were missing after how long) fails the run.
+#   e2e-kafka  the e2e climb with the input production has: loadgen produces the trait events
+#              straight to the run's trait-events topic (nothing through the ingest API), the
+#              same rates, checks and judgement; its own table and targets.
 #   e2e-cluster  the cost of replication: the e2e climb again on a three-broker cluster of its
 #              own (KRaft, started here with `kafka.sh up` on 127.0.0.1:39092/39094/39096,
 #              controllers on the port after each, state in .kafka-bench-cluster/, stopped and
@@ -76,11 +79,13 @@
 #
 # Test hook: BENCH_FAULT makes a known-bad run whose checks must fail (deploy/test-bench-checks.sh,
 # part of `make test`); it runs its benchmark alone, and a run with a fault never records a figure:
-#   stopped-delivery  e2e (or e2e-cluster, on the cluster alone): both delivery workers are stopped
+#   stopped-delivery  e2e (or e2e-kafka, or e2e-cluster on the cluster alone): both delivery workers are stopped
 #                     before the load, so the drain never completes and every committed change is
 #                     missing
-#   failing-partner   e2e (or e2e-cluster): partner-sim answers 422 (a permanent failure) to every
+#   failing-partner   e2e (or e2e-kafka, or e2e-cluster): partner-sim answers 422 (a permanent failure) to every
 #                     request, so every change is dead-lettered
+#   astray-input      e2e-kafka: loadgen produces to another run's trait-events topic, which
+#                     no qualifier reads, so the qualifier processes none of the events sent
 #   invalid-events    qualifier (or qualifier-scale): 10 trait events without an event are added
 #                     to the fixture (of every point)
 #   costly-qualifier  qualifier: in the comparison with 33f9f5e, this commit's
@@ -116,15 +121,15 @@ requested=("$@")
 # The smoke (make test) leaves the cluster out: a minute more on every make test for a path
 # `make bench` runs in full; name it to smoke it (BENCH_SCALE=smoke deploy/bench.sh e2e-cluster).
 if ((${#requested[@]} == 0)); then
-  requested=(micro delivery delivery-scale qualifier qualifier-scale e2e)
+  requested=(micro delivery delivery-scale qualifier qualifier-scale e2e e2e-kafka)
   [[ $scale == smoke ]] || requested+=(e2e-cluster)
 fi
 for b in "${requested[@]}"; do
-  [[ $b =~ ^(micro|delivery|delivery-scale|qualifier|qualifier-scale|e2e|e2e-cluster)$ ]] || die "unknown benchmark '$b' (micro, delivery, delivery-scale, qualifier, qualifier-scale, e2e, e2e-cluster)"
+  [[ $b =~ ^(micro|delivery|delivery-scale|qualifier|qualifier-scale|e2e|e2e-kafka|e2e-cluster)$ ]] || die "unknown benchmark '$b' (micro, delivery, delivery-scale, qualifier, qualifier-scale, e2e, e2e-kafka, e2e-cluster)"
 done
 # In this order, each once: e2e-cluster compares with the e2e run before it.
 benches=()
-for b in micro delivery delivery-scale qualifier qualifier-scale e2e e2e-cluster; do
+for b in micro delivery delivery-scale qualifier qualifier-scale e2e e2e-kafka e2e-cluster; do
   [[ " ${requested[*]} " != *" $b "* ]] || benches+=("$b")
 done
 # The builds the services' CPU is compared with (see build_baseline).
@@ -140,14 +145,15 @@ pairs_note=$([[ $scale == smoke ]] && echo "smoke scale" || echo "BENCH_QUALIFIE
 fault=${BENCH_FAULT:-}
 case $fault in
   "") ;;
-  stopped-delivery | failing-partner) fault_bench="e2e|e2e-cluster" ;;
+  stopped-delivery | failing-partner) fault_bench="e2e|e2e-kafka|e2e-cluster" ;;
   invalid-events) fault_bench="qualifier|qualifier-scale" ;;
   costly-qualifier) fault_bench=qualifier ;;
+  astray-input) fault_bench=e2e-kafka ;;
   one-replica) fault_bench=e2e-cluster ;;
-  *) die "BENCH_FAULT must be stopped-delivery, failing-partner, invalid-events, costly-qualifier or one-replica, not '$fault'" ;;
+  *) die "BENCH_FAULT must be stopped-delivery, failing-partner, astray-input, invalid-events, costly-qualifier or one-replica, not '$fault'" ;;
 esac
 if [[ -n $fault ]] && ! [[ ${#benches[@]} == 1 && ${benches[0]} =~ ^($fault_bench)$ ]]; then
-  die "BENCH_FAULT=$fault is a known-bad run of the ${fault_bench/|/ or } benchmark: run it alone (deploy/bench.sh ${fault_bench%%|*})"
+  die "BENCH_FAULT=$fault is a known-bad run of the ${fault_bench//|/ or } benchmark: run it alone (deploy/bench.sh ${fault_bench%%|*})"
 fi
 case ${BENCH_RECORD:-yes} in
   yes) recording=$([[ $scale == full ]] && echo yes || echo no) ;;
@@ -231,7 +237,7 @@ print_targets() {
   unmeasured "$thousand_judged" "one delivery worker with 1,000 destinations: RSS ≤ 300 MB, CPU per change within 20 % of 20 destinations" \
     delivery-scale 1000 BENCH_SCALE_DESTINATIONS
   unmeasured "$restore_judged" "qualifier restore of 10 million users ≤ 60 s per million users" qualifier-scale 10000000 BENCH_QUALIFIER_USERS
-  echo "| scaling curves | destinations per delivery worker: \`delivery-scale\`; users and segments per qualifier: \`qualifier-scale\`; rate: \`e2e\` | the tables above |"
+  echo "| scaling curves | destinations per delivery worker: \`delivery-scale\`; users and segments per qualifier: \`qualifier-scale\`; rate: \`e2e\` (ingest API) and \`e2e-kafka\` (Kafka input) | the tables above |"
   echo
 }
 partner_stats() { curl -fsS "http://127.0.0.1:$sim_admin/stats"; }
@@ -781,9 +787,12 @@ qualifier_scale_point() {
 # ---- end to end -------------------------------------------------------------------------
 # e2e_run: the climb (see the header) against the Kafka of KAFKA_BROKERS (unset: the single
 # broker), described as $e2e_kafka, whose broker processes are kafka_pids, its messages headed
-# $e2e_name; sets e2e_table (the table and its note), e2e_problems, e2e_best and e2e_steps
-# ("rate sent achieved p50 p99 sustained cpu_qualifier cpu_delivery cpu_kafka;" per step of
-# the climb, CPU-seconds per million events sent during the load), and stops its services.
+# $e2e_name, loadgen's events sent as e2e_input says (ingest: to the qualifier's ingest API;
+# kafka: produced straight to the run's trait-events topic, nothing through the ingest API);
+# sets e2e_table (the table and its note), e2e_problems, e2e_best and e2e_steps ("rate sent
+# achieved p50 p99 sustained cpu_qualifier cpu_delivery cpu_kafka cpu_partner_sim cpu_loadgen
+# cores;" per step of the climb, CPU-seconds per million events sent during the load, and the
+# cores all five kept busy), and stops its services.
 e2e_run() {
   local rate best=0 rows="" problems="" sent_total=0 committed_before=0 arrived_before=0 fixture_flags=()
   local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived cpu steps=""
@@ -794,7 +803,21 @@ e2e_run() {
   delivery_fixture 20 "${fixture_flags[@]}"
   [[ $fault != failing-partner ]] || say "$e2e_name: BENCH_FAULT=failing-partner: partner-sim answers 422 to every request…"
   start_partner_sim
-  start_qualifier qualifier "127.0.0.1:$ingest_port"
+  local input_flags input_text
+  case $e2e_input in
+    ingest)
+      start_qualifier qualifier "127.0.0.1:$ingest_port"
+      input_flags=(--ingest "http://127.0.0.1:$ingest_port/v1/events") input_text="ingest API" ;;
+    kafka)
+      start_qualifier qualifier
+      input_flags=(--topic "trait-events-$run") input_text="produced straight to trait-events"
+      if [[ $fault == astray-input ]]; then
+        say "$e2e_name: BENCH_FAULT=astray-input: loadgen produces to another run's topics, which no qualifier reads…"
+        deploy/local/kafka.sh topics "-$run-astray" >/dev/null
+        input_flags=(--topic "trait-events-$run-astray")
+      fi ;;
+    *) die "e2e_input must be ingest or kafka, not '$e2e_input'" ;;
+  esac
   # Each worker reports every change it coalesced into a later one (--coalesced-report):
   # relay-ledger needs them to tell a coalesced change from a lost one.
   DELIVERY_COALESCED_REPORT="$dir/coalesced-1.jsonl" start_delivery $delivery1_admin delivery-1
@@ -869,26 +892,41 @@ e2e_run() {
       if (($(processed) >= sent_total && l_status == 0 && l_dead == 0)); then drained=yes; fi
     fi
   }
-  # "qualifier delivery kafka" CPU seconds so far.
-  cpus() { echo "$(cpu_sum "$qualifier_pid") $(cpu_sum "${delivery_pids[@]}") $(cpu_sum "${kafka_pids[@]}")"; }
+  # "qualifier delivery kafka partner-sim" CPU seconds so far.
+  cpus() { echo "$(cpu_sum "$qualifier_pid") $(cpu_sum "${delivery_pids[@]}") $(cpu_sum "${kafka_pids[@]}") $(cpu_sum "$sim_pid")"; }
   # step RATE: loadgen at RATE for e2e_seconds, then the drain; sets achieved, sent, p50, p99
-  # (end to end: trait event time → partner's 200), cpu ("qualifier delivery kafka": CPU-seconds
-  # per million events sent, during the load) and what drain sets.
+  # (end to end: trait event time → partner's 200), cpu ("qualifier delivery kafka partner-sim
+  # loadgen": CPU-seconds per million events sent, during the load), cores (all of them
+  # together: CPU-seconds per second of the load) and what drain sets.
   step() {
-    local cpu_before
+    local cpu_before times_line
     both >"$dir/before.prom"
     cpu_before=$(cpus)
-    loadgen_out=$("$bin/loadgen" --ingest "http://127.0.0.1:$ingest_port/v1/events" --rate "$1" --duration "$e2e_seconds" \
-      --users "$users" --traits "$(seq -s, 1 5000)" --opt-out-share 0.00001 --batch "$(($1 >= 10000 ? 1000 : 100))" --seed "$1" 2>&1) \
+    # `times` after loadgen: its second line is what the subshell's children (loadgen alone)
+    # used, "<user>m<s>s <system>m<s>s".
+    loadgen_out=$("$bin/loadgen" "${input_flags[@]}" --rate "$1" --duration "$e2e_seconds" \
+      --users "$users" --traits "$(seq -s, 1 5000)" --opt-out-share 0.00001 --batch "$(($1 >= 10000 ? 1000 : 100))" --seed "$1" 2>&1 && times) \
       || die "$e2e_name: loadgen failed at $1 events/s: $loadgen_out"
+    times_line=$(tail -n 1 <<<"$loadgen_out")
+    loadgen_out=$(head -n -2 <<<"$loadgen_out")
     achieved=$(tail -n 1 <<<"$loadgen_out" | sed -E 's/.*: ([0-9]+) events\/s.*/\1/')
     sent=$(tail -n 1 <<<"$loadgen_out" | sed -E 's/.*sent ([0-9]+) events.*/\1/')
+    local seconds
+    seconds=$(tail -n 1 <<<"$loadgen_out" | sed -E 's/.* events in ([0-9.]+) s:.*/\1/')
+    # (The duration first: each =~ sets BASH_REMATCH, which the CPU is read from.)
+    [[ $seconds =~ ^[0-9.]+$ && $times_line =~ ^([0-9]+)m([0-9.]+)s\ ([0-9]+)m([0-9.]+)s$ ]] \
+      || die "$e2e_name: cannot read loadgen's CPU ('$times_line') or duration ('$seconds') at $1 events/s"
+    local loadgen_cpu
+    loadgen_cpu=$(calc %.2f "${BASH_REMATCH[1]} * 60 + ${BASH_REMATCH[2]} + ${BASH_REMATCH[3]} * 60 + ${BASH_REMATCH[4]}")
     sent_total=$((sent_total + sent))
-    cpu=$(awk -v a="$cpu_before" -v b="$(cpus)" -v n="$sent" 'BEGIN {
+    read -r cpu cores < <(awk -v a="$cpu_before 0" -v b="$(cpus) $loadgen_cpu" -v n="$sent" -v t="$seconds" 'BEGIN {
       split(a, x, " "); split(b, y, " ")
-      # (Parenthesised: a bare > inside printf arguments redirects its output to a file.)
-      for (i = 1; i <= 3; i++) printf "%s%.0f", (i > 1 ? " " : ""), (n > 0 ? (y[i] - x[i]) * 1000000 / n : 0)
+      for (i = 1; i <= 5; i++) { used = y[i] - x[i]; all += used
+        # (Parenthesised: a bare > inside printf arguments redirects its output to a file.)
+        printf "%s%.0f", (i > 1 ? "/" : ""), (n > 0 ? used * 1000000 / n : 0) }
+      printf " %.2f\n", (t > 0 ? all / t : 0)
     }')
+    cpu=${cpu//\// }
     drain
     # Over every destination and send path; "-" without observations (or workers: BENCH_FAULT).
     p50=$(quantile "$(both)" 0.5 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
@@ -953,8 +991,8 @@ e2e_run() {
     say "$e2e_name: $rate events/s for $e2e_seconds s…"
     step "$rate"
     judge "$rate"
-    rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $verdict |"$'\n'
-    steps+="$rate $sent $achieved $p50 $p99 ${verdict%%:*} $cpu;"
+    rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
+    steps+="$rate $sent $achieved $p50 $p99 ${verdict%%:*} $cpu $cores;"
     say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, sustained: $verdict"
     if [[ -n $problem ]]; then
       problems+="At $rate events/s: $problem"
@@ -963,8 +1001,8 @@ e2e_run() {
     [[ $verdict == yes ]] || break
     best=$rate
   done
-  local header="| target events/s | sent | achieved events/s | changes routed | at partner-sim | p50 s | p99 s | CPU-s per million events: qualifier / delivery ×2 / Kafka | sustained (≥ 95 % of target, p99 < 1 s, every change at partner-sim within the drain) |"
-  local align="|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  local header="| target events/s | sent | achieved events/s | changes routed | at partner-sim | p50 s | p99 s | CPU-s per million events: qualifier / delivery ×2 / Kafka / partner-sim / loadgen | cores busy (all five) | sustained (≥ 95 % of target, p99 < 1 s, every change at partner-sim within the drain) |"
+  local align="|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   local note
   if [[ $scale == smoke ]]; then # the smoke checks the pipeline and its accounting, not the rate
     note="Smoke: the rate and the latency are not judged (debug binaries); the drain and relay-ledger's accounting are (drain up to $e2e_drain s). $e2e_kafka."
@@ -979,7 +1017,7 @@ e2e_run() {
         step $((best / 2))
         judge $((best / 2))
         [[ -n $problem ]] || verdict=- # at half the rate only the checks are judged
-        rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $verdict |"$'\n'
+        rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
         [[ -z $problem ]] || problems+="At half the highest sustained rate, $((best / 2)) events/s: $problem"
         local linger_ms bound
         linger_ms=$(grep -o -m1 'linger_ms: [0-9]*' "$dir/destinations.yaml" | grep -o '[0-9]*$')
@@ -993,7 +1031,7 @@ e2e_run() {
       "$(calc %d "($best >= 50000)")"
     local headline="Highest sustained rate: $best events/s."
     ((best > 0)) || headline="No rate was sustained."
-    note="**$headline** Everything on this machine: $e2e_kafka, loadgen (ingest API, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
+    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
   fi
   e2e_table=$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" "" "$note")
   e2e_problems=$problems e2e_best=$best e2e_steps=$steps e2e_kafka_idle=$kafka_idle
@@ -1001,11 +1039,16 @@ e2e_run() {
   for pid in "$qualifier_pid" "${delivery_pids[@]}" "$sim_pid"; do stop "$pid"; done
 }
 
-bench_e2e() {
+# single_broker_climb NAME INPUT: e2e_run on the single broker, headed NAME, its input INPUT.
+single_broker_climb() {
   # The single broker's JVM (none known: a broker not started by kafka.sh, its CPU uncounted).
   kafka_pids=("$(deploy/local/kafka.sh node-pid 1 2>/dev/null || true)")
-  climb_rates=$e2e_rates e2e_kafka="Kafka (one broker)" e2e_name=e2e
+  climb_rates=$e2e_rates e2e_kafka="Kafka (one broker)" e2e_name=$1 e2e_input=$2
   e2e_run
+}
+
+bench_e2e() {
+  single_broker_climb e2e ingest
   single_steps=$e2e_steps single_best=$e2e_best single_problems=$e2e_problems single_kafka_idle=$e2e_kafka_idle
   if [[ " ${benches[*]} " == *" e2e-cluster "* ]]; then
     # The cluster's climb follows whatever this one's verdict, so that the comparison is printed
@@ -1014,6 +1057,11 @@ bench_e2e() {
   else
     record "End to end" e2e "$e2e_problems" "$e2e_table"
   fi
+}
+
+bench_e2e_kafka() {
+  single_broker_climb e2e-kafka kafka
+  record "End to end, Kafka input" e2e-kafka "$e2e_problems" "$e2e_table"
 }
 
 # side_by_side ONE THREE: the comparison table of two climbs' e2e_steps, one row per rate.
@@ -1062,7 +1110,7 @@ bench_e2e_cluster() {
   kafka_pids=()
   for i in 1 2 3; do kafka_pids+=("$(cluster_kafka node-pid "$i")"); done
   say "e2e-cluster: cluster ready after $((SECONDS - started)) s (brokers $KAFKA_BROKERS)"
-  climb_rates=$cluster_rates on_cluster=yes e2e_name=e2e-cluster e2e_kafka="Kafka (three brokers, KRaft; every topic 3 replicas, min.insync.replicas=2, read back before the load)"
+  climb_rates=$cluster_rates on_cluster=yes e2e_name=e2e-cluster e2e_input=ingest e2e_kafka="Kafka (three brokers, KRaft; every topic 3 replicas, min.insync.replicas=2, read back before the load)"
   e2e_run
   on_cluster=no
   [[ -z ${single_problems-} ]] || e2e_problems+="The single broker's climb it is compared with failed its checks (its table above): ${single_problems% } "

@@ -4,14 +4,16 @@
 # message naming what went wrong — and append nothing to docs/BENCHMARKS.md. `make test` runs
 # them after the benchmark smoke.
 #
-#   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [invalid-events] [invalid-events-scale]
-#                               [stopped-delivery-cluster] [one-replica] [costly-qualifier]
-#   (default: the first four)
+#   deploy/test-bench-checks.sh [stopped-delivery] [failing-partner] [astray-input] [invalid-events]
+#                               [invalid-events-scale] [stopped-delivery-cluster] [one-replica] [costly-qualifier]
+#   (default: the first five)
 #
 #   stopped-delivery  e2e, both delivery workers stopped: the drain never completes and the
 #                     run must say how many changes were missing after how long
 #   failing-partner   e2e, partner-sim fails every request with 422 (permanent): every change
 #                     is dead-lettered
+#   astray-input      e2e-kafka, loadgen producing to a topic no qualifier reads: the run must
+#                     say the qualifier processed none of the events sent
 #   invalid-events    qualifier alone, 10 invalid events in the fixture
 #   invalid-events-scale  qualifier-scale (one point, 2,000 users), the same 10 invalid events
 #   stopped-delivery-cluster  e2e-cluster (its three-broker cluster alone), both delivery workers
@@ -38,7 +40,7 @@ say() { echo "$tag: $*"; }
 die() { echo "$tag: error: $*" >&2; exit 1; }
 
 cases=("$@")
-((${#cases[@]})) || cases=(stopped-delivery failing-partner invalid-events invalid-events-scale)
+((${#cases[@]})) || cases=(stopped-delivery failing-partner astray-input invalid-events invalid-events-scale)
 mkdir -p target
 results=docs/BENCHMARKS.md
 # Result sections are headed "### <title> — <date> — commit <sha> — <machine>".
@@ -57,6 +59,8 @@ for fault in "${cases[@]}"; do
       # Dead letters of a permanent failure come after the one retry: some may still be on
       # their way when the short drain ends, hence the optional sentence before.
       bench=e2e expected='End to end failed its checks, so nothing is recorded: At 300 events/s: (The drain did not complete: [^.]*\. )?[0-9]+ of the [0-9]+ changes routed to partner-sim were dead-lettered instead of delivered\.' ;;
+    astray-input)
+      bench=e2e-kafka expected='End to end, Kafka input failed its checks, so nothing is recorded: At 300 events/s: The qualifier had processed 0 of the [0-9]+ events sent after a [0-9]+ s drain\.' ;;
     invalid-events)
       bench=qualifier expected='Qualifier alone failed its checks, so nothing is recorded: The qualifier found 10 invalid events' ;;
     invalid-events-scale)
@@ -64,7 +68,7 @@ for fault in "${cases[@]}"; do
       expected='Qualifier: users and segments failed its checks, so nothing is recorded: 2000 users, 1000 segments: 10 events invalid and 0 ignored, but the fixture has neither' ;;
     costly-qualifier)
       bench=qualifier expected="Qualifier alone failed its checks, so nothing is recorded: [0-9.]+× the CPU per million events of 33f9f5e, before issue 16's refactor, run alongside \\(the median of the ratios [0-9. ]+ of 1 pairs\\), more than 10 % over\\." ;;
-    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, invalid-events, invalid-events-scale, stopped-delivery-cluster, one-replica, costly-qualifier)" ;;
+    *) die "unknown known-bad run '$fault' (stopped-delivery, failing-partner, astray-input, invalid-events, invalid-events-scale, stopped-delivery-cluster, one-replica, costly-qualifier)" ;;
   esac
   log=target/bench-check-$fault.log
   before=$(recorded)
