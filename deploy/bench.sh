@@ -79,11 +79,11 @@
 #
 # Test hook: BENCH_FAULT makes a known-bad run whose checks must fail (deploy/test-bench-checks.sh,
 # part of `make test`); it runs its benchmark alone, and a run with a fault never records a figure:
-#   stopped-delivery  e2e (or e2e-kafka, or e2e-cluster on the cluster alone): both delivery workers are stopped
-#                     before the load, so the drain never completes and every committed change is
-#                     missing
-#   failing-partner   e2e (or e2e-kafka, or e2e-cluster): partner-sim answers 422 (a permanent failure) to every
-#                     request, so every change is dead-lettered
+#   stopped-delivery  e2e (or e2e-kafka, or e2e-cluster on the cluster alone): both delivery
+#                     workers are stopped before the load, so the drain never completes and every
+#                     committed change is missing
+#   failing-partner   e2e (or e2e-kafka, or e2e-cluster): partner-sim answers 422 (a permanent
+#                     failure) to every request, so every change is dead-lettered
 #   astray-input      e2e-kafka: loadgen produces to another run's trait-events topic, which
 #                     no qualifier reads, so the qualifier processes none of the events sent
 #   invalid-events    qualifier (or qualifier-scale): 10 trait events without an event are added
