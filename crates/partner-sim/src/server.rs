@@ -402,8 +402,7 @@ fn record(
             }
         }
     }
-    // Counted once per request and status: a label lookup per segment cost more than the rest
-    // of the counting.
+    // Counted once per request and status, not per segment: each count looks its labels up.
     for (status, before, now) in [
         ("1", active_before, stats.segments_active),
         ("0", inactive_before, stats.segments_inactive),
