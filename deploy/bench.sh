@@ -820,9 +820,12 @@ e2e_run() {
   esac
   # Each worker reports every change it coalesced into a later one (--coalesced-report):
   # relay-ledger needs them to tell a coalesced change from a lost one.
-  DELIVERY_COALESCED_REPORT="$dir/coalesced-1.jsonl" start_delivery $delivery1_admin delivery-1
+  # Named by the climb: a worker appends to its report, and e2e and e2e-kafka share $dir (the
+  # second climb's ledger read the first one's coalesced changes as never committed).
+  local coalesced=("$dir/$e2e_name-coalesced-1.jsonl" "$dir/$e2e_name-coalesced-2.jsonl")
+  DELIVERY_COALESCED_REPORT=${coalesced[0]} start_delivery $delivery1_admin delivery-1
   local first_delivery=$delivery_pid
-  DELIVERY_COALESCED_REPORT="$dir/coalesced-2.jsonl" start_delivery $delivery2_admin delivery-2
+  DELIVERY_COALESCED_REPORT=${coalesced[1]} start_delivery $delivery2_admin delivery-2
   local delivery_pids=("$first_delivery" "$delivery_pid")
   if [[ $fault == stopped-delivery ]]; then
     say "$e2e_name: BENCH_FAULT=stopped-delivery: stopping both delivery workers before the load…"
@@ -840,7 +843,7 @@ e2e_run() {
   ledger() {
     l_status=0
     "$bin/relay-ledger" --config "$dir/destinations.yaml" --partner-sim "http://127.0.0.1:$sim_admin" \
-      --coalesced-report "$dir/coalesced-1.jsonl" --coalesced-report "$dir/coalesced-2.jsonl" >"$dir/ledger.txt" 2>&1 || l_status=$?
+      --coalesced-report "${coalesced[0]}" --coalesced-report "${coalesced[1]}" >"$dir/ledger.txt" 2>&1 || l_status=$?
     if ((l_status == 2)); then # no table: the caller reports the ledger's own error
       l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
       return 0
