@@ -922,14 +922,15 @@ e2e_run() {
     local loadgen_cpu
     loadgen_cpu=$(calc %.2f "${BASH_REMATCH[1]} * 60 + ${BASH_REMATCH[2]} + ${BASH_REMATCH[3]} * 60 + ${BASH_REMATCH[4]}")
     sent_total=$((sent_total + sent))
-    read -r cpu cores < <(awk -v a="$cpu_before 0" -v b="$(cpus) $loadgen_cpu" -v n="$sent" -v t="$seconds" 'BEGIN {
+    local figures
+    read -r -a figures < <(awk -v a="$cpu_before 0" -v b="$(cpus) $loadgen_cpu" -v n="$sent" -v t="$seconds" 'BEGIN {
       split(a, x, " "); split(b, y, " ")
       for (i = 1; i <= 5; i++) { used = y[i] - x[i]; all += used
         # (Parenthesised: a bare > inside printf arguments redirects its output to a file.)
-        printf "%s%.0f", (i > 1 ? "/" : ""), (n > 0 ? used * 1000000 / n : 0) }
-      printf " %.2f\n", (t > 0 ? all / t : 0)
+        printf "%.0f ", (n > 0 ? used * 1000000 / n : 0) }
+      printf "%.2f\n", (t > 0 ? all / t : 0)
     }')
-    cpu=${cpu//\// }
+    cpu=${figures[*]:0:5} cores=${figures[5]}
     drain
     # Over every destination and send path; "-" without observations (or workers: BENCH_FAULT).
     p50=$(quantile "$(both)" 0.5 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
