@@ -47,7 +47,26 @@ const MAX_CHANGED_HISTORIES: usize = 16;
 #[derive(Debug)]
 struct Entry {
     state: Box<[u8]>,
-    due: Option<i64>,
+    due: Due,
+}
+
+/// When a stored user's timer is due, in 8 bytes where an `Option<i64>` takes 16: a map slot
+/// (id and entry) is 40 bytes instead of 48, ~13 B per user at a million users (a map has
+/// more slots than users).
+#[derive(Debug, Clone, Copy)]
+struct Due(i64);
+
+impl Due {
+    /// No timer. No real time is this far back (292 million years before 1970).
+    const NONE: i64 = i64::MIN;
+
+    fn new(due: Option<i64>) -> Self {
+        Self(due.map_or(Self::NONE, |due| due.max(Self::NONE + 1)))
+    }
+
+    fn get(self) -> Option<i64> {
+        (self.0 != Self::NONE).then_some(self.0)
+    }
 }
 
 /// When a user is due for evaluation. Timers are ordered by time, then by the address of the
@@ -184,17 +203,17 @@ impl PartitionStore {
             id,
             Taken {
                 base,
-                due: entry.due,
+                due: entry.due.get(),
                 changed,
             },
         );
-        Some((state, entry.due))
+        Some((state, entry.due.get()))
     }
 
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
         if let Some((user_id, entry)) = self.users.remove_entry(user_id) {
-            remove_timer(&mut self.timers, entry.due, &user_id);
+            remove_timer(&mut self.timers, entry.due.get(), &user_id);
         }
         self.forget_decoded(user_id);
     }
@@ -343,7 +362,9 @@ impl PartitionStore {
         timer: Option<i64>,
         due: Option<i64>,
     ) -> Arc<str> {
-        let entry = Entry { state, due };
+        let packed = Due::new(due);
+        let due = packed.get();
+        let entry = Entry { state, due: packed };
         // One probe of the map: a user is put back after a take, absent.
         let (user_id, timer) = match self.users.entry(user_id) {
             hash_map::Entry::Vacant(vacant) => {
@@ -355,7 +376,7 @@ impl PartitionStore {
             // then.
             hash_map::Entry::Occupied(mut held) => {
                 let user_id = held.key().clone();
-                (user_id, held.insert(entry).due)
+                (user_id, held.insert(entry).due.get())
             }
         };
         if timer != due {

@@ -391,7 +391,11 @@ fn a_user_put_again_without_a_take_keeps_one_timer() {
     store.put(user("a"), None);
     assert_eq!(store.due_count(i64::MAX), 0);
     store.remove("a");
-    assert!(store.is_empty());
+    store.put(user("m"), Some(i64::MIN)); // kept 1 ms later, timer and entry alike
+    assert_eq!(store.take("m").unwrap().1, Some(i64::MIN + 1));
+    store.remove("m");
+    assert!(store.is_empty() && store.due_count(i64::MAX) == 0);
+    assert_eq!(size_of::<Entry>(), 24, "a box and an 8-byte due");
 }
 
 #[test]
