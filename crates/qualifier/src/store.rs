@@ -6,7 +6,9 @@
 //! Each user is kept encoded, as the bytes of their changelog record less the user id, and
 //! decoded only while an event or timer of theirs is evaluated: a decoded [`UserState`] holds
 //! every trait history, membership and its user id in allocations of their own, several times
-//! the record's size. The user id is held once, shared by the map and the timer index.
+//! the record's size. The user id is held once, shared by the map and, for a timer due within
+//! the next ten minutes, the timer index (`store/timers.rs`; the other timers are only in the
+//! map).
 //!
 //! A user put back during a transaction stays decoded until its end ([`PartitionStore::settle`]),
 //! so that however many of their events it holds they are encoded once, and stays decoded
@@ -19,7 +21,7 @@
 //! taken from: the other histories' bytes copied, only the touched ones encoded. A busy user's
 //! record is then not encoded whole in every transaction they are in.
 
-use std::collections::{BTreeSet, HashMap, hash_map};
+use std::collections::{HashMap, hash_map};
 use std::sync::Arc;
 
 use model::UserState;
@@ -29,8 +31,10 @@ use prost::encoding::string;
 use crate::evaluate::Histories;
 
 mod record;
+mod timers;
 
 use record::{Base, decode_into, scan_for_staleness};
+use timers::Timers;
 
 /// At most this many decoded states let go are kept per partition for their allocations
 /// ([`PartitionStore::spare`]), each of at most [`SPARE_TRAITS`] trait histories: what the
@@ -69,57 +73,6 @@ impl Due {
     }
 }
 
-/// When a user is due for evaluation. Timers are ordered by time, then by the address of the
-/// user's id: the store holds one id per user, shared by the map and the timer, so the address
-/// names the user. Users active in the same millisecond share a time, and ordering those by
-/// the ids themselves would read each compared id's allocation, a cache miss per comparison in
-/// a store of a million users (memcmp was ~9 % of the qualifier at 1M users). Users due at
-/// the same time come in no particular order.
-#[derive(Debug)]
-struct Timer {
-    due: i64,
-    user: Arc<str>,
-}
-
-impl Timer {
-    fn key(&self) -> (i64, *const u8) {
-        (self.due, Arc::as_ptr(&self.user).cast::<u8>())
-    }
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Timer {}
-
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Timer {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
-/// Removes a user's timer, if they have one (`user_id`: the id the store holds, which the timer
-/// holds too). A function of the index alone, so that it can be called while another of the
-/// store's maps is drained.
-fn remove_timer(timers: &mut BTreeSet<Timer>, due: Option<i64>, user_id: &Arc<str>) {
-    if let Some(due) = due {
-        let removed = timers.remove(&Timer {
-            due,
-            user: user_id.clone(),
-        });
-        debug_assert!(removed, "a user's timer is found by the id the store holds");
-    }
-}
-
 /// A user taken out of the store (see [`PartitionStore::taken`]).
 #[derive(Debug)]
 struct Taken {
@@ -145,7 +98,8 @@ struct Unsettled {
 #[derive(Debug, Default)]
 pub struct PartitionStore {
     users: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
-    timers: BTreeSet<Timer>,
+    /// The timers due before the horizon ([`Timers`]); the others are only in `users`.
+    timers: Timers,
     /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
     /// from the end. About 16 bytes per user while a sweep runs; empty otherwise.
     stale: Vec<Arc<str>>,
@@ -173,6 +127,15 @@ pub struct PartitionStore {
 }
 
 impl PartitionStore {
+    /// An empty store whose timer index holds only the timers due before the horizon from
+    /// `now` (see `store/timers.rs`); `default()` indexes every timer until its first
+    /// [`Self::advance_horizon`].
+    pub fn at(now: i64) -> Self {
+        let mut store = Self::default();
+        store.advance_horizon(now);
+        store
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }
@@ -213,7 +176,7 @@ impl PartitionStore {
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
         if let Some((user_id, entry)) = self.users.remove_entry(user_id) {
-            remove_timer(&mut self.timers, entry.due.get(), &user_id);
+            self.timers.remove(entry.due.get(), &user_id);
         }
         self.forget_decoded(user_id);
     }
@@ -225,7 +188,7 @@ impl PartitionStore {
         self.unsettled.remove(user_id);
         self.warm.remove(user_id);
         if let Some((user_id, taken)) = self.taken.remove_entry(user_id) {
-            remove_timer(&mut self.timers, taken.due, &user_id);
+            self.timers.remove(taken.due, &user_id);
         }
     }
 
@@ -298,7 +261,7 @@ impl PartitionStore {
     ) -> Result<(), E> {
         let mut unsettled = std::mem::take(&mut self.unsettled);
         for (user_id, taken) in self.taken.drain() {
-            remove_timer(&mut self.timers, taken.due, &user_id);
+            self.timers.remove(taken.due, &user_id);
             write(&user_id, None)?;
         }
         for user_id in self.forgotten.drain(..) {
@@ -379,33 +342,29 @@ impl PartitionStore {
                 (user_id, held.insert(entry).due.get())
             }
         };
-        if timer != due {
-            remove_timer(&mut self.timers, timer, &user_id);
-            if let Some(due) = due {
-                self.timers.insert(Timer {
-                    due,
-                    user: user_id.clone(),
-                });
-            }
-        }
+        self.timers.moved(timer, due, &user_id);
         user_id
     }
 
     /// Users whose timer is due at `now`, earliest first, at most `limit` (called between
-    /// transactions: a user taken and not yet put back would be listed too).
+    /// transactions, after [`Self::advance_horizon`] at `now`: a user taken and not yet put
+    /// back would be listed too).
     pub fn due(&self, now: i64, limit: usize) -> impl Iterator<Item = &str> {
-        self.timers
-            .iter()
-            .take_while(move |timer| timer.due <= now)
-            .take(limit)
-            .map(|timer| &*timer.user)
+        self.timers.due(now, limit)
     }
 
     pub fn due_count(&self, now: i64) -> usize {
-        self.timers
-            .iter()
-            .take_while(|timer| timer.due <= now)
-            .count()
+        self.timers.due_count(now)
+    }
+
+    /// Keeps the timer index complete for the next half horizon from `now` (see
+    /// `store/timers.rs`): every five minutes, a pass over the users.
+    pub fn advance_horizon(&mut self, now: i64) {
+        if self.timers.needs_advance(now) {
+            let stored = self.users.iter().map(|(id, entry)| (entry.due.get(), id));
+            let taken = self.taken.iter().map(|(id, taken)| (taken.due, id));
+            self.timers.advance(now, stored.chain(taken));
+        }
     }
 
     /// Queues every user last evaluated under another definitions fingerprint (opted-out
@@ -461,8 +420,17 @@ impl Store {
         self.partitions.values().map(PartitionStore::len).sum()
     }
 
-    pub fn due_count(&self, now: i64) -> usize {
+    /// Timers due at `now`, in every partition (the horizons advanced to `now` first).
+    pub fn due_count(&mut self, now: i64) -> usize {
+        self.advance_horizons(now);
         self.partitions.values().map(|p| p.due_count(now)).sum()
+    }
+
+    /// [`PartitionStore::advance_horizon`] for every partition.
+    fn advance_horizons(&mut self, now: i64) {
+        for partition in self.partitions.values_mut() {
+            partition.advance_horizon(now);
+        }
     }
 
     /// Users queued for re-evaluation under new definitions, in every partition.
@@ -473,8 +441,10 @@ impl Store {
             .sum()
     }
 
-    /// (partition, user) pairs due at `now`, at most `limit` in all.
-    pub fn due(&self, now: i64, limit: usize) -> Vec<(i32, String)> {
+    /// (partition, user) pairs due at `now`, at most `limit` in all (the horizons advanced to
+    /// `now` first).
+    pub fn due(&mut self, now: i64, limit: usize) -> Vec<(i32, String)> {
+        self.advance_horizons(now);
         let mut out = Vec::new();
         for (&partition, store) in &self.partitions {
             let room = limit.saturating_sub(out.len());

@@ -153,7 +153,7 @@ fn restore(
     let now = telemetry::clock::unix_ms();
     let mut stores: HashMap<i32, PartitionStore> = partitions
         .iter()
-        .map(|&p| (p, PartitionStore::default()))
+        .map(|&p| (p, PartitionStore::at(now)))
         .collect();
     let started = Instant::now();
     let mut logged = started;
@@ -165,7 +165,9 @@ fn restore(
             logged = Instant::now();
             tracing::info!(topic, ?partitions, records = read, seconds = started.elapsed().as_secs(), "Restoring partitions from the changelog.");
         }
-        let store = stores.entry(message.partition()).or_default();
+        let store = stores
+            .entry(message.partition())
+            .or_insert_with(|| PartitionStore::at(now));
         let Some(payload) = message.payload() else {
             store.remove(&String::from_utf8_lossy(message.key().unwrap_or_default()));
             return;
