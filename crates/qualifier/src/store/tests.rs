@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn user(id: &str) -> UserState {
+pub(super) fn user(id: &str) -> UserState {
     UserState {
         user_id: id.to_owned(),
         ..UserState::default()
@@ -38,7 +38,7 @@ fn full(id: &str, opted_out: bool, fingerprint: u64) -> UserState {
 }
 
 /// Settles the store; the changelog records it writes, in order.
-fn settle(store: &mut PartitionStore) -> Vec<(String, Option<Vec<u8>>)> {
+pub(super) fn settle(store: &mut PartitionStore) -> Vec<(String, Option<Vec<u8>>)> {
     let mut written = Vec::new();
     store
         .settle(|user, record| {

@@ -134,21 +134,16 @@ impl Timers {
         held: impl Iterator<Item = (Option<i64>, &'a Arc<str>)>,
     ) {
         let horizon = now.saturating_add(HORIZON_MS);
-        match self.horizon {
+        match self.horizon.replace(horizon) {
             None => self.index.retain(|timer| timer.due < horizon),
+            // The timers before the old horizon are indexed already.
             Some(old) if old < horizon => {
                 for (due, user) in held {
-                    if let Some(due) = due.filter(|due| (old..horizon).contains(due)) {
-                        self.index.insert(Timer {
-                            due,
-                            user: user.clone(),
-                        });
-                    }
+                    self.insert(due.filter(|&due| due >= old), user);
                 }
             }
-            Some(_) => return,
+            Some(old) => self.horizon = Some(old),
         }
-        self.horizon = Some(horizon);
     }
 
     /// Timers indexed (for tests).

@@ -1,23 +1,12 @@
 //! The timer index with a horizon: only near timers indexed, none missed as the clock moves.
 
-use model::UserState;
 use proptest::prelude::*;
 
 use super::HORIZON_MS;
+use crate::store::tests::{settle, user};
 use crate::store::{PartitionStore, Store};
 
 const HOUR: i64 = 3_600_000;
-
-fn user(id: &str) -> UserState {
-    UserState {
-        user_id: id.to_owned(),
-        ..UserState::default()
-    }
-}
-
-fn settle(store: &mut PartitionStore) {
-    store.settle(|_, _| Ok::<_, ()>(())).unwrap();
-}
 
 fn indexed(store: &PartitionStore) -> usize {
     store.timers.len()
