@@ -127,11 +127,14 @@ pub struct PartitionStore {
 }
 
 impl PartitionStore {
-    /// An empty store whose timer index holds only the timers due before the horizon from
-    /// `now` (see `store/timers.rs`); `default()` indexes every timer until its first
-    /// [`Self::advance_horizon`].
-    pub fn at(now: i64) -> Self {
-        let mut store = Self::default();
+    /// An empty store of input partition `partition` whose timer index holds only the timers
+    /// due before the horizon from `now` (see `store/timers.rs`); `default()` indexes every
+    /// timer until its first [`Self::advance_horizon`].
+    pub fn at(now: i64, partition: i32) -> Self {
+        let mut store = Self {
+            timers: Timers::phased(partition),
+            ..Self::default()
+        };
         store.advance_horizon(now);
         store
     }
@@ -357,7 +360,7 @@ impl PartitionStore {
         self.timers.due_count(now)
     }
 
-    /// Keeps the timer index complete for the next half horizon from `now` (see
+    /// Keeps the timer index complete for the next five minutes at least from `now` (see
     /// `store/timers.rs`): every five minutes, a pass over the users.
     pub fn advance_horizon(&mut self, now: i64) {
         if self.timers.needs_advance(now) {

@@ -153,7 +153,7 @@ fn restore(
     let now = telemetry::clock::unix_ms();
     let mut stores: HashMap<i32, PartitionStore> = partitions
         .iter()
-        .map(|&p| (p, PartitionStore::at(now)))
+        .map(|&p| (p, PartitionStore::at(now, p)))
         .collect();
     let started = Instant::now();
     let mut logged = started;
@@ -167,7 +167,7 @@ fn restore(
         }
         let store = stores
             .entry(message.partition())
-            .or_insert_with(|| PartitionStore::at(now));
+            .or_insert_with_key(|&p| PartitionStore::at(now, p));
         let Some(payload) = message.payload() else {
             store.remove(&String::from_utf8_lossy(message.key().unwrap_or_default()));
             return;

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use super::HORIZON_MS;
+use super::{HORIZON_MS, STEP_MS};
 use crate::store::tests::{settle, user};
 use crate::store::{PartitionStore, Store};
 
@@ -14,7 +14,7 @@ fn indexed(store: &PartitionStore) -> usize {
 
 #[test]
 fn a_timer_past_the_horizon_is_indexed_by_the_pass_that_reaches_it() {
-    let mut store = PartitionStore::at(0);
+    let mut store = PartitionStore::at(0, 0);
     store.put(user("near"), Some(1_000));
     store.put(user("far"), Some(2 * HOUR));
     store.put(user("none"), None);
@@ -57,13 +57,87 @@ fn the_first_advance_drops_the_timers_past_the_horizon() {
 #[test]
 fn the_processors_questions_move_the_horizon_first() {
     let mut store = Store::default();
-    let mut partition = PartitionStore::at(0);
+    let mut partition = PartitionStore::at(0, 0);
     partition.put(user("far"), Some(2 * HOUR));
     settle(&mut partition);
     store.partitions.insert(3, partition);
     assert_eq!(store.due_count(2 * HOUR - 1), 0);
     assert_eq!(store.due_count(2 * HOUR), 1);
     assert_eq!(store.due(2 * HOUR, 10), [(3, "far".to_owned())]);
+}
+
+fn horizon(store: &PartitionStore) -> i64 {
+    store
+        .timers
+        .horizon
+        .expect("a store made by `at` has a horizon")
+}
+
+#[test]
+fn the_partitions_pass_in_turn_each_on_a_grid_of_its_own() {
+    let start = 1_700_000_000_123;
+    let mut stores: Vec<PartitionStore> = (0..6).map(|p| PartitionStore::at(start, p)).collect();
+    // When each partition's horizon moved (its pass), the clock read by the loop's turns:
+    // about a second apart, never on the dot.
+    let mut passes: Vec<Vec<i64>> = vec![Vec::new(); stores.len()];
+    let mut now = start;
+    let mut random = 0x2545_f491_4f6c_dd1d_u64;
+    while now < start + 2 * HOUR {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        now += 700 + (random % 600) as i64;
+        for (store, passes) in stores.iter_mut().zip(&mut passes) {
+            let before = horizon(store);
+            store.advance_horizon(now);
+            let after = horizon(store);
+            if after != before {
+                passes.push(now);
+                assert!(
+                    after > now + STEP_MS && after <= now + HORIZON_MS,
+                    "{now} {after}"
+                );
+            }
+        }
+    }
+    for (partition, passes) in passes.iter().enumerate() {
+        assert!(passes.len() >= 23, "partition {partition}: {passes:?}");
+        // Five minutes apart, counted from the first: the lateness of a turn does not add up.
+        for (k, pass) in passes.iter().enumerate() {
+            let late = pass - passes[0] - k as i64 * STEP_MS;
+            assert!(
+                (-1_300..1_300).contains(&late),
+                "partition {partition}, pass {k}: {late} ms off"
+            );
+        }
+    }
+    // No two partitions pass within 20 s of each other.
+    let mut all: Vec<i64> = passes.concat();
+    all.sort_unstable();
+    for pair in all.windows(2) {
+        assert!(pair[1] - pair[0] >= 20_000, "passes at {pair:?}");
+    }
+}
+
+#[test]
+fn a_stalled_loop_finds_its_horizon_ahead_again_on_its_grid() {
+    let mut store = PartitionStore::at(0, 4);
+    let first = horizon(&store);
+    assert_eq!(first, HORIZON_MS - 141_600, "partition 4's phase");
+    store.put(user("due-in-the-stall"), Some(HOUR + 1));
+    settle(&mut store);
+    assert_eq!(indexed(&store), 0);
+    store.advance_horizon(HOUR);
+    let after = horizon(&store);
+    assert!(
+        after > HOUR + STEP_MS && after <= HOUR + HORIZON_MS,
+        "{after}"
+    );
+    assert_eq!((after - first) % STEP_MS, 0, "on the grid");
+    assert_eq!(
+        store.due(HOUR + 1, 10).collect::<Vec<_>>(),
+        ["due-in-the-stall"]
+    );
 }
 
 /// What the store is told, in the order the processor tells it.
@@ -102,9 +176,10 @@ proptest! {
     #[test]
     fn the_users_due_are_those_whose_time_has_come(
         start in 0..HOUR,
+        partition in 0..64_i32,
         steps in proptest::collection::vec(step(), 1..200),
     ) {
-        let mut store = PartitionStore::at(start);
+        let mut store = PartitionStore::at(start, partition);
         let mut now = start;
         for step in steps {
             match step {
