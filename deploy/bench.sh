@@ -73,7 +73,9 @@
 # qualifier, this commit's and 33f9f5e's passes over the fixture; default 3 at full scale on
 # release binaries, else 0: no comparison), BENCH_QUEUE_CAPACITY
 # (delivery's queue_capacity), BENCH_QUEUE_BUDGET_MB (delivery's queue_budget_mb),
-# BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated events/s), BENCH_E2E_CLUSTER_RATES (e2e-cluster's climb; default 500 and 1000, then those of
+# BENCH_E2E_SECONDS (per rate step), BENCH_E2E_RATES (space-separated events/s), BENCH_QUALIFIERS
+# (1 or 2 qualifier processes in the Kafka-input climb, e2e-kafka; default 1; the ingest
+# climbs, e2e and e2e-cluster, send to one), BENCH_E2E_CLUSTER_RATES (e2e-cluster's climb; default 500 and 1000, then those of
 # e2e), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60),
 # BENCH_RECORD=no (full scale: print the tables, append nothing — a run on a busy machine).
 #
@@ -117,6 +119,8 @@ case $scale in
     ;;
   *) die "BENCH_SCALE must be full or smoke, not '$scale'" ;;
 esac
+qualifiers=${BENCH_QUALIFIERS:-1}
+[[ $qualifiers =~ ^[12]$ ]] || die "BENCH_QUALIFIERS must be 1 or 2 (qualifier processes in e2e-kafka's climb), not '$qualifiers'"
 requested=("$@")
 # The smoke (make test) leaves the cluster out: a minute more on every make test for a path
 # `make bench` runs in full; name it to smoke it (BENCH_SCALE=smoke deploy/bench.sh e2e-cluster).
@@ -164,7 +168,7 @@ esac
 run="bench-$(date +%Y%m%d-%H%M%S)-$$"
 dir=.demo/$run
 mkdir -p "$dir"
-sim_port=19543 sim_admin=19503 qualifier_admin=19501 ingest_port=18580 delivery1_admin=19502 delivery2_admin=19512
+sim_port=19543 sim_admin=19503 qualifier_admin=19501 qualifier2_admin=19521 ingest_port=18580 delivery1_admin=19502 delivery2_admin=19512
 export BENCH_HMAC_KEY=bench-hmac-key LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
 ticks=$(getconf CLK_TCK)
 commit=$(git rev-parse --short HEAD)
@@ -281,7 +285,7 @@ start_qualifier() {
   local names=(KAFKA_EVENTS_TOPIC KAFKA_STATUS_TOPIC KAFKA_STATUS_BATCH_TOPIC KAFKA_CHANGELOG_TOPIC KAFKA_DLQ_TOPIC KAFKA_GROUP_ID KAFKA_INSTANCE_ID)
   [[ -z ${qualifier_binary:-} ]] || names=(EVENTS_TOPIC STATUS_TOPIC STATUS_BATCH_TOPIC CHANGELOG_TOPIC DLQ_TOPIC QUALIFIER_GROUP_ID QUALIFIER_INSTANCE_ID)
   local values=("${events_topic:-trait-events-$run}" "segment-status-$run" "segment-status-batch-$run"
-    "qualifier-changelog-$run" "segment-status-dlq-$run" "qualifier-$run" bench) settings=() i
+    "qualifier-changelog-$run" "segment-status-dlq-$run" "qualifier-$run" "${qualifier_instance:-bench}") settings=() i
   for i in "${!names[@]}"; do settings+=("${names[$i]}=${values[$i]}"); done
   env "${settings[@]}" "${qualifier_binary:-$bin/qualifier}" --config "${segments:-$dir/segments.yaml}" \
     --admin-addr "127.0.0.1:$qualifier_admin" ${2:+--ingest-addr "$2"} >"$dir/$1.log" 2>&1 &
@@ -797,6 +801,7 @@ e2e_run() {
   local rate best=0 rows="" problems="" sent_total=0 committed_before=0 arrived_before=0 fixture_flags=()
   local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived cpu steps=""
   local l_status=0 l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
+  local qualifier_pids=() climb_qualifiers=1
   fresh_topics
   "$bin/relay-bench" qualifier-fixture --segments 1000 --traits 5000 --out "$dir/segments.yaml"
   [[ $fault != failing-partner ]] || fixture_flags=(--partner-error-rate 1 --partner-error-status 422)
@@ -810,6 +815,12 @@ e2e_run() {
       input_flags=(--ingest "http://127.0.0.1:$ingest_port/v1/events") input_text="ingest API" ;;
     kafka)
       start_qualifier qualifier
+      # BENCH_QUALIFIERS=2: a second process in the group takes half the partitions.
+      if ((qualifiers == 2)); then
+        climb_qualifiers=2 qualifier_pids=("$qualifier_pid")
+        qualifier_admin=$qualifier2_admin qualifier_instance=bench-2 start_qualifier qualifier-2
+        qualifier_pids+=("$qualifier_pid")
+      fi
       input_flags=(--topic "trait-events-$run") input_text="produced straight to trait-events"
       if [[ $fault == astray-input ]]; then
         say "$e2e_name: BENCH_FAULT=astray-input: loadgen produces to another run's topics, which no qualifier reads…"
@@ -835,7 +846,8 @@ e2e_run() {
   both() { metrics $delivery1_admin; metrics $delivery2_admin; }
   # "delivered-events queued-events" over both workers ("0 0" with both stopped: BENCH_FAULT).
   delivery_progress() { sum "$(both)" delivery_events_total delivery_queue_depth --absent 0; }
-  processed() { sum "$(metrics $qualifier_admin)" qualifier_events_total; }
+  qualifiers_metrics() { metrics $qualifier_admin; ((climb_qualifiers == 1)) || metrics $qualifier2_admin; }
+  processed() { sum "$(qualifiers_metrics)" qualifier_events_total; }
   # ledger: relay-ledger over the run so far — every change committed for each destination
   # against partner-sim's record, the dead letters and the workers' coalesced reports — into
   # $dir/ledger.txt; sets l_status (0: all accounted for, 1: a problem, 2: an input could not be
@@ -896,7 +908,7 @@ e2e_run() {
     fi
   }
   # "qualifier delivery kafka partner-sim" CPU seconds so far.
-  cpus() { echo "$(cpu_sum "$qualifier_pid") $(cpu_sum "${delivery_pids[@]}") $(cpu_sum "${kafka_pids[@]}") $(cpu_sum "$sim_pid")"; }
+  cpus() { echo "$(cpu_sum "${qualifier_pids[@]:-$qualifier_pid}") $(cpu_sum "${delivery_pids[@]}") $(cpu_sum "${kafka_pids[@]}") $(cpu_sum "$sim_pid")"; }
   # step RATE: loadgen at RATE for e2e_seconds, then the drain; sets achieved, sent, p50, p99
   # (end to end: trait event time → partner's 200), cpu ("qualifier delivery kafka partner-sim
   # loadgen": CPU-seconds per million events sent, during the load), cores (all of them
@@ -945,7 +957,7 @@ e2e_run() {
     step_changes=$((l_committed - committed_before)) step_arrived=$((l_delivered + l_coalesced - arrived_before))
     committed_before=$l_committed arrived_before=$((l_delivered + l_coalesced))
     processed_now=$(processed)
-    invalid=$(sum "$(metrics $qualifier_admin)" 'qualifier_events_total{outcome="invalid"}')
+    invalid=$(sum "$(qualifiers_metrics)" 'qualifier_events_total{outcome="invalid"}')
     if [[ $drained == no ]]; then
       if ((l_status == 2)); then
         problem+="relay-ledger could not account for the run after a $drain_took s drain ($(tail -n 1 "$dir/ledger.txt")). "
@@ -1035,12 +1047,12 @@ e2e_run() {
       "$(calc %d "($best >= 50000)")"
     local headline="Highest sustained rate: $best events/s."
     ((best > 0)) || headline="No rate was sustained."
-    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), one qualifier (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
+    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), $( ((climb_qualifiers == 1)) && echo "one qualifier" || echo "two qualifier processes") (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
   fi
   e2e_table=$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" "" "$note")
   e2e_problems=$problems e2e_best=$best e2e_steps=$steps e2e_kafka_idle=$kafka_idle
   local pid
-  for pid in "$qualifier_pid" "${delivery_pids[@]}" "$sim_pid"; do stop "$pid"; done
+  for pid in "${qualifier_pids[@]:-$qualifier_pid}" "${delivery_pids[@]}" "$sim_pid"; do stop "$pid"; done
 }
 
 # single_broker_climb NAME INPUT: e2e_run on the single broker, headed NAME, its input INPUT.
