@@ -79,8 +79,8 @@ pub(super) struct Timers {
 impl Timers {
     /// The index of input partition `partition`, whose horizons keep to a grid offset from
     /// other partitions': by the golden ratio's fraction of a step per partition number, so
-    /// that any run of partition numbers spreads over the step (partitions 0 to 5: 0, 185, 70,
-    /// 256, 141 and 27 s into it).
+    /// that any run of partition numbers spreads over the step (partitions 0 to 5: 0, 185, 71,
+    /// 256, 142 and 27 s into it).
     pub(super) fn phased(partition: i32) -> Self {
         let partition = i64::from(partition.unsigned_abs());
         Self {
