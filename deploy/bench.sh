@@ -801,7 +801,7 @@ e2e_run() {
   local rate best=0 rows="" problems="" sent_total=0 committed_before=0 arrived_before=0 fixture_flags=()
   local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived cpu steps=""
   local l_status=0 l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
-  local qualifier_pids=() climb_qualifiers=1
+  local qualifier_pids=() qualifier_admins=("$qualifier_admin")
   fresh_topics
   "$bin/relay-bench" qualifier-fixture --segments 1000 --traits 5000 --out "$dir/segments.yaml"
   [[ $fault != failing-partner ]] || fixture_flags=(--partner-error-rate 1 --partner-error-status 422)
@@ -817,9 +817,8 @@ e2e_run() {
       start_qualifier qualifier
       # BENCH_QUALIFIERS=2: a second process in the group takes half the partitions.
       if ((qualifiers == 2)); then
-        climb_qualifiers=2 qualifier_pids=("$qualifier_pid")
+        qualifier_pids=("$qualifier_pid") qualifier_admins+=("$qualifier2_admin")
         qualifier_admin=$qualifier2_admin qualifier_instance=bench-2 start_qualifier qualifier-2
-        qualifier_pids+=("$qualifier_pid")
       fi
       input_flags=(--topic "trait-events-$run") input_text="produced straight to trait-events"
       if [[ $fault == astray-input ]]; then
@@ -829,6 +828,7 @@ e2e_run() {
       fi ;;
     *) die "e2e_input must be ingest or kafka, not '$e2e_input'" ;;
   esac
+  qualifier_pids+=("$qualifier_pid")
   # Each worker reports every change it coalesced into a later one (--coalesced-report):
   # relay-ledger needs them to tell a coalesced change from a lost one.
   # Named by the climb: a worker appends to its report, and e2e and e2e-kafka share $dir (the
@@ -846,7 +846,7 @@ e2e_run() {
   both() { metrics $delivery1_admin; metrics $delivery2_admin; }
   # "delivered-events queued-events" over both workers ("0 0" with both stopped: BENCH_FAULT).
   delivery_progress() { sum "$(both)" delivery_events_total delivery_queue_depth --absent 0; }
-  qualifiers_metrics() { metrics $qualifier_admin; ((climb_qualifiers == 1)) || metrics $qualifier2_admin; }
+  qualifiers_metrics() { local admin; for admin in "${qualifier_admins[@]}"; do metrics "$admin"; done; }
   processed() { sum "$(qualifiers_metrics)" qualifier_events_total; }
   # ledger: relay-ledger over the run so far — every change committed for each destination
   # against partner-sim's record, the dead letters and the workers' coalesced reports — into
@@ -908,7 +908,7 @@ e2e_run() {
     fi
   }
   # "qualifier delivery kafka partner-sim" CPU seconds so far.
-  cpus() { echo "$(cpu_sum "${qualifier_pids[@]:-$qualifier_pid}") $(cpu_sum "${delivery_pids[@]}") $(cpu_sum "${kafka_pids[@]}") $(cpu_sum "$sim_pid")"; }
+  cpus() { echo "$(cpu_sum "${qualifier_pids[@]}") $(cpu_sum "${delivery_pids[@]}") $(cpu_sum "${kafka_pids[@]}") $(cpu_sum "$sim_pid")"; }
   # step RATE: loadgen at RATE for e2e_seconds, then the drain; sets achieved, sent, p50, p99
   # (end to end: trait event time → partner's 200), cpu ("qualifier delivery kafka partner-sim
   # loadgen": CPU-seconds per million events sent, during the load), cores (all of them
@@ -1047,12 +1047,12 @@ e2e_run() {
       "$(calc %d "($best >= 50000)")"
     local headline="Highest sustained rate: $best events/s."
     ((best > 0)) || headline="No rate was sustained."
-    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), $( ((climb_qualifiers == 1)) && echo "one qualifier" || echo "two qualifier processes") (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
+    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), $( ((${#qualifier_pids[@]} == 1)) && echo "one qualifier" || echo "two qualifier processes") (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
   fi
   e2e_table=$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" "" "$note")
   e2e_problems=$problems e2e_best=$best e2e_steps=$steps e2e_kafka_idle=$kafka_idle
   local pid
-  for pid in "${qualifier_pids[@]:-$qualifier_pid}" "${delivery_pids[@]}" "$sim_pid"; do stop "$pid"; done
+  for pid in "${qualifier_pids[@]}" "${delivery_pids[@]}" "$sim_pid"; do stop "$pid"; done
 }
 
 # single_broker_climb NAME INPUT: e2e_run on the single broker, headed NAME, its input INPUT.

@@ -363,11 +363,9 @@ impl PartitionStore {
     /// Keeps the timer index complete for the next five minutes at least from `now` (see
     /// `store/timers.rs`): every five minutes, a pass over the users.
     pub fn advance_horizon(&mut self, now: i64) {
-        if self.timers.needs_advance(now) {
-            let stored = self.users.iter().map(|(id, entry)| (entry.due.get(), id));
-            let taken = self.taken.iter().map(|(id, taken)| (taken.due, id));
-            self.timers.advance(now, stored.chain(taken));
-        }
+        let stored = self.users.iter().map(|(id, entry)| (entry.due.get(), id));
+        let taken = self.taken.iter().map(|(id, taken)| (taken.due, id));
+        self.timers.advance(now, stored.chain(taken));
     }
 
     /// Queues every user last evaluated under another definitions fingerprint (opted-out

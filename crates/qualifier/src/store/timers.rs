@@ -142,9 +142,9 @@ impl Timers {
         self.due(now, usize::MAX).count()
     }
 
-    /// Whether [`Timers::advance`] at `now` would move the horizon (it is unset, or `now` is
-    /// within a step of it).
-    pub(super) fn needs_advance(&self, now: i64) -> bool {
+    /// Whether [`Timers::advance`] at `now` moves the horizon (it is unset, or `now` is within
+    /// a step of it).
+    fn needs_advance(&self, now: i64) -> bool {
         self.horizon
             .is_none_or(|horizon| now >= horizon.saturating_sub(STEP_MS))
     }

@@ -81,12 +81,9 @@ fn the_partitions_pass_in_turn_each_on_a_grid_of_its_own() {
     // about a second apart, never on the dot.
     let mut passes: Vec<Vec<i64>> = vec![Vec::new(); stores.len()];
     let mut now = start;
-    let mut random = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random = fastrand::Rng::with_seed(7);
     while now < start + 2 * HOUR {
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        now += 700 + (random % 600) as i64;
+        now += random.i64(700..1_300);
         for (store, passes) in stores.iter_mut().zip(&mut passes) {
             let before = horizon(store);
             store.advance_horizon(now);
