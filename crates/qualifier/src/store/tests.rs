@@ -245,11 +245,61 @@ fn what_changed_is_gathered_in_order_and_too_much_is_encoding_the_user_whole() {
     let base = base.expect("as many as may be changed, each twice");
     assert!(base.changed.is_sorted());
     assert_eq!(base.changed.len(), MAX_CHANGED_HISTORIES);
-    assert!(base.with_changed(Histories::One(1_000)).is_none());
+    let one_more = MAX_CHANGED_HISTORIES as u64 + 1;
+    assert!(base.with_changed(Histories::One(one_more)).is_none());
     assert!(
         Base::new(Box::default())
             .with_changed(Histories::Any)
             .is_none()
+    );
+}
+
+/// A Zipf-heavy user takes hundreds of events in one transaction at the top rates, each to
+/// a history of its own: their record is still spliced, not encoded whole.
+#[test]
+fn a_busy_user_with_a_thousand_histories_changed_in_one_transaction_is_still_spliced() {
+    let now = 1_700_000_000_000_i64;
+    let mut store = PartitionStore::default();
+    store.put(
+        UserState {
+            user_id: "busy".to_owned(),
+            traits: (1..=3_000)
+                .map(|trait_id| model::pb::TraitHistory {
+                    trait_id,
+                    times_unix_ms: vec![now],
+                })
+                .collect(),
+            ..UserState::default()
+        },
+        None,
+    );
+    store.settle(|_, _| Ok::<_, ()>(())).unwrap();
+    for event in 0..1_000_u64 {
+        let (mut state, due) = store.take("busy").unwrap();
+        // Every third history, in no order.
+        let index = (event * 7 % 1_000 * 3) as usize;
+        state.traits[index].times_unix_ms.push(now + 1);
+        let trait_id = state.traits[index].trait_id;
+        store.put_changed(state, due, Histories::One(trait_id), true);
+    }
+    let base = store.unsettled["busy"].base.as_ref();
+    assert_eq!(base.map(|b| b.changed.len()), Some(1_000));
+    let mut written = Vec::new();
+    store
+        .settle(|_, record| {
+            written.push(record.map(<[u8]>::to_vec));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    let state = UserState::decode(written[0].as_deref().unwrap()).unwrap();
+    assert_eq!(state.traits.len(), 3_000);
+    assert_eq!(
+        state
+            .traits
+            .iter()
+            .filter(|h| h.times_unix_ms.len() == 2)
+            .count(),
+        1_000
     );
 }
 
