@@ -44,11 +44,12 @@ const SPARE_STATES: usize = 256;
 const SPARE_TRAITS: usize = 64;
 /// A user with more trait histories changed than this in one transaction is encoded whole.
 ///
-/// Only that many of their events in one transaction can change that many histories, so
-/// what either way costs is bounded per event: the ids are kept in order, each inserted with
-/// a move of those after it (at most ~4 KB per event here), and a whole encoding is shared by
-/// over a thousand events. With 16, Zipf-heavy users (thousands of histories, tens of KB
-/// each) were encoded whole in most transactions at 40,000 events/s and above.
+/// It takes more than that many of their events in one transaction, so what either way costs
+/// is bounded per event: the ids are kept in order, each inserted with a move of those after
+/// it (at most 8 KB, ~4 KB on average), and a whole encoding is shared by over a thousand
+/// events. With 16, the Zipf-heavy users (thousands of histories, records of tens of KB) were
+/// encoded whole often enough at 40,000 events/s and above to cost the climb its top step
+/// (docs/BENCHMARKS.md, "Busy users' changed histories tracked up to 1,024").
 const MAX_CHANGED_HISTORIES: usize = 1024;
 
 /// One stored user: their changelog record without its user id (field 1, the first prost
