@@ -254,8 +254,8 @@ fn what_changed_is_gathered_in_order_and_too_much_is_encoding_the_user_whole() {
     );
 }
 
-/// A Zipf-heavy user takes hundreds of events in one transaction at the top rates, each to
-/// a history of its own: their record is still spliced, not encoded whole.
+/// A Zipf-heavy user may take hundreds of events in one transaction at the top rates, each
+/// to a history of its own: their record is still spliced, not encoded whole.
 #[test]
 fn a_busy_user_with_a_thousand_histories_changed_in_one_transaction_is_still_spliced() {
     let now = 1_700_000_000_000_i64;
