@@ -17,7 +17,7 @@ use crate::config::DestinationConfig;
 use crate::dead_letter::DeadLetterWriter;
 use crate::delivery_log::AttemptReport;
 use crate::metrics::SendPath;
-use crate::offsets::Watermarks;
+use crate::offsets::{Sending, Watermarks};
 use crate::payload::{idempotency_key, write_body};
 use crate::sender::{DestinationSender, Failure};
 
@@ -133,6 +133,12 @@ impl Lane {
         }
     }
 
+    /// Waits out a pause the partner asked for: a wait on the partner, as its answer is.
+    async fn wait_while_paused(&self) {
+        let _partner = self.waiting();
+        self.sender.wait_while_paused().await;
+    }
+
     /// A wait of this lane's (see [`telemetry::Heartbeat::waiting`]), until dropped.
     fn waiting(&self) -> Option<telemetry::Waiting> {
         self.heartbeat.as_ref().map(telemetry::Heartbeat::waiting)
@@ -141,10 +147,14 @@ impl Lane {
     /// Sends the batch (or dead-letters it), then finishes its events' offsets.
     async fn finish_batch(&self, batch: &mut DestinationBatch) {
         let queued = batch.events.len();
-        self.drop_revoked(batch);
+        // A pause the partner asked for (429) is waited out before the batch's partitions are
+        // held: a rebalance meanwhile need not wait for it (see `Sending`).
+        self.wait_while_paused().await;
+        let mut sending = Sending::new(self.watermarks.as_ref().map(|(w, _)| w));
+        sending.claim(batch);
         let metrics = &self.sender.metrics;
         if !batch.is_empty() {
-            match self.deliver(batch).await {
+            match self.deliver(batch, &mut sending).await {
                 Ok(()) => {
                     let now = telemetry::clock::unix_ms();
                     let mut sent = 0;
@@ -243,14 +253,6 @@ impl Lane {
         }
     }
 
-    /// Drops the events of partitions revoked meanwhile: they belong to their new owner now.
-    fn drop_revoked(&self, batch: &mut DestinationBatch) {
-        if let Some((watermarks, _)) = &self.watermarks {
-            let table = watermarks.lock();
-            batch.retain(|e| e.source.is_none_or(|s| table.is_current(s.assignment)));
-        }
-    }
-
     /// Sends the batch until the partner accepts it, or the failure is permanent. A
     /// transient failure (timeout, connection, TLS, 5xx, 429, …) pauses the lane with capped
     /// exponential backoff (or as long as the partner's `Retry-After` / the circuit's
@@ -258,7 +260,13 @@ impl Lane {
     /// queue fills, and the destination's later events wait in Kafka (see `consumer`). Only a
     /// change older than `max_backlog_age` gives up on a transient failure. Replays
     /// (`hold_transient` false) give up after one round of attempts, as before.
-    async fn deliver(&self, batch: &mut DestinationBatch) -> Result<(), Failure> {
+    /// `sending` holds the batch's partitions while a request is out (they are not given up
+    /// meanwhile) and claims them again before each round.
+    async fn deliver(
+        &self,
+        batch: &mut DestinationBatch,
+        sending: &mut Sending,
+    ) -> Result<(), Failure> {
         let destination = &self.sender.config;
         let metrics = &self.sender.metrics;
         let mut rounds = Rounds::new(destination.backoff, self.sender.recoveries());
@@ -290,6 +298,7 @@ impl Lane {
                     .sender
                     .send(body, &key, self.priority, &mut on_attempt)
                     .await;
+                sending.release();
                 drop(partner);
                 match sent {
                     Ok(()) => return Ok(()),
@@ -329,7 +338,8 @@ impl Lane {
             let backoff_wait = self.waiting();
             rounds.wait(wait).await;
             drop(backoff_wait);
-            self.drop_revoked(batch);
+            self.wait_while_paused().await;
+            sending.claim(batch);
             if batch.is_empty() {
                 return Err(failure);
             }

@@ -3,11 +3,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use testkit::receiver::Receiver;
+use testkit::receiver::{Receiver, Response};
 use testkit::service::{ServiceBuilder, metric_value};
 
 use super::{
-    DeliveryTest, T0, change, delivered_users, destination, entries, json, sequenced, update,
+    DeliveryTest, T0, change, delivered_users, destination, entries, json, map_segments, sequenced,
+    text, update,
 };
 
 /// Produces one update per user and returns where each landed.
@@ -316,4 +317,71 @@ async fn replay_skips_a_dead_letter_a_newer_change_supersedes_and_says_so() {
         [("stale", "0"), ("kept", "1"), ("twice", "0")].map(|(u, s)| (u.to_owned(), s.to_owned())),
         "{log}"
     );
+}
+
+/// A worker that gives partitions up to one that joins lets them go only once its requests
+/// holding their changes are answered. The new owner sends again from the commit, so a
+/// request still out (here a slow 500, then its retry) would otherwise reach the partner after
+/// the new owner's newer change of the same users. A demo run in CI saw one such change out
+/// of order after its second worker joined under load.
+#[tokio::test]
+async fn a_worker_joining_while_a_request_is_out_gets_its_partitions_once_it_is_answered() {
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    // The first request fails after 8 s; its retry and everything after are accepted at once.
+    receiver.script([Response::status(500).delay(Duration::from_secs(8))]);
+    let config = test.config(&[destination(
+        52,
+        &receiver,
+        ", timeout_ms: 20000, retry_backoff_ms: 5, max_in_flight: 1, batch: { linger_ms: 20 }",
+    )]);
+    let _a = test.start(&config, &[]).await;
+    let users: Vec<String> = (0..40).map(|i| format!("j{i}")).collect();
+    let wave = |active: bool, time: i64| -> Vec<_> {
+        users
+            .iter()
+            .map(|user| update(user, &[], &[], vec![change(14356, active, time)]))
+            .collect()
+    };
+    test.produce(&test.topic, &wave(true, T0)).await;
+    receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    // The first wave is out (answered in 8 s); the newer one waits in the lane meanwhile.
+    test.produce(&test.topic, &wave(false, T0 + 1_000)).await;
+    let _b = test.start(&config, &[]).await;
+    crate::wait::group_settled(&test.group, 2, Duration::from_secs(60)).await;
+    let newer = model::partner::PartnerDate(T0 + 1_000).to_string();
+    let accepted = || {
+        let mut requests = receiver.requests();
+        requests.retain(|r| r.status == 200);
+        requests.sort_by_key(|r| r.received_at);
+        map_segments(requests.iter().map(|r| json(&r.body)), |user, segment| {
+            (text(user, "AAM_UUID"), text(segment, "DateTime"))
+        })
+    };
+    testkit::wait_until(
+        "every user's newer change accepted",
+        Duration::from_secs(60),
+        || {
+            let done: HashSet<String> = accepted()
+                .into_iter()
+                .filter(|(_, time)| *time == newer)
+                .map(|(user, _)| user)
+                .collect();
+            let n = done.len();
+            async move { n == 40 }
+        },
+    )
+    .await;
+    // Per user, what the partner accepted never goes back to the older change.
+    let mut seen_newer = HashSet::new();
+    for (user, time) in accepted() {
+        if time == newer {
+            seen_newer.insert(user);
+        } else {
+            assert!(
+                !seen_newer.contains(&user),
+                "{user}: the older change was accepted after the newer one"
+            );
+        }
+    }
 }

@@ -204,6 +204,7 @@ impl InputPipeline {
             watermarks: watermarks.clone(),
             fatal: std::sync::Mutex::new(None),
             closing: std::sync::atomic::AtomicBool::new(false),
+            drain_timeout: config.drain_timeout,
             rate_senders: std::sync::Mutex::new(shared.senders.clone()),
             total_partitions: std::sync::atomic::AtomicUsize::new(0),
             side,

@@ -16,9 +16,10 @@ use crate::offsets::{CommitPosition, Watermarks, parse_positions};
 use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
 
-/// Rebalance, commit and statistics callbacks: revoked partitions are committed up to their
-/// watermark (with the positions of the destinations behind it) and dropped (their queued
-/// events are skipped by the lanes); assigned ones start a new watermark, with the
+/// Rebalance, commit and statistics callbacks: revoked partitions are dropped (their queued
+/// events are skipped by the lanes), wait for the requests out that hold their events, and
+/// are committed up to their watermark (with the positions of the destinations behind it);
+/// assigned ones start a new watermark, with the
 /// destinations that were behind at the last commit detached from their positions;
 /// librdkafka's statistics feed the lag gauges.
 pub(super) struct PipelineContext {
@@ -48,6 +49,8 @@ pub(super) struct PipelineContext {
     /// the group (a join still under way at SIGTERM) is not read, since nothing will be
     /// fetched from it, and no rebalance waits for the broker any more.
     pub(super) closing: std::sync::atomic::AtomicBool,
+    /// How long revoked partitions wait for the requests out that hold their events.
+    pub(super) drain_timeout: Duration,
 }
 
 impl PipelineContext {
@@ -125,13 +128,14 @@ impl PipelineContext {
         list
     }
 
-    /// Commits revoked partitions up to their watermark (with the positions of the
-    /// destinations behind it) and drops them.
+    /// Drops revoked partitions, waits for the requests out that hold their events, and
+    /// commits them up to their watermark (with the positions of the destinations behind it).
     pub(super) fn revoke<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) {
         let positions: Vec<CommitPosition> = {
             let mut table = self.watermarks.lock();
             partitions.iter().filter_map(|&p| table.revoke(p)).collect()
         };
+        self.wait_for_requests_out(partitions);
         if !positions.is_empty()
             && let Err(error) =
                 consumer.commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
@@ -139,6 +143,26 @@ impl PipelineContext {
             tracing::warn!(topic = %self.topic, %error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
         }
         tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions revoked.");
+    }
+
+    /// Waits, up to `drain_timeout`, for the requests out that hold events of revoked
+    /// `partitions` (a retry included). Their new owner sends those events again from the
+    /// commit, and it must not send a user's newer change before this worker's request of an
+    /// older one is answered. Revoked, the partitions' queued events are sent by no lane here
+    /// any more (`offsets::Sending`), so only requests already out are waited for. Not while
+    /// leaving the group: the drain waited for everything already.
+    fn wait_for_requests_out(&self, partitions: &[i32]) {
+        if self.closing() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        while self.watermarks.lock().is_sending(partitions) {
+            if started.elapsed() >= self.drain_timeout {
+                tracing::warn!(topic = %self.topic, waited_ms = started.elapsed().as_millis() as u64, "Requests holding events of revoked partitions are still out after drain_timeout_ms; the partitions go anyway, and their new owner may send a user's newer change before one of these.");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Reads the last commit of assigned partitions (where the shared consumer starts, and
@@ -200,8 +224,9 @@ impl commits::Handover for PipelineContext {
         let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         // The revoked partitions are committed before this returns and librdkafka lets them
-        // go, so their next owner starts where this one stopped (no duplicates): the commit
-        // stays synchronous, off the runtime's way (see `off_the_runtime`).
+        // go, so their next owner starts where this one stopped, and only once this one's
+        // requests holding their events were answered: the wait and the commit stay
+        // synchronous, off the runtime's way (see `off_the_runtime`).
         off_the_runtime(|| {
             self.revoke(consumer, &partitions);
             if let Some(follower) = &self.follower {

@@ -12,12 +12,14 @@ use crate::batcher::EventSource;
 
 mod detached;
 mod metadata;
+mod sending;
 #[cfg(test)]
 mod tests;
 
 pub use detached::CatchUp;
 use metadata::commit_position;
 pub use metadata::{MAX_COMMIT_METADATA, parse_positions};
+pub use sending::Sending;
 
 /// The watermark of one partition.
 #[derive(Debug, Default)]
@@ -113,6 +115,8 @@ pub struct WatermarkTable {
     /// lock, so a detach never finds a reader that is just stopping).
     readers: Vec<bool>,
     ids: Vec<u64>,
+    /// Per partition, the requests out now holding events of it (see [`Sending`]).
+    sending: HashMap<i32, u32>,
 }
 
 /// One owned partition: per destination, the offsets the shared consumer handed to it and
@@ -193,6 +197,7 @@ impl WatermarkTable {
             next_generation: 0,
             readers: vec![false; destination_ids.len()],
             ids: destination_ids,
+            sending: HashMap::new(),
         }
     }
 

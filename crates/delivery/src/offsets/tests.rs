@@ -301,3 +301,57 @@ proptest! {
         }
     }
 }
+
+/// A request holds its partitions until answered: their revocation waits for it
+/// (`consumer::rebalance`), and a batch claimed after a revocation sends nothing of it.
+#[test]
+fn a_request_holds_its_partitions_until_released_and_sends_nothing_revoked() {
+    use crate::batcher::DestinationBatch;
+    use crate::batcher::tests::{change, destination, update};
+
+    let watermarks = Watermarks::new(vec![100]);
+    let (a, b) = {
+        let mut table = watermarks.lock();
+        (table.assign(1, Some(0), &[]), table.assign(2, Some(0), &[]))
+    };
+    let batch_of = |sources: &[(PartitionAssignment, i64)]| {
+        let mut batch = DestinationBatch::new(destination(""));
+        for (i, &(assignment, offset)) in sources.iter().enumerate() {
+            let mut event = update(&format!("u{i}"), &[], &[], vec![change(14356, true, 0)]);
+            event.source = Some(shared(assignment, offset));
+            batch.add(event).unwrap();
+        }
+        batch
+    };
+
+    let mut first = batch_of(&[(a, 0), (b, 0), (a, 1)]);
+    let mut out = Sending::new(Some(&watermarks));
+    out.claim(&mut first);
+    assert_eq!(first.events.len(), 3);
+    assert!(watermarks.lock().is_sending(&[1]));
+    assert!(watermarks.lock().is_sending(&[2]));
+    assert!(!watermarks.lock().is_sending(&[3]));
+
+    // Partition 2 is revoked while the request is out: it still counts until answered.
+    watermarks.lock().revoke(2);
+    assert!(watermarks.lock().is_sending(&[2]));
+    let mut second = batch_of(&[(b, 1), (a, 2)]);
+    let mut other = Sending::new(Some(&watermarks));
+    other.claim(&mut second);
+    assert_eq!(
+        second.events.len(),
+        1,
+        "the revoked partition's event is dropped"
+    );
+    out.release();
+    assert!(
+        !watermarks.lock().is_sending(&[2]),
+        "answered: nothing of 2 is out"
+    );
+    assert!(
+        watermarks.lock().is_sending(&[1]),
+        "the other request holds 1"
+    );
+    drop(other);
+    assert!(!watermarks.lock().is_sending(&[1, 2]));
+}
