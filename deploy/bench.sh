@@ -272,7 +272,8 @@ start_delivery() { # start_delivery ADMIN_PORT NAME; delivery_binary=… runs an
   allocator=$(delivery_allocator_env)
   [[ -n $allocator ]] || die "deploy/k8s/base/delivery.yaml names no MIMALLOC_* setting for the worker"
   # shellcheck disable=SC2086 # NAME=VALUE words, one per line
-  env $allocator "${delivery_binary:-$bin/delivery}" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$1" >"$dir/$2.log" 2>&1 &
+  # Its rebalances are logged whatever RUST_LOG says (wait_both_hold_partitions reads them).
+  env $allocator RUST_LOG="$RUST_LOG,delivery::consumer::rebalance=info" "${delivery_binary:-$bin/delivery}" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$1" >"$dir/$2.log" 2>&1 &
   delivery_pid=$!
   pids+=("$delivery_pid")
   wait_ready "$1" "$delivery_pid" "$2" "$dir"
@@ -838,6 +839,9 @@ e2e_run() {
   local first_delivery=$delivery_pid
   DELIVERY_COALESCED_REPORT=${coalesced[1]} start_delivery $delivery2_admin delivery-2
   local delivery_pids=("$first_delivery" "$delivery_pid")
+  if [[ $fault != stopped-delivery ]]; then
+    wait_both_hold_partitions "segment-status-$run" "$dir/delivery-1.log" "$dir/delivery-2.log"
+  fi
   if [[ $fault == stopped-delivery ]]; then
     say "$e2e_name: BENCH_FAULT=stopped-delivery: stopping both delivery workers before the load…"
     stop "$first_delivery"

@@ -64,6 +64,8 @@ for admin in $delivery1_admin $delivery2_admin; do
   DELIVERY_COALESCED_REPORT="$dir/coalesced-$admin.jsonl" "$bin/delivery" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$admin" >"$dir/$name.log" 2>&1 &
   pids+=($!); wait_ready "$admin" $! "$name" "$dir"
 done
+# The load starts once both workers hold partitions (see lib.sh's wait_both_hold_partitions).
+wait_both_hold_partitions "segment-status-$run" "$dir/delivery-$delivery1_admin.log" "$dir/delivery-$delivery2_admin.log"
 say "partner-sim, qualifier and two delivery workers are up; loadgen runs for ${seconds} s at ${rate}/s"
 
 # ---- traffic ----------------------------------------------------------------------------

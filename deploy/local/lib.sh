@@ -35,6 +35,28 @@ require_free_ports() {
   done
 }
 
+# wait_both_hold_partitions TOPIC LOG1 LOG2: waits (up to 60 s) until both delivery workers'
+# last rebalance of TOPIC (their JSON logs) gave them partitions. Load starts only then: were
+# the second worker to join under load, partitions would move mid-run and their new owner
+# would send again what was not committed yet (at-least-once). Such a re-send can bring a
+# user's older change after a newer one, and these runs' ledgers allow no change out of order;
+# moving partitions under load is what the chaos runs and tests/e2e/delivery/recovery.rs check.
+wait_both_hold_partitions() {
+  local deadline=$((SECONDS + 60)) log
+  for log in "$2" "$3"; do
+    until holds_partitions "$1" "$log"; do
+      ((SECONDS < deadline)) || die "the two delivery workers did not both hold partitions of $1 within 60 s (see $log)"
+      sleep 0.2
+    done
+  done
+}
+# holds_partitions TOPIC LOG: whether the worker's last rebalance of TOPIC gave it partitions.
+holds_partitions() {
+  local last
+  last=$(grep -E "\"message\":\"Partitions (assigned|revoked)\.\".*\"topic\":\"$1\"" "$2" | tail -n 1)
+  [[ $last == *'"message":"Partitions assigned."'* && $last != *'"partitions":0,'* ]]
+}
+
 metrics() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; }
 # Metrics text is read by one parser, the tests' own (`relay-bench metrics`; the semantics are
 # defined in crates/testkit/src/scrape.rs): exact names, label matchers in any order, sums over
