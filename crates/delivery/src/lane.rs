@@ -19,7 +19,7 @@ use crate::delivery_log::AttemptReport;
 use crate::metrics::SendPath;
 use crate::offsets::{Sending, Watermarks};
 use crate::payload::{idempotency_key, write_body};
-use crate::sender::{DestinationSender, Failure};
+use crate::sender::{DestinationSender, Failure, Hold as _};
 
 mod rounds;
 use rounds::Rounds;
@@ -133,12 +133,6 @@ impl Lane {
         }
     }
 
-    /// Waits out a pause the partner asked for: a wait on the partner, as its answer is.
-    async fn wait_while_paused(&self) {
-        let _partner = self.waiting();
-        self.sender.wait_while_paused().await;
-    }
-
     /// A wait of this lane's (see [`telemetry::Heartbeat::waiting`]), until dropped.
     fn waiting(&self) -> Option<telemetry::Waiting> {
         self.heartbeat.as_ref().map(telemetry::Heartbeat::waiting)
@@ -147,9 +141,6 @@ impl Lane {
     /// Sends the batch (or dead-letters it), then finishes its events' offsets.
     async fn finish_batch(&self, batch: &mut DestinationBatch) {
         let queued = batch.events.len();
-        // A pause the partner asked for (429) is waited out before the batch's partitions are
-        // held: a rebalance meanwhile need not wait for it (see `Sending`).
-        self.wait_while_paused().await;
         let mut sending = Sending::new(self.watermarks.as_ref().map(|(w, _)| w));
         sending.claim(batch);
         let metrics = &self.sender.metrics;
@@ -260,8 +251,9 @@ impl Lane {
     /// queue fills, and the destination's later events wait in Kafka (see `consumer`). Only a
     /// change older than `max_backlog_age` gives up on a transient failure. Replays
     /// (`hold_transient` false) give up after one round of attempts, as before.
-    /// `sending` holds the batch's partitions while a request is out (they are not given up
-    /// meanwhile) and claims them again before each round.
+    /// `sending` (claimed) holds the batch's input partitions while an attempt is on the wire
+    /// (see `offsets::Sending`); the batch is claimed again before each round, and at once when
+    /// a partition was revoked before an attempt.
     async fn deliver(
         &self,
         batch: &mut DestinationBatch,
@@ -296,12 +288,20 @@ impl Lane {
                 let partner = self.waiting();
                 let sent = self
                     .sender
-                    .send(body, &key, self.priority, &mut on_attempt)
+                    .send(body, &key, self.priority, &mut on_attempt, sending)
                     .await;
-                sending.release();
+                sending.let_go();
                 drop(partner);
                 match sent {
                     Ok(()) => return Ok(()),
+                    Err(failure) if sending.refused() => {
+                        // Those events are their new owner's now; the rest go at once.
+                        sending.claim(batch);
+                        if batch.is_empty() {
+                            return Err(failure);
+                        }
+                        continue;
+                    }
                     Err(failure) => failure,
                 }
             };
@@ -338,7 +338,6 @@ impl Lane {
             let backoff_wait = self.waiting();
             rounds.wait(wait).await;
             drop(backoff_wait);
-            self.wait_while_paused().await;
             sending.claim(batch);
             if batch.is_empty() {
                 return Err(failure);

@@ -30,6 +30,8 @@ pub struct RecordedRequest {
     pub received_at: Instant,
     /// The status the receiver answered with.
     pub status: u16,
+    /// How long after its arrival it was answered (its response's delay).
+    pub answered_after: Duration,
 }
 
 impl RecordedRequest {
@@ -319,6 +321,7 @@ async fn record(
         body,
         received_at,
         status: response.status,
+        answered_after: response.delay,
     });
     tokio::time::sleep(response.delay).await;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -17,7 +17,7 @@ use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
 
 /// Rebalance, commit and statistics callbacks: revoked partitions are dropped (their queued
-/// events are skipped by the lanes), wait for the requests out that hold their events, and
+/// events are skipped by the lanes), wait for the attempts on the wire that hold their events, and
 /// are committed up to their watermark (with the positions of the destinations behind it);
 /// assigned ones start a new watermark, with the
 /// destinations that were behind at the last commit detached from their positions;
@@ -49,7 +49,7 @@ pub(super) struct PipelineContext {
     /// the group (a join still under way at SIGTERM) is not read, since nothing will be
     /// fetched from it, and no rebalance waits for the broker any more.
     pub(super) closing: std::sync::atomic::AtomicBool,
-    /// How long revoked partitions wait for the requests out that hold their events.
+    /// How long revoked partitions wait for the attempts on the wire that hold their events.
     pub(super) drain_timeout: Duration,
 }
 
@@ -128,14 +128,14 @@ impl PipelineContext {
         list
     }
 
-    /// Drops revoked partitions, waits for the requests out that hold their events, and
+    /// Drops revoked partitions, waits for the attempts on the wire that hold their events, and
     /// commits them up to their watermark (with the positions of the destinations behind it).
     pub(super) fn revoke<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) {
         let positions: Vec<CommitPosition> = {
             let mut table = self.watermarks.lock();
             partitions.iter().filter_map(|&p| table.revoke(p)).collect()
         };
-        self.wait_for_requests_out(partitions);
+        self.wait_for_attempts(partitions);
         if !positions.is_empty()
             && let Err(error) =
                 consumer.commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
@@ -145,20 +145,20 @@ impl PipelineContext {
         tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions revoked.");
     }
 
-    /// Waits, up to `drain_timeout`, for the requests out that hold events of revoked
-    /// `partitions` (a retry included). Their new owner sends those events again from the
-    /// commit, and it must not send a user's newer change before this worker's request of an
-    /// older one is answered. Revoked, the partitions' queued events are sent by no lane here
-    /// any more (`offsets::Sending`), so only requests already out are waited for. Not while
-    /// leaving the group: the drain waited for everything already.
-    fn wait_for_requests_out(&self, partitions: &[i32]) {
+    /// Waits, up to `drain_timeout`, for the attempts on the wire that hold events of revoked
+    /// `partitions` (see `offsets::Sending`). Their new owner sends those events again from
+    /// the commit, and must not send a user's newer change before the partner answered this
+    /// worker's attempt of an older one. Revoked, the partitions' events make no further
+    /// attempt here (no retry, nothing queued), so only attempts already on the wire are
+    /// waited for. Not while leaving the group: the drain waited for everything already.
+    fn wait_for_attempts(&self, partitions: &[i32]) {
         if self.closing() {
             return;
         }
         let started = std::time::Instant::now();
         while self.watermarks.lock().is_sending(partitions) {
             if started.elapsed() >= self.drain_timeout {
-                tracing::warn!(topic = %self.topic, waited_ms = started.elapsed().as_millis() as u64, "Requests holding events of revoked partitions are still out after drain_timeout_ms; the partitions go anyway, and their new owner may send a user's newer change before one of these.");
+                tracing::warn!(topic = %self.topic, waited_ms = started.elapsed().as_millis() as u64, "Attempts holding events of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their new owner may send a user's newer change before the partner answered one of these.");
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));

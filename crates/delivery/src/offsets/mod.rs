@@ -115,7 +115,7 @@ pub struct WatermarkTable {
     /// lock, so a detach never finds a reader that is just stopping).
     readers: Vec<bool>,
     ids: Vec<u64>,
-    /// Per partition, the requests out now holding events of it (see [`Sending`]).
+    /// Per partition, the attempts on the wire holding events of it (see [`Sending`]).
     sending: HashMap<i32, u32>,
 }
 

@@ -1,79 +1,112 @@
-//! The requests out, per partition, so that giving a partition up can wait for their answers.
-//! Its new owner sends again from the commit: were a request of the old owner still out (or
-//! its retry still to come), a user's newer change could reach the partner before it, and the
-//! partner would take the older status last.
+//! The attempts on the wire, per partition, so that giving a partition up can wait for their
+//! answers. Its new owner sends again from the commit: were an attempt of the old owner still
+//! unanswered (or its retry still to come), a user's newer change could reach the partner
+//! before it, and the partner would take the older status last.
 //!
-//! A lane claims its batch's partitions just before sending and releases them once the send
-//! returned: the attempts, the retry's jitter, a rate limit's token and a pause the first
-//! attempt's 429 asks for are inside; a pause already set is waited out before the claim, and
-//! the backoff between rounds after the release. A revocation waits at most `drain_timeout_ms`.
+//! A lane [claims](Sending::claim) its batch before building the body: the events of revoked
+//! partitions go, and the batch's partitions are noted. The send then holds them for each
+//! attempt ([`Hold::hold`]) and lets them go ([`Hold::let_go`]) while it
+//! waits (a retry's jitter, a pause the partner asked for, a rate token). A revocation waits
+//! only for attempts on the wire (at most `timeout_ms` each; `drain_timeout_ms` at most in
+//! all); one that comes first makes the next attempt stop unmade, and the lane claims again.
 
-use super::{WatermarkTable, Watermarks};
+use super::{PartitionAssignment, WatermarkTable, Watermarks};
 use crate::batcher::DestinationBatch;
+use crate::sender::Hold;
 
-/// The partitions whose events one lane's request holds, from [`Sending::claim`] until
-/// [`Sending::release`] (or until dropped). Without watermarks (a replay) it does nothing.
+/// One lane's batch's input partitions, and whether an attempt holds them now. Without
+/// watermarks (a replay) it holds nothing and refuses nothing.
 #[derive(Debug)]
 pub struct Sending {
     table: Option<Watermarks>,
-    partitions: Vec<i32>,
+    assignments: Vec<PartitionAssignment>,
+    held: bool,
+    refused: bool,
 }
 
 impl Sending {
     pub fn new(table: Option<&Watermarks>) -> Self {
         Self {
             table: table.cloned(),
-            partitions: Vec::new(),
+            assignments: Vec::new(),
+            held: false,
+            refused: false,
         }
     }
 
     /// Drops the batch's events of partitions revoked meanwhile (they belong to their new
-    /// owner now) and counts the rest's partitions as being sent, under one lock: a
-    /// revocation either finds this request out and waits for it, or comes first and the
-    /// request holds nothing of its partitions.
+    /// owner now) and notes the partitions of the rest.
     pub fn claim(&mut self, batch: &mut DestinationBatch) {
-        self.release();
+        self.let_go();
+        self.assignments.clear();
+        self.refused = false;
         let Some(watermarks) = &self.table else {
             return;
         };
-        let mut table = watermarks.lock();
+        let table = watermarks.lock();
         batch.retain(|e| e.source.is_none_or(|s| table.is_current(s.assignment)));
+        drop(table);
         for source in batch.events.iter().filter_map(|e| e.source) {
-            let partition = source.assignment.partition;
-            if self.partitions.last() != Some(&partition) && !self.partitions.contains(&partition) {
-                self.partitions.push(partition);
+            let assignment = source.assignment;
+            if self.assignments.last() != Some(&assignment)
+                && !self.assignments.contains(&assignment)
+            {
+                self.assignments.push(assignment);
             }
-        }
-        for &partition in &self.partitions {
-            *table.sending.entry(partition).or_default() += 1;
         }
     }
 
-    /// The request was answered, or given up.
-    pub fn release(&mut self) {
-        let Some(watermarks) = self.table.as_ref().filter(|_| !self.partitions.is_empty()) else {
+    /// Whether the last [`Hold::hold`] found a partition revoked: the send stopped before
+    /// its attempt, and the batch is to be claimed again.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+impl Hold for Sending {
+    /// Under the table's lock, so a revocation either finds the attempt holding its partition
+    /// and waits for it, or comes first and the attempt is not made.
+    fn hold(&mut self) -> bool {
+        let Some(watermarks) = self.table.as_ref().filter(|_| !self.held) else {
+            return true;
+        };
+        let mut table = watermarks.lock();
+        if !self.assignments.iter().all(|&a| table.is_current(a)) {
+            self.refused = true;
+            return false;
+        }
+        for assignment in &self.assignments {
+            *table.sending.entry(assignment.partition).or_default() += 1;
+        }
+        self.held = true;
+        true
+    }
+
+    fn let_go(&mut self) {
+        let Some(watermarks) = self.table.as_ref().filter(|_| self.held) else {
             return;
         };
         let mut table = watermarks.lock();
-        for partition in self.partitions.drain(..) {
-            if let Some(count) = table.sending.get_mut(&partition) {
+        for assignment in &self.assignments {
+            if let Some(count) = table.sending.get_mut(&assignment.partition) {
                 *count -= 1;
                 if *count == 0 {
-                    table.sending.remove(&partition);
+                    table.sending.remove(&assignment.partition);
                 }
             }
         }
+        self.held = false;
     }
 }
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        self.release();
+        self.let_go();
     }
 }
 
 impl WatermarkTable {
-    /// Whether a request holding events of one of `partitions` is out.
+    /// Whether an attempt holding one of `partitions` is on the wire.
     pub fn is_sending(&self, partitions: &[i32]) -> bool {
         partitions.iter().any(|p| self.sending.contains_key(p))
     }

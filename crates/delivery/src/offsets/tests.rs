@@ -302,56 +302,54 @@ proptest! {
     }
 }
 
-/// A request holds its partitions until answered: their revocation waits for it
-/// (`consumer::rebalance`), and a batch claimed after a revocation sends nothing of it.
+/// An attempt holds its batch's partitions while on the wire: their revocation waits for it
+/// (`consumer::rebalance`). An attempt after a revocation is not made, and the batch claimed
+/// again sends nothing of the revoked partition.
 #[test]
-fn a_request_holds_its_partitions_until_released_and_sends_nothing_revoked() {
+fn an_attempt_holds_its_partitions_and_none_is_made_after_a_revocation() {
     use crate::batcher::DestinationBatch;
     use crate::batcher::tests::{change, destination, update};
+    use crate::sender::Hold as _;
 
     let watermarks = Watermarks::new(vec![100]);
     let (a, b) = {
         let mut table = watermarks.lock();
         (table.assign(1, Some(0), &[]), table.assign(2, Some(0), &[]))
     };
-    let batch_of = |sources: &[(PartitionAssignment, i64)]| {
-        let mut batch = DestinationBatch::new(destination(""));
-        for (i, &(assignment, offset)) in sources.iter().enumerate() {
-            let mut event = update(&format!("u{i}"), &[], &[], vec![change(14356, true, 0)]);
-            event.source = Some(shared(assignment, offset));
-            batch.add(event).unwrap();
-        }
-        batch
-    };
+    let sending = |partitions: &[i32]| watermarks.lock().is_sending(partitions);
+    let mut batch = DestinationBatch::new(destination(""));
+    for (i, (assignment, offset)) in [(a, 0), (b, 0), (a, 1)].into_iter().enumerate() {
+        let mut event = update(&format!("u{i}"), &[], &[], vec![change(14356, true, 0)]);
+        event.source = Some(shared(assignment, offset));
+        batch.add(event).unwrap();
+    }
 
-    let mut first = batch_of(&[(a, 0), (b, 0), (a, 1)]);
     let mut out = Sending::new(Some(&watermarks));
-    out.claim(&mut first);
-    assert_eq!(first.events.len(), 3);
-    assert!(watermarks.lock().is_sending(&[1]));
-    assert!(watermarks.lock().is_sending(&[2]));
-    assert!(!watermarks.lock().is_sending(&[3]));
+    out.claim(&mut batch);
+    assert_eq!(batch.events.len(), 3);
+    assert!(!sending(&[1, 2]), "claimed, no attempt yet");
+    assert!(out.hold());
+    assert!(sending(&[1]) && sending(&[2]) && !sending(&[3]));
 
-    // Partition 2 is revoked while the request is out: it still counts until answered.
+    // Partition 2 is revoked while the attempt is on the wire: it counts until it ends.
     watermarks.lock().revoke(2);
-    assert!(watermarks.lock().is_sending(&[2]));
-    let mut second = batch_of(&[(b, 1), (a, 2)]);
-    let mut other = Sending::new(Some(&watermarks));
-    other.claim(&mut second);
+    assert!(sending(&[2]));
+    out.let_go();
+    assert!(!sending(&[1, 2]));
+
+    // The retry is not made, and holds nothing.
+    assert!(!out.hold());
+    assert!(out.refused());
+    assert!(!sending(&[1]));
+    out.claim(&mut batch);
     assert_eq!(
-        second.events.len(),
-        1,
+        batch.events.len(),
+        2,
         "the revoked partition's event is dropped"
     );
-    out.release();
-    assert!(
-        !watermarks.lock().is_sending(&[2]),
-        "answered: nothing of 2 is out"
-    );
-    assert!(
-        watermarks.lock().is_sending(&[1]),
-        "the other request holds 1"
-    );
-    drop(other);
-    assert!(!watermarks.lock().is_sending(&[1, 2]));
+    assert!(!out.refused());
+    assert!(out.hold());
+    assert!(sending(&[1]) && !sending(&[2]));
+    drop(out);
+    assert!(!sending(&[1]), "dropped: nothing held");
 }

@@ -29,6 +29,16 @@ pub(crate) use request::error_chain;
 use request::{Answer, Attempt};
 pub use request::{USER_AGENT, http_client, parse_retry_after, request_headers};
 
+/// What a send asks of the batch's owner around its attempts (see `offsets::Sending`).
+pub trait Hold {
+    /// The send is about to wait (a retry's jitter, a pause the partner asked for, a rate
+    /// token): the batch's input partitions need not be held meanwhile.
+    fn let_go(&mut self);
+    /// The send is about to make an attempt: holds the batch's input partitions, or says
+    /// `false` when one of them was revoked meanwhile (the attempt is not made).
+    fn hold(&mut self) -> bool;
+}
+
 /// Why a batch was not delivered, after its last attempt.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -207,13 +217,17 @@ impl DestinationSender {
     }
 
     /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent;
-    /// `on_attempt` hears how each attempt ended (the delivery log).
+    /// `on_attempt` hears how each attempt ended (the delivery log). `hold` holds the batch's
+    /// input partitions for each attempt and lets them go while the send waits; when one was
+    /// revoked meanwhile, the send stops before the attempt with a transient failure (the
+    /// caller, which asked `hold`, tells it apart; the circuit does not count it).
     pub async fn send(
         &self,
         json: Vec<u8>,
         idempotency_key: &str,
         priority: Priority,
         on_attempt: &mut (dyn FnMut(&AttemptReport<'_>) + Send),
+        hold: &mut (dyn Hold + Send),
     ) -> Result<(), Failure> {
         let first_attempt_unix_ms = telemetry::clock::unix_ms();
         if !self.circuit.allow() {
@@ -239,8 +253,8 @@ impl DestinationSender {
         let attempts = 1 + self.config.retries;
         let mut last = (ErrorClass::Unspecified, String::new(), None);
         for attempt in 1..=attempts {
+            hold.let_go();
             if attempt > 1 {
-                self.metrics.retries.inc();
                 tokio::time::sleep(jittered(self.config.retry_backoff)).await;
             }
             self.wait_while_paused().await;
@@ -251,6 +265,22 @@ impl DestinationSender {
                 .clone();
             if let Some(limiter) = limiter {
                 self.take_token(&limiter, priority).await;
+            }
+            if !hold.hold() {
+                let now = telemetry::clock::unix_ms();
+                return Err(Failure {
+                    class: last.0,
+                    error: "an input partition of the batch was revoked before the attempt"
+                        .to_owned(),
+                    attempts: attempt - 1,
+                    first_attempt_unix_ms,
+                    last_attempt_unix_ms: now,
+                    permanent: false,
+                    not_before: None,
+                });
+            }
+            if attempt > 1 {
+                self.metrics.retries.inc();
             }
             let mut answer = Answer::none();
             let outcome = self

@@ -105,7 +105,7 @@ impl DestinationSender {
     }
 
     /// Waits out a pause the partner asked for (every lane of the destination honours it).
-    pub(crate) async fn wait_while_paused(&self) {
+    pub(super) async fn wait_while_paused(&self) {
         while let Some(until) = self.paused_until() {
             tokio::time::sleep_until(until).await;
         }
