@@ -839,13 +839,12 @@ e2e_run() {
   local first_delivery=$delivery_pid
   DELIVERY_COALESCED_REPORT=${coalesced[1]} start_delivery $delivery2_admin delivery-2
   local delivery_pids=("$first_delivery" "$delivery_pid")
-  if [[ $fault != stopped-delivery ]]; then
-    wait_both_hold_partitions "segment-status-$run" "$dir/delivery-1.log" "$dir/delivery-2.log"
-  fi
   if [[ $fault == stopped-delivery ]]; then
     say "$e2e_name: BENCH_FAULT=stopped-delivery: stopping both delivery workers before the load…"
     stop "$first_delivery"
     stop "$delivery_pid"
+  else
+    wait_both_hold_partitions "segment-status-$run" "$dir/delivery-1.log" "$dir/delivery-2.log"
   fi
   both() { metrics $delivery1_admin; metrics $delivery2_admin; }
   # "delivered-events queued-events" over both workers ("0 0" with both stopped: BENCH_FAULT).

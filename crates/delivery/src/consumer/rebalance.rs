@@ -17,11 +17,10 @@ use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
 
 /// Rebalance, commit and statistics callbacks: revoked partitions are dropped (their queued
-/// events are skipped by the lanes), wait for the attempts on the wire that hold their events, and
-/// are committed up to their watermark (with the positions of the destinations behind it);
-/// assigned ones start a new watermark, with the
-/// destinations that were behind at the last commit detached from their positions;
-/// librdkafka's statistics feed the lag gauges.
+/// events are skipped by the lanes), wait for the attempts on the wire that hold their
+/// events, and are committed up to their watermark (with the positions of the destinations
+/// behind it); assigned ones start a new watermark, with the destinations that were behind at
+/// the last commit detached from their positions; librdkafka's statistics feed the lag gauges.
 pub(super) struct PipelineContext {
     pub(super) topic: String,
     pub(super) watermarks: Watermarks,
@@ -224,8 +223,8 @@ impl commits::Handover for PipelineContext {
         let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         // The revoked partitions are committed before this returns and librdkafka lets them
-        // go, so their next owner starts where this one stopped, and only once this one's
-        // requests holding their events were answered: the wait and the commit stay
+        // go, so their next owner starts where this one stopped, and only once the partner
+        // answered this one's attempts holding their events: the wait and the commit stay
         // synchronous, off the runtime's way (see `off_the_runtime`).
         off_the_runtime(|| {
             self.revoke(consumer, &partitions);
