@@ -19,7 +19,7 @@ use crate::delivery_log::AttemptReport;
 use crate::metrics::SendPath;
 use crate::offsets::{Sending, Watermarks};
 use crate::payload::{idempotency_key, write_body};
-use crate::sender::{DestinationSender, Failure, Hold as _};
+use crate::sender::{DestinationSender, Failure};
 
 mod rounds;
 use rounds::Rounds;
@@ -82,6 +82,7 @@ impl Lane {
         if self.sender.log.is_some() {
             batch.keep_log();
         }
+        let mut sending = Sending::new(self.watermarks.as_ref().map(|(w, _)| w));
         let mut carried: Option<RoutedEvent> = None;
         loop {
             let first = match carried.take() {
@@ -126,7 +127,7 @@ impl Lane {
                     () = &mut linger_ends => break,
                 }
             }
-            self.finish_batch(&mut batch).await;
+            self.finish_batch(&mut batch, &mut sending).await;
             if closed && carried.is_none() {
                 return;
             }
@@ -139,13 +140,13 @@ impl Lane {
     }
 
     /// Sends the batch (or dead-letters it), then finishes its events' offsets.
-    async fn finish_batch(&self, batch: &mut DestinationBatch) {
+    /// `sending` is the lane's, used again for every batch (see `offsets::Sending`).
+    async fn finish_batch(&self, batch: &mut DestinationBatch, sending: &mut Sending) {
         let queued = batch.events.len();
-        let mut sending = Sending::new(self.watermarks.as_ref().map(|(w, _)| w));
         sending.claim(batch);
         let metrics = &self.sender.metrics;
         if !batch.is_empty() {
-            match self.deliver(batch, &mut sending).await {
+            match self.deliver(batch, sending).await {
                 Ok(()) => {
                     let now = telemetry::clock::unix_ms();
                     let mut sent = 0;

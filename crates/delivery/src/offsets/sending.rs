@@ -5,17 +5,17 @@
 //!
 //! A lane [claims](Sending::claim) its batch before building the body: the events of revoked
 //! partitions go, and the batch's partitions are noted. The send then holds them for each
-//! attempt ([`Hold::hold`]) and lets them go ([`Hold::let_go`]) while it
+//! attempt ([`Sending::hold`]) and lets them go ([`Sending::let_go`]) while it
 //! waits (a retry's jitter, a pause the partner asked for, a rate token). A revocation waits
 //! only for attempts on the wire (at most `timeout_ms` each; `drain_timeout_ms` at most in
 //! all); one that comes first makes the next attempt stop unmade, and the lane claims again.
 
 use super::{PartitionAssignment, WatermarkTable, Watermarks};
 use crate::batcher::DestinationBatch;
-use crate::sender::Hold;
 
-/// One lane's batch's input partitions, and whether an attempt holds them now. Without
-/// watermarks (a replay) it holds nothing and refuses nothing.
+/// One lane's batch's input partitions, and whether an attempt holds them now; the lane
+/// keeps one for all its batches. Without watermarks (a replay) it holds nothing and refuses
+/// nothing.
 #[derive(Debug)]
 pub struct Sending {
     table: Option<Watermarks>,
@@ -56,17 +56,17 @@ impl Sending {
         }
     }
 
-    /// Whether the last [`Hold::hold`] found a partition revoked: the send stopped before
+    /// Whether the last [`Self::hold`] found a partition revoked: the send stopped before
     /// its attempt, and the batch is to be claimed again.
     pub fn refused(&self) -> bool {
         self.refused
     }
-}
 
-impl Hold for Sending {
-    /// Under the table's lock, so a revocation either finds the attempt holding its partition
-    /// and waits for it, or comes first and the attempt is not made.
-    fn hold(&mut self) -> bool {
+    /// The send is about to make an attempt: holds the batch's input partitions, or says
+    /// `false` when one of them was revoked meanwhile (the attempt is not made). Under the
+    /// table's lock, so a revocation either finds the attempt holding its partition and waits
+    /// for it, or comes first and the attempt is not made.
+    pub fn hold(&mut self) -> bool {
         let Some(watermarks) = self.table.as_ref().filter(|_| !self.held) else {
             return true;
         };
@@ -82,7 +82,9 @@ impl Hold for Sending {
         true
     }
 
-    fn let_go(&mut self) {
+    /// The send is about to wait (a retry's jitter, a pause the partner asked for, a rate
+    /// token), or is done: the batch's input partitions are not held meanwhile.
+    pub fn let_go(&mut self) {
         let Some(watermarks) = self.table.as_ref().filter(|_| self.held) else {
             return;
         };

@@ -309,7 +309,6 @@ proptest! {
 fn an_attempt_holds_its_partitions_and_none_is_made_after_a_revocation() {
     use crate::batcher::DestinationBatch;
     use crate::batcher::tests::{change, destination, update};
-    use crate::sender::Hold as _;
 
     let watermarks = Watermarks::new(vec![100]);
     let (a, b) = {

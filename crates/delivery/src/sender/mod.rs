@@ -19,6 +19,7 @@ use crate::circuit::Circuit;
 use crate::config::{AuthConfig, DestinationConfig};
 use crate::delivery_log::AttemptReport;
 use crate::metrics::DestinationMetrics;
+use crate::offsets::Sending;
 
 mod pace;
 mod request;
@@ -28,16 +29,6 @@ mod tests;
 pub(crate) use request::error_chain;
 use request::{Answer, Attempt};
 pub use request::{USER_AGENT, http_client, parse_retry_after, request_headers};
-
-/// What a send asks of the batch's owner around its attempts (see `offsets::Sending`).
-pub trait Hold {
-    /// The send is about to wait (a retry's jitter, a pause the partner asked for, a rate
-    /// token): the batch's input partitions need not be held meanwhile.
-    fn let_go(&mut self);
-    /// The send is about to make an attempt: holds the batch's input partitions, or says
-    /// `false` when one of them was revoked meanwhile (the attempt is not made).
-    fn hold(&mut self) -> bool;
-}
 
 /// Why a batch was not delivered, after its last attempt.
 #[derive(Debug, Clone)]
@@ -227,7 +218,7 @@ impl DestinationSender {
         idempotency_key: &str,
         priority: Priority,
         on_attempt: &mut (dyn FnMut(&AttemptReport<'_>) + Send),
-        hold: &mut (dyn Hold + Send),
+        hold: &mut Sending,
     ) -> Result<(), Failure> {
         let first_attempt_unix_ms = telemetry::clock::unix_ms();
         if !self.circuit.allow() {
