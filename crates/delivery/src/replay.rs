@@ -59,7 +59,9 @@ pub async fn replay(
             format!("--destination {destination_id}: no such destination in the config")
         })?;
     let dlq_topic = config.kafka.dlq_topic.clone();
-    require_topics(kafka, &[&dlq_topic]).await?;
+    let mut topics = vec![dlq_topic.as_str()];
+    topics.extend(config.kafka.delivery_log_topic.as_deref());
+    require_topics(kafka, &topics).await?;
     let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new())?;
     let shared = build_shared(config, kafka, &metrics)?;
     let sender = shared.senders[index].clone();

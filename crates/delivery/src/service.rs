@@ -18,21 +18,22 @@ use crate::order::Order;
 use crate::sender::DestinationSender;
 
 /// Senders for the config's destinations and the dead-letter writer, reporting to `metrics`.
+/// Blocks while the delivery log's writer reads its topic's partitions (up to 10 s).
 pub fn build_shared(
     config: &DeliveryConfig,
     kafka: &KafkaSettings,
     metrics: &Metrics,
 ) -> anyhow::Result<Shared> {
     let log = match &config.kafka.delivery_log_topic {
-        Some(topic) => Some(Arc::new(
-            DeliveryLog::new(
+        Some(topic) => Some(
+            DeliveryLog::start(
                 kafka,
                 topic,
                 metrics.log_records.clone(),
                 metrics.log_dropped.clone(),
             )
-            .context("cannot create the delivery log producer")?,
-        )),
+            .with_context(|| format!("cannot start the delivery log writer to {topic}"))?,
+        ),
         None => None,
     };
     let senders = config
@@ -299,7 +300,11 @@ async fn start_generation(
     topics.extend(config.kafka.delivery_log_topic.as_deref());
     require_topics(&runtime.kafka, &topics).await?;
 
-    let mut shared = build_shared(config, &runtime.kafka, metrics)?;
+    // Off the runtime: the delivery log's writer asks for its topic's partitions.
+    let mut shared = {
+        let (config, kafka, metrics) = (config.clone(), runtime.kafka.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || build_shared(&config, &kafka, &metrics)).await??
+    };
     shared.liveness = Some(runtime.health.liveness().clone());
     // The batch pipeline first: the real-time one's rebalances assign its partitions.
     let batch = match &config.kafka.batch_topic {

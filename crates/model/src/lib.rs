@@ -23,9 +23,9 @@ pub mod strategies;
 use prost::Message as _;
 
 pub use pb::{
-    ChangeReason, DeadLetterRecord, DeliveryLogRecord, ErrorClass, LoggedSegment, Origin,
-    PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate, SourcePosition, TraitEvent,
-    UserState,
+    ChangeReason, DeadLetterRecord, DeliveryLogAttempt, DeliveryLogRecord, ErrorClass,
+    LoggedSegment, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate,
+    SourcePosition, TraitEvent, UserState,
 };
 
 /// Milliseconds since the Unix epoch as RFC 3339 in UTC with exactly three fractional digits

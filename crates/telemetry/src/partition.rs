@@ -7,7 +7,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The partition librdkafka's default partitioner (`consistent_random`) gives a non-empty `key`
 /// among `partitions` (at least one): the key's CRC-32 modulo the count.
 pub fn librdkafka_partition(key: &[u8], partitions: u32) -> i32 {
-    (crc32fast::hash(key) % partitions) as i32
+    (key_hash(key) % partitions) as i32
+}
+
+/// What [`librdkafka_partition`] takes modulo the partition count: the key's CRC-32, for a
+/// writer that places a key later, or among several counts.
+pub fn key_hash(key: &[u8]) -> u32 {
+    crc32fast::hash(key)
 }
 
 /// librdkafka's default partitioner, `consistent_random`, computed in Rust: a keyed record goes

@@ -1,11 +1,12 @@
 //! `delivery log --user U`: the user's delivery log records, read from the partition their key
-//! goes to (newest last), as a table or JSON. A tombstone (`qualifier forget`) hides every
-//! record of the user before it.
+//! goes to (newest last), as a table or JSON: their parts of the records of attempts (without
+//! a key), and the records keyed by them that delivery wrote before. A tombstone (`qualifier
+//! forget`) hides every record of the user's changes dated up to it.
 
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use model::{DeliveryLogRecord, ErrorClass, rfc3339_ms as rfc3339};
+use model::{DeliveryLogAttempt, DeliveryLogRecord, ErrorClass, rfc3339_ms as rfc3339};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::Offset;
@@ -66,10 +67,7 @@ pub fn read(kafka: &KafkaSettings, topic: &str, query: &Query) -> anyhow::Result
         .filter(|(p, _)| partitions.contains(p))
         .map(|&(p, end)| (p, start, end))
         .collect();
-    let mut entries: Vec<Entry> = Vec::new();
-    // Erased up to (a tombstone's timestamp): records of changes dated no later are hidden.
-    let mut erased_up_to = i64::MIN;
-    let mut undecodable = 0;
+    let mut found = Found::new(query);
     kafka
         .read_ranges(
             topic,
@@ -77,38 +75,114 @@ pub fn read(kafka: &KafkaSettings, topic: &str, query: &Query) -> anyhow::Result
             query.since_unix_ms.is_some(),
             std::time::Duration::from_secs(300),
             |message| {
-                if message.key() != Some(query.user.as_bytes()) {
-                    return;
-                }
-                let Some(payload) = message.payload() else {
-                    // Erased (`qualifier forget`): hide every record of changes dated up to
-                    // the erasure, also those a lagging destination writes after it.
-                    let at = message.timestamp().to_millis().unwrap_or(i64::MAX);
-                    erased_up_to = erased_up_to.max(at);
-                    entries.retain(|e| e.newest_change_ms > erased_up_to);
-                    return;
-                };
-                match DeliveryLogRecord::decode(payload) {
-                    Ok(record)
-                        if query.destination.is_none_or(|d| d == record.destination_id)
-                            && newest_change_ms(&record) > erased_up_to =>
-                    {
-                        entries.push(entry(record, message.partition(), message.offset()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => undecodable += 1,
-                }
+                found.message(
+                    message.key(),
+                    message.payload(),
+                    message.timestamp().to_millis(),
+                    (message.partition(), message.offset()),
+                );
             },
         )
         .with_context(|| format!("cannot read {topic}"))?;
-    if undecodable > 0 {
+    if found.undecodable > 0 {
         eprintln!(
-            "{undecodable} records of {} in {topic} could not be decoded (written by a newer delivery?)",
-            query.user
+            "{} records of {} in {topic} could not be decoded (written by a newer delivery?)",
+            found.undecodable, query.user
         );
     }
+    let mut entries = found.entries;
     entries.sort_by_key(|e| (e.time_unix_ms, e.offset));
     Ok(entries)
+}
+
+/// The user's entries among the messages of their partition, read in order.
+pub(super) struct Found<'q> {
+    query: &'q Query,
+    /// Finds the user's id in a record of an attempt before it is decoded.
+    id: memchr::memmem::Finder<'q>,
+    pub(super) entries: Vec<Entry>,
+    /// Erased up to (a tombstone's timestamp): records of changes dated no later are hidden.
+    erased_up_to: i64,
+    undecodable: usize,
+}
+
+impl<'q> Found<'q> {
+    pub(super) fn new(query: &'q Query) -> Self {
+        Self {
+            query,
+            id: memchr::memmem::Finder::new(query.user.as_bytes()),
+            entries: Vec::new(),
+            erased_up_to: i64::MIN,
+            undecodable: 0,
+        }
+    }
+
+    /// Takes the user's entries from the next message (`timestamp_ms` and `position`: its
+    /// timestamp and its partition and offset).
+    pub(super) fn message(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+        position: (i32, i64),
+    ) {
+        let user = self.query.user.as_bytes();
+        match (key, payload) {
+            (Some(key), None) if key == user => {
+                // Erased (`qualifier forget`): hide every record of changes dated up to the
+                // erasure, also those a lagging destination writes after it.
+                self.erased_up_to = self.erased_up_to.max(timestamp_ms.unwrap_or(i64::MAX));
+                let erased_up_to = self.erased_up_to;
+                self.entries.retain(|e| e.newest_change_ms > erased_up_to);
+            }
+            (Some(key), Some(payload)) if key == user => match DeliveryLogRecord::decode(payload) {
+                Ok(record) => self.take(record, position),
+                Err(_) => self.undecodable += 1,
+            },
+            (None, Some(payload)) if self.id.find(payload).is_some() => {
+                match DeliveryLogAttempt::decode(payload) {
+                    Ok(mut attempt) => {
+                        let users = std::mem::take(&mut attempt.users);
+                        for part in users.into_iter().filter(|u| u.user_id == self.query.user) {
+                            self.take(user_record(&attempt, part), position);
+                        }
+                    }
+                    Err(_) => self.undecodable += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn take(&mut self, record: DeliveryLogRecord, (partition, offset): (i32, i64)) {
+        if self
+            .query
+            .destination
+            .is_none_or(|d| d == record.destination_id)
+            && newest_change_ms(&record) > self.erased_up_to
+        {
+            self.entries.push(entry(record, partition, offset));
+        }
+    }
+}
+
+/// A user's part of an attempt's record, with the attempt's fields: the user's record.
+fn user_record(attempt: &DeliveryLogAttempt, user: DeliveryLogRecord) -> DeliveryLogRecord {
+    DeliveryLogRecord {
+        destination_id: attempt.destination_id,
+        process_time_unix_ms: attempt.process_time_unix_ms,
+        idempotency_key: attempt.idempotency_key.clone(),
+        attempt: attempt.attempt,
+        http_status: attempt.http_status,
+        error_class: attempt.error_class,
+        error: attempt.error.clone(),
+        response: attempt.response.clone(),
+        worker: attempt.worker.clone(),
+        time_unix_ms: attempt.time_unix_ms,
+        delivered: attempt.delivered,
+        batch_users: attempt.batch_users,
+        ..user
+    }
 }
 
 /// The latest `DateTime` among a record's segments.
