@@ -84,7 +84,7 @@ public class LocalKafkaAdmin {
         topics.put("qualifier-changelog", Map.of("cleanup.policy", "compact"));
         // Dead letters wait for `delivery replay`; time must not delete them.
         topics.put("segment-status-dlq", Map.of("retention.ms", "-1"));
-        // One record per user, destination and request attempt, for `delivery log`: 7 days.
+        // Each request attempt, its users by partition, for `delivery log`: 7 days.
         topics.put("delivery-log", Map.of("retention.ms", "604800000"));
         for (var topic : topics.entrySet()) {
             String name = topic.getKey() + suffix;

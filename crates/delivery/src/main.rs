@@ -52,7 +52,7 @@ enum Command {
     /// Run the service (the default).
     Run,
     /// Print what each destination was sent for one user, and what it answered: the user's
-    /// delivery log records (one per request attempt), newest last.
+    /// delivery log entries (one per request attempt), newest last.
     Log {
         /// The user id (`AAM_UUID`).
         #[arg(long)]

@@ -40,9 +40,10 @@ pub struct Metrics {
     pub queued_bytes: IntGauge,
     /// `delivery_order_pairs`: (user, segment) pairs the order table holds (see `order`).
     pub order_pairs: IntGauge,
-    /// `delivery_log_records_total`: delivery log records handed to Kafka.
+    /// `delivery_log_records_total`: delivery log entries (a user's part of an attempt's record)
+    /// handed to Kafka.
     pub log_records: IntCounter,
-    /// `delivery_log_dropped_total`: delivery log records lost (producer queue full, or the
+    /// `delivery_log_dropped_total`: delivery log entries lost (producer queue full, or the
     /// broker did not take them); deliveries themselves are never held back by the log.
     pub log_dropped: IntCounter,
     /// `delivery_resync_users_total{destination, outcome}`: see [`Metrics::resync_users`].
@@ -334,11 +335,11 @@ impl Metrics {
             )?,
             log_records: IntCounter::new(
                 "delivery_log_records_total",
-                "Delivery log records (one per user, destination and request attempt) handed to Kafka.",
+                "Delivery log entries (one per user, destination and request attempt) handed to Kafka.",
             )?,
             log_dropped: IntCounter::new(
                 "delivery_log_dropped_total",
-                "Delivery log records lost: the producer queue was full or the broker did not take them.",
+                "Delivery log entries lost: the producer queue was full or the broker did not take them.",
             )?,
             resync_users: IntCounterVec::new(
                 Opts::new(

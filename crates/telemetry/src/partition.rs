@@ -1,6 +1,7 @@
 //! Which partition a producer put a key in: what a command that looks one user up (`qualifier
 //! show`, `delivery log`) reads instead of the whole topic; and [`KeyPartitioner`], librdkafka's
-//! default partitioner with a faster CRC-32, for producers that write a record per user.
+//! default partitioner with a faster CRC-32, for producers that write a record per user; and
+//! [`key_hash`], for a writer that gathers several users' parts by their partition.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

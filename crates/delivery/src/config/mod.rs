@@ -111,7 +111,7 @@ pub struct DestinationConfig {
     /// stops answering holds the others back about that long, once.
     pub detach_after: Duration,
     pub circuit: CircuitConfig,
-    /// Record each request attempt per user on the delivery log topic. Default true (off
+    /// Record each request attempt, per user, on the delivery log topic. Default true (off
     /// for every destination when `kafka.delivery_log_topic` is `""`).
     pub delivery_log: bool,
 }
