@@ -7,14 +7,14 @@ use std::time::Duration;
 use model::{DeadLetterRecord, ErrorClass, MAX_DEAD_LETTER_BYTES, SourcePosition};
 use prost::Message as _;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use telemetry::KafkaSettings;
+use telemetry::produce::AckedProducer;
 
 use crate::batcher::RoutedEvent;
 use crate::sender::Failure;
 
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    producer: AckedProducer,
     topic: String,
 }
 
@@ -28,7 +28,7 @@ impl std::fmt::Debug for DeadLetterWriter {
 
 impl DeadLetterWriter {
     pub fn new(kafka: &KafkaSettings, topic: &str) -> Result<Self, KafkaError> {
-        let producer = Self::client_config(kafka).create()?;
+        let producer = AckedProducer::new(&Self::client_config(kafka), "delivery-dlq")?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
@@ -100,14 +100,13 @@ impl DeadLetterWriter {
         let mut pending = Vec::with_capacity(records.len());
         let mut again = Vec::new();
         for (i, (key, payload)) in records.iter().enumerate() {
-            let record = FutureRecord::to(&self.topic).key(*key).payload(payload);
-            match self.producer.send_result(record) {
-                Ok(delivery) => pending.push((i, delivery)),
+            match self.producer.send(&self.topic, key.as_bytes(), payload) {
+                Ok(acked) => pending.push((i, acked)),
                 Err(_) => again.push(i),
             }
         }
-        for (i, delivery) in pending {
-            if !matches!(delivery.await, Ok(Ok(_))) {
+        for (i, acked) in pending {
+            if acked.await.is_err() {
                 again.push(i);
             }
         }
@@ -150,10 +149,13 @@ impl DeadLetterWriter {
     async fn write(&self, key: &str, payload: &[u8]) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let record = FutureRecord::to(&self.topic).key(key).payload(payload);
-            match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => return,
-                Err((error, _)) => {
+            let acked = match self.producer.send(&self.topic, key.as_bytes(), payload) {
+                Ok(acked) => acked.await,
+                Err(error) => Err(error),
+            };
+            match acked {
+                Ok(()) => return,
+                Err(error) => {
                     tracing::error!(topic = %self.topic, %error, "Cannot write to the dead-letter topic; retrying. Delivery of the affected destination is stalled until it succeeds.");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -13,8 +13,8 @@
 //! `delivery_log_dropped_total`, and delivery goes on.
 pub mod read;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use model::ErrorClass;
@@ -40,11 +40,6 @@ const RECORD_USER_BYTES: usize = 256 * 1024;
 /// has its users' parts placed by the new count from then on, as the erasures and the readers
 /// place them.
 const PARTITIONS_REFRESH: Duration = Duration::from_secs(60);
-
-/// How long one poll of the producer waits for its events (the failed records' reports).
-/// rdkafka's poll rounds what is left of its wait down to whole milliseconds and so spins
-/// through the last one: with `ThreadedProducer`'s 100 ms, ~1 % of a core, idle or not.
-const POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// What one request attempt came to.
 #[derive(Debug, Clone, Copy)]
@@ -100,8 +95,8 @@ impl std::fmt::Debug for DeliveryLog {
 
 impl DeliveryLog {
     /// A writer to `topic`, whose partition count it reads first (blocking up to 10 s). A
-    /// thread of its own polls the producer and reads the count again every minute; it ends
-    /// with the writer. Counts the users' parts written in `records` and those lost in
+    /// thread of its own polls the producer ([`telemetry::produce::poll_in_thread`]: not
+    /// rdkafka's, which spins) and reads the count again every minute; it ends with the writer. Counts the users' parts written in `records` and those lost in
     /// `dropped`.
     pub fn start(
         kafka: &KafkaSettings,
@@ -126,12 +121,35 @@ impl DeliveryLog {
         });
         log.partitions
             .store(log.read_partitions()?, Ordering::Relaxed);
-        let weak = Arc::downgrade(&log);
-        std::thread::Builder::new()
-            .name("delivery-log".to_owned())
-            .spawn(move || serve(&weak))
-            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        let mut asked = std::time::Instant::now();
+        telemetry::produce::poll_in_thread(
+            "delivery-log",
+            &log,
+            |log| &log.producer,
+            move |log| {
+                if asked.elapsed() >= PARTITIONS_REFRESH {
+                    asked = std::time::Instant::now();
+                    log.refresh_partitions();
+                }
+            },
+        )
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         Ok(log)
+    }
+
+    /// Reads the topic's partition count again (in the polling thread). Blocks up to 10 s.
+    fn refresh_partitions(&self) {
+        match self.read_partitions() {
+            Ok(count) => {
+                let before = self.partitions.swap(count, Ordering::Relaxed);
+                if before != count {
+                    tracing::info!(topic = %self.topic, before, count, "The delivery log topic's partition count changed; users are placed by the new count.");
+                }
+            }
+            Err(error) => {
+                tracing::debug!(topic = %self.topic, %error, "Cannot read the delivery log topic's partition count; the last one stays.");
+            }
+        }
     }
 
     /// The topic's partition count, from the brokers. Blocks up to 10 s.
@@ -212,31 +230,6 @@ impl DeliveryLog {
     pub fn flush(&self, timeout: std::time::Duration) {
         if let Err(error) = self.producer.flush(timeout) {
             tracing::warn!(%error, "Delivery log records were still queued at shutdown; they are lost.");
-        }
-    }
-}
-
-/// Polls the log's producer and asks for its topic's partition count every
-/// [`PARTITIONS_REFRESH`], while the log is in use.
-fn serve(log: &Weak<DeliveryLog>) {
-    let mut asked = std::time::Instant::now();
-    loop {
-        let Some(log) = log.upgrade() else { return };
-        log.producer.poll(POLL_WAIT);
-        if asked.elapsed() < PARTITIONS_REFRESH {
-            continue;
-        }
-        asked = std::time::Instant::now();
-        match log.read_partitions() {
-            Ok(count) => {
-                let before = log.partitions.swap(count, Ordering::Relaxed);
-                if before != count {
-                    tracing::info!(topic = %log.topic, before, count, "The delivery log topic's partition count changed; users are placed by the new count.");
-                }
-            }
-            Err(error) => {
-                tracing::debug!(topic = %log.topic, %error, "Cannot read the delivery log topic's partition count; the last one stays.");
-            }
         }
     }
 }

@@ -39,8 +39,8 @@ pub mod update;
 mod producer_settings {
     use telemetry::KafkaSettings;
 
-    /// The files that create a producer (they use rdkafka's producer module), each with the
-    /// config its producer is built from.
+    /// The files that create a producer (they use rdkafka's producer module, or make an
+    /// `AckedProducer`), each with the config its producer is built from.
     fn producers(kafka: &KafkaSettings) -> Vec<(&'static str, rdkafka::ClientConfig)> {
         vec![
             (

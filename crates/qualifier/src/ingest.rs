@@ -28,10 +28,10 @@ use hyper_util::service::TowerToHyperService;
 use model::{Origin, TraitEvent};
 use prost::Message as _;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::json;
 use telemetry::KafkaSettings;
+use telemetry::produce::AckedProducer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,7 @@ use auth::{IngestAuth, Refusal};
 
 /// Produces validated events to the input topic and waits for the broker's acknowledgement.
 pub struct EventWriter {
-    producer: FutureProducer,
+    producer: AckedProducer,
     topic: String,
 }
 
@@ -55,7 +55,7 @@ impl std::fmt::Debug for EventWriter {
 
 impl EventWriter {
     pub fn new(kafka: &KafkaSettings, topic: &str) -> Result<Self, KafkaError> {
-        let producer = Self::client_config(kafka).create()?;
+        let producer = AckedProducer::new(&Self::client_config(kafka), "qualifier-ingest")?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
@@ -79,27 +79,19 @@ impl EventWriter {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let payload = event.encode_to_vec();
-            let record = FutureRecord::to(&self.topic)
-                .key(&event.user_id)
-                .payload(&payload);
-            let delivery = self
+            let acked = self
                 .producer
-                .send_result(record)
-                .map_err(|(error, _)| error)?;
-            pending.push(delivery);
+                .send(&self.topic, event.user_id.as_bytes(), &payload)?;
+            pending.push(acked);
         }
-        for delivery in pending {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(error),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
+        for acked in pending {
+            acked.await?;
         }
         Ok(())
     }
 
     pub fn flush(&self) {
-        let _ = rdkafka::producer::Producer::flush(&self.producer, Duration::from_secs(10));
+        let _ = self.producer.flush(Duration::from_secs(10));
     }
 }
 

@@ -21,8 +21,8 @@ mod producer_settings {
 
     use crate::processor::{Topology, transactional_producer_config};
 
-    /// The files that create a producer (they use rdkafka's producer module), each with the
-    /// config its producer is built from.
+    /// The files that create a producer (they use rdkafka's producer module, or make an
+    /// `AckedProducer`), each with the config its producer is built from.
     fn producers(kafka: &KafkaSettings) -> Vec<(&'static str, rdkafka::ClientConfig)> {
         let topology = Topology {
             group_id: "qualifier".to_owned(),

@@ -13,6 +13,7 @@ pub mod liveness;
 mod logging;
 mod metrics;
 pub mod partition;
+pub mod produce;
 mod runtime;
 mod secret;
 mod shutdown;

@@ -250,9 +250,8 @@ pub fn assert_producers_safe(src: &std::path::Path, producers: &[(&str, ClientCo
         .into_iter()
         .filter(|path| *path != src.join("lib.rs"))
         .filter(|path| {
-            std::fs::read_to_string(path)
-                .unwrap()
-                .contains("rdkafka::producer")
+            let text = std::fs::read_to_string(path).unwrap();
+            text.contains("rdkafka::producer") || text.contains("AckedProducer::new")
         })
         .map(|path| path.strip_prefix(src).unwrap().display().to_string())
         .collect::<Vec<_>>();

@@ -411,7 +411,10 @@ fn records_the_broker_refuses_are_counted_as_dropped_and_the_rest_are_not() {
     drop(log);
     let dropped_at = std::time::Instant::now();
     while weak.strong_count() > 0 {
-        assert!(dropped_at.elapsed() < Duration::from_secs(10), "the log is kept alive");
+        assert!(
+            dropped_at.elapsed() < Duration::from_secs(10),
+            "the log is kept alive"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
