@@ -169,16 +169,17 @@ fn records_decode_as_the_proto_messages_they_stand_for() {
     assert_eq!(bytes, record.encode_to_vec());
 }
 
-/// What `delivery log --user` finds for `user` in `records` (partition, payload), in order.
-fn found(user: &str, records: &[(i32, Option<&[u8]>, Vec<u8>)]) -> Vec<read::Entry> {
+/// What `delivery log --user` finds for `user` in `records` (partition, payload; no key), in
+/// order.
+fn found(user: &str, records: &[(i32, Vec<u8>)]) -> Vec<read::Entry> {
     let query = Query {
         user: user.to_owned(),
         destination: None,
         since_unix_ms: None,
     };
     let mut found = Found::new(&query);
-    for (offset, (partition, key, payload)) in records.iter().enumerate() {
-        found.message(*key, Some(payload), Some(1), (*partition, offset as i64));
+    for (offset, (partition, payload)) in records.iter().enumerate() {
+        found.message(None, Some(payload), Some(1), (*partition, offset as i64));
     }
     found.entries
 }
@@ -241,7 +242,7 @@ fn an_attempt_makes_one_record_per_partition_its_users_go_to() {
                 );
                 placed.push(user.user_id.clone());
             }
-            records.push((partition, None, payload.to_vec()));
+            records.push((partition, payload.to_vec()));
         },
     );
     let partitions: Vec<i32> = records.iter().map(|r| r.0).collect();
