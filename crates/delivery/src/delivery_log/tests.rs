@@ -406,16 +406,4 @@ fn records_the_broker_refuses_are_counted_as_dropped_and_the_rest_are_not() {
     log.record(users, 1, "k", &report);
     log.flush(Duration::from_secs(10));
     assert_eq!((records.get(), dropped.get()), (6, 3), "three refused");
-
-    // The thread that polls the producer lets the log go: dropped, it is gone within a poll.
-    let weak = Arc::downgrade(&log);
-    drop(log);
-    let dropped_at = std::time::Instant::now();
-    while weak.strong_count() > 0 {
-        assert!(
-            dropped_at.elapsed() < Duration::from_secs(10),
-            "the log is kept alive"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
