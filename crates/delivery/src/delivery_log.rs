@@ -11,6 +11,7 @@
 //! as before, cost librdkafka's fixed work per record for each: ~27 % of a busy worker's CPU.
 //! Writing never waits: a user's part the producer cannot queue is counted in
 //! `delivery_log_dropped_total`, and delivery goes on.
+
 pub mod read;
 
 use std::sync::Arc;
@@ -96,8 +97,8 @@ impl std::fmt::Debug for DeliveryLog {
 impl DeliveryLog {
     /// A writer to `topic`, whose partition count it reads first (blocking up to 10 s). A
     /// thread of its own polls the producer ([`telemetry::produce::poll_in_thread`]: not
-    /// rdkafka's, which spins) and reads the count again every minute; it ends with the writer. Counts the users' parts written in `records` and those lost in
-    /// `dropped`.
+    /// rdkafka's, which spins) and reads the count again every minute; it ends with the
+    /// writer. Counts the users' parts written in `records` and those lost in `dropped`.
     pub fn start(
         kafka: &KafkaSettings,
         topic: &str,
