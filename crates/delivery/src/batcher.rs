@@ -317,7 +317,7 @@ impl DestinationBatch {
             }
         }
         if let Some(log) = &mut self.log {
-            log.put(position, &user, self.destination.id, partner_uuids);
+            log.put(position, &user, partner_uuids);
         }
         let user = BatchUser {
             latest: self.events.len(),

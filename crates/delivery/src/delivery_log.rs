@@ -133,8 +133,7 @@ impl DeliveryLog {
                     log.refresh_partitions();
                 }
             },
-        )
-        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        )?;
         Ok(log)
     }
 
@@ -187,18 +186,19 @@ impl DeliveryLog {
         config
     }
 
-    /// Records one attempt of a batch whose users are `users` (sent with `ProcessTime`
-    /// `process_time_unix_ms` and `idempotency_key`): one record per partition the users go
-    /// to. Never waits.
+    /// Records one attempt to `destination_id` of a batch whose users are `users` (sent with
+    /// `ProcessTime` `process_time_unix_ms` and `idempotency_key`): one record per partition
+    /// the users go to. Never waits.
     pub fn record(
         &self,
         users: &PreparedUsers,
+        destination_id: u64,
         process_time_unix_ms: i64,
         idempotency_key: &str,
         report: &AttemptReport<'_>,
     ) {
         let context = RecordContext {
-            destination_id: users.destination_id,
+            destination_id,
             process_time_unix_ms,
             idempotency_key,
             report,
@@ -253,7 +253,6 @@ struct RecordContext<'a> {
 pub struct PreparedUsers {
     bytes: Vec<u8>,
     parts: Vec<UserPart>,
-    destination_id: u64,
 }
 
 /// How far a batch's [`PreparedUsers`] grew, for the next batch to reserve.
@@ -279,12 +278,10 @@ impl PreparedUsers {
         &mut self,
         position: usize,
         user: &PartnerUser<'_>,
-        destination_id: u64,
         partner_uuids: PartnerUuids<'_>,
     ) {
         let start = self.bytes.len();
         encode_user(&mut self.bytes, user, partner_uuids);
-        self.destination_id = destination_id;
         let part = UserPart {
             start,
             end: self.bytes.len(),

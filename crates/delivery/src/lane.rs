@@ -281,7 +281,7 @@ impl Lane {
                             attempt: earlier_attempts + report.attempt,
                             ..*report
                         };
-                        log.record(users, process_time, &key, &report);
+                        log.record(users, destination.id, process_time, &key, &report);
                     }
                 };
                 // The partner's answer, its rate limit, an open circuit: waits a restart would

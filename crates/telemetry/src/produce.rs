@@ -33,7 +33,7 @@ pub fn poll_in_thread<T, C>(
     owner: &Arc<T>,
     producer: fn(&T) -> &BaseProducer<C>,
     mut after_poll: impl FnMut(&T) + Send + 'static,
-) -> std::io::Result<()>
+) -> KafkaResult<()>
 where
     T: Send + Sync + 'static,
     C: ProducerContext + 'static,
@@ -48,6 +48,7 @@ where
             }
         })
         .map(drop)
+        .map_err(|e| KafkaError::ClientCreation(format!("cannot start the thread {name}: {e}")))
 }
 
 /// Hands each record's outcome to whoever awaits it ([`Acked`]).
@@ -80,8 +81,7 @@ impl AckedProducer {
     /// A producer of `config`, polled by a thread named `thread_name` until it is dropped.
     pub fn new(config: &ClientConfig, thread_name: &str) -> KafkaResult<Self> {
         let producer = Arc::new(BaseProducer::from_config_and_context(config, Acks)?);
-        poll_in_thread(thread_name, &producer, |p| p, |_| {})
-            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        poll_in_thread(thread_name, &producer, |p| p, |_| {})?;
         Ok(Self { producer })
     }
 

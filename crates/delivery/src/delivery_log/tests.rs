@@ -393,7 +393,7 @@ fn records_the_broker_refuses_are_counted_as_dropped_and_the_rest_are_not() {
     let users = batch.log_users().unwrap();
     let report = delivered(b"");
 
-    log.record(users, 1, "k", &report);
+    log.record(users, 423, 1, "k", &report);
     log.flush(Duration::from_secs(10));
     assert_eq!((records.get(), dropped.get()), (3, 0), "all taken");
     assert_eq!(log.partitions.load(Ordering::Relaxed), 3);
@@ -403,7 +403,7 @@ fn records_the_broker_refuses_are_counted_as_dropped_and_the_rest_are_not() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 100],
     );
-    log.record(users, 1, "k", &report);
+    log.record(users, 423, 1, "k", &report);
     log.flush(Duration::from_secs(10));
     assert_eq!((records.get(), dropped.get()), (6, 3), "three refused");
 }
