@@ -215,10 +215,8 @@ impl Lane {
         let mut events = batch.take_events();
         crate::budget::release(&mut events);
         if let Some((watermarks, destination)) = &self.watermarks {
-            let mut table = watermarks.lock();
-            for source in events.iter().filter_map(|e| e.source) {
-                table.finish(source, *destination);
-            }
+            let sources = events.iter().filter_map(|e| e.source);
+            watermarks.lock().finish_all(sources, *destination);
         }
         metrics.queue_depth.sub(queued as i64);
     }

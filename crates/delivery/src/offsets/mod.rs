@@ -12,6 +12,7 @@ use crate::batcher::EventSource;
 
 mod detached;
 mod metadata;
+mod pending;
 mod sending;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ mod tests;
 pub use detached::CatchUp;
 use metadata::commit_position;
 pub use metadata::{MAX_COMMIT_METADATA, parse_positions};
+use pending::{drop_finished, finish_pending, mark_finished};
 pub use sending::Sending;
 
 /// The watermark of one partition.
@@ -370,6 +372,41 @@ impl WatermarkTable {
         }
     }
 
+    /// `destination` finished these events, a batch's in the order its lane took them: as
+    /// [`Self::finish`] for each, with one lookup per run of events of one assignment. A run's
+    /// offsets come ascending (a lane takes a partition's events in order), so each is
+    /// searched for from the one before it on, among the few offsets of the destination's
+    /// other lanes between them, and the finished prefix is dropped once per run: a binary
+    /// search of all the destination's unfinished offsets per event was 2 % of a drain's CPU.
+    pub fn finish_all(
+        &mut self,
+        sources: impl IntoIterator<Item = EventSource>,
+        destination: usize,
+    ) {
+        let mut sources = sources.into_iter().peekable();
+        while let Some(first) = sources.next() {
+            let assignment = first.assignment;
+            let mut state = self.current(assignment);
+            let mut from = 0;
+            let mut next = Some(first);
+            while let Some(source) = next {
+                if let Some(state) = state.as_deref_mut() {
+                    if source.catch_up {
+                        if let Some(reader) = state.reader(destination) {
+                            reader.watermark.finish(source.offset);
+                        }
+                    } else if let Some(pending) = state.pending.get_mut(destination) {
+                        from = mark_finished(pending, from, source.offset);
+                    }
+                }
+                next = sources.next_if(|s| s.assignment == assignment);
+            }
+            if let Some(pending) = state.and_then(|s| s.pending.get_mut(destination)) {
+                drop_finished(pending);
+            }
+        }
+    }
+
     fn current(&mut self, assignment: PartitionAssignment) -> Option<&mut PartitionState> {
         self.partitions
             .get_mut(&assignment.partition)
@@ -432,15 +469,5 @@ impl WatermarkTable {
                         .sum::<usize>()
             })
             .sum()
-    }
-}
-
-/// Marks `offset` finished and drops the finished prefix.
-fn finish_pending(pending: &mut VecDeque<(i64, bool)>, offset: i64) {
-    if let Ok(i) = pending.binary_search_by_key(&offset, |&(o, _)| o) {
-        pending[i].1 = true;
-    }
-    while pending.front().is_some_and(|&(_, done)| done) {
-        pending.pop_front();
     }
 }

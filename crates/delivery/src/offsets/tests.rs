@@ -352,3 +352,82 @@ fn an_attempt_holds_its_partitions_and_none_is_made_after_a_revocation() {
     drop(out);
     assert!(!sending(&[1]), "dropped: nothing held");
 }
+
+proptest! {
+    /// A lane's batch finished at once ([`WatermarkTable::finish_all`]: a lookup per run of
+    /// one partition, each offset searched for from the one before it) leaves the table as
+    /// finishing its events one by one does — also with offsets out of order, unknown ones
+    /// and an assignment that is gone, over batches that leave events unfinished between.
+    #[test]
+    fn a_batch_finished_at_once_leaves_the_table_as_one_by_one(
+        targets in proptest::collection::vec(0_u8..4, 1..160),
+        taken in proptest::collection::vec(any::<bool>(), 160),
+        cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..4),
+        swaps in proptest::collection::vec(any::<proptest::sample::Index>(), 0..4),
+        strangers in proptest::collection::vec((0_usize..2, 0_i64..200), 0..3),
+    ) {
+        let (mut one_by_one, mut at_once) = (table(), table());
+        let mut assignments = Vec::new();
+        for t in [&mut one_by_one, &mut at_once] {
+            assignments = vec![t.assign(0, Some(0), &[]), t.assign(1, Some(0), &[])];
+        }
+        // Offset i/2 of partition i%2, for destination 0, 1, both or neither.
+        let mut handed = Vec::new();
+        for (i, &to) in targets.iter().enumerate() {
+            let (partition, offset) = (i % 2, (i / 2) as i64);
+            let to: Vec<usize> = [0, 1].into_iter().filter(|d| to & (1 << d) != 0).collect();
+            for t in [&mut one_by_one, &mut at_once] {
+                t.track(partition as i32, offset, &mut to.clone());
+            }
+            if to.contains(&0) && taken[i] {
+                handed.push(shared(assignments[partition], offset));
+            }
+        }
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(handed.len() + 1)).collect();
+        cuts.push(handed.len());
+        cuts.sort_unstable();
+        let gone = PartitionAssignment { partition: 0, generation: 99 };
+        let mut start = 0;
+        for end in cuts {
+            let mut batch = handed[start..end].to_vec();
+            start = end;
+            for swap in &swaps {
+                if batch.len() > 1 {
+                    let i = swap.index(batch.len() - 1);
+                    batch.swap(i, i + 1);
+                }
+            }
+            for &(at, offset) in &strangers {
+                let at = at.min(batch.len());
+                batch.insert(at, shared(assignments[at % 2], 1_000 + offset));
+                batch.insert(at, shared(gone, offset));
+            }
+            for &source in &batch {
+                one_by_one.finish(source, 0);
+            }
+            at_once.finish_all(batch, 0);
+            for partition in [0, 1] {
+                prop_assert_eq!(
+                    &one_by_one.partitions[&partition].pending,
+                    &at_once.partitions[&partition].pending
+                );
+            }
+            prop_assert_eq!(commits(&mut one_by_one), commits(&mut at_once));
+        }
+    }
+}
+
+#[test]
+fn a_batch_of_one_partition_finished_at_once_drops_what_is_finished() {
+    let mut table = table();
+    let a = table.assign(0, Some(0), &[]);
+    for offset in 0..40 {
+        table.track(0, offset, &mut vec![0]);
+    }
+    // Every third one, then the ones between, as two lanes would finish them.
+    table.finish_all((0..40).step_by(3).map(|o| shared(a, o)), 0);
+    assert_eq!(commits(&mut table), [(0, 1, "sr1".to_owned())]);
+    table.finish_all((0..40).filter(|o| o % 3 != 0).map(|o| shared(a, o)), 0);
+    assert_eq!(commits(&mut table), [(0, 40, "sr1".to_owned())]);
+    assert!(table.partitions[&0].pending[0].is_empty());
+}
