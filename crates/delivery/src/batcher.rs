@@ -13,7 +13,6 @@
 //! that delivery can account for every change it was given — sent, dead-lettered, or merged
 //! into a later one — and a change that is none of these is a loss someone can see.
 
-use std::hash::BuildHasher as _;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -98,8 +97,8 @@ pub struct DestinationBatch {
     pub users: Vec<BatchUser>,
     /// Position in `users` by user id. Holds positions, not the updates: another `Arc` clone
     /// per event was an atomic on a cache line the other lanes share (perf: a third of `add`).
+    /// By [`index_hash`].
     index: hashbrown::HashTable<usize>,
-    hasher: foldhash::fast::RandomState,
     /// Changes replaced within this batch; reused across batches, so it allocates only while
     /// it grows past its largest batch.
     pub coalesced: Vec<CoalescedChange>,
@@ -140,7 +139,6 @@ impl DestinationBatch {
             events: Vec::new(),
             users: Vec::new(),
             index: hashbrown::HashTable::new(),
-            hasher: foldhash::fast::RandomState::default(),
             coalesced: Vec::new(),
             users_bytes: 0,
             entries: 0,
@@ -246,7 +244,7 @@ impl DestinationBatch {
     /// which is dead-lettered instead of sent.
     pub fn add(&mut self, event: RoutedEvent) -> Result<(), RoutedEvent> {
         let limits = self.destination.batch;
-        let hash = self.hasher.hash_one(event.update.user_key());
+        let hash = index_hash(&event.update);
         let existing = self.find(hash, event.update.user_key());
         // A targeted update is for some of the user's ids only: merged with another update of
         // the user, its changes would reach the other ids (or its ids miss its changes).
@@ -334,9 +332,9 @@ impl DestinationBatch {
         match existing {
             Some(i) => self.users[i] = user,
             None => {
-                let (users, events, hasher) = (&self.users, &self.events, &self.hasher);
+                let (users, events) = (&self.users, &self.events);
                 self.index.insert_unique(hash, users.len(), |&i| {
-                    hasher.hash_one(events[users[i].latest].update.user_key())
+                    index_hash(&events[users[i].latest].update)
                 });
                 self.users.push(user);
             }
@@ -397,6 +395,13 @@ impl DestinationBatch {
             let _fits = self.add(event);
         }
     }
+}
+
+/// A user's place in a batch's index by id: their id's hash ([`Update::user_hash`]), made once
+/// per update, with its halves swapped: the users of one lane share the low bits, which the
+/// index would otherwise start every search from.
+fn index_hash(update: &Update) -> u64 {
+    update.user_hash().rotate_left(32)
 }
 
 /// Applies `update`'s mapped changes to the user's segments, `segments[run_start..]`: the latest

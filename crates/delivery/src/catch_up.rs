@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{EventSource, RoutedEvent};
 use crate::budget::{Share, queued_bytes};
-use crate::lane::LaneHasher;
+use crate::lane::lane_of;
 use crate::offsets::{CatchUp, PartitionAssignment, Watermarks};
 use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
@@ -100,7 +100,6 @@ pub struct CatchUpReader {
     lanes: Vec<mpsc::Sender<RoutedEvent>>,
     /// The destination's share of the worker's queue budget.
     share: Arc<Share>,
-    lane_hasher: LaneHasher,
     /// Per-user order across the input topics, and which one this reader reads.
     order: Option<(Order, Topic)>,
     watermarks: Watermarks,
@@ -120,14 +119,13 @@ impl std::fmt::Debug for CatchUpReader {
 }
 
 /// The destination a reader serves: its index in the pipeline's list, its sender, and the
-/// queues of its lanes with the pipeline's hasher (so a user keeps their lane).
+/// queues of its lanes (a user takes the lane the shared consumer gives them: [`lane_of`]).
 #[derive(Debug)]
 pub struct ReaderTarget {
     pub index: usize,
     pub sender: Arc<DestinationSender>,
     pub lanes: Vec<mpsc::Sender<RoutedEvent>>,
     pub share: Arc<Share>,
-    pub lane_hasher: LaneHasher,
     /// Asked whether a newer change came on the other input topic (none: one input topic).
     pub order: Option<(Order, Topic)>,
 }
@@ -145,7 +143,6 @@ impl CatchUpReader {
             sender,
             lanes,
             share,
-            lane_hasher,
             order,
         } = target;
         // Assigned partitions by the pipeline, never subscribed and never committing (the
@@ -176,7 +173,6 @@ impl CatchUpReader {
             sender,
             lanes,
             share,
-            lane_hasher,
             order,
             watermarks,
             assigned: HashMap::new(),
@@ -326,8 +322,7 @@ impl CatchUpReader {
         // destination waits), so the event goes in under the table's lock with the decision.
         let permit = match &update {
             Some(u) => {
-                let lane = &self.lanes
-                    [LaneHasher::lane(self.lane_hasher.user(u.user_key()), self.lanes.len())];
+                let lane = &self.lanes[lane_of(u, self.lanes.len())];
                 tokio::select! {
                     permit = lane.reserve() => match permit {
                         Ok(permit) => Some(permit),

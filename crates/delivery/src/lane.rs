@@ -3,7 +3,6 @@
 //! so with `max_in_flight` lanes sending in parallel a user's changes still reach the partner
 //! in order — retries included, since a lane sends nothing new until its batch is finished.
 
-use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,34 +19,16 @@ use crate::metrics::SendPath;
 use crate::offsets::{Sending, Watermarks};
 use crate::payload::{idempotency_key, write_body};
 use crate::sender::{DestinationSender, Failure};
+use crate::update::Update;
 
 mod rounds;
 use rounds::Rounds;
 
-/// Hashes user ids to lanes: seeded once per input pipeline, so a user keeps their lane for the
-/// life of the pipeline — all per-user order needs, since a reload drains the old pipeline
-/// before the new one starts — without SipHash's cost per event.
-#[derive(Debug, Clone)]
-pub struct LaneHasher(foldhash::fast::FixedState);
-
-impl Default for LaneHasher {
-    fn default() -> Self {
-        Self(foldhash::fast::FixedState::with_seed(fastrand::u64(..)))
-    }
-}
-
-impl LaneHasher {
-    /// The hash of the user id's bytes; [`LaneHasher::lane`] turns it into a lane of each
-    /// destination. Bytes, not `&str`: the packed update checks its id for UTF-8 each time it
-    /// is read as a `&str` (see [`crate::update::Update::user_key`]).
-    pub fn user(&self, user_key: &[u8]) -> u64 {
-        self.0.hash_one(user_key)
-    }
-
-    /// The lane of `lanes` a user of hash `user_hash` goes through.
-    pub fn lane(user_hash: u64, lanes: usize) -> usize {
-        (user_hash % lanes as u64) as usize
-    }
+/// The lane of `lanes` the user of `update` goes through, by their id's hash: seeded once per
+/// process, so a user keeps their lane while it runs — all per-user order needs — without
+/// SipHash's cost per event.
+pub fn lane_of(update: &Update, lanes: usize) -> usize {
+    (update.user_hash() % lanes as u64) as usize
 }
 
 #[derive(Debug)]

@@ -22,8 +22,9 @@ use tokio::sync::mpsc;
 
 use crate::batcher::RoutedEvent;
 use crate::config::{DeliveryConfig, DestinationConfig};
-use crate::lane::{Lane, LaneHasher};
+use crate::lane::{Lane, lane_of};
 use crate::service::{build_shared, require_topics};
+use crate::update::Update;
 
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,13 +134,12 @@ pub async fn replay(
             .await
             .context("the input reader panicked")??
     };
-    let hasher = LaneHasher::default();
     for update in updates {
         let Some(update) = newest.without_superseded(update, &mut report.superseded) else {
             continue;
         };
-        let lane = &lanes[LaneHasher::lane(hasher.user(update.user_id.as_bytes()), lanes.len())].0;
-        let update = update.into();
+        let update = Update::from(update);
+        let lane = &lanes[lane_of(&update, lanes.len())].0;
         sender.metrics.queue_depth.inc();
         lane.send(RoutedEvent {
             held: Default::default(),

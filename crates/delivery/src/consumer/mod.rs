@@ -34,7 +34,6 @@ use crate::budget::{QueueBudget, Share};
 use crate::catch_up::CatchUpReaders;
 use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetterWriter;
-use crate::lane::LaneHasher;
 use crate::metrics::Metrics;
 use crate::offsets::Watermarks;
 use crate::order::{Order, Topic};
@@ -102,7 +101,6 @@ pub struct InputPipeline {
     /// Per slot: when the destination last had to detach (a full lane detaches it at once
     /// while it is still stuck: it would hold the others back again on every partition).
     lagging: Vec<Option<Lagging>>,
-    lane_hasher: LaneHasher,
     lane_tasks: JoinSet<()>,
     /// New destination lists from config reloads.
     changes: mpsc::UnboundedReceiver<Vec<Arc<DestinationSender>>>,
@@ -265,7 +263,6 @@ impl InputPipeline {
             shares: Vec::new(),
             lane_aborts: Vec::new(),
             lagging: Vec::new(),
-            lane_hasher: LaneHasher::default(),
             lane_tasks: JoinSet::new(),
             changes,
             changes_tx,

@@ -13,7 +13,7 @@ use super::InputPipeline;
 use crate::batcher::{EventSource, RoutedEvent};
 use crate::budget::{Held, queued_bytes};
 use crate::catch_up::{CatchUpReader, ReaderTarget};
-use crate::lane::LaneHasher;
+use crate::lane::lane_of;
 #[cfg(doc)]
 use crate::sender::DestinationSender;
 use crate::update::Update;
@@ -100,7 +100,6 @@ impl InputPipeline {
             catch_up: false,
             written_unix_ms,
         });
-        let user_hash = self.lane_hasher.user(update.user_key());
         let bytes = queued_bytes(&update, targets.len());
         for &destination in targets.iter() {
             let lanes = &self.lanes[destination];
@@ -108,7 +107,7 @@ impl InputPipeline {
             else {
                 continue;
             };
-            let lane = &lanes[LaneHasher::lane(user_hash, lanes.len())];
+            let lane = &lanes[lane_of(&update, lanes.len())];
             let event = RoutedEvent {
                 update: update.clone(),
                 source,
@@ -227,7 +226,6 @@ impl InputPipeline {
                     sender,
                     lanes: self.lanes[index].clone(),
                     share: share.clone(),
-                    lane_hasher: self.lane_hasher.clone(),
                     order: order.clone(),
                 },
                 self.watermarks.clone(),

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{EventSource, RoutedEvent};
-use crate::lane::{Lane, LaneHasher};
+use crate::lane::{Lane, lane_of};
 use crate::resync::partition::{Fetched, Phase, Take};
 use crate::resync::read::{ChangelogConsumer, KAFKA_TIMEOUT, ResyncContext};
 use crate::resync::view::{SegmentFilter, SentUsers, view};
@@ -49,7 +49,6 @@ pub(super) struct Engine {
     drain_timeout: Duration,
     lanes: Vec<mpsc::Sender<RoutedEvent>>,
     lane_tasks: JoinSet<()>,
-    hasher: LaneHasher,
     /// Per partition, what this run sent as 1 (kept across a rebalance: a partition that
     /// comes back still knows).
     sent: HashMap<i32, SentUsers>,
@@ -107,7 +106,6 @@ impl Engine {
             drain_timeout: job.drain_timeout,
             lanes,
             lane_tasks,
-            hasher: LaneHasher::default(),
             sent: HashMap::new(),
             committed: HashMap::new(),
             next_group_check: Instant::now(),
@@ -234,8 +232,7 @@ impl Engine {
     async fn flush(&mut self, partition: i32, stop: &CancellationToken) -> bool {
         let routed = self.route(partition);
         for event in routed {
-            let lane =
-                LaneHasher::lane(self.hasher.user(event.update.user_key()), self.lanes.len());
+            let lane = lane_of(&event.update, self.lanes.len());
             self.sender.metrics.queue_depth.inc();
             let sent = tokio::select! {
                 biased;

@@ -66,3 +66,25 @@ fn a_data_partner_without_an_entry_has_no_ids_and_statuses_read_as_the_partner_s
     assert!(changes[0].active() && !changes[1].active());
     assert_eq!(changes[1].reason, model::ChangeReason::Ttl as i32);
 }
+
+/// A user's hash is their id's, whatever else their update holds (their lane and their place
+/// in a batch come from it), and different ids hash apart.
+#[test]
+fn the_user_hash_is_the_ids_alone() {
+    let update = |user: &str, segment: u64, time: i64| {
+        Update::new(&SegmentStatusUpdate {
+            user_id: user.to_owned(),
+            changes: vec![SegmentChange::qualified(segment, time)],
+            regions: vec![segment as u32],
+            ..SegmentStatusUpdate::default()
+        })
+    };
+    assert_eq!(
+        update("u1", 4, 1_000).user_hash(),
+        update("u1", 5, 2_000).user_hash()
+    );
+    let hashes: std::collections::HashSet<u64> = (0..1_000)
+        .map(|i| update(&format!("user-{i}"), 4, 1_000).user_hash())
+        .collect();
+    assert_eq!(hashes.len(), 1_000, "1,000 ids, 1,000 hashes");
+}
