@@ -143,28 +143,30 @@ impl PartnerDate {
     }
 
     /// The date's 28 bytes, written without the formatting machinery (this runs for every
-    /// segment of every body), for years 1000–9999; `None` outside them. The day's part
-    /// (weekday, month, day, year) is kept per thread for the next date: the dates of a batch
-    /// mostly fall on one day, and working out the calendar was most of the cost.
+    /// segment of every body), for years 1000–9999; `None` outside them. The last date is
+    /// kept per thread for the next, whole when it falls in the same second and its day's
+    /// part (weekday, month, day, year) when on the same day: the dates of a batch mostly
+    /// fall within a few seconds, and working out the calendar, then the time of day, was
+    /// most of the cost.
     fn fixed_width(self) -> Option<[u8; 28]> {
         thread_local! {
-            /// The last day written on this thread, and its bytes (the time of day left as is).
-            static LAST_DAY: Cell<(i64, [u8; 28])> = const { Cell::new((i64::MIN, [0; 28])) };
+            /// The last date written on this thread: its second since 1970 and its bytes.
+            static LAST: Cell<(i64, [u8; 28])> = const { Cell::new((i64::MIN, [0; 28])) };
         }
         let secs = self.0.div_euclid(1000);
+        let (last, mut out) = LAST.with(Cell::get);
+        if last == secs {
+            return Some(out);
+        }
         let days = secs.div_euclid(86_400);
-        let mut out = match LAST_DAY.with(Cell::get) {
-            (day, bytes) if day == days => bytes,
-            _ => {
-                let bytes = Self::day_bytes(days)?;
-                LAST_DAY.with(|last| last.set((days, bytes)));
-                bytes
-            }
-        };
+        if last == i64::MIN || last.div_euclid(86_400) != days {
+            out = Self::day_bytes(days)?;
+        }
         let second_of_day = secs.rem_euclid(86_400);
         out[11..13].copy_from_slice(&two_digits(second_of_day / 3600));
         out[14..16].copy_from_slice(&two_digits(second_of_day / 60 % 60));
         out[17..19].copy_from_slice(&two_digits(second_of_day % 60));
+        LAST.with(|cell| cell.set((secs, out)));
         Some(out)
     }
 
