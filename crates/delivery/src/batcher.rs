@@ -371,14 +371,16 @@ impl DestinationBatch {
         std::mem::take(&mut self.events)
     }
 
-    /// Reserves what the last batch used, as a new batch's first event comes.
+    /// Reserves what the last batch used and an eighth more, as a new batch's first event
+    /// comes: batches that close at `max_users` differ a little in their bytes, and one just
+    /// past the last grew its vectors to twice, copying what they held.
     fn reserve_as_last(&mut self) {
         let last = self.last;
-        self.events.reserve(last.events);
-        self.rendered.reserve(last.rendered);
-        self.segments.reserve(last.segments);
+        self.events.reserve(with_margin(last.events));
+        self.rendered.reserve(with_margin(last.rendered));
+        self.segments.reserve(with_margin(last.segments));
         if let Some(log) = &mut self.log {
-            log.reserve(last.log);
+            log.reserve(last.log.map(with_margin));
         }
     }
 
@@ -395,6 +397,11 @@ impl DestinationBatch {
             let _fits = self.add(event);
         }
     }
+}
+
+/// `n` and an eighth more.
+fn with_margin(n: usize) -> usize {
+    n + n / 8
 }
 
 /// A user's place in a batch's index by id: their id's hash ([`Update::user_hash`]), made once

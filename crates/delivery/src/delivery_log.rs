@@ -262,6 +262,16 @@ pub struct PreparedSizes {
     parts: usize,
 }
 
+impl PreparedSizes {
+    /// Both sizes through `f`.
+    pub fn map(self, f: impl Fn(usize) -> usize) -> Self {
+        Self {
+            bytes: f(self.bytes),
+            parts: f(self.parts),
+        }
+    }
+}
+
 /// Where one user's part lies in the buffer, and their id's hash (which partition it goes to).
 #[derive(Debug)]
 struct UserPart {
@@ -328,29 +338,38 @@ impl PreparedUsers {
         mut record: impl FnMut(i32, &[u8], usize),
     ) {
         let partitions = partitions.max(1);
-        // A partition's buffer, started when a user goes to it, and its number of parts.
-        let mut records: Vec<(Vec<u8>, usize)> = Vec::new();
-        records.resize_with(partitions as usize, Default::default);
-        let share = self.bytes.len() / partitions as usize + self.parts.len() * 3 + attempt.len();
-        for part in &self.parts {
-            let partition = part.hash % partitions;
-            let (buffer, parts) = &mut records[partition as usize];
+        let place = |part: &UserPart| {
             let len = part.end - part.start;
-            if *parts > 0 && buffer.len() + len > most {
+            let bytes = key_len(1) + encoded_len_varint(len as u64) + len;
+            ((part.hash % partitions) as usize, bytes)
+        };
+        // A partition's buffer, its number of parts, and how many bytes its parts come to: a
+        // buffer is made as large as its record will be, at once (grown as its parts came, it
+        // was copied as often).
+        let mut records: Vec<(Vec<u8>, usize, usize)> = Vec::new();
+        records.resize_with(partitions as usize, Default::default);
+        for part in &self.parts {
+            let (partition, bytes) = place(part);
+            records[partition].2 += bytes;
+        }
+        for part in &self.parts {
+            let (partition, bytes) = place(part);
+            let (buffer, parts, total) = &mut records[partition];
+            if *parts > 0 && buffer.len() + bytes > most {
                 buffer.extend_from_slice(attempt);
                 record(partition as i32, buffer, *parts);
                 buffer.clear();
                 *parts = 0;
             }
             if buffer.capacity() == 0 {
-                buffer.reserve(share.min(most));
+                buffer.reserve_exact((*total).min(most) + attempt.len());
             }
             encode_key(1, WireType::LengthDelimited, buffer);
-            encode_varint(len as u64, buffer);
+            encode_varint((part.end - part.start) as u64, buffer);
             buffer.extend_from_slice(&self.bytes[part.start..part.end]);
             *parts += 1;
         }
-        for (partition, (buffer, parts)) in records.iter_mut().enumerate() {
+        for (partition, (buffer, parts, _)) in records.iter_mut().enumerate() {
             if *parts > 0 {
                 buffer.extend_from_slice(attempt);
                 record(partition as i32, buffer, *parts);
