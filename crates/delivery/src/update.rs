@@ -122,6 +122,13 @@ impl Update {
         u64::from_le_bytes(self.array(48))
     }
 
+    /// Reads a byte of each cache line the update lies in, and returns them xor-ed: to have
+    /// them in the cache before they are needed (see `Lane::receive`).
+    pub fn touch(&self) -> u8 {
+        let last = self.0.last().copied().unwrap_or(0);
+        self.0.iter().step_by(64).fold(last, |all, &b| all ^ b)
+    }
+
     /// The changes, in their order in the update.
     pub fn changes(&self) -> impl ExactSizeIterator<Item = Change> + Clone + '_ {
         let end = HEADER + CHANGE * self.u32_at(32);
