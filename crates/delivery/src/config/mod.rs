@@ -6,7 +6,7 @@
 //! in `raw`, the `kafka:` block in `kafka`, destinations in `validate`, their tunable keys in
 //! `tuning`, and URLs, secrets and auth in `auth`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +24,9 @@ mod validate;
 pub use kafka::KafkaConfig;
 use raw::RawFile;
 use validate::validate;
+
+/// Our segment id → the partner's `Segment_ID` ([`DestinationConfig::segments`]).
+pub type SegmentMap = HashMap<u64, Arc<str>, foldhash::fast::RandomState>;
 
 /// Everything delivery needs, validated.
 #[derive(Debug, Clone)]
@@ -56,7 +59,9 @@ pub struct DestinationConfig {
     /// Whose synced ids fill `DataPartner_UUID`; none → `""`.
     pub data_partner: Option<u64>,
     /// Our segment id → the partner's `Segment_ID`; each `Segment_ID` from one of ours.
-    pub segments: BTreeMap<u64, Arc<str>>,
+    /// Looked up for every change a batch takes: hashed (foldhash; the ids are ours), where a
+    /// search of a tree was 1 % of a drain.
+    pub segments: SegmentMap,
     /// How requests show they are ours. Default none (logged at WARN on every start).
     pub auth: AuthConfig,
     /// Extra trust root (PEM) for the partner's certificate, besides the system roots.

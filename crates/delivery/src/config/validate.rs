@@ -212,7 +212,7 @@ fn validate_destination(
         client_id,
         user_dpid,
         data_partner: raw.data_partner,
-        segments,
+        segments: segments.into_iter().collect(),
         auth,
         ca_file: raw.ca_file,
         ca_pem,
