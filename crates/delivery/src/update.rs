@@ -129,6 +129,12 @@ impl Update {
         self.0.iter().step_by(64).fold(last, |all, &b| all ^ b)
     }
 
+    /// How many hold the update (its `Arc`'s count); read to have the count in the cache
+    /// before it is given back.
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
     /// The changes, in their order in the update.
     pub fn changes(&self) -> impl ExactSizeIterator<Item = Change> + Clone + '_ {
         let end = HEADER + CHANGE * self.u32_at(32);
