@@ -68,11 +68,13 @@ impl Lane {
         }
         let mut sending = Sending::new(self.watermarks.as_ref().map(|(w, _)| w));
         // Events taken from the queue and not batched yet, the next one last.
-        let mut received: Vec<RoutedEvent> = Vec::with_capacity(RECEIVE);
+        let mut received: Vec<RoutedEvent> = Vec::new();
         loop {
             let first = match received.pop() {
                 Some(event) => event,
                 None => {
+                    // An idle lane holds no buffer: a thousand destinations' lanes would.
+                    received = Vec::new();
                     let idle = self.waiting();
                     self.receive(&mut received).await;
                     drop(idle);
