@@ -105,6 +105,18 @@ impl DeliveryLog {
         records: IntCounter,
         dropped: IntCounter,
     ) -> Result<Arc<Self>, KafkaError> {
+        Self::start_refreshing(kafka, topic, records, dropped, PARTITIONS_REFRESH)
+    }
+
+    /// [`Self::start`], reading the partition count again every `refresh` (a test's
+    /// broker sees a change sooner than the service's minute).
+    fn start_refreshing(
+        kafka: &KafkaSettings,
+        topic: &str,
+        records: IntCounter,
+        dropped: IntCounter,
+        refresh: Duration,
+    ) -> Result<Arc<Self>, KafkaError> {
         let producer = Self::client_config(kafka).create_with_context(LogContext {
             dropped: dropped.clone(),
         })?;
@@ -128,7 +140,7 @@ impl DeliveryLog {
             &log,
             |log| &log.producer,
             move |log| {
-                if asked.elapsed() >= PARTITIONS_REFRESH {
+                if asked.elapsed() >= refresh {
                     asked = std::time::Instant::now();
                     log.refresh_partitions();
                 }

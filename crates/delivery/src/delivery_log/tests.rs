@@ -407,3 +407,100 @@ fn records_the_broker_refuses_are_counted_as_dropped_and_the_rest_are_not() {
     log.flush(Duration::from_secs(10));
     assert_eq!((records.get(), dropped.get()), (6, 3), "three refused");
 }
+
+/// A log topic given more partitions while delivery runs (a real broker): the writer reads the
+/// new count (every minute in the service, sooner here) and places each user's part by it,
+/// in the partition where an erasure's tombstone and `delivery log --user` look.
+#[test]
+fn a_topic_given_more_partitions_has_users_placed_by_the_new_count() {
+    use crate::batcher::tests::{change, destination, update};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{Message as _, Offset, TopicPartitionList};
+    use std::time::{Duration, Instant};
+    use telemetry::prometheus::IntCounter;
+
+    testkit::kafka::require_broker();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let topic = runtime.block_on(testkit::kafka::unique_topic("delivery-log", 1));
+    let kafka = testkit::kafka::settings();
+    let records = IntCounter::new("records", "records").unwrap();
+    let dropped = IntCounter::new("dropped", "dropped").unwrap();
+    let refresh = Duration::from_millis(200);
+    let log = DeliveryLog::start_refreshing(&kafka, &topic, records, dropped, refresh).unwrap();
+    assert_eq!(log.partitions.load(Ordering::Relaxed), 1);
+
+    let admin: AdminClient<DefaultClientContext> =
+        testkit::kafka::client_config().create().unwrap();
+    let added = runtime
+        .block_on(admin.create_partitions(&[NewPartitions::new(&topic, 4)], &AdminOptions::new()))
+        .unwrap();
+    assert!(added.iter().all(Result::is_ok), "{added:?}");
+    let asked = Instant::now();
+    while log.partitions.load(Ordering::Relaxed) != 4 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "the writer still places users by {} partitions",
+            log.partitions.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut batch = crate::batcher::DestinationBatch::new(destination(""));
+    batch.keep_log();
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        batch
+            .add(update(user, &[], &[], vec![change(14356, true, 1)]))
+            .unwrap();
+    }
+    log.record(batch.log_users().unwrap(), 423, 1, "k", &delivered(b""));
+    log.flush(Duration::from_secs(10));
+
+    let consumer: BaseConsumer = testkit::kafka::client_config()
+        .set("group.id", testkit::unique_name("delivery-log-read"))
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..4 {
+        partitions
+            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&partitions).unwrap();
+    let mut placed: Vec<(String, i32)> = Vec::new();
+    let reading = Instant::now();
+    while placed.len() < users.len() && reading.elapsed() < Duration::from_secs(30) {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let attempt = DeliveryLogAttempt::decode(message.payload().unwrap()).unwrap();
+        placed.extend(
+            attempt
+                .users
+                .into_iter()
+                .map(|u| (u.user_id, message.partition())),
+        );
+    }
+    placed.sort();
+    let mut expected: Vec<(String, i32)> = users
+        .iter()
+        .map(|u| {
+            (
+                u.clone(),
+                telemetry::partition::librdkafka_partition(u.as_bytes(), 4),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        placed, expected,
+        "each user once, in their id's partition of four"
+    );
+    assert!(
+        expected.iter().any(|&(_, p)| p != 0),
+        "some users' ids go past the first partition"
+    );
+}
