@@ -332,10 +332,13 @@ impl<'a> Iterator for PartnerUuids<'a> {
 }
 
 impl PartnerUuids<'_> {
-    /// Where the entry ends: past its last id.
-    fn end(mut self) -> usize {
-        while self.next().is_some() {}
-        self.at
+    /// Where the entry ends: past its last id. By the ids' lengths alone: read as `&str`, each
+    /// was checked for UTF-8 only to be stepped over (1 % of a drain, in finding a data
+    /// partner's entry).
+    fn end(self) -> usize {
+        (0..self.left).fold(self.at, |at, _| {
+            at + 4 + u32::from_le_bytes(array(self.bytes, at)) as usize
+        })
     }
 }
 
