@@ -358,7 +358,10 @@ impl WatermarkTable {
         }
     }
 
-    /// `destination` finished the event; ignored if that assignment is gone.
+    /// `destination` finished the event; ignored if that assignment is gone. The lanes finish
+    /// their batches with [`Self::finish_all`]; this one-at-a-time form, a binary search per
+    /// event, is the reference the tests hold `finish_all` to.
+    #[cfg(test)]
     pub fn finish(&mut self, source: EventSource, destination: usize) {
         let Some(state) = self.current(source.assignment) else {
             return;
