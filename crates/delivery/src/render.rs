@@ -21,7 +21,7 @@ use crate::config::{AuthConfig, DeliveryConfig, DestinationConfig};
 use crate::offsets::PartitionAssignment;
 use crate::payload::{idempotency_key, write_body};
 use crate::router::Router;
-use crate::sender::{USER_AGENT, request_headers};
+use crate::sender::request_headers;
 use crate::update::Update;
 
 /// What `render` shows for an OAuth destination's `authorization` header.
@@ -250,12 +250,8 @@ impl<'a> RequestWriter<'a> {
         } else {
             body.len()
         };
-        // What the HTTP stack adds (reqwest's defaults and hyper's `host`), then delivery's own.
-        let mut headers = vec![
-            ("host".to_owned(), authority(&destination.url)),
-            ("user-agent".to_owned(), USER_AGENT.to_owned()),
-            ("accept".to_owned(), "*/*".to_owned()),
-        ];
+        // What the HTTP stack adds (hyper's `host`), then delivery's own.
+        let mut headers = vec![("host".to_owned(), authority(&destination.url))];
         for (name, value) in &request_headers(destination.gzip, &key, &signatures) {
             let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
             headers.push((name.as_str().to_owned(), value));

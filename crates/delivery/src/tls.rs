@@ -1,13 +1,12 @@
 //! What a destination's HTTPS connections trust: the system roots plus the destination's
 //! `ca_file`, verified by rustls itself (no setting turns verification off).
 //!
-//! The sender's connections are made by reqwest, which builds its rustls config from the
-//! certificates it is given and offers no way to run a handshake alone. `check-config
-//! --connect` must send nothing, so it runs the handshake itself with [`handshake_config`]:
-//! the same trust (the certificates of [`ca_file_certificates`], which the sender gives
-//! reqwest too, plus the system roots reqwest loads), the same provider (ring), TLS versions
-//! (1.2 and 1.3) and ALPN offer (`h2`, `http/1.1`) as reqwest 0.12 with
-//! `rustls-tls-native-roots`. A verdict of the check is the verdict of the sender.
+//! The sender's batches go through hyper's client with the rustls config of
+//! [`handshake_config`]: the certificates of [`ca_file_certificates`] plus the system roots,
+//! the ring provider, TLS 1.2 and 1.3, and the ALPN offer `h2`, `http/1.1`. `check-config
+//! --connect` must send nothing, so it runs the handshake alone with the same config: a verdict
+//! of the check is the verdict of the sender. (OAuth token requests go through reqwest 0.12 with
+//! `rustls-tls-native-roots`, given the same certificates: the same trust, versions and offer.)
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@ use rustls::CertificateError;
 use rustls::pki_types::UnixTime;
 
 /// What a TLS failure in `error`'s source chain (a `rustls::Error`, also inside an
-/// `std::io::Error`, as reqwest → hyper → rustls and tokio-rustls report it) means and how to
+/// `std::io::Error`, as hyper → rustls, reqwest and tokio-rustls report it) means and how to
 /// fix it, in one sentence. `None` when the chain holds no TLS failure this knows.
 pub fn explain_tls_error(error: &(dyn StdError + 'static)) -> Option<String> {
     chain(error).find_map(rustls_error).and_then(explain_rustls)

@@ -28,6 +28,8 @@ mod tests;
 
 pub(crate) use request::error_chain;
 use request::{Answer, Attempt};
+#[cfg(test)]
+pub(crate) use request::{RequestError, bare_post_error};
 pub use request::{USER_AGENT, http_client, parse_retry_after, request_headers};
 
 /// Why a batch was not delivered, after its last attempt.
@@ -59,6 +61,8 @@ pub enum SenderBuildError {
     Client(reqwest::Error, u64),
     #[error("destination {0}: cannot set up TLS: {1}")]
     Tls(u64, String),
+    #[error("destination {0}: url: {1}")]
+    Url(u64, String),
 }
 
 /// Everything needed to send to one destination, shared by all its lanes (and by the
@@ -66,7 +70,9 @@ pub enum SenderBuildError {
 #[derive(Debug)]
 pub struct DestinationSender {
     pub config: Arc<DestinationConfig>,
-    client: reqwest::Client,
+    /// The client of its batches, and the `url` in the form it takes (parsed once).
+    partner: request::PartnerClient,
+    uri: hyper::Uri,
     auth: Auth,
     circuit: Circuit,
     /// `rate_limit_rps` is for the whole cluster: this worker's share, by the real-time
@@ -111,13 +117,15 @@ impl DestinationSender {
         metrics: DestinationMetrics,
         log: Option<Arc<crate::delivery_log::DeliveryLog>>,
     ) -> Result<Self, SenderBuildError> {
-        let client = http_client(&config)?;
+        let (clients, _built) = request::shared_clients(&config)?;
+        let uri = hyper::Uri::try_from(config.url.as_str())
+            .map_err(|e| SenderBuildError::Url(config.id, e.to_string()))?;
         let auth = match &config.auth {
             AuthConfig::None => Auth::None,
             AuthConfig::Hmac(hmac) => Auth::Hmac(HmacSigner::new(hmac.clone())),
             AuthConfig::OAuth2(oauth) => Auth::OAuth2(OAuthTokenSource::new(
                 oauth.clone(),
-                client.clone(),
+                clients.token,
                 config.timeout,
                 metrics.oauth_token_ok.clone(),
                 metrics.oauth_token_error.clone(),
@@ -131,7 +139,8 @@ impl DestinationSender {
         );
         Ok(Self {
             config,
-            client,
+            partner: clients.partner,
+            uri,
             auth,
             circuit,
             rate_limiter,

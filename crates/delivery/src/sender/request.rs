@@ -6,9 +6,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::StatusCode;
+use hyper::header::{
+    ACCEPT, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+    USER_AGENT as USER_AGENT_HEADER,
+};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use model::ErrorClass;
-use reqwest::StatusCode;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use super::{DestinationSender, SenderBuildError};
 use crate::auth::Auth;
@@ -55,25 +63,27 @@ impl DestinationSender {
         &self,
         body: &Bytes,
         idempotency_key: &str,
-        signatures: &[(reqwest::header::HeaderName, HeaderValue)],
+        signatures: &[(HeaderName, HeaderValue)],
         answer: &mut Answer,
     ) -> Attempt {
-        let mut request = self
-            .client
-            .post(self.config.url.clone())
-            .timeout(self.config.timeout)
-            .headers(request_headers(
-                self.config.gzip,
-                idempotency_key,
-                signatures,
-            ))
-            .body(body.clone());
+        let mut headers = request_headers(self.config.gzip, idempotency_key, signatures);
         let token = match &self.auth {
             Auth::OAuth2(tokens) => match tokens.token().await {
-                Ok(token) => {
-                    request = request.bearer_auth(&token);
-                    Some((tokens, token))
-                }
+                Ok(token) => match bearer(&token) {
+                    Some(value) => {
+                        headers.insert(hyper::header::AUTHORIZATION, value);
+                        Some((tokens, token))
+                    }
+                    None => {
+                        tokens.invalidate(&token).await;
+                        return Attempt::Retry {
+                            class: ErrorClass::Auth,
+                            error: "the token endpoint's access_token cannot be sent in a header"
+                                .to_owned(),
+                            status: None,
+                        };
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(destination = self.config.id, %error, "No OAuth token for a batch; the batch is retried, then dead-lettered.");
                     return Attempt::Retry {
@@ -85,25 +95,36 @@ impl DestinationSender {
             },
             Auth::None | Auth::Hmac(_) => None,
         };
+        let mut request = hyper::Request::new(Full::new(body.clone()));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
 
         self.metrics.in_flight.inc();
         let started = tokio::time::Instant::now();
         // The whole response, body included, must arrive within the timeout.
-        let result = match request.send().await {
-            Ok(mut response) => {
-                let status = response.status();
-                answer.status = Some(status.as_u16());
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                read_capped(&mut response, MAX_RESPONSE_BYTES, answer)
-                    .await
-                    .map(|()| (status, retry_after))
-            }
-            Err(error) => Err(error),
+        let timeout = self.config.timeout;
+        let exchange = async {
+            let response = self
+                .partner
+                .request(request)
+                .await
+                .map_err(RequestError::Send)?;
+            let status = response.status();
+            answer.status = Some(status.as_u16());
+            let retry_after = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+            read_capped(response.into_body(), MAX_RESPONSE_BYTES, answer)
+                .await
+                .map_err(RequestError::Body)?;
+            Ok((status, retry_after))
         };
+        let result = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(RequestError::Timeout(timeout)));
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
@@ -152,7 +173,6 @@ impl DestinationSender {
             Err(error) => {
                 let (outcome, class) = classify(&error);
                 self.metrics.request(outcome).inc();
-                let error = error.without_url();
                 // What a TLS failure means and how to fix it, in plain words.
                 let explanation = (class == ErrorClass::Tls)
                     .then(|| crate::tls_explain::explain_tls_error(&error))
@@ -173,27 +193,42 @@ impl DestinationSender {
     }
 }
 
-/// The HTTPS client of one destination, for its requests and its OAuth token requests.
+/// A destination's HTTPS clients: hyper's, for the batches it sends, and reqwest's, for its
+/// OAuth token requests and `check-config --connect`'s token check.
 ///
 /// Certificates and host names are always verified (rustls with the system roots plus
-/// `ca_file`, see `tls`); no setting turns that off. Redirects are not followed: a partner
-/// answers with a success code or the attempt failed. Following one would send the signed body
-/// (307/308) to a URL nobody configured, possibly over plain HTTP, or turn the POST into a
-/// body-less GET (301/302/303) whose 200 would count a batch as delivered that the partner
-/// never received. Plain `http://` only with `dangerous_allow_http`.
+/// `ca_file`, see `tls`); no setting turns that off. Redirects are not followed (neither client
+/// follows any): a partner answers with a success code or the attempt failed. Following one
+/// would send the signed body (307/308) to a URL nobody configured, possibly over plain HTTP,
+/// or turn the POST into a body-less GET (301/302/303) whose 200 would count a batch as
+/// delivered that the partner never received. Plain `http://` only with
+/// `dangerous_allow_http`.
 ///
-/// Destinations with the same settings (trust, `dangerous_allow_http`, `timeout`) share one
-/// client, for the life of the process: its root store (the system's, parsed once), its
+/// Destinations with the same settings (trust, `dangerous_allow_http`, `timeout`) share both
+/// clients, for the life of the process: their root store (the system's, parsed once), their
 /// connection pools and TLS sessions. A thousand destinations of a few partners hold a few
-/// clients, not a thousand. Idle connections close after reqwest's 90 s.
-pub fn http_client(config: &DestinationConfig) -> Result<reqwest::Client, SenderBuildError> {
-    shared_client(config).map(|(client, _built)| client)
+/// clients, not a thousand. Idle connections close after 90 s.
+#[derive(Clone)]
+pub(super) struct Clients {
+    pub(super) partner: PartnerClient,
+    pub(super) token: reqwest::Client,
 }
 
-/// [`http_client`], and whether this call built it (else another destination's is shared).
-pub(super) fn shared_client(
+/// The client of a destination's batches: hyper's pooled client over rustls, with the trust,
+/// TLS versions and ALPN offer (`h2`, `http/1.1`) of [`crate::tls::handshake_config`], which
+/// `check-config --connect` uses too. Requests go to it as built, without reqwest's layers.
+pub(super) type PartnerClient = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The reqwest client of a destination (its OAuth token requests): see [`Clients`].
+pub fn http_client(config: &DestinationConfig) -> Result<reqwest::Client, SenderBuildError> {
+    shared_clients(config).map(|(clients, _built)| clients.token)
+}
+
+/// The destination's [`Clients`], and whether this call built them (else another
+/// destination's are shared).
+pub(super) fn shared_clients(
     config: &DestinationConfig,
-) -> Result<(reqwest::Client, bool), SenderBuildError> {
+) -> Result<(Clients, bool), SenderBuildError> {
     let key = ClientKey {
         allow_http: config.dangerous_allow_http,
         connect_timeout: config.timeout,
@@ -202,8 +237,8 @@ pub(super) fn shared_client(
     let mut clients = CLIENTS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(client) = clients.get(&key) {
-        return Ok((client.clone(), false));
+    if let Some(built) = clients.get(&key) {
+        return Ok((built.clone(), false));
     }
     let mut builder = reqwest::Client::builder()
         .https_only(!key.allow_http)
@@ -215,11 +250,41 @@ pub(super) fn shared_client(
             .map_err(|e| SenderBuildError::Client(e, config.id))?;
         builder = builder.add_root_certificate(certificate);
     }
-    let client = builder
+    let token = builder
         .build()
         .map_err(|e| SenderBuildError::Client(e, config.id))?;
-    clients.insert(key, client.clone());
-    Ok((client, true))
+    let built = Clients {
+        partner: partner_client(config, &key)?,
+        token,
+    };
+    clients.insert(key, built.clone());
+    Ok((built, true))
+}
+
+fn partner_client(
+    config: &DestinationConfig,
+    key: &ClientKey,
+) -> Result<PartnerClient, SenderBuildError> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false); // the TLS connector above it takes https
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(key.connect_timeout));
+    let mut tls = crate::tls::handshake_config(config)?;
+    // hyper-rustls sets the ALPN offer itself, from the versions enabled below: the same
+    // `h2`, `http/1.1`.
+    tls.alpn_protocols.clear();
+    let tls = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let tls = if key.allow_http {
+        tls.https_or_http()
+    } else {
+        tls.https_only()
+    };
+    let connector = tls.enable_http1().enable_http2().wrap_connector(tcp);
+    Ok(HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector))
 }
 
 /// What an HTTPS client is built from: destinations with equal keys share one.
@@ -231,19 +296,41 @@ struct ClientKey {
     trusted: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// The clients built so far, one per distinct [`ClientKey`].
-static CLIENTS: std::sync::LazyLock<std::sync::Mutex<HashMap<ClientKey, reqwest::Client>>> =
+/// The clients built so far, one pair per distinct [`ClientKey`].
+static CLIENTS: std::sync::LazyLock<std::sync::Mutex<HashMap<ClientKey, Clients>>> =
     std::sync::LazyLock::new(Default::default);
 
-/// The headers of a request that delivery sets itself: the transport adds `host`,
-/// `user-agent` ([`USER_AGENT`]), `accept` and `content-length`, and an OAuth destination's
-/// `authorization` is added per attempt. `delivery render` prints these too.
+/// `Authorization: Bearer <token>`, marked sensitive (kept out of hyper's debug output);
+/// `None` for a token no header can hold.
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// Why an attempt got no complete answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    /// The partner's whole answer, body included, did not arrive within `timeout_ms`.
+    #[error("no complete answer within the destination's timeout_ms ({} ms)", .0.as_millis())]
+    Timeout(Duration),
+    #[error("error sending request")]
+    Send(#[source] hyper_util::client::legacy::Error),
+    #[error("error reading the partner's answer")]
+    Body(#[source] hyper::Error),
+}
+
+/// The headers of a request that delivery sets itself: the transport adds `host` (HTTP/1.1;
+/// `:authority` over HTTP/2) and `content-length`, and an OAuth destination's `authorization`
+/// is added per attempt. `delivery render` prints these too.
 pub fn request_headers(
     gzip: bool,
     idempotency_key: &str,
     signatures: &[(HeaderName, HeaderValue)],
 ) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(3 + signatures.len());
+    let mut headers = HeaderMap::with_capacity(5 + signatures.len());
+    headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
+    headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     // The key is hex: always a valid header value.
     if let Ok(key) = HeaderValue::from_str(idempotency_key) {
@@ -260,19 +347,24 @@ pub fn request_headers(
 
 /// Timeout, TLS or connection: the closed set that becomes a metric label. TLS failures are
 /// recognised by a `rustls::Error` in the source chain, or by the text rustls gives them
-/// (hyper-util flattens some handshake errors into its connect error).
-fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
-    if error.is_timeout() {
+/// (hyper-util flattens some handshake errors into its connect error). A connection that timed
+/// out (`timeout_ms` is the connect timeout too) is a timeout.
+fn classify(error: &RequestError) -> (RequestOutcome, ErrorClass) {
+    if matches!(error, RequestError::Timeout(_)) {
         return (RequestOutcome::Timeout, ErrorClass::Timeout);
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
+        let io = e.downcast_ref::<std::io::Error>();
         let is_tls = e.downcast_ref::<rustls::Error>().is_some()
-            || e.downcast_ref::<std::io::Error>()
+            || io
                 .and_then(|io| io.get_ref())
                 .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
         if is_tls {
             return (RequestOutcome::Tls, ErrorClass::Tls);
+        }
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return (RequestOutcome::Timeout, ErrorClass::Timeout);
         }
         source = e.source();
     }
@@ -294,6 +386,23 @@ fn classify(error: &reqwest::Error) -> (RequestOutcome, ErrorClass) {
     (RequestOutcome::Connect, ErrorClass::Connect)
 }
 
+/// What one bare POST to the destination's `url` with its partner client failed with, and the
+/// class the sender gives that (the tests of real connection failures).
+#[cfg(test)]
+pub(crate) async fn bare_post_error(config: &DestinationConfig) -> (RequestError, ErrorClass) {
+    let (clients, _) = shared_clients(config).expect("the destination's clients");
+    let mut request = hyper::Request::new(Full::new(Bytes::from_static(b"[]")));
+    *request.method_mut() = hyper::Method::POST;
+    *request.uri_mut() = config.url.as_str().parse().expect("a url hyper takes");
+    let error = match tokio::time::timeout(config.timeout, clients.partner.request(request)).await {
+        Ok(Ok(response)) => panic!("the request was answered: {}", response.status()),
+        Ok(Err(error)) => RequestError::Send(error),
+        Err(_) => RequestError::Timeout(config.timeout),
+    };
+    let (_, class) = classify(&error);
+    (error, class)
+}
+
 /// An error and its causes, `: `-separated.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -307,23 +416,25 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Reads at most `limit` bytes of the response body: a partner's answer is not needed beyond
-/// that, and an endless one must not hold the lane or its memory.
+/// that, and an endless one must not hold the lane or its memory (the rest is dropped with the
+/// connection or the stream).
 async fn read_capped(
-    response: &mut reqwest::Response,
+    mut body: hyper::body::Incoming,
     limit: usize,
     answer: &mut Answer,
-) -> reqwest::Result<()> {
+) -> Result<(), hyper::Error> {
     let mut read = 0;
     while read < limit {
-        match response.chunk().await? {
-            Some(chunk) => {
-                let room = &mut answer.head[answer.head_len..];
-                let n = room.len().min(chunk.len());
-                room[..n].copy_from_slice(&chunk[..n]);
-                answer.head_len += n;
-                read += chunk.len();
-            }
-            None => break,
+        let Some(frame) = body.frame().await.transpose()? else {
+            break;
+        };
+        // Trailers are not the answer's body.
+        if let Ok(chunk) = frame.into_data() {
+            let room = &mut answer.head[answer.head_len..];
+            let n = room.len().min(chunk.len());
+            room[..n].copy_from_slice(&chunk[..n]);
+            answer.head_len += n;
+            read += chunk.len();
         }
     }
     Ok(())

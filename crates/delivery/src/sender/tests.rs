@@ -1,4 +1,5 @@
-//! When a destination counts as slow, and how `Retry-After` reads.
+//! When a destination counts as slow, how `Retry-After` reads, which destinations share a
+//! client, and how a real failed connection is classed.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -80,7 +81,7 @@ fn destinations_with_the_same_connection_settings_share_one_https_client() {
         crate::config::DeliveryConfig::parse(std::path::Path::new("clients.yaml"), yaml, &|_| None)
             .unwrap();
     let built = |i: usize| {
-        super::request::shared_client(&config.destinations[i])
+        super::request::shared_clients(&config.destinations[i])
             .unwrap()
             .1
     };
@@ -88,4 +89,52 @@ fn destinations_with_the_same_connection_settings_share_one_https_client() {
     assert!(!built(1), "another partner, the same settings: shared");
     assert!(built(2), "another timeout: a client of its own");
     assert!(!built(0) && !built(2));
+}
+
+/// One destination at `url` with `timeout_ms` (no auth: these tests never get an answer).
+fn destination_at(url: &str, timeout_ms: u64) -> std::sync::Arc<crate::config::DestinationConfig> {
+    let yaml = format!(
+        "destinations:\n  - {{ id: 1, url: \"{url}\", client_id: x, user_dpid: 1, timeout_ms: {timeout_ms}, segments: {{ 1: \"1\" }} }}\n"
+    );
+    let mut config =
+        crate::config::DeliveryConfig::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None)
+            .unwrap();
+    config.destinations.remove(0)
+}
+
+/// Nothing listening is a connection failure; a partner that accepts the connection and never
+/// answers is a timeout, after the destination's `timeout_ms` (the classes of the dead letter
+/// and of `delivery_requests_total`'s outcome).
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_failure_and_a_silent_partner_a_timeout() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (error, class) = crate::sender::bare_post_error(&destination_at(
+        &format!("https://127.0.0.1:{port}/x"),
+        2_911,
+    ))
+    .await;
+    assert_eq!(class, model::ErrorClass::Connect, "{error:?}");
+
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let started = std::time::Instant::now();
+    let (error, class) = crate::sender::bare_post_error(&destination_at(
+        &format!("https://127.0.0.1:{port}/x"),
+        311,
+    ))
+    .await;
+    assert_eq!(class, model::ErrorClass::Timeout, "{error:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -1,6 +1,6 @@
 //! Each failure a partner connection meets, in plain words: rustls errors built as rustls
-//! reports them, then the same failures from real connections (reqwest, as the sender makes
-//! them) to receivers presenting each kind of bad certificate.
+//! reports them, then the same failures from real connections (the sender's partner client, as
+//! the sender makes them) to receivers presenting each kind of bad certificate.
 
 use std::sync::Arc;
 
@@ -133,8 +133,9 @@ fn connection_failures_are_explained_with_what_to_check() {
     );
 }
 
-/// The error of a real request, made with the sender's HTTPS client trusting `receiver`'s CA.
-async fn request_error(receiver: &Receiver) -> reqwest::Error {
+/// The error of a real request, made with the sender's partner client trusting `receiver`'s
+/// CA; it must be classed a TLS failure.
+async fn request_error(receiver: &Receiver) -> crate::sender::RequestError {
     let yaml = format!(
         "destinations:\n  - {{ id: 1, url: \"{}\", ca_file: \"{}\", client_id: x, user_dpid: 1, segments: {{ 1: \"1\" }} }}\n",
         receiver.url("/aam"),
@@ -143,16 +144,13 @@ async fn request_error(receiver: &Receiver) -> reqwest::Error {
     let config =
         crate::config::DeliveryConfig::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None)
             .unwrap();
-    let client = crate::sender::http_client(&config.destinations[0]).unwrap();
-    client
-        .post(receiver.url("/aam"))
-        .send()
-        .await
-        .expect_err("the certificate must be refused")
+    let (error, class) = crate::sender::bare_post_error(&config.destinations[0]).await;
+    assert_eq!(class, model::ErrorClass::Tls, "{error:?}");
+    error
 }
 
 #[tokio::test]
-async fn the_sender_s_own_tls_failures_are_explained_through_reqwest_s_error_chain() {
+async fn the_sender_s_own_tls_failures_are_explained_through_its_client_s_error_chain() {
     for (tls, expected) in [
         (Tls::Expired, "expired at 2021-01-01T00:00:00Z"),
         (
