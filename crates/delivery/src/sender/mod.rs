@@ -29,7 +29,7 @@ mod tests;
 pub(crate) use request::error_chain;
 use request::{Answer, Attempt};
 #[cfg(test)]
-pub(crate) use request::{RequestError, bare_post_error};
+pub(crate) use request::{RequestError, bare_post_error, one_destination};
 pub use request::{USER_AGENT, http_client, parse_retry_after, request_headers};
 
 /// Why a batch was not delivered, after its last attempt.

@@ -95,10 +95,7 @@ impl DestinationSender {
             },
             Auth::None | Auth::Hmac(_) => None,
         };
-        let mut request = hyper::Request::new(Full::new(body.clone()));
-        *request.method_mut() = hyper::Method::POST;
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = headers;
+        let request = post(self.uri.clone(), headers, body.clone());
 
         self.metrics.in_flight.inc();
         let started = tokio::time::Instant::now();
@@ -300,6 +297,15 @@ struct ClientKey {
 static CLIENTS: std::sync::LazyLock<std::sync::Mutex<HashMap<ClientKey, Clients>>> =
     std::sync::LazyLock::new(Default::default);
 
+/// A POST of `body` to `uri` with `headers`.
+fn post(uri: hyper::Uri, headers: HeaderMap, body: Bytes) -> hyper::Request<Full<Bytes>> {
+    let mut request = hyper::Request::new(Full::new(body));
+    *request.method_mut() = hyper::Method::POST;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+}
+
 /// `Authorization: Bearer <token>`, marked sensitive (kept out of hyper's debug output);
 /// `None` for a token no header can hold.
 fn bearer(token: &str) -> Option<HeaderValue> {
@@ -386,14 +392,26 @@ fn classify(error: &RequestError) -> (RequestOutcome, ErrorClass) {
     (RequestOutcome::Connect, ErrorClass::Connect)
 }
 
+/// One destination of the test config `fields` (its url and whatever else, YAML flow-map
+/// entries) with an id, a client id, a dpid and one segment.
+#[cfg(test)]
+pub(crate) fn one_destination(fields: &str) -> std::sync::Arc<DestinationConfig> {
+    let yaml = format!(
+        "destinations:\n  - {{ id: 1, {fields}, client_id: x, user_dpid: 1, segments: {{ 1: \"1\" }} }}\n"
+    );
+    crate::config::DeliveryConfig::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None)
+        .expect("a valid test config")
+        .destinations
+        .remove(0)
+}
+
 /// What one bare POST to the destination's `url` with its partner client failed with, and the
 /// class the sender gives that (the tests of real connection failures).
 #[cfg(test)]
 pub(crate) async fn bare_post_error(config: &DestinationConfig) -> (RequestError, ErrorClass) {
     let (clients, _) = shared_clients(config).expect("the destination's clients");
-    let mut request = hyper::Request::new(Full::new(Bytes::from_static(b"[]")));
-    *request.method_mut() = hyper::Method::POST;
-    *request.uri_mut() = config.url.as_str().parse().expect("a url hyper takes");
+    let uri = config.url.as_str().parse().expect("a url hyper takes");
+    let request = post(uri, HeaderMap::new(), Bytes::from_static(b"[]"));
     let error = match tokio::time::timeout(config.timeout, clients.partner.request(request)).await {
         Ok(Ok(response)) => panic!("the request was answered: {}", response.status()),
         Ok(Err(error)) => RequestError::Send(error),

@@ -91,17 +91,6 @@ fn destinations_with_the_same_connection_settings_share_one_https_client() {
     assert!(!built(0) && !built(2));
 }
 
-/// One destination at `url` with `timeout_ms` (no auth: these tests never get an answer).
-fn destination_at(url: &str, timeout_ms: u64) -> std::sync::Arc<crate::config::DestinationConfig> {
-    let yaml = format!(
-        "destinations:\n  - {{ id: 1, url: \"{url}\", client_id: x, user_dpid: 1, timeout_ms: {timeout_ms}, segments: {{ 1: \"1\" }} }}\n"
-    );
-    let mut config =
-        crate::config::DeliveryConfig::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None)
-            .unwrap();
-    config.destinations.remove(0)
-}
-
 /// Nothing listening is a connection failure; a partner that accepts the connection and never
 /// answers is a timeout, after the destination's `timeout_ms` (the classes of the dead letter
 /// and of `delivery_requests_total`'s outcome).
@@ -110,10 +99,9 @@ async fn a_refused_connection_is_a_connect_failure_and_a_silent_partner_a_timeou
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let (error, class) = crate::sender::bare_post_error(&destination_at(
-        &format!("https://127.0.0.1:{port}/x"),
-        2_911,
-    ))
+    let (error, class) = crate::sender::bare_post_error(&crate::sender::one_destination(&format!(
+        "url: \"https://127.0.0.1:{port}/x\", timeout_ms: 2911"
+    )))
     .await;
     assert_eq!(class, model::ErrorClass::Connect, "{error:?}");
 
@@ -126,10 +114,9 @@ async fn a_refused_connection_is_a_connect_failure_and_a_silent_partner_a_timeou
         }
     });
     let started = std::time::Instant::now();
-    let (error, class) = crate::sender::bare_post_error(&destination_at(
-        &format!("https://127.0.0.1:{port}/x"),
-        311,
-    ))
+    let (error, class) = crate::sender::bare_post_error(&crate::sender::one_destination(&format!(
+        "url: \"https://127.0.0.1:{port}/x\", timeout_ms: 311"
+    )))
     .await;
     assert_eq!(class, model::ErrorClass::Timeout, "{error:?}");
     assert!(

@@ -136,15 +136,12 @@ fn connection_failures_are_explained_with_what_to_check() {
 /// The error of a real request, made with the sender's partner client trusting `receiver`'s
 /// CA; it must be classed a TLS failure.
 async fn request_error(receiver: &Receiver) -> crate::sender::RequestError {
-    let yaml = format!(
-        "destinations:\n  - {{ id: 1, url: \"{}\", ca_file: \"{}\", client_id: x, user_dpid: 1, segments: {{ 1: \"1\" }} }}\n",
+    let destination = crate::sender::one_destination(&format!(
+        "url: \"{}\", ca_file: \"{}\"",
         receiver.url("/aam"),
         receiver.ca_file().display()
-    );
-    let config =
-        crate::config::DeliveryConfig::parse(std::path::Path::new("t.yaml"), &yaml, &|_| None)
-            .unwrap();
-    let (error, class) = crate::sender::bare_post_error(&config.destinations[0]).await;
+    ));
+    let (error, class) = crate::sender::bare_post_error(&destination).await;
     assert_eq!(class, model::ErrorClass::Tls, "{error:?}");
     error
 }
