@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use testkit::receiver::Receiver;
 use testkit::service::metric_value;
 
-use super::{DeliveryTest, T0, change, destination, entries, json, update};
+use super::{DeliveryTest, T0, change, destination, entries, json, update, update_now};
 
 fn hmac_base64<M: Mac + hmac::digest::KeyInit>(key: &str, body: &[u8]) -> String {
     let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key.as_bytes()).unwrap();
@@ -335,5 +335,63 @@ async fn the_linger_counts_from_the_change_time_not_from_its_arrival() {
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(12),
         "sent {took:?} after it was written: expected about 5 s (20 s linger from the change's time, 15 s ago)"
+    );
+}
+
+/// What comes while a batch lingers goes with it: three users a third of a second apart, on
+/// one lane with a 2 s linger, arrive in one request.
+#[tokio::test]
+async fn the_users_that_come_while_a_batch_lingers_go_with_it() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        443,
+        &receiver,
+        ", max_in_flight: 1, batch: { linger_ms: 2000 }",
+    )]);
+    let _service = test.start(&config, &[]).await;
+    for user in ["u1", "u2", "u3"] {
+        test.produce(&test.topic, &[update_now(user)]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let requests = receiver.requests();
+    let users: Vec<_> = entries(requests.iter().map(|r| json(&r.body)))
+        .into_iter()
+        .map(|(user, _, _)| user)
+        .collect();
+    assert_eq!(
+        (requests.len(), users),
+        (1, vec!["u1".to_owned(), "u2".to_owned(), "u3".to_owned()]),
+        "one request with the three users"
+    );
+}
+
+/// A batch goes as soon as it is full, however long its linger: 33 users, then 7 more a second
+/// later, on one lane with batches of 40 and a 20 s linger, arrive in one request within
+/// seconds of the last.
+#[tokio::test]
+async fn a_full_batch_goes_at_once_however_long_its_linger() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        444,
+        &receiver,
+        ", max_in_flight: 1, batch: { max_users: 40, linger_ms: 20000 }",
+    )]);
+    let _service = test.start(&config, &[]).await;
+    let users: Vec<_> = (0..40).map(|i| update_now(&format!("u{i}"))).collect();
+    test.produce(&test.topic, &users[..33]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = std::time::Instant::now();
+    test.produce(&test.topic, &users[33..]).await;
+    let received = receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    let took = received[0].received_at.duration_since(last);
+    let delivered = entries([json(&received[0].body)]).len();
+    assert_eq!(delivered, 40, "the first request holds the whole batch");
+    assert!(
+        took < Duration::from_secs(10),
+        "sent {took:?} after its last users were written: a full batch waited for its 20 s linger"
     );
 }
