@@ -275,7 +275,7 @@ async fn run(filters: Vec<String>) -> ExitCode {
             "chaos: starting Kafka for {on:?} scenarios on {}",
             broker.brokers()
         );
-        if let Err(e) = tokio::task::spawn_blocking(|| broker.up()).await {
+        if let Err(e) = tokio::task::spawn_blocking(|| broker.start_empty()).await {
             broker.down_quietly();
             println!("chaos: FAILED: {}", panic_message(e));
             return ExitCode::FAILURE;
