@@ -218,9 +218,10 @@ impl Lane {
         }
         let mut events = batch.take_events();
         crate::budget::release(&mut events);
-        if let Some((watermarks, destination)) = &self.watermarks {
-            let sources = events.iter().filter_map(|e| e.source);
-            watermarks.lock().finish_all(sources, *destination);
+        if let Some((_, destination)) = &self.watermarks {
+            // The accepted attempt lets go only now: a revocation waiting for it commits
+            // its events.
+            sending.finish(events.iter().filter_map(|e| e.source), *destination);
         }
         metrics.queue_depth.sub(queued as i64);
         // Each update's count is read first, one after another, so the misses overlap:
@@ -260,8 +261,9 @@ impl Lane {
     /// change older than `max_backlog_age` gives up on a transient failure. Replays
     /// (`hold_transient` false) give up after one round of attempts, as before.
     /// `sending` (claimed) holds the batch's input partitions while an attempt is on the wire
-    /// (see `offsets::Sending`); the batch is claimed again before each round, and at once when
-    /// a partition was revoked before an attempt.
+    /// (see `offsets::Sending`), and after the one the partner accepted until
+    /// [`Self::finish_batch`] finishes its events; the batch is claimed again before each
+    /// round, and at once when a partition was revoked before an attempt.
     async fn deliver(
         &self,
         batch: &mut DestinationBatch,
@@ -298,7 +300,9 @@ impl Lane {
                     .sender
                     .send(body, &key, self.priority, &mut on_attempt, sending)
                     .await;
-                sending.let_go();
+                if sent.is_err() {
+                    sending.let_go();
+                }
                 drop(partner);
                 match sent {
                     Ok(()) => return Ok(()),

@@ -18,8 +18,8 @@ use crate::sender::DestinationSender;
 
 /// Rebalance, commit and statistics callbacks: revoked partitions are dropped (their queued
 /// events are skipped by the lanes), wait for the attempts on the wire that hold their
-/// events, and are committed up to their watermark (with the positions of the destinations
-/// behind it); assigned ones start a new watermark, with the destinations that were behind at
+/// events, and are committed up to their watermark, the events of those attempts the partner
+/// accepted included (with the positions of the destinations behind it); assigned ones start a new watermark, with the destinations that were behind at
 /// the last commit detached from their positions; librdkafka's statistics feed the lag gauges.
 pub(super) struct PipelineContext {
     pub(super) topic: String,
@@ -128,13 +128,24 @@ impl PipelineContext {
     }
 
     /// Drops revoked partitions, waits for the attempts on the wire that hold their events, and
-    /// commits them up to their watermark (with the positions of the destinations behind it).
+    /// commits them up to their watermark (with the positions of the destinations behind it):
+    /// what those attempts delivered is finished by then, and their new owner does not send it
+    /// again.
     pub(super) fn revoke<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) {
-        let positions: Vec<CommitPosition> = {
+        let owned: Vec<i32> = {
             let mut table = self.watermarks.lock();
-            partitions.iter().filter_map(|&p| table.revoke(p)).collect()
+            let mut owned = partitions.to_vec();
+            owned.retain(|&p| table.start_revoking(p));
+            owned
         };
         self.wait_for_attempts(partitions);
+        let positions: Vec<CommitPosition> = {
+            let mut table = self.watermarks.lock();
+            owned
+                .iter()
+                .filter_map(|&p| table.finish_revoking(p))
+                .collect()
+        };
         if !positions.is_empty()
             && let Err(error) =
                 consumer.commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
@@ -145,9 +156,9 @@ impl PipelineContext {
     }
 
     /// Waits, up to `drain_timeout`, for the attempts on the wire that hold events of revoked
-    /// `partitions` (see `offsets::Sending`). Their new owner sends those events again from
-    /// the commit, and must not send a user's newer change before the partner answered this
-    /// worker's attempt of an older one. Revoked, the partitions' events make no further
+    /// `partitions` (see `offsets::Sending`). Their new owner sends again from the commit what
+    /// they did not deliver, and must not send a user's newer change before the partner
+    /// answered this worker's attempt of an older one. Revoked, the partitions' events make no further
     /// attempt here (no retry, nothing queued), so only attempts already on the wire are
     /// waited for. Not while leaving the group: the drain waited for everything already.
     fn wait_for_attempts(&self, partitions: &[i32]) {

@@ -119,6 +119,9 @@ pub struct WatermarkTable {
     ids: Vec<u64>,
     /// Per partition, the attempts on the wire holding events of it (see [`Sending`]).
     sending: HashMap<i32, u32>,
+    /// Partitions being given up ([`Self::start_revoking`]): no longer owned, their events
+    /// make no further attempt, but the attempts on the wire still finish theirs.
+    revoking: HashMap<i32, PartitionState>,
 }
 
 /// One owned partition: per destination, the offsets the shared consumer handed to it and
@@ -200,6 +203,7 @@ impl WatermarkTable {
             readers: vec![false; destination_ids.len()],
             ids: destination_ids,
             sending: HashMap::new(),
+            revoking: HashMap::new(),
         }
     }
 
@@ -317,10 +321,10 @@ impl WatermarkTable {
         self.partitions.len()
     }
 
-    /// Stops tracking a revoked partition; returns what to commit for it.
+    /// Stops tracking a revoked partition at once; returns what to commit for it.
     pub fn revoke(&mut self, partition: i32) -> Option<CommitPosition> {
-        let state = self.partitions.remove(&partition)?;
-        commit_position(partition, &state, &self.ids)
+        self.start_revoking(partition);
+        self.finish_revoking(partition)
     }
 
     /// Registers an event the shared consumer read, for the destinations in `targets` (by
@@ -363,7 +367,7 @@ impl WatermarkTable {
     /// event, is the reference the tests hold `finish_all` to.
     #[cfg(test)]
     pub fn finish(&mut self, source: EventSource, destination: usize) {
-        let Some(state) = self.current(source.assignment) else {
+        let Some(state) = self.finishing(source.assignment) else {
             return;
         };
         if source.catch_up {
@@ -389,7 +393,7 @@ impl WatermarkTable {
         let mut sources = sources.into_iter().peekable();
         while let Some(first) = sources.next() {
             let assignment = first.assignment;
-            let mut state = self.current(assignment);
+            let mut state = self.finishing(assignment);
             let mut from = 0;
             let mut next = Some(first);
             while let Some(source) = next {

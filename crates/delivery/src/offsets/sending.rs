@@ -9,9 +9,16 @@
 //! waits (a retry's jitter, a pause the partner asked for, a rate token). A revocation waits
 //! only for attempts on the wire (at most `timeout_ms` each; `drain_timeout_ms` at most in
 //! all); one that comes first makes the next attempt stop unmade, and the lane claims again.
+//! The attempt the partner accepted is held until its lane finished its events
+//! ([`Sending::finish`]), and a revoked partition's state is kept meanwhile
+//! ([`WatermarkTable::start_revoking`]): its commit then counts them, and the new owner does
+//! not send them again.
 
-use super::{PartitionAssignment, WatermarkTable, Watermarks};
-use crate::batcher::DestinationBatch;
+use super::{
+    CommitPosition, PartitionAssignment, PartitionState, WatermarkTable, Watermarks,
+    commit_position,
+};
+use crate::batcher::{DestinationBatch, EventSource};
 
 /// One lane's batch's input partitions, and whether an attempt holds them now; the lane
 /// keeps one for all its batches. Without watermarks (a replay) it holds nothing and refuses
@@ -83,21 +90,42 @@ impl Sending {
     }
 
     /// The send is about to wait (a retry's jitter, a pause the partner asked for, a rate
-    /// token), or is done: the batch's input partitions are not held meanwhile.
+    /// token), or failed: the batch's input partitions are not held meanwhile.
     pub fn let_go(&mut self) {
         let Some(watermarks) = self.table.as_ref().filter(|_| self.held) else {
             return;
         };
+        release(&self.assignments, &mut watermarks.lock());
+        self.held = false;
+    }
+
+    /// The batch is done (delivered, dead-lettered or given up): `destination` finished its
+    /// events (see [`WatermarkTable::finish_all`]), and the attempt the partner accepted lets
+    /// go, under one lock. A revocation waiting for that attempt then finds its events
+    /// finished as soon as it no longer holds the partition, and commits them.
+    pub fn finish(&mut self, sources: impl IntoIterator<Item = EventSource>, destination: usize) {
+        let Some(watermarks) = &self.table else {
+            return;
+        };
         let mut table = watermarks.lock();
-        for assignment in &self.assignments {
-            if let Some(count) = table.sending.get_mut(&assignment.partition) {
-                *count -= 1;
-                if *count == 0 {
-                    table.sending.remove(&assignment.partition);
-                }
+        table.finish_all(sources, destination);
+        if self.held {
+            release(&self.assignments, &mut table);
+        }
+        drop(table);
+        self.held = false;
+    }
+}
+
+/// One attempt no longer holds `assignments`' partitions.
+fn release(assignments: &[PartitionAssignment], table: &mut WatermarkTable) {
+    for assignment in assignments {
+        if let Some(count) = table.sending.get_mut(&assignment.partition) {
+            *count -= 1;
+            if *count == 0 {
+                table.sending.remove(&assignment.partition);
             }
         }
-        self.held = false;
     }
 }
 
@@ -111,5 +139,38 @@ impl WatermarkTable {
     /// Whether an attempt holding one of `partitions` is on the wire.
     pub fn is_sending(&self, partitions: &[i32]) -> bool {
         partitions.iter().any(|p| self.sending.contains_key(p))
+    }
+
+    /// Starts giving a revoked partition up: it is no longer owned (its queued events are
+    /// dropped by the lanes and no attempt holding it is made from here on), but the attempts
+    /// on the wire still finish their events, so that [`Self::finish_revoking`], once they
+    /// were answered, commits those the partner accepted. Their new owner then does not send
+    /// them again. `false` if the partition was not owned.
+    pub fn start_revoking(&mut self, partition: i32) -> bool {
+        let Some(state) = self.partitions.remove(&partition) else {
+            return false;
+        };
+        self.revoking.insert(partition, state);
+        true
+    }
+
+    /// Ends giving a partition up (see [`Self::start_revoking`]): what to commit for it.
+    pub fn finish_revoking(&mut self, partition: i32) -> Option<CommitPosition> {
+        let state = self.revoking.remove(&partition)?;
+        commit_position(partition, &state, &self.ids)
+    }
+
+    /// The state whose events of `assignment` are finished: an owned partition's, or one's
+    /// being given up (the answered attempts on the wire finish theirs).
+    pub(super) fn finishing(
+        &mut self,
+        assignment: PartitionAssignment,
+    ) -> Option<&mut PartitionState> {
+        let partition = &assignment.partition;
+        let state = match self.partitions.get_mut(partition) {
+            Some(state) => state,
+            None => self.revoking.get_mut(partition)?,
+        };
+        Some(state).filter(|s| s.generation == assignment.generation)
     }
 }

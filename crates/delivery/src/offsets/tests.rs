@@ -353,6 +353,66 @@ fn an_attempt_holds_its_partitions_and_none_is_made_after_a_revocation() {
     assert!(!sending(&[1]), "dropped: nothing held");
 }
 
+/// A partition given up while an attempt holding its events is on the wire is committed once
+/// that attempt is answered and its events finished (the lane lets go only then, under the
+/// same lock): its new owner does not send them again. What was queued behind them, never
+/// attempted, is not committed, and nothing finished after the partition was given up counts.
+#[test]
+fn a_revoked_partition_commits_what_its_attempt_on_the_wire_delivered() {
+    use crate::batcher::DestinationBatch;
+    use crate::batcher::tests::{change, destination, update};
+
+    let watermarks = Watermarks::new(vec![100]);
+    let a = watermarks.lock().assign(1, Some(10), &[]);
+    for offset in 10..16 {
+        watermarks.lock().track(1, offset, &mut vec![0]);
+    }
+    // 10..13 go out in an attempt; 13..16 wait behind it.
+    let mut batch = DestinationBatch::new(destination(""));
+    for offset in 10..13 {
+        let mut event = update(
+            &format!("u{offset}"),
+            &[],
+            &[],
+            vec![change(14356, true, 0)],
+        );
+        event.source = Some(shared(a, offset));
+        batch.add(event).unwrap();
+    }
+    let mut out = Sending::new(Some(&watermarks));
+    out.claim(&mut batch);
+    assert!(out.hold());
+
+    assert!(watermarks.lock().start_revoking(1));
+    {
+        let mut table = watermarks.lock();
+        assert!(!table.is_current(a), "given up: no further attempt");
+        assert!(
+            table.track(1, 16, &mut vec![0]).is_none(),
+            "nor read further"
+        );
+        assert!(
+            table.committable().is_empty(),
+            "committed by the revocation"
+        );
+        assert!(table.is_sending(&[1]));
+    }
+    // Answered: the lane finishes the batch's events and lets go, under one lock.
+    out.finish(batch.events.iter().filter_map(|e| e.source), 0);
+    let mut table = watermarks.lock();
+    assert!(!table.is_sending(&[1]));
+    let position = table.finish_revoking(1).map(|p| p.offset);
+    assert_eq!(
+        position,
+        Some(13),
+        "the answered attempt's events are committed"
+    );
+
+    table.finish_all((13..16).map(|o| shared(a, o)), 0);
+    assert_eq!(table.finish_revoking(1), None, "given up for good");
+    assert_eq!(table.owned(), 0);
+}
+
 proptest! {
     /// A lane's batch finished at once ([`WatermarkTable::finish_all`]: a lookup per run of
     /// one partition, each offset searched for from the one before it) leaves the table as
