@@ -319,6 +319,24 @@ async fn replay_skips_a_dead_letter_a_newer_change_supersedes_and_says_so() {
     );
 }
 
+/// Destination `id` whose partner accepts the first request after 8 s and everything after
+/// at once, with one request out at a time, and a worker started for it: its receiver, its
+/// config (for a second worker) and the worker.
+async fn first_request_answered_in_8_s(
+    test: &DeliveryTest,
+    id: u64,
+) -> (Receiver, std::path::PathBuf, testkit::service::Service) {
+    let receiver = Receiver::start().await;
+    receiver.script([Response::status(200).delay(Duration::from_secs(8))]);
+    let config = test.config(&[destination(
+        id,
+        &receiver,
+        ", timeout_ms: 20000, max_in_flight: 1, batch: { linger_ms: 20 }",
+    )]);
+    let worker = test.start(&config, &[]).await;
+    (receiver, config, worker)
+}
+
 /// A worker that gives partitions up to one that joins lets them go only once its request
 /// holding their changes is answered. The new owner sends again from the commit: were the
 /// old owner's request still out, a partner that applies what it accepts when it answers
@@ -327,15 +345,7 @@ async fn replay_skips_a_dead_letter_a_newer_change_supersedes_and_says_so() {
 #[tokio::test]
 async fn a_worker_joining_while_a_request_is_out_gets_its_partitions_once_it_is_answered() {
     let test = DeliveryTest::new(2).await;
-    let receiver = Receiver::start().await;
-    // The first request is accepted after 8 s; everything after at once.
-    receiver.script([Response::status(200).delay(Duration::from_secs(8))]);
-    let config = test.config(&[destination(
-        52,
-        &receiver,
-        ", timeout_ms: 20000, max_in_flight: 1, batch: { linger_ms: 20 }",
-    )]);
-    let _a = test.start(&config, &[]).await;
+    let (receiver, config, _a) = first_request_answered_in_8_s(&test, 52).await;
     let users: Vec<String> = (0..40).map(|i| format!("j{i}")).collect();
     let wave = |active: bool, time: i64| -> Vec<_> {
         users
@@ -393,15 +403,7 @@ async fn a_worker_joining_while_a_request_is_out_gets_its_partitions_once_it_is_
 #[tokio::test]
 async fn partitions_given_up_while_a_request_is_out_are_committed_with_what_it_delivered() {
     let test = DeliveryTest::new(2).await;
-    let receiver = Receiver::start().await;
-    // The first request is accepted after 8 s; everything after at once.
-    receiver.script([Response::status(200).delay(Duration::from_secs(8))]);
-    let config = test.config(&[destination(
-        53,
-        &receiver,
-        ", timeout_ms: 20000, max_in_flight: 1, batch: { linger_ms: 20 }",
-    )]);
-    let _a = test.start(&config, &[]).await;
+    let (receiver, config, _a) = first_request_answered_in_8_s(&test, 53).await;
     let users: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
     let updates: Vec<_> = users
         .iter()
