@@ -19,8 +19,9 @@ use crate::sender::DestinationSender;
 /// Rebalance, commit and statistics callbacks: revoked partitions are dropped (their queued
 /// events are skipped by the lanes), wait for the attempts on the wire that hold their
 /// events, and are committed up to their watermark, the events of those attempts the partner
-/// accepted included (with the positions of the destinations behind it); assigned ones start a new watermark, with the destinations that were behind at
-/// the last commit detached from their positions; librdkafka's statistics feed the lag gauges.
+/// accepted included (with the positions of the destinations behind it); assigned ones start
+/// a new watermark, with the destinations that were behind at the last commit detached from
+/// their positions; librdkafka's statistics feed the lag gauges.
 pub(super) struct PipelineContext {
     pub(super) topic: String,
     pub(super) watermarks: Watermarks,
@@ -158,9 +159,9 @@ impl PipelineContext {
     /// Waits, up to `drain_timeout`, for the attempts on the wire that hold events of revoked
     /// `partitions` (see `offsets::Sending`). Their new owner sends again from the commit what
     /// they did not deliver, and must not send a user's newer change before the partner
-    /// answered this worker's attempt of an older one. Revoked, the partitions' events make no further
-    /// attempt here (no retry, nothing queued), so only attempts already on the wire are
-    /// waited for. Not while leaving the group: the drain waited for everything already.
+    /// answered this worker's attempt of an older one. Revoked, the partitions' events make no
+    /// further attempt here (no retry, nothing queued), so only attempts already on the wire
+    /// are waited for. Not while leaving the group: the drain waited for everything already.
     fn wait_for_attempts(&self, partitions: &[i32]) {
         if self.closing() {
             return;
