@@ -300,9 +300,6 @@ impl Lane {
                     .sender
                     .send(body, &key, self.priority, &mut on_attempt, sending)
                     .await;
-                if sent.is_err() {
-                    sending.let_go();
-                }
                 drop(partner);
                 match sent {
                     Ok(()) => return Ok(()),

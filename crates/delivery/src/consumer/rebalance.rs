@@ -133,16 +133,16 @@ impl PipelineContext {
     /// what those attempts delivered is finished by then, and their new owner does not send it
     /// again.
     pub(super) fn revoke<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) {
-        let owned: Vec<i32> = {
+        {
             let mut table = self.watermarks.lock();
-            let mut owned = partitions.to_vec();
-            owned.retain(|&p| table.start_revoking(p));
-            owned
-        };
+            for &partition in partitions {
+                table.start_revoking(partition);
+            }
+        }
         self.wait_for_attempts(partitions);
         let positions: Vec<CommitPosition> = {
             let mut table = self.watermarks.lock();
-            owned
+            partitions
                 .iter()
                 .filter_map(|&p| table.finish_revoking(p))
                 .collect()

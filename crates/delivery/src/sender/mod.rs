@@ -218,9 +218,11 @@ impl DestinationSender {
 
     /// Sends `json` (the uncompressed body) until it succeeds or the retries are spent;
     /// `on_attempt` hears how each attempt ended (the delivery log). `hold` holds the batch's
-    /// input partitions for each attempt and lets them go while the send waits; when one was
-    /// revoked meanwhile, the send stops before the attempt with a transient failure (the
-    /// caller, which asked `hold`, tells it apart; the circuit does not count it).
+    /// input partitions for each attempt and lets them go while the send waits and when it
+    /// fails; after the attempt the partner accepted they stay held, until the caller finished
+    /// the batch's events ([`Sending::finish`]). When one was revoked meanwhile, the send
+    /// stops before the attempt with a transient failure (the caller, which asked `hold`,
+    /// tells it apart; the circuit does not count it).
     pub async fn send(
         &self,
         json: Vec<u8>,
@@ -316,6 +318,7 @@ impl DestinationSender {
                 } => last = (class, error, status),
             }
         }
+        hold.let_go();
         let (class, error, status) = last;
         let permanent = class == ErrorClass::HttpStatus
             && status.is_some_and(|s| self.config.permanent_codes.contains(&s));
