@@ -1,5 +1,6 @@
 //! When a destination counts as slow, how `Retry-After` reads, which destinations share a
-//! client, and how a real failed connection is classed.
+//! client, how a real failed connection is classed, and that a failed send holds no input
+//! partition.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -123,5 +124,60 @@ async fn a_refused_connection_is_a_connect_failure_and_a_silent_partner_a_timeou
         started.elapsed() >= Duration::from_millis(300),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// A failed send lets its batch's input partitions go (its batch waits out a backoff, or is
+/// dead-lettered, and a revocation must not wait for that); only the attempt the partner
+/// accepted stays held, until the lane finished its events (`offsets::Sending::finish`).
+#[tokio::test]
+async fn a_failed_send_holds_no_partition() {
+    use crate::batcher::tests::{change, update};
+    use crate::batcher::{DestinationBatch, EventSource};
+    use crate::offsets::{Sending, Watermarks};
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = crate::sender::one_destination(&format!(
+        "url: \"https://127.0.0.1:{port}/x\", retries: 1, retry_backoff_ms: 10"
+    ));
+    let metrics = crate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+    let sender = DestinationSender::new(
+        config.clone(),
+        metrics.destination(1, config.max_backlog_age),
+        None,
+    )
+    .unwrap();
+    let watermarks = Watermarks::new(vec![1]);
+    let assignment = watermarks.lock().assign(0, Some(0), &[]);
+    watermarks.lock().track(0, 0, &mut vec![0]);
+    let mut batch = DestinationBatch::new(config);
+    let mut event = update("u", &[], &[], vec![change(1, true, 0)]);
+    event.source = Some(EventSource {
+        assignment,
+        offset: 0,
+        catch_up: false,
+        written_unix_ms: None,
+    });
+    batch.add(event).unwrap();
+    let mut sending = Sending::new(Some(&watermarks));
+    sending.claim(&mut batch);
+
+    let sent = sender
+        .send(
+            b"[]".to_vec(),
+            "key",
+            super::Priority::RealTime,
+            &mut |_| {},
+            &mut sending,
+        )
+        .await;
+    let failure = sent.expect_err("nothing listens on the port");
+    assert_eq!(failure.attempts, 2, "{}", failure.error);
+    assert!(!sending.refused());
+    assert!(
+        !watermarks.lock().is_sending(&[0]),
+        "the failed send still holds its partition"
     );
 }
