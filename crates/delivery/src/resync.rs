@@ -104,6 +104,7 @@ pub async fn run(
         restart,
         job.membership == Membership::Subscribed,
         job.progress.clone(),
+        job.drain_timeout,
     );
     let consumer = Arc::new(
         read::consumer(kafka, &job.group, context)

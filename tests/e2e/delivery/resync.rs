@@ -4,7 +4,8 @@
 //! segments (dated when the user qualified, with their partner ids) and nothing for opted-out,
 //! forgotten or unmapped users; a Ctrl-C'd run resumes from the group's commits and a finished
 //! one says so; a membership that ends while a resync runs is taken back with a 0; a backfill
-//! sends once, also across a restart.
+//! sends once, also across a restart, and a worker that gives a backfill's partition up while
+//! a request holding its users is out commits what that request delivered.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use model::{PartnerIds, UserState};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use testkit::kafka;
-use testkit::receiver::Receiver;
+use testkit::receiver::{Receiver, Response};
 use testkit::service::{Service, ServiceBuilder, metric_value};
 
 use super::{DeliveryTest, T0, destination, json, map_segments, text};
@@ -463,4 +464,70 @@ async fn a_backfill_destination_gets_every_membership_once_across_a_restart() {
     .await;
     assert_eq!(received(&added).len(), 16, "8 users, 2 segments each");
     assert_eq!(receiver.requests().len(), requests, "74 got nothing again");
+}
+
+/// A backfill worker that gives a partition up while a request holding its users is out waits
+/// for the answer and commits what it delivered: the worker that takes the partition over does
+/// not send those users again. The first request lingers for a second, so it holds the users of
+/// both partitions, whichever one the joining worker gets. Fails if the revocation commits the
+/// position from before the answer (the new owner sends that partition's users again), or if
+/// the joining worker took no partition that was still being backfilled (nothing was raced).
+#[tokio::test]
+async fn a_backfill_partition_given_up_while_a_request_is_out_is_committed_with_what_it_delivered()
+{
+    let test = DeliveryTest::new(2).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Response::status(200).delay(Duration::from_secs(8))]);
+    let config = test.config(&[destination(
+        76,
+        &receiver,
+        ", backfill: true, timeout_ms: 20000, max_in_flight: 1, batch: { linger_ms: 1000 }",
+    )]);
+    let changelog = Changelog::new(2).await;
+    let users: Vec<String> = (0..40).map(|i| format!("g{i:02}")).collect();
+    for id in &users {
+        changelog
+            .put(id, Some(&user(id, &[(14356, T0)], &[])))
+            .await;
+    }
+    let env = [("KAFKA_CHANGELOG_TOPIC", changelog.topic.as_str())];
+    let _a = test.start(&config, &env).await;
+    receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    let b = test.start(&config, &env).await;
+    let group = format!("{}-backfill-76", test.group);
+    testkit::wait_until(
+        "both backfill partitions committed complete",
+        Duration::from_secs(60),
+        || {
+            let commits = committed(&group, &changelog.topic, 2);
+            let complete = commits.len() == 2
+                && commits
+                    .values()
+                    .all(|(_, marker)| marker.starts_with("complete:"));
+            async move { complete }
+        },
+    )
+    .await;
+    assert!(
+        b.log().contains("Backfill of partition starts."),
+        "the joining worker took over a partition still being backfilled: {}",
+        b.log()
+    );
+    let mut requests = receiver.requests();
+    requests.retain(|r| r.status == 200);
+    assert!(
+        requests.iter().any(|r| !r.answered_after.is_zero()),
+        "the slow request was answered"
+    );
+    let mut accepted: HashMap<String, usize> = HashMap::new();
+    for (user, _) in received(&receiver).into_iter().map(|e| (e.0, e.2)) {
+        *accepted.entry(user).or_default() += 1;
+    }
+    let mut twice: Vec<_> = accepted.iter().filter(|&(_, &n)| n > 1).collect();
+    twice.sort();
+    assert!(
+        twice.is_empty(),
+        "users the first worker delivered were sent again by the new owner (user, times): {twice:?}"
+    );
+    assert_eq!(accepted.len(), users.len(), "every user was accepted");
 }

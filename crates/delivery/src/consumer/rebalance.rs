@@ -166,13 +166,11 @@ impl PipelineContext {
         if self.closing() {
             return;
         }
-        let started = std::time::Instant::now();
-        while self.watermarks.lock().is_sending(partitions) {
-            if started.elapsed() >= self.drain_timeout {
-                tracing::warn!(topic = %self.topic, waited_ms = started.elapsed().as_millis() as u64, "Attempts holding events of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their new owner may send a user's newer change before the partner answered one of these.");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !self
+            .watermarks
+            .wait_for_attempts(partitions, self.drain_timeout)
+        {
+            tracing::warn!(topic = %self.topic, waited_ms = self.drain_timeout.as_millis() as u64, "Attempts holding events of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their new owner may send a user's newer change before the partner answered one of these.");
         }
     }
 

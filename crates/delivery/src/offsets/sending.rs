@@ -14,6 +14,8 @@
 //! ([`WatermarkTable::start_revoking`]): its commit then counts them, and the new owner does
 //! not send them again.
 
+use std::time::{Duration, Instant};
+
 use super::{
     CommitPosition, PartitionAssignment, PartitionState, WatermarkTable, Watermarks,
     commit_position,
@@ -126,6 +128,22 @@ fn release(assignments: &[PartitionAssignment], table: &mut WatermarkTable) {
                 table.sending.remove(&assignment.partition);
             }
         }
+    }
+}
+
+impl Watermarks {
+    /// Waits, up to `timeout`, until no attempt on the wire holds one of `partitions` (each
+    /// being given up: see [`WatermarkTable::start_revoking`]). `false` if one still did then.
+    /// Blocks: a rebalance callback's.
+    pub fn wait_for_attempts(&self, partitions: &[i32], timeout: Duration) -> bool {
+        let started = Instant::now();
+        while self.lock().is_sending(partitions) {
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 }
 

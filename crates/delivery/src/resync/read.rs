@@ -4,7 +4,7 @@
 //! has then; a commit whose metadata reads `complete:<ms>` marks a partition done. The CLI
 //! assigns every partition itself; a backfill subscribes, so the delivery workers share the
 //! partitions, and a rebalance commits what is finished of a revoked partition for its next
-//! owner.
+//! owner, once the requests on the wire holding its users were answered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -41,6 +41,8 @@ pub struct ResyncContext {
     pub watermarks: Watermarks,
     runs: Mutex<HashMap<i32, PartitionRun>>,
     pub progress: Arc<Progress>,
+    /// How long a revoked partition waits for the attempts on the wire that hold its users.
+    drain_timeout: Duration,
     /// Why the run cannot go on (set in a rebalance callback).
     fatal: Mutex<Option<String>>,
 }
@@ -53,6 +55,7 @@ impl ResyncContext {
         restart: bool,
         announce: bool,
         progress: Arc<Progress>,
+        drain_timeout: Duration,
     ) -> Self {
         Self {
             topic: topic.to_owned(),
@@ -63,6 +66,7 @@ impl ResyncContext {
             watermarks: Watermarks::new(vec![destination]),
             runs: Mutex::new(HashMap::new()),
             progress,
+            drain_timeout,
             fatal: Mutex::new(None),
         }
     }
@@ -153,16 +157,43 @@ impl ResyncContext {
     /// The commit of every partition not complete: up to what is finished, marked running.
     pub fn progress_commits(&self) -> Vec<(i32, i64, String)> {
         let table = self.watermarks.lock();
-        let metadata = Marker::Running {
-            started_unix_ms: self.started_unix_ms,
-        }
-        .metadata();
+        let metadata = self.running();
         self.runs()
             .iter()
             .filter(|(_, run)| run.phase != Phase::Complete)
             .filter_map(|(&partition, run)| {
                 let lowest = table.lowest_position(partition)?;
                 Some((partition, run.commit_offset(lowest), metadata.clone()))
+            })
+            .collect()
+    }
+
+    /// The metadata of this run's commits while it is not complete.
+    fn running(&self) -> String {
+        Marker::Running {
+            started_unix_ms: self.started_unix_ms,
+        }
+        .metadata()
+    }
+
+    /// Ends giving `partitions` up (see [`crate::offsets::WatermarkTable::start_revoking`]):
+    /// the commit of each that is not complete, up to what is finished, the users of the
+    /// answered attempts included.
+    fn revoked_commits(&self, partitions: &[i32]) -> Vec<(i32, i64, String)> {
+        let mut table = self.watermarks.lock();
+        let mut runs = self.runs();
+        let metadata = self.running();
+        partitions
+            .iter()
+            .filter_map(|&partition| {
+                let run = runs.remove(&partition);
+                let position = table.finish_revoking(partition)?;
+                let run = run.filter(|run| run.phase != Phase::Complete)?;
+                Some((
+                    partition,
+                    run.commit_offset(position.oldest),
+                    metadata.clone(),
+                ))
             })
             .collect()
     }
@@ -238,25 +269,36 @@ impl ClientContext for ResyncContext {}
 telemetry::hand_over_rebalances!(ResyncContext);
 
 impl commits::Handover for ResyncContext {
-    /// A revoked partition commits what is finished (its next owner resumes there) and its
-    /// queued users are dropped by the lanes.
+    /// A revoked partition is given up as the pipeline's are (`consumer::rebalance`): the
+    /// lanes drop its queued users, the attempts on the wire holding its users are waited for
+    /// (up to `drain_timeout_ms`), and what is finished then is committed, their users the
+    /// partner accepted included. Its next owner resumes there and does not send them again.
     fn revoked(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
-        let positions: Vec<_> = self
-            .progress_commits()
-            .into_iter()
-            .filter(|(p, _, _)| partitions.contains(p))
-            .collect();
-        // Committed before the partitions go, off the runtime's way (see `off_the_runtime`).
-        if let Err(error) = off_the_runtime(|| commit(consumer, &self.topic, &positions)) {
-            tracing::warn!(destination = self.destination, %error, "Cannot commit the backfill's revoked partitions; their next owner sends from the last commit.");
+        {
+            let mut table = self.watermarks.lock();
+            for &partition in &partitions {
+                table.start_revoking(partition);
+            }
         }
-        let mut table = self.watermarks.lock();
-        let mut runs = self.runs();
-        for partition in partitions {
-            runs.remove(&partition);
-            table.revoke(partition);
-        }
+        // Waited for and committed before the partitions go, off the runtime's way (see
+        // `off_the_runtime`).
+        off_the_runtime(|| {
+            if !self
+                .watermarks
+                .wait_for_attempts(&partitions, self.drain_timeout)
+            {
+                tracing::warn!(
+                    destination = self.destination,
+                    waited_ms = self.drain_timeout.as_millis() as u64,
+                    "Backfill requests holding users of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their next owner sends those users again."
+                );
+            }
+            let positions = self.revoked_commits(&partitions);
+            if let Err(error) = commit(consumer, &self.topic, &positions) {
+                tracing::warn!(destination = self.destination, %error, "Cannot commit the backfill's revoked partitions; their next owner sends from the last commit.");
+            }
+        });
     }
 
     /// Assigned partitions are taken at the starts their runs begin from (explicit offsets:
