@@ -16,6 +16,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/segment_relay.v1.rs"));
 }
 
+pub mod changelog;
 pub mod partner;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;
@@ -25,7 +26,7 @@ use prost::Message as _;
 pub use pb::{
     ChangeReason, DeadLetterRecord, DeliveryLogAttempt, DeliveryLogRecord, ErrorClass,
     LoggedSegment, Origin, PartnerIds, SegmentChange, SegmentStatus, SegmentStatusUpdate,
-    SourcePosition, TraitEvent, UserState,
+    SourcePosition, TraitEvent, TraitHistory, TraitPart, UserState,
 };
 
 /// Milliseconds since the Unix epoch as RFC 3339 in UTC with exactly three fractional digits

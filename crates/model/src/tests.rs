@@ -120,6 +120,8 @@ fn dead_letter_and_state_round_trip() {
         last_sequence: 1_469_636_242_000 * 1024 + 3,
         last_change_unix_ms: 2,
         definitions_fingerprint: 0x9747_b28c,
+        traits_apart: false,
+        traits_generation: 3,
     };
     assert_eq!(
         UserState::decode(state.encode_to_vec().as_slice()).unwrap(),

@@ -1,0 +1,141 @@
+//! The qualifier's changelog (`qualifier-changelog`): its two kinds of record, and how a reader
+//! gathers a user's state from them.
+//!
+//! A **user record** is keyed by the user id (UTF-8) and holds their [`UserState`]; a tombstone
+//! forgets the user. Its trait histories are in `traits`, unless it has `traits_apart`: then
+//! each history is a **trait part**, a record of its own keyed by the user id, the byte 0xFF
+//! (never in UTF-8) and the trait id as 8 bytes big-endian, holding a [`TraitPart`]; a
+//! tombstone there removes the history. A busy user's new state then costs the changelog the
+//! histories that changed, not all of them.
+//!
+//! A writer of trait parts writes a user's changed parts, and the tombstones of removed ones,
+//! before the user record, in the same transaction, and moving a user's histories out of
+//! `traits` it starts a new `traits_generation` and writes every history. So a user's live
+//! parts are all read before their latest record, and a reader ([`Gatherer`]) gives a record
+//! with `traits_apart` the histories of its previous record (if that had them apart, in the same
+//! generation) with the parts of its generation read since applied, in read order. The result
+//! is the same whether the topic was compacted or not. Parts of another generation were left
+//! by a writer that went back to `traits`, and are not taken; parts after a user's last record
+//! belong to no record (orphans: counted and dropped).
+
+use std::collections::HashMap;
+
+use crate::pb::{TraitHistory, TraitPart, UserState};
+
+/// The byte between the user id and the trait id in a trait part's key.
+pub const PART_MARK: u8 = 0xFF;
+
+/// A changelog record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    User(&'a str),
+    Part { user: &'a str, trait_id: u64 },
+}
+
+impl<'a> Key<'a> {
+    /// `None`: neither a user id nor a trait part's key.
+    pub fn parse(key: &'a [u8]) -> Option<Self> {
+        if let Ok(user) = std::str::from_utf8(key) {
+            return Some(Self::User(user));
+        }
+        let mark = key.len().checked_sub(9)?;
+        let (user, rest) = key.split_at(mark);
+        let (&PART_MARK, trait_id) = rest.split_first()? else {
+            return None;
+        };
+        Some(Self::Part {
+            user: std::str::from_utf8(user).ok()?,
+            trait_id: u64::from_be_bytes(trait_id.try_into().ok()?),
+        })
+    }
+}
+
+/// The key of `user`'s part of `trait_id`.
+pub fn part_key(user: &str, trait_id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(user.len() + 9);
+    key.extend_from_slice(user.as_bytes());
+    key.push(PART_MARK);
+    key.extend_from_slice(&trait_id.to_be_bytes());
+    key
+}
+
+/// Gathers users' states from one changelog partition's records, read in offset order: hand it
+/// each trait part ([`Self::part`]), user record ([`Self::user`]) and user tombstone
+/// ([`Self::forget`]). It holds only the parts read since each user's last record.
+#[derive(Debug, Default)]
+pub struct Gatherer {
+    /// Per user, their parts since their last record, in read order (`None`: a tombstone).
+    pending: HashMap<String, Vec<(u64, Option<TraitPart>)>>,
+}
+
+impl Gatherer {
+    /// A trait part (`None`: its tombstone).
+    pub fn part(&mut self, user: &str, trait_id: u64, part: Option<TraitPart>) {
+        match self.pending.get_mut(user) {
+            Some(parts) => parts.push((trait_id, part)),
+            None => {
+                self.pending.insert(user.to_owned(), vec![(trait_id, part)]);
+            }
+        }
+    }
+
+    /// A user record: with `traits_apart`, `state` gets its trait histories, those of
+    /// `previous` (the user as gathered at their previous record, if any) when it had them
+    /// apart in the same generation, with the parts read since applied. Either way the parts
+    /// read since are used up.
+    pub fn user(&mut self, state: &mut UserState, previous: Option<&UserState>) {
+        let parts = self.pending.remove(&state.user_id).unwrap_or_default();
+        if !state.traits_apart {
+            return;
+        }
+        let generation = state.traits_generation;
+        state.traits = previous
+            .filter(|p| p.traits_apart && p.traits_generation == generation)
+            .map(|p| p.traits.clone())
+            .unwrap_or_default();
+        for (trait_id, part) in parts {
+            let history = match part {
+                Some(part) if part.generation != generation => continue,
+                Some(part) => Some(part.history.unwrap_or_default()),
+                None => None,
+            };
+            apply(&mut state.traits, trait_id, history);
+        }
+    }
+
+    /// A user tombstone: their parts read since their last record are dropped.
+    pub fn forget(&mut self, user: &str) {
+        self.pending.remove(user);
+    }
+
+    /// The parts read after their user's last record, which no record took: (users, parts).
+    pub fn orphans(&self) -> (usize, usize) {
+        (
+            self.pending.len(),
+            self.pending.values().map(Vec::len).sum(),
+        )
+    }
+}
+
+/// Sets (`Some`) or removes (`None`) the history of `trait_id` in `traits` (in ascending trait
+/// id). A part's own trait id is its key's.
+fn apply(traits: &mut Vec<TraitHistory>, trait_id: u64, history: Option<TraitHistory>) {
+    let at = traits.binary_search_by_key(&trait_id, |h| h.trait_id);
+    match (at, history) {
+        (Ok(at), Some(mut history)) => {
+            history.trait_id = trait_id;
+            traits[at] = history;
+        }
+        (Err(at), Some(mut history)) => {
+            history.trait_id = trait_id;
+            traits.insert(at, history);
+        }
+        (Ok(at), None) => {
+            traits.remove(at);
+        }
+        (Err(_), None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;
