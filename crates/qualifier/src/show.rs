@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use model::{UserState, rfc3339_ms as rfc3339};
+use model::changelog::{Gatherer, Key};
+use model::{TraitPart, UserState, rfc3339_ms as rfc3339};
 use prost::Message as _;
 use rdkafka::Message as _;
 use serde::Serialize;
@@ -54,20 +55,38 @@ fn find_in(
     user: &str,
     partitions: Option<&[i32]>,
 ) -> anyhow::Result<Option<Found>> {
-    let mut found = None;
+    let mut found: Option<Found> = None;
     let mut undecodable = None;
+    // The user's trait parts, for a record whose histories are apart (`model::changelog`).
+    let mut gatherer = Gatherer::default();
     kafka
         .read_to_end(topic, partitions, |message| {
-            if message.key() != Some(user.as_bytes()) {
-                return;
+            match Key::parse(message.key().unwrap_or_default()) {
+                Some(Key::User(id)) if id == user => {}
+                Some(Key::Part { user: id, trait_id }) if id == user => {
+                    match message.payload().map(TraitPart::decode).transpose() {
+                        Ok(part) => gatherer.part(user, trait_id, part),
+                        // Its previous part stands, as the qualifier's restore has it.
+                        Err(error) => eprintln!("{topic} partition {} offset {}: an undecodable trait part of {user} ({trait_id}) was skipped: {error}", message.partition(), message.offset()),
+                    }
+                    return;
+                }
+                _ => return,
             }
-            let state = match message.payload().map(UserState::decode).transpose() {
+            let mut state = match message.payload().map(UserState::decode).transpose() {
                 Ok(state) => state,
                 Err(error) => {
                     undecodable = Some((message.partition(), message.offset(), error));
                     return;
                 }
             };
+            match &mut state {
+                Some(state) => {
+                    let previous = found.as_ref().and_then(|f| f.state.as_ref());
+                    gatherer.user(state, previous);
+                }
+                None => gatherer.forget(user),
+            }
             found = Some(Found {
                 partition: message.partition(),
                 offset: message.offset(),

@@ -249,7 +249,9 @@ impl PartitionStore {
     }
 
     /// Stores a user encoded at once (a restore: holding every user decoded until the end would
-    /// take several times the memory).
+    /// take several times the memory). A state gathered from trait parts keeps `traits_apart`
+    /// while it holds its histories, so that the restore takes them as the previous ones of
+    /// the user's next record; [`Self::settle`] writes it with its histories in.
     pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
         let user_id = std::mem::take(&mut state.user_id);
         self.buffer.clear();
@@ -257,6 +259,16 @@ impl PartitionStore {
         let encoded = Box::from(self.buffer.as_slice());
         self.forget_decoded(&user_id);
         self.insert(Arc::from(user_id), encoded, None, due);
+    }
+
+    /// A held user's state as stored, decoded (a restore gathering their trait parts); not
+    /// one taken out.
+    pub fn stored(&self, user_id: &str) -> Option<UserState> {
+        let entry = self.users.get(user_id)?;
+        let mut state = UserState::default();
+        decode_into(&mut state, &entry.state).expect("the store decodes the states it encoded");
+        user_id.clone_into(&mut state.user_id);
+        Some(state)
     }
 
     /// Encodes the users put back since the last call (at the end of each transaction), and
@@ -286,6 +298,9 @@ impl PartitionStore {
                 .take(room),
         );
         for (user_id, mut user) in unsettled.drain() {
+            // The record holds every history (a restore may have gathered them from trait
+            // parts: see `model::changelog`).
+            user.state.traits_apart = false;
             let id = std::mem::take(&mut user.state.user_id);
             // The record: the id (field 1, which prost writes first), then the stored bytes.
             self.buffer.clear();

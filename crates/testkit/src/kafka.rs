@@ -152,14 +152,24 @@ pub type MockCluster =
 /// Writes one record to partition 0 of `topic` on the cluster at `brokers` (a test's mock
 /// cluster) and waits until it is acknowledged.
 pub fn produce_one(brokers: &str, topic: &str, key: &str, payload: &[u8]) {
+    produce_keyed(brokers, topic, &[(key.as_bytes(), Some(payload))]);
+}
+
+/// Produces `records` (key, value; `None`: a tombstone) to partition 0 of `topic` on the
+/// cluster at `brokers`, in order. Blocks.
+pub fn produce_keyed(brokers: &str, topic: &str, records: &[(&[u8], Option<&[u8]>)]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
-    producer
-        .send(BaseRecord::to(topic).partition(0).key(key).payload(payload))
-        .unwrap();
+    for &(key, payload) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(0).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        producer.send(record).unwrap();
+    }
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 

@@ -10,6 +10,7 @@ mod rules;
 mod show;
 mod sweep;
 mod topics;
+mod trait_parts;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use model::UserState;
+use model::changelog::{Gatherer, Key};
+use model::{TraitPart, UserState};
 use prometheus::IntCounter;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -148,13 +149,15 @@ fn restore(
     records: &IntCounter,
 ) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
     // Each record replaces the user's earlier one, a tombstone (no payload) forgets them: the
-    // latest wins. Timers are set from the start's clock: one set earlier than need be fires
-    // and finds nothing to do.
+    // latest wins. A record whose histories are apart gets them from its trait parts (see
+    // `model::changelog`). Timers are set from the start's clock: one set earlier than need be
+    // fires and finds nothing to do.
     let now = telemetry::clock::unix_ms();
     let mut stores: HashMap<i32, PartitionStore> = partitions
         .iter()
         .map(|&p| (p, PartitionStore::at(now, p)))
         .collect();
+    let mut gatherers: HashMap<i32, Gatherer> = HashMap::new();
     let started = Instant::now();
     let mut logged = started;
     let mut read = 0_u64;
@@ -168,12 +171,32 @@ fn restore(
         let store = stores
             .entry(message.partition())
             .or_insert_with_key(|&p| PartitionStore::at(now, p));
+        let gatherer = gatherers.entry(message.partition()).or_default();
+        let key = message.key().unwrap_or_default();
+        if let Some(Key::Part { user, trait_id }) = Key::parse(key) {
+            match message.payload().map(TraitPart::decode).transpose() {
+                Ok(part) => gatherer.part(user, trait_id, part),
+                // The history's previous part (if any) stands, as a user's record would.
+                Err(error) => {
+                    tracing::error!(topic, partition = message.partition(), offset = message.offset(), user, trait_id, %error, "An undecodable trait part was skipped.");
+                }
+            }
+            return;
+        }
         let Some(payload) = message.payload() else {
-            store.remove(&String::from_utf8_lossy(message.key().unwrap_or_default()));
+            let user = String::from_utf8_lossy(key);
+            gatherer.forget(&user);
+            store.remove(&user);
             return;
         };
         match UserState::decode(payload) {
             Ok(mut state) => {
+                if state.traits_apart {
+                    let previous = store.stored(&state.user_id);
+                    gatherer.user(&mut state, previous.as_ref());
+                } else {
+                    gatherer.user(&mut state, None);
+                }
                 normalize(&mut state);
                 let due = next_due(definitions, &state, now);
                 store.put_encoded(state, due);
@@ -185,6 +208,19 @@ fn restore(
             }
         }
     })?;
+    for (partition, gatherer) in &gatherers {
+        let (users, parts) = gatherer.orphans();
+        if parts > 0 {
+            // A writer writes a user's parts before their record: these belong to no record.
+            tracing::warn!(
+                topic,
+                partition,
+                users,
+                parts,
+                "Trait parts read after their user's last record were dropped."
+            );
+        }
+    }
     for store in stores.values_mut() {
         // Users last evaluated under other definitions (this process's differ from their last
         // owner's) are re-evaluated in the background.
@@ -192,3 +228,6 @@ fn restore(
     }
     Ok(stores)
 }
+
+#[cfg(test)]
+mod tests;

@@ -267,6 +267,8 @@ fn changelog_records_from_a_newer_qualifier_restore_with_their_unknown_fields_sk
         last_sequence: 42,
         last_change_unix_ms: NOW,
         definitions_fingerprint: 7,
+        traits_apart: false,
+        traits_generation: 2,
     };
     let mut newer = with_unknown_fields(&state.encode_to_vec());
     // And a trait history written with an extra field.

@@ -34,6 +34,9 @@ fn full(id: &str, opted_out: bool, fingerprint: u64) -> UserState {
         last_sequence: 1 << 40,
         last_change_unix_ms: 7,
         definitions_fingerprint: fingerprint,
+        // Cleared by every write: the record holds the histories.
+        traits_apart: false,
+        traits_generation: 5,
     }
 }
 
@@ -136,6 +139,34 @@ fn a_record_is_written_once_for_a_user_whose_state_changed_in_the_transaction() 
         [("a".to_owned(), Some(again.encode_to_vec()))]
     );
     assert_eq!(stored(&store, "a"), Some(again.encode_to_vec()));
+}
+
+/// A user a restore gathered from trait parts (`traits_apart`, their histories held) is
+/// written with the histories in their record, by a splice or whole: this version's reader
+/// would otherwise take the record's histories from parts no longer written.
+#[test]
+fn a_user_gathered_from_trait_parts_is_written_with_their_histories_in() {
+    let gathered = UserState {
+        user_id: "u".into(),
+        traits_apart: true,
+        traits_generation: 3,
+        ..five_histories()
+    };
+    for histories in [Histories::One(10), Histories::Any] {
+        let mut store = PartitionStore::default();
+        store.put_encoded(gathered.clone(), None);
+        assert_eq!(store.stored("u"), Some(gathered.clone()));
+        let (mut state, due) = store.take("u").unwrap();
+        state.traits[0].times_unix_ms.push(99);
+        store.put_changed(state.clone(), due, histories, true);
+        let written = settle(&mut store);
+        let expected = UserState {
+            traits_apart: false,
+            ..state
+        };
+        assert_eq!(written, [("u".to_owned(), Some(expected.encode_to_vec()))]);
+        assert_eq!(stored(&store, "u"), Some(expected.encode_to_vec()));
+    }
 }
 
 /// A user with more of everything than [`full`]: longer histories, more traits, partner ids

@@ -1,0 +1,92 @@
+//! A changelog whose users have their trait histories apart, a record each (trait parts:
+//! `model::changelog`), written here as the next writer will write it: `qualifier show` and a
+//! qualifier's restore take each user's histories from their parts, with the real binary and
+//! broker.
+
+use std::time::Duration;
+
+use model::changelog::part_key;
+use model::{SegmentStatus, TraitHistory, TraitPart, UserState};
+use prost::Message as _;
+use rdkafka::producer::FutureRecord;
+use testkit::kafka;
+
+use super::{QualifierTest, changes, no_more, now, post, trait_event, updates};
+
+const RULES: &str = "inactivity: 120d\ntraits: [{ id: 1, ttl: 30d }, { id: 2 }]\nsegments:\n  - { id: 100, rule: \"T1 AND T2\" }\n";
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Writes `key` → `payload` (`None`: a tombstone) to partition 0 of the test's changelog.
+async fn put(test: &QualifierTest, key: &[u8], payload: Option<Vec<u8>>) {
+    let mut record = FutureRecord::<[u8], Vec<u8>>::to(&test.changelog)
+        .partition(0)
+        .key(key);
+    if let Some(payload) = &payload {
+        record = record.payload(payload);
+    }
+    kafka::producer()
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+}
+
+fn part(trait_id: u64, time: i64) -> Option<Vec<u8>> {
+    Some(
+        TraitPart {
+            generation: 1,
+            history: Some(TraitHistory {
+                trait_id,
+                times_unix_ms: vec![time],
+            }),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// u1 realized trait 1 a minute ago (30 days' time-to-live), in a part of their own; their part
+/// of trait 2 was removed. Fails if the parts were not taken: `show` would print the
+/// inactivity timer (120 days after last seen) instead of trait 1's expiry, and the event of
+/// trait 2 would qualify no one. Fails if the tombstone were not: the restore's sweep would
+/// qualify u1 for "T1 AND T2" before any event.
+#[tokio::test]
+async fn a_users_trait_parts_are_their_histories_to_show_and_to_a_restore() {
+    let test = QualifierTest::new(1).await;
+    let definitions = test.definitions(RULES);
+    let realized = telemetry::clock::unix_ms() - 60_000;
+    put(&test, &part_key("u1", 1), part(1, realized)).await;
+    put(&test, &part_key("u1", 2), part(2, realized)).await;
+    put(&test, &part_key("u1", 2), None).await;
+    let record = UserState {
+        user_id: "u1".to_owned(),
+        traits_apart: true,
+        traits_generation: 1,
+        last_seen_unix_ms: realized,
+        ..UserState::default()
+    };
+    put(&test, b"u1", Some(record.encode_to_vec())).await;
+
+    let config = definitions.to_str().unwrap();
+    let (code, out, err) = test
+        .command(&["show", "--user", "u1", "--config", config])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let expiry = format!(
+        "next timer    {}",
+        model::rfc3339_ms(realized + 30 * DAY_MS)
+    );
+    assert!(out.contains(&expiry), "no `{expiry}` in:\n{out}");
+
+    let reader = test.reader(&test.status);
+    let q = test.start(&definitions, "a").await;
+    // Restored and swept (its record was evaluated under no definitions): T1 alone.
+    no_more(&reader, Duration::from_secs(3)).await;
+    let (status, body) = post(&q.ingest, &[trait_event("u1", 2, &now(), None)]).await;
+    assert_eq!(status, 202, "{body}");
+    let got = updates(&reader, 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].user_id, "u1");
+    assert_eq!(
+        changes(&got[0]),
+        [(100, SegmentStatus::Active, model::ChangeReason::Qualified)]
+    );
+}
