@@ -105,7 +105,7 @@ enum Command {
         segments: u64,
     },
     /// Read the compacted changelog --topic to its end; prints `users bytes bytes_per_user` of
-    /// the latest state per user.
+    /// the latest state per user (a user's trait parts counted as theirs, keys included).
     StateSize {
         #[arg(long)]
         topic: String,
@@ -296,6 +296,7 @@ fn preload_status(
 /// A changelog is as long as its users are many (10M users: tens of millions of records), so
 /// the read is bounded by a stall, not by a total deadline.
 fn state_size(topic: &str) -> anyhow::Result<()> {
+    use model::changelog::Key;
     let kafka = telemetry::KafkaSettings::from_env()?;
     let partitions: Vec<i32> = kafka
         .partition_ends(topic)?
@@ -307,11 +308,19 @@ fn state_size(topic: &str) -> anyhow::Result<()> {
         use rdkafka::Message as _;
         let key = message.key().unwrap_or_default().to_vec();
         match message.payload() {
-            Some(value) => latest.insert(key, value.len()),
+            Some(value) => {
+                // A trait part's key repeats its user's id: bytes the layout costs.
+                let part = matches!(Key::parse(&key), Some(Key::Part { .. }));
+                let size = value.len() + if part { key.len() } else { 0 };
+                latest.insert(key, size)
+            }
             None => latest.remove(&key),
         };
     })?;
-    let users = latest.len();
+    let users = latest
+        .keys()
+        .filter(|key| !matches!(Key::parse(key), Some(Key::Part { .. })))
+        .count();
     let bytes: usize = latest.values().sum();
     println!("{users} {bytes} {:.1}", bytes as f64 / users.max(1) as f64);
     Ok(())

@@ -11,7 +11,8 @@
 //! gets their state once, not each state they went through, and a tombstone drops every
 //! earlier record of its user. The index costs about 30 bytes per user of the partitions being
 //! read, and is dropped when the main pass is read. Within a converge pass (short), a newer
-//! record of a user replaces an earlier one of the same chunk.
+//! record of a user replaces an earlier one of the same chunk. A user's trait parts (records
+//! of their trait histories: `model::changelog`) hold no membership and are passed over.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
@@ -150,7 +151,7 @@ impl PartitionRun {
     pub fn index(&mut self, offset: i64, key: Option<&[u8]>) {
         self.indexed_to = offset + 1;
         self.last_record = Some(offset);
-        if let Some(key) = key {
+        if let Some(key) = key.filter(|key| !is_trait_part(key)) {
             self.index.insert(self.index_hasher.hash_one(key), offset);
         }
     }
@@ -190,6 +191,10 @@ impl PartitionRun {
     /// what came before). An error says why the record is not a user state; it is skipped.
     pub fn read(&mut self, record: Fetched) -> Result<(), String> {
         self.next = record.offset + 1;
+        if record.key.as_deref().is_some_and(is_trait_part) {
+            self.chunk.push((record.offset, None));
+            return Ok(());
+        }
         let superseded = record
             .key
             .as_deref()
@@ -283,6 +288,14 @@ impl PartitionRun {
         self.held = later;
         now
     }
+}
+
+/// Whether a changelog key is a user's trait part's.
+fn is_trait_part(key: &[u8]) -> bool {
+    matches!(
+        model::changelog::Key::parse(key),
+        Some(model::changelog::Key::Part { .. })
+    )
 }
 
 /// What a resync group's commit metadata says about its partition.

@@ -251,3 +251,48 @@ fn the_commit_metadata_says_whether_a_partition_is_complete() {
         assert_eq!(Marker::parse(other), Marker::None, "{other:?}");
     }
 }
+
+/// A user's trait parts (their trait histories, in records of their own) are passed over:
+/// tracked, not routed, not errors, and no user is taken for one, a tombstone of one included.
+#[test]
+fn trait_parts_are_passed_over() {
+    let part = model::TraitPart {
+        generation: 1,
+        history: Some(model::TraitHistory {
+            trait_id: 7,
+            times_unix_ms: vec![1],
+        }),
+    };
+    let part_record = |offset, payload: Option<Vec<u8>>| Fetched {
+        offset,
+        key: Some(model::changelog::part_key("u1", 7)),
+        payload,
+    };
+    let records = vec![
+        part_record(0, Some(part.encode_to_vec())),
+        record(
+            1,
+            "u1",
+            Some(UserState {
+                traits_apart: true,
+                ..state("u1").unwrap()
+            }),
+        ),
+        part_record(2, None),
+    ];
+    let mut run = PartitionRun::new(0, 3);
+    for r in &records {
+        run.index(r.offset, r.key.as_deref());
+    }
+    assert_eq!(run.index.len(), 1, "only u1's record is indexed");
+    run.start_reading();
+    for r in records {
+        run.read(r).unwrap();
+    }
+    let chunk = run.flush();
+    let routed: Vec<(i64, Option<&str>)> = chunk
+        .iter()
+        .map(|(offset, entry)| (*offset, entry.as_ref().map(|(u, _)| u.as_str())))
+        .collect();
+    assert_eq!(routed, [(0, None), (1, Some("u1")), (2, None)]);
+}
