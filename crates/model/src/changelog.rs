@@ -84,7 +84,12 @@ impl Gatherer {
     /// apart in the same generation, with the parts read since applied. Either way the parts
     /// read since are used up.
     pub fn user(&mut self, state: &mut UserState, previous: Option<&UserState>) {
-        let parts = self.pending.remove(&state.user_id).unwrap_or_default();
+        // A changelog of whole records has no parts: no lookup per record then.
+        let parts = if self.pending.is_empty() {
+            Vec::new()
+        } else {
+            self.pending.remove(&state.user_id).unwrap_or_default()
+        };
         if !state.traits_apart {
             return;
         }
