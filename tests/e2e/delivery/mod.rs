@@ -372,6 +372,31 @@ pub fn text(value: &serde_json::Value, field: &str) -> String {
     value[field].as_str().unwrap().to_owned()
 }
 
+/// After a worker gave partitions up while its slow first request was out: that request was
+/// answered, the partner accepted each of `users` (one change each) once and no user twice,
+/// as the new owner sent again nothing the first worker had delivered.
+pub fn assert_each_accepted_once(receiver: &Receiver, users: usize) {
+    let mut requests = receiver.requests();
+    requests.retain(|r| r.status == 200);
+    assert!(
+        requests.iter().any(|r| !r.answered_after.is_zero()),
+        "the slow request was answered"
+    );
+    let mut accepted: HashMap<String, usize> = HashMap::new();
+    for user in map_segments(requests.iter().map(|r| json(&r.body)), |user, _| {
+        text(user, "AAM_UUID")
+    }) {
+        *accepted.entry(user).or_default() += 1;
+    }
+    let mut twice: Vec<_> = accepted.iter().filter(|&(_, &n)| n > 1).collect();
+    twice.sort();
+    assert!(
+        twice.is_empty(),
+        "changes the first worker delivered were sent again by the new owner (user, times): {twice:?}"
+    );
+    assert_eq!(accepted.len(), users, "every user's change was accepted");
+}
+
 /// (user, Segment_ID, Status) of every segment entry in the bodies, in order.
 pub fn entries(
     bodies: impl IntoIterator<Item = serde_json::Value>,

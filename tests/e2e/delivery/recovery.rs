@@ -427,23 +427,5 @@ async fn partitions_given_up_while_a_request_is_out_are_committed_with_what_it_d
         },
     )
     .await;
-    let mut accepted: HashMap<String, usize> = HashMap::new();
-    let mut requests = receiver.requests();
-    requests.retain(|r| r.status == 200);
-    assert!(
-        requests.iter().any(|r| !r.answered_after.is_zero()),
-        "the slow request was answered"
-    );
-    for (user, _) in map_segments(requests.iter().map(|r| json(&r.body)), |user, segment| {
-        (text(user, "AAM_UUID"), text(segment, "DateTime"))
-    }) {
-        *accepted.entry(user).or_default() += 1;
-    }
-    let mut twice: Vec<_> = accepted.iter().filter(|&(_, &n)| n > 1).collect();
-    twice.sort();
-    assert!(
-        twice.is_empty(),
-        "changes the first worker delivered were sent again by the new owner (user, times): {twice:?}"
-    );
-    assert_eq!(accepted.len(), users.len(), "every change was accepted");
+    super::assert_each_accepted_once(&receiver, users.len());
 }

@@ -36,6 +36,18 @@ impl Changelog {
         }
     }
 
+    /// A changelog of 40 users (`<prefix>00` …), each in segment 14356, and their ids.
+    async fn with_users(partitions: i32, prefix: &str) -> (Self, Vec<String>) {
+        let changelog = Self::new(partitions).await;
+        let users: Vec<String> = (0..40).map(|i| format!("{prefix}{i:02}")).collect();
+        for id in &users {
+            changelog
+                .put(id, Some(&user(id, &[(14356, T0)], &[])))
+                .await;
+        }
+        (changelog, users)
+    }
+
     /// Writes the user's state (`None`: a tombstone).
     async fn put(&self, user: &str, state: Option<&UserState>) {
         let payload = state.map(prost::Message::encode_to_vec);
@@ -257,13 +269,7 @@ async fn a_resync_interrupted_by_ctrl_c_resumes_where_it_stopped_then_says_it_is
         &receiver,
         ", max_in_flight: 1, batch: { max_users: 4, linger_ms: 20 }",
     )]);
-    let changelog = Changelog::new(1).await;
-    let users: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
-    for id in &users {
-        changelog
-            .put(id, Some(&user(id, &[(14356, T0)], &[])))
-            .await;
-    }
+    let (changelog, users) = Changelog::with_users(1, "r").await;
 
     let mut first = resync(&config, 72, &changelog, &[]);
     receiver.wait_for_requests(2, Duration::from_secs(30)).await;
@@ -483,13 +489,7 @@ async fn a_backfill_partition_given_up_while_a_request_is_out_is_committed_with_
         &receiver,
         ", backfill: true, timeout_ms: 20000, max_in_flight: 1, batch: { linger_ms: 1000 }",
     )]);
-    let changelog = Changelog::new(2).await;
-    let users: Vec<String> = (0..40).map(|i| format!("g{i:02}")).collect();
-    for id in &users {
-        changelog
-            .put(id, Some(&user(id, &[(14356, T0)], &[])))
-            .await;
-    }
+    let (changelog, users) = Changelog::with_users(2, "g").await;
     let env = [("KAFKA_CHANGELOG_TOPIC", changelog.topic.as_str())];
     let _a = test.start(&config, &env).await;
     receiver.wait_for_requests(1, Duration::from_secs(30)).await;
@@ -513,21 +513,5 @@ async fn a_backfill_partition_given_up_while_a_request_is_out_is_committed_with_
         "the joining worker took over a partition still being backfilled: {}",
         b.log()
     );
-    let mut requests = receiver.requests();
-    requests.retain(|r| r.status == 200);
-    assert!(
-        requests.iter().any(|r| !r.answered_after.is_zero()),
-        "the slow request was answered"
-    );
-    let mut accepted: HashMap<String, usize> = HashMap::new();
-    for (user, _) in received(&receiver).into_iter().map(|e| (e.0, e.2)) {
-        *accepted.entry(user).or_default() += 1;
-    }
-    let mut twice: Vec<_> = accepted.iter().filter(|&(_, &n)| n > 1).collect();
-    twice.sort();
-    assert!(
-        twice.is_empty(),
-        "users the first worker delivered were sent again by the new owner (user, times): {twice:?}"
-    );
-    assert_eq!(accepted.len(), users.len(), "every user was accepted");
+    super::assert_each_accepted_once(&receiver, users.len());
 }
