@@ -10,9 +10,11 @@
 //!
 //! A writer of trait parts writes a user's changed parts, and the tombstones of removed ones,
 //! before the user record, in the same transaction, and moving a user's histories out of
-//! `traits` it starts a new `traits_generation` and writes every history. So a user's live
-//! parts are all read before their latest record, and a reader ([`Gatherer`]) gives a record
-//! with `traits_apart` the histories of its previous record (if that had them apart, in the same
+//! `traits` it starts a new `traits_generation` (one the user never had: see the field) and
+//! writes every history. A writer of whole records tombstones the parts of a user it writes
+//! whole again, and of one it forgets, before their record. So a user's live parts are all
+//! read before their latest record, and a reader ([`Gatherer`]) gives a record with
+//! `traits_apart` the histories of its previous record (if that had them apart, in the same
 //! generation) with the parts of its generation read since applied, in read order. The result
 //! is the same whether the topic was compacted or not. Parts of another generation were left
 //! by a writer that went back to `traits`, and are not taken; parts after a user's last record
@@ -53,10 +55,16 @@ impl<'a> Key<'a> {
 /// The key of `user`'s part of `trait_id`.
 pub fn part_key(user: &str, trait_id: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(user.len() + 9);
+    write_part_key(&mut key, user, trait_id);
+    key
+}
+
+/// [`part_key`] into `key` (cleared first), to reuse its allocation.
+pub fn write_part_key(key: &mut Vec<u8>, user: &str, trait_id: u64) {
+    key.clear();
     key.extend_from_slice(user.as_bytes());
     key.push(PART_MARK);
     key.extend_from_slice(&trait_id.to_be_bytes());
-    key
 }
 
 /// Gathers users' states from one changelog partition's records, read in offset order: hand it

@@ -1,13 +1,15 @@
 //! A changelog whose users have their trait histories apart, a record each (trait parts:
 //! `model::changelog`), written here as the next writer will write it: `qualifier show` and a
-//! qualifier's restore take each user's histories from their parts, with the real binary and
-//! broker.
+//! qualifier's restore take each user's histories from their parts, and the qualifier writes
+//! a user who changed whole again, their parts tombstoned, with the real binary and broker.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use model::changelog::part_key;
 use model::{SegmentStatus, TraitHistory, TraitPart, UserState};
 use prost::Message as _;
+use rdkafka::Message as _;
 use rdkafka::producer::FutureRecord;
 use testkit::kafka;
 
@@ -89,4 +91,31 @@ async fn a_users_trait_parts_are_their_histories_to_show_and_to_a_restore() {
         changes(&got[0]),
         [(100, SegmentStatus::Active, model::ChangeReason::Qualified)]
     );
+
+    // Written again, u1's record holds the histories, and the parts are tombstoned before it
+    // (the changelog goes back to whole records as users change). Fails if the record kept
+    // `traits_apart` or a part were left.
+    let mut latest: HashMap<Vec<u8>, (i64, Option<Vec<u8>>)> = HashMap::new();
+    kafka::settings()
+        .read_to_end(&test.changelog, None, |message| {
+            let key = message.key().unwrap_or_default().to_vec();
+            latest.insert(
+                key,
+                (message.offset(), message.payload().map(<[u8]>::to_vec)),
+            );
+        })
+        .unwrap();
+    let (record_at, record) = &latest[b"u1".as_slice()];
+    let record = UserState::decode(record.as_deref().unwrap()).unwrap();
+    assert!(!record.traits_apart);
+    let traits: Vec<u64> = record.traits.iter().map(|h| h.trait_id).collect();
+    assert_eq!(traits, [1, 2]);
+    for trait_id in [1, 2] {
+        let (at, part) = &latest[&part_key("u1", trait_id)];
+        assert!(part.is_none(), "trait {trait_id}'s part is not tombstoned");
+        assert!(
+            at < record_at,
+            "trait {trait_id}'s tombstone comes after the record"
+        );
+    }
 }

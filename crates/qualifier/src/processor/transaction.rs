@@ -255,9 +255,9 @@ impl Processor {
     fn write_changelog(&mut self) -> Result<(), KafkaError> {
         let (producer, topic) = (&self.producer, &self.topology.changelog_topic);
         for (&partition, owned) in &mut lock(&self.store).partitions {
-            owned.settle(|user, record| {
-                let mut message: BaseRecord<'_, str, [u8]> =
-                    BaseRecord::to(topic).key(user).partition(partition);
+            owned.settle(|key, record| {
+                let mut message: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(topic).key(key).partition(partition);
                 if let Some(record) = record {
                     message = message.payload(record);
                 }

@@ -192,10 +192,38 @@ fn merge_into_slot<M: Message + Default>(
 /// `UserState`'s `opted_out` (field 7) and `definitions_fingerprint` (field 11), read by
 /// walking the record's fields without decoding the rest; proto3 leaves a field at its default
 /// out.
-pub(super) fn scan_for_staleness(mut bytes: &[u8]) -> (bool, u64) {
+pub(super) fn scan_for_staleness(bytes: &[u8]) -> (bool, u64) {
     const OPTED_OUT: u64 = 7;
     const DEFINITIONS_FINGERPRINT: u64 = 11;
     let (mut opted_out, mut fingerprint) = (false, 0);
+    scan_varints(bytes, |field, value| match field {
+        OPTED_OUT => opted_out = value != 0,
+        DEFINITIONS_FINGERPRINT => fingerprint = value,
+        _ => {}
+    });
+    (opted_out, fingerprint)
+}
+
+/// The trait ids of a record's histories if it has `traits_apart` (field 12: the state was
+/// gathered from trait parts, whose keys these are), else none.
+pub(super) fn parted_trait_ids(record: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    const TRAITS_APART: u64 = 12;
+    let mut apart = false;
+    scan_varints(record, |field, value| {
+        if field == TRAITS_APART {
+            apart = value != 0;
+        }
+    });
+    let entries = HistoryEntries {
+        record: if apart { record } else { &[] },
+        at: 0,
+    };
+    entries.map(|(trait_id, _)| trait_id)
+}
+
+/// Hands `each` the field number and value of every varint field of a record, walking its
+/// fields without decoding the rest; proto3 leaves a field at its default out.
+fn scan_varints(mut bytes: &[u8], mut each: impl FnMut(u64, u64)) {
     while let Some(key) = varint(&mut bytes) {
         let (field, wire_type) = (key >> 3, key & 7);
         let skip = match wire_type {
@@ -203,11 +231,7 @@ pub(super) fn scan_for_staleness(mut bytes: &[u8]) -> (bool, u64) {
                 let Some(value) = varint(&mut bytes) else {
                     break;
                 };
-                match field {
-                    OPTED_OUT => opted_out = value != 0,
-                    DEFINITIONS_FINGERPRINT => fingerprint = value,
-                    _ => {}
-                }
+                each(field, value);
                 0
             }
             1 => 8,
@@ -223,7 +247,6 @@ pub(super) fn scan_for_staleness(mut bytes: &[u8]) -> (bool, u64) {
         };
         bytes = rest;
     }
-    (opted_out, fingerprint)
 }
 
 /// Reads a protobuf varint off the front of `bytes` (prost's reader; `None` where it errs).

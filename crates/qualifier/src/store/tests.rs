@@ -40,16 +40,24 @@ fn full(id: &str, opted_out: bool, fingerprint: u64) -> UserState {
     }
 }
 
-/// Settles the store; the changelog records it writes, in order.
-pub(super) fn settle(store: &mut PartitionStore) -> Vec<(String, Option<Vec<u8>>)> {
+/// Settles the store; the changelog records it writes, in order, by key.
+pub(super) fn settle_keyed(store: &mut PartitionStore) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let mut written = Vec::new();
     store
-        .settle(|user, record| {
-            written.push((user.to_owned(), record.map(<[u8]>::to_vec)));
+        .settle(|key, record| {
+            written.push((key.to_vec(), record.map(<[u8]>::to_vec)));
             Ok::<_, ()>(())
         })
         .unwrap();
     written
+}
+
+/// [`settle_keyed`] where every record is a user's, by user id.
+pub(super) fn settle(store: &mut PartitionStore) -> Vec<(String, Option<Vec<u8>>)> {
+    settle_keyed(store)
+        .into_iter()
+        .map(|(key, record)| (String::from_utf8(key).expect("a user's record"), record))
+        .collect()
 }
 
 /// A settled user's record as the store holds it: the id, then the stored bytes.
@@ -142,30 +150,68 @@ fn a_record_is_written_once_for_a_user_whose_state_changed_in_the_transaction() 
 }
 
 /// A user a restore gathered from trait parts (`traits_apart`, their histories held) is
-/// written with the histories in their record, by a splice or whole: this version's reader
-/// would otherwise take the record's histories from parts no longer written.
+/// written with the histories in their record, by a splice or whole, after the tombstones of
+/// their parts; until they change, nothing is written and they stay as gathered. Forgotten,
+/// they get the tombstones of their parts too.
 #[test]
-fn a_user_gathered_from_trait_parts_is_written_with_their_histories_in() {
+fn a_user_gathered_from_trait_parts_is_written_whole_and_their_parts_tombstoned() {
+    use model::changelog::part_key;
     let gathered = UserState {
         user_id: "u".into(),
         traits_apart: true,
         traits_generation: 3,
         ..five_histories()
     };
-    for histories in [Histories::One(10), Histories::Any] {
+    let parts = |ids: &[u64]| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        ids.iter().map(|&id| (part_key("u", id), None)).collect()
+    };
+    for histories in [Histories::One(10), Histories::One(20), Histories::Any] {
         let mut store = PartitionStore::default();
         store.put_encoded(gathered.clone(), None);
         assert_eq!(store.stored("u"), Some(gathered.clone()));
+        // Unchanged: nothing written, still as gathered.
+        let (state, due) = store.take("u").unwrap();
+        store.put_changed(state, due, Histories::Untouched, false);
+        assert_eq!(settle_keyed(&mut store), []);
+        settle(&mut store);
+        assert_eq!(store.stored("u"), Some(gathered.clone()));
+        // Changed: 10 gets a realization, or 20 is removed (an event's expiry).
         let (mut state, due) = store.take("u").unwrap();
-        state.traits[0].times_unix_ms.push(99);
+        match histories {
+            Histories::One(20) => drop(state.traits.remove(1)),
+            _ => state.traits[0].times_unix_ms.push(99),
+        }
         store.put_changed(state.clone(), due, histories, true);
-        let written = settle(&mut store);
         let expected = UserState {
             traits_apart: false,
             ..state
         };
-        assert_eq!(written, [("u".to_owned(), Some(expected.encode_to_vec()))]);
+        // The parts of the histories held, then of the one the event removed.
+        let mut records = match histories {
+            Histories::One(20) => parts(&[10, 30, 40, 50, 20]),
+            _ => parts(&[10, 20, 30, 40, 50]),
+        };
+        records.push((b"u".to_vec(), Some(expected.encode_to_vec())));
+        assert_eq!(settle_keyed(&mut store), records, "{histories:?}");
         assert_eq!(stored(&store, "u"), Some(expected.encode_to_vec()));
+    }
+    let mut store = PartitionStore::default();
+    store.put_encoded(gathered.clone(), None);
+    store.take("u").unwrap();
+    let mut records = parts(&[10, 20, 30, 40, 50]);
+    records.push((b"u".to_vec(), None));
+    assert_eq!(settle_keyed(&mut store), records, "forgotten");
+    // A user whose record holds their histories has no part to tombstone.
+    let mut store = PartitionStore::default();
+    store.put_encoded(five_histories_of("w"), None);
+    store.take("w").unwrap();
+    assert_eq!(settle_keyed(&mut store), [(b"w".to_vec(), None)]);
+}
+
+fn five_histories_of(id: &str) -> UserState {
+    UserState {
+        user_id: id.into(),
+        ..five_histories()
     }
 }
 
