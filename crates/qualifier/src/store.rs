@@ -34,8 +34,8 @@ mod parts;
 mod record;
 mod timers;
 
-use parts::{PartTombstones, held_or_removed};
-use record::{Base, decode_into, parted_trait_ids, scan_for_staleness};
+use parts::PartTombstones;
+use record::{Base, decode_into, scan_for_staleness};
 use timers::Timers;
 
 /// At most this many decoded states let go are kept per partition for their allocations
@@ -227,7 +227,10 @@ impl PartitionStore {
         {
             Some((user_id, taken)) => (
                 user_id,
-                taken.base.and_then(|base| base.with_changed(histories)),
+                // Kept for a user gathered from trait parts: it names the parts.
+                taken
+                    .base
+                    .and_then(|b| b.with_changed(histories, state.traits_apart)),
                 taken.due,
                 changed || taken.changed,
             ),
@@ -290,10 +293,8 @@ impl PartitionStore {
         let mut unsettled = std::mem::take(&mut self.unsettled);
         for (user_id, taken) in self.taken.drain() {
             self.timers.remove(taken.due, &user_id);
-            if let Some(base) = &taken.base {
-                let parted = parted_trait_ids(&base.record);
-                self.part_tombstones.write(&user_id, parted, &mut write)?;
-            }
+            let base = taken.base.as_ref();
+            self.part_tombstones.forgotten(&user_id, base, &mut write)?;
             write(user_id.as_bytes(), None)?;
         }
         for user_id in self.forgotten.drain(..) {
@@ -323,9 +324,9 @@ impl PartitionStore {
             if let Some(entry) = self.users.get_mut(&user_id) {
                 entry.state = Box::from(&self.buffer[prefix..]);
                 if parted {
-                    let touched = user.base.as_ref().map_or(&[][..], |b| b.changed.as_slice());
-                    let ids = held_or_removed(&user.state.traits, touched);
-                    self.part_tombstones.write(&user_id, ids, &mut write)?;
+                    let (base, traits) = (user.base.as_ref(), &user.state.traits);
+                    self.part_tombstones
+                        .rewritten(&user_id, base, traits, &mut write)?;
                 }
                 if user.changed {
                     write(user_id.as_bytes(), Some(&self.buffer))?;

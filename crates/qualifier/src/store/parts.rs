@@ -1,10 +1,14 @@
 //! The trait parts (`model::changelog`) a store writes: tombstones only. This release writes
 //! every user's histories in their record; a user a restore gathered from parts (a later
 //! release wrote them) is written whole as they change, and their parts are tombstoned before
-//! that record, as a forgotten user's are: the changelog goes back to whole records.
+//! that record, as a forgotten user's are: the changelog goes back to whole records. The
+//! parts are those the record the user was taken from names, which the store keeps for such a
+//! user whatever changed (`record.rs`, `Base::with_changed`).
 
 use model::changelog::write_part_key;
 use model::pb::TraitHistory;
+
+use super::record::{Base, parted_trait_ids};
 
 /// Writes the tombstones of a user's parts, into a key buffer it keeps.
 #[derive(Debug, Default)]
@@ -13,8 +17,36 @@ pub(super) struct PartTombstones {
 }
 
 impl PartTombstones {
+    /// A user forgotten: the parts the record they were taken from names, if any.
+    pub(super) fn forgotten<E>(
+        &mut self,
+        user_id: &str,
+        base: Option<&Base>,
+        write: &mut impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match base {
+            Some(base) => self.write(user_id, parted_trait_ids(&base.record), write),
+            None => Ok(()),
+        }
+    }
+
+    /// A user gathered from parts, written whole: the parts the record they were taken from
+    /// names (without one, those of the histories they hold).
+    pub(super) fn rewritten<E>(
+        &mut self,
+        user_id: &str,
+        base: Option<&Base>,
+        traits: &[TraitHistory],
+        write: &mut impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match base {
+            Some(base) => self.write(user_id, parted_trait_ids(&base.record), write),
+            None => self.write(user_id, traits.iter().map(|h| h.trait_id), write),
+        }
+    }
+
     /// Hands `write` a tombstone for `user_id`'s part of each of `trait_ids`.
-    pub(super) fn write<E>(
+    fn write<E>(
         &mut self,
         user_id: &str,
         trait_ids: impl IntoIterator<Item = u64>,
@@ -26,18 +58,4 @@ impl PartTombstones {
         }
         Ok(())
     }
-}
-
-/// The parts of a user gathered from them who changed: of the histories they hold (`traits`,
-/// in ascending trait id), then of those the transaction's events removed (among `touched`, the
-/// histories the events changed; a history a timer or sweep removed is not known, and its part
-/// is left, never taken again since the user's record is whole).
-pub(super) fn held_or_removed<'a>(
-    traits: &'a [TraitHistory],
-    touched: &'a [u64],
-) -> impl Iterator<Item = u64> + 'a {
-    let removed = touched
-        .iter()
-        .filter(|&&id| traits.binary_search_by_key(&id, |h| h.trait_id).is_err());
-    traits.iter().map(|h| h.trait_id).chain(removed.copied())
 }

@@ -16,6 +16,9 @@ pub(super) struct Base {
     pub(super) record: Box<[u8]>,
     /// The trait ids whose histories changed, ascending, at most [`MAX_CHANGED_HISTORIES`].
     pub(super) changed: Vec<u64>,
+    /// Any history may have changed, or too many did: nothing is spliced from the record,
+    /// kept only for the trait parts it names (`store/parts.rs`).
+    pub(super) any: bool,
 }
 
 impl Base {
@@ -23,23 +26,29 @@ impl Base {
         Self {
             record,
             changed: Vec::new(),
+            any: false,
         }
     }
 
-    /// With `histories` changed too; `None` when the record is of no more use (any history
-    /// may have changed, or too many did).
-    pub(super) fn with_changed(mut self, histories: Histories) -> Option<Self> {
-        match histories {
-            Histories::Any => return None,
-            Histories::Untouched => {}
-            Histories::One(trait_id) => {
-                if let Err(at) = self.changed.binary_search(&trait_id) {
-                    if self.changed.len() == MAX_CHANGED_HISTORIES {
-                        return None;
-                    }
+    /// With `histories` changed too; `None` when the record is of no more use: any history
+    /// may have changed, or too many did, and it is not to be `kept` for its trait parts.
+    pub(super) fn with_changed(mut self, histories: Histories, kept: bool) -> Option<Self> {
+        let any = match histories {
+            Histories::Any => true,
+            Histories::Untouched => false,
+            Histories::One(trait_id) => match self.changed.binary_search(&trait_id) {
+                Ok(_) => false,
+                Err(_) if self.changed.len() == MAX_CHANGED_HISTORIES => true,
+                Err(at) => {
                     self.changed.insert(at, trait_id);
+                    false
                 }
-            }
+            },
+        };
+        if any || self.any {
+            self.any = true;
+            self.changed = Vec::new();
+            return kept.then_some(self);
         }
         Some(self)
     }
@@ -49,6 +58,9 @@ impl Base {
     /// the changed ones and every other field encoded. `None` when the record's histories are
     /// not the state's but for the changed ones (what is written is then of no use).
     pub(super) fn splice(&self, state: &mut UserState, buf: &mut Vec<u8>) -> Option<()> {
+        if self.any {
+            return None;
+        }
         if !state.user_id.is_empty() {
             string::encode(1, &state.user_id, buf);
         }

@@ -186,21 +186,27 @@ fn a_user_gathered_from_trait_parts_is_written_whole_and_their_parts_tombstoned(
             traits_apart: false,
             ..state
         };
-        // The parts of the histories held, then of the one the event removed.
-        let mut records = match histories {
-            Histories::One(20) => parts(&[10, 30, 40, 50, 20]),
-            _ => parts(&[10, 20, 30, 40, 50]),
-        };
+        // The parts the record they were taken from names, 20's too when an event removed it.
+        let mut records = parts(&[10, 20, 30, 40, 50]);
         records.push((b"u".to_vec(), Some(expected.encode_to_vec())));
         assert_eq!(settle_keyed(&mut store), records, "{histories:?}");
         assert_eq!(stored(&store, "u"), Some(expected.encode_to_vec()));
     }
-    let mut store = PartitionStore::default();
-    store.put_encoded(gathered.clone(), None);
-    store.take("u").unwrap();
-    let mut records = parts(&[10, 20, 30, 40, 50]);
-    records.push((b"u".to_vec(), None));
-    assert_eq!(settle_keyed(&mut store), records, "forgotten");
+    // Forgotten (an erasure), also after a timer's step in the same transaction, which may
+    // have changed any history: every part is tombstoned.
+    for timer_first in [false, true] {
+        let mut store = PartitionStore::default();
+        store.put_encoded(gathered.clone(), None);
+        let (mut state, due) = store.take("u").unwrap();
+        if timer_first {
+            state.traits.remove(1);
+            store.put_changed(state, due, Histories::Any, true);
+            store.take("u").unwrap();
+        }
+        let mut records = parts(&[10, 20, 30, 40, 50]);
+        records.push((b"u".to_vec(), None));
+        assert_eq!(settle_keyed(&mut store), records, "forgotten");
+    }
     // A user whose record holds their histories has no part to tombstone.
     let mut store = PartitionStore::default();
     store.put_encoded(five_histories_of("w"), None);
@@ -285,6 +291,7 @@ fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
         let base = Base {
             record: record.clone(),
             changed: changed.to_vec(),
+            any: false,
         };
         let mut spliced = Vec::new();
         assert_eq!(
@@ -301,6 +308,7 @@ fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
     let base = Base {
         record: record.clone(),
         changed: vec![40],
+        any: false,
     };
     let mut spliced = Vec::new();
     assert_eq!(base.splice(&mut after, &mut spliced), Some(()));
@@ -315,19 +323,30 @@ fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
 fn what_changed_is_gathered_in_order_and_too_much_is_encoding_the_user_whole() {
     let mut base = Some(Base::new(Box::default()));
     for trait_id in (1..=MAX_CHANGED_HISTORIES as u64).rev() {
-        base = base.and_then(|b| b.with_changed(Histories::One(trait_id)));
-        base = base.and_then(|b| b.with_changed(Histories::One(trait_id)));
-        base = base.and_then(|b| b.with_changed(Histories::Untouched));
+        base = base.and_then(|b| b.with_changed(Histories::One(trait_id), false));
+        base = base.and_then(|b| b.with_changed(Histories::One(trait_id), false));
+        base = base.and_then(|b| b.with_changed(Histories::Untouched, false));
     }
     let base = base.expect("as many as may be changed, each twice");
     assert!(base.changed.is_sorted());
     assert_eq!(base.changed.len(), MAX_CHANGED_HISTORIES);
     let one_more = MAX_CHANGED_HISTORIES as u64 + 1;
-    assert!(base.with_changed(Histories::One(one_more)).is_none());
+    assert!(base.with_changed(Histories::One(one_more), false).is_none());
     assert!(
         Base::new(Box::default())
-            .with_changed(Histories::Any)
+            .with_changed(Histories::Any, false)
             .is_none()
+    );
+    // Kept for its trait parts: it splices nothing from then on.
+    let kept = Base::new(Box::default())
+        .with_changed(Histories::Any, true)
+        .unwrap()
+        .with_changed(Histories::One(1), true)
+        .unwrap();
+    assert!(kept.changed.is_empty());
+    assert_eq!(
+        kept.splice(&mut UserState::default(), &mut Vec::new()),
+        None
     );
 }
 
