@@ -223,14 +223,13 @@ impl PartitionStore {
         histories: Histories,
         changed: bool,
     ) {
+        // The record taken is kept for a user gathered from trait parts: it names the parts.
+        let rebase = |base: Base| base.with_changed(histories, state.traits_apart);
         let (user_id, base, timer, changed) = match self.taken.remove_entry(state.user_id.as_str())
         {
             Some((user_id, taken)) => (
                 user_id,
-                // Kept for a user gathered from trait parts: it names the parts.
-                taken
-                    .base
-                    .and_then(|b| b.with_changed(histories, state.traits_apart)),
+                taken.base.and_then(rebase),
                 taken.due,
                 changed || taken.changed,
             ),
