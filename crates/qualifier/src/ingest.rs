@@ -157,19 +157,20 @@ pub fn router<W: EventSink>(
         })
 }
 
-/// Serves `app` on `addr` (HTTPS with `tls`) until `shutdown`.
+/// Listens on `addr` and serves `app` there (HTTPS with `tls`) until `shutdown`. The listener
+/// is bound before this returns: a port that cannot be had stops the start-up with the error,
+/// rather than leaving a process that is ready but serves no ingest.
 pub async fn serve(
     addr: SocketAddr,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<impl Future<Output = ()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, "Ingest API listening.");
-    serve_on(listener, app, tls, header_timeout, shutdown).await;
-    Ok(())
+    Ok(serve_on(listener, app, tls, header_timeout, shutdown))
 }
 
 /// Serves `app` on `listener` (HTTPS with `tls`) until `shutdown`, then lets requests in

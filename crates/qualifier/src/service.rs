@@ -102,16 +102,23 @@ pub async fn run(
             .map(|tls| tls.acceptor().clone()),
         options.limits.read_timeout,
         stop.clone(),
-    );
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen on INGEST_ADDR (--ingest-addr) {}: set it to an address and port \
+             this process may bind and no other process holds",
+            options.ingest_addr
+        )
+    })?;
     // The ingest server runs as long as the process: one that ended early fails `/livez`.
     let ingest_running = runtime.health.liveness().must_run("ingest");
     let ingest_stop = stop.clone();
     let ingest = tokio::spawn(async move {
-        let result = served.await;
+        served.await;
         if ingest_stop.is_cancelled() {
             ingest_running.finish();
         }
-        result
     });
     if let Some(file) = options.ingest_tokens_file {
         tokio::spawn(watch_tokens(file, options.ingest_auth, stop.clone()));
@@ -139,10 +146,7 @@ pub async fn run(
     // Up to 10 s while the broker is slow: off the async threads.
     let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
     let _ = watcher.await;
-    ingest
-        .await
-        .context("the ingest server panicked")?
-        .context("the ingest server failed")?;
+    ingest.await.context("the ingest server panicked")?;
     result.context("processing failed")
 }
 

@@ -274,3 +274,28 @@ async fn bad_kafka_settings_and_bad_definitions_stop_start_up_with_the_fix() {
     );
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// An ingest port another process holds stops the start-up, naming the setting: the process
+/// does not run ready and deaf. Fails if the qualifier starts anyway (before: it ran, ready,
+/// its ingest task ended and only `/livez` said so).
+#[tokio::test]
+async fn an_ingest_port_in_use_stops_start_up_naming_the_setting() {
+    let test = QualifierTest::new(1).await;
+    let definitions = test.definitions(RULES);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let mut service = test
+        .builder(&definitions, "a")
+        .env("INGEST_ADDR", &addr)
+        .spawn();
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    let log = service.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "cannot listen on INGEST_ADDR (--ingest-addr) {addr}"
+        )),
+        "{log}"
+    );
+    drop(held);
+}

@@ -76,17 +76,9 @@ impl QualifierTest {
         env: &[(&str, &str)],
     ) -> Qualifier {
         let port = free_port();
-        let mut builder = ServiceBuilder::new("qualifier")
-            .arg("--config")
-            .arg(definitions.to_str().unwrap())
-            .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
-            .env("KAFKA_GROUP_ID", &self.group)
-            .env("KAFKA_INSTANCE_ID", instance)
-            .env("KAFKA_EVENTS_TOPIC", &self.events)
-            .env("KAFKA_STATUS_TOPIC", &self.status)
-            .env("KAFKA_STATUS_BATCH_TOPIC", &self.status_batch)
-            .env("KAFKA_CHANGELOG_TOPIC", &self.changelog)
-            .env("KAFKA_DLQ_TOPIC", &self.dlq);
+        let mut builder = self
+            .builder(definitions, instance)
+            .env("INGEST_ADDR", format!("127.0.0.1:{port}"));
         for (key, value) in env {
             builder = builder.env(key, *value);
         }
@@ -96,6 +88,20 @@ impl QualifierTest {
             service,
             ingest: format!("http://127.0.0.1:{port}/v1/events"),
         }
+    }
+
+    /// The qualifier with this test's topics and group, as `instance`, not started.
+    pub fn builder(&self, definitions: &Path, instance: &str) -> ServiceBuilder {
+        ServiceBuilder::new("qualifier")
+            .arg("--config")
+            .arg(definitions.to_str().unwrap())
+            .env("KAFKA_GROUP_ID", &self.group)
+            .env("KAFKA_INSTANCE_ID", instance)
+            .env("KAFKA_EVENTS_TOPIC", &self.events)
+            .env("KAFKA_STATUS_TOPIC", &self.status)
+            .env("KAFKA_STATUS_BATCH_TOPIC", &self.status_batch)
+            .env("KAFKA_CHANGELOG_TOPIC", &self.changelog)
+            .env("KAFKA_DLQ_TOPIC", &self.dlq)
     }
 
     /// How many input events the qualifier's group has committed (its transactions' input
