@@ -296,32 +296,30 @@ fn preload_status(
 /// A changelog is as long as its users are many (10M users: tens of millions of records), so
 /// the read is bounded by a stall, not by a total deadline.
 fn state_size(topic: &str) -> anyhow::Result<()> {
-    use model::changelog::Key;
+    use model::changelog::is_part;
     let kafka = telemetry::KafkaSettings::from_env()?;
     let partitions: Vec<i32> = kafka
         .partition_ends(topic)?
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    let mut latest: HashMap<Vec<u8>, usize> = HashMap::new();
+    // Per key: its bytes, and whether it is a trait part's.
+    let mut latest: HashMap<Vec<u8>, (usize, bool)> = HashMap::new();
     kafka.read_to_end_while_moving(topic, &partitions, Duration::from_secs(30), |message| {
         use rdkafka::Message as _;
         let key = message.key().unwrap_or_default().to_vec();
         match message.payload() {
             Some(value) => {
                 // A trait part's key repeats its user's id: bytes the layout costs.
-                let part = matches!(Key::parse(&key), Some(Key::Part { .. }));
+                let part = is_part(&key);
                 let size = value.len() + if part { key.len() } else { 0 };
-                latest.insert(key, size)
+                latest.insert(key, (size, part))
             }
             None => latest.remove(&key),
         };
     })?;
-    let users = latest
-        .keys()
-        .filter(|key| !matches!(Key::parse(key), Some(Key::Part { .. })))
-        .count();
-    let bytes: usize = latest.values().sum();
+    let users = latest.values().filter(|(_, part)| !part).count();
+    let bytes: usize = latest.values().map(|(size, _)| size).sum();
     println!("{users} {bytes} {:.1}", bytes as f64 / users.max(1) as f64);
     Ok(())
 }

@@ -52,6 +52,11 @@ impl<'a> Key<'a> {
     }
 }
 
+/// Whether `key` is a trait part's.
+pub fn is_part(key: &[u8]) -> bool {
+    matches!(Key::parse(key), Some(Key::Part { .. }))
+}
+
 /// The key of `user`'s part of `trait_id`.
 pub fn part_key(user: &str, trait_id: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(user.len() + 9);

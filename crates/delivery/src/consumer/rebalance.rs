@@ -12,7 +12,7 @@ use telemetry::{KafkaSettings, Waiter, commits};
 
 use super::Follower;
 use super::commit::commit_list;
-use crate::offsets::{CommitPosition, Watermarks, parse_positions};
+use crate::offsets::{Watermarks, parse_positions};
 use crate::order::{Order, Topic};
 use crate::sender::DestinationSender;
 
@@ -132,21 +132,24 @@ impl PipelineContext {
     /// commits them up to their watermark (with the positions of the destinations behind it):
     /// what those attempts delivered is finished by then, and their new owner does not send it
     /// again.
+    ///
+    /// The wait is for attempts on the wire that hold events of revoked `partitions` (see
+    /// `offsets::Sending`), up to `drain_timeout`. Their new owner sends again from the commit
+    /// what they did not deliver, and must not send a user's newer change before the partner
+    /// answered this worker's attempt of an older one. Revoked, the partitions' events make no
+    /// further attempt here (no retry, nothing queued), so only attempts already on the wire
+    /// are waited for. Not while leaving the group: the drain waited for everything already.
     pub(super) fn revoke<C: Consumer<Self>>(&self, consumer: &C, partitions: &[i32]) {
-        {
-            let mut table = self.watermarks.lock();
-            for &partition in partitions {
-                table.start_revoking(partition);
-            }
-        }
-        self.wait_for_attempts(partitions);
-        let positions: Vec<CommitPosition> = {
-            let mut table = self.watermarks.lock();
-            partitions
-                .iter()
-                .filter_map(|&p| table.finish_revoking(p))
-                .collect()
+        let closing = self.closing();
+        let wait = if closing {
+            Duration::ZERO
+        } else {
+            self.drain_timeout
         };
+        let (positions, answered) = self.watermarks.give_up(partitions, wait);
+        if !answered && !closing {
+            tracing::warn!(topic = %self.topic, waited_ms = self.drain_timeout.as_millis() as u64, "Attempts holding events of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their new owner may send a user's newer change before the partner answered one of these.");
+        }
         if !positions.is_empty()
             && let Err(error) =
                 consumer.commit(&commit_list(&self.topic, &positions), CommitMode::Sync)
@@ -154,24 +157,6 @@ impl PipelineContext {
             tracing::warn!(topic = %self.topic, %error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
         }
         tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions revoked.");
-    }
-
-    /// Waits, up to `drain_timeout`, for the attempts on the wire that hold events of revoked
-    /// `partitions` (see `offsets::Sending`). Their new owner sends again from the commit what
-    /// they did not deliver, and must not send a user's newer change before the partner
-    /// answered this worker's attempt of an older one. Revoked, the partitions' events make no
-    /// further attempt here (no retry, nothing queued), so only attempts already on the wire
-    /// are waited for. Not while leaving the group: the drain waited for everything already.
-    fn wait_for_attempts(&self, partitions: &[i32]) {
-        if self.closing() {
-            return;
-        }
-        if !self
-            .watermarks
-            .wait_for_attempts(partitions, self.drain_timeout)
-        {
-            tracing::warn!(topic = %self.topic, waited_ms = self.drain_timeout.as_millis() as u64, "Attempts holding events of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their new owner may send a user's newer change before the partner answered one of these.");
-        }
     }
 
     /// Reads the last commit of assigned partitions (where the shared consumer starts, and

@@ -132,18 +132,27 @@ fn release(assignments: &[PartitionAssignment], table: &mut WatermarkTable) {
 }
 
 impl Watermarks {
-    /// Waits, up to `timeout`, until no attempt on the wire holds one of `partitions` (each
-    /// being given up: see [`WatermarkTable::start_revoking`]). `false` if one still did then.
-    /// Blocks: a rebalance callback's.
-    pub fn wait_for_attempts(&self, partitions: &[i32], timeout: Duration) -> bool {
-        let started = Instant::now();
-        while self.lock().is_sending(partitions) {
-            if started.elapsed() >= timeout {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    /// Gives revoked `partitions` up: starts revoking them ([`WatermarkTable::start_revoking`]),
+    /// waits up to `wait` until no attempt on the wire holds one, and ends it: what to commit
+    /// for each that was owned, the events of the answered attempts included, and whether
+    /// every attempt was answered in time. Blocks: a rebalance callback's.
+    pub fn give_up(&self, partitions: &[i32], wait: Duration) -> (Vec<CommitPosition>, bool) {
+        let mut table = self.lock();
+        for &partition in partitions {
+            table.start_revoking(partition);
         }
-        true
+        let started = Instant::now();
+        while table.is_sending(partitions) && started.elapsed() < wait {
+            drop(table);
+            std::thread::sleep(Duration::from_millis(5));
+            table = self.lock();
+        }
+        let answered = !table.is_sending(partitions);
+        let positions = partitions
+            .iter()
+            .filter_map(|&p| table.finish_revoking(p))
+            .collect();
+        (positions, answered)
     }
 }
 

@@ -17,6 +17,8 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 
+use model::changelog::is_part;
+
 use crate::resync::view::{Record, decode};
 
 /// Converge passes at most after the main pass (each reads what was written during the one
@@ -151,7 +153,7 @@ impl PartitionRun {
     pub fn index(&mut self, offset: i64, key: Option<&[u8]>) {
         self.indexed_to = offset + 1;
         self.last_record = Some(offset);
-        if let Some(key) = key.filter(|key| !is_trait_part(key)) {
+        if let Some(key) = key.filter(|key| !is_part(key)) {
             self.index.insert(self.index_hasher.hash_one(key), offset);
         }
     }
@@ -191,7 +193,7 @@ impl PartitionRun {
     /// what came before). An error says why the record is not a user state; it is skipped.
     pub fn read(&mut self, record: Fetched) -> Result<(), String> {
         self.next = record.offset + 1;
-        if record.key.as_deref().is_some_and(is_trait_part) {
+        if record.key.as_deref().is_some_and(is_part) {
             self.chunk.push((record.offset, None));
             return Ok(());
         }
@@ -288,14 +290,6 @@ impl PartitionRun {
         self.held = later;
         now
     }
-}
-
-/// Whether a changelog key is a user's trait part's.
-fn is_trait_part(key: &[u8]) -> bool {
-    matches!(
-        model::changelog::Key::parse(key),
-        Some(model::changelog::Key::Part { .. })
-    )
 }
 
 /// What a resync group's commit metadata says about its partition.

@@ -176,24 +176,28 @@ impl ResyncContext {
         .metadata()
     }
 
-    /// Ends giving `partitions` up (see [`crate::offsets::WatermarkTable::start_revoking`]):
-    /// the commit of each that is not complete, up to what is finished, the users of the
-    /// answered attempts included.
-    fn revoked_commits(&self, partitions: &[i32]) -> Vec<(i32, i64, String)> {
-        let mut table = self.watermarks.lock();
+    /// Gives `partitions` up ([`crate::offsets::Watermarks::give_up`], up to
+    /// `drain_timeout_ms`): the commit of each that is not complete, up to what is finished,
+    /// the users of the answered attempts included.
+    fn give_up(&self, partitions: &[i32]) -> Vec<(i32, i64, String)> {
+        let (positions, answered) = self.watermarks.give_up(partitions, self.drain_timeout);
+        if !answered {
+            tracing::warn!(
+                destination = self.destination,
+                waited_ms = self.drain_timeout.as_millis() as u64,
+                "Backfill requests holding users of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their next owner sends those users again."
+            );
+        }
         let mut runs = self.runs();
+        let runs: Vec<_> = partitions.iter().map(|p| (*p, runs.remove(p))).collect();
         let metadata = self.running();
-        partitions
-            .iter()
-            .filter_map(|&partition| {
-                let run = runs.remove(&partition);
-                let position = table.finish_revoking(partition)?;
-                let run = run.filter(|run| run.phase != Phase::Complete)?;
-                Some((
-                    partition,
-                    run.commit_offset(position.oldest),
-                    metadata.clone(),
-                ))
+        positions
+            .into_iter()
+            .filter_map(|position| {
+                let (_, run) = runs.iter().find(|(p, _)| *p == position.partition)?;
+                let run = run.as_ref().filter(|run| run.phase != Phase::Complete)?;
+                let offset = run.commit_offset(position.oldest);
+                Some((position.partition, offset, metadata.clone()))
             })
             .collect()
     }
@@ -275,26 +279,10 @@ impl commits::Handover for ResyncContext {
     /// partner accepted included. Its next owner resumes there and does not send them again.
     fn revoked(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
-        {
-            let mut table = self.watermarks.lock();
-            for &partition in &partitions {
-                table.start_revoking(partition);
-            }
-        }
         // Waited for and committed before the partitions go, off the runtime's way (see
         // `off_the_runtime`).
         off_the_runtime(|| {
-            if !self
-                .watermarks
-                .wait_for_attempts(&partitions, self.drain_timeout)
-            {
-                tracing::warn!(
-                    destination = self.destination,
-                    waited_ms = self.drain_timeout.as_millis() as u64,
-                    "Backfill requests holding users of revoked partitions are still on the wire after drain_timeout_ms; the partitions go anyway, and their next owner sends those users again."
-                );
-            }
-            let positions = self.revoked_commits(&partitions);
+            let positions = self.give_up(&partitions);
             if let Err(error) = commit(consumer, &self.topic, &positions) {
                 tracing::warn!(destination = self.destination, %error, "Cannot commit the backfill's revoked partitions; their next owner sends from the last commit.");
             }

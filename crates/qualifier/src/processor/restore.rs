@@ -191,12 +191,9 @@ fn restore(
         };
         match UserState::decode(payload) {
             Ok(mut state) => {
-                if state.traits_apart {
-                    let previous = store.stored(&state.user_id);
-                    gatherer.user(&mut state, previous.as_ref());
-                } else {
-                    gatherer.user(&mut state, None);
-                }
+                // Only a record with its histories apart builds on the previous one.
+                let previous = state.traits_apart.then(|| store.stored(&state.user_id));
+                gatherer.user(&mut state, previous.flatten().as_ref());
                 normalize(&mut state);
                 let due = next_due(definitions, &state, now);
                 store.put_encoded(state, due);
