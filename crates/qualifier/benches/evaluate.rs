@@ -11,7 +11,7 @@ use model::pb::{TraitRealization, trait_event};
 use model::{Origin, TraitEvent};
 use qualifier::config::Definitions;
 use qualifier::evaluate::{Evaluator, Histories};
-use qualifier::store::PartitionStore;
+use qualifier::store::{Layout, PartitionStore};
 
 fn definitions() -> Definitions {
     let yaml = relay_bench::qualifier_definitions_yaml(1_000, 5_000, 1);
@@ -113,8 +113,8 @@ fn store(c: &mut Criterion) {
         state.regions = vec![6];
         store.put(state, None);
     }
-    settle(&mut store);
-    settle(&mut store);
+    settle(&mut store, Layout::Whole);
+    settle(&mut store, Layout::Whole);
     let mut next = 0;
     c.bench_function(
         "take, put back and settle a stored user (20 traits, 1-15 times each)",
@@ -124,7 +124,7 @@ fn store(c: &mut Criterion) {
                 store.put(state, due);
                 next = (next + 1) % USERS;
                 if next % TRANSACTION == 0 {
-                    settle(&mut store);
+                    settle(&mut store, Layout::Whole);
                 }
             })
         },
@@ -144,7 +144,12 @@ fn heavy_users(c: &mut Criterion) {
     let ids: Vec<String> = (0..USERS).map(|i| format!("heavy-{i:08}")).collect();
     let mut group =
         c.benchmark_group("take, change one history, put back and settle a user of 1000 traits");
-    for splice in [false, true] {
+    let parts = Layout::Parts { now };
+    for (name, splice, layout) in [
+        ("whole", false, Layout::Whole),
+        ("changed history only", true, Layout::Whole),
+        ("changed history only, in trait parts", true, parts),
+    ] {
         let mut store = PartitionStore::default();
         for id in &ids {
             store.put(
@@ -162,13 +167,8 @@ fn heavy_users(c: &mut Criterion) {
                 None,
             );
         }
-        settle(&mut store);
+        settle(&mut store, layout);
         let mut next = 0;
-        let name = if splice {
-            "changed history only"
-        } else {
-            "whole"
-        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let (mut state, due) = store.take(black_box(&ids[next])).unwrap();
@@ -183,7 +183,7 @@ fn heavy_users(c: &mut Criterion) {
                 }
                 next = (next + 1) % USERS;
                 if next % TRANSACTION == 0 {
-                    settle(&mut store);
+                    settle(&mut store, layout);
                 }
             })
         });
@@ -193,9 +193,9 @@ fn heavy_users(c: &mut Criterion) {
 
 /// The transaction's end: the users put back encoded, each changelog record handed over as the
 /// processor hands it to the producer.
-fn settle(store: &mut PartitionStore) {
+fn settle(store: &mut PartitionStore, layout: Layout) {
     store
-        .settle(|user, record| {
+        .settle(layout, |user, record| {
             black_box((user, record));
             Ok::<_, std::convert::Infallible>(())
         })

@@ -186,6 +186,10 @@ impl Evaluator {
                     opted_out_unix_ms: time,
                     last_sequence: state.last_sequence,
                     last_change_unix_ms: state.last_change_unix_ms,
+                    // Where the changelog holds their histories: the store tombstones their
+                    // trait parts as it writes the marker.
+                    traits_apart: state.traits_apart,
+                    traits_generation: state.traits_generation,
                     ..UserState::default()
                 };
                 Ok(Step {

@@ -92,6 +92,15 @@ struct Cli {
     )]
     ingest_tls_key_file: Option<PathBuf>,
 
+    /// Write busy users' trait histories to the changelog in records of their own (trait
+    /// parts): a busy user's new state then costs the changelog the histories that changed, not
+    /// all of them. Turn it on only once every qualifier that may restore the changelog reads
+    /// trait parts (every build since they were added does; an earlier one would lose the
+    /// histories of a user written apart). Turned off again, users are written whole as they
+    /// change.
+    #[arg(long, env = "CHANGELOG_TRAIT_PARTS", default_value_t = false, global = true)]
+    changelog_trait_parts: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -297,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status_topic: block.status_topic,
                 status_batch_topic: block.status_batch_topic,
                 changelog_topic: block.changelog_topic,
+                changelog_trait_parts: cli.changelog_trait_parts,
                 dlq_topic: block.dlq_topic,
                 delivery_log_topic: block.delivery_log_topic,
             };

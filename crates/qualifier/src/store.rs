@@ -34,9 +34,10 @@ mod parts;
 mod record;
 mod timers;
 
-use parts::PartTombstones;
+pub use parts::{APART_OVER, Layout};
+use parts::{PartWriter, Written};
 use record::{Base, decode_into, scan_for_staleness};
-use timers::Timers;
+use timers::{Due, Timers};
 
 /// At most this many decoded states let go are kept per partition for their allocations
 /// ([`PartitionStore::spare`]), each of at most [`SPARE_TRAITS`] trait histories: what the
@@ -61,25 +62,6 @@ const MAX_CHANGED_HISTORIES: usize = 1024;
 struct Entry {
     state: Box<[u8]>,
     due: Due,
-}
-
-/// When a stored user's timer is due, in 8 bytes where an `Option<i64>` takes 16: a map slot
-/// (id and entry) is 40 bytes instead of 48, ~13 B per user at a million users (a map has
-/// more slots than users).
-#[derive(Debug, Clone, Copy)]
-struct Due(i64);
-
-impl Due {
-    /// No timer. No real time is this far back (292 million years before 1970).
-    const NONE: i64 = i64::MIN;
-
-    fn new(due: Option<i64>) -> Self {
-        Self(due.map_or(Self::NONE, |due| due.max(Self::NONE + 1)))
-    }
-
-    fn get(self) -> Option<i64> {
-        (self.0 != Self::NONE).then_some(self.0)
-    }
 }
 
 /// A user taken out of the store (see [`PartitionStore::taken`]).
@@ -127,10 +109,13 @@ pub struct PartitionStore {
     /// Users the store did not hold whose step forgot them in the open transaction (an
     /// erasure of an unknown user): a tombstone each at [`Self::settle`].
     forgotten: Vec<Arc<str>>,
+    /// The records forgotten users were taken from, for the trait parts they name (see
+    /// [`Self::forget`]).
+    retired: Vec<(Arc<str>, Base)>,
     /// Where states are encoded before they are copied into an allocation of their size.
     buffer: Vec<u8>,
-    /// The tombstones of trait parts (see [`Self::settle`]).
-    part_tombstones: PartTombstones,
+    /// Writes trait parts and their tombstones (see [`Self::settle`]).
+    parts: PartWriter,
     /// Decoded states of users let go (encoded, no longer warm), kept for their allocations: a
     /// user decoded into one refills its vectors instead of growing new ones, history by
     /// history, an element at a time (a fifth of the processing loop at 20,000 events/s).
@@ -246,11 +231,13 @@ impl PartitionStore {
         );
     }
 
-    /// Writes a tombstone for a user forgotten by a step at [`Self::settle`]. A user taken and
-    /// not put back gets one anyway; this is for a user the store did not hold.
+    /// Writes a tombstone for a user forgotten by a step at [`Self::settle`] (a user taken and
+    /// not put back gets one anyway; this is for one the store did not hold), and the
+    /// tombstones of any trait parts of theirs, also if they come back in the transaction.
     pub fn forget(&mut self, user_id: &str) {
-        if !self.taken.contains_key(user_id) {
-            self.forgotten.push(Arc::from(user_id));
+        match self.taken.get_mut(user_id) {
+            Some(taken) => self.retired.extend(taken.base.take().map(|b| (user_id.into(), b))),
+            None => self.forgotten.push(Arc::from(user_id)),
         }
     }
 
@@ -283,17 +270,21 @@ impl PartitionStore {
     /// tombstones first. It stops at `write`'s first error (the transaction then fails, and
     /// the store is restored from the changelog).
     ///
-    /// Every record written holds the user's histories; a user gathered from trait parts has
-    /// them tombstoned before it, as a forgotten one does (`store/parts.rs`).
+    /// `layout` says how a changed user's record is written: with their histories in, or
+    /// for a busy user with them apart, in trait parts written before it (`store/parts.rs`).
     pub fn settle<E>(
         &mut self,
+        layout: Layout,
         mut write: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut unsettled = std::mem::take(&mut self.unsettled);
+        for (user_id, base) in self.retired.drain(..) {
+            self.parts.forgotten(&user_id, Some(&base), &mut write)?;
+        }
         for (user_id, taken) in self.taken.drain() {
             self.timers.remove(taken.due, &user_id);
-            let base = taken.base.as_ref();
-            self.part_tombstones.forgotten(&user_id, base, &mut write)?;
+            self.parts
+                .forgotten(&user_id, taken.base.as_ref(), &mut write)?;
             write(user_id.as_bytes(), None)?;
         }
         for user_id in self.forgotten.drain(..) {
@@ -308,9 +299,10 @@ impl PartitionStore {
                 .take(room),
         );
         for (user_id, mut user) in unsettled.drain() {
-            // Gathered from trait parts, and written now: with the histories in.
-            let parted = user.changed && user.state.traits_apart;
-            user.state.traits_apart &= !parted;
+            let written = match user.changed {
+                true => layout.write_as(&mut user.state, user.base.is_some()),
+                false => Written::Unchanged,
+            };
             let id = std::mem::take(&mut user.state.user_id);
             // The record: the id (field 1, which prost writes first), then the stored bytes.
             self.buffer.clear();
@@ -322,14 +314,9 @@ impl PartitionStore {
             user.state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user_id) {
                 entry.state = Box::from(&self.buffer[prefix..]);
-                if parted {
-                    let (base, traits) = (user.base.as_ref(), &user.state.traits);
-                    self.part_tombstones
-                        .rewritten(&user_id, base, traits, &mut write)?;
-                }
-                if user.changed {
-                    write(user_id.as_bytes(), Some(&self.buffer))?;
-                }
+                let (base, record) = (user.base.as_ref(), (&self.buffer[..], prefix));
+                self.parts
+                    .settled(&user_id, &user.state, written, base, record, &mut write)?;
                 self.warm.insert(user_id, user.state);
             }
         }

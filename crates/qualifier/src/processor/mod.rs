@@ -45,6 +45,9 @@ pub struct Topology {
     pub status_topic: String,
     pub status_batch_topic: String,
     pub changelog_topic: String,
+    /// Busy users' trait histories are written to the changelog in trait parts
+    /// (`--changelog-trait-parts`; see `store/parts.rs`).
+    pub changelog_trait_parts: bool,
     pub dlq_topic: String,
     /// Delivery's log topic, where an erased user's records are made unreadable (a tombstone
     /// per erasure); `None`: not erased there.

@@ -18,6 +18,7 @@ use super::{Input, Processor, SWEEP_BUDGET, TRANSACTION_TIMEOUT, decode_event, l
 use crate::config::Definitions;
 use crate::evaluate::Step;
 use crate::metrics::{EventKind, EventOutcome};
+use crate::store::Layout;
 
 impl Processor {
     pub(super) fn transaction(
@@ -254,8 +255,14 @@ impl Processor {
     /// is its new owner's to write.
     fn write_changelog(&mut self) -> Result<(), KafkaError> {
         let (producer, topic) = (&self.producer, &self.topology.changelog_topic);
+        let layout = match self.topology.changelog_trait_parts {
+            true => Layout::Parts {
+                now: telemetry::clock::unix_ms(),
+            },
+            false => Layout::Whole,
+        };
         for (&partition, owned) in &mut lock(&self.store).partitions {
-            owned.settle(|key, record| {
+            owned.settle(layout, |key, record| {
                 let mut message: BaseRecord<'_, [u8], [u8]> =
                     BaseRecord::to(topic).key(key).partition(partition);
                 if let Some(record) = record {

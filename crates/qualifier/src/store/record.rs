@@ -80,7 +80,7 @@ impl Base {
     fn write_histories(&self, traits: &[TraitHistory], buf: &mut Vec<u8>) -> Option<()> {
         let record = &self.record[..];
         let changed = |trait_id: &u64| self.changed.binary_search(trait_id).is_ok();
-        let mut entries = HistoryEntries { record, at: 0 };
+        let mut entries = HistoryEntries::of(record);
         // The record's bytes still to be copied: consecutive unchanged entries, copied at once.
         let mut run = 0..0;
         for history in traits {
@@ -117,9 +117,16 @@ impl Base {
 
 /// The trait history entries (field 2) at the front of a record: each one's trait id and
 /// where its bytes (key, length and message) lie.
-struct HistoryEntries<'a> {
+pub(super) struct HistoryEntries<'a> {
     record: &'a [u8],
     at: usize,
+}
+
+impl<'a> HistoryEntries<'a> {
+    /// The entries of `record` (less the user id, or after it).
+    pub(super) fn of(record: &'a [u8]) -> Self {
+        Self { record, at: 0 }
+    }
 }
 
 impl Iterator for HistoryEntries<'_> {
@@ -226,11 +233,7 @@ pub(super) fn parted_trait_ids(record: &[u8]) -> impl Iterator<Item = u64> + '_ 
             apart = value != 0;
         }
     });
-    let entries = HistoryEntries {
-        record: if apart { record } else { &[] },
-        at: 0,
-    };
-    entries.map(|(trait_id, _)| trait_id)
+    HistoryEntries::of(if apart { record } else { &[] }).map(|(trait_id, _)| trait_id)
 }
 
 /// Hands `each` the field number and value of every varint field of a record, walking its

@@ -42,9 +42,14 @@ fn full(id: &str, opted_out: bool, fingerprint: u64) -> UserState {
 
 /// Settles the store; the changelog records it writes, in order, by key.
 pub(super) fn settle_keyed(store: &mut PartitionStore) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    settle_as(store, Layout::Whole)
+}
+
+/// [`settle_keyed`] in `layout`.
+fn settle_as(store: &mut PartitionStore, layout: Layout) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let mut written = Vec::new();
     store
-        .settle(|key, record| {
+        .settle(layout, |key, record| {
             written.push((key.to_vec(), record.map(<[u8]>::to_vec)));
             Ok::<_, ()>(())
         })
@@ -214,6 +219,177 @@ fn a_user_gathered_from_trait_parts_is_written_whole_and_their_parts_tombstoned(
     assert_eq!(settle_keyed(&mut store), [(b"w".to_vec(), None)]);
 }
 
+/// Reads `records` as a restore does (`model::changelog::Gatherer`): each user as gathered.
+fn gather(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> HashMap<String, UserState> {
+    use model::changelog::{Gatherer, Key};
+    let (mut gatherer, mut users) = (Gatherer::default(), HashMap::new());
+    for (key, value) in records {
+        match (Key::parse(key).expect("a changelog key"), value) {
+            (Key::Part { user, trait_id }, part) => {
+                let part = part.as_deref().map(|p| model::pb::TraitPart::decode(p).unwrap());
+                gatherer.part(user, trait_id, part);
+            }
+            (Key::User(user), None) => {
+                gatherer.forget(user);
+                users.remove(user);
+            }
+            (Key::User(_), Some(record)) => {
+                let mut state = UserState::decode(&record[..]).unwrap();
+                let previous = users.get(&state.user_id).cloned();
+                gatherer.user(&mut state, previous.as_ref());
+                users.insert(state.user_id.clone(), state);
+            }
+        }
+    }
+    assert_eq!(gatherer.orphans(), (0, 0), "parts after their user's record");
+    users
+}
+
+/// A user of `histories` histories (trait ids 1…), every other field set.
+fn busy(id: &str, histories: u64) -> UserState {
+    UserState {
+        user_id: id.into(),
+        traits: (1..=histories)
+            .map(|t| history(t, &[t as i64, 1_700_000_000_000]))
+            .collect(),
+        ..full(id, false, 1)
+    }
+}
+
+/// Under `Layout::Parts` a user of more than `APART_OVER` histories is written apart: every
+/// history in a part of a new generation, then only the histories that changed (by what the
+/// step says, or by their bytes after a step that may have changed any), tombstones for those
+/// gone, each time before the record; and what a restore gathers from it all is the user as
+/// the store holds them. A user under the threshold is written whole; an opt-out's marker and
+/// an erasure tombstone every part; the whole layout again writes them whole.
+#[test]
+fn a_busy_user_is_written_in_trait_parts_and_then_only_what_changed() {
+    use model::changelog::part_key;
+    let parts = Layout::Parts { now: 1_000 };
+    let mut store = PartitionStore::default();
+    let mut log = Vec::new();
+    // Which keys a settle wrote: trait ids with whether each is a part (else a tombstone),
+    // the user record last, checked to hold no histories and to be the user's.
+    let settle_checked = |store: &mut PartitionStore, layout, log: &mut Vec<_>| {
+        let written = settle_as(store, layout);
+        log.extend(written.clone());
+        let gathered = gather(log);
+        for user in ["busy", "small"] {
+            let held = store.users.contains_key(user).then(|| store.stored(user).unwrap());
+            assert_eq!(gathered.get(user), held.as_ref(), "{user} as gathered");
+        }
+        written
+            .into_iter()
+            .map(|(key, value)| match model::changelog::Key::parse(&key).unwrap() {
+                model::changelog::Key::Part { trait_id, .. } => (trait_id, value.is_some()),
+                model::changelog::Key::User(_) => {
+                    let record = value.map(|v| UserState::decode(&v[..]).unwrap());
+                    assert!(record.is_none_or(|r| r.traits.is_empty() || !r.traits_apart));
+                    (0, true)
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let every = |ids: std::ops::RangeInclusive<u64>| ids.map(|id| (id, true)).collect::<Vec<_>>();
+    // Moved apart: every history, generation `now`; a small user stays whole.
+    store.put(busy("busy", APART_OVER as u64 + 1), None);
+    store.put(busy("small", APART_OVER as u64), None);
+    // (Two users: in any order.)
+    let mut written = settle_checked(&mut store, parts, &mut log);
+    written.sort();
+    let mut expected = every(1..=33);
+    expected.extend([(0, true), (0, true)]);
+    expected.sort();
+    assert_eq!(written, expected);
+    let held = store.stored("busy").unwrap();
+    assert!(held.traits_apart && held.traits_generation == 1_000 && held.traits.len() == 33);
+    assert!(!store.stored("small").unwrap().traits_apart);
+    let take = |store: &mut PartitionStore| store.take("busy").unwrap();
+    // An event's step: its one history; one it removed (an expiry) is tombstoned.
+    let (mut state, due) = take(&mut store);
+    state.traits[9].times_unix_ms.push(5);
+    state.traits.remove(19);
+    store.put_changed(state, due, Histories::One(10), true);
+    let (state, due) = take(&mut store);
+    store.put_changed(state, due, Histories::One(20), true);
+    let written = settle_checked(&mut store, parts, &mut log);
+    assert_eq!(written, [(10, true), (20, false), (0, true)]);
+    // Nothing changed: nothing written.
+    let (state, due) = take(&mut store);
+    store.put_changed(state, due, Histories::Untouched, false);
+    assert_eq!(settle_checked(&mut store, parts, &mut log), []);
+    // Only a membership changed: the record alone.
+    let (mut state, due) = take(&mut store);
+    state.memberships.clear();
+    store.put_changed(state, due, Histories::Untouched, true);
+    assert_eq!(settle_checked(&mut store, parts, &mut log), [(0, true)]);
+    // A timer's step (any history): those whose bytes differ.
+    let (mut state, due) = take(&mut store);
+    state.traits[29].times_unix_ms.remove(0);
+    state.traits.remove(31);
+    state.traits.push(history(99, &[7]));
+    store.put_changed(state, due, Histories::Any, true);
+    let written = settle_checked(&mut store, parts, &mut log);
+    assert_eq!(written, [(31, true), (33, false), (99, true), (0, true)]);
+    // Erased and back in the same transaction: every part of before tombstoned, and a new
+    // generation (this clock's) with every history.
+    let (state, _) = take(&mut store);
+    let before: Vec<u64> = state.traits.iter().map(|h| h.trait_id).collect();
+    store.forget("busy");
+    store.put_changed(busy("busy", 40), None, Histories::One(40), true);
+    let mut expected: Vec<_> = before.iter().map(|&id| (id, false)).collect();
+    expected.extend(every(1..=40));
+    expected.push((0, true));
+    let later = Layout::Parts { now: 2_000 };
+    assert_eq!(settle_checked(&mut store, later, &mut log), expected);
+    assert_eq!(store.stored("busy").unwrap().traits_generation, 2_000);
+    let tombstones = (1..=40).map(|id| (id, false));
+    // The whole layout: the record with the histories in, after every part's tombstone.
+    let (mut state, due) = take(&mut store);
+    state.traits[0].times_unix_ms.push(1);
+    store.put_changed(state, due, Histories::One(1), true);
+    let mut expected: Vec<_> = tombstones.clone().collect();
+    expected.push((0, true));
+    assert_eq!(settle_checked(&mut store, Layout::Whole, &mut log), expected);
+    assert!(!store.stored("busy").unwrap().traits_apart);
+    // Apart again, with a clock behind the last generation: the one after it.
+    let (state, due) = take(&mut store);
+    store.put_changed(state, due, Histories::Any, true);
+    let mut expected = every(1..=40);
+    expected.push((0, true));
+    assert_eq!(settle_checked(&mut store, parts, &mut log), expected);
+    assert_eq!(store.stored("busy").unwrap().traits_generation, 2_001);
+    // An opt-out's marker (it keeps where the histories are): every part tombstoned.
+    let (state, due) = take(&mut store);
+    let marker = UserState {
+        user_id: state.user_id,
+        opted_out: true,
+        traits_apart: state.traits_apart,
+        traits_generation: state.traits_generation,
+        ..UserState::default()
+    };
+    store.put_changed(marker, due, Histories::Any, true);
+    let mut expected: Vec<_> = tombstones.clone().collect();
+    expected.push((0, true));
+    assert_eq!(settle_checked(&mut store, parts, &mut log), expected);
+    // Apart again, then erased: every part tombstoned, then the user.
+    let (_, due) = take(&mut store);
+    store.put_changed(busy("busy", 40), due, Histories::Any, true);
+    assert_eq!(settle_checked(&mut store, parts, &mut log).len(), 41);
+    take(&mut store);
+    store.forget("busy");
+    let mut expected: Vec<_> = tombstones.collect();
+    expected.push((0, true));
+    assert_eq!(settle_checked(&mut store, parts, &mut log), expected);
+    assert!(!gather(&log).contains_key("busy"));
+    // Each part as written is a `TraitPart` of the record's generation.
+    let first = log.iter().find(|(key, _)| key == &part_key("busy", 7));
+    let part = first.and_then(|(_, value)| value.as_deref()).unwrap();
+    let part = model::pb::TraitPart::decode(part).unwrap();
+    let expected = history(7, &[7, 1_700_000_000_000]);
+    assert_eq!((part.generation, part.history), (1_000, Some(expected)));
+}
+
 fn five_histories_of(id: &str) -> UserState {
     UserState {
         user_id: id.into(),
@@ -369,7 +545,7 @@ fn a_busy_user_with_a_thousand_histories_changed_in_one_transaction_is_still_spl
         },
         None,
     );
-    store.settle(|_, _| Ok::<_, ()>(())).unwrap();
+    store.settle(Layout::Whole, |_, _| Ok::<_, ()>(())).unwrap();
     for event in 0..1_000_u64 {
         let (mut state, due) = store.take("busy").unwrap();
         // Every third history, in no order.
@@ -382,7 +558,7 @@ fn a_busy_user_with_a_thousand_histories_changed_in_one_transaction_is_still_spl
     assert_eq!(base.map(|b| b.changed.len()), Some(1_000));
     let mut written = Vec::new();
     store
-        .settle(|_, record| {
+        .settle(Layout::Whole, |_, record| {
             written.push(record.map(<[u8]>::to_vec));
             Ok::<_, ()>(())
         })

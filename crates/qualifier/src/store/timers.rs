@@ -26,6 +26,25 @@ pub(super) const HORIZON_MS: i64 = 10 * 60 * 1000;
 /// at least the next five minutes.
 const STEP_MS: i64 = HORIZON_MS / 2;
 
+/// When a stored user's timer is due, in 8 bytes where an `Option<i64>` takes 16: a map slot
+/// (id and entry) is 40 bytes instead of 48, ~13 B per user at a million users (a map has
+/// more slots than users).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Due(i64);
+
+impl Due {
+    /// No timer. No real time is this far back (292 million years before 1970).
+    const NONE: i64 = i64::MIN;
+
+    pub(super) fn new(due: Option<i64>) -> Self {
+        Self(due.map_or(Self::NONE, |due| due.max(Self::NONE + 1)))
+    }
+
+    pub(super) fn get(self) -> Option<i64> {
+        (self.0 != Self::NONE).then_some(self.0)
+    }
+}
+
 /// When a user is due for evaluation. Timers are ordered by time, then by the address of the
 /// user's id: the store holds one id per user, shared by the map and the timer, so the address
 /// names the user. Users active in the same millisecond share a time, and ordering those by
