@@ -98,7 +98,12 @@ struct Cli {
     /// trait parts (every build since they were added does; an earlier one would lose the
     /// histories of a user written apart). Turned off again, users are written whole as they
     /// change.
-    #[arg(long, env = "CHANGELOG_TRAIT_PARTS", default_value_t = false, global = true)]
+    #[arg(
+        long,
+        env = "CHANGELOG_TRAIT_PARTS",
+        default_value_t = false,
+        global = true
+    )]
     changelog_trait_parts: bool,
 
     #[command(subcommand)]

@@ -236,7 +236,9 @@ impl PartitionStore {
     /// tombstones of any trait parts of theirs, also if they come back in the transaction.
     pub fn forget(&mut self, user_id: &str) {
         match self.taken.get_mut(user_id) {
-            Some(taken) => self.retired.extend(taken.base.take().map(|b| (user_id.into(), b))),
+            Some(taken) => self
+                .retired
+                .extend(taken.base.take().map(|b| (user_id.into(), b))),
             None => self.forgotten.push(Arc::from(user_id)),
         }
     }

@@ -119,3 +119,128 @@ async fn a_users_trait_parts_are_their_histories_to_show_and_to_a_restore() {
         );
     }
 }
+
+/// Every record of the test's changelog (partition 0), in order: (key, value).
+fn changelog(test: &QualifierTest) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut records = Vec::new();
+    kafka::settings()
+        .read_to_end(&test.changelog, None, |message| {
+            let key = message.key().unwrap_or_default().to_vec();
+            records.push((key, message.payload().map(<[u8]>::to_vec)));
+        })
+        .unwrap();
+    records
+}
+
+/// The test's changelog once `enough` holds of it (or after 30 s).
+async fn changelog_until(
+    test: &QualifierTest,
+    enough: impl Fn(&[(Vec<u8>, Option<Vec<u8>>)]) -> bool,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let records = changelog(test);
+        if enough(&records) || std::time::Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The trait ids of u1's parts among `records`, in order (a tombstone's negated), and u1's
+/// records there, decoded.
+fn u1_parts_and_records(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Vec<i64>, Vec<UserState>) {
+    let (mut parts, mut states) = (Vec::new(), Vec::new());
+    for (key, value) in records {
+        match model::changelog::Key::parse(key) {
+            Some(model::changelog::Key::Part {
+                user: "u1",
+                trait_id,
+            }) => {
+                let id = trait_id as i64;
+                parts.push(if value.is_some() { id } else { -id });
+            }
+            Some(model::changelog::Key::User("u1")) => {
+                states.push(UserState::decode(value.as_deref().unwrap()).unwrap());
+            }
+            _ => {}
+        }
+    }
+    (parts, states)
+}
+
+/// With `--changelog-trait-parts`, a qualifier writes a user of more than 32 histories as a
+/// record without them and a part per history, then only the part of the history an event
+/// changed; `qualifier show` and a restore by another process take the histories from the
+/// parts. Fails if the user were written whole (no parts, histories in the record), if a later
+/// event wrote every part again, or if the parts were not what the reader gathers: `show`
+/// would print the inactivity timer, and the restored process would not qualify u1 for
+/// "T1 AND T2" on trait 2's event.
+#[tokio::test]
+async fn a_qualifier_writing_trait_parts_restores_and_shows_what_it_wrote() {
+    let test = QualifierTest::new(1).await;
+    let mut traits: Vec<String> = (3..=40).map(|id| format!("{{ id: {id} }}")).collect();
+    traits.insert(0, "{ id: 1, ttl: 30d }, { id: 2 }".to_owned());
+    // A history is kept only for a trait a rule reads: segment 102 reads traits 4 to 40.
+    let all: Vec<String> = (4..=40).map(|id| format!("T{id}")).collect();
+    let rules = format!(
+        "inactivity: 120d\ntraits: [{}]\nsegments:\n  - {{ id: 100, rule: \"T1 AND T2\" }}\n  - {{ id: 101, rule: T3 }}\n  - {{ id: 102, rule: \"{}\" }}\n",
+        traits.join(", "),
+        all.join(" AND ")
+    );
+    let definitions = test.definitions(&rules);
+    let parts = [("CHANGELOG_TRAIT_PARTS", "true")];
+    let reader = test.reader(&test.status);
+    let q = test.start_with(&definitions, "a", &parts).await;
+    // Traits 1 and 3 to 34: 33 histories, in one request (one transaction, most likely).
+    let realized = telemetry::clock::unix_ms() - 60_000;
+    let time = model::rfc3339_ms(realized);
+    let mut events = vec![trait_event("u1", 1, &time, None)];
+    events.extend((3..=34).map(|id| trait_event("u1", id, &time, None)));
+    let (status, body) = post(&q.ingest, &events).await;
+    assert_eq!(status, 202, "{body}");
+    let got = updates(&reader, 1, Duration::from_secs(30)).await;
+    assert_eq!(changes(&got[0])[0].0, 101);
+    // The request's events may take more than one transaction: until the 33rd part.
+    let records =
+        changelog_until(&test, |records| u1_parts_and_records(records).0.len() >= 33).await;
+    let (written, states) = u1_parts_and_records(&records);
+    let last = states.last().expect("u1's record");
+    assert!(last.traits_apart && last.traits.is_empty(), "{last:?}");
+    let mut expected: Vec<i64> = vec![1];
+    expected.extend(3..=34);
+    let mut sorted = written.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, expected, "u1's parts: {written:?}");
+
+    // Another event of trait 5: its part alone, then the record.
+    let before = changelog(&test).len();
+    let (status, body) = post(&q.ingest, &[trait_event("u1", 5, &now(), None)]).await;
+    assert_eq!(status, 202, "{body}");
+    let after = changelog_until(&test, |records| records.len() >= before + 2).await;
+    let (written, states) = u1_parts_and_records(&after[before..]);
+    assert_eq!(written, [5], "the parts an event of trait 5 wrote");
+    assert_eq!(states.len(), 1);
+    q.service.terminate();
+
+    let config = definitions.to_str().unwrap();
+    let (code, out, err) = test
+        .command(&["show", "--user", "u1", "--config", config])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let expiry = format!(
+        "next timer    {}",
+        model::rfc3339_ms(realized + 30 * DAY_MS)
+    );
+    assert!(out.contains(&expiry), "no `{expiry}` in:\n{out}");
+
+    let q = test.start_with(&definitions, "b", &parts).await;
+    let (status, body) = post(&q.ingest, &[trait_event("u1", 2, &now(), None)]).await;
+    assert_eq!(status, 202, "{body}");
+    let got = updates(&reader, 1, Duration::from_secs(60)).await;
+    assert_eq!(got[0].user_id, "u1");
+    assert_eq!(
+        changes(&got[0]),
+        [(100, SegmentStatus::Active, model::ChangeReason::Qualified)]
+    );
+}

@@ -16,8 +16,8 @@
 
 use std::ops::Range;
 
-use model::changelog::write_part_key;
 use model::UserState;
+use model::changelog::write_part_key;
 use model::pb::TraitHistory;
 use prost::encoding::uint64;
 
@@ -163,7 +163,9 @@ impl PartWriter {
         write: &mut impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
         let (id, entries) = record.split_at(id_len);
-        let histories_end = HistoryEntries::of(entries).last().map_or(0, |(_, at)| at.end);
+        let histories_end = HistoryEntries::of(entries)
+            .last()
+            .map_or(0, |(_, at)| at.end);
         changed_parts(since, entries, |trait_id, entry| {
             write_part_key(&mut self.key, user_id, trait_id);
             let Some(entry) = entry else {

@@ -226,7 +226,9 @@ fn gather(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> HashMap<String, UserState> 
     for (key, value) in records {
         match (Key::parse(key).expect("a changelog key"), value) {
             (Key::Part { user, trait_id }, part) => {
-                let part = part.as_deref().map(|p| model::pb::TraitPart::decode(p).unwrap());
+                let part = part
+                    .as_deref()
+                    .map(|p| model::pb::TraitPart::decode(p).unwrap());
                 gatherer.part(user, trait_id, part);
             }
             (Key::User(user), None) => {
@@ -241,7 +243,11 @@ fn gather(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> HashMap<String, UserState> 
             }
         }
     }
-    assert_eq!(gatherer.orphans(), (0, 0), "parts after their user's record");
+    assert_eq!(
+        gatherer.orphans(),
+        (0, 0),
+        "parts after their user's record"
+    );
     users
 }
 
@@ -275,19 +281,24 @@ fn a_busy_user_is_written_in_trait_parts_and_then_only_what_changed() {
         log.extend(written.clone());
         let gathered = gather(log);
         for user in ["busy", "small"] {
-            let held = store.users.contains_key(user).then(|| store.stored(user).unwrap());
+            let held = store
+                .users
+                .contains_key(user)
+                .then(|| store.stored(user).unwrap());
             assert_eq!(gathered.get(user), held.as_ref(), "{user} as gathered");
         }
         written
             .into_iter()
-            .map(|(key, value)| match model::changelog::Key::parse(&key).unwrap() {
-                model::changelog::Key::Part { trait_id, .. } => (trait_id, value.is_some()),
-                model::changelog::Key::User(_) => {
-                    let record = value.map(|v| UserState::decode(&v[..]).unwrap());
-                    assert!(record.is_none_or(|r| r.traits.is_empty() || !r.traits_apart));
-                    (0, true)
-                }
-            })
+            .map(
+                |(key, value)| match model::changelog::Key::parse(&key).unwrap() {
+                    model::changelog::Key::Part { trait_id, .. } => (trait_id, value.is_some()),
+                    model::changelog::Key::User(_) => {
+                        let record = value.map(|v| UserState::decode(&v[..]).unwrap());
+                        assert!(record.is_none_or(|r| r.traits.is_empty() || !r.traits_apart));
+                        (0, true)
+                    }
+                },
+            )
             .collect::<Vec<_>>()
     };
     let every = |ids: std::ops::RangeInclusive<u64>| ids.map(|id| (id, true)).collect::<Vec<_>>();
@@ -350,7 +361,10 @@ fn a_busy_user_is_written_in_trait_parts_and_then_only_what_changed() {
     store.put_changed(state, due, Histories::One(1), true);
     let mut expected: Vec<_> = tombstones.clone().collect();
     expected.push((0, true));
-    assert_eq!(settle_checked(&mut store, Layout::Whole, &mut log), expected);
+    assert_eq!(
+        settle_checked(&mut store, Layout::Whole, &mut log),
+        expected
+    );
     assert!(!store.stored("busy").unwrap().traits_apart);
     // Apart again, with a clock behind the last generation: the one after it.
     let (state, due) = take(&mut store);
