@@ -44,13 +44,41 @@ pub async fn run_to_end(command: &mut Command) -> (i32, String, String) {
     )
 }
 
-/// A free loopback port (bound and released; the service binds it right after).
+/// The ports [`free_port`] hands out: none of the fixed ports the Makefile, the demo and the
+/// benchmarks use, and below Linux's default range for outgoing connections' ports.
+const SERVICE_PORTS: std::ops::Range<u32> = 20_001..29_000;
+
+/// A free loopback port for a service to bind: checked free by binding it, then let go.
+///
+/// A port from the kernel (`bind` to port 0) is one it also hands to outgoing connections (the
+/// range in `/proc/sys/net/ipv4/ip_local_port_range`, 32768–60999 by default), so between its
+/// release and the service's bind any client's connection, or another test's listener, could
+/// take it, and the service would stop, unable to listen. So the ports come from
+/// [`SERVICE_PORTS`], in turn, starting at an offset of this process's id: no two calls in a
+/// process get the same one. Where the kernel's range overlaps them, from the kernel.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static KERNEL_RANGE_CLEAR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).ok();
+    let clear = *KERNEL_RANGE_CLEAR.get_or_init(|| {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
+        let first = range.ok().and_then(|r| r.split_whitespace().next()?.parse().ok());
+        first.is_some_and(|first: u32| first >= SERVICE_PORTS.end)
+    });
+    if clear {
+        let span = SERVICE_PORTS.end - SERVICE_PORTS.start;
+        let offset = std::process::id() % span;
+        for _ in 0..span {
+            let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = SERVICE_PORTS.start + (offset + turn) % span;
+            let port = u16::try_from(port).expect("SERVICE_PORTS are ports");
+            if bind(port).is_some() {
+                return port;
+            }
+        }
+    }
+    let listener = bind(0).expect("a loopback port to bind");
+    listener.local_addr().unwrap().port()
 }
 
 /// How to start a service.
@@ -262,4 +290,27 @@ pub fn metric_value(metrics_text: &str, selector: &str) -> Option<f64> {
     let selector = crate::scrape::Selector::parse(selector).unwrap_or_else(|e| panic!("{e}"));
     let scrape = crate::scrape::Scrape::parse(metrics_text).unwrap_or_else(|e| panic!("{e}"));
     scrape.sum(&selector).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports come from outside the kernel's range for outgoing connections, and never twice.
+    /// Fails for a port from the kernel (the race the range avoids).
+    #[test]
+    fn free_ports_are_out_of_the_kernels_way_and_unique() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let first: u32 = range.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(first >= SERVICE_PORTS.end, "this machine's range: {range}");
+        let ports: Vec<u16> = (0..100).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(
+            ports.iter().all(|&p| SERVICE_PORTS.contains(&u32::from(p))),
+            "{ports:?}"
+        );
+    }
 }
