@@ -77,7 +77,8 @@
 # (1 or 2 qualifier processes in the Kafka-input climb, e2e-kafka; default 1; the ingest
 # climbs, e2e and e2e-cluster, send to one), BENCH_E2E_CLUSTER_RATES (e2e-cluster's climb; default 500 and 1000, then those of
 # e2e), BENCH_E2E_DRAIN_SECONDS (how long a step may take to drain; default 120, smoke 60),
-# BENCH_RECORD=no (full scale: print the tables, append nothing — a run on a busy machine).
+# BENCH_RECORD=no (full scale: print the tables, append nothing — a run on a busy machine),
+# CHANGELOG_TRAIT_PARTS (the qualifiers' --changelog-trait-parts; default true here).
 #
 # Test hook: BENCH_FAULT makes a known-bad run whose checks must fail (deploy/test-bench-checks.sh,
 # part of `make test`); it runs its benchmark alone, and a run with a fault never records a figure:
@@ -170,6 +171,11 @@ dir=.demo/$run
 mkdir -p "$dir"
 sim_port=19543 sim_admin=19503 qualifier_admin=19501 qualifier2_admin=19521 ingest_port=18580 delivery1_admin=19502 delivery2_admin=19512
 export BENCH_HMAC_KEY=bench-hmac-key LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
+# The qualifiers write busy users' histories in trait parts, as a deployment past its upgrade
+# would (README, --changelog-trait-parts); CHANGELOG_TRAIT_PARTS=false measures whole records.
+export CHANGELOG_TRAIT_PARTS=${CHANGELOG_TRAIT_PARTS:-true}
+[[ $CHANGELOG_TRAIT_PARTS =~ ^(true|false)$ ]] || die "CHANGELOG_TRAIT_PARTS must be true or false, not '$CHANGELOG_TRAIT_PARTS'"
+layout=$([[ $CHANGELOG_TRAIT_PARTS == true ]] && echo "busy users' histories in trait parts" || echo "whole changelog records")
 ticks=$(getconf CLK_TCK)
 commit=$(git rev-parse --short HEAD)
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
@@ -800,6 +806,7 @@ qualifier_scale_point() {
 # cores all five kept busy), and stops its services.
 e2e_run() {
   local rate best=0 rows="" problems="" sent_total=0 committed_before=0 arrived_before=0 fixture_flags=()
+  local changelog_before=0 changelog_per_event=-
   local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived cpu steps=""
   local l_status=0 l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
   local qualifier_pids=() qualifier_admins=("$qualifier_admin")
@@ -960,6 +967,11 @@ e2e_run() {
     step_changes=$((l_committed - committed_before)) step_arrived=$((l_delivered + l_coalesced - arrived_before))
     committed_before=$l_committed arrived_before=$((l_delivered + l_coalesced))
     processed_now=$(processed)
+    # What the step's events cost the changelog (qualifier_changelog_bytes_total), per event.
+    local changelog_now
+    changelog_now=$(sum "$(qualifiers_metrics)" qualifier_changelog_bytes_total)
+    changelog_per_event=$( ((sent > 0)) && calc %.0f "($changelog_now - $changelog_before) / $sent" || echo -)
+    changelog_before=$changelog_now
     invalid=$(sum "$(qualifiers_metrics)" 'qualifier_events_total{outcome="invalid"}')
     if [[ $drained == no ]]; then
       if ((l_status == 2)); then
@@ -1012,7 +1024,7 @@ e2e_run() {
     judge "$rate"
     rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
     steps+="$rate $sent $achieved $p50 $p99 ${verdict%%:*} $cpu $cores;"
-    say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, sustained: $verdict"
+    say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event, sustained: $verdict"
     if [[ -n $problem ]]; then
       problems+="At $rate events/s: $problem"
       break
@@ -1036,6 +1048,7 @@ e2e_run() {
         step $((best / 2))
         judge $((best / 2))
         [[ -n $problem ]] || verdict=- # at half the rate only the checks are judged
+        say "$e2e_name: half step $((best / 2))/s, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event"
         rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
         [[ -z $problem ]] || problems+="At half the highest sustained rate, $((best / 2)) events/s: $problem"
         local linger_ms bound
@@ -1050,7 +1063,7 @@ e2e_run() {
       "$(calc %d "($best >= 50000)")"
     local headline="Highest sustained rate: $best events/s."
     ((best > 0)) || headline="No rate was sustained."
-    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), $( ((${#qualifier_pids[@]} == 1)) && echo "one qualifier" || echo "two qualifier processes") (1,000 segments), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
+    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), $( ((${#qualifier_pids[@]} == 1)) && echo "one qualifier" || echo "two qualifier processes") (1,000 segments, $layout), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
   fi
   e2e_table=$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" "" "$note")
   e2e_problems=$problems e2e_best=$best e2e_steps=$steps e2e_kafka_idle=$kafka_idle

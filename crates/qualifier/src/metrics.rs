@@ -24,6 +24,9 @@ pub struct Metrics {
     pub sweep_pending: IntGauge,
     /// `qualifier_sweep_users_total`: users re-evaluated under new definitions.
     pub swept: IntCounter,
+    /// `qualifier_changelog_bytes_total{record}`: bytes (key and value) of the changelog
+    /// records transactions wrote, by `record` = `user` | `part` (see [`ChangelogBytes`]).
+    pub changelog_bytes: IntCounterVec,
     /// `qualifier_consumer_lag_messages{topic, partition}`: input messages not yet consumed,
     /// per partition assigned to this process (see `telemetry::lag`).
     pub consumer_lag: IntGaugeVec,
@@ -104,6 +107,13 @@ impl Metrics {
                 "qualifier_sweep_users_total",
                 "Users re-evaluated in the background because the definitions changed.",
             )?,
+            changelog_bytes: IntCounterVec::new(
+                Opts::new(
+                    "qualifier_changelog_bytes_total",
+                    "Bytes (key and value) of the changelog records transactions wrote, by record: user (a user's record or tombstone), part (a trait part or its tombstone).",
+                ),
+                &["record"],
+            )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
                     "qualifier_consumer_lag_messages",
@@ -128,6 +138,7 @@ impl Metrics {
                 &metrics.transactions_failed,
                 &metrics.sweep_pending,
                 &metrics.swept,
+                &metrics.changelog_bytes,
                 &metrics.consumer_lag,
             ],
         )?;
@@ -151,7 +162,39 @@ impl Metrics {
         ] {
             metrics.status_changes.with_label_values(&[status, reason]);
         }
+        for record in ["user", "part"] {
+            metrics.changelog_bytes.with_label_values(&[record]);
+        }
         Ok(metrics)
+    }
+}
+
+/// Counts a transaction's changelog bytes, added to `qualifier_changelog_bytes_total` once per
+/// transaction (not a counter update per record).
+#[derive(Debug, Default)]
+pub struct ChangelogBytes {
+    user: u64,
+    part: u64,
+}
+
+impl ChangelogBytes {
+    pub fn record(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let bytes = (key.len() + value.map_or(0, <[u8]>::len)) as u64;
+        match model::changelog::is_part(key) {
+            true => self.part += bytes,
+            false => self.user += bytes,
+        }
+    }
+
+    pub fn add_to(&self, metrics: &Metrics) {
+        for (record, bytes) in [("user", self.user), ("part", self.part)] {
+            if bytes > 0 {
+                metrics
+                    .changelog_bytes
+                    .with_label_values(&[record])
+                    .inc_by(bytes);
+            }
+        }
     }
 }
 

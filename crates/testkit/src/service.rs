@@ -62,7 +62,9 @@ pub fn free_port() -> u16 {
     let bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).ok();
     let clear = *KERNEL_RANGE_CLEAR.get_or_init(|| {
         let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range");
-        let first = range.ok().and_then(|r| r.split_whitespace().next()?.parse().ok());
+        let first = range
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok());
         first.is_some_and(|first: u32| first >= SERVICE_PORTS.end)
     });
     if clear {

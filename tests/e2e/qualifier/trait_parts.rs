@@ -12,6 +12,7 @@ use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::producer::FutureRecord;
 use testkit::kafka;
+use testkit::service::metric_value;
 
 use super::{QualifierTest, changes, no_more, now, post, trait_event, updates};
 
@@ -221,6 +222,21 @@ async fn a_qualifier_writing_trait_parts_restores_and_shows_what_it_wrote() {
     let (written, states) = u1_parts_and_records(&after[before..]);
     assert_eq!(written, [5], "the parts an event of trait 5 wrote");
     assert_eq!(states.len(), 1);
+    // `qualifier_changelog_bytes_total` counted every byte of each kind this process wrote.
+    let metrics = q.service.metrics().await;
+    for (record, parts) in [("user", false), ("part", true)] {
+        let written: usize = after
+            .iter()
+            .filter(|(key, _)| model::changelog::is_part(key) == parts)
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        let selector = format!(r#"qualifier_changelog_bytes_total{{record="{record}"}}"#);
+        assert_eq!(
+            metric_value(&metrics, &selector),
+            Some(written as f64),
+            "{record}"
+        );
+    }
     q.service.terminate();
 
     let config = definitions.to_str().unwrap();

@@ -17,7 +17,7 @@ use telemetry::partition::KeyedProducer;
 use super::{Input, Processor, SWEEP_BUDGET, TRANSACTION_TIMEOUT, decode_event, lock};
 use crate::config::Definitions;
 use crate::evaluate::Step;
-use crate::metrics::{EventKind, EventOutcome};
+use crate::metrics::{ChangelogBytes, EventKind, EventOutcome};
 use crate::store::Layout;
 
 impl Processor {
@@ -261,8 +261,10 @@ impl Processor {
             },
             false => Layout::Whole,
         };
+        let mut bytes = ChangelogBytes::default();
         for (&partition, owned) in &mut lock(&self.store).partitions {
             owned.settle(layout, |key, record| {
+                bytes.record(key, record);
                 let mut message: BaseRecord<'_, [u8], [u8]> =
                     BaseRecord::to(topic).key(key).partition(partition);
                 if let Some(record) = record {
@@ -271,6 +273,7 @@ impl Processor {
                 send(producer, message)
             })?;
         }
+        bytes.add_to(&self.metrics);
         Ok(())
     }
 

@@ -95,7 +95,6 @@ impl PartWriter {
     /// Hands `write` the records of a user put back, as `written` says: `record` is their
     /// whole record, its first `id_len` bytes the user id's field; `base` the record they were
     /// taken from.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn settled<E>(
         &mut self,
         user_id: &str,
