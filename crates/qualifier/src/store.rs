@@ -3,12 +3,13 @@
 //! topic (one partition per input partition), from which a partition is restored when this
 //! process gains it.
 //!
-//! Each user is kept encoded, as the bytes of their changelog record less the user id, and
-//! decoded only while an event or timer of theirs is evaluated: a decoded [`UserState`] holds
-//! every trait history, membership and its user id in allocations of their own, several times
-//! the record's size. The user id is held once, shared by the map and, for a timer due within
-//! the next ten minutes, the timer index (`store/timers.rs`; the other timers are only in the
-//! map).
+//! Each user is kept encoded, as the bytes of their changelog record less the user id (with their
+//! histories in, also for a user whose histories the changelog holds in trait parts:
+//! `store/parts.rs`), and decoded only while an event or timer of theirs is evaluated: a decoded
+//! [`UserState`] holds every trait history, membership and its user id in allocations of their own,
+//! several times the record's size. The user id is held once, shared by the map and, for a timer
+//! due within the next ten minutes, the timer index (`store/timers.rs`; the other timers are only
+//! in the map).
 //!
 //! A user put back during a transaction stays decoded until its end ([`PartitionStore::settle`]),
 //! so that however many of their events it holds they are encoded once, and stays decoded
