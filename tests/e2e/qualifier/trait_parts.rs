@@ -4,17 +4,19 @@
 //! a user who changed whole again, their parts tombstoned, with the real binary and broker.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use model::changelog::part_key;
 use model::{SegmentStatus, TraitHistory, TraitPart, UserState};
 use prost::Message as _;
 use rdkafka::Message as _;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureRecord;
 use testkit::kafka;
 use testkit::service::metric_value;
 
-use super::{QualifierTest, changes, no_more, now, post, trait_event, updates};
+use super::{Qualifier, QualifierTest, changes, no_more, now, post, trait_event, updates};
 
 const RULES: &str = "inactivity: 120d\ntraits: [{ id: 1, ttl: 30d }, { id: 2 }]\nsegments:\n  - { id: 100, rule: \"T1 AND T2\" }\n";
 
@@ -47,6 +49,34 @@ fn part(trait_id: u64, time: i64) -> Option<Vec<u8>> {
     )
 }
 
+/// `qualifier show` prints u1's next timer as the expiry of trait 1 (30 days' time-to-live)
+/// realized at `realized`: it took the history from u1's part (else the inactivity timer).
+async fn shows_trait_1_expiring(test: &QualifierTest, definitions: &Path, realized: i64) {
+    let config = definitions.to_str().unwrap();
+    let (code, out, err) = test
+        .command(&["show", "--user", "u1", "--config", config])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let expiry = format!(
+        "next timer    {}",
+        model::rfc3339_ms(realized + 30 * DAY_MS)
+    );
+    assert!(out.contains(&expiry), "no `{expiry}` in:\n{out}");
+}
+
+/// An event of trait 2 qualifies u1 for "T1 AND T2" (segment 100): the qualifier holds their
+/// history of trait 1.
+async fn trait_2_qualifies_u1(q: &Qualifier, reader: &StreamConsumer) {
+    let (status, body) = post(&q.ingest, &[trait_event("u1", 2, &now(), None)]).await;
+    assert_eq!(status, 202, "{body}");
+    let got = updates(reader, 1, Duration::from_secs(60)).await;
+    assert_eq!(got[0].user_id, "u1");
+    assert_eq!(
+        changes(&got[0]),
+        [(100, SegmentStatus::Active, model::ChangeReason::Qualified)]
+    );
+}
+
 /// u1 realized trait 1 a minute ago (30 days' time-to-live), in a part of their own; their part
 /// of trait 2 was removed. Fails if the parts were not taken: `show` would print the
 /// inactivity timer (120 days after last seen) instead of trait 1's expiry, and the event of
@@ -69,29 +99,13 @@ async fn a_users_trait_parts_are_their_histories_to_show_and_to_a_restore() {
     };
     put(&test, b"u1", Some(record.encode_to_vec())).await;
 
-    let config = definitions.to_str().unwrap();
-    let (code, out, err) = test
-        .command(&["show", "--user", "u1", "--config", config])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let expiry = format!(
-        "next timer    {}",
-        model::rfc3339_ms(realized + 30 * DAY_MS)
-    );
-    assert!(out.contains(&expiry), "no `{expiry}` in:\n{out}");
+    shows_trait_1_expiring(&test, &definitions, realized).await;
 
     let reader = test.reader(&test.status);
     let q = test.start(&definitions, "a").await;
     // Restored and swept (its record was evaluated under no definitions): T1 alone.
     no_more(&reader, Duration::from_secs(3)).await;
-    let (status, body) = post(&q.ingest, &[trait_event("u1", 2, &now(), None)]).await;
-    assert_eq!(status, 202, "{body}");
-    let got = updates(&reader, 1, Duration::from_secs(30)).await;
-    assert_eq!(got[0].user_id, "u1");
-    assert_eq!(
-        changes(&got[0]),
-        [(100, SegmentStatus::Active, model::ChangeReason::Qualified)]
-    );
+    trait_2_qualifies_u1(&q, &reader).await;
 
     // Written again, u1's record holds the histories, and the parts are tombstoned before it
     // (the changelog goes back to whole records as users change). Fails if the record kept
@@ -239,24 +253,8 @@ async fn a_qualifier_writing_trait_parts_restores_and_shows_what_it_wrote() {
     }
     q.service.terminate();
 
-    let config = definitions.to_str().unwrap();
-    let (code, out, err) = test
-        .command(&["show", "--user", "u1", "--config", config])
-        .await;
-    assert_eq!(code, 0, "{err}");
-    let expiry = format!(
-        "next timer    {}",
-        model::rfc3339_ms(realized + 30 * DAY_MS)
-    );
-    assert!(out.contains(&expiry), "no `{expiry}` in:\n{out}");
+    shows_trait_1_expiring(&test, &definitions, realized).await;
 
     let q = test.start_with(&definitions, "b", &parts).await;
-    let (status, body) = post(&q.ingest, &[trait_event("u1", 2, &now(), None)]).await;
-    assert_eq!(status, 202, "{body}");
-    let got = updates(&reader, 1, Duration::from_secs(60)).await;
-    assert_eq!(got[0].user_id, "u1");
-    assert_eq!(
-        changes(&got[0]),
-        [(100, SegmentStatus::Active, model::ChangeReason::Qualified)]
-    );
+    trait_2_qualifies_u1(&q, &reader).await;
 }
