@@ -36,8 +36,8 @@ mod record;
 mod timers;
 
 pub use parts::{APART_OVER, Layout};
-use parts::{PartWriter, Written};
-use record::{Base, decode_into, scan_for_staleness};
+use parts::{Encoded, PartWriter, Written};
+use record::{Base, decode_into, histories_len, scan_for_staleness};
 use timers::{Due, Timers};
 
 /// At most this many decoded states let go are kept per partition for their allocations
@@ -312,12 +312,17 @@ impl PartitionStore {
             if !id.is_empty() {
                 string::encode(1, &id, &mut self.buffer);
             }
-            let prefix = self.buffer.len();
-            self.encode(&mut user.state, user.base.as_ref());
+            let id_len = self.buffer.len();
+            let histories_len = self.encode(&mut user.state, user.base.as_ref());
             user.state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user_id) {
-                entry.state = Box::from(&self.buffer[prefix..]);
-                let (base, record) = (user.base.as_ref(), (&self.buffer[..], prefix));
+                entry.state = Box::from(&self.buffer[id_len..]);
+                let (base, bytes) = (user.base.as_ref(), &self.buffer[..]);
+                let record = Encoded {
+                    bytes,
+                    id_len,
+                    histories_len,
+                };
                 self.parts
                     .settled(&user_id, &user.state, written, base, record, &mut write)?;
                 self.warm.insert(user_id, user.state);
@@ -328,13 +333,13 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// `state` encoded, appended to [`Self::buffer`] (its user id is left empty: the map key
-    /// holds it): from `base`, the record it was taken from, where that can be done, else
-    /// whole. The same bytes either way (checked in debug builds, so by every test).
-    fn encode(&mut self, state: &mut UserState, base: Option<&Base>) {
+    /// `state` encoded, appended to [`Self::buffer`] (its user id left empty: the map key holds
+    /// it), from `base`, the record it was taken from, where it can be, else whole; spliced, the
+    /// length of its histories. The same bytes either way (checked in debug builds, by every test).
+    fn encode(&mut self, state: &mut UserState, base: Option<&Base>) -> Option<usize> {
         let start = self.buffer.len();
-        let spliced = base.is_some_and(|base| base.splice(state, &mut self.buffer).is_some());
-        if !spliced {
+        let histories = base.and_then(|base| base.splice(state, &mut self.buffer));
+        if histories.is_none() {
             self.buffer.truncate(start);
             state.encode_raw(&mut self.buffer);
         }
@@ -343,6 +348,11 @@ impl PartitionStore {
             state.encode_to_vec(),
             "the record spliced from the one taken differs from the state's"
         );
+        debug_assert!(
+            histories.is_none_or(|len| len == histories_len(&self.buffer[start..])),
+            "the spliced histories' length is not theirs"
+        );
+        histories
     }
 
     /// Stores a user's entry and timer (`timer`: when the timer the index holds for the user

@@ -55,16 +55,19 @@ impl Base {
 
     /// Writes `state` as prost's `encode_raw` would: the histories of unchanged traits copied
     /// from the record (field 2 comes first in it, a history per entry, in trait id order),
-    /// the changed ones and every other field encoded. `None` when the record's histories are
-    /// not the state's but for the changed ones (what is written is then of no use).
-    pub(super) fn splice(&self, state: &mut UserState, buf: &mut Vec<u8>) -> Option<()> {
+    /// the changed ones and every other field encoded; the length of the histories written
+    /// (after the user id's field, if any). `None` when the record's histories are not the
+    /// state's but for the changed ones (what is written is then of no use).
+    pub(super) fn splice(&self, state: &mut UserState, buf: &mut Vec<u8>) -> Option<usize> {
         if self.any {
             return None;
         }
         if !state.user_id.is_empty() {
             string::encode(1, &state.user_id, buf);
         }
+        let histories = buf.len();
         self.write_histories(&state.traits, buf)?;
+        let histories = buf.len() - histories;
         // Every other field as prost writes it: the state without the id and histories
         // written above (taking them out and back moves no bytes).
         let user_id = std::mem::take(&mut state.user_id);
@@ -72,7 +75,7 @@ impl Base {
         state.encode_raw(buf);
         state.user_id = user_id;
         state.traits = traits;
-        Some(())
+        Some(histories)
     }
 
     /// `traits` as `UserState`'s field 2: the unchanged ones' entries copied from the record,
@@ -151,6 +154,13 @@ impl Iterator for HistoryEntries<'_> {
         self.at = end;
         Some((trait_id, start..end))
     }
+}
+
+/// The length of the trait history entries (field 2) at the front of `record`.
+pub(super) fn histories_len(record: &[u8]) -> usize {
+    HistoryEntries::of(record)
+        .last()
+        .map_or(0, |(_, at)| at.end)
 }
 
 /// Decodes `encoded` into `state` as `UserState::decode` would, keeping `state`'s allocations:
