@@ -52,9 +52,12 @@ impl<'a> Key<'a> {
     }
 }
 
-/// Whether `key` is a trait part's.
+/// Whether `key` is a trait part's. A user id (UTF-8) never holds the mark, so for one this is
+/// a byte's comparison, not a UTF-8 check of the whole key: it runs for every changelog record
+/// the qualifier writes (`qualifier_changelog_bytes_total`).
 pub fn is_part(key: &[u8]) -> bool {
-    matches!(Key::parse(key), Some(Key::Part { .. }))
+    let mark = key.len().checked_sub(9).map(|at| key[at]);
+    mark == Some(PART_MARK) && matches!(Key::parse(key), Some(Key::Part { .. }))
 }
 
 /// The key of `user`'s part of `trait_id`.

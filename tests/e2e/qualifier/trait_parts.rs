@@ -110,16 +110,12 @@ async fn a_users_trait_parts_are_their_histories_to_show_and_to_a_restore() {
     // Written again, u1's record holds the histories, and the parts are tombstoned before it
     // (the changelog goes back to whole records as users change). Fails if the record kept
     // `traits_apart` or a part were left.
-    let mut latest: HashMap<Vec<u8>, (i64, Option<Vec<u8>>)> = HashMap::new();
-    kafka::settings()
-        .read_to_end(&test.changelog, None, |message| {
-            let key = message.key().unwrap_or_default().to_vec();
-            latest.insert(
-                key,
-                (message.offset(), message.payload().map(<[u8]>::to_vec)),
-            );
-        })
-        .unwrap();
+    // Each key's latest record, with its place in the partition.
+    let latest: HashMap<Vec<u8>, (usize, Option<Vec<u8>>)> = changelog(&test)
+        .into_iter()
+        .enumerate()
+        .map(|(at, (key, value))| (key, (at, value)))
+        .collect();
     let (record_at, record) = &latest[b"u1".as_slice()];
     let record = UserState::decode(record.as_deref().unwrap()).unwrap();
     assert!(!record.traits_apart);
@@ -147,19 +143,19 @@ fn changelog(test: &QualifierTest) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     records
 }
 
-/// The test's changelog once `enough` holds of it (or after 30 s).
+/// The test's changelog once `enough` holds of it (panics after 30 s).
 async fn changelog_until(
     test: &QualifierTest,
     enough: impl Fn(&[(Vec<u8>, Option<Vec<u8>>)]) -> bool,
 ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let records = changelog(test);
-        if enough(&records) || std::time::Instant::now() > deadline {
-            return records;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let read = || async { changelog(test) };
+    testkit::wait_for(
+        "the changelog's records",
+        Duration::from_secs(30),
+        read,
+        |r| enough(r),
+    )
+    .await
 }
 
 /// The trait ids of u1's parts among `records`, in order (a tombstone's negated), and u1's

@@ -1,7 +1,7 @@
 //! The changelog's keys, and gathering users from trait parts: in order, compacted or not,
 //! across generations, and what is left over.
 
-use super::{Gatherer, Key, PART_MARK, part_key};
+use super::{Gatherer, Key, PART_MARK, is_part, part_key};
 use crate::pb::{TraitHistory, TraitPart, UserState};
 
 #[test]
@@ -33,6 +33,19 @@ fn keys_are_user_ids_or_trait_parts() {
     let mut bad_user = part_key("u1", 7);
     bad_user[0] = 0xC3; // a lone lead byte: the user id is not UTF-8
     assert_eq!(Key::parse(&bad_user), None);
+    // `is_part` answers as `parse` does, the mark looked at first.
+    for key in [
+        &key[..],
+        &part_key("", 7),
+        b"u1",
+        b"123456789",
+        &short,
+        &bad_user,
+    ] {
+        let parsed = matches!(Key::parse(key), Some(Key::Part { .. }));
+        assert_eq!(is_part(key), parsed, "{key:?}");
+    }
+    assert!(is_part(&key) && !is_part(b"u1"));
 }
 
 fn history(trait_id: u64, times: &[i64]) -> TraitHistory {

@@ -153,7 +153,7 @@ impl PartWriter {
         write: &mut impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
         match base {
-            Some(base) => self.tombstones(user_id, parted_trait_ids(&base.record), write),
+            Some(_) => self.forgotten(user_id, base, write),
             None => self.tombstones(user_id, traits.iter().map(|h| h.trait_id), write),
         }
     }
