@@ -31,6 +31,7 @@ mod producer_settings {
             status_batch_topic: "segment-status-batch".to_owned(),
             changelog_topic: "qualifier-changelog".to_owned(),
             changelog_trait_parts: false,
+            warm_state_bytes: 0,
             dlq_topic: "segment-status-dlq".to_owned(),
             delivery_log_topic: None,
             transactional_id: "qualifier-0".to_owned(),

@@ -106,6 +106,18 @@ struct Cli {
     )]
     changelog_trait_parts: bool,
 
+    /// Bytes of stored records whose users are kept decoded between transactions, shared evenly
+    /// by the partitions this process owns: a user taken again is then not decoded from their
+    /// record (tens of KB for a busy user). The last transaction's users are kept whatever
+    /// their bytes. A decoded state takes about four times its record's bytes.
+    #[arg(
+        long,
+        env = "WARM_STATE_BYTES",
+        default_value_t = 24 << 20,
+        global = true
+    )]
+    warm_state_bytes: usize,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -312,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status_batch_topic: block.status_batch_topic,
                 changelog_topic: block.changelog_topic,
                 changelog_trait_parts: cli.changelog_trait_parts,
+                warm_state_bytes: cli.warm_state_bytes,
                 dlq_topic: block.dlq_topic,
                 delivery_log_topic: block.delivery_log_topic,
             };

@@ -27,6 +27,12 @@ pub struct Metrics {
     /// `qualifier_changelog_bytes_total{record}`: bytes (key and value) of the changelog
     /// records transactions wrote, by `record` = `user` | `part` (see [`ChangelogBytes`]).
     pub changelog_bytes: IntCounterVec,
+    /// `qualifier_state_decoded_bytes_total`: bytes of stored records decoded to evaluate
+    /// their users, who were not kept decoded (`--warm-state-bytes`).
+    pub decoded_bytes: IntCounter,
+    /// `qualifier_warm_state_bytes`: bytes of the records of the users kept decoded between
+    /// transactions.
+    pub warm_bytes: IntGauge,
     /// `qualifier_consumer_lag_messages{topic, partition}`: input messages not yet consumed,
     /// per partition assigned to this process (see `telemetry::lag`).
     pub consumer_lag: IntGaugeVec,
@@ -114,6 +120,14 @@ impl Metrics {
                 ),
                 &["record"],
             )?,
+            decoded_bytes: IntCounter::new(
+                "qualifier_state_decoded_bytes_total",
+                "Bytes of stored user records decoded to evaluate users who were not kept decoded between transactions (see --warm-state-bytes).",
+            )?,
+            warm_bytes: IntGauge::new(
+                "qualifier_warm_state_bytes",
+                "Bytes of the stored records of the users kept decoded between transactions (at the last transaction's end).",
+            )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
                     "qualifier_consumer_lag_messages",
@@ -139,6 +153,8 @@ impl Metrics {
                 &metrics.sweep_pending,
                 &metrics.swept,
                 &metrics.changelog_bytes,
+                &metrics.decoded_bytes,
+                &metrics.warm_bytes,
                 &metrics.consumer_lag,
             ],
         )?;

@@ -5,18 +5,15 @@
 //!
 //! Each user is kept encoded, as the bytes of their changelog record less the user id (with their
 //! histories in, also for a user whose histories the changelog holds in trait parts:
-//! `store/parts.rs`), and decoded only while an event or timer of theirs is evaluated: a decoded
+//! `store/parts.rs`), and decoded while an event or timer of theirs is evaluated: a decoded
 //! [`UserState`] holds every trait history, membership and its user id in allocations of their own,
 //! several times the record's size. The user id is held once, shared by the map and, for a timer
 //! due within the next ten minutes, the timer index (`store/timers.rs`; the other timers are only
-//! in the map).
-//!
-//! A user put back during a transaction stays decoded until its end ([`PartitionStore::settle`]),
-//! so that however many of their events it holds they are encoded once, and stays decoded
-//! through the next transaction too, so that a user active in one transaction after another
-//! is not decoded again each time: a Zipf-heavy user's record is tens of KB. What is kept
-//! decoded is bounded by two transactions' users.
-//!
+//! in the map). A user put back stays decoded until the transaction's end
+//! ([`PartitionStore::settle`]), so that however many of their events it holds they are encoded
+//! once, and after it while their record's bytes fit a budget (`store/warm.rs`), so that a busy
+//! user is not decoded again in each transaction they are in (their record is tens of KB).
+
 //! When the steps that changed a user say which trait histories they touched (an event's step
 //! touches its own trait's only), the user's new record is spliced from the one they were
 //! taken from: the other histories' bytes copied, only the touched ones encoded. A busy user's
@@ -34,18 +31,14 @@ use crate::evaluate::Histories;
 mod parts;
 mod record;
 mod timers;
+mod warm;
 
 pub use parts::{APART_OVER, Layout};
 use parts::{Encoded, PartWriter, Written};
 use record::{Base, decode_into, histories_len, scan_for_staleness};
 use timers::{Due, Timers};
+use warm::Warm;
 
-/// At most this many decoded states let go are kept per partition for their allocations
-/// ([`PartitionStore::spare`]), each of at most [`SPARE_TRAITS`] trait histories: what the
-/// spares hold stays under ~1 MB per partition. A Zipf-heavy user's state, thousands of
-/// histories, is not kept: such a user is nearly always still decoded when taken again.
-const SPARE_STATES: usize = 256;
-const SPARE_TRAITS: usize = 64;
 /// A user with more trait histories changed than this in one transaction is encoded whole.
 ///
 /// It takes more than that many of their events in one transaction, so what either way costs
@@ -104,9 +97,11 @@ pub struct PartitionStore {
     /// not put back is forgotten, timer and all, at [`Self::settle`], which writes their
     /// tombstone.
     taken: HashMap<Arc<str>, Taken, foldhash::fast::RandomState>,
-    /// Users put back in the transaction before and not taken since, decoded: their entry
-    /// holds these states' bytes.
-    warm: HashMap<Arc<str>, UserState, foldhash::fast::RandomState>,
+    /// Users put back in earlier transactions and not taken since, decoded: their entry holds
+    /// these states' bytes (see [`Self::settle`]); and states let go, to decode others into.
+    warm: Warm,
+    /// The bytes of the records decoded by takes since [`Self::decoded_bytes`].
+    decoded: u64,
     /// Users the store did not hold whose step forgot them in the open transaction (an
     /// erasure of an unknown user): a tombstone each at [`Self::settle`].
     forgotten: Vec<Arc<str>>,
@@ -117,10 +112,6 @@ pub struct PartitionStore {
     buffer: Vec<u8>,
     /// Writes trait parts and their tombstones (see [`Self::settle`]).
     parts: PartWriter,
-    /// Decoded states of users let go (encoded, no longer warm), kept for their allocations: a
-    /// user decoded into one refills its vectors instead of growing new ones, history by
-    /// history, an element at a time (a fifth of the processing loop at 20,000 events/s).
-    spare: Vec<UserState>,
 }
 
 impl PartitionStore {
@@ -149,13 +140,14 @@ impl PartitionStore {
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
         let (id, entry) = self.users.remove_entry(user_id)?;
         let (state, base, changed) = if let Some(unsettled) = self.unsettled.remove(user_id) {
-            self.warm.remove(user_id);
+            self.warm.take(user_id);
             (unsettled.state, unsettled.base, unsettled.changed)
-        } else if let Some(state) = self.warm.remove(user_id) {
+        } else if let Some(state) = self.warm.take(user_id) {
             // The entry holds the warm state's record.
             (state, Some(Base::new(entry.state)), false)
         } else {
-            let mut state = self.spare.pop().unwrap_or_default();
+            let mut state = self.warm.spare();
+            self.decoded += entry.state.len() as u64;
             // The store holds only what `encode` wrote from a `UserState`: prost's encoding,
             // read back (tested below), so this cannot fail on any input.
             decode_into(&mut state, &entry.state).expect("the store decodes the states it encoded");
@@ -186,7 +178,7 @@ impl PartitionStore {
     /// taken from and their timer.
     fn forget_decoded(&mut self, user_id: &str) {
         self.unsettled.remove(user_id);
-        self.warm.remove(user_id);
+        self.warm.take(user_id);
         if let Some((user_id, taken)) = self.taken.remove_entry(user_id) {
             self.timers.remove(taken.due, &user_id);
         }
@@ -257,6 +249,17 @@ impl PartitionStore {
         self.insert(Arc::from(user_id), encoded, None, due);
     }
 
+    /// The bytes of the records decoded since the last call: users taken who were not kept
+    /// decoded.
+    pub fn decoded_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.decoded)
+    }
+
+    /// The bytes of the records of the users kept decoded between transactions.
+    pub fn warm_bytes(&self) -> usize {
+        self.warm.bytes()
+    }
+
     /// A held user's state as stored, decoded (a restore gathering their trait parts).
     pub fn stored(&self, user_id: &str) -> Option<UserState> {
         let entry = self.users.get(user_id)?;
@@ -267,8 +270,9 @@ impl PartitionStore {
     }
 
     /// Encodes the users put back since the last call (at the end of each transaction), and
-    /// keeps them decoded until the next call; those of the call before are let go, some kept
-    /// as spares to decode other users into. Hands `write` each changelog record the
+    /// keeps them decoded; those of earlier calls stay decoded while their records take at most
+    /// `warm_budget` bytes in all, the longest untaken let go first, some kept as spares to
+    /// decode other users into. Hands `write` each changelog record the
     /// transaction makes: (key, record), `None` for a tombstone (a user forgotten), the
     /// tombstones first. It stops at `write`'s first error (the transaction then fails, and
     /// the store is restored from the changelog).
@@ -278,6 +282,7 @@ impl PartitionStore {
     pub fn settle<E>(
         &mut self,
         layout: Layout,
+        warm_budget: usize,
         mut write: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut unsettled = std::mem::take(&mut self.unsettled);
@@ -293,14 +298,6 @@ impl PartitionStore {
         for user_id in self.forgotten.drain(..) {
             write(user_id.as_bytes(), None)?;
         }
-        let room = SPARE_STATES - self.spare.len();
-        self.spare.extend(
-            self.warm
-                .drain()
-                .map(|(_, state)| state)
-                .filter(|state| state.traits.len() <= SPARE_TRAITS)
-                .take(room),
-        );
         for (user_id, mut user) in unsettled.drain() {
             let written = match user.changed {
                 true => layout.write_as(&mut user.state, user.base.is_some()),
@@ -325,9 +322,11 @@ impl PartitionStore {
                 };
                 self.parts
                     .settled(&user_id, &user.state, written, base, record, &mut write)?;
-                self.warm.insert(user_id, user.state);
+                let bytes = entry.state.len();
+                self.warm.keep(user_id, user.state, bytes);
             }
         }
+        self.warm.end_transaction(warm_budget);
         // Its allocation is reused by the next transaction.
         self.unsettled = unsettled;
         Ok(())

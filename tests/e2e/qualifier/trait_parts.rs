@@ -180,6 +180,34 @@ fn u1_parts_and_records(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Vec<i64>, Ve
     (parts, states)
 }
 
+/// The bytes of u1's record as a restore stores it, gathered from `records`: their last record
+/// with the histories of their parts in, less the user id.
+fn u1_stored_bytes(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> usize {
+    let mut gatherer = model::changelog::Gatherer::default();
+    let mut u1: Option<UserState> = None;
+    for (key, value) in records {
+        match model::changelog::Key::parse(key) {
+            Some(model::changelog::Key::Part {
+                user: "u1",
+                trait_id,
+            }) => {
+                let part = value.as_deref().map(|v| TraitPart::decode(v).unwrap());
+                gatherer.part("u1", trait_id, part);
+            }
+            Some(model::changelog::Key::User("u1")) => {
+                let mut state = UserState::decode(value.as_deref().unwrap()).unwrap();
+                gatherer.user(&mut state, u1.as_ref());
+                u1 = Some(state);
+            }
+            _ => {}
+        }
+    }
+    let mut u1 = u1.expect("u1's record");
+    assert!(u1.traits.len() > 32, "{u1:?}");
+    u1.user_id.clear();
+    u1.encoded_len()
+}
+
 /// With `--changelog-trait-parts`, a qualifier writes a user of more than 32 histories as a
 /// record without them and a part per history, then only the part of the history an event
 /// changed; `qualifier show` and a restore by another process take the histories from the
@@ -247,10 +275,23 @@ async fn a_qualifier_writing_trait_parts_restores_and_shows_what_it_wrote() {
             "{record}"
         );
     }
+    // u1, in the last transaction, is kept decoded: their record's bytes and a state's size.
+    let stored = u1_stored_bytes(&after);
+    let warm = metric_value(&metrics, "qualifier_warm_state_bytes").unwrap();
+    assert!(
+        warm > stored as f64 && warm < stored as f64 + 1024.0,
+        "{warm} for {stored}"
+    );
     q.service.terminate();
 
     shows_trait_1_expiring(&test, &definitions, realized).await;
 
+    // Restored by another process, u1 is stored encoded and decoded at their next event.
     let q = test.start_with(&definitions, "b", &parts).await;
     trait_2_qualifies_u1(&q, &reader).await;
+    let metrics = q.service.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "qualifier_state_decoded_bytes_total"),
+        Some(stored as f64)
+    );
 }

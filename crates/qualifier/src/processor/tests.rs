@@ -305,6 +305,7 @@ fn mock_processor(brokers: &str) -> (Processor, Metrics, telemetry::Health) {
         status_batch_topic: "status-batch".to_owned(),
         changelog_topic: "changelog".to_owned(),
         changelog_trait_parts: false,
+        warm_state_bytes: 1 << 20,
         dlq_topic: "dlq".to_owned(),
         delivery_log_topic: None,
         transactional_id: "qualifier-0".to_owned(),

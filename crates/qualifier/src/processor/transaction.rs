@@ -262,8 +262,12 @@ impl Processor {
             false => Layout::Whole,
         };
         let mut bytes = ChangelogBytes::default();
-        for (&partition, owned) in &mut lock(&self.store).partitions {
-            owned.settle(layout, |key, record| {
+        let (mut decoded, mut warm) = (0, 0);
+        let partitions = &mut lock(&self.store).partitions;
+        let warm_budget = self.topology.warm_state_bytes / partitions.len().max(1);
+        for (&partition, owned) in partitions.iter_mut() {
+            decoded += owned.decoded_bytes();
+            owned.settle(layout, warm_budget, |key, record| {
                 bytes.record(key, record);
                 let mut message: BaseRecord<'_, [u8], [u8]> =
                     BaseRecord::to(topic).key(key).partition(partition);
@@ -272,8 +276,11 @@ impl Processor {
                 }
                 send(producer, message)
             })?;
+            warm += owned.warm_bytes();
         }
         bytes.add_to(&self.metrics);
+        self.metrics.decoded_bytes.inc_by(decoded);
+        self.metrics.warm_bytes.set(warm as i64);
         Ok(())
     }
 

@@ -1,12 +1,26 @@
 //! The store's tests: users stored, taken, put back and settled; their records decoded and
 //! spliced as prost would write them.
 
+use super::warm::{KEPT_SIZE, SPARE_STATES, SPARE_TRAITS};
 use super::*;
 
 pub(super) fn user(id: &str) -> UserState {
     UserState {
         user_id: id.to_owned(),
         ..UserState::default()
+    }
+}
+
+/// A user with `count` trait histories.
+fn with_traits(id: &str, count: u64) -> UserState {
+    UserState {
+        traits: (1..=count)
+            .map(|trait_id| model::pb::TraitHistory {
+                trait_id,
+                times_unix_ms: vec![1_700_000_000_000],
+            })
+            .collect(),
+        ..user(id)
     }
 }
 
@@ -45,11 +59,21 @@ pub(super) fn settle_keyed(store: &mut PartitionStore) -> Vec<(Vec<u8>, Option<V
     settle_as(store, Layout::Whole)
 }
 
-/// [`settle_keyed`] in `layout`.
+/// [`settle_keyed`] in `layout`, keeping only the last transaction's users decoded.
 fn settle_as(store: &mut PartitionStore, layout: Layout) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    settle_within(store, layout, 0)
+}
+
+/// [`settle_keyed`] in `layout`, keeping users decoded while their records take at most
+/// `warm_budget` bytes.
+fn settle_within(
+    store: &mut PartitionStore,
+    layout: Layout,
+    warm_budget: usize,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     let mut written = Vec::new();
     store
-        .settle(layout, |key, record| {
+        .settle(layout, warm_budget, |key, record| {
             written.push((key.to_vec(), record.map(<[u8]>::to_vec)));
             Ok::<_, ()>(())
         })
@@ -91,13 +115,13 @@ fn a_stored_user_is_their_changelog_record_and_comes_back_whole() {
     assert_eq!(stored(&store, "a"), Some(state.encode_to_vec()));
     // Kept decoded through the next transaction (which writes nothing), then only encoded,
     // the decoded state kept spare and decoded into when the user is taken again.
-    assert!(store.warm.contains_key("a"));
+    assert!(store.warm.contains("a"));
     assert_eq!(settle(&mut store), []);
-    assert!(store.warm.is_empty());
-    assert_eq!(store.spare.len(), 1);
+    assert_eq!(store.warm.len(), 0);
+    assert_eq!(store.warm.spares().len(), 1);
     assert_eq!(stored(&store, "a"), Some(state.encode_to_vec()));
     assert_eq!(store.take("a"), Some((state.clone(), Some(5))));
-    assert!(store.spare.is_empty());
+    assert!(store.warm.spares().is_empty());
     assert_eq!(stored(&store, "a"), None);
     store.put_encoded(state.clone(), Some(5));
     assert_eq!(stored(&store, "a"), Some(state.encode_to_vec()));
@@ -563,7 +587,9 @@ fn a_busy_user_with_a_thousand_histories_changed_in_one_transaction_is_still_spl
         },
         None,
     );
-    store.settle(Layout::Whole, |_, _| Ok::<_, ()>(())).unwrap();
+    store
+        .settle(Layout::Whole, 0, |_, _| Ok::<_, ()>(()))
+        .unwrap();
     for event in 0..1_000_u64 {
         let (mut state, due) = store.take("busy").unwrap();
         // Every third history, in no order.
@@ -576,7 +602,7 @@ fn a_busy_user_with_a_thousand_histories_changed_in_one_transaction_is_still_spl
     assert_eq!(base.map(|b| b.changed.len()), Some(1_000));
     let mut written = Vec::new();
     store
-        .settle(Layout::Whole, |_, record| {
+        .settle(Layout::Whole, 0, |_, record| {
             written.push(record.map(<[u8]>::to_vec));
             Ok::<_, ()>(())
         })
@@ -643,28 +669,19 @@ fn a_user_put_back_with_what_changed_is_encoded_from_their_record() {
 
 #[test]
 fn spares_are_kept_up_to_their_number_and_only_of_ordinary_size() {
-    let with_traits = |id: &str, count: u64| UserState {
-        traits: (1..=count)
-            .map(|trait_id| model::pb::TraitHistory {
-                trait_id,
-                times_unix_ms: vec![1],
-            })
-            .collect(),
-        ..user(id)
-    };
     let mut store = PartitionStore::default();
     store.put(with_traits("ordinary", SPARE_TRAITS as u64), None);
     store.put(with_traits("heavy", SPARE_TRAITS as u64 + 1), None);
     settle(&mut store);
     settle(&mut store);
-    assert_eq!(store.spare.len(), 1);
-    assert_eq!(store.spare[0].traits.len(), SPARE_TRAITS);
+    assert_eq!(store.warm.spares().len(), 1);
+    assert_eq!(store.warm.spares()[0].traits.len(), SPARE_TRAITS);
     for i in 0..SPARE_STATES + 10 {
         store.put(user(&i.to_string()), None);
     }
     settle(&mut store);
     settle(&mut store);
-    assert_eq!(store.spare.len(), SPARE_STATES);
+    assert_eq!(store.warm.spares().len(), SPARE_STATES);
 }
 
 #[test]
@@ -833,4 +850,83 @@ fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
     }
     assert!(store.is_empty());
     assert_eq!(store.due_count(i64::MAX), 0);
+}
+
+#[test]
+fn users_stay_decoded_while_their_records_fit_the_budget_the_longest_untaken_let_go_first() {
+    // What a state kept counts: its record, and its own size.
+    let counts = |state: &UserState| {
+        let mut state = state.clone();
+        state.user_id.clear();
+        state.encoded_len() + KEPT_SIZE
+    };
+    let (a, b) = (with_traits("a", 100), with_traits("b", 60));
+    let (a_len, b_len) = (counts(&a), counts(&b));
+    assert!(a_len > b_len);
+    let mut store = PartitionStore::default();
+    // Room for both records, less one byte.
+    let mut budget = a_len + b_len - 1;
+    let warm = |store: &PartitionStore| {
+        let mut ids: Vec<&str> = ["a", "b", "c"]
+            .into_iter()
+            .filter(|id| store.warm.contains(id))
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    store.put(a.clone(), None);
+    settle_within(&mut store, Layout::Whole, budget);
+    store.put(b.clone(), None);
+    settle_within(&mut store, Layout::Whole, budget);
+    // a was put back first, and is let go first.
+    assert_eq!(warm(&store), ["b"]);
+    assert_eq!(store.warm.counted(), b_len);
+    // a's record decoded when taken; b's not, kept decoded.
+    store.decoded_bytes();
+    assert_eq!(store.take("a"), Some((a.clone(), None)));
+    assert_eq!(store.decoded_bytes(), (a_len - KEPT_SIZE) as u64);
+    // With room for both: a, put back last, and b.
+    store.put(a.clone(), None);
+    settle_within(&mut store, Layout::Whole, a_len + b_len);
+    assert_eq!(warm(&store), ["a", "b"]);
+    // b taken and put back: now b was put back last, whenever it was first kept.
+    assert_eq!(store.take("b"), Some((b.clone(), None)));
+    store.put(b.clone(), None);
+    settle_within(&mut store, Layout::Whole, a_len + b_len);
+    assert_eq!(warm(&store), ["a", "b"]);
+    // Both fit but for a byte: a goes.
+    settle_within(&mut store, Layout::Whole, budget);
+    assert_eq!(warm(&store), ["b"]);
+    for _ in 0..3 {
+        settle_within(&mut store, Layout::Whole, budget);
+    }
+    assert_eq!(warm(&store), ["b"], "within the budget, kept however long");
+    // Taken from the warm states, not decoded: no spare used.
+    let spares = store.warm.spares().len();
+    assert_eq!(store.take("b"), Some((b.clone(), None)));
+    assert_eq!(store.warm.spares().len(), spares);
+    assert_eq!(store.decoded_bytes(), 0);
+    assert_eq!(store.warm.counted(), 0);
+    store.put(b.clone(), None);
+    settle_within(&mut store, Layout::Whole, budget);
+    // The last transaction's users are kept whatever the budget.
+    budget = 0;
+    store.put(a.clone(), None);
+    store.put(user("c"), None);
+    settle_within(&mut store, Layout::Whole, budget);
+    assert_eq!(warm(&store), ["a", "c"]);
+    assert_eq!(store.warm.counted(), a_len + counts(&user("c")));
+    // A user forgotten is no longer kept.
+    store.remove("a");
+    assert_eq!(warm(&store), ["c"]);
+    assert_eq!(store.warm.counted(), counts(&user("c")));
+    // Taken and put back over and over, a user leaves no more than a bounded queue behind.
+    budget = usize::MAX;
+    for _ in 0..5000 {
+        let (state, due) = store.take("c").unwrap();
+        store.put(state, due);
+        settle_within(&mut store, Layout::Whole, budget);
+    }
+    assert_eq!(warm(&store), ["c"]);
+    assert!(store.warm.queued() <= 2 * store.warm.len() + 1024);
 }

@@ -1,0 +1,148 @@
+//! The users the store keeps decoded between transactions: those put back in the last one, and
+//! those of earlier ones while their records' bytes (and a state's own size each) stay within a
+//! budget, the longest untaken let go first.
+//!
+//! A user's state is decoded from their record when they are taken, and a busy user's record
+//! is tens of KB. With only the last transaction's users kept, a user active every few
+//! transactions (short ones: a transaction commits as soon as its input is drained) was
+//! decoded afresh each time: after a climb had grown the busy users' histories, decoding took
+//! over a third of the qualifier's CPU at half the rate (docs/BENCHMARKS.md). A decoded state
+//! takes about four times its record's bytes.
+//!
+//! The states let go are kept as spares, some of them, for their allocations: a user decoded
+//! into one refills its vectors instead of growing new ones, history by history, an element at
+//! a time (a fifth of the processing loop at 20,000 events/s).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use model::UserState;
+
+/// At most this many decoded states let go are kept per partition as spares, each of at most
+/// [`SPARE_TRAITS`] trait histories: what the spares hold stays under ~1 MB per partition. A
+/// Zipf-heavy user's state, thousands of histories, is not kept: it would hold its allocations
+/// for an ordinary user.
+pub(super) const SPARE_STATES: usize = 256;
+pub(super) const SPARE_TRAITS: usize = 64;
+
+/// What a state kept counts besides its record's bytes: its own size.
+pub(super) const KEPT_SIZE: usize = size_of::<Kept>();
+
+/// A state kept decoded: what it counts against the budget (its record's bytes, and its own
+/// size: an empty record's state is not free) and the transaction it was put back in.
+#[derive(Debug)]
+struct Kept {
+    state: UserState,
+    bytes: usize,
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Warm {
+    kept: HashMap<Arc<str>, Kept, foldhash::fast::RandomState>,
+    /// Users in the order they were put back, each with its transaction: an entry whose user
+    /// was taken since (and so is not kept, or kept from a later transaction) is stale and
+    /// skipped.
+    order: VecDeque<(Arc<str>, u64)>,
+    /// What the states kept count in all.
+    bytes: usize,
+    /// The open transaction.
+    generation: u64,
+    spares: Vec<UserState>,
+}
+
+impl Warm {
+    /// The user's decoded state, if kept: it is theirs to change now, no longer kept.
+    pub(super) fn take(&mut self, user_id: &str) -> Option<UserState> {
+        let kept = self.kept.remove(user_id)?;
+        self.bytes -= kept.bytes;
+        Some(kept.state)
+    }
+
+    /// The bytes the states kept count.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Keeps a state put back in the open transaction, whose record is `record` bytes long.
+    pub(super) fn keep(&mut self, user_id: Arc<str>, state: UserState, record: usize) {
+        let (generation, bytes) = (self.generation, record + KEPT_SIZE);
+        self.order.push_back((user_id.clone(), generation));
+        self.bytes += bytes;
+        let kept = Kept {
+            state,
+            bytes,
+            generation,
+        };
+        if let Some(replaced) = self.kept.insert(user_id, kept) {
+            self.bytes -= replaced.bytes;
+        }
+    }
+
+    /// A state to decode a user into: a spare, else a new one.
+    pub(super) fn spare(&mut self) -> UserState {
+        self.spares.pop().unwrap_or_default()
+    }
+
+    /// Ends the open transaction: lets go of the states of earlier ones, longest kept first,
+    /// until what the states kept count is at most `budget` (the open transaction's are kept
+    /// whatever their bytes), some kept as spares.
+    pub(super) fn end_transaction(&mut self, budget: usize) {
+        while self.bytes > budget
+            && self
+                .order
+                .front()
+                .is_some_and(|(_, generation)| *generation < self.generation)
+        {
+            let (user_id, generation) = self.order.pop_front().expect("just looked");
+            if self
+                .kept
+                .get(&user_id)
+                .is_some_and(|k| k.generation == generation)
+                && let Some(kept) = self.kept.remove(&user_id)
+            {
+                self.bytes -= kept.bytes;
+                if self.spares.len() < SPARE_STATES && kept.state.traits.len() <= SPARE_TRAITS {
+                    self.spares.push(kept.state);
+                }
+            }
+        }
+        // The stale entries are at most as many as the puts since the last sweep: swept when
+        // they outnumber the states kept, a put costs a constant share of one.
+        if self.order.len() > 2 * self.kept.len() + 1024 {
+            let kept = &self.kept;
+            self.order.retain(|(user_id, generation)| {
+                kept.get(user_id)
+                    .is_some_and(|k| k.generation == *generation)
+            });
+        }
+        self.generation += 1;
+    }
+}
+
+#[cfg(test)]
+impl Warm {
+    pub(super) fn contains(&self, user_id: &str) -> bool {
+        self.kept.contains_key(user_id)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// What the states kept count, counted again.
+    pub(super) fn counted(&self) -> usize {
+        let bytes = self.kept.values().map(|kept| kept.bytes).sum();
+        assert_eq!(self.bytes, bytes, "the bytes kept are not counted right");
+        bytes
+    }
+
+    pub(super) fn spares(&self) -> &[UserState] {
+        &self.spares
+    }
+
+    /// Entries in the order of puts, stale ones included.
+    pub(super) fn queued(&self) -> usize {
+        self.order.len()
+    }
+}
