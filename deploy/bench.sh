@@ -176,6 +176,10 @@ export BENCH_HMAC_KEY=bench-hmac-key LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
 export CHANGELOG_TRAIT_PARTS=${CHANGELOG_TRAIT_PARTS:-true}
 [[ $CHANGELOG_TRAIT_PARTS =~ ^(true|false)$ ]] || die "CHANGELOG_TRAIT_PARTS must be true or false, not '$CHANGELOG_TRAIT_PARTS'"
 layout=$([[ $CHANGELOG_TRAIT_PARTS == true ]] && echo "busy users' histories in trait parts" || echo "whole changelog records")
+# The qualifiers keep users decoded between transactions within WARM_STATE_BYTES (README,
+# --warm-state-bytes), the qualifier's default unless set; the notes say which.
+warm=${WARM_STATE_BYTES:+$WARM_STATE_BYTES bytes}
+layout+=", users kept decoded while their records take at most ${warm:-24 MiB (the default)}"
 ticks=$(getconf CLK_TCK)
 commit=$(git rev-parse --short HEAD)
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
@@ -806,7 +810,7 @@ qualifier_scale_point() {
 # cores all five kept busy), and stops its services.
 e2e_run() {
   local rate best=0 rows="" problems="" sent_total=0 committed_before=0 arrived_before=0 fixture_flags=()
-  local changelog_before=0 changelog_per_event=-
+  local changelog_before=0 changelog_per_event=- decoded_before=0 decoded_per_event=-
   local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived cpu steps=""
   local l_status=0 l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
   local qualifier_pids=() qualifier_admins=("$qualifier_admin")
@@ -857,6 +861,8 @@ e2e_run() {
   # "delivered-events queued-events" over both workers ("0 0" with both stopped: BENCH_FAULT).
   delivery_progress() { sum "$(both)" delivery_events_total delivery_queue_depth --absent 0; }
   qualifiers_metrics() { local admin; for admin in "${qualifier_admins[@]}"; do metrics "$admin"; done; }
+  # per_event NOW BEFORE: a counter's growth over the step, per event sent.
+  per_event() { ((sent > 0)) && calc %.0f "($1 - $2) / $sent" || echo -; }
   processed() { sum "$(qualifiers_metrics)" qualifier_events_total; }
   # ledger: relay-ledger over the run so far — every change committed for each destination
   # against partner-sim's record, the dead letters and the workers' coalesced reports — into
@@ -967,11 +973,15 @@ e2e_run() {
     step_changes=$((l_committed - committed_before)) step_arrived=$((l_delivered + l_coalesced - arrived_before))
     committed_before=$l_committed arrived_before=$((l_delivered + l_coalesced))
     processed_now=$(processed)
-    # What the step's events cost the changelog (qualifier_changelog_bytes_total), per event.
-    local changelog_now
-    changelog_now=$(sum "$(qualifiers_metrics)" qualifier_changelog_bytes_total)
-    changelog_per_event=$( ((sent > 0)) && calc %.0f "($changelog_now - $changelog_before) / $sent" || echo -)
-    changelog_before=$changelog_now
+    # Per event of the step: what it cost the changelog (qualifier_changelog_bytes_total), and
+    # the bytes of stored records decoded for users not kept decoded (--warm-state-bytes).
+    local metrics_now changelog_now decoded_now
+    metrics_now=$(qualifiers_metrics)
+    changelog_now=$(sum "$metrics_now" qualifier_changelog_bytes_total)
+    decoded_now=$(sum "$metrics_now" qualifier_state_decoded_bytes_total)
+    changelog_per_event=$(per_event "$changelog_now" "$changelog_before")
+    decoded_per_event=$(per_event "$decoded_now" "$decoded_before")
+    changelog_before=$changelog_now decoded_before=$decoded_now
     invalid=$(sum "$(qualifiers_metrics)" 'qualifier_events_total{outcome="invalid"}')
     if [[ $drained == no ]]; then
       if ((l_status == 2)); then
@@ -1024,7 +1034,7 @@ e2e_run() {
     judge "$rate"
     rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
     steps+="$rate $sent $achieved $p50 $p99 ${verdict%%:*} $cpu $cores;"
-    say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event, sustained: $verdict"
+    say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event, decoded $decoded_per_event B per event, sustained: $verdict"
     if [[ -n $problem ]]; then
       problems+="At $rate events/s: $problem"
       break
@@ -1048,7 +1058,7 @@ e2e_run() {
         step $((best / 2))
         judge $((best / 2))
         [[ -n $problem ]] || verdict=- # at half the rate only the checks are judged
-        say "$e2e_name: half step $((best / 2))/s, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event"
+        say "$e2e_name: half step $((best / 2))/s, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event, decoded $decoded_per_event B per event"
         rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
         [[ -z $problem ]] || problems+="At half the highest sustained rate, $((best / 2)) events/s: $problem"
         local linger_ms bound
