@@ -96,10 +96,10 @@ impl Gatherer {
     }
 
     /// A user record: with `traits_apart`, `state` gets its trait histories, those of
-    /// `previous` (the user as gathered at their previous record, if any) when it had them
-    /// apart in the same generation, with the parts read since applied. Either way the parts
-    /// read since are used up.
-    pub fn user(&mut self, state: &mut UserState, previous: Option<&UserState>) {
+    /// `previous` (the user as gathered at their previous record, if any: its histories are
+    /// moved, not copied) when it had them apart in the same generation, with the parts read
+    /// since applied. Either way the parts read since are used up.
+    pub fn user(&mut self, state: &mut UserState, previous: Option<UserState>) {
         // A changelog of whole records has no parts: no lookup per record then.
         let parts = if self.pending.is_empty() {
             Vec::new()
@@ -112,7 +112,7 @@ impl Gatherer {
         let generation = state.traits_generation;
         state.traits = previous
             .filter(|p| p.traits_apart && p.traits_generation == generation)
-            .map(|p| p.traits.clone())
+            .map(|p| p.traits)
             .unwrap_or_default();
         for (trait_id, part) in parts {
             let history = match part {

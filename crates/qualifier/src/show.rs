@@ -82,7 +82,7 @@ fn find_in(
             };
             match &mut state {
                 Some(state) => {
-                    let previous = found.as_ref().and_then(|f| f.state.as_ref());
+                    let previous = found.take().and_then(|f| f.state);
                     gatherer.user(state, previous);
                 }
                 None => gatherer.forget(user),

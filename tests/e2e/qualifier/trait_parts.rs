@@ -196,7 +196,7 @@ fn u1_stored_bytes(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> usize {
             }
             Some(model::changelog::Key::User("u1")) => {
                 let mut state = UserState::decode(value.as_deref().unwrap()).unwrap();
-                gatherer.user(&mut state, u1.as_ref());
+                gatherer.user(&mut state, u1.take());
                 u1 = Some(state);
             }
             _ => {}

@@ -89,8 +89,8 @@ fn gather(records: Vec<Record>) -> (Vec<UserState>, (usize, usize)) {
         match record {
             Record::Part(user, trait_id, part) => gatherer.part(user, trait_id, part),
             Record::User(mut state) => {
-                let previous = users.get(&state.user_id).cloned();
-                gatherer.user(&mut state, previous.as_ref());
+                let previous = users.remove(&state.user_id);
+                gatherer.user(&mut state, previous);
                 users.insert(state.user_id.clone(), state);
             }
             Record::Tombstone(user) => {

@@ -193,7 +193,7 @@ fn restore(
             Ok(mut state) => {
                 // Only a record with its histories apart builds on the previous one.
                 let previous = state.traits_apart.then(|| store.stored(&state.user_id));
-                gatherer.user(&mut state, previous.flatten().as_ref());
+                gatherer.user(&mut state, previous.flatten());
                 normalize(&mut state);
                 let due = next_due(definitions, &state, now);
                 store.put_encoded(state, due);

@@ -261,8 +261,8 @@ fn gather(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> HashMap<String, UserState> 
             }
             (Key::User(_), Some(record)) => {
                 let mut state = UserState::decode(&record[..]).unwrap();
-                let previous = users.get(&state.user_id).cloned();
-                gatherer.user(&mut state, previous.as_ref());
+                let previous = users.remove(&state.user_id);
+                gatherer.user(&mut state, previous);
                 users.insert(state.user_id.clone(), state);
             }
         }
