@@ -158,25 +158,43 @@ async fn changelog_until(
     .await
 }
 
-/// The trait ids of u1's parts among `records`, in order (a tombstone's negated), and u1's
-/// records there, decoded.
-fn u1_parts_and_records(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Vec<i64>, Vec<UserState>) {
-    let (mut parts, mut states) = (Vec::new(), Vec::new());
+/// One of u1's changelog records.
+enum U1Record<'a> {
+    /// A trait part: its trait id and value (`None`: a tombstone).
+    Part(u64, Option<&'a [u8]>),
+    /// Their record, decoded.
+    State(UserState),
+}
+
+/// Hands `each` u1's records among `records`, in order.
+fn u1_records<'a>(records: &'a [(Vec<u8>, Option<Vec<u8>>)], mut each: impl FnMut(U1Record<'a>)) {
     for (key, value) in records {
         match model::changelog::Key::parse(key) {
             Some(model::changelog::Key::Part {
                 user: "u1",
                 trait_id,
-            }) => {
-                let id = trait_id as i64;
-                parts.push(if value.is_some() { id } else { -id });
-            }
+            }) => each(U1Record::Part(trait_id, value.as_deref())),
             Some(model::changelog::Key::User("u1")) => {
-                states.push(UserState::decode(value.as_deref().unwrap()).unwrap());
+                each(U1Record::State(
+                    UserState::decode(value.as_deref().unwrap()).unwrap(),
+                ));
             }
             _ => {}
         }
     }
+}
+
+/// The trait ids of u1's parts among `records`, in order (a tombstone's negated), and u1's
+/// records there, decoded.
+fn u1_parts_and_records(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Vec<i64>, Vec<UserState>) {
+    let (mut parts, mut states) = (Vec::new(), Vec::new());
+    u1_records(records, |record| match record {
+        U1Record::Part(trait_id, value) => {
+            let id = trait_id as i64;
+            parts.push(if value.is_some() { id } else { -id });
+        }
+        U1Record::State(state) => states.push(state),
+    });
     (parts, states)
 }
 
@@ -185,23 +203,16 @@ fn u1_parts_and_records(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> (Vec<i64>, Ve
 fn u1_stored_bytes(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> usize {
     let mut gatherer = model::changelog::Gatherer::default();
     let mut u1: Option<UserState> = None;
-    for (key, value) in records {
-        match model::changelog::Key::parse(key) {
-            Some(model::changelog::Key::Part {
-                user: "u1",
-                trait_id,
-            }) => {
-                let part = value.as_deref().map(|v| TraitPart::decode(v).unwrap());
-                gatherer.part("u1", trait_id, part);
-            }
-            Some(model::changelog::Key::User("u1")) => {
-                let mut state = UserState::decode(value.as_deref().unwrap()).unwrap();
-                gatherer.user(&mut state, u1.take());
-                u1 = Some(state);
-            }
-            _ => {}
+    u1_records(records, |record| match record {
+        U1Record::Part(trait_id, value) => {
+            let part = value.map(|v| TraitPart::decode(v).unwrap());
+            gatherer.part("u1", trait_id, part);
         }
-    }
+        U1Record::State(mut state) => {
+            gatherer.user(&mut state, u1.take());
+            u1 = Some(state);
+        }
+    });
     let mut u1 = u1.expect("u1's record");
     assert!(u1.traits.len() > 32, "{u1:?}");
     u1.user_id.clear();
