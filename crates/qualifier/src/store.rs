@@ -13,7 +13,7 @@
 //! ([`PartitionStore::settle`]), so that however many of their events it holds they are encoded
 //! once, and after it while their record's bytes fit a budget (`store/warm.rs`), so that a busy
 //! user is not decoded again in each transaction they are in (their record is tens of KB).
-
+//!
 //! When the steps that changed a user say which trait histories they touched (an event's step
 //! touches its own trait's only), the user's new record is spliced from the one they were
 //! taken from: the other histories' bytes copied, only the touched ones encoded. A busy user's
