@@ -106,10 +106,11 @@ struct Cli {
     )]
     changelog_trait_parts: bool,
 
-    /// Bytes of stored records whose users are kept decoded between transactions, shared evenly
-    /// by the partitions this process owns: a user taken again is then not decoded from their
-    /// record (tens of KB for a busy user). The last transaction's users are kept whatever
-    /// their bytes. A decoded state takes about four times its record's bytes.
+    /// Bytes of stored records (and ~200 B per user) whose users are kept decoded between
+    /// transactions, shared evenly by the partitions this process owns, the longest untaken
+    /// let go first: a user taken again is then not decoded from their record (tens of KB for
+    /// a busy user). The last transaction's users are kept whatever their bytes. A decoded
+    /// state takes about four times its record's bytes.
     #[arg(
         long,
         env = "WARM_STATE_BYTES",

@@ -37,7 +37,8 @@ mod transaction;
 
 use restore::{Pending, RebalanceContext};
 
-/// Topics, group and transactional identity.
+/// Topics, group and transactional identity, and how the changelog is written and the store
+/// keeps users between transactions.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub group_id: String,
