@@ -863,7 +863,8 @@ e2e_run() {
   qualifiers_metrics() { local admin; for admin in "${qualifier_admins[@]}"; do metrics "$admin"; done; }
   # per_event NOW BEFORE: a counter's growth over the step, per event sent.
   per_event() { ((sent > 0)) && calc %.0f "($1 - $2) / $sent" || echo -; }
-  processed() { sum "$(qualifiers_metrics)" qualifier_events_total; }
+  # processed [SCRAPE]: the events the qualifiers processed (from SCRAPE, else scraped now).
+  processed() { sum "${1:-$(qualifiers_metrics)}" qualifier_events_total; }
   # ledger: relay-ledger over the run so far — every change committed for each destination
   # against partner-sim's record, the dead letters and the workers' coalesced reports — into
   # $dir/ledger.txt; sets l_status (0: all accounted for, 1: a problem, 2: an input could not be
@@ -972,17 +973,18 @@ e2e_run() {
     problem=""
     step_changes=$((l_committed - committed_before)) step_arrived=$((l_delivered + l_coalesced - arrived_before))
     committed_before=$l_committed arrived_before=$((l_delivered + l_coalesced))
-    processed_now=$(processed)
-    # Per event of the step: what it cost the changelog (qualifier_changelog_bytes_total), and
-    # the bytes of stored records decoded for users not kept decoded (--warm-state-bytes).
+    # One scrape of the qualifiers for the step's figures and checks.
     local metrics_now changelog_now decoded_now
     metrics_now=$(qualifiers_metrics)
+    processed_now=$(processed "$metrics_now")
+    # Per event of the step: what it cost the changelog (qualifier_changelog_bytes_total), and
+    # the bytes of stored records decoded for users not kept decoded (--warm-state-bytes).
     changelog_now=$(sum "$metrics_now" qualifier_changelog_bytes_total)
     decoded_now=$(sum "$metrics_now" qualifier_state_decoded_bytes_total)
     changelog_per_event=$(per_event "$changelog_now" "$changelog_before")
     decoded_per_event=$(per_event "$decoded_now" "$decoded_before")
     changelog_before=$changelog_now decoded_before=$decoded_now
-    invalid=$(sum "$(qualifiers_metrics)" 'qualifier_events_total{outcome="invalid"}')
+    invalid=$(sum "$metrics_now" 'qualifier_events_total{outcome="invalid"}')
     if [[ $drained == no ]]; then
       if ((l_status == 2)); then
         problem+="relay-ledger could not account for the run after a $drain_took s drain ($(tail -n 1 "$dir/ledger.txt")). "

@@ -30,8 +30,8 @@ pub struct Metrics {
     /// `qualifier_state_decoded_bytes_total`: bytes of stored records decoded to evaluate
     /// their users, who were not kept decoded (`--warm-state-bytes`).
     pub decoded_bytes: IntCounter,
-    /// `qualifier_warm_state_bytes`: bytes of the records of the users kept decoded between
-    /// transactions.
+    /// `qualifier_warm_state_bytes`: what the users kept decoded between transactions count
+    /// against `--warm-state-bytes` (their records' bytes, and a state's size each).
     pub warm_bytes: IntGauge,
     /// `qualifier_consumer_lag_messages{topic, partition}`: input messages not yet consumed,
     /// per partition assigned to this process (see `telemetry::lag`).
@@ -126,7 +126,7 @@ impl Metrics {
             )?,
             warm_bytes: IntGauge::new(
                 "qualifier_warm_state_bytes",
-                "Bytes of the stored records of the users kept decoded between transactions (at the last transaction's end).",
+                "What the users kept decoded between transactions count against --warm-state-bytes: their stored records' bytes and ~200 B each (at the last transaction's end).",
             )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
