@@ -17,7 +17,9 @@
 //! When the steps that changed a user say which trait histories they touched (an event's step
 //! touches its own trait's only), the user's new record is spliced from the one they were
 //! taken from: the other histories' bytes copied, only the touched ones encoded. A busy user's
-//! record is then not encoded whole in every transaction they are in.
+//! record is then not encoded whole in every transaction they are in. Where a busy user's
+//! history entries lie is kept with their decoded state (`store/record.rs`, `Index`), so the
+//! touched entries are found by a binary search, not a walk over thousands.
 
 use std::collections::{HashMap, hash_map};
 use std::sync::Arc;
@@ -30,14 +32,15 @@ use crate::evaluate::Histories;
 
 mod parts;
 mod record;
+mod stale;
 mod timers;
 mod warm;
 
 pub use parts::{APART_OVER, Layout};
 use parts::{Encoded, PartWriter, Written};
-use record::{Base, decode_into, histories_len, scan_for_staleness};
+use record::{Base, Indexes, decode_into, encode_indexed, index_entries};
 use timers::{Due, Timers};
-use warm::Warm;
+use warm::{INDEXED_OVER, Warm};
 
 /// A user with more trait histories changed than this in one transaction is encoded whole.
 ///
@@ -110,6 +113,9 @@ pub struct PartitionStore {
     retired: Vec<(Arc<str>, Base)>,
     /// Where states are encoded before they are copied into an allocation of their size.
     buffer: Vec<u8>,
+    /// Where the history entries of the record [`Self::encode`] last wrote lie, and of one it
+    /// spliced from that was not indexed.
+    indexes: Indexes,
     /// Writes trait parts and their tombstones (see [`Self::settle`]).
     parts: PartWriter,
 }
@@ -142,9 +148,9 @@ impl PartitionStore {
         let (state, base, changed) = if let Some(unsettled) = self.unsettled.remove(user_id) {
             self.warm.take(user_id);
             (unsettled.state, unsettled.base, unsettled.changed)
-        } else if let Some(state) = self.warm.take(user_id) {
+        } else if let Some((state, index)) = self.warm.take(user_id) {
             // The entry holds the warm state's record.
-            (state, Some(Base::new(entry.state)), false)
+            (state, Some(Base::indexed(entry.state, index)), false)
         } else {
             let mut state = self.warm.spare();
             self.decoded += entry.state.len() as u64;
@@ -243,7 +249,7 @@ impl PartitionStore {
     pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
         let user_id = std::mem::take(&mut state.user_id);
         self.buffer.clear();
-        self.encode(&mut state, None);
+        state.encode_raw(&mut self.buffer);
         let encoded = Box::from(self.buffer.as_slice());
         self.forget_decoded(&user_id);
         self.insert(Arc::from(user_id), encoded, None, due);
@@ -310,20 +316,31 @@ impl PartitionStore {
                 string::encode(1, &id, &mut self.buffer);
             }
             let id_len = self.buffer.len();
-            let histories_len = self.encode(&mut user.state, user.base.as_ref());
+            self.encode(&mut user.state, user.base.as_ref());
             user.state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user_id) {
                 entry.state = Box::from(&self.buffer[id_len..]);
                 let (base, bytes) = (user.base.as_ref(), &self.buffer[..]);
+                let index = &self.indexes.written;
                 let record = Encoded {
                     bytes,
                     id_len,
-                    histories_len,
+                    index,
                 };
                 self.parts
                     .settled(&user_id, &user.state, written, base, record, &mut write)?;
+                // A busy user's index is kept with their state; the one their record had
+                // takes its place, to be written next.
+                let index = match index.len() > INDEXED_OVER + 1 {
+                    true => {
+                        let mut spare = user.base.map(|b| b.index).unwrap_or_default();
+                        spare.clear();
+                        std::mem::replace(&mut self.indexes.written, spare)
+                    }
+                    false => Vec::new(),
+                };
                 let bytes = entry.state.len();
-                self.warm.keep(user_id, user.state, bytes);
+                self.warm.keep(user_id, user.state, bytes, index);
             }
         }
         self.warm.end_transaction(warm_budget);
@@ -333,14 +350,16 @@ impl PartitionStore {
     }
 
     /// `state` encoded, appended to [`Self::buffer`] (its user id left empty: the map key holds
-    /// it), from `base`, the record it was taken from, where it can be, else whole; spliced, the
-    /// length of its histories. The same bytes either way (checked in debug builds, by every test).
-    fn encode(&mut self, state: &mut UserState, base: Option<&Base>) -> Option<usize> {
+    /// it), from `base`, the record it was taken from, where it can be, else whole; where its
+    /// history entries lie in `self.indexes.written`. The same bytes and index either way
+    /// (checked in debug builds, by every test).
+    fn encode(&mut self, state: &mut UserState, base: Option<&Base>) {
         let start = self.buffer.len();
-        let histories = base.and_then(|base| base.splice(state, &mut self.buffer));
-        if histories.is_none() {
+        let indexes = &mut self.indexes;
+        let spliced = base.and_then(|base| base.splice(state, &mut self.buffer, indexes));
+        if spliced.is_none() {
             self.buffer.truncate(start);
-            state.encode_raw(&mut self.buffer);
+            encode_indexed(state, &mut self.buffer, &mut self.indexes.written);
         }
         debug_assert_eq!(
             self.buffer[start..],
@@ -348,10 +367,13 @@ impl PartitionStore {
             "the record spliced from the one taken differs from the state's"
         );
         debug_assert!(
-            histories.is_none_or(|len| len == histories_len(&self.buffer[start..])),
-            "the spliced histories' length is not theirs"
+            {
+                let mut walked = Vec::new();
+                index_entries(&self.buffer[start..], &mut walked);
+                walked == self.indexes.written
+            },
+            "the spliced record's index is not where its histories lie"
         );
-        histories
     }
 
     /// Stores a user's entry and timer (`timer`: when the timer the index holds for the user
@@ -402,47 +424,6 @@ impl PartitionStore {
         let stored = self.users.iter().map(|(id, entry)| (entry.due.get(), id));
         let taken = self.taken.iter().map(|(id, taken)| (taken.due, id));
         self.timers.advance(now, stored.chain(taken));
-    }
-
-    /// Queues every user last evaluated under another definitions fingerprint (opted-out
-    /// markers have nothing to evaluate) for re-evaluation, replacing any earlier queue: the
-    /// users it held are among these.
-    pub fn mark_stale(&mut self, fingerprint: u64) {
-        self.stale = self
-            .users
-            .iter()
-            .filter(|(user_id, entry)| self.is_stale(user_id, entry, fingerprint))
-            .map(|(user_id, _)| user_id.clone())
-            .collect();
-        self.stale.shrink_to_fit();
-    }
-
-    /// The next queued user still stale under `fingerprint` (a live event may have evaluated
-    /// them meanwhile, or the inactivity timer forgotten them).
-    pub fn next_stale(&mut self, fingerprint: u64) -> Option<Arc<str>> {
-        while let Some(user) = self.stale.pop() {
-            if let Some(entry) = self.users.get(&user)
-                && self.is_stale(&user, entry, fingerprint)
-            {
-                return Some(user);
-            }
-        }
-        self.stale = Vec::new();
-        None
-    }
-
-    pub fn stale_count(&self) -> usize {
-        self.stale.len()
-    }
-
-    /// Whether a held user has something to evaluate (not opted out) and was last evaluated
-    /// under definitions other than `fingerprint`.
-    fn is_stale(&self, user_id: &str, entry: &Entry, fingerprint: u64) -> bool {
-        let (opted_out, evaluated_under) = match self.unsettled.get(user_id) {
-            Some(user) => (user.state.opted_out, user.state.definitions_fingerprint),
-            None => scan_for_staleness(&entry.state),
-        };
-        !opted_out && evaluated_under != fingerprint
     }
 }
 

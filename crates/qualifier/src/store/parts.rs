@@ -21,7 +21,7 @@ use model::changelog::write_part_key;
 use model::pb::TraitHistory;
 use prost::encoding::uint64;
 
-use super::record::{Base, HistoryEntries, histories_len, parted_trait_ids};
+use super::record::{Base, HistoryEntries, Index, parted_trait_ids};
 
 /// A user with more trait histories than this is written apart under [`Layout::Parts`]. The
 /// prototype of 2026-12-04 split at 32 (docs/BENCHMARKS.md): under it a record is a few KB at
@@ -91,9 +91,8 @@ pub(super) struct Encoded<'a> {
     /// The user id's field: the bytes before the histories (prost writes fields in number
     /// order).
     pub(super) id_len: usize,
-    /// The length of the histories' field-2 run after it, when the encoding knows it (a
-    /// splice); else [`PartWriter`] walks it.
-    pub(super) histories_len: Option<usize>,
+    /// Where the histories' entries after it lie ([`Index`]).
+    pub(super) index: &'a [usize],
 }
 
 /// Writes a user's trait parts, and the record of a user written apart, into buffers it keeps.
@@ -170,12 +169,8 @@ impl PartWriter {
         write: &mut impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
         let (id, entries) = record.bytes.split_at(record.id_len);
-        // A walk over every history (7 % of the qualifier's CPU at 30,000/s after a climb,
-        // when every apart user took it): only after a whole encoding, seldom a busy user's.
-        let histories_end = record
-            .histories_len
-            .unwrap_or_else(|| histories_len(entries));
-        changed_parts(since, entries, |trait_id, entry| {
+        let index = Index::of(entries, record.index);
+        changed_parts(since, index, |trait_id, entry| {
             write_part_key(&mut self.key, user_id, trait_id);
             let Some(entry) = entry else {
                 return write(&self.key, None);
@@ -191,7 +186,7 @@ impl PartWriter {
         })?;
         self.value.clear();
         self.value.extend_from_slice(id);
-        self.value.extend_from_slice(&entries[histories_end..]);
+        self.value.extend_from_slice(&entries[index.end()..]);
         write(user_id.as_bytes(), Some(&self.value))
     }
 
@@ -210,27 +205,29 @@ impl PartWriter {
     }
 }
 
-/// Hands `each` the parts of a user's record `entries` (less the id) that differ from `since`,
-/// in trait id order: (trait id, where its history entry lies in `entries`, `None` for a
-/// history gone). Without `since` every history; from a `since` that says which histories
-/// changed, those; else every history whose bytes differ.
+/// Hands `each` the parts of a user's record (`now`, its entries indexed) that differ from
+/// `since`, in trait id order: (trait id, where its history entry lies, `None` for a history
+/// gone). Without `since` every history; from a `since` that says which histories changed,
+/// those (each found by a binary search: a busy user's thousands of entries are not walked);
+/// else every history whose bytes differ.
 fn changed_parts<E>(
     since: Option<&Base>,
-    entries: &[u8],
+    now: Index<'_>,
     mut each: impl FnMut(u64, Option<Range<usize>>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut now = HistoryEntries::of(entries).peekable();
     let Some(since) = since else {
-        return now.try_for_each(|(trait_id, at)| each(trait_id, Some(at)));
+        return now
+            .iter()
+            .try_for_each(|(trait_id, at)| each(trait_id, Some(at)));
     };
     if !since.any {
         for &trait_id in &since.changed {
-            while now.next_if(|(id, _)| *id < trait_id).is_some() {}
-            let at = now.next_if(|(id, _)| *id == trait_id).map(|(_, at)| at);
-            each(trait_id, at)?;
+            each(trait_id, now.find(trait_id).ok().map(|i| now.entry(i)))?;
         }
         return Ok(());
     }
+    let entries = now.record();
+    let mut now = now.iter().peekable();
     let mut before = HistoryEntries::of(&since.record).peekable();
     loop {
         match (before.peek().cloned(), now.peek().cloned()) {

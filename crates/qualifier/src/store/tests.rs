@@ -1,7 +1,8 @@
 //! The store's tests: users stored, taken, put back and settled; their records decoded and
 //! spliced as prost would write them.
 
-use super::warm::{KEPT_SIZE, SPARE_STATES, SPARE_TRAITS};
+use super::record::{Indexes, index_entries, scan_for_staleness};
+use super::warm::{INDEXED_OVER, KEPT_SIZE, SPARE_STATES, SPARE_TRAITS};
 use super::*;
 
 pub(super) fn user(id: &str) -> UserState {
@@ -499,42 +500,53 @@ fn a_record_spliced_from_the_one_taken_is_the_state_encoded_whole() {
         }),
         (&[10, 20, 30, 40, 50], |s| s.traits.clear()),
     ];
+    // Spliced from the record's index, and from the record alone (a walk builds it).
+    let mut record_index = Vec::new();
+    index_entries(&record, &mut record_index);
     for (changed, change) in cases {
         let mut after = before.clone();
         change(&mut after);
-        let base = Base {
-            record: record.clone(),
-            changed: changed.to_vec(),
-            any: false,
-        };
-        let mut spliced = Vec::new();
-        let histories = base.splice(&mut after, &mut spliced);
-        assert_eq!(spliced, after.encode_to_vec(), "{changed:?}");
-        // The length of the histories written, after the id's field.
-        let id = &after.user_id;
-        let id_len = match id.is_empty() {
-            true => 0,
-            false => prost::encoding::string::encoded_len(1, id),
-        };
-        let written = record::histories_len(&spliced[id_len..]);
-        assert_eq!(histories, Some(written), "{changed:?}");
+        for index in [record_index.clone(), Vec::new()] {
+            let mut base = Base::indexed(record.clone(), index);
+            base.changed = changed.to_vec();
+            let mut spliced = Vec::new();
+            let mut indexes = Indexes::default();
+            assert!(
+                base.splice(&mut after, &mut spliced, &mut indexes)
+                    .is_some()
+            );
+            assert_eq!(spliced, after.encode_to_vec(), "{changed:?}");
+            // Where the histories written lie, after the id's field.
+            let id = &after.user_id;
+            let id_len = match id.is_empty() {
+                true => 0,
+                false => prost::encoding::string::encoded_len(1, id),
+            };
+            let mut walked = Vec::new();
+            index_entries(&spliced[id_len..], &mut walked);
+            assert_eq!(indexes.written, walked, "{changed:?}");
+            assert_eq!(indexes.written.len(), after.traits.len() + 1);
+        }
     }
+    let splice = |base: &Base, after: &mut UserState, spliced: &mut Vec<u8>| {
+        base.splice(after, spliced, &mut Indexes::default())
+    };
     // A history changed but not said to be: its old bytes are copied. So the step's word
     // must be right (`evaluate`'s tests check it is).
     let mut after = before.clone();
     after.traits[2].times_unix_ms.push(1);
-    let base = Base {
-        record: record.clone(),
-        changed: vec![40],
-        any: false,
-    };
+    let mut base = Base::indexed(record.clone(), record_index);
+    base.changed = vec![40];
     let mut spliced = Vec::new();
-    assert!(base.splice(&mut after, &mut spliced).is_some());
+    assert!(splice(&base, &mut after, &mut spliced).is_some());
     assert_ne!(spliced, after.encode_to_vec());
-    // One gone but not said to be: no splice.
+    // One gone, or one added, but not said to be: no splice.
     after = before.clone();
     after.traits.remove(1);
-    assert_eq!(base.splice(&mut after, &mut Vec::new()), None);
+    assert_eq!(splice(&base, &mut after, &mut Vec::new()), None);
+    after = before.clone();
+    after.traits.insert(1, history(15, &[1]));
+    assert_eq!(splice(&base, &mut after, &mut Vec::new()), None);
 }
 
 #[test]
@@ -562,8 +574,9 @@ fn what_changed_is_gathered_in_order_and_too_much_is_encoding_the_user_whole() {
         .with_changed(Histories::One(1), true)
         .unwrap();
     assert!(kept.changed.is_empty());
+    let mut indexes = Indexes::default();
     assert_eq!(
-        kept.splice(&mut UserState::default(), &mut Vec::new()),
+        kept.splice(&mut UserState::default(), &mut Vec::new(), &mut indexes),
         None
     );
 }
@@ -854,13 +867,15 @@ fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
 
 #[test]
 fn users_stay_decoded_while_their_records_fit_the_budget_the_longest_untaken_let_go_first() {
-    // What a state kept counts: its record, and its own size.
+    // What a state kept counts: its record, and its own size (users this small keep no index).
     let counts = |state: &UserState| {
         let mut state = state.clone();
         state.user_id.clear();
         state.encoded_len() + KEPT_SIZE
     };
-    let (a, b) = (with_traits("a", 100), with_traits("b", 60));
+    // The README and `--help` say ~220 B.
+    assert!((210..=230).contains(&KEPT_SIZE), "{KEPT_SIZE}");
+    let (a, b) = (with_traits("a", 30), with_traits("b", 20));
     let (a_len, b_len) = (counts(&a), counts(&b));
     assert!(a_len > b_len);
     let mut store = PartitionStore::default();
@@ -929,4 +944,62 @@ fn users_stay_decoded_while_their_records_fit_the_budget_the_longest_untaken_let
     }
     assert_eq!(warm(&store), ["c"]);
     assert!(store.warm.queued() <= 2 * store.warm.len() + 1024);
+}
+
+/// A busy user's state is kept with where their record's history entries lie, which is counted
+/// against the budget; their next splice starts from it instead of walking their record.
+#[test]
+fn a_busy_users_record_is_kept_indexed_and_spliced_from_its_index() {
+    // Over the threshold by more than the histories the events below remove.
+    let busy = INDEXED_OVER as u64 + 8;
+    let mut store = PartitionStore::default();
+    store.put(with_traits("busy", busy), None);
+    store.put(with_traits("small", INDEXED_OVER as u64), None);
+    settle_within(&mut store, Layout::Whole, usize::MAX);
+    let walked = |store: &PartitionStore, id: &str| {
+        let mut index = Vec::new();
+        index_entries(&store.users[id].state, &mut index);
+        index
+    };
+    let index = store.warm.index("busy").expect("kept");
+    assert_eq!(index, &walked(&store, "busy")[..]);
+    assert_eq!(
+        store.warm.index("small"),
+        Some(&[][..]),
+        "a small user's is not kept"
+    );
+    let index_bytes = store.warm.index_capacity("busy") * size_of::<usize>();
+    assert!(index_bytes >= (busy as usize + 1) * size_of::<usize>());
+    let records = store.users["busy"].state.len() + store.users["small"].state.len();
+    assert_eq!(store.warm.counted(), records + index_bytes + 2 * KEPT_SIZE);
+    // Events to the busy user, one history each, in transactions of their own: spliced from
+    // the index kept, never a walk of their record (the debug build checks every splice and
+    // index against a whole encoding and a walk).
+    for round in 0..3 {
+        for trait_id in [1, busy / 2, busy, busy + 1 + round] {
+            let (mut state, due) = store.take("busy").unwrap();
+            match state.traits.binary_search_by_key(&trait_id, |h| h.trait_id) {
+                Ok(i) if round == 1 => drop(state.traits.remove(i)),
+                Ok(i) => state.traits[i].times_unix_ms.push(round as i64),
+                Err(i) => state.traits.insert(i, history(trait_id, &[round as i64])),
+            }
+            store.put_changed(state, due, Histories::One(trait_id), true);
+            settle_within(&mut store, Layout::Whole, usize::MAX);
+            assert_eq!(store.warm.index("busy").unwrap(), walked(&store, "busy"));
+        }
+    }
+    assert!(
+        store.indexes.taken.is_empty(),
+        "a kept index was walked for again"
+    );
+    // Let go, the user is decoded again when taken, and their record walked for its index.
+    settle_within(&mut store, Layout::Whole, 0);
+    settle_within(&mut store, Layout::Whole, 0);
+    assert_eq!(store.warm.index("busy"), None);
+    let (mut state, due) = store.take("busy").unwrap();
+    state.traits[0].times_unix_ms.push(7);
+    store.put_changed(state, due, Histories::One(1), true);
+    settle_within(&mut store, Layout::Whole, 0);
+    assert!(!store.indexes.taken.is_empty());
+    assert_eq!(store.warm.index("busy").unwrap(), walked(&store, "busy"));
 }

@@ -25,14 +25,20 @@ use model::UserState;
 pub(super) const SPARE_STATES: usize = 256;
 pub(super) const SPARE_TRAITS: usize = 64;
 
-/// What a state kept counts besides its record's bytes: its own size.
+/// What a state kept counts besides its record's bytes and its index's: its own size.
 pub(super) const KEPT_SIZE: usize = size_of::<Kept>();
 
-/// A state kept decoded: what it counts against the budget (its record's bytes, and its own
-/// size: an empty record's state is not free) and the transaction it was put back in.
+/// A state's record is indexed ([`super::record::Index`]) while kept if it holds more than this
+/// many histories: a walk over fewer is cheap, and an index is an allocation.
+pub(super) const INDEXED_OVER: usize = 32;
+
+/// A state kept decoded: where its record's history entries lie (for a busy user), what it
+/// counts against the budget (its record's bytes, its index's, and its own size: an empty
+/// record's state is not free) and the transaction it was put back in.
 #[derive(Debug)]
 struct Kept {
     state: UserState,
+    index: Vec<usize>,
     bytes: usize,
     generation: u64,
 }
@@ -52,11 +58,12 @@ pub(super) struct Warm {
 }
 
 impl Warm {
-    /// The user's decoded state, if kept: it is theirs to change now, no longer kept.
-    pub(super) fn take(&mut self, user_id: &str) -> Option<UserState> {
+    /// The user's decoded state and their record's index (empty if not kept), if kept: it is
+    /// theirs to change now, no longer kept.
+    pub(super) fn take(&mut self, user_id: &str) -> Option<(UserState, Vec<usize>)> {
         let kept = self.kept.remove(user_id)?;
         self.bytes -= kept.bytes;
-        Some(kept.state)
+        Some((kept.state, kept.index))
     }
 
     /// The bytes the states kept count.
@@ -64,13 +71,22 @@ impl Warm {
         self.bytes
     }
 
-    /// Keeps a state put back in the open transaction, whose record is `record` bytes long.
-    pub(super) fn keep(&mut self, user_id: Arc<str>, state: UserState, record: usize) {
-        let (generation, bytes) = (self.generation, record + KEPT_SIZE);
+    /// Keeps a state put back in the open transaction, whose record is `record` bytes long,
+    /// with where its history entries lie (`index`, empty for not known).
+    pub(super) fn keep(
+        &mut self,
+        user_id: Arc<str>,
+        state: UserState,
+        record: usize,
+        index: Vec<usize>,
+    ) {
+        let index_bytes = index.capacity() * size_of::<usize>();
+        let (generation, bytes) = (self.generation, record + index_bytes + KEPT_SIZE);
         self.order.push_back((user_id.clone(), generation));
         self.bytes += bytes;
         let kept = Kept {
             state,
+            index,
             bytes,
             generation,
         };
@@ -135,6 +151,15 @@ impl Warm {
         let bytes = self.kept.values().map(|kept| kept.bytes).sum();
         assert_eq!(self.bytes, bytes, "the bytes kept are not counted right");
         bytes
+    }
+
+    /// The index kept with a user's state, if kept.
+    pub(super) fn index(&self, user_id: &str) -> Option<&[usize]> {
+        self.kept.get(user_id).map(|kept| &kept.index[..])
+    }
+
+    pub(super) fn index_capacity(&self, user_id: &str) -> usize {
+        self.kept[user_id].index.capacity()
     }
 
     pub(super) fn spares(&self) -> &[UserState] {
