@@ -135,7 +135,9 @@ fn store(c: &mut Criterion) {
 /// event changes it, and put back, each once per transaction (so still decoded from the
 /// transaction before, as busy users are), with the transaction's end every 30: encoded whole
 /// (`put`, any history may have changed), and from the record they were taken from with only
-/// the changed history encoded (`put_changed`, as the processor puts them back).
+/// the changed history encoded (`put_changed`, as the processor puts them back); and so, with
+/// each user let go between their transactions and decoded from their record when taken (as a
+/// busy user is whom `--warm-state-bytes` has no room for).
 fn heavy_users(c: &mut Criterion) {
     const USERS: usize = 30;
     const TRAITS: u64 = 1_000;
@@ -145,10 +147,16 @@ fn heavy_users(c: &mut Criterion) {
     let mut group =
         c.benchmark_group("take, change one history, put back and settle a user of 1000 traits");
     let parts = Layout::Parts { now };
-    for (name, splice, layout) in [
-        ("whole", false, Layout::Whole),
-        ("changed history only", true, Layout::Whole),
-        ("changed history only, in trait parts", true, parts),
+    for (name, splice, layout, cold) in [
+        ("whole", false, Layout::Whole, false),
+        ("changed history only", true, Layout::Whole, false),
+        ("changed history only, in trait parts", true, parts, false),
+        (
+            "changed history only, decoded again",
+            true,
+            Layout::Whole,
+            true,
+        ),
     ] {
         let mut store = PartitionStore::default();
         for id in &ids {
@@ -184,6 +192,10 @@ fn heavy_users(c: &mut Criterion) {
                 next = (next + 1) % USERS;
                 if next % TRANSACTION == 0 {
                     settle(&mut store, layout);
+                    if cold {
+                        // An empty transaction: the users are let go, decoded when taken.
+                        settle(&mut store, layout);
+                    }
                 }
             })
         });

@@ -306,15 +306,17 @@ pub(super) fn decode_into(state: &mut UserState, mut encoded: &[u8]) -> Result<(
             let ctx = DecodeContext::default();
             match decode_key(&mut encoded)? {
                 (TRAITS, wire_type) => {
-                    merge_into_slot(wire_type, &mut traits, &mut trait_count, &mut encoded, ctx)?;
+                    let (slots, used) = (&mut traits, &mut trait_count);
+                    merge_into_slot(slots, used, &mut encoded, |slot, encoded| {
+                        merge_history(slot, wire_type, encoded, ctx)
+                    })?;
                 }
-                (PARTNER_IDS, wire_type) => merge_into_slot(
-                    wire_type,
-                    &mut partner_ids,
-                    &mut partner_count,
-                    &mut encoded,
-                    ctx,
-                )?,
+                (PARTNER_IDS, wire_type) => {
+                    let (slots, used) = (&mut partner_ids, &mut partner_count);
+                    merge_into_slot(slots, used, &mut encoded, |slot, encoded| {
+                        message::merge(wire_type, slot, encoded, ctx)
+                    })?;
+                }
                 (tag, wire_type) => state.merge_field(tag, wire_type, &mut encoded, ctx)?,
             }
         }
@@ -328,21 +330,67 @@ pub(super) fn decode_into(state: &mut UserState, mut encoded: &[u8]) -> Result<(
     decoded
 }
 
-/// Decodes the next of a repeated message field into `slots[*used]`, cleared, or a new slot.
+/// Decodes the next of a repeated message field into `slots[*used]`, cleared, or a new slot,
+/// by `merge`.
 fn merge_into_slot<M: Message + Default>(
-    wire_type: WireType,
     slots: &mut Vec<M>,
     used: &mut usize,
     encoded: &mut &[u8],
-    ctx: DecodeContext,
+    merge: impl FnOnce(&mut M, &mut &[u8]) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     if *used == slots.len() {
         slots.push(M::default());
     }
     let slot = &mut slots[*used];
     slot.clear();
-    prost::encoding::message::merge(wire_type, slot, encoded, ctx)?;
+    merge(slot, encoded)?;
     *used += 1;
+    Ok(())
+}
+
+/// Merges a `TraitHistory` message off the front of `encoded` into `history`, as prost's
+/// `message::merge` would, but for its packed times: their vector is grown once, to their
+/// count, where prost grows it as it pushes them (to 4, 8, 16...: 7 % of the criterion bench
+/// of a stored user of 20 histories with 1 to 15 times each, taken, put back and settled).
+fn merge_history(
+    history: &mut TraitHistory,
+    wire_type: WireType,
+    encoded: &mut &[u8],
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    const TIMES: u32 = 2;
+    // Where a length runs past the bytes, prost's own merge from there says so.
+    let (whole, mut at) = (*encoded, *encoded);
+    prost::encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+    let len = usize::try_from(decode_varint(&mut at)?).unwrap_or(usize::MAX);
+    let Some((mut fields, rest)) = at.split_at_checked(len) else {
+        *encoded = whole;
+        return message::merge(wire_type, history, encoded, ctx);
+    };
+    *encoded = rest;
+    while !fields.is_empty() {
+        match decode_key(&mut fields)? {
+            (TIMES, WireType::LengthDelimited) => {
+                let mut at = fields;
+                let len = usize::try_from(decode_varint(&mut at)?).unwrap_or(usize::MAX);
+                let Some((mut packed, rest)) = at.split_at_checked(len) else {
+                    let wire_type = WireType::LengthDelimited;
+                    return history.merge_field(TIMES, wire_type, &mut fields, ctx);
+                };
+                fields = rest;
+                // A varint's last byte is the one under 0x80.
+                let count = packed.iter().filter(|&&byte| byte < 0x80).count();
+                history.times_unix_ms.reserve(count);
+                while !packed.is_empty() {
+                    // As prost reads an int64: the varint's bits.
+                    history
+                        .times_unix_ms
+                        .push(decode_varint(&mut packed)? as i64);
+                }
+            }
+            (tag, wire_type) => history.merge_field(tag, wire_type, &mut fields, ctx.clone())?,
+        }
+    }
     Ok(())
 }
 

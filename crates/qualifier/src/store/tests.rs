@@ -712,18 +712,52 @@ fn a_state_decoded_into_a_spare_is_the_state_prost_decodes() {
             let mut state = spare.clone();
             decode_into(&mut state, &encoded).unwrap();
             assert_eq!(&state, wanted, "decoded into a spare {spare:?}");
-            // Cut short: an error or what was read before the cut, as prost; no panic.
-            for end in 0..encoded.len() {
+            // Cut short, or a byte changed (a length past its message's end, a key of another
+            // wire type, a varint run on): an error or the state, as prost; no panic.
+            let as_prost = |bytes: &[u8], case: &str| {
                 let mut state = spare.clone();
-                let cut = &encoded[..end];
-                match (decode_into(&mut state, cut), UserState::decode(cut)) {
-                    (Ok(()), Ok(decoded)) => assert_eq!(state, decoded),
+                match (decode_into(&mut state, bytes), UserState::decode(bytes)) {
+                    (Ok(()), Ok(decoded)) => assert_eq!(state, decoded, "{case}"),
                     (Err(_), Err(_)) => {}
-                    (ours, prost) => panic!("cut at {end}: {ours:?} against {prost:?}"),
+                    (ours, prost) => panic!("{case}: {ours:?} against {prost:?}"),
+                }
+            };
+            for end in 0..encoded.len() {
+                as_prost(&encoded[..end], &format!("cut at {end}"));
+            }
+            for at in 0..encoded.len() {
+                for byte in [0x00, 0x01, 0x08, 0x10, 0x12, 0x7f, 0x80, 0xff] {
+                    let mut changed = encoded.clone();
+                    changed[at] = byte;
+                    as_prost(&changed, &format!("{byte:#x} at {at}"));
                 }
             }
         }
     }
+}
+
+/// A history's times as a packed run (what prost writes), one by one (what another writer may),
+/// and both: decoded as prost decodes them.
+#[test]
+fn a_historys_times_are_decoded_packed_or_not() {
+    use prost::encoding::{WireType, encode_key, encode_varint, int64};
+    let times = [1_700_000_000_000_i64, -1, 0, i64::MIN];
+    let mut history = Vec::new();
+    prost::encoding::uint64::encode(1, &7, &mut history);
+    for time in &times[..2] {
+        encode_key(2, WireType::Varint, &mut history);
+        encode_varint(*time as u64, &mut history);
+    }
+    int64::encode_packed(2, &times[2..], &mut history);
+    let mut record = Vec::new();
+    encode_key(2, WireType::LengthDelimited, &mut record);
+    encode_varint(history.len() as u64, &mut record);
+    record.extend_from_slice(&history);
+    let expected = UserState::decode(&record[..]).unwrap();
+    assert_eq!(expected.traits[0].times_unix_ms, times);
+    let mut state = bigger("b");
+    decode_into(&mut state, &record).unwrap();
+    assert_eq!(state, expected);
 }
 
 #[test]
