@@ -152,7 +152,7 @@ impl PartitionStore {
             // The entry holds the warm state's record.
             (state, Some(Base::indexed(entry.state, index)), false)
         } else {
-            let mut state = self.warm.spare();
+            let mut state = self.warm.spare(entry.state.len());
             self.decoded += entry.state.len() as u64;
             // The store holds only what `encode` wrote from a `UserState`: prost's encoding,
             // read back (tested below), so this cannot fail on any input.

@@ -119,6 +119,7 @@ impl Base {
     ) -> Option<()> {
         let at = buf.len();
         written.clear();
+        written.reserve(taken.len() + self.changed.len() + 1);
         // Copies the taken entries `from..to`, and where they now lie.
         let copy = |from: usize, to: usize, buf: &mut Vec<u8>, written: &mut Vec<usize>| {
             let (start, end) = (taken.starts[from], taken.starts[to]);
@@ -221,6 +222,7 @@ pub(super) fn encode_indexed(state: &mut UserState, buf: &mut Vec<u8>, written: 
     let encoded = encode_with(state, buf, |traits, buf| {
         let at = buf.len();
         written.clear();
+        written.reserve(traits.len() + 1);
         for history in traits {
             written.push(buf.len() - at);
             message::encode(2, history, buf);

@@ -11,7 +11,10 @@
 //!
 //! The states let go are kept as spares, some of them, for their allocations: a user decoded
 //! into one refills its vectors instead of growing new ones, history by history, an element at
-//! a time (a fifth of the processing loop at 20,000 events/s).
+//! a time (a fifth of the processing loop at 20,000 events/s). A few busy users' states are
+//! kept as spares of their own, for the busy users the budget has no room for: decoding one of
+//! thousands of histories into a new state allocated a vector per history, 12 % of the
+//! qualifier's CPU at 30,000 events/s after a climb.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,7 +28,17 @@ use model::UserState;
 pub(super) const SPARE_STATES: usize = 256;
 pub(super) const SPARE_TRAITS: usize = 64;
 
-/// What a state kept counts besides its record's bytes and its index's: its own size.
+/// At most this many decoded states of busy users (records over [`BUSY_RECORD`] bytes, of at
+/// most [`BUSY_SPARE_TRAITS`] trait histories) are kept per partition as spares for busy users:
+/// a few MB at most.
+pub(super) const BUSY_SPARES: usize = 4;
+pub(super) const BUSY_SPARE_TRAITS: usize = 8192;
+
+/// A record longer than this is a busy user's: decoded into a busy user's spare, and their
+/// state let go kept as one.
+pub(super) const BUSY_RECORD: usize = 2048;
+
+/// What a state kept counts besides its record's bytes: its own size.
 pub(super) const KEPT_SIZE: usize = size_of::<Kept>();
 
 /// A state's record is indexed ([`super::record::Index`]) while kept if it holds more than this
@@ -33,8 +46,14 @@ pub(super) const KEPT_SIZE: usize = size_of::<Kept>();
 pub(super) const INDEXED_OVER: usize = 32;
 
 /// A state kept decoded: where its record's history entries lie (for a busy user), what it
-/// counts against the budget (its record's bytes, its index's, and its own size: an empty
-/// record's state is not free) and the transaction it was put back in.
+/// counts against the budget (its record's bytes and its own size: an empty record's state is
+/// not free) and the transaction it was put back in.
+///
+/// The index is not counted, as the decoded state's own allocations are not: the budget counts
+/// record bytes, and a decoded state takes about four times as many. An index's 8 B per
+/// history is under an eighth of what the state's history takes (its `TraitHistory` and the
+/// allocation of its times). Counted as record bytes, it took a third of the users out of the
+/// budget, and the qualifier decoded ~3 times the bytes per event at 25,000 events/s.
 #[derive(Debug)]
 struct Kept {
     state: UserState,
@@ -55,6 +74,7 @@ pub(super) struct Warm {
     /// The open transaction.
     generation: u64,
     spares: Vec<UserState>,
+    busy_spares: Vec<UserState>,
 }
 
 impl Warm {
@@ -80,8 +100,7 @@ impl Warm {
         record: usize,
         index: Vec<usize>,
     ) {
-        let index_bytes = index.capacity() * size_of::<usize>();
-        let (generation, bytes) = (self.generation, record + index_bytes + KEPT_SIZE);
+        let (generation, bytes) = (self.generation, record + KEPT_SIZE);
         self.order.push_back((user_id.clone(), generation));
         self.bytes += bytes;
         let kept = Kept {
@@ -95,9 +114,27 @@ impl Warm {
         }
     }
 
-    /// A state to decode a user into: a spare, else a new one.
-    pub(super) fn spare(&mut self) -> UserState {
-        self.spares.pop().unwrap_or_default()
+    /// A state to decode a user whose record is `record` bytes long into: a spare (a busy
+    /// user's for a long record), else a new one.
+    pub(super) fn spare(&mut self, record: usize) -> UserState {
+        let spares = match record > BUSY_RECORD {
+            true => &mut self.busy_spares,
+            false => &mut self.spares,
+        };
+        spares.pop().unwrap_or_default()
+    }
+
+    /// Keeps a state let go as a spare, if there is room for one of its kind and size.
+    fn spare_away(&mut self, kept: Kept) {
+        let record = kept.bytes - KEPT_SIZE;
+        let histories = kept.state.traits.len();
+        let (spares, room, most) = match record > BUSY_RECORD {
+            true => (&mut self.busy_spares, BUSY_SPARES, BUSY_SPARE_TRAITS),
+            false => (&mut self.spares, SPARE_STATES, SPARE_TRAITS),
+        };
+        if spares.len() < room && histories <= most {
+            spares.push(kept.state);
+        }
     }
 
     /// Ends the open transaction: lets go of the states of earlier ones, longest kept first,
@@ -118,9 +155,7 @@ impl Warm {
                 && let Some(kept) = self.kept.remove(&user_id)
             {
                 self.bytes -= kept.bytes;
-                if self.spares.len() < SPARE_STATES && kept.state.traits.len() <= SPARE_TRAITS {
-                    self.spares.push(kept.state);
-                }
+                self.spare_away(kept);
             }
         }
         // The stale entries are at most as many as the puts since the last sweep: swept when
@@ -158,12 +193,12 @@ impl Warm {
         self.kept.get(user_id).map(|kept| &kept.index[..])
     }
 
-    pub(super) fn index_capacity(&self, user_id: &str) -> usize {
-        self.kept[user_id].index.capacity()
-    }
-
     pub(super) fn spares(&self) -> &[UserState] {
         &self.spares
+    }
+
+    pub(super) fn busy_spares(&self) -> &[UserState] {
+        &self.busy_spares
     }
 
     /// Entries in the order of puts, stale ones included.
