@@ -106,12 +106,12 @@ struct Cli {
     )]
     changelog_trait_parts: bool,
 
-    /// Bytes of stored records (and ~220 B per user) whose users are kept decoded between
+    /// Bytes of stored records (and ~220 B per user, 8 B per history of a user with over 32,
+    /// the index of their record's histories) whose users are kept decoded between
     /// transactions, shared evenly by the partitions this process owns, the longest untaken
     /// let go first: a user taken again is then not decoded from their record (tens of KB for
     /// a busy user). The last transaction's users are kept whatever their bytes. A decoded
-    /// state takes about four times its record's bytes, not counted, and a user of over 32
-    /// histories 8 B per history more (where they lie in the record), not counted either.
+    /// state takes about four times its record's bytes.
     #[arg(
         long,
         env = "WARM_STATE_BYTES",

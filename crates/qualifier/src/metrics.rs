@@ -31,7 +31,8 @@ pub struct Metrics {
     /// their users, who were not kept decoded (`--warm-state-bytes`).
     pub decoded_bytes: IntCounter,
     /// `qualifier_warm_state_bytes`: what the users kept decoded between transactions count
-    /// against `--warm-state-bytes` (their records' bytes, and a state's size each).
+    /// against `--warm-state-bytes` (their records' bytes, a state's size each, and a busy
+    /// user's index of their record's histories).
     pub warm_bytes: IntGauge,
     /// `qualifier_consumer_lag_messages{topic, partition}`: input messages not yet consumed,
     /// per partition assigned to this process (see `telemetry::lag`).
@@ -126,7 +127,7 @@ impl Metrics {
             )?,
             warm_bytes: IntGauge::new(
                 "qualifier_warm_state_bytes",
-                "What the users kept decoded between transactions count against --warm-state-bytes: their stored records' bytes and ~220 B each (at the last transaction's end).",
+                "What the users kept decoded between transactions count against --warm-state-bytes: their stored records' bytes, ~220 B each, and 8 B per history of a user with over 32 (at the last transaction's end).",
             )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(

@@ -335,7 +335,12 @@ impl PartitionStore {
                     true => {
                         let mut spare = user.base.map(|b| b.index).unwrap_or_default();
                         spare.clear();
-                        std::mem::replace(&mut self.indexes.written, spare)
+                        let mut index = std::mem::replace(&mut self.indexes.written, spare);
+                        // Counted by its allocation: not one a bigger user's record grew.
+                        if index.capacity() > 2 * index.len() {
+                            index.shrink_to_fit();
+                        }
+                        index
                     }
                     false => Vec::new(),
                 };

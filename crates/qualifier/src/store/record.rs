@@ -119,7 +119,8 @@ impl Base {
     ) -> Option<()> {
         let at = buf.len();
         written.clear();
-        written.reserve(taken.len() + self.changed.len() + 1);
+        // Exactly: a kept index's allocation counts against the warm budget.
+        written.reserve_exact(taken.len() + self.changed.len() + 1);
         // Copies the taken entries `from..to`, and where they now lie.
         let copy = |from: usize, to: usize, buf: &mut Vec<u8>, written: &mut Vec<usize>| {
             let (start, end) = (taken.starts[from], taken.starts[to]);
@@ -222,7 +223,7 @@ pub(super) fn encode_indexed(state: &mut UserState, buf: &mut Vec<u8>, written: 
     let encoded = encode_with(state, buf, |traits, buf| {
         let at = buf.len();
         written.clear();
-        written.reserve(traits.len() + 1);
+        written.reserve_exact(traits.len() + 1);
         for history in traits {
             written.push(buf.len() - at);
             message::encode(2, history, buf);
@@ -327,6 +328,11 @@ pub(super) fn decode_into(state: &mut UserState, mut encoded: &[u8]) -> Result<(
     let decoded = fields();
     traits.truncate(trait_count);
     partner_ids.truncate(partner_count);
+    // A spare that held a busy user's state keeps what a smaller one needs: kept decoded, its
+    // state would take far more than its record says (`store/warm.rs` counts the record).
+    if traits.capacity() > 2 * trait_count + 16 {
+        traits.shrink_to_fit();
+    }
     state.traits = traits;
     state.partner_ids = partner_ids;
     decoded
@@ -392,6 +398,11 @@ fn merge_history(
             }
             (tag, wire_type) => history.merge_field(tag, wire_type, &mut fields, ctx.clone())?,
         }
+    }
+    // As for the state's histories (`decode_into`): a slot keeps what this history needs.
+    let times = &mut history.times_unix_ms;
+    if times.capacity() > 2 * times.len() + 4 {
+        times.shrink_to_fit();
     }
     Ok(())
 }

@@ -715,6 +715,14 @@ fn spares_are_kept_up_to_their_number_and_size_apart_for_busy_users() {
     store.take("0").unwrap();
     assert_eq!(store.warm.spares().len(), SPARE_STATES - 1);
     assert_eq!(store.warm.busy_spares().len(), BUSY_SPARES - 1);
+    // A smaller user decoded into a bigger one's spare keeps no more than they need: kept
+    // decoded, their state is counted by their record.
+    let mut spare = with_traits("big", 1000);
+    spare.traits[0].times_unix_ms = (0..100).collect();
+    let small = with_traits("small", 3);
+    decode_into(&mut spare, &small.encode_to_vec()).unwrap();
+    assert!(spare.traits.capacity() <= 2 * 3 + 16, "{}", spare.traits.capacity());
+    assert!(spare.traits[0].times_unix_ms.capacity() <= 2 + 4);
 }
 
 #[test]
@@ -1000,9 +1008,8 @@ fn users_stay_decoded_while_their_records_fit_the_budget_the_longest_untaken_let
     assert!(store.warm.queued() <= 2 * store.warm.len() + 1024);
 }
 
-/// A busy user's state is kept with where their record's history entries lie, which is not
-/// counted against the budget (see `Kept`); their next splice starts from it instead of walking
-/// their record.
+/// A busy user's state is kept with where their record's history entries lie, which is counted
+/// against the budget; their next splice starts from it instead of walking their record.
 #[test]
 fn a_busy_users_record_is_kept_indexed_and_spliced_from_its_index() {
     // Over the threshold by more than the histories the events below remove.
@@ -1023,8 +1030,11 @@ fn a_busy_users_record_is_kept_indexed_and_spliced_from_its_index() {
         Some(&[][..]),
         "a small user's is not kept"
     );
+    // Its allocation is what it needs, not grown past it.
+    let index_bytes = store.warm.index_capacity("busy") * size_of::<usize>();
+    assert_eq!(index_bytes, (busy as usize + 1) * size_of::<usize>());
     let records = store.users["busy"].state.len() + store.users["small"].state.len();
-    assert_eq!(store.warm.counted(), records + 2 * KEPT_SIZE);
+    assert_eq!(store.warm.counted(), records + index_bytes + 2 * KEPT_SIZE);
     // Events to the busy user, one history each, in transactions of their own: spliced from
     // the index kept, never a walk of their record (the debug build checks every splice and
     // index against a whole encoding and a walk).

@@ -38,7 +38,7 @@ pub(super) const BUSY_SPARE_TRAITS: usize = 8192;
 /// state let go kept as one.
 pub(super) const BUSY_RECORD: usize = 2048;
 
-/// What a state kept counts besides its record's bytes: its own size.
+/// What a state kept counts besides its record's bytes and its index's: its own size.
 pub(super) const KEPT_SIZE: usize = size_of::<Kept>();
 
 /// A state's record is indexed ([`super::record::Index`]) while kept if it holds more than this
@@ -46,20 +46,19 @@ pub(super) const KEPT_SIZE: usize = size_of::<Kept>();
 pub(super) const INDEXED_OVER: usize = 32;
 
 /// A state kept decoded: where its record's history entries lie (for a busy user), what it
-/// counts against the budget (its record's bytes and its own size: an empty record's state is
-/// not free) and the transaction it was put back in.
-///
-/// The index is not counted, as the decoded state's own allocations are not: the budget counts
-/// record bytes, and a decoded state takes about four times as many. An index's 8 B per
-/// history is under an eighth of what the state's history takes (its `TraitHistory` and the
-/// allocation of its times). Counted as record bytes, it took a third of the users out of the
-/// budget, and the qualifier decoded ~3 times the bytes per event at 25,000 events/s.
+/// counts against the budget (its record's bytes, its index's, and its own size: an empty
+/// record's state is not free) and the transaction it was put back in.
 #[derive(Debug)]
 struct Kept {
     state: UserState,
     index: Vec<usize>,
     bytes: usize,
     generation: u64,
+}
+
+/// What an index kept counts: its allocation.
+pub(super) fn index_bytes(index: &Vec<usize>) -> usize {
+    index.capacity() * size_of::<usize>()
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +99,7 @@ impl Warm {
         record: usize,
         index: Vec<usize>,
     ) {
-        let (generation, bytes) = (self.generation, record + KEPT_SIZE);
+        let (generation, bytes) = (self.generation, record + index_bytes(&index) + KEPT_SIZE);
         self.order.push_back((user_id.clone(), generation));
         self.bytes += bytes;
         let kept = Kept {
@@ -126,7 +125,7 @@ impl Warm {
 
     /// Keeps a state let go as a spare, if there is room for one of its kind and size.
     fn spare_away(&mut self, kept: Kept) {
-        let record = kept.bytes - KEPT_SIZE;
+        let record = kept.bytes - KEPT_SIZE - index_bytes(&kept.index);
         let histories = kept.state.traits.len();
         let (spares, room, most) = match record > BUSY_RECORD {
             true => (&mut self.busy_spares, BUSY_SPARES, BUSY_SPARE_TRAITS),
@@ -191,6 +190,10 @@ impl Warm {
     /// The index kept with a user's state, if kept.
     pub(super) fn index(&self, user_id: &str) -> Option<&[usize]> {
         self.kept.get(user_id).map(|kept| &kept.index[..])
+    }
+
+    pub(super) fn index_capacity(&self, user_id: &str) -> usize {
+        self.kept[user_id].index.capacity()
     }
 
     pub(super) fn spares(&self) -> &[UserState] {
