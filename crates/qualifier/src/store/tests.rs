@@ -721,7 +721,11 @@ fn spares_are_kept_up_to_their_number_and_size_apart_for_busy_users() {
     spare.traits[0].times_unix_ms = (0..100).collect();
     let small = with_traits("small", 3);
     decode_into(&mut spare, &small.encode_to_vec()).unwrap();
-    assert!(spare.traits.capacity() <= 2 * 3 + 16, "{}", spare.traits.capacity());
+    assert!(
+        spare.traits.capacity() <= 2 * 3 + 16,
+        "{}",
+        spare.traits.capacity()
+    );
     assert!(spare.traits[0].times_unix_ms.capacity() <= 2 + 4);
 }
 
