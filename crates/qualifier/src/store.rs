@@ -38,7 +38,7 @@ mod warm;
 
 pub use parts::{APART_OVER, Layout};
 use parts::{Encoded, PartWriter, Written};
-use record::{Base, Indexes, decode_into, encode_indexed, index_entries};
+use record::{Base, Indexes, decode_into, encode_indexed, index_entries, shrink_oversized};
 use timers::{Due, Timers};
 use warm::{INDEXED_OVER, Warm};
 
@@ -337,9 +337,7 @@ impl PartitionStore {
                         spare.clear();
                         let mut index = std::mem::replace(&mut self.indexes.written, spare);
                         // Counted by its allocation: not one a bigger user's record grew.
-                        if index.capacity() > 2 * index.len() {
-                            index.shrink_to_fit();
-                        }
+                        shrink_oversized(&mut index, 0);
                         index
                     }
                     false => Vec::new(),

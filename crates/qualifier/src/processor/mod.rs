@@ -49,8 +49,9 @@ pub struct Topology {
     /// Busy users' trait histories are written to the changelog in trait parts
     /// (`--changelog-trait-parts`; see `store/parts.rs`).
     pub changelog_trait_parts: bool,
-    /// Bytes of records (and a state's size each) whose users the store keeps decoded between
-    /// transactions (`--warm-state-bytes`; see `store/warm.rs`), shared by the partitions owned.
+    /// Bytes of records (and a state's size each, and a busy user's index of their record) whose
+    /// users the store keeps decoded between transactions (`--warm-state-bytes`; see
+    /// `store/warm.rs`), shared by the partitions owned.
     pub warm_state_bytes: usize,
     pub dlq_topic: String,
     /// Delivery's log topic, where an erased user's records are made unreadable (a tombstone

@@ -331,9 +331,7 @@ pub(super) fn decode_into(state: &mut UserState, mut encoded: &[u8]) -> Result<(
     partner_ids.truncate(partner_count);
     // A spare that held a busy user's state keeps what a smaller one needs: kept decoded, its
     // state would take far more than its record says (`store/warm.rs` counts the record).
-    if traits.capacity() > 2 * trait_count + 16 {
-        traits.shrink_to_fit();
-    }
+    shrink_oversized(&mut traits, 16);
     state.traits = traits;
     state.partner_ids = partner_ids;
     decoded
@@ -400,11 +398,16 @@ fn merge_history(
         }
     }
     // As for the state's histories (`decode_into`): a slot keeps what this history needs.
-    let times = &mut history.times_unix_ms;
-    if times.capacity() > 2 * times.len() + 4 {
-        times.shrink_to_fit();
-    }
+    shrink_oversized(&mut history.times_unix_ms, 4);
     Ok(())
+}
+
+/// Gives back what `vec` holds past twice its length and `slack`: a state kept decoded is
+/// counted by its record, and a vector handed down from a bigger user would take far more.
+pub(super) fn shrink_oversized<T>(vec: &mut Vec<T>, slack: usize) {
+    if vec.capacity() > 2 * vec.len() + slack {
+        vec.shrink_to_fit();
+    }
 }
 
 /// `UserState`'s `opted_out` (field 7) and `definitions_fingerprint` (field 11), read by
