@@ -45,7 +45,15 @@ mod producer_settings {
                 "processor/mod.rs",
                 transactional_producer_config(kafka, &topology),
             ),
-            // These two use (and recovery replaces) the transactional producer of `mod.rs`.
+            // These use (and recovery replaces) the transactional producer of `mod.rs`.
+            (
+                "processor/commit.rs",
+                transactional_producer_config(kafka, &topology),
+            ),
+            (
+                "processor/outbox.rs",
+                transactional_producer_config(kafka, &topology),
+            ),
             (
                 "processor/recovery.rs",
                 transactional_producer_config(kafka, &topology),

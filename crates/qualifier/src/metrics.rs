@@ -98,7 +98,7 @@ impl Metrics {
             transaction_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "qualifier_transaction_duration_seconds",
-                    "One Kafka transaction: outputs, changelog and input offsets.",
+                    "One Kafka transaction, from its begin to its commit's end: outputs, changelog and input offsets (its events are evaluated before it begins, while the last one commits).",
                 )
                 .buckets(buckets(0.001, 14)),
             )?,

@@ -1,7 +1,9 @@
 //! The exactly-once loop: consume `trait-events` → update users → produce status updates and
 //! changelog records → commit the input offsets, all in one Kafka transaction; timers (ttl,
 //! windows, inactivity) are processed in the same transactions. It runs on a thread of its
-//! own: librdkafka's transaction calls block.
+//! own: librdkafka's transaction calls block. While a transaction commits (on a thread of its
+//! own, `commit.rs`), the loop takes and evaluates the next one's events, staging their records
+//! (`outbox.rs`) until that one begins.
 //!
 //! When this process gains a partition, the rebalance callback queues it and the loop restores
 //! the partition's users from the changelog before any of its events are processed. A
@@ -12,14 +14,15 @@
 //! in-memory state ran ahead of what Kafka has. It retries until the broker answers, so an
 //! outage needs no restart.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use model::TraitEvent;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::Producer;
 use telemetry::partition::{KeyPartitioner, KeyPlaced, KeyedProducer};
@@ -31,9 +34,14 @@ use crate::evaluate::Evaluator;
 use crate::metrics::{EventKind, HotCounters, Metrics};
 use crate::store::Store;
 
+mod commit;
+mod outbox;
 mod recovery;
 mod restore;
 mod transaction;
+
+use commit::{COMMIT_BOUND, Finished, InFlight};
+use outbox::Outbox;
 
 use restore::{Pending, RebalanceContext};
 
@@ -176,8 +184,10 @@ pub struct Processor {
     metrics: Metrics,
     counters: HotCounters,
     evaluator: Evaluator,
-    /// Reused for encoding changelog records.
-    buffer: Vec<u8>,
+    /// The next transaction's records, made while the last one commits.
+    outbox: Outbox,
+    /// The last transaction's commit (shared with the rebalance callbacks).
+    in_flight: InFlight,
     /// Each input event is decoded into this one (see [`decode_event`]).
     event: TraitEvent,
     /// Beats once per loop iteration (`/livez`: the `processing` part).
@@ -192,6 +202,10 @@ impl std::fmt::Debug for Processor {
     }
 }
 
+/// With no transaction in flight and no event at hand, the loop waits this long for one.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// While a transaction commits, the loop looks for new events at least this often.
+const COMMIT_LOOK: Duration = Duration::from_millis(2);
 // Under a backlog a transaction takes up to this many events: its commit (a round trip to the
 // coordinator and markers on every partition, ~100 ms on a busy machine) is paid once per batch.
 const MAX_BATCH: usize = 10_000;
@@ -223,7 +237,10 @@ impl Processor {
         let heartbeat = liveness.heartbeat("processing");
         let store = Arc::new(Mutex::new(Store::default()));
         let pending = Pending::default();
+        let in_flight = InFlight::default();
         let context = RebalanceContext {
+            in_flight: in_flight.clone(),
+            revoked: AtomicBool::new(false),
             store: store.clone(),
             pending: pending.clone(),
             metrics: metrics.clone(),
@@ -258,7 +275,8 @@ impl Processor {
             counters: HotCounters::new(&metrics),
             metrics,
             evaluator: Evaluator::default(),
-            buffer: Vec::new(),
+            outbox: Outbox::default(),
+            in_flight,
             event: TraitEvent::default(),
             heartbeat,
         })
@@ -272,22 +290,40 @@ impl Processor {
         let consumer = Arc::clone(&self.consumer);
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
-            let inputs = self.poll_batch(&consumer)?;
-            let now = telemetry::clock::unix_ms();
-            let definitions = current(&self.definitions);
-            let in_force = definitions.fingerprint;
+            let mut now = telemetry::clock::unix_ms();
+            let mut definitions = self.in_force(&mut fingerprint);
+            self.consumer
+                .context()
+                .revoked
+                .store(false, Ordering::Relaxed);
+            let mut inputs = Vec::new();
+            // While the last transaction commits, this one's events are taken and evaluated as
+            // they come: an event waits for one commit, not for one and then its own work.
+            while inputs.len() < MAX_BATCH && self.in_flight.running(COMMIT_LOOK) {
+                self.heartbeat.beat();
+                let taken = self.take_events(&consumer, &mut inputs, Duration::ZERO)?;
+                self.evaluate_events(&inputs[taken..], &definitions, now);
+            }
+            if let Err(error) = self.committed() {
+                drop(inputs);
+                self.failed(&error, shutdown, health)?;
+                continue;
+            }
+            // Then those that came meanwhile; with none at all, the first is waited for, and
+            // evaluated under the definitions in force when it came.
+            let wait = if inputs.is_empty() {
+                POLL_WAIT
+            } else {
+                Duration::ZERO
+            };
+            let taken = self.take_events(&consumer, &mut inputs, wait)?;
+            if !wait.is_zero() && !inputs.is_empty() {
+                now = telemetry::clock::unix_ms();
+                definitions = self.in_force(&mut fingerprint);
+            }
+            self.evaluate_events(&inputs[taken..], &definitions, now);
             let (due, stale) = {
                 let mut store = lock(&self.store);
-                if in_force != fingerprint {
-                    for partition in store.partitions.values_mut() {
-                        partition.mark_stale(in_force);
-                    }
-                    tracing::info!(
-                        users = store.stale_count(),
-                        "The definitions changed: every user is re-evaluated in the background."
-                    );
-                    fingerprint = in_force;
-                }
                 self.metrics.expiry_due.set(store.due_count(now) as i64);
                 self.metrics.sweep_pending.set(store.stale_count() as i64);
                 (
@@ -298,25 +334,76 @@ impl Processor {
             if inputs.is_empty() && due.is_empty() && stale == 0 {
                 continue;
             }
-            let started = Instant::now();
-            if let Err(error) = self.transaction(&definitions, inputs, due, now) {
-                self.metrics.transactions_failed.inc();
-                tracing::warn!(%error, "A Kafka transaction failed; aborting it and rewinding state and input to what Kafka has.");
-                health.set_not_ready(format!("recovering from a failed transaction: {error}"));
-                // Retrying until the broker answers: a restart would not make it answer sooner.
+            self.stage_rest(&definitions, due, now);
+            let staged = !(inputs.is_empty() && self.outbox.is_empty());
+            if staged && self.consumer.context().revoked.load(Ordering::Relaxed) {
+                // Events of partitions this process no longer owns may be staged, and their
+                // offsets would be committed: the work is dropped and redone from the commits.
+                tracing::info!(
+                    "Partitions were revoked while a transaction was made; redoing it from the committed offsets."
+                );
+                drop(inputs);
                 let _recovering = self.heartbeat.waiting();
                 self.recover(shutdown)?;
-                health.set_ready();
                 continue;
             }
-            self.metrics
-                .transaction_duration
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.users.set(lock(&self.store).users() as i64);
+            if let Err(error) = self.transaction(&inputs) {
+                self.failed(&error, shutdown, health)?;
+            }
+        }
+        if let Err(error) = self.committed() {
+            tracing::warn!(%error, "The last transaction did not commit; its events are processed again by the partitions' next owner.");
         }
         tracing::info!("Processing stopped.");
         self.consumer.unsubscribe();
         Ok(())
+    }
+
+    /// Waits for the last transaction's commit, if it is in flight: `Ok` when there was none
+    /// or it committed.
+    fn committed(&mut self) -> Result<(), KafkaError> {
+        let finished = {
+            // Up to its bound when the broker is slow or away: a wait, not a stall.
+            let _broker = self.heartbeat.waiting_at_most(COMMIT_BOUND);
+            self.in_flight.finish()
+        };
+        let Some(Finished { took, result }) = finished else {
+            return Ok(());
+        };
+        let Some(result) = result else {
+            tracing::error!(bound = ?COMMIT_BOUND, "librdkafka's commit_transaction did not return within its bound; giving up this transactional producer for a new one.");
+            self.give_up_producer();
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        };
+        result?;
+        self.metrics
+            .transaction_duration
+            .observe(took.as_secs_f64());
+        self.metrics.users.set(lock(&self.store).users() as i64);
+        Ok(())
+    }
+
+    /// After a transaction failed: counted, and state and input rewound ([`Self::recover`]).
+    fn failed(
+        &mut self,
+        error: &KafkaError,
+        shutdown: &CancellationToken,
+        health: &Health,
+    ) -> Result<(), KafkaError> {
+        self.metrics.transactions_failed.inc();
+        tracing::warn!(%error, "A Kafka transaction failed; aborting it and rewinding state and input to what Kafka has.");
+        health.set_not_ready(format!("recovering from a failed transaction: {error}"));
+        // Retrying until the broker answers: a restart would not make it answer sooner.
+        let _recovering = self.heartbeat.waiting();
+        self.recover(shutdown)?;
+        health.set_ready();
+        Ok(())
+    }
+
+    /// The current producer hangs in a call it was given up in: [`Self::abandoned`] from now.
+    fn give_up_producer(&mut self) {
+        self.hung.retain(|producer| producer.strong_count() > 0);
+        self.hung.push(Arc::downgrade(&self.producer));
     }
 
     /// The current producer was given up in a hung call: `recover` replaces it without
@@ -327,15 +414,35 @@ impl Processor {
             .any(|given_up| std::ptr::eq(given_up.as_ptr(), Arc::as_ptr(&self.producer)))
     }
 
-    /// Up to `MAX_BATCH` messages: waits up to 100 ms for the first, then takes what is there.
-    /// Partitions the polls assigned are restored before it returns; an error is a restore
-    /// that failed.
-    fn poll_batch<'c>(
+    /// The definitions in force; when they changed since `fingerprint`, every user is marked
+    /// to be evaluated again (`store/stale.rs`) and `fingerprint` moves on.
+    fn in_force(&self, fingerprint: &mut u64) -> Arc<Definitions> {
+        let definitions = current(&self.definitions);
+        if definitions.fingerprint != *fingerprint {
+            let mut store = lock(&self.store);
+            for partition in store.partitions.values_mut() {
+                partition.mark_stale(definitions.fingerprint);
+            }
+            tracing::info!(
+                users = store.stale_count(),
+                "The definitions changed: every user is re-evaluated in the background."
+            );
+            *fingerprint = definitions.fingerprint;
+        }
+        definitions
+    }
+
+    /// Takes the messages at hand (waiting up to `wait` for the first) into `inputs`, up to
+    /// `MAX_BATCH` in all, keeping those of partitions owned; returns where the new ones start.
+    /// Partitions the polls assigned are restored first; an error is a restore that failed.
+    fn take_events<'c>(
         &mut self,
         consumer: &'c BaseConsumer<RebalanceContext>,
-    ) -> Result<Vec<Input<'c>>, KafkaError> {
-        let mut inputs = Vec::new();
-        let mut timeout = Duration::from_millis(100);
+        inputs: &mut Vec<Input<'c>>,
+        wait: Duration,
+    ) -> Result<usize, KafkaError> {
+        let taken = inputs.len();
+        let mut timeout = wait;
         while inputs.len() < MAX_BATCH {
             match consumer.poll(timeout) {
                 Some(Ok(message)) => inputs.push(Input { message }),
@@ -350,9 +457,28 @@ impl Processor {
         self.restore_pending()?;
         // A rebalance during the polls may have taken partitions away: their events are the
         // new owner's now.
-        let store = lock(&self.store);
-        inputs.retain(|i| store.partitions.contains_key(&i.message.partition()));
-        Ok(inputs)
+        let mut kept = taken;
+        {
+            let store = lock(&self.store);
+            for i in taken..inputs.len() {
+                if store
+                    .partitions
+                    .contains_key(&inputs[i].message.partition())
+                {
+                    inputs.swap(kept, i);
+                    kept += 1;
+                }
+            }
+        }
+        inputs.truncate(kept);
+        Ok(taken)
+    }
+
+    /// Evaluates `inputs`, staging what they produce.
+    fn evaluate_events(&mut self, inputs: &[Input<'_>], definitions: &Definitions, now: i64) {
+        for input in inputs {
+            self.process_event(definitions, input, now);
+        }
     }
 }
 

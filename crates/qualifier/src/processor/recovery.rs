@@ -10,6 +10,7 @@ use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::commit::Finished;
 use super::{
     MAX_HUNG_PRODUCERS, Processor, RECOVERY_TIMEOUT, is_fatal, lock, transactional_producer,
 };
@@ -22,6 +23,12 @@ impl Processor {
     /// hung producers), or `Ok` once rewound (or shut down). A producer given up in a hung call
     /// is not aborted but replaced, which fences it.
     pub(super) fn recover(&mut self, shutdown: &CancellationToken) -> Result<(), KafkaError> {
+        // A commit in flight ends first (committed or not, the rewind below is right), and what
+        // was staged for the next transaction goes.
+        if let Some(Finished { result: None, .. }) = self.in_flight.finish() {
+            self.give_up_producer();
+        }
+        self.outbox.clear();
         // Until rewound, nothing polled may be processed against the state that ran ahead:
         // without its partitions in the store, `poll_batch` drops every message. (Rebalance
         // callbacks run only inside `poll`, so none interleaves with the recovery.)

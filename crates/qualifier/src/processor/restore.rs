@@ -2,6 +2,7 @@
 //! rebalance callback, read by the processing loop), and dropping them when it loses it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use telemetry::{KafkaSettings, Waiter, commits};
 
+use super::commit::InFlight;
 use super::{Processor, current, lock};
 use crate::config::Definitions;
 use crate::evaluate::{next_due, normalize};
@@ -33,6 +35,10 @@ pub(super) struct RebalanceContext {
     pub(super) waiter: Waiter,
     /// Why the commits of assigned partitions could not be read: the loop stops on it.
     pub(super) failed: Mutex<Option<KafkaError>>,
+    /// The processor's last transaction, whose commit ends before partitions are let go.
+    pub(super) in_flight: InFlight,
+    /// Set when partitions are revoked: the loop drops a transaction made meanwhile.
+    pub(super) revoked: AtomicBool,
 }
 
 /// Assigned partitions whose users are not restored yet.
@@ -63,6 +69,13 @@ impl commits::Handover for RebalanceContext {
     }
 
     fn revoked(&self, _: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        {
+            // What the last transaction wrote for these partitions is committed (or known to
+            // have failed) before their next owner may restore them.
+            let _commit = self.waiter.waiting();
+            self.in_flight.settle();
+        }
+        self.revoked.store(true, Ordering::Relaxed);
         let mut store = lock(&self.store);
         let mut pending = lock(&self.pending);
         for element in partitions.elements() {

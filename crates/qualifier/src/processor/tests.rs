@@ -292,13 +292,9 @@ fn mock_cluster() -> (MockCluster, String) {
     (cluster, brokers)
 }
 
-/// A processor of `mock_cluster`'s topics in group `qualifier`, started (its producer
-/// initialized), with its metrics and health.
-fn mock_processor(brokers: &str) -> (Processor, Metrics, telemetry::Health) {
-    let kafka =
-        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.to_owned()))
-            .unwrap();
-    let topology = Topology {
+/// The topics, group and transactional id of the mock clusters' processors.
+fn topology() -> Topology {
+    Topology {
         group_id: "qualifier".to_owned(),
         events_topic: "events".to_owned(),
         status_topic: "status".to_owned(),
@@ -309,7 +305,16 @@ fn mock_processor(brokers: &str) -> (Processor, Metrics, telemetry::Health) {
         dlq_topic: "dlq".to_owned(),
         delivery_log_topic: None,
         transactional_id: "qualifier-0".to_owned(),
-    };
+    }
+}
+
+/// A processor of `mock_cluster`'s topics in group `qualifier`, started (its producer
+/// initialized), with its metrics and health.
+fn mock_processor(brokers: &str) -> (Processor, Metrics, telemetry::Health) {
+    let kafka =
+        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.to_owned()))
+            .unwrap();
+    let topology = topology();
     let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(DEFINITIONS.clone())));
     let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
     let health = telemetry::Health::new("starting");
@@ -400,4 +405,163 @@ fn a_send_offsets_that_outlives_its_bound_costs_the_producer_not_the_processing(
         "the event after the failed transaction not dead-lettered in 30 s; processing ended {ended:?}"
     );
     ended.unwrap();
+}
+
+/// Input events counted so far (`qualifier_events_total`, every type and outcome).
+fn events_counted(metrics: &Metrics) -> u64 {
+    use prometheus::core::Collector;
+    metrics
+        .events
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// A transaction's commit runs while the next transaction's events are evaluated. The
+/// transaction coordinator answers each request after 2 s, the partitions' leader (and the
+/// group's coordinator) at once. The event produced once the first is evaluated is taken and
+/// evaluated (here dead-lettered, as the first) while the first transaction still commits: no
+/// transaction has ended yet when it is counted. Before, it waited in the consumer for that
+/// commit (then one transaction had ended), and then for its own.
+#[test]
+fn the_next_transactions_events_are_evaluated_while_the_last_one_commits() {
+    use rdkafka::mocking::MockCoordinator;
+
+    let cluster = MockCluster::new(2).unwrap();
+    for topic in ["events", "status", "status-batch", "changelog", "dlq"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+        cluster.partition_leader(topic, 0, Some(1)).unwrap();
+    }
+    cluster
+        .coordinator(MockCoordinator::Group("qualifier".to_owned()), 1)
+        .unwrap();
+    cluster
+        .coordinator(MockCoordinator::Transaction("qualifier-0".to_owned()), 2)
+        .unwrap();
+    let brokers = cluster.bootstrap_servers();
+    testkit::kafka::produce_one(&brokers, "events", "u1", b"\xffno event");
+    let (processor, metrics, health) = mock_processor(&brokers);
+    cluster
+        .broker_round_trip_time(2, Duration::from_secs(2))
+        .unwrap();
+    let (shutdown, run) = running(processor, health);
+    let counted = |n: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while events_counted(&metrics) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ended = metrics.transaction_duration.get_sample_count();
+        assert_eq!(events_counted(&metrics), n, "events counted within 30 s");
+        ended
+    };
+    assert_eq!(counted(1), 0);
+    testkit::kafka::produce_one(&brokers, "events", "u2", b"\xffno event");
+    let ended_before_the_second = counted(2);
+    let committed = testkit::kafka::has_key(&brokers, "dlq", b"u2", Duration::from_secs(30));
+    shutdown.cancel();
+    let ended = run.join().unwrap();
+    assert_eq!(
+        ended_before_the_second, 0,
+        "the second event was evaluated only after the first transaction's commit"
+    );
+    assert!(
+        committed,
+        "the second event's dead letter was not committed within 30 s"
+    );
+    ended.unwrap();
+}
+
+/// Records staged in the outbox reach the producer in the order they were staged, each with
+/// its topic, key, value (or none), partition and timestamp, and the outbox is empty after.
+#[test]
+fn staged_records_are_sent_in_order_as_they_were_staged() {
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::outbox::{Outbox, To};
+
+    let cluster = MockCluster::new(1).unwrap();
+    for topic in ["status", "status-batch", "changelog", "dlq", "delivery-log"] {
+        cluster.create_topic(topic, 3, 1).unwrap();
+    }
+    let brokers = cluster.bootstrap_servers();
+    let mut topology = topology();
+    topology.delivery_log_topic = Some("delivery-log".to_owned());
+    let producer: KeyedProducer =
+        KeyPartitioner::configure(rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers))
+            .create_with_context(KeyPlaced::default())
+            .unwrap();
+    let mut outbox = Outbox::default();
+    outbox.encoded(To::Status, b"u1", |bytes| bytes.extend_from_slice(b"one"));
+    outbox.record(To::Changelog(2), b"u1", Some(b"state of u1"));
+    outbox.record(To::Changelog(2), b"u2", None);
+    outbox.tombstone_at(To::DeliveryLog, b"u3", 1_700_000_000_123);
+    outbox.encoded(To::StatusBatch, b"u4", |bytes| {
+        bytes.extend_from_slice(b"four")
+    });
+    outbox.record(To::DeadLetters, b"", Some(b"raw"));
+    outbox.encoded(To::Status, b"u1", |bytes| bytes.extend_from_slice(b"two"));
+    outbox.send(&producer, &topology).unwrap();
+    assert!(outbox.is_empty());
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "outbox-test")
+        .create()
+        .unwrap();
+    let mut all = TopicPartitionList::new();
+    for topic in ["status", "status-batch", "changelog", "dlq", "delivery-log"] {
+        for partition in 0..3 {
+            all.add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+    }
+    reader.assign(&all).unwrap();
+    let mut read = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while read.len() < 7 && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
+            read.push((
+                message.topic().to_owned(),
+                message.partition(),
+                message.offset(),
+                String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                message
+                    .payload()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                message.timestamp().to_millis(),
+            ));
+        }
+    }
+    read.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    let status_partition = read.iter().find(|r| r.0 == "status").map(|r| r.1).unwrap();
+    let summary: Vec<_> = read
+        .iter()
+        .map(|(topic, partition, _, key, value, _)| {
+            let partition = (topic == "changelog").then_some(*partition);
+            (topic.as_str(), partition, key.as_str(), value.as_deref())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("changelog", Some(2), "u1", Some("state of u1")),
+            ("changelog", Some(2), "u2", None),
+            ("delivery-log", None, "u3", None),
+            ("dlq", None, "", Some("raw")),
+            ("status", None, "u1", Some("one")),
+            ("status", None, "u1", Some("two")),
+            ("status-batch", None, "u4", Some("four")),
+        ]
+    );
+    // The user's two updates on one partition, in the order staged.
+    assert!(
+        read.iter()
+            .filter(|r| r.0 == "status")
+            .all(|r| r.1 == status_partition)
+    );
+    let tombstone = read.iter().find(|r| r.0 == "delivery-log").unwrap();
+    assert_eq!(tombstone.5, Some(1_700_000_000_123));
 }

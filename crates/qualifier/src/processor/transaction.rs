@@ -1,7 +1,9 @@
-//! One Kafka transaction: input events and due timers evaluated, status updates, changelog
-//! records and dead letters produced, the input offsets sent, committed.
+//! One Kafka transaction: input events and due timers evaluated, their status updates,
+//! changelog records and dead letters staged in the outbox (while the last transaction
+//! commits), then produced in the transaction with the input offsets, and its commit started.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,8 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use telemetry::partition::KeyedProducer;
 
+use super::commit::Bounded;
+use super::outbox::To;
 use super::{Input, Processor, SWEEP_BUDGET, TRANSACTION_TIMEOUT, decode_event, lock};
 use crate::config::Definitions;
 use crate::evaluate::Step;
@@ -21,42 +25,37 @@ use crate::metrics::{ChangelogBytes, EventKind, EventOutcome};
 use crate::store::Layout;
 
 impl Processor {
-    pub(super) fn transaction(
-        &mut self,
-        definitions: &Definitions,
-        inputs: Vec<Input<'_>>,
-        due: Vec<(i32, String)>,
-        now: i64,
-    ) -> Result<(), KafkaError> {
+    /// Begins a transaction of what the outbox holds and the offsets after `inputs`, and starts
+    /// its commit ([`InFlight`](super::commit::InFlight)) once the broker has every record.
+    pub(super) fn transaction(&mut self, inputs: &[Input<'_>]) -> Result<(), KafkaError> {
+        let began = Instant::now();
         self.producer.begin_transaction()?;
-        // The input's offsets go to the transaction while its events are processed: the call's
-        // two round trips (AddOffsetsToTxn to the transaction coordinator, then
-        // TxnOffsetCommit to the group's) overlap with the work instead of lengthening every
-        // transaction, during which the loop takes no new input.
-        let offsets = self.send_offsets(&inputs)?;
-        let produced = self.produce(definitions, &inputs, due, now);
+        // The input's offsets go to the transaction while its records are handed over: the
+        // call's two round trips (AddOffsetsToTxn to the transaction coordinator, then
+        // TxnOffsetCommit to the group's) overlap with that and the acknowledgements.
+        let offsets = self.send_offsets(inputs)?;
+        let produced = self.outbox.send(&self.producer, &self.topology);
         // Waited for even when producing failed: the abort that follows must not race it.
         let sent = offsets.map_or(Ok(()), |call| self.offsets_sent(call));
         produced?;
         sent?;
-        // Up to its timeout when the broker is slow or away: a wait, not a stall.
-        let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
-        await_acknowledged(&self.producer, TRANSACTION_TIMEOUT)?;
-        self.producer.commit_transaction(TRANSACTION_TIMEOUT)
+        {
+            // Up to its timeout when the broker is slow or away: a wait, not a stall.
+            let _broker = self.heartbeat.waiting_at_most(TRANSACTION_TIMEOUT);
+            await_acknowledged(&self.producer, TRANSACTION_TIMEOUT)?;
+        }
+        self.in_flight.start(&self.producer, began);
+        Ok(())
     }
 
-    /// The transaction's records: the input events' and due timers' updates, the swept users',
-    /// dead letters and the changelog.
-    fn produce(
+    /// Stages the transaction's last records, after its events': the due timers' updates, the
+    /// swept users', and the changelog.
+    pub(super) fn stage_rest(
         &mut self,
         definitions: &Definitions,
-        inputs: &[Input<'_>],
         due: Vec<(i32, String)>,
         now: i64,
-    ) -> Result<(), KafkaError> {
-        for input in inputs {
-            self.process_event(definitions, input, now)?;
-        }
+    ) {
         for (partition, user) in due {
             let state = lock(&self.store)
                 .partitions
@@ -68,11 +67,11 @@ impl Processor {
                 self.metrics
                     .eval_duration
                     .observe(started.elapsed().as_secs_f64());
-                self.publish(partition, &user, step)?;
+                self.publish(partition, &user, step);
             }
         }
-        self.sweep(definitions, now)?;
-        self.write_changelog()
+        self.sweep(definitions, now);
+        self.write_changelog();
     }
 
     /// Starts `send_offsets_to_transaction` for the inputs' next offsets (none: no call) on a
@@ -82,7 +81,7 @@ impl Processor {
     fn send_offsets(
         &self,
         inputs: &[Input<'_>],
-    ) -> Result<Option<Bounded<SendOffsets>>, KafkaError> {
+    ) -> Result<Option<Bounded<Result<(), KafkaError>>>, KafkaError> {
         let mut offsets: HashMap<i32, i64> = HashMap::new();
         for input in inputs {
             offsets.insert(input.message.partition(), input.message.offset() + 1);
@@ -112,7 +111,7 @@ impl Processor {
     /// bound the producer is given up: the transaction fails, and `recover` replaces the
     /// producer without touching it (an abort would wait behind the hung call); the thread and
     /// the producer end when the call does, if ever.
-    fn offsets_sent(&mut self, call: Bounded<SendOffsets>) -> Result<(), KafkaError> {
+    fn offsets_sent(&mut self, call: Bounded<Result<(), KafkaError>>) -> Result<(), KafkaError> {
         let sent = {
             let _broker = self.heartbeat.waiting_at_most(self.offsets_bound);
             call.wait(self.offsets_bound)
@@ -121,14 +120,13 @@ impl Processor {
             return sent;
         }
         tracing::error!(bound = ?self.offsets_bound, "librdkafka's send_offsets_to_transaction did not return within its bound; giving up this transactional producer for a new one.");
-        self.hung.retain(|producer| producer.strong_count() > 0);
-        self.hung.push(Arc::downgrade(&self.producer));
+        self.give_up_producer();
         Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
     }
 
     /// Re-evaluates users queued because the definitions changed, for at most
     /// [`SWEEP_BUDGET`]: their 1s and 0s go out with this transaction.
-    fn sweep(&mut self, definitions: &Definitions, now: i64) -> Result<(), KafkaError> {
+    fn sweep(&mut self, definitions: &Definitions, now: i64) {
         let started = Instant::now();
         let partitions: Vec<i32> = lock(&self.store).partitions.keys().copied().collect();
         for partition in partitions {
@@ -150,24 +148,18 @@ impl Processor {
                     .evaluator
                     .on_definitions_changed(definitions, state, now);
                 self.metrics.swept.inc();
-                self.publish(partition, &user, step)?;
+                self.publish(partition, &user, step);
             }
         }
         let pending = lock(&self.store).stale_count();
         self.metrics.sweep_pending.set(pending as i64);
-        Ok(())
     }
 
-    fn process_event(
-        &mut self,
-        definitions: &Definitions,
-        input: &Input<'_>,
-        now: i64,
-    ) -> Result<(), KafkaError> {
+    /// Evaluates an input event and stages what it produces.
+    pub(super) fn process_event(&mut self, definitions: &Definitions, input: &Input<'_>, now: i64) {
         let mut event = std::mem::take(&mut self.event);
-        let processed = self.apply_event(definitions, input, &mut event, now);
+        self.apply_event(definitions, input, &mut event, now);
         self.event = event;
-        processed
     }
 
     /// [`Self::process_event`], decoding into `event`.
@@ -177,7 +169,7 @@ impl Processor {
         input: &Input<'_>,
         event: &mut TraitEvent,
         now: i64,
-    ) -> Result<(), KafkaError> {
+    ) {
         let message = &input.message;
         let partition = message.partition();
         // Rejected before the user is taken out of the store: an invalid event must not cost
@@ -210,32 +202,25 @@ impl Processor {
         }
     }
 
-    /// Produces a step's update, and puts the user back in the store with their timer, saying
+    /// Stages a step's update, and puts the user back in the store with their timer, saying
     /// whether their state changed (their changelog record is written at the transaction's end).
-    fn publish(&mut self, partition: i32, user: &str, step: Step) -> Result<(), KafkaError> {
+    fn publish(&mut self, partition: i32, user: &str, step: Step) {
         for update in step.update.iter().chain(&step.targeted) {
-            let topic = if update.origin() == Origin::Batch {
-                &self.topology.status_batch_topic
+            let to = if update.origin() == Origin::Batch {
+                To::StatusBatch
             } else {
-                &self.topology.status_topic
+                To::Status
             };
             for change in &update.changes {
                 self.counters.change(change);
             }
-            update.encode_raw(&mut self.buffer);
-            let sent = send(
-                &self.producer,
-                BaseRecord::to(topic).key(user).payload(&self.buffer),
-            );
-            self.buffer.clear();
-            sent?;
+            self.outbox
+                .encoded(to, user.as_bytes(), |bytes| update.encode_raw(bytes));
         }
-        if let (Some(at), Some(topic)) = (step.erased_at, &self.topology.delivery_log_topic) {
+        if let (Some(at), Some(_)) = (step.erased_at, &self.topology.delivery_log_topic) {
             // `delivery log` hides the user's records dated up to the tombstone's timestamp.
-            send(
-                &self.producer,
-                BaseRecord::<str, [u8]>::to(topic).key(user).timestamp(at),
-            )?;
+            self.outbox
+                .tombstone_at(To::DeliveryLog, user.as_bytes(), at);
         }
         if let Some(store) = lock(&self.store).partitions.get_mut(&partition) {
             match step.state {
@@ -246,15 +231,14 @@ impl Processor {
                 None => {}
             }
         }
-        Ok(())
     }
 
     /// One changelog record per user whose state changed in this transaction: their state as
-    /// it is now, or a tombstone for a user the store forgot, written as the store encodes the
+    /// it is now, or a tombstone for a user the store forgot, staged as the store encodes the
     /// users put back in it, once each (`PartitionStore::settle`). A partition no longer owned
     /// is its new owner's to write.
-    fn write_changelog(&mut self) -> Result<(), KafkaError> {
-        let (producer, topic) = (&self.producer, &self.topology.changelog_topic);
+    fn write_changelog(&mut self) {
+        let outbox = &mut self.outbox;
         let layout = match self.topology.changelog_trait_parts {
             true => Layout::Parts {
                 now: telemetry::clock::unix_ms(),
@@ -267,30 +251,20 @@ impl Processor {
         let warm_budget = self.topology.warm_state_bytes / partitions.len().max(1);
         for (&partition, owned) in partitions.iter_mut() {
             decoded += owned.decoded_bytes();
-            owned.settle(layout, warm_budget, |key, record| {
+            let Ok(()) = owned.settle(layout, warm_budget, |key, record| {
                 bytes.record(key, record);
-                let mut message: BaseRecord<'_, [u8], [u8]> =
-                    BaseRecord::to(topic).key(key).partition(partition);
-                if let Some(record) = record {
-                    message = message.payload(record);
-                }
-                send(producer, message)
-            })?;
+                outbox.record(To::Changelog(partition), key, record);
+                Ok::<(), Infallible>(())
+            });
             warm += owned.warm_bytes();
         }
         bytes.add_to(&self.metrics);
         self.metrics.decoded_bytes.inc_by(decoded);
         self.metrics.warm_bytes.set(warm as i64);
-        Ok(())
     }
 
     /// Keeps an input event that cannot be applied, in the same transaction.
-    fn dead_letter(
-        &mut self,
-        message: &BorrowedMessage<'_>,
-        kind: EventKind,
-        error: String,
-    ) -> Result<(), KafkaError> {
+    fn dead_letter(&mut self, message: &BorrowedMessage<'_>, kind: EventKind, error: String) {
         self.counters.event(kind, EventOutcome::Invalid);
         tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "Invalid input event; dead-lettering it.");
         let now = telemetry::clock::unix_ms();
@@ -309,18 +283,16 @@ impl Processor {
             ..DeadLetterRecord::default()
         };
         let key = record.fit_undecodable(message.key().unwrap_or_default());
-        let payload = record.encode_to_vec();
-        send(
-            &self.producer,
-            BaseRecord::to(&self.topology.dlq_topic)
-                .key(key)
-                .payload(&payload),
-        )
+        self.outbox
+            .encoded(To::DeadLetters, key, |bytes| record.encode_raw(bytes));
     }
 }
 
 /// Enqueues a record, waiting while librdkafka's queue is full.
-fn send<K, P>(producer: &KeyedProducer, mut record: BaseRecord<'_, K, P>) -> Result<(), KafkaError>
+pub(super) fn send<K, P>(
+    producer: &KeyedProducer,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
@@ -334,43 +306,6 @@ where
             }
             Err((error, _)) => return Err(error),
         }
-    }
-}
-
-/// What `send_offsets_to_transaction` returns.
-type SendOffsets = Result<(), KafkaError>;
-
-/// A call running on a thread of its own, waited for at most a bound from when it began; left
-/// to finish alone (or never) when it outlives the bound.
-struct Bounded<T> {
-    began: Instant,
-    /// `None` when no thread could be started (said in the log): the call was not made.
-    result: Option<std::sync::mpsc::Receiver<T>>,
-}
-
-impl<T: Send + 'static> Bounded<T> {
-    fn start(call: impl FnOnce() -> T + Send + 'static) -> Self {
-        let (done, result) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new()
-            .name("bounded-call".to_owned())
-            .spawn(move || {
-                // The receiver is gone when the bound passed: nothing waits for the result.
-                let _ = done.send(call());
-            });
-        if let Err(error) = &spawned {
-            tracing::warn!(%error, "Cannot start a thread for a bounded call.");
-        }
-        Self {
-            began: Instant::now(),
-            result: spawned.ok().map(|_| result),
-        }
-    }
-
-    /// The call's result if it returns within `bound` of when it began, `None` past it (or
-    /// when it was not made).
-    fn wait(self, bound: Duration) -> Option<T> {
-        let left = bound.saturating_sub(self.began.elapsed());
-        self.result?.recv_timeout(left).ok()
     }
 }
 
@@ -401,30 +336,6 @@ mod tests {
     use rdkafka::ClientConfig;
 
     use super::*;
-
-    /// A call that returns within its bound gives its result; one that outlives it is given up
-    /// at the bound, counted from when it began (the work done meanwhile included), not
-    /// waited for (its thread finishes alone).
-    #[test]
-    fn a_bounded_call_gives_its_result_or_is_given_up_at_its_bound() {
-        assert_eq!(Bounded::start(|| 7).wait(Duration::from_secs(5)), Some(7));
-        let (finished, finish) = std::sync::mpsc::channel();
-        let started = Instant::now();
-        let call = Bounded::start(move || {
-            std::thread::sleep(Duration::from_secs(3));
-            finished.send(()).unwrap();
-        });
-        std::thread::sleep(Duration::from_millis(600));
-        let outlived = call.wait(Duration::from_millis(800));
-        let waited = started.elapsed();
-        assert_eq!(outlived, None);
-        // Counted from the wait instead, it would have ended at 1.4 s.
-        assert!(
-            (Duration::from_millis(800)..Duration::from_millis(1300)).contains(&waited),
-            "waited {waited:?} in all"
-        );
-        finish.recv_timeout(Duration::from_secs(10)).unwrap();
-    }
 
     /// Nothing unacknowledged: it returns at once; a message no broker takes: it gives up at
     /// its bound with the error `commit_transaction`'s own flush gives (so the caller aborts
