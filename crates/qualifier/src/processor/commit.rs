@@ -93,17 +93,6 @@ enum Slot {
 #[derive(Clone, Default)]
 pub(super) struct InFlight(Arc<Mutex<Slot>>);
 
-impl std::fmt::Debug for InFlight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &*lock(&self.0) {
-            Slot::Idle => "idle",
-            Slot::Committing { .. } => "committing",
-            Slot::Finished(_) => "finished",
-        };
-        f.debug_tuple("InFlight").field(&state).finish()
-    }
-}
-
 impl InFlight {
     /// Starts committing `producer`'s transaction, begun at `began`. The last commit must have
     /// been [`Self::finish`]ed.
