@@ -290,7 +290,6 @@ impl Processor {
         let consumer = Arc::clone(&self.consumer);
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
-            let mut now = telemetry::clock::unix_ms();
             let mut definitions = self.in_force(&mut fingerprint);
             self.consumer
                 .context()
@@ -302,7 +301,7 @@ impl Processor {
             while inputs.len() < MAX_BATCH && self.in_flight.running(COMMIT_LOOK) {
                 self.heartbeat.beat();
                 let taken = self.take_events(&consumer, &mut inputs, Duration::ZERO)?;
-                self.evaluate_events(&inputs[taken..], &definitions, now);
+                self.evaluate_events(&inputs[taken..], &definitions);
             }
             if let Err(error) = self.committed() {
                 drop(inputs);
@@ -318,10 +317,10 @@ impl Processor {
             };
             let taken = self.take_events(&consumer, &mut inputs, wait)?;
             if !wait.is_zero() && !inputs.is_empty() {
-                now = telemetry::clock::unix_ms();
                 definitions = self.in_force(&mut fingerprint);
             }
-            self.evaluate_events(&inputs[taken..], &definitions, now);
+            self.evaluate_events(&inputs[taken..], &definitions);
+            let now = telemetry::clock::unix_ms();
             let (due, stale) = {
                 let mut store = lock(&self.store);
                 self.metrics.expiry_due.set(store.due_count(now) as i64);
@@ -474,8 +473,14 @@ impl Processor {
         Ok(taken)
     }
 
-    /// Evaluates `inputs`, staging what they produce.
-    fn evaluate_events(&mut self, inputs: &[Input<'_>], definitions: &Definitions, now: i64) {
+    /// Evaluates `inputs`, staging what they produce, at the clock's time right after they
+    /// were taken: an event's own time is then not ahead of it (an event is taken to have
+    /// happened no later than it is evaluated), as it would be at a time read before a commit.
+    fn evaluate_events(&mut self, inputs: &[Input<'_>], definitions: &Definitions) {
+        if inputs.is_empty() {
+            return;
+        }
+        let now = telemetry::clock::unix_ms();
         for input in inputs {
             self.process_event(definitions, input, now);
         }

@@ -40,8 +40,9 @@ pub(super) struct Outbox {
     records: Vec<Staged>,
 }
 
-/// More than this kept between transactions is given back (a transaction of busy users' whole
-/// records can stage tens of MB once).
+/// A buffer over this is given back down to it, or to twice what the last transaction staged if
+/// more: a transaction of busy users' whole records can stage tens of MB once, and transactions
+/// that do it every time keep their buffer.
 const KEPT_BYTES: usize = 16 << 20;
 
 impl Outbox {
@@ -106,11 +107,10 @@ impl Outbox {
 
     /// Drops what is staged (the transaction it was for will not be made).
     pub(super) fn clear(&mut self) {
+        let staged = self.bytes.len();
         self.bytes.clear();
         self.records.clear();
-        if self.bytes.capacity() > KEPT_BYTES {
-            self.bytes.shrink_to(KEPT_BYTES);
-        }
+        self.bytes.shrink_to(KEPT_BYTES.max(2 * staged));
     }
 
     fn key(&mut self, key: &[u8]) -> Range<usize> {
@@ -126,5 +126,30 @@ impl Outbox {
             end,
             timestamp,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KEPT_BYTES, Outbox, To};
+
+    /// A buffer grown past `KEPT_BYTES` is kept while transactions stage as much, and given
+    /// back once one stages less.
+    #[test]
+    fn a_big_buffer_is_kept_while_it_is_used_and_given_back_after() {
+        let mut outbox = Outbox::default();
+        let big = vec![7_u8; 20 << 20];
+        for _ in 0..2 {
+            outbox.record(To::Changelog(0), b"busy", Some(&big));
+            outbox.clear();
+            assert!(outbox.is_empty());
+            assert!(outbox.bytes.capacity() >= big.len(), "shrunk though in use");
+        }
+        outbox.record(To::Status, b"u", Some(b"small"));
+        outbox.clear();
+        assert!(
+            outbox.bytes.capacity() <= KEPT_BYTES,
+            "kept after a small transaction"
+        );
     }
 }

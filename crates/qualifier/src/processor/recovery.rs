@@ -30,7 +30,7 @@ impl Processor {
         }
         self.outbox.clear();
         // Until rewound, nothing polled may be processed against the state that ran ahead:
-        // without its partitions in the store, `poll_batch` drops every message. (Rebalance
+        // without its partitions in the store, `take_events` drops every message. (Rebalance
         // callbacks run only inside `poll`, so none interleaves with the recovery.)
         let assigned: Vec<i32> = lock(&self.store).partitions.keys().copied().collect();
         lock(&self.store).partitions.clear();

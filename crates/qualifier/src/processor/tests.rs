@@ -460,6 +460,26 @@ fn the_next_transactions_events_are_evaluated_while_the_last_one_commits() {
     testkit::kafka::produce_one(&brokers, "events", "u2", b"\xffno event");
     let ended_before_the_second = counted(2);
     let committed = testkit::kafka::has_key(&brokers, "dlq", b"u2", Duration::from_secs(30));
+    // Events that come while transactions commit, each realized as it is produced: each
+    // qualifies its user at the event's own time, not at a clock read before it came.
+    let mut sent = std::collections::BTreeMap::new();
+    for i in 0..12 {
+        let user = format!("r{i}");
+        let time = telemetry::clock::unix_ms();
+        let event = TraitEvent {
+            user_id: user.clone(),
+            origin: Origin::Realtime as i32,
+            event: Some(trait_event::Event::TraitRealization(TraitRealization {
+                trait_id: 101,
+                time_unix_ms: time,
+                region: None,
+            })),
+        };
+        testkit::kafka::produce_one(&brokers, "events", &user, &event.encode_to_vec());
+        sent.insert(user, time);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let qualified = committed_changes(&brokers, "status", sent.len(), Duration::from_secs(60));
     shutdown.cancel();
     let ended = run.join().unwrap();
     assert_eq!(
@@ -470,7 +490,44 @@ fn the_next_transactions_events_are_evaluated_while_the_last_one_commits() {
         committed,
         "the second event's dead letter was not committed within 30 s"
     );
+    assert_eq!(
+        qualified, sent,
+        "(user, the time of their change to segment 100)"
+    );
     ended.unwrap();
+}
+
+/// The user and time of the first change of each of the first `count` committed status updates
+/// on partition 0 of `topic`, read for at most `within`.
+fn committed_changes(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    within: Duration,
+) -> std::collections::BTreeMap<String, i64> {
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "status-reader")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut start = TopicPartitionList::new();
+    start
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&start).unwrap();
+    let mut read = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + within;
+    while read.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
+            let update = model::SegmentStatusUpdate::decode(message.payload().unwrap()).unwrap();
+            let user = String::from_utf8_lossy(message.key().unwrap()).into_owned();
+            read.insert(user, update.changes[0].time_unix_ms);
+        }
+    }
+    read
 }
 
 /// Records staged in the outbox reach the producer in the order they were staged, each with
