@@ -194,6 +194,26 @@ fn first_key_where(
     within: Duration,
     wanted: impl Fn(&[u8]) -> bool,
 ) -> Option<Vec<u8>> {
+    let mut found = None;
+    read_committed(brokers, topic, within, |key, _| {
+        if wanted(key) {
+            found = Some(key.to_vec());
+        }
+        found.is_some()
+    });
+    found
+}
+
+/// Hands each committed record (key, value) of partition 0 of `topic` on the cluster at
+/// `brokers`, from the beginning, to `each` until it returns `true` (then `true`) or `within`
+/// has passed (`false`). Reads from an explicit offset, so that it never asks the group
+/// coordinator for commits (a test may be making it fail). Blocks.
+pub fn read_committed(
+    brokers: &str,
+    topic: &str,
+    within: Duration,
+    mut each: impl FnMut(&[u8], Option<&[u8]>) -> bool,
+) -> bool {
     use rdkafka::{Message, Offset, TopicPartitionList};
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -208,14 +228,13 @@ fn first_key_where(
     reader.assign(&start).unwrap();
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
-        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
-            let key = message.key().unwrap_or_default();
-            if wanted(key) {
-                return Some(key.to_vec());
-            }
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100))
+            && each(message.key().unwrap_or_default(), message.payload())
+        {
+            return true;
         }
     }
-    None
+    false
 }
 
 /// A consumer in its own group that reads from the beginning and never commits.

@@ -505,28 +505,13 @@ fn committed_changes(
     count: usize,
     within: Duration,
 ) -> std::collections::BTreeMap<String, i64> {
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let reader: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "status-reader")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let mut start = TopicPartitionList::new();
-    start
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    reader.assign(&start).unwrap();
     let mut read = std::collections::BTreeMap::new();
-    let deadline = std::time::Instant::now() + within;
-    while read.len() < count && std::time::Instant::now() < deadline {
-        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
-            let update = model::SegmentStatusUpdate::decode(message.payload().unwrap()).unwrap();
-            let user = String::from_utf8_lossy(message.key().unwrap()).into_owned();
-            read.insert(user, update.changes[0].time_unix_ms);
-        }
-    }
+    testkit::kafka::read_committed(brokers, topic, within, |key, value| {
+        let update = model::SegmentStatusUpdate::decode(value.unwrap_or_default()).unwrap();
+        let user = String::from_utf8_lossy(key).into_owned();
+        read.insert(user, update.changes[0].time_unix_ms);
+        read.len() == count
+    });
     read
 }
 
