@@ -290,7 +290,6 @@ impl Processor {
         let consumer = Arc::clone(&self.consumer);
         while !shutdown.is_cancelled() {
             self.heartbeat.beat();
-            let mut definitions = self.in_force(&mut fingerprint);
             self.consumer
                 .context()
                 .revoked
@@ -301,25 +300,22 @@ impl Processor {
             while inputs.len() < MAX_BATCH && self.in_flight.running(COMMIT_LOOK) {
                 self.heartbeat.beat();
                 let taken = self.take_events(&consumer, &mut inputs, Duration::ZERO)?;
-                self.evaluate_events(&inputs[taken..], &definitions);
+                self.evaluate_events(&inputs[taken..], &mut fingerprint);
             }
             if let Err(error) = self.committed() {
                 drop(inputs);
                 self.failed(&error, shutdown, health)?;
                 continue;
             }
-            // Then those that came meanwhile; with none at all, the first is waited for, and
-            // evaluated under the definitions in force when it came.
+            // Then those that came meanwhile; with none at all, the first is waited for.
             let wait = if inputs.is_empty() {
                 POLL_WAIT
             } else {
                 Duration::ZERO
             };
             let taken = self.take_events(&consumer, &mut inputs, wait)?;
-            if !wait.is_zero() && !inputs.is_empty() {
-                definitions = self.in_force(&mut fingerprint);
-            }
-            self.evaluate_events(&inputs[taken..], &definitions);
+            self.evaluate_events(&inputs[taken..], &mut fingerprint);
+            let definitions = self.in_force(&mut fingerprint);
             let now = telemetry::clock::unix_ms();
             let (due, stale) = {
                 let mut store = lock(&self.store);
@@ -473,16 +469,18 @@ impl Processor {
         Ok(taken)
     }
 
-    /// Evaluates `inputs`, staging what they produce, at the clock's time right after they
-    /// were taken: an event's own time is then not ahead of it (an event is taken to have
-    /// happened no later than it is evaluated), as it would be at a time read before a commit.
-    fn evaluate_events(&mut self, inputs: &[Input<'_>], definitions: &Definitions) {
+    /// Evaluates `inputs`, staging what they produce, under the definitions in force and at
+    /// the clock's time right after they were taken, not as they were before the commit they
+    /// came during: an event's own time is then not ahead of the clock (the evaluation takes it
+    /// to have happened no later than that), and an event sent after a reload meets its rules.
+    fn evaluate_events(&mut self, inputs: &[Input<'_>], fingerprint: &mut u64) {
         if inputs.is_empty() {
             return;
         }
+        let definitions = self.in_force(fingerprint);
         let now = telemetry::clock::unix_ms();
         for input in inputs {
-            self.process_event(definitions, input, now);
+            self.process_event(&definitions, input, now);
         }
     }
 }
