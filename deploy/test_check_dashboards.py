@@ -320,6 +320,24 @@ class RealDashboardsTest(unittest.TestCase):
                       "no series for partitions 1 of 2", out)
         self.assertEqual(out.count("FAIL"), 1, out)
 
+    def test_the_upstream_latency_is_judged_on_the_real_time_input_alone(self):
+        # The demo feeds no batch input: its quantiles are NaN, the real-time input's must not be.
+        def answer(real_time):
+            def respond(query):
+                if "delivery_upstream_latency_seconds" not in query:
+                    return healthy_answer(query)
+                return [series(real_time, input="real_time", span="change_to_read"),
+                        series("NaN", input="batch", span="change_to_read")]
+            return respond
+
+        status, out = self.run_main(answer(0.2))
+        self.assertEqual(status, 0, out)
+        status, out = self.run_main(answer("NaN"))
+        self.assertEqual(status, 1, out)
+        self.assertIn("FAIL segment-relay / Delivery / Upstream latency p50/p99 by span: "
+                      "real_time change_to_read p50: NaN, nothing was observed", out)
+        self.assertEqual(out.count("FAIL"), 1, out)
+
 
 def healthy_answer(query):
     """What a working demo answers to any panel query of the real dashboards."""
@@ -328,7 +346,8 @@ def healthy_answer(query):
     names = [name.strip() for name in grouping[-1].split(",")] if grouping else []
     outcome = "ok" if "oauth" in query else "applied" if "qualifier_events" in query else "success"
     known = {"destination": destination.group(1) if destination else None, "outcome": outcome, "code": "202",
-             "type": "trait", "status": "1", "reason": "qualified", "instance": "127.0.0.1:19101"}
+             "type": "trait", "status": "1", "reason": "qualified", "instance": "127.0.0.1:19101",
+             "input": "real_time", "span": "change_to_read"}
     metric = {name: known[name] for name in names if name in known}
     value = 0.2 if "histogram_quantile" in query else 0.95 if " / " in query else 1.0
     if "partition" in names:

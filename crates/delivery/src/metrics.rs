@@ -16,6 +16,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     request_duration: HistogramVec,
     end_to_end_latency: HistogramVec,
+    upstream_latency: HistogramVec,
     batch_users: HistogramVec,
     batch_bytes: HistogramVec,
     queue_depth: IntGaugeVec,
@@ -220,6 +221,14 @@ impl Metrics {
                 .buckets(END_TO_END_BUCKETS.to_vec()),
                 &["destination", "path"],
             )?,
+            upstream_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "delivery_upstream_latency_seconds",
+                    "How late status updates reach the worker's shared consumer, per input (real_time: segment-status; batch: segment-status-batch), by span: change_to_produced (the oldest change's time to when the qualifier produced the update), produced_to_read (from then to when this worker read it: the qualifier's transaction, the broker, the fetch), change_to_read (the two together).",
+                )
+                .buckets(END_TO_END_BUCKETS.to_vec()),
+                &["input", "span"],
+            )?,
             batch_users: HistogramVec::new(
                 HistogramOpts::new("delivery_batch_users", "Distinct users per request.")
                     .buckets(buckets(1.0, 2.0, 15)),
@@ -358,6 +367,7 @@ impl Metrics {
                 &metrics.retries,
                 &metrics.request_duration,
                 &metrics.end_to_end_latency,
+                &metrics.upstream_latency,
                 &metrics.batch_users,
                 &metrics.batch_bytes,
                 &metrics.queue_depth,
@@ -382,6 +392,12 @@ impl Metrics {
             ],
         )?;
         Ok(metrics)
+    }
+
+    /// `delivery_upstream_latency_seconds` of `input`, span `span` (see `consumer::upstream`).
+    pub fn upstream_latency(&self, input: crate::order::Topic, span: &str) -> Histogram {
+        self.upstream_latency
+            .with_label_values(&[input.label(), span])
     }
 
     /// `delivery_resync_users_total` of destination `id`: users sent, and users delivered.

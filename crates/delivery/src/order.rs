@@ -36,6 +36,14 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// The `input` label of the metrics that tell the two apart.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RealTime => "real_time",
+            Self::Batch => "batch",
+        }
+    }
+
     fn other(self) -> Self {
         match self {
             Self::RealTime => Self::Batch,

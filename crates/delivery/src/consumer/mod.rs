@@ -48,12 +48,14 @@ mod rebalance;
 mod route;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 use commit::{CommitOutcome, EndReads};
 pub use follower::Follower;
 use rebalance::PipelineContext;
 pub(crate) use rebalance::off_the_runtime;
 use route::Lagging;
+use upstream::UpstreamLatency;
 
 /// Which input a pipeline reads.
 #[derive(Debug)]
@@ -89,6 +91,8 @@ pub struct InputPipeline {
     watermarks: Watermarks,
     /// Reads each input message into the packed form the lanes take.
     decoder: Decoder,
+    /// How late the updates read come (`delivery_upstream_latency_seconds`).
+    upstream: UpstreamLatency,
     router: Router,
     /// The destinations, by a slot that stays theirs for the pipeline's life (a destination
     /// removed by a config reload leaves an empty slot; one added takes a new slot).
@@ -257,6 +261,7 @@ impl InputPipeline {
             consumer: Arc::new(consumer),
             watermarks,
             decoder: Decoder::default(),
+            upstream: UpstreamLatency::new(&shared.metrics, side),
             router: Router::new(&[]),
             slots: Vec::new(),
             lanes: Vec::new(),
@@ -346,7 +351,9 @@ impl InputPipeline {
                     break Some(reason);
                 }
                 Some(message) = std::future::poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)) => {
-                    if let Err(reason) = self.take_fetched(message, &mut messages, &mut targets).await {
+                    let taken = self.take_fetched(message, &mut messages, &mut targets).await;
+                    self.upstream.flush();
+                    if let Err(reason) = taken {
                         break Some(reason);
                     }
                 }
@@ -403,6 +410,7 @@ impl InputPipeline {
         let written = message.timestamp().to_millis();
         match decode_packed(&mut self.decoder, message.payload().unwrap_or_default()) {
             Ok(update) => {
+                self.upstream.read(&update, telemetry::clock::unix_ms());
                 self.route(update, partition, offset, written, targets)
                     .await
             }
