@@ -811,7 +811,7 @@ qualifier_scale_point() {
 e2e_run() {
   local rate best=0 rows="" problems="" sent_total=0 committed_before=0 arrived_before=0 fixture_flags=()
   local changelog_before=0 changelog_per_event=- decoded_before=0 decoded_per_event=-
-  local loadgen_out achieved sent p50 p99 drained drain_took verdict problem step_changes step_arrived cpu steps=""
+  local loadgen_out achieved sent p50 p99 up_made up_read drained drain_took verdict problem step_changes step_arrived cpu steps=""
   local l_status=0 l_committed=0 l_delivered=0 l_coalesced=0 l_dead=0 l_missing=0 l_unexpected=0 l_order=0 l_violations=0
   local qualifier_pids=() qualifier_admins=("$qualifier_admin")
   fresh_topics
@@ -964,6 +964,12 @@ e2e_run() {
     # Over every destination and send path; "-" without observations (or workers: BENCH_FAULT).
     p50=$(quantile "$(both)" 0.5 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
     p99=$(quantile "$(both)" 0.99 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
+    # Upstream of delivery, p99 of the real-time input: from the oldest change's time to when the
+    # qualifier produced the update (up_made), and to when a worker read it (up_read).
+    up_made=$(quantile "$(both)" 0.99 'delivery_upstream_latency_seconds{input="real_time",span="change_to_produced"}' \
+      --since "$dir/before.prom" --absent -)
+    up_read=$(quantile "$(both)" 0.99 'delivery_upstream_latency_seconds{input="real_time",span="change_to_read"}' \
+      --since "$dir/before.prom" --absent -)
   }
   # judge RATE: after a step, sets problem (sentences: the checks that fail the run — the drain,
   # relay-ledger's accounting, the qualifier) and verdict ("yes", or "no: " and every reason,
@@ -1006,6 +1012,8 @@ e2e_run() {
     ((invalid == 0)) || problem+="The qualifier found $invalid of loadgen's events invalid. "
     # Changes delivered and no latency read is a broken measurement, at any scale.
     [[ $p99 != - ]] || ((step_arrived == 0)) || problem+="No end-to-end latency was read for the $step_arrived changes at partner-sim (delivery_end_to_end_latency_seconds since the step began). "
+    [[ $up_read != - && $up_made != - ]] || ((step_arrived == 0)) \
+      || problem+="No upstream latency was read for the $step_arrived changes at partner-sim (delivery_upstream_latency_seconds{input=\"real_time\"} since the step began: to produced $up_made, to read $up_read). "
     awk -v a="$achieved" -v r="$1" 'BEGIN { exit !(a >= 0.95 * r) }' || limit+="achieved $achieved/s, under 95 % of the target; "
     if [[ $p99 == - ]]; then
       limit+="no end-to-end latency observed; "
@@ -1034,9 +1042,9 @@ e2e_run() {
     say "$e2e_name: $rate events/s for $e2e_seconds s…"
     step "$rate"
     judge "$rate"
-    rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
+    rows+="| $rate | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | $up_made / $up_read | ${cpu// / / } | $cores | $verdict |"$'\n'
     steps+="$rate $sent $achieved $p50 $p99 ${verdict%%:*} $cpu $cores;"
-    say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event, decoded $decoded_per_event B per event, sustained: $verdict"
+    say "$e2e_name: target $rate/s, achieved $achieved/s, changes routed $step_changes, at partner-sim $step_arrived, p50 ${p50}s, p99 ${p99}s (upstream: ${up_made}s to produced, ${up_read}s to read), changelog $changelog_per_event B per event, decoded $decoded_per_event B per event, sustained: $verdict"
     if [[ -n $problem ]]; then
       problems+="At $rate events/s: $problem"
       break
@@ -1044,8 +1052,8 @@ e2e_run() {
     [[ $verdict == yes ]] || break
     best=$rate
   done
-  local header="| target events/s | sent | achieved events/s | changes routed | at partner-sim | p50 s | p99 s | CPU-s per million events: qualifier / delivery ×2 / Kafka / partner-sim / loadgen | cores busy (all five) | sustained (≥ 95 % of target, p99 < 1 s, every change at partner-sim within the drain) |"
-  local align="|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  local header="| target events/s | sent | achieved events/s | changes routed | at partner-sim | p50 s | p99 s | upstream p99 s: to produced / to read | CPU-s per million events: qualifier / delivery ×2 / Kafka / partner-sim / loadgen | cores busy (all five) | sustained (≥ 95 % of target, p99 < 1 s, every change at partner-sim within the drain) |"
+  local align="|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   local note
   if [[ $scale == smoke ]]; then # the smoke checks the pipeline and its accounting, not the rate
     note="Smoke: the rate and the latency are not judged (debug binaries); the drain and relay-ledger's accounting are (drain up to $e2e_drain s). $e2e_kafka."
@@ -1060,8 +1068,8 @@ e2e_run() {
         step $((best / 2))
         judge $((best / 2))
         [[ -n $problem ]] || verdict=- # at half the rate only the checks are judged
-        say "$e2e_name: half step $((best / 2))/s, p50 ${p50}s, p99 ${p99}s, changelog $changelog_per_event B per event, decoded $decoded_per_event B per event"
-        rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | ${cpu// / / } | $cores | $verdict |"$'\n'
+        say "$e2e_name: half step $((best / 2))/s, p50 ${p50}s, p99 ${p99}s (upstream: ${up_made}s to produced, ${up_read}s to read), changelog $changelog_per_event B per event, decoded $decoded_per_event B per event"
+        rows+="| $((best / 2)) (half) | $sent | $achieved | $step_changes | $step_arrived | $p50 | $p99 | $up_made / $up_read | ${cpu// / / } | $cores | $verdict |"$'\n'
         [[ -z $problem ]] || problems+="At half the highest sustained rate, $((best / 2)) events/s: $problem"
         local linger_ms bound
         linger_ms=$(grep -o -m1 'linger_ms: [0-9]*' "$dir/destinations.yaml" | grep -o '[0-9]*$')
@@ -1075,7 +1083,7 @@ e2e_run() {
       "$(calc %d "($best >= 50000)")"
     local headline="Highest sustained rate: $best events/s."
     ((best > 0)) || headline="No rate was sustained."
-    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), $( ((${#qualifier_pids[@]} == 1)) && echo "one qualifier" || echo "two qualifier processes") (1,000 segments, $layout), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
+    note="**$headline** Everything on this machine: $e2e_kafka, loadgen ($input_text, $users users, 5,000 traits), $( ((${#qualifier_pids[@]} == 1)) && echo "one qualifier" || echo "two qualifier processes") (1,000 segments, $layout), two delivery workers (20 destinations, HMAC-SHA256, TLS, linger 200 ms), partner-sim. Latency: trait event time → partner's 200, from delivery_end_to_end_latency_seconds, interpolated within histogram buckets; upstream: delivery_upstream_latency_seconds of the real-time input, the oldest change's time → the qualifier produced the update / → a worker read it (what the qualifier and Kafka took; the rest of the p99 is delivery's); $e2e_seconds s per step, measured after the pipeline drained. Changes routed: change × destination the qualifier committed; at partner-sim: delivered, or coalesced into a later status that was (relay-ledger, change by change; drain up to $e2e_drain s). CPU: user + system seconds of the process(es) during the load (loadgen's $e2e_seconds s), per million events sent; partner-sim and loadgen are the test's harness, sharing the $(nproc) cores; cores busy: the five together, CPU-seconds per second of the load; Kafka's is the broker JVM(s), which also serve whatever else uses them, and which used $kafka_idle cores at rest just before the load."
   fi
   e2e_table=$(printf '%s\n' "$header" "$align" "${rows%$'\n'}" "" "$note")
   e2e_problems=$problems e2e_best=$best e2e_steps=$steps e2e_kafka_idle=$kafka_idle
