@@ -311,11 +311,19 @@ fn topology() -> Topology {
 /// A processor of `mock_cluster`'s topics in group `qualifier`, started (its producer
 /// initialized), with its metrics and health.
 fn mock_processor(brokers: &str) -> (Processor, Metrics, telemetry::Health) {
+    let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(DEFINITIONS.clone())));
+    mock_processor_with(brokers, definitions)
+}
+
+/// [`mock_processor`] under `definitions`, which the test may change as a reload does.
+fn mock_processor_with(
+    brokers: &str,
+    definitions: SharedDefinitions,
+) -> (Processor, Metrics, telemetry::Health) {
     let kafka =
         KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.to_owned()))
             .unwrap();
     let topology = topology();
-    let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(DEFINITIONS.clone())));
     let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
     let health = telemetry::Health::new("starting");
     let processor = Processor::start(
@@ -494,6 +502,71 @@ fn the_next_transactions_events_are_evaluated_while_the_last_one_commits() {
         qualified, sent,
         "(user, the time of their change to segment 100)"
     );
+    ended.unwrap();
+}
+
+/// An event taken while the last transaction commits is evaluated under the definitions in
+/// force when it was taken. The first transaction's commit is refused six times
+/// (`COORDINATOR_LOAD_IN_PROGRESS`, which librdkafka retries after 0.1 s, doubling to 1 s):
+/// it takes ~3.5 s. Meanwhile the definitions change as a reload does — segment 400 (`T101`)
+/// in place of segment 100 (`T101`) — and an event realizing trait 101 comes. Its user
+/// qualifies for 400 alone. Read once per turn of the loop, before the overlap, the
+/// definitions were those of before the change, and the user qualified for 100.
+#[test]
+fn an_event_taken_while_the_last_transaction_commits_is_evaluated_under_the_new_definitions() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let (cluster, brokers) = mock_cluster();
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 6],
+    );
+    let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(DEFINITIONS.clone())));
+    let (processor, metrics, health) = mock_processor_with(&brokers, definitions.clone());
+    let (shutdown, run) = running(processor, health);
+    let counted = |n: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while events_counted(&metrics) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(events_counted(&metrics), n, "events counted within 30 s");
+        metrics.transaction_duration.get_sample_count()
+    };
+    assert_eq!(counted(1), 0);
+    // Its transaction made (the leader answers at once) and committing.
+    std::thread::sleep(Duration::from_millis(300));
+    let reloaded = Definitions::parse(
+        Path::new("reloaded.yaml"),
+        "traits: [{ id: 101, ttl: 30d }]\nsegments: [{ id: 400, rule: \"T101\" }]\n",
+    )
+    .unwrap();
+    *definitions.write().unwrap() = Arc::new(reloaded);
+    let event = TraitEvent {
+        user_id: "r1".to_owned(),
+        origin: Origin::Realtime as i32,
+        event: Some(trait_event::Event::TraitRealization(TraitRealization {
+            trait_id: 101,
+            time_unix_ms: telemetry::clock::unix_ms(),
+            region: None,
+        })),
+    };
+    testkit::kafka::produce_one(&brokers, "events", "r1", &event.encode_to_vec());
+    let ended_before_it = counted(2);
+    let mut segments = Vec::new();
+    testkit::kafka::read_committed(&brokers, "status", Duration::from_secs(30), |key, value| {
+        let update = model::SegmentStatusUpdate::decode(value.unwrap_or_default()).unwrap();
+        if key == b"r1" {
+            segments.extend(update.changes.iter().map(|c| c.segment_id));
+        }
+        !segments.is_empty()
+    });
+    shutdown.cancel();
+    let ended = run.join().unwrap();
+    assert_eq!(
+        ended_before_it, 0,
+        "the event came after the first commit, so the overlap was not tried"
+    );
+    assert_eq!(segments, [400], "the segments r1 qualified for");
     ended.unwrap();
 }
 
