@@ -18,9 +18,11 @@ use crate::config::{AuthConfig, EndpointConfig, SimConfig};
 use crate::contract::Violation;
 
 mod check;
+mod record;
 mod token;
 
 use check::check;
+use record::Recorder;
 use token::token;
 
 /// What one endpoint received.
@@ -81,6 +83,8 @@ pub struct Simulator {
     token_paths: HashMap<String, String>,
     started: Instant,
     metrics: Metrics,
+    /// Records accepted requests off the request path.
+    recorder: Recorder,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -158,16 +162,22 @@ impl Simulator {
                 },
             );
         }
-        Ok(Arc::new(Self {
+        let (recorder, queue) = Recorder::new();
+        let simulator = Arc::new(Self {
             endpoints,
             token_paths,
             started: Instant::now(),
             metrics,
-        }))
+            recorder,
+        });
+        Recorder::spawn(Arc::downgrade(&simulator), queue)
+            .map_err(|e| anyhow::anyhow!("cannot start the recording thread: {e}"))?;
+        Ok(simulator)
     }
 
     /// Everything received so far, per endpoint, as JSON.
     pub fn stats(&self) -> serde_json::Value {
+        self.recorder.settle();
         let mut out = serde_json::Map::new();
         for (path, endpoint) in &self.endpoints {
             let s = endpoint
@@ -199,6 +209,7 @@ impl Simulator {
     /// (Unix seconds), times accepted]`, sorted. Entries of a re-sent request count again, so a
     /// count above 1 is a duplicate; rejected and failed requests are not in it.
     pub fn accepted(&self) -> serde_json::Value {
+        self.recorder.settle();
         let mut out = serde_json::Map::new();
         for (path, endpoint) in &self.endpoints {
             let s = endpoint
@@ -277,12 +288,12 @@ async fn handle(
                 (latency, forced)
             };
             tokio::time::sleep(latency.0).await;
-            let mut stats = endpoint
-                .stats
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            stats.requests += 1;
             if let Some(status) = latency.1 {
+                let mut stats = endpoint
+                    .stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                stats.requests += 1;
                 stats.injected_errors += 1;
                 sim.metrics
                     .requests
@@ -299,10 +310,9 @@ async fn handle(
                 }
                 return response;
             }
-            record(
-                &sim.metrics,
+            // Counted, like everything else about it, by the recorder: no lock on the way.
+            sim.recorder.accepted(
                 path,
-                &mut stats,
                 header(&headers, "idempotency-key").unwrap_or_default(),
                 received,
             );
@@ -338,80 +348,4 @@ async fn handle(
         axum::Json(json!({"violation": rejection.violation.label(), "detail": rejection.detail})),
     )
         .into_response()
-}
-
-fn record(
-    metrics: &Metrics,
-    path: &str,
-    stats: &mut EndpointStats,
-    key: &str,
-    received: crate::contract::ReceivedBody,
-) {
-    stats.accepted += 1;
-    // A user with several partner ids has one entry each, all carrying the same changes: a
-    // change counts once per request, so only a re-sent request makes a duplicate.
-    let mut in_request = HashSet::default();
-    for user in &received.users {
-        for segment in &user.segments {
-            let seen = (
-                user.aam_uuid.as_str(),
-                segment.segment_id.as_str(),
-                segment.active,
-                segment.time,
-            );
-            if in_request.insert(seen) {
-                let change = AcceptedChange {
-                    user: user.aam_uuid.clone(),
-                    segment: segment.segment_id.clone(),
-                    active: segment.active,
-                    time: segment.time,
-                };
-                *stats.accepted_changes.entry(change).or_default() += 1;
-            }
-        }
-    }
-    if !stats.keys.insert(key.to_owned()) {
-        // A re-send of a batch already accepted: counted, not recorded again.
-        stats.duplicates += 1;
-        metrics.duplicates.with_label_values(&[path]).inc();
-        return;
-    }
-    let (active_before, inactive_before) = (stats.segments_active, stats.segments_inactive);
-    for user in received.users {
-        stats.users += 1;
-        if !stats.distinct_users.contains(&user.aam_uuid) {
-            stats.distinct_users.insert(user.aam_uuid.clone());
-        }
-        for segment in user.segments {
-            if segment.active {
-                stats.segments_active += 1;
-            } else {
-                stats.segments_inactive += 1;
-            }
-            let slot = (
-                user.aam_uuid.clone(),
-                user.data_partner_uuid.clone(),
-                segment.segment_id,
-            );
-            let last = stats.last_time.entry(slot).or_insert(segment.time);
-            if segment.time < *last {
-                stats.order_violations += 1;
-                metrics.order_violations.with_label_values(&[path]).inc();
-            } else {
-                *last = segment.time;
-            }
-        }
-    }
-    // Counted once per request and status, not per segment: each count looks its labels up.
-    for (status, before, now) in [
-        ("1", active_before, stats.segments_active),
-        ("0", inactive_before, stats.segments_inactive),
-    ] {
-        if now > before {
-            metrics
-                .segments
-                .with_label_values(&[path, status])
-                .inc_by(now - before);
-        }
-    }
 }
