@@ -12,9 +12,9 @@ use crate::update::Update;
 /// The `span` label's values, in the order [`UpstreamLatency`] holds them.
 const SPANS: [&str; 3] = ["change_to_produced", "produced_to_read", "change_to_read"];
 
-/// The shared consumer's handles of one input. Observed per update into local copies
-/// and added to the shared histograms once per burst of messages ([`Self::flush`]): observed
-/// one by one, each update read took three atomic operations per span.
+/// The shared consumer's handles of one input. Observed per update into local copies and
+/// added to the shared histograms once per burst of messages ([`Self::flush`]), so that an
+/// update read costs no atomic operation.
 pub(super) struct UpstreamLatency {
     spans: [LocalHistogram; 3],
 }

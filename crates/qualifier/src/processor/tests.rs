@@ -427,6 +427,18 @@ fn events_counted(metrics: &Metrics) -> u64 {
         .sum()
 }
 
+/// Waits (up to 30 s) until `n` input events are counted; how many transactions had ended
+/// then.
+fn transactions_ended_once_counted(metrics: &Metrics, n: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while events_counted(metrics) < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ended = metrics.transaction_duration.get_sample_count();
+    assert_eq!(events_counted(metrics), n, "events counted within 30 s");
+    ended
+}
+
 /// A transaction's commit runs while the next transaction's events are evaluated. The
 /// transaction coordinator answers each request after 2 s, the partitions' leader (and the
 /// group's coordinator) at once. The event produced once the first is evaluated is taken and
@@ -455,15 +467,7 @@ fn the_next_transactions_events_are_evaluated_while_the_last_one_commits() {
         .broker_round_trip_time(2, Duration::from_secs(2))
         .unwrap();
     let (shutdown, run) = running(processor, health);
-    let counted = |n: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while events_counted(&metrics) < n && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let ended = metrics.transaction_duration.get_sample_count();
-        assert_eq!(events_counted(&metrics), n, "events counted within 30 s");
-        ended
-    };
+    let counted = |n: u64| transactions_ended_once_counted(&metrics, n);
     assert_eq!(counted(1), 0);
     testkit::kafka::produce_one(&brokers, "events", "u2", b"\xffno event");
     let ended_before_the_second = counted(2);
@@ -524,14 +528,7 @@ fn an_event_taken_while_the_last_transaction_commits_is_evaluated_under_the_new_
     let definitions: SharedDefinitions = Arc::new(RwLock::new(Arc::new(DEFINITIONS.clone())));
     let (processor, metrics, health) = mock_processor_with(&brokers, definitions.clone());
     let (shutdown, run) = running(processor, health);
-    let counted = |n: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while events_counted(&metrics) < n && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(events_counted(&metrics), n, "events counted within 30 s");
-        metrics.transaction_duration.get_sample_count()
-    };
+    let counted = |n: u64| transactions_ended_once_counted(&metrics, n);
     assert_eq!(counted(1), 0);
     // Its transaction made (the leader answers at once) and committing.
     std::thread::sleep(Duration::from_millis(300));
