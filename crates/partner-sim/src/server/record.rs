@@ -1,10 +1,10 @@
 //! The partner's side of the ledger, kept off the request path: an accepted request is
 //! answered at once, and its changes are recorded (every change, the users, duplicates, order)
 //! by a thread of its own, in the order the requests were accepted. Recorded inline, under the
-//! endpoint's lock, the growth of its maps (millions of changes over a benchmark) stalled every
-//! request for ~0.3 s at a time, all endpoints at once: the end-to-end p99 measured the
-//! simulator, not the sender. `/stats` and `/accepted` answer once every request answered
-//! before them is recorded.
+//! endpoint's lock in the async handler, it stalled every request for ~0.3 s at a time at some
+//! steps of a benchmark, all endpoints at once (most likely the growth of its maps of millions
+//! of changes): the end-to-end p99 measured the simulator, not the sender. `/stats` and
+//! `/accepted` answer once every request answered before them is recorded.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
