@@ -961,14 +961,17 @@ e2e_run() {
     }')
     cpu=${figures[*]:0:5} cores=${figures[5]}
     drain
+    # One scrape of both workers for the step's latencies.
+    local after
+    after=$(both)
     # Over every destination and send path; "-" without observations (or workers: BENCH_FAULT).
-    p50=$(quantile "$(both)" 0.5 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
-    p99=$(quantile "$(both)" 0.99 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
+    p50=$(quantile "$after" 0.5 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
+    p99=$(quantile "$after" 0.99 delivery_end_to_end_latency_seconds --since "$dir/before.prom" --absent -)
     # Upstream of delivery, p99 of the real-time input: from the oldest change's time to when the
     # qualifier produced the update (up_made), and to when a worker read it (up_read).
-    up_made=$(quantile "$(both)" 0.99 'delivery_upstream_latency_seconds{input="real_time",span="change_to_produced"}' \
+    up_made=$(quantile "$after" 0.99 'delivery_upstream_latency_seconds{input="real_time",span="change_to_produced"}' \
       --since "$dir/before.prom" --absent -)
-    up_read=$(quantile "$(both)" 0.99 'delivery_upstream_latency_seconds{input="real_time",span="change_to_read"}' \
+    up_read=$(quantile "$after" 0.99 'delivery_upstream_latency_seconds{input="real_time",span="change_to_read"}' \
       --since "$dir/before.prom" --absent -)
   }
   # judge RATE: after a step, sets problem (sentences: the checks that fail the run — the drain,
