@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 use partner_sim::config::{Algorithm, SimConfig};
 use partner_sim::server::Simulator;
@@ -131,9 +132,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     let handle = axum_server::Handle::new();
     let app = simulator.router();
+    // Responses go out at once (TCP_NODELAY), as from a web server in front of a real partner
+    // (nginx's default): without it, a response written while the connection's last one was
+    // unacknowledged waited for the sender's delayed ACK, ~40 ms on Linux, and a third of the
+    // requests took 40–80 ms where the simulator answers in 1–5 (docs/BENCHMARKS.md).
+    let server = axum_server::bind(args.listen).handle(handle.clone());
     let server = if args.insecure_http {
         tracing::warn!("Serving plain HTTP (--insecure-http).");
-        let server = axum_server::bind(args.listen).handle(handle.clone());
+        let server = server.acceptor(NoDelayAcceptor::new());
         tokio::spawn(async move { server.serve(app.into_make_service()).await })
     } else {
         let tls = match (&args.tls_cert, &args.tls_key) {
@@ -149,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes()).await?
             }
         };
-        let server = axum_server::bind_rustls(args.listen, tls).handle(handle.clone());
+        let server = server.acceptor(RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor::new()));
         tokio::spawn(async move { server.serve(app.into_make_service()).await })
     };
     handle
