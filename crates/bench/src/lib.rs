@@ -82,6 +82,10 @@ pub struct DeliveryFixture {
     /// The first `down` destinations' partners answer 503 to everything, for the whole run
     /// (the isolation benchmark: the others must not pay for them).
     pub down: u64,
+    /// How long partner-sim takes to answer, uniform between the two (ms): 1–5 in a benchmark,
+    /// 45–50 in bench.sh's known-bad run `BENCH_FAULT=slow-partner`, whose request check must
+    /// then fail.
+    pub partner_latency_ms: [u64; 2],
 }
 
 impl DeliveryFixture {
@@ -121,8 +125,8 @@ impl DeliveryFixture {
         yaml
     }
 
-    /// partner-sim's endpoints for those destinations, answering in 1–5 ms (and failing
-    /// `partner_error_rate` of the requests with `partner_error_status`).
+    /// partner-sim's endpoints for those destinations, answering in `partner_latency_ms` (and
+    /// failing `partner_error_rate` of the requests with `partner_error_status`).
     pub fn partner_sim_yaml(&self) -> String {
         let mut yaml = String::from("endpoints:\n");
         for d in 0..self.destinations {
@@ -134,8 +138,10 @@ impl DeliveryFixture {
             let _ = writeln!(
                 yaml,
                 "  - {{ path: /d{d}, destination_id: {}, auth: {{ hmac: {{ key_env: BENCH_HMAC_KEY, header: X-Signature, algorithm: sha256 }} }}, \
-                 behaviour: {{ latency_ms: [1, 5], error_rate: {}, error_status: {}{outage} }} }}",
+                 behaviour: {{ latency_ms: [{}, {}], error_rate: {}, error_status: {}{outage} }} }}",
                 DESTINATION_BASE + d,
+                self.partner_latency_ms[0],
+                self.partner_latency_ms[1],
                 self.partner_error_rate,
                 self.partner_error_status
             );

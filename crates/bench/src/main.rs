@@ -80,6 +80,10 @@ enum Command {
         /// The first N destinations' partners answer 503 to everything (the isolation run).
         #[arg(long, default_value_t = 0)]
         down: u64,
+        /// How long partner-sim takes to answer, MIN,MAX ms (bench.sh's known-bad run
+        /// `BENCH_FAULT=slow-partner` makes it 45,50).
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 5])]
+        partner_latency_ms: Vec<u64>,
         #[arg(long)]
         dir: PathBuf,
     },
@@ -384,6 +388,7 @@ fn main() -> anyhow::Result<()> {
             partner_error_rate,
             partner_error_status,
             down,
+            partner_latency_ms,
             dir,
         } => {
             anyhow::ensure!(
@@ -393,6 +398,13 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&partner_error_rate),
                 "--partner-error-rate: a share between 0 and 1, got {partner_error_rate}"
+            );
+            let &[fastest, slowest] = partner_latency_ms.as_slice() else {
+                anyhow::bail!("--partner-latency-ms: MIN,MAX in ms, got {partner_latency_ms:?}");
+            };
+            anyhow::ensure!(
+                fastest <= slowest,
+                "--partner-latency-ms: MIN,MAX with MIN at most MAX, got {fastest},{slowest}"
             );
             let fixture = DeliveryFixture {
                 destinations,
@@ -409,6 +421,7 @@ fn main() -> anyhow::Result<()> {
                 partner_error_rate,
                 partner_error_status,
                 down,
+                partner_latency_ms: [fastest, slowest],
             };
             write(&dir.join("destinations.yaml"), &fixture.destinations_yaml())?;
             write(&dir.join("partner-sim.yaml"), &fixture.partner_sim_yaml())
