@@ -9,7 +9,6 @@ use std::time::Duration;
 use model::ErrorClass;
 use prometheus::local::LocalHistogram;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::batcher::{DestinationBatch, LatestUpdate, RoutedEvent};
 use crate::config::DestinationConfig;
@@ -21,7 +20,9 @@ use crate::payload::{idempotency_key, write_body};
 use crate::sender::{DestinationSender, Failure};
 use crate::update::Update;
 
+mod linger;
 mod rounds;
+use linger::Linger;
 use rounds::Rounds;
 
 /// The most queued events a lane takes at once (see [`Lane::receive`]).
@@ -88,13 +89,13 @@ impl Lane {
                 heartbeat.beat_in_task().await;
             }
             self.sender.note_progress();
-            let deadline =
-                Instant::now() + linger_left(&first, linger, telemetry::clock::unix_ms());
+            let mut lingering = Linger::open(&first, linger);
             let _fits_an_empty_batch = batch.add(first);
             let mut closed = false;
-            // One timer for the batch: made anew for every event, it cost a look-up of the
-            // runtime's handle (a shared count taken and given back) per event.
-            let linger_ends = tokio::time::sleep_until(deadline);
+            // One timer for the batch, moved when an older change joins it: made anew for
+            // every event, it cost a look-up of the runtime's handle (a shared count taken and
+            // given back) per event.
+            let linger_ends = tokio::time::sleep_until(lingering.deadline());
             tokio::pin!(linger_ends);
             while !batch.is_full() {
                 let Some(event) = received.pop() else {
@@ -110,9 +111,13 @@ impl Lane {
                         () = &mut linger_ends => break,
                     }
                 };
+                let origin = lingering.origin_of(&event);
                 if let Err(event) = batch.add(event) {
                     received.push(event);
                     break;
+                }
+                if let Some(sooner) = lingering.hold(origin) {
+                    linger_ends.as_mut().reset(sooner);
                 }
             }
             self.finish_batch(&mut batch, &mut sending).await;
@@ -372,120 +377,5 @@ fn oversized(batch: &DestinationBatch, destination: &DestinationConfig) -> Failu
         last_attempt_unix_ms: now,
         permanent: true,
         not_before: None,
-    }
-}
-
-/// A change written to the input topic longer than this after it happened was sent late on
-/// purpose or by circumstance (an offline device, a history loaded now): its batch lingers from
-/// the write, as batches always did. Within it, a change is on its way in real time, however
-/// slowly (a busy qualifier, a backlog after a restart), and its batch lingers from the change.
-const LATE_AFTER_MS: i64 = 60_000;
-
-/// What is left of `linger` for a batch that `first` opens, at `now_unix_ms`. The linger counts
-/// from the time of the update's newest change (its trait event's) when the update was written
-/// to the input topic within [`LATE_AFTER_MS`] (or one linger, if longer) of it: the time it
-/// spent on its way (the qualifier's transaction, the consumer's fetch) comes out of the linger
-/// instead of adding to it, and one that took longer than the linger goes with what the lane
-/// holds. A change already late when written counts from the write, so late events still
-/// gather into batches; an update of unknown write time (catch-up, replay, resync: old by
-/// design, their batches fill anyway) waits the whole linger.
-fn linger_left(first: &RoutedEvent, linger: Duration, now_unix_ms: i64) -> Duration {
-    let Some(written) = first.source.and_then(|s| s.written_unix_ms) else {
-        return linger;
-    };
-    let late_after = i64::try_from(linger.as_millis())
-        .unwrap_or(i64::MAX)
-        .max(LATE_AFTER_MS);
-    let changed = first.update.changes().map(|c| c.time_unix_ms).max();
-    let origin = match changed {
-        Some(changed) if changed <= written && written - changed <= late_after => changed,
-        _ => written,
-    };
-    let age = u64::try_from(now_unix_ms.saturating_sub(origin)).unwrap_or(0);
-    linger.saturating_sub(Duration::from_millis(age))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use model::{SegmentChange, SegmentStatusUpdate};
-
-    use super::linger_left;
-    use crate::batcher::{EventSource, RoutedEvent};
-    use crate::offsets::PartitionAssignment;
-
-    const LINGER: Duration = Duration::from_millis(250);
-    const NOW: i64 = 1_000_000;
-
-    /// An update with changes at `times`, written at `written` (`None`: not known).
-    fn event(times: &[i64], written: Option<i64>) -> RoutedEvent {
-        RoutedEvent {
-            held: Default::default(),
-            update: crate::update::Update::new(&SegmentStatusUpdate {
-                user_id: "u1".to_owned(),
-                changes: times
-                    .iter()
-                    .map(|&time| SegmentChange::qualified(1, time))
-                    .collect(),
-                ..SegmentStatusUpdate::default()
-            }),
-            source: Some(EventSource {
-                assignment: PartitionAssignment {
-                    partition: 0,
-                    generation: 0,
-                },
-                offset: 0,
-                catch_up: false,
-                written_unix_ms: written,
-            }),
-        }
-    }
-
-    fn left(times: &[i64], written: Option<i64>) -> Duration {
-        linger_left(&event(times, written), LINGER, NOW)
-    }
-
-    #[test]
-    fn a_real_time_change_lingers_from_its_own_time() {
-        // Changed 180 ms ago, written 60 ms after it: 70 ms of the linger are left.
-        assert_eq!(
-            left(&[NOW - 180], Some(NOW - 120)),
-            Duration::from_millis(70)
-        );
-        // The newest change of the update counts.
-        assert_eq!(
-            left(&[NOW - 900, NOW - 100], Some(NOW - 90)),
-            Duration::from_millis(150)
-        );
-        // On its way longer than the linger (a busy qualifier): none left, it goes with what
-        // is queued; so does one 50 s on its way, still within a minute of happening.
-        assert_eq!(left(&[NOW - 300], Some(NOW - 50)), Duration::ZERO);
-        assert_eq!(left(&[NOW - 50_000], Some(NOW - 10)), Duration::ZERO);
-    }
-
-    #[test]
-    fn a_change_late_when_written_lingers_from_the_write() {
-        // Happened hours (or just over a minute) before it was written: from the write.
-        assert_eq!(
-            left(&[NOW - 60_050], Some(NOW - 40)),
-            Duration::from_millis(210)
-        );
-        assert_eq!(
-            left(&[NOW - 3_600_000], Some(NOW - 50)),
-            Duration::from_millis(200)
-        );
-        // Stamped after it was written (a clock ahead): from the write too.
-        assert_eq!(left(&[NOW + 500], Some(NOW)), LINGER);
-        // No change at all (no panic): from the write.
-        assert_eq!(left(&[], Some(NOW - 10)), Duration::from_millis(240));
-    }
-
-    #[test]
-    fn an_update_of_unknown_write_time_waits_the_whole_linger() {
-        assert_eq!(left(&[NOW - 3_600_000], None), LINGER);
-        let mut replayed = event(&[NOW - 100], None);
-        replayed.source = None;
-        assert_eq!(linger_left(&replayed, LINGER, NOW), LINGER);
     }
 }

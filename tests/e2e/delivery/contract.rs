@@ -338,6 +338,42 @@ async fn the_linger_counts_from_the_change_time_not_from_its_arrival() {
     );
 }
 
+/// A batch is due `linger_ms` after the oldest change it holds, not only its first: on one lane
+/// with a 20 s linger, a change made now opens the batch, and one made 15 s ago (as late as a
+/// slow input partition's) joins it a second later. Both go about 5 s after the second was
+/// written; counted from the first change alone, they waited ~19 s.
+#[tokio::test]
+async fn a_batch_is_due_a_linger_after_its_oldest_change() {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(
+        445,
+        &receiver,
+        ", max_in_flight: 1, batch: { linger_ms: 20000 }",
+    )]);
+    let _service = test.start(&config, &[]).await;
+    test.produce(&test.topic, &[update_now("u1")]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let happened = telemetry::clock::unix_ms() - 15_000;
+    let written = std::time::Instant::now();
+    test.produce(
+        &test.topic,
+        &[update("u2", &[], &[], vec![change(14356, true, happened)])],
+    )
+    .await;
+    let received = receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    let took = received[0].received_at.duration_since(written);
+    let users: Vec<_> = entries([json(&received[0].body)])
+        .into_iter()
+        .map(|(user, _, _)| user)
+        .collect();
+    assert_eq!(users, ["u1", "u2"], "one request with both users");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
+        "sent {took:?} after the older change was written: expected about 5 s (20 s linger from its time, 15 s ago)"
+    );
+}
+
 /// What comes while a batch lingers goes with it: three users a third of a second apart, on
 /// one lane with a 2 s linger, arrive in one request.
 #[tokio::test]
