@@ -323,19 +323,35 @@ async fn the_linger_counts_from_the_change_time_not_from_its_arrival() {
     let receiver = Receiver::start().await;
     let config = test.config(&[destination(441, &receiver, ", batch: { linger_ms: 20000 }")]);
     let _service = test.start(&config, &[]).await;
+    let written = produce_15_s_late(&test, "u1").await;
+    first_request_about_5_s_after(&receiver, written).await;
+}
+
+/// Produces an update of `user` whose one change happened 15 s ago, and says when it was
+/// written: with a 20 s linger, its batch is due about 5 s after.
+async fn produce_15_s_late(test: &DeliveryTest, user: &str) -> std::time::Instant {
     let happened = telemetry::clock::unix_ms() - 15_000;
     let written = std::time::Instant::now();
-    test.produce(
-        &test.topic,
-        &[update("u1", &[], &[], vec![change(14356, true, happened)])],
-    )
-    .await;
+    let late = update(user, &[], &[], vec![change(14356, true, happened)]);
+    test.produce(&test.topic, &[late]).await;
+    written
+}
+
+/// The users of the first request, which must have come about 5 s (2–12 s) after `written`.
+async fn first_request_about_5_s_after(
+    receiver: &Receiver,
+    written: std::time::Instant,
+) -> Vec<String> {
     let received = receiver.wait_for_requests(1, Duration::from_secs(30)).await;
     let took = received[0].received_at.duration_since(written);
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(12),
-        "sent {took:?} after it was written: expected about 5 s (20 s linger from the change's time, 15 s ago)"
+        "sent {took:?} after the change 15 s old was written: expected about 5 s (a 20 s linger from its time)"
     );
+    entries([json(&received[0].body)])
+        .into_iter()
+        .map(|(user, _, _)| user)
+        .collect()
 }
 
 /// A batch is due `linger_ms` after the oldest change it holds, not only its first: on one lane
@@ -354,24 +370,9 @@ async fn a_batch_is_due_a_linger_after_its_oldest_change() {
     let _service = test.start(&config, &[]).await;
     test.produce(&test.topic, &[update_now("u1")]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let happened = telemetry::clock::unix_ms() - 15_000;
-    let written = std::time::Instant::now();
-    test.produce(
-        &test.topic,
-        &[update("u2", &[], &[], vec![change(14356, true, happened)])],
-    )
-    .await;
-    let received = receiver.wait_for_requests(1, Duration::from_secs(30)).await;
-    let took = received[0].received_at.duration_since(written);
-    let users: Vec<_> = entries([json(&received[0].body)])
-        .into_iter()
-        .map(|(user, _, _)| user)
-        .collect();
+    let written = produce_15_s_late(&test, "u2").await;
+    let users = first_request_about_5_s_after(&receiver, written).await;
     assert_eq!(users, ["u1", "u2"], "one request with both users");
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(12),
-        "sent {took:?} after the older change was written: expected about 5 s (20 s linger from its time, 15 s ago)"
-    );
 }
 
 /// What comes while a batch lingers goes with it: three users a third of a second apart, on

@@ -2,13 +2,12 @@
 //!
 //! The linger counts from a change's time (its trait event's), so the time it spent on its way
 //! (the qualifier's transaction, the consumer's fetch) comes out of the linger instead of adding
-//! to it. It counted from the batch's first event alone; but the updates of a lane come from
-//! several input partitions, each as late as its own transaction, and an update older than the
-//! first, added while the batch lingered, waited for the first's deadline: up to the spread of
-//! the input's lateness beyond its own linger. At half the highest sustained rate that spread was
-//! most of what the end-to-end p99 had past the linger and the request (docs/BENCHMARKS.md). Now
-//! each change added may bring the deadline forward, so none waits in a batch longer than
-//! `linger` after it happened.
+//! to it. A lane's updates come from several input partitions, each as late as its own
+//! transaction: counted from the batch's first update alone, an older one that joined the batch
+//! waited past its own linger. Each update added may now bring the deadline forward, so none
+//! waits in a batch longer than `linger` after it happened, as the partner contract says. In
+//! short climbs this changed no end-to-end p99 (docs/BENCHMARKS.md): within a linger, the
+//! input's lateness varies little.
 
 use std::time::Duration;
 
@@ -77,18 +76,24 @@ impl Linger {
     }
 }
 
-/// When `event`'s linger starts, in Unix ms: its newest change's time, if the update was
-/// written to the input topic within [`LATE_AFTER_MS`] (or one linger, if longer) of it; else
-/// the write (a change already late when written, so late events still gather into batches;
-/// one stamped after its write, by a clock ahead). `None` for an update of unknown write time
-/// (catch-up, replay, resync: old by design, their batches fill anyway), which waits the whole
-/// linger.
+/// When `event`'s linger starts, in Unix ms: its newest change's time (a targeted update's:
+/// when it was made), if the update was written to the input topic within [`LATE_AFTER_MS`] (or
+/// one linger, if longer) of it; else the write (a change already late when written, so late
+/// events still gather into batches; one stamped after its write, by a clock ahead). `None` for
+/// an update of unknown write time (catch-up, replay, resync: old by design, their batches fill
+/// anyway), which waits the whole linger.
 fn origin_unix_ms(event: &RoutedEvent, linger: Duration) -> Option<i64> {
     let written = event.source.and_then(|s| s.written_unix_ms)?;
     let late_after = i64::try_from(linger.as_millis())
         .unwrap_or(i64::MAX)
         .max(LATE_AFTER_MS);
-    let changed = event.update.changes().map(|c| c.time_unix_ms).max();
+    // A targeted update (a newly synced partner id getting the user's memberships) restates
+    // them, dated when the user qualified: it counts from when it was made, as in the
+    // end-to-end latency. Counted from those dates, every batch one joined went at once.
+    let changed = match event.update.only_data_partner_id() {
+        Some(_) => Some(event.update.produced_unix_ms()),
+        None => event.update.changes().map(|c| c.time_unix_ms).max(),
+    };
     Some(match changed {
         Some(changed) if changed <= written && written - changed <= late_after => changed,
         _ => written,
@@ -142,6 +147,20 @@ mod tests {
         }
     }
 
+    /// A targeted update (for data partner 9's ids) restating a membership of `qualified`,
+    /// made at `produced` and written at `written`.
+    fn targeted(qualified: i64, produced: i64, written: i64) -> RoutedEvent {
+        let mut event = event(&[], Some(written));
+        event.update = crate::update::Update::new(&SegmentStatusUpdate {
+            user_id: "u1".to_owned(),
+            changes: vec![SegmentChange::qualified(1, qualified)],
+            produced_unix_ms: produced,
+            only_data_partner_id: Some(9),
+            ..SegmentStatusUpdate::default()
+        });
+        event
+    }
+
     /// What is left of the linger at `NOW` for a batch that this update opens.
     fn left_for(times: &[i64], written: Option<i64>) -> Duration {
         left(origin_unix_ms(&event(times, written), LINGER), LINGER, NOW)
@@ -180,6 +199,22 @@ mod tests {
         assert_eq!(left_for(&[NOW + 500], Some(NOW)), LINGER);
         // No change at all (no panic): from the write.
         assert_eq!(left_for(&[], Some(NOW - 10)), Duration::from_millis(240));
+    }
+
+    #[test]
+    fn a_targeted_update_lingers_from_when_it_was_made() {
+        // Restating a membership of 30 s ago, made 20 ms ago: 230 ms left, not none.
+        let restated = targeted(NOW - 30_000, NOW - 20, NOW - 10);
+        assert_eq!(
+            left(origin_unix_ms(&restated, LINGER), LINGER, NOW),
+            Duration::from_millis(230)
+        );
+        // Joining a batch opened 50 ms after its change, it does not send the batch at once.
+        let opened = Instant::now();
+        let mut batch = Linger::open_at(&event(&[NOW - 50], Some(NOW - 40)), LINGER, opened, NOW);
+        let origin = batch.origin_of(&restated);
+        assert_eq!(batch.hold(origin), None);
+        assert_eq!(batch.deadline(), opened + Duration::from_millis(200));
     }
 
     #[test]
