@@ -92,6 +92,26 @@ impl Update {
         u64::from_le_bytes(self.array(8))
     }
 
+    /// When its oldest change happened (see [`Self::change_times`]).
+    pub fn oldest_change_unix_ms(&self) -> Option<i64> {
+        self.change_times().min()
+    }
+
+    /// When its newest change happened (see [`Self::change_times`]).
+    pub fn newest_change_unix_ms(&self) -> Option<i64> {
+        self.change_times().max()
+    }
+
+    /// Its changes' times; a targeted update's is when it was made: it restates memberships
+    /// the user already had, dated when they qualified. Latencies and the linger count from it.
+    fn change_times(&self) -> impl Iterator<Item = i64> + '_ {
+        let restated = self.only_data_partner_id().map(|_| self.produced_unix_ms());
+        let changes = restated
+            .is_none()
+            .then(|| self.changes().map(|c| c.time_unix_ms));
+        restated.into_iter().chain(changes.into_iter().flatten())
+    }
+
     /// Set on a targeted update: for this data partner's destinations and ids only.
     pub fn only_data_partner_id(&self) -> Option<u64> {
         (self.u32_at(28) != 0).then(|| u64::from_le_bytes(self.array(16)))

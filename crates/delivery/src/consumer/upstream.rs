@@ -32,14 +32,7 @@ impl UpstreamLatency {
     /// clock between hosts makes negative counts as 0.
     pub(super) fn read(&self, update: &Update, now_unix_ms: i64) {
         let produced = update.produced_unix_ms();
-        let changed = match update.only_data_partner_id() {
-            Some(_) => produced,
-            None => update
-                .changes()
-                .map(|c| c.time_unix_ms)
-                .min()
-                .unwrap_or(produced),
-        };
+        let changed = update.oldest_change_unix_ms().unwrap_or(produced);
         let seconds = |from: i64, to: i64| to.saturating_sub(from).max(0) as f64 / 1000.0;
         let [change_to_produced, produced_to_read, change_to_read] = &self.spans;
         change_to_produced.observe(seconds(changed, produced));

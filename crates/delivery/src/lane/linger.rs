@@ -25,6 +25,8 @@ const LATE_AFTER_MS: i64 = 60_000;
 #[derive(Debug)]
 pub(super) struct Linger {
     linger: Duration,
+    /// [`late_after`] of `linger`.
+    late_after: i64,
     /// When the batch opened, on both clocks: the deadline is an `Instant`, change times are
     /// Unix milliseconds. Read once per batch.
     opened: Instant,
@@ -48,6 +50,7 @@ impl Linger {
     ) -> Self {
         Self {
             linger,
+            late_after: late_after(linger),
             opened,
             opened_unix_ms,
             origin: origin_unix_ms(first, linger),
@@ -61,7 +64,7 @@ impl Linger {
 
     /// The origin of `event`, to [`Self::hold`] once it is in the batch.
     pub(super) fn origin_of(&self, event: &RoutedEvent) -> Option<i64> {
-        origin_unix_ms(event, self.linger)
+        origin_at(event, self.late_after)
     }
 
     /// Counts an update of `origin` now in the batch: the batch's new deadline if it is older
@@ -83,17 +86,23 @@ impl Linger {
 /// an update of unknown write time (catch-up, replay, resync: old by design, their batches fill
 /// anyway), which waits the whole linger.
 fn origin_unix_ms(event: &RoutedEvent, linger: Duration) -> Option<i64> {
-    let written = event.source.and_then(|s| s.written_unix_ms)?;
-    let late_after = i64::try_from(linger.as_millis())
+    origin_at(event, late_after(linger))
+}
+
+/// When an update is late when written, for `linger`: [`LATE_AFTER_MS`], or one linger if
+/// longer (ms).
+fn late_after(linger: Duration) -> i64 {
+    i64::try_from(linger.as_millis())
         .unwrap_or(i64::MAX)
-        .max(LATE_AFTER_MS);
-    // A targeted update (a newly synced partner id getting the user's memberships) restates
-    // them, dated when the user qualified: it counts from when it was made, as in the
-    // end-to-end latency. Counted from those dates, every batch one joined went at once.
-    let changed = match event.update.only_data_partner_id() {
-        Some(_) => Some(event.update.produced_unix_ms()),
-        None => event.update.changes().map(|c| c.time_unix_ms).max(),
-    };
+        .max(LATE_AFTER_MS)
+}
+
+/// [`origin_unix_ms`], with [`late_after`] worked out once per batch.
+fn origin_at(event: &RoutedEvent, late_after: i64) -> Option<i64> {
+    let written = event.source.and_then(|s| s.written_unix_ms)?;
+    // A targeted update counts from when it was made (`Update::newest_change_unix_ms`):
+    // counted from the qualifying dates it restates, every batch one joined went at once.
+    let changed = event.update.newest_change_unix_ms();
     Some(match changed {
         Some(changed) if changed <= written && written - changed <= late_after => changed,
         _ => written,
