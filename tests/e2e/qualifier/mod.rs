@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod lag;
 mod lifecycle;
+mod rebalance;
 mod recovery;
 mod refresh;
 mod rules;
