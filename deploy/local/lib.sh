@@ -50,11 +50,12 @@ wait_both_hold_partitions() {
     done
   done
 }
-# holds_partitions TOPIC LOG: whether the worker's last rebalance of TOPIC gave it partitions.
+# holds_partitions TOPIC LOG: whether the worker holds partitions of TOPIC after its last
+# rebalance (the `owned` field of its last "Partitions assigned/revoked" line).
 holds_partitions() {
   local last
   last=$(grep -E "\"message\":\"Partitions (assigned|revoked)\.\".*\"topic\":\"$1\"" "$2" | tail -n 1)
-  [[ $last == *'"message":"Partitions assigned."'* && $last != *'"partitions":0,'* ]]
+  [[ $last == *'"owned":'* && $last != *'"owned":0,'* && $last != *'"owned":0}'* ]]
 }
 
 metrics() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null || true; }

@@ -483,7 +483,8 @@ impl Launch {
 }
 
 /// How many partitions of `topic` a delivery worker owns, by its last "Partitions
-/// assigned/revoked" log line (JSON; the eager protocol: a rebalance revokes everything first).
+/// assigned/revoked" log line (JSON): its `owned` field, what the worker held after that change
+/// (the cooperative protocol moves only some partitions in a rebalance).
 fn owned_partitions(log: &str, topic: &str) -> usize {
     let mut owned: usize = 0;
     for line in log.lines() {
@@ -493,14 +494,11 @@ fn owned_partitions(log: &str, topic: &str) -> usize {
         if event["topic"] != topic {
             continue;
         }
-        let count = event["partitions"]
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(0);
-        match event["message"].as_str() {
-            Some("Partitions assigned.") => owned = count,
-            Some("Partitions revoked.") => owned = owned.saturating_sub(count),
-            _ => {}
+        if let Some("Partitions assigned." | "Partitions revoked.") = event["message"].as_str() {
+            owned = event["owned"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(0);
         }
     }
     owned

@@ -131,6 +131,60 @@ async fn two_processes_split_the_partitions_and_one_takes_over_when_the_other_st
     .await;
 }
 
+/// Partitions of `topic` a worker gave up in rebalances, by its "Partitions revoked." log
+/// lines (JSON).
+fn partitions_revoked(log: &str, topic: &str) -> u64 {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "Partitions revoked." && event["topic"] == topic)
+        .map(|event| event["partitions"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A worker joining takes only the partitions that move: the running worker gives up those and
+/// keeps the others, with their queued events and attempts on the wire (the eager protocol
+/// took every partition from every worker in each rebalance). Every change is delivered once.
+#[tokio::test]
+async fn a_worker_joining_takes_only_the_partitions_that_move() {
+    let test = DeliveryTest::new(4).await;
+    let receiver = Receiver::start().await;
+    let config = test.config(&[destination(54, &receiver, "")]);
+    let json_log = [("LOG_FORMAT", "json")];
+    let a = test.start(&config, &json_log).await;
+    crate::wait::group_settled(&test.group, 1, Duration::from_secs(30)).await;
+    produce_users(&test, (0..200).map(|i| format!("m{i}"))).await;
+    let _b = test.start(&config, &json_log).await;
+    crate::wait::group_settled(&test.group, 2, Duration::from_secs(60)).await;
+    produce_users(&test, (0..200).map(|i| format!("n{i}"))).await;
+    testkit::wait_until("every user delivered", Duration::from_secs(60), || {
+        let n = delivered_users(&receiver).len();
+        async move { n == 400 }
+    })
+    .await;
+    // Four partitions, two workers: two moved.
+    assert_eq!(
+        partitions_revoked(&a.log(), &test.topic),
+        2,
+        "the first worker gave up other partitions than those that moved: {}",
+        a.log()
+    );
+    let mut accepted: HashMap<String, usize> = HashMap::new();
+    for (user, _, _) in entries(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| json(&r.body)),
+    ) {
+        *accepted.entry(user).or_default() += 1;
+    }
+    let twice: Vec<_> = accepted.iter().filter(|&(_, &n)| n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "changes sent twice (user, times): {twice:?}"
+    );
+}
+
 #[tokio::test]
 async fn replay_re_delivers_dead_letters_once_the_partner_is_healthy() {
     let test = DeliveryTest::new(2).await;

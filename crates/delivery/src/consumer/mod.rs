@@ -234,6 +234,10 @@ impl InputPipeline {
                     .min(3_000)
                     .to_string(),
             )
+            // A worker joining or leaving moves only the partitions that change owner. Under the
+            // eager protocol every rebalance took every partition from every worker: each waited
+            // for all its attempts on the wire, then read its queued events again.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set(
                 "statistics.interval.ms",
                 telemetry::lag::STATISTICS_INTERVAL_MS,

@@ -156,7 +156,9 @@ impl PipelineContext {
         {
             tracing::warn!(topic = %self.topic, %error, "Cannot commit revoked partitions; their new owner re-sends from the last commit.");
         }
-        tracing::info!(topic = %self.topic, partitions = partitions.len(), "Partitions revoked.");
+        // `owned`: what this worker holds now (a rebalance moves only some partitions).
+        let owned = self.watermarks.lock().owned();
+        tracing::info!(topic = %self.topic, partitions = partitions.len(), owned, "Partitions revoked.");
     }
 
     /// Reads the last commit of assigned partitions (where the shared consumer starts, and
@@ -203,8 +205,9 @@ impl PipelineContext {
             }
             table.assign(element.partition(), offset, &detached);
         }
+        let owned = table.owned();
         drop(table);
-        tracing::info!(topic = %self.topic, partitions = committed.count(), "Partitions assigned.");
+        tracing::info!(topic = %self.topic, partitions = committed.count(), owned, "Partitions assigned.");
         true
     }
 }
