@@ -35,8 +35,8 @@ require_free_ports() {
   done
 }
 
-# wait_both_hold_partitions TOPIC LOG1 LOG2: waits (up to 60 s) until both delivery workers'
-# last rebalance of TOPIC (their JSON logs) gave them partitions. Load starts only then: were
+# wait_both_hold_partitions TOPIC LOG1 LOG2: waits (up to 60 s) until both delivery workers hold
+# partitions of TOPIC after their last rebalance (their JSON logs). Load starts only then: were
 # the second worker to join under load, partitions would move mid-run and their new owner
 # would send again what was not committed yet (at-least-once). Such a re-send can bring a
 # user's older change after a newer one, and these runs' ledgers allow no change out of order;
