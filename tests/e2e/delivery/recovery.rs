@@ -142,7 +142,7 @@ fn partitions_revoked(log: &str, topic: &str) -> u64 {
 }
 
 /// A worker joining takes only the partitions that move: the running worker gives up those and
-/// keeps the others, with their queued events and attempts on the wire (the eager protocol
+/// keeps the others (and so their queued events and attempts on the wire; the eager protocol
 /// took every partition from every worker in each rebalance). Every change is delivered once.
 #[tokio::test]
 async fn a_worker_joining_takes_only_the_partitions_that_move() {
