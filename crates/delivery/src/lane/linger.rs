@@ -31,7 +31,7 @@ pub(super) struct Linger {
     /// Unix milliseconds. Read once per batch.
     opened: Instant,
     opened_unix_ms: i64,
-    /// The oldest origin (see [`origin_unix_ms`]) of the batch's updates; `None` while it holds
+    /// The oldest origin (see [`origin`]) of the batch's updates; `None` while it holds
     /// only updates of unknown write time.
     origin: Option<i64>,
 }
@@ -48,12 +48,13 @@ impl Linger {
         opened: Instant,
         opened_unix_ms: i64,
     ) -> Self {
+        let late_after = late_after(linger);
         Self {
             linger,
-            late_after: late_after(linger),
+            late_after,
             opened,
             opened_unix_ms,
-            origin: origin_unix_ms(first, linger),
+            origin: origin(first, late_after),
         }
     }
 
@@ -64,7 +65,7 @@ impl Linger {
 
     /// The origin of `event`, to [`Self::hold`] once it is in the batch.
     pub(super) fn origin_of(&self, event: &RoutedEvent) -> Option<i64> {
-        origin_at(event, self.late_after)
+        origin(event, self.late_after)
     }
 
     /// Counts an update of `origin` now in the batch: the batch's new deadline if it is older
@@ -79,16 +80,6 @@ impl Linger {
     }
 }
 
-/// When `event`'s linger starts, in Unix ms: its newest change's time (a targeted update's:
-/// when it was made), if the update was written to the input topic within [`LATE_AFTER_MS`] (or
-/// one linger, if longer) of it; else the write (a change already late when written, so late
-/// events still gather into batches; one stamped after its write, by a clock ahead). `None` for
-/// an update of unknown write time (catch-up, replay, resync: old by design, their batches fill
-/// anyway), which waits the whole linger.
-fn origin_unix_ms(event: &RoutedEvent, linger: Duration) -> Option<i64> {
-    origin_at(event, late_after(linger))
-}
-
 /// When an update is late when written, for `linger`: [`LATE_AFTER_MS`], or one linger if
 /// longer (ms).
 fn late_after(linger: Duration) -> i64 {
@@ -97,8 +88,13 @@ fn late_after(linger: Duration) -> i64 {
         .max(LATE_AFTER_MS)
 }
 
-/// [`origin_unix_ms`], with [`late_after`] worked out once per batch.
-fn origin_at(event: &RoutedEvent, late_after: i64) -> Option<i64> {
+/// When `event`'s linger starts, in Unix ms: its newest change's time (a targeted update's:
+/// when it was made), if the update was written to the input topic within `late_after` ms of
+/// it ([`late_after`]); else the write (a change already late when written, so late events
+/// still gather into batches; one stamped after its write, by a clock ahead). `None` for an
+/// update of unknown write time (catch-up, replay, resync: old by design, their batches fill
+/// anyway), which waits the whole linger.
+fn origin(event: &RoutedEvent, late_after: i64) -> Option<i64> {
     let written = event.source.and_then(|s| s.written_unix_ms)?;
     // A targeted update counts from when it was made (`Update::newest_change_unix_ms`):
     // counted from the qualifying dates it restates, every batch one joined went at once.
@@ -125,7 +121,7 @@ mod tests {
     use model::{SegmentChange, SegmentStatusUpdate};
     use tokio::time::Instant;
 
-    use super::{Linger, left, origin_unix_ms};
+    use super::{Linger, late_after, left, origin};
     use crate::batcher::{EventSource, RoutedEvent};
     use crate::offsets::PartitionAssignment;
 
@@ -172,7 +168,11 @@ mod tests {
 
     /// What is left of the linger at `NOW` for a batch that this update opens.
     fn left_for(times: &[i64], written: Option<i64>) -> Duration {
-        left(origin_unix_ms(&event(times, written), LINGER), LINGER, NOW)
+        left(
+            origin(&event(times, written), late_after(LINGER)),
+            LINGER,
+            NOW,
+        )
     }
 
     #[test]
@@ -215,7 +215,7 @@ mod tests {
         // Restating a membership of 30 s ago, made 20 ms ago: 230 ms left, not none.
         let restated = targeted(NOW - 30_000, NOW - 20, NOW - 10);
         assert_eq!(
-            left(origin_unix_ms(&restated, LINGER), LINGER, NOW),
+            left(origin(&restated, late_after(LINGER)), LINGER, NOW),
             Duration::from_millis(230)
         );
         // Joining a batch opened 50 ms after its change, it does not send the batch at once.
@@ -231,7 +231,10 @@ mod tests {
         assert_eq!(left_for(&[NOW - 3_600_000], None), LINGER);
         let mut replayed = event(&[NOW - 100], None);
         replayed.source = None;
-        assert_eq!(left(origin_unix_ms(&replayed, LINGER), LINGER, NOW), LINGER);
+        assert_eq!(
+            left(origin(&replayed, late_after(LINGER)), LINGER, NOW),
+            LINGER
+        );
     }
 
     /// A batch is due a linger after the oldest change it holds: an older update added brings
