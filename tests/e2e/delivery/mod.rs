@@ -382,19 +382,31 @@ pub fn assert_each_accepted_once(receiver: &Receiver, users: usize) {
         requests.iter().any(|r| !r.answered_after.is_zero()),
         "the slow request was answered"
     );
-    let mut accepted: HashMap<String, usize> = HashMap::new();
-    for user in map_segments(requests.iter().map(|r| json(&r.body)), |user, _| {
-        text(user, "AAM_UUID")
-    }) {
-        *accepted.entry(user).or_default() += 1;
-    }
-    let mut twice: Vec<_> = accepted.iter().filter(|&(_, &n)| n > 1).collect();
-    twice.sort();
+    let (accepted, twice) = accepted_users(&requests);
     assert!(
         twice.is_empty(),
         "changes the first worker delivered were sent again by the new owner (user, times): {twice:?}"
     );
-    assert_eq!(accepted.len(), users, "every user's change was accepted");
+    assert_eq!(accepted, users, "every user's change was accepted");
+}
+
+/// Of the requests the partner accepted (200), how many users' changes were in them, and the
+/// users whose changes were accepted more than once (user, times), sorted.
+pub fn accepted_users(
+    requests: &[testkit::receiver::RecordedRequest],
+) -> (usize, Vec<(String, usize)>) {
+    let mut accepted: HashMap<String, usize> = HashMap::new();
+    let bodies = requests
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| json(&r.body));
+    for user in map_segments(bodies, |user, _| text(user, "AAM_UUID")) {
+        *accepted.entry(user).or_default() += 1;
+    }
+    let users = accepted.len();
+    let mut twice: Vec<_> = accepted.into_iter().filter(|&(_, n)| n > 1).collect();
+    twice.sort();
+    (users, twice)
 }
 
 /// (user, Segment_ID, Status) of every segment entry in the bodies, in order.

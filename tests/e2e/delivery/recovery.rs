@@ -168,17 +168,7 @@ async fn a_worker_joining_takes_only_the_partitions_that_move() {
         "the first worker gave up other partitions than those that moved: {}",
         a.log()
     );
-    let mut accepted: HashMap<String, usize> = HashMap::new();
-    for (user, _, _) in entries(
-        receiver
-            .requests()
-            .iter()
-            .filter(|r| r.status == 200)
-            .map(|r| json(&r.body)),
-    ) {
-        *accepted.entry(user).or_default() += 1;
-    }
-    let twice: Vec<_> = accepted.iter().filter(|&(_, &n)| n > 1).collect();
+    let (_, twice) = super::accepted_users(&receiver.requests());
     assert!(
         twice.is_empty(),
         "changes sent twice (user, times): {twice:?}"
