@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use testkit::receiver::Receiver;
-use testkit::service::metric_value;
+use testkit::service::{Service, metric_value};
 
 use super::{DeliveryTest, T0, change, destination, entries, json, update, update_now};
 
@@ -354,20 +354,24 @@ async fn first_request_about_5_s_after(
         .collect()
 }
 
+/// A worker for destination `id` on a one-partition input, with one lane (`max_in_flight: 1`)
+/// and the `batch` settings given: the test, its partner and the worker.
+async fn one_lane(id: u64, batch: &str) -> (DeliveryTest, Receiver, Service) {
+    let test = DeliveryTest::new(1).await;
+    let receiver = Receiver::start().await;
+    let options = format!(", max_in_flight: 1, batch: {{ {batch} }}");
+    let config = test.config(&[destination(id, &receiver, &options)]);
+    let service = test.start(&config, &[]).await;
+    (test, receiver, service)
+}
+
 /// A batch is due `linger_ms` after the oldest change it holds, not only its first: on one lane
 /// with a 20 s linger, a change made now opens the batch, and one made 15 s ago (as late as a
 /// slow input partition's) joins it a second later. Both go about 5 s after the second was
 /// written; counted from the first change alone, they waited ~19 s.
 #[tokio::test]
 async fn a_batch_is_due_a_linger_after_its_oldest_change() {
-    let test = DeliveryTest::new(1).await;
-    let receiver = Receiver::start().await;
-    let config = test.config(&[destination(
-        445,
-        &receiver,
-        ", max_in_flight: 1, batch: { linger_ms: 20000 }",
-    )]);
-    let _service = test.start(&config, &[]).await;
+    let (test, receiver, _service) = one_lane(445, "linger_ms: 20000").await;
     test.produce(&test.topic, &[update_now("u1")]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let written = produce_15_s_late(&test, "u2").await;
@@ -379,14 +383,7 @@ async fn a_batch_is_due_a_linger_after_its_oldest_change() {
 /// one lane with a 2 s linger, arrive in one request.
 #[tokio::test]
 async fn the_users_that_come_while_a_batch_lingers_go_with_it() {
-    let test = DeliveryTest::new(1).await;
-    let receiver = Receiver::start().await;
-    let config = test.config(&[destination(
-        443,
-        &receiver,
-        ", max_in_flight: 1, batch: { linger_ms: 2000 }",
-    )]);
-    let _service = test.start(&config, &[]).await;
+    let (test, receiver, _service) = one_lane(443, "linger_ms: 2000").await;
     for user in ["u1", "u2", "u3"] {
         test.produce(&test.topic, &[update_now(user)]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -410,14 +407,7 @@ async fn the_users_that_come_while_a_batch_lingers_go_with_it() {
 /// seconds of the last.
 #[tokio::test]
 async fn a_full_batch_goes_at_once_however_long_its_linger() {
-    let test = DeliveryTest::new(1).await;
-    let receiver = Receiver::start().await;
-    let config = test.config(&[destination(
-        444,
-        &receiver,
-        ", max_in_flight: 1, batch: { max_users: 40, linger_ms: 20000 }",
-    )]);
-    let _service = test.start(&config, &[]).await;
+    let (test, receiver, _service) = one_lane(444, "max_users: 40, linger_ms: 20000").await;
     let users: Vec<_> = (0..40).map(|i| update_now(&format!("u{i}"))).collect();
     test.produce(&test.topic, &users[..33]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
