@@ -7,6 +7,10 @@ use std::fmt::Write as _;
 
 use model::{ChangeReason, Origin, PartnerIds, SegmentChange, SegmentStatusUpdate};
 
+mod state_bytes;
+
+pub use state_bytes::StateBytes;
+
 /// Data partner of every benchmark user's synced partner id.
 pub const DATA_PARTNER: u64 = 1234;
 /// First destination id; destination `d` has id `DESTINATION_BASE + d`.

@@ -17,7 +17,9 @@ use prost::Message as _;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use relay_bench::{DeliveryFixture, EventOutcomes, qualifier_definitions_yaml, status_update};
+use relay_bench::{
+    DeliveryFixture, EventOutcomes, StateBytes, qualifier_definitions_yaml, status_update,
+};
 use testkit::scrape::{Scrape, ScrapeError, Selector};
 
 #[derive(Debug, Parser)]
@@ -109,7 +111,8 @@ enum Command {
         segments: u64,
     },
     /// Read the compacted changelog --topic to its end; prints `users bytes bytes_per_user` of
-    /// the latest state per user (a user's trait parts counted as theirs, keys included).
+    /// the latest state per user (a user's trait parts counted as theirs, keys included), then
+    /// what those bytes hold per user (ids, histories, memberships, …).
     StateSize {
         #[arg(long)]
         topic: String,
@@ -307,24 +310,49 @@ fn state_size(topic: &str) -> anyhow::Result<()> {
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    // Per key: its bytes, and whether it is a trait part's.
-    let mut latest: HashMap<Vec<u8>, (usize, bool)> = HashMap::new();
+    // Per key, what its latest record holds; a trait part's counts its key (which repeats its
+    // user's id: bytes the layout costs).
+    let mut latest: HashMap<Vec<u8>, StateBytes> = HashMap::new();
+    let mut all = StateBytes::default();
+    let mut invalid = None;
     kafka.read_to_end_while_moving(topic, &partitions, Duration::from_secs(30), |message| {
         use rdkafka::Message as _;
-        let key = message.key().unwrap_or_default().to_vec();
-        match message.payload() {
-            Some(value) => {
-                // A trait part's key repeats its user's id: bytes the layout costs.
-                let part = is_part(&key);
-                let size = value.len() + if part { key.len() } else { 0 };
-                latest.insert(key, (size, part))
-            }
-            None => latest.remove(&key),
+        let key = message.key().unwrap_or_default();
+        let replaced = match message.payload() {
+            Some(value) => match StateBytes::of_record(key, value) {
+                Ok(bytes) => {
+                    all.add(&bytes);
+                    latest.insert(key.to_vec(), bytes)
+                }
+                Err(error) => {
+                    invalid.get_or_insert_with(|| {
+                        format!(
+                            "offset {} of partition {}: {error}",
+                            message.offset(),
+                            message.partition()
+                        )
+                    });
+                    latest.remove(key)
+                }
+            },
+            None => latest.remove(key),
         };
+        if let Some(replaced) = replaced {
+            all.subtract(&replaced);
+        }
     })?;
-    let users = latest.values().filter(|(_, part)| !part).count();
-    let bytes: usize = latest.values().map(|(size, _)| size).sum();
-    println!("{users} {bytes} {:.1}", bytes as f64 / users.max(1) as f64);
+    if let Some(invalid) = invalid {
+        anyhow::bail!(
+            "the changelog {topic} holds a record that is not the qualifier's: {invalid}"
+        );
+    }
+    let users = latest.keys().filter(|key| !is_part(key)).count();
+    let bytes = all.total();
+    println!(
+        "{users} {bytes} {:.1} {}",
+        bytes as f64 / users.max(1) as f64,
+        all.per_user(users)
+    );
     Ok(())
 }
 
