@@ -8,7 +8,7 @@ use testkit::service::{ServiceBuilder, metric_value};
 
 use super::{
     DeliveryTest, T0, change, delivered_users, destination, entries, json, map_segments, sequenced,
-    text, update,
+    text, update, wait_for_users,
 };
 
 /// Produces one update per user and returns where each landed.
@@ -39,26 +39,14 @@ async fn kill_9_mid_stream_loses_nothing_and_resends_only_the_uncommitted_window
     )]);
     let positions = produce_users(&test, (0..300).map(|i| format!("u{i}"))).await;
     let mut first = test.start(&config, &[]).await;
-    testkit::wait_until("some batches delivered", Duration::from_secs(30), || {
-        let n = delivered_users(&receiver).len();
-        async move { n >= 40 }
-    })
-    .await;
+    wait_for_users(&receiver, 40, Duration::from_secs(30)).await;
     first.kill9().await;
     let before_restart = receiver.requests().len();
     let committed_at_kill = test.committed(3);
     assert!(delivered_users(&receiver).len() < 300, "killed mid-stream");
 
     let _second = test.start(&config, &[]).await;
-    testkit::wait_until(
-        "every user delivered after the restart",
-        Duration::from_secs(60),
-        || {
-            let n = delivered_users(&receiver).len();
-            async move { n == 300 }
-        },
-    )
-    .await;
+    wait_for_users(&receiver, 300, Duration::from_secs(60)).await;
     // What the restarted process sent again was not committed when the first one died.
     let resent = entries(
         receiver.requests()[before_restart..]
@@ -86,11 +74,7 @@ async fn two_processes_split_the_partitions_and_one_takes_over_when_the_other_st
     // Both members hold partitions before anything is produced, so both have work.
     crate::wait::group_settled(&test.group, 2, Duration::from_secs(30)).await;
     produce_users(&test, (0..120).map(|i| format!("a{i}"))).await;
-    testkit::wait_until("first wave delivered", Duration::from_secs(30), || {
-        let n = delivered_users(&receiver).len();
-        async move { n == 120 }
-    })
-    .await;
+    wait_for_users(&receiver, 120, Duration::from_secs(30)).await;
     let delivered = |metrics: &str| {
         metric_value(
             metrics,
@@ -120,15 +104,7 @@ async fn two_processes_split_the_partitions_and_one_takes_over_when_the_other_st
     b.terminate();
     assert!(b.wait_exit(Duration::from_secs(30)).await.success());
     produce_users(&test, (0..120).map(|i| format!("b{i}"))).await;
-    testkit::wait_until(
-        "second wave delivered by the remaining process",
-        Duration::from_secs(60),
-        || {
-            let n = delivered_users(&receiver).len();
-            async move { n == 240 }
-        },
-    )
-    .await;
+    wait_for_users(&receiver, 240, Duration::from_secs(60)).await;
 }
 
 /// Partitions of `topic` a worker gave up in rebalances, by its "Partitions revoked." log
@@ -156,11 +132,7 @@ async fn a_worker_joining_takes_only_the_partitions_that_move() {
     let _b = test.start(&config, &json_log).await;
     crate::wait::group_settled(&test.group, 2, Duration::from_secs(60)).await;
     produce_users(&test, (0..200).map(|i| format!("n{i}"))).await;
-    testkit::wait_until("every user delivered", Duration::from_secs(60), || {
-        let n = delivered_users(&receiver).len();
-        async move { n == 400 }
-    })
-    .await;
+    wait_for_users(&receiver, 400, Duration::from_secs(60)).await;
     // Four partitions, two workers: two moved.
     assert_eq!(
         partitions_revoked(&a.log(), &test.topic),
@@ -321,11 +293,7 @@ async fn replay_skips_a_dead_letter_a_newer_change_supersedes_and_says_so() {
     receiver.respond(200, Duration::ZERO);
     test.produce(&test.topic, &[sequenced("stale", false, 20, Realtime)])
         .await;
-    testkit::wait_until("stale's 0 delivered", Duration::from_secs(30), || {
-        let n = delivered_users(&receiver).len();
-        async move { n == 1 }
-    })
-    .await;
+    wait_for_users(&receiver, 1, Duration::from_secs(30)).await;
 
     let mut replay = ServiceBuilder::new("delivery")
         .arg("--config")
