@@ -5,7 +5,7 @@ use model::changelog::is_part;
 use model::pb::TraitHistory;
 use model::{TraitPart, UserState};
 use prost::Message as _;
-use prost::encoding::{encoded_len_varint, key_len};
+use prost::encoding::{encoded_len_varint, message, string};
 
 /// The bytes of changelog records (the latest of each key), by what they hold. Each part counts
 /// its fields' tags and lengths with it.
@@ -42,13 +42,13 @@ impl StateBytes {
         let user = UserState::decode(value).map_err(|e| format!("a user record: {e}"))?;
         let mut bytes = Self::default();
         if !user.user_id.is_empty() {
-            bytes.ids = (key_len(1) + string_len(user.user_id.len())) as u64;
+            bytes.ids = string::encoded_len(1, &user.user_id) as u64;
         }
         for history in &user.traits {
             bytes.add_history(2, history);
         }
-        bytes.partner_ids = framed(4, user.partner_ids.iter().map(|p| p.encoded_len()));
-        bytes.memberships = framed(5, user.memberships.iter().map(|m| m.encoded_len()));
+        bytes.partner_ids = message::encoded_len_repeated(4, &user.partner_ids) as u64;
+        bytes.memberships = message::encoded_len_repeated(5, &user.memberships) as u64;
         bytes.other = rest(value.len(), bytes.total())?;
         Ok(bytes)
     }
@@ -102,12 +102,11 @@ impl StateBytes {
 
     /// One `TraitHistory` in field `field`, tag and length included.
     fn add_history(&mut self, field: u32, history: &TraitHistory) {
-        let len = history.encoded_len();
         let times: usize = (history.times_unix_ms.iter())
             .map(|&t| encoded_len_varint(t as u64))
             .sum();
         self.times += times as u64;
-        self.histories += (key_len(field) + encoded_len_varint(len as u64) + len - times) as u64;
+        self.histories += (message::encoded_len(field, history) - times) as u64;
     }
 }
 
@@ -117,16 +116,6 @@ fn rest(len: usize, counted: u64) -> Result<u64, String> {
     (len as u64)
         .checked_sub(counted)
         .ok_or_else(|| format!("its parts count {counted} bytes, more than the record's {len}"))
-}
-
-/// Length-delimited fields of `field` (tag and length each) of messages `lens` long.
-fn framed(field: u32, lens: impl Iterator<Item = usize>) -> u64 {
-    lens.map(|len| key_len(field) + encoded_len_varint(len as u64) + len)
-        .sum::<usize>() as u64
-}
-
-fn string_len(len: usize) -> usize {
-    encoded_len_varint(len as u64) + len
 }
 
 #[cfg(test)]
