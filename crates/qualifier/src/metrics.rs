@@ -34,6 +34,9 @@ pub struct Metrics {
     /// against `--warm-state-bytes` (their records' bytes, a state's size each, and a busy
     /// user's index of their record's histories).
     pub warm_bytes: IntGauge,
+    /// `qualifier_state_bytes`: the bytes of the users' stored records as held in memory
+    /// (compressed where it paid).
+    pub state_bytes: IntGauge,
     /// `qualifier_consumer_lag_messages{topic, partition}`: input messages not yet consumed,
     /// per partition assigned to this process (see `telemetry::lag`).
     pub consumer_lag: IntGaugeVec,
@@ -129,6 +132,10 @@ impl Metrics {
                 "qualifier_warm_state_bytes",
                 "What the users kept decoded between transactions count against --warm-state-bytes: their stored records' bytes, ~220 B each, and 8 B per history of a user with over 32 (at the last transaction's end).",
             )?,
+            state_bytes: IntGauge::new(
+                "qualifier_state_bytes",
+                "Bytes of the users' stored records as held in memory: compressed once a user is not kept decoded, where that makes them shorter (the map, user ids and allocator's rounding come on top).",
+            )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
                     "qualifier_consumer_lag_messages",
@@ -156,6 +163,7 @@ impl Metrics {
                 &metrics.changelog_bytes,
                 &metrics.decoded_bytes,
                 &metrics.warm_bytes,
+                &metrics.state_bytes,
                 &metrics.consumer_lag,
             ],
         )?;
@@ -183,6 +191,12 @@ impl Metrics {
             metrics.changelog_bytes.with_label_values(&[record]);
         }
         Ok(metrics)
+    }
+
+    /// Sets what the store holds: its users and their records' bytes.
+    pub fn state(&self, store: &crate::store::Store) {
+        self.users.set(store.users() as i64);
+        self.state_bytes.set(store.held_bytes() as i64);
     }
 }
 

@@ -14,6 +14,10 @@
 //! once, and after it while their record's bytes fit a budget (`store/warm.rs`), so that a busy
 //! user is not decoded again in each transaction they are in (their record is tens of KB).
 //!
+//! A user not kept decoded has their record held compressed if it is long (`store/packed.rs`):
+//! zstd, with a dictionary made of the partition's first records, about halves a Zipf-heavy
+//! user's. A warm user's record stays as it is: it is the base their next record is spliced from.
+//!
 //! When the steps that changed a user say which trait histories they touched (an event's step
 //! touches its own trait's only), the user's new record is spliced from the one they were
 //! taken from: the other histories' bytes copied, only the touched ones encoded. A busy user's
@@ -30,15 +34,19 @@ use prost::encoding::string;
 
 use crate::evaluate::Histories;
 
+mod packed;
 mod parts;
 mod record;
+mod restored;
 mod stale;
 mod timers;
 mod warm;
 
+use packed::Packer;
 pub use parts::{APART_OVER, Layout};
 use parts::{Encoded, PartWriter, Written};
 use record::{Base, Indexes, decode_into, encode_indexed, index_entries, shrink_oversized};
+pub use restored::decode_reusing;
 use timers::{Due, Timers};
 use warm::{INDEXED_OVER, Warm};
 
@@ -51,6 +59,9 @@ use warm::{INDEXED_OVER, Warm};
 /// encoded whole often enough at 40,000 events/s and above to cost the climb its top step
 /// (docs/BENCHMARKS.md, "Busy users' changed histories tracked up to 1,024").
 const MAX_CHANGED_HISTORIES: usize = 1024;
+
+/// A map by user id.
+type ById<T> = HashMap<Arc<str>, T, foldhash::fast::RandomState>;
 
 /// One stored user: their changelog record without its user id (field 1, the first prost
 /// writes: the id and these bytes are the record) and when their timer is due. Empty while the
@@ -85,21 +96,21 @@ struct Unsettled {
 /// The users of one input partition.
 #[derive(Debug, Default)]
 pub struct PartitionStore {
-    users: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
+    users: ById<Entry>,
     /// The timers due before the horizon ([`Timers`]); the others are only in `users`.
     timers: Timers,
     /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
     /// from the end. About 16 bytes per user while a sweep runs; empty otherwise.
     stale: Vec<Arc<str>>,
     /// Users put back in the open transaction, decoded (see [`Self::settle`]).
-    unsettled: HashMap<Arc<str>, Unsettled, foldhash::fast::RandomState>,
+    unsettled: ById<Unsettled>,
     /// The users taken out and not yet put back: the record each was taken from when it can be
     /// of use, and when their timer is due. The id goes back into the map when the user is put
     /// back, and the timer stays in the index meanwhile: it moves only if the user is put back
     /// due at another time (a new event seldom moves the earliest expiry). A user taken and
     /// not put back is forgotten, timer and all, at [`Self::settle`], which writes their
     /// tombstone.
-    taken: HashMap<Arc<str>, Taken, foldhash::fast::RandomState>,
+    taken: ById<Taken>,
     /// Users put back in earlier transactions and not taken since, decoded: their entry holds
     /// these states' bytes (see [`Self::settle`]); and states let go, to decode others into.
     warm: Warm,
@@ -118,6 +129,10 @@ pub struct PartitionStore {
     indexes: Indexes,
     /// Writes trait parts and their tombstones (see [`Self::settle`]).
     parts: PartWriter,
+    /// Compresses the records of users not kept decoded (`store/packed.rs`).
+    packer: Packer,
+    /// The bytes of the records in `users`, as held (packed or not).
+    held: usize,
 }
 
 impl PartitionStore {
@@ -145,6 +160,7 @@ impl PartitionStore {
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
         let (id, entry) = self.users.remove_entry(user_id)?;
+        self.held -= entry.state.len();
         let (state, base, changed) = if let Some(unsettled) = self.unsettled.remove(user_id) {
             self.warm.take(user_id);
             (unsettled.state, unsettled.base, unsettled.changed)
@@ -152,13 +168,14 @@ impl PartitionStore {
             // The entry holds the warm state's record.
             (state, Some(Base::indexed(entry.state, index)), false)
         } else {
-            let mut state = self.warm.spare(entry.state.len());
-            self.decoded += entry.state.len() as u64;
+            let record = self.packer.unpack(entry.state);
+            let mut state = self.warm.spare(record.len());
+            self.decoded += record.len() as u64;
             // The store holds only what `encode` wrote from a `UserState`: prost's encoding,
             // read back (tested below), so this cannot fail on any input.
-            decode_into(&mut state, &entry.state).expect("the store decodes the states it encoded");
+            decode_into(&mut state, &record).expect("the store decodes the states it encoded");
             user_id.clone_into(&mut state.user_id);
-            (state, Some(Base::new(entry.state)), false)
+            (state, Some(Base::new(record)), false)
         };
         self.taken.insert(
             id,
@@ -174,6 +191,7 @@ impl PartitionStore {
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
         if let Some((user_id, entry)) = self.users.remove_entry(user_id) {
+            self.held -= entry.state.len();
             self.timers.remove(entry.due.get(), &user_id);
         }
         self.forget_decoded(user_id);
@@ -242,37 +260,21 @@ impl PartitionStore {
         }
     }
 
-    /// Stores a user encoded at once (a restore: holding every user decoded until the end would
-    /// take several times the memory). A state gathered from trait parts keeps `traits_apart`
-    /// while it holds its histories, so that the restore takes them as the previous ones of
-    /// the user's next record; [`Self::settle`] writes it with its histories in.
-    pub fn put_encoded(&mut self, mut state: UserState, due: Option<i64>) {
-        let user_id = std::mem::take(&mut state.user_id);
-        self.buffer.clear();
-        state.encode_raw(&mut self.buffer);
-        let encoded = Box::from(self.buffer.as_slice());
-        self.forget_decoded(&user_id);
-        self.insert(Arc::from(user_id), encoded, None, due);
-    }
-
     /// The bytes of the records decoded since the last call: users taken who were not kept
     /// decoded.
     pub fn decoded_bytes(&mut self) -> u64 {
         std::mem::take(&mut self.decoded)
     }
 
+    /// The bytes of the users' records as the store holds them (packed or not:
+    /// `store/packed.rs`).
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
     /// The bytes of the records of the users kept decoded between transactions.
     pub fn warm_bytes(&self) -> usize {
         self.warm.bytes()
-    }
-
-    /// A held user's state as stored, decoded (a restore gathering their trait parts).
-    pub fn stored(&self, user_id: &str) -> Option<UserState> {
-        let entry = self.users.get(user_id)?;
-        let mut state = UserState::default();
-        decode_into(&mut state, &entry.state).expect("the store decodes the states it encoded");
-        user_id.clone_into(&mut state.user_id);
-        Some(state)
     }
 
     /// Encodes the users put back since the last call (at the end of each transaction), and
@@ -319,7 +321,9 @@ impl PartitionStore {
             self.encode(&mut user.state, user.base.as_ref());
             user.state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user_id) {
+                self.held -= entry.state.len();
                 entry.state = Box::from(&self.buffer[id_len..]);
+                self.held += entry.state.len();
                 let (base, bytes) = (user.base.as_ref(), &self.buffer[..]);
                 let index = &self.indexes.written;
                 let record = Encoded {
@@ -346,7 +350,7 @@ impl PartitionStore {
                 self.warm.keep(user_id, user.state, bytes, index);
             }
         }
-        self.warm.end_transaction(warm_budget);
+        self.end_warm_transaction(warm_budget);
         // Its allocation is reused by the next transaction.
         self.unsettled = unsettled;
         Ok(())
@@ -391,6 +395,7 @@ impl PartitionStore {
     ) -> Arc<str> {
         let packed = Due::new(due);
         let due = packed.get();
+        self.held += state.len();
         let entry = Entry { state, due: packed };
         // One probe of the map: a user is put back after a take, absent.
         let (user_id, timer) = match self.users.entry(user_id) {
@@ -403,7 +408,9 @@ impl PartitionStore {
             // then.
             hash_map::Entry::Occupied(mut held) => {
                 let user_id = held.key().clone();
-                (user_id, held.insert(entry).due.get())
+                let replaced = held.insert(entry);
+                self.held -= replaced.state.len();
+                (user_id, replaced.due.get())
             }
         };
         self.timers.moved(timer, due, &user_id);
@@ -439,6 +446,14 @@ pub struct Store {
 impl Store {
     pub fn users(&self) -> usize {
         self.partitions.values().map(PartitionStore::len).sum()
+    }
+
+    /// [`PartitionStore::held_bytes`] of every partition.
+    pub fn held_bytes(&self) -> usize {
+        self.partitions
+            .values()
+            .map(PartitionStore::held_bytes)
+            .sum()
     }
 
     /// Timers due at `now`, in every partition (the horizons advanced to `now` first).

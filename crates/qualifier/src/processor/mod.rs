@@ -381,7 +381,7 @@ impl Processor {
         self.metrics
             .transaction_duration
             .observe(took.as_secs_f64());
-        self.metrics.users.set(lock(&self.store).users() as i64);
+        self.metrics.state(&lock(&self.store));
         Ok(())
     }
 

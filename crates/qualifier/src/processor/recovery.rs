@@ -156,7 +156,7 @@ impl Processor {
         for (partition, users) in restored {
             store.partitions.entry(partition).or_insert(users);
         }
-        self.metrics.users.set(store.users() as i64);
+        self.metrics.state(&store);
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use super::{Processor, current, lock};
 use crate::config::Definitions;
 use crate::evaluate::{next_due, normalize};
 use crate::metrics::Metrics;
-use crate::store::{PartitionStore, Store};
+use crate::store::{PartitionStore, Store, decode_reusing};
 
 /// Takes assigned partitions at their commits (read here, see `telemetry::commits`) and queues
 /// them for [`Processor::restore_pending`]; drops revoked ones; librdkafka's statistics feed
@@ -82,7 +82,7 @@ impl commits::Handover for RebalanceContext {
             store.partitions.remove(&element.partition());
             pending.remove(&element.partition());
         }
-        self.metrics.users.set(store.users() as i64);
+        self.metrics.state(&store);
         self.metrics.restore_pending.set(pending.len() as i64);
         tracing::info!(
             partitions = partitions.count(),
@@ -119,7 +119,7 @@ impl Processor {
         let mut store = lock(&self.store);
         let users: usize = restored.values().map(PartitionStore::len).sum();
         store.partitions.extend(restored);
-        self.metrics.users.set(store.users() as i64);
+        self.metrics.state(&store);
         let mut pending = lock(&self.pending);
         // No rebalance ran meanwhile (callbacks run only inside `poll`).
         pending.clear();
@@ -174,6 +174,8 @@ fn restore(
     let started = Instant::now();
     let mut logged = started;
     let mut read = 0_u64;
+    // Every record is decoded into this one (see `decode_reusing`).
+    let mut state = UserState::default();
     kafka.read_to_end_while_moving(topic, partitions, RESTORE_STALL, |message| {
         read += 1;
         records.inc();
@@ -202,14 +204,14 @@ fn restore(
             store.remove(&user);
             return;
         };
-        match UserState::decode(payload) {
-            Ok(mut state) => {
+        match decode_reusing(&mut state, payload) {
+            Ok(()) => {
                 // Only a record with its histories apart builds on the previous one.
                 let previous = state.traits_apart.then(|| store.stored(&state.user_id));
                 gatherer.user(&mut state, previous.flatten());
                 normalize(&mut state);
                 let due = next_due(definitions, &state, now);
-                store.put_encoded(state, due);
+                store.put_encoded(&mut state, due);
             }
             Err(error) => {
                 // Not a tombstone: forgetting the user would end their segments silently.
@@ -232,6 +234,7 @@ fn restore(
         }
     }
     for store in stores.values_mut() {
+        store.pack_cold();
         // Users last evaluated under other definitions (this process's differ from their last
         // owner's) are re-evaluated in the background.
         store.mark_stale(definitions.fingerprint);

@@ -56,6 +56,13 @@ struct Kept {
     generation: u64,
 }
 
+impl Kept {
+    /// Its record's length.
+    fn record(&self) -> usize {
+        self.bytes - KEPT_SIZE - index_bytes(&self.index)
+    }
+}
+
 /// What an index kept counts: its allocation.
 fn index_bytes(index: &Vec<usize>) -> usize {
     index.capacity() * size_of::<usize>()
@@ -125,7 +132,7 @@ impl Warm {
 
     /// Keeps a state let go as a spare, if there is room for one of its kind and size.
     fn spare_away(&mut self, kept: Kept) {
-        let record = kept.bytes - KEPT_SIZE - index_bytes(&kept.index);
+        let record = kept.record();
         let histories = kept.state.traits.len();
         let (spares, room, most) = match record > BUSY_RECORD {
             true => (&mut self.busy_spares, BUSY_SPARES, BUSY_SPARE_TRAITS),
@@ -138,8 +145,9 @@ impl Warm {
 
     /// Ends the open transaction: lets go of the states of earlier ones, longest kept first,
     /// until what the states kept count is at most `budget` (the open transaction's are kept
-    /// whatever their bytes), some kept as spares.
-    pub(super) fn end_transaction(&mut self, budget: usize) {
+    /// whatever their bytes), some kept as spares, and hands `let_go` each user let go, with
+    /// their record's length.
+    pub(super) fn end_transaction(&mut self, budget: usize, mut let_go: impl FnMut(&str, usize)) {
         while self.bytes > budget
             && self
                 .order
@@ -154,6 +162,7 @@ impl Warm {
                 && let Some(kept) = self.kept.remove(&user_id)
             {
                 self.bytes -= kept.bytes;
+                let_go(&user_id, kept.record());
                 self.spare_away(kept);
             }
         }
@@ -170,12 +179,14 @@ impl Warm {
     }
 }
 
-#[cfg(test)]
 impl Warm {
     pub(super) fn contains(&self, user_id: &str) -> bool {
         self.kept.contains_key(user_id)
     }
+}
 
+#[cfg(test)]
+impl Warm {
     pub(super) fn len(&self) -> usize {
         self.kept.len()
     }

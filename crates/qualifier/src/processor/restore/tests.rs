@@ -84,9 +84,9 @@ fn a_restore_gathers_the_histories_of_a_record_from_its_trait_parts() {
     )
     .unwrap();
     let read = IntCounter::new("read", "records read").unwrap();
-    let stores = restore(&kafka, "changelog", &[0], &definitions, &read).unwrap();
+    let mut stores = restore(&kafka, "changelog", &[0], &definitions, &read).unwrap();
     assert_eq!(read.get(), records.len() as u64);
-    let store = &stores[&0];
+    let store = stores.get_mut(&0).unwrap();
     assert_eq!(store.len(), 2, "u1 and w; no user for the orphan part");
     let u1 = store.stored("u1").unwrap();
     assert_eq!(
@@ -96,4 +96,63 @@ fn a_restore_gathers_the_histories_of_a_record_from_its_trait_parts() {
     );
     assert_eq!(u1.last_seen_unix_ms, NOW - 10);
     assert_eq!(store.stored("w").unwrap(), whole, "no part taken");
+}
+
+#[test]
+fn a_restored_partition_holds_its_users_packed_and_reads_them_back_whole() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("changelog", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    // Enough users for the store's dictionary (its first 64 KiB of records) and more, each
+    // written twice: the restore keeps the second.
+    let user = |i: i64, seen: i64| UserState {
+        user_id: format!("user-{i}"),
+        traits: (0..i % 5 + 6)
+            .map(|t| {
+                let times: Vec<i64> = (0..6).map(|d| seen - t * 1_000 - d * 86_400_000).collect();
+                history(101 + t as u64, &times)
+            })
+            .collect(),
+        last_seen_unix_ms: seen,
+        definitions_fingerprint: 0x5eed_5eed_5eed_5eed,
+        ..UserState::default()
+    };
+    let users: Vec<UserState> = (0..3_000).map(|i| user(i, NOW - i)).collect();
+    let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..3_000)
+        .map(|i| user(i, NOW - 50_000))
+        .chain(users.iter().cloned())
+        .map(|u| (u.user_id.clone().into_bytes(), Some(u.encode_to_vec())))
+        .collect();
+    let keyed: Vec<(&[u8], Option<&[u8]>)> = records
+        .iter()
+        .map(|(key, payload)| (key.as_slice(), payload.as_deref()))
+        .collect();
+    produce_keyed(&brokers, "changelog", &keyed);
+    let kafka =
+        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
+            .unwrap();
+    let definitions = Definitions::parse(
+        Path::new("restore.yaml"),
+        "traits: [{ id: 101 }, { id: 102 }, { id: 103 }, { id: 104 }, { id: 105 }, { id: 106 },\
+         { id: 107 }, { id: 108 }, { id: 109 }, { id: 110 }]\n\
+         segments:\n\
+         - { id: 100, rule: \"T101\" }\n",
+    )
+    .unwrap();
+    let read = IntCounter::new("read", "records read").unwrap();
+    let mut stores = restore(&kafka, "changelog", &[0], &definitions, &read).unwrap();
+    let store = stores.get_mut(&0).unwrap();
+    assert_eq!(store.len(), users.len());
+    let plain: usize = users
+        .iter()
+        .map(|u| u.encoded_len() - u.user_id.len() - 2)
+        .sum();
+    assert!(
+        store.held_bytes() * 2 < plain,
+        "{} B held of {plain}",
+        store.held_bytes()
+    );
+    for user in users.iter().step_by(97) {
+        assert_eq!(store.stored(&user.user_id).as_ref(), Some(user));
+    }
 }
