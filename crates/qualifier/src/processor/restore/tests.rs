@@ -42,11 +42,30 @@ fn apart(user: &str, last_seen: i64) -> Option<Vec<u8>> {
     )
 }
 
-#[test]
-fn a_restore_gathers_the_histories_of_a_record_from_its_trait_parts() {
+/// Writes `records` to a one-partition changelog of a mock cluster and restores it under
+/// definitions of traits `traits` (YAML's list) and one segment: the partition's store, and the
+/// records the restore read.
+fn restored(records: &[(Vec<u8>, Option<Vec<u8>>)], traits: &str) -> (PartitionStore, u64) {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("changelog", 1, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
+    let keyed: Vec<(&[u8], Option<&[u8]>)> = records
+        .iter()
+        .map(|(key, payload)| (key.as_slice(), payload.as_deref()))
+        .collect();
+    produce_keyed(&brokers, "changelog", &keyed);
+    let kafka =
+        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
+            .unwrap();
+    let yaml = format!("traits: {traits}\nsegments:\n- {{ id: 100, rule: \"T101\" }}\n");
+    let definitions = Definitions::parse(Path::new("restore.yaml"), &yaml).unwrap();
+    let read = IntCounter::new("read", "records read").unwrap();
+    let mut stores = restore(&kafka, "changelog", &[0], &definitions, &read).unwrap();
+    (stores.remove(&0).unwrap(), read.get())
+}
+
+#[test]
+fn a_restore_gathers_the_histories_of_a_record_from_its_trait_parts() {
     let whole = UserState {
         user_id: "w".to_owned(),
         traits: vec![history(101, &[NOW - 5])],
@@ -67,26 +86,11 @@ fn a_restore_gathers_the_histories_of_a_record_from_its_trait_parts() {
         // A part of a user with no record after it: dropped.
         (part_key("o", 101), part(Some(&[NOW - 1]))),
     ];
-    let keyed: Vec<(&[u8], Option<&[u8]>)> = records
-        .iter()
-        .map(|(key, payload)| (key.as_slice(), payload.as_deref()))
-        .collect();
-    produce_keyed(&brokers, "changelog", &keyed);
-
-    let kafka =
-        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
-            .unwrap();
-    let definitions = Definitions::parse(
-        Path::new("restore.yaml"),
-        "traits: [{ id: 101, ttl: 30d }, { id: 102 }, { id: 103 }]\n\
-         segments:\n\
-         - { id: 100, rule: \"T101\" }\n",
-    )
-    .unwrap();
-    let read = IntCounter::new("read", "records read").unwrap();
-    let mut stores = restore(&kafka, "changelog", &[0], &definitions, &read).unwrap();
-    assert_eq!(read.get(), records.len() as u64);
-    let store = stores.get_mut(&0).unwrap();
+    let (mut store, read) = restored(
+        &records,
+        "[{ id: 101, ttl: 30d }, { id: 102 }, { id: 103 }]",
+    );
+    assert_eq!(read, records.len() as u64);
     assert_eq!(store.len(), 2, "u1 and w; no user for the orphan part");
     let u1 = store.stored("u1").unwrap();
     assert_eq!(
@@ -100,9 +104,6 @@ fn a_restore_gathers_the_histories_of_a_record_from_its_trait_parts() {
 
 #[test]
 fn a_restored_partition_holds_its_users_packed_and_reads_them_back_whole() {
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("changelog", 1, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     // Enough users for the store's dictionary (its first 64 KiB of records) and more, each
     // written twice: the restore keeps the second.
     let user = |i: i64, seen: i64| UserState {
@@ -123,25 +124,8 @@ fn a_restored_partition_holds_its_users_packed_and_reads_them_back_whole() {
         .chain(users.iter().cloned())
         .map(|u| (u.user_id.clone().into_bytes(), Some(u.encode_to_vec())))
         .collect();
-    let keyed: Vec<(&[u8], Option<&[u8]>)> = records
-        .iter()
-        .map(|(key, payload)| (key.as_slice(), payload.as_deref()))
-        .collect();
-    produce_keyed(&brokers, "changelog", &keyed);
-    let kafka =
-        KafkaSettings::from_lookup(|name| (name == "KAFKA_BROKERS").then(|| brokers.clone()))
-            .unwrap();
-    let definitions = Definitions::parse(
-        Path::new("restore.yaml"),
-        "traits: [{ id: 101 }, { id: 102 }, { id: 103 }, { id: 104 }, { id: 105 }, { id: 106 },\
-         { id: 107 }, { id: 108 }, { id: 109 }, { id: 110 }]\n\
-         segments:\n\
-         - { id: 100, rule: \"T101\" }\n",
-    )
-    .unwrap();
-    let read = IntCounter::new("read", "records read").unwrap();
-    let mut stores = restore(&kafka, "changelog", &[0], &definitions, &read).unwrap();
-    let store = stores.get_mut(&0).unwrap();
+    let traits: Vec<String> = (101..=110).map(|id| format!("{{ id: {id} }}")).collect();
+    let (mut store, _) = restored(&records, &format!("[{}]", traits.join(", ")));
     assert_eq!(store.len(), users.len());
     let plain: usize = users
         .iter()
