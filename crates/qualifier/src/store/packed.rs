@@ -1,7 +1,8 @@
 //! Stored records compressed: a user's record is kept compressed (zstd, with a dictionary made
 //! of the partition's first records) while they are cold, and decompressed when they are taken.
-//! A record in memory took ~200 B per user at the Zipf-heavy fixture, ~120 B compressed one at a
-//! time this way, for ~1.7 µs to compress and ~0.4 µs to decompress (docs/BENCHMARKS.md).
+//! The records of the Zipf-heavy fixture took 199 B per user in memory, and take 128 B with those
+//! over [`PACKED_OVER`] bytes compressed, for no CPU per event measurably (docs/BENCHMARKS.md,
+//! "The qualifier's records compressed in memory").
 //!
 //! The dictionary is the first records themselves, 64 KiB of them end to end (zstd's raw content
 //! dictionary): a record is mostly field tags, lengths, trait and segment ids and times near the
@@ -16,9 +17,8 @@
 //!
 //! Until the dictionary is complete, records are kept as they are and the first ones (longer
 //! than [`PACKED_OVER`] bytes) copied into it; the store packs the records it holds once it is.
-//! Records of [`PACKED_OVER`] bytes or fewer are kept as they are: a light user's record would
-//! gain a few bytes for the microseconds. A record that does not come out shorter is kept as it
-//! is too.
+//! Records of [`PACKED_OVER`] bytes or fewer are kept as they are, and so is a record that does
+//! not come out shorter.
 
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 use zstd_safe::{CCtx, CParameter, DCtx, DParameter, FrameFormat};
