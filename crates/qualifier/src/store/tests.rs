@@ -1148,7 +1148,12 @@ fn cold_users_records_are_packed_and_come_back_whole() {
         // encoding in debug builds).
         let mut changed = user.clone();
         changed.traits[0].times_unix_ms.push(1_790_000_000_000);
-        store.put_changed(changed, Some(10), Histories::One(changed_id(user)), true);
+        store.put_changed(
+            changed,
+            Some(10),
+            Histories::One(user.traits[0].trait_id),
+            true,
+        );
     }
     let written = settle_within(&mut store, Layout::Whole, usize::MAX);
     assert_eq!(written.len(), users.len().div_ceil(7));
@@ -1162,11 +1167,6 @@ fn cold_users_records_are_packed_and_come_back_whole() {
         state.traits[0].times_unix_ms.last(),
         Some(&1_790_000_000_000)
     );
-}
-
-/// The trait id of a user's first history.
-fn changed_id(user: &UserState) -> u64 {
-    user.traits[0].trait_id
 }
 
 #[test]
