@@ -40,6 +40,8 @@ pub struct Metrics {
     /// `qualifier_consumer_lag_messages{topic, partition}`: input messages not yet consumed,
     /// per partition assigned to this process (see `telemetry::lag`).
     pub consumer_lag: IntGaugeVec,
+    /// `qualifier_partitions_revoked_total{topic}` (see `telemetry::partitions_revoked`).
+    pub partitions_revoked: IntCounterVec,
 }
 
 impl Metrics {
@@ -143,6 +145,7 @@ impl Metrics {
                 ),
                 &["topic", "partition"],
             )?,
+            partitions_revoked: telemetry::partitions_revoked("qualifier")?,
         };
         telemetry::register_all(
             registry,
@@ -165,6 +168,7 @@ impl Metrics {
                 &metrics.warm_bytes,
                 &metrics.state_bytes,
                 &metrics.consumer_lag,
+                &metrics.partitions_revoked,
             ],
         )?;
         for kind in EventKind::ALL {

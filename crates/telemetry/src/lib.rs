@@ -25,7 +25,7 @@ pub use kafka::{KafkaConfigError, KafkaSettings, SecurityProtocol, commits, is_t
 pub use lag::ConsumerLag;
 pub use liveness::{Heartbeat, Liveness, Waiter, Waiting};
 pub use logging::{LogFormat, LoggingError, init_logging};
-pub use metrics::{MetricHandle, register_all};
+pub use metrics::{MetricHandle, partitions_revoked, register_all};
 pub use prometheus;
 pub use runtime::{ServiceRuntime, StartError};
 pub use secret::Secret;

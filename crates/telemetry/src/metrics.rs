@@ -1,8 +1,8 @@
 //! Registering a service's metrics: the services build their metrics into a struct of handles
 //! and hand the registry every handle in one list.
 
-use prometheus::Registry;
 use prometheus::core::Collector;
+use prometheus::{IntCounterVec, Opts, Registry};
 
 /// A collector whose clones share its values, as every prometheus metric (`IntCounterVec`,
 /// `Histogram`, …) is: the registry gets a clone, the service keeps the original.
@@ -24,6 +24,21 @@ pub fn register_all(registry: &Registry, metrics: &[&dyn MetricHandle]) -> prome
         registry.register(metric.boxed_clone())?;
     }
     Ok(())
+}
+
+/// `<service>_partitions_revoked_total{topic}`: the input partitions a service's group
+/// consumer gave up in rebalances (to another member joining, to its own leaving or its session
+/// running out). A steady group adds none; a rising count is churn, and each partition revoked
+/// costs its next owner a restart of its work there (the qualifier: a restore from the
+/// changelog). Both services export it, `service` naming which.
+pub fn partitions_revoked(service: &str) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(
+        Opts::new(
+            format!("{service}_partitions_revoked_total"),
+            "Input partitions this process's group consumer gave up in rebalances.",
+        ),
+        &["topic"],
+    )
 }
 
 #[cfg(test)]

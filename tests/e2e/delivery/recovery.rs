@@ -129,7 +129,7 @@ async fn a_worker_joining_takes_only_the_partitions_that_move() {
     let a = test.start(&config, &json_log).await;
     crate::wait::group_settled(&test.group, 1, Duration::from_secs(30)).await;
     produce_users(&test, (0..200).map(|i| format!("m{i}"))).await;
-    let _b = test.start(&config, &json_log).await;
+    let b = test.start(&config, &json_log).await;
     crate::wait::group_settled(&test.group, 2, Duration::from_secs(60)).await;
     produce_users(&test, (0..200).map(|i| format!("n{i}"))).await;
     wait_for_users(&receiver, 400, Duration::from_secs(60)).await;
@@ -140,6 +140,13 @@ async fn a_worker_joining_takes_only_the_partitions_that_move() {
         "the first worker gave up other partitions than those that moved: {}",
         a.log()
     );
+    // `delivery_partitions_revoked_total` counts them too; the joining worker gave up none.
+    let revoked = format!(
+        r#"delivery_partitions_revoked_total{{topic="{}"}}"#,
+        test.topic
+    );
+    assert_eq!(metric_value(&a.metrics().await, &revoked), Some(2.0));
+    assert_eq!(metric_value(&b.metrics().await, &revoked), Some(0.0));
     let (_, twice) = super::accepted_users(&receiver.requests());
     assert!(
         twice.is_empty(),

@@ -23,6 +23,15 @@ async fn restores(qualifier: &super::Qualifier) -> f64 {
     metric_value(&metrics, "qualifier_restore_duration_seconds_count").unwrap_or(0.0)
 }
 
+/// Input partitions the instance gave up (`qualifier_partitions_revoked_total` of `topic`).
+async fn revoked(qualifier: &super::Qualifier, topic: &str) -> Option<f64> {
+    let metrics = qualifier.service.metrics().await;
+    metric_value(
+        &metrics,
+        &format!(r#"qualifier_partitions_revoked_total{{topic="{topic}"}}"#),
+    )
+}
+
 /// The `n`th event: a realization of trait 1, now, by a user of its own.
 fn event(n: usize) -> model::TraitEvent {
     let mut event = super::trait_realization(format!("join-user-{n}"));
@@ -90,6 +99,13 @@ async fn an_instance_joining_under_load_leaves_the_others_partitions_in_place() 
         "the first instance restored partitions again when the second joined; its rebalances:\n{}",
         rebalances(&a.service.log())
     );
+    // The first instance gave up the two partitions that moved, the second none.
+    let (first, second) = (
+        revoked(&a, &test.events).await,
+        revoked(&b, &test.events).await,
+    );
+    assert_eq!(first, Some(2.0), "{}", rebalances(&a.service.log()));
+    assert_eq!(second, Some(0.0));
 
     // Exactly once: each user qualified once, whichever instance had their partition (what the
     // first one had not committed of a moved partition, its new owner did, not both).

@@ -214,6 +214,10 @@ impl InputPipeline {
             follower,
             kafka: kafka.clone(),
             lag: telemetry::ConsumerLag::new(shared.metrics.consumer_lag.clone(), topic),
+            revocations: shared
+                .metrics
+                .partitions_revoked
+                .with_label_values(&[topic]),
         };
         let consumer: StreamConsumer<PipelineContext> = kafka
             .consumer_config(&format!("delivery-{topic}"))

@@ -42,6 +42,8 @@ pub(super) struct PipelineContext {
     pub(super) kafka: KafkaSettings,
     /// `delivery_consumer_lag` of this input topic, from librdkafka's statistics.
     pub(super) lag: telemetry::ConsumerLag,
+    /// `delivery_partitions_revoked_total` of this input topic.
+    pub(super) revocations: prometheus::IntCounter,
     /// Rebalance callbacks wait for the broker (committed offsets, metadata, the order
     /// table's ends): the pipeline's loop is not stuck meanwhile.
     pub(super) waiter: Option<Waiter>,
@@ -219,6 +221,7 @@ telemetry::hand_over_rebalances!(PipelineContext);
 impl commits::Handover for PipelineContext {
     fn revoked(&self, consumer: &BaseConsumer<Self>, revoked: &TopicPartitionList) {
         let _rebalancing = self.waiter.as_ref().map(Waiter::waiting);
+        self.revocations.inc_by(revoked.count() as u64);
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         // The revoked partitions are committed before this returns and librdkafka lets them
         // go, so their next owner starts where this one stopped, and only once the partner

@@ -245,6 +245,9 @@ impl Processor {
             pending: pending.clone(),
             metrics: metrics.clone(),
             lag: telemetry::ConsumerLag::new(metrics.consumer_lag.clone(), &topology.events_topic),
+            revocations: metrics
+                .partitions_revoked
+                .with_label_values(&[topology.events_topic.as_str()]),
             waiter: heartbeat.waiter(),
             failed: Mutex::new(None),
         };

@@ -31,6 +31,8 @@ pub(super) struct RebalanceContext {
     pub(super) pending: Pending,
     pub(super) metrics: Metrics,
     pub(super) lag: telemetry::ConsumerLag,
+    /// `qualifier_partitions_revoked_total` of the input topic.
+    pub(super) revocations: IntCounter,
     /// Declares the wait for the commits (the processing loop's, whose `poll` runs the callback).
     pub(super) waiter: Waiter,
     /// Why the commits of assigned partitions could not be read: the loop stops on it.
@@ -76,6 +78,7 @@ impl commits::Handover for RebalanceContext {
             self.in_flight.settle();
         }
         self.revoked.store(true, Ordering::Relaxed);
+        self.revocations.inc_by(partitions.count() as u64);
         let mut store = lock(&self.store);
         let mut pending = lock(&self.pending);
         for element in partitions.elements() {
