@@ -133,6 +133,7 @@ EXPECTATIONS = {
         "Queue budget": level(),
         "Consumer lag per partition": level(PER_PARTITION),
         "Committed offsets": level(PER_PARTITION),
+        "Partitions revoked": level(),
     },
     QUALIFIER: {
         "Ingest rate by status code": rate(code="202"),
@@ -144,6 +145,7 @@ EXPECTATIONS = {
         # all), at any level: under loadgen's traffic the last statistics may show a batch
         # not yet taken.
         "Consumer lag per partition": level(PER_PARTITION),
+        "Partitions revoked": level(),
         "Status changes by status and reason": rate(status="1", reason="qualified"),
         "Evaluation latency p50/p99": quantile(),
         "Users held": level(),
