@@ -1,5 +1,6 @@
 //! Registering a service's metrics: the services build their metrics into a struct of handles
-//! and hand the registry every handle in one list.
+//! and hand the registry every handle in one list. Also the one metric both define alike,
+//! [`partitions_revoked`].
 
 use prometheus::core::Collector;
 use prometheus::{IntCounterVec, Opts, Registry};
