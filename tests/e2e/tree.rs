@@ -1,6 +1,7 @@
 //! The repository's own shape, checked (issue 16): every Rust file says what it holds, no
 //! source file outgrows what one can hold in mind, every link in the docs resolves inside the
-//! repository, and docs/ARCHITECTURE.md names every file of both services and no other.
+//! repository, docs/ARCHITECTURE.md names every file of both services and no other, and the
+//! README names every metric they export.
 //! No broker needed: these read the checkout.
 
 use std::collections::BTreeSet;
@@ -322,6 +323,60 @@ fn the_helpers_issue_16_folded_stay_in_one_place() {
     );
 }
 
+/// The metric names `text` gives its metrics' constructors as string literals (prometheus's
+/// `Opts::new`, `HistogramOpts::new`, `IntCounter::new`, `IntGauge::new`, …); a name made at
+/// run time (`telemetry::partitions_revoked`'s) is not seen.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for constructor in ["Opts::new(", "Counter::new(", "Gauge::new("] {
+        for (at, _) in text.match_indices(constructor) {
+            let rest = text[at + constructor.len()..].trim_start();
+            if let Some(literal) = rest.strip_prefix('"')
+                && let Some(end) = literal.find('"')
+            {
+                names.push(literal[..end].to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Metrics of non-test sources in `paths` (their own test modules left out) that `readme` does
+/// not name in backticks (alone, or with their labels: `name{…}`): metric names are a public
+/// interface, documented there.
+fn undocumented_metrics(paths: &[PathBuf], readme: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for path in paths.iter().filter(|path| !is_test_file(path)) {
+        let text = std::fs::read_to_string(path).unwrap();
+        // A file's own test module comes last.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for name in metric_names(code) {
+            let named = [format!("`{name}`"), format!("`{name}{{")];
+            if !named.iter().any(|n| readme.contains(n.as_str())) {
+                found.push(format!("{}: {name}", relative(path)));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_metric_the_services_export_is_in_the_readme() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let sources = files("crates", ".rs");
+    let found = undocumented_metrics(&sources, &readme);
+    assert!(
+        found.is_empty(),
+        "metrics the README does not name: {found:#?}"
+    );
+    // The walk finds them: both services', and telemetry's (liveness).
+    let named: usize = sources
+        .iter()
+        .map(|p| metric_names(&std::fs::read_to_string(p).unwrap()).len())
+        .sum();
+    assert!(named > 50, "only {named} metric names found in the sources");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The checks themselves, fed known-bad cases: each must be able to fail.
 
@@ -382,5 +437,16 @@ fn the_checks_catch_what_they_are_for() {
     assert!(!registers_by_hand(
         &std::fs::read_to_string(service).unwrap()
     ));
+
+    let metrics = dir.join("metrics.rs");
+    std::fs::write(
+        &metrics,
+        "let a = IntCounterVec::new(Opts::new(\"t_events_total\", \"Events.\"), &[\"type\"]);\n         let b = IntGauge::new(\n    \"t_users\",\n    \"Users.\",\n);\n         let c = HistogramOpts::new(\"t_seconds\", \"Time.\");\n",
+    )
+    .unwrap();
+    let readme = "| `t_events_total` | counter |\n`t_seconds{le}`, and t_users unquoted\n";
+    let found = undocumented_metrics(std::slice::from_ref(&metrics), readme);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].ends_with(": t_users"), "{found:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
