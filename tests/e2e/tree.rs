@@ -341,40 +341,51 @@ fn metric_names(text: &str) -> Vec<String> {
     names
 }
 
-/// Metrics of non-test sources in `paths` (their own test modules left out) that `readme` does
-/// not name in backticks (alone, or with their labels: `name{…}`): metric names are a public
-/// interface, documented there.
-fn undocumented_metrics(paths: &[PathBuf], readme: &str) -> Vec<String> {
-    let mut found = Vec::new();
+/// The metrics the non-test sources in `paths` name (their own test modules left out), each as
+/// (file, name).
+fn exported_metrics(paths: &[PathBuf]) -> Vec<(String, String)> {
+    let mut metrics = Vec::new();
     for path in paths.iter().filter(|path| !is_test_file(path)) {
         let text = std::fs::read_to_string(path).unwrap();
         // A file's own test module comes last.
         let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-        for name in metric_names(code) {
-            let named = [format!("`{name}`"), format!("`{name}{{")];
-            if !named.iter().any(|n| readme.contains(n.as_str())) {
-                found.push(format!("{}: {name}", relative(path)));
-            }
-        }
+        metrics.extend(
+            metric_names(code)
+                .into_iter()
+                .map(|name| (relative(path), name)),
+        );
     }
-    found
+    metrics
+}
+
+/// Those of `metrics` that `readme` does not name in backticks (alone, or with their labels:
+/// `name{…}`): metric names are a public interface, documented there.
+fn undocumented(metrics: &[(String, String)], readme: &str) -> Vec<String> {
+    metrics
+        .iter()
+        .filter(|(_, name)| {
+            let named = [format!("`{name}`"), format!("`{name}{{")];
+            !named.iter().any(|n| readme.contains(n.as_str()))
+        })
+        .map(|(file, name)| format!("{file}: {name}"))
+        .collect()
 }
 
 #[test]
 fn every_metric_the_services_export_is_in_the_readme() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let sources = files("crates", ".rs");
-    let found = undocumented_metrics(&sources, &readme);
+    let metrics = exported_metrics(&files("crates", ".rs"));
+    let found = undocumented(&metrics, &readme);
     assert!(
         found.is_empty(),
         "metrics the README does not name: {found:#?}"
     );
-    // The walk finds them: both services', and telemetry's (liveness).
-    let named: usize = sources
-        .iter()
-        .map(|p| metric_names(&std::fs::read_to_string(p).unwrap()).len())
-        .sum();
-    assert!(named > 50, "only {named} metric names found in the sources");
+    // The walk finds them: both services', and telemetry's (liveness); 47 when this was written.
+    let named = metrics.len();
+    assert!(
+        named >= 45,
+        "only {named} metric names found in the sources"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -445,7 +456,7 @@ fn the_checks_catch_what_they_are_for() {
     )
     .unwrap();
     let readme = "| `t_events_total` | counter |\n`t_seconds{le}`, and t_users unquoted\n";
-    let found = undocumented_metrics(std::slice::from_ref(&metrics), readme);
+    let found = undocumented(&exported_metrics(std::slice::from_ref(&metrics)), readme);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].ends_with(": t_users"), "{found:?}");
     std::fs::remove_dir_all(&dir).unwrap();
