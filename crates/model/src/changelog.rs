@@ -81,7 +81,7 @@ pub fn write_part_key(key: &mut Vec<u8>, user: &str, trait_id: u64) {
 #[derive(Debug, Default)]
 pub struct Gatherer {
     /// Per user, their parts since their last record, in read order (`None`: a tombstone).
-    pending: HashMap<String, Vec<(u64, Option<TraitPart>)>>,
+    pending: HashMap<String, Vec<(u64, Option<TraitPart>)>, foldhash::fast::RandomState>,
 }
 
 impl Gatherer {
@@ -97,36 +97,58 @@ impl Gatherer {
 
     /// A user record: with `traits_apart`, `state` gets its trait histories, those of
     /// `previous` (the user as gathered at their previous record, if any: its histories are
-    /// moved, not copied) when it had them apart in the same generation, with the parts read
-    /// since applied. Either way the parts read since are used up.
+    /// moved, not copied) when it [`builds_on`] them, with the parts read since applied. Either
+    /// way the parts read since are used up.
     pub fn user(&mut self, state: &mut UserState, previous: Option<UserState>) {
+        let parts = self.parts_of(state);
+        if !state.traits_apart {
+            return;
+        }
+        state.traits = previous
+            .filter(|p| builds_on(state, p.traits_apart, p.traits_generation))
+            .map(|p| p.traits)
+            .unwrap_or_default();
+        for (trait_id, history) in parts {
+            apply(&mut state.traits, trait_id, history);
+        }
+    }
+
+    /// The parts read since the last record of `state`'s user, used up: what they do to the
+    /// histories of `state` (a user record) in read order, each a trait id and its history
+    /// (`None`: removed), a history's own trait id set to its key's. Parts of a generation other
+    /// than `state`'s are left out, and a record without `traits_apart` takes none. For a reader
+    /// that applies them itself ([`Self::user`] applies them to decoded histories).
+    pub fn parts_of(
+        &mut self,
+        state: &UserState,
+    ) -> impl Iterator<Item = (u64, Option<TraitHistory>)> + use<> {
         // A changelog of whole records has no parts: no lookup per record then.
         let parts = if self.pending.is_empty() {
             Vec::new()
         } else {
             self.pending.remove(&state.user_id).unwrap_or_default()
         };
-        if !state.traits_apart {
-            return;
-        }
-        let generation = state.traits_generation;
-        state.traits = previous
-            .filter(|p| p.traits_apart && p.traits_generation == generation)
-            .map(|p| p.traits)
-            .unwrap_or_default();
-        for (trait_id, part) in parts {
-            let history = match part {
-                Some(part) if part.generation != generation => continue,
-                Some(part) => Some(part.history.unwrap_or_default()),
-                None => None,
-            };
-            apply(&mut state.traits, trait_id, history);
-        }
+        let (apart, generation) = (state.traits_apart, state.traits_generation);
+        parts
+            .into_iter()
+            .filter(move |_| apart)
+            .filter_map(move |(trait_id, part)| match part {
+                Some(part) if part.generation != generation => None,
+                Some(part) => {
+                    let mut history = part.history.unwrap_or_default();
+                    history.trait_id = trait_id;
+                    Some((trait_id, Some(history)))
+                }
+                None => Some((trait_id, None)),
+            })
     }
 
-    /// A user tombstone: their parts read since their last record are dropped.
+    /// A user tombstone, or a record without `traits_apart` (which takes no part): their parts
+    /// read since their last record are dropped.
     pub fn forget(&mut self, user: &str) {
-        self.pending.remove(user);
+        if !self.pending.is_empty() {
+            self.pending.remove(user);
+        }
     }
 
     /// The parts read after their user's last record, which no record took: (users, parts).
@@ -138,19 +160,20 @@ impl Gatherer {
     }
 }
 
+/// Whether the histories of `state` (a user record with `traits_apart`) build on those of the
+/// user's previous record, which had `traits_apart` as `previous_apart` and `previous_generation`:
+/// when it had them apart too, in the same generation. Else they start empty.
+pub fn builds_on(state: &UserState, previous_apart: bool, previous_generation: u64) -> bool {
+    previous_apart && previous_generation == state.traits_generation
+}
+
 /// Sets (`Some`) or removes (`None`) the history of `trait_id` in `traits` (in ascending trait
-/// id). A part's own trait id is its key's.
+/// id), whose own trait id is `trait_id` already.
 fn apply(traits: &mut Vec<TraitHistory>, trait_id: u64, history: Option<TraitHistory>) {
     let at = traits.binary_search_by_key(&trait_id, |h| h.trait_id);
     match (at, history) {
-        (Ok(at), Some(mut history)) => {
-            history.trait_id = trait_id;
-            traits[at] = history;
-        }
-        (Err(at), Some(mut history)) => {
-            history.trait_id = trait_id;
-            traits.insert(at, history);
-        }
+        (Ok(at), Some(history)) => traits[at] = history,
+        (Err(at), Some(history)) => traits.insert(at, history),
         (Ok(at), None) => {
             traits.remove(at);
         }
