@@ -133,6 +133,11 @@ pub struct PartitionStore {
     packer: Packer,
     /// The bytes of the records in `users`, as held (packed or not).
     held: usize,
+    /// Users a restore stored without their timer, set at its end (`store/restored.rs`).
+    undated: ById<()>,
+    /// The trait parts a restore applies to a user's record (`store/restored.rs`), kept for
+    /// its allocation.
+    gathered: Vec<(u64, Option<model::pb::TraitHistory>)>,
 }
 
 impl PartitionStore {

@@ -12,6 +12,7 @@ use prometheus::IntCounter;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use telemetry::{KafkaSettings, Waiter, commits};
 
@@ -164,16 +165,20 @@ fn restore(
     definitions: &Definitions,
     records: &IntCounter,
 ) -> Result<HashMap<i32, PartitionStore>, KafkaError> {
-    // Each record replaces the user's earlier one, a tombstone (no payload) forgets them: the
-    // latest wins. A record whose histories are apart gets them from its trait parts (see
-    // `model::changelog`). Timers are set from the start's clock: one set earlier than need be
-    // fires and finds nothing to do.
+    // Timers are set from the start's clock: one set earlier than need be fires and finds
+    // nothing to do.
     let now = telemetry::clock::unix_ms();
-    let mut stores: HashMap<i32, PartitionStore> = partitions
-        .iter()
-        .map(|&p| (p, PartitionStore::at(now, p)))
-        .collect();
-    let mut gatherers: HashMap<i32, Gatherer> = HashMap::new();
+    let restoring = |partition| Restoring {
+        topic,
+        partition,
+        definitions,
+        now,
+        store: PartitionStore::at(now, partition),
+        gatherer: Gatherer::default(),
+    };
+    // Found by one cheap lookup per record.
+    let mut reading: HashMap<i32, Restoring<'_>, foldhash::fast::RandomState> =
+        partitions.iter().map(|&p| (p, restoring(p))).collect();
     let started = Instant::now();
     let mut logged = started;
     let mut read = 0_u64;
@@ -184,12 +189,45 @@ fn restore(
         records.inc();
         if read.is_multiple_of(1024) && logged.elapsed() >= PROGRESS_EVERY {
             logged = Instant::now();
-            tracing::info!(topic, ?partitions, records = read, seconds = started.elapsed().as_secs(), "Restoring partitions from the changelog.");
+            tracing::info!(
+                topic,
+                ?partitions,
+                records = read,
+                seconds = started.elapsed().as_secs(),
+                "Restoring partitions from the changelog."
+            );
         }
-        let store = stores
+        reading
             .entry(message.partition())
-            .or_insert_with_key(|&p| PartitionStore::at(now, p));
-        let gatherer = gatherers.entry(message.partition()).or_default();
+            .or_insert_with_key(|&p| restoring(p))
+            .record(message, &mut state);
+    })?;
+    let stores = reading.into_iter().map(|(partition, mut restored)| {
+        restored.finish();
+        (partition, restored.store)
+    });
+    Ok(stores.collect())
+}
+
+/// One changelog partition being restored into a store.
+struct Restoring<'a> {
+    topic: &'a str,
+    partition: i32,
+    definitions: &'a Definitions,
+    /// The restore's start.
+    now: i64,
+    store: PartitionStore,
+    gatherer: Gatherer,
+}
+
+impl Restoring<'_> {
+    /// Takes one record: each record replaces the user's earlier one, a tombstone (no payload)
+    /// forgets them: the latest wins. A record whose histories are apart gets them from its
+    /// trait parts (see `model::changelog`), spliced into its previous record's bytes, and its
+    /// timer at the end (`store/restored.rs`). The record is decoded into `state` (see
+    /// `decode_reusing`).
+    fn record(&mut self, message: &BorrowedMessage<'_>, state: &mut UserState) {
+        let (topic, store, gatherer) = (self.topic, &mut self.store, &mut self.gatherer);
         let key = message.key().unwrap_or_default();
         if let Some(Key::Part { user, trait_id }) = Key::parse(key) {
             match message.payload().map(TraitPart::decode).transpose() {
@@ -207,14 +245,18 @@ fn restore(
             store.remove(&user);
             return;
         };
-        match decode_reusing(&mut state, payload) {
+        match decode_reusing(state, payload) {
+            // Only a record with its histories apart builds on the previous one, and takes
+            // the parts read since (the others' are dropped).
+            Ok(()) if state.traits_apart => {
+                let parts = gatherer.parts_of(state);
+                store.put_gathered(state, parts);
+            }
             Ok(()) => {
-                // Only a record with its histories apart builds on the previous one.
-                let previous = state.traits_apart.then(|| store.stored(&state.user_id));
-                gatherer.user(&mut state, previous.flatten());
-                normalize(&mut state);
-                let due = next_due(definitions, &state, now);
-                store.put_encoded(&mut state, due);
+                gatherer.forget(&state.user_id);
+                normalize(state);
+                let due = next_due(self.definitions, state, self.now);
+                store.put_encoded(state, due);
             }
             Err(error) => {
                 // Not a tombstone: forgetting the user would end their segments silently.
@@ -222,27 +264,30 @@ fn restore(
                 tracing::error!(topic, partition = message.partition(), offset = message.offset(), %error, "An undecodable changelog record was skipped.");
             }
         }
-    })?;
-    for (partition, gatherer) in &gatherers {
-        let (users, parts) = gatherer.orphans();
+    }
+
+    /// Ends the partition's restore: its orphan parts dropped (and said), timers set, records
+    /// packed, stale users queued.
+    fn finish(&mut self) {
+        let (users, parts) = self.gatherer.orphans();
         if parts > 0 {
             // A writer writes a user's parts before their record: these belong to no record.
             tracing::warn!(
-                topic,
-                partition,
+                topic = self.topic,
+                partition = self.partition,
                 users,
                 parts,
                 "Trait parts read after their user's last record were dropped."
             );
         }
-    }
-    for store in stores.values_mut() {
-        store.pack_cold();
+        let (definitions, now) = (self.definitions, self.now);
+        self.store
+            .date_gathered(|state| next_due(definitions, state, now));
+        self.store.pack_cold();
         // Users last evaluated under other definitions (this process's differ from their last
         // owner's) are re-evaluated in the background.
-        store.mark_stale(definitions.fingerprint);
+        self.store.mark_stale(definitions.fingerprint);
     }
-    Ok(stores)
 }
 
 #[cfg(test)]

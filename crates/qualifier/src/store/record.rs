@@ -410,31 +410,40 @@ pub(super) fn shrink_oversized<T>(vec: &mut Vec<T>, slack: usize) {
     }
 }
 
-/// `UserState`'s `opted_out` (field 7) and `definitions_fingerprint` (field 11), read by
-/// walking the record's fields without decoding the rest; proto3 leaves a field at its default
-/// out.
+/// `UserState`'s `opted_out` (field 7) and `definitions_fingerprint` (field 11), read without
+/// decoding the record ([`scan_flag_and_number`]).
 pub(super) fn scan_for_staleness(bytes: &[u8]) -> (bool, u64) {
     const OPTED_OUT: u64 = 7;
     const DEFINITIONS_FINGERPRINT: u64 = 11;
-    let (mut opted_out, mut fingerprint) = (false, 0);
-    scan_varints(bytes, |field, value| match field {
-        OPTED_OUT => opted_out = value != 0,
-        DEFINITIONS_FINGERPRINT => fingerprint = value,
-        _ => {}
-    });
-    (opted_out, fingerprint)
+    scan_flag_and_number(bytes, OPTED_OUT, DEFINITIONS_FINGERPRINT)
 }
 
-/// The trait ids of a record's histories if it has `traits_apart` (field 12: the state was
-/// gathered from trait parts, whose keys these are), else none.
-pub(super) fn parted_trait_ids(record: &[u8]) -> impl Iterator<Item = u64> + '_ {
+/// `UserState`'s `traits_apart` (field 12) and `traits_generation` (field 13), read without
+/// decoding the record ([`scan_flag_and_number`]).
+pub(super) fn scan_apart(bytes: &[u8]) -> (bool, u64) {
     const TRAITS_APART: u64 = 12;
-    let mut apart = false;
-    scan_varints(record, |field, value| {
-        if field == TRAITS_APART {
-            apart = value != 0;
+    const TRAITS_GENERATION: u64 = 13;
+    scan_flag_and_number(bytes, TRAITS_APART, TRAITS_GENERATION)
+}
+
+/// A record's bool field `flag` and integer field `number`, read by walking its fields without
+/// decoding the rest; proto3 leaves a field at its default (false, 0) out.
+fn scan_flag_and_number(bytes: &[u8], flag: u64, number: u64) -> (bool, u64) {
+    let (mut set, mut value) = (false, 0);
+    scan_varints(bytes, |field, read| {
+        if field == flag {
+            set = read != 0;
+        } else if field == number {
+            value = read;
         }
     });
+    (set, value)
+}
+
+/// The trait ids of a record's histories if it has `traits_apart` (the state was gathered from
+/// trait parts, whose keys these are), else none.
+pub(super) fn parted_trait_ids(record: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let (apart, _) = scan_apart(record);
     HistoryEntries::of(if apart { record } else { &[] }).map(|(trait_id, _)| trait_id)
 }
 

@@ -253,8 +253,18 @@ fn a_user_gathered_from_trait_parts_is_written_whole_and_their_parts_tombstoned(
     assert_eq!(settle_keyed(&mut store), [(b"w".to_vec(), None)]);
 }
 
-/// Reads `records` as a restore does (`model::changelog::Gatherer`): each user as gathered.
+/// Reads `records` as a restore does (`model::changelog::Gatherer`): each user as gathered; no
+/// part is left over.
 fn gather(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> HashMap<String, UserState> {
+    let (users, orphans) = gather_with_orphans(records);
+    assert_eq!(orphans, (0, 0), "parts after their user's record");
+    users
+}
+
+/// [`gather`], and the parts left over: (users, parts).
+pub(super) fn gather_with_orphans(
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> (HashMap<String, UserState>, (usize, usize)) {
     use model::changelog::{Gatherer, Key};
     let (mut gatherer, mut users) = (Gatherer::default(), HashMap::new());
     for (key, value) in records {
@@ -277,12 +287,7 @@ fn gather(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> HashMap<String, UserState> 
             }
         }
     }
-    assert_eq!(
-        gatherer.orphans(),
-        (0, 0),
-        "parts after their user's record"
-    );
-    users
+    (users, gatherer.orphans())
 }
 
 /// A user of `histories` histories (trait ids 1…), every other field set.
