@@ -1,7 +1,8 @@
 //! What a restore stores and reads back: users stored as their records are read from the
 //! changelog, encoded at once, and read back as stored. A record whose histories are apart is
-//! spliced from the user's previous one and the trait parts read since, without decoding
-//! either record; such a user's timer is set once, at the restore's end.
+//! spliced from the user's previous one and the trait parts read since, without decoding the
+//! previous one or encoding its histories again; such a user's timer is set once, at the
+//! restore's end.
 
 use std::collections::hash_map;
 use std::sync::Arc;
