@@ -168,6 +168,18 @@ fn a_user_forgotten_before_the_restores_end_gets_no_timer() {
     let mut store = restore_log(&records);
     assert_eq!(store.due(i64::MAX, 10).collect::<Vec<_>>(), ["u"]);
     assert_eq!(store.take("u").unwrap().1, Some(200));
+    // Gathered, forgotten and back whole before the end, which dates them again: their one
+    // timer moves (the index names a user by the id the store holds now, not the one gathered).
+    let mut store = PartitionStore::default();
+    let mut state = UserState::default();
+    decode_reusing(&mut state, records[1].1.as_deref().unwrap()).unwrap();
+    store.put_gathered(&mut state, std::iter::empty());
+    store.remove("u");
+    decode_reusing(&mut state, records[3].1.as_deref().unwrap()).unwrap();
+    store.put_encoded(&mut state, Some(200));
+    store.date_gathered(|_| Some(999));
+    assert_eq!(store.due(i64::MAX, 10).collect::<Vec<_>>(), ["u"]);
+    assert_eq!(store.take("u").unwrap().1, Some(999));
 }
 
 /// A record of the generated logs: a part, a user record (apart or whole), or a tombstone.
