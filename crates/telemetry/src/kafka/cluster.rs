@@ -2,7 +2,6 @@
 //! its topics exist, that a broker answers, and bounded `read_committed` reads of a topic from
 //! a start to an end (the qualifier's changelog restore, tools).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -224,6 +223,11 @@ enum Bound {
     Stall(Duration),
 }
 
+/// A bounded read checks its bound every this many messages, not at each: two clock reads a
+/// message were ~4 % of a restore (docs/BENCHMARKS.md, "Restoring busy users by splicing").
+/// At a microsecond or more a message, a bound is overrun by under a millisecond.
+const CLOCK_EVERY: u32 = 256;
+
 /// [`KafkaSettings::read_ranges`] on a reader: `(partition, start, end)`, end exclusive.
 fn read_ranges(
     consumer: &BaseConsumer,
@@ -232,11 +236,12 @@ fn read_ranges(
     bound: Bound,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), KafkaError> {
-    let mut ends = HashMap::new();
+    // The partitions not finished and their ends: a few, looked up at every message.
+    let mut ends: Vec<(i32, i64)> = Vec::new();
     let mut assignment = TopicPartitionList::new();
     for &(partition, start, end) in ranges {
         if start.to_raw().is_none_or(|s| s < end) && end > 0 {
-            ends.insert(partition, end);
+            ends.push((partition, end));
             assignment.add_partition_offset(topic, partition, start)?;
         }
     }
@@ -249,10 +254,20 @@ fn read_ranges(
         Bound::Stall(limit) => (limit, true),
     };
     let mut since = Instant::now();
+    // Messages read since the clock was, and whether the read moved meanwhile (a message read
+    // or a partition finished).
+    let (mut unclocked, mut moved) = (0, false);
+    let end_of = |ends: &[(i32, i64)], partition| ends.iter().position(|&(p, _)| p == partition);
     while !ends.is_empty() {
-        if since.elapsed() > limit {
-            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        if unclocked == 0 {
+            if moved && moving_renews {
+                since = Instant::now();
+            } else if since.elapsed() > limit {
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            moved = false;
         }
+        unclocked = (unclocked + 1) % CLOCK_EVERY;
         let left = ends.len();
         match consumer.poll(Duration::from_millis(500)) {
             // A broker of several down, a leader moving: librdkafka reconnects and fetches
@@ -260,32 +275,31 @@ fn read_ranges(
             Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => {}
             Some(message) => {
                 let message = message?;
-                let Some(&end) = ends.get(&message.partition()) else {
+                let Some(at) = end_of(&ends, message.partition()) else {
                     continue;
                 };
+                let end = ends[at].1;
                 if message.offset() < end {
                     each(&message);
-                    if moving_renews {
-                        since = Instant::now();
-                    }
+                    moved = true;
                 }
                 if message.offset() + 1 >= end {
-                    ends.remove(&message.partition());
+                    ends.swap_remove(at);
                 }
             }
             None => {
                 // Aborted records and transaction markers end a partition without a message.
                 for element in consumer.position()?.elements() {
-                    if let (Offset::Offset(position), Some(&end)) =
-                        (element.offset(), ends.get(&element.partition()))
-                        && position >= end
+                    if let (Offset::Offset(position), Some(at)) =
+                        (element.offset(), end_of(&ends, element.partition()))
+                        && position >= ends[at].1
                     {
-                        ends.remove(&element.partition());
+                        ends.swap_remove(at);
                     }
                 }
-                if moving_renews && ends.len() < left {
-                    since = Instant::now();
-                }
+                moved |= ends.len() < left;
+                // Waited: the bound is checked before the next poll.
+                unclocked = 0;
             }
         }
     }

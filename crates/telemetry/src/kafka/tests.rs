@@ -237,3 +237,49 @@ fn a_read_that_stops_moving_fails_after_its_stall_bound() {
         "it gave up {took:?} after it began"
     );
 }
+
+/// A bounded read that has read records and then waits for one that never comes (its end past
+/// the partition's) fails at its deadline: the bound is checked at every wait, not only every
+/// so many messages.
+#[test]
+fn a_read_fails_at_its_deadline_also_after_records() {
+    use rdkafka::Offset;
+    use rdkafka::error::KafkaError;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::time::{Duration, Instant};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("changelog", 1, 1).unwrap();
+    let kafka = KafkaSettings::from_lookup(|name| {
+        (name == "KAFKA_BROKERS").then(|| cluster.bootstrap_servers())
+    })
+    .unwrap();
+    let producer: BaseProducer = kafka.client_config("test").create().unwrap();
+    for i in 0..5 {
+        let key = format!("u{i}");
+        producer
+            .send(BaseRecord::to("changelog").key(&key).payload("x"))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let started = Instant::now();
+    let mut read = 0;
+    let deadline = Duration::from_secs(2);
+    let ranges = [(0, Offset::Beginning, 100)];
+    let result = kafka.read_ranges("changelog", &ranges, false, deadline, |_| read += 1);
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            result,
+            Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut))
+        ),
+        "a read short of its end fails: {result:?} after {took:?}, {read} records"
+    );
+    assert_eq!(read, 5);
+    assert!(
+        (deadline..Duration::from_secs(20)).contains(&took),
+        "it gave up {took:?} after it began"
+    );
+}
