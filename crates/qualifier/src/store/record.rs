@@ -475,7 +475,23 @@ fn scan_varints(mut bytes: &[u8], mut each: impl FnMut(u64, u64)) {
     }
 }
 
-/// Reads a protobuf varint off the front of `bytes` (prost's reader; `None` where it errs).
-fn varint(bytes: &mut &[u8]) -> Option<u64> {
-    decode_varint(bytes).ok()
+/// Reads a protobuf varint off the front of `bytes` as prost's reader does (`None` where it
+/// errs), those of one or two bytes without calling it: the lengths and trait ids a walk over a
+/// busy user's history entries reads, two per entry, are nearly all that short, and the call
+/// was ~7 % of a restore of Zipf-heavy users (docs/BENCHMARKS.md, "Restoring busy users by
+/// splicing").
+#[inline]
+pub(super) fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let read: &[u8] = bytes;
+    match *read {
+        [first, ref rest @ ..] if first < 0x80 => {
+            *bytes = rest;
+            Some(u64::from(first))
+        }
+        [first, second, ref rest @ ..] if second < 0x80 => {
+            *bytes = rest;
+            Some(u64::from(first & 0x7f) | u64::from(second) << 7)
+        }
+        _ => decode_varint(bytes).ok(),
+    }
 }

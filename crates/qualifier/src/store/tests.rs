@@ -803,6 +803,40 @@ fn a_historys_times_are_decoded_packed_or_not() {
     assert_eq!(state, expected);
 }
 
+/// The varint reader of the record walks reads what prost's does and leaves the same bytes:
+/// every input of one and two bytes, alone and run on; every bit length's largest and smallest
+/// value, whole and cut short; a varint longer than ten bytes.
+#[test]
+fn a_varint_is_read_as_prost_reads_it() {
+    let same = |bytes: &[u8]| {
+        let (mut ours, mut theirs) = (bytes, bytes);
+        let read = super::record::varint(&mut ours);
+        match prost::encoding::decode_varint(&mut theirs) {
+            Ok(value) => assert_eq!((read, ours), (Some(value), theirs), "{bytes:x?}"),
+            Err(_) => assert_eq!(read, None, "{bytes:x?}"),
+        }
+    };
+    for first in 0..=u8::MAX {
+        same(&[first]);
+        for second in 0..=u8::MAX {
+            same(&[first, second]);
+            same(&[first, second, 0x05]);
+        }
+    }
+    for bits in 0..64 {
+        for value in [1_u64 << bits, (1_u64 << bits) - 1, u64::MAX >> bits] {
+            let mut encoded = Vec::new();
+            prost::encoding::encode_varint(value, &mut encoded);
+            same(&encoded);
+            same(&encoded[..encoded.len() - 1]);
+            encoded.push(0x7f);
+            same(&encoded);
+        }
+    }
+    same(&[0xff; 11]);
+    same(&[]);
+}
+
 #[test]
 fn staleness_is_read_from_the_record_as_decoding_it_would() {
     for (opted_out, fingerprint) in [(false, 0), (false, 1), (true, 1), (false, u64::MAX)] {
