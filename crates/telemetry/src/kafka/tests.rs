@@ -189,18 +189,14 @@ fn kafka_debug_passes_librdkafka_contexts_and_names_a_wrong_one() {
     );
 }
 
-/// A restore read that gets no record for its stall bound fails with `OperationTimedOut`
-/// instead of waiting for ever: here the one broker of a mock cluster answers every fetch with
-/// a leadership error (transient: librdkafka retries it), so no record comes.
-#[test]
-fn a_read_that_stops_moving_fails_after_its_stall_bound() {
-    use rdkafka::error::KafkaError;
-    use rdkafka::mocking::MockCluster;
+/// A mock cluster of one broker whose topic `changelog` (one partition) holds five records,
+/// and the settings of a client of it.
+fn changelog_of_five() -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    KafkaSettings,
+) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    use std::time::{Duration, Instant};
-
-    let cluster = MockCluster::new(1).unwrap();
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     cluster.create_topic("changelog", 1, 1).unwrap();
     let kafka = KafkaSettings::from_lookup(|name| {
         (name == "KAFKA_BROKERS").then(|| cluster.bootstrap_servers())
@@ -213,7 +209,20 @@ fn a_read_that_stops_moving_fails_after_its_stall_bound() {
             .send(BaseRecord::to("changelog").key(&key).payload("x"))
             .unwrap();
     }
-    producer.flush(Duration::from_secs(10)).unwrap();
+    producer.flush(std::time::Duration::from_secs(10)).unwrap();
+    (cluster, kafka)
+}
+
+/// A restore read that gets no record for its stall bound fails with `OperationTimedOut`
+/// instead of waiting for ever: here the one broker of a mock cluster answers every fetch with
+/// a leadership error (transient: librdkafka retries it), so no record comes.
+#[test]
+fn a_read_that_stops_moving_fails_after_its_stall_bound() {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use std::time::{Duration, Instant};
+
+    let (cluster, kafka) = changelog_of_five();
     cluster.request_errors(
         RDKafkaApiKey::Fetch,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 1000],
@@ -245,24 +254,9 @@ fn a_read_that_stops_moving_fails_after_its_stall_bound() {
 fn a_read_fails_at_its_deadline_also_after_records() {
     use rdkafka::Offset;
     use rdkafka::error::KafkaError;
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use std::time::{Duration, Instant};
 
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("changelog", 1, 1).unwrap();
-    let kafka = KafkaSettings::from_lookup(|name| {
-        (name == "KAFKA_BROKERS").then(|| cluster.bootstrap_servers())
-    })
-    .unwrap();
-    let producer: BaseProducer = kafka.client_config("test").create().unwrap();
-    for i in 0..5 {
-        let key = format!("u{i}");
-        producer
-            .send(BaseRecord::to("changelog").key(&key).payload("x"))
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(10)).unwrap();
+    let (_cluster, kafka) = changelog_of_five();
 
     let started = Instant::now();
     let mut read = 0;
