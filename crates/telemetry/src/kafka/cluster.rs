@@ -271,8 +271,10 @@ fn read_ranges(
         let left = ends.len();
         match consumer.poll(Duration::from_millis(500)) {
             // A broker of several down, a leader moving: librdkafka reconnects and fetches
-            // from the new leader by itself; the bound limits the wait.
-            Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => {}
+            // from the new leader by itself; the bound limits the wait. Such errors come as
+            // librdkafka retries, up to seconds apart: the bound is checked before the next
+            // poll, as after a wait.
+            Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => unclocked = 0,
             Some(message) => {
                 let message = message?;
                 let Some(at) = end_of(&ends, message.partition()) else {
