@@ -223,11 +223,6 @@ enum Bound {
     Stall(Duration),
 }
 
-/// A bounded read checks its bound every this many messages, not at each: two clock reads a
-/// message were ~4 % of a restore (docs/BENCHMARKS.md, "Restoring busy users by splicing").
-/// At a microsecond or more a message, a bound is overrun by under a millisecond.
-const CLOCK_EVERY: u32 = 256;
-
 /// [`KafkaSettings::read_ranges`] on a reader: `(partition, start, end)`, end exclusive.
 fn read_ranges(
     consumer: &BaseConsumer,
@@ -254,27 +249,24 @@ fn read_ranges(
         Bound::Stall(limit) => (limit, true),
     };
     let mut since = Instant::now();
-    // Messages read since the clock was, and whether the read moved meanwhile (a message read
-    // or a partition finished).
-    let (mut unclocked, mut moved) = (0, false);
+    // Whether the read moved since the last poll (a message handed to `each`, a partition
+    // finished): the clock is read once a message, not twice (~4 % of a restore of Zipf-heavy
+    // users; docs/BENCHMARKS.md, "The restore's reads"). Not less often: `each` may be slow.
+    let mut moved = false;
     let end_of = |ends: &[(i32, i64)], partition| ends.iter().position(|&(p, _)| p == partition);
     while !ends.is_empty() {
-        if unclocked == 0 {
-            if moved && moving_renews {
-                since = Instant::now();
-            } else if since.elapsed() > limit {
-                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
-            }
-            moved = false;
+        let now = Instant::now();
+        if moved && moving_renews {
+            since = now;
+        } else if now.duration_since(since) > limit {
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
         }
-        unclocked = (unclocked + 1) % CLOCK_EVERY;
+        moved = false;
         let left = ends.len();
         match consumer.poll(Duration::from_millis(500)) {
             // A broker of several down, a leader moving: librdkafka reconnects and fetches
-            // from the new leader by itself; the bound limits the wait. Such errors come as
-            // librdkafka retries, up to seconds apart: the bound is checked before the next
-            // poll, as after a wait.
-            Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => unclocked = 0,
+            // from the new leader by itself; the bound limits the wait.
+            Some(Err(KafkaError::MessageConsumption(code))) if is_transient(code) => {}
             Some(message) => {
                 let message = message?;
                 let Some(at) = end_of(&ends, message.partition()) else {
@@ -300,8 +292,6 @@ fn read_ranges(
                     }
                 }
                 moved |= ends.len() < left;
-                // Waited: the bound is checked before the next poll.
-                unclocked = 0;
             }
         }
     }

@@ -248,8 +248,8 @@ fn a_read_that_stops_moving_fails_after_its_stall_bound() {
 }
 
 /// A bounded read that has read records and then waits for one that never comes (its end past
-/// the partition's) fails at its deadline: the bound is checked at every wait, not only every
-/// so many messages.
+/// the partition's) fails at its deadline. (That a deadline ends a read still moving, each
+/// record slow to handle, is the e2e test `read_bounds`, on the real broker.)
 #[test]
 fn a_read_fails_at_its_deadline_also_after_records() {
     use rdkafka::Offset;
