@@ -25,7 +25,7 @@
 //! history entries lie is kept with their decoded state (`store/record.rs`, `Index`), so the
 //! touched entries are found by a binary search, not a walk over thousands.
 
-use std::collections::{HashMap, hash_map};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use model::UserState;
@@ -41,6 +41,7 @@ mod record;
 mod restored;
 mod stale;
 mod timers;
+mod users;
 mod warm;
 
 pub use owned::Store;
@@ -50,6 +51,7 @@ use parts::{Encoded, PartWriter, Written};
 use record::{Base, Indexes, decode_into, encode_indexed, index_entries, shrink_oversized};
 pub use restored::decode_reusing;
 use timers::{Due, Timers};
+use users::Users;
 use warm::{INDEXED_OVER, Warm};
 
 /// A user with more trait histories changed than this in one transaction is encoded whole.
@@ -98,7 +100,8 @@ struct Unsettled {
 /// The users of one input partition.
 #[derive(Debug, Default)]
 pub struct PartitionStore {
-    users: ById<Entry>,
+    /// By id, packed side by side (`store/users.rs`).
+    users: Users,
     /// The timers due before the horizon ([`Timers`]); the others are only in `users`.
     timers: Timers,
     /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
@@ -404,21 +407,15 @@ impl PartitionStore {
         let due = packed.get();
         self.held += state.len();
         let entry = Entry { state, due: packed };
-        // One probe of the map: a user is put back after a take, absent.
-        let (user_id, timer) = match self.users.entry(user_id) {
-            hash_map::Entry::Vacant(vacant) => {
-                let user_id = vacant.key().clone();
-                vacant.insert(entry);
-                (user_id, timer)
-            }
-            // Put again without a take: the id held stays, and so does its timer if still due
-            // then.
-            hash_map::Entry::Occupied(mut held) => {
-                let user_id = held.key().clone();
-                let replaced = held.insert(entry);
+        // One probe of the map: a user is put back after a take, absent. Put again without a
+        // take, the id held stays, and so does its timer if still due then.
+        let (user_id, replaced) = self.users.insert(user_id, entry);
+        let timer = match replaced {
+            Some(replaced) => {
                 self.held -= replaced.state.len();
-                (user_id, replaced.due.get())
+                replaced.due.get()
             }
+            None => timer,
         };
         self.timers.moved(timer, due, &user_id);
         user_id

@@ -226,7 +226,7 @@ impl PartitionStore {
     pub fn pack_cold(&mut self) {
         for _ in 0..2 {
             let mut ready = false;
-            for (user_id, entry) in &mut self.users {
+            for (user_id, entry) in self.users.iter_mut() {
                 if !self.warm.contains(user_id) {
                     ready |=
                         self.packer.pack_held(&mut entry.state, &mut self.held) == Packed::Ready;

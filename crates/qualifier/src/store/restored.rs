@@ -4,7 +4,6 @@
 //! previous one or encoding its histories again; such a user's timer is set once, at the
 //! restore's end.
 
-use std::collections::hash_map;
 use std::sync::Arc;
 
 use model::UserState;
@@ -97,16 +96,14 @@ impl PartitionStore {
         for (user_id, ()) in std::mem::take(&mut self.undated) {
             // The map's id, not this one: a user forgotten and stored again holds a new one,
             // and the timer index names a user by their id's allocation.
-            let hash_map::Entry::Occupied(held) = self.users.entry(user_id) else {
+            let Some((user_id, entry)) = self.users.get_key_value_mut(&user_id) else {
                 continue;
             };
-            let user_id = held.key().clone();
-            let entry = held.into_mut();
             let record = self.packer.read(&entry.state);
             decode_into(&mut state, record).expect("the store decodes the states it encoded");
             let (from, to) = (entry.due.get(), due(&state));
             entry.due = Due::new(to);
-            self.timers.moved(from, entry.due.get(), &user_id);
+            self.timers.moved(from, entry.due.get(), user_id);
         }
         self.gathered = Vec::new();
     }

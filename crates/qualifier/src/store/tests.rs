@@ -82,7 +82,7 @@ fn settle_within(
             Ok::<_, ()>(())
         })
         .unwrap();
-    let held: usize = store.users.values().map(|entry| entry.state.len()).sum();
+    let held: usize = store.users.iter().map(|(_, entry)| entry.state.len()).sum();
     assert_eq!(
         store.held_bytes(),
         held,
@@ -322,7 +322,8 @@ fn a_busy_user_is_written_in_trait_parts_and_then_only_what_changed() {
         for user in ["busy", "small"] {
             let held = store
                 .users
-                .contains_key(user)
+                .get(user)
+                .is_some()
                 .then(|| store.stored(user).unwrap());
             assert_eq!(gathered.get(user), held.as_ref(), "{user} as gathered");
         }
@@ -1069,7 +1070,7 @@ fn a_busy_users_record_is_kept_indexed_and_spliced_from_its_index() {
     settle_within(&mut store, Layout::Whole, usize::MAX);
     let walked = |store: &PartitionStore, id: &str| {
         let mut index = Vec::new();
-        index_entries(&store.users[id].state, &mut index);
+        index_entries(&store.users.get(id).unwrap().state, &mut index);
         index
     };
     let index = store.warm.index("busy").expect("kept");
@@ -1082,7 +1083,8 @@ fn a_busy_users_record_is_kept_indexed_and_spliced_from_its_index() {
     // Its allocation is what it needs, not grown past it.
     let index_bytes = store.warm.index_capacity("busy") * size_of::<usize>();
     assert_eq!(index_bytes, (busy as usize + 1) * size_of::<usize>());
-    let records = store.users["busy"].state.len() + store.users["small"].state.len();
+    let records = store.users.get("busy").unwrap().state.len()
+        + store.users.get("small").unwrap().state.len();
     assert_eq!(store.warm.counted(), records + index_bytes + 2 * KEPT_SIZE);
     // Events to the busy user, one history each, in transactions of their own: spliced from
     // the index kept, never a walk of their record (the debug build checks every splice and
@@ -1156,7 +1158,7 @@ fn plain_len(user: &UserState) -> usize {
 
 /// The bytes the store holds of a user, as they are held (packed or not).
 fn held<'a>(store: &'a PartitionStore, id: &str) -> &'a [u8] {
-    &store.users[id].state
+    &store.users.get(id).unwrap().state
 }
 
 #[test]

@@ -206,7 +206,7 @@ proptest! {
                     let due: Vec<&str> = store.due(now, usize::MAX).collect();
                     let mut by_time: Vec<(i64, &str)> = due
                         .iter()
-                        .map(|&id| (store.users[id].due.get().unwrap(), id))
+                        .map(|&id| (store.users.get(id).unwrap().due.get().unwrap(), id))
                         .collect();
                     prop_assert!(by_time.is_sorted_by_key(|&(due, _)| due), "earliest first");
                     by_time.sort_unstable();

@@ -1,0 +1,132 @@
+//! A partition's users by id: their entries side by side in one vector, and a table of each
+//! user's position in it (four bytes) by the hash of their id.
+//!
+//! A map of (id, entry) slots keeps a slot of 40 B for every place in its table, and its table
+//! is between 44 % and 88 % full (hashbrown doubles it past seven eighths): at 124,734 users a
+//! partition, 2^18 slots, ~86 B a user. Here a place in the table is 4 B and the entries are
+//! packed in the vector: ~52 B a user at that count, and it swings less with where the count
+//! falls against a power of two (docs/BENCHMARKS.md, "A partition's users packed side by
+//! side"). A lookup reads the table, then the user's place in the vector: one more cache line
+//! than a map's slot. A user removed leaves their place to the last user, whose position in
+//! the table is written again.
+
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Place;
+
+use super::Entry;
+
+#[derive(Debug, Default)]
+pub(super) struct Users {
+    /// Each user's position in `held`, by the hash of their id.
+    table: HashTable<u32>,
+    held: Vec<(Arc<str>, Entry)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Users {
+    pub(super) fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    fn hash(&self, user_id: &str) -> u64 {
+        self.hasher.hash_one(user_id)
+    }
+
+    /// The user's position in `held`.
+    fn position(&self, user_id: &str) -> Option<usize> {
+        let held = &self.held;
+        let found = self
+            .table
+            .find(self.hash(user_id), |&at| &*held[at as usize].0 == user_id)?;
+        Some(*found as usize)
+    }
+
+    pub(super) fn get(&self, user_id: &str) -> Option<&Entry> {
+        self.get_key_value(user_id).map(|(_, entry)| entry)
+    }
+
+    /// The user's entry and the id the store holds for them.
+    pub(super) fn get_key_value(&self, user_id: &str) -> Option<(&Arc<str>, &Entry)> {
+        let (id, entry) = &self.held[self.position(user_id)?];
+        Some((id, entry))
+    }
+
+    pub(super) fn get_mut(&mut self, user_id: &str) -> Option<&mut Entry> {
+        let at = self.position(user_id)?;
+        Some(&mut self.held[at].1)
+    }
+
+    /// The user's entry, with the id the store holds for them, to change.
+    pub(super) fn get_key_value_mut(&mut self, user_id: &str) -> Option<(&Arc<str>, &mut Entry)> {
+        let at = self.position(user_id)?;
+        let (id, entry) = &mut self.held[at];
+        Some((&*id, entry))
+    }
+
+    /// Stores `entry` for the user: the id the store holds for them (`user_id`, or the one held
+    /// already, which stays) and the entry it replaced.
+    pub(super) fn insert(&mut self, user_id: Arc<str>, entry: Entry) -> (Arc<str>, Option<Entry>) {
+        let (held, hasher) = (&mut self.held, &self.hasher);
+        let hash = hasher.hash_one(&*user_id);
+        let place = self.table.entry(
+            hash,
+            |&at| held[at as usize].0 == user_id,
+            |&at| hasher.hash_one(&*held[at as usize].0),
+        );
+        match place {
+            Place::Occupied(place) => {
+                let (id, stored) = &mut held[*place.get() as usize];
+                (id.clone(), Some(std::mem::replace(stored, entry)))
+            }
+            Place::Vacant(place) => {
+                place.insert(position(held.len()));
+                held.push((user_id.clone(), entry));
+                (user_id, None)
+            }
+        }
+    }
+
+    /// Removes the user: the id the store held for them and their entry. The last user takes
+    /// their place in `held`.
+    pub(super) fn remove_entry(&mut self, user_id: &str) -> Option<(Arc<str>, Entry)> {
+        let held = &self.held;
+        let hash = self.hash(user_id);
+        let found = self
+            .table
+            .find_entry(hash, |&at| &*held[at as usize].0 == user_id)
+            .ok()?;
+        let at = found.remove().0 as usize;
+        let last = held.len() - 1;
+        if at != last {
+            let hash = self.hash(&held[last].0);
+            let moved = self.table.find_mut(hash, |&other| other as usize == last);
+            // Every user in `held` has their position in the table, under their id's hash.
+            *moved.expect("the last user's position is in the table") = position(at);
+        }
+        Some(self.held.swap_remove(at))
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
+        self.held.iter().map(|(id, entry)| (id, entry))
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Entry)> {
+        self.held.iter_mut().map(|(id, entry)| (&*id, entry))
+    }
+}
+
+/// A position in `held` as the table keeps it. A partition holds far fewer than 2^32 users: its
+/// entries alone would take 160 GiB.
+fn position(at: usize) -> u32 {
+    u32::try_from(at).expect("a partition holds fewer than 2^32 users")
+}
+
+#[cfg(test)]
+mod tests;
