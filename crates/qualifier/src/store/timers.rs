@@ -26,9 +26,8 @@ pub(super) const HORIZON_MS: i64 = 10 * 60 * 1000;
 /// at least the next five minutes.
 const STEP_MS: i64 = HORIZON_MS / 2;
 
-/// When a stored user's timer is due, in 8 bytes where an `Option<i64>` takes 16: a map slot
-/// (id and entry) is 40 bytes instead of 48, ~13 B per user at a million users (a map has
-/// more slots than users).
+/// When a stored user's timer is due, in 8 bytes where an `Option<i64>` takes 16: a user's
+/// entry (id and record, `store/users.rs`) is 40 bytes instead of 48.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Due(i64);
 
