@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use testkit::receiver::Receiver;
+use testkit::receiver::{Receiver, Response};
 use testkit::service::{Service, metric_value};
 
 use super::{DeliveryTest, T0, change, destination, entries, json, update, update_now};
@@ -25,8 +25,23 @@ async fn partner_receives_the_exact_body_signed_with_both_keys_during_rotation()
         &receiver,
         ", data_partner: 1234, max_in_flight: 1, batch: { linger_ms: 300 }, auth: { hmac: { key_env: ACME_KEY, header: X-Signature, algorithm: sha1, previous_key_env: ACME_OLD_KEY, previous_header: X-Signature-Previous } }",
     )]);
-    // All three in one batch (one partition, one lane, long linger): latest status per
-    // segment wins.
+    // All three in one batch: latest status per segment wins. Their changes are years old, so
+    // a batch of them is due at once, and the first could go alone if the lane woke between
+    // them. So the one lane (one partition, max_in_flight 1) is first held by a request for
+    // another user, answered after 2 s (within the 3 s timeout), while the three arrive.
+    receiver.script([Response::status(200).delay(Duration::from_secs(2))]);
+    let service = test
+        .start(
+            &config,
+            &[
+                ("ACME_KEY", "sample_partner_private_key"),
+                ("ACME_OLD_KEY", "old-key"),
+            ],
+        )
+        .await;
+
+    test.produce(&test.topic, &[update_now("u0")]).await;
+    receiver.wait_for_requests(1, Duration::from_secs(20)).await;
     test.produce(
         &test.topic,
         &[
@@ -54,20 +69,10 @@ async fn partner_receives_the_exact_body_signed_with_both_keys_during_rotation()
         ],
     )
     .await;
-    let service = test
-        .start(
-            &config,
-            &[
-                ("ACME_KEY", "sample_partner_private_key"),
-                ("ACME_OLD_KEY", "old-key"),
-            ],
-        )
-        .await;
-
     let request = receiver
-        .wait_for_requests(1, Duration::from_secs(20))
+        .wait_for_requests(2, Duration::from_secs(20))
         .await
-        .remove(0);
+        .remove(1);
     assert_eq!(request.method, "POST");
     assert_eq!(request.path, "/aam");
     assert_eq!(request.header("content-type"), Some("application/json"));
@@ -110,7 +115,7 @@ async fn partner_receives_the_exact_body_signed_with_both_keys_during_rotation()
             metric_value(
                 &service.metrics().await,
                 r#"delivery_events_total{destination="423",outcome="delivered"}"#,
-            ) == Some(3.0)
+            ) == Some(4.0)
         },
     )
     .await;
