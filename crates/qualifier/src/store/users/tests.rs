@@ -128,3 +128,18 @@ fn a_place_in_the_table_is_four_bytes_and_an_entry_forty() {
     // What the module's memory figures rest on.
     assert_eq!(size_of::<u32>() + size_of::<(Arc<str>, Entry)>(), 44);
 }
+
+/// The entries grow by a quarter at a time: at any count, at most a fifth of their places (and
+/// the 64 of the smallest growth) are empty, wherever the count falls against a power of two.
+#[test]
+fn the_entries_take_at_most_a_quarter_more_places_than_users() {
+    let mut users = Users::default();
+    for user in 0..200_000u32 {
+        users.insert(Arc::from(format!("user-{user}").as_str()), entry(0));
+        let (len, places) = (users.len(), users.held.capacity());
+        assert!(
+            places <= len + len / 4 + super::GROWN_AT_LEAST,
+            "{places} places for {len} users"
+        );
+    }
+}
