@@ -81,7 +81,8 @@ class Rendered:
         self.objects = {}
         for path in files:
             name = os.path.basename(path)[: -len(".yaml")]
-            self.objects[name] = [d for d in yaml.safe_load_all(open(path)) if d]
+            with open(path) as f:
+                self.objects[name] = [d for d in yaml.safe_load_all(f) if d]
 
     def all(self):
         return [d for docs in self.objects.values() for d in docs]
@@ -219,7 +220,8 @@ def main(argv=None):
     failures = 0
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            commands = walkthrough_commands(open(args.readme).read())
+            with open(args.readme) as f:
+                commands = walkthrough_commands(f.read())
         except Failure as e:
             print(f"FAIL {e}")
             return 1
