@@ -7,9 +7,9 @@
 //! histories in, also for a user whose histories the changelog holds in trait parts:
 //! `store/parts.rs`), and decoded while an event or timer of theirs is evaluated: a decoded
 //! [`UserState`] holds every trait history, membership and its user id in allocations of their own,
-//! several times the record's size. The user id is held once, shared by the map and, for a timer
-//! due within the next ten minutes, the timer index (`store/timers.rs`; the other timers are only
-//! in the map). A user put back stays decoded until the transaction's end
+//! several times the record's size. The user id is held once, by the map (`store/users.rs`); a
+//! decoded state holds its own, and the timer index a copy for a timer due within the next ten
+//! minutes (`store/timers.rs`; the other timers are only in the map). A user put back stays decoded until the transaction's end
 //! ([`PartitionStore::settle`]), so that however many of their events it holds they are encoded
 //! once, and after it while their record's bytes fit a budget (`store/warm.rs`), so that a busy
 //! user is not decoded again in each transaction they are in (their record is tens of KB).
@@ -25,8 +25,8 @@
 //! history entries lie is kept with their decoded state (`store/record.rs`, `Index`), so the
 //! touched entries are found by a binary search, not a walk over thousands.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use model::UserState;
 use prost::Message as _;
@@ -34,6 +34,7 @@ use prost::encoding::string;
 
 use crate::evaluate::Histories;
 
+mod keyed;
 mod owned;
 mod packed;
 mod parts;
@@ -44,6 +45,7 @@ mod timers;
 mod users;
 mod warm;
 
+use keyed::{ByOwnId, Keyed};
 pub use owned::Store;
 use packed::Packer;
 pub use parts::{APART_OVER, Layout};
@@ -65,7 +67,7 @@ use warm::{INDEXED_OVER, Warm};
 const MAX_CHANGED_HISTORIES: usize = 1024;
 
 /// A map by user id.
-type ById<T> = HashMap<Arc<str>, T, foldhash::fast::RandomState>;
+type ById<T> = HashMap<Box<str>, T, foldhash::fast::RandomState>;
 
 /// One stored user: their changelog record without its user id (field 1, the first prost
 /// writes: the id and these bytes are the record) and when their timer is due. Empty while the
@@ -97,6 +99,12 @@ struct Unsettled {
     changed: bool,
 }
 
+impl Keyed for Unsettled {
+    fn user_id(&self) -> &str {
+        &self.state.user_id
+    }
+}
+
 /// The users of one input partition.
 #[derive(Debug, Default)]
 pub struct PartitionStore {
@@ -104,11 +112,13 @@ pub struct PartitionStore {
     users: Users,
     /// The timers due before the horizon ([`Timers`]); the others are only in `users`.
     timers: Timers,
-    /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), taken
-    /// from the end. About 16 bytes per user while a sweep runs; empty otherwise.
-    stale: Vec<Arc<str>>,
-    /// Users put back in the open transaction, decoded (see [`Self::settle`]).
-    unsettled: ById<Unsettled>,
+    /// Users to re-evaluate under the definitions in force (see [`Self::mark_stale`]), each by
+    /// their id's hash in `users`, taken from the end. 8 bytes per user while a sweep runs;
+    /// empty otherwise.
+    stale: Vec<u64>,
+    /// Users put back in the open transaction, decoded (see [`Self::settle`]), by the id their
+    /// states hold.
+    unsettled: ByOwnId<Unsettled>,
     /// The users taken out and not yet put back: the record each was taken from when it can be
     /// of use, and when their timer is due. The id goes back into the map when the user is put
     /// back, and the timer stays in the index meanwhile: it moves only if the user is put back
@@ -123,10 +133,10 @@ pub struct PartitionStore {
     decoded: u64,
     /// Users the store did not hold whose step forgot them in the open transaction (an
     /// erasure of an unknown user): a tombstone each at [`Self::settle`].
-    forgotten: Vec<Arc<str>>,
+    forgotten: Vec<Box<str>>,
     /// The records forgotten users were taken from, for the trait parts they name (see
     /// [`Self::forget`]).
-    retired: Vec<(Arc<str>, Base)>,
+    retired: Vec<(Box<str>, Base)>,
     /// Where states are encoded before they are copied into an allocation of their size.
     buffer: Vec<u8>,
     /// Where the history entries of the record [`Self::encode`] last wrote lie, and of one it
@@ -139,7 +149,7 @@ pub struct PartitionStore {
     /// The bytes of the records in `users`, as held (packed or not).
     held: usize,
     /// Users a restore stored without their timer, set at its end (`store/restored.rs`).
-    undated: ById<()>,
+    undated: HashSet<Box<str>>,
     /// The trait parts a restore applies to a user's record (`store/restored.rs`), kept for
     /// its allocation.
     gathered: Vec<(u64, Option<model::pb::TraitHistory>)>,
@@ -245,17 +255,19 @@ impl PartitionStore {
                 taken.due,
                 changed || taken.changed,
             ),
-            None => (Arc::from(state.user_id.as_str()), None, None, changed),
+            None => (Box::from(state.user_id.as_str()), None, None, changed),
         };
-        let user_id = self.insert(user_id, Box::default(), timer, due);
-        self.unsettled.insert(
-            user_id,
-            Unsettled {
-                state,
-                base,
-                changed,
-            },
+        self.insert(
+            Cow::Owned(user_id.into_string()),
+            Box::default(),
+            timer,
+            due,
         );
+        self.unsettled.insert(Unsettled {
+            state,
+            base,
+            changed,
+        });
     }
 
     /// Writes a tombstone for a user forgotten by a step at [`Self::settle`] (a user taken and
@@ -266,7 +278,7 @@ impl PartitionStore {
             Some(taken) => self
                 .retired
                 .extend(taken.base.take().map(|b| (user_id.into(), b))),
-            None => self.forgotten.push(Arc::from(user_id)),
+            None => self.forgotten.push(Box::from(user_id)),
         }
     }
 
@@ -316,7 +328,7 @@ impl PartitionStore {
         for user_id in self.forgotten.drain(..) {
             write(user_id.as_bytes(), None)?;
         }
-        for (user_id, mut user) in unsettled.drain() {
+        for mut user in unsettled.drain() {
             let written = match user.changed {
                 true => layout.write_as(&mut user.state, user.base.is_some()),
                 false => Written::Unchanged,
@@ -330,7 +342,7 @@ impl PartitionStore {
             let id_len = self.buffer.len();
             self.encode(&mut user.state, user.base.as_ref());
             user.state.user_id = id;
-            if let Some(entry) = self.users.get_mut(&user_id) {
+            if let Some(entry) = self.users.get_mut(&user.state.user_id) {
                 self.held -= entry.state.len();
                 entry.state = Box::from(&self.buffer[id_len..]);
                 self.held += entry.state.len();
@@ -341,8 +353,9 @@ impl PartitionStore {
                     id_len,
                     index,
                 };
+                let user_id = &user.state.user_id;
                 self.parts
-                    .settled(&user_id, &user.state, written, base, record, &mut write)?;
+                    .settled(user_id, &user.state, written, base, record, &mut write)?;
                 // A busy user's index is kept with their state; the one their record had
                 // takes its place, to be written next.
                 let index = match index.len() > INDEXED_OVER + 1 {
@@ -357,7 +370,7 @@ impl PartitionStore {
                     false => Vec::new(),
                 };
                 let bytes = entry.state.len();
-                self.warm.keep(user_id, user.state, bytes, index);
+                self.warm.keep(user.state, bytes, index);
             }
         }
         self.end_warm_transaction(warm_budget);
@@ -394,15 +407,15 @@ impl PartitionStore {
     }
 
     /// Stores a user's entry and timer (`timer`: when the timer the index holds for the user
-    /// is due, if they were taken); the id the store holds for them (`user_id`, or the one it
-    /// already held).
+    /// is due, if they were taken). A new user's id is `user_id`, allocated if borrowed; a
+    /// user held already keeps the id held.
     fn insert(
         &mut self,
-        user_id: Arc<str>,
+        user_id: Cow<'_, str>,
         state: Box<[u8]>,
         timer: Option<i64>,
         due: Option<i64>,
-    ) -> Arc<str> {
+    ) {
         let packed = Due::new(due);
         let due = packed.get();
         self.held += state.len();
@@ -417,8 +430,7 @@ impl PartitionStore {
             }
             None => timer,
         };
-        self.timers.moved(timer, due, &user_id);
-        user_id
+        self.timers.moved(timer, due, user_id);
     }
 
     /// Users whose timer is due at `now`, earliest first, at most `limit` (called between
@@ -436,7 +448,7 @@ impl PartitionStore {
     /// `store/timers.rs`): every five minutes, a pass over the users.
     pub fn advance_horizon(&mut self, now: i64) {
         let stored = self.users.iter().map(|(id, entry)| (entry.due.get(), id));
-        let taken = self.taken.iter().map(|(id, taken)| (taken.due, id));
+        let taken = self.taken.iter().map(|(id, taken)| (taken.due, &**id));
         self.timers.advance(now, stored.chain(taken));
     }
 }

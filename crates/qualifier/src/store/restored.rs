@@ -4,7 +4,7 @@
 //! previous one or encoding its histories again; such a user's timer is set once, at the
 //! restore's end.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use model::UserState;
 use model::changelog::builds_on;
@@ -30,7 +30,7 @@ impl PartitionStore {
         state.encode_raw(&mut self.buffer);
         let encoded = Box::from(self.buffer.as_slice());
         self.forget_decoded(&user_id);
-        self.insert(Arc::from(user_id.as_str()), encoded, None, due);
+        self.insert(Cow::Borrowed(&user_id), encoded, None, due);
         state.user_id = user_id;
     }
 
@@ -61,11 +61,9 @@ impl PartitionStore {
         let id = std::mem::take(&mut state.user_id);
         state.traits.clear();
         let (users, packer, buffer) = (&self.users, &mut self.packer, &mut self.buffer);
-        let held = users.get_key_value(id.as_str());
-        // The id the store holds for the user, if any: not allocated again at each version.
-        let user_id = held.map_or_else(|| Arc::from(id.as_str()), |(id, _)| id.clone());
-        let previous = held
-            .map(|(_, entry)| packer.read(&entry.state))
+        let previous = users
+            .get(&id)
+            .map(|entry| packer.read(&entry.state))
             .unwrap_or_default();
         // The histories first (the id is not stored, and prost writes them before the other
         // fields), then the other fields, found after them in the previous record: whether the
@@ -83,8 +81,12 @@ impl PartitionStore {
         self.check_gathered(&id, state, &read);
         let encoded = Box::from(self.buffer.as_slice());
         self.forget_decoded(&id);
-        let user_id = self.insert(user_id, encoded, None, None);
-        self.undated.insert(user_id, ());
+        // The id the store holds for the user, if any, stays: not allocated again at each
+        // version.
+        self.insert(Cow::Borrowed(&id), encoded, None, None);
+        if !self.undated.contains(id.as_str()) {
+            self.undated.insert(Box::from(id.as_str()));
+        }
         state.user_id = id;
         self.gathered = changes;
     }
@@ -93,17 +95,15 @@ impl PartitionStore {
     /// each from their state as stored, by `due`: at a restore's end, once per user.
     pub fn date_gathered(&mut self, due: impl Fn(&UserState) -> Option<i64>) {
         let mut state = UserState::default();
-        for (user_id, ()) in std::mem::take(&mut self.undated) {
-            // The map's id, not this one: a user forgotten and stored again holds a new one,
-            // and the timer index names a user by their id's allocation.
-            let Some((user_id, entry)) = self.users.get_key_value_mut(&user_id) else {
+        for user_id in std::mem::take(&mut self.undated) {
+            let Some(entry) = self.users.get_mut(&user_id) else {
                 continue;
             };
             let record = self.packer.read(&entry.state);
             decode_into(&mut state, record).expect("the store decodes the states it encoded");
             let (from, to) = (entry.due.get(), due(&state));
             entry.due = Due::new(to);
-            self.timers.moved(from, entry.due.get(), user_id);
+            self.timers.moved(from, entry.due.get(), &user_id);
         }
         self.gathered = Vec::new();
     }

@@ -1,35 +1,38 @@
 //! The users a store queues for re-evaluation when the definitions in force change: those last
 //! evaluated under others, read from their records without decoding them.
 
-use std::sync::Arc;
-
 use super::packed::Packer;
 use super::record::scan_for_staleness;
-use super::{ById, Entry, PartitionStore, Unsettled};
+use super::{ByOwnId, Entry, PartitionStore, Unsettled};
 
 impl PartitionStore {
     /// Queues every user last evaluated under another definitions fingerprint (opted-out
     /// markers have nothing to evaluate) for re-evaluation, replacing any earlier queue: the
     /// users it held are among these.
     pub fn mark_stale(&mut self, fingerprint: u64) {
-        let (unsettled, packer) = (&self.unsettled, &mut self.packer);
-        self.stale = self
-            .users
+        let (users, unsettled, packer) = (&self.users, &self.unsettled, &mut self.packer);
+        self.stale = users
             .iter()
             .filter(|(user_id, entry)| is_stale(unsettled, packer, user_id, entry, fingerprint))
-            .map(|(user_id, _)| user_id.clone())
+            .map(|(user_id, _)| users.hash(user_id))
             .collect();
         self.stale.shrink_to_fit();
     }
 
     /// The next queued user still stale under `fingerprint` (a live event may have evaluated
     /// them meanwhile, or the inactivity timer forgotten them).
-    pub fn next_stale(&mut self, fingerprint: u64) -> Option<Arc<str>> {
-        while let Some(user) = self.stale.pop() {
-            if let Some(entry) = self.users.get(&user)
-                && is_stale(&self.unsettled, &mut self.packer, &user, entry, fingerprint)
-            {
-                return Some(user);
+    ///
+    /// The queue holds the users' hashes, not their ids: a user found by their hash is one
+    /// whose id has it. Two users of one hash, both stale, are queued twice, and whichever is
+    /// found first is re-evaluated first (and so no longer stale when the other is sought).
+    pub fn next_stale(&mut self, fingerprint: u64) -> Option<Box<str>> {
+        let (users, unsettled, packer) = (&self.users, &self.unsettled, &mut self.packer);
+        while let Some(hash) = self.stale.pop() {
+            let mut hashed = users.hashed(hash);
+            let found = hashed
+                .find(|(user_id, entry)| is_stale(unsettled, packer, user_id, entry, fingerprint));
+            if let Some((user_id, _)) = found {
+                return Some(Box::from(user_id));
             }
         }
         self.stale = Vec::new();
@@ -45,7 +48,7 @@ impl PartitionStore {
 /// definitions other than `fingerprint`: read from their state if put back in the open
 /// transaction (`unsettled`), else from their record (read through `packer`).
 fn is_stale(
-    unsettled: &ById<Unsettled>,
+    unsettled: &ByOwnId<Unsettled>,
     packer: &mut Packer,
     user_id: &str,
     entry: &Entry,

@@ -102,7 +102,7 @@ pub(super) fn settle(store: &mut PartitionStore) -> Vec<(String, Option<Vec<u8>>
 /// A settled user's record as the store holds it: the id, then the stored bytes.
 fn stored(store: &PartitionStore, id: &str) -> Option<Vec<u8>> {
     let entry = store.users.get(id)?;
-    assert!(!store.unsettled.contains_key(id), "{id} is not settled");
+    assert!(!store.unsettled.contains(id), "{id} is not settled");
     let mut record = Vec::new();
     prost::encoding::string::encode(1, &id.to_owned(), &mut record);
     record.extend_from_slice(&entry.state);
@@ -931,7 +931,7 @@ fn a_sweep_queues_users_of_other_definitions_and_skips_those_evaluated_meanwhile
         );
         swept.push(user);
     }
-    assert_eq!(swept, [Arc::from("old-1")]);
+    assert_eq!(swept, [Box::from("old-1")]);
     assert_eq!(store.stale_count(), 0);
 }
 
@@ -943,8 +943,7 @@ fn users_due_at_the_same_time_keep_a_timer_each_and_their_id_through_a_take() {
         store.put(user(id), Some(10));
     }
     settle(&mut store);
-    let held =
-        |store: &PartitionStore, id: &str| Arc::as_ptr(store.users.get_key_value(id).unwrap().0);
+    let held = |store: &PartitionStore, id: &str| store.users.get_key_value(id).unwrap().0.as_ptr();
     let before: Vec<_> = ids.iter().map(|id| held(&store, id)).collect();
     // Every other user is taken and put back, some due later, some at the same time.
     for (i, id) in ids.iter().enumerate().step_by(2) {

@@ -16,8 +16,9 @@
 //! horizons keep to a grid of its own, five minutes apart and offset by its number
 //! ([`Timers::phased`]): the partitions pass in turn, tens of seconds apart.
 
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::hash::BuildHasher as _;
 
 /// How far ahead of the clock the index holds every timer.
 pub(super) const HORIZON_MS: i64 = 10 * 60 * 1000;
@@ -44,21 +45,61 @@ impl Due {
     }
 }
 
-/// When a user is due for evaluation. Timers are ordered by time, then by the address of the
-/// user's id: the store holds one id per user, shared by the map and the timer, so the address
-/// names the user. Users active in the same millisecond share a time, and ordering those by
-/// the ids themselves would read each compared id's allocation, a cache miss per comparison in
-/// a store of a million users (memcmp was ~9 % of the qualifier at 1M users). Users due at
-/// the same time come in no particular order.
+/// When a user is due for evaluation, with a copy of their id: the index holds only the timers
+/// due within the next ten minutes, few of a partition's users, and a timer moved takes the
+/// removed one's copy. Timers are ordered by time, then by a hash of the id, then by the id:
+/// users active in the same millisecond share a time, and ordering those by the ids alone
+/// would read each compared id's allocation, a cache miss per comparison in a store of a
+/// million users (memcmp was ~9 % of the qualifier at 1M users). Users due at the same time
+/// come in no particular order.
 #[derive(Debug)]
 struct Timer {
     due: i64,
-    user: Arc<str>,
+    hash: u64,
+    user: Box<str>,
 }
 
-impl Timer {
-    fn key(&self) -> (i64, *const u8) {
-        (self.due, Arc::as_ptr(&self.user).cast::<u8>())
+/// What a timer is ordered and found by: a timer, or the one sought (found without copying
+/// the id sought, through `Borrow<dyn Key>`).
+trait Key {
+    fn key(&self) -> (i64, u64, &str);
+}
+
+impl Key for Timer {
+    fn key(&self) -> (i64, u64, &str) {
+        (self.due, self.hash, &self.user)
+    }
+}
+
+impl Key for (i64, u64, &str) {
+    fn key(&self) -> (i64, u64, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn Key + 'a> for Timer {
+    fn borrow(&self) -> &(dyn Key + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn Key + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn Key + '_ {}
+
+impl PartialOrd for dyn Key + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn Key + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
     }
 }
 
@@ -86,6 +127,9 @@ impl Ord for Timer {
 #[derive(Debug, Default)]
 pub(super) struct Timers {
     index: BTreeSet<Timer>,
+    /// Hashes the timers' ids, the same in every process: the order of timers due together
+    /// does not depend on the run.
+    hasher: foldhash::fast::FixedState,
     /// Every timer due before this is in the index. `None` until [`Timers::advance`] is first
     /// called: then every timer is.
     horizon: Option<i64>,
@@ -112,33 +156,39 @@ impl Timers {
         self.horizon.is_none_or(|horizon| due < horizon)
     }
 
-    /// Indexes a user's timer, if due before the horizon (`user`: the id the store holds).
-    pub(super) fn insert(&mut self, due: Option<i64>, user: &Arc<str>) {
-        if let Some(due) = due.filter(|&due| self.indexed(due)) {
-            self.index.insert(Timer {
-                due,
-                user: user.clone(),
-            });
-        }
+    /// Indexes a user's timer, if due before the horizon.
+    pub(super) fn insert(&mut self, due: Option<i64>, user: &str) {
+        self.moved(None, due, user);
     }
 
-    /// Removes a user's timer, if it is indexed (`user`: the id the store holds, which the
-    /// timer holds too).
-    pub(super) fn remove(&mut self, due: Option<i64>, user: &Arc<str>) {
-        if let Some(due) = due.filter(|&due| self.indexed(due)) {
-            let removed = self.index.remove(&Timer {
-                due,
-                user: user.clone(),
-            });
-            debug_assert!(removed, "a user's timer is found by the id the store holds");
-        }
+    /// Removes a user's timer, if it is indexed.
+    pub(super) fn remove(&mut self, due: Option<i64>, user: &str) {
+        self.moved(due, None, user);
     }
 
-    /// Moves a user's timer from `from` to `to`.
-    pub(super) fn moved(&mut self, from: Option<i64>, to: Option<i64>, user: &Arc<str>) {
-        if from != to {
-            self.remove(from, user);
-            self.insert(to, user);
+    /// Moves a user's timer from `from` to `to` (`None`: no timer), indexed while due before
+    /// the horizon. A timer moved keeps its copy of the id: a copy is made only for a user's
+    /// timer coming into the index.
+    pub(super) fn moved(&mut self, from: Option<i64>, to: Option<i64>, user: &str) {
+        if from == to {
+            return;
+        }
+        let hash = self.hasher.hash_one(user);
+        let removed = from.filter(|&due| self.indexed(due)).map(|due| {
+            let sought: &dyn Key = &(due, hash, user);
+            let removed = self.index.take(sought);
+            debug_assert!(
+                removed.is_some(),
+                "an indexed timer is found by its time and id"
+            );
+            removed
+        });
+        if let Some(due) = to.filter(|&due| self.indexed(due)) {
+            let user = match removed.flatten() {
+                Some(timer) => timer.user,
+                None => Box::from(user),
+            };
+            self.index.insert(Timer { due, hash, user });
         }
     }
 
@@ -176,7 +226,7 @@ impl Timers {
     pub(super) fn advance<'a>(
         &mut self,
         now: i64,
-        held: impl Iterator<Item = (Option<i64>, &'a Arc<str>)>,
+        held: impl Iterator<Item = (Option<i64>, &'a str)>,
     ) {
         if !self.needs_advance(now) {
             return;

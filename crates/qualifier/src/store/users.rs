@@ -9,9 +9,15 @@
 //! side"). A lookup reads the table, then the user's place in the vector: one more cache line
 //! than a map's slot. A user removed leaves their place to the last user, whose position in
 //! the table is written again.
+//!
+//! The map holds each user's id, once: an allocation of the id's length. The store's other
+//! tables do not share it. The decoded states hold ids of their own (`store/keyed.rs`), and the
+//! timer index copies the ids of the few users due within ten minutes (`store/timers.rs`).
+//! Shared, it was an `Arc<str>`, whose counters made each id's allocation 16 B longer: ~16 B a
+//! user (docs/BENCHMARKS.md, "Each user's id held once").
 
+use std::borrow::Cow;
 use std::hash::BuildHasher as _;
-use std::sync::Arc;
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as Place;
@@ -22,7 +28,7 @@ use super::Entry;
 pub(super) struct Users {
     /// Each user's position in `held`, by the hash of their id.
     table: HashTable<u32>,
-    held: Vec<(Arc<str>, Entry)>,
+    held: Vec<(Box<str>, Entry)>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -35,7 +41,8 @@ impl Users {
         self.held.is_empty()
     }
 
-    fn hash(&self, user_id: &str) -> u64 {
+    /// The hash the table files a user under ([`Self::hashed`]).
+    pub(super) fn hash(&self, user_id: &str) -> u64 {
         self.hasher.hash_one(user_id)
     }
 
@@ -52,7 +59,7 @@ impl Users {
     }
 
     /// The user's entry and the id the store holds for them.
-    pub(super) fn get_key_value(&self, user_id: &str) -> Option<(&Arc<str>, &Entry)> {
+    pub(super) fn get_key_value(&self, user_id: &str) -> Option<(&str, &Entry)> {
         let (id, entry) = &self.held[self.position(user_id)?];
         Some((id, entry))
     }
@@ -62,15 +69,16 @@ impl Users {
     }
 
     /// The user's entry, with the id the store holds for them, to change.
-    pub(super) fn get_key_value_mut(&mut self, user_id: &str) -> Option<(&Arc<str>, &mut Entry)> {
+    pub(super) fn get_key_value_mut(&mut self, user_id: &str) -> Option<(&str, &mut Entry)> {
         let at = self.position(user_id)?;
         let (id, entry) = &mut self.held[at];
-        Some((&*id, entry))
+        Some((id, entry))
     }
 
-    /// Stores `entry` for the user: the id the store holds for them (`user_id`, or the one held
-    /// already, which stays) and the entry it replaced.
-    pub(super) fn insert(&mut self, user_id: Arc<str>, entry: Entry) -> (Arc<str>, Option<Entry>) {
+    /// Stores `entry` for the user: the id the store holds for them and the entry it
+    /// replaced. A new user's id is `user_id`, allocated if borrowed; a user held already keeps
+    /// the id held.
+    pub(super) fn insert(&mut self, user_id: Cow<'_, str>, entry: Entry) -> (&str, Option<Entry>) {
         let (held, hasher) = (&mut self.held, &self.hasher);
         let hash = hasher.hash_one(&*user_id);
         let place = self.table.entry(hash, holds(held, &user_id), |&at| {
@@ -79,20 +87,21 @@ impl Users {
         match place {
             Place::Occupied(place) => {
                 let (id, stored) = &mut held[*place.get() as usize];
-                (id.clone(), Some(std::mem::replace(stored, entry)))
+                (id, Some(std::mem::replace(stored, entry)))
             }
             Place::Vacant(place) => {
                 place.insert(position(held.len()));
                 make_room(held);
-                held.push((user_id.clone(), entry));
-                (user_id, None)
+                held.push((user_id.into_owned().into_boxed_str(), entry));
+                let (id, _) = held.last().expect("just pushed");
+                (id, None)
             }
         }
     }
 
     /// Removes the user: the id the store held for them and their entry. The last user takes
     /// their place in `held`.
-    pub(super) fn remove_entry(&mut self, user_id: &str) -> Option<(Arc<str>, Entry)> {
+    pub(super) fn remove_entry(&mut self, user_id: &str) -> Option<(Box<str>, Entry)> {
         let hash = self.hash(user_id);
         let found = self
             .table
@@ -110,12 +119,22 @@ impl Users {
         Some(self.held.swap_remove(at))
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> {
-        self.held.iter().map(|(id, entry)| (id, entry))
+    /// The users whose id has the hash `hash` ([`Self::hash`]): one at most, but for two ids
+    /// of the same 64-bit hash.
+    pub(super) fn hashed(&self, hash: u64) -> impl Iterator<Item = (&str, &Entry)> {
+        self.table
+            .iter_hash(hash)
+            .map(|&at| &self.held[at as usize])
+            .filter(move |(id, _)| self.hash(id) == hash)
+            .map(|(id, entry)| (&**id, entry))
     }
 
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Entry)> {
-        self.held.iter_mut().map(|(id, entry)| (&*id, entry))
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.held.iter().map(|(id, entry)| (&**id, entry))
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Entry)> {
+        self.held.iter_mut().map(|(id, entry)| (&**id, entry))
     }
 }
 
@@ -136,7 +155,7 @@ fn make_room<T>(held: &mut Vec<T>) {
 const GROWN_AT_LEAST: usize = 64;
 
 /// Whether a position in the table is `user_id`'s.
-fn holds<'a>(held: &'a [(Arc<str>, Entry)], user_id: &'a str) -> impl Fn(&u32) -> bool + 'a {
+fn holds<'a>(held: &'a [(Box<str>, Entry)], user_id: &'a str) -> impl Fn(&u32) -> bool + 'a {
     move |&at| &*held[at as usize].0 == user_id
 }
 

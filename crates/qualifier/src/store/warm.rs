@@ -16,10 +16,11 @@
 //! thousands of histories into a new state allocated a vector per history, 12 % of the
 //! qualifier's CPU at 30,000 events/s after a climb.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 use model::UserState;
+
+use super::keyed::{ByOwnId, Keyed};
 
 /// At most this many decoded states let go are kept per partition as spares, each of at most
 /// [`SPARE_TRAITS`] trait histories: what the spares hold stays under ~1 MB per partition. A
@@ -56,6 +57,12 @@ struct Kept {
     generation: u64,
 }
 
+impl Keyed for Kept {
+    fn user_id(&self) -> &str {
+        &self.state.user_id
+    }
+}
+
 impl Kept {
     /// Its record's length.
     fn record(&self) -> usize {
@@ -70,11 +77,13 @@ fn index_bytes(index: &Vec<usize>) -> usize {
 
 #[derive(Debug, Default)]
 pub(super) struct Warm {
-    kept: HashMap<Arc<str>, Kept, foldhash::fast::RandomState>,
-    /// Users in the order they were put back, each with its transaction: an entry whose user
-    /// was taken since (and so is not kept, or kept from a later transaction) is stale and
-    /// skipped.
-    order: VecDeque<(Arc<str>, u64)>,
+    /// By the user id their states hold.
+    kept: ByOwnId<Kept>,
+    /// Users in the order they were put back, each by their id's hash in `kept` with its
+    /// transaction: an entry whose user was taken since (and so is not kept, or kept from a
+    /// later transaction) is stale and skipped. Two users of one hash kept from one transaction
+    /// have an entry each, and either is let go for either.
+    order: VecDeque<(u64, u64)>,
     /// What the states kept count in all.
     bytes: usize,
     /// The open transaction.
@@ -99,15 +108,10 @@ impl Warm {
 
     /// Keeps a state put back in the open transaction, whose record is `record` bytes long,
     /// with where its history entries lie (`index`, empty for not known).
-    pub(super) fn keep(
-        &mut self,
-        user_id: Arc<str>,
-        state: UserState,
-        record: usize,
-        index: Vec<usize>,
-    ) {
+    pub(super) fn keep(&mut self, state: UserState, record: usize, index: Vec<usize>) {
         let (generation, bytes) = (self.generation, record + index_bytes(&index) + KEPT_SIZE);
-        self.order.push_back((user_id.clone(), generation));
+        let hash = self.kept.hash(&state.user_id);
+        self.order.push_back((hash, generation));
         self.bytes += bytes;
         let kept = Kept {
             state,
@@ -115,7 +119,7 @@ impl Warm {
             bytes,
             generation,
         };
-        if let Some(replaced) = self.kept.insert(user_id, kept) {
+        if let Some(replaced) = self.kept.insert(kept) {
             self.bytes -= replaced.bytes;
         }
     }
@@ -154,15 +158,13 @@ impl Warm {
                 .front()
                 .is_some_and(|(_, generation)| *generation < self.generation)
         {
-            let (user_id, generation) = self.order.pop_front().expect("just looked");
-            if self
+            let (hash, generation) = self.order.pop_front().expect("just looked");
+            let kept = self
                 .kept
-                .get(&user_id)
-                .is_some_and(|k| k.generation == generation)
-                && let Some(kept) = self.kept.remove(&user_id)
-            {
+                .remove_hashed(hash, |k| k.generation == generation);
+            if let Some(kept) = kept {
                 self.bytes -= kept.bytes;
-                let_go(&user_id, kept.record());
+                let_go(&kept.state.user_id, kept.record());
                 self.spare_away(kept);
             }
         }
@@ -170,9 +172,9 @@ impl Warm {
         // they outnumber the states kept, a put costs a constant share of one.
         if self.order.len() > 2 * self.kept.len() + 1024 {
             let kept = &self.kept;
-            self.order.retain(|(user_id, generation)| {
-                kept.get(user_id)
-                    .is_some_and(|k| k.generation == *generation)
+            self.order.retain(|&(hash, generation)| {
+                kept.find_hashed(hash, |k| k.generation == generation)
+                    .is_some()
             });
         }
         self.generation += 1;
@@ -181,7 +183,7 @@ impl Warm {
 
 impl Warm {
     pub(super) fn contains(&self, user_id: &str) -> bool {
-        self.kept.contains_key(user_id)
+        self.kept.contains(user_id)
     }
 }
 
@@ -204,7 +206,7 @@ impl Warm {
     }
 
     pub(super) fn index_capacity(&self, user_id: &str) -> usize {
-        self.kept[user_id].index.capacity()
+        self.kept.get(user_id).expect("kept").index.capacity()
     }
 
     pub(super) fn spares(&self) -> &[UserState] {

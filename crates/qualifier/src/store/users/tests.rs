@@ -1,8 +1,8 @@
 //! The users table against a map of the same users: every id found, at its entry, after any
 //! mix of inserts and removes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -35,20 +35,25 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Where an id held lies: a user's id is held once, by one allocation.
+type Held = *const u8;
+
 /// Every user of `model` is found, with their entry and the id held for them, and no other.
-fn same_users(users: &Users, model: &HashMap<String, (Arc<str>, u8)>) -> Result<(), TestCaseError> {
+fn same_users(users: &Users, model: &HashMap<String, (Held, u8)>) -> Result<(), TestCaseError> {
     prop_assert_eq!(users.len(), model.len());
     prop_assert_eq!(users.is_empty(), model.is_empty());
     for user in 0u8..48 {
         let id = format!("user-{user}");
         let found = users
             .get_key_value(&id)
-            .map(|(id, e)| (id.clone(), mark(e)));
+            .map(|(id, e)| (id.as_ptr(), mark(e)));
         match model.get(&id) {
             Some((held, mark)) => {
                 let (found_id, found_mark) = found.expect("a stored user is found");
-                prop_assert!(Arc::ptr_eq(&found_id, held), "the id first stored is held");
+                prop_assert_eq!(found_id, *held, "the id first stored is held");
                 prop_assert_eq!(found_mark, *mark);
+                let hashed: Vec<&str> = users.hashed(users.hash(&id)).map(|(id, _)| id).collect();
+                prop_assert_eq!(hashed, [id.as_str()], "found by the hash of their id");
             }
             None => prop_assert!(found.is_none(), "{id} was removed or never stored"),
         }
@@ -71,16 +76,24 @@ proptest! {
     #[test]
     fn the_users_are_found_as_a_map_finds_them(steps in prop::collection::vec(step(), 1..400)) {
         let mut users = Users::default();
-        let mut model: HashMap<String, (Arc<str>, u8)> = HashMap::new();
+        let mut model: HashMap<String, (Held, u8)> = HashMap::new();
         for step in steps {
             match step {
                 Step::Insert(user, marked) => {
                     let id = format!("user-{user}");
-                    let (held, replaced) = users.insert(Arc::from(id.as_str()), entry(marked));
+                    // Borrowed and owned ids by turns: either is stored for a new user.
+                    let given = match marked % 2 {
+                        0 => Cow::Borrowed(id.as_str()),
+                        _ => Cow::Owned(id.clone()),
+                    };
+                    let (held, replaced) = users.insert(given, entry(marked));
+                    prop_assert_eq!(held, id.as_str());
+                    let held = held.as_ptr();
+                    prop_assert_ne!(held, id.as_ptr(), "the id is the store's own");
                     let before = model.get(&id).cloned();
                     prop_assert_eq!(replaced.as_ref().map(mark), before.as_ref().map(|b| b.1));
                     if let Some((first, _)) = &before {
-                        prop_assert!(Arc::ptr_eq(&held, first), "a user stored again keeps their id");
+                        prop_assert_eq!(held, *first, "a user stored again keeps their id");
                     }
                     let held = before.map_or(held, |(first, _)| first);
                     model.insert(id, (held, marked));
@@ -90,7 +103,7 @@ proptest! {
                     let removed = users.remove_entry(&id).map(|(held, e)| (held, mark(&e)));
                     match (removed, model.remove(&id)) {
                         (Some((held, got)), Some((first, want))) => {
-                            prop_assert!(Arc::ptr_eq(&held, &first));
+                            prop_assert_eq!(held.as_ptr(), first);
                             prop_assert_eq!(got, want);
                         }
                         (None, None) => {}
@@ -107,11 +120,11 @@ proptest! {
 fn a_changed_entry_is_read_back_and_iter_mut_reaches_every_user() {
     let mut users = Users::default();
     for user in 0..100u8 {
-        users.insert(Arc::from(format!("user-{user}")), entry(user));
+        users.insert(Cow::Owned(format!("user-{user}")), entry(user));
     }
     users.get_mut("user-7").unwrap().state = Box::from([200]);
     let (id, held) = users.get_key_value_mut("user-8").unwrap();
-    assert_eq!(&**id, "user-8");
+    assert_eq!(id, "user-8");
     held.state = Box::from([201]);
     assert_eq!(mark(users.get("user-7").unwrap()), 200);
     assert_eq!(mark(users.get("user-8").unwrap()), 201);
@@ -126,7 +139,7 @@ fn a_changed_entry_is_read_back_and_iter_mut_reaches_every_user() {
 #[test]
 fn a_place_in_the_table_is_four_bytes_and_an_entry_forty() {
     // What the module's memory figures rest on.
-    assert_eq!(size_of::<u32>() + size_of::<(Arc<str>, Entry)>(), 44);
+    assert_eq!(size_of::<u32>() + size_of::<(Box<str>, Entry)>(), 44);
 }
 
 /// The entries grow by a quarter at a time: at any count, at most a fifth of their places (and
@@ -135,7 +148,7 @@ fn a_place_in_the_table_is_four_bytes_and_an_entry_forty() {
 fn the_entries_take_at_most_a_quarter_more_places_than_users() {
     let mut users = Users::default();
     for user in 0..200_000u32 {
-        users.insert(Arc::from(format!("user-{user}").as_str()), entry(0));
+        users.insert(Cow::Owned(format!("user-{user}")), entry(0));
         let (len, places) = (users.len(), users.held.capacity());
         assert!(
             places <= len + len / 4 + super::GROWN_AT_LEAST,

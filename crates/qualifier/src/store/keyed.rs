@@ -1,0 +1,120 @@
+//! A table of values that each hold their user's id, found by it: the table keeps no id of its
+//! own. The store's decoded states (`UserState` holds its `user_id`) are kept this way, so
+//! that keeping one does not copy its user's id (see `store/users.rs`: the store holds each
+//! user's id once, in its map, where it used to share it among its tables).
+
+use std::hash::BuildHasher as _;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
+/// A value that holds its user's id.
+pub(super) trait Keyed {
+    fn user_id(&self) -> &str;
+}
+
+#[derive(Debug)]
+pub(super) struct ByOwnId<T> {
+    table: HashTable<T>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl<T> Default for ByOwnId<T> {
+    fn default() -> Self {
+        Self {
+            table: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+impl<T: Keyed> ByOwnId<T> {
+    /// The hash the table files a user under.
+    pub(super) fn hash(&self, user_id: &str) -> u64 {
+        self.hasher.hash_one(user_id)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub(super) fn get(&self, user_id: &str) -> Option<&T> {
+        self.table
+            .find(self.hash(user_id), |value| value.user_id() == user_id)
+    }
+
+    pub(super) fn contains(&self, user_id: &str) -> bool {
+        self.get(user_id).is_some()
+    }
+
+    pub(super) fn remove(&mut self, user_id: &str) -> Option<T> {
+        let hash = self.hash(user_id);
+        let found = self
+            .table
+            .find_entry(hash, |value| value.user_id() == user_id);
+        Some(found.ok()?.remove().0)
+    }
+
+    /// Stores `value` under its user's id: the value it replaced, if any.
+    pub(super) fn insert(&mut self, value: T) -> Option<T> {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(value.user_id());
+        let place = self.table.entry(
+            hash,
+            |held| held.user_id() == value.user_id(),
+            |held| hasher.hash_one(held.user_id()),
+        );
+        match place {
+            Entry::Occupied(mut place) => Some(std::mem::replace(place.get_mut(), value)),
+            Entry::Vacant(place) => {
+                place.insert(value);
+                None
+            }
+        }
+    }
+
+    /// A value whose user's id has the hash `hash` ([`Self::hash`]) and that `accepts`, if
+    /// any: found without the id.
+    pub(super) fn find_hashed(&self, hash: u64, accepts: impl Fn(&T) -> bool) -> Option<&T> {
+        let hasher = &self.hasher;
+        self.table.find(hash, |value| {
+            accepts(value) && hasher.hash_one(value.user_id()) == hash
+        })
+    }
+
+    /// [`Self::find_hashed`], removed.
+    pub(super) fn remove_hashed(&mut self, hash: u64, accepts: impl Fn(&T) -> bool) -> Option<T> {
+        let hasher = &self.hasher;
+        let found = self.table.find_entry(hash, |value| {
+            accepts(value) && hasher.hash_one(value.user_id()) == hash
+        });
+        Some(found.ok()?.remove().0)
+    }
+
+    /// Every value, taken out; the table keeps its allocation.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.table.drain()
+    }
+
+    #[cfg(test)]
+    pub(super) fn values(&self) -> impl Iterator<Item = &T> {
+        self.table.iter()
+    }
+}
+
+#[cfg(test)]
+impl<T: Keyed> std::ops::Index<&str> for ByOwnId<T> {
+    type Output = T;
+
+    fn index(&self, user_id: &str) -> &T {
+        self.get(user_id).expect("the user is held")
+    }
+}
+
+#[cfg(test)]
+mod tests;
