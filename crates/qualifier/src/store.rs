@@ -3,16 +3,18 @@
 //! topic (one partition per input partition), from which a partition is restored when this
 //! process gains it.
 //!
-//! Each user is kept encoded, as the bytes of their changelog record less the user id (with their
-//! histories in, also for a user whose histories the changelog holds in trait parts:
-//! `store/parts.rs`), and decoded while an event or timer of theirs is evaluated: a decoded
-//! [`UserState`] holds every trait history, membership and its user id in allocations of their own,
-//! several times the record's size. The user id is held once, by the map (`store/users.rs`); a
-//! decoded state holds its own, and the timer index a copy for a timer due within the next ten
-//! minutes (`store/timers.rs`; the other timers are only in the map). A user put back stays decoded until the transaction's end
-//! ([`PartitionStore::settle`]), so that however many of their events it holds they are encoded
-//! once, and after it while their record's bytes fit a budget (`store/warm.rs`), so that a busy
-//! user is not decoded again in each transaction they are in (their record is tens of KB).
+//! Each user is kept encoded, as the bytes of their changelog record, their id first, in one
+//! allocation (with their histories in, also for a user whose histories the changelog holds in
+//! trait parts: `store/parts.rs`), and decoded while an event or timer of theirs is evaluated: a
+//! decoded [`UserState`] holds every trait history, membership and its user id in allocations
+//! of their own, several times the record's size. No other table shares the id in the record's
+//! allocation: where one needs an id it has its own (a decoded state its `user_id`; the timer
+//! index a copy for a timer due within the next ten minutes, `store/timers.rs`, the other
+//! timers being only in the map; a user taken out a copy until put back: `store/users.rs`). A
+//! user put back stays decoded until the transaction's end ([`PartitionStore::settle`]), so
+//! that however many of their events it holds they are encoded once, and after it while their
+//! record's bytes fit a budget (`store/warm.rs`), so that a busy user is not decoded again in
+//! each transaction they are in (their record is tens of KB).
 //!
 //! A user not kept decoded has their record held compressed if it is long (`store/packed.rs`):
 //! zstd, with a dictionary made of the partition's first records, about halves a Zipf-heavy
@@ -25,8 +27,7 @@
 //! history entries lie is kept with their decoded state (`store/record.rs`, `Index`), so the
 //! touched entries are found by a binary search, not a walk over thousands.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use model::UserState;
 use prost::Message as _;
@@ -53,7 +54,7 @@ use parts::{Encoded, PartWriter, Written};
 use record::{Base, Indexes, decode_into, encode_indexed, index_entries, shrink_oversized};
 pub use restored::decode_reusing;
 use timers::{Due, Timers};
-use users::Users;
+use users::{Entry, Users};
 use warm::{INDEXED_OVER, Warm};
 
 /// A user with more trait histories changed than this in one transaction is encoded whole.
@@ -66,26 +67,22 @@ use warm::{INDEXED_OVER, Warm};
 /// (docs/BENCHMARKS.md, "Busy users' changed histories tracked up to 1,024").
 const MAX_CHANGED_HISTORIES: usize = 1024;
 
-/// A map by user id.
-type ById<T> = HashMap<Box<str>, T, foldhash::fast::RandomState>;
-
-/// One stored user: their changelog record without its user id (field 1, the first prost
-/// writes: the id and these bytes are the record) and when their timer is due. Empty while the
-/// user is in [`PartitionStore::unsettled`].
-#[derive(Debug)]
-struct Entry {
-    state: Box<[u8]>,
-    due: Due,
-}
-
 /// A user taken out of the store (see [`PartitionStore::taken`]).
 #[derive(Debug)]
 struct Taken {
+    /// Their entry with only their id, due when the timer the index holds for them is: what
+    /// goes back into the map when they are put back.
+    entry: Entry,
     base: Option<Base>,
-    due: Option<i64>,
     /// Their state changed earlier in the open transaction (they were taken from
     /// [`PartitionStore::unsettled`]).
     changed: bool,
+}
+
+impl Keyed for Taken {
+    fn id(&self) -> &[u8] {
+        self.entry.id()
+    }
 }
 
 /// A user put back in the open transaction (see [`PartitionStore::unsettled`]).
@@ -100,8 +97,8 @@ struct Unsettled {
 }
 
 impl Keyed for Unsettled {
-    fn user_id(&self) -> &str {
-        &self.state.user_id
+    fn id(&self) -> &[u8] {
+        self.state.user_id.as_bytes()
     }
 }
 
@@ -125,7 +122,7 @@ pub struct PartitionStore {
     /// due at another time (a new event seldom moves the earliest expiry). A user taken and
     /// not put back is forgotten, timer and all, at [`Self::settle`], which writes their
     /// tombstone.
-    taken: ById<Taken>,
+    taken: ByOwnId<Taken>,
     /// Users put back in earlier transactions and not taken since, decoded: their entry holds
     /// these states' bytes (see [`Self::settle`]); and states let go, to decode others into.
     warm: Warm,
@@ -179,40 +176,52 @@ impl PartitionStore {
     /// Takes a user out for an update, with their timer (put them back with
     /// [`PartitionStore::put`]).
     pub fn take(&mut self, user_id: &str) -> Option<(UserState, Option<i64>)> {
-        let (id, entry) = self.users.remove_entry(user_id)?;
-        self.held -= entry.state.len();
-        let (state, base, changed) = if let Some(unsettled) = self.unsettled.remove(user_id) {
+        let entry = self.users.remove(user_id)?;
+        self.held -= entry.held().len();
+        let due = entry.due;
+        let (state, taken) = if let Some(unsettled) = self.unsettled.remove(user_id) {
             self.warm.take(user_id);
-            (unsettled.state, unsettled.base, unsettled.changed)
-        } else if let Some((state, index)) = self.warm.take(user_id) {
-            // The entry holds the warm state's record.
-            (state, Some(Base::indexed(entry.state, index)), false)
+            // The entry holds only the id.
+            let taken = Taken {
+                entry,
+                base: unsettled.base,
+                changed: unsettled.changed,
+            };
+            (unsettled.state, taken)
         } else {
-            let record = self.packer.unpack(entry.state);
-            let mut state = self.warm.spare(record.len());
-            self.decoded += record.len() as u64;
-            // The store holds only what `encode` wrote from a `UserState`: prost's encoding,
-            // read back (tested below), so this cannot fail on any input.
-            decode_into(&mut state, &record).expect("the store decodes the states it encoded");
-            user_id.clone_into(&mut state.user_id);
-            (state, Some(Base::new(record)), false)
+            let start = entry.held_start();
+            let (state, base) = match self.warm.take(user_id) {
+                // The entry holds the warm state's record, after the id.
+                Some((state, index)) => (state, Base::within(entry.into_bytes(), start, index)),
+                None => {
+                    let (record, start) = self.packer.unpack(entry.into_bytes(), start);
+                    let plain = &record[start..];
+                    let mut state = self.warm.spare(plain.len());
+                    self.decoded += plain.len() as u64;
+                    // The store holds only what `encode` wrote from a `UserState`: prost's
+                    // encoding, read back (tested below), so this cannot fail on any input.
+                    decode_into(&mut state, plain)
+                        .expect("the store decodes the states it encoded");
+                    user_id.clone_into(&mut state.user_id);
+                    (state, Base::within(record, start, Vec::new()))
+                }
+            };
+            let taken = Taken {
+                entry: Entry::id_only(user_id, due),
+                base: Some(base),
+                changed: false,
+            };
+            (state, taken)
         };
-        self.taken.insert(
-            id,
-            Taken {
-                base,
-                due: entry.due.get(),
-                changed,
-            },
-        );
-        Some((state, entry.due.get()))
+        self.taken.insert(taken);
+        Some((state, due.get()))
     }
 
     /// Forgets a user (a changelog tombstone).
     pub fn remove(&mut self, user_id: &str) {
-        if let Some((user_id, entry)) = self.users.remove_entry(user_id) {
-            self.held -= entry.state.len();
-            self.timers.remove(entry.due.get(), &user_id);
+        if let Some(entry) = self.users.remove(user_id) {
+            self.held -= entry.held().len();
+            self.timers.remove(entry.due.get(), user_id);
         }
         self.forget_decoded(user_id);
     }
@@ -223,8 +232,8 @@ impl PartitionStore {
     fn forget_decoded(&mut self, user_id: &str) {
         self.unsettled.remove(user_id);
         self.warm.take(user_id);
-        if let Some((user_id, taken)) = self.taken.remove_entry(user_id) {
-            self.timers.remove(taken.due, &user_id);
+        if let Some(taken) = self.taken.remove(user_id) {
+            self.timers.remove(taken.entry.due.get(), user_id);
         }
     }
 
@@ -247,22 +256,23 @@ impl PartitionStore {
     ) {
         // The record taken is kept for a user gathered from trait parts: it names the parts.
         let rebase = |base: Base| base.with_changed(histories, state.traits_apart);
-        let (user_id, base, timer, changed) = match self.taken.remove_entry(state.user_id.as_str())
-        {
-            Some((user_id, taken)) => (
-                user_id,
-                taken.base.and_then(rebase),
-                taken.due,
-                changed || taken.changed,
-            ),
-            None => (Box::from(state.user_id.as_str()), None, None, changed),
+        let (entry, base, timer, changed) = match self.taken.remove(&state.user_id) {
+            Some(taken) => {
+                let (timer, mut entry) = (taken.entry.due.get(), taken.entry);
+                entry.due = Due::new(due);
+                (
+                    entry,
+                    taken.base.and_then(rebase),
+                    timer,
+                    changed || taken.changed,
+                )
+            }
+            None => {
+                let entry = Entry::id_only(&state.user_id, Due::new(due));
+                (entry, None, None, changed)
+            }
         };
-        self.insert(
-            Cow::Owned(user_id.into_string()),
-            Box::default(),
-            timer,
-            due,
-        );
+        self.insert(&state.user_id, entry, timer);
         self.unsettled.insert(Unsettled {
             state,
             base,
@@ -319,10 +329,11 @@ impl PartitionStore {
         for (user_id, base) in self.retired.drain(..) {
             self.parts.forgotten(&user_id, Some(&base), &mut write)?;
         }
-        for (user_id, taken) in self.taken.drain() {
-            self.timers.remove(taken.due, &user_id);
+        for taken in self.taken.drain() {
+            let user_id = taken.entry.user_id();
+            self.timers.remove(taken.entry.due.get(), user_id);
             self.parts
-                .forgotten(&user_id, taken.base.as_ref(), &mut write)?;
+                .forgotten(user_id, taken.base.as_ref(), &mut write)?;
             write(user_id.as_bytes(), None)?;
         }
         for user_id in self.forgotten.drain(..) {
@@ -343,9 +354,9 @@ impl PartitionStore {
             self.encode(&mut user.state, user.base.as_ref());
             user.state.user_id = id;
             if let Some(entry) = self.users.get_mut(&user.state.user_id) {
-                self.held -= entry.state.len();
-                entry.state = Box::from(&self.buffer[id_len..]);
-                self.held += entry.state.len();
+                self.held -= entry.held().len();
+                entry.set_held(&self.buffer[id_len..]);
+                self.held += entry.held().len();
                 let (base, bytes) = (user.base.as_ref(), &self.buffer[..]);
                 let index = &self.indexes.written;
                 let record = Encoded {
@@ -369,7 +380,7 @@ impl PartitionStore {
                     }
                     false => Vec::new(),
                 };
-                let bytes = entry.state.len();
+                let bytes = entry.held().len();
                 self.warm.keep(user.state, bytes, index);
             }
         }
@@ -406,26 +417,16 @@ impl PartitionStore {
         );
     }
 
-    /// Stores a user's entry and timer (`timer`: when the timer the index holds for the user
-    /// is due, if they were taken). A new user's id is `user_id`, allocated if borrowed; a
-    /// user held already keeps the id held.
-    fn insert(
-        &mut self,
-        user_id: Cow<'_, str>,
-        state: Box<[u8]>,
-        timer: Option<i64>,
-        due: Option<i64>,
-    ) {
-        let packed = Due::new(due);
-        let due = packed.get();
-        self.held += state.len();
-        let entry = Entry { state, due: packed };
+    /// Stores the entry of user `user_id` and moves their timer to the entry's due (`timer`:
+    /// when the timer the index holds for the user is due, if they were taken).
+    fn insert(&mut self, user_id: &str, entry: Entry, timer: Option<i64>) {
+        let due = entry.due.get();
+        self.held += entry.held().len();
         // One probe of the map: a user is put back after a take, absent. Put again without a
-        // take, the id held stays, and so does its timer if still due then.
-        let (user_id, replaced) = self.users.insert(user_id, entry);
-        let timer = match replaced {
+        // take, the entry replaces theirs, and their timer moves from its due.
+        let timer = match self.users.insert(entry) {
             Some(replaced) => {
-                self.held -= replaced.state.len();
+                self.held -= replaced.held().len();
                 replaced.due.get()
             }
             None => timer,
@@ -447,9 +448,18 @@ impl PartitionStore {
     /// Keeps the timer index complete for the next five minutes at least from `now` (see
     /// `store/timers.rs`): every five minutes, a pass over the users.
     pub fn advance_horizon(&mut self, now: i64) {
-        let stored = self.users.iter().map(|(id, entry)| (entry.due.get(), id));
-        let taken = self.taken.iter().map(|(id, taken)| (taken.due, &**id));
-        self.timers.advance(now, stored.chain(taken));
+        let Some(old) = self.timers.advance(now) else {
+            return;
+        };
+        // A user's id is read only if their timer comes in.
+        let stored = self.users.iter();
+        let taken = self.taken.values().map(|taken| &taken.entry);
+        for entry in stored.chain(taken) {
+            let due = entry.due.get();
+            if self.timers.comes_in(due, old) {
+                self.timers.insert(due, entry.user_id());
+            }
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use hashbrown::hash_table::Entry;
 
 /// A value that holds its user's id.
 pub(super) trait Keyed {
-    fn user_id(&self) -> &str;
+    /// The id's bytes.
+    fn id(&self) -> &[u8];
 }
 
 #[derive(Debug)]
@@ -30,8 +31,8 @@ impl<T> Default for ByOwnId<T> {
 
 impl<T: Keyed> ByOwnId<T> {
     /// The hash the table files a user under.
-    pub(super) fn hash(&self, user_id: &str) -> u64 {
-        self.hasher.hash_one(user_id)
+    pub(super) fn hash(&self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> u64 {
+        self.hasher.hash_one(user_id.as_ref())
     }
 
     pub(super) fn len(&self) -> usize {
@@ -43,31 +44,37 @@ impl<T: Keyed> ByOwnId<T> {
         self.table.is_empty()
     }
 
-    pub(super) fn get(&self, user_id: &str) -> Option<&T> {
+    pub(super) fn get(&self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> Option<&T> {
         self.table
-            .find(self.hash(user_id), |value| value.user_id() == user_id)
+            .find(self.hash(user_id), |value| value.id() == user_id.as_ref())
     }
 
-    pub(super) fn contains(&self, user_id: &str) -> bool {
+    pub(super) fn contains(&self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> bool {
         self.get(user_id).is_some()
     }
 
-    pub(super) fn remove(&mut self, user_id: &str) -> Option<T> {
+    pub(super) fn get_mut(&mut self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> Option<&mut T> {
+        let hash = self.hash(user_id);
+        self.table
+            .find_mut(hash, |value| value.id() == user_id.as_ref())
+    }
+
+    pub(super) fn remove(&mut self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> Option<T> {
         let hash = self.hash(user_id);
         let found = self
             .table
-            .find_entry(hash, |value| value.user_id() == user_id);
+            .find_entry(hash, |value| value.id() == user_id.as_ref());
         Some(found.ok()?.remove().0)
     }
 
     /// Stores `value` under its user's id: the value it replaced, if any.
     pub(super) fn insert(&mut self, value: T) -> Option<T> {
         let hasher = &self.hasher;
-        let hash = hasher.hash_one(value.user_id());
+        let hash = hasher.hash_one(value.id());
         let place = self.table.entry(
             hash,
-            |held| held.user_id() == value.user_id(),
-            |held| hasher.hash_one(held.user_id()),
+            |held| held.id() == value.id(),
+            |held| hasher.hash_one(held.id()),
         );
         match place {
             Entry::Occupied(mut place) => Some(std::mem::replace(place.get_mut(), value)),
@@ -83,7 +90,7 @@ impl<T: Keyed> ByOwnId<T> {
     pub(super) fn find_hashed(&self, hash: u64, accepts: impl Fn(&T) -> bool) -> Option<&T> {
         let hasher = &self.hasher;
         self.table.find(hash, |value| {
-            accepts(value) && hasher.hash_one(value.user_id()) == hash
+            accepts(value) && hasher.hash_one(value.id()) == hash
         })
     }
 
@@ -91,7 +98,7 @@ impl<T: Keyed> ByOwnId<T> {
     pub(super) fn remove_hashed(&mut self, hash: u64, accepts: impl Fn(&T) -> bool) -> Option<T> {
         let hasher = &self.hasher;
         let found = self.table.find_entry(hash, |value| {
-            accepts(value) && hasher.hash_one(value.user_id()) == hash
+            accepts(value) && hasher.hash_one(value.id()) == hash
         });
         Some(found.ok()?.remove().0)
     }
@@ -101,7 +108,6 @@ impl<T: Keyed> ByOwnId<T> {
         self.table.drain()
     }
 
-    #[cfg(test)]
     pub(super) fn values(&self) -> impl Iterator<Item = &T> {
         self.table.iter()
     }

@@ -24,6 +24,7 @@ use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 use zstd_safe::{CCtx, CParameter, DCtx, DParameter, FrameFormat};
 
 use super::PartitionStore;
+use super::users::Entry;
 
 /// The byte a compressed record starts with.
 const PACKED: u8 = 0;
@@ -116,7 +117,15 @@ impl Packer {
     }
 
     /// Compresses `record` in place if it is worth it (see [`Packed`]).
+    #[cfg(test)]
     pub(super) fn pack(&mut self, record: &mut Box<[u8]>) -> Packed {
+        self.pack_from(record, 0)
+    }
+
+    /// Compresses the record in `bytes` from `start` on in place if it is worth it (see
+    /// [`Packed`]); the bytes before it stay (an entry's id: `store/users.rs`).
+    fn pack_from(&mut self, bytes: &mut Box<[u8]>, start: usize) -> Packed {
+        let record = &bytes[start..];
         if record.len() <= PACKED_OVER || is_packed(record) {
             return Packed::Kept;
         }
@@ -138,11 +147,12 @@ impl Packer {
                 // zstd fails only for want of room, and the room is its own bound.
                 match compress.compress2(frame, record) {
                     Ok(written) if header + written < len => {
-                        let mut packed = Vec::with_capacity(header + written);
+                        let mut packed = Vec::with_capacity(start + header + written);
+                        packed.extend_from_slice(&bytes[..start]);
                         packed.push(PACKED);
                         encode_varint(len as u64, &mut packed);
                         packed.extend_from_slice(frame);
-                        *record = packed.into_boxed_slice();
+                        *bytes = packed.into_boxed_slice();
                         Packed::Compressed
                     }
                     _ => Packed::Kept,
@@ -151,22 +161,24 @@ impl Packer {
         }
     }
 
-    /// [`Self::pack`] for a record the store holds, whose bytes `held` counts.
-    fn pack_held(&mut self, record: &mut Box<[u8]>, held: &mut usize) -> Packed {
-        *held -= record.len();
-        let packed = self.pack(record);
-        *held += record.len();
+    /// Packs the record of a user the store holds, whose bytes `held` counts.
+    fn pack_held(&mut self, entry: &mut Entry, held: &mut usize) -> Packed {
+        *held -= entry.held().len();
+        let start = entry.held_start();
+        let packed = self.pack_from(entry.bytes_mut(), start);
+        *held += entry.held().len();
         packed
     }
 
-    /// `record` as it was packed: the same allocation if it was kept as it was.
-    pub(super) fn unpack(&mut self, record: Box<[u8]>) -> Box<[u8]> {
-        if !is_packed(&record) {
-            return record;
+    /// The record in `bytes` from `start` on as it was packed, and where it starts: in the
+    /// same allocation if it was kept as it was, else in one of its own, from 0.
+    pub(super) fn unpack(&mut self, bytes: Box<[u8]>, start: usize) -> (Box<[u8]>, usize) {
+        if !is_packed(&bytes[start..]) {
+            return (bytes, start);
         }
         let mut plain = Vec::new();
-        self.decompress(&record, &mut plain);
-        plain.into_boxed_slice()
+        self.decompress(&bytes[start..], &mut plain);
+        (plain.into_boxed_slice(), 0)
     }
 
     /// `record`'s plain bytes, to be read (decompressed into the packer's scratch if packed).
@@ -211,7 +223,7 @@ impl PartitionStore {
             if record > PACKED_OVER
                 && let Some(entry) = users.get_mut(user_id)
             {
-                ready |= packer.pack_held(&mut entry.state, held) == Packed::Ready;
+                ready |= packer.pack_held(entry, held) == Packed::Ready;
             }
         });
         if ready {
@@ -226,10 +238,10 @@ impl PartitionStore {
     pub fn pack_cold(&mut self) {
         for _ in 0..2 {
             let mut ready = false;
-            for (user_id, entry) in self.users.iter_mut() {
-                if !self.warm.contains(user_id) {
-                    ready |=
-                        self.packer.pack_held(&mut entry.state, &mut self.held) == Packed::Ready;
+            for entry in self.users.iter_mut() {
+                // A short record is kept as it is: its id is not looked up.
+                if entry.held().len() > PACKED_OVER && !self.warm.contains(entry.id()) {
+                    ready |= self.packer.pack_held(entry, &mut self.held) == Packed::Ready;
                 }
             }
             if !ready {
@@ -328,7 +340,21 @@ mod tests {
             assert_eq!(packer.read(&held), &record[..]);
             let mut again = held.clone();
             assert_eq!(packer.pack(&mut again), Packed::Kept, "packed twice");
-            assert_eq!(packer.unpack(held), *record);
+            let (plain, start) = packer.unpack(held, 0);
+            assert_eq!((&plain[start..], start), (&record[..], 0));
+            // Behind a user's id (a store's entry): the id stays as it was.
+            let id = b"\x0a\x06user-7";
+            let mut entry: Box<[u8]> = [&id[..], record].concat().into();
+            assert_eq!(packer.pack_from(&mut entry, id.len()), Packed::Compressed);
+            assert_eq!(&entry[..id.len()], id);
+            assert_eq!(packer.read(&entry[id.len()..]), &record[..]);
+            assert_eq!(
+                packer.pack_from(&mut entry, id.len()),
+                Packed::Kept,
+                "packed twice"
+            );
+            let (plain, start) = packer.unpack(entry, id.len());
+            assert_eq!((&plain[start..], start), (&record[..], 0));
         }
     }
 
@@ -348,7 +374,7 @@ mod tests {
         let before = noise.clone();
         assert_eq!(packer.pack(&mut noise), Packed::Kept);
         assert_eq!(noise, before);
-        assert_eq!(packer.unpack(noise), before);
+        assert_eq!(packer.unpack(noise, 0), (before, 0));
     }
 
     #[test]

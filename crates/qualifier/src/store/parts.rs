@@ -137,7 +137,7 @@ impl PartWriter {
         write: &mut impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
         match base {
-            Some(base) => self.tombstones(user_id, parted_trait_ids(&base.record), write),
+            Some(base) => self.tombstones(user_id, parted_trait_ids(base.record()), write),
             None => Ok(()),
         }
     }
@@ -228,7 +228,7 @@ fn changed_parts<E>(
     }
     let entries = now.record();
     let mut now = now.iter().peekable();
-    let mut before = HistoryEntries::of(&since.record).peekable();
+    let mut before = HistoryEntries::of(since.record()).peekable();
     loop {
         match (before.peek().cloned(), now.peek().cloned()) {
             (None, None) => return Ok(()),
@@ -243,7 +243,7 @@ fn changed_parts<E>(
             (Some((was, old)), Some((next, at))) if was == next => {
                 before.next();
                 now.next();
-                if since.record[old] != entries[at.clone()] {
+                if since.record()[old] != entries[at.clone()] {
                     each(next, Some(at))?;
                 }
             }

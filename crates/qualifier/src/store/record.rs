@@ -15,7 +15,10 @@ use crate::evaluate::Histories;
 /// The record a user was taken from, and which of their trait histories changed since.
 #[derive(Debug)]
 pub(super) struct Base {
-    pub(super) record: Box<[u8]>,
+    /// The record, from `start` on: the allocation it was held in, which may start with the
+    /// user's id (`store/users.rs`, `Entry`), so that it is not copied.
+    bytes: Box<[u8]>,
+    start: usize,
     /// Where the record's history entries lie ([`Index`]), or empty: a splice then walks the
     /// record for them.
     pub(super) index: Vec<usize>,
@@ -35,19 +38,25 @@ pub(super) struct Indexes {
 }
 
 impl Base {
+    #[cfg(test)]
     pub(super) fn new(record: Box<[u8]>) -> Self {
-        Self::indexed(record, Vec::new())
+        Self::within(record, 0, Vec::new())
     }
 
-    /// With where its history entries lie (`index`, as [`index_entries`] builds it; empty for
-    /// not known).
-    pub(super) fn indexed(record: Box<[u8]>, index: Vec<usize>) -> Self {
+    /// The record in `bytes` from `start` on, with where its history entries lie (`index`, as
+    /// [`index_entries`] builds it; empty for not known).
+    pub(super) fn within(bytes: Box<[u8]>, start: usize, index: Vec<usize>) -> Self {
         Self {
-            record,
+            bytes,
+            start,
             index,
             changed: Vec::new(),
             any: false,
         }
+    }
+
+    pub(super) fn record(&self) -> &[u8] {
+        &self.bytes[self.start..]
     }
 
     /// With `histories` changed too; `None` when the record is of no more use: any history
@@ -95,12 +104,12 @@ impl Base {
         }
         let starts = match self.index.is_empty() {
             true => {
-                index_entries(&self.record, &mut indexes.taken);
+                index_entries(self.record(), &mut indexes.taken);
                 &indexes.taken
             }
             false => &self.index,
         };
-        let taken = Index::of(&self.record, starts);
+        let taken = Index::of(self.record(), starts);
         let written = &mut indexes.written;
         encode_with(state, buf, |traits, buf| {
             self.write_histories(taken, traits, buf, written)

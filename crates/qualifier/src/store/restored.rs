@@ -4,8 +4,6 @@
 //! previous one or encoding its histories again; such a user's timer is set once, at the
 //! restore's end.
 
-use std::borrow::Cow;
-
 use model::UserState;
 use model::changelog::builds_on;
 use model::pb::TraitHistory;
@@ -15,6 +13,7 @@ use prost::encoding::message;
 use super::PartitionStore;
 use super::record::{HistoryEntries, decode_into, scan_apart};
 use super::timers::Due;
+use super::users::Entry;
 
 impl PartitionStore {
     /// Stores a user encoded at once (a restore: holding every user decoded until the end would
@@ -28,9 +27,9 @@ impl PartitionStore {
         let user_id = std::mem::take(&mut state.user_id);
         self.buffer.clear();
         state.encode_raw(&mut self.buffer);
-        let encoded = Box::from(self.buffer.as_slice());
+        let entry = Entry::new(&user_id, &self.buffer, Due::new(due));
         self.forget_decoded(&user_id);
-        self.insert(Cow::Borrowed(&user_id), encoded, None, due);
+        self.insert(&user_id, entry, None);
         state.user_id = user_id;
     }
 
@@ -63,7 +62,7 @@ impl PartitionStore {
         let (users, packer, buffer) = (&self.users, &mut self.packer, &mut self.buffer);
         let previous = users
             .get(&id)
-            .map(|entry| packer.read(&entry.state))
+            .map(|entry| packer.read(entry.held()))
             .unwrap_or_default();
         // The histories first (the id is not stored, and prost writes them before the other
         // fields), then the other fields, found after them in the previous record: whether the
@@ -79,11 +78,9 @@ impl PartitionStore {
         state.encode_raw(buffer);
         #[cfg(debug_assertions)]
         self.check_gathered(&id, state, &read);
-        let encoded = Box::from(self.buffer.as_slice());
+        let entry = Entry::new(&id, &self.buffer, Due::new(None));
         self.forget_decoded(&id);
-        // The id the store holds for the user, if any, stays: not allocated again at each
-        // version.
-        self.insert(Cow::Borrowed(&id), encoded, None, None);
+        self.insert(&id, entry, None);
         if !self.undated.contains(id.as_str()) {
             self.undated.insert(Box::from(id.as_str()));
         }
@@ -99,7 +96,7 @@ impl PartitionStore {
             let Some(entry) = self.users.get_mut(&user_id) else {
                 continue;
             };
-            let record = self.packer.read(&entry.state);
+            let record = self.packer.read(entry.held());
             decode_into(&mut state, record).expect("the store decodes the states it encoded");
             let (from, to) = (entry.due.get(), due(&state));
             entry.due = Due::new(to);
@@ -111,7 +108,7 @@ impl PartitionStore {
     /// A held user's state as stored, decoded.
     pub fn stored(&mut self, user_id: &str) -> Option<UserState> {
         let entry = self.users.get(user_id)?;
-        let record = self.packer.read(&entry.state);
+        let record = self.packer.read(entry.held());
         let mut state = UserState::default();
         decode_into(&mut state, record).expect("the store decodes the states it encoded");
         user_id.clone_into(&mut state.user_id);

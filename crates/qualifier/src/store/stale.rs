@@ -13,8 +13,8 @@ impl PartitionStore {
         let (users, unsettled, packer) = (&self.users, &self.unsettled, &mut self.packer);
         self.stale = users
             .iter()
-            .filter(|(user_id, entry)| is_stale(unsettled, packer, user_id, entry, fingerprint))
-            .map(|(user_id, _)| users.hash(user_id))
+            .filter(|entry| is_stale(unsettled, packer, entry, fingerprint))
+            .map(|entry| users.hash_id(entry.id()))
             .collect();
         self.stale.shrink_to_fit();
     }
@@ -29,10 +29,10 @@ impl PartitionStore {
         let (users, unsettled, packer) = (&self.users, &self.unsettled, &mut self.packer);
         while let Some(hash) = self.stale.pop() {
             let mut hashed = users.hashed(hash);
-            let found = hashed
-                .find(|(user_id, entry)| is_stale(unsettled, packer, user_id, entry, fingerprint));
-            if let Some((user_id, _)) = found {
-                return Some(Box::from(user_id));
+            if let Some(entry) =
+                hashed.find(|entry| is_stale(unsettled, packer, entry, fingerprint))
+            {
+                return Some(Box::from(entry.user_id()));
             }
         }
         self.stale = Vec::new();
@@ -50,13 +50,12 @@ impl PartitionStore {
 fn is_stale(
     unsettled: &ByOwnId<Unsettled>,
     packer: &mut Packer,
-    user_id: &str,
     entry: &Entry,
     fingerprint: u64,
 ) -> bool {
-    let (opted_out, evaluated_under) = match unsettled.get(user_id) {
+    let (opted_out, evaluated_under) = match unsettled.get(entry.id()) {
         Some(user) => (user.state.opted_out, user.state.definitions_fingerprint),
-        None => scan_for_staleness(packer.read(&entry.state)),
+        None => scan_for_staleness(packer.read(entry.held())),
     };
     !opted_out && evaluated_under != fingerprint
 }

@@ -218,35 +218,35 @@ impl Timers {
     }
 
     /// Moves the horizon on by whole steps to the first more than a step after `now` (the
-    /// first horizon: [`HORIZON_MS`] after `now`, less the phase), indexing the timers of
-    /// `held` (every user the store holds: their due and id) due between the old horizon and
-    /// the new one. The first call drops the timers past its horizon instead. Does nothing
-    /// unless [`Timers::needs_advance`]: a horizon never moves back (the clock may), and what
-    /// it covers stays indexed.
-    pub(super) fn advance<'a>(
-        &mut self,
-        now: i64,
-        held: impl Iterator<Item = (Option<i64>, &'a str)>,
-    ) {
+    /// first horizon: [`HORIZON_MS`] after `now`, less the phase). The first call drops the
+    /// timers past its horizon; a later one returns the old horizon: the caller then indexes
+    /// the timers of every user the store holds due between it and the new one
+    /// ([`Timers::comes_in`]). Does nothing unless [`Timers::needs_advance`]: a horizon never
+    /// moves back (the clock may), and what it covers stays indexed.
+    pub(super) fn advance(&mut self, now: i64) -> Option<i64> {
         if !self.needs_advance(now) {
-            return;
+            return None;
         }
         match self.horizon {
             None => {
                 let horizon = now.saturating_add(HORIZON_MS - self.phase);
                 self.horizon = Some(horizon);
                 self.index.retain(|timer| timer.due < horizon);
+                None
             }
             Some(old) => {
                 // `now` is at least `old` less a step: one step at least, more after a stall.
                 let steps = now.saturating_sub(old).saturating_add(STEP_MS) / STEP_MS + 1;
                 self.horizon = Some(old.saturating_add(steps.saturating_mul(STEP_MS)));
-                // The timers before the old horizon are indexed already.
-                for (due, user) in held {
-                    self.insert(due.filter(|&due| due >= old), user);
-                }
+                Some(old)
             }
         }
+    }
+
+    /// Whether a timer due at `due` comes into the index with an advance from the horizon
+    /// `old` ([`Timers::advance`]): the timers before it are indexed already.
+    pub(super) fn comes_in(&self, due: Option<i64>, old: i64) -> bool {
+        due.is_some_and(|due| due >= old && self.indexed(due))
     }
 
     /// Timers indexed (for tests).

@@ -4,31 +4,127 @@
 //! A map of (id, entry) slots keeps a slot of 40 B for every place in its table, and its table
 //! is between 44 % and 88 % full (hashbrown doubles it past seven eighths): at 124,734 users a
 //! partition, 2^18 slots, ~86 B a user. Here a place in the table is 4 B and the entries are
-//! packed in the vector: ~52 B a user at that count, and it swings less with where the count
-//! falls against a power of two (docs/BENCHMARKS.md, "A partition's users packed side by
-//! side"). A lookup reads the table, then the user's place in the vector: one more cache line
-//! than a map's slot. A user removed leaves their place to the last user, whose position in
-//! the table is written again.
+//! packed in the vector (docs/BENCHMARKS.md, "A partition's users packed side by side"). A
+//! lookup reads the table, then the user's place in the vector: one more cache line than a
+//! map's slot. A user removed leaves their place to the last user, whose position in the table
+//! is written again.
 //!
-//! The map holds each user's id, once: an allocation of the id's length. The store's other
-//! tables do not share it. The decoded states hold ids of their own (`store/keyed.rs`), and the
-//! timer index copies the ids of the few users due within ten minutes (`store/timers.rs`).
-//! Shared, it was an `Arc<str>`, whose counters made each id's allocation 16 B longer: ~16 B a
-//! user (docs/BENCHMARKS.md, "Each user's id held once").
+//! An entry is 24 B: one allocation holding the user's id and their record, and when their
+//! timer is due ([`Entry`]). The id is held once, there: the store's other tables do not share
+//! it. The decoded states hold ids of their own (`store/keyed.rs`), the timer index copies the
+//! ids of the few users due within ten minutes (`store/timers.rs`), and a user taken out has a
+//! copy while taken. An id of its own, shared as an `Arc<str>`, was an allocation of its
+//! length and 16 B of counters, and 16 B of the entry's place: ~72 B a user of 38-byte ids
+//! (docs/BENCHMARKS.md, "Each user's id in their record's allocation").
 
-use std::borrow::Cow;
 use std::hash::BuildHasher as _;
+use std::ops::Range;
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry as Place;
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
-use super::Entry;
+use super::timers::Due;
+
+/// One stored user: their id and their changelog record less the id, in one allocation, and
+/// when their timer is due. The allocation starts with the id as the record's field 1 (tag,
+/// length, bytes: what prost writes first, so that a record whose id is not empty is the
+/// allocation's bytes as they are), then the record as held: plain, or packed
+/// (`store/packed.rs`). Only the id while the user is in [`super::PartitionStore::unsettled`].
+#[derive(Debug)]
+pub(super) struct Entry {
+    bytes: Box<[u8]>,
+    pub(super) due: Due,
+}
+
+impl Entry {
+    /// The entry of `user_id`, whose record as held is `held`.
+    pub(super) fn new(user_id: &str, held: &[u8], due: Due) -> Self {
+        let id = user_id.as_bytes();
+        let field = 1 + encoded_len_varint(id.len() as u64) + id.len();
+        let mut bytes = Vec::with_capacity(field + held.len());
+        bytes.push(ID_KEY);
+        encode_varint(id.len() as u64, &mut bytes);
+        bytes.extend_from_slice(id);
+        bytes.extend_from_slice(held);
+        Self {
+            bytes: bytes.into_boxed_slice(),
+            due,
+        }
+    }
+
+    /// The entry of `user_id` with no record (a user put back in the open transaction).
+    pub(super) fn id_only(user_id: &str, due: Due) -> Self {
+        Self::new(user_id, &[], due)
+    }
+
+    /// The entry's allocation: the id, then the record as held from [`Entry::held_start`].
+    pub(super) fn into_bytes(self) -> Box<[u8]> {
+        self.bytes
+    }
+
+    /// The id's bytes.
+    pub(super) fn id(&self) -> &[u8] {
+        id_of(&self.bytes)
+    }
+
+    pub(super) fn user_id(&self) -> &str {
+        user_id_of(&self.bytes)
+    }
+
+    /// Where the record as held starts in the entry's allocation.
+    pub(super) fn held_start(&self) -> usize {
+        id_range(&self.bytes).end
+    }
+
+    /// The record as held (plain or packed).
+    pub(super) fn held(&self) -> &[u8] {
+        &self.bytes[self.held_start()..]
+    }
+
+    /// Holds `held` as the user's record (the allocation made again, the id copied).
+    pub(super) fn set_held(&mut self, held: &[u8]) {
+        let mut bytes = Vec::with_capacity(self.held_start() + held.len());
+        bytes.extend_from_slice(&self.bytes[..self.held_start()]);
+        bytes.extend_from_slice(held);
+        self.bytes = bytes.into_boxed_slice();
+    }
+
+    /// The allocation, to be changed in place from [`Entry::held_start`] on (`store/packed.rs`
+    /// packs a record this way): its id must stay.
+    pub(super) fn bytes_mut(&mut self) -> &mut Box<[u8]> {
+        &mut self.bytes
+    }
+}
+
+/// Field 1's key: its number, and the wire type of a length and bytes (`(1 << 3) | 2`).
+const ID_KEY: u8 = 0x0a;
+
+/// Where the id lies in `bytes`, an entry's allocation or one that starts as one: after the
+/// field's tag and length.
+fn id_range(bytes: &[u8]) -> Range<usize> {
+    let mut rest = &bytes[1..];
+    // An entry starts with the id field `Entry::new` wrote: read back, it cannot fail.
+    let len = decode_varint(&mut rest).expect("an entry starts with its id's length");
+    let start = bytes.len() - rest.len();
+    start..start + usize::try_from(len).expect("an id's length fits memory")
+}
+
+/// The id in `bytes`, an entry's allocation or one that starts as one.
+fn id_of(bytes: &[u8]) -> &[u8] {
+    &bytes[id_range(bytes)]
+}
+
+/// [`id_of`] as text: it was written from a `&str`.
+fn user_id_of(bytes: &[u8]) -> &str {
+    std::str::from_utf8(id_of(bytes)).expect("an entry's id was written from text")
+}
 
 #[derive(Debug, Default)]
 pub(super) struct Users {
     /// Each user's position in `held`, by the hash of their id.
     table: HashTable<u32>,
-    held: Vec<(Box<str>, Entry)>,
+    held: Vec<Entry>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -43,75 +139,65 @@ impl Users {
 
     /// The hash the table files a user under ([`Self::hashed`]).
     pub(super) fn hash(&self, user_id: &str) -> u64 {
-        self.hasher.hash_one(user_id)
+        self.hash_id(user_id.as_bytes())
+    }
+
+    /// [`Self::hash`] of an id's bytes.
+    pub(super) fn hash_id(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
     }
 
     /// The user's position in `held`.
     fn position(&self, user_id: &str) -> Option<usize> {
         let found = self
             .table
-            .find(self.hash(user_id), holds(&self.held, user_id))?;
+            .find(self.hash(user_id), holds(&self.held, user_id.as_bytes()))?;
         Some(*found as usize)
     }
 
     pub(super) fn get(&self, user_id: &str) -> Option<&Entry> {
-        self.get_key_value(user_id).map(|(_, entry)| entry)
+        Some(&self.held[self.position(user_id)?])
     }
 
-    /// The user's entry and the id the store holds for them.
-    pub(super) fn get_key_value(&self, user_id: &str) -> Option<(&str, &Entry)> {
-        let (id, entry) = &self.held[self.position(user_id)?];
-        Some((id, entry))
-    }
-
+    /// The user's entry, to change: what it holds from [`Entry::held_start`] on, and its due.
     pub(super) fn get_mut(&mut self, user_id: &str) -> Option<&mut Entry> {
-        self.get_key_value_mut(user_id).map(|(_, entry)| entry)
-    }
-
-    /// The user's entry, with the id the store holds for them, to change.
-    pub(super) fn get_key_value_mut(&mut self, user_id: &str) -> Option<(&str, &mut Entry)> {
         let at = self.position(user_id)?;
-        let (id, entry) = &mut self.held[at];
-        Some((id, entry))
+        Some(&mut self.held[at])
     }
 
-    /// Stores `entry` for the user: the id the store holds for them and the entry it
-    /// replaced. A new user's id is `user_id`, allocated if borrowed; a user held already keeps
-    /// the id held.
-    pub(super) fn insert(&mut self, user_id: Cow<'_, str>, entry: Entry) -> (&str, Option<Entry>) {
+    /// Stores `entry` for the user whose id it holds: the entry it replaced.
+    pub(super) fn insert(&mut self, entry: Entry) -> Option<Entry> {
         let (held, hasher) = (&mut self.held, &self.hasher);
-        let hash = hasher.hash_one(&*user_id);
-        let place = self.table.entry(hash, holds(held, &user_id), |&at| {
-            hasher.hash_one(&*held[at as usize].0)
+        let hash = hasher.hash_one(entry.id());
+        let place = self.table.entry(hash, holds(held, entry.id()), |&at| {
+            hasher.hash_one(held[at as usize].id())
         });
         match place {
             Place::Occupied(place) => {
-                let (id, stored) = &mut held[*place.get() as usize];
-                (id, Some(std::mem::replace(stored, entry)))
+                let stored = &mut held[*place.get() as usize];
+                Some(std::mem::replace(stored, entry))
             }
             Place::Vacant(place) => {
                 place.insert(position(held.len()));
                 make_room(held);
-                held.push((user_id.into_owned().into_boxed_str(), entry));
-                let (id, _) = held.last().expect("just pushed");
-                (id, None)
+                held.push(entry);
+                None
             }
         }
     }
 
-    /// Removes the user: the id the store held for them and their entry. The last user takes
-    /// their place in `held`.
-    pub(super) fn remove_entry(&mut self, user_id: &str) -> Option<(Box<str>, Entry)> {
+    /// Removes the user and returns their entry. The last user takes their place in `held`.
+    pub(super) fn remove(&mut self, user_id: &str) -> Option<Entry> {
         let hash = self.hash(user_id);
         let found = self
             .table
-            .find_entry(hash, holds(&self.held, user_id))
+            .find_entry(hash, holds(&self.held, user_id.as_bytes()))
             .ok()?;
         let at = found.remove().0 as usize;
         let held = &self.held;
         let last = held.len() - 1;
         if at != last {
-            let hash = self.hash(&held[last].0);
+            let hash = self.hash_id(held[last].id());
             let moved = self.table.find_mut(hash, |&other| other as usize == last);
             // Every user in `held` has their position in the table, under their id's hash.
             *moved.expect("the last user's position is in the table") = position(at);
@@ -121,27 +207,26 @@ impl Users {
 
     /// The users whose id has the hash `hash` ([`Self::hash`]): one at most, but for two ids
     /// of the same 64-bit hash.
-    pub(super) fn hashed(&self, hash: u64) -> impl Iterator<Item = (&str, &Entry)> {
+    pub(super) fn hashed(&self, hash: u64) -> impl Iterator<Item = &Entry> {
         self.table
             .iter_hash(hash)
             .map(|&at| &self.held[at as usize])
-            .filter(move |(id, _)| self.hash(id) == hash)
-            .map(|(id, entry)| (&**id, entry))
+            .filter(move |entry| self.hash_id(entry.id()) == hash)
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
-        self.held.iter().map(|(id, entry)| (&**id, entry))
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.held.iter()
     }
 
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Entry)> {
-        self.held.iter_mut().map(|(id, entry)| (&**id, entry))
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.held.iter_mut()
     }
 }
 
 /// Makes room for one more user in `held` when it is full: a quarter more places, not twice as
-/// many. A vector that doubles leaves up to half of its places empty, 40 B each, and where a
-/// partition's count falls against a power of two decides how many: at 1M light users
-/// (~158,000 a partition, 2^18 places) ~26 B a user, and taking turns the RSS after a restore
+/// many. A vector that doubles leaves up to half of its places empty, and where a partition's
+/// count falls against a power of two decides how many: at 1M light users (~158,000 a
+/// partition, 2^18 places of 40 B then) ~26 B a user, and taking turns the RSS after a restore
 /// fell ~10 B a user (docs/BENCHMARKS.md, "A partition's entries grown by a quarter"). Grown by
 /// a quarter, at most a fifth of the places are empty. The growths copy the entries about five
 /// times over in all where doubling copies them about twice: once per growth, not per insert.
@@ -155,12 +240,12 @@ fn make_room<T>(held: &mut Vec<T>) {
 const GROWN_AT_LEAST: usize = 64;
 
 /// Whether a position in the table is `user_id`'s.
-fn holds<'a>(held: &'a [(Box<str>, Entry)], user_id: &'a str) -> impl Fn(&u32) -> bool + 'a {
-    move |&at| &*held[at as usize].0 == user_id
+fn holds<'a>(held: &'a [Entry], user_id: &'a [u8]) -> impl Fn(&u32) -> bool + 'a {
+    move |&at| held[at as usize].id() == user_id
 }
 
 /// A position in `held` as the table keeps it. A partition holds far fewer than 2^32 users: its
-/// entries alone would take 160 GiB.
+/// entries alone would take 96 GiB.
 fn position(at: usize) -> u32 {
     u32::try_from(at).expect("a partition holds fewer than 2^32 users")
 }

@@ -58,8 +58,8 @@ struct Kept {
 }
 
 impl Keyed for Kept {
-    fn user_id(&self) -> &str {
-        &self.state.user_id
+    fn id(&self) -> &[u8] {
+        self.state.user_id.as_bytes()
     }
 }
 
@@ -182,7 +182,8 @@ impl Warm {
 }
 
 impl Warm {
-    pub(super) fn contains(&self, user_id: &str) -> bool {
+    /// Whether the user is kept (`user_id`: their id, or its bytes).
+    pub(super) fn contains(&self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> bool {
         self.kept.contains(user_id)
     }
 }

@@ -11,8 +11,8 @@ struct Held {
 }
 
 impl Keyed for Held {
-    fn user_id(&self) -> &str {
-        &self.id
+    fn id(&self) -> &[u8] {
+        self.id.as_bytes()
     }
 }
 

@@ -199,7 +199,7 @@ proptest! {
                     let mut expected: Vec<(i64, &str)> = store
                         .users
                         .iter()
-                        .filter_map(|(id, entry)| entry.due.get().map(|due| (due, id)))
+                        .filter_map(|entry| entry.due.get().map(|due| (due, entry.user_id())))
                         .filter(|&(due, _)| due <= now)
                         .collect();
                     expected.sort_unstable();

@@ -1,24 +1,19 @@
 //! The users table against a map of the same users: every id found, at its entry, after any
 //! mix of inserts and removes.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use proptest::prelude::*;
 
-use super::Users;
-use crate::store::Entry;
+use super::{Entry, Users};
 use crate::store::timers::Due;
 
-fn entry(mark: u8) -> Entry {
-    Entry {
-        state: Box::from([mark]),
-        due: Due::new(Some(i64::from(mark))),
-    }
+fn entry(user_id: &str, mark: u8) -> Entry {
+    Entry::new(user_id, &[mark], Due::new(Some(i64::from(mark))))
 }
 
 fn mark(entry: &Entry) -> u8 {
-    entry.state[0]
+    entry.held()[0]
 }
 
 #[derive(Debug, Clone)]
@@ -35,24 +30,30 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// Where an id held lies: a user's id is held once, by one allocation.
-type Held = *const u8;
+/// An id of `user`: some as long as the longest ids, whose length takes two bytes to write.
+fn id(user: u8) -> String {
+    match user % 3 {
+        0 => format!(
+            "user-{user}-{}",
+            "x".repeat(crate::evaluate::MAX_ID_BYTES - 10)
+        ),
+        _ => format!("user-{user}"),
+    }
+}
 
-/// Every user of `model` is found, with their entry and the id held for them, and no other.
-fn same_users(users: &Users, model: &HashMap<String, (Held, u8)>) -> Result<(), TestCaseError> {
+/// Every user of `model` is found, with their entry, and no other.
+fn same_users(users: &Users, model: &HashMap<String, u8>) -> Result<(), TestCaseError> {
     prop_assert_eq!(users.len(), model.len());
     prop_assert_eq!(users.is_empty(), model.is_empty());
     for user in 0u8..48 {
-        let id = format!("user-{user}");
-        let found = users
-            .get_key_value(&id)
-            .map(|(id, e)| (id.as_ptr(), mark(e)));
+        let id = id(user);
+        let found = users.get(&id);
         match model.get(&id) {
-            Some((held, mark)) => {
-                let (found_id, found_mark) = found.expect("a stored user is found");
-                prop_assert_eq!(found_id, *held, "the id first stored is held");
-                prop_assert_eq!(found_mark, *mark);
-                let hashed: Vec<&str> = users.hashed(users.hash(&id)).map(|(id, _)| id).collect();
+            Some(mark_held) => {
+                let found = found.expect("a stored user is found");
+                prop_assert_eq!(found.user_id(), id.as_str());
+                prop_assert_eq!(mark(found), *mark_held);
+                let hashed: Vec<&str> = users.hashed(users.hash(&id)).map(Entry::user_id).collect();
                 prop_assert_eq!(hashed, [id.as_str()], "found by the hash of their id");
             }
             None => prop_assert!(found.is_none(), "{id} was removed or never stored"),
@@ -60,12 +61,10 @@ fn same_users(users: &Users, model: &HashMap<String, (Held, u8)>) -> Result<(), 
     }
     let mut listed: Vec<(String, u8)> = users
         .iter()
-        .map(|(id, entry)| (id.to_string(), mark(entry)))
+        .map(|entry| (entry.user_id().to_owned(), mark(entry)))
         .collect();
-    let mut expected: Vec<(String, u8)> = model
-        .iter()
-        .map(|(id, &(_, mark))| (id.clone(), mark))
-        .collect();
+    let mut expected: Vec<(String, u8)> =
+        model.iter().map(|(id, &mark)| (id.clone(), mark)).collect();
     listed.sort_unstable();
     expected.sort_unstable();
     prop_assert_eq!(listed, expected, "iter lists every user once");
@@ -76,39 +75,19 @@ proptest! {
     #[test]
     fn the_users_are_found_as_a_map_finds_them(steps in prop::collection::vec(step(), 1..400)) {
         let mut users = Users::default();
-        let mut model: HashMap<String, (Held, u8)> = HashMap::new();
+        let mut model: HashMap<String, u8> = HashMap::new();
         for step in steps {
             match step {
                 Step::Insert(user, marked) => {
-                    let id = format!("user-{user}");
-                    // Borrowed and owned ids by turns: either is stored for a new user.
-                    let given = match marked % 2 {
-                        0 => Cow::Borrowed(id.as_str()),
-                        _ => Cow::Owned(id.clone()),
-                    };
-                    let (held, replaced) = users.insert(given, entry(marked));
-                    prop_assert_eq!(held, id.as_str());
-                    let held = held.as_ptr();
-                    prop_assert_ne!(held, id.as_ptr(), "the id is the store's own");
-                    let before = model.get(&id).cloned();
-                    prop_assert_eq!(replaced.as_ref().map(mark), before.as_ref().map(|b| b.1));
-                    if let Some((first, _)) = &before {
-                        prop_assert_eq!(held, *first, "a user stored again keeps their id");
-                    }
-                    let held = before.map_or(held, |(first, _)| first);
-                    model.insert(id, (held, marked));
+                    let id = id(user);
+                    let replaced = users.insert(entry(&id, marked));
+                    prop_assert_eq!(replaced.as_ref().map(mark), model.insert(id, marked));
                 }
                 Step::Remove(user) => {
-                    let id = format!("user-{user}");
-                    let removed = users.remove_entry(&id).map(|(held, e)| (held, mark(&e)));
-                    match (removed, model.remove(&id)) {
-                        (Some((held, got)), Some((first, want))) => {
-                            prop_assert_eq!(held.as_ptr(), first);
-                            prop_assert_eq!(got, want);
-                        }
-                        (None, None) => {}
-                        (got, want) => prop_assert!(false, "removed {got:?}, held {want:?}"),
-                    }
+                    let id = id(user);
+                    let removed = users.remove(&id);
+                    prop_assert_eq!(removed.as_ref().map(Entry::user_id), model.contains_key(&id).then_some(id.as_str()));
+                    prop_assert_eq!(removed.as_ref().map(mark), model.remove(&id));
                 }
             }
             same_users(&users, &model)?;
@@ -120,16 +99,17 @@ proptest! {
 fn a_changed_entry_is_read_back_and_iter_mut_reaches_every_user() {
     let mut users = Users::default();
     for user in 0..100u8 {
-        users.insert(Cow::Owned(format!("user-{user}")), entry(user));
+        users.insert(entry(&format!("user-{user}"), user));
     }
-    users.get_mut("user-7").unwrap().state = Box::from([200]);
-    let (id, held) = users.get_key_value_mut("user-8").unwrap();
-    assert_eq!(id, "user-8");
-    held.state = Box::from([201]);
+    users.get_mut("user-7").unwrap().set_held(&[200]);
+    let held = users.get_mut("user-8").unwrap();
+    assert_eq!(held.user_id(), "user-8");
+    held.set_held(&[201, 7]);
     assert_eq!(mark(users.get("user-7").unwrap()), 200);
-    assert_eq!(mark(users.get("user-8").unwrap()), 201);
-    for (_, entry) in users.iter_mut() {
-        entry.state = Box::from([mark(entry).wrapping_add(1)]);
+    assert_eq!(users.get("user-8").unwrap().held(), [201, 7]);
+    for entry in users.iter_mut() {
+        let marked = mark(entry).wrapping_add(1);
+        entry.set_held(&[marked]);
     }
     assert_eq!(mark(users.get("user-0").unwrap()), 1);
     assert_eq!(mark(users.get("user-7").unwrap()), 201);
@@ -137,9 +117,34 @@ fn a_changed_entry_is_read_back_and_iter_mut_reaches_every_user() {
 }
 
 #[test]
-fn a_place_in_the_table_is_four_bytes_and_an_entry_forty() {
+fn a_place_in_the_table_is_four_bytes_and_an_entry_twenty_four() {
     // What the module's memory figures rest on.
-    assert_eq!(size_of::<u32>() + size_of::<(Box<str>, Entry)>(), 44);
+    assert_eq!(size_of::<u32>() + size_of::<Entry>(), 28);
+}
+
+/// An entry is its id's field 1 and the record: for an id that is not empty, the changelog
+/// record's bytes as they are.
+#[test]
+fn an_entry_is_the_id_field_then_the_record() {
+    for id in [
+        "",
+        "u",
+        "user-7",
+        &"y".repeat(crate::evaluate::MAX_ID_BYTES),
+    ] {
+        let record = [0x12, 0x01, 0x08];
+        let entry = Entry::new(id, &record, Due::new(None));
+        let mut expected = Vec::new();
+        prost::encoding::string::encode(1, &id.to_owned(), &mut expected);
+        let start = expected.len();
+        expected.extend_from_slice(&record);
+        assert_eq!(entry.held_start(), start, "{id:?}");
+        assert_eq!(entry.held(), record);
+        assert_eq!(entry.user_id(), id);
+        assert_eq!(&entry.into_bytes()[..], expected);
+        let bare = Entry::id_only(id, Due::new(None));
+        assert_eq!((bare.user_id(), bare.held()), (id, &[][..]));
+    }
 }
 
 /// The entries grow by a quarter at a time: at any count, at most a fifth of their places (and
@@ -148,7 +153,7 @@ fn a_place_in_the_table_is_four_bytes_and_an_entry_forty() {
 fn the_entries_take_at_most_a_quarter_more_places_than_users() {
     let mut users = Users::default();
     for user in 0..200_000u32 {
-        users.insert(Cow::Owned(format!("user-{user}")), entry(0));
+        users.insert(entry(&format!("user-{user}"), 0));
         let (len, places) = (users.len(), users.held.capacity());
         assert!(
             places <= len + len / 4 + super::GROWN_AT_LEAST,
