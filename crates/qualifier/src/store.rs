@@ -390,7 +390,7 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// `state` encoded, appended to [`Self::buffer`] (its user id left empty: the map key holds
+    /// `state` encoded, appended to [`Self::buffer`] (its user id left empty: the entry holds
     /// it), from `base`, the record it was taken from, where it can be, else whole; where its
     /// history entries lie in `self.indexes.written`. The same bytes and index either way
     /// (checked in debug builds, by every test).

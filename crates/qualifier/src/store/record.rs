@@ -15,8 +15,7 @@ use crate::evaluate::Histories;
 /// The record a user was taken from, and which of their trait histories changed since.
 #[derive(Debug)]
 pub(super) struct Base {
-    /// The record, from `start` on: the allocation it was held in, which may start with the
-    /// user's id (`store/users.rs`, `Entry`), so that it is not copied.
+    /// The record, from `start` on, in the allocation it was held in (an `Entry`'s): not copied.
     bytes: Box<[u8]>,
     start: usize,
     /// Where the record's history entries lie ([`Index`]), or empty: a splice then walks the
@@ -38,13 +37,7 @@ pub(super) struct Indexes {
 }
 
 impl Base {
-    #[cfg(test)]
-    pub(super) fn new(record: Box<[u8]>) -> Self {
-        Self::within(record, 0, Vec::new())
-    }
-
-    /// The record in `bytes` from `start` on, with where its history entries lie (`index`, as
-    /// [`index_entries`] builds it; empty for not known).
+    /// The record in `bytes` from `start` on; `index`: where its entries lie, or empty.
     pub(super) fn within(bytes: Box<[u8]>, start: usize, index: Vec<usize>) -> Self {
         Self {
             bytes,

@@ -10,6 +10,12 @@ use super::warm::{
 };
 use super::*;
 
+impl Base {
+    fn new(record: Box<[u8]>) -> Self {
+        Self::within(record, 0, Vec::new())
+    }
+}
+
 pub(super) fn user(id: &str) -> UserState {
     UserState {
         user_id: id.to_owned(),

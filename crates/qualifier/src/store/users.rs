@@ -14,8 +14,9 @@
 //! it. The decoded states hold ids of their own (`store/keyed.rs`), the timer index copies the
 //! ids of the few users due within ten minutes (`store/timers.rs`), and a user taken out has a
 //! copy while taken. An id of its own, shared as an `Arc<str>`, was an allocation of its
-//! length and 16 B of counters, and 16 B of the entry's place: ~72 B a user of 38-byte ids
-//! (docs/BENCHMARKS.md, "Each user's id in their record's allocation").
+//! length and 16 B of counters, and 16 B of the entry's place: at the Zipf-heavy fixture
+//! (~11-character ids) the heap is ~40 B a user smaller without it (docs/BENCHMARKS.md, "Each
+//! user's id in their record's allocation").
 
 use std::hash::BuildHasher as _;
 use std::ops::Range;
@@ -103,6 +104,7 @@ const ID_KEY: u8 = 0x0a;
 /// Where the id lies in `bytes`, an entry's allocation or one that starts as one: after the
 /// field's tag and length.
 fn id_range(bytes: &[u8]) -> Range<usize> {
+    debug_assert_eq!(bytes[0], ID_KEY, "an entry starts with its id's field");
     let mut rest = &bytes[1..];
     // An entry starts with the id field `Entry::new` wrote: read back, it cannot fail.
     let len = decode_varint(&mut rest).expect("an entry starts with its id's length");

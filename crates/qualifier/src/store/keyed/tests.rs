@@ -1,3 +1,6 @@
+//! The table of values found by the id they hold, against a map by id; and a value found by
+//! its id's hash alone.
+
 use std::collections::HashMap;
 
 use proptest::prelude::*;
