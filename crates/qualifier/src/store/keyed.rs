@@ -45,8 +45,7 @@ impl<T: Keyed> ByOwnId<T> {
     }
 
     pub(super) fn get(&self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> Option<&T> {
-        self.table
-            .find(self.hash(user_id), |value| value.id() == user_id.as_ref())
+        self.table.find(self.hash(user_id), is(user_id.as_ref()))
     }
 
     pub(super) fn contains(&self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> bool {
@@ -55,15 +54,12 @@ impl<T: Keyed> ByOwnId<T> {
 
     pub(super) fn get_mut(&mut self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> Option<&mut T> {
         let hash = self.hash(user_id);
-        self.table
-            .find_mut(hash, |value| value.id() == user_id.as_ref())
+        self.table.find_mut(hash, is(user_id.as_ref()))
     }
 
     pub(super) fn remove(&mut self, user_id: &(impl AsRef<[u8]> + ?Sized)) -> Option<T> {
         let hash = self.hash(user_id);
-        let found = self
-            .table
-            .find_entry(hash, |value| value.id() == user_id.as_ref());
+        let found = self.table.find_entry(hash, is(user_id.as_ref()));
         Some(found.ok()?.remove().0)
     }
 
@@ -71,11 +67,9 @@ impl<T: Keyed> ByOwnId<T> {
     pub(super) fn insert(&mut self, value: T) -> Option<T> {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(value.id());
-        let place = self.table.entry(
-            hash,
-            |held| held.id() == value.id(),
-            |held| hasher.hash_one(held.id()),
-        );
+        let place = self
+            .table
+            .entry(hash, is(value.id()), |held| hasher.hash_one(held.id()));
         match place {
             Entry::Occupied(mut place) => Some(std::mem::replace(place.get_mut(), value)),
             Entry::Vacant(place) => {
@@ -88,18 +82,14 @@ impl<T: Keyed> ByOwnId<T> {
     /// A value whose user's id has the hash `hash` ([`Self::hash`]) and that `accepts`, if
     /// any: found without the id.
     pub(super) fn find_hashed(&self, hash: u64, accepts: impl Fn(&T) -> bool) -> Option<&T> {
-        let hasher = &self.hasher;
-        self.table.find(hash, |value| {
-            accepts(value) && hasher.hash_one(value.id()) == hash
-        })
+        self.table.find(hash, hashed(&self.hasher, hash, accepts))
     }
 
     /// [`Self::find_hashed`], removed.
     pub(super) fn remove_hashed(&mut self, hash: u64, accepts: impl Fn(&T) -> bool) -> Option<T> {
-        let hasher = &self.hasher;
-        let found = self.table.find_entry(hash, |value| {
-            accepts(value) && hasher.hash_one(value.id()) == hash
-        });
+        let found = self
+            .table
+            .find_entry(hash, hashed(&self.hasher, hash, accepts));
         Some(found.ok()?.remove().0)
     }
 
@@ -111,6 +101,21 @@ impl<T: Keyed> ByOwnId<T> {
     pub(super) fn values(&self) -> impl Iterator<Item = &T> {
         self.table.iter()
     }
+}
+
+/// Whether a value is the one of id `id`.
+fn is<T: Keyed>(id: &[u8]) -> impl Fn(&T) -> bool + '_ {
+    move |value| value.id() == id
+}
+
+/// Whether a value's id has the hash `hash` and `accepts` takes it: a table's tag is only seven
+/// bits of the hash, so the value's id is hashed again.
+fn hashed<'a, T: Keyed>(
+    hasher: &'a foldhash::fast::RandomState,
+    hash: u64,
+    accepts: impl Fn(&T) -> bool + 'a,
+) -> impl Fn(&T) -> bool + 'a {
+    move |value| accepts(value) && hasher.hash_one(value.id()) == hash
 }
 
 #[cfg(test)]

@@ -65,8 +65,9 @@ impl PartitionStore {
             .map(|entry| packer.read(entry.held()))
             .unwrap_or_default();
         // The histories first (the id is the entry's, written before them by `Entry::new`, and
-        // prost writes them before the other fields), then the other fields, found after them in the previous record: whether the
-        // histories build on it is known once they are passed (one walk of them, not two).
+        // prost writes them before the other fields), then the other fields, found after them
+        // in the previous record: whether the histories build on it is known once they are
+        // passed (one walk of them, not two).
         buffer.clear();
         let end = write_gathered(previous, &changes, buffer);
         let (apart, generation) = scan_apart(&previous[end..]);

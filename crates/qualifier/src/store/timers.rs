@@ -170,11 +170,17 @@ impl Timers {
     /// the horizon. A timer moved keeps its copy of the id: a copy is made only for a user's
     /// timer coming into the index.
     pub(super) fn moved(&mut self, from: Option<i64>, to: Option<i64>, user: &str) {
+        let (from, to) = (
+            from.filter(|&due| self.indexed(due)),
+            to.filter(|&due| self.indexed(due)),
+        );
+        // The id is hashed only for a timer the index holds or takes in: most puts move a
+        // timer days away, or none.
         if from == to {
             return;
         }
         let hash = self.hasher.hash_one(user);
-        let removed = from.filter(|&due| self.indexed(due)).map(|due| {
+        let removed = from.map(|due| {
             let sought: &dyn Key = &(due, hash, user);
             let removed = self.index.take(sought);
             debug_assert!(
@@ -183,7 +189,7 @@ impl Timers {
             );
             removed
         });
-        if let Some(due) = to.filter(|&due| self.indexed(due)) {
+        if let Some(due) = to {
             let user = match removed.flatten() {
                 Some(timer) => timer.user,
                 None => Box::from(user),

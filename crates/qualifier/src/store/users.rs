@@ -66,11 +66,12 @@ impl Entry {
 
     /// The id's bytes.
     pub(super) fn id(&self) -> &[u8] {
-        id_of(&self.bytes)
+        &self.bytes[id_range(&self.bytes)]
     }
 
+    /// The id as text: it was written from a `&str`.
     pub(super) fn user_id(&self) -> &str {
-        user_id_of(&self.bytes)
+        std::str::from_utf8(self.id()).expect("an entry's id was written from text")
     }
 
     /// Where the record as held starts in the entry's allocation.
@@ -85,8 +86,9 @@ impl Entry {
 
     /// Holds `held` as the user's record (the allocation made again, the id copied).
     pub(super) fn set_held(&mut self, held: &[u8]) {
-        let mut bytes = Vec::with_capacity(self.held_start() + held.len());
-        bytes.extend_from_slice(&self.bytes[..self.held_start()]);
+        let id_field = &self.bytes[..self.held_start()];
+        let mut bytes = Vec::with_capacity(id_field.len() + held.len());
+        bytes.extend_from_slice(id_field);
         bytes.extend_from_slice(held);
         self.bytes = bytes.into_boxed_slice();
     }
@@ -101,8 +103,7 @@ impl Entry {
 /// Field 1's key: its number, and the wire type of a length and bytes (`(1 << 3) | 2`).
 const ID_KEY: u8 = 0x0a;
 
-/// Where the id lies in `bytes`, an entry's allocation or one that starts as one: after the
-/// field's tag and length.
+/// Where the id lies in an entry's allocation: after the field's key and length.
 fn id_range(bytes: &[u8]) -> Range<usize> {
     debug_assert_eq!(bytes[0], ID_KEY, "an entry starts with its id's field");
     let mut rest = &bytes[1..];
@@ -110,16 +111,6 @@ fn id_range(bytes: &[u8]) -> Range<usize> {
     let len = decode_varint(&mut rest).expect("an entry starts with its id's length");
     let start = bytes.len() - rest.len();
     start..start + usize::try_from(len).expect("an id's length fits memory")
-}
-
-/// The id in `bytes`, an entry's allocation or one that starts as one.
-fn id_of(bytes: &[u8]) -> &[u8] {
-    &bytes[id_range(bytes)]
-}
-
-/// [`id_of`] as text: it was written from a `&str`.
-fn user_id_of(bytes: &[u8]) -> &str {
-    std::str::from_utf8(id_of(bytes)).expect("an entry's id was written from text")
 }
 
 #[derive(Debug, Default)]
