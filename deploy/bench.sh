@@ -273,16 +273,19 @@ start_partner_sim() {
   pids+=("$sim_pid")
   wait_ready $sim_admin "$sim_pid" partner-sim "$dir"
 }
-# start_delivery ADMIN_PORT NAME: sets delivery_pid.
-# The allocator settings the delivery Deployment gives the worker (its MIMALLOC_* env lines),
-# as NAME=VALUE words: the benchmarks measure the worker as it is deployed.
-delivery_allocator_env() {
-  sed -nE 's/^ *- \{ name: (MIMALLOC_[A-Z_]+), value: "([^"]*)" \}.*/\1=\2/p' deploy/k8s/base/delivery.yaml
+# allocator_env SERVICE: the allocator settings the service's Deployment
+# (deploy/k8s/base/SERVICE.yaml) gives it, its MIMALLOC_* env lines, as NAME=VALUE words: the
+# benchmarks measure each service as it is deployed. Fails the run if the Deployment sets none.
+allocator_env() {
+  local settings
+  settings=$(sed -nE 's/^ *- \{ name: (MIMALLOC_[A-Z_]+), value: "([^"]*)" \}.*/\1=\2/p' "deploy/k8s/base/$1.yaml")
+  [[ -n $settings ]] || die "deploy/k8s/base/$1.yaml names no MIMALLOC_* setting for the $1"
+  echo "$settings"
 }
+# start_delivery ADMIN_PORT NAME: sets delivery_pid.
 start_delivery() { # start_delivery ADMIN_PORT NAME; delivery_binary=… runs another build
   local allocator
-  allocator=$(delivery_allocator_env)
-  [[ -n $allocator ]] || die "deploy/k8s/base/delivery.yaml names no MIMALLOC_* setting for the worker"
+  allocator=$(allocator_env delivery)
   # shellcheck disable=SC2086 # NAME=VALUE words, one per line
   # Its rebalances are logged whatever RUST_LOG says (wait_both_hold_partitions reads them).
   env $allocator RUST_LOG="$RUST_LOG,delivery::consumer::rebalance=info" "${delivery_binary:-$bin/delivery}" --config "$dir/destinations.yaml" --admin-addr "127.0.0.1:$1" >"$dir/$2.log" 2>&1 &
@@ -298,7 +301,10 @@ start_qualifier() {
   local names=(KAFKA_EVENTS_TOPIC KAFKA_STATUS_TOPIC KAFKA_STATUS_BATCH_TOPIC KAFKA_CHANGELOG_TOPIC KAFKA_DLQ_TOPIC KAFKA_GROUP_ID KAFKA_INSTANCE_ID)
   [[ -z ${qualifier_binary:-} ]] || names=(EVENTS_TOPIC STATUS_TOPIC STATUS_BATCH_TOPIC CHANGELOG_TOPIC DLQ_TOPIC QUALIFIER_GROUP_ID QUALIFIER_INSTANCE_ID)
   local values=("${events_topic:-trait-events-$run}" "segment-status-$run" "segment-status-batch-$run"
-    "qualifier-changelog-$run" "segment-status-dlq-$run" "qualifier-$run" "${qualifier_instance:-bench}") settings=() i
+    "qualifier-changelog-$run" "segment-status-dlq-$run" "qualifier-$run" "${qualifier_instance:-bench}") settings=() i allocator
+  allocator=$(allocator_env qualifier)
+  # shellcheck disable=SC2206 # NAME=VALUE words, one per line
+  settings=($allocator)
   for i in "${!names[@]}"; do settings+=("${names[$i]}=${values[$i]}"); done
   env "${settings[@]}" "${qualifier_binary:-$bin/qualifier}" --config "${segments:-$dir/segments.yaml}" \
     --admin-addr "127.0.0.1:$qualifier_admin" ${2:+--ingest-addr "$2"} >"$dir/$1.log" 2>&1 &
