@@ -303,10 +303,9 @@ start_qualifier() {
   local values=("${events_topic:-trait-events-$run}" "segment-status-$run" "segment-status-batch-$run"
     "qualifier-changelog-$run" "segment-status-dlq-$run" "qualifier-$run" "${qualifier_instance:-bench}") settings=() i allocator
   allocator=$(allocator_env qualifier)
-  # shellcheck disable=SC2206 # NAME=VALUE words, one per line
-  settings=($allocator)
   for i in "${!names[@]}"; do settings+=("${names[$i]}=${values[$i]}"); done
-  env "${settings[@]}" "${qualifier_binary:-$bin/qualifier}" --config "${segments:-$dir/segments.yaml}" \
+  # shellcheck disable=SC2086 # NAME=VALUE words, one per line
+  env $allocator "${settings[@]}" "${qualifier_binary:-$bin/qualifier}" --config "${segments:-$dir/segments.yaml}" \
     --admin-addr "127.0.0.1:$qualifier_admin" ${2:+--ingest-addr "$2"} >"$dir/$1.log" 2>&1 &
   qualifier_pid=$!
   pids+=("$qualifier_pid")
