@@ -47,7 +47,7 @@ mod users;
 mod warm;
 
 use keyed::{ByOwnId, Keyed};
-pub use owned::Store;
+pub use owned::{LOOKED_UP_TOGETHER, Store};
 use packed::Packer;
 pub use parts::{APART_OVER, Layout};
 use parts::{Encoded, PartWriter, Written};

@@ -489,9 +489,7 @@ impl Processor {
         }
         let definitions = self.in_force(fingerprint);
         let now = telemetry::clock::unix_ms();
-        for input in inputs {
-            self.process_event(&definitions, input, now);
-        }
+        self.process_events(&definitions, inputs, now);
     }
 }
 

@@ -22,7 +22,7 @@ use super::{Input, Processor, SWEEP_BUDGET, TRANSACTION_TIMEOUT, decode_event, l
 use crate::config::Definitions;
 use crate::evaluate::Step;
 use crate::metrics::{ChangelogBytes, EventKind, EventOutcome};
-use crate::store::Layout;
+use crate::store::{LOOKED_UP_TOGETHER, Layout};
 
 impl Processor {
     /// Begins a transaction of what the outbox holds and the offsets after `inputs`, and starts
@@ -153,6 +153,33 @@ impl Processor {
         }
         let pending = lock(&self.store).stale_count();
         self.metrics.sweep_pending.set(pending as i64);
+    }
+
+    /// Evaluates input events and stages what they produce, in order: [`LOOKED_UP_TOGETHER`]
+    /// at a time, their users looked up first ([`Self::look_up`]).
+    pub(super) fn process_events(
+        &mut self,
+        definitions: &Definitions,
+        inputs: &[Input<'_>],
+        now: i64,
+    ) {
+        for chunk in inputs.chunks(LOOKED_UP_TOGETHER) {
+            self.look_up(chunk);
+            for input in chunk {
+                self.process_event(definitions, input, now);
+            }
+        }
+    }
+
+    /// Reads where each input's user is stored before any is taken
+    /// ([`crate::store::Store::look_up`]), by the event's key: their id, as producers key
+    /// events. An event keyed otherwise is only not looked up ahead.
+    fn look_up(&self, inputs: &[Input<'_>]) {
+        let keys = inputs.iter().filter_map(|input| {
+            let message = &input.message;
+            Some((message.partition(), message.key()?))
+        });
+        std::hint::black_box(lock(&self.store).look_up(keys));
     }
 
     /// Evaluates an input event and stages what it produces.

@@ -6,7 +6,8 @@
 //! partition, 2^18 slots, ~86 B a user. Here a place in the table is 4 B and the entries are
 //! packed in the vector (docs/BENCHMARKS.md, "A partition's users packed side by side"). A
 //! lookup reads the table, then the user's place in the vector: one more cache line than a
-//! map's slot. A user removed leaves their place to the last user, whose position in the table
+//! map's slot. The users of a batch of events are looked up ahead of their takes, all together
+//! (`store/owned.rs`, `Store::look_up`), so that these misses overlap. A user removed leaves their place to the last user, whose position in the table
 //! is written again.
 //!
 //! An entry is 24 B: one allocation holding the user's id and their record, and when their
@@ -146,6 +147,26 @@ impl Users {
             .table
             .find(self.hash(user_id), holds(&self.held, user_id.as_bytes()))?;
         Some(*found as usize)
+    }
+
+    /// The first position the table files under `hash`, if any: the table read, not the
+    /// entries. Most often the position of the user whose id has the hash, if stored; but the
+    /// table tells positions apart by 7 bits of their hash, and one of another user may come
+    /// first, or match for a user not stored.
+    pub(super) fn filed_under(&self, hash: u64) -> Option<u32> {
+        self.table.find(hash, |_| true).copied()
+    }
+
+    /// The length of the allocation of the entry at `at` (a position the table holds): the
+    /// entry read.
+    pub(super) fn allocation_len(&self, at: u32) -> usize {
+        self.held[at as usize].bytes.len()
+    }
+
+    /// The first byte of the allocation of the entry at `at` XOR its last: both read.
+    pub(super) fn allocation_ends(&self, at: u32) -> u8 {
+        let bytes = &self.held[at as usize].bytes;
+        bytes[0] ^ bytes[bytes.len() - 1]
     }
 
     pub(super) fn get(&self, user_id: &str) -> Option<&Entry> {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
+use prost::encoding::encoded_len_varint;
 
 use super::{Entry, Users};
 use crate::store::timers::Due;
@@ -55,6 +56,14 @@ fn same_users(users: &Users, model: &HashMap<String, u8>) -> Result<(), TestCase
                 prop_assert_eq!(mark(found), *mark_held);
                 let hashed: Vec<&str> = users.hashed(users.hash(&id)).map(Entry::user_id).collect();
                 prop_assert_eq!(hashed, [id.as_str()], "found by the hash of their id");
+                // Filed under their hash, first or after another user's 7 bits alike.
+                let filed = users.filed_under(users.hash(&id)).expect("filed");
+                prop_assert!((filed as usize) < users.len(), "a position in the entries");
+                // Their allocation: the id's field (its key first), then the mark.
+                let at = users.position(&id).expect("stored") as u32;
+                let id_field = 1 + encoded_len_varint(id.len() as u64) + id.len();
+                prop_assert_eq!(users.allocation_len(at), id_field + 1);
+                prop_assert_eq!(users.allocation_ends(at), 0x0a ^ mark_held);
             }
             None => prop_assert!(found.is_none(), "{id} was removed or never stored"),
         }
