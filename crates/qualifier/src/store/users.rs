@@ -7,8 +7,8 @@
 //! packed in the vector (docs/BENCHMARKS.md, "A partition's users packed side by side"). A
 //! lookup reads the table, then the user's place in the vector: one more cache line than a
 //! map's slot. The users of a batch of events are looked up ahead of their takes, all together
-//! (`store/owned.rs`, `Store::look_up`), so that these misses overlap. A user removed leaves their place to the last user, whose position in the table
-//! is written again.
+//! (`store/owned.rs`, `Store::look_up`), so that these misses overlap. A user removed leaves
+//! their place to the last user, whose position in the table is written again.
 //!
 //! An entry is 24 B: one allocation holding the user's id and their record, and when their
 //! timer is due ([`Entry`]). The id is held once, there: the store's other tables do not share

@@ -56,7 +56,8 @@ fn same_users(users: &Users, model: &HashMap<String, u8>) -> Result<(), TestCase
                 prop_assert_eq!(mark(found), *mark_held);
                 let hashed: Vec<&str> = users.hashed(users.hash(&id)).map(Entry::user_id).collect();
                 prop_assert_eq!(hashed, [id.as_str()], "found by the hash of their id");
-                // Filed under their hash, first or after another user's 7 bits alike.
+                // A position is filed under their hash: theirs, or one whose hash shares its
+                // 7 bits and comes first.
                 let filed = users.filed_under(users.hash(&id)).expect("filed");
                 prop_assert!((filed as usize) < users.len(), "a position in the entries");
                 // Their allocation: the id's field (its key first), then the mark.
